@@ -1,0 +1,342 @@
+/*
+ * surpool - a thread-safe connection pool and client for SurrealDB over its
+ * WebSocket JSON RPC protocol.
+ *
+ * Copyright (c) 2026 the surpool authors. MIT licence, see LICENSE.
+ *
+ * Conventions used in every doc block below:
+ *  - "Thread safety" says one of: "Any thread." (safe to call concurrently on the
+ *    same handle); "One thread at a time per handle." (a leased connection may move
+ *    between threads but must not be used by two at once); "Not from a surpool
+ *    callback."; "Must not race with any other call on the handle.".
+ *  - json_t results come back through `json_t **out` as NEW references the caller
+ *    releases with json_decref(); *out is set only when the call returns SURPOOL_OK.
+ *    json_t parameters are BORROWED: surpool serialises them before returning and
+ *    keeps no reference.
+ *  - `surpool_error *err` is optional (NULL allowed) and caller-owned; on failure it
+ *    receives the code, the server's error code and kind when the server sent one,
+ *    and a message. On success it is left untouched.
+ *  - The library never prints, never exits, never aborts. Log lines go to
+ *    surpool_config.log_fn and nowhere else.
+ */
+#ifndef SURPOOL_H
+#define SURPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SURPOOL_VERSION_MAJOR 0
+#define SURPOOL_VERSION_MINOR 1
+#define SURPOOL_VERSION_PATCH 0
+#define SURPOOL_VERSION_STRING "0.1.0"
+
+#if defined(SURPOOL_STATIC)
+#define SURPOOL_API
+#elif defined(__GNUC__) && __GNUC__ >= 4
+#define SURPOOL_API __attribute__((visibility("default")))
+#else
+#define SURPOOL_API
+#endif
+
+/* ------------------------------------------------------------------------- */
+/* Handles                                                                    */
+/* ------------------------------------------------------------------------- */
+
+/** A pool of connections to one SurrealDB endpoint. Opaque. */
+typedef struct surpool_pool surpool_pool;
+
+/** One leased connection, exclusively owned by its borrower until
+ *  surpool_conn_release(). Opaque. */
+typedef struct surpool_conn surpool_conn;
+
+/* ------------------------------------------------------------------------- */
+/* Errors                                                                     */
+/* ------------------------------------------------------------------------- */
+
+/** Result codes. Values are explicit and append-only: never renumbered or
+ *  removed. docs/errors.md says when each happens and what to do about it. */
+typedef enum surpool_err {
+    SURPOOL_OK = 0,
+    SURPOOL_ERR_INVALID_ARG = 1,     /**< a bad argument; nothing was sent */
+    SURPOOL_ERR_NOMEM = 2,           /**< an allocation failed */
+    SURPOOL_ERR_TIMEOUT = 3,         /**< acquire: no connection within the timeout */
+    SURPOOL_ERR_CLOSED = 4,          /**< the pool is closed */
+    SURPOOL_ERR_OVERLOADED = 5,      /**< acquire: max_waiters callers already wait */
+    SURPOOL_ERR_CONNECT = 6,         /**< could not open a connection */
+    SURPOOL_ERR_AUTH = 7,            /**< the server refused the credentials */
+    SURPOOL_ERR_SERVER = 8,          /**< the server answered the RPC with an error */
+    SURPOOL_ERR_PROTOCOL = 9,        /**< the server sent something we cannot read */
+    SURPOOL_ERR_DISCONNECTED = 10,   /**< the connection died with the call in flight */
+    SURPOOL_ERR_REQUEST_TIMEOUT = 11, /**< no reply within request_timeout_ms */
+    SURPOOL_ERR_TLS = 12,            /**< TLS handshake or certificate check failed */
+    SURPOOL_ERR_TOO_LARGE = 13,      /**< a reply exceeded max_message_bytes */
+    SURPOOL_ERR_UNAVAILABLE = 14,    /**< server known down (circuit open); fail fast */
+    SURPOOL_ERR_BROKEN = 15,         /**< the leased connection is broken; release it */
+} surpool_err;
+
+/** Detailed error information, filled by calls that take a `surpool_error *`.
+ *  A plain value type: the caller owns it, it holds no pointers. */
+typedef struct surpool_error {
+    surpool_err code;   /**< same value the call returned */
+    int server_code;    /**< the server's JSON-RPC error code, or 0 */
+    char kind[32];      /**< the server's error kind (3.x, e.g. "NotAllowed"), or "" */
+    char message[256];  /**< human readable, NUL terminated, never holds secrets */
+    char reserved[64];  /**< room to grow; ignore */
+} surpool_error;
+
+/** Static English text for a code. Never NULL, never allocates.
+ *  Thread safety: Any thread. */
+SURPOOL_API const char *surpool_strerror(surpool_err code);
+
+/* ------------------------------------------------------------------------- */
+/* Logging                                                                    */
+/* ------------------------------------------------------------------------- */
+
+typedef enum surpool_log_level {
+    SURPOOL_LOG_ERROR = 0,
+    SURPOOL_LOG_WARN = 1,
+    SURPOOL_LOG_INFO = 2,
+    SURPOOL_LOG_DEBUG = 3,
+} surpool_log_level;
+
+/** Log sink. `message` is borrowed, valid for the call only, and never contains
+ *  a password or token. Called from any surpool thread (callers' threads and the
+ *  pool's service thread), possibly concurrently: make it thread-safe. It must
+ *  not call back into the pool. */
+typedef void (*surpool_log_fn)(void *userdata, surpool_log_level level,
+                               const char *message);
+
+/* ------------------------------------------------------------------------- */
+/* Configuration                                                              */
+/* ------------------------------------------------------------------------- */
+
+/** Called on every new connection after signin/use, before anyone gets it.
+ *  Runs on the thread that opened the connection, without the pool lock held.
+ *  It may call the surpool_conn_* functions on `conn` (and nothing else of the
+ *  pool); it must not release it. Return SURPOOL_OK to accept the connection,
+ *  anything else to discard it (counted as a connect failure). */
+typedef surpool_err (*surpool_on_connect_fn)(void *userdata, surpool_conn *conn);
+
+/** Which kind of user config.user/pass sign in as. */
+typedef enum surpool_auth_level {
+    SURPOOL_AUTH_ROOT = 0,      /**< root user: {"user","pass"} */
+    SURPOOL_AUTH_NAMESPACE = 1, /**< namespace user: adds config.ns */
+    SURPOOL_AUTH_DATABASE = 2,  /**< database user: adds config.ns and config.db */
+} surpool_auth_level;
+
+/** Pool configuration: a value type. Always start from surpool_config_init()
+ *  so that new fields get their defaults. Strings are borrowed by the struct
+ *  and copied by surpool_pool_create(). docs/configuration.md lists every field. */
+typedef struct surpool_config {
+    size_t struct_size;            /**< set by surpool_config_init(); do not touch */
+
+    /* Where and who. */
+    const char *url;               /**< "ws://host:port/rpc" or "wss://..."; required */
+    const char *ns;                /**< namespace selected on every connection, or NULL */
+    const char *db;                /**< database (needs ns), or NULL */
+    const char *user;              /**< signin user, or NULL for no signin */
+    const char *pass;              /**< signin password (wiped from memory at destroy) */
+    surpool_auth_level auth_level; /**< what `user` is; default SURPOOL_AUTH_ROOT */
+    const char *access;            /**< record access method: signs in with
+                                        {ns, db, ac, user, pass}; or NULL */
+    const char *token;             /**< JWT to `authenticate` with instead of user/pass */
+    const json_t *signin_params;   /**< full signin object instead of user/pass (any
+                                        access method's variables); deep-copied */
+    const char *init_sql;          /**< SurrealQL run on every new connection, or NULL */
+    surpool_on_connect_fn on_connect; /**< hook run on every new connection, or NULL */
+    void *on_connect_userdata;
+
+    /* Sizing and timeouts (milliseconds). */
+    int min_connections;           /**< opened at create and kept open; default 0 */
+    int max_connections;           /**< hard cap; default 10 */
+    long acquire_timeout_ms;       /**< default wait for a connection; default 30000 */
+    long connect_timeout_ms;       /**< TCP+TLS+upgrade+setup; default 10000 */
+    long request_timeout_ms;       /**< per RPC; 0 = none; default 30000 */
+    int max_waiters;               /**< queued acquires before shedding; 0 = unbounded */
+
+    /* Connect governor. */
+    int max_concurrent_connects;   /**< connects in progress at once; 0 = max_connections;
+                                        default 8 */
+    long reconnect_backoff_min_ms; /**< first delay after a failed connect; default 100 */
+    long reconnect_backoff_max_ms; /**< backoff ceiling; default 5000 */
+
+    /* Transport. */
+    size_t max_message_bytes;      /**< largest reply accepted; default 64 MiB */
+
+    /* TLS (wss:// only). Verification and hostname check are on by default. */
+    const char *tls_ca_file;       /**< PEM bundle of trusted CAs, or NULL for system */
+    const char *tls_ca_dir;        /**< hashed CA directory, or NULL */
+    const char *tls_cert_file;     /**< client certificate (PEM), or NULL */
+    const char *tls_key_file;      /**< client private key (PEM), or NULL */
+    int tls_insecure_skip_verify;  /**< 1 = accept ANY certificate and name. Testing only. */
+
+    /* Logging. */
+    surpool_log_fn log_fn;         /**< NULL = silent (libwebsockets' logs included) */
+    void *log_userdata;
+    surpool_log_level log_level;   /**< most verbose level passed on; default WARN */
+
+    unsigned char reserved[256];   /**< room to grow; keep zero */
+} surpool_config;
+
+/** Fill `cfg` with defaults (all strings NULL, sizes and timeouts as documented).
+ *  Thread safety: Any thread (on distinct structs). */
+SURPOOL_API void surpool_config_init(surpool_config *cfg);
+
+/* ------------------------------------------------------------------------- */
+/* Pool                                                                       */
+/* ------------------------------------------------------------------------- */
+
+/** Create a pool. Validates `cfg`, copies every string, starts the transport,
+ *  and opens min_connections connections.
+ *  @param cfg  filled by surpool_config_init() then edited; borrowed.
+ *  @param out  receives the pool on success; untouched on failure.
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (bad config, message says which
+ *          field); SURPOOL_ERR_NOMEM; a connect error if min_connections could
+ *          not be opened.
+ *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_pool_create(const surpool_config *cfg, surpool_pool **out,
+                                            surpool_error *err);
+
+/** Stop lending: every current waiter returns SURPOOL_ERR_CLOSED at once and so
+ *  does every later acquire. Leased connections stay usable until released;
+ *  they are closed on release. Idempotent.
+ *  Thread safety: Any thread. Not from a surpool callback. */
+SURPOOL_API void surpool_pool_close(surpool_pool *pool);
+
+/** Close the pool, wait for every lease to come back, close every connection,
+ *  stop the transport and free everything. NULL is a no-op.
+ *  Thread safety: Must not race with any other call on the handle except
+ *  surpool_conn_release() of leases, which it waits for. */
+SURPOOL_API void surpool_pool_destroy(surpool_pool *pool);
+
+/** Lease a connection. Takes an idle connection if there is one; else opens a
+ *  new one if below max_connections; else waits in FIFO order: a released
+ *  connection goes straight to the oldest waiter.
+ *  @param timeout_ms  how long to wait; < 0 means cfg.acquire_timeout_ms; 0 means
+ *                     do not wait (but a new connection may still be opened).
+ *  @param out  receives the lease on success.
+ *  @return SURPOOL_OK; SURPOOL_ERR_TIMEOUT; SURPOOL_ERR_CLOSED;
+ *          SURPOOL_ERR_OVERLOADED (max_waiters reached, returned at once);
+ *          SURPOOL_ERR_CONNECT / _AUTH / _TLS (the timeout passed while opening
+ *          connections failed; carries the last connect error);
+ *          SURPOOL_ERR_UNAVAILABLE (server known down); SURPOOL_ERR_INVALID_ARG.
+ *  Thread safety: Any thread. Not from a surpool callback. */
+SURPOOL_API surpool_err surpool_pool_acquire(surpool_pool *pool, long timeout_ms,
+                                             surpool_conn **out, surpool_error *err);
+
+/** Statistics snapshot. All counters are since create. */
+typedef struct surpool_stats {
+    size_t struct_size;     /**< set by surpool_pool_stats() */
+    int total;              /**< idle + in_use + connecting */
+    int idle;
+    int in_use;
+    int connecting;         /**< slots reserved for connects in progress */
+    int waiters;            /**< callers queued in acquire now */
+    int peak_waiters;
+    uint64_t acquired;      /**< successful acquires */
+    uint64_t released;
+    uint64_t timeouts;      /**< acquires that ended in SURPOOL_ERR_TIMEOUT */
+    uint64_t shed;          /**< acquires refused with SURPOOL_ERR_OVERLOADED */
+    uint64_t created;       /**< connections opened */
+    uint64_t destroyed;     /**< connections closed */
+    uint64_t connect_failures;
+    uint64_t handoffs;      /**< releases handed straight to a waiter */
+    uint64_t broken;        /**< connections released or found broken */
+    uint64_t requests;      /**< RPC requests completed (any outcome) */
+    uint64_t request_errors; /**< RPC requests that ended in an error */
+    unsigned char reserved[256];
+} surpool_stats;
+
+/** Fill `out` with a consistent snapshot (taken under the pool lock).
+ *  @return SURPOOL_OK or SURPOOL_ERR_INVALID_ARG.
+ *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_pool_stats(surpool_pool *pool, surpool_stats *out);
+
+/* ------------------------------------------------------------------------- */
+/* Leased connections                                                         */
+/* ------------------------------------------------------------------------- */
+
+/** Give a lease back. If callers wait, the connection goes straight to the
+ *  oldest; a broken connection is closed and its slot goes to the oldest waiter
+ *  to open a replacement. `conn` must not be used afterwards. NULL is a no-op.
+ *  Thread safety: Any thread (the one holding the lease). */
+SURPOOL_API void surpool_conn_release(surpool_conn *conn);
+
+/** Mark a lease as not to be reused (e.g. after an abandoned transaction): it
+ *  is closed on release instead of returning to the pool.
+ *  Thread safety: One thread at a time per handle. */
+SURPOOL_API void surpool_conn_discard(surpool_conn *conn);
+
+/** Last error message recorded on this lease, valid until its next call or its
+ *  release; "" when the last call succeeded. Never NULL.
+ *  Thread safety: One thread at a time per handle. */
+SURPOOL_API const char *surpool_conn_last_error(const surpool_conn *conn);
+
+/** Send any RPC method with raw params and return its `result`.
+ *  @param method  lowercase method name, e.g. "query"; required.
+ *  @param params  a JSON array, or NULL for []; borrowed.
+ *  @param out     receives the result (new reference); may be NULL to ignore it.
+ *  @return SURPOOL_OK; SURPOOL_ERR_SERVER / _AUTH (the server answered with an
+ *          error; see err->server_code/kind/message); SURPOOL_ERR_REQUEST_TIMEOUT;
+ *          SURPOOL_ERR_DISCONNECTED; SURPOOL_ERR_PROTOCOL; SURPOOL_ERR_TOO_LARGE;
+ *          SURPOOL_ERR_BROKEN; SURPOOL_ERR_INVALID_ARG; SURPOOL_ERR_NOMEM.
+ *  Transport failures mark the lease broken: it is replaced on release.
+ *  Thread safety: One thread at a time per handle. */
+SURPOOL_API surpool_err surpool_conn_call(surpool_conn *conn, const char *method,
+                                          const json_t *params, json_t **out,
+                                          surpool_error *err);
+
+/** Run SurrealQL. `*out` is the server's per-statement array: each element is
+ *  {"status":"OK"|"ERR","result":...,"time":...}. A statement that fails inside
+ *  a successful query is NOT an error of this call: check each status (or use
+ *  surpool_query_check()). A query that does not parse is SURPOOL_ERR_SERVER.
+ *  @param sql   required, non-empty.
+ *  @param vars  a JSON object of variables ($name), or NULL; borrowed.
+ *  Returns as surpool_conn_call(). Thread safety: One thread at a time per handle. */
+SURPOOL_API surpool_err surpool_conn_query(surpool_conn *conn, const char *sql,
+                                           const json_t *vars, json_t **out,
+                                           surpool_error *err);
+
+/** Acquire (default timeout) → surpool_conn_query → release.
+ *  Returns as surpool_pool_acquire() and surpool_conn_query().
+ *  Thread safety: Any thread. Not from a surpool callback. */
+SURPOOL_API surpool_err surpool_query(surpool_pool *pool, const char *sql, const json_t *vars,
+                                      json_t **out, surpool_error *err);
+
+/** If `result` (a query reply) holds a statement whose status is not "OK",
+ *  return SURPOOL_ERR_SERVER with that statement's index and message in `err`;
+ *  else SURPOOL_OK. SURPOOL_ERR_PROTOCOL if `result` is not a query reply.
+ *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_query_check(const json_t *result, surpool_error *err);
+
+/** Library version, "MAJOR.MINOR.PATCH". Thread safety: Any thread. */
+SURPOOL_API const char *surpool_version(void);
+
+/* ------------------------------------------------------------------------- */
+/* Allocator                                                                  */
+/* ------------------------------------------------------------------------- */
+
+typedef void *(*surpool_malloc_fn)(size_t size);
+typedef void *(*surpool_realloc_fn)(void *ptr, size_t size);
+typedef void (*surpool_free_fn)(void *ptr);
+
+/** Route every allocation surpool itself makes through these functions (all
+ *  three, or all NULL to restore malloc/realloc/free). jansson values are
+ *  allocated by jansson: use json_set_alloc_funcs() for those.
+ *  @return SURPOOL_OK or SURPOOL_ERR_INVALID_ARG (some but not all NULL).
+ *  Thread safety: Must not race with any other surpool call: call it once,
+ *  before the first pool is created. */
+SURPOOL_API surpool_err surpool_set_allocator(surpool_malloc_fn m, surpool_realloc_fn r,
+                                              surpool_free_fn f);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SURPOOL_H */

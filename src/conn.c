@@ -1,0 +1,171 @@
+/*
+ * Per-connection state: opening a connection and setting it up (auth,
+ * namespace/database, the user's hook) before the pool lends it, and closing it.
+ */
+#include <string.h>
+
+#include "pool.h"
+
+static void on_dead(void *userdata, surpool_err why, const char *message)
+{
+    surpool_conn *c = userdata;
+    atomic_store(&c->dead, 1);
+    surpool__log(&c->pool->logger, SURPOOL_LOG_INFO, "connection %llu lost: %s (%s)",
+                 (unsigned long long)c->serial, message != NULL ? message : "",
+                 surpool_strerror(why));
+}
+
+static void on_notify(void *userdata, json_t *frame)
+{
+    surpool_conn *c = userdata;
+    (void)frame;
+    surpool__log(&c->pool->logger, SURPOOL_LOG_DEBUG,
+                 "connection %llu: live notification dropped (no live query API yet)",
+                 (unsigned long long)c->serial);
+}
+
+int surpool__conn_usable(const surpool_conn *c)
+{
+    return c->t != NULL && !atomic_load(&c->dead) && c->pool->ops->alive(c->t);
+}
+
+/* Sign in as configured. The message never contains the password. */
+static surpool_err setup_auth(surpool_conn *c, int64_t deadline, surpool_error *err)
+{
+    const surpool_config *cfg = &c->pool->cfg.pub;
+    surpool_err rc = SURPOOL_OK;
+    if (cfg->token != NULL) {
+        json_t *params = json_pack("[s]", cfg->token);
+        if (params == NULL)
+            return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
+        rc = surpool__rpc(c, "authenticate", params, deadline, NULL, err);
+        json_decref(params);
+        return rc;
+    }
+    json_t *creds = NULL;
+    if (cfg->signin_params != NULL) {
+        creds = json_incref(c->pool->cfg.signin_params);
+    } else if (cfg->user != NULL) {
+        creds = json_pack("{s:s, s:s}", "user", cfg->user, "pass", cfg->pass);
+        if (creds != NULL && (cfg->access != NULL || cfg->auth_level >= SURPOOL_AUTH_NAMESPACE))
+            json_object_set_new(creds, "ns", json_string(cfg->ns));
+        if (creds != NULL && (cfg->access != NULL || cfg->auth_level == SURPOOL_AUTH_DATABASE))
+            json_object_set_new(creds, "db", json_string(cfg->db));
+        if (creds != NULL && cfg->access != NULL)
+            json_object_set_new(creds, "ac", json_string(cfg->access));
+    } else {
+        return SURPOOL_OK; /* anonymous */
+    }
+    json_t *params = creds != NULL ? json_pack("[o]", creds) : NULL;
+    if (params == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
+    rc = surpool__rpc(c, "signin", params, deadline, NULL, err);
+    json_decref(params);
+    if (rc == SURPOOL_ERR_SERVER && err != NULL && err->code == SURPOOL_ERR_SERVER &&
+        strcmp(err->kind, "NotAllowed") == 0) {
+        /* 3.x reports some credential failures with kind NotAllowed. */
+        err->code = SURPOOL_ERR_AUTH;
+        rc = SURPOOL_ERR_AUTH;
+    }
+    return rc;
+}
+
+static surpool_err setup(surpool_conn *c, int64_t deadline, surpool_error *err)
+{
+    surpool_pool *p = c->pool;
+    const surpool_config *cfg = &p->cfg.pub;
+    surpool_err rc = setup_auth(c, deadline, err);
+    if (rc != SURPOOL_OK)
+        return rc;
+    if (cfg->ns != NULL) {
+        json_t *params = cfg->db != NULL ? json_pack("[s, s]", cfg->ns, cfg->db)
+                                         : json_pack("[s, n]", cfg->ns);
+        if (params == NULL)
+            return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
+        rc = surpool__rpc(c, "use", params, deadline, NULL, err);
+        json_decref(params);
+        if (rc != SURPOOL_OK)
+            return rc;
+    }
+    if (cfg->init_sql != NULL) {
+        json_t *params = json_pack("[s]", cfg->init_sql);
+        json_t *result = NULL;
+        if (params == NULL)
+            return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
+        rc = surpool__rpc(c, "query", params, deadline, &result, err);
+        json_decref(params);
+        if (rc == SURPOOL_OK)
+            rc = surpool_query_check(result, err);
+        json_decref(result);
+        if (rc != SURPOOL_OK)
+            return rc;
+    }
+    if (cfg->on_connect != NULL) {
+        rc = cfg->on_connect(cfg->on_connect_userdata, c);
+        if (rc != SURPOOL_OK) {
+            if (err != NULL && err->code == SURPOOL_OK)
+                surpool__seterr(err, rc, "on_connect hook refused the connection (%s)",
+                                surpool_strerror(rc));
+            else if (err != NULL)
+                err->code = rc;
+            return rc;
+        }
+    }
+    return SURPOOL_OK;
+}
+
+surpool_err surpool__conn_open(surpool_pool *p, surpool_conn **out, surpool_error *err)
+{
+    surpool_conn *c = surpool__calloc(1, sizeof(*c));
+    if (c == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory opening a connection");
+    c->pool = p;
+    c->state = SURPOOL__CONN_SETUP;
+    atomic_init(&c->dead, 0);
+    atomic_init(&c->next_id, 1);
+    c->created_ns = surpool__now_ns();
+
+    surpool__tconn_events ev = {on_dead, on_notify, c};
+    int64_t deadline = surpool__deadline_after_ms(p->cfg.pub.connect_timeout_ms);
+    surpool_err rc = p->ops->open(p->transport, deadline, &ev, &c->t, err);
+    if (rc != SURPOOL_OK) {
+        surpool__free(c);
+        return rc;
+    }
+    surpool_error serr;
+    surpool__error_clear(&serr);
+    rc = setup(c, deadline, &serr);
+    if (rc != SURPOOL_OK) {
+        /* Say which step failed; keep the server's code and kind. */
+        if (err != NULL) {
+            *err = serr;
+            err->code = rc;
+            surpool__error_prefix(err, "connection setup failed: ");
+        }
+        surpool__conn_close(c);
+        return rc;
+    }
+    *out = c;
+    return SURPOOL_OK;
+}
+
+void surpool__conn_close(surpool_conn *c)
+{
+    if (c == NULL)
+        return;
+    if (c->t != NULL)
+        c->pool->ops->close(c->t);
+    c->t = NULL;
+    surpool__free(c);
+}
+
+void surpool_conn_discard(surpool_conn *c)
+{
+    if (c != NULL)
+        c->discard = 1;
+}
+
+const char *surpool_conn_last_error(const surpool_conn *c)
+{
+    return c != NULL ? c->last_error : "";
+}

@@ -1,0 +1,55 @@
+/*
+ * Internal helpers shared by every surpool source file: allocation, clocks,
+ * error filling and logging. Not installed.
+ */
+#ifndef SURPOOL_INTERNAL_H
+#define SURPOOL_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "surpool.h"
+
+/* ---- allocation: every allocation of the library goes through these ---- */
+void *surpool__malloc(size_t n);
+void *surpool__calloc(size_t count, size_t n);
+void *surpool__realloc(void *p, size_t n);
+void surpool__free(void *p);
+char *surpool__strdup(const char *s); /* NULL in → NULL out */
+/* Overwrite then free a secret string (password, token). NULL ok. */
+void surpool__free_secret(char *s);
+/* memset that the compiler may not drop. */
+void surpool__wipe(void *p, size_t n);
+
+/* ---- clocks ---- */
+#define SURPOOL__NS_PER_MS INT64_C(1000000)
+int64_t surpool__now_ns(void); /* CLOCK_MONOTONIC */
+/* now + ms, saturating; ms < 0 means "no deadline" and returns INT64_MAX. */
+int64_t surpool__deadline_after_ms(long ms);
+
+/* ---- errors ---- */
+/* Fill err (if non-NULL) with code and printf-style message; returns code. */
+surpool_err surpool__seterr(surpool_error *err, surpool_err code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void surpool__error_clear(surpool_error *err);
+/* Put `prefix` in front of err->message (truncating the end to fit). */
+void surpool__error_prefix(surpool_error *err, const char *prefix);
+/* Copy src into dst if both non-NULL; returns src->code. */
+surpool_err surpool__error_copy(surpool_error *dst, const surpool_error *src);
+
+/* ---- logging ---- */
+typedef struct surpool__logger {
+    surpool_log_fn fn;
+    void *userdata;
+    surpool_log_level level;
+} surpool__logger;
+
+void surpool__log(const surpool__logger *lg, surpool_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void surpool__vlog(const surpool__logger *lg, surpool_log_level level, const char *fmt,
+                   va_list ap);
+
+#define SURPOOL__UNUSED(x) ((void)(x))
+
+#endif

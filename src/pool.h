@@ -1,0 +1,107 @@
+/*
+ * Internal view of the pool and its connections, shared by pool.c (waiters,
+ * handoff, lifecycle), conn.c (per-connection state) and rpc.c (methods).
+ */
+#ifndef SURPOOL_POOL_H
+#define SURPOOL_POOL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "internal.h"
+#include "transport.h"
+#include "url.h"
+
+typedef enum surpool__conn_state {
+    SURPOOL__CONN_SETUP = 0, /* being opened by a connector; not in any list */
+    SURPOOL__CONN_IDLE = 1,
+    SURPOOL__CONN_LEASED = 2,
+} surpool__conn_state;
+
+struct surpool_conn {
+    surpool_pool *pool;
+    surpool__tconn *t;          /* transport handle; NULL once closed */
+    surpool__conn_state state;  /* pool mutex */
+
+    /* Pool lists (pool mutex). */
+    surpool_conn *all_next, *all_prev;
+    surpool_conn *idle_next, *idle_prev;
+
+    uint64_t serial;            /* 1, 2, ... in creation order */
+    int64_t created_ns;
+    int64_t last_used_ns;       /* pool mutex: when it last became idle */
+
+    atomic_int dead;            /* set by the transport's on_dead event */
+    int broken;                 /* lease holder: a transport failure happened */
+    int discard;                /* lease holder: surpool_conn_discard() */
+    atomic_llong next_id;       /* RPC ids on this connection */
+
+    char last_error[256];       /* lease holder: message of the last failed call */
+};
+
+typedef struct surpool__waiter surpool__waiter;
+
+/* Per-pool configuration, copied and validated at create. */
+typedef struct surpool__pool_config {
+    surpool_config pub;         /* string members point into the copies below */
+    char *url, *ns, *db, *user, *pass, *access, *token, *init_sql;
+    char *tls_ca_file, *tls_ca_dir, *tls_cert_file, *tls_key_file;
+    json_t *signin_params;      /* deep copy, or NULL */
+    int max_concurrent_connects;
+} surpool__pool_config;
+
+struct surpool_pool {
+    pthread_mutex_t mu;
+    surpool__pool_config cfg;
+    surpool__url url;
+    surpool__logger logger;
+    const surpool__transport_ops *ops;
+    surpool__transport *transport;
+
+    /* Connections (mu). */
+    surpool_conn *all_head;
+    surpool_conn *idle_head, *idle_tail; /* head = most recently used */
+    int nidle, nleased, nconnecting;
+    int nclosing;               /* forgotten, close() in progress outside mu */
+    uint64_t next_serial;
+
+    /* FIFO of waiters (mu): head is the oldest. */
+    surpool__waiter *wait_head, *wait_tail;
+    int nwaiters;
+    uint64_t next_ticket;
+
+    /* Connector threads (mu): open connections on behalf of waiters. */
+    pthread_cond_t connector_cv;
+    pthread_t *connectors;
+    int nconnectors, nconnectors_idle;
+    int64_t connect_not_before_ns;  /* governor backoff */
+    int consecutive_failures;
+    surpool_error last_connect_error;
+    int connect_failures_pending;   /* for create(): failures seen while warming up */
+    uint64_t rng;                   /* jitter state */
+
+    /* Lifecycle (mu). */
+    int closed;
+    pthread_cond_t state_cv;        /* broadcast when leases/connects finish */
+
+    surpool_stats stats;            /* counters (mu) */
+    atomic_ullong requests, request_errors;
+};
+
+/* conn.c */
+surpool_err surpool__conn_open(surpool_pool *pool, surpool_conn **out, surpool_error *err);
+void surpool__conn_close(surpool_conn *c); /* closes transport, frees; no locks held */
+int surpool__conn_usable(const surpool_conn *c);
+
+/* rpc.c: one synchronous RPC on a connection, deadline absolute (monotonic ns).
+ * *out (may be NULL) receives the result as a new reference. */
+surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *params,
+                         int64_t deadline_ns, json_t **out, surpool_error *err);
+
+/* pool.c: create with an explicit transport (tests pass the fake one). */
+surpool_err surpool__pool_create_with(const surpool_config *cfg,
+                                      const surpool__transport_ops *ops, void *transport_arg,
+                                      surpool_pool **out, surpool_error *err);
+
+#endif

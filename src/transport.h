@@ -1,0 +1,118 @@
+/*
+ * The transport vtable: how the pool core talks to connections.
+ *
+ * The pool (pool.c, conn.c, rpc.c) never knows what carries its requests. The
+ * library ships one implementation, transport_lws.c (libwebsockets); the unit
+ * tests run the same core on tests/fake_transport.c.
+ *
+ * Contract (every implementation must keep all of it):
+ *  1. create() starts whatever machinery the transport needs (threads, contexts)
+ *     for one pool. destroy() closes every connection still open (completing
+ *     their requests with SURPOOL_ERR_DISCONNECTED), stops it and frees it.
+ *  2. open() blocks the calling thread until the connection is established
+ *     (WebSocket upgrade done, subprotocol checked) or fails, or deadline_ns
+ *     (CLOCK_MONOTONIC) passes. On failure it returns CONNECT / TLS / TIMEOUT /
+ *     NOMEM with a message in err and nothing is left behind.
+ *  3. submit() queues a request. If it returns SURPOOL_OK, req->done(req) is
+ *     called EXACTLY ONCE later, from any thread (usually the transport's own),
+ *     with req->status and (on OK) req->reply set. done() may even run before
+ *     submit() returns. If submit() returns an error, done() is never called.
+ *     After done() returns the transport never touches req again.
+ *  4. The transport enforces req->deadline_ns itself: a request without a
+ *     reply by then completes with SURPOOL_ERR_REQUEST_TIMEOUT.
+ *  5. cancel() removes a request that has not completed: it returns 1 if it
+ *     did (done() will NOT be called; the caller owns req again), 0 if done()
+ *     has run or is running (the caller must wait for it).
+ *  6. close() starts closing a connection and returns without waiting for the
+ *     peer. Every queued or in-flight request completes with
+ *     SURPOOL_ERR_DISCONNECTED (done() called, possibly on the calling thread
+ *     before close() returns). After close() returns no event callback for
+ *     this connection is running or will start, and the handle is invalid.
+ *  7. Events (ev->on_dead, ev->on_notify) run on the transport's thread. They
+ *     must be quick and must not call close() or submit() on any connection.
+ *  8. alive() is cheap and lock-free or nearly: 0 once the connection is known
+ *     dead (peer closed, error, keepalive failure).
+ *  9. done() and event callbacks must never call back into this connection's
+ *     close(); they may signal other threads.
+ */
+#ifndef SURPOOL_TRANSPORT_H
+#define SURPOOL_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "internal.h"
+#include "url.h"
+
+typedef struct surpool__transport surpool__transport; /* one per pool */
+typedef struct surpool__tconn surpool__tconn;         /* one per connection */
+typedef struct surpool__treq surpool__treq;           /* one per RPC request */
+
+typedef void (*surpool__treq_done_fn)(surpool__treq *req);
+
+struct surpool__treq {
+    /* In: set by the submitter before submit(). */
+    int64_t id;                 /* the RPC id inside payload */
+    char *buf;                  /* owned by the submitter; payload starts at buf + headroom */
+    size_t len;                 /* payload length in bytes (text, no NUL) */
+    int64_t deadline_ns;        /* INT64_MAX: none */
+    surpool__treq_done_fn done; /* completion, exactly once (see contract 3) */
+    void *userdata;
+
+    /* Out: set by the transport before done(). */
+    surpool_err status;  /* SURPOOL_OK: reply is set */
+    json_t *reply;       /* the decoded reply frame {"id":..,"result"|"error":..};
+                            a new reference the submitter takes over */
+    char message[200];   /* why, when status != SURPOOL_OK */
+
+    /* Transport private: never touched by the submitter. */
+    surpool__treq *tnext;
+    surpool__treq *tprev;
+    int tstate;
+};
+
+/* Per-connection events, delivered on the transport's thread. */
+typedef struct surpool__tconn_events {
+    /* The connection died (peer close, error, keepalive failure). Called at most
+     * once, never after close() returned. */
+    void (*on_dead)(void *userdata, surpool_err why, const char *message);
+    /* A frame without id that is a live-query notification; `frame` is borrowed. */
+    void (*on_notify)(void *userdata, json_t *frame);
+    void *userdata;
+} surpool__tconn_events;
+
+typedef struct surpool__tconfig {
+    const surpool__url *url;     /* borrowed; outlives the transport */
+    long connect_timeout_ms;
+    size_t max_message_bytes;
+    int max_connections;         /* sizing hint (fd table) */
+    const char *tls_ca_file;
+    const char *tls_ca_dir;
+    const char *tls_cert_file;
+    const char *tls_key_file;
+    int tls_insecure_skip_verify;
+    const surpool__logger *logger; /* borrowed; outlives the transport */
+} surpool__tconfig;
+
+typedef struct surpool__transport_ops {
+    const char *name;
+    /* Bytes the submitter must reserve in front of every payload (LWS_PRE). */
+    size_t headroom;
+    surpool_err (*create)(const surpool__tconfig *cfg, void *arg, surpool__transport **out,
+                          surpool_error *err);
+    void (*destroy)(surpool__transport *t);
+    surpool_err (*open)(surpool__transport *t, int64_t deadline_ns,
+                        const surpool__tconn_events *ev, surpool__tconn **out,
+                        surpool_error *err);
+    surpool_err (*submit)(surpool__tconn *c, surpool__treq *req);
+    int (*cancel)(surpool__tconn *c, surpool__treq *req);
+    int (*alive)(surpool__tconn *c);
+    void (*close)(surpool__tconn *c);
+} surpool__transport_ops;
+
+/* The real one (transport_lws.c). `arg` is unused (NULL). */
+extern const surpool__transport_ops surpool__transport_lws;
+
+#endif

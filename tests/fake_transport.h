@@ -1,0 +1,50 @@
+/*
+ * A fake transport for the pool core's unit tests: scripted replies, connect
+ * latency and failures, call latency, connections that break. Lives under
+ * tests/, never in the library.
+ */
+#ifndef SURPOOL_FAKE_TRANSPORT_H
+#define SURPOOL_FAKE_TRANSPORT_H
+
+#include <stdatomic.h>
+
+#include <jansson.h>
+
+#include "transport.h"
+
+/* Produce the reply frame for one request: return a NEW reference to a full
+ * reply object {"id":..,"result":..} or {"id":..,"error":..}, or NULL to leave
+ * the request unanswered (it then times out or fails on close). */
+typedef json_t *(*fake_responder_fn)(void *ud, json_int_t id, const char *method,
+                                     json_t *params);
+
+typedef struct fake_settings {
+    atomic_int connect_latency_ms; /* each open() sleeps this long */
+    atomic_int call_latency_us;    /* 0: replies complete inside submit() */
+    atomic_int fail_connects;      /* fail the next N opens */
+    atomic_int fail_connect_every; /* every Nth open fails (0 = never) */
+    atomic_int break_after_calls;  /* a connection dies after N calls (0 = never) */
+    fake_responder_fn responder;   /* NULL: fake_default_responder */
+    void *responder_ud;
+
+    /* Counters, read by tests. */
+    atomic_int opens;       /* open() calls */
+    atomic_int open_ok;     /* successful opens */
+    atomic_int open_now;    /* connections currently open */
+    atomic_int calls;       /* requests submitted */
+} fake_settings;
+
+void fake_settings_init(fake_settings *s);
+
+/* ping → null; query → one OK statement per call echoing the SQL; signin →
+ * "fake-token"; use → {}; "fail" → error -32000; "authfail" → error -32002;
+ * "noreply" → no reply; anything else → -32601. */
+json_t *fake_default_responder(void *ud, json_int_t id, const char *method, json_t *params);
+
+extern const surpool__transport_ops fake_transport_ops;
+
+/* Kill every open connection (as if the server went away): in-flight requests
+ * complete with SURPOOL_ERR_DISCONNECTED and on_dead fires. */
+void fake_kill_all(surpool__transport *t);
+
+#endif
