@@ -315,6 +315,127 @@ SURPOOL_API surpool_err surpool_query(surpool_pool *pool, const char *sql, const
  *  Thread safety: Any thread. */
 SURPOOL_API surpool_err surpool_query_check(const json_t *result, surpool_error *err);
 
+/* ------------------------------------------------------------------------- */
+/* RPC methods on a lease                                                     */
+/*                                                                            */
+/* Every function below: `conn` is a lease (One thread at a time per handle); */
+/* `out` (may be NULL to ignore it) receives the method's result as a NEW      */
+/* reference on SURPOOL_OK; json_t arguments are borrowed; bad arguments      */
+/* return SURPOOL_ERR_INVALID_ARG before anything is sent; other returns as   */
+/* surpool_conn_call(). "thing" is a table name ("person") or a record id     */
+/* ("person:tobie"): the server parses it (see docs/json-values.md).          */
+/* Calls that change session state (use, signin, signup, authenticate,        */
+/* invalidate, let, unset) make the lease "dirty": on release it is closed    */
+/* rather than lent to someone else with that state.                          */
+/* ------------------------------------------------------------------------- */
+
+/** `ping`: a round trip. */
+SURPOOL_API surpool_err surpool_conn_ping(surpool_conn *conn, surpool_error *err);
+
+/** `version`: the server's version string, e.g. "surrealdb-3.0.3". */
+SURPOOL_API surpool_err surpool_conn_version(surpool_conn *conn, json_t **out,
+                                             surpool_error *err);
+
+/** `use`: select namespace and database. `ns` is required; `db` may be NULL to
+ *  keep the namespace only. (db without ns is refused: it crashes 3.0 servers.) */
+SURPOOL_API surpool_err surpool_conn_use(surpool_conn *conn, const char *ns, const char *db,
+                                         surpool_error *err);
+
+/** Credentials for surpool_conn_signin(). Zero-initialise, then set:
+ *  root user: user+pass; namespace user: + ns; database user: + ns + db;
+ *  record access: ns + db + access, with the access method's variables in
+ *  `vars` (and/or user/pass, sent as "user"/"pass"). */
+typedef struct surpool_credentials {
+    const char *user;
+    const char *pass;
+    const char *ns;
+    const char *db;
+    const char *access;  /**< record access method name ("ac") */
+    const json_t *vars;  /**< extra signin fields, a JSON object, or NULL */
+    const void *reserved[4]; /**< keep NULL */
+} surpool_credentials;
+
+/** `signin`. `out` receives the token (a JSON string). Wrong credentials:
+ *  SURPOOL_ERR_AUTH. */
+SURPOOL_API surpool_err surpool_conn_signin(surpool_conn *conn, const surpool_credentials *cred,
+                                            json_t **out, surpool_error *err);
+
+/** `signup` through record access `access` on ns/db with the method's
+ *  variables `vars` (a JSON object). `out` receives the token. */
+SURPOOL_API surpool_err surpool_conn_signup(surpool_conn *conn, const char *ns, const char *db,
+                                            const char *access, const json_t *vars,
+                                            json_t **out, surpool_error *err);
+
+/** `authenticate` with a JWT. */
+SURPOOL_API surpool_err surpool_conn_authenticate(surpool_conn *conn, const char *token,
+                                                  surpool_error *err);
+
+/** `invalidate`: drop the lease's authentication. */
+SURPOOL_API surpool_err surpool_conn_invalidate(surpool_conn *conn, surpool_error *err);
+
+/** `let`: define session variable `name` (letters, digits, _; no '$'). */
+SURPOOL_API surpool_err surpool_conn_let(surpool_conn *conn, const char *name,
+                                         const json_t *value, surpool_error *err);
+
+/** `unset`: remove session variable `name`. */
+SURPOOL_API surpool_err surpool_conn_unset(surpool_conn *conn, const char *name,
+                                           surpool_error *err);
+
+/** `select [thing]`. */
+SURPOOL_API surpool_err surpool_conn_select(surpool_conn *conn, const char *thing, json_t **out,
+                                            surpool_error *err);
+
+/** `create [thing, data?]`; `data` an object or NULL. */
+SURPOOL_API surpool_err surpool_conn_create(surpool_conn *conn, const char *thing,
+                                            const json_t *data, json_t **out,
+                                            surpool_error *err);
+
+/** `insert [table, data]`; `data` an object or an array of objects. */
+SURPOOL_API surpool_err surpool_conn_insert(surpool_conn *conn, const char *table,
+                                            const json_t *data, json_t **out,
+                                            surpool_error *err);
+
+/** `update [thing, data?]`: replaces the content. */
+SURPOOL_API surpool_err surpool_conn_update(surpool_conn *conn, const char *thing,
+                                            const json_t *data, json_t **out,
+                                            surpool_error *err);
+
+/** `upsert [thing, data?]`: creates or replaces. */
+SURPOOL_API surpool_err surpool_conn_upsert(surpool_conn *conn, const char *thing,
+                                            const json_t *data, json_t **out,
+                                            surpool_error *err);
+
+/** `merge [thing, data]`: merges `data` (an object) into the record(s). */
+SURPOOL_API surpool_err surpool_conn_merge(surpool_conn *conn, const char *thing,
+                                           const json_t *data, json_t **out,
+                                           surpool_error *err);
+
+/** `patch [thing, ops, diff]`: JSON Patch `ops` (an array); `diff` non-zero
+ *  asks for the applied diff instead of the records. */
+SURPOOL_API surpool_err surpool_conn_patch(surpool_conn *conn, const char *thing,
+                                           const json_t *ops, int diff, json_t **out,
+                                           surpool_error *err);
+
+/** `delete [thing]`. */
+SURPOOL_API surpool_err surpool_conn_delete(surpool_conn *conn, const char *thing, json_t **out,
+                                            surpool_error *err);
+
+/** `relate [from, table, to, data?]`: a graph edge `from->table->to`. */
+SURPOOL_API surpool_err surpool_conn_relate(surpool_conn *conn, const char *from,
+                                            const char *table, const char *to,
+                                            const json_t *data, json_t **out,
+                                            surpool_error *err);
+
+/** `run [fn, version, args]`: call a function ("fn::name" or a built-in such as
+ *  "string::len"); `version` may be NULL; `args` an array or NULL. */
+SURPOOL_API surpool_err surpool_conn_run(surpool_conn *conn, const char *fn,
+                                         const char *version, const json_t *args, json_t **out,
+                                         surpool_error *err);
+
+/** `info`: the record of the signed-in record user (errors for system users on
+ *  some servers). */
+SURPOOL_API surpool_err surpool_conn_info(surpool_conn *conn, json_t **out, surpool_error *err);
+
 /** Library version, "MAJOR.MINOR.PATCH". Thread safety: Any thread. */
 SURPOOL_API const char *surpool_version(void);
 

@@ -145,6 +145,7 @@ surpool_err surpool__conn_open(surpool_pool *p, surpool_conn **out, surpool_erro
         surpool__conn_close(c);
         return rc;
     }
+    c->session_dirty = 0; /* the configured state is the clean state */
     *out = c;
     return SURPOOL_OK;
 }

@@ -826,14 +826,17 @@ void surpool_conn_release(surpool_conn *c)
     if (c == NULL)
         return;
     surpool_pool *p = c->pool;
-    int reusable = surpool__conn_usable(c) && !c->broken && !c->discard;
+    /* A lease whose session state changed is closed, never lent on: the next
+     * borrower must get a connection exactly as configured. */
+    int broken = !surpool__conn_usable(c) || c->broken;
+    int reusable = !broken && !c->discard && !c->session_dirty;
     c->last_error[0] = '\0';
 
     pthread_mutex_lock(&p->mu);
     assert(c->state == SURPOOL__CONN_LEASED);
     p->stats.released++;
     if (!reusable || p->closed) {
-        if (!reusable)
+        if (broken)
             p->stats.broken++;
         forget_conn_locked(p, c);
         pthread_mutex_unlock(&p->mu);

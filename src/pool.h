@@ -35,6 +35,7 @@ struct surpool_conn {
     atomic_int dead;            /* set by the transport's on_dead event */
     int broken;                 /* lease holder: a transport failure happened */
     int discard;                /* lease holder: surpool_conn_discard() */
+    int session_dirty;          /* lease holder: session state changed (use, let, ...) */
     atomic_llong next_id;       /* RPC ids on this connection */
 
     char last_error[256];       /* lease holder: message of the last failed call */

@@ -3,6 +3,7 @@
  * (surpool__rpc) and a thin, validating wrapper per SurrealDB method.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <pthread.h>
 #include <string.h>
 #include <time.h>
@@ -80,6 +81,19 @@ static int breaks_connection(surpool_err code)
     }
 }
 
+/* Methods whose effect outlives the call: a lease that used one must not be
+ * lent to the next borrower as it is. */
+static int changes_session(const char *method)
+{
+    static const char *const names[] = {"use", "signin", "signup", "authenticate",
+                                        "invalidate", "let", "unset", "reset", "begin",
+                                        "live", "attach", "detach"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strcmp(method, names[i]) == 0)
+            return 1;
+    return 0;
+}
+
 surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *params,
                          int64_t deadline_ns, json_t **out, surpool_error *err)
 {
@@ -90,6 +104,9 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
     if (c->broken || c->t == NULL)
         return surpool__seterr(err, SURPOOL_ERR_BROKEN,
                                "connection is broken: release it and acquire another");
+
+    if (changes_session(method))
+        c->session_dirty = 1; /* even on failure: the server may have applied it */
 
     surpool__treq req;
     memset(&req, 0, sizeof(req));
@@ -157,15 +174,29 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
     return rc;
 }
 
-/* Every public call on a lease goes through here: argument checks, then one RPC
- * with the request deadline. `params` is stolen (NULL means it could not be
- * built: out of memory). */
-static surpool_err call_stolen(surpool_conn *c, const char *method, json_t *params,
-                               json_t **out, surpool_error *err)
+/* json_pack with the failure kept: jansson refuses invalid UTF-8 (the caller's
+ * fault) and fails on out-of-memory (ours to report as such). */
+static json_t *pack(json_error_t *je, const char *fmt, ...)
 {
-    if (params == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory building %s params",
-                               method);
+    va_list ap;
+    va_start(ap, fmt);
+    json_t *r = json_vpack_ex(je, 0, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+/* Every public call on a lease goes through here: one RPC with the request
+ * deadline. `params` is stolen; NULL means pack() failed, explained by `je`. */
+static surpool_err call_stolen(surpool_conn *c, const char *method, json_t *params,
+                               const json_error_t *je, json_t **out, surpool_error *err)
+{
+    if (params == NULL) {
+        if (json_error_code(je) == json_error_out_of_memory)
+            return surpool__seterr(err, SURPOOL_ERR_NOMEM, "%s: out of memory", method);
+        surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s: bad argument: %s", method, je->text);
+        snprintf(c->last_error, sizeof(c->last_error), "%s", err != NULL ? err->message : "");
+        return SURPOOL_ERR_INVALID_ARG;
+    }
     surpool_err rc = surpool__rpc(c, method, params, INT64_MAX, out, err);
     json_decref(params);
     return rc;
@@ -202,15 +233,16 @@ surpool_err surpool_conn_call(surpool_conn *c, const char *method, const json_t 
 surpool_err surpool_conn_query(surpool_conn *c, const char *sql, const json_t *vars,
                                json_t **out, surpool_error *err)
 {
+    json_error_t je;
     if (c == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "conn is NULL");
     if (!nonempty(sql))
         return bad_arg(c, err, "sql must be a non-empty string");
     if (vars != NULL && !json_is_object(vars))
         return bad_arg(c, err, "vars must be a JSON object or NULL");
-    json_t *params = vars != NULL ? json_pack("[sO]", sql, (json_t *)vars)
-                                  : json_pack("[s]", sql);
-    return call_stolen(c, "query", params, out, err);
+    json_t *params = vars != NULL ? pack(&je, "[sO]", sql, (json_t *)vars)
+                                  : pack(&je, "[s]", sql);
+    return call_stolen(c, "query", params, &je, out, err);
 }
 
 surpool_err surpool_query(surpool_pool *pool, const char *sql, const json_t *vars,
@@ -255,4 +287,261 @@ surpool_err surpool_query_check(const json_t *result, surpool_error *err)
         }
     }
     return SURPOOL_OK;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Method wrappers                                                            */
+/* ------------------------------------------------------------------------- */
+
+#define CHECK_CONN(c, err)                                                                \
+    do {                                                                                  \
+        if ((c) == NULL)                                                                  \
+            return surpool__seterr((err), SURPOOL_ERR_INVALID_ARG, "conn is NULL");      \
+    } while (0)
+
+/* Variable names as `let` accepts them: [A-Za-z_][A-Za-z0-9_]*. */
+static int valid_var_name(const char *s)
+{
+    if (!nonempty(s))
+        return 0;
+    for (const char *q = s; *q; q++) {
+        int alpha = (*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') || *q == '_';
+        int digit = *q >= '0' && *q <= '9';
+        if (!alpha && !(digit && q != s))
+            return 0;
+    }
+    return 1;
+}
+
+surpool_err surpool_conn_ping(surpool_conn *c, surpool_error *err)
+{
+    CHECK_CONN(c, err);
+    return surpool__rpc(c, "ping", NULL, INT64_MAX, NULL, err);
+}
+
+surpool_err surpool_conn_version(surpool_conn *c, json_t **out, surpool_error *err)
+{
+    CHECK_CONN(c, err);
+    return surpool__rpc(c, "version", NULL, INT64_MAX, out, err);
+}
+
+surpool_err surpool_conn_use(surpool_conn *c, const char *ns, const char *db,
+                             surpool_error *err)
+{
+    json_error_t je;
+    CHECK_CONN(c, err);
+    if (!nonempty(ns))
+        return bad_arg(c, err, "use: ns must be a non-empty string (db without ns is refused)");
+    if (db != NULL && db[0] == '\0')
+        return bad_arg(c, err, "use: db must be NULL or non-empty");
+    json_t *params = db != NULL ? pack(&je, "[ss]", ns, db) : pack(&je, "[sn]", ns);
+    return call_stolen(c, "use", params, &je, NULL, err);
+}
+
+surpool_err surpool_conn_signin(surpool_conn *c, const surpool_credentials *cred, json_t **out,
+                                surpool_error *err)
+{
+    json_error_t je;
+    CHECK_CONN(c, err);
+    if (cred == NULL)
+        return bad_arg(c, err, "signin: credentials are required");
+    if (cred->db != NULL && cred->ns == NULL)
+        return bad_arg(c, err, "signin: db needs ns");
+    if (cred->access != NULL && (cred->ns == NULL || cred->db == NULL))
+        return bad_arg(c, err, "signin: access needs ns and db");
+    if (cred->access == NULL && (cred->user == NULL || cred->pass == NULL))
+        return bad_arg(c, err, "signin: user and pass are required (or access)");
+    if (cred->vars != NULL && !json_is_object(cred->vars))
+        return bad_arg(c, err, "signin: vars must be a JSON object");
+    if ((cred->user != NULL && cred->user[0] == '\0') || (cred->ns != NULL && cred->ns[0] == '\0') ||
+        (cred->db != NULL && cred->db[0] == '\0') ||
+        (cred->access != NULL && cred->access[0] == '\0'))
+        return bad_arg(c, err, "signin: strings must be NULL or non-empty");
+
+    json_t *obj = cred->vars != NULL ? json_deep_copy(cred->vars) : json_object();
+    int bad = obj == NULL;
+    if (!bad && cred->user != NULL)
+        bad |= json_object_set_new(obj, "user", json_string(cred->user));
+    if (!bad && cred->pass != NULL)
+        bad |= json_object_set_new(obj, "pass", json_string(cred->pass));
+    if (!bad && cred->ns != NULL)
+        bad |= json_object_set_new(obj, "ns", json_string(cred->ns));
+    if (!bad && cred->db != NULL)
+        bad |= json_object_set_new(obj, "db", json_string(cred->db));
+    if (!bad && cred->access != NULL)
+        bad |= json_object_set_new(obj, "ac", json_string(cred->access));
+    if (bad) {
+        json_decref(obj);
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "signin: strings must be valid UTF-8");
+    }
+    return call_stolen(c, "signin", pack(&je, "[o]", obj), &je, out, err);
+}
+
+surpool_err surpool_conn_signup(surpool_conn *c, const char *ns, const char *db,
+                                const char *access, const json_t *vars, json_t **out,
+                                surpool_error *err)
+{
+    json_error_t je;
+    CHECK_CONN(c, err);
+    if (!nonempty(ns) || !nonempty(db) || !nonempty(access))
+        return bad_arg(c, err, "signup: ns, db and access are required");
+    if (vars != NULL && !json_is_object(vars))
+        return bad_arg(c, err, "signup: vars must be a JSON object or NULL");
+    json_t *obj = vars != NULL ? json_deep_copy(vars) : json_object();
+    if (obj == NULL || json_object_set_new(obj, "ns", json_string(ns)) ||
+        json_object_set_new(obj, "db", json_string(db)) ||
+        json_object_set_new(obj, "ac", json_string(access))) {
+        json_decref(obj);
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "signup: strings must be valid UTF-8");
+    }
+    return call_stolen(c, "signup", pack(&je, "[o]", obj), &je, out, err);
+}
+
+surpool_err surpool_conn_authenticate(surpool_conn *c, const char *token, surpool_error *err)
+{
+    json_error_t je;
+    CHECK_CONN(c, err);
+    if (!nonempty(token))
+        return bad_arg(c, err, "authenticate: token is required");
+    return call_stolen(c, "authenticate", pack(&je, "[s]", token), &je, NULL, err);
+}
+
+surpool_err surpool_conn_invalidate(surpool_conn *c, surpool_error *err)
+{
+    CHECK_CONN(c, err);
+    return surpool__rpc(c, "invalidate", NULL, INT64_MAX, NULL, err);
+}
+
+surpool_err surpool_conn_let(surpool_conn *c, const char *name, const json_t *value,
+                             surpool_error *err)
+{
+    json_error_t je;
+    CHECK_CONN(c, err);
+    if (!valid_var_name(name))
+        return bad_arg(c, err, "let: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')");
+    if (value == NULL)
+        return bad_arg(c, err, "let: value is required (use json_null())");
+    return call_stolen(c, "let", pack(&je, "[sO]", name, (json_t *)value), &je, NULL, err);
+}
+
+surpool_err surpool_conn_unset(surpool_conn *c, const char *name, surpool_error *err)
+{
+    json_error_t je;
+    CHECK_CONN(c, err);
+    if (!valid_var_name(name))
+        return bad_arg(c, err, "unset: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')");
+    return call_stolen(c, "unset", pack(&je, "[s]", name), &je, NULL, err);
+}
+
+/* [thing] or [thing, data]: data NULL is left out, else it must be an object
+ * (or, when arrays_ok, an array). */
+static surpool_err thing_data_call(surpool_conn *c, const char *method, const char *thing,
+                                   const json_t *data, int data_required, int arrays_ok,
+                                   json_t **out, surpool_error *err)
+{
+    json_error_t je;
+    CHECK_CONN(c, err);
+    if (!nonempty(thing))
+        return bad_arg(c, err, "the table or record id must be a non-empty string");
+    if (data == NULL && data_required)
+        return bad_arg(c, err, "data is required");
+    if (data != NULL && !json_is_object(data) && !(arrays_ok && json_is_array(data)))
+        return bad_arg(c, err, arrays_ok ? "data must be a JSON object or array"
+                                         : "data must be a JSON object");
+    json_t *params = data != NULL ? pack(&je, "[sO]", thing, (json_t *)data)
+                                  : pack(&je, "[s]", thing);
+    return call_stolen(c, method, params, &je, out, err);
+}
+
+surpool_err surpool_conn_select(surpool_conn *c, const char *thing, json_t **out,
+                                surpool_error *err)
+{
+    return thing_data_call(c, "select", thing, NULL, 0, 0, out, err);
+}
+
+surpool_err surpool_conn_create(surpool_conn *c, const char *thing, const json_t *data,
+                                json_t **out, surpool_error *err)
+{
+    return thing_data_call(c, "create", thing, data, 0, 0, out, err);
+}
+
+surpool_err surpool_conn_insert(surpool_conn *c, const char *table, const json_t *data,
+                                json_t **out, surpool_error *err)
+{
+    return thing_data_call(c, "insert", table, data, 1, 1, out, err);
+}
+
+surpool_err surpool_conn_update(surpool_conn *c, const char *thing, const json_t *data,
+                                json_t **out, surpool_error *err)
+{
+    return thing_data_call(c, "update", thing, data, 0, 0, out, err);
+}
+
+surpool_err surpool_conn_upsert(surpool_conn *c, const char *thing, const json_t *data,
+                                json_t **out, surpool_error *err)
+{
+    return thing_data_call(c, "upsert", thing, data, 0, 0, out, err);
+}
+
+surpool_err surpool_conn_merge(surpool_conn *c, const char *thing, const json_t *data,
+                               json_t **out, surpool_error *err)
+{
+    return thing_data_call(c, "merge", thing, data, 1, 0, out, err);
+}
+
+surpool_err surpool_conn_patch(surpool_conn *c, const char *thing, const json_t *ops, int diff,
+                               json_t **out, surpool_error *err)
+{
+    json_error_t je;
+    CHECK_CONN(c, err);
+    if (!nonempty(thing))
+        return bad_arg(c, err, "patch: the table or record id must be a non-empty string");
+    if (!json_is_array(ops))
+        return bad_arg(c, err, "patch: ops must be a JSON array of patch operations");
+    json_t *params = pack(&je, "[sOb]", thing, (json_t *)ops, diff != 0);
+    return call_stolen(c, "patch", params, &je, out, err);
+}
+
+surpool_err surpool_conn_delete(surpool_conn *c, const char *thing, json_t **out,
+                                surpool_error *err)
+{
+    return thing_data_call(c, "delete", thing, NULL, 0, 0, out, err);
+}
+
+surpool_err surpool_conn_relate(surpool_conn *c, const char *from, const char *table,
+                                const char *to, const json_t *data, json_t **out,
+                                surpool_error *err)
+{
+    json_error_t je;
+    CHECK_CONN(c, err);
+    if (!nonempty(from) || !nonempty(table) || !nonempty(to))
+        return bad_arg(c, err, "relate: from, table and to are required");
+    if (data != NULL && !json_is_object(data))
+        return bad_arg(c, err, "relate: data must be a JSON object or NULL");
+    json_t *params = data != NULL ? pack(&je, "[sssO]", from, table, to, (json_t *)data)
+                                  : pack(&je, "[sss]", from, table, to);
+    return call_stolen(c, "relate", params, &je, out, err);
+}
+
+surpool_err surpool_conn_run(surpool_conn *c, const char *fn, const char *version,
+                             const json_t *args, json_t **out, surpool_error *err)
+{
+    json_error_t je;
+    CHECK_CONN(c, err);
+    if (!nonempty(fn))
+        return bad_arg(c, err, "run: fn is required");
+    if (version != NULL && version[0] == '\0')
+        return bad_arg(c, err, "run: version must be NULL or non-empty");
+    if (args != NULL && !json_is_array(args))
+        return bad_arg(c, err, "run: args must be a JSON array or NULL");
+    json_t *params = pack(&je, "[s s? O?]", fn, version, (json_t *)args);
+    return call_stolen(c, "run", params, &je, out, err);
+}
+
+surpool_err surpool_conn_info(surpool_conn *c, json_t **out, surpool_error *err)
+{
+    CHECK_CONN(c, err);
+    return surpool__rpc(c, "info", NULL, INT64_MAX, out, err);
 }

@@ -476,7 +476,7 @@ static void test_broken_release_replaced_for_waiter(void **state)
     pthread_t th;
     pthread_create(&th, NULL, acquire_and_report, &r);
     wait_for_waiters(pool, 1);
-    surpool_conn_discard(held);
+    fake_kill_all(pool->transport); /* the held connection dies */
     surpool_conn_release(held);
     pthread_join(th, NULL);
     assert_int_equal(r.rc, SURPOOL_OK);
@@ -485,6 +485,31 @@ static void test_broken_release_replaced_for_waiter(void **state)
     assert_int_equal(st.created, 2);
     assert_int_equal(st.destroyed, 1);
     assert_int_equal(st.broken, 1);
+}
+
+/* A discarded or session-dirty lease is closed on release, not lent on. */
+static void test_discard_and_dirty_leases_are_closed(void **state)
+{
+    fixture *f = *state;
+    surpool_pool *pool = make_pool(f, 1, 0);
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(pool, 1000, &c, NULL), SURPOOL_OK);
+    surpool_conn_discard(c);
+    surpool_conn_release(c);
+    assert_int_equal(surpool_pool_acquire(pool, 1000, &c, NULL), SURPOOL_OK);
+    json_t *v = json_integer(1);
+    assert_int_equal(surpool_conn_let(c, "x", v, NULL), SURPOOL_ERR_SERVER); /* fake: -32601 */
+    json_decref(v);
+    surpool_conn_release(c); /* dirty even though the call failed */
+    assert_int_equal(surpool_pool_acquire(pool, 1000, &c, NULL), SURPOOL_OK);
+    assert_int_equal(surpool_conn_ping(c, NULL), SURPOOL_OK);
+    surpool_conn_release(c); /* clean: kept */
+    surpool_stats st;
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.created, 3);
+    assert_int_equal(st.destroyed, 2);
+    assert_int_equal(st.broken, 0);
+    assert_int_equal(st.idle, 1);
 }
 
 static void test_transport_failure_marks_broken(void **state)
@@ -823,6 +848,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_connect_failures_during_burst, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_carries_connect_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_broken_release_replaced_for_waiter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_discard_and_dirty_leases_are_closed, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_transport_failure_marks_broken, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_idle_never_handed_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_during_burst, setup, teardown),

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it:
+#   1. plain build with -Werror: every test;
+#   2. ASan+UBSan build: every test;
+#   3. TSan build: every concurrency and integration test;
+#   4. libFuzzer harnesses for a bounded time, when clang is installed.
+# Installs what is missing first (Debian packages as root, the test server with
+# npm ci). Exits non-zero on any failure.
+#
+# Options: --quick (plain build only), --no-fuzz, --fuzz-seconds N.
+set -euo pipefail
+source "$(dirname "$0")/lib/common.sh"
+
+quick=0
+fuzz=1
+fuzz_seconds=${SURPOOL_FUZZ_SECONDS:-60}
+while [ $# -gt 0 ]; do
+    case $1 in
+        --quick) quick=1 ;;
+        --no-fuzz) fuzz=0 ;;
+        --fuzz-seconds) fuzz_seconds=$2; shift ;;
+        *) die "unknown option $1 (see the comment at the top of $0)" ;;
+    esac
+    shift
+done
+
+ensure_deps
+cd "$SURPOOL_ROOT"
+build=${SURPOOL_BUILD_ROOT:-$SURPOOL_ROOT/build}
+mkdir -p "$build"
+
+passed=0          # test programs (and fuzz runs) that passed, over all builds
+failed=0
+failed_runs=()
+
+# run_suite NAME DIR [ctest args...]
+run_suite() {
+    local name=$1 dir=$2 out rc=0
+    shift 2
+    log "tests: $name"
+    out="$dir/ctest.log"
+    ctest --test-dir "$dir" --output-on-failure -j 2 "$@" 2>&1 | tee "$out" || rc=1
+    # "N% tests passed, F tests failed out of T"
+    local line total bad
+    line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$out" | tail -n 1 || true)
+    if [ -z "$line" ]; then
+        failed=$((failed + 1)); failed_runs+=("$name: no tests ran"); return
+    fi
+    bad=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\1/' <<<"$line")
+    total=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\2/' <<<"$line")
+    passed=$((passed + total - bad))
+    failed=$((failed + bad))
+    if [ "$bad" -ne 0 ] || [ $rc -ne 0 ]; then
+        failed_runs+=("$name")
+        [ "$bad" -ne 0 ] || failed=$((failed + 1))
+    fi
+}
+
+log "build: plain (-Werror)"
+configure_and_build "$build/plain" -DSURPOOL_WERROR=ON
+run_suite plain "$build/plain"
+
+if [ $quick -eq 0 ]; then
+    log "build: ASan+UBSan"
+    configure_and_build "$build/asan" -DSURPOOL_WERROR=ON -DSURPOOL_SANITIZE=address,undefined
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+        run_suite asan+ubsan "$build/asan"
+
+    log "build: TSan"
+    configure_and_build "$build/tsan" -DSURPOOL_WERROR=ON -DSURPOOL_SANITIZE=thread
+    TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$SURPOOL_ROOT/tests/tsan.supp" \
+        run_suite tsan "$build/tsan" -L 'concurrency|integration'
+
+    if [ $fuzz -eq 1 ] && command -v clang >/dev/null 2>&1 && [ -f fuzz/CMakeLists.txt ]; then
+        log "build: fuzzers (clang)"
+        CC=clang configure_and_build "$build/fuzz" -DSURPOOL_BUILD_FUZZERS=ON \
+            -DSURPOOL_BUILD_TESTS=OFF -DSURPOOL_BUILD_EXAMPLES=OFF -DSURPOOL_BUILD_SHARED=OFF
+        for h in "$build"/fuzz/fuzz/fuzz_*; do
+            [ -x "$h" ] || continue
+            n=$(basename "$h")
+            log "fuzz: $n for ${fuzz_seconds}s"
+            work=$(mktemp -d)
+            cp -r "fuzz/corpus/${n#fuzz_}/." "$work/" 2>/dev/null || true
+            if "$h" -max_total_time="$fuzz_seconds" -print_final_stats=1 \
+                   -artifact_prefix="$build/fuzz/$n-" "$work" >"$build/fuzz/$n.log" 2>&1; then
+                grep -E 'stat::number_of_executed_units' "$build/fuzz/$n.log" || true
+                passed=$((passed + 1))
+            else
+                tail -n 40 "$build/fuzz/$n.log"
+                failed=$((failed + 1))
+                failed_runs+=("$n")
+            fi
+            rm -rf "$work"
+        done
+    fi
+fi
+
+echo
+[ ${#failed_runs[@]} -eq 0 ] || echo "failed: ${failed_runs[*]}"
+echo "tests: $passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ ${#failed_runs[@]} -eq 0 ]
