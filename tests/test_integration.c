@@ -1,0 +1,561 @@
+/*
+ * Integration tests against the real SurrealDB 3.0 core, behind our test server
+ * (tests/server/server.mjs), over ws:// and wss://. The group starts its own
+ * server on a free loopback port and always stops it. Never skipped.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "codec.h"
+#include "harness.h"
+#include "pool.h"
+
+static test_server g_server;
+
+static int group_setup(void **state)
+{
+    (void)state;
+    const char *args[] = {"--user", "root", "--pass", "root", NULL};
+    if (harness_start(&g_server, "server.mjs", 0, args) != 0) {
+        fprintf(stderr, "cannot start tests/server/server.mjs (did npm ci run?)\n");
+        return -1;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    harness_stop(&g_server);
+    return 0;
+}
+
+static void base_config(surpool_config *cfg, char *url, size_t urlsize, const char *db)
+{
+    surpool_config_init(cfg);
+    snprintf(url, urlsize, "ws://127.0.0.1:%d/rpc", g_server.port);
+    cfg->url = url;
+    cfg->user = "root";
+    cfg->pass = "root";
+    cfg->ns = "test";
+    cfg->db = db;
+    cfg->max_connections = 4;
+    cfg->acquire_timeout_ms = 30000;
+    cfg->connect_timeout_ms = 10000;
+}
+
+static surpool_pool *make_pool(const char *db)
+{
+    surpool_config cfg;
+    char url[128];
+    base_config(&cfg, url, sizeof(url), db);
+    surpool_pool *p = NULL;
+    surpool_error err;
+    if (surpool_pool_create(&cfg, &p, &err) != SURPOOL_OK)
+        fail_msg("create: %s", err.message);
+    return p;
+}
+
+static surpool_conn *lease(surpool_pool *p)
+{
+    surpool_conn *c = NULL;
+    surpool_error err;
+    if (surpool_pool_acquire(p, -1, &c, &err) != SURPOOL_OK)
+        fail_msg("acquire: %s: %s", surpool_strerror(err.code), err.message);
+    return c;
+}
+
+/* The result of statement i of a query reply. */
+static json_t *stmt_result(json_t *reply, size_t i)
+{
+    json_t *st = json_array_get(reply, i);
+    assert_non_null(st);
+    assert_string_equal(json_string_value(json_object_get(st, "status")), "OK");
+    return json_object_get(st, "result");
+}
+
+/* ------------------------------------------------------------------------- */
+
+static void test_ping_version_query(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool("basics");
+    surpool_conn *c = lease(p);
+    surpool_error err;
+    assert_int_equal(surpool_conn_ping(c, &err), SURPOOL_OK);
+    json_t *v = NULL;
+    assert_int_equal(surpool_conn_version(c, &v, &err), SURPOOL_OK);
+    assert_true(json_is_string(v));
+    assert_non_null(strstr(json_string_value(v), "surrealdb-"));
+    json_decref(v);
+
+    json_t *vars = json_pack("{s:i, s:s}", "a", 40, "b", "x");
+    json_t *out = NULL;
+    assert_int_equal(surpool_conn_query(c, "RETURN $a + 2; RETURN $b", vars, &out, &err),
+                     SURPOOL_OK);
+    json_decref(vars);
+    assert_int_equal(json_array_size(out), 2);
+    assert_int_equal(json_integer_value(stmt_result(out, 0)), 42);
+    assert_string_equal(json_string_value(stmt_result(out, 1)), "x");
+    assert_non_null(json_string_value(json_object_get(json_array_get(out, 0), "time")));
+    assert_int_equal(surpool_query_check(out, &err), SURPOOL_OK);
+    json_decref(out);
+    surpool_conn_release(c);
+    surpool_pool_destroy(p);
+}
+
+static void test_statement_error_stays_in_result(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool("errors");
+    surpool_conn *c = lease(p);
+    surpool_error err;
+    json_t *out = NULL;
+    assert_int_equal(surpool_conn_query(c, "RETURN 1; THROW 'boom'; RETURN 3", NULL, &out, &err),
+                     SURPOOL_OK);
+    assert_int_equal(json_array_size(out), 3);
+    json_t *bad = json_array_get(out, 1);
+    assert_string_equal(json_string_value(json_object_get(bad, "status")), "ERR");
+    assert_non_null(strstr(json_string_value(json_object_get(bad, "result")), "boom"));
+    assert_int_equal(json_integer_value(stmt_result(out, 2)), 3);
+    assert_int_equal(surpool_query_check(out, &err), SURPOOL_ERR_SERVER);
+    assert_non_null(strstr(err.message, "statement 1"));
+    json_decref(out);
+
+    /* A query that does not parse is an RPC error with the server's details. */
+    out = NULL;
+    assert_int_equal(surpool_conn_query(c, "SELEC * FROM", NULL, &out, &err), SURPOOL_ERR_SERVER);
+    assert_null(out);
+    assert_int_equal(err.code, SURPOOL_ERR_SERVER);
+    assert_true(err.server_code != 0);
+    assert_true(strlen(err.message) > 0);
+    assert_true(strlen(err.kind) > 0);
+
+    /* Unknown method: -32601, and the lease stays usable. */
+    assert_int_equal(surpool_conn_call(c, "no_such_method", NULL, NULL, &err),
+                     SURPOOL_ERR_SERVER);
+    assert_int_equal(err.server_code, -32601);
+    assert_int_equal(surpool_conn_ping(c, &err), SURPOOL_OK);
+    surpool_conn_release(c);
+    surpool_pool_destroy(p);
+}
+
+static void test_wrong_password(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    char url[128];
+    base_config(&cfg, url, sizeof(url), "auth");
+    cfg.pass = "not-the-password";
+    surpool_pool *p = NULL;
+    surpool_error err;
+    assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_OK);
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(p, 500, &c, &err), SURPOOL_ERR_AUTH);
+    assert_int_equal(err.code, SURPOOL_ERR_AUTH);
+    assert_null(strstr(err.message, "not-the-password"));
+    surpool_pool_destroy(p);
+
+    /* And on a lease, with explicit credentials. */
+    p = make_pool("auth");
+    c = lease(p);
+    surpool_credentials cred = {0};
+    cred.user = "root";
+    cred.pass = "wrong";
+    assert_int_equal(surpool_conn_signin(c, &cred, NULL, &err), SURPOOL_ERR_AUTH);
+    cred.pass = "root";
+    json_t *token = NULL;
+    assert_int_equal(surpool_conn_signin(c, &cred, &token, &err), SURPOOL_OK);
+    assert_true(json_is_string(token));
+    json_decref(token);
+    surpool_conn_release(c);
+    surpool_pool_destroy(p);
+}
+
+static void test_unauthenticated_refused(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    char url[128];
+    base_config(&cfg, url, sizeof(url), NULL);
+    cfg.user = NULL;
+    cfg.pass = NULL;
+    cfg.ns = NULL;
+    surpool_pool *p = NULL;
+    surpool_error err;
+    assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_OK);
+    surpool_conn *c = lease(p);
+    assert_int_equal(surpool_conn_query(c, "RETURN 1", NULL, NULL, &err), SURPOOL_ERR_AUTH);
+    assert_int_equal(err.server_code, -32002);
+    surpool_conn_release(c);
+    surpool_pool_destroy(p);
+}
+
+static void test_crud(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool("crud");
+    surpool_conn *c = lease(p);
+    surpool_error err;
+    json_t *out = NULL, *data;
+
+    data = json_pack("{s:s, s:i}", "name", "Tobie", "age", 30);
+    assert_int_equal(surpool_conn_create(c, "person:tobie", data, &out, &err), SURPOOL_OK);
+    json_decref(data);
+    json_t *rec = json_is_array(out) ? json_array_get(out, 0) : out;
+    assert_string_equal(json_string_value(json_object_get(rec, "id")), "person:tobie");
+    json_decref(out);
+
+    assert_int_equal(surpool_conn_select(c, "person:tobie", &out, &err), SURPOOL_OK);
+    rec = json_is_array(out) ? json_array_get(out, 0) : out;
+    assert_string_equal(json_string_value(json_object_get(rec, "name")), "Tobie");
+    json_decref(out);
+
+    data = json_pack("{s:s}", "city", "London");
+    assert_int_equal(surpool_conn_merge(c, "person:tobie", data, &out, &err), SURPOOL_OK);
+    json_decref(data);
+    rec = json_is_array(out) ? json_array_get(out, 0) : out;
+    assert_string_equal(json_string_value(json_object_get(rec, "city")), "London");
+    assert_int_equal(json_integer_value(json_object_get(rec, "age")), 30);
+    json_decref(out);
+
+    json_t *ops = json_pack("[{s:s, s:s, s:i}]", "op", "replace", "path", "/age", "value", 31);
+    assert_int_equal(surpool_conn_patch(c, "person:tobie", ops, 0, &out, &err), SURPOOL_OK);
+    json_decref(ops);
+    json_decref(out);
+    assert_int_equal(surpool_conn_select(c, "person:tobie", &out, &err), SURPOOL_OK);
+    rec = json_is_array(out) ? json_array_get(out, 0) : out;
+    assert_int_equal(json_integer_value(json_object_get(rec, "age")), 31);
+    json_decref(out);
+
+    data = json_pack("{s:s}", "name", "Replaced");
+    assert_int_equal(surpool_conn_update(c, "person:tobie", data, &out, &err), SURPOOL_OK);
+    json_decref(data);
+    rec = json_is_array(out) ? json_array_get(out, 0) : out;
+    assert_null(json_object_get(rec, "age")); /* update replaces */
+    json_decref(out);
+
+    data = json_pack("{s:s}", "name", "Jaime");
+    assert_int_equal(surpool_conn_upsert(c, "person:jaime", data, &out, &err), SURPOOL_OK);
+    json_decref(data);
+    json_decref(out);
+
+    data = json_pack("[{s:s, s:s}, {s:s, s:s}]", "id", "a", "name", "A", "id", "b", "name", "B");
+    assert_int_equal(surpool_conn_insert(c, "thing", data, &out, &err), SURPOOL_OK);
+    json_decref(data);
+    assert_int_equal(json_array_size(out), 2);
+    json_decref(out);
+
+    assert_int_equal(surpool_conn_relate(c, "person:tobie", "knows", "person:jaime", NULL, &out,
+                                         &err),
+                     SURPOOL_OK);
+    rec = json_is_array(out) ? json_array_get(out, 0) : out;
+    assert_string_equal(json_string_value(json_object_get(rec, "in")), "person:tobie");
+    assert_string_equal(json_string_value(json_object_get(rec, "out")), "person:jaime");
+    json_decref(out);
+
+    json_t *args = json_pack("[s]", "abc");
+    assert_int_equal(surpool_conn_run(c, "string::uppercase", NULL, args, &out, &err),
+                     SURPOOL_OK);
+    json_decref(args);
+    assert_string_equal(json_string_value(out), "ABC");
+    json_decref(out);
+
+    assert_int_equal(surpool_conn_delete(c, "person:tobie", &out, &err), SURPOOL_OK);
+    json_decref(out);
+    assert_int_equal(surpool_conn_select(c, "person:tobie", &out, &err), SURPOOL_OK);
+    assert_true(json_is_null(out) || (json_is_array(out) && json_array_size(out) == 0));
+    json_decref(out);
+
+    /* Client-side validation: nothing is sent. */
+    uint64_t before = atomic_load(&p->requests);
+    assert_int_equal(surpool_conn_select(c, "", &out, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_conn_create(c, NULL, NULL, &out, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_conn_merge(c, "person:x", NULL, &out, &err),
+                     SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_conn_use(c, NULL, "db", &err), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_conn_let(c, "$x", json_null(), &err), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_conn_patch(c, "person:x", NULL, 0, &out, &err),
+                     SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_conn_query(c, "RETURN \xff", NULL, &out, &err),
+                     SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(atomic_load(&p->requests), before);
+    surpool_conn_release(c);
+    surpool_pool_destroy(p);
+}
+
+static void test_session_state_and_dirty_release(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool("session");
+    surpool_conn *c = lease(p);
+    surpool_error err;
+    json_t *v = json_string("hello");
+    assert_int_equal(surpool_conn_let(c, "greeting", v, &err), SURPOOL_OK);
+    json_decref(v);
+    json_t *out = NULL;
+    assert_int_equal(surpool_conn_query(c, "RETURN $greeting", NULL, &out, &err), SURPOOL_OK);
+    assert_string_equal(json_string_value(stmt_result(out, 0)), "hello");
+    json_decref(out);
+    assert_int_equal(surpool_conn_unset(c, "greeting", &err), SURPOOL_OK);
+    assert_int_equal(surpool_conn_use(c, "test", "elsewhere", &err), SURPOOL_OK);
+    surpool_conn_release(c);
+
+    /* The next borrower gets a connection exactly as configured. */
+    c = lease(p);
+    assert_int_equal(surpool_conn_query(c, "RETURN $greeting; INFO FOR DB", NULL, &out, &err),
+                     SURPOOL_OK);
+    assert_true(json_is_null(stmt_result(out, 0)));
+    json_decref(out);
+    out = NULL;
+    assert_int_equal(surpool_conn_query(c, "CREATE marker:one; SELECT * FROM marker", NULL,
+                                        &out, &err),
+                     SURPOOL_OK);
+    json_decref(out);
+    surpool_conn_release(c);
+    surpool_stats st;
+    surpool_pool_stats(p, &st);
+    assert_int_equal(st.destroyed, 1);
+    surpool_pool_destroy(p);
+}
+
+static void test_unicode_and_nul_round_trip(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool("unicode");
+    surpool_conn *c = lease(p);
+    surpool_error err;
+    static const char text[] = "h\xc3\xa9llo \xc2\xb5 \xf0\x9f\x9a\x80 a/b \"q\" \\ \x00 tail";
+    json_t *s = json_stringn(text, sizeof(text) - 1);
+    json_t *vars = json_pack("{s:o}", "s", s);
+    json_t *out = NULL;
+    assert_int_equal(surpool_conn_query(c, "RETURN <string>$s", vars, &out, &err), SURPOOL_OK);
+    json_decref(vars);
+    json_t *r = stmt_result(out, 0);
+    assert_int_equal(json_string_length(r), sizeof(text) - 1);
+    assert_memory_equal(json_string_value(r), text, sizeof(text) - 1);
+    json_decref(out);
+    surpool_conn_release(c);
+    surpool_pool_destroy(p);
+}
+
+static void test_large_result_and_limit(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool("large");
+    surpool_conn *c = lease(p);
+    surpool_error err;
+    json_t *out = NULL;
+    assert_int_equal(surpool_conn_query(c, "RETURN string::repeat('x', 10000000)", NULL, &out,
+                                        &err),
+                     SURPOOL_OK);
+    assert_int_equal(json_string_length(stmt_result(out, 0)), 10000000);
+    json_decref(out);
+    surpool_conn_release(c);
+    surpool_pool_destroy(p);
+
+    /* Over max_message_bytes: a clean error, then a working replacement. */
+    surpool_config cfg;
+    char url[128];
+    base_config(&cfg, url, sizeof(url), "large");
+    cfg.max_message_bytes = 1024 * 1024;
+    cfg.max_connections = 1;
+    assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_OK);
+    c = lease(p);
+    out = NULL;
+    assert_int_equal(surpool_conn_query(c, "RETURN string::repeat('y', 2000000)", NULL, &out,
+                                        &err),
+                     SURPOOL_ERR_TOO_LARGE);
+    assert_null(out);
+    surpool_conn_release(c);
+    c = lease(p);
+    assert_int_equal(surpool_conn_query(c, "RETURN 7", NULL, &out, &err), SURPOOL_OK);
+    assert_int_equal(json_integer_value(stmt_result(out, 0)), 7);
+    json_decref(out);
+    surpool_conn_release(c);
+    surpool_pool_destroy(p);
+}
+
+/* Many requests in flight on ONE socket, answered out of order (shorter sleeps
+ * first), each matched to its caller by id. Uses the transport directly. */
+typedef struct pipe_req {
+    surpool__treq req;
+    int ms;
+    pthread_mutex_t *mu;
+    pthread_cond_t *cv;
+    int *left;
+    int order;
+    int *next_order;
+} pipe_req;
+
+static void pipe_done(surpool__treq *r)
+{
+    pipe_req *pr = (pipe_req *)r;
+    pthread_mutex_lock(pr->mu);
+    pr->order = (*pr->next_order)++;
+    (*pr->left)--;
+    pthread_cond_signal(pr->cv);
+    pthread_mutex_unlock(pr->mu);
+}
+
+static void test_pipelined_out_of_order(void **state)
+{
+    (void)state;
+    enum { N = 60 };
+    surpool_pool *p = make_pool("pipeline");
+    surpool_conn *c = lease(p);
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+    int left = N, next_order = 0;
+    pipe_req *reqs = calloc(N, sizeof(*reqs));
+    for (int i = 0; i < N; i++) {
+        pipe_req *pr = &reqs[i];
+        pr->ms = (N - i) * 5; /* sent first = sleeps longest */
+        pr->mu = &mu;
+        pr->cv = &cv;
+        pr->left = &left;
+        pr->next_order = &next_order;
+        char sql[96];
+        snprintf(sql, sizeof(sql), "sleep(%dms); RETURN %d", pr->ms, i);
+        json_t *params = json_pack("[s]", sql);
+        pr->req.id = 1000 + i;
+        assert_int_equal(surpool__codec_encode_request(pr->req.id, "query", params,
+                                                       p->ops->headroom, &pr->req.buf,
+                                                       &pr->req.len, NULL),
+                         SURPOOL_OK);
+        json_decref(params);
+        pr->req.deadline_ns = surpool__deadline_after_ms(20000);
+        pr->req.done = pipe_done;
+        assert_int_equal(p->ops->submit(c->t, &pr->req), SURPOOL_OK);
+    }
+    pthread_mutex_lock(&mu);
+    while (left > 0)
+        pthread_cond_wait(&cv, &mu);
+    pthread_mutex_unlock(&mu);
+    int inversions = 0;
+    for (int i = 0; i < N; i++) {
+        pipe_req *pr = &reqs[i];
+        assert_int_equal(pr->req.status, SURPOOL_OK);
+        json_t *res = NULL;
+        assert_int_equal(surpool__codec_reply_result(pr->req.reply, &res, NULL), SURPOOL_OK);
+        assert_int_equal(json_integer_value(json_object_get(json_array_get(res, 0), "result")),
+                         i);
+        if (i > 0 && pr->order < reqs[i - 1].order)
+            inversions++;
+        json_decref(pr->req.reply);
+        surpool__free(pr->req.buf);
+    }
+    /* The last-sent (shortest) finish first: replies came back out of order. */
+    assert_true(inversions > N / 2);
+    free(reqs);
+    surpool_conn_release(c);
+    surpool_pool_destroy(p);
+}
+
+/* ------------------------------------------------------------------------- */
+/* The burst regression against the real server                               */
+/* ------------------------------------------------------------------------- */
+
+typedef struct burst {
+    surpool_pool *pool;
+    const char *sql;
+    pthread_barrier_t start;
+    atomic_int ok, timeouts, other;
+} burst;
+
+static void *burst_worker(void *arg)
+{
+    burst *b = arg;
+    pthread_barrier_wait(&b->start);
+    surpool_conn *c = NULL;
+    surpool_error err;
+    surpool_err rc = surpool_pool_acquire(b->pool, 30000, &c, &err);
+    if (rc == SURPOOL_OK) {
+        json_t *out = NULL;
+        rc = surpool_conn_query(c, b->sql, NULL, &out, &err);
+        if (rc == SURPOOL_OK)
+            rc = surpool_query_check(out, &err);
+        json_decref(out);
+        surpool_conn_release(c);
+    }
+    if (rc == SURPOOL_OK)
+        atomic_fetch_add(&b->ok, 1);
+    else if (rc == SURPOOL_ERR_TIMEOUT)
+        atomic_fetch_add(&b->timeouts, 1);
+    else
+        atomic_fetch_add(&b->other, 1);
+    return NULL;
+}
+
+static void run_real_burst(int callers, int max_conns, const char *sql)
+{
+    surpool_config cfg;
+    char url[128];
+    base_config(&cfg, url, sizeof(url), "burst");
+    cfg.max_connections = max_conns;
+    cfg.acquire_timeout_ms = 30000;
+    surpool_pool *p = NULL;
+    surpool_error err;
+    assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_OK);
+    burst b;
+    memset(&b, 0, sizeof(b));
+    b.pool = p;
+    b.sql = sql;
+    pthread_barrier_init(&b.start, NULL, (unsigned)callers);
+    pthread_t *th = calloc((size_t)callers, sizeof(*th));
+    for (int i = 0; i < callers; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, burst_worker, &b), 0);
+    for (int i = 0; i < callers; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(atomic_load(&b.ok), callers);
+    assert_int_equal(atomic_load(&b.timeouts), 0);
+    assert_int_equal(atomic_load(&b.other), 0);
+    surpool_stats st;
+    surpool_pool_stats(p, &st);
+    assert_int_equal(st.acquired, (uint64_t)callers);
+    assert_true(st.created <= (uint64_t)max_conns);
+    assert_int_equal((int)(st.created - st.destroyed), st.idle + st.in_use);
+    pthread_barrier_destroy(&b.start);
+    free(th);
+    surpool_pool_destroy(p);
+}
+
+/* The reproduction from the original report. */
+static void test_burst_100_return1_on_50(void **state)
+{
+    (void)state;
+    run_real_burst(100, 50, "RETURN 1");
+}
+
+static void test_burst_200_sleep_on_50(void **state)
+{
+    (void)state;
+    run_real_burst(200, 50, "sleep(50ms); RETURN 1");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ping_version_query),
+        cmocka_unit_test(test_statement_error_stays_in_result),
+        cmocka_unit_test(test_wrong_password),
+        cmocka_unit_test(test_unauthenticated_refused),
+        cmocka_unit_test(test_crud),
+        cmocka_unit_test(test_session_state_and_dirty_release),
+        cmocka_unit_test(test_unicode_and_nul_round_trip),
+        cmocka_unit_test(test_large_result_and_limit),
+        cmocka_unit_test(test_pipelined_out_of_order),
+        cmocka_unit_test(test_burst_100_return1_on_50),
+        cmocka_unit_test(test_burst_200_sleep_on_50),
+    };
+    return cmocka_run_group_tests_name("integration", tests, group_setup, group_teardown);
+}
