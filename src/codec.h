@@ -16,7 +16,14 @@
  * UTF-8 (no JSON_ENSURE_ASCII, no JSON_ESCAPE_SLASH). params may be NULL (sent
  * as []); it must be an array otherwise. The result buffer (*out, freed with
  * surpool__free) holds `headroom` spare bytes, then the text, then a NUL;
- * *len is the text length. */
+ * *len is the text length. *out and *len are set only on success.
+ * params is only read (no reference taken), so one value may be encoded by
+ * several threads at once. Values built with jansson's *_nocheck functions must
+ * hold valid UTF-8: jansson 2.14 silently emits broken JSON for a bad key.
+ * Returns SURPOOL_ERR_INVALID_ARG for a method that is not [a-z_]+, params that
+ * are not an array, or params jansson refuses to encode (invalid UTF-8 string,
+ * reference cycle — or jansson's own allocation failure, which it does not tell
+ * apart); SURPOOL_ERR_NOMEM when our buffer cannot grow. */
 surpool_err surpool__codec_encode_request(int64_t id, const char *method, const json_t *params,
                                           size_t headroom, char **out, size_t *len,
                                           surpool_error *err);
@@ -34,20 +41,30 @@ typedef struct surpool__frame {
 } surpool__frame;
 
 /* Decode one text frame (may contain NUL bytes inside strings: JSON_ALLOW_NUL).
- * SURPOOL_ERR_PROTOCOL with a message when it is not JSON, not an object, has a
- * non-integer id, or fits none of the kinds above. */
+ * *out is zeroed first and filled only on success. "id":null counts as no id;
+ * an id-less frame with a non-null "error" is an ORPHAN_ERROR even if it also
+ * looks like a notification. SURPOOL_ERR_PROTOCOL with a message (jansson's
+ * text and position for parse errors, always valid UTF-8) when it is not JSON,
+ * is nested deeper than jansson's limit (2048), is not an object, has a
+ * non-integer id, or fits none of the kinds above; SURPOOL_ERR_NOMEM when
+ * jansson ran out of memory (as far as it says so). */
 surpool_err surpool__codec_decode_frame(const char *buf, size_t len, surpool__frame *out,
                                         surpool_error *err);
 
 /* For a REPLY root: SURPOOL_OK with *result set to the BORROWED "result" member
  * (json null when the server sent null); or the server's error mapped by
- * surpool__codec_map_error(); or SURPOOL_ERR_PROTOCOL when neither is there. */
+ * surpool__codec_map_error() (an "error" member wins over "result"; "error":null
+ * counts as absent); or SURPOOL_ERR_PROTOCOL when neither is there. result may
+ * be NULL; otherwise *result is NULL on every failure. */
 surpool_err surpool__codec_reply_result(const json_t *root, json_t **result, surpool_error *err);
 
 /* Map a server error object (1.x/2.x {code,message}; 3.x adds kind, details,
  * cause) into err: code -32002 (authentication) → SURPOOL_ERR_AUTH, everything
- * else (including a missing or malformed object) → SURPOOL_ERR_SERVER. server_code, kind and message copied
- * (truncated to fit). Returns the code. */
+ * else (including a missing or malformed object) → SURPOOL_ERR_SERVER.
+ * server_code (0 when missing or not an integer, clamped to int), kind ("" when
+ * absent) and the server's message verbatim are copied, truncated to fit on a
+ * UTF-8 character boundary. details and cause are not copied. err may be NULL.
+ * Returns the code. */
 surpool_err surpool__codec_map_error(const json_t *error, surpool_error *err);
 
 #endif

@@ -48,7 +48,7 @@ typedef struct surpool__logger {
 void surpool__log(const surpool__logger *lg, surpool_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void surpool__vlog(const surpool__logger *lg, surpool_log_level level, const char *fmt,
-                   va_list ap);
+                   va_list ap) __attribute__((format(printf, 3, 0)));
 
 #define SURPOOL__UNUSED(x) ((void)(x))
 

@@ -22,7 +22,15 @@ typedef struct surpool__url {
 /* Parse `s` into `out` (zeroed first). Rejects: NULL/empty, a scheme other than
  * ws/wss, an empty host, a bad port, control characters or spaces anywhere,
  * malformed percent escapes, a fragment, unknown query keys, duplicate keys.
- * Messages never include the password. On error `out` holds nothing. */
+ * Messages never include the password. On error `out` holds nothing.
+ * Details: the scheme is case-insensitive; the host is kept as written and is a
+ * name ([A-Za-z0-9_-] labels), a strict dotted-quad IPv4, or a bracketed IPv6
+ * literal without zone id; the port is 1..65535 in decimal; the path is kept
+ * percent-encoded and may not contain '@' (almost always an unencoded '/' in a
+ * password); user, pass, ns, db and ac are percent-decoded ('+' stays '+') and
+ * must be non-empty, free of NUL and valid UTF-8; an empty query ("?") is fine.
+ * Messages quote no part of the URL. Returns SURPOOL_ERR_INVALID_ARG or
+ * SURPOOL_ERR_NOMEM. */
 surpool_err surpool__url_parse(const char *s, surpool__url *out, surpool_error *err);
 void surpool__url_free(surpool__url *u); /* frees members, wipes pass; NULL ok */
 

@@ -1,0 +1,72 @@
+/*
+ * libFuzzer harness for the URL parser: parse, check the documented
+ * invariants of a success (or the zeroed struct of a failure), free.
+ *
+ *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Isrc \
+ *         fuzz/fuzz_url.c src/url.c src/alloc.c src/error.c -ljansson
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "url.h"
+
+#define CHECK(cond)                                                                      \
+    do {                                                                                 \
+        if (!(cond))                                                                     \
+            abort();                                                                     \
+    } while (0)
+
+static int all_zero(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) {
+        if (b[i] != 0)
+            return 0;
+    }
+    return 1;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char *s = malloc(size + 1);
+    if (s == NULL)
+        return 0;
+    memcpy(s, data, size);
+    s[size] = '\0';
+
+    surpool__url u;
+    surpool_error err;
+    surpool_err rc = surpool__url_parse(s, &u, &err);
+    if (rc != SURPOOL_OK) {
+        CHECK(rc == SURPOOL_ERR_INVALID_ARG);
+        CHECK(all_zero(&u, sizeof(u)));
+        CHECK(err.code == rc && memchr(err.message, '\0', sizeof(err.message)) != NULL);
+        CHECK(err.message[0] != '\0');
+    } else {
+        CHECK(u.host != NULL && u.host[0] != '\0');
+        CHECK(u.port >= 1 && u.port <= 65535);
+        CHECK(u.path != NULL && u.path[0] == '/');
+        CHECK(u.tls == 0 || u.tls == 1);
+        CHECK(u.pass == NULL || u.user != NULL);
+        CHECK(u.user == NULL || u.user[0] != '\0');
+        CHECK(u.ns == NULL || u.ns[0] != '\0');
+        CHECK(u.db == NULL || u.db[0] != '\0');
+        CHECK(u.access == NULL || u.access[0] != '\0');
+        /* No space or control character survives anywhere but in decoded
+         * values, and the host is never bracketed. */
+        for (const char *p = u.host; *p; p++)
+            CHECK(*p != '[' && *p != ']' && (unsigned char)*p > 0x20);
+        for (const char *p = u.path; *p; p++)
+            CHECK((unsigned char)*p > 0x20 && *p != 0x7F && *p != '#' && *p != '?');
+        surpool__url_free(&u);
+        CHECK(all_zero(&u, sizeof(u)));
+    }
+    /* Deterministic, with or without err. */
+    CHECK(surpool__url_parse(s, &u, NULL) == rc);
+    surpool__url_free(&u);
+    free(s);
+    return 0;
+}
