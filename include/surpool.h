@@ -78,6 +78,7 @@ typedef enum surpool_err {
     SURPOOL_ERR_TOO_LARGE = 13,      /**< a reply exceeded max_message_bytes */
     SURPOOL_ERR_UNAVAILABLE = 14,    /**< server known down (circuit open); fail fast */
     SURPOOL_ERR_BROKEN = 15,         /**< the leased connection is broken; release it */
+    SURPOOL_ERR_PAUSED = 16,         /**< acquire: the pool is paused (fail-fast pause) */
 } surpool_err;
 
 /** Detailed error information, filled by calls that take a `surpool_error *`.
@@ -123,6 +124,41 @@ typedef void (*surpool_log_fn)(void *userdata, surpool_log_level level,
  *  anything else to discard it (counted as a connect failure). */
 typedef surpool_err (*surpool_on_connect_fn)(void *userdata, surpool_conn *conn);
 
+/* ------------------------------------------------------------------------- */
+/* Events                                                                     */
+/* ------------------------------------------------------------------------- */
+
+typedef enum surpool_event_type {
+    SURPOOL_EVENT_ACQUIRE = 1,       /**< a lease was granted (duration: wait) */
+    SURPOOL_EVENT_RELEASE = 2,       /**< a lease came back (duration: lease age) */
+    SURPOOL_EVENT_CREATE = 3,        /**< a connection opened (duration: connect time) */
+    SURPOOL_EVENT_DESTROY = 4,       /**< a connection closed (message: why) */
+    SURPOOL_EVENT_TIMEOUT = 5,       /**< an acquire timed out (duration: wait) */
+    SURPOOL_EVENT_SHED = 6,          /**< an acquire was refused: max_waiters */
+    SURPOOL_EVENT_HEALTH_FAIL = 7,   /**< a validation or keepalive ping failed */
+    SURPOOL_EVENT_BREAKER_OPEN = 8,  /**< connects keep failing: acquires fail fast */
+    SURPOOL_EVENT_BREAKER_CLOSE = 9, /**< a probe connected: the server is back */
+    SURPOOL_EVENT_LEAK = 10,         /**< a lease outlived leak_threshold_ms (file, line) */
+    SURPOOL_EVENT_CONNECT_FAIL = 11, /**< a connect failed (code, message) */
+} surpool_event_type;
+
+/** One pool event. Borrowed: valid for the callback only. */
+typedef struct surpool_event {
+    surpool_event_type type;
+    uint64_t conn_id;       /**< connection serial (1, 2, ...), 0 when none */
+    int64_t duration_us;    /**< see each type; 0 when not meaningful */
+    surpool_err code;       /**< for failures, else SURPOOL_OK */
+    const char *message;    /**< "" when none; never holds secrets */
+    const char *file;       /**< acquire call site (LEAK, ACQUIRE), or NULL */
+    int line;
+} surpool_event;
+
+/** Event sink. Called on the thread where the event happened (a caller's, a
+ *  connector's or the maintainer's), never with the pool lock held, possibly
+ *  concurrently. It may call surpool_pool_stats() and log; it must not acquire,
+ *  release, pause, drain, close or destroy on the pool, and must be quick. */
+typedef void (*surpool_event_fn)(void *userdata, const surpool_event *event);
+
 /** Which kind of user config.user/pass sign in as. */
 typedef enum surpool_auth_level {
     SURPOOL_AUTH_ROOT = 0,      /**< root user: {"user","pass"} */
@@ -165,6 +201,27 @@ typedef struct surpool_config {
                                         default 8 */
     long reconnect_backoff_min_ms; /**< first delay after a failed connect; default 100 */
     long reconnect_backoff_max_ms; /**< backoff ceiling; default 5000 */
+
+    /* Lifecycle (docs/lifecycle.md). */
+    long idle_timeout_ms;          /**< close idle connections above min after this;
+                                        0 = never; default 600000 */
+    long max_lifetime_ms;          /**< retire connections older than this (minus up to
+                                        5% jitter); 0 = unlimited; default 1800000 */
+    long validation_idle_ms;       /**< ping a connection idle longer than this before
+                                        lending it; < 0 = never; default 2000 */
+    long validation_timeout_ms;    /**< deadline of that ping; default 3000 */
+    long keepalive_interval_ms;    /**< ping idle connections this often; 0 = off;
+                                        default 30000 */
+    long maintenance_interval_ms;  /**< maintainer tick; default 500 */
+    int breaker_threshold;         /**< consecutive connect failures that open the
+                                        circuit; 0 = never; default 5 */
+    long leak_threshold_ms;        /**< report leases held longer; 0 = off (default) */
+    int lazy_start;                /**< 1: create succeeds even if min_connections cannot
+                                        be opened (the pool keeps trying); default 0 */
+    int close_dirty_leases;        /**< 1: close a lease whose session changed instead
+                                        of resetting it; default 0 */
+    surpool_event_fn on_event;     /**< NULL = no events */
+    void *event_userdata;
 
     /* Transport. */
     size_t max_message_bytes;      /**< largest reply accepted; default 64 MiB */
@@ -230,6 +287,28 @@ SURPOOL_API void surpool_pool_destroy(surpool_pool *pool);
 SURPOOL_API surpool_err surpool_pool_acquire(surpool_pool *pool, long timeout_ms,
                                              surpool_conn **out, surpool_error *err);
 
+/** surpool_pool_acquire() recording the call site for leak reports. The macro
+ *  surpool_pool_acquire() calls it with __FILE__ and __LINE__; `file` must be a
+ *  string that outlives the lease (a literal). */
+SURPOOL_API surpool_err surpool_pool_acquire_at(surpool_pool *pool, long timeout_ms,
+                                                surpool_conn **out, surpool_error *err,
+                                                const char *file, int line);
+#define surpool_pool_acquire(pool, timeout_ms, out, err)                                  \
+    surpool_pool_acquire_at((pool), (timeout_ms), (out), (err), __FILE__, __LINE__)
+
+/** Stop lending without closing: new acquires wait (fail_fast = 0) or fail at
+ *  once with SURPOOL_ERR_PAUSED (fail_fast = 1); released connections go idle.
+ *  Waiters already queued keep waiting. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_pool_pause(surpool_pool *pool, int fail_fast);
+
+/** Lend again: queued waiters are served in arrival order. Any thread. */
+SURPOOL_API surpool_err surpool_pool_resume(surpool_pool *pool);
+
+/** Wait until every lease is back (in_use == 0), up to timeout_ms (< 0: forever).
+ *  @return SURPOOL_OK or SURPOOL_ERR_TIMEOUT. Thread safety: Any thread. Not from
+ *  a surpool callback, and not while holding a lease of this pool yourself. */
+SURPOOL_API surpool_err surpool_pool_drain(surpool_pool *pool, long timeout_ms);
+
 /** Statistics snapshot. All counters are since create. */
 typedef struct surpool_stats {
     size_t struct_size;     /**< set by surpool_pool_stats() */
@@ -250,7 +329,22 @@ typedef struct surpool_stats {
     uint64_t broken;        /**< connections released or found broken */
     uint64_t requests;      /**< RPC requests completed (any outcome) */
     uint64_t request_errors; /**< RPC requests that ended in an error */
-    unsigned char reserved[256];
+    uint64_t validations;   /**< validation and keepalive pings sent */
+    uint64_t validation_failures;
+    uint64_t reconnects;    /**< connections opened to replace closed ones */
+    uint64_t breaker_opens;
+    uint64_t lifetime_retirements;
+    uint64_t idle_retirements;
+    uint64_t leaks;         /**< leases reported by leak detection */
+    uint64_t resets;        /**< dirty leases restored on release */
+    int breaker_open;       /**< 1 while the circuit is open */
+    int paused;
+    /** Acquire wait (successful acquires) and connect time, microseconds, from
+     *  a fixed histogram (upper bound of the bucket, within 19%). */
+    int64_t acquire_wait_p50_us, acquire_wait_p95_us, acquire_wait_p99_us,
+        acquire_wait_max_us;
+    int64_t connect_p50_us, connect_p95_us, connect_p99_us, connect_max_us;
+    unsigned char reserved[192];
 } surpool_stats;
 
 /** Fill `out` with a consistent snapshot (taken under the pool lock).

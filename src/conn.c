@@ -10,6 +10,7 @@ static void on_dead(void *userdata, surpool_err why, const char *message)
 {
     surpool_conn *c = userdata;
     atomic_store(&c->dead, 1);
+    surpool__pool_conn_died(c->pool);
     surpool__log(&c->pool->logger, SURPOOL_LOG_INFO, "connection %llu lost: %s (%s)",
                  (unsigned long long)c->serial, message != NULL ? message : "",
                  surpool_strerror(why));
@@ -124,6 +125,7 @@ surpool_err surpool__conn_open(surpool_pool *p, surpool_conn **out, surpool_erro
     atomic_init(&c->dead, 0);
     atomic_init(&c->next_id, 1);
     c->created_ns = surpool__now_ns();
+    c->expires_ns = INT64_MAX;
 
     surpool__tconn_events ev = {on_dead, on_notify, c};
     int64_t deadline = surpool__deadline_after_ms(p->cfg.pub.connect_timeout_ms);
@@ -146,8 +148,20 @@ surpool_err surpool__conn_open(surpool_pool *p, surpool_conn **out, surpool_erro
         return rc;
     }
     c->session_dirty = 0; /* the configured state is the clean state */
+    c->connect_ns = surpool__now_ns() - c->created_ns;
     *out = c;
     return SURPOOL_OK;
+}
+
+surpool_err surpool__conn_restore(surpool_conn *c, surpool_error *err)
+{
+    int64_t deadline = surpool__deadline_after_ms(c->pool->cfg.pub.connect_timeout_ms);
+    surpool_err rc = surpool__rpc(c, "reset", NULL, deadline, NULL, err);
+    if (rc == SURPOOL_OK)
+        rc = setup(c, deadline, err);
+    if (rc == SURPOOL_OK)
+        c->session_dirty = 0;
+    return rc;
 }
 
 void surpool__conn_close(surpool_conn *c)

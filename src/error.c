@@ -43,6 +43,8 @@ const char *surpool_strerror(surpool_err code)
         return "server unavailable";
     case SURPOOL_ERR_BROKEN:
         return "connection is broken";
+    case SURPOOL_ERR_PAUSED:
+        return "pool is paused";
     }
     return "unknown error";
 }

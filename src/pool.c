@@ -1,5 +1,6 @@
 /*
- * The pool core: waiters, direct handoff, connectors and lifecycle.
+ * The pool core: waiters, direct handoff, connectors, the maintainer and the
+ * lifecycle.
  *
  * One mutex (pool->mu) guards every list and counter below. The rules:
  *
@@ -14,7 +15,8 @@
  *     the waiter's `conn` is set and only that waiter is signalled. The
  *     connection never passes through the idle list, so a newcomer can never
  *     take it, and a wake-up can never be lost: the grant is a state change under
- *     the mutex, not a signal someone has to catch.
+ *     the mutex, not a signal someone has to catch. (While paused, released
+ *     connections go idle instead; resume hands them out in order.)
  *  4. A deadline that expires while a connection is being handed over is settled
  *     under the mutex: if `conn` is set the waiter keeps it and succeeds;
  *     otherwise it unlinks itself. A connection is never lost nor given twice.
@@ -22,13 +24,17 @@
  *     max_concurrent_connects), outside the mutex, when waiters outnumber the
  *     connects in progress or the pool is below min_connections. A waiter whose
  *     deadline passes returns, and the connect it caused goes on: its connection
- *     goes to the next waiter or to the idle list. So a slow server costs the
- *     caller no more than its timeout, and the work is never thrown away.
+ *     goes to the next waiter or to the idle list. A slow server costs a caller
+ *     no more than its timeout, and the work is never thrown away.
  *  6. A failed connect returns its slot, backs off (exponential, with jitter)
  *     and tries again while there is demand. Waiters that time out while
  *     connects keep failing get the last connect error, not a bare timeout.
+ *     After breaker_threshold failures in a row the circuit opens: callers that
+ *     nothing could serve fail at once with SURPOOL_ERR_UNAVAILABLE, and one
+ *     probe at a time, paced by the backoff, tests whether the server is back.
  *  7. close() wakes every waiter with SURPOOL_ERR_CLOSED at once; connections
  *     still leased are closed when they come back.
+ *  8. Events and slow work (pings, closes, restores) never run under the mutex.
  */
 #include <assert.h>
 #include <errno.h>
@@ -40,9 +46,8 @@
 struct surpool__waiter {
     pthread_cond_t cv;
     surpool__waiter *next, *prev;
-    uint64_t ticket;
-    surpool_conn *conn; /* set under mu by a handoff */
-    surpool_err outcome; /* set under mu with `done`: CLOSED, ... */
+    surpool_conn *conn;  /* set under mu by a handoff */
+    surpool_err outcome; /* set under mu with `done` */
     int done;
 };
 
@@ -52,9 +57,9 @@ struct surpool__waiter {
 
 static void check_invariants(const surpool_pool *p)
 {
-    assert(p->nidle >= 0 && p->nleased >= 0 && p->nconnecting >= 0);
+    assert(p->nidle >= 0 && p->nleased >= 0 && p->nconnecting >= 0 && p->nmaint >= 0);
     assert(p->nidle + p->nleased + p->nconnecting <= p->cfg.pub.max_connections);
-    assert((p->nidle == 0) || (p->nwaiters == 0) || p->closed);
+    assert(p->nidle == 0 || p->nwaiters == 0 || p->closed || p->paused);
     (void)p;
 }
 
@@ -84,6 +89,11 @@ static int cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t dead
     ts.tv_sec = (time_t)(deadline_ns / INT64_C(1000000000));
     ts.tv_nsec = (long)(deadline_ns % INT64_C(1000000000));
     return pthread_cond_timedwait(cv, mu, &ts);
+}
+
+static int64_t ms_to_ns(long ms)
+{
+    return (int64_t)ms * SURPOOL__NS_PER_MS;
 }
 
 static void idle_push_front(surpool_pool *p, surpool_conn *c)
@@ -161,14 +171,118 @@ static void waiter_unlink(surpool_pool *p, surpool__waiter *w)
     p->nwaiters--;
 }
 
+/* Wake one waiter with an outcome (a connection, or an error). */
+static void waiter_finish(surpool_pool *p, surpool__waiter *w, surpool_err outcome,
+                          surpool_conn *c)
+{
+    waiter_unlink(p, w);
+    w->conn = c;
+    w->outcome = outcome;
+    w->done = 1;
+    pthread_cond_signal(&w->cv);
+}
+
+/* ---- histograms: 4 buckets per octave of microseconds, no allocation ---- */
+
+static int hist_bucket(int64_t us)
+{
+    if (us < 4)
+        return us < 0 ? 0 : (int)us;
+    int oct = 63 - __builtin_clzll((unsigned long long)us);
+    int idx = oct * 4 + (int)((us >> (oct - 2)) & 3) - 4;
+    return idx < SURPOOL__HIST_BUCKETS ? idx : SURPOOL__HIST_BUCKETS - 1;
+}
+
+static int64_t hist_upper(int idx)
+{
+    if (idx < 4)
+        return idx;
+    int oct = (idx + 4) / 4, frac = (idx + 4) % 4;
+    return ((int64_t)(4 + frac + 1) << (oct - 2)) - 1;
+}
+
+static void hist_add(uint32_t *h, int64_t *max, int64_t us)
+{
+    int b = hist_bucket(us);
+    if (h[b] != UINT32_MAX)
+        h[b]++;
+    if (us > *max)
+        *max = us;
+}
+
+static int64_t hist_percentile(const uint32_t *h, int64_t max, double q)
+{
+    uint64_t total = 0;
+    for (int i = 0; i < SURPOOL__HIST_BUCKETS; i++)
+        total += h[i];
+    if (total == 0)
+        return 0;
+    uint64_t target = (uint64_t)(q * (double)total + 0.999999);
+    if (target == 0)
+        target = 1;
+    uint64_t seen = 0;
+    for (int i = 0; i < SURPOOL__HIST_BUCKETS; i++) {
+        seen += h[i];
+        if (seen >= target) {
+            int64_t up = hist_upper(i);
+            return up < max ? up : max;
+        }
+    }
+    return max;
+}
+
+/* ---- events: collected under the mutex, emitted after it is released ---- */
+
+#define EVQ_MAX 16
+typedef struct evq {
+    surpool_event ev[EVQ_MAX];
+    char msg[EVQ_MAX][128];
+    int n;
+} evq;
+
+static void evq_add(const surpool_pool *p, evq *q, surpool_event_type type, uint64_t conn_id,
+                    int64_t duration_us, surpool_err code, const char *msg, const char *file,
+                    int line)
+{
+    if (p->cfg.pub.on_event == NULL || q->n >= EVQ_MAX)
+        return;
+    surpool_event *e = &q->ev[q->n];
+    memset(e, 0, sizeof(*e));
+    e->type = type;
+    e->conn_id = conn_id;
+    e->duration_us = duration_us;
+    e->code = code;
+    e->file = file;
+    e->line = line;
+    snprintf(q->msg[q->n], sizeof(q->msg[q->n]), "%s", msg != NULL ? msg : "");
+    q->n++;
+}
+
+/* mu NOT held. */
+static void evq_flush(const surpool_pool *p, evq *q)
+{
+    for (int i = 0; i < q->n; i++) {
+        q->ev[i].message = q->msg[i];
+        p->cfg.pub.on_event(p->cfg.pub.event_userdata, &q->ev[i]);
+    }
+    q->n = 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Slots, connectors, handoff                                                 */
+/* ------------------------------------------------------------------------- */
+
 /* Connects the pool wants started now: enough for every waiter not already
- * covered by a connect in progress, and enough to reach min_connections. */
+ * covered by a connect in progress, and enough to reach min_connections. With
+ * the circuit open, a single probe at a time. */
 static int connect_demand_locked(const surpool_pool *p)
 {
     if (p->closed)
         return 0;
     int free_slots = p->cfg.pub.max_connections - total_locked(p);
-    int want = p->nwaiters - p->nconnecting;
+    if (p->breaker_open)
+        return p->nconnecting == 0 && free_slots > 0 ? 1 : 0;
+    int want = p->paused ? 0 : p->nwaiters - p->nconnecting;
     int below_min = p->cfg.pub.min_connections - total_locked(p);
     if (below_min > want)
         want = below_min;
@@ -183,8 +297,7 @@ static void *connector_main(void *arg);
  * new one if all are busy and the cap allows. */
 static void kick_connectors_locked(surpool_pool *p)
 {
-    int demand = connect_demand_locked(p);
-    if (demand <= 0)
+    if (connect_demand_locked(p) <= 0)
         return;
     if (p->nconnectors_idle > 0) {
         pthread_cond_signal(&p->connector_cv);
@@ -195,7 +308,7 @@ static void kick_connectors_locked(surpool_pool *p)
     if (pthread_create(&p->connectors[p->nconnectors], NULL, connector_main, p) == 0) {
         p->nconnectors++;
     } else if (p->nconnectors == 0) {
-        /* Cannot start any thread: fail the waiters rather than let them hang. */
+        /* Cannot start any thread: waiters learn why when their deadline passes. */
         surpool__seterr(&p->last_connect_error, SURPOOL_ERR_NOMEM,
                         "cannot start a connector thread");
         p->consecutive_failures++;
@@ -203,28 +316,23 @@ static void kick_connectors_locked(surpool_pool *p)
 }
 
 /* A usable connection is free: give it to the oldest waiter, else make it idle.
- * `c` must be counted in nleased (released) or nconnecting (fresh) by the
- * caller, who adjusts the counters before calling. */
+ * The caller has taken `c` out of nleased / nconnecting already. */
 static void put_conn_locked(surpool_pool *p, surpool_conn *c)
 {
     surpool__waiter *w = p->wait_head;
-    if (w != NULL && !p->closed) {
-        waiter_unlink(p, w);
+    if (w != NULL && !p->closed && !p->paused) {
         c->state = SURPOOL__CONN_LEASED;
         p->nleased++;
-        w->conn = c;
-        w->outcome = SURPOOL_OK;
-        w->done = 1;
         p->stats.handoffs++;
-        pthread_cond_signal(&w->cv);
+        waiter_finish(p, w, SURPOOL_OK, c);
     } else {
         c->last_used_ns = surpool__now_ns();
         idle_push_front(p, c);
     }
 }
 
-/* Remove a leased or idle connection from the books. The caller closes it
- * outside the mutex with surpool__conn_close(). */
+/* Remove an idle or leased connection from the books. The caller closes it
+ * with close_forgotten() once the mutex is released. */
 static void forget_conn_locked(surpool_pool *p, surpool_conn *c)
 {
     if (c->state == SURPOOL__CONN_IDLE)
@@ -238,9 +346,8 @@ static void forget_conn_locked(surpool_pool *p, surpool_conn *c)
     kick_connectors_locked(p);
 }
 
-/* Close a connection forgotten by forget_conn_locked(), with mu NOT held, and
- * tell destroy() once it is gone (destroy must not free the transport under a
- * close in progress). */
+/* Close a forgotten connection, mu NOT held, then tell destroy() it is gone
+ * (destroy must not free the transport under a close in progress). */
 static void close_forgotten(surpool_pool *p, surpool_conn *c)
 {
     surpool__conn_close(c);
@@ -248,6 +355,13 @@ static void close_forgotten(surpool_pool *p, surpool_conn *c)
     if (--p->nclosing == 0 && p->closed)
         pthread_cond_broadcast(&p->state_cv);
     pthread_mutex_unlock(&p->mu);
+}
+
+/* Leases drain() and destroy() wait for changed: wake them. */
+static void leases_changed_locked(surpool_pool *p)
+{
+    if (p->ndrainers > 0 || p->closed)
+        pthread_cond_broadcast(&p->state_cv);
 }
 
 /* xorshift64*: jitter only, not cryptographic. */
@@ -270,19 +384,34 @@ static long backoff_ms(surpool_pool *p, int failures)
         d *= 2;
     if (d > hi)
         d = hi;
-    /* Full jitter on the upper half: spreads retries of many clients. */
+    /* Jitter over the upper half spreads the retries of many clients. */
     if (d > 1)
         d = d / 2 + (long)(next_random_locked(p) % (uint64_t)(d / 2 + 1));
     return d;
 }
 
-/* ------------------------------------------------------------------------- */
-/* Connector threads                                                          */
-/* ------------------------------------------------------------------------- */
+/* The error for callers nothing can serve while the circuit is open. */
+static surpool_err unavailable_locked(const surpool_pool *p, surpool_error *err)
+{
+    return surpool__seterr(err, SURPOOL_ERR_UNAVAILABLE,
+                           "server unavailable (%d connects failed in a row); last error: %s",
+                           p->consecutive_failures, p->last_connect_error.message);
+}
+
+/* Fail the waiters that only a new connection could serve: with the circuit
+ * open and no lease out, nothing will come back for them. */
+static void fail_stranded_waiters_locked(surpool_pool *p)
+{
+    if (!p->breaker_open || p->nleased - p->nmaint > 0 || p->nidle > 0)
+        return;
+    while (p->wait_head != NULL)
+        waiter_finish(p, p->wait_head, SURPOOL_ERR_UNAVAILABLE, NULL);
+}
 
 static void *connector_main(void *arg)
 {
     surpool_pool *p = arg;
+    evq q = {.n = 0};
     pthread_mutex_lock(&p->mu);
     for (;;) {
         if (p->closed)
@@ -293,8 +422,7 @@ static void *connector_main(void *arg)
             p->nconnectors_idle--;
             continue;
         }
-        int64_t now = surpool__now_ns();
-        if (now < p->connect_not_before_ns) {
+        if (surpool__now_ns() < p->connect_not_before_ns) {
             p->nconnectors_idle++;
             cond_wait_until(&p->connector_cv, &p->mu, p->connect_not_before_ns);
             p->nconnectors_idle--;
@@ -314,11 +442,29 @@ static void *connector_main(void *arg)
         pthread_mutex_lock(&p->mu);
         p->nconnecting--;
         if (rc == SURPOOL_OK) {
+            if (p->breaker_open) {
+                p->breaker_open = 0;
+                evq_add(p, &q, SURPOOL_EVENT_BREAKER_CLOSE, 0, 0, SURPOOL_OK,
+                        "a probe connected: the server is back", NULL, 0);
+                surpool__log(&p->logger, SURPOOL_LOG_WARN,
+                             "server reachable again: circuit closed");
+            }
             p->consecutive_failures = 0;
             p->connect_not_before_ns = 0;
+            if (p->stats.destroyed > 0 || p->stats.connect_failures > 0)
+                p->stats.reconnects++;
             p->stats.created++;
             c->serial = ++p->next_serial;
+            int64_t lifetime = ms_to_ns(p->cfg.pub.max_lifetime_ms);
+            if (lifetime > 0) {
+                /* Up to 5% earlier, so connections made together expire apart. */
+                int64_t jitter = (int64_t)(next_random_locked(p) % (uint64_t)(lifetime / 20 + 1));
+                c->expires_ns = c->created_ns + lifetime - jitter;
+            }
+            int64_t cus = c->connect_ns / 1000;
+            hist_add(p->connect_hist, &p->connect_max_us, cus);
             all_link(p, c);
+            evq_add(p, &q, SURPOOL_EVENT_CREATE, c->serial, cus, SURPOOL_OK, NULL, NULL, 0);
             if (p->closed) {
                 /* Lost the race with close(): nobody may have it. */
                 c->state = SURPOOL__CONN_LEASED;
@@ -336,13 +482,184 @@ static void *connector_main(void *arg)
             p->connect_failures_pending++;
             surpool__error_copy(&p->last_connect_error, &cerr);
             long d = backoff_ms(p, p->consecutive_failures);
-            p->connect_not_before_ns = surpool__now_ns() + d * SURPOOL__NS_PER_MS;
+            p->connect_not_before_ns = surpool__now_ns() + ms_to_ns(d);
+            evq_add(p, &q, SURPOOL_EVENT_CONNECT_FAIL, 0, 0, cerr.code, cerr.message, NULL, 0);
             surpool__log(&p->logger, SURPOOL_LOG_WARN,
-                         "connect failed (%d in a row, retry in %ld ms): %s",
+                         "connect failed (%d in a row, next try in %ld ms): %s",
                          p->consecutive_failures, d, cerr.message);
+            int threshold = p->cfg.pub.breaker_threshold;
+            if (threshold > 0 && p->consecutive_failures >= threshold && !p->breaker_open) {
+                p->breaker_open = 1;
+                p->stats.breaker_opens++;
+                evq_add(p, &q, SURPOOL_EVENT_BREAKER_OPEN, 0, 0, cerr.code, cerr.message, NULL,
+                        0);
+                surpool__log(&p->logger, SURPOOL_LOG_ERROR,
+                             "server unreachable: circuit open after %d failed connects",
+                             p->consecutive_failures);
+            }
+            fail_stranded_waiters_locked(p);
         }
         check_invariants(p);
         pthread_cond_broadcast(&p->state_cv);
+        if (q.n > 0) {
+            pthread_mutex_unlock(&p->mu);
+            evq_flush(p, &q);
+            pthread_mutex_lock(&p->mu);
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+void surpool__pool_conn_died(surpool_pool *p)
+{
+    atomic_store(&p->reap_pending, 1);
+    pthread_cond_signal(&p->maint_cv);
+}
+
+/* ------------------------------------------------------------------------- */
+/* The maintainer: retire, keep alive, reap, report leaks, refill             */
+/* ------------------------------------------------------------------------- */
+
+/* One ping with its own deadline, mu NOT held. */
+static surpool_err ping_with_deadline(surpool_conn *c, long timeout_ms, surpool_error *err)
+{
+    return surpool__rpc(c, "ping", NULL, surpool__deadline_after_ms(timeout_ms), NULL, err);
+}
+
+#define MAINT_BATCH 32
+
+static void maintain_once_locked(surpool_pool *p, evq *q)
+{
+    const surpool_config *cfg = &p->cfg.pub;
+    int64_t now = surpool__now_ns();
+    surpool_conn *victims[MAINT_BATCH], *pings[MAINT_BATCH];
+    const char *why[MAINT_BATCH];
+    int nv = 0, np = 0;
+
+    /* 1. Idle connections: dead, past their lifetime, or idle too long above the
+     *    minimum (oldest first). */
+    surpool_conn *c = p->idle_tail;
+    while (c != NULL && nv < MAINT_BATCH) {
+        surpool_conn *prev = c->idle_prev;
+        const char *reason = NULL;
+        if (!surpool__conn_usable(c)) {
+            reason = "dead";
+            p->stats.broken++;
+        } else if (now >= c->expires_ns) {
+            reason = "max_lifetime reached";
+            p->stats.lifetime_retirements++;
+        } else if (cfg->idle_timeout_ms > 0 &&
+                   now - c->last_used_ns >= ms_to_ns(cfg->idle_timeout_ms) &&
+                   total_locked(p) > cfg->min_connections) {
+            reason = "idle_timeout reached";
+            p->stats.idle_retirements++;
+        }
+        if (reason != NULL) {
+            forget_conn_locked(p, c);
+            why[nv] = reason;
+            victims[nv++] = c;
+        }
+        c = prev;
+    }
+
+    /* 2. Keepalive: idle connections unused for keepalive_interval_ms are lent
+     *    to the maintainer for one ping. */
+    if (cfg->keepalive_interval_ms > 0 && p->nwaiters == 0) {
+        for (c = p->idle_tail; c != NULL && np < MAINT_BATCH;) {
+            surpool_conn *prev = c->idle_prev;
+            if (now - c->last_used_ns >= ms_to_ns(cfg->keepalive_interval_ms)) {
+                idle_unlink(p, c);
+                c->state = SURPOOL__CONN_LEASED;
+                c->maint = 1;
+                p->nleased++;
+                p->nmaint++;
+                pings[np++] = c;
+            }
+            c = prev;
+        }
+    }
+
+    /* 3. Leaks: user leases older than leak_threshold_ms, reported once. */
+    if (cfg->leak_threshold_ms > 0) {
+        for (c = p->all_head; c != NULL; c = c->all_next) {
+            if (c->state != SURPOOL__CONN_LEASED || c->maint || c->leak_reported)
+                continue;
+            int64_t age = now - c->lease_start_ns;
+            if (age < ms_to_ns(cfg->leak_threshold_ms))
+                continue;
+            c->leak_reported = 1;
+            p->stats.leaks++;
+            surpool__log(&p->logger, SURPOOL_LOG_WARN,
+                         "possible leak: connection %llu leased for %lld ms, acquired at %s:%d",
+                         (unsigned long long)c->serial, (long long)(age / SURPOOL__NS_PER_MS),
+                         c->lease_file != NULL ? c->lease_file : "(unknown)", c->lease_line);
+            evq_add(p, q, SURPOOL_EVENT_LEAK, c->serial, age / 1000, SURPOOL_OK,
+                    "lease held longer than leak_threshold_ms", c->lease_file, c->lease_line);
+        }
+    }
+
+    /* 4. Refill to min_connections; probes while the circuit is open. */
+    kick_connectors_locked(p);
+    check_invariants(p);
+
+    if (nv == 0 && np == 0)
+        return;
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < nv; i++) {
+        uint64_t serial = victims[i]->serial;
+        surpool__log(&p->logger, SURPOOL_LOG_INFO, "closing connection %llu: %s",
+                     (unsigned long long)serial, why[i]);
+        close_forgotten(p, victims[i]);
+        evq_add(p, q, SURPOOL_EVENT_DESTROY, serial, 0, SURPOOL_OK, why[i], NULL, 0);
+    }
+    surpool_error perr;
+    surpool_err prc[MAINT_BATCH];
+    for (int i = 0; i < np; i++)
+        prc[i] = ping_with_deadline(pings[i], cfg->validation_timeout_ms, &perr);
+    pthread_mutex_lock(&p->mu);
+    for (int i = 0; i < np; i++) {
+        c = pings[i];
+        c->maint = 0;
+        p->nmaint--;
+        p->stats.validations++;
+        if (prc[i] == SURPOOL_OK && !p->closed) {
+            p->nleased--;
+            put_conn_locked(p, c);
+            continue;
+        }
+        if (prc[i] != SURPOOL_OK) {
+            p->stats.validation_failures++;
+            evq_add(p, q, SURPOOL_EVENT_HEALTH_FAIL, c->serial, 0, prc[i],
+                    "keepalive ping failed", NULL, 0);
+        }
+        forget_conn_locked(p, c);
+        pthread_mutex_unlock(&p->mu);
+        close_forgotten(p, c);
+        pthread_mutex_lock(&p->mu);
+    }
+    leases_changed_locked(p);
+}
+
+static void *maintainer_main(void *arg)
+{
+    surpool_pool *p = arg;
+    evq q = {.n = 0};
+    pthread_mutex_lock(&p->mu);
+    while (!p->closed) {
+        int64_t next = surpool__now_ns() + ms_to_ns(p->cfg.pub.maintenance_interval_ms);
+        while (!p->closed && !atomic_load(&p->reap_pending) &&
+               cond_wait_until(&p->maint_cv, &p->mu, next) != ETIMEDOUT)
+            ;
+        if (p->closed)
+            break;
+        atomic_store(&p->reap_pending, 0);
+        maintain_once_locked(p, &q);
+        if (q.n > 0) {
+            pthread_mutex_unlock(&p->mu);
+            evq_flush(p, &q);
+            pthread_mutex_lock(&p->mu);
+        }
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
@@ -352,196 +669,13 @@ static void *connector_main(void *arg)
 /* Create / close / destroy                                                   */
 /* ------------------------------------------------------------------------- */
 
-static surpool_err dup_field(char **dst, const char **pub, const char *src)
-{
-    *dst = NULL;
-    *pub = NULL;
-    if (src == NULL)
-        return SURPOOL_OK;
-    *dst = surpool__strdup(src);
-    if (*dst == NULL)
-        return SURPOOL_ERR_NOMEM;
-    *pub = *dst;
-    return SURPOOL_OK;
-}
-
-static void free_config(surpool__pool_config *c)
-{
-    surpool__free(c->url);
-    surpool__free(c->ns);
-    surpool__free(c->db);
-    surpool__free(c->user);
-    surpool__free_secret(c->pass);
-    surpool__free(c->access);
-    surpool__free_secret(c->token);
-    surpool__free(c->init_sql);
-    surpool__free(c->tls_ca_file);
-    surpool__free(c->tls_ca_dir);
-    surpool__free(c->tls_cert_file);
-    surpool__free(c->tls_key_file);
-    json_decref(c->signin_params);
-    memset(c, 0, sizeof(*c));
-}
-
-/* Take a string from the config, or from the URL when the config has none. */
-static const char *pick(const char *cfg_value, const char *url_value)
-{
-    return cfg_value != NULL ? cfg_value : url_value;
-}
-
-static surpool_err copy_config(surpool__pool_config *dst, const surpool_config *src,
-                               const surpool__url *url, surpool_error *err)
-{
-    memset(dst, 0, sizeof(*dst));
-    dst->pub = *src;
-    surpool_err rc = SURPOOL_OK;
-    surpool_config *pub = &dst->pub;
-#define DUP(field, value)                                                                \
-    do {                                                                                 \
-        if (rc == SURPOOL_OK)                                                            \
-            rc = dup_field(&dst->field, &pub->field, (value));                          \
-    } while (0)
-    DUP(url, src->url);
-    DUP(ns, pick(src->ns, url->ns));
-    DUP(db, pick(src->db, url->db));
-    DUP(user, pick(src->user, url->user));
-    DUP(pass, pick(src->pass, url->pass));
-    DUP(access, pick(src->access, url->access));
-    DUP(token, src->token);
-    DUP(init_sql, src->init_sql);
-    DUP(tls_ca_file, src->tls_ca_file);
-    DUP(tls_ca_dir, src->tls_ca_dir);
-    DUP(tls_cert_file, src->tls_cert_file);
-    DUP(tls_key_file, src->tls_key_file);
-#undef DUP
-    if (rc == SURPOOL_OK && src->signin_params != NULL) {
-        dst->signin_params = json_deep_copy(src->signin_params);
-        if (dst->signin_params == NULL)
-            rc = SURPOOL_ERR_NOMEM;
-        pub->signin_params = dst->signin_params;
-    }
-    if (rc != SURPOOL_OK) {
-        free_config(dst);
-        return surpool__seterr(err, rc, "out of memory copying the configuration");
-    }
-    return SURPOOL_OK;
-}
-
-static int empty(const char *s)
-{
-    return s != NULL && s[0] == '\0';
-}
-
-/* Validate what create() needs; messages name the field. */
-static surpool_err validate_config(const surpool_config *c, surpool_error *err)
-{
-    if (c->struct_size != sizeof(surpool_config))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config not initialised with surpool_config_init()");
-    if (c->url == NULL || c->url[0] == '\0')
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.url is required");
-    if (c->max_connections < 1 || c->max_connections > 100000)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config.max_connections must be 1..100000 (got %d)",
-                               c->max_connections);
-    if (c->min_connections < 0 || c->min_connections > c->max_connections)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config.min_connections must be 0..max_connections (got %d)",
-                               c->min_connections);
-    if (c->acquire_timeout_ms < 0)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config.acquire_timeout_ms must be >= 0");
-    if (c->connect_timeout_ms <= 0)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config.connect_timeout_ms must be > 0");
-    if (c->request_timeout_ms < 0)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config.request_timeout_ms must be >= 0 (0 = none)");
-    if (c->max_waiters < 0)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config.max_waiters must be >= 0 (0 = unbounded)");
-    if (c->reconnect_backoff_min_ms < 0 ||
-        c->reconnect_backoff_max_ms < c->reconnect_backoff_min_ms)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config.reconnect_backoff_min_ms must be >= 0 and <= "
-                               "reconnect_backoff_max_ms");
-    if (c->max_concurrent_connects < 0)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config.max_concurrent_connects must be >= 0");
-    if (c->max_message_bytes < 1024)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config.max_message_bytes must be >= 1024");
-    if (c->log_level < SURPOOL_LOG_ERROR || c->log_level > SURPOOL_LOG_DEBUG)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.log_level is invalid");
-    if (empty(c->ns) || empty(c->db) || empty(c->user) || empty(c->access) ||
-        empty(c->token) || empty(c->init_sql))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config strings must be NULL or non-empty");
-    if (c->tls_insecure_skip_verify != 0 && c->tls_insecure_skip_verify != 1)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config.tls_insecure_skip_verify must be 0 or 1");
-    if ((c->tls_cert_file == NULL) != (c->tls_key_file == NULL))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config.tls_cert_file and tls_key_file go together");
-    return SURPOOL_OK;
-}
-
-/* Checks that need the URL merged in. */
-static surpool_err validate_merged(const surpool_config *c, surpool_error *err)
-{
-    if (c->db != NULL && c->ns == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.db needs config.ns");
-    if (c->pass != NULL && c->user == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.pass needs config.user");
-    if (c->user != NULL && c->pass == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.user needs config.pass");
-    if ((c->token != NULL) + (c->user != NULL) + (c->signin_params != NULL) > 1)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config.user, config.token and config.signin_params are "
-                               "exclusive");
-    if (c->signin_params != NULL && !json_is_object(c->signin_params))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config.signin_params must be a JSON object");
-    if (c->auth_level < SURPOOL_AUTH_ROOT || c->auth_level > SURPOOL_AUTH_DATABASE)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.auth_level is invalid");
-    if (c->auth_level == SURPOOL_AUTH_NAMESPACE && c->ns == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config.auth_level NAMESPACE needs config.ns");
-    if (c->auth_level == SURPOOL_AUTH_DATABASE && c->db == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config.auth_level DATABASE needs config.ns and config.db");
-    if (c->access != NULL && (c->ns == NULL || c->db == NULL))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config.access needs config.ns and config.db");
-    return SURPOOL_OK;
-}
-
-void surpool_config_init(surpool_config *cfg)
-{
-    if (cfg == NULL)
-        return;
-    memset(cfg, 0, sizeof(*cfg));
-    cfg->struct_size = sizeof(*cfg);
-    cfg->min_connections = 0;
-    cfg->max_connections = 10;
-    cfg->acquire_timeout_ms = 30000;
-    cfg->connect_timeout_ms = 10000;
-    cfg->request_timeout_ms = 30000;
-    cfg->max_waiters = 0;
-    cfg->max_concurrent_connects = 8;
-    cfg->reconnect_backoff_min_ms = 100;
-    cfg->reconnect_backoff_max_ms = 5000;
-    cfg->max_message_bytes = (size_t)64 * 1024 * 1024;
-    cfg->log_level = SURPOOL_LOG_WARN;
-}
-
 surpool_err surpool__pool_create_with(const surpool_config *cfg,
                                       const surpool__transport_ops *ops, void *transport_arg,
                                       surpool_pool **out, surpool_error *err)
 {
     if (cfg == NULL || out == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "cfg and out are required");
-    surpool_err rc = validate_config(cfg, err);
+    surpool_err rc = surpool__config_validate(cfg, err);
     if (rc != SURPOOL_OK)
         return rc;
 
@@ -553,9 +687,10 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
         surpool__free(p);
         return rc;
     }
-    rc = copy_config(&p->cfg, cfg, &p->url, err);
-    if (rc == SURPOOL_OK)
-        rc = validate_merged(&p->cfg.pub, err);
+    rc = surpool__config_copy(&p->cfg, cfg, &p->url, err);
+    if (rc != SURPOOL_OK)
+        goto fail_url;
+    rc = surpool__config_validate_merged(&p->cfg.pub, err);
     if (rc != SURPOOL_OK)
         goto fail_config;
     p->cfg.max_concurrent_connects = cfg->max_concurrent_connects > 0
@@ -568,6 +703,10 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
     p->logger.level = cfg->log_level;
     p->ops = ops;
     p->rng = (uint64_t)surpool__now_ns() | 1u;
+    atomic_init(&p->reap_pending, 0);
+    atomic_init(&p->requests, 0);
+    atomic_init(&p->request_errors, 0);
+    atomic_init(&p->resets, 0);
 
     p->connectors = surpool__calloc((size_t)p->cfg.max_concurrent_connects,
                                     sizeof(pthread_t));
@@ -587,6 +726,10 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
         rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
         goto fail_cv1;
     }
+    if (cond_init_monotonic(&p->maint_cv) != 0) {
+        rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
+        goto fail_cv2;
+    }
 
     surpool__tconfig tc;
     memset(&tc, 0, sizeof(tc));
@@ -602,39 +745,52 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
     tc.logger = &p->logger;
     rc = ops->create(&tc, transport_arg, &p->transport, err);
     if (rc != SURPOOL_OK)
-        goto fail_cv2;
+        goto fail_cv3;
 
-    /* Warm up: open min_connections in parallel (bounded by the connector cap)
-     * and wait for them, or for the first failure. */
+    if (pthread_create(&p->maintainer, NULL, maintainer_main, p) != 0) {
+        ops->destroy(p->transport);
+        rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot start the maintainer thread");
+        goto fail_cv3;
+    }
+    p->maintainer_started = 1;
+
+    /* Warm up: open min_connections in parallel (bounded by the connector cap).
+     * Unless lazy_start, wait for them, or for the first failure. */
     if (cfg->min_connections > 0) {
-        int64_t deadline = surpool__deadline_after_ms(cfg->connect_timeout_ms);
         pthread_mutex_lock(&p->mu);
         kick_connectors_locked(p);
-        while (total_locked(p) - p->nconnecting < cfg->min_connections &&
-               p->connect_failures_pending == 0) {
-            kick_connectors_locked(p);
-            if (cond_wait_until(&p->state_cv, &p->mu, deadline) == ETIMEDOUT)
-                break;
-        }
-        surpool_error cerr = p->last_connect_error;
-        int failed = p->connect_failures_pending > 0;
-        int opened = total_locked(p) - p->nconnecting;
-        pthread_mutex_unlock(&p->mu);
-        if (opened < cfg->min_connections) {
-            if (failed)
-                surpool__error_copy(err, &cerr);
-            else
-                surpool__seterr(err, SURPOOL_ERR_CONNECT,
-                                "could not open min_connections (%d) within %ld ms",
-                                cfg->min_connections, cfg->connect_timeout_ms);
-            rc = failed ? cerr.code : SURPOOL_ERR_CONNECT;
-            surpool_pool_destroy(p);
-            return rc;
+        if (cfg->lazy_start) {
+            pthread_mutex_unlock(&p->mu);
+        } else {
+            int64_t deadline = surpool__deadline_after_ms(cfg->connect_timeout_ms);
+            while (p->nidle < cfg->min_connections && p->connect_failures_pending == 0) {
+                kick_connectors_locked(p);
+                if (cond_wait_until(&p->state_cv, &p->mu, deadline) == ETIMEDOUT)
+                    break;
+            }
+            surpool_error cerr = p->last_connect_error;
+            int failed = p->connect_failures_pending > 0;
+            int opened = p->nidle;
+            pthread_mutex_unlock(&p->mu);
+            if (opened < cfg->min_connections) {
+                if (failed) {
+                    surpool__error_copy(err, &cerr);
+                    rc = cerr.code;
+                } else {
+                    rc = surpool__seterr(err, SURPOOL_ERR_CONNECT,
+                                         "could not open min_connections (%d) within %ld ms",
+                                         cfg->min_connections, cfg->connect_timeout_ms);
+                }
+                surpool_pool_destroy(p);
+                return rc;
+            }
         }
     }
     *out = p;
     return SURPOOL_OK;
 
+fail_cv3:
+    pthread_cond_destroy(&p->maint_cv);
 fail_cv2:
     pthread_cond_destroy(&p->state_cv);
 fail_cv1:
@@ -644,7 +800,8 @@ fail_mutex:
 fail_connectors:
     surpool__free(p->connectors);
 fail_config:
-    free_config(&p->cfg);
+    surpool__config_free(&p->cfg);
+fail_url:
     surpool__url_free(&p->url);
     surpool__free(p);
     return rc;
@@ -661,14 +818,11 @@ static void close_locked(surpool_pool *p)
     if (p->closed)
         return;
     p->closed = 1;
-    for (surpool__waiter *w = p->wait_head; w != NULL; w = p->wait_head) {
-        waiter_unlink(p, w);
-        w->outcome = SURPOOL_ERR_CLOSED;
-        w->done = 1;
-        pthread_cond_signal(&w->cv);
-    }
+    while (p->wait_head != NULL)
+        waiter_finish(p, p->wait_head, SURPOOL_ERR_CLOSED, NULL);
     pthread_cond_broadcast(&p->connector_cv);
     pthread_cond_broadcast(&p->state_cv);
+    pthread_cond_broadcast(&p->maint_cv);
 }
 
 void surpool_pool_close(surpool_pool *pool)
@@ -686,7 +840,12 @@ void surpool_pool_destroy(surpool_pool *p)
         return;
     pthread_mutex_lock(&p->mu);
     close_locked(p);
-    /* Wait for every lease to come back and every connect to finish. */
+    pthread_mutex_unlock(&p->mu);
+    if (p->maintainer_started)
+        pthread_join(p->maintainer, NULL);
+
+    pthread_mutex_lock(&p->mu);
+    /* Wait for every lease to come back and every connect and close to finish. */
     while (p->nleased > 0 || p->nconnecting > 0 || p->nclosing > 0)
         pthread_cond_wait(&p->state_cv, &p->mu);
     int n = p->nconnectors;
@@ -703,11 +862,12 @@ void surpool_pool_destroy(surpool_pool *p)
     }
     assert(p->all_head == NULL && p->nclosing == 0);
     p->ops->destroy(p->transport);
+    pthread_cond_destroy(&p->maint_cv);
     pthread_cond_destroy(&p->state_cv);
     pthread_cond_destroy(&p->connector_cv);
     pthread_mutex_destroy(&p->mu);
     surpool__free(p->connectors);
-    free_config(&p->cfg);
+    surpool__config_free(&p->cfg);
     surpool__url_free(&p->url);
     surpool__wipe(&p->last_connect_error, sizeof(p->last_connect_error));
     surpool__free(p);
@@ -737,14 +897,33 @@ static surpool_err timeout_error_locked(surpool_pool *p, long timeout_ms, surpoo
                            timeout_ms, p->nleased, p->nwaiters);
 }
 
-surpool_err surpool_pool_acquire(surpool_pool *p, long timeout_ms, surpool_conn **out,
-                                 surpool_error *err)
+/* Book a lease that is about to be returned to its caller. */
+static void grant_locked(surpool_pool *p, surpool_conn *c, int64_t t0, const char *file,
+                         int line, evq *q)
+{
+    int64_t now = surpool__now_ns();
+    c->lease_start_ns = now;
+    c->lease_file = file;
+    c->lease_line = line;
+    c->leak_reported = 0;
+    p->stats.acquired++;
+    int64_t waited_us = (now - t0) / 1000;
+    hist_add(p->wait_hist, &p->wait_max_us, waited_us);
+    evq_add(p, q, SURPOOL_EVENT_ACQUIRE, c->serial, waited_us, SURPOOL_OK, NULL, file, line);
+    check_invariants(p);
+}
+
+surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_conn **out,
+                                    surpool_error *err, const char *file, int line)
 {
     if (p == NULL || out == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "pool and out are required");
     if (timeout_ms < 0)
         timeout_ms = p->cfg.pub.acquire_timeout_ms;
+    int64_t t0 = surpool__now_ns();
     int64_t deadline = surpool__deadline_after_ms(timeout_ms);
+    const surpool_config *cfg = &p->cfg.pub;
+    evq q = {.n = 0};
     surpool_err rc;
 
     pthread_mutex_lock(&p->mu);
@@ -753,31 +932,74 @@ surpool_err surpool_pool_acquire(surpool_pool *p, long timeout_ms, surpool_conn 
             rc = surpool__seterr(err, SURPOOL_ERR_CLOSED, "pool is closed");
             goto out_unlock;
         }
+        if (p->paused) {
+            if (p->pause_fail_fast) {
+                rc = surpool__seterr(err, SURPOOL_ERR_PAUSED, "pool is paused");
+                goto out_unlock;
+            }
+            break; /* queue until resume */
+        }
         /* Idle connections exist only while nobody waits (rule 3), so taking
          * one never jumps the queue. */
         surpool_conn *c = p->idle_head;
         if (c == NULL)
             break;
-        if (!surpool__conn_usable(c)) {
-            p->stats.broken++;
-            forget_conn_locked(p, c);
-            pthread_mutex_unlock(&p->mu);
-            close_forgotten(p, c);
-            pthread_mutex_lock(&p->mu);
-            continue;
-        }
         idle_unlink(p, c);
         c->state = SURPOOL__CONN_LEASED;
         p->nleased++;
-        p->stats.acquired++;
-        check_invariants(p);
+        int64_t now = surpool__now_ns();
+        const char *retire = NULL;
+        surpool_err why = SURPOOL_OK;
+        if (!surpool__conn_usable(c)) {
+            retire = "dead";
+            p->stats.broken++;
+        } else if (now >= c->expires_ns) {
+            retire = "max_lifetime reached";
+            p->stats.lifetime_retirements++;
+        } else if (cfg->validation_idle_ms >= 0 &&
+                   now - c->last_used_ns > ms_to_ns(cfg->validation_idle_ms)) {
+            /* Idle a while: prove it works before lending it (outside mu). */
+            p->stats.validations++;
+            pthread_mutex_unlock(&p->mu);
+            surpool_error verr;
+            why = ping_with_deadline(c, cfg->validation_timeout_ms, &verr);
+            pthread_mutex_lock(&p->mu);
+            if (why != SURPOOL_OK) {
+                retire = "validation ping failed";
+                p->stats.validation_failures++;
+                evq_add(p, &q, SURPOOL_EVENT_HEALTH_FAIL, c->serial, 0, why, verr.message,
+                        NULL, 0);
+            } else if (p->closed) {
+                retire = "pool closed";
+            }
+        }
+        if (retire != NULL) {
+            uint64_t serial = c->serial;
+            forget_conn_locked(p, c);
+            pthread_mutex_unlock(&p->mu);
+            close_forgotten(p, c);
+            evq_add(p, &q, SURPOOL_EVENT_DESTROY, serial, 0, why, retire, NULL, 0);
+            evq_flush(p, &q);
+            pthread_mutex_lock(&p->mu);
+            continue;
+        }
+        grant_locked(p, c, t0, file, line, &q);
         pthread_mutex_unlock(&p->mu);
+        evq_flush(p, &q);
         *out = c;
         return SURPOOL_OK;
     }
 
-    if (p->cfg.pub.max_waiters > 0 && p->nwaiters >= p->cfg.pub.max_waiters) {
+    /* Nothing idle. With the circuit open and no lease to come back, waiting
+     * is pointless: fail fast. */
+    if (p->breaker_open && p->nleased - p->nmaint == 0 && !p->paused) {
+        kick_connectors_locked(p);
+        rc = unavailable_locked(p, err);
+        goto out_unlock;
+    }
+    if (cfg->max_waiters > 0 && p->nwaiters >= cfg->max_waiters) {
         p->stats.shed++;
+        evq_add(p, &q, SURPOOL_EVENT_SHED, 0, 0, SURPOOL_ERR_OVERLOADED, NULL, file, line);
         rc = surpool__seterr(err, SURPOOL_ERR_OVERLOADED,
                              "%d callers already wait for a connection (max_waiters)",
                              p->nwaiters);
@@ -790,7 +1012,6 @@ surpool_err surpool_pool_acquire(surpool_pool *p, long timeout_ms, surpool_conn 
         rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
         goto out_unlock;
     }
-    w.ticket = p->next_ticket++;
     waiter_enqueue(p, &w);
     kick_connectors_locked(p);
     check_invariants(p);
@@ -801,24 +1022,36 @@ surpool_err surpool_pool_acquire(surpool_pool *p, long timeout_ms, surpool_conn 
             /* Rule 4: nothing was handed over, so we may leave. */
             waiter_unlink(p, &w);
             rc = timeout_error_locked(p, timeout_ms, err);
+            evq_add(p, &q, SURPOOL_EVENT_TIMEOUT, 0, (surpool__now_ns() - t0) / 1000, rc,
+                    NULL, file, line);
             pthread_cond_destroy(&w.cv);
             goto out_unlock;
         }
     }
     pthread_cond_destroy(&w.cv);
     if (w.outcome == SURPOOL_OK) {
-        p->stats.acquired++;
-        check_invariants(p);
+        grant_locked(p, w.conn, t0, file, line, &q);
         pthread_mutex_unlock(&p->mu);
+        evq_flush(p, &q);
         *out = w.conn;
         return SURPOOL_OK;
     }
-    rc = surpool__seterr(err, w.outcome, "%s", surpool_strerror(w.outcome));
+    if (w.outcome == SURPOOL_ERR_UNAVAILABLE)
+        rc = unavailable_locked(p, err);
+    else
+        rc = surpool__seterr(err, w.outcome, "%s", surpool_strerror(w.outcome));
 
 out_unlock:
     check_invariants(p);
     pthread_mutex_unlock(&p->mu);
+    evq_flush(p, &q);
     return rc;
+}
+
+surpool_err(surpool_pool_acquire)(surpool_pool *pool, long timeout_ms, surpool_conn **out,
+                                   surpool_error *err)
+{
+    return surpool_pool_acquire_at(pool, timeout_ms, out, err, NULL, 0);
 }
 
 void surpool_conn_release(surpool_conn *c)
@@ -826,27 +1059,123 @@ void surpool_conn_release(surpool_conn *c)
     if (c == NULL)
         return;
     surpool_pool *p = c->pool;
-    /* A lease whose session state changed is closed, never lent on: the next
-     * borrower must get a connection exactly as configured. */
-    int broken = !surpool__conn_usable(c) || c->broken;
-    int reusable = !broken && !c->discard && !c->session_dirty;
+    evq q = {.n = 0};
     c->last_error[0] = '\0';
 
+    /* A lease whose session state changed must not reach the next borrower as
+     * it is: reset it to the configured state (outside the mutex), or close it. */
+    int broken = !surpool__conn_usable(c) || c->broken;
+    if (c->session_dirty && !broken && !c->discard && !p->cfg.pub.close_dirty_leases) {
+        surpool_error rerr;
+        if (surpool__conn_restore(c, &rerr) == SURPOOL_OK) {
+            atomic_fetch_add(&p->resets, 1);
+        } else {
+            surpool__log(&p->logger, SURPOOL_LOG_INFO,
+                         "connection %llu could not be reset (%s): closing it",
+                         (unsigned long long)c->serial, rerr.message);
+        }
+        broken = !surpool__conn_usable(c) || c->broken;
+    }
+
     pthread_mutex_lock(&p->mu);
-    assert(c->state == SURPOOL__CONN_LEASED);
+    assert(c->state == SURPOOL__CONN_LEASED && !c->maint);
+    int64_t now = surpool__now_ns();
     p->stats.released++;
-    if (!reusable || p->closed) {
-        if (broken)
-            p->stats.broken++;
+    evq_add(p, &q, SURPOOL_EVENT_RELEASE, c->serial, (now - c->lease_start_ns) / 1000,
+            SURPOOL_OK, NULL, c->lease_file, c->lease_line);
+    const char *retire = NULL;
+    if (broken) {
+        retire = "broken";
+        p->stats.broken++;
+    } else if (c->discard) {
+        retire = "discarded";
+    } else if (c->session_dirty) {
+        retire = "session state changed";
+    } else if (now >= c->expires_ns) {
+        retire = "max_lifetime reached";
+        p->stats.lifetime_retirements++;
+    } else if (p->closed) {
+        retire = "pool closed";
+    }
+    if (retire != NULL) {
+        uint64_t serial = c->serial;
         forget_conn_locked(p, c);
+        leases_changed_locked(p);
         pthread_mutex_unlock(&p->mu);
         close_forgotten(p, c);
+        evq_add(p, &q, SURPOOL_EVENT_DESTROY, serial, 0, SURPOOL_OK, retire, NULL, 0);
+        evq_flush(p, &q);
         return;
     }
     p->nleased--;
     put_conn_locked(p, c);
+    leases_changed_locked(p);
     check_invariants(p);
     pthread_mutex_unlock(&p->mu);
+    evq_flush(p, &q);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Pause, resume, drain, stats                                                */
+/* ------------------------------------------------------------------------- */
+
+surpool_err surpool_pool_pause(surpool_pool *p, int fail_fast)
+{
+    if (p == NULL)
+        return SURPOOL_ERR_INVALID_ARG;
+    pthread_mutex_lock(&p->mu);
+    p->paused = 1;
+    p->pause_fail_fast = fail_fast != 0;
+    pthread_mutex_unlock(&p->mu);
+    return SURPOOL_OK;
+}
+
+surpool_err surpool_pool_resume(surpool_pool *p)
+{
+    if (p == NULL)
+        return SURPOOL_ERR_INVALID_ARG;
+    surpool_conn *dead[MAINT_BATCH];
+    int ndead = 0;
+    pthread_mutex_lock(&p->mu);
+    p->paused = 0;
+    /* Serve the queue from the idle list, oldest waiter first. */
+    while (p->wait_head != NULL && p->idle_head != NULL) {
+        surpool_conn *c = p->idle_head;
+        if (!surpool__conn_usable(c) && ndead < MAINT_BATCH) {
+            p->stats.broken++;
+            forget_conn_locked(p, c);
+            dead[ndead++] = c;
+            continue;
+        }
+        idle_unlink(p, c);
+        put_conn_locked(p, c);
+    }
+    kick_connectors_locked(p);
+    check_invariants(p);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < ndead; i++)
+        close_forgotten(p, dead[i]);
+    return SURPOOL_OK;
+}
+
+surpool_err surpool_pool_drain(surpool_pool *p, long timeout_ms)
+{
+    if (p == NULL)
+        return SURPOOL_ERR_INVALID_ARG;
+    int64_t deadline = surpool__deadline_after_ms(timeout_ms);
+    surpool_err rc = SURPOOL_OK;
+    pthread_mutex_lock(&p->mu);
+    p->ndrainers++;
+    while (p->nleased - p->nmaint > 0) {
+        if (cond_wait_until(&p->state_cv, &p->mu, deadline) == ETIMEDOUT &&
+            p->nleased - p->nmaint > 0) {
+            rc = SURPOOL_ERR_TIMEOUT;
+            break;
+        }
+    }
+    p->ndrainers--;
+    pthread_mutex_unlock(&p->mu);
+    return rc;
 }
 
 surpool_err surpool_pool_stats(surpool_pool *p, surpool_stats *out)
@@ -860,9 +1189,20 @@ surpool_err surpool_pool_stats(surpool_pool *p, surpool_stats *out)
     out->connecting = p->nconnecting;
     out->total = total_locked(p);
     out->waiters = p->nwaiters;
+    out->breaker_open = p->breaker_open;
+    out->paused = p->paused;
+    out->acquire_wait_p50_us = hist_percentile(p->wait_hist, p->wait_max_us, 0.50);
+    out->acquire_wait_p95_us = hist_percentile(p->wait_hist, p->wait_max_us, 0.95);
+    out->acquire_wait_p99_us = hist_percentile(p->wait_hist, p->wait_max_us, 0.99);
+    out->acquire_wait_max_us = p->wait_max_us;
+    out->connect_p50_us = hist_percentile(p->connect_hist, p->connect_max_us, 0.50);
+    out->connect_p95_us = hist_percentile(p->connect_hist, p->connect_max_us, 0.95);
+    out->connect_p99_us = hist_percentile(p->connect_hist, p->connect_max_us, 0.99);
+    out->connect_max_us = p->connect_max_us;
     pthread_mutex_unlock(&p->mu);
     out->struct_size = sizeof(*out);
     out->requests = atomic_load(&p->requests);
     out->request_errors = atomic_load(&p->request_errors);
+    out->resets = atomic_load(&p->resets);
     return SURPOOL_OK;
 }

@@ -30,7 +30,14 @@ struct surpool_conn {
 
     uint64_t serial;            /* 1, 2, ... in creation order */
     int64_t created_ns;
+    int64_t connect_ns;         /* how long opening it took */
+    int64_t expires_ns;         /* INT64_MAX: no lifetime limit */
     int64_t last_used_ns;       /* pool mutex: when it last became idle */
+    int64_t lease_start_ns;     /* pool mutex: when the current lease began */
+    const char *lease_file;     /* pool mutex: acquire call site */
+    int lease_line;
+    int leak_reported;          /* pool mutex */
+    int maint;                  /* pool mutex: lent to the maintainer, not a user */
 
     atomic_int dead;            /* set by the transport's on_dead event */
     int broken;                 /* lease holder: a transport failure happened */
@@ -42,6 +49,8 @@ struct surpool_conn {
 };
 
 typedef struct surpool__waiter surpool__waiter;
+
+#define SURPOOL__HIST_BUCKETS 160 /* 4 per octave of microseconds: 1 us .. ~2^40 us */
 
 /* Per-pool configuration, copied and validated at create. */
 typedef struct surpool__pool_config {
@@ -65,12 +74,13 @@ struct surpool_pool {
     surpool_conn *idle_head, *idle_tail; /* head = most recently used */
     int nidle, nleased, nconnecting;
     int nclosing;               /* forgotten, close() in progress outside mu */
+    int nmaint;                 /* leased to the maintainer (counted in nleased) */
+    int ndrainers;              /* threads in surpool_pool_drain() */
     uint64_t next_serial;
 
     /* FIFO of waiters (mu): head is the oldest. */
     surpool__waiter *wait_head, *wait_tail;
     int nwaiters;
-    uint64_t next_ticket;
 
     /* Connector threads (mu): open connections on behalf of waiters. */
     pthread_cond_t connector_cv;
@@ -84,16 +94,39 @@ struct surpool_pool {
 
     /* Lifecycle (mu). */
     int closed;
+    int paused, pause_fail_fast;
+    int breaker_open;
     pthread_cond_t state_cv;        /* broadcast when leases/connects finish */
+    pthread_cond_t maint_cv;        /* wakes the maintainer */
+    pthread_t maintainer;
+    int maintainer_started;
+    atomic_int reap_pending;        /* a connection died: the maintainer should look */
+
+    /* Histograms (mu): fixed buckets, no allocation on the hot path. */
+    uint32_t wait_hist[SURPOOL__HIST_BUCKETS];
+    uint32_t connect_hist[SURPOOL__HIST_BUCKETS];
+    int64_t wait_max_us, connect_max_us;
 
     surpool_stats stats;            /* counters (mu) */
-    atomic_ullong requests, request_errors;
+    atomic_ullong requests, request_errors, resets;
 };
+
+/* config.c */
+surpool_err surpool__config_validate(const surpool_config *c, surpool_error *err);
+surpool_err surpool__config_validate_merged(const surpool_config *c, surpool_error *err);
+surpool_err surpool__config_copy(surpool__pool_config *dst, const surpool_config *src,
+                                 const surpool__url *url, surpool_error *err);
+void surpool__config_free(surpool__pool_config *c);
+
+/* pool.c: the transport said this connection died (any thread, no locks). */
+void surpool__pool_conn_died(surpool_pool *pool);
 
 /* conn.c */
 surpool_err surpool__conn_open(surpool_pool *pool, surpool_conn **out, surpool_error *err);
 void surpool__conn_close(surpool_conn *c); /* closes transport, frees; no locks held */
 int surpool__conn_usable(const surpool_conn *c);
+/* Bring a dirty lease back to the configured state (reset, signin, use, hooks). */
+surpool_err surpool__conn_restore(surpool_conn *c, surpool_error *err);
 
 /* rpc.c: one synchronous RPC on a connection, deadline absolute (monotonic ns).
  * *out (may be NULL) receives the result as a new reference. */

@@ -36,7 +36,7 @@ typedef struct fake_settings {
 
 void fake_settings_init(fake_settings *s);
 
-/* ping → null; query → one OK statement per call echoing the SQL; signin →
+/* ping, let, unset, reset, invalidate, authenticate → null; query → one OK statement per call echoing the SQL; signin →
  * "fake-token"; use → {}; "fail" → error -32000; "authfail" → error -32002;
  * "noreply" → no reply; anything else → -32601. */
 json_t *fake_default_responder(void *ud, json_int_t id, const char *method, json_t *params);

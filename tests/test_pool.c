@@ -47,10 +47,11 @@ typedef struct fixture {
     surpool_pool *pool;
 } fixture;
 
-static surpool_pool *make_pool(fixture *f, int max_conns, int max_waiters)
+static surpool_pool *make_pool_ex(fixture *f, int max_conns, int max_waiters, int breaker)
 {
     surpool_config cfg;
     surpool_config_init(&cfg);
+    cfg.breaker_threshold = breaker;
     cfg.url = "ws://fake.invalid/rpc";
     cfg.max_connections = max_conns;
     cfg.max_waiters = max_waiters;
@@ -62,6 +63,11 @@ static surpool_pool *make_pool(fixture *f, int max_conns, int max_waiters)
     if (rc != SURPOOL_OK)
         fail_msg("create: %s", err.message);
     return f->pool;
+}
+
+static surpool_pool *make_pool(fixture *f, int max_conns, int max_waiters)
+{
+    return make_pool_ex(f, max_conns, max_waiters, 5);
 }
 
 static int setup(void **state)
@@ -430,7 +436,7 @@ static void test_timeout_carries_connect_error(void **state)
 {
     fixture *f = *state;
     atomic_store(&f->fs.fail_connects, 1000000);
-    surpool_pool *pool = make_pool(f, 2, 0);
+    surpool_pool *pool = make_pool_ex(f, 2, 0, 0); /* no circuit breaker here */
     surpool_conn *c = NULL;
     surpool_error err;
     surpool_err rc = surpool_pool_acquire(pool, 50, &c, &err);
@@ -487,8 +493,9 @@ static void test_broken_release_replaced_for_waiter(void **state)
     assert_int_equal(st.broken, 1);
 }
 
-/* A discarded or session-dirty lease is closed on release, not lent on. */
-static void test_discard_and_dirty_leases_are_closed(void **state)
+/* A discarded lease is closed on release; a session-dirty one is reset to the
+ * configured state (or closed with close_dirty_leases). Never lent on as is. */
+static void test_discard_and_dirty_leases(void **state)
 {
     fixture *f = *state;
     surpool_pool *pool = make_pool(f, 1, 0);
@@ -496,20 +503,42 @@ static void test_discard_and_dirty_leases_are_closed(void **state)
     assert_int_equal(surpool_pool_acquire(pool, 1000, &c, NULL), SURPOOL_OK);
     surpool_conn_discard(c);
     surpool_conn_release(c);
-    assert_int_equal(surpool_pool_acquire(pool, 1000, &c, NULL), SURPOOL_OK);
-    json_t *v = json_integer(1);
-    assert_int_equal(surpool_conn_let(c, "x", v, NULL), SURPOOL_ERR_SERVER); /* fake: -32601 */
-    json_decref(v);
-    surpool_conn_release(c); /* dirty even though the call failed */
-    assert_int_equal(surpool_pool_acquire(pool, 1000, &c, NULL), SURPOOL_OK);
-    assert_int_equal(surpool_conn_ping(c, NULL), SURPOOL_OK);
-    surpool_conn_release(c); /* clean: kept */
     surpool_stats st;
     surpool_pool_stats(pool, &st);
-    assert_int_equal(st.created, 3);
-    assert_int_equal(st.destroyed, 2);
-    assert_int_equal(st.broken, 0);
+    assert_int_equal(st.destroyed, 1);
+
+    assert_int_equal(surpool_pool_acquire(pool, 1000, &c, NULL), SURPOOL_OK);
+    assert_int_equal(surpool_conn_use(c, "elsewhere", NULL, NULL), SURPOOL_OK);
+    int calls = atomic_load(&f->fs.calls);
+    surpool_conn_release(c); /* dirty: reset, then set up again */
+    assert_true(atomic_load(&f->fs.calls) > calls);
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.resets, 1);
+    assert_int_equal(st.destroyed, 1);
     assert_int_equal(st.idle, 1);
+    assert_int_equal(st.broken, 0);
+}
+
+static void test_close_dirty_leases_option(void **state)
+{
+    fixture *f = *state;
+    surpool_config cfg;
+    surpool_config_init(&cfg);
+    cfg.url = "ws://fake.invalid/rpc";
+    cfg.max_connections = 1;
+    cfg.close_dirty_leases = 1;
+    assert_int_equal(surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &f->pool, NULL),
+                     SURPOOL_OK);
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(f->pool, 1000, &c, NULL), SURPOOL_OK);
+    json_t *v = json_integer(1);
+    assert_int_equal(surpool_conn_let(c, "x", v, NULL), SURPOOL_OK);
+    json_decref(v);
+    surpool_conn_release(c);
+    surpool_stats st;
+    surpool_pool_stats(f->pool, &st);
+    assert_int_equal(st.resets, 0);
+    assert_int_equal(st.destroyed, 1);
 }
 
 static void test_transport_failure_marks_broken(void **state)
@@ -848,8 +877,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_connect_failures_during_burst, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_carries_connect_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_broken_release_replaced_for_waiter, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_discard_and_dirty_leases_are_closed, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_discard_and_dirty_leases, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_dirty_leases_option, setup, teardown),
         cmocka_unit_test_setup_teardown(test_transport_failure_marks_broken, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_idle_never_handed_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_during_burst, setup, teardown),

@@ -1,0 +1,217 @@
+/*
+ * Configuration: defaults, validation with messages that name the field, and
+ * the pool's private copy of every string (secrets wiped when freed).
+ */
+#include <string.h>
+
+#include "pool.h"
+
+static surpool_err dup_field(char **dst, const char **pub, const char *src)
+{
+    *dst = NULL;
+    *pub = NULL;
+    if (src == NULL)
+        return SURPOOL_OK;
+    *dst = surpool__strdup(src);
+    if (*dst == NULL)
+        return SURPOOL_ERR_NOMEM;
+    *pub = *dst;
+    return SURPOOL_OK;
+}
+
+void surpool__config_free(surpool__pool_config *c)
+{
+    surpool__free(c->url);
+    surpool__free(c->ns);
+    surpool__free(c->db);
+    surpool__free(c->user);
+    surpool__free_secret(c->pass);
+    surpool__free(c->access);
+    surpool__free_secret(c->token);
+    surpool__free(c->init_sql);
+    surpool__free(c->tls_ca_file);
+    surpool__free(c->tls_ca_dir);
+    surpool__free(c->tls_cert_file);
+    surpool__free(c->tls_key_file);
+    json_decref(c->signin_params);
+    memset(c, 0, sizeof(*c));
+}
+
+/* Take a string from the config, or from the URL when the config has none. */
+static const char *pick(const char *cfg_value, const char *url_value)
+{
+    return cfg_value != NULL ? cfg_value : url_value;
+}
+
+surpool_err surpool__config_copy(surpool__pool_config *dst, const surpool_config *src,
+                               const surpool__url *url, surpool_error *err)
+{
+    memset(dst, 0, sizeof(*dst));
+    dst->pub = *src;
+    surpool_err rc = SURPOOL_OK;
+    surpool_config *pub = &dst->pub;
+#define DUP(field, value)                                                                \
+    do {                                                                                 \
+        if (rc == SURPOOL_OK)                                                            \
+            rc = dup_field(&dst->field, &pub->field, (value));                          \
+    } while (0)
+    DUP(url, src->url);
+    DUP(ns, pick(src->ns, url->ns));
+    DUP(db, pick(src->db, url->db));
+    DUP(user, pick(src->user, url->user));
+    DUP(pass, pick(src->pass, url->pass));
+    DUP(access, pick(src->access, url->access));
+    DUP(token, src->token);
+    DUP(init_sql, src->init_sql);
+    DUP(tls_ca_file, src->tls_ca_file);
+    DUP(tls_ca_dir, src->tls_ca_dir);
+    DUP(tls_cert_file, src->tls_cert_file);
+    DUP(tls_key_file, src->tls_key_file);
+#undef DUP
+    if (rc == SURPOOL_OK && src->signin_params != NULL) {
+        dst->signin_params = json_deep_copy(src->signin_params);
+        if (dst->signin_params == NULL)
+            rc = SURPOOL_ERR_NOMEM;
+        pub->signin_params = dst->signin_params;
+    }
+    if (rc != SURPOOL_OK) {
+        surpool__config_free(dst);
+        return surpool__seterr(err, rc, "out of memory copying the configuration");
+    }
+    return SURPOOL_OK;
+}
+
+static int empty(const char *s)
+{
+    return s != NULL && s[0] == '\0';
+}
+
+/* Validate what create() needs; messages name the field. */
+surpool_err surpool__config_validate(const surpool_config *c, surpool_error *err)
+{
+    if (c->struct_size != sizeof(surpool_config))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config not initialised with surpool_config_init()");
+    if (c->url == NULL || c->url[0] == '\0')
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.url is required");
+    if (c->max_connections < 1 || c->max_connections > 100000)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.max_connections must be 1..100000 (got %d)",
+                               c->max_connections);
+    if (c->min_connections < 0 || c->min_connections > c->max_connections)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.min_connections must be 0..max_connections (got %d)",
+                               c->min_connections);
+    if (c->acquire_timeout_ms < 0)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.acquire_timeout_ms must be >= 0");
+    if (c->connect_timeout_ms <= 0)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.connect_timeout_ms must be > 0");
+    if (c->request_timeout_ms < 0)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.request_timeout_ms must be >= 0 (0 = none)");
+    if (c->max_waiters < 0)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.max_waiters must be >= 0 (0 = unbounded)");
+    if (c->reconnect_backoff_min_ms < 0 ||
+        c->reconnect_backoff_max_ms < c->reconnect_backoff_min_ms)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.reconnect_backoff_min_ms must be >= 0 and <= "
+                               "reconnect_backoff_max_ms");
+    if (c->max_concurrent_connects < 0)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.max_concurrent_connects must be >= 0");
+    if (c->max_message_bytes < 1024)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.max_message_bytes must be >= 1024");
+    if (c->idle_timeout_ms < 0 || c->max_lifetime_ms < 0 || c->keepalive_interval_ms < 0 ||
+        c->leak_threshold_ms < 0)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.idle_timeout_ms, max_lifetime_ms, "
+                               "keepalive_interval_ms and leak_threshold_ms must be >= 0");
+    if (c->validation_timeout_ms <= 0)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.validation_timeout_ms must be > 0");
+    if (c->maintenance_interval_ms < 1)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.maintenance_interval_ms must be >= 1");
+    if (c->breaker_threshold < 0)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.breaker_threshold must be >= 0 (0 = never)");
+    if ((c->lazy_start != 0 && c->lazy_start != 1) ||
+        (c->close_dirty_leases != 0 && c->close_dirty_leases != 1))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.lazy_start and close_dirty_leases must be 0 or 1");
+    if (c->log_level < SURPOOL_LOG_ERROR || c->log_level > SURPOOL_LOG_DEBUG)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.log_level is invalid");
+    if (empty(c->ns) || empty(c->db) || empty(c->user) || empty(c->access) ||
+        empty(c->token) || empty(c->init_sql))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config strings must be NULL or non-empty");
+    if (c->tls_insecure_skip_verify != 0 && c->tls_insecure_skip_verify != 1)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.tls_insecure_skip_verify must be 0 or 1");
+    if ((c->tls_cert_file == NULL) != (c->tls_key_file == NULL))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.tls_cert_file and tls_key_file go together");
+    return SURPOOL_OK;
+}
+
+/* Checks that need the URL merged in. */
+surpool_err surpool__config_validate_merged(const surpool_config *c, surpool_error *err)
+{
+    if (c->db != NULL && c->ns == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.db needs config.ns");
+    if (c->pass != NULL && c->user == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.pass needs config.user");
+    if (c->user != NULL && c->pass == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.user needs config.pass");
+    if ((c->token != NULL) + (c->user != NULL) + (c->signin_params != NULL) > 1)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.user, config.token and config.signin_params are "
+                               "exclusive");
+    if (c->signin_params != NULL && !json_is_object(c->signin_params))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.signin_params must be a JSON object");
+    if (c->auth_level < SURPOOL_AUTH_ROOT || c->auth_level > SURPOOL_AUTH_DATABASE)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.auth_level is invalid");
+    if (c->auth_level == SURPOOL_AUTH_NAMESPACE && c->ns == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.auth_level NAMESPACE needs config.ns");
+    if (c->auth_level == SURPOOL_AUTH_DATABASE && c->db == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.auth_level DATABASE needs config.ns and config.db");
+    if (c->access != NULL && (c->ns == NULL || c->db == NULL))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.access needs config.ns and config.db");
+    return SURPOOL_OK;
+}
+
+void surpool_config_init(surpool_config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->struct_size = sizeof(*cfg);
+    cfg->min_connections = 0;
+    cfg->max_connections = 10;
+    cfg->acquire_timeout_ms = 30000;
+    cfg->connect_timeout_ms = 10000;
+    cfg->request_timeout_ms = 30000;
+    cfg->max_waiters = 0;
+    cfg->max_concurrent_connects = 8;
+    cfg->reconnect_backoff_min_ms = 100;
+    cfg->reconnect_backoff_max_ms = 5000;
+    cfg->max_message_bytes = (size_t)64 * 1024 * 1024;
+    cfg->log_level = SURPOOL_LOG_WARN;
+    cfg->idle_timeout_ms = 600000;
+    cfg->max_lifetime_ms = 1800000;
+    cfg->validation_idle_ms = 2000;
+    cfg->validation_timeout_ms = 3000;
+    cfg->keepalive_interval_ms = 30000;
+    cfg->maintenance_interval_ms = 500;
+    cfg->breaker_threshold = 5;
+    cfg->leak_threshold_ms = 0;
+}
+

@@ -1,0 +1,922 @@
+#!/usr/bin/env node
+// surpool test server: a SurrealDB-style WebSocket JSON RPC endpoint (`/rpc`)
+// in front of the real embedded SurrealDB 3.0.x core (@surrealdb/node), with
+// fault-injection knobs for testing the C client.
+//
+// See README.md in this folder for the CLI, the hostile modes and the value
+// conversion rules. Startup contract: once listening, exactly one line
+// `LISTENING <port>` is printed to stdout; logs go to stderr with --verbose.
+
+import { createRequire } from 'node:module';
+import { parseArgs } from 'node:util';
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import net from 'node:net';
+
+import { WebSocketServer } from 'ws';
+import {
+  CborCodec,
+  DateTime,
+  Decimal,
+  Duration,
+  FileRef,
+  Future,
+  Geometry,
+  Range,
+  RecordId,
+  RecordIdRange,
+  StringRecordId,
+  Table,
+  Uuid,
+} from 'surrealdb';
+
+// ---------------------------------------------------------------------------
+// Native engine. The package's exports map only exposes the SDK wrapper, so
+// the N-API module is loaded by file path.
+// ---------------------------------------------------------------------------
+const require = createRequire(import.meta.url);
+const { SurrealNodeEngine } = require(
+  './node_modules/@surrealdb/node/dist/surrealdb-node.linux-x64-gnu.node',
+);
+const cbor = CborCodec.DEFAULT;
+
+// ---------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------
+const MODES = new Set([
+  'normal', 'malformed', 'truncate', 'wrong-id', 'duplicate-id', 'no-id',
+  'binary', 'huge', 'slow', 'no-upgrade', 'close-mid-reply', 'refuse',
+]);
+
+function usage(msg) {
+  if (msg) process.stderr.write(`server.mjs: ${msg}\n`);
+  process.stderr.write(
+    'usage: node server.mjs [--host 127.0.0.1] [--port 0] [--user root] [--pass root]\n' +
+    '       [--tls-cert FILE --tls-key FILE] [--delay-ms N] [--delay-jitter-ms N]\n' +
+    '       [--drop-every N] [--max-conns N] [--mode MODE] [--exit-on-stdin-close] [--verbose]\n' +
+    `modes: ${[...MODES].join(', ')}\n`,
+  );
+  process.exit(2);
+}
+
+let args;
+try {
+  ({ values: args } = parseArgs({
+    options: {
+      host: { type: 'string', default: '127.0.0.1' },
+      port: { type: 'string', default: '0' },
+      user: { type: 'string', default: 'root' },
+      pass: { type: 'string', default: 'root' },
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
+      'delay-ms': { type: 'string', default: '0' },
+      'delay-jitter-ms': { type: 'string', default: '0' },
+      'drop-every': { type: 'string', default: '0' },
+      'max-conns': { type: 'string', default: '0' },
+      mode: { type: 'string', default: 'normal' },
+      'exit-on-stdin-close': { type: 'boolean', default: false },
+      verbose: { type: 'boolean', default: false },
+      help: { type: 'boolean', default: false },
+    },
+    strict: true,
+  }));
+} catch (err) {
+  usage(err.message);
+}
+if (args.help) usage();
+
+function intArg(name, min = 0, max = Number.MAX_SAFE_INTEGER) {
+  const s = args[name];
+  if (!/^\d+$/.test(s)) usage(`--${name} must be a non-negative integer`);
+  const n = Number(s);
+  if (n < min || n > max) usage(`--${name} out of range`);
+  return n;
+}
+
+/** Only loopback addresses may be served (tests never leave this machine). */
+function isLoopback(host) {
+  if (host === 'localhost' || host === '::1') return true;
+  return net.isIPv4(host) && host.split('.')[0] === '127';
+}
+
+const HOST = args.host;
+if (!isLoopback(HOST)) usage(`refusing non-loopback --host ${HOST} (allowed: 127.0.0.0/8, ::1, localhost)`);
+const PORT = intArg('port', 0, 65535);
+if (!!args['tls-cert'] !== !!args['tls-key']) usage('--tls-cert and --tls-key go together');
+if (!MODES.has(args.mode)) usage(`unknown --mode ${args.mode}`);
+
+/** Fault settings; changeable at runtime with POST /control. */
+const initialSettings = Object.freeze({
+  mode: args.mode,
+  delayMs: intArg('delay-ms'),
+  delayJitterMs: intArg('delay-jitter-ms'),
+  dropEvery: intArg('drop-every'),
+  maxConns: intArg('max-conns'),
+});
+const settings = { ...initialSettings };
+
+const VERBOSE = args.verbose;
+function log(...parts) {
+  if (VERBOSE) process.stderr.write(`[surpool-test-server] ${parts.join(' ')}\n`);
+}
+
+// ---------------------------------------------------------------------------
+// Protocol constants
+// ---------------------------------------------------------------------------
+
+/** Methods a socket may call before it has authenticated. */
+const PRE_AUTH_METHODS = new Set(['signin', 'signup', 'authenticate', 'ping', 'version', 'invalidate', 'reset']);
+
+/** Methods that behave normally in every hostile mode (connection set-up). */
+const SETUP_METHODS = new Set([
+  'signin', 'signup', 'authenticate', 'invalidate', 'reset', 'use', 'ping', 'version', 'let', 'unset',
+]);
+
+/** Methods that would break the socket's own core session; refused. */
+const SESSION_METHODS = new Set(['attach', 'detach', 'sessions']);
+
+// Error shapes mirror the 3.0 core's own errors (code, message, kind, details).
+const ERR_PARSE = { code: -32700, message: 'Parse error' };
+const errInvalidRequest = (message) => ({ code: -32600, message, kind: 'Validation', details: { kind: 'InvalidRequest' } });
+const errInvalidParams = (message) => ({ code: -32603, message, kind: 'Validation', details: { kind: 'InvalidParams' } });
+// Same shape as the core's reply to a wrong password.
+const ERR_NOT_AUTHENTICATED = {
+  code: -32002,
+  message: 'There was a problem with authentication',
+  kind: 'NotAllowed',
+  details: { kind: 'Auth', details: { kind: 'InvalidAuth' } },
+};
+const errMethodNotAllowed = (name) => ({
+  code: -32602, message: 'Method not allowed', kind: 'NotAllowed', details: { kind: 'Method', details: { name } },
+});
+
+const MAX_MESSAGE = 128 * 1024 * 1024; // the real server's frame/message limit
+const HUGE_BYTES = 80 * 1024 * 1024;
+
+// ---------------------------------------------------------------------------
+// JSON -> core values
+//
+// A real SurrealDB server parses JSON params with the SurrealQL literal parser
+// ("legacy strands"): every JSON string, anywhere in params (nested objects
+// and arrays, query variables, even the query text and signin credentials),
+// is re-parsed and becomes a typed value when it is one. We reproduce this
+// for whole strings of these shapes (first match wins, in the server's order):
+//   1. record id  TABLE:ID -> RecordId
+//        TABLE  [A-Za-z_][A-Za-z0-9_]*, or `...` / ⟨...⟩ (backslash escapes)
+//        ID     [A-Za-z0-9_]+  -> integer id if all digits and within i64,
+//                                 otherwise a string id
+//               -digits        -> negative integer id
+//               `...` / ⟨...⟩  -> string id (text between the brackets)
+//               [...] / {...} / u'...' / u"..." (array, object, uuid ids, in
+//                  SurrealQL or JSON syntax) -> parsed by the core's own
+//                  record-id parser; left a string if it rejects them
+//   2. datetime  YYYY-MM-DD, or YYYY-MM-DD(T| )HH:MM:SS(.f{1,9})?(Z|±HH:MM)
+//      (a time needs a zone, as in the core's datetime lexer; impossible
+//      dates such as 2024-02-30 stay strings) -> DateTime
+//   3. UUID  8-4-4-4-12 hex digits -> Uuid
+// Everything else (numbers, booleans, null, other strings, object keys) is
+// left as it is. Integers beyond 2^53 but within i64 are kept exact; larger
+// ones become floats; 1.0 arrives as the integer 1 (JSON.parse semantics).
+// Known difference: the real parser converts a record-id *prefix* too (it
+// does not check the end of the string: "t:a-b" may become t:a); we only
+// convert whole matches.
+// ---------------------------------------------------------------------------
+const RID_SIMPLE_RE =
+  /^([A-Za-z_][A-Za-z0-9_]*|`(?:[^`\\]|\\.)*`|⟨(?:[^⟩\\]|\\.)*⟩):(-?\d+|[A-Za-z0-9_]+|`(?:[^`\\]|\\.)*`|⟨(?:[^⟩\\]|\\.)*⟩)$/s;
+const RID_COMPLEX_RE =
+  /^(?:[A-Za-z_][A-Za-z0-9_]*|`(?:[^`\\]|\\.)*`|⟨(?:[^⟩\\]|\\.)*⟩):(?:\[.*\]|\{.*\}|u'[^']*'|u"[^"]*")$/s;
+const UUID_RE = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+const DATETIME_RE = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2}))?$/;
+const I64_MAX = 2n ** 63n - 1n;
+const I64_MIN = -(2n ** 63n);
+
+/** Text of an identifier, without its `...` or ⟨...⟩ brackets and escapes. */
+function unbracket(s) {
+  if (s.startsWith('`') || s.startsWith('⟨')) return s.slice(1, -1).replace(/\\(.)/gs, '$1');
+  return s;
+}
+
+function toSimpleRecordId(s) {
+  const m = RID_SIMPLE_RE.exec(s);
+  if (!m) return undefined;
+  const table = unbracket(m[1]);
+  const raw = m[2];
+  let id = unbracket(raw);
+  if (/^-?\d+$/.test(raw)) {
+    const big = BigInt(raw);
+    if (big >= I64_MIN && big <= I64_MAX) id = Number.isSafeInteger(Number(big)) ? Number(big) : big;
+  }
+  return new RecordId(table, id);
+}
+
+/** Asks the core whether it parses `s` as a record id (decode fails otherwise). */
+async function coreParsesRecordId(s) {
+  try {
+    await engine.execute(cbor.encode({ id: '0', method: 'ping', params: [new StringRecordId(s)] }));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function toDateTime(s) {
+  const m = DATETIME_RE.exec(s);
+  if (!m) return undefined;
+  const [, y, mo, d, h = '00', mi = '00', sec = '00', frac = '', zone = 'Z'] = m;
+  const [Y, MO, D, H, MI, S] = [y, mo, d, h, mi, sec].map(Number);
+  const ms = Date.UTC(Y, MO - 1, D, H, MI, S);
+  const check = new Date(ms);
+  // Reject out-of-range fields (2024-02-30, 25:00:00) rather than rolling over.
+  if (check.getUTCFullYear() !== Y || check.getUTCMonth() !== MO - 1 || check.getUTCDate() !== D ||
+      check.getUTCHours() !== H || check.getUTCMinutes() !== MI || check.getUTCSeconds() !== S) return undefined;
+  let offsetSec = 0;
+  if (zone !== 'Z') {
+    const sign = zone[0] === '-' ? -1 : 1;
+    const [zh, zm] = zone.slice(1).split(':').map(Number);
+    if (zh > 23 || zm > 59) return undefined;
+    offsetSec = sign * (zh * 3600 + zm * 60);
+  }
+  const seconds = BigInt(ms / 1000 - offsetSec);
+  const nanos = frac ? BigInt(frac.padEnd(9, '0')) : 0n;
+  return new DateTime([seconds, nanos]);
+}
+
+async function convertString(s) {
+  const rid = toSimpleRecordId(s);
+  if (rid) return rid;
+  if (RID_COMPLEX_RE.test(s) && await coreParsesRecordId(s)) return new StringRecordId(s);
+  return toDateTime(s) ?? (UUID_RE.test(s) ? new Uuid(s) : s);
+}
+
+/** Converts a parsed JSON value into what the core would see over JSON RPC. */
+async function toCore(v) {
+  if (typeof v === 'string') return convertString(v);
+  if (Array.isArray(v)) return Promise.all(v.map(toCore));
+  if (v !== null && typeof v === 'object') {
+    const entries = await Promise.all(Object.entries(v).map(async ([k, x]) => [k, await toCore(x)]));
+    return Object.fromEntries(entries);
+  }
+  return v;
+}
+
+// ---------------------------------------------------------------------------
+// JSON parsing that keeps integers beyond 2^53 exact (as BigInt). Only used
+// when the text contains a run of 16+ digits; otherwise JSON.parse is used.
+// ---------------------------------------------------------------------------
+function parseJson(text) {
+  if (!/\d{16,}/.test(text)) return JSON.parse(text);
+  let i = 0;
+  const fail = () => { throw new SyntaxError(`Unexpected token in JSON at position ${i}`); };
+  const ws = () => { while (i < text.length && ' \t\n\r'.includes(text[i])) i++; };
+  const value = () => {
+    ws();
+    const c = text[i];
+    if (c === '{') {
+      i++; const obj = {}; ws();
+      if (text[i] === '}') { i++; return obj; }
+      for (;;) {
+        ws(); if (text[i] !== '"') fail();
+        const k = string(); ws(); if (text[i++] !== ':') fail();
+        Object.defineProperty(obj, k, { value: value(), enumerable: true, writable: true, configurable: true });
+        ws();
+        if (text[i] === ',') { i++; continue; }
+        if (text[i] === '}') { i++; return obj; }
+        fail();
+      }
+    }
+    if (c === '[') {
+      i++; const arr = []; ws();
+      if (text[i] === ']') { i++; return arr; }
+      for (;;) {
+        arr.push(value()); ws();
+        if (text[i] === ',') { i++; continue; }
+        if (text[i] === ']') { i++; return arr; }
+        fail();
+      }
+    }
+    if (c === '"') return string();
+    const m = /^-?(?:0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?/.exec(text.slice(i, i + 400));
+    if (m) {
+      i += m[0].length;
+      if (m[1] || m[2]) return Number(m[0]);
+      const n = Number(m[0]);
+      if (Number.isSafeInteger(n)) return n;
+      const big = BigInt(m[0]);
+      return big >= I64_MIN && big <= I64_MAX ? big : n; // beyond i64: a float
+
+    }
+    for (const [lit, val] of [['true', true], ['false', false], ['null', null]]) {
+      if (text.startsWith(lit, i)) { i += lit.length; return val; }
+    }
+    return fail();
+  };
+  const string = () => {
+    // Find the closing quote, skipping escapes, and let JSON.parse decode it.
+    const start = i++;
+    while (i < text.length && text[i] !== '"') i += text[i] === '\\' ? 2 : 1;
+    if (i >= text.length) fail();
+    i++;
+    return JSON.parse(text.slice(start, i));
+  };
+  const out = value();
+  ws();
+  if (i !== text.length) fail();
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Record ids as text, formatted like the 3.0 core itself (checked against
+// `<string> person:⟨a b⟩` etc.): identifiers that need escaping are put in
+// backticks (person:`a b`, person:`1`, `a-b`:x), array ids as [1, 'a'],
+// object ids as { a: 1, "b c": 's' }. Note: the JS SDK's toString would
+// use ⟨⟩ instead; the core (and so a real 3.0 server) uses backticks.
+// Limitation: a float that is integral (1.0) cannot be told from an integer
+// after CBOR decoding and prints as 1 (the core prints 1f).
+// ---------------------------------------------------------------------------
+const IDENT_RE = /^[A-Za-z0-9_]+$/;
+
+function escapeIdent(s) {
+  if (IDENT_RE.test(s) && !/^\d+$/.test(s)) return s;
+  return '`' + s.replace(/\\/g, '\\\\').replace(/`/g, '\\`') + '`';
+}
+
+function quoteString(s) {
+  const q = s.includes("'") && !s.includes('"') ? '"' : "'";
+  return q + s.replace(/\\/g, '\\\\').replaceAll(q, `\\${q}`) + q;
+}
+
+function formatObjectKey(k) {
+  return IDENT_RE.test(k) ? k : JSON.stringify(k);
+}
+
+/** SurrealQL text of a value inside a record id. */
+function surqlValue(v) {
+  if (v === undefined) return 'NONE';
+  if (v === null) return 'NULL';
+  switch (typeof v) {
+    case 'string': return quoteString(v);
+    case 'boolean': case 'bigint': return String(v);
+    case 'number': return Number.isInteger(v) ? String(v) : `${v}f`;
+    default: break;
+  }
+  if (Array.isArray(v)) return `[${v.map(surqlValue).join(', ')}]`;
+  if (v instanceof RecordId) return formatRecordId(v);
+  if (v instanceof Uuid) return `u'${v}'`;
+  if (v instanceof DateTime) return `d'${dateTimeToString(v)}'`;
+  if (v instanceof Decimal) return `${v}dec`;
+  if (v instanceof Duration || v instanceof Table || v instanceof Range ||
+      v instanceof StringRecordId || v instanceof RecordIdRange) return v.toString();
+  if (Object.getPrototypeOf(v) === Object.prototype) {
+    const parts = Object.entries(v).map(([k, x]) => `${formatObjectKey(k)}: ${surqlValue(x)}`);
+    return `{ ${parts.join(', ')} }`;
+  }
+  return String(v);
+}
+
+function formatRecordId(rid) {
+  const table = escapeIdent(rid.table.name);
+  const id = rid.id;
+  let key;
+  if (typeof id === 'string') key = escapeIdent(id);
+  else if (typeof id === 'number' || typeof id === 'bigint') key = String(id);
+  else key = surqlValue(id);
+  return `${table}:${key}`;
+}
+
+// ---------------------------------------------------------------------------
+// core values -> JSON (what a real server sends over JSON RPC)
+//   RecordId -> "table:id" formatted like the core (see formatRecordId)
+//   StringRecordId / RecordIdRange -> SDK toString
+//   Uuid, Decimal, Duration ("1h30m"), Table, Range ("1..3"), FileRef, Future -> string
+//   DateTime -> RFC 3339 UTC string, fraction shown as 3/6/9 digits only when
+//     non-zero (like the server: "2024-01-01T00:00:00Z", "...:00.500Z")
+//   NONE (undefined) -> null; Map -> object; Set -> array
+//   bigint -> JSON integer when it fits in an i64 (exact digits, even beyond
+//     2^53), otherwise a string
+//   Geometry -> GeoJSON object ({"type":"Point","coordinates":[x,y]}, ...)
+//   bytes (ArrayBuffer / typed array) -> array of byte values (0..255)
+// Objects keep NONE-valued keys as null (e.g. a query result's "type").
+// ---------------------------------------------------------------------------
+const BIG_MARK = '\u0000surpool-bigint:';
+
+function dateTimeToString(dt) {
+  const [s, ns] = dt.toCompact();
+  const base = new Date(Number(s) * 1000).toISOString().slice(0, 19);
+  if (ns === 0n) return `${base}Z`;
+  let frac = ns.toString().padStart(9, '0');
+  frac = frac.endsWith('000000') ? frac.slice(0, 3) : frac.endsWith('000') ? frac.slice(0, 6) : frac;
+  return `${base}.${frac}Z`;
+}
+
+function toJsonValue(v, ctx) {
+  if (v === undefined || v === null) return null;
+  switch (typeof v) {
+    case 'string': case 'boolean': return v;
+    case 'number': return v; // NaN/Infinity become null in JSON.stringify, like serde_json
+    case 'bigint':
+      if (v >= I64_MIN && v <= I64_MAX) {
+        if (Number.isSafeInteger(Number(v))) return Number(v);
+        ctx.big = true;
+        return `${BIG_MARK}${v}`;
+      }
+      return v.toString();
+    default: break;
+  }
+  if (Array.isArray(v)) return v.map((x) => toJsonValue(x, ctx));
+  if (v instanceof DateTime) return dateTimeToString(v);
+  if (v instanceof Date) return v.toISOString();
+  if (v instanceof RecordId) return formatRecordId(v);
+  if (v instanceof StringRecordId || v instanceof RecordIdRange ||
+      v instanceof Uuid || v instanceof Decimal || v instanceof Duration || v instanceof Table ||
+      v instanceof Range || v instanceof FileRef || v instanceof Future) return v.toString();
+  if (v instanceof Geometry) return toJsonValue(v.toJSON(), ctx);
+  if (v instanceof Set) return [...v].map((x) => toJsonValue(x, ctx));
+  if (v instanceof Map) {
+    return Object.fromEntries([...v].map(([k, x]) => [String(k), toJsonValue(x, ctx)]));
+  }
+  if (v instanceof ArrayBuffer) return Array.from(new Uint8Array(v));
+  if (ArrayBuffer.isView(v)) return Array.from(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+  return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, toJsonValue(x, ctx)]));
+}
+
+/** JSON text of a core value; exact i64 digits for big integers. */
+function stringifyCore(v) {
+  const ctx = { big: false };
+  let text = JSON.stringify(toJsonValue(v, ctx));
+  if (ctx.big) text = text.replace(/"\\u0000surpool-bigint:(-?\d+)"/g, '$1');
+  return text;
+}
+
+/** A reply frame: `{"id":..,"result":..}` / `{"id":..,"error":..}`; idText undefined -> no id key. */
+function frame(idText, key, bodyText) {
+  return idText === undefined ? `{"${key}":${bodyText}}` : `{"id":${idText},"${key}":${bodyText}}`;
+}
+
+// ---------------------------------------------------------------------------
+// Engine
+// ---------------------------------------------------------------------------
+const engine = await SurrealNodeEngine.connect('mem://');
+let internalIds = 0;
+
+/** Runs one RPC request through the core; returns the decoded CBOR reply. */
+async function execute(method, params, session, txn) {
+  const req = { id: String(++internalIds), method };
+  if (params !== undefined) req.params = params;
+  if (session) req.session = session;
+  if (txn) req.txn = txn;
+  return cbor.decode(await engine.execute(cbor.encode(req)));
+}
+
+function isErrorReply(r) {
+  return r !== null && typeof r === 'object' && !Array.isArray(r) && Object.getPrototypeOf(r) === Object.prototype &&
+    Object.keys(r).length === 1 && 'error' in r && r.error && typeof r.error === 'object' && 'code' in r.error;
+}
+
+const coreVersion = String(await execute('version', []));
+
+// Root user, so that the core itself checks signin credentials.
+{
+  const user = '`' + args.user.replace(/\\/g, '\\\\').replace(/`/g, '\\`') + '`';
+  const pass = "'" + args.pass.replace(/\\/g, '\\\\').replace(/'/g, "\\'") + "'";
+  const res = await execute('query', [`DEFINE USER ${user} ON ROOT PASSWORD ${pass} ROLES OWNER`]);
+  if (isErrorReply(res) || res[0]?.status !== 'OK') {
+    process.stderr.write(`server.mjs: cannot define root user: ${stringifyCore(res)}\n`);
+    process.exit(1);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Live query notifications: routed to the socket whose session made the live
+// query (the core tags notifications with the session; KILLED ones are not
+// tagged, so live query ids are also remembered).
+// ---------------------------------------------------------------------------
+const sessions = new Map(); // session uuid string -> Conn
+const liveOwners = new Map(); // live query uuid string -> Conn
+
+const notifications = await engine.notifications();
+(async () => {
+  for (;;) {
+    let raw;
+    try {
+      raw = await notifications.recv();
+    } catch (err) {
+      log('notification receiver failed:', err.message);
+      return;
+    }
+    if (raw === null) return;
+    try {
+      const n = cbor.decode(raw);
+      const liveId = n.id?.toString();
+      let conn = n.session ? sessions.get(n.session.toString()) : undefined;
+      conn ??= liveOwners.get(liveId);
+      if (n.action === 'KILLED') liveOwners.delete(liveId);
+      if (!conn || conn.closed) continue;
+      const { session: _internal, ...payload } = n;
+      conn.sendText(`{"result":${stringifyCore(payload)}}`);
+    } catch (err) {
+      log('bad notification:', err.message);
+    }
+  }
+})();
+
+// ---------------------------------------------------------------------------
+// Connections
+// ---------------------------------------------------------------------------
+const stats = { sockets: 0, totalSockets: 0, requests: 0 };
+let requestCounter = 0; // server-wide, for --drop-every
+let hugeFrameTail = null; // cached `,"result":"xxx…"}` of the huge mode
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+function replyDelay() {
+  const { delayMs, delayJitterMs } = settings;
+  return delayMs + (delayJitterMs > 0 ? Math.floor(Math.random() * (delayJitterMs + 1)) : 0);
+}
+
+/** Writes a raw, unmasked server->client WebSocket frame header. */
+function frameHeader(opcode, fin, length) {
+  const first = (fin ? 0x80 : 0) | opcode;
+  if (length < 126) return Buffer.from([first, length]);
+  if (length < 65536) {
+    const b = Buffer.alloc(4); b[0] = first; b[1] = 126; b.writeUInt16BE(length, 2); return b;
+  }
+  const b = Buffer.alloc(10); b[0] = first; b[1] = 127; b.writeBigUInt64BE(BigInt(length), 2); return b;
+}
+
+class Conn {
+  constructor(ws, socketId) {
+    this.ws = ws;
+    this.id = socketId;
+    this.session = Uuid.v4();
+    this.sessionKey = this.session.toString();
+    this.authed = false;
+    this.closed = false;
+    this.liveIds = new Set();
+    this.detached = null;
+    sessions.set(this.sessionKey, this);
+    this.attached = execute('attach', undefined, this.session).then((r) => {
+      if (isErrorReply(r)) throw new Error(r.error.message);
+    });
+    this.attached.catch((err) => {
+      log(`#${this.id} attach failed: ${err.message}`);
+      ws.close(1011, 'session attach failed');
+    });
+    ws.on('message', (data, isBinary) => {
+      this.onMessage(data, isBinary).catch((err) => process.stderr.write(`server.mjs: request failed: ${err.stack}\n`));
+    });
+    ws.on('close', () => this.onClose());
+    ws.on('error', (err) => log(`#${this.id} socket error: ${err.message}`));
+  }
+
+  sendText(text) {
+    if (!this.closed && this.ws.readyState === this.ws.OPEN) this.ws.send(text, { binary: false });
+  }
+
+  /** Terminates the TCP connection without a close frame. */
+  kill() {
+    this.ws.terminate();
+  }
+
+  onClose() {
+    if (this.closed) return;
+    this.closed = true;
+    stats.sockets--;
+    log(`#${this.id} closed`);
+    for (const id of this.liveIds) liveOwners.delete(id);
+    this.detached = this.attached
+      .then(() => execute('detach', undefined, this.session))
+      .catch(() => {})
+      .finally(() => sessions.delete(this.sessionKey));
+  }
+
+  async onMessage(data, isBinary) {
+    stats.requests++;
+    requestCounter++;
+    if (settings.dropEvery > 0 && requestCounter % settings.dropEvery === 0) {
+      log(`#${this.id} dropping connection on request #${requestCounter}`);
+      this.kill();
+      return;
+    }
+    // JSON is the only format spoken here: binary frames are parse errors.
+    let req;
+    try {
+      if (isBinary) throw new SyntaxError('binary frame');
+      req = parseJson(data.toString('utf8'));
+    } catch {
+      await this.reply(undefined, 'error', JSON.stringify(ERR_PARSE));
+      return;
+    }
+    let idText;
+    if (req !== null && typeof req === 'object' && !Array.isArray(req) && 'id' in req) {
+      idText = typeof req.id === 'bigint' ? req.id.toString() : JSON.stringify(req.id ?? null);
+    }
+    const error = (e) => this.reply(idText, 'error', JSON.stringify(e));
+    if (req === null || typeof req !== 'object' || Array.isArray(req)) return error(errInvalidRequest('Invalid request'));
+    const { method, params } = req;
+    if (typeof method !== 'string') return error(errInvalidRequest('Invalid request: missing method'));
+    if (params !== undefined && params !== null && !Array.isArray(params)) {
+      return error(errInvalidParams('Invalid params: params must be an array'));
+    }
+    const hostile = settings.mode !== 'normal' && !SETUP_METHODS.has(method);
+    if (hostile && await this.hostileBeforeExecute(idText)) return;
+
+    if (!this.authed && !PRE_AUTH_METHODS.has(method)) return error(ERR_NOT_AUTHENTICATED);
+    if (SESSION_METHODS.has(method)) return error(errMethodNotAllowed(method));
+    if (method === 'use' && Array.isArray(params) && params[0] === null) {
+      // The 3.0.x core panics on a null namespace; a release server aborts.
+      return error(errInvalidParams('Invalid params: use [null, db] is not supported (the namespace must be a string)'));
+    }
+
+    let result;
+    try {
+      await this.attached;
+      const txn = typeof req.txn === 'string' && UUID_RE.test(req.txn) ? new Uuid(req.txn) : undefined;
+      result = await execute(method, params == null ? undefined : await toCore(params), this.session, txn);
+    } catch (err) {
+      result = { error: { code: -32000, message: String(err?.message ?? err), kind: 'Internal' } };
+    }
+    if (this.closed) return;
+
+    let failed = isErrorReply(result);
+    if (!failed) this.afterSuccess(method, result);
+    let body;
+    try {
+      body = stringifyCore(failed ? result.error : result);
+    } catch (err) {
+      failed = true;
+      body = JSON.stringify({ code: -32000, message: `Serialization error: ${err.message}`, kind: 'Serialization' });
+    }
+    const key = failed ? 'error' : 'result';
+    if (hostile) return this.hostileReply(req.id, idText, key, body);
+    return this.reply(idText, key, body);
+  }
+
+  /** Session bookkeeping after a successful core call. */
+  afterSuccess(method, result) {
+    if (method === 'signin' || method === 'signup' || method === 'authenticate') this.authed = true;
+    else if (method === 'invalidate' || method === 'reset') this.authed = false;
+    else if (method === 'live' && result instanceof Uuid) this.trackLive(result);
+    else if (method === 'query' && Array.isArray(result)) {
+      for (const r of result) if (r?.type === 'live' && r.result instanceof Uuid) this.trackLive(r.result);
+    }
+  }
+
+  trackLive(uuid) {
+    const key = uuid.toString();
+    liveOwners.set(key, this);
+    this.liveIds.add(key);
+  }
+
+  async reply(idText, key, bodyText) {
+    const delay = replyDelay();
+    if (delay > 0) await sleep(delay);
+    this.sendText(frame(idText, key, bodyText));
+  }
+
+  /** Hostile modes that answer without running the request. Returns true if handled. */
+  async hostileBeforeExecute(idText) {
+    switch (settings.mode) {
+      case 'slow':
+        return true; // never answered
+      case 'malformed': {
+        const delay = replyDelay();
+        if (delay > 0) await sleep(delay);
+        this.sendText(`{"id":${idText ?? 'null'},"result":[`);
+        return true;
+      }
+      case 'no-id':
+        await this.reply(undefined, 'error', JSON.stringify({
+          code: -32000, message: 'surpool test server: injected error without id', kind: 'Internal',
+        }));
+        return true;
+      case 'huge': {
+        hugeFrameTail ??= Buffer.from(`,"result":"${'x'.repeat(HUGE_BYTES)}"}`);
+        const delay = replyDelay();
+        if (delay > 0) await sleep(delay);
+        if (!this.closed) this.ws.send(Buffer.concat([Buffer.from(`{"id":${idText ?? 'null'}`), hugeFrameTail]), { binary: false });
+        return true;
+      }
+      default:
+        return false;
+    }
+  }
+
+  /** Hostile modes that mangle the real reply. */
+  async hostileReply(id, idText, key, bodyText) {
+    const delay = replyDelay();
+    if (delay > 0) await sleep(delay);
+    if (this.closed) return;
+    const text = frame(idText, key, bodyText);
+    const ws = this.ws;
+    switch (settings.mode) {
+      case 'wrong-id': {
+        const wrong = typeof id === 'number' ? String(id + 1000000)
+          : typeof id === 'bigint' ? String(id + 1000000n) : JSON.stringify(`${id}-wrong`);
+        return this.sendText(frame(wrong, key, bodyText));
+      }
+      case 'duplicate-id':
+        this.sendText(text);
+        return this.sendText(text);
+      case 'binary':
+        return ws.send(Buffer.from(text), { binary: true });
+      case 'truncate': {
+        // A single text frame whose header announces the full length, but
+        // only half of the payload is written before the TCP connection dies.
+        const payload = Buffer.from(text);
+        const half = payload.subarray(0, Math.floor(payload.length / 2));
+        const sock = ws._socket;
+        if (!sock) return this.kill();
+        sock.write(Buffer.concat([frameHeader(0x1, true, payload.length), half]), () => sock.destroy());
+        return;
+      }
+      case 'close-mid-reply': {
+        // First fragment of a fragmented message (FIN=0), then the TCP
+        // connection dies.
+        const payload = Buffer.from(text);
+        const half = payload.subarray(0, Math.max(1, Math.floor(payload.length / 2)));
+        ws.send(half, { binary: false, fin: false }, () => this.kill());
+        return;
+      }
+      default: // modes acting on the transport only (no-upgrade, refuse)
+        return this.sendText(text);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP server, upgrades and control
+// ---------------------------------------------------------------------------
+const tls = args['tls-cert'] ? { cert: readFileSync(args['tls-cert']), key: readFileSync(args['tls-key']) } : null;
+
+function sendHttp(res, status, body, type = 'text/plain; charset=utf-8') {
+  res.writeHead(status, { 'Content-Type': type, 'Content-Length': Buffer.byteLength(body) });
+  res.end(body);
+}
+
+let revertTimer = null;
+function applyControl(body) {
+  const next = { ...settings };
+  if ('mode' in body) {
+    if (!MODES.has(body.mode)) throw new Error(`unknown mode ${body.mode}`);
+    next.mode = body.mode;
+  }
+  for (const k of ['delayMs', 'delayJitterMs', 'dropEvery', 'maxConns']) {
+    if (k in body) {
+      if (!Number.isSafeInteger(body[k]) || body[k] < 0) throw new Error(`${k} must be a non-negative integer`);
+      next[k] = body[k];
+    }
+  }
+  if ('reset' in body && body.reset === true) Object.assign(next, initialSettings);
+  if ('forMs' in body && (!Number.isSafeInteger(body.forMs) || body.forMs <= 0)) throw new Error('forMs must be a positive integer');
+  const previous = { ...settings };
+  Object.assign(settings, next);
+  clearTimeout(revertTimer);
+  if (body.forMs) {
+    revertTimer = setTimeout(() => {
+      Object.assign(settings, previous);
+      log('control: reverted to', JSON.stringify(settings));
+    }, body.forMs);
+    revertTimer.unref();
+  }
+  log('control:', JSON.stringify(settings));
+}
+
+async function onRequest(req, res) {
+  const url = new URL(req.url, 'http://x');
+  if (url.pathname === '/health' && req.method === 'GET') return sendHttp(res, 200, 'OK');
+  if (url.pathname === '/version' && req.method === 'GET') return sendHttp(res, 200, coreVersion);
+  if (url.pathname === '/stats' && req.method === 'GET') {
+    return sendHttp(res, 200, JSON.stringify(stats), 'application/json');
+  }
+  if (url.pathname === '/control' && req.method === 'GET') {
+    return sendHttp(res, 200, JSON.stringify(settings), 'application/json');
+  }
+  if (url.pathname === '/control' && req.method === 'POST') {
+    let body = '';
+    for await (const chunk of req) {
+      body += chunk;
+      if (body.length > 65536) return sendHttp(res, 413, 'too large');
+    }
+    try {
+      const parsed = JSON.parse(body || '{}');
+      if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('expected a JSON object');
+      applyControl(parsed);
+    } catch (err) {
+      return sendHttp(res, 400, JSON.stringify({ error: err.message }), 'application/json');
+    }
+    return sendHttp(res, 200, JSON.stringify(settings), 'application/json');
+  }
+  if (url.pathname === '/rpc') return sendHttp(res, 400, 'Expected a WebSocket upgrade');
+  return sendHttp(res, 404, 'Not Found');
+}
+
+const server = tls ? https.createServer(tls, onRequest) : http.createServer(onRequest);
+const wss = new WebSocketServer({
+  noServer: true,
+  maxPayload: MAX_MESSAGE,
+  perMessageDeflate: false,
+  // Select `json` when offered; accept without a subprotocol otherwise.
+  handleProtocols: (protocols) => (protocols.has('json') ? 'json' : false),
+});
+
+const tcpSockets = new Set(); // every accepted TCP connection, for shutdown
+let pendingUpgrades = 0;
+let nextSocketId = 0;
+
+server.on('connection', (sock) => {
+  if (settings.mode === 'refuse') {
+    sock.destroy();
+    return;
+  }
+  tcpSockets.add(sock);
+  sock.on('close', () => tcpSockets.delete(sock));
+});
+// With TLS, 'connection' is the raw TCP socket; track the TLS socket too.
+server.on('secureConnection', (sock) => {
+  tcpSockets.add(sock);
+  sock.on('close', () => tcpSockets.delete(sock));
+});
+
+function rejectUpgrade(sock, status, text) {
+  sock.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: ${text.length}\r\n\r\n${text}`);
+}
+
+server.on('upgrade', (req, sock, head) => {
+  if (settings.mode === 'no-upgrade') {
+    log('no-upgrade: leaving an upgrade request unanswered');
+    sock.on('error', () => {});
+    return; // keep the socket open and silent
+  }
+  const { pathname } = new URL(req.url, 'http://x');
+  if (pathname !== '/rpc') return rejectUpgrade(sock, 404, 'Not Found');
+  if (settings.maxConns > 0 && stats.sockets + pendingUpgrades >= settings.maxConns) {
+    log('max-conns reached: 503');
+    return rejectUpgrade(sock, 503, 'Service Unavailable');
+  }
+  pendingUpgrades++;
+  let done = false;
+  const finish = () => { if (!done) { done = true; pendingUpgrades--; } };
+  sock.once('close', finish);
+  wss.handleUpgrade(req, sock, head, (ws) => {
+    finish();
+    stats.sockets++;
+    stats.totalSockets++;
+    const id = ++nextSocketId;
+    log(`#${id} connected (protocol ${ws.protocol || 'none'})`);
+    new Conn(ws, id); // eslint-disable-line no-new
+  });
+});
+
+server.on('clientError', (err, sock) => {
+  if (sock.writable) sock.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+  else sock.destroy();
+});
+
+// ---------------------------------------------------------------------------
+// Start and stop
+// ---------------------------------------------------------------------------
+server.listen(PORT, HOST, () => {
+  process.stdout.write(`LISTENING ${server.address().port}\n`);
+  log(`listening on ${tls ? 'wss' : 'ws'}://${HOST}:${server.address().port}/rpc, core ${coreVersion}, settings ${JSON.stringify(settings)}`);
+});
+server.on('error', (err) => {
+  process.stderr.write(`server.mjs: ${err.message}\n`);
+  process.exit(1);
+});
+
+let stopping = false;
+async function shutdown(why) {
+  if (stopping) return;
+  stopping = true;
+  log(`shutting down (${why})`);
+  const hardStop = setTimeout(() => process.exit(0), 3000);
+  hardStop.unref();
+  server.close();
+  const conns = [...sessions.values()];
+  for (const ws of wss.clients) ws.close(1001, 'server shutting down');
+  for (const sock of tcpSockets) sock.destroy();
+  for (const c of conns) c.onClose();
+  await Promise.allSettled(conns.map((c) => c.detached));
+  try {
+    engine.free();
+  } catch {
+    // already freed
+  }
+  process.exit(0);
+}
+
+process.on('SIGTERM', () => shutdown('SIGTERM'));
+process.on('SIGINT', () => shutdown('SIGINT'));
+// SIGUSR2 resets every fault setting to its start-up value (a way back from
+// `refuse`, where /control is unreachable).
+process.on('SIGUSR2', () => {
+  clearTimeout(revertTimer);
+  Object.assign(settings, initialSettings.mode === 'refuse' ? { ...initialSettings, mode: 'normal' } : initialSettings);
+  log('SIGUSR2: settings reset to', JSON.stringify(settings));
+});
+if (args['exit-on-stdin-close']) {
+  process.stdin.on('end', () => shutdown('stdin closed'));
+  process.stdin.on('close', () => shutdown('stdin closed'));
+  process.stdin.on('error', () => shutdown('stdin error'));
+  process.stdin.resume();
+}
