@@ -223,6 +223,11 @@ typedef struct surpool_config {
     surpool_event_fn on_event;     /**< NULL = no events */
     void *event_userdata;
 
+    /* Shared lane (surpool_query, surpool_call, *_async). */
+    int shared_connections;        /**< lane connections; 0 = pool-level calls lease a
+                                        connection each; default 2 */
+    int shared_max_inflight;       /**< requests in flight per lane socket; default 256 */
+
     /* Transport. */
     size_t max_message_bytes;      /**< largest reply accepted; default 64 MiB */
 
@@ -337,6 +342,10 @@ typedef struct surpool_stats {
     uint64_t idle_retirements;
     uint64_t leaks;         /**< leases reported by leak detection */
     uint64_t resets;        /**< dirty leases restored on release */
+    uint64_t lane_requests; /**< requests sent through the shared lane */
+    int lane_connections;   /**< connections the lane holds now (counted in in_use) */
+    int lane_inflight;      /**< lane requests in flight now */
+    int lane_queued;        /**< lane requests waiting for capacity now */
     int breaker_open;       /**< 1 while the circuit is open */
     int paused;
     /** Acquire wait (successful acquires) and connect time, microseconds, from
@@ -397,11 +406,58 @@ SURPOOL_API surpool_err surpool_conn_query(surpool_conn *conn, const char *sql,
                                            const json_t *vars, json_t **out,
                                            surpool_error *err);
 
-/** Acquire (default timeout) → surpool_conn_query → release.
- *  Returns as surpool_pool_acquire() and surpool_conn_query().
- *  Thread safety: Any thread. Not from a surpool callback. */
+/* ------------------------------------------------------------------------- */
+/* The shared lane: pool-level calls without a lease                          */
+/*                                                                            */
+/* Independent requests do not need a connection of their own. The shared     */
+/* lane keeps up to config.shared_connections connections (leased from the    */
+/* pool, so they count against max_connections) and sends each pool-level     */
+/* call on the least-loaded one, up to config.shared_max_inflight requests in  */
+/* flight per socket; the server runs them concurrently and replies are       */
+/* matched by id. Requests beyond that capacity queue in FIFO order. Lane      */
+/* connections only ever carry lane calls and are never given a session       */
+/* change: methods that change session state (use, signin, let, ...) are      */
+/* refused with SURPOOL_ERR_INVALID_ARG here; lease a connection for those,   */
+/* and for transactions. With shared_connections = 0 these calls lease a      */
+/* connection for each request instead.                                      */
+/* ------------------------------------------------------------------------- */
+
+/** Run SurrealQL on the shared lane and wait for the reply. `*out` as
+ *  surpool_conn_query(). Returns as surpool_conn_query(), plus
+ *  SURPOOL_ERR_CLOSED, and the acquire errors while the lane opens its
+ *  connections. Thread safety: Any thread. Not from a surpool callback. */
 SURPOOL_API surpool_err surpool_query(surpool_pool *pool, const char *sql, const json_t *vars,
                                       json_t **out, surpool_error *err);
+
+/** Any RPC method on the shared lane (not the session-changing ones).
+ *  Thread safety: Any thread. Not from a surpool callback. */
+SURPOOL_API surpool_err surpool_call(surpool_pool *pool, const char *method,
+                                     const json_t *params, json_t **out, surpool_error *err);
+
+/** Completion of an asynchronous call. Called exactly once per accepted call,
+ *  on a surpool thread (usually the transport's service thread), never with a
+ *  pool lock held. `result` (the RPC result, NULL unless code == SURPOOL_OK)
+ *  and `err` are BORROWED: valid during the callback only; json_incref()
+ *  `result` to keep it. The callback must not block: it may call
+ *  surpool_query_async()/surpool_call_async() again (they never block), but no
+ *  synchronous surpool function. */
+typedef void (*surpool_result_fn)(void *userdata, surpool_err code, json_t *result,
+                                  const surpool_error *err);
+
+/** Queue SurrealQL on the shared lane and return at once. If this returns
+ *  SURPOOL_OK, `cb` is called exactly once later (success or failure); if it
+ *  returns an error (bad argument, pool closed, out of memory), `cb` is never
+ *  called. The call's deadline is request_timeout_ms from now, queueing
+ *  included. Needs shared_connections > 0 (else SURPOOL_ERR_INVALID_ARG).
+ *  Thread safety: Any thread, including from a surpool_result_fn. */
+SURPOOL_API surpool_err surpool_query_async(surpool_pool *pool, const char *sql,
+                                            const json_t *vars, surpool_result_fn cb,
+                                            void *userdata);
+
+/** surpool_query_async() for any lane method (as surpool_call()). */
+SURPOOL_API surpool_err surpool_call_async(surpool_pool *pool, const char *method,
+                                           const json_t *params, surpool_result_fn cb,
+                                           void *userdata);
 
 /** If `result` (a query reply) holds a statement whose status is not "OK",
  *  return SURPOOL_ERR_SERVER with that statement's index and message in `err`;

@@ -143,6 +143,10 @@ surpool_err surpool__config_validate(const surpool_config *c, surpool_error *err
         (c->close_dirty_leases != 0 && c->close_dirty_leases != 1))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config.lazy_start and close_dirty_leases must be 0 or 1");
+    if (c->shared_connections < 0 || c->shared_max_inflight < 1)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.shared_connections must be >= 0 and "
+                               "shared_max_inflight >= 1");
     if (c->log_level < SURPOOL_LOG_ERROR || c->log_level > SURPOOL_LOG_DEBUG)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.log_level is invalid");
     if (empty(c->ns) || empty(c->db) || empty(c->user) || empty(c->access) ||
@@ -213,5 +217,7 @@ void surpool_config_init(surpool_config *cfg)
     cfg->maintenance_interval_ms = 500;
     cfg->breaker_threshold = 5;
     cfg->leak_threshold_ms = 0;
+    cfg->shared_connections = 2;
+    cfg->shared_max_inflight = 256;
 }
 

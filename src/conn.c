@@ -123,7 +123,6 @@ surpool_err surpool__conn_open(surpool_pool *p, surpool_conn **out, surpool_erro
     c->pool = p;
     c->state = SURPOOL__CONN_SETUP;
     atomic_init(&c->dead, 0);
-    atomic_init(&c->next_id, 1);
     c->created_ns = surpool__now_ns();
     c->expires_ns = INT64_MAX;
 

@@ -511,6 +511,15 @@ static void *connector_main(void *arg)
     return NULL;
 }
 
+void surpool__pool_lane_mark(surpool_pool *p, surpool_conn *c)
+{
+    pthread_mutex_lock(&p->mu);
+    c->lane = 1;
+    p->nlane++;
+    leases_changed_locked(p);
+    pthread_mutex_unlock(&p->mu);
+}
+
 void surpool__pool_conn_died(surpool_pool *p)
 {
     atomic_store(&p->reap_pending, 1);
@@ -583,7 +592,7 @@ static void maintain_once_locked(surpool_pool *p, evq *q)
     /* 3. Leaks: user leases older than leak_threshold_ms, reported once. */
     if (cfg->leak_threshold_ms > 0) {
         for (c = p->all_head; c != NULL; c = c->all_next) {
-            if (c->state != SURPOOL__CONN_LEASED || c->maint || c->leak_reported)
+            if (c->state != SURPOOL__CONN_LEASED || c->maint || c->lane || c->leak_reported)
                 continue;
             int64_t age = now - c->lease_start_ns;
             if (age < ms_to_ns(cfg->leak_threshold_ms))
@@ -707,6 +716,7 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
     atomic_init(&p->requests, 0);
     atomic_init(&p->request_errors, 0);
     atomic_init(&p->resets, 0);
+    atomic_init(&p->next_id, 1);
 
     p->connectors = surpool__calloc((size_t)p->cfg.max_concurrent_connects,
                                     sizeof(pthread_t));
@@ -747,7 +757,14 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
     if (rc != SURPOOL_OK)
         goto fail_cv3;
 
+    if (p->cfg.pub.shared_connections > 0 && p->cfg.pub.max_connections > 1 &&
+        surpool__lane_create(p, &p->lane) != SURPOOL_OK) {
+        ops->destroy(p->transport);
+        rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory creating the lane");
+        goto fail_cv3;
+    }
     if (pthread_create(&p->maintainer, NULL, maintainer_main, p) != 0) {
+        surpool__lane_destroy(p->lane);
         ops->destroy(p->transport);
         rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot start the maintainer thread");
         goto fail_cv3;
@@ -832,6 +849,7 @@ void surpool_pool_close(surpool_pool *pool)
     pthread_mutex_lock(&pool->mu);
     close_locked(pool);
     pthread_mutex_unlock(&pool->mu);
+    surpool__lane_close(pool->lane);
 }
 
 void surpool_pool_destroy(surpool_pool *p)
@@ -841,6 +859,8 @@ void surpool_pool_destroy(surpool_pool *p)
     pthread_mutex_lock(&p->mu);
     close_locked(p);
     pthread_mutex_unlock(&p->mu);
+    surpool__lane_destroy(p->lane); /* gives its leases back */
+    p->lane = NULL;
     if (p->maintainer_started)
         pthread_join(p->maintainer, NULL);
 
@@ -1077,12 +1097,20 @@ void surpool_conn_release(surpool_conn *c)
         broken = !surpool__conn_usable(c) || c->broken;
     }
 
-    pthread_mutex_lock(&p->mu);
-    assert(c->state == SURPOOL__CONN_LEASED && !c->maint);
+    /* Events go out while we still hold the lease: once it is given back,
+     * destroy() may free the pool under us. */
     int64_t now = surpool__now_ns();
-    p->stats.released++;
     evq_add(p, &q, SURPOOL_EVENT_RELEASE, c->serial, (now - c->lease_start_ns) / 1000,
             SURPOOL_OK, NULL, c->lease_file, c->lease_line);
+    evq_flush(p, &q);
+
+    pthread_mutex_lock(&p->mu);
+    assert(c->state == SURPOOL__CONN_LEASED && !c->maint);
+    if (c->lane) {
+        c->lane = 0;
+        p->nlane--;
+    }
+    p->stats.released++;
     const char *retire = NULL;
     if (broken) {
         retire = "broken";
@@ -1102,17 +1130,17 @@ void surpool_conn_release(surpool_conn *c)
         forget_conn_locked(p, c);
         leases_changed_locked(p);
         pthread_mutex_unlock(&p->mu);
-        close_forgotten(p, c);
+        /* nclosing > 0 keeps destroy() waiting until close_forgotten() ends. */
         evq_add(p, &q, SURPOOL_EVENT_DESTROY, serial, 0, SURPOOL_OK, retire, NULL, 0);
         evq_flush(p, &q);
+        close_forgotten(p, c); /* last touch of the pool */
         return;
     }
     p->nleased--;
     put_conn_locked(p, c);
     leases_changed_locked(p);
     check_invariants(p);
-    pthread_mutex_unlock(&p->mu);
-    evq_flush(p, &q);
+    pthread_mutex_unlock(&p->mu); /* last touch of the pool */
 }
 
 /* ------------------------------------------------------------------------- */
@@ -1166,9 +1194,9 @@ surpool_err surpool_pool_drain(surpool_pool *p, long timeout_ms)
     surpool_err rc = SURPOOL_OK;
     pthread_mutex_lock(&p->mu);
     p->ndrainers++;
-    while (p->nleased - p->nmaint > 0) {
+    while (p->nleased - p->nmaint - p->nlane > 0) {
         if (cond_wait_until(&p->state_cv, &p->mu, deadline) == ETIMEDOUT &&
-            p->nleased - p->nmaint > 0) {
+            p->nleased - p->nmaint - p->nlane > 0) {
             rc = SURPOOL_ERR_TIMEOUT;
             break;
         }
@@ -1200,6 +1228,7 @@ surpool_err surpool_pool_stats(surpool_pool *p, surpool_stats *out)
     out->connect_p99_us = hist_percentile(p->connect_hist, p->connect_max_us, 0.99);
     out->connect_max_us = p->connect_max_us;
     pthread_mutex_unlock(&p->mu);
+    surpool__lane_stats(p->lane, out);
     out->struct_size = sizeof(*out);
     out->requests = atomic_load(&p->requests);
     out->request_errors = atomic_load(&p->request_errors);

@@ -43,12 +43,13 @@ struct surpool_conn {
     int broken;                 /* lease holder: a transport failure happened */
     int discard;                /* lease holder: surpool_conn_discard() */
     int session_dirty;          /* lease holder: session state changed (use, let, ...) */
-    atomic_llong next_id;       /* RPC ids on this connection */
+    int lane;                   /* pool mutex: held by the shared lane */
 
     char last_error[256];       /* lease holder: message of the last failed call */
 };
 
 typedef struct surpool__waiter surpool__waiter;
+typedef struct surpool__lane surpool__lane;
 
 #define SURPOOL__HIST_BUCKETS 160 /* 4 per octave of microseconds: 1 us .. ~2^40 us */
 
@@ -108,7 +109,11 @@ struct surpool_pool {
     int64_t wait_max_us, connect_max_us;
 
     surpool_stats stats;            /* counters (mu) */
+    surpool__lane *lane;            /* NULL when shared_connections == 0 */
     atomic_ullong requests, request_errors, resets;
+    atomic_llong next_id;           /* RPC ids: unique across the pool, never reused,
+                                       so a late reply can never match a newer call */
+    int nlane;                      /* (mu) connections held by the shared lane */
 };
 
 /* config.c */
@@ -127,6 +132,33 @@ void surpool__conn_close(surpool_conn *c); /* closes transport, frees; no locks 
 int surpool__conn_usable(const surpool_conn *c);
 /* Bring a dirty lease back to the configured state (reset, signin, use, hooks). */
 surpool_err surpool__conn_restore(surpool_conn *c, surpool_error *err);
+
+/* rpc.c: a one-shot completion a thread can wait for. */
+typedef struct surpool__sync {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+} surpool__sync;
+int surpool__sync_init(surpool__sync *s); /* 0 or -1 */
+void surpool__sync_destroy(surpool__sync *s);
+void surpool__sync_signal(surpool__sync *s);
+void surpool__sync_wait(surpool__sync *s);
+int surpool__method_changes_session(const char *method);
+/* Transport failures after which a connection must not be lent again. */
+int surpool__breaks_connection(surpool_err code);
+/* A completed request's outcome: *result BORROWED from req->reply on success,
+ * else the error in err; counts the request in the pool's stats. */
+surpool_err surpool__rpc_outcome(surpool_pool *p, const char *method, surpool__treq *req,
+                                 json_t **result, surpool_error *err);
+
+/* lane.c: the shared lane. */
+surpool_err surpool__lane_create(surpool_pool *p, surpool__lane **out);
+void surpool__lane_close(surpool__lane *l);   /* pool closing: refuse new, fail queued */
+void surpool__lane_destroy(surpool__lane *l); /* returns its leases; pool still alive */
+void surpool__lane_stats(surpool__lane *l, surpool_stats *out);
+/* pool.c: mark a lease as the lane's (not a user lease: no leak reports, not
+ * waited for by drain). */
+void surpool__pool_lane_mark(surpool_pool *p, surpool_conn *c);
 
 /* rpc.c: one synchronous RPC on a connection, deadline absolute (monotonic ns).
  * *out (may be NULL) receives the result as a new reference. */

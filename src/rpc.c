@@ -15,19 +15,48 @@
 /* The call engine                                                            */
 /* ------------------------------------------------------------------------- */
 
-typedef struct sync_call {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int done;
-} sync_call;
-
-static void sync_done(surpool__treq *req)
+int surpool__sync_init(surpool__sync *s)
 {
-    sync_call *s = req->userdata;
+    s->done = 0;
+    if (pthread_mutex_init(&s->mu, NULL) != 0)
+        return -1;
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&s->cv, &attr);
+    pthread_condattr_destroy(&attr);
+    if (rc != 0) {
+        pthread_mutex_destroy(&s->mu);
+        return -1;
+    }
+    return 0;
+}
+
+void surpool__sync_destroy(surpool__sync *s)
+{
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+}
+
+void surpool__sync_signal(surpool__sync *s)
+{
     pthread_mutex_lock(&s->mu);
     s->done = 1;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
+}
+
+void surpool__sync_wait(surpool__sync *s)
+{
+    pthread_mutex_lock(&s->mu);
+    while (!s->done)
+        pthread_cond_wait(&s->cv, &s->mu);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void sync_done(surpool__treq *req)
+{
+    surpool__sync_signal(req->userdata);
 }
 
 /* How long past the request deadline we wait for the transport to report the
@@ -35,7 +64,7 @@ static void sync_done(surpool__treq *req)
  * transport's job; this only guards against a stuck transport). */
 #define TRANSPORT_GRACE_NS (2 * INT64_C(1000000000))
 
-static surpool_err wait_done(surpool_conn *c, surpool__treq *req, sync_call *s)
+static surpool_err wait_done(surpool_conn *c, surpool__treq *req, surpool__sync *s)
 {
     int64_t limit = req->deadline_ns;
     if (limit != INT64_MAX)
@@ -67,7 +96,7 @@ static surpool_err wait_done(surpool_conn *c, surpool__treq *req, sync_call *s)
 
 /* Transport-level failures leave the connection in an unknown state (a reply
  * may still come, a statement may still run): never lend it again. */
-static int breaks_connection(surpool_err code)
+int surpool__breaks_connection(surpool_err code)
 {
     switch (code) {
     case SURPOOL_ERR_DISCONNECTED:
@@ -83,7 +112,7 @@ static int breaks_connection(surpool_err code)
 
 /* Methods whose effect outlives the call: a lease that used one must not be
  * lent to the next borrower as it is. */
-static int changes_session(const char *method)
+int surpool__method_changes_session(const char *method)
 {
     static const char *const names[] = {"use", "signin", "signup", "authenticate",
                                         "invalidate", "let", "unset", "reset", "begin",
@@ -92,6 +121,20 @@ static int changes_session(const char *method)
         if (strcmp(method, names[i]) == 0)
             return 1;
     return 0;
+}
+
+surpool_err surpool__rpc_outcome(surpool_pool *p, const char *method, surpool__treq *req,
+                                 json_t **result, surpool_error *err)
+{
+    surpool_err rc = req->status;
+    atomic_fetch_add(&p->requests, 1);
+    if (rc != SURPOOL_OK)
+        surpool__seterr(err, rc, "%s: %s", method, req->message);
+    else
+        rc = surpool__codec_reply_result(req->reply, result, err);
+    if (rc != SURPOOL_OK)
+        atomic_fetch_add(&p->request_errors, 1);
+    return rc;
 }
 
 surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *params,
@@ -105,12 +148,12 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
         return surpool__seterr(err, SURPOOL_ERR_BROKEN,
                                "connection is broken: release it and acquire another");
 
-    if (changes_session(method))
+    if (surpool__method_changes_session(method))
         c->session_dirty = 1; /* even on failure: the server may have applied it */
 
     surpool__treq req;
     memset(&req, 0, sizeof(req));
-    req.id = (int64_t)atomic_fetch_add(&c->next_id, 1);
+    req.id = (int64_t)atomic_fetch_add(&p->next_id, 1);
     surpool_err rc = surpool__codec_encode_request(req.id, method, params, p->ops->headroom,
                                                    &req.buf, &req.len, err);
     if (rc != SURPOOL_OK)
@@ -120,19 +163,8 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
         p->cfg.pub.request_timeout_ms > 0 ? p->cfg.pub.request_timeout_ms : -1);
     req.deadline_ns = rdeadline < deadline_ns ? rdeadline : deadline_ns;
 
-    sync_call s;
-    s.done = 0;
-    if (pthread_mutex_init(&s.mu, NULL) != 0) {
-        surpool__free(req.buf);
-        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a mutex");
-    }
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    int cvrc = pthread_cond_init(&s.cv, &attr);
-    pthread_condattr_destroy(&attr);
-    if (cvrc != 0) {
-        pthread_mutex_destroy(&s.mu);
+    surpool__sync s;
+    if (surpool__sync_init(&s) != 0) {
         surpool__free(req.buf);
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
     }
@@ -146,27 +178,18 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
     } else {
         snprintf(req.message, sizeof(req.message), "%s", surpool_strerror(rc));
     }
-    pthread_cond_destroy(&s.cv);
-    pthread_mutex_destroy(&s.mu);
+    surpool__sync_destroy(&s);
     surpool__free(req.buf);
 
-    atomic_fetch_add(&p->requests, 1);
+    req.status = rc;
+    json_t *result = NULL;
+    rc = surpool__rpc_outcome(p, method, &req, &result, err);
+    if (rc == SURPOOL_OK && out != NULL)
+        *out = json_incref(result);
+    if (surpool__breaks_connection(rc))
+        c->broken = 1;
+    json_decref(req.reply);
     if (rc != SURPOOL_OK) {
-        json_decref(req.reply);
-        if (breaks_connection(rc))
-            c->broken = 1;
-        surpool__seterr(err, rc, "%s: %s", method, req.message);
-    } else {
-        json_t *result = NULL;
-        rc = surpool__codec_reply_result(req.reply, &result, err);
-        if (rc == SURPOOL_OK && out != NULL)
-            *out = json_incref(result);
-        if (rc == SURPOOL_ERR_PROTOCOL)
-            c->broken = 1;
-        json_decref(req.reply);
-    }
-    if (rc != SURPOOL_OK) {
-        atomic_fetch_add(&p->request_errors, 1);
         snprintf(c->last_error, sizeof(c->last_error), "%s", err->message);
     } else {
         c->last_error[0] = '\0';
@@ -243,25 +266,6 @@ surpool_err surpool_conn_query(surpool_conn *c, const char *sql, const json_t *v
     json_t *params = vars != NULL ? pack(&je, "[sO]", sql, (json_t *)vars)
                                   : pack(&je, "[s]", sql);
     return call_stolen(c, "query", params, &je, out, err);
-}
-
-surpool_err surpool_query(surpool_pool *pool, const char *sql, const json_t *vars,
-                          json_t **out, surpool_error *err)
-{
-    if (pool == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "pool is NULL");
-    if (!nonempty(sql))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "sql must be a non-empty string");
-    if (vars != NULL && !json_is_object(vars))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "vars must be a JSON object or NULL");
-    surpool_conn *c = NULL;
-    surpool_err rc = surpool_pool_acquire(pool, -1, &c, err);
-    if (rc != SURPOOL_OK)
-        return rc;
-    rc = surpool_conn_query(c, sql, vars, out, err);
-    surpool_conn_release(c);
-    return rc;
 }
 
 surpool_err surpool_query_check(const json_t *result, surpool_error *err)

@@ -551,6 +551,80 @@ static void test_burst_200_sleep_on_50(void **state)
     run_real_burst(200, 50, "sleep(50ms); RETURN 1");
 }
 
+/* The shared lane on the real server: 200 sleeps of 50 ms, all in flight at
+ * once over the lane's sockets (the server runs them concurrently). */
+typedef struct lane_tally {
+    atomic_int done, ok;
+} lane_tally;
+
+static void lane_cb(void *ud, surpool_err code, json_t *result, const surpool_error *err)
+{
+    lane_tally *t = ud;
+    (void)err;
+    if (code == SURPOOL_OK && surpool_query_check(result, NULL) == SURPOOL_OK &&
+        json_integer_value(json_object_get(json_array_get(result, 1), "result")) == 1)
+        atomic_fetch_add(&t->ok, 1);
+    atomic_fetch_add(&t->done, 1);
+}
+
+static void test_lane_burst_async(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    char url[128];
+    base_config(&cfg, url, sizeof(url), "lane");
+    cfg.max_connections = 4;
+    cfg.shared_connections = 2;
+    surpool_pool *p = NULL;
+    surpool_error err;
+    assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_OK);
+    lane_tally t = {0, 0};
+    for (int i = 0; i < 200; i++)
+        assert_int_equal(surpool_query_async(p, "sleep(50ms); RETURN 1", NULL, lane_cb, &t),
+                         SURPOOL_OK);
+    for (int i = 0; i < 30000 && atomic_load(&t.done) < 200; i++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&t.done), 200);
+    assert_int_equal(atomic_load(&t.ok), 200);
+    surpool_stats st;
+    surpool_pool_stats(p, &st);
+    assert_int_equal(st.lane_requests, 200);
+    assert_true(st.lane_connections <= 2);
+    surpool_pool_destroy(p);
+}
+
+typedef struct lane_threads {
+    surpool_pool *pool;
+    atomic_int ok;
+} lane_threads;
+
+static void *lane_thread(void *arg)
+{
+    lane_threads *lt = arg;
+    for (int i = 0; i < 20; i++) {
+        json_t *out = NULL;
+        if (surpool_query(lt->pool, "RETURN 1", NULL, &out, NULL) == SURPOOL_OK &&
+            json_integer_value(stmt_result(out, 0)) == 1)
+            atomic_fetch_add(&lt->ok, 1);
+        json_decref(out);
+    }
+    return NULL;
+}
+
+static void test_lane_sync_threads(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool("lane");
+    lane_threads lt = {p, 0};
+    pthread_t th[32];
+    for (int i = 0; i < 32; i++)
+        pthread_create(&th[i], NULL, lane_thread, &lt);
+    for (int i = 0; i < 32; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(atomic_load(&lt.ok), 32 * 20);
+    surpool_pool_destroy(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -565,6 +639,8 @@ int main(void)
         cmocka_unit_test(test_pipelined_out_of_order),
         cmocka_unit_test(test_burst_100_return1_on_50),
         cmocka_unit_test(test_burst_200_sleep_on_50),
+        cmocka_unit_test(test_lane_burst_async),
+        cmocka_unit_test(test_lane_sync_threads),
     };
     return cmocka_run_group_tests_name("integration", tests, group_setup, group_teardown);
 }
