@@ -1,0 +1,411 @@
+/*
+ * Lifecycle on the fake transport: circuit breaker and recovery, lifetime and
+ * idle retirement, validation on acquire, keepalive, leak reports, pause /
+ * resume / drain, events, percentiles, lazy start. Waits poll a condition with
+ * a generous bound (against hangs); nothing asserts a duration.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "fake_transport.h"
+#include "pool.h"
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+typedef struct fixture {
+    fake_settings fs;
+    surpool_pool *pool;
+    pthread_mutex_t mu;
+    char log[8192];
+    int events[16];
+    atomic_int pings;
+    atomic_int ping_fail;
+} fixture;
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof(*f));
+    fake_settings_init(&f->fs);
+    pthread_mutex_init(&f->mu, NULL);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    if (f->pool != NULL) {
+        surpool_stats st;
+        surpool_pool_stats(f->pool, &st);
+        assert_int_equal((int)(st.created - st.destroyed), st.idle + st.in_use);
+        surpool_pool_destroy(f->pool);
+    }
+    assert_int_equal(atomic_load(&f->fs.open_now), 0);
+    pthread_mutex_destroy(&f->mu);
+    free(f);
+    return 0;
+}
+
+static void capture_log(void *ud, surpool_log_level level, const char *msg)
+{
+    fixture *f = ud;
+    (void)level;
+    pthread_mutex_lock(&f->mu);
+    size_t n = strlen(f->log);
+    snprintf(f->log + n, sizeof(f->log) - n, "%s\n", msg);
+    pthread_mutex_unlock(&f->mu);
+}
+
+static void count_event(void *ud, const surpool_event *ev)
+{
+    fixture *f = ud;
+    assert_non_null(ev->message);
+    /* The rule says a callback may read stats: prove it does not deadlock. */
+    surpool_stats st;
+    if (f->pool != NULL)
+        surpool_pool_stats(f->pool, &st);
+    pthread_mutex_lock(&f->mu);
+    if (ev->type > 0 && ev->type < 16)
+        f->events[ev->type]++;
+    pthread_mutex_unlock(&f->mu);
+}
+
+static int events(fixture *f, surpool_event_type t)
+{
+    pthread_mutex_lock(&f->mu);
+    int n = f->events[t];
+    pthread_mutex_unlock(&f->mu);
+    return n;
+}
+
+/* ping fails (no reply: validation timeout) while f->ping_fail is set. */
+static json_t *responder(void *ud, json_int_t id, const char *method, json_t *params)
+{
+    fixture *f = ud;
+    if (strcmp(method, "ping") == 0) {
+        atomic_fetch_add(&f->pings, 1);
+        if (atomic_load(&f->ping_fail))
+            return NULL;
+    }
+    return fake_default_responder(NULL, id, method, params);
+}
+
+static void base(fixture *f, surpool_config *cfg)
+{
+    surpool_config_init(cfg);
+    cfg->url = "ws://fake.invalid/rpc";
+    cfg->max_connections = 4;
+    cfg->reconnect_backoff_min_ms = 1;
+    cfg->reconnect_backoff_max_ms = 10;
+    cfg->maintenance_interval_ms = 5;
+    cfg->log_fn = capture_log;
+    cfg->log_userdata = f;
+    cfg->log_level = SURPOOL_LOG_DEBUG;
+    cfg->on_event = count_event;
+    cfg->event_userdata = f;
+    f->fs.responder = responder;
+    f->fs.responder_ud = f;
+}
+
+static void create(fixture *f, surpool_config *cfg)
+{
+    surpool_error err;
+    if (surpool__pool_create_with(cfg, &fake_transport_ops, &f->fs, &f->pool, &err) != SURPOOL_OK)
+        fail_msg("create: %s", err.message);
+}
+
+static surpool_stats stats(fixture *f)
+{
+    surpool_stats st;
+    surpool_pool_stats(f->pool, &st);
+    return st;
+}
+
+#define WAIT_UNTIL(cond)                                                                  \
+    do {                                                                                  \
+        for (int wait_i_ = 0; wait_i_ < 20000 && !(cond); wait_i_++)                      \
+            sleep_ms(1);                                                                  \
+        assert_true(cond);                                                                \
+    } while (0)
+
+/* ------------------------------------------------------------------------- */
+
+static void test_breaker_fails_fast_and_recovers(void **state)
+{
+    fixture *f = *state;
+    surpool_config cfg;
+    base(f, &cfg);
+    cfg.breaker_threshold = 3;
+    atomic_store(&f->fs.fail_connects, 1000000);
+    create(f, &cfg);
+
+    surpool_conn *c = NULL;
+    surpool_error err;
+    /* The first caller waits while connects fail; once the circuit opens it is
+     * told at once, not after its whole 60 s timeout. */
+    assert_int_equal(surpool_pool_acquire(f->pool, 60000, &c, &err), SURPOOL_ERR_UNAVAILABLE);
+    assert_non_null(strstr(err.message, "connection refused"));
+    assert_int_equal(stats(f).breaker_open, 1);
+    assert_int_equal(stats(f).breaker_opens, 1);
+    /* While open: fail fast, and at most one probe at a time. */
+    for (int i = 0; i < 50; i++)
+        assert_int_equal(surpool_pool_acquire(f->pool, 60000, &c, &err),
+                         SURPOOL_ERR_UNAVAILABLE);
+    assert_true(stats(f).connecting <= 1);
+    WAIT_UNTIL(events(f, SURPOOL_EVENT_BREAKER_OPEN) == 1);
+
+    /* The server comes back: a probe closes the circuit, the pool works. */
+    atomic_store(&f->fs.fail_connects, 0);
+    WAIT_UNTIL(stats(f).breaker_open == 0);
+    assert_int_equal(surpool_pool_acquire(f->pool, 60000, &c, &err), SURPOOL_OK);
+    surpool_conn_release(c);
+    WAIT_UNTIL(events(f, SURPOOL_EVENT_BREAKER_CLOSE) == 1);
+    assert_non_null(strstr(f->log, "circuit open"));
+}
+
+static void test_lifetime_never_closes_a_lease(void **state)
+{
+    fixture *f = *state;
+    surpool_config cfg;
+    base(f, &cfg);
+    cfg.max_lifetime_ms = 40;
+    create(f, &cfg);
+    surpool_conn *c = NULL, *d = NULL;
+    assert_int_equal(surpool_pool_acquire(f->pool, 1000, &c, NULL), SURPOOL_OK);
+    assert_int_equal(surpool_pool_acquire(f->pool, 1000, &d, NULL), SURPOOL_OK);
+    surpool_conn_release(d); /* idle: the maintainer retires it when it expires */
+    WAIT_UNTIL(stats(f).lifetime_retirements >= 1);
+    /* The lease outlived its lifetime and still works... */
+    sleep_ms(60);
+    assert_int_equal(surpool_conn_ping(c, NULL), SURPOOL_OK);
+    uint64_t before = stats(f).lifetime_retirements;
+    /* ...and is retired when it comes back. */
+    surpool_conn_release(c);
+    assert_int_equal(stats(f).lifetime_retirements, before + 1);
+    assert_int_equal(stats(f).idle, 0);
+}
+
+static void test_idle_timeout_keeps_minimum(void **state)
+{
+    fixture *f = *state;
+    surpool_config cfg;
+    base(f, &cfg);
+    cfg.min_connections = 1;
+    cfg.idle_timeout_ms = 30;
+    create(f, &cfg);
+    surpool_conn *c[4];
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(surpool_pool_acquire(f->pool, 1000, &c[i], NULL), SURPOOL_OK);
+    for (int i = 0; i < 4; i++)
+        surpool_conn_release(c[i]);
+    WAIT_UNTIL(stats(f).total == 1);
+    sleep_ms(60);
+    assert_int_equal(stats(f).total, 1); /* never below min_connections */
+    assert_int_equal(stats(f).idle_retirements, 3);
+}
+
+static void test_validation_on_acquire(void **state)
+{
+    fixture *f = *state;
+    surpool_config cfg;
+    base(f, &cfg);
+    cfg.max_connections = 1;
+    cfg.validation_idle_ms = 0; /* validate every idle acquire */
+    cfg.validation_timeout_ms = 30;
+    cfg.keepalive_interval_ms = 0;
+    create(f, &cfg);
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(f->pool, 1000, &c, NULL), SURPOOL_OK); /* fresh */
+    surpool_conn_release(c);
+    sleep_ms(2);
+    assert_int_equal(surpool_pool_acquire(f->pool, 1000, &c, NULL), SURPOOL_OK); /* pinged */
+    assert_int_equal(atomic_load(&f->pings), 1);
+    surpool_conn_release(c);
+    sleep_ms(2);
+    atomic_store(&f->ping_fail, 1); /* the idle connection has silently died */
+    assert_int_equal(surpool_pool_acquire(f->pool, 5000, &c, NULL), SURPOOL_OK);
+    atomic_store(&f->ping_fail, 0);
+    surpool_conn_release(c);
+    surpool_stats st = stats(f);
+    assert_int_equal(st.validations, 2);
+    assert_int_equal(st.validation_failures, 1);
+    assert_int_equal(st.created, 2); /* replaced, not handed out */
+    assert_int_equal(events(f, SURPOOL_EVENT_HEALTH_FAIL), 1);
+}
+
+static void test_keepalive_pings_idle(void **state)
+{
+    fixture *f = *state;
+    surpool_config cfg;
+    base(f, &cfg);
+    cfg.keepalive_interval_ms = 10;
+    create(f, &cfg);
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(f->pool, 1000, &c, NULL), SURPOOL_OK);
+    surpool_conn_release(c);
+    WAIT_UNTIL(atomic_load(&f->pings) >= 2);
+    assert_true(stats(f).validations >= 2);
+    /* A keepalive failure removes the connection. */
+    atomic_store(&f->ping_fail, 1);
+    WAIT_UNTIL(stats(f).validation_failures >= 1);
+    atomic_store(&f->ping_fail, 0);
+    WAIT_UNTIL(stats(f).destroyed >= 1);
+    assert_int_equal(surpool_pool_acquire(f->pool, 1000, &c, NULL), SURPOOL_OK);
+    surpool_conn_release(c);
+}
+
+static void test_leak_reported_once_with_call_site(void **state)
+{
+    fixture *f = *state;
+    surpool_config cfg;
+    base(f, &cfg);
+    cfg.leak_threshold_ms = 20;
+    create(f, &cfg);
+    surpool_conn *c = NULL;
+    int line = __LINE__ + 1;
+    assert_int_equal(surpool_pool_acquire(f->pool, 1000, &c, NULL), SURPOOL_OK);
+    WAIT_UNTIL(stats(f).leaks == 1);
+    sleep_ms(60);
+    assert_int_equal(stats(f).leaks, 1); /* once */
+    char site[64];
+    snprintf(site, sizeof(site), "test_lifecycle.c:%d", line);
+    pthread_mutex_lock(&f->mu);
+    assert_non_null(strstr(f->log, "possible leak"));
+    assert_non_null(strstr(f->log, site));
+    pthread_mutex_unlock(&f->mu);
+    assert_int_equal(events(f, SURPOOL_EVENT_LEAK), 1);
+    surpool_conn_release(c);
+}
+
+typedef struct waiter_arg {
+    surpool_pool *pool;
+    surpool_err rc;
+} waiter_arg;
+
+static void *late_acquire(void *arg)
+{
+    waiter_arg *w = arg;
+    surpool_conn *c = NULL;
+    w->rc = surpool_pool_acquire(w->pool, 20000, &c, NULL);
+    if (w->rc == SURPOOL_OK)
+        surpool_conn_release(c);
+    return NULL;
+}
+
+static void test_pause_resume_drain(void **state)
+{
+    fixture *f = *state;
+    surpool_config cfg;
+    base(f, &cfg);
+    create(f, &cfg);
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(f->pool, 1000, &c, NULL), SURPOOL_OK);
+
+    assert_int_equal(surpool_pool_pause(f->pool, 1), SURPOOL_OK);
+    surpool_conn *d = NULL;
+    assert_int_equal(surpool_pool_acquire(f->pool, 1000, &d, NULL), SURPOOL_ERR_PAUSED);
+    assert_int_equal(surpool_pool_drain(f->pool, 10), SURPOOL_ERR_TIMEOUT); /* c is out */
+    surpool_conn_release(c); /* goes idle: nobody is served while paused */
+    assert_int_equal(surpool_pool_drain(f->pool, 1000), SURPOOL_OK);
+
+    assert_int_equal(surpool_pool_pause(f->pool, 0), SURPOOL_OK); /* waiting pause */
+    assert_int_equal(surpool_pool_acquire(f->pool, 10, &d, NULL), SURPOOL_ERR_TIMEOUT);
+    waiter_arg w = {f->pool, SURPOOL_ERR_INVALID_ARG};
+    pthread_t th;
+    pthread_create(&th, NULL, late_acquire, &w);
+    WAIT_UNTIL(stats(f).waiters == 1);
+    assert_int_equal(stats(f).paused, 1);
+    assert_int_equal(surpool_pool_resume(f->pool), SURPOOL_OK);
+    pthread_join(th, NULL);
+    assert_int_equal(w.rc, SURPOOL_OK);
+    assert_int_equal(stats(f).created, 1); /* served from the idle connection */
+}
+
+static void test_events_and_percentiles(void **state)
+{
+    fixture *f = *state;
+    surpool_config cfg;
+    base(f, &cfg);
+    cfg.max_connections = 1;
+    cfg.max_waiters = 1;
+    create(f, &cfg);
+    surpool_conn *c = NULL, *d = NULL;
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(surpool_pool_acquire(f->pool, 1000, &c, NULL), SURPOOL_OK);
+        surpool_conn_release(c);
+    }
+    assert_int_equal(surpool_pool_acquire(f->pool, 1000, &c, NULL), SURPOOL_OK);
+    assert_int_equal(surpool_pool_acquire(f->pool, 5, &d, NULL), SURPOOL_ERR_TIMEOUT);
+    waiter_arg w = {f->pool, SURPOOL_ERR_INVALID_ARG};
+    pthread_t th;
+    pthread_create(&th, NULL, late_acquire, &w);
+    WAIT_UNTIL(stats(f).waiters == 1);
+    assert_int_equal(surpool_pool_acquire(f->pool, 1000, &d, NULL), SURPOOL_ERR_OVERLOADED);
+    sleep_ms(3);
+    surpool_conn_release(c);
+    pthread_join(th, NULL);
+    assert_int_equal(w.rc, SURPOOL_OK);
+
+    assert_int_equal(events(f, SURPOOL_EVENT_ACQUIRE), 22);
+    assert_int_equal(events(f, SURPOOL_EVENT_RELEASE), 22);
+    assert_int_equal(events(f, SURPOOL_EVENT_CREATE), 1);
+    assert_int_equal(events(f, SURPOOL_EVENT_TIMEOUT), 1);
+    assert_int_equal(events(f, SURPOOL_EVENT_SHED), 1);
+    surpool_stats st = stats(f);
+    assert_true(st.acquire_wait_p50_us <= st.acquire_wait_p95_us);
+    assert_true(st.acquire_wait_p95_us <= st.acquire_wait_p99_us);
+    assert_true(st.acquire_wait_p99_us <= st.acquire_wait_max_us);
+    assert_true(st.acquire_wait_max_us >= 3000); /* the waiter waited >= 3 ms */
+    assert_true(st.connect_max_us >= st.connect_p50_us);
+}
+
+static void test_lazy_start_and_server_down_at_start(void **state)
+{
+    fixture *f = *state;
+    surpool_config cfg;
+    base(f, &cfg);
+    cfg.min_connections = 2;
+    cfg.breaker_threshold = 0;
+    atomic_store(&f->fs.fail_connects, 1000000);
+    surpool_error err;
+    surpool_pool *p = NULL;
+    /* Default: creation fails with the reason. */
+    assert_int_equal(surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &p, &err),
+                     SURPOOL_ERR_CONNECT);
+    assert_null(p);
+    /* lazy_start: creation succeeds; the pool fills once the server is up. */
+    cfg.lazy_start = 1;
+    create(f, &cfg);
+    atomic_store(&f->fs.fail_connects, 0);
+    WAIT_UNTIL(stats(f).idle == 2);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_breaker_fails_fast_and_recovers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lifetime_never_closes_a_lease, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_timeout_keeps_minimum, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_validation_on_acquire, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keepalive_pings_idle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_leak_reported_once_with_call_site, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pause_resume_drain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_events_and_percentiles, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lazy_start_and_server_down_at_start, setup,
+                                        teardown),
+    };
+    return cmocka_run_group_tests_name("lifecycle", tests, NULL, NULL);
+}
