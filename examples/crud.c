@@ -15,7 +15,7 @@ static int show(const char *what, surpool_err rc, json_t *out, const surpool_err
         fprintf(stderr, "%s: %s\n", what, err->message);
         return 1;
     }
-    char *text = json_dumps(out, JSON_COMPACT);
+    char *text = json_dumps(out, JSON_COMPACT | JSON_ENCODE_ANY);
     printf("%-8s %s\n", what, text != NULL ? text : "(unprintable)");
     free(text);
     json_decref(out);
