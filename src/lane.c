@@ -101,7 +101,9 @@ static void fail(lane_req *r, surpool_err code, const char *message)
 {
     r->treq.status = code;
     r->treq.reply = NULL;
-    snprintf(r->treq.message, sizeof(r->treq.message), "%s", message);
+    size_t n = strnlen(message, sizeof(r->treq.message) - 1);
+    memcpy(r->treq.message, message, n);
+    r->treq.message[n] = '\0';
     finish(r);
 }
 
@@ -111,18 +113,24 @@ static void on_done(surpool__treq *treq)
 {
     lane_req *r = (lane_req *)treq;
     surpool__lane *l = r->lane;
-    pthread_mutex_lock(&l->mu);
-    r->lc->inflight--;
-    l->inflight--;
+    lane_conn *lc = r->lc;
     if (treq->status != SURPOOL_OK && surpool__breaks_connection(treq->status) &&
         treq->status != SURPOOL_ERR_REQUEST_TIMEOUT) {
-        r->lc->dead = 1;
-    }
-    if (r->lc->dead)
+        pthread_mutex_lock(&l->mu);
+        lc->dead = 1;
         pthread_cond_signal(&l->cv); /* the lane thread returns it when idle */
-    pthread_mutex_unlock(&l->mu);
+        pthread_mutex_unlock(&l->mu);
+    }
     finish(r);
     pump(l);
+    /* Counted out last: destroy waits for inflight == 0 before freeing the
+     * lane, and this may run on the transport's thread while it does. */
+    pthread_mutex_lock(&l->mu);
+    lc->inflight--;
+    l->inflight--;
+    if (l->inflight == 0 && l->stop)
+        pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->mu); /* last touch of the lane */
 }
 
 /* Pick the least-loaded usable connection with room. */
@@ -396,6 +404,12 @@ void surpool__lane_destroy(surpool__lane *l)
         l->nconns--;
         pthread_mutex_unlock(&l->mu);
     }
+    /* Completions of what was in flight may still be running on the
+     * transport's thread: wait for the last one to count itself out. */
+    pthread_mutex_lock(&l->mu);
+    while (l->inflight > 0)
+        pthread_cond_wait(&l->cv, &l->mu);
+    pthread_mutex_unlock(&l->mu);
     pthread_cond_destroy(&l->cv);
     pthread_mutex_destroy(&l->mu);
     surpool__free(l->conns);

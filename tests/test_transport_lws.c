@@ -1,0 +1,1381 @@
+/*
+ * The libwebsockets transport, driven directly (no pool) against
+ * tests/server/null_server.mjs, which each test starts on a free port.
+ * Real threads, real sockets; run it under ASan, TSan and valgrind too.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <dirent.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "codec.h"
+#include "internal.h"
+#include "transport.h"
+#include "url.h"
+
+#ifndef SURPOOL_SOURCE_DIR
+#error "compile with -DSURPOOL_SOURCE_DIR=\"/path/to/repo\""
+#endif
+
+extern char **environ;
+
+static const surpool__transport_ops *ops = &surpool__transport_lws;
+
+#define WAIT_MS 15000 /* upper bound for anything that should happen "soon" */
+
+/* ------------------------------------------------------------------------- */
+/* Test logger: silent unless SURPOOL_TEST_VERBOSE is set                    */
+/* ------------------------------------------------------------------------- */
+
+static atomic_int g_log_lines;
+
+static void test_log(void *ud, surpool_log_level level, const char *msg)
+{
+    (void)ud;
+    atomic_fetch_add(&g_log_lines, 1);
+    if (getenv("SURPOOL_TEST_VERBOSE") != NULL)
+        fprintf(stderr, "  [log %d] %s\n", (int)level, msg);
+}
+
+static const surpool__logger g_logger = {test_log, NULL, SURPOOL_LOG_DEBUG};
+
+/* ------------------------------------------------------------------------- */
+/* The null server                                                            */
+/* ------------------------------------------------------------------------- */
+
+typedef struct server {
+    pid_t pid;
+    int port;
+    int out_fd;
+} server;
+
+/* Every server still running, so that a failed test (cmocka longjmps out of
+ * it) does not leave one behind: test_teardown kills them. */
+static pid_t g_pids[16];
+
+static void pids_add(pid_t pid)
+{
+    for (size_t i = 0; i < sizeof(g_pids) / sizeof(g_pids[0]); i++) {
+        if (g_pids[i] == 0) {
+            g_pids[i] = pid;
+            return;
+        }
+    }
+}
+
+static void pids_remove(pid_t pid)
+{
+    for (size_t i = 0; i < sizeof(g_pids) / sizeof(g_pids[0]); i++)
+        if (g_pids[i] == pid)
+            g_pids[i] = 0;
+}
+
+static int test_teardown(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(g_pids) / sizeof(g_pids[0]); i++) {
+        if (g_pids[i] != 0) {
+            kill(g_pids[i], SIGKILL);
+            waitpid(g_pids[i], NULL, 0);
+            g_pids[i] = 0;
+        }
+    }
+    return 0;
+}
+
+/* Start `node tests/server/null_server.mjs --port 0 <args...>` (NULL-terminated)
+ * and read its `LISTENING <port>` line. */
+static void server_start(server *s, ...)
+{
+    const char *argv[32];
+    int n = 0;
+    argv[n++] = "node";
+    argv[n++] = SURPOOL_SOURCE_DIR "/tests/server/null_server.mjs";
+    argv[n++] = "--port";
+    argv[n++] = "0";
+    va_list ap;
+    va_start(ap, s);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) != NULL && n < 30)
+        argv[n++] = a;
+    va_end(ap);
+    argv[n] = NULL;
+
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
+    posix_spawn_file_actions_addclose(&fa, fds[0]);
+    posix_spawn_file_actions_addclose(&fa, fds[1]);
+    int rc = posix_spawnp(&s->pid, "node", &fa, NULL, (char *const *)argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    close(fds[1]);
+    assert_int_equal(rc, 0);
+    pids_add(s->pid);
+    s->out_fd = fds[0];
+
+    char line[128];
+    size_t len = 0;
+    int64_t until = surpool__now_ns() + 10000 * SURPOOL__NS_PER_MS;
+    while (len < sizeof(line) - 1) {
+        struct pollfd p = {s->out_fd, POLLIN, 0};
+        int left = (int)((until - surpool__now_ns()) / SURPOOL__NS_PER_MS);
+        assert_true(left > 0);
+        if (poll(&p, 1, left) <= 0)
+            continue;
+        ssize_t r = read(s->out_fd, line + len, 1);
+        assert_true(r == 1);
+        if (line[len] == '\n')
+            break;
+        len++;
+    }
+    line[len] = '\0';
+    assert_int_equal(strncmp(line, "LISTENING ", 10), 0);
+    s->port = atoi(line + 10);
+    assert_true(s->port > 0);
+}
+
+static void server_stop(server *s)
+{
+    if (s->pid > 0) {
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, NULL, 0);
+        pids_remove(s->pid);
+        s->pid = 0;
+    }
+    if (s->out_fd >= 0) {
+        close(s->out_fd);
+        s->out_fd = -1;
+    }
+}
+
+/* A port with nothing listening: bind an ephemeral one, then close it. */
+static int closed_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    socklen_t sl = sizeof(a);
+    getsockname(fd, (struct sockaddr *)&a, &sl);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static long rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            kb = atol(line + 6);
+    if (f != NULL)
+        fclose(f);
+    return kb;
+}
+
+static int count_fds(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    while (readdir(d) != NULL)
+        n++;
+    closedir(d);
+    return n;
+}
+
+/* ------------------------------------------------------------------------- */
+/* A transport + URL bundle                                                   */
+/* ------------------------------------------------------------------------- */
+
+typedef struct fixture {
+    surpool__url url;
+    surpool__tconfig cfg;
+    surpool__transport *t;
+} fixture;
+
+static void fixture_cfg(fixture *f, const char *scheme, const char *host, int port)
+{
+    char s[256];
+    snprintf(s, sizeof(s), "%s://%s:%d/rpc", scheme, host, port);
+    surpool_error err;
+    assert_int_equal(surpool__url_parse(s, &f->url, &err), SURPOOL_OK);
+    memset(&f->cfg, 0, sizeof(f->cfg));
+    f->cfg.url = &f->url;
+    f->cfg.connect_timeout_ms = 5000;
+    f->cfg.max_message_bytes = 64u << 20;
+    f->cfg.max_connections = 16;
+    f->cfg.logger = &g_logger;
+}
+
+static void fixture_create(fixture *f)
+{
+    surpool_error err;
+    surpool_err rc = ops->create(&f->cfg, NULL, &f->t, &err);
+    if (rc != SURPOOL_OK)
+        fail_msg("create: %s", err.message);
+}
+
+static void fixture_destroy(fixture *f)
+{
+    ops->destroy(f->t);
+    f->t = NULL;
+    surpool__url_free(&f->url);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Connection events                                                          */
+/* ------------------------------------------------------------------------- */
+
+typedef struct events {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int dead;
+    surpool_err why;
+    char message[256];
+    int notifies;
+} events;
+
+static void ev_on_dead(void *ud, surpool_err why, const char *message)
+{
+    events *e = ud;
+    pthread_mutex_lock(&e->mu);
+    e->dead++;
+    e->why = why;
+    snprintf(e->message, sizeof(e->message), "%s", message);
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void ev_on_notify(void *ud, json_t *frame)
+{
+    events *e = ud;
+    pthread_mutex_lock(&e->mu);
+    /* No cmocka asserts here: this runs on the transport's thread. */
+    if (json_object_get(frame, "result") != NULL)
+        e->notifies++;
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+static void events_init(events *e, surpool__tconn_events *tev)
+{
+    memset(e, 0, sizeof(*e));
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    tev->on_dead = ev_on_dead;
+    tev->on_notify = ev_on_notify;
+    tev->userdata = e;
+}
+
+static void events_fini(events *e)
+{
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
+}
+
+static int wait_dead(events *e, int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&e->mu);
+    while (e->dead == 0 && pthread_cond_timedwait(&e->cv, &e->mu, &ts) == 0) {
+    }
+    int d = e->dead;
+    pthread_mutex_unlock(&e->mu);
+    return d;
+}
+
+static surpool__tconn *open_ok(fixture *f, const surpool__tconn_events *ev)
+{
+    surpool__tconn *c = NULL;
+    surpool_error err;
+    surpool_err rc = ops->open(f->t, surpool__deadline_after_ms(5000), ev, &c, &err);
+    if (rc != SURPOOL_OK)
+        fail_msg("open: %s (%s)", err.message, surpool_strerror(rc));
+    assert_non_null(c);
+    assert_true(ops->alive(c));
+    return c;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Requests                                                                   */
+/* ------------------------------------------------------------------------- */
+
+/* Completion is counted per batch; a request that completes twice is a bug. */
+typedef struct batch {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int completed;
+} batch;
+
+typedef struct treq {
+    surpool__treq r;
+    batch *b;
+    atomic_int done_calls;
+    int64_t done_at;
+} treq;
+
+static void batch_init(batch *b)
+{
+    memset(b, 0, sizeof(*b));
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->cv, NULL);
+}
+
+static void batch_fini(batch *b)
+{
+    pthread_mutex_destroy(&b->mu);
+    pthread_cond_destroy(&b->cv);
+}
+
+static void on_done(surpool__treq *r)
+{
+    treq *q = (treq *)r;
+    batch *b = q->b;
+    q->done_at = surpool__now_ns();
+    atomic_fetch_add(&q->done_calls, 1);
+    pthread_mutex_lock(&b->mu);
+    b->completed++;
+    pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* Wait until `n` requests of the batch completed; 1 if they did in time. */
+static int batch_wait(batch *b, int n, int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&b->mu);
+    while (b->completed < n && pthread_cond_timedwait(&b->cv, &b->mu, &ts) == 0) {
+    }
+    int ok = b->completed >= n;
+    pthread_mutex_unlock(&b->mu);
+    return ok;
+}
+
+static treq *treq_new(batch *b, int64_t id, const char *method, json_t *params,
+                      long timeout_ms)
+{
+    treq *q = calloc(1, sizeof(*q));
+    assert_non_null(q);
+    surpool_error err;
+    assert_int_equal(surpool__codec_encode_request(id, method, params, ops->headroom,
+                                                   &q->r.buf, &q->r.len, &err),
+                     SURPOOL_OK);
+    if (params != NULL)
+        json_decref(params);
+    q->r.id = id;
+    q->r.deadline_ns =
+        timeout_ms < 0 ? INT64_MAX : surpool__deadline_after_ms(timeout_ms);
+    q->r.done = on_done;
+    q->b = b;
+    return q;
+}
+
+static void treq_free(treq *q)
+{
+    if (q == NULL)
+        return;
+    if (q->r.reply != NULL)
+        json_decref(q->r.reply);
+    surpool__free(q->r.buf);
+    free(q);
+}
+
+static void submit_ok(surpool__tconn *c, treq *q)
+{
+    assert_int_equal(ops->submit(c, &q->r), SURPOOL_OK);
+}
+
+/* The reply must be for this request. */
+static void assert_reply(treq *q)
+{
+    if (q->r.status != SURPOOL_OK)
+        fail_msg("request %lld: %s: %s", (long long)q->r.id,
+                 surpool_strerror(q->r.status), q->r.message);
+    assert_non_null(q->r.reply);
+    json_t *id = json_object_get(q->r.reply, "id");
+    assert_true(json_is_integer(id));
+    assert_int_equal(json_integer_value(id), q->r.id);
+    assert_int_equal(atomic_load(&q->done_calls), 1);
+}
+
+/* One synchronous call. */
+static treq *call(surpool__tconn *c, int64_t id, const char *method, json_t *params,
+                  long timeout_ms, batch *b)
+{
+    treq *q = treq_new(b, id, method, params, timeout_ms);
+    int before;
+    pthread_mutex_lock(&b->mu);
+    before = b->completed;
+    pthread_mutex_unlock(&b->mu);
+    submit_ok(c, q);
+    assert_true(batch_wait(b, before + 1, WAIT_MS));
+    return q;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Tests                                                                      */
+/* ------------------------------------------------------------------------- */
+
+static void test_round_trips(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    assert_true(ops->headroom >= 14); /* LWS_PRE: room for the largest frame header */
+
+    surpool__tconn *c = open_ok(&f, NULL);
+    batch b;
+    batch_init(&b);
+    for (int i = 1; i <= 50; i++) {
+        treq *q = call(c, i, "ping", NULL, 5000, &b);
+        assert_reply(q);
+        assert_string_equal(json_string_value(json_object_get(q->r.reply, "result")),
+                            "ok");
+        treq_free(q);
+    }
+    /* Params survive the trip (raw UTF-8, NUL inside a string). */
+    json_t *p = json_pack("[s, s#]", "h\xc3\xa9llo \xe2\x82\xac", "a\0b", (size_t)3);
+    treq *q = call(c, 99, "echo", p, 5000, &b);
+    assert_reply(q);
+    json_t *res = json_object_get(q->r.reply, "result");
+    assert_string_equal(json_string_value(json_array_get(res, 0)),
+                        "h\xc3\xa9llo \xe2\x82\xac");
+    assert_int_equal(json_string_length(json_array_get(res, 1)), 3);
+    treq_free(q);
+
+    ops->close(c);
+    batch_fini(&b);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+static void test_pipelined_out_of_order(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, "--shuffle", NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    surpool__tconn *c = open_ok(&f, NULL);
+
+    enum { N = 1000 };
+    batch b;
+    batch_init(&b);
+    treq **qs = calloc(N, sizeof(*qs));
+    for (int i = 0; i < N; i++) {
+        qs[i] = treq_new(&b, 1000 + i, "ping", NULL, 10000);
+        submit_ok(c, qs[i]);
+    }
+    assert_true(batch_wait(&b, N, WAIT_MS));
+    for (int i = 0; i < N; i++) {
+        assert_reply(qs[i]);
+        treq_free(qs[i]);
+    }
+    free(qs);
+    ops->close(c);
+    batch_fini(&b);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+typedef struct worker {
+    surpool__tconn *c;
+    int id0;
+    int n;
+    int failures;
+} worker;
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    batch b;
+    batch_init(&b);
+    for (int i = 0; i < w->n; i++) {
+        treq *q = treq_new(&b, w->id0 + i, "ping", NULL, 10000);
+        if (ops->submit(w->c, &q->r) != SURPOOL_OK || !batch_wait(&b, i + 1, WAIT_MS) ||
+            q->r.status != SURPOOL_OK ||
+            json_integer_value(json_object_get(q->r.reply, "id")) != w->id0 + i)
+            w->failures++;
+        treq_free(q);
+    }
+    batch_fini(&b);
+    return NULL;
+}
+
+static void test_many_connections(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    f.cfg.max_connections = 8;
+    fixture_create(&f);
+
+    enum { CONNS = 8, THREADS = 16, PER = 200 };
+    surpool__tconn *cs[CONNS];
+    for (int i = 0; i < CONNS; i++)
+        cs[i] = open_ok(&f, NULL);
+    worker ws[THREADS];
+    pthread_t th[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        ws[i] = (worker){cs[i % CONNS], (i + 1) * 100000, PER, 0};
+        pthread_create(&th[i], NULL, worker_main, &ws[i]);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(ws[i].failures, 0);
+    }
+    for (int i = 0; i < CONNS; i++)
+        ops->close(cs[i]);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+static void test_connect_refused(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", closed_port());
+    fixture_create(&f);
+    surpool__tconn *c = NULL;
+    surpool_error err;
+    int64_t t0 = surpool__now_ns();
+    surpool_err rc = ops->open(f.t, surpool__deadline_after_ms(5000), NULL, &c, &err);
+    int64_t ms = (surpool__now_ns() - t0) / SURPOOL__NS_PER_MS;
+    assert_int_equal(rc, SURPOOL_ERR_CONNECT);
+    assert_int_equal(err.code, SURPOOL_ERR_CONNECT);
+    assert_null(c);
+    assert_true(ms < 2000);
+    assert_non_null(strstr(err.message, "127.0.0.1"));
+    fixture_destroy(&f);
+}
+
+static void test_resolve_failure(void **state)
+{
+    (void)state;
+    fixture f;
+    fixture_cfg(&f, "ws", "no-such-host.invalid", 80);
+    fixture_create(&f);
+    surpool__tconn *c = NULL;
+    surpool_error err;
+    surpool_err rc = ops->open(f.t, surpool__deadline_after_ms(5000), NULL, &c, &err);
+    assert_int_equal(rc, SURPOOL_ERR_CONNECT);
+    assert_non_null(strstr(err.message, "cannot resolve host 'no-such-host.invalid'"));
+    fixture_destroy(&f);
+}
+
+static void test_no_upgrade_times_out(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, "--no-upgrade", NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    f.cfg.connect_timeout_ms = 500;
+    fixture_create(&f);
+    int fds = count_fds();
+    surpool__tconn *c = NULL;
+    surpool_error err;
+    int64_t t0 = surpool__now_ns();
+    surpool_err rc = ops->open(f.t, surpool__deadline_after_ms(500), NULL, &c, &err);
+    int64_t ms = (surpool__now_ns() - t0) / SURPOOL__NS_PER_MS;
+    assert_int_equal(rc, SURPOOL_ERR_TIMEOUT);
+    assert_non_null(strstr(err.message, "timed out after 500 ms"));
+    assert_true(ms >= 480 && ms < 3000);
+    /* The aborted attempt's socket is gone when open() returns. */
+    assert_int_equal(count_fds(), fds);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+static void test_missing_subprotocol(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, "--no-subprotocol", NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    surpool__tconn *c = NULL;
+    surpool_error err;
+    surpool_err rc = ops->open(f.t, surpool__deadline_after_ms(5000), NULL, &c, &err);
+    assert_int_equal(rc, SURPOOL_ERR_CONNECT);
+    assert_non_null(strstr(err.message, "subprotocol 'json'"));
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+static void test_wrong_path(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    surpool__url_free(&f.url);
+    char u[128];
+    snprintf(u, sizeof(u), "ws://127.0.0.1:%d/nope", s.port);
+    surpool_error err;
+    assert_int_equal(surpool__url_parse(u, &f.url, &err), SURPOOL_OK);
+    fixture_create(&f);
+    surpool__tconn *c = NULL;
+    surpool_err rc = ops->open(f.t, surpool__deadline_after_ms(5000), NULL, &c, &err);
+    assert_int_equal(rc, SURPOOL_ERR_CONNECT);
+    print_message("    %s\n", err.message);
+    assert_non_null(strstr(err.message, "HTTP 400"));
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+static void test_reply_too_large(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    f.cfg.max_message_bytes = 100000;
+    fixture_create(&f);
+    events ea, eb;
+    surpool__tconn_events tea, teb;
+    events_init(&ea, &tea);
+    events_init(&eb, &teb);
+    surpool__tconn *a = open_ok(&f, &tea);
+    surpool__tconn *other = open_ok(&f, &teb);
+
+    batch b;
+    batch_init(&b);
+    /* Just under the limit passes (it arrives in several 64 KiB pieces). */
+    treq *q = call(a, 1, "big", json_pack("[i]", 99000), 5000, &b);
+    assert_reply(q);
+    treq_free(q);
+
+    /* A request still in flight when the big reply arrives shares its fate. */
+    treq *slow = treq_new(&b, 2, "sleep", json_pack("[i]", 3000), 10000);
+    submit_ok(a, slow);
+    treq *big = treq_new(&b, 3, "big", json_pack("[i]", 200000), 10000);
+    submit_ok(a, big);
+    assert_true(batch_wait(&b, 3, WAIT_MS));
+    assert_int_equal(big->r.status, SURPOOL_ERR_TOO_LARGE);
+    assert_string_equal(big->r.message, "reply larger than max_message_bytes (100000)");
+    assert_int_equal(slow->r.status, SURPOOL_ERR_TOO_LARGE);
+    assert_int_equal(atomic_load(&big->done_calls), 1);
+    assert_int_equal(atomic_load(&slow->done_calls), 1);
+    treq_free(big);
+    treq_free(slow);
+
+    /* The connection dies (the pool replaces it) ... */
+    assert_true(wait_dead(&ea, WAIT_MS) == 1);
+    assert_int_equal(ea.why, SURPOOL_ERR_TOO_LARGE);
+    assert_false(ops->alive(a));
+    treq *after = treq_new(&b, 4, "ping", NULL, 1000);
+    assert_int_equal(ops->submit(a, &after->r), SURPOOL_ERR_DISCONNECTED);
+    treq_free(after);
+
+    /* ... and the other one does not notice. */
+    q = call(other, 5, "ping", NULL, 5000, &b);
+    assert_reply(q);
+    treq_free(q);
+    assert_true(ops->alive(other));
+    assert_int_equal(eb.dead, 0);
+
+    ops->close(a);
+    ops->close(other);
+    assert_int_equal(ea.dead, 1);
+    batch_fini(&b);
+    events_fini(&ea);
+    events_fini(&eb);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+static void test_request_timeout(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    surpool__tconn *c = open_ok(&f, NULL);
+    batch b;
+    batch_init(&b);
+
+    /* Mixed deadlines, submitted out of deadline order (the unsorted path). */
+    treq *q300 = treq_new(&b, 1, "sleep", json_pack("[i]", 600), 300);
+    treq *q100 = treq_new(&b, 2, "sleep", json_pack("[i]", 600), 100);
+    treq *qok = treq_new(&b, 3, "sleep", json_pack("[i]", 50), 5000);
+    submit_ok(c, q300);
+    submit_ok(c, q100);
+    submit_ok(c, qok);
+    assert_true(batch_wait(&b, 3, WAIT_MS));
+    assert_int_equal(q100->r.status, SURPOOL_ERR_REQUEST_TIMEOUT);
+    assert_int_equal(q300->r.status, SURPOOL_ERR_REQUEST_TIMEOUT);
+    assert_reply(qok);
+    int64_t late100 = (q100->done_at - q100->r.deadline_ns) / 1000;
+    int64_t late300 = (q300->done_at - q300->r.deadline_ns) / 1000;
+    print_message("    deadline overshoot: %lld us, %lld us\n", (long long)late100,
+                  (long long)late300);
+    assert_true(late100 >= 0 && late100 < 250000);
+    assert_true(late300 >= 0 && late300 < 250000);
+    assert_true(q100->done_at < q300->done_at);
+
+    /* The late replies (after 600 ms) are dropped; the connection carries on. */
+    struct timespec ts = {0, 500 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    treq *q = call(c, 4, "ping", NULL, 5000, &b);
+    assert_reply(q);
+    treq_free(q);
+    assert_true(ops->alive(c));
+    assert_int_equal(atomic_load(&q100->done_calls), 1);
+    assert_int_equal(atomic_load(&q300->done_calls), 1);
+
+    /* A deadline already past at submit completes promptly, from any thread. */
+    treq *past = treq_new(&b, 5, "sleep", json_pack("[i]", 1000), 0);
+    submit_ok(c, past);
+    assert_true(batch_wait(&b, 5, 1000));
+    assert_int_equal(past->r.status, SURPOOL_ERR_REQUEST_TIMEOUT);
+
+    treq_free(q100);
+    treq_free(q300);
+    treq_free(qok);
+    treq_free(past);
+    ops->close(c);
+    batch_fini(&b);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+static void test_cancel(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    surpool__tconn *c = open_ok(&f, NULL);
+    batch b;
+    batch_init(&b);
+    treq *q = treq_new(&b, 1, "sleep", json_pack("[i]", 200), 5000);
+    submit_ok(c, q);
+    struct timespec ts = {0, 50 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    assert_int_equal(ops->cancel(c, &q->r), 1);
+    assert_int_equal(ops->cancel(c, &q->r), 0); /* already removed */
+    /* Its reply arrives later and is dropped; done() is never called. */
+    treq *p = call(c, 2, "sleep", json_pack("[i]", 300), 5000, &b);
+    assert_reply(p);
+    assert_int_equal(atomic_load(&q->done_calls), 0);
+    /* Cancel after completion: 0. */
+    assert_int_equal(ops->cancel(c, &p->r), 0);
+    treq_free(p);
+    treq_free(q);
+    ops->close(c);
+    batch_fini(&b);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+/* cancel() racing the writer and the replies: each request is either taken
+ * back (done() never runs) or completed exactly once. */
+typedef struct canceller {
+    surpool__tconn *c;
+    int id0;
+    int cancelled, completed, bad;
+} canceller;
+
+static void *cancel_main(void *arg)
+{
+    canceller *w = arg;
+    batch b;
+    batch_init(&b);
+    enum { N = 400 };
+    treq *qs[N];
+    int taken[N];
+    for (int i = 0; i < N; i++) {
+        qs[i] = treq_new(&b, w->id0 + i, "ping", NULL, 10000);
+        if (ops->submit(w->c, &qs[i]->r) != SURPOOL_OK) {
+            w->bad++;
+            taken[i] = 1;
+            continue;
+        }
+        /* Vary the gap so that some are queued, some on the wire, some done. */
+        static const long gap_us[5] = {0, 5, 50, 300, 2000};
+        if (gap_us[i % 5] != 0) {
+            struct timespec gap = {0, gap_us[i % 5] * 1000};
+            nanosleep(&gap, NULL);
+        }
+        taken[i] = ops->cancel(w->c, &qs[i]->r);
+        w->cancelled += taken[i];
+    }
+    int expect = N - w->cancelled;
+    if (!batch_wait(&b, expect, WAIT_MS))
+        w->bad++;
+    struct timespec ts = {0, 200 * 1000 * 1000}; /* stragglers would show up here */
+    nanosleep(&ts, NULL);
+    for (int i = 0; i < N; i++) {
+        int calls = atomic_load(&qs[i]->done_calls);
+        if (taken[i] ? calls != 0 : (calls != 1 || qs[i]->r.status != SURPOOL_OK))
+            w->bad++;
+        w->completed += calls;
+        treq_free(qs[i]);
+    }
+    batch_fini(&b);
+    return NULL;
+}
+
+static void test_cancel_race(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, "--shuffle", NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    surpool__tconn *c = open_ok(&f, NULL);
+    enum { T = 4 };
+    canceller w[T];
+    pthread_t th[T];
+    for (int i = 0; i < T; i++) {
+        w[i] = (canceller){c, (i + 1) * 10000, 0, 0, 0};
+        pthread_create(&th[i], NULL, cancel_main, &w[i]);
+    }
+    int cancelled = 0, completed = 0;
+    for (int i = 0; i < T; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(w[i].bad, 0);
+        cancelled += w[i].cancelled;
+        completed += w[i].completed;
+    }
+    print_message("    cancelled %d, completed %d\n", cancelled, completed);
+    assert_true(ops->alive(c));
+    ops->close(c);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+static void test_server_killed(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    events e;
+    surpool__tconn_events tev;
+    events_init(&e, &tev);
+    surpool__tconn *c = open_ok(&f, &tev);
+    batch b;
+    batch_init(&b);
+    enum { N = 20 };
+    treq *qs[N];
+    for (int i = 0; i < N; i++) {
+        qs[i] = treq_new(&b, i + 1, "sleep", json_pack("[i]", 10000), 20000);
+        submit_ok(c, qs[i]);
+    }
+    treq *p = call(c, 100, "ping", NULL, 5000, &b); /* all N are on the wire now */
+    assert_reply(p);
+    treq_free(p);
+    server_stop(&s);
+    assert_true(batch_wait(&b, N + 1, WAIT_MS));
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(qs[i]->r.status, SURPOOL_ERR_DISCONNECTED);
+        assert_int_equal(atomic_load(&qs[i]->done_calls), 1);
+        treq_free(qs[i]);
+    }
+    assert_int_equal(wait_dead(&e, WAIT_MS), 1);
+    assert_int_equal(e.why, SURPOOL_ERR_DISCONNECTED);
+    assert_false(ops->alive(c));
+    treq *after = treq_new(&b, 200, "ping", NULL, 1000);
+    assert_int_equal(ops->submit(c, &after->r), SURPOOL_ERR_DISCONNECTED);
+    treq_free(after);
+    ops->close(c);
+    assert_int_equal(e.dead, 1);
+    batch_fini(&b);
+    events_fini(&e);
+    fixture_destroy(&f);
+}
+
+static void test_close_after(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, "--close-after", "5", NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    events e;
+    surpool__tconn_events tev;
+    events_init(&e, &tev);
+    surpool__tconn *c = open_ok(&f, &tev);
+    batch b;
+    batch_init(&b);
+    for (int i = 1; i <= 4; i++) {
+        treq *q = call(c, i, "ping", NULL, 5000, &b);
+        assert_reply(q);
+        treq_free(q);
+    }
+    treq *q = call(c, 5, "ping", NULL, 5000, &b);
+    assert_int_equal(q->r.status, SURPOOL_ERR_DISCONNECTED);
+    treq_free(q);
+    assert_int_equal(wait_dead(&e, WAIT_MS), 1);
+    ops->close(c);
+    /* A new connection to the same server works. */
+    surpool__tconn *c2 = open_ok(&f, NULL);
+    q = call(c2, 6, "ping", NULL, 5000, &b);
+    assert_reply(q);
+    treq_free(q);
+    ops->close(c2);
+    batch_fini(&b);
+    events_fini(&e);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+static void test_peer_close_code(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    events e;
+    surpool__tconn_events tev;
+    events_init(&e, &tev);
+    surpool__tconn *c = open_ok(&f, &tev);
+    batch b;
+    batch_init(&b);
+    treq *slow = treq_new(&b, 1, "sleep", json_pack("[i]", 5000), 10000);
+    submit_ok(c, slow);
+    treq *q = call(c, 2, "close", json_pack("[i, s]", 4000, "bye now"), 5000, &b);
+    assert_true(batch_wait(&b, 2, WAIT_MS));
+    assert_int_equal(q->r.status, SURPOOL_ERR_DISCONNECTED);
+    assert_string_equal(q->r.message, "connection closed by peer (code 4000 bye now)");
+    assert_int_equal(slow->r.status, SURPOOL_ERR_DISCONNECTED);
+    assert_int_equal(wait_dead(&e, WAIT_MS), 1);
+    assert_string_equal(e.message, "connection closed by peer (code 4000 bye now)");
+    treq_free(q);
+    treq_free(slow);
+    ops->close(c);
+    batch_fini(&b);
+    events_fini(&e);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+static void test_bad_frames(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    batch b;
+    batch_init(&b);
+    const char *methods[] = {"binary", "garbage"};
+    for (int i = 0; i < 2; i++) {
+        events e;
+        surpool__tconn_events tev;
+        events_init(&e, &tev);
+        surpool__tconn *c = open_ok(&f, &tev);
+        treq *q = call(c, 1, methods[i], NULL, 5000, &b);
+        assert_int_equal(q->r.status, SURPOOL_ERR_PROTOCOL);
+        print_message("    %s: %s\n", methods[i], q->r.message);
+        treq_free(q);
+        assert_int_equal(wait_dead(&e, WAIT_MS), 1);
+        assert_int_equal(e.why, SURPOOL_ERR_PROTOCOL);
+        ops->close(c);
+        events_fini(&e);
+    }
+    batch_fini(&b);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+static void test_notifications_and_orphans(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    events e;
+    surpool__tconn_events tev;
+    events_init(&e, &tev);
+    surpool__tconn *c = open_ok(&f, &tev);
+    batch b;
+    batch_init(&b);
+    treq *q = call(c, 1, "notify", NULL, 5000, &b);
+    assert_reply(q);
+    treq_free(q);
+    assert_int_equal(e.notifies, 1); /* sent before the reply, same socket */
+    q = call(c, 2, "orphan", NULL, 5000, &b);
+    assert_reply(q); /* the id-less error was dropped, not a notification */
+    treq_free(q);
+    assert_int_equal(e.notifies, 1);
+    assert_true(ops->alive(c));
+    ops->close(c);
+    assert_int_equal(e.dead, 0); /* no on_dead after close() */
+    batch_fini(&b);
+    events_fini(&e);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+static void test_close_with_requests_in_flight(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    events e;
+    surpool__tconn_events tev;
+    events_init(&e, &tev);
+    surpool__tconn *c = open_ok(&f, &tev);
+    batch b;
+    batch_init(&b);
+    enum { N = 200 };
+    treq *qs[N];
+    for (int i = 0; i < N; i++) {
+        qs[i] = treq_new(&b, i + 1, "sleep", json_pack("[i]", 1000), 10000);
+        submit_ok(c, qs[i]);
+    }
+    ops->close(c); /* some are queued, some on the wire */
+    assert_true(batch_wait(&b, N, WAIT_MS));
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(qs[i]->r.status, SURPOOL_ERR_DISCONNECTED);
+        assert_int_equal(atomic_load(&qs[i]->done_calls), 1);
+    }
+    /* Nothing completes twice later, and on_dead never comes. */
+    struct timespec ts = {1, 200 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(atomic_load(&qs[i]->done_calls), 1);
+        treq_free(qs[i]);
+    }
+    assert_int_equal(e.dead, 0);
+    batch_fini(&b);
+    events_fini(&e);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+static void test_destroy_closes_open_connections(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    batch b;
+    batch_init(&b);
+    surpool__tconn *c1 = open_ok(&f, NULL);
+    surpool__tconn *c2 = open_ok(&f, NULL);
+    (void)c2;
+    treq *q = treq_new(&b, 1, "sleep", json_pack("[i]", 5000), 10000);
+    submit_ok(c1, q);
+    fixture_destroy(&f); /* no close(): destroy does it */
+    assert_int_equal(b.completed, 1);
+    assert_int_equal(q->r.status, SURPOOL_ERR_DISCONNECTED);
+    treq_free(q);
+    batch_fini(&b);
+    server_stop(&s);
+}
+
+static void test_create_destroy_cycles(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    int cycles =
+        getenv("SURPOOL_TEST_CYCLES") != NULL ? atoi(getenv("SURPOOL_TEST_CYCLES")) : 50;
+    int fds0 = -1;
+    long rss0 = 0;
+    batch b;
+    batch_init(&b);
+    for (int i = 0; i < cycles; i++) {
+        fixture f;
+        fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+        fixture_create(&f);
+        surpool__tconn *c = open_ok(&f, NULL);
+        treq *q = call(c, i + 1, "ping", NULL, 5000, &b);
+        assert_reply(q);
+        treq_free(q);
+        if (i % 2 == 0)
+            ops->close(c); /* odd cycles leave it to destroy() */
+        fixture_destroy(&f);
+        if (i == 1)
+            fds0 = count_fds();
+        else if (i > 1)
+            assert_int_equal(count_fds(), fds0);
+        if (i == 9)
+            rss0 = rss_kb();
+    }
+    if (cycles > 10)
+        print_message("    %d cycles: RSS after 10: %ld kB, at the end: %ld kB\n", cycles,
+                      rss0, rss_kb());
+    batch_fini(&b);
+    server_stop(&s);
+}
+
+/* ---- TLS ---- */
+
+static char g_tls_dir[256];
+
+static int run(const char *cmd)
+{
+    int rc = system(cmd);
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+/* A private CA, a server certificate for localhost (DNS:localhost, IP:127.0.0.1)
+ * and one for localhost only (no IP), made with the openssl CLI. */
+static int tls_setup(void **state)
+{
+    (void)state;
+    snprintf(g_tls_dir, sizeof(g_tls_dir), "/tmp/surpool-tls-XXXXXX");
+    assert_non_null(mkdtemp(g_tls_dir));
+    char cmd[4096];
+    snprintf(
+        cmd, sizeof(cmd),
+        "cd %s && "
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 "
+        "  -subj '/CN=surpool test CA' >/dev/null 2>&1 && "
+        "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext && "
+        "printf 'subjectAltName=DNS:localhost\\n' > dns.ext && "
+        "openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr "
+        "  -subj '/CN=localhost' >/dev/null 2>&1 && "
+        "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+        "  -out srv.pem -days 2 -extfile san.ext >/dev/null 2>&1 && "
+        "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+        "  -out dns.pem -days 2 -extfile dns.ext >/dev/null 2>&1",
+        g_tls_dir);
+    assert_int_equal(run(cmd), 0);
+    return 0;
+}
+
+static int tls_teardown(void **state)
+{
+    (void)state;
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", g_tls_dir);
+    return run(cmd) == 0 ? 0 : -1;
+}
+
+static int tls_teardown_all(void **state)
+{
+    test_teardown(state);
+    return tls_teardown(state);
+}
+
+static void tls_path(char *out, size_t cap, const char *name)
+{
+    snprintf(out, cap, "%s/%s", g_tls_dir, name);
+}
+
+static surpool_err tls_try(int port, const char *host, const char *ca, int insecure,
+                           surpool_error *err)
+{
+    fixture f;
+    fixture_cfg(&f, "wss", host, port);
+    f.cfg.tls_ca_file = ca;
+    f.cfg.tls_insecure_skip_verify = insecure;
+    surpool_err rc = ops->create(&f.cfg, NULL, &f.t, err);
+    if (rc != SURPOOL_OK) {
+        surpool__url_free(&f.url);
+        return rc;
+    }
+    surpool__tconn *c = NULL;
+    rc = ops->open(f.t, surpool__deadline_after_ms(5000), NULL, &c, err);
+    if (rc == SURPOOL_OK) {
+        batch b;
+        batch_init(&b);
+        treq *q = call(c, 1, "ping", NULL, 5000, &b);
+        assert_reply(q);
+        treq_free(q);
+        batch_fini(&b);
+        ops->close(c);
+    }
+    fixture_destroy(&f);
+    return rc;
+}
+
+static void test_tls(void **state)
+{
+    (void)state;
+    char cert[300], key[300], ca[300], dns[300];
+    tls_path(cert, sizeof(cert), "srv.pem");
+    tls_path(key, sizeof(key), "srv.key");
+    tls_path(ca, sizeof(ca), "ca.pem");
+    tls_path(dns, sizeof(dns), "dns.pem");
+    surpool_error err;
+
+    server s;
+    server_start(&s, "--tls-cert", cert, "--tls-key", key, NULL);
+    /* Verified with our CA, by name and by address. */
+    assert_int_equal(tls_try(s.port, "localhost", ca, 0, &err), SURPOOL_OK);
+    assert_int_equal(tls_try(s.port, "127.0.0.1", ca, 0, &err), SURPOOL_OK);
+    /* The system store does not know our CA. */
+    assert_int_equal(tls_try(s.port, "localhost", NULL, 0, &err), SURPOOL_ERR_TLS);
+    print_message("    no CA: %s\n", err.message);
+    assert_non_null(strstr(err.message, "certificate verify failed: "));
+    assert_non_null(strstr(err.message, "local issuer"));
+    /* Explicitly insecure: anything goes. */
+    assert_int_equal(tls_try(s.port, "localhost", NULL, 1, &err), SURPOOL_OK);
+    /* A CA file that cannot be loaded fails create(). */
+    assert_int_equal(tls_try(s.port, "localhost", "/nonexistent/ca.pem", 0, &err),
+                     SURPOOL_ERR_TLS);
+    print_message("    bad CA file: %s\n", err.message);
+    assert_non_null(strstr(err.message, "/nonexistent/ca.pem"));
+    /* A client certificate and key must belong together (checked at create). */
+    fixture f;
+    fixture_cfg(&f, "wss", "localhost", s.port);
+    f.cfg.tls_ca_file = ca;
+    char cakey[300];
+    tls_path(cakey, sizeof(cakey), "ca.key");
+    f.cfg.tls_cert_file = cert;
+    f.cfg.tls_key_file = cakey;
+    assert_int_equal(ops->create(&f.cfg, NULL, &f.t, &err), SURPOOL_ERR_TLS);
+    print_message("    cert/key mismatch: %s\n", err.message);
+    assert_non_null(strstr(err.message, "mismatch"));
+    f.cfg.tls_key_file = key;
+    fixture_create(&f); /* the server does not ask for it, but it loads */
+    surpool__tconn *c = open_ok(&f, NULL);
+    ops->close(c);
+    fixture_destroy(&f);
+
+    /* TLS to a plain ws server. */
+    server plain;
+    server_start(&plain, NULL);
+    surpool_err rc = tls_try(plain.port, "localhost", ca, 0, &err);
+    print_message("    wss to ws: %s\n", err.message);
+    assert_int_equal(rc, SURPOOL_ERR_TLS);
+    server_stop(&plain);
+    server_stop(&s);
+
+    /* A certificate for the name "localhost" only: connecting to 127.0.0.1 must
+     * fail the name check even though the chain is trusted. */
+    server s2;
+    server_start(&s2, "--tls-cert", dns, "--tls-key", key, NULL);
+    assert_int_equal(tls_try(s2.port, "localhost", ca, 0, &err), SURPOOL_OK);
+    assert_int_equal(tls_try(s2.port, "127.0.0.1", ca, 0, &err), SURPOOL_ERR_TLS);
+    print_message("    wrong name: %s\n", err.message);
+    assert_non_null(strstr(err.message, "certificate verify failed: "));
+    assert_non_null(strstr(err.message, "mismatch"));
+    assert_int_equal(tls_try(s2.port, "127.0.0.1", ca, 1, &err), SURPOOL_OK);
+
+    /* Our SSL_CTX comes and goes with each transport: no fd (or memory) growth. */
+    int fds0 = count_fds();
+    int cycles =
+        getenv("SURPOOL_TEST_CYCLES") != NULL ? atoi(getenv("SURPOOL_TEST_CYCLES")) : 20;
+    long rss0 = 0;
+    for (int i = 0; i < cycles; i++) {
+        assert_int_equal(tls_try(s2.port, "localhost", ca, 0, &err), SURPOOL_OK);
+        assert_int_equal(tls_try(s2.port, "127.0.0.1", ca, 0, &err), SURPOOL_ERR_TLS);
+        if (i == 9)
+            rss0 = rss_kb();
+    }
+    assert_int_equal(count_fds(), fds0);
+    if (cycles > 10)
+        print_message("    %d TLS cycles: RSS after 10: %ld kB, at the end: %ld kB\n",
+                      cycles, rss0, rss_kb());
+    server_stop(&s2);
+}
+
+static void test_invalid_args(void **state)
+{
+    (void)state;
+    surpool_error err;
+    surpool__transport *t = NULL;
+    assert_int_equal(ops->create(NULL, NULL, &t, &err), SURPOOL_ERR_INVALID_ARG);
+    ops->destroy(NULL);
+    ops->close(NULL);
+    assert_int_equal(ops->alive(NULL), 0);
+    assert_int_equal(ops->submit(NULL, NULL), SURPOOL_ERR_INVALID_ARG);
+}
+
+int main(void)
+{
+    /* No stray SIGPIPE kills while the server dies under us. */
+    signal(SIGPIPE, SIG_IGN);
+    if (getenv("SURPOOL_TEST_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("SURPOOL_TEST_FILTER"));
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_invalid_args, test_teardown),
+        cmocka_unit_test_teardown(test_round_trips, test_teardown),
+        cmocka_unit_test_teardown(test_pipelined_out_of_order, test_teardown),
+        cmocka_unit_test_teardown(test_many_connections, test_teardown),
+        cmocka_unit_test_teardown(test_connect_refused, test_teardown),
+        cmocka_unit_test_teardown(test_resolve_failure, test_teardown),
+        cmocka_unit_test_teardown(test_no_upgrade_times_out, test_teardown),
+        cmocka_unit_test_teardown(test_missing_subprotocol, test_teardown),
+        cmocka_unit_test_teardown(test_wrong_path, test_teardown),
+        cmocka_unit_test_teardown(test_reply_too_large, test_teardown),
+        cmocka_unit_test_teardown(test_request_timeout, test_teardown),
+        cmocka_unit_test_teardown(test_cancel, test_teardown),
+        cmocka_unit_test_teardown(test_cancel_race, test_teardown),
+        cmocka_unit_test_teardown(test_server_killed, test_teardown),
+        cmocka_unit_test_teardown(test_close_after, test_teardown),
+        cmocka_unit_test_teardown(test_peer_close_code, test_teardown),
+        cmocka_unit_test_teardown(test_bad_frames, test_teardown),
+        cmocka_unit_test_teardown(test_notifications_and_orphans, test_teardown),
+        cmocka_unit_test_teardown(test_close_with_requests_in_flight, test_teardown),
+        cmocka_unit_test_teardown(test_destroy_closes_open_connections, test_teardown),
+        cmocka_unit_test_teardown(test_create_destroy_cycles, test_teardown),
+        cmocka_unit_test_setup_teardown(test_tls, tls_setup, tls_teardown_all),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
