@@ -25,6 +25,8 @@ while [ $# -gt 0 ]; do
 done
 
 ensure_deps
+# libFuzzer needs clang and its runtime; install them for the full run.
+[ $quick -eq 1 ] || [ $fuzz -eq 0 ] || ensure_debs clang libclang-rt-dev
 cd "$SURPOOL_ROOT"
 build=${SURPOOL_BUILD_ROOT:-$SURPOOL_ROOT/build}
 mkdir -p "$build"
@@ -59,6 +61,44 @@ run_suite() {
 log "build: plain (-Werror)"
 configure_and_build "$build/plain" -DSURPOOL_WERROR=ON
 run_suite plain "$build/plain"
+
+# valgrind memcheck on a subset: the unit programs, and the examples against a
+# real server (TSan/ASan cover the rest; valgrind is slow).
+run_valgrind() {
+    local dir=$1 rc=0 port portfile server
+    local vg=(valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect
+              --error-exitcode=97)
+    log "valgrind: unit programs and examples"
+    for t in test_codec test_url test_lane; do
+        "${vg[@]}" "$dir/tests/$t" >"$dir/valgrind-$t.log" 2>&1 || {
+            tail -n 30 "$dir/valgrind-$t.log"; rc=1; }
+    done
+    portfile=$(mktemp)
+    node "$SURPOOL_ROOT/tests/server/server.mjs" --host 127.0.0.1 --port 0 \
+        --user root --pass root >"$portfile" &
+    server=$!
+    for _ in $(seq 1 200); do
+        grep -q '^LISTENING' "$portfile" && break
+        sleep 0.05
+    done
+    port=$(awk '/^LISTENING/ {print $2}' "$portfile")
+    for ex in quickstart crud; do
+        "${vg[@]}" "$dir/examples/$ex" "ws://root:root@127.0.0.1:$port/rpc?ns=vg&db=$ex" \
+            >"$dir/valgrind-$ex.log" 2>&1 || { tail -n 30 "$dir/valgrind-$ex.log"; rc=1; }
+    done
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+    rm -f "$portfile"
+    if [ $rc -eq 0 ]; then
+        passed=$((passed + 5))
+    else
+        failed=$((failed + 1)); failed_runs+=("valgrind")
+    fi
+}
+
+if [ $quick -eq 0 ] && command -v valgrind >/dev/null 2>&1; then
+    run_valgrind "$build/plain"
+fi
 
 if [ $quick -eq 0 ]; then
     log "build: ASan+UBSan"
