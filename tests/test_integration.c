@@ -309,6 +309,12 @@ static void test_session_state_and_dirty_release(void **state)
     json_decref(out);
     assert_int_equal(surpool_conn_unset(c, "greeting", &err), SURPOOL_OK);
     assert_int_equal(surpool_conn_use(c, "test", "elsewhere", &err), SURPOOL_OK);
+    /* A transaction cannot outlive its request: the server refuses it and the
+     * statement error stays visible. */
+    assert_int_equal(surpool_conn_query(c, "BEGIN; CREATE txn_probe:1;", NULL, &out, &err),
+                     SURPOOL_OK);
+    assert_int_equal(surpool_query_check(out, &err), SURPOOL_ERR_SERVER);
+    json_decref(out);
     surpool_conn_release(c);
 
     /* The next borrower gets a connection exactly as configured. */
@@ -316,6 +322,13 @@ static void test_session_state_and_dirty_release(void **state)
     assert_int_equal(surpool_conn_query(c, "RETURN $greeting; INFO FOR DB", NULL, &out, &err),
                      SURPOOL_OK);
     assert_true(json_is_null(stmt_result(out, 0)));
+    json_decref(out);
+    /* Back in the configured database, and nothing of the transaction. */
+    assert_int_equal(surpool_conn_query(c, "SELECT * FROM txn_probe", NULL, &out, &err),
+                     SURPOOL_OK);
+    json_t *st0 = json_array_get(out, 0);
+    assert_true(json_array_size(json_object_get(st0, "result")) == 0 ||
+                strcmp(json_string_value(json_object_get(st0, "status")), "ERR") == 0);
     json_decref(out);
     out = NULL;
     assert_int_equal(surpool_conn_query(c, "CREATE marker:one; SELECT * FROM marker", NULL,
