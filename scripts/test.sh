@@ -62,6 +62,13 @@ log "build: plain (-Werror)"
 configure_and_build "$build/plain" -DSURPOOL_WERROR=ON
 run_suite plain "$build/plain"
 
+log "packaging: exported symbols, install + find_package/pkg-config, vendoring"
+if "$SURPOOL_ROOT/scripts/check-packaging.sh" "$build/plain"; then
+    passed=$((passed + 3))
+else
+    failed=$((failed + 1)); failed_runs+=("packaging")
+fi
+
 # valgrind memcheck on a subset: the unit programs, and the examples against a
 # real server (TSan/ASan cover the rest; valgrind is slow).
 run_valgrind() {
