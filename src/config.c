@@ -19,6 +19,25 @@ static surpool_err dup_field(char **dst, const char **pub, const char *src)
     return SURPOOL_OK;
 }
 
+/* signin_params may hold passwords: overwrite its strings before freeing.
+ * (jansson owns the buffers; writing through them is safe as we free next.) */
+static void wipe_json_strings(json_t *v)
+{
+    if (json_is_string(v)) {
+        surpool__wipe((char *)json_string_value(v), json_string_length(v));
+    } else if (json_is_object(v)) {
+        const char *k;
+        json_t *m;
+        json_object_foreach(v, k, m)
+            wipe_json_strings(m);
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *m;
+        json_array_foreach(v, i, m)
+            wipe_json_strings(m);
+    }
+}
+
 void surpool__config_free(surpool__pool_config *c)
 {
     surpool__free(c->url);
@@ -33,6 +52,7 @@ void surpool__config_free(surpool__pool_config *c)
     surpool__free(c->tls_ca_dir);
     surpool__free(c->tls_cert_file);
     surpool__free(c->tls_key_file);
+    wipe_json_strings(c->signin_params);
     json_decref(c->signin_params);
     memset(c, 0, sizeof(*c));
 }
@@ -186,6 +206,13 @@ surpool_err surpool__config_validate_merged(const surpool_config *c, surpool_err
     if (c->auth_level == SURPOOL_AUTH_DATABASE && c->db == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config.auth_level DATABASE needs config.ns and config.db");
+    if (c->access != NULL && c->user == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.access needs config.user and config.pass (sent as the "
+                               "access method's $user and $pass; use signin_params for others)");
+    if (c->auth_level != SURPOOL_AUTH_ROOT && c->user == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.auth_level applies to config.user only");
     if (c->access != NULL && (c->ns == NULL || c->db == NULL))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config.access needs config.ns and config.db");

@@ -9,7 +9,7 @@
  * connections to the pool, and fails queued requests whose deadline passed.
  *
  * Locking: lane->mu guards everything below and is never held while calling
- * the pool (acquire, release), the transport (submit) or a user callback.
+ * the pool, the transport (submit) or a user callback.
  * Completions run on the transport's thread; they only take lane->mu.
  *
  * Rule: every accepted request completes exactly once: by its reply or error
@@ -220,7 +220,13 @@ static void *lane_main(void *arg)
     surpool_pool *p = l->pool;
     pthread_mutex_lock(&l->mu);
     while (!l->stop) {
-        /* 1. Return dead connections with nothing in flight. */
+        /* 1. Return dead connections with nothing in flight. A connection past
+         *    its max lifetime takes no new requests: it drains, then the pool
+         *    retires it on return and the lane grows a fresh one on demand. */
+        int64_t tnow = surpool__now_ns();
+        for (int i = 0; i < l->nconns; i++)
+            if (tnow >= l->conns[i].c->expires_ns)
+                l->conns[i].dead = 1;
         for (int i = 0; i < l->nconns;) {
             lane_conn *lc = &l->conns[i];
             if (!lc->dead || lc->inflight > 0) {
@@ -242,6 +248,8 @@ static void *lane_main(void *arg)
             surpool_conn *c = NULL;
             surpool_error aerr;
             surpool_err rc = surpool_pool_acquire_at(p, -1, &c, &aerr, __FILE__, __LINE__);
+            if (rc == SURPOOL_OK)
+                surpool__pool_lane_mark(p, c);
             pthread_mutex_lock(&l->mu);
             if (rc == SURPOOL_OK) {
                 if (l->stop || l->closed) {
@@ -249,7 +257,6 @@ static void *lane_main(void *arg)
                     surpool_conn_release(c);
                     pthread_mutex_lock(&l->mu);
                 } else {
-                    surpool__pool_lane_mark(p, c);
                     l->conns[l->nconns].c = c;
                     l->conns[l->nconns].inflight = 0;
                     l->conns[l->nconns].dead = 0;

@@ -109,6 +109,19 @@ static void idle_push_front(surpool_pool *p, surpool_conn *c)
     c->state = SURPOOL__CONN_IDLE;
 }
 
+static void idle_push_back(surpool_pool *p, surpool_conn *c)
+{
+    c->idle_next = NULL;
+    c->idle_prev = p->idle_tail;
+    if (p->idle_tail != NULL)
+        p->idle_tail->idle_next = c;
+    else
+        p->idle_head = c;
+    p->idle_tail = c;
+    p->nidle++;
+    c->state = SURPOOL__CONN_IDLE;
+}
+
 static void idle_unlink(surpool_pool *p, surpool_conn *c)
 {
     if (c->idle_prev != NULL)
@@ -233,7 +246,7 @@ static int64_t hist_percentile(const uint32_t *h, int64_t max, double q)
 
 /* ---- events: collected under the mutex, emitted after it is released ---- */
 
-#define EVQ_MAX 16
+#define EVQ_MAX 32
 typedef struct evq {
     surpool_event ev[EVQ_MAX];
     char msg[EVQ_MAX][128];
@@ -316,18 +329,25 @@ static void kick_connectors_locked(surpool_pool *p)
 }
 
 /* A usable connection is free: give it to the oldest waiter, else make it idle.
- * The caller has taken `c` out of nleased / nconnecting already. */
-static void put_conn_locked(surpool_pool *p, surpool_conn *c)
+ * The caller has taken `c` out of nleased / nconnecting already. `used` says a
+ * user had it (it counts as recently used); a keepalive ping does not make a
+ * connection "used", so it goes back to the cold end with its idle clock
+ * unchanged (idle_timeout_ms still applies). */
+static void put_conn_locked(surpool_pool *p, surpool_conn *c, int used)
 {
     surpool__waiter *w = p->wait_head;
+    int64_t now = surpool__now_ns();
+    c->last_checked_ns = now;
     if (w != NULL && !p->closed && !p->paused) {
         c->state = SURPOOL__CONN_LEASED;
         p->nleased++;
         p->stats.handoffs++;
         waiter_finish(p, w, SURPOOL_OK, c);
-    } else {
-        c->last_used_ns = surpool__now_ns();
+    } else if (used) {
+        c->last_used_ns = now;
         idle_push_front(p, c);
+    } else {
+        idle_push_back(p, c);
     }
 }
 
@@ -474,7 +494,8 @@ static void *connector_main(void *arg)
                 close_forgotten(p, c);
                 pthread_mutex_lock(&p->mu);
             } else {
-                put_conn_locked(p, c);
+                c->last_used_ns = surpool__now_ns();
+                put_conn_locked(p, c, 1);
             }
         } else {
             p->stats.connect_failures++;
@@ -536,7 +557,8 @@ static surpool_err ping_with_deadline(surpool_conn *c, long timeout_ms, surpool_
     return surpool__rpc(c, "ping", NULL, surpool__deadline_after_ms(timeout_ms), NULL, err);
 }
 
-#define MAINT_BATCH 32
+/* Per tick, so that one tick's events fit the event queue (EVQ_MAX). */
+#define MAINT_BATCH 6
 
 static void maintain_once_locked(surpool_pool *p, evq *q)
 {
@@ -577,7 +599,7 @@ static void maintain_once_locked(surpool_pool *p, evq *q)
     if (cfg->keepalive_interval_ms > 0 && p->nwaiters == 0) {
         for (c = p->idle_tail; c != NULL && np < MAINT_BATCH;) {
             surpool_conn *prev = c->idle_prev;
-            if (now - c->last_used_ns >= ms_to_ns(cfg->keepalive_interval_ms)) {
+            if (now - c->last_checked_ns >= ms_to_ns(cfg->keepalive_interval_ms)) {
                 idle_unlink(p, c);
                 c->state = SURPOOL__CONN_LEASED;
                 c->maint = 1;
@@ -594,6 +616,8 @@ static void maintain_once_locked(surpool_pool *p, evq *q)
         for (c = p->all_head; c != NULL; c = c->all_next) {
             if (c->state != SURPOOL__CONN_LEASED || c->maint || c->lane || c->leak_reported)
                 continue;
+            if (q->n >= EVQ_MAX - 3 * MAINT_BATCH)
+                break; /* the rest next tick: no event is dropped */
             int64_t age = now - c->lease_start_ns;
             if (age < ms_to_ns(cfg->leak_threshold_ms))
                 continue;
@@ -634,7 +658,7 @@ static void maintain_once_locked(surpool_pool *p, evq *q)
         p->stats.validations++;
         if (prc[i] == SURPOOL_OK && !p->closed) {
             p->nleased--;
-            put_conn_locked(p, c);
+            put_conn_locked(p, c, 0);
             continue;
         }
         if (prc[i] != SURPOOL_OK) {
@@ -642,6 +666,8 @@ static void maintain_once_locked(surpool_pool *p, evq *q)
             evq_add(p, q, SURPOOL_EVENT_HEALTH_FAIL, c->serial, 0, prc[i],
                     "keepalive ping failed", NULL, 0);
         }
+        evq_add(p, q, SURPOOL_EVENT_DESTROY, c->serial, 0, prc[i],
+                prc[i] != SURPOOL_OK ? "keepalive ping failed" : "pool closed", NULL, 0);
         forget_conn_locked(p, c);
         pthread_mutex_unlock(&p->mu);
         close_forgotten(p, c);
@@ -791,6 +817,10 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
             pthread_mutex_unlock(&p->mu);
             if (opened < cfg->min_connections) {
                 if (failed) {
+                    /* As acquire reports it: a connect that timed out is a
+                     * connect error. */
+                    if (cerr.code == SURPOOL_ERR_TIMEOUT)
+                        cerr.code = SURPOOL_ERR_CONNECT;
                     surpool__error_copy(err, &cerr);
                     rc = cerr.code;
                 } else {
@@ -977,7 +1007,7 @@ surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_co
             retire = "max_lifetime reached";
             p->stats.lifetime_retirements++;
         } else if (cfg->validation_idle_ms >= 0 &&
-                   now - c->last_used_ns > ms_to_ns(cfg->validation_idle_ms)) {
+                   now - c->last_checked_ns > ms_to_ns(cfg->validation_idle_ms)) {
             /* Idle a while: prove it works before lending it (outside mu). */
             p->stats.validations++;
             pthread_mutex_unlock(&p->mu);
@@ -1137,7 +1167,7 @@ void surpool_conn_release(surpool_conn *c)
         return;
     }
     p->nleased--;
-    put_conn_locked(p, c);
+    put_conn_locked(p, c, 1);
     leases_changed_locked(p);
     check_invariants(p);
     pthread_mutex_unlock(&p->mu); /* last touch of the pool */
@@ -1162,27 +1192,33 @@ surpool_err surpool_pool_resume(surpool_pool *p)
 {
     if (p == NULL)
         return SURPOOL_ERR_INVALID_ARG;
-    surpool_conn *dead[MAINT_BATCH];
+    surpool_conn *dead[EVQ_MAX];
     int ndead = 0;
     pthread_mutex_lock(&p->mu);
     p->paused = 0;
     /* Serve the queue from the idle list, oldest waiter first. */
     while (p->wait_head != NULL && p->idle_head != NULL) {
         surpool_conn *c = p->idle_head;
-        if (!surpool__conn_usable(c) && ndead < MAINT_BATCH) {
+        if (!surpool__conn_usable(c)) {
+            if (ndead == EVQ_MAX)
+                break; /* the maintainer reaps the rest; never hand a dead one out */
             p->stats.broken++;
             forget_conn_locked(p, c);
             dead[ndead++] = c;
             continue;
         }
         idle_unlink(p, c);
-        put_conn_locked(p, c);
+        put_conn_locked(p, c, 0);
     }
     kick_connectors_locked(p);
     check_invariants(p);
     pthread_mutex_unlock(&p->mu);
-    for (int i = 0; i < ndead; i++)
+    evq q = {.n = 0};
+    for (int i = 0; i < ndead; i++) {
+        evq_add(p, &q, SURPOOL_EVENT_DESTROY, dead[i]->serial, 0, SURPOOL_OK, "dead", NULL, 0);
         close_forgotten(p, dead[i]);
+    }
+    evq_flush(p, &q);
     return SURPOOL_OK;
 }
 

@@ -32,7 +32,8 @@ struct surpool_conn {
     int64_t created_ns;
     int64_t connect_ns;         /* how long opening it took */
     int64_t expires_ns;         /* INT64_MAX: no lifetime limit */
-    int64_t last_used_ns;       /* pool mutex: when it last became idle */
+    int64_t last_used_ns;       /* pool mutex: when a user last gave it back */
+    int64_t last_checked_ns;    /* pool mutex: last proof of life (use or ping) */
     int64_t lease_start_ns;     /* pool mutex: when the current lease began */
     const char *lease_file;     /* pool mutex: acquire call site */
     int lease_line;

@@ -112,6 +112,13 @@ int surpool__breaks_connection(surpool_err code)
 
 /* Methods whose effect outlives the call: a lease that used one must not be
  * lent to the next borrower as it is. */
+/* Requests whose text holds a password or token: wiped once sent. */
+static int carries_secret(const char *method)
+{
+    return strcmp(method, "signin") == 0 || strcmp(method, "signup") == 0 ||
+           strcmp(method, "authenticate") == 0;
+}
+
 int surpool__method_changes_session(const char *method)
 {
     static const char *const names[] = {"use", "signin", "signup", "authenticate",
@@ -144,9 +151,12 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
     surpool_error local;
     if (err == NULL)
         err = &local;
-    if (c->broken || c->t == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_BROKEN,
-                               "connection is broken: release it and acquire another");
+    if (c->broken || c->t == NULL) {
+        surpool__seterr(err, SURPOOL_ERR_BROKEN,
+                        "connection is broken: release it and acquire another");
+        snprintf(c->last_error, sizeof(c->last_error), "%s", err->message);
+        return SURPOOL_ERR_BROKEN;
+    }
 
     if (surpool__method_changes_session(method))
         c->session_dirty = 1; /* even on failure: the server may have applied it */
@@ -179,6 +189,8 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
         snprintf(req.message, sizeof(req.message), "%s", surpool_strerror(rc));
     }
     surpool__sync_destroy(&s);
+    if (carries_secret(method))
+        surpool__wipe(req.buf, p->ops->headroom + req.len);
     surpool__free(req.buf);
 
     req.status = rc;
