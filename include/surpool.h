@@ -117,8 +117,9 @@ typedef void (*surpool_log_fn)(void *userdata, surpool_log_level level,
 /* Configuration                                                              */
 /* ------------------------------------------------------------------------- */
 
-/** Called on every new connection after signin/use, before anyone gets it.
- *  Runs on the thread that opened the connection, without the pool lock held.
+/** Called on every new connection after signin/use, before anyone gets it,
+ *  and again when a dirty lease is reset on release. Runs on the thread doing
+ *  that (a connector thread, or the releasing caller), without the pool lock.
  *  It may call the surpool_conn_* functions on `conn` (and nothing else of the
  *  pool); it must not release it. Return SURPOOL_OK to accept the connection,
  *  anything else to discard it (counted as a connect failure). */
@@ -154,7 +155,8 @@ typedef struct surpool_event {
 } surpool_event;
 
 /** Event sink. Called on the thread where the event happened (a caller's, a
- *  connector's or the maintainer's), never with the pool lock held, possibly
+ *  connector's, the maintainer's or the lane's), never with the pool lock held,
+ *  possibly
  *  concurrently. It may call surpool_pool_stats() and log; it must not acquire,
  *  release, pause, drain, close or destroy on the pool, and must be quick. */
 typedef void (*surpool_event_fn)(void *userdata, const surpool_event *event);
@@ -224,8 +226,12 @@ typedef struct surpool_config {
     void *event_userdata;
 
     /* Shared lane (surpool_query, surpool_call, *_async). */
-    int shared_connections;        /**< lane connections; 0 = pool-level calls lease a
-                                        connection each; default 2 */
+    int shared_connections;        /**< lane connections (at most max_connections - 1,
+                                        so leases always have one); 0 = pool-level
+                                        calls lease a connection each; default 2. Lane
+                                        connections are kept until they die or reach
+                                        max_lifetime_ms; idle_timeout_ms and keepalive
+                                        do not apply to them. */
     int shared_max_inflight;       /**< requests in flight per lane socket; default 256 */
 
     /* Transport. */
@@ -285,9 +291,15 @@ SURPOOL_API void surpool_pool_destroy(surpool_pool *pool);
  *  @param out  receives the lease on success.
  *  @return SURPOOL_OK; SURPOOL_ERR_TIMEOUT; SURPOOL_ERR_CLOSED;
  *          SURPOOL_ERR_OVERLOADED (max_waiters reached, returned at once);
- *          SURPOOL_ERR_CONNECT / _AUTH / _TLS (the timeout passed while opening
- *          connections failed; carries the last connect error);
- *          SURPOOL_ERR_UNAVAILABLE (server known down); SURPOOL_ERR_INVALID_ARG.
+ *          SURPOOL_ERR_PAUSED (fail-fast pause);
+ *          when the timeout passed while opening connections kept failing, the
+ *          last connect error: SURPOOL_ERR_CONNECT (a connect timeout included),
+ *          _AUTH, _TLS, or whatever connection setup got (_SERVER from `use` or
+ *          init_sql, the on_connect hook's code, ...);
+ *          SURPOOL_ERR_UNAVAILABLE (circuit open: server known down);
+ *          SURPOOL_ERR_INVALID_ARG.
+ *  An idle connection unused for validation_idle_ms is pinged first, so even
+ *  timeout_ms = 0 may take up to validation_timeout_ms per such connection.
  *  Thread safety: Any thread. Not from a surpool callback. */
 SURPOOL_API surpool_err surpool_pool_acquire(surpool_pool *pool, long timeout_ms,
                                              surpool_conn **out, surpool_error *err);
@@ -309,7 +321,8 @@ SURPOOL_API surpool_err surpool_pool_pause(surpool_pool *pool, int fail_fast);
 /** Lend again: queued waiters are served in arrival order. Any thread. */
 SURPOOL_API surpool_err surpool_pool_resume(surpool_pool *pool);
 
-/** Wait until every lease is back (in_use == 0), up to timeout_ms (< 0: forever).
+/** Wait until every user lease is back, up to timeout_ms (< 0: forever). The
+ *  shared lane's connections and the maintainer's pings are not waited for.
  *  @return SURPOOL_OK or SURPOOL_ERR_TIMEOUT. Thread safety: Any thread. Not from
  *  a surpool callback, and not while holding a lease of this pool yourself. */
 SURPOOL_API surpool_err surpool_pool_drain(surpool_pool *pool, long timeout_ms);
@@ -445,16 +458,20 @@ typedef void (*surpool_result_fn)(void *userdata, surpool_err code, json_t *resu
                                   const surpool_error *err);
 
 /** Queue SurrealQL on the shared lane and return at once. If this returns
- *  SURPOOL_OK, `cb` is called exactly once later (success or failure); if it
- *  returns an error (bad argument, pool closed, out of memory), `cb` is never
- *  called. The call's deadline is request_timeout_ms from now, queueing
- *  included. Needs shared_connections > 0 (else SURPOOL_ERR_INVALID_ARG).
+ *  SURPOOL_OK, `cb` is called exactly once (success or failure): usually later
+ *  on the transport's thread, but possibly before this returns (the send was
+ *  refused) or on a thread calling surpool_pool_close()/destroy() (CLOSED,
+ *  DISCONNECTED). If it returns an error (bad argument, pool closed, out of
+ *  memory), `cb` is never called. The deadline is request_timeout_ms from now,
+ *  queueing included. Needs a lane: shared_connections > 0 and
+ *  max_connections > 1 (else SURPOOL_ERR_INVALID_ARG).
  *  Thread safety: Any thread, including from a surpool_result_fn. */
 SURPOOL_API surpool_err surpool_query_async(surpool_pool *pool, const char *sql,
                                             const json_t *vars, surpool_result_fn cb,
                                             void *userdata);
 
-/** surpool_query_async() for any lane method (as surpool_call()). */
+/** surpool_query_async() for any lane method (as surpool_call()).
+ *  Thread safety: Any thread, including from a surpool_result_fn. */
 SURPOOL_API surpool_err surpool_call_async(surpool_pool *pool, const char *method,
                                            const json_t *params, surpool_result_fn cb,
                                            void *userdata);
@@ -475,8 +492,12 @@ SURPOOL_API surpool_err surpool_query_check(const json_t *result, surpool_error 
 /* surpool_conn_call(). "thing" is a table name ("person") or a record id     */
 /* ("person:tobie"): the server parses it (see docs/json-values.md).          */
 /* Calls that change session state (use, signin, signup, authenticate,        */
-/* invalidate, let, unset) make the lease "dirty": on release it is closed    */
-/* rather than lent to someone else with that state.                          */
+/* invalidate, let, unset, and raw reset, begin, live, attach, detach) make   */
+/* the lease "dirty": on release it is reset to the configured state (reset,  */
+/* signin, use, init_sql, on_connect, on the releasing thread) before anyone  */
+/* else gets it, or closed if that fails or config.close_dirty_leases is set.  */
+/* Session changes made inside SurrealQL (a USE statement) are not seen: call */
+/* surpool_conn_discard() before releasing such a lease.                      */
 /* ------------------------------------------------------------------------- */
 
 /** `ping`: a round trip. */

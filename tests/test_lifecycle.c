@@ -267,6 +267,24 @@ static void test_keepalive_pings_idle(void **state)
     surpool_conn_release(c);
 }
 
+/* Keepalive pings prove a connection alive; they do not make it "used": an
+ * idle connection still retires after idle_timeout_ms. */
+static void test_keepalive_does_not_defeat_idle_timeout(void **state)
+{
+    fixture *f = *state;
+    surpool_config cfg;
+    base(f, &cfg);
+    cfg.keepalive_interval_ms = 5;
+    cfg.idle_timeout_ms = 60;
+    create(f, &cfg);
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(f->pool, 1000, &c, NULL), SURPOOL_OK);
+    surpool_conn_release(c);
+    WAIT_UNTIL(stats(f).idle_retirements == 1);
+    assert_true(atomic_load(&f->pings) >= 1);
+    assert_int_equal(stats(f).total, 0);
+}
+
 static void test_leak_reported_once_with_call_site(void **state)
 {
     fixture *f = *state;
@@ -401,6 +419,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_idle_timeout_keeps_minimum, setup, teardown),
         cmocka_unit_test_setup_teardown(test_validation_on_acquire, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keepalive_pings_idle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keepalive_does_not_defeat_idle_timeout, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_leak_reported_once_with_call_site, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pause_resume_drain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_events_and_percentiles, setup, teardown),
