@@ -9,7 +9,8 @@
  * connections to the pool, and fails queued requests whose deadline passed.
  *
  * Locking: lane->mu guards everything below and is never held while calling
- * the pool, the transport (submit) or a user callback.
+ * the pool, the transport (submit) or a user callback. The pool may take it
+ * under its own mutex (stats): order pool -> lane.
  * Completions run on the transport's thread; they only take lane->mu.
  *
  * Rule: every accepted request completes exactly once: by its reply or error

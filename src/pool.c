@@ -889,8 +889,13 @@ void surpool_pool_destroy(surpool_pool *p)
     pthread_mutex_lock(&p->mu);
     close_locked(p);
     pthread_mutex_unlock(&p->mu);
-    surpool__lane_destroy(p->lane); /* gives its leases back */
+    /* The lane gives its leases back. Unhooked under the mutex: an event
+     * callback on a connector thread may be reading stats right now. */
+    pthread_mutex_lock(&p->mu);
+    surpool__lane *lane = p->lane;
     p->lane = NULL;
+    pthread_mutex_unlock(&p->mu);
+    surpool__lane_destroy(lane);
     if (p->maintainer_started)
         pthread_join(p->maintainer, NULL);
 
@@ -1263,8 +1268,10 @@ surpool_err surpool_pool_stats(surpool_pool *p, surpool_stats *out)
     out->connect_p95_us = hist_percentile(p->connect_hist, p->connect_max_us, 0.95);
     out->connect_p99_us = hist_percentile(p->connect_hist, p->connect_max_us, 0.99);
     out->connect_max_us = p->connect_max_us;
-    pthread_mutex_unlock(&p->mu);
+    /* Lock order pool -> lane; the lane never takes the pool mutex while it
+     * holds its own. */
     surpool__lane_stats(p->lane, out);
+    pthread_mutex_unlock(&p->mu);
     out->struct_size = sizeof(*out);
     out->requests = atomic_load(&p->requests);
     out->request_errors = atomic_load(&p->request_errors);

@@ -33,6 +33,7 @@ typedef struct fixture {
     int events[16];
     atomic_int pings;
     atomic_int ping_fail;
+    _Atomic(surpool_pool *) event_pool; /* f->pool, published for event callbacks */
 } fixture;
 
 static int setup(void **state)
@@ -47,6 +48,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
+    atomic_store(&f->event_pool, NULL); /* destroy() may still deliver events */
     if (f->pool != NULL) {
         surpool_stats st;
         surpool_pool_stats(f->pool, &st);
@@ -75,8 +77,9 @@ static void count_event(void *ud, const surpool_event *ev)
     assert_non_null(ev->message);
     /* The rule says a callback may read stats: prove it does not deadlock. */
     surpool_stats st;
-    if (f->pool != NULL)
-        surpool_pool_stats(f->pool, &st);
+    surpool_pool *pool = atomic_load(&f->event_pool);
+    if (pool != NULL)
+        surpool_pool_stats(pool, &st);
     pthread_mutex_lock(&f->mu);
     if (ev->type > 0 && ev->type < 16)
         f->events[ev->type]++;
@@ -125,6 +128,7 @@ static void create(fixture *f, surpool_config *cfg)
     surpool_error err;
     if (surpool__pool_create_with(cfg, &fake_transport_ops, &f->fs, &f->pool, &err) != SURPOOL_OK)
         fail_msg("create: %s", err.message);
+    atomic_store(&f->event_pool, f->pool);
 }
 
 static surpool_stats stats(fixture *f)
