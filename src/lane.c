@@ -53,6 +53,7 @@ struct surpool__lane {
     int nconns, target, cap;
     lane_req *pend_head, *pend_tail;
     int npending, inflight;
+    int completing; /* on_done() calls between giving a slot back and returning */
     int want_grow;
     int64_t grow_not_before_ns; /* after a failed acquire: pace the retries */
     int closed;
@@ -123,13 +124,17 @@ static void on_done(surpool__treq *treq)
         pthread_mutex_unlock(&l->mu);
     }
     finish(r);
-    pump(l);
-    /* Counted out last: destroy waits for inflight == 0 before freeing the
-     * lane, and this may run on the transport's thread while it does. */
+    /* Give the slot back, then send what queued behind it. `completing` keeps
+     * destroy waiting until this function no longer touches the lane: this
+     * may run on the transport's thread while destroy runs. */
     pthread_mutex_lock(&l->mu);
     lc->inflight--;
     l->inflight--;
-    if (l->inflight == 0 && l->stop)
+    l->completing++;
+    pthread_mutex_unlock(&l->mu);
+    pump(l);
+    pthread_mutex_lock(&l->mu);
+    if (--l->completing == 0 && l->inflight == 0 && l->stop)
         pthread_cond_broadcast(&l->cv);
     pthread_mutex_unlock(&l->mu); /* last touch of the lane */
 }
@@ -415,7 +420,7 @@ void surpool__lane_destroy(surpool__lane *l)
     /* Completions of what was in flight may still be running on the
      * transport's thread: wait for the last one to count itself out. */
     pthread_mutex_lock(&l->mu);
-    while (l->inflight > 0)
+    while (l->inflight > 0 || l->completing > 0)
         pthread_cond_wait(&l->cv, &l->mu);
     pthread_mutex_unlock(&l->mu);
     pthread_cond_destroy(&l->cv);

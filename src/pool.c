@@ -333,10 +333,9 @@ static void kick_connectors_locked(surpool_pool *p)
  * user had it (it counts as recently used); a keepalive ping does not make a
  * connection "used", so it goes back to the cold end with its idle clock
  * unchanged (idle_timeout_ms still applies). */
-static void put_conn_locked(surpool_pool *p, surpool_conn *c, int used)
+static void put_conn_locked(surpool_pool *p, surpool_conn *c, int used, int64_t now)
 {
     surpool__waiter *w = p->wait_head;
-    int64_t now = surpool__now_ns();
     c->last_checked_ns = now;
     if (w != NULL && !p->closed && !p->paused) {
         c->state = SURPOOL__CONN_LEASED;
@@ -431,7 +430,8 @@ static void fail_stranded_waiters_locked(surpool_pool *p)
 static void *connector_main(void *arg)
 {
     surpool_pool *p = arg;
-    evq q = {.n = 0};
+    evq q; /* not zero-filled: only q.n matters, and it is 6 KB */
+    q.n = 0;
     pthread_mutex_lock(&p->mu);
     for (;;) {
         if (p->closed)
@@ -494,8 +494,7 @@ static void *connector_main(void *arg)
                 close_forgotten(p, c);
                 pthread_mutex_lock(&p->mu);
             } else {
-                c->last_used_ns = surpool__now_ns();
-                put_conn_locked(p, c, 1);
+                put_conn_locked(p, c, 1, surpool__now_ns());
             }
         } else {
             p->stats.connect_failures++;
@@ -658,7 +657,7 @@ static void maintain_once_locked(surpool_pool *p, evq *q)
         p->stats.validations++;
         if (prc[i] == SURPOOL_OK && !p->closed) {
             p->nleased--;
-            put_conn_locked(p, c, 0);
+            put_conn_locked(p, c, 0, surpool__now_ns());
             continue;
         }
         if (prc[i] != SURPOOL_OK) {
@@ -679,7 +678,8 @@ static void maintain_once_locked(surpool_pool *p, evq *q)
 static void *maintainer_main(void *arg)
 {
     surpool_pool *p = arg;
-    evq q = {.n = 0};
+    evq q; /* not zero-filled: only q.n matters, and it is 6 KB */
+    q.n = 0;
     pthread_mutex_lock(&p->mu);
     while (!p->closed) {
         int64_t next = surpool__now_ns() + ms_to_ns(p->cfg.pub.maintenance_interval_ms);
@@ -953,10 +953,9 @@ static surpool_err timeout_error_locked(surpool_pool *p, long timeout_ms, surpoo
 }
 
 /* Book a lease that is about to be returned to its caller. */
-static void grant_locked(surpool_pool *p, surpool_conn *c, int64_t t0, const char *file,
-                         int line, evq *q)
+static void grant_locked(surpool_pool *p, surpool_conn *c, int64_t t0, int64_t now,
+                         const char *file, int line, evq *q)
 {
-    int64_t now = surpool__now_ns();
     c->lease_start_ns = now;
     c->lease_file = file;
     c->lease_line = line;
@@ -975,10 +974,13 @@ surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_co
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "pool and out are required");
     if (timeout_ms < 0)
         timeout_ms = p->cfg.pub.acquire_timeout_ms;
-    int64_t t0 = surpool__now_ns();
-    int64_t deadline = surpool__deadline_after_ms(timeout_ms);
+    int64_t t0 = surpool__now_ns(); /* the one clock read of the fast path */
+    int64_t deadline = (int64_t)timeout_ms > (INT64_MAX - t0) / SURPOOL__NS_PER_MS
+                           ? INT64_MAX
+                           : t0 + ms_to_ns(timeout_ms);
     const surpool_config *cfg = &p->cfg.pub;
-    evq q = {.n = 0};
+    evq q; /* not zero-filled: only q.n matters, and it is 6 KB */
+    q.n = 0;
     surpool_err rc;
 
     pthread_mutex_lock(&p->mu);
@@ -1002,7 +1004,8 @@ surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_co
         idle_unlink(p, c);
         c->state = SURPOOL__CONN_LEASED;
         p->nleased++;
-        int64_t now = surpool__now_ns();
+        int64_t now = t0;
+        int validated = 0;
         const char *retire = NULL;
         surpool_err why = SURPOOL_OK;
         if (!surpool__conn_usable(c)) {
@@ -1015,6 +1018,7 @@ surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_co
                    now - c->last_checked_ns > ms_to_ns(cfg->validation_idle_ms)) {
             /* Idle a while: prove it works before lending it (outside mu). */
             p->stats.validations++;
+            validated = 1;
             pthread_mutex_unlock(&p->mu);
             surpool_error verr;
             why = ping_with_deadline(c, cfg->validation_timeout_ms, &verr);
@@ -1038,7 +1042,8 @@ surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_co
             pthread_mutex_lock(&p->mu);
             continue;
         }
-        grant_locked(p, c, t0, file, line, &q);
+        /* A validation ping took time; otherwise no need to read the clock. */
+        grant_locked(p, c, t0, validated ? surpool__now_ns() : t0, file, line, &q);
         pthread_mutex_unlock(&p->mu);
         evq_flush(p, &q);
         *out = c;
@@ -1085,7 +1090,7 @@ surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_co
     }
     pthread_cond_destroy(&w.cv);
     if (w.outcome == SURPOOL_OK) {
-        grant_locked(p, w.conn, t0, file, line, &q);
+        grant_locked(p, w.conn, t0, surpool__now_ns(), file, line, &q);
         pthread_mutex_unlock(&p->mu);
         evq_flush(p, &q);
         *out = w.conn;
@@ -1114,7 +1119,8 @@ void surpool_conn_release(surpool_conn *c)
     if (c == NULL)
         return;
     surpool_pool *p = c->pool;
-    evq q = {.n = 0};
+    evq q; /* not zero-filled: only q.n matters, and it is 6 KB */
+    q.n = 0;
     c->last_error[0] = '\0';
 
     /* A lease whose session state changed must not reach the next borrower as
@@ -1172,7 +1178,7 @@ void surpool_conn_release(surpool_conn *c)
         return;
     }
     p->nleased--;
-    put_conn_locked(p, c, 1);
+    put_conn_locked(p, c, 1, now);
     leases_changed_locked(p);
     check_invariants(p);
     pthread_mutex_unlock(&p->mu); /* last touch of the pool */
@@ -1213,12 +1219,13 @@ surpool_err surpool_pool_resume(surpool_pool *p)
             continue;
         }
         idle_unlink(p, c);
-        put_conn_locked(p, c, 0);
+        put_conn_locked(p, c, 0, surpool__now_ns());
     }
     kick_connectors_locked(p);
     check_invariants(p);
     pthread_mutex_unlock(&p->mu);
-    evq q = {.n = 0};
+    evq q; /* not zero-filled: only q.n matters, and it is 6 KB */
+    q.n = 0;
     for (int i = 0; i < ndead; i++) {
         evq_add(p, &q, SURPOOL_EVENT_DESTROY, dead[i]->serial, 0, SURPOOL_OK, "dead", NULL, 0);
         close_forgotten(p, dead[i]);

@@ -281,6 +281,25 @@ static void test_queue_deadline_and_capacity(void **state)
     free(t);
 }
 
+/* A queued request goes out as soon as the one ahead of it completes (it used
+ * to wait for the next completion or its own deadline). */
+static void test_queued_request_sent_when_slot_frees(void **state)
+{
+    fixture *f = *state;
+    atomic_store(&f->fs.call_latency_us, 20000);
+    surpool_pool *p = make_pool(f, 2, 1, 1, 20000);
+    tally *t = calloc(1, sizeof(*t));
+    enum { N = 5 };
+    tag tags[N];
+    for (int i = 0; i < N; i++) {
+        tags[i] = (tag){t, i};
+        assert_int_equal(surpool_call_async(p, "ping", NULL, on_result, &tags[i]), SURPOOL_OK);
+    }
+    wait_count(&t->done, N);
+    assert_int_equal(atomic_load(&t->codes[SURPOOL_OK]), N);
+    free(t);
+}
+
 static void test_dead_socket_replaced(void **state)
 {
     fixture *f = *state;
@@ -375,6 +394,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_async_exactly_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_chain_from_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_deadline_and_capacity, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_queued_request_sent_when_slot_frees, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_dead_socket_replaced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_and_destroy_with_work_outstanding, setup,
                                         teardown),
