@@ -146,6 +146,8 @@ for r in $(seq 1 "$runs"); do
         "${tp[@]}" --no-burst
     run burst-real "$d/burst.jsonl" "$bin/bench_burst" --url "$real_url" "${auth[@]}" \
         --server real --bursts "$bursts" --conns "$burst_conns" --sleeps "$sleeps"
+    run burst-null "$d/burst.jsonl" "$bin/bench_burst" --url "$null_url" --server null \
+        --rpc-sleep --bursts "$bursts" --conns "$burst_conns" --sleeps "$sleeps"
     run burst-bench-core "$d/burst.jsonl" "$bin/bench_burst" --url "$bcore_url" "${auth[@]}" \
         --server bench-core --impls lane,bare --bursts "$bursts" --sleeps "$sleeps"
     for n in "${scale_ns[@]}"; do

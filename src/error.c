@@ -77,6 +77,23 @@ surpool_err surpool__seterr(surpool_error *err, surpool_err code, const char *fm
     return code;
 }
 
+size_t surpool__strlcpy(char *dst, const char *src, size_t size)
+{
+    if (size == 0)
+        return 0;
+    if (src == NULL)
+        src = "";
+    size_t n = strnlen(src, size - 1);
+    if (src[n] != '\0') {
+        /* Truncating: do not cut a multi-byte character in half. */
+        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
+            n--;
+    }
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+    return n;
+}
+
 void surpool__error_prefix(surpool_error *err, const char *prefix)
 {
     if (err == NULL || prefix == NULL)

@@ -33,6 +33,9 @@ int64_t surpool__deadline_after_ms(long ms);
 surpool_err surpool__seterr(surpool_error *err, surpool_err code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void surpool__error_clear(surpool_error *err);
+/* Copy src (NULL = "") into dst[size], truncating on a UTF-8 character
+ * boundary; always NUL-terminates when size > 0. Returns the bytes copied. */
+size_t surpool__strlcpy(char *dst, const char *src, size_t size);
 /* Put `prefix` in front of err->message (truncating the end to fit). */
 void surpool__error_prefix(surpool_error *err, const char *prefix);
 /* Copy src into dst if both non-NULL; returns src->code. */

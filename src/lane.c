@@ -103,9 +103,7 @@ static void fail(lane_req *r, surpool_err code, const char *message)
 {
     r->treq.status = code;
     r->treq.reply = NULL;
-    size_t n = strnlen(message, sizeof(r->treq.message) - 1);
-    memcpy(r->treq.message, message, n);
-    r->treq.message[n] = '\0';
+    surpool__strlcpy(r->treq.message, message, sizeof(r->treq.message));
     finish(r);
 }
 
@@ -464,7 +462,7 @@ static surpool_err enqueue(surpool_pool *p, lane_req *r, const char *method,
                            const json_t *params, surpool_error *err)
 {
     surpool__lane *l = p->lane;
-    snprintf(r->method, sizeof(r->method), "%s", method);
+    surpool__strlcpy(r->method, method, sizeof(r->method));
     r->lane = l;
     r->treq.done = on_done;
     r->treq.userdata = r;

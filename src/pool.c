@@ -267,7 +267,7 @@ static void evq_add(const surpool_pool *p, evq *q, surpool_event_type type, uint
     e->code = code;
     e->file = file;
     e->line = line;
-    snprintf(q->msg[q->n], sizeof(q->msg[q->n]), "%s", msg != NULL ? msg : "");
+    surpool__strlcpy(q->msg[q->n], msg != NULL ? msg : "", sizeof(q->msg[q->n]));
     q->n++;
 }
 

@@ -154,7 +154,7 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
     if (c->broken || c->t == NULL) {
         surpool__seterr(err, SURPOOL_ERR_BROKEN,
                         "connection is broken: release it and acquire another");
-        snprintf(c->last_error, sizeof(c->last_error), "%s", err->message);
+        surpool__strlcpy(c->last_error, err->message, sizeof(c->last_error));
         return SURPOOL_ERR_BROKEN;
     }
 
@@ -186,7 +186,7 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
         wait_done(c, &req, &s);
         rc = req.status;
     } else {
-        snprintf(req.message, sizeof(req.message), "%s", surpool_strerror(rc));
+        surpool__strlcpy(req.message, surpool_strerror(rc), sizeof(req.message));
     }
     surpool__sync_destroy(&s);
     if (carries_secret(method))
@@ -202,7 +202,7 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
         c->broken = 1;
     json_decref(req.reply);
     if (rc != SURPOOL_OK) {
-        snprintf(c->last_error, sizeof(c->last_error), "%s", err->message);
+        surpool__strlcpy(c->last_error, err->message, sizeof(c->last_error));
     } else {
         c->last_error[0] = '\0';
     }
@@ -229,7 +229,7 @@ static surpool_err call_stolen(surpool_conn *c, const char *method, json_t *para
         if (json_error_code(je) == json_error_out_of_memory)
             return surpool__seterr(err, SURPOOL_ERR_NOMEM, "%s: out of memory", method);
         surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s: bad argument: %s", method, je->text);
-        snprintf(c->last_error, sizeof(c->last_error), "%s", err != NULL ? err->message : "");
+        surpool__strlcpy(c->last_error, err != NULL ? err->message : "", sizeof(c->last_error));
         return SURPOOL_ERR_INVALID_ARG;
     }
     surpool_err rc = surpool__rpc(c, method, params, INT64_MAX, out, err);
@@ -240,7 +240,7 @@ static surpool_err call_stolen(surpool_conn *c, const char *method, json_t *para
 static surpool_err bad_arg(surpool_conn *c, surpool_error *err, const char *what)
 {
     if (c != NULL)
-        snprintf(c->last_error, sizeof(c->last_error), "%s", what);
+        surpool__strlcpy(c->last_error, what, sizeof(c->last_error));
     return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s", what);
 }
 
@@ -298,7 +298,7 @@ surpool_err surpool_query_check(const json_t *result, surpool_error *err)
                             msg != NULL ? msg : status);
             const char *kind = json_string_value(json_object_get(st, "kind"));
             if (err != NULL && kind != NULL)
-                snprintf(err->kind, sizeof(err->kind), "%s", kind);
+                surpool__strlcpy(err->kind, kind, sizeof(err->kind));
             return SURPOOL_ERR_SERVER;
         }
     }

@@ -1,0 +1,579 @@
+#!/usr/bin/env node
+// Turns the benches' JSON lines (results/run<N>/*.jsonl) into docs/PERFORMANCE.md
+// and docs/perf-{throughput,burst,pool}.png (gnuplot). Called by scripts/bench.sh.
+//
+// Figures are medians over the rounds. Ratios are computed inside each round
+// (both sides measured minutes apart on the same machine state) and then the
+// median of those ratios is shown.
+import { readFileSync, readdirSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { parseArgs } from 'node:util';
+
+const { values: opt } = parseArgs({
+  options: {
+    results: { type: 'string' }, 'out-dir': { type: 'string', default: 'docs' },
+    runs: { type: 'string' }, nproc: { type: 'string' }, cpu: { type: 'string' },
+    kernel: { type: 'string' }, date: { type: 'string' }, elapsed: { type: 'string' },
+    node: { type: 'string' }, lws: { type: 'string' }, zdb: { type: 'string' },
+    core: { type: 'string' }, quick: { type: 'string', default: '0' },
+    commit: { type: 'string', default: 'unknown' },
+  },
+  strict: true,
+});
+
+// ---------------------------------------------------------------------------
+// Load
+// ---------------------------------------------------------------------------
+const records = [];
+const runIds = [];
+for (const dir of readdirSync(opt.results).filter((d) => /^run\d+$/.test(d)).sort()) {
+  const run = Number(dir.slice(3));
+  runIds.push(run);
+  for (const f of readdirSync(join(opt.results, dir)).filter((x) => x.endsWith('.jsonl'))) {
+    for (const line of readFileSync(join(opt.results, dir, f), 'utf8').split('\n')) {
+      if (!line.trim()) continue;
+      try {
+        records.push({ ...JSON.parse(line), run });
+      } catch {
+        process.stderr.write(`report: skipping a bad line in ${dir}/${f}\n`);
+      }
+    }
+  }
+}
+
+const median = (xs) => {
+  const v = xs.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return null;
+  const m = Math.floor(v.length / 2);
+  return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+};
+const matches = (r, where) => Object.entries(where).every(([k, v]) => r[k] === v);
+const select = (where) => records.filter((r) => matches(r, where));
+/** Median over rounds of field `f` of the records matching `where`. */
+const med = (where, f) => median(select(where).map((r) => r[f]));
+/** Median over rounds of a(r)/b(r), both taken in the same round. */
+function medRatio(whereA, fA, whereB, fB = fA) {
+  const ratios = [];
+  for (const run of runIds) {
+    const a = select({ ...whereA, run })[0]?.[fA];
+    const b = select({ ...whereB, run })[0]?.[fB];
+    if (typeof a === 'number' && typeof b === 'number' && b !== 0) ratios.push(a / b);
+  }
+  return median(ratios);
+}
+/** Per round, a / max(b over several variants); median. */
+function medRatioBest(whereA, fA, whereBs, fB = fA) {
+  const ratios = [];
+  for (const run of runIds) {
+    const a = select({ ...whereA, run })[0]?.[fA];
+    const bs = whereBs.map((w) => select({ ...w, run })[0]?.[fB]).filter((x) => typeof x === 'number');
+    if (typeof a === 'number' && bs.length) ratios.push(a / Math.max(...bs));
+  }
+  return median(ratios);
+}
+const uniq = (xs) => [...new Set(xs)].sort((a, b) => a - b);
+const values = (where, f) => uniq(select(where).map((r) => r[f]).filter((x) => x !== undefined && x !== null));
+
+// ---------------------------------------------------------------------------
+// Formatting
+// ---------------------------------------------------------------------------
+const fmt = (x, d = 0) => (x === null || x === undefined ? '–' : Number(x).toLocaleString('en-US', { minimumFractionDigits: d, maximumFractionDigits: d }));
+const fmtRate = (x) => (x === null ? '–' : x >= 100000 ? `${fmt(x / 1000, 0)}k` : x >= 10000 ? `${fmt(x / 1000, 1)}k` : fmt(x, 0));
+const fmtNs = (ns) => {
+  if (ns === null || ns === undefined) return '–';
+  if (ns >= 1e6) return `${fmt(ns / 1e6, ns >= 1e7 ? 0 : 1)} ms`;
+  if (ns >= 1e3) return `${fmt(ns / 1e3, ns >= 1e4 ? 0 : 1)} µs`;
+  return `${fmt(ns, 0)} ns`;
+};
+const fmtX = (x, d = 2) => (x === null ? '–' : `${fmt(x, d)}×`);
+const fmtPct = (x) => (x === null ? '–' : `${fmt(x * 100, 0)}%`);
+const table = (head, rows) => [
+  `| ${head.join(' | ')} |`,
+  `| ${head.map((h, i) => (i === 0 ? '---' : '---:')).join(' | ')} |`,
+  ...rows.map((r) => `| ${r.join(' | ')} |`),
+].join('\n');
+
+const out = [];
+const p = (...lines) => out.push(...lines);
+
+// ---------------------------------------------------------------------------
+// Targets
+// ---------------------------------------------------------------------------
+const SERVERS = ['real', 'null', 'bench-core', 'bench-null'];
+const SDK_SERVERS = ['bench-core', 'bench-null'];
+const SERVER_LABEL = {
+  real: 'real core, tests/server (JSON)',
+  null: 'null server, tests/server/null_server.mjs (JSON, canned replies)',
+  'bench-core': 'real core, bench/cbor_server.mjs (JSON for surpool, CBOR for the SDK)',
+  'bench-null': 'canned replies, bench/cbor_server.mjs --null (JSON for surpool, CBOR for the SDK)',
+};
+const CONC = values({ bench: 'throughput' }, 'concurrency');
+const targets = [];
+
+// 1. Burst drain on the lease path within 1.1x of ideal.
+function leaseBurstsOf(server) {
+  const rows = [];
+  for (const M of values({ bench: 'burst', impl: 'lease', server }, 'M'))
+    for (const X of values({ bench: 'burst', impl: 'lease', server, M }, 'X_ms'))
+      for (const B of values({ bench: 'burst', impl: 'lease', server, M, X_ms: X }, 'B')) {
+        const w = { bench: 'burst', impl: 'lease', server, B, M, X_ms: X };
+        rows.push({ B, M, X, wall: med(w, 'wall_ms'), ideal: med(w, 'ideal_ms'),
+          ratio: med(w, 'ratio'), round: med(w, 'round_ms'), floor: med(w, 'floor_ms'),
+          ratioFloor: med(w, 'ratio_floor'), errors: med(w, 'errors') });
+      }
+  return rows;
+}
+const leaseBursts = leaseBurstsOf('real');
+const leaseBurstsNull = leaseBurstsOf('null');
+{
+  const summary = (rows) => {
+    const worst = rows.reduce((a, b) => (b.ratio > (a?.ratio ?? 0) ? b : a), null);
+    const within = rows.filter((b) => b.ratio <= 1.1).length;
+    return { worst, within, all: within === rows.length,
+      maxFloor: rows.length ? Math.max(...rows.map((b) => b.ratioFloor ?? 0)) : null,
+      text: worst ? `${within} of ${rows.length} configurations within 1.1×, worst ${fmtX(worst.ratio)} (B=${worst.B}, M=${worst.M}, X=${worst.X} ms)` : 'not measured' };
+  };
+  const sNull = summary(leaseBurstsNull);
+  const sReal = summary(leaseBursts);
+  const worstFloor = leaseBursts.reduce((a, b) => (b.ratioFloor > (a?.ratioFloor ?? 0) ? b : a), null);
+  let status = 'not measured';
+  if (sNull.worst && sReal.worst) status = sNull.all && sReal.all ? 'met' : sNull.all ? 'met by the pool; not met on the real core' : 'not met';
+  else if (sReal.worst) status = sReal.all ? 'met' : 'not met';
+  targets.push({
+    name: 'Burst drain on the lease path within 1.1× of ideal `ceil(B/M)×X`',
+    status,
+    text: `Pool alone (null server's \`sleep\` method: the server waits X and does nothing else): ${sNull.text}; ` +
+      (sNull.worst ? `one isolated round of M at once already takes ${fmt(Math.min(...leaseBurstsNull.map((b) => b.round - b.X)), 1)}–${fmt(Math.max(...leaseBurstsNull.map((b) => b.round - b.X)), 1)} ms more than X (round trip, timer and thread wake-up), and wall ÷ (rounds × that round) is at most ${fmtX(sNull.maxFloor)}: the queueing and handoff add nothing measurable. ` : '') +
+      `Real core (\`sleep(Xms)\` queries): ${sReal.text}` +
+      (worstFloor ? `; there one round of M requests at once already takes ${fmt(Math.min(...leaseBursts.map((b) => b.round - b.X)), 1)}–${fmt(Math.max(...leaseBursts.map((b) => b.round - b.X)), 1)} ms more than X (server work), and wall ÷ (rounds × that round) is at most ${fmtX(worstFloor.ratioFloor)}.` : '.'),
+  });
+}
+
+// 2. Lane >= JS SDK throughput at every concurrency, and burst time.
+{
+  const rows = [];
+  let allOk = true;
+  let measured = false;
+  for (const server of SDK_SERVERS)
+    for (const c of CONC) {
+      const lane = { bench: 'throughput', server, impl: 'lane_async', concurrency: c };
+      const sdks = ['sdk-1sock', 'sdk-Nsock'].map((impl) => ({ bench: 'throughput', server, impl, concurrency: c }));
+      const r = medRatioBest(lane, 'ops_per_s', sdks);
+      if (r === null) continue;
+      measured = true;
+      if (r < 1) allOk = false;
+      rows.push(`${server} c=${c}: ${fmtX(r)}`);
+    }
+  const bursts = [];
+  for (const X of values({ bench: 'burst', impl: 'sdk', server: 'bench-core' }, 'X_ms'))
+    for (const B of values({ bench: 'burst', impl: 'sdk', server: 'bench-core', X_ms: X }, 'B')) {
+      const laneDefault = select({ bench: 'burst', impl: 'lane', server: 'bench-core', B, X_ms: X })
+        .filter((r) => r.max_inflight === Math.min(...values({ bench: 'burst', impl: 'lane' }, 'max_inflight')));
+      const ratios = [];
+      for (const run of runIds) {
+        const l = laneDefault.find((r) => r.run === run)?.wall_ms;
+        const s = select({ bench: 'burst', impl: 'sdk', server: 'bench-core', B, X_ms: X, run })[0]?.wall_ms;
+        if (l && s) ratios.push(s / l);
+      }
+      const r = median(ratios);
+      if (r === null) continue;
+      measured = true;
+      if (r < 1) allOk = false;
+      bursts.push(`B=${B} X=${X}: ${fmtX(r)}`);
+    }
+  targets.push({
+    name: 'Shared lane ≥ the JS SDK\'s throughput at every concurrency, and its burst time',
+    status: !measured ? 'not measured' : allOk ? 'met' : 'not met',
+    text: `Both against bench/cbor_server.mjs (the same core; JSON for surpool, CBOR for the SDK). Throughput, lane (\`surpool_query_async\`, N in flight) ÷ the better of the SDK on 1 socket and on N sockets: ${rows.join('; ')}. ` +
+      `Burst, SDK wall time ÷ lane wall time (≥ 1× means the lane drains at least as fast): ${bursts.join('; ')}.`,
+  });
+}
+
+// 3. >= 90% of the bare client's throughput.
+{
+  const rows = [];
+  const laneBare = [];
+  let allOk = true;
+  let measured = false;
+  for (const server of SERVERS)
+    for (const c of CONC) {
+      const r = medRatio({ bench: 'throughput', server, impl: 'lane_async', concurrency: c }, 'ops_per_s',
+        { bench: 'throughput', server, impl: 'bare', concurrency: c });
+      if (r === null) continue;
+      measured = true;
+      if (r < 0.9) allOk = false;
+      rows.push(`${server} c=${c}: ${fmtPct(r)}`);
+      laneBare.push(r);
+    }
+  targets.push({
+    name: 'Shared lane ≥ 90% of the bare client\'s throughput',
+    status: !measured ? 'not measured' : allOk ? 'met' : 'not met',
+    text: `lane_async ÷ bare (same transport and codec, no pool, 2 sockets), per server and concurrency: ${rows.join('; ')}. ` +
+      `Median over these points ${fmtPct(median(laneBare))}, lowest ${fmtPct(laneBare.length ? Math.min(...laneBare) : null)}; ` +
+      `the bare client's own spread between rounds (max ÷ min, median over points) is ${fmtX(median(SERVERS.flatMap((server) => CONC.map((c) => {
+        const v = select({ bench: 'throughput', server, impl: 'bare', concurrency: c }).map((r) => r.ops_per_s);
+        return v.length > 1 ? Math.max(...v) / Math.min(...v) : null;
+      }))))}.`,
+  });
+}
+
+// 4. Pool overhead uncontended < 200 ns per acquire+release.
+{
+  const rows = values({ bench: 'pool', impl: 'surpool', threads: 1 }, 'conns')
+    .map((conns) => ({ conns, ns: med({ bench: 'pool', impl: 'surpool', threads: 1, conns }, 'ns_per_op') }));
+  const worst = Math.max(...rows.map((r) => r.ns));
+  targets.push({
+    name: 'Pool overhead uncontended < 200 ns per acquire+release',
+    status: rows.length === 0 ? 'not measured' : worst < 200 ? 'met' : 'not met',
+    text: rows.map((r) => `${r.conns} conn${r.conns > 1 ? 's' : ''}: ${fmt(r.ns, 0)} ns`).join('; ') +
+      ` (1 thread, fake transport; naive mutex+condvar pool: ${values({ bench: 'pool', impl: 'naive', threads: 1 }, 'conns').map((conns) => `${fmt(med({ bench: 'pool', impl: 'naive', threads: 1, conns }, 'ns_per_op'), 0)} ns`).join(' / ')}).`,
+  });
+}
+
+// 5. No throughput collapse at 1000 connections.
+{
+  const ns = values({ bench: 'scale' }, 'conns');
+  const rows = [];
+  let allOk = true;
+  let measured = false;
+  if (ns.includes(1000) && ns.includes(100)) {
+    for (const impl of ['lease', 'lane']) {
+      const r = medRatio({ bench: 'scale', impl, conns: 1000 }, 'ops_per_s', { bench: 'scale', impl, conns: 100 });
+      if (r === null) continue;
+      measured = true;
+      if (r < 0.8) allOk = false;
+      rows.push(`${impl}: ${fmt(med({ bench: 'scale', impl, conns: 1000 }, 'ops_per_s'), 0)}/s at 1000 = ${fmtPct(r)} of its 100-connection figure`);
+    }
+  }
+  targets.push({
+    name: 'No throughput collapse at 1000 connections (criterion used here: ≥ 80% of the 100-connection throughput)',
+    status: !measured ? 'not measured' : allOk ? 'met' : 'not met',
+    text: rows.join('; ') + '.',
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Document
+// ---------------------------------------------------------------------------
+const nRuns = runIds.length;
+p('# Performance', '',
+  '_Generated by `scripts/bench.sh` — do not edit by hand; re-run the script._', '',
+  'Every figure is the **median of ' + nRuns + ' rounds** (each round runs every bench once, one round after the other). ' +
+  'Ratios are taken **inside each round** (the figure and its baseline measured minutes apart) and the median of those ratios is shown. ' +
+  'Client and servers share the machine below; it is a noisy virtual machine, so differences under ~10% are within the noise.', '',
+  '## Machine and run', '',
+  table(['', ''], [
+    ['CPUs (`nproc`)', opt.nproc], ['CPU model', opt.cpu], ['Kernel', opt.kernel],
+    ['Date (UTC)', opt.date], ['surpool', `commit ${opt.commit}, CMAKE_BUILD_TYPE=Release`],
+    ['libwebsockets', opt.lws], ['libzdb', opt.zdb], ['Node.js', opt.node],
+    ['SurrealDB core (test server)', opt.core], ['JavaScript SDK', '`surrealdb` 2.0.8 (tests/server/package-lock.json)'],
+    ['Rounds', String(nRuns) + (opt.quick === '1' ? ' (--quick: reduced set)' : '')],
+    ['Whole `scripts/bench.sh` run', `${opt.elapsed} s (build and installs included)`],
+    ['Load average (1/5/15 min) at start → end of each round', runIds.map((run) => {
+      const st = select({ bench: 'load', when: 'start', run })[0]?.loadavg ?? '?';
+      const en = select({ bench: 'load', when: 'end', run })[0]?.loadavg ?? '?';
+      return `round ${run}: ${st} → ${en}`;
+    }).join('; ')],
+  ]), '');
+
+p('## Where the targets stand', '',
+  table(['Target', 'Status', 'Measured'], targets.map((t) => [t.name, `**${t.status}**`, t.text])), '');
+
+// ---- pool ----
+p('## Pool overhead (`bench_pool`)', '',
+  'surpool on the fake transport (`tests/fake_transport.c`: connections open instantly, no I/O), so only the pool core is measured: ' +
+  'one `surpool_pool_acquire` + `surpool_conn_release` per operation. Baselines in the same process: **naive** — a mutex, one ' +
+  'condition variable and a stack of idle connections, release pushes and `pthread_cond_signal`s one waiter (written in the bench); ' +
+  '**libzdb** — `ConnectionPool_getConnection` + `Connection_close` over SQLite `:memory:` (uncontended only).', '',
+  '### Uncontended (1 thread)', '');
+{
+  const rows = values({ bench: 'pool', threads: 1 }, 'conns').map((conns) => {
+    const w = (impl) => ({ bench: 'pool', impl, threads: 1, conns });
+    return [String(conns), `${fmt(med(w('surpool'), 'ns_per_op'), 0)} ns`, `${fmt(med(w('naive'), 'ns_per_op'), 0)} ns`,
+      `${fmt(med(w('libzdb-sqlite'), 'ns_per_op'), 0)} ns`,
+      fmtX(medRatio(w('surpool'), 'ns_per_op', w('naive'))), fmtX(medRatio(w('surpool'), 'ns_per_op', w('libzdb-sqlite')))];
+  });
+  p(table(['Connections', 'surpool', 'naive', 'libzdb (SQLite)', 'surpool ÷ naive', 'surpool ÷ libzdb'], rows), '');
+}
+p('### Contended: throughput and handoff latency', '',
+  'Handoff latency: from the start of a release to the return of the acquire that received that connection, counted only for ' +
+  'acquires that started before that release (so they were waiting). "handoffs" is how many such samples a round saw: the naive pool ' +
+  'rarely hands over at all — the releasing thread, still running, takes the connection straight back (barging) while the woken ' +
+  'waiter finds the stack empty and sleeps again. surpool hands every released connection to the oldest waiter (FIFO), which costs a ' +
+  'context switch per operation when callers outnumber connections: that is the price of fairness the throughput column shows.', '');
+{
+  const rows = [];
+  for (const conns of values({ bench: 'pool', impl: 'surpool' }, 'conns'))
+    for (const threads of values({ bench: 'pool', impl: 'surpool', conns }, 'threads')) {
+      if (threads === 1) continue;
+      const s = { bench: 'pool', impl: 'surpool', threads, conns };
+      const n = { bench: 'pool', impl: 'naive', threads, conns };
+      rows.push([`${threads} × ${conns}`, fmtRate(med(s, 'ops_per_s')), fmtRate(med(n, 'ops_per_s')),
+        fmtX(medRatio(s, 'ops_per_s', n)),
+        `${fmtNs(med(s, 'p50_ns'))} / ${fmtNs(med(s, 'p99_ns'))} (${fmt(med(s, 'handoff_samples'))})`,
+        `${fmtNs(med(n, 'p50_ns'))} / ${fmtNs(med(n, 'p99_ns'))} (${fmt(med(n, 'handoff_samples'))})`]);
+    }
+  p(table(['threads × conns', 'surpool ops/s', 'naive ops/s', 'surpool ÷ naive', 'surpool handoff p50 / p99 (handoffs)', 'naive handoff p50 / p99 (handoffs)'], rows), '');
+}
+p('### Burst with a short timeout: timeouts and lost wake-ups', '',
+  'Threads released together, each doing a few acquire (short timeout) → hold ~100 µs → release. "gave up while idle" counts naive ' +
+  'acquires whose timed wait expired while a connection sat on the idle stack — the lost wake-up (the signal went to a thread that ' +
+  'did not take the connection, or to nobody).', '');
+{
+  const rows = [];
+  for (const [threads, conns] of uniq(select({ bench: 'pool_burst' }).map((r) => r.threads * 1000 + r.conns)).map((k) => [Math.floor(k / 1000), k % 1000])) {
+    for (const impl of ['surpool', 'naive']) {
+      const w = { bench: 'pool_burst', impl, threads, conns };
+      if (!select(w).length) continue;
+      rows.push([`${threads} × ${conns}`, impl, fmt(med(w, 'timeout_ms')) + ' ms', fmt(med(w, 'attempts')),
+        fmt(med(w, 'timeouts')), impl === 'naive' ? fmt(med(w, 'lost_wakeups')) : 'n/a (direct handoff)', `${fmt(med(w, 'wall_ms'), 0)} ms`]);
+    }
+  }
+  p(table(['threads × conns', 'pool', 'timeout', 'acquires', 'timed out', 'gave up while idle', 'wall'], rows), '');
+}
+
+// ---- burst ----
+p('## Burst drain (`bench_burst`, `bench/js_sdk.mjs`)', '',
+  '**Lease path**: B threads released together, each `surpool_pool_acquire` → one request → release, on a warm pool of M ' +
+  'connections (min_connections = M); ideal = ceil(B/M) × X. "One round" is measured: M callers at once on M idle connections ' +
+  '(no waiting in the pool), median of 3; "floor" = ceil(B/M) × one round. wall ÷ floor is what the pool adds to what the server ' +
+  'and the client need anyway (below 1× when later rounds overlap better than an isolated round).', '',
+  '**Pool alone** — tests/server/null_server.mjs, method `sleep [X]` (the server waits X ms, nothing else):', '');
+const burstTable = (rows) => table(['B', 'M', 'X', 'ideal', 'one round', 'floor', 'wall (median)', 'wall ÷ ideal', 'wall ÷ floor', 'errors'],
+  rows.map((b) => [b.B, b.M, `${b.X} ms`, `${fmt(b.ideal)} ms`, `${fmt(b.round, 1)} ms`, `${fmt(b.floor)} ms`,
+    `${fmt(b.wall)} ms`, fmtX(b.ratio), fmtX(b.ratioFloor), fmt(b.errors)]));
+p(burstTable(leaseBurstsNull), '',
+  '**Real core** — tests/server, query `sleep(Xms)`. The server is one Node thread that adds its own work (~0.2–0.3 ms of CPU ' +
+  'per request) to every sleep, so a round of M requests at once takes longer than X whatever the client does:', '',
+  burstTable(leaseBursts), '');
+{
+  const infl = values({ bench: 'burst', impl: 'lane' }, 'max_inflight');
+  const defInfl = infl.length ? Math.min(...infl) : null;
+  const wideInfl = infl.length > 1 ? Math.max(...infl) : null;
+  p('**Shared lane vs the JavaScript SDK**: all B requests issued at once; the ideal is X. Lane: `surpool_query_async` on the ' +
+    `default lane (2 sockets × ${defInfl} in flight${wideInfl ? `; and × ${wideInfl} for bursts beyond that capacity` : ''}). ` +
+    '**bare**: the same transport with no pool or lane (2 sockets) — the floor for the lane. SDK: one `Surreal` instance (CBOR); ' +
+    '**raw-cbor**: a bare `ws` socket with the SDK\'s CBOR codec — the floor for the SDK. The first table is the like-for-like one ' +
+    '(one server, bench/cbor_server.mjs); then surpool on tests/server, and on the null server\'s `sleep` method (no server work).', '');
+  for (const server of ['bench-core', 'real', 'null']) {
+    const rows = [];
+    for (const X of values({ bench: 'burst', impl: 'lane', server }, 'X_ms'))
+      for (const B of values({ bench: 'burst', impl: 'lane', server, X_ms: X }, 'B')) {
+        const lane = { bench: 'burst', impl: 'lane', server, B, X_ms: X, max_inflight: defInfl };
+        const wide = { bench: 'burst', impl: 'lane', server, B, X_ms: X, max_inflight: wideInfl };
+        const bare = { bench: 'burst', impl: 'bare', server, B, X_ms: X };
+        const sdk = { bench: 'burst', impl: 'sdk', server, B, X_ms: X };
+        const raw = { bench: 'burst', impl: 'raw-cbor', server, B, X_ms: X };
+        const lw = med(lane, 'wall_ms');
+        const row = [B, `${X} ms`, `${fmt(lw, 1)} ms`,
+          wideInfl && select(wide).length ? `${fmt(med(wide, 'wall_ms'), 1)} ms` : '–',
+          `${fmt(med(bare, 'wall_ms'), 1)} ms`];
+        if (server === 'bench-core') row.push(`${fmt(med(sdk, 'wall_ms'), 1)} ms`, `${fmt(med(raw, 'wall_ms'), 1)} ms`);
+        row.push(fmtX(lw === null ? null : lw / X), fmtX(medRatio(lane, 'wall_ms', bare)));
+        if (server === 'bench-core') row.push(fmtX(medRatio(sdk, 'wall_ms', raw)), fmtX(medRatio(sdk, 'wall_ms', lane)));
+        rows.push(row);
+      }
+    if (!rows.length) continue;
+    p(`${SERVER_LABEL[server]}:`, '');
+    const head = ['B', 'X', 'lane', wideInfl ? `lane (×${wideInfl})` : 'lane (wide)', 'bare (C)'];
+    if (server === 'bench-core') head.push('SDK', 'raw-cbor (JS)');
+    head.push('lane ÷ X', 'lane ÷ bare');
+    if (server === 'bench-core') head.push('SDK ÷ raw-cbor', '**SDK ÷ lane**');
+    p(table(head, rows), '');
+  }
+}
+
+// ---- throughput ----
+const IMPL_LABEL = {
+  lease: 'lease (threads: acquire/query/release)', lane_sync: 'lane, `surpool_query` from threads',
+  lane_async: 'lane, `surpool_query_async`', bare: 'bare transport (no pool)',
+  'sdk-1sock': 'JS SDK, 1 socket', 'sdk-Nsock': 'JS SDK, N sockets', 'raw-cbor': 'raw CBOR `ws` (no SDK)',
+};
+const IMPLS = ['lease', 'lane_sync', 'lane_async', 'bare', 'sdk-1sock', 'sdk-Nsock', 'raw-cbor'];
+const IMPL_STYLE = {
+  lease: 'lc rgb "#7b3294" pt 1', lane_sync: 'lc rgb "#1b9e77" pt 2', lane_async: 'lc rgb "#0571b0" pt 7',
+  bare: 'lc rgb "#e66101" pt 5 dt 2', 'sdk-1sock': 'lc rgb "#ca0020" pt 9', 'sdk-Nsock': 'lc rgb "#f4a582" pt 11',
+  'raw-cbor': 'lc rgb "#636363" pt 13 dt 2',
+};
+p('## Throughput (`bench_throughput`, `bench/js_sdk.mjs`)', '',
+  '`RETURN 1` at a fixed concurrency (threads for lease and lane_sync; requests kept in flight for lane_async, bare, the SDK and raw-cbor). ' +
+  'The like-for-like comparison with the SDK is on bench/cbor_server.mjs (one server, one core; the codec is the only difference). ' +
+  'Lease uses min(concurrency, 32) connections; the lane its default 2 sockets (it opens the second only when the first is full); ' +
+  'bare 2 sockets; the SDK 1 socket or N = min(concurrency, 32). CPU = the client process\'s user+sys time per request ' +
+  '(`getrusage`/`process.cpuUsage`), service thread included. With canned replies the client\'s own cost dominates; with the ' +
+  'core, the server (single-threaded Node on the same 2 CPUs) does.', '');
+for (const server of SERVERS) {
+  if (!select({ bench: 'throughput', server }).length) continue;
+  p(`### ${SERVER_LABEL[server]}`, '');
+  const rows = [];
+  for (const impl of IMPLS)
+    for (const c of CONC) {
+      const w = { bench: 'throughput', server, impl, concurrency: c };
+      if (!select(w).length) continue;
+      const bare = { bench: 'throughput', server, impl: 'bare', concurrency: c };
+      const sdk = { bench: 'throughput', server, impl: 'sdk-1sock', concurrency: c };
+      const row = [IMPL_LABEL[impl], c, fmt(med(w, 'conns')), fmtRate(med(w, 'ops_per_s')),
+        `${fmtNs(med(w, 'p50_ns'))} / ${fmtNs(med(w, 'p99_ns'))}`, `${fmt(med(w, 'cpu_us_per_req'), 1)} µs`,
+        impl.startsWith('sdk') || impl === 'raw-cbor' ? '–' : fmtPct(medRatio(w, 'ops_per_s', bare))];
+      if (SDK_SERVERS.includes(server)) row.push(fmtX(medRatio(w, 'ops_per_s', sdk)));
+      rows.push(row);
+    }
+  const head = ['client', 'concurrency', 'sockets', 'queries/s', 'p50 / p99', 'CPU / request', '÷ bare'];
+  if (SDK_SERVERS.includes(server)) head.push('÷ SDK 1 socket');
+  p(table(head, rows), '');
+}
+
+// ---- scale ----
+p('## Many connections (`bench_scale`, null server)', '',
+  'A pool with min = max = N connections open (one process per N). Memory = RSS growth from before `surpool_pool_create` to after ' +
+  'the N connections settled, divided by N (the pool\'s fixed cost — libwebsockets context, threads, fd table — is included, which ' +
+  'dominates at N = 1). Then 64 threads on the lease path, and 512 requests in flight on the lane (2 sockets), with all N open.', '');
+{
+  const rows = values({ bench: 'scale_open' }, 'conns').map((n) => {
+    const o = { bench: 'scale_open', conns: n };
+    const l = { bench: 'scale', impl: 'lease', conns: n };
+    const a = { bench: 'scale', impl: 'lane', conns: n };
+    return [n, `${fmt(med(o, 'open_ms'))} ms`, `${fmt(med(o, 'rss_delta_bytes') / 1024)} KiB`, `${fmt(med(o, 'rss_per_conn_bytes') / 1024, 1)} KiB`,
+      fmtRate(med(l, 'ops_per_s')), `${fmt(med(l, 'cpu_us_per_req'), 1)} µs`, fmtRate(med(a, 'ops_per_s')), `${fmt(med(a, 'cpu_us_per_req'), 1)} µs`];
+  });
+  p(table(['N', 'open', 'RSS growth', 'RSS / connection', 'lease queries/s', 'lease CPU/req', 'lane queries/s', 'lane CPU/req'], rows), '');
+  const ns = values({ bench: 'scale_open' }, 'conns');
+  if (ns.includes(100) && ns.includes(1000)) {
+    const d1000 = med({ bench: 'scale_open', conns: 1000 }, 'rss_delta_bytes');
+    const d100 = med({ bench: 'scale_open', conns: 100 }, 'rss_delta_bytes');
+    p(`Marginal memory per connection between 100 and 1000: ${fmt((d1000 - d100) / 900 / 1024, 1)} KiB.`, '');
+  }
+}
+
+// ---- profiles (static: measured with perf while writing the benches) ----
+p('## What the profiles and traces say', '',
+  '_Measured with `perf` on this machine while the benches were written (2026-11-27, commit b9a5486); not regenerated by the script._', '',
+  '- **Uncontended acquire + release (~190–240 ns vs ~30 ns for the naive pool).** About half of it is `clock_gettime` ' +
+  '(vDSO, ~20–25 ns each here): six reads per pair — `t0`, `surpool__deadline_after_ms`, the idle-validation check and ' +
+  '`grant_locked` in acquire; `now` and `put_conn_locked`\'s `last_used_ns` in release. About a quarter is `rep stos`: ' +
+  '`evq q = {.n = 0};` in `surpool_pool_acquire_at` and `surpool_conn_release` zero-fills the whole on-stack event queue ' +
+  '(32 events + 32 × 128-byte messages, ~6 KB) twice per pair, even when no `on_event` is set. The mutex is ~11%. ' +
+  'Reading the clock once per call and initialising only `q.n` would bring the pair to roughly 60–80 ns.',
+  '- **The lane with many connections open.** With 1000 sockets in the pool, the profile is the kernel\'s `poll()` ' +
+  '(`sock_poll`, `tcp_poll`, `fdget`/`fput`) plus lws\'s `wsi_from_fd`. The transport writes one frame per WRITEABLE callback, ' +
+  'so each lane socket sends at most one request per pass of the service loop, and every pass polls all N sockets: with 2 lane ' +
+  'sockets, the per-request cost grows linearly with N. The lease path (64 sockets busy at once) amortises each pass over more ' +
+  'writes, so it degrades less.',
+  '- **Lane requests queued for capacity can be stranded.** `on_done()` in src/lane.c runs the callback, then `pump()`, and only ' +
+  'then gives the request\'s slot back (`lc->inflight--`, `l->inflight--`). So the pump that a completion triggers never sees the ' +
+  'slot that completion frees, and nothing pumps after the decrement (the lane thread pumps only after growing). With the lane at ' +
+  'its full size, a queued request waits for the next completion — or, if none comes, until its deadline. Reproduced: ' +
+  '`shared_connections = 1`, `shared_max_inflight = 1`, `request_timeout_ms = 3000`, two `surpool_call_async("sleep", [50])` ' +
+  'on the null server: the first succeeds after 53 ms, the second fails after 3000 ms with SURPOOL_ERR_REQUEST_TIMEOUT ' +
+  '"no lane capacity before the request deadline". In the burst table it shows as a lane burst that fits the capacity ' +
+  '(B = 1000 on 2 × 500) still taking ~2 X: the completion callback of the previous burst ran before its slot was returned.',
+  '- **Contended pool throughput.** surpool hands each released connection to the oldest waiter and wakes exactly that thread: ' +
+  'one context switch per acquire when callers outnumber connections. The naive pool is far faster in that table because the ' +
+  'releasing thread usually takes its connection straight back (barging); the burst table shows what that costs: timeouts ' +
+  'while connections sit idle.', '');
+
+// ---- SDK notes ----
+p('## The JavaScript SDK: how it was measured', '',
+  '- `surrealdb` 2.0.8 cannot speak JSON over WebSocket: `WebSocketEngine.createSocket()` opens the socket with the fixed ' +
+  'subprotocol `"cbor"`, and `send()` and the message handler always go through `context.codecs.cbor` with binary frames ' +
+  '(dist/surrealdb.mjs). The `json` codec and the `.json()` option only reshape results after decoding. tests/server speaks JSON ' +
+  'only (binary frames get a parse error), so the SDK cannot use it.',
+  '- So bench/cbor_server.mjs (bench-only; tests/server/server.mjs is untouched) puts the **same embedded core** ' +
+  '(`@surrealdb/node` 3.0.3) behind an endpoint with one core session per socket, like tests/server, that speaks CBOR (binary ' +
+  'frames, subprotocol `cbor`) and JSON (text frames, subprotocol `json`). Per request it decodes, hands the core the request, ' +
+  'and encodes the reply in the socket\'s format: the codec is the only difference between the SDK\'s and surpool\'s requests. ' +
+  'tests/server does more on its JSON path (string-to-record-id/datetime/UUID conversion, core-style formatting), so surpool ' +
+  'against tests/server is shown separately and not compared with the SDK. Each client also has a floor on the same server: ' +
+  '**bare** (surpool\'s transport, no pool) and **raw-cbor** (a bare `ws` socket with the SDK\'s codec).',
+  '- Node 20 has no global `WebSocket`: the SDK is given the `ws` package via `new Surreal({ websocketImpl })`.',
+  '- With --null, cbor_server answers `query` with the core\'s own reply to `RETURN 1` captured at start (an array of one statement ' +
+  'result), in CBOR or JSON; tests/server/null_server.mjs answers `"ok"`. Neither runs anything.', '');
+
+p('## Reproduce', '', '```sh', 'scripts/bench.sh            # 3 rounds, ~6–8 minutes on 2 cores', 'scripts/bench.sh --runs 5   # more rounds', 'scripts/bench.sh --quick    # 1 round, reduced set (smoke)', '```', '',
+  'Raw JSON lines of every measurement: `build/bench-results/run*/`. Each bench program prints one JSON object per measurement on ' +
+  'stdout and nothing else; they can be run by hand (see the comment at the top of each file in bench/).', '');
+
+writeFileSync(join(opt['out-dir'], 'PERFORMANCE.md'), out.join('\n'));
+
+// ---------------------------------------------------------------------------
+// Plots
+// ---------------------------------------------------------------------------
+const tmp = mkdtempSync(join(tmpdir(), 'surpool-plots-'));
+const dat = (name, rows) => {
+  const f = join(tmp, name);
+  writeFileSync(f, rows.map((r) => r.map((x) => (x === null || x === undefined ? 'NaN' : x)).join(' ')).join('\n') + '\n');
+  return f;
+};
+const q = (s) => `'${s.replace(/'/g, "''")}'`;
+const gp = [];
+const outDir = opt['out-dir'];
+
+// throughput
+{
+  gp.push(`set terminal pngcairo size 1400,1000 font 'Sans,10'`, `set output ${q(join(outDir, 'perf-throughput.png'))}`,
+    'set multiplot layout 2,2 title "RETURN 1: queries/s vs concurrency (median of rounds)"',
+    'set termoption noenhanced', 'set logscale x 2', 'set logscale y 10', 'set grid', 'set key bottom right font ",9"',
+    'set xlabel "concurrency"', 'set ylabel "queries/s"');
+  for (const server of SERVERS) {
+    const series = IMPLS.map((impl) => ({ impl, f: dat(`tp-${server}-${impl}.dat`, CONC.map((c) => [c, med({ bench: 'throughput', server, impl, concurrency: c }, 'ops_per_s')])) }))
+      .filter((s) => select({ bench: 'throughput', server, impl: s.impl }).length);
+    if (!series.length) continue;
+    gp.push(`set title ${q(SERVER_LABEL[server])}`);
+    gp.push('plot ' + series.map((s) => `${q(s.f)} using 1:2 with linespoints lw 2 ${IMPL_STYLE[s.impl]} title ${q(IMPL_LABEL[s.impl].replace(/`/g, ''))}`).join(', '));
+  }
+  gp.push('unset multiplot', 'unset logscale');
+}
+// burst
+{
+  gp.push(`set terminal pngcairo size 1400,560 font 'Sans,10'`, `set output ${q(join(outDir, 'perf-burst.png'))}`,
+    'set multiplot layout 1,2 title "Burst drain: B requests sleep(X) (median of rounds)"', 'set termoption noenhanced');
+  gp.push('set logscale x 10', 'unset logscale y', 'set grid', 'set key top left', 'set xlabel "burst size B"', 'set ylabel "wall time ÷ ideal ceil(B/M)·X"',
+    'set title "lease path (warm pool of M connections)"', 'set yrange [0.9:*]');
+  const lseries = [];
+  for (const M of uniq(leaseBursts.map((b) => b.M)))
+    for (const X of uniq(leaseBursts.map((b) => b.X)))
+      lseries.push({ t: `real core, M=${M}, X=${X} ms`, f: dat(`lb-${M}-${X}.dat`, leaseBursts.filter((b) => b.M === M && b.X === X).map((b) => [b.B, b.ratio])) },
+        { t: `pool alone (null sleep), M=${M}, X=${X} ms`, dt: 2, f: dat(`lbn-${M}-${X}.dat`, leaseBurstsNull.filter((b) => b.M === M && b.X === X).map((b) => [b.B, b.ratio])) });
+  gp.push('plot ' + [...lseries.map((s, i) => `${q(s.f)} using 1:2 with linespoints lw 2 lc ${Math.floor(i / 2) + 1} dt ${s.dt ?? 1} title ${q(s.t)}`), '1.1 with lines dt 2 lc rgb "black" title "target 1.1×"'].join(', '));
+  gp.push('set yrange [*:*]', 'set logscale y 10', 'set ylabel "wall time (ms)"', 'set title "all at once, bench/cbor_server.mjs: lane vs JS SDK vs floors"');
+  const infl = values({ bench: 'burst', impl: 'lane' }, 'max_inflight');
+  const defInfl = infl.length ? Math.min(...infl) : null;
+  const bseries = [];
+  values({ bench: 'burst', impl: 'lane', server: 'bench-core' }, 'X_ms').forEach((X, xi) => {
+    const Bs = values({ bench: 'burst', impl: 'lane', server: 'bench-core', X_ms: X }, 'B');
+    [['lane', { max_inflight: defInfl }, 'lane'], ['sdk', {}, 'JS SDK'], ['bare', {}, 'bare (C)'], ['raw-cbor', {}, 'raw CBOR (JS)']].forEach(([impl, extra, label], ii) =>
+      bseries.push({ t: `${label}, X=${X} ms`, style: `lc ${ii + 1} dt ${xi + 1}`, f: dat(`bb-${impl}-${X}.dat`, Bs.map((B) => [B, med({ bench: 'burst', server: 'bench-core', impl, B, X_ms: X, ...extra }, 'wall_ms')])) }));
+  });
+  gp.push('plot ' + bseries.map((s) => `${q(s.f)} using 1:2 with linespoints lw 2 ${s.style} title ${q(s.t)}`).join(', '));
+  gp.push('unset multiplot', 'unset logscale', 'set yrange [*:*]');
+}
+// pool
+{
+  gp.push(`set terminal pngcairo size 1400,560 font 'Sans,10'`, `set output ${q(join(outDir, 'perf-pool.png'))}`,
+    'set multiplot layout 1,2 title "Pool core on the fake transport (no I/O)"', 'set termoption noenhanced',
+    'set logscale x 2', 'set logscale y 10', 'set grid', 'set key bottom left', 'set xlabel "threads"');
+  const threads = values({ bench: 'pool', impl: 'surpool' }, 'threads');
+  const conns = values({ bench: 'pool', impl: 'surpool' }, 'conns');
+  const s1 = [], s2 = [];
+  for (const impl of ['surpool', 'naive'])
+    for (const c of conns) {
+      s1.push({ t: `${impl}, ${c} conn`, f: dat(`pool-${impl}-${c}.dat`, threads.map((t) => [t, med({ bench: 'pool', impl, threads: t, conns: c }, 'ops_per_s')])) });
+      s2.push({ t: `${impl}, ${c} conn`, f: dat(`poolh-${impl}-${c}.dat`, threads.filter((t) => t > c).map((t) => [t, med({ bench: 'pool', impl, threads: t, conns: c }, 'p99_ns')])) });
+    }
+  gp.push('set ylabel "acquire+release per second"', 'set title "throughput"');
+  gp.push('plot ' + s1.map((s, i) => `${q(s.f)} using 1:2 with linespoints lw 2 lc ${(i % conns.length) + 1} dt ${i < conns.length ? 1 : 2} title ${q(s.t)}`).join(', '));
+  gp.push('set ylabel "ns"', 'set title "handoff latency p99 (release → waiter returns)"', 'set key top left');
+  gp.push('plot ' + s2.map((s, i) => `${q(s.f)} using 1:2 with linespoints lw 2 lc ${(i % conns.length) + 1} dt ${i < conns.length ? 1 : 2} title ${q(s.t)}`).join(', '));
+  gp.push('unset multiplot');
+}
+const gpFile = join(tmp, 'plots.gp');
+writeFileSync(gpFile, gp.join('\n') + '\n');
+try {
+  execFileSync('gnuplot', [gpFile], { stdio: ['ignore', 'ignore', 'pipe'] });
+} catch (err) {
+  process.stderr.write(`report: gnuplot failed: ${err.stderr?.toString() ?? err.message}\n`);
+  process.exitCode = 1;
+}
+rmSync(tmp, { recursive: true, force: true });
