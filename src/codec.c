@@ -248,27 +248,36 @@ surpool_err surpool__codec_encode_request(int64_t id, const char *method,
     int rc = encbuf_append(&b, head, (size_t)hn);
     rc = rc ? rc : encbuf_append(&b, method, strlen(method));
     rc = rc ? rc : encbuf_append(&b, "\",\"params\":", 11);
+    int transient = 0;
     if (rc == 0) {
-        if (params == NULL)
+        if (params == NULL) {
             rc = encbuf_append(&b, "[]", 2);
-        else
+        } else {
+            size_t mark = b.used;
             rc = json_dump_callback(params, encbuf_dump_cb, &b, JSON_COMPACT);
+            if (rc != 0 && !b.failed) {
+                /* jansson refuses a string that is not valid UTF-8 (only
+                 * possible through the *_nocheck constructors), a reference
+                 * cycle, or fails an allocation of its own (it does not say
+                 * which). Those two are properties of the value: a second try
+                 * fails again. One that then succeeds was out of memory. */
+                b.used = mark;
+                rc = json_dump_callback(params, encbuf_dump_cb, &b, JSON_COMPACT);
+                transient = rc == 0;
+            }
+        }
     }
     rc = rc ? rc : encbuf_append(&b, "}", 1);
 
-    if (rc != 0) {
+    if (rc != 0 || transient) {
         surpool__free(b.data);
-        if (b.failed)
+        if (b.failed || transient)
             return surpool__seterr(err, SURPOOL_ERR_NOMEM,
                                    "out of memory encoding a request");
-        /* jansson refuses: a string that is not valid UTF-8 (only possible
-         * through the *_nocheck constructors), a reference cycle, or its own
-         * allocation failure. NaN and infinities never get this far: jansson
-         * will not create a real holding them. */
         return surpool__seterr(
             err, SURPOOL_ERR_INVALID_ARG,
-            "RPC params cannot be encoded as JSON (a string that is not "
-            "valid UTF-8, a reference cycle, or out of memory in jansson)");
+            "RPC params cannot be encoded as JSON (a string that is not valid UTF-8, "
+            "or a reference cycle)");
     }
     b.data[b.used] = '\0';
     *out = b.data;
@@ -294,11 +303,18 @@ surpool_err surpool__codec_decode_frame(const char *buf, size_t len, surpool__fr
     json_error_t jerr;
     memset(&jerr, 0, sizeof(jerr)); /* jansson leaves the error code byte unset */
     json_t *root = json_loadb(buf, len, JSON_ALLOW_NUL, &jerr);
+    if (root == NULL && jerr.text[0] != '\0') {
+        /* jansson reports an allocation failure in its lexer as a syntax
+         * error. Bad JSON is bad every time: parse once more, and a frame
+         * that parses now was fine (the first failure was out of memory). */
+        json_error_t again;
+        memset(&again, 0, sizeof(again));
+        root = json_loadb(buf, len, JSON_ALLOW_NUL, &again);
+    }
     if (root == NULL) {
         /* jansson 2.14 reports most of its allocation failures by returning
          * NULL without filling jerr (its text stays ""); every syntax error
-         * has a text. A failed allocation in its lexer still shows up as a
-         * syntax error ("invalid token"): that cannot be told apart. */
+         * has a text (and failed twice above). */
         if (jerr.text[0] == '\0' || json_error_code(&jerr) == json_error_out_of_memory)
             return surpool__seterr(err, SURPOOL_ERR_NOMEM,
                                    "out of memory decoding a frame");

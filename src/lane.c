@@ -585,14 +585,15 @@ static surpool_err query_params(const char *sql, const json_t *vars, json_t **pa
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "vars must be a JSON object or NULL");
     json_error_t je;
+    memset(&je, 0, sizeof(je));
     *params = vars != NULL ? json_pack_ex(&je, 0, "[sO]", sql, (json_t *)vars)
                            : json_pack_ex(&je, 0, "[s]", sql);
-    if (*params == NULL)
-        return surpool__seterr(err,
-                               json_error_code(&je) == json_error_out_of_memory
-                                   ? SURPOOL_ERR_NOMEM
-                                   : SURPOOL_ERR_INVALID_ARG,
-                               "query: %s", je.text);
+    if (*params == NULL) {
+        /* jansson leaves the text empty when an allocation failed. */
+        if (je.text[0] == '\0' || json_error_code(&je) == json_error_out_of_memory)
+            return surpool__seterr(err, SURPOOL_ERR_NOMEM, "query: out of memory");
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "query: %s", je.text);
+    }
     return SURPOOL_OK;
 }
 

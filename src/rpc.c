@@ -226,7 +226,8 @@ static surpool_err call_stolen(surpool_conn *c, const char *method, json_t *para
                                const json_error_t *je, json_t **out, surpool_error *err)
 {
     if (params == NULL) {
-        if (json_error_code(je) == json_error_out_of_memory)
+        /* jansson leaves the text empty when an allocation failed. */
+        if (je->text[0] == '\0' || json_error_code(je) == json_error_out_of_memory)
             return surpool__seterr(err, SURPOOL_ERR_NOMEM, "%s: out of memory", method);
         surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s: bad argument: %s", method, je->text);
         surpool__strlcpy(c->last_error, err != NULL ? err->message : "", sizeof(c->last_error));
@@ -242,6 +243,32 @@ static surpool_err bad_arg(surpool_conn *c, surpool_error *err, const char *what
     if (c != NULL)
         surpool__strlcpy(c->last_error, what, sizeof(c->last_error));
     return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s", what);
+}
+
+static int valid_utf8(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (p != NULL && *p) {
+        int n = *p < 0x80 ? 0 : (*p & 0xE0) == 0xC0 ? 1 : (*p & 0xF0) == 0xE0 ? 2
+                           : (*p & 0xF8) == 0xF0 ? 3 : -1;
+        if (n < 0 || (n == 1 && *p < 0xC2))
+            return 0;
+        for (p++; n > 0; n--, p++)
+            if ((*p & 0xC0) != 0x80)
+                return 0;
+    }
+    return 1;
+}
+
+/* Building a JSON object from these strings failed: jansson refuses invalid
+ * UTF-8 (the caller's fault) and fails on out-of-memory (ours to report). */
+static surpool_err utf8_or_nomem(surpool_error *err, const char *method, const char *a,
+                                 const char *b, const char *c, const char *d, const char *e)
+{
+    if (valid_utf8(a) && valid_utf8(b) && valid_utf8(c) && valid_utf8(d) && valid_utf8(e))
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "%s: out of memory", method);
+    return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s: strings must be valid UTF-8",
+                           method);
 }
 
 static int nonempty(const char *s)
@@ -269,6 +296,7 @@ surpool_err surpool_conn_query(surpool_conn *c, const char *sql, const json_t *v
                                json_t **out, surpool_error *err)
 {
     json_error_t je;
+    memset(&je, 0, sizeof(je));
     if (c == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "conn is NULL");
     if (!nonempty(sql))
@@ -345,6 +373,7 @@ surpool_err surpool_conn_use(surpool_conn *c, const char *ns, const char *db,
                              surpool_error *err)
 {
     json_error_t je;
+    memset(&je, 0, sizeof(je));
     CHECK_CONN(c, err);
     if (!nonempty(ns))
         return bad_arg(c, err, "use: ns must be a non-empty string (db without ns is refused)");
@@ -358,6 +387,7 @@ surpool_err surpool_conn_signin(surpool_conn *c, const surpool_credentials *cred
                                 surpool_error *err)
 {
     json_error_t je;
+    memset(&je, 0, sizeof(je));
     CHECK_CONN(c, err);
     if (cred == NULL)
         return bad_arg(c, err, "signin: credentials are required");
@@ -388,8 +418,8 @@ surpool_err surpool_conn_signin(surpool_conn *c, const surpool_credentials *cred
         bad |= json_object_set_new(obj, "ac", json_string(cred->access));
     if (bad) {
         json_decref(obj);
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "signin: strings must be valid UTF-8");
+        return utf8_or_nomem(err, "signin", cred->user, cred->pass, cred->ns, cred->db,
+                             cred->access);
     }
     return call_stolen(c, "signin", pack(&je, "[o]", obj), &je, out, err);
 }
@@ -399,6 +429,7 @@ surpool_err surpool_conn_signup(surpool_conn *c, const char *ns, const char *db,
                                 surpool_error *err)
 {
     json_error_t je;
+    memset(&je, 0, sizeof(je));
     CHECK_CONN(c, err);
     if (!nonempty(ns) || !nonempty(db) || !nonempty(access))
         return bad_arg(c, err, "signup: ns, db and access are required");
@@ -409,8 +440,7 @@ surpool_err surpool_conn_signup(surpool_conn *c, const char *ns, const char *db,
         json_object_set_new(obj, "db", json_string(db)) ||
         json_object_set_new(obj, "ac", json_string(access))) {
         json_decref(obj);
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "signup: strings must be valid UTF-8");
+        return utf8_or_nomem(err, "signup", ns, db, access, NULL, NULL);
     }
     return call_stolen(c, "signup", pack(&je, "[o]", obj), &je, out, err);
 }
@@ -418,6 +448,7 @@ surpool_err surpool_conn_signup(surpool_conn *c, const char *ns, const char *db,
 surpool_err surpool_conn_authenticate(surpool_conn *c, const char *token, surpool_error *err)
 {
     json_error_t je;
+    memset(&je, 0, sizeof(je));
     CHECK_CONN(c, err);
     if (!nonempty(token))
         return bad_arg(c, err, "authenticate: token is required");
@@ -434,6 +465,7 @@ surpool_err surpool_conn_let(surpool_conn *c, const char *name, const json_t *va
                              surpool_error *err)
 {
     json_error_t je;
+    memset(&je, 0, sizeof(je));
     CHECK_CONN(c, err);
     if (!valid_var_name(name))
         return bad_arg(c, err, "let: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')");
@@ -445,6 +477,7 @@ surpool_err surpool_conn_let(surpool_conn *c, const char *name, const json_t *va
 surpool_err surpool_conn_unset(surpool_conn *c, const char *name, surpool_error *err)
 {
     json_error_t je;
+    memset(&je, 0, sizeof(je));
     CHECK_CONN(c, err);
     if (!valid_var_name(name))
         return bad_arg(c, err, "unset: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')");
@@ -458,6 +491,7 @@ static surpool_err thing_data_call(surpool_conn *c, const char *method, const ch
                                    json_t **out, surpool_error *err)
 {
     json_error_t je;
+    memset(&je, 0, sizeof(je));
     CHECK_CONN(c, err);
     if (!nonempty(thing))
         return bad_arg(c, err, "the table or record id must be a non-empty string");
@@ -511,6 +545,7 @@ surpool_err surpool_conn_patch(surpool_conn *c, const char *thing, const json_t 
                                json_t **out, surpool_error *err)
 {
     json_error_t je;
+    memset(&je, 0, sizeof(je));
     CHECK_CONN(c, err);
     if (!nonempty(thing))
         return bad_arg(c, err, "patch: the table or record id must be a non-empty string");
@@ -531,6 +566,7 @@ surpool_err surpool_conn_relate(surpool_conn *c, const char *from, const char *t
                                 surpool_error *err)
 {
     json_error_t je;
+    memset(&je, 0, sizeof(je));
     CHECK_CONN(c, err);
     if (!nonempty(from) || !nonempty(table) || !nonempty(to))
         return bad_arg(c, err, "relate: from, table and to are required");
@@ -545,6 +581,7 @@ surpool_err surpool_conn_run(surpool_conn *c, const char *fn, const char *versio
                              const json_t *args, json_t **out, surpool_error *err)
 {
     json_error_t je;
+    memset(&je, 0, sizeof(je));
     CHECK_CONN(c, err);
     if (!nonempty(fn))
         return bad_arg(c, err, "run: fn is required");

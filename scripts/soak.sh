@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Soak test: a bounded mixed workload against the test server with faults
+# injected all along (drop-every, delays, hostile modes, kill -9 + restart),
+# checking invariants as it goes; prints a progress line every few seconds and
+# a summary table. Exits non-zero if an invariant broke. See docs/RELIABILITY.md.
+#
+# Installs what is missing first (as scripts/test.sh does), builds, runs.
+#
+# Options: --seconds N (default 300), --seed N, --sanitize address,undefined|thread
+#          (a sanitizer build), anything else is passed to the soak program
+#          (--lease-threads N, --pool-threads N, --progress-every S).
+set -euo pipefail
+source "$(dirname "$0")/lib/common.sh"
+
+seconds=300
+sanitize=
+args=()
+while [ $# -gt 0 ]; do
+    case $1 in
+        --seconds) seconds=$2; shift ;;
+        --sanitize) sanitize=$2; shift ;;
+        --seed|--lease-threads|--pool-threads|--progress-every) args+=("$1" "$2"); shift ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        *) die "unknown option $1 (see the comment at the top of $0)" ;;
+    esac
+    shift
+done
+
+ensure_deps
+cd "$SURPOOL_ROOT"
+build=${SURPOOL_BUILD_ROOT:-$SURPOOL_ROOT/build}
+mkdir -p "$build"
+if [ -n "$sanitize" ]; then
+    dir="$build/soak-${sanitize//,/-}"
+    log "build: soak with -fsanitize=$sanitize"
+    configure_and_build "$dir" -DSURPOOL_WERROR=ON -DSURPOOL_SANITIZE="$sanitize" \
+        -DSURPOOL_BUILD_EXAMPLES=OFF
+    export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+    export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+    export TSAN_OPTIONS=${TSAN_OPTIONS:-"halt_on_error=1 suppressions=$SURPOOL_ROOT/tests/tsan.supp"}
+else
+    dir="$build/plain"
+    log "build: plain"
+    configure_and_build "$dir" -DSURPOOL_WERROR=ON
+fi
+
+log "soak: ${seconds}s"
+exec "$dir/tests/soak" --seconds "$seconds" "${args[@]+"${args[@]}"}"

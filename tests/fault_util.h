@@ -1,0 +1,207 @@
+/*
+ * Helpers shared by the hostile-conditions tests (test_hostile.c, test_faults.c,
+ * test_alloc.c, test_security.c) and the soak (soak.c): a watchdog that turns a
+ * hang into a clear failure, an exclusivity tracker for leases, the stats
+ * balance, fd and heap counters, and a port nobody listens on.
+ *
+ * Nothing here asserts a duration: the watchdog bounds are generous and exist
+ * only so that a hang fails with a message instead of a ctest timeout.
+ */
+#ifndef SURPOOL_FAULT_UTIL_H
+#define SURPOOL_FAULT_UTIL_H
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <malloc.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "surpool.h"
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define FU_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define FU_SANITIZED 1
+#endif
+#endif
+#ifndef FU_SANITIZED
+#define FU_SANITIZED 0
+#else
+/* From the sanitizer runtime (<sanitizer/allocator_interface.h>, which GCC
+ * does not install). */
+size_t __sanitizer_get_current_allocated_bytes(void);
+#endif
+
+/* Sanitizers slow everything down several times: bounds (never assertions on
+ * durations) scale with this. */
+#define FU_SLOW (FU_SANITIZED ? 4 : 1)
+
+static inline void fu_sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+        ;
+}
+
+static inline int64_t fu_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- watchdog: a step that does not finish in time ends the process ---- */
+
+static char fu_wd_what[160];
+
+static inline void fu_wd_handler(int sig)
+{
+    (void)sig;
+    static const char pre[] = "\nWATCHDOG: hung (did not return in time): ";
+    ssize_t ignored = write(STDERR_FILENO, pre, sizeof(pre) - 1);
+    ignored = write(STDERR_FILENO, fu_wd_what, strnlen(fu_wd_what, sizeof(fu_wd_what)));
+    ignored = write(STDERR_FILENO, "\n", 1);
+    (void)ignored;
+    _exit(70);
+}
+
+/* Arm (seconds > 0, scaled by FU_SLOW) or disarm (0). One at a time. */
+static inline void fu_watchdog(int seconds, const char *what)
+{
+    if (seconds <= 0) {
+        alarm(0);
+        return;
+    }
+    size_t n = strnlen(what, sizeof(fu_wd_what) - 1);
+    memcpy(fu_wd_what, what, n);
+    fu_wd_what[n] = '\0';
+    signal(SIGALRM, fu_wd_handler);
+    alarm((unsigned)(seconds * FU_SLOW));
+}
+
+/* Join with a bound: 0 if joined, -1 if the thread is still running (hung). */
+static inline int fu_join(pthread_t th, int seconds)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += seconds * FU_SLOW;
+    return pthread_timedjoin_np(th, NULL, &ts) == 0 ? 0 : -1;
+}
+
+/* ---- exclusivity: no connection may be held by two callers at once ---- */
+
+#define FU_MAX_TRACK 1024
+typedef struct fu_tracker {
+    pthread_mutex_t mu;
+    surpool_conn *held[FU_MAX_TRACK];
+    int nheld;
+    int double_lease;
+    int overflow;
+} fu_tracker;
+
+static inline void fu_tracker_init(fu_tracker *t)
+{
+    memset(t, 0, sizeof(*t));
+    pthread_mutex_init(&t->mu, NULL);
+}
+
+static inline void fu_tracker_destroy(fu_tracker *t)
+{
+    pthread_mutex_destroy(&t->mu);
+}
+
+static inline void fu_track_acquire(fu_tracker *t, surpool_conn *c)
+{
+    pthread_mutex_lock(&t->mu);
+    for (int i = 0; i < t->nheld; i++)
+        if (t->held[i] == c)
+            t->double_lease++;
+    if (t->nheld < FU_MAX_TRACK)
+        t->held[t->nheld++] = c;
+    else
+        t->overflow++;
+    pthread_mutex_unlock(&t->mu);
+}
+
+static inline void fu_track_release(fu_tracker *t, surpool_conn *c)
+{
+    pthread_mutex_lock(&t->mu);
+    for (int i = 0; i < t->nheld; i++) {
+        if (t->held[i] == c) {
+            t->held[i] = t->held[--t->nheld];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* ---- stats ---- */
+
+/* Connections opened minus closed equals those the pool holds. `created` counts
+ * completed connects only, so slots still connecting are not in it: the
+ * identity is created - destroyed == idle + in_use, and total == idle + in_use
+ * + connecting. Returns 1 when both hold. */
+static inline int fu_stats_balanced(surpool_pool *p, surpool_stats *st)
+{
+    surpool_pool_stats(p, st);
+    return (int64_t)st->created - (int64_t)st->destroyed == st->idle + st->in_use &&
+           st->total == st->idle + st->in_use + st->connecting;
+}
+
+/* ---- resources ---- */
+
+static inline int fu_count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n - 1; /* the directory stream's own fd */
+}
+
+/* Bytes of heap in use now: the sanitizer allocator's count under ASan/TSan
+ * (glibc's mallinfo2 does not see it), mallinfo2().uordblks otherwise. */
+static inline size_t fu_heap_in_use(void)
+{
+#if FU_SANITIZED
+    return __sanitizer_get_current_allocated_bytes();
+#else
+    struct mallinfo2 mi = mallinfo2();
+    return mi.uordblks;
+#endif
+}
+
+/* A loopback TCP port nobody listens on (bound, then closed). 0 on failure. */
+static inline int fu_dead_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return 0;
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    int port = 0;
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+#endif

@@ -1,0 +1,593 @@
+/*
+ * Security properties, against the real server:
+ *  (a) passwords and tokens never appear in log lines (everything, at DEBUG),
+ *      event messages, surpool_error.message or surpool_conn_last_error(),
+ *      whatever path they took (config, URL userinfo, percent-encoded, a lease's
+ *      signin, a JWT) and whether they were right or wrong;
+ *  (b) TLS: certificates made at test time with the openssl CLI; verification
+ *      on by default, the CA file honoured, untrusted chains and wrong names
+ *      refused with SURPOOL_ERR_TLS and OpenSSL's reason, and
+ *      tls_insecure_skip_verify accepting anything;
+ *  (c) the receive limit (max_message_bytes) is enforced;
+ *  (d) URLs the parser does not understand are refused, without echoing them.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "fault_util.h"
+#include "harness.h"
+#include "surpool.h"
+
+#define PASSWORD "S3cr3t-P@ss"
+#define PASSWORD_ENC "S3cr3t-P%40ss"
+#define WRONG_PASSWORD "Wr0ng-Pa55-XyZ"
+
+static int setup(void **state)
+{
+    (void)state;
+    fu_watchdog(0, NULL);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* (a) secrets                                                                */
+/* ------------------------------------------------------------------------- */
+
+/* Everything the library said, in one place. */
+static pthread_mutex_t g_cap_mu = PTHREAD_MUTEX_INITIALIZER;
+static char *g_cap;
+static size_t g_cap_len, g_cap_cap;
+static int g_cap_logs, g_cap_events, g_cap_errors;
+
+static void capture(const char *kind, const char *text)
+{
+    pthread_mutex_lock(&g_cap_mu);
+    size_t n = strlen(kind) + strlen(text) + 3;
+    if (g_cap_len + n + 1 > g_cap_cap) {
+        size_t cap = g_cap_cap ? g_cap_cap : 65536;
+        while (cap < g_cap_len + n + 1)
+            cap *= 2;
+        g_cap = realloc(g_cap, cap);
+        g_cap_cap = cap;
+    }
+    g_cap_len +=
+        (size_t)snprintf(g_cap + g_cap_len, g_cap_cap - g_cap_len, "%s: %s\n", kind, text);
+    pthread_mutex_unlock(&g_cap_mu);
+}
+
+static void log_fn(void *ud, surpool_log_level level, const char *msg)
+{
+    (void)ud;
+    (void)level;
+    capture("log", msg);
+    pthread_mutex_lock(&g_cap_mu);
+    g_cap_logs++;
+    pthread_mutex_unlock(&g_cap_mu);
+}
+
+static void on_event(void *ud, const surpool_event *ev)
+{
+    (void)ud;
+    capture("event", ev->message != NULL ? ev->message : "");
+    pthread_mutex_lock(&g_cap_mu);
+    g_cap_events++;
+    pthread_mutex_unlock(&g_cap_mu);
+}
+
+static void capture_err(const surpool_error *err)
+{
+    capture("error", err->message);
+    capture("kind", err->kind);
+    pthread_mutex_lock(&g_cap_mu);
+    g_cap_errors++;
+    pthread_mutex_unlock(&g_cap_mu);
+}
+
+static void secret_config(surpool_config *cfg, const char *url)
+{
+    surpool_config_init(cfg);
+    cfg->url = url;
+    cfg->ns = "sec";
+    cfg->db = "sec";
+    cfg->max_connections = 3;
+    cfg->acquire_timeout_ms = 3000;
+    cfg->connect_timeout_ms = 3000;
+    cfg->reconnect_backoff_min_ms = 20;
+    cfg->reconnect_backoff_max_ms = 100;
+    cfg->breaker_threshold = 0; /* each case's own error, not UNAVAILABLE (case 2b) */
+    cfg->log_fn = log_fn;
+    cfg->log_level = SURPOOL_LOG_DEBUG;
+    cfg->on_event = on_event;
+}
+
+/* create + acquire + query; returns the first failing code (all captured). */
+static surpool_err session(const surpool_config *cfg, int signin_on_lease, json_t **token)
+{
+    surpool_pool *p = NULL;
+    surpool_error err;
+    memset(&err, 0, sizeof(err));
+    surpool_err rc = surpool_pool_create(cfg, &p, &err);
+    if (rc != SURPOOL_OK) {
+        capture_err(&err);
+        return rc;
+    }
+    surpool_conn *c = NULL;
+    rc = surpool_pool_acquire(p, 1000, &c, &err);
+    if (rc != SURPOOL_OK) {
+        capture_err(&err);
+        surpool_pool_destroy(p);
+        return rc;
+    }
+    json_t *out = NULL;
+    rc = surpool_conn_query(c, "RETURN 1", NULL, &out, &err);
+    json_decref(out);
+    if (rc != SURPOOL_OK)
+        capture_err(&err);
+    capture("last_error", surpool_conn_last_error(c));
+    if (rc == SURPOOL_OK && signin_on_lease) {
+        /* Wrong password on a lease, then the right one (the token is kept). */
+        surpool_credentials cred = {0};
+        cred.user = "root";
+        cred.pass = WRONG_PASSWORD;
+        surpool_err src = surpool_conn_signin(c, &cred, NULL, &err);
+        assert_int_equal(src, SURPOOL_ERR_AUTH);
+        capture_err(&err);
+        capture("last_error", surpool_conn_last_error(c));
+        cred.pass = PASSWORD;
+        src = surpool_conn_signin(c, &cred, token, &err);
+        if (src != SURPOOL_OK)
+            fail_msg("signin with the right password: %s", err.message);
+        capture("last_error", surpool_conn_last_error(c));
+    }
+    surpool_conn_release(c); /* dirty after signin: reset + signin + use (logged) */
+    surpool_pool_destroy(p);
+    return rc;
+}
+
+static void assert_absent(const char *secret, const char *what)
+{
+    if (secret == NULL || secret[0] == '\0')
+        return;
+    pthread_mutex_lock(&g_cap_mu);
+    const char *hit = g_cap != NULL ? strstr(g_cap, secret) : NULL;
+    pthread_mutex_unlock(&g_cap_mu);
+    if (hit != NULL) {
+        const char *line = hit;
+        while (line > g_cap && line[-1] != '\n')
+            line--;
+        const char *end = strchr(hit, '\n');
+        fail_msg("%s leaked: \"%.*s\"", what, (int)(end != NULL ? end - line : 200), line);
+    }
+}
+
+static void test_secrets_never_logged(void **state)
+{
+    (void)state;
+    test_server s;
+    const char *args[] = {"--user", "root", "--pass", PASSWORD, NULL};
+    if (harness_start(&s, "server.mjs", 0, args) != 0)
+        fail_msg("cannot start tests/server/server.mjs");
+    fu_watchdog(120, "secrets session");
+    char url[256];
+    surpool_config cfg;
+    surpool_err rc;
+
+    /* 1. The right password in the config; then a wrong and a right signin on
+     *    a lease (the right one returns a JWT). */
+    snprintf(url, sizeof(url), "ws://127.0.0.1:%d/rpc", s.port);
+    secret_config(&cfg, url);
+    cfg.user = "root";
+    cfg.pass = PASSWORD;
+    cfg.min_connections = 1;
+    json_t *token = NULL;
+    rc = session(&cfg, 1, &token);
+    assert_int_equal(rc, SURPOOL_OK);
+    assert_true(json_is_string(token));
+    char jwt[4096];
+    snprintf(jwt, sizeof(jwt), "%s", json_string_value(token));
+    json_decref(token);
+    assert_true(strlen(jwt) > 40);
+    const char *jwt_sig = strrchr(jwt, '.'); /* the signature part alone */
+    assert_non_null(jwt_sig);
+
+    /* 2. A wrong password in the config. */
+    secret_config(&cfg, url);
+    cfg.user = "root";
+    cfg.pass = WRONG_PASSWORD;
+    rc = session(&cfg, 0, NULL);
+    assert_int_equal(rc, SURPOOL_ERR_AUTH);
+    /* 2b. Again with the breaker on: UNAVAILABLE, whose message quotes the
+     *     last connect error. */
+    cfg.breaker_threshold = 2;
+    rc = session(&cfg, 0, NULL);
+    assert_int_equal(rc, SURPOOL_ERR_UNAVAILABLE);
+
+    /* 3. The password in the URL, percent-encoded; then a wrong one there. */
+    snprintf(url, sizeof(url), "ws://root:%s@127.0.0.1:%d/rpc", PASSWORD_ENC, s.port);
+    secret_config(&cfg, url);
+    rc = session(&cfg, 0, NULL);
+    assert_int_equal(rc, SURPOOL_OK);
+    snprintf(url, sizeof(url), "ws://root:%s@127.0.0.1:%d/rpc", WRONG_PASSWORD, s.port);
+    secret_config(&cfg, url);
+    rc = session(&cfg, 0, NULL);
+    assert_int_equal(rc, SURPOOL_ERR_AUTH);
+
+    /* 4. The JWT as config.token, then a tampered one. */
+    snprintf(url, sizeof(url), "ws://127.0.0.1:%d/rpc", s.port);
+    secret_config(&cfg, url);
+    cfg.token = jwt;
+    rc = session(&cfg, 0, NULL);
+    assert_int_equal(rc, SURPOOL_OK);
+    char bad_jwt[4096];
+    snprintf(bad_jwt, sizeof(bad_jwt), "%s", jwt);
+    size_t bl = strlen(bad_jwt);
+    bad_jwt[bl - 2] = bad_jwt[bl - 2] == 'A' ? 'B' : 'A';
+    secret_config(&cfg, url);
+    cfg.token = bad_jwt;
+    rc = session(&cfg, 0, NULL);
+    assert_int_not_equal(rc, SURPOOL_OK);
+
+    /* 5. A URL that does not parse (unencoded '@' in the password), and one
+     *    with the password that cannot connect (nobody listens there). */
+    snprintf(url, sizeof(url), "ws://root:%s@127.0.0.1:%d/rpc", PASSWORD, s.port);
+    secret_config(&cfg, url);
+    rc = session(&cfg, 0, NULL);
+    assert_int_equal(rc, SURPOOL_ERR_INVALID_ARG);
+    snprintf(url, sizeof(url), "ws://root:%s@127.0.0.1:%d/rpc", PASSWORD_ENC, fu_dead_port());
+    secret_config(&cfg, url);
+    cfg.min_connections = 1;
+    rc = session(&cfg, 0, NULL);
+    assert_int_equal(rc, SURPOOL_ERR_CONNECT);
+    fu_watchdog(0, NULL);
+    harness_stop(&s);
+
+    /* The capture is meaningful: DEBUG logs, events and errors were seen. */
+    fprintf(stderr, "# captured %d log lines, %d events, %d error messages (%zu bytes)\n",
+            g_cap_logs, g_cap_events, g_cap_errors, g_cap_len);
+    assert_true(g_cap_logs > 10);
+    assert_true(g_cap_events > 10);
+    assert_true(g_cap_errors >= 6);
+    if (getenv("SURPOOL_SECURITY_DUMP") != NULL)
+        fputs(g_cap, stderr);
+    assert_absent(PASSWORD, "the password");
+    assert_absent(PASSWORD_ENC, "the percent-encoded password");
+    assert_absent(WRONG_PASSWORD, "the wrong password");
+    assert_absent("S3cr3t", "part of the password");
+    assert_absent(jwt, "the JWT");
+    assert_absent(jwt_sig + 1, "the JWT's signature");
+    assert_absent(bad_jwt, "the tampered JWT");
+    free(g_cap);
+    g_cap = NULL;
+    g_cap_len = g_cap_cap = 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* (b) TLS                                                                    */
+/* ------------------------------------------------------------------------- */
+
+static char g_dir[64];
+
+static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void sh(const char *fmt, ...)
+{
+    char cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    char full[2200];
+    snprintf(full, sizeof(full), "cd '%s' && (%s) >/dev/null 2>&1", g_dir, cmd);
+    if (system(full) != 0)
+        fail_msg("command failed: %s", cmd);
+}
+
+#define EC_KEY "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+
+/* A CA, a server certificate for localhost + 127.0.0.1 signed by it, one for
+ * other.invalid only (signed by it too), and an unrelated "untrusted" CA. */
+static void make_certs(void)
+{
+    snprintf(g_dir, sizeof(g_dir), "/tmp/surpool-tls-XXXXXX");
+    if (mkdtemp(g_dir) == NULL)
+        fail_msg("mkdtemp failed");
+    sh("openssl req -x509 " EC_KEY " -keyout ca.key -out ca.pem -days 2 -subj "
+       "'/CN=surpool test CA' -addext basicConstraints=critical,CA:TRUE -addext "
+       "keyUsage=critical,keyCertSign,cRLSign");
+    sh("openssl req -x509 " EC_KEY " -keyout untrusted.key -out untrusted.pem -days 2 -subj "
+       "'/CN=untrusted CA' -addext basicConstraints=critical,CA:TRUE -addext "
+       "keyUsage=critical,keyCertSign,cRLSign");
+    const char *names[2][2] = {{"srv", "DNS:localhost,IP:127.0.0.1"},
+                               {"other", "DNS:other.invalid"}};
+    for (int i = 0; i < 2; i++) {
+        sh("openssl req " EC_KEY " -keyout %s.key -out %s.csr -subj '/CN=%s'", names[i][0],
+           names[i][0], i == 0 ? "localhost" : "other.invalid");
+        sh("printf 'subjectAltName=%s\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage="
+           "serverAuth\\n' > %s.ext",
+           names[i][1], names[i][0]);
+        sh("openssl x509 -req -in %s.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out %s.pem "
+           "-days 2 -extfile %s.ext",
+           names[i][0], names[i][0], names[i][0]);
+    }
+}
+
+static void remove_certs(void)
+{
+    if (g_dir[0] != '\0') {
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", g_dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "could not remove %s\n", g_dir);
+    }
+}
+
+static void start_tls_server(test_server *s, const char *name)
+{
+    char cert[128], key[128];
+    snprintf(cert, sizeof(cert), "%s/%s.pem", g_dir, name);
+    snprintf(key, sizeof(key), "%s/%s.key", g_dir, name);
+    const char *args[] = {"--tls-cert", cert,     "--tls-key", key, "--user",
+                          "root",       "--pass", "root",      NULL};
+    if (harness_start(s, "server.mjs", 0, args) != 0)
+        fail_msg("cannot start the TLS test server with %s", cert);
+}
+
+typedef struct tls_case {
+    const char *host; /* in the URL */
+    const char *ca;   /* file in g_dir, or NULL for the system store */
+    int insecure;
+    surpool_err want;
+    const char *reason; /* substring of the message (OpenSSL's reason) */
+} tls_case;
+
+static void run_tls_case(const test_server *s, const tls_case *tc)
+{
+    char url[128], ca[128];
+    snprintf(url, sizeof(url), "wss://%s:%d/rpc", tc->host, s->port);
+    surpool_config cfg;
+    surpool_config_init(&cfg);
+    cfg.url = url;
+    cfg.user = "root";
+    cfg.pass = "root";
+    cfg.ns = "tls";
+    cfg.db = "tls";
+    cfg.min_connections = 1; /* create itself connects: its error is the TLS error */
+    cfg.max_connections = 2;
+    cfg.connect_timeout_ms = 5000;
+    if (tc->ca != NULL) {
+        snprintf(ca, sizeof(ca), "%s/%s", g_dir, tc->ca);
+        cfg.tls_ca_file = ca;
+    }
+    cfg.tls_insecure_skip_verify = tc->insecure;
+    char what[256];
+    snprintf(what, sizeof(what), "%s with CA %s%s", url, tc->ca != NULL ? tc->ca : "(system)",
+             tc->insecure ? ", insecure" : "");
+    fu_watchdog(60, what);
+    surpool_pool *p = NULL;
+    surpool_error err;
+    memset(&err, 0, sizeof(err));
+    surpool_err rc = surpool_pool_create(&cfg, &p, &err);
+    if (rc != tc->want) {
+        if (p != NULL)
+            surpool_pool_destroy(p);
+        fail_msg("%s: expected %s, got %s (%s)", what, surpool_strerror(tc->want),
+                 surpool_strerror(rc), rc != SURPOOL_OK ? err.message : "");
+    }
+    if (rc == SURPOOL_OK) {
+        surpool_conn *c = NULL;
+        assert_int_equal(surpool_pool_acquire(p, 5000, &c, &err), SURPOOL_OK);
+        json_t *out = NULL;
+        rc = surpool_conn_query(c, "RETURN 'over tls'", NULL, &out, &err);
+        if (rc != SURPOOL_OK)
+            fail_msg("%s: query: %s", what, err.message);
+        assert_string_equal(
+            json_string_value(json_object_get(json_array_get(out, 0), "result")), "over tls");
+        json_decref(out);
+        surpool_conn_release(c);
+        surpool_pool_destroy(p);
+    } else {
+        assert_null(p);
+        if (tc->reason != NULL && strstr(err.message, tc->reason) == NULL)
+            fail_msg("%s: message \"%s\" lacks OpenSSL's reason \"%s\"", what, err.message,
+                     tc->reason);
+    }
+    fu_watchdog(0, NULL);
+}
+
+static void test_tls(void **state)
+{
+    (void)state;
+    make_certs();
+    test_server good, other;
+    start_tls_server(&good, "srv");
+    start_tls_server(&other, "other");
+
+    static const tls_case good_cases[] = {
+        {"localhost", "ca.pem", 0, SURPOOL_OK, NULL},
+        {"127.0.0.1", "ca.pem", 0, SURPOOL_OK, NULL},
+        /* The system store does not know our CA. */
+        {"localhost", NULL, 0, SURPOOL_ERR_TLS, "unable to get local issuer certificate"},
+        /* A CA that did not sign the server's certificate. */
+        {"localhost", "untrusted.pem", 0, SURPOOL_ERR_TLS,
+         "unable to get local issuer certificate"},
+        {"localhost", "untrusted.pem", 1, SURPOOL_OK, NULL},
+    };
+    for (size_t i = 0; i < sizeof(good_cases) / sizeof(good_cases[0]); i++)
+        run_tls_case(&good, &good_cases[i]);
+
+    /* A valid chain for the wrong name: other.invalid only. */
+    static const tls_case other_cases[] = {
+        {"localhost", "ca.pem", 0, SURPOOL_ERR_TLS, "hostname mismatch"},
+        {"127.0.0.1", "ca.pem", 0, SURPOOL_ERR_TLS, "IP address mismatch"},
+        {"localhost", NULL, 1, SURPOOL_OK, NULL},
+        {"127.0.0.1", NULL, 1, SURPOOL_OK, NULL},
+    };
+    for (size_t i = 0; i < sizeof(other_cases) / sizeof(other_cases[0]); i++)
+        run_tls_case(&other, &other_cases[i]);
+
+    harness_stop(&good);
+    harness_stop(&other);
+
+    /* wss:// to a plain ws:// server: the handshake fails. */
+    test_server plain;
+    const char *args[] = {"--user", "root", "--pass", "root", NULL};
+    if (harness_start(&plain, "server.mjs", 0, args) != 0)
+        fail_msg("cannot start tests/server/server.mjs");
+    tls_case to_plain = {"127.0.0.1", "ca.pem", 0, SURPOOL_ERR_TLS, NULL};
+    run_tls_case(&plain, &to_plain);
+    harness_stop(&plain);
+
+    /* A CA file that does not exist: refused at create, before any connect. */
+    surpool_config cfg;
+    surpool_config_init(&cfg);
+    cfg.url = "wss://localhost:1/rpc";
+    cfg.tls_ca_file = "/nonexistent/surpool-ca.pem";
+    surpool_pool *p = NULL;
+    surpool_error err;
+    surpool_err rc = surpool_pool_create(&cfg, &p, &err);
+    if (p != NULL)
+        surpool_pool_destroy(p);
+    if (rc != SURPOOL_ERR_TLS)
+        fail_msg("missing CA file: expected %s, got %s (%s)", surpool_strerror(SURPOOL_ERR_TLS),
+                 surpool_strerror(rc), err.message);
+    remove_certs();
+}
+
+/* ------------------------------------------------------------------------- */
+/* (c) receive limit                                                          */
+/* ------------------------------------------------------------------------- */
+
+static void test_receive_limit(void **state)
+{
+    (void)state;
+    test_server s;
+    const char *args[] = {"--user", "root", "--pass", "root", NULL};
+    if (harness_start(&s, "server.mjs", 0, args) != 0)
+        fail_msg("cannot start tests/server/server.mjs");
+    surpool_config cfg;
+    surpool_config_init(&cfg);
+    cfg.url = s.url;
+    cfg.user = "root";
+    cfg.pass = "root";
+    cfg.max_connections = 2;
+    surpool_pool *p = NULL;
+    surpool_error err;
+    cfg.max_message_bytes = 1023; /* below the minimum */
+    assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_null(p);
+    cfg.max_message_bytes = 64 * 1024;
+    assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_OK);
+    fu_watchdog(60, "receive limit");
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(p, 5000, &c, &err), SURPOOL_OK);
+    json_t *out = NULL;
+    /* Just under the limit (with the envelope): fine. */
+    assert_int_equal(
+        surpool_conn_query(c, "RETURN string::repeat('a', 60000)", NULL, &out, &err),
+        SURPOOL_OK);
+    json_decref(out);
+    out = NULL;
+    surpool_err rc =
+        surpool_conn_query(c, "RETURN string::repeat('b', 70000)", NULL, &out, &err);
+    if (rc != SURPOOL_ERR_TOO_LARGE)
+        fail_msg("70 kB reply, 64 KiB limit: expected %s, got %s (%s)",
+                 surpool_strerror(SURPOOL_ERR_TOO_LARGE), surpool_strerror(rc), err.message);
+    assert_null(out);
+    surpool_conn_release(c); /* broken: replaced */
+    assert_int_equal(surpool_pool_acquire(p, 5000, &c, &err), SURPOOL_OK);
+    assert_int_equal(surpool_conn_query(c, "RETURN 1", NULL, &out, &err), SURPOOL_OK);
+    json_decref(out);
+    surpool_conn_release(c);
+    fu_watchdog(0, NULL);
+    surpool_pool_destroy(p);
+    harness_stop(&s);
+}
+
+/* ------------------------------------------------------------------------- */
+/* (d) URLs                                                                   */
+/* ------------------------------------------------------------------------- */
+
+static void test_url_rejects(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "http://127.0.0.1:8000/rpc",         /* not ws/wss */
+        "ws://",                             /* no host */
+        "ws:/127.0.0.1/rpc",                 /* not an authority */
+        "127.0.0.1:8000",                    /* no scheme */
+        "ws://127.0.0.1:0/rpc",              /* port 0 */
+        "ws://127.0.0.1:65536/rpc",          /* port too big */
+        "ws://127.0.0.1:80a/rpc",            /* port not a number */
+        "ws://127.0.0.1/rpc#frag",           /* fragment */
+        "ws://127.0.0.1/rpc?foo=bar",        /* unknown query key */
+        "ws://127.0.0.1/rpc?ns=a&ns=b",      /* duplicate key */
+        "ws://exa mple.com/rpc",             /* space */
+        "ws://127.0.0.1/r\npc",              /* control character */
+        "ws://[::1/rpc",                     /* unclosed IPv6 literal */
+        "ws://256.1.1.1/rpc",                /* bad IPv4 */
+        "ws://root:p%zz@127.0.0.1/rpc",      /* bad escape */
+        "ws://root:S3cr3t/x@127.0.0.1/rpc",  /* unencoded '/' in the password */
+        "ws://root:S3cr3t@x@127.0.0.1/rpc",  /* unencoded '@' in the password */
+        "ws://root:%00S3cr3t@127.0.0.1/rpc", /* NUL in the password */
+        "wss://127.0.0.1:-1/rpc",            /* negative port */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        surpool_config cfg;
+        surpool_config_init(&cfg);
+        cfg.url = bad[i];
+        surpool_pool *p = NULL;
+        surpool_error err;
+        memset(&err, 0, sizeof(err));
+        surpool_err rc = surpool_pool_create(&cfg, &p, &err);
+        if (p != NULL)
+            surpool_pool_destroy(p);
+        if (rc != SURPOOL_ERR_INVALID_ARG)
+            fail_msg("url \"%s\": expected %s, got %s (%s)", bad[i],
+                     surpool_strerror(SURPOOL_ERR_INVALID_ARG), surpool_strerror(rc),
+                     err.message);
+        assert_null(p);
+        assert_true(strlen(err.message) > 0);
+        if (strstr(err.message, "S3cr3t") != NULL)
+            fail_msg("url \"%s\": the message quotes the password: %s", bad[i], err.message);
+    }
+    /* And what it does understand (no connect: min_connections = 0). */
+    static const char *const good[] = {
+        "ws://127.0.0.1:8000/rpc",
+        "WSS://LOCALHOST/rpc",
+        "ws://[::1]:8000/rpc",
+        "ws://root:S3cr3t%2Fx@127.0.0.1/rpc?ns=a&db=b",
+        "ws://host-name.example/custom/path",
+    };
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        surpool_config cfg;
+        surpool_config_init(&cfg);
+        cfg.url = good[i];
+        surpool_pool *p = NULL;
+        surpool_error err;
+        surpool_err rc = surpool_pool_create(&cfg, &p, &err);
+        if (rc != SURPOOL_OK)
+            fail_msg("url \"%s\": %s (%s)", good[i], surpool_strerror(rc), err.message);
+        surpool_pool_destroy(p);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_secrets_never_logged, setup),
+        cmocka_unit_test_setup(test_tls, setup),
+        cmocka_unit_test_setup(test_receive_limit, setup),
+        cmocka_unit_test_setup(test_url_rejects, setup),
+    };
+    return cmocka_run_group_tests_name("security", tests, NULL, NULL);
+}
