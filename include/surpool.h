@@ -296,7 +296,9 @@ SURPOOL_API void surpool_pool_destroy(surpool_pool *pool);
  *          last connect error: SURPOOL_ERR_CONNECT (a connect timeout included),
  *          _AUTH, _TLS, or whatever connection setup got (_SERVER from `use` or
  *          init_sql, the on_connect hook's code, ...);
- *          SURPOOL_ERR_UNAVAILABLE (circuit open: server known down);
+ *          SURPOOL_ERR_UNAVAILABLE (circuit open: server known down; when
+ *          the server refuses the credentials or certificate, _AUTH / _TLS
+ *          come back just as fast instead);
  *          SURPOOL_ERR_INVALID_ARG.
  *  An idle connection unused for validation_idle_ms is pinged first, so even
  *  timeout_ms = 0 may take up to validation_timeout_ms per such connection.

@@ -409,9 +409,22 @@ static long backoff_ms(surpool_pool *p, int failures)
     return d;
 }
 
-/* The error for callers nothing can serve while the circuit is open. */
+/* The error for callers nothing can serve while the circuit is open. When
+ * the server is reachable but refuses us (credentials, certificate), that is
+ * the answer, not "unavailable": retrying will not help either way, but the
+ * caller must see what to fix. */
 static surpool_err unavailable_locked(const surpool_pool *p, surpool_error *err)
 {
+    surpool_err last = p->last_connect_error.code;
+    if (last == SURPOOL_ERR_AUTH || last == SURPOOL_ERR_TLS) {
+        surpool__seterr(err, last, "connects keep failing (%d in a row): %s",
+                        p->consecutive_failures, p->last_connect_error.message);
+        if (err != NULL) {
+            err->server_code = p->last_connect_error.server_code;
+            surpool__strlcpy(err->kind, p->last_connect_error.kind, sizeof(err->kind));
+        }
+        return last;
+    }
     return surpool__seterr(err, SURPOOL_ERR_UNAVAILABLE,
                            "server unavailable (%d connects failed in a row); last error: %s",
                            p->consecutive_failures, p->last_connect_error.message);
@@ -1096,7 +1109,7 @@ surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_co
         *out = w.conn;
         return SURPOOL_OK;
     }
-    if (w.outcome == SURPOOL_ERR_UNAVAILABLE)
+    if (w.outcome == SURPOOL_ERR_UNAVAILABLE) /* failed by the circuit opening */
         rc = unavailable_locked(p, err);
     else
         rc = surpool__seterr(err, w.outcome, "%s", surpool_strerror(w.outcome));

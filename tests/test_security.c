@@ -105,7 +105,7 @@ static void secret_config(surpool_config *cfg, const char *url)
     cfg->connect_timeout_ms = 3000;
     cfg->reconnect_backoff_min_ms = 20;
     cfg->reconnect_backoff_max_ms = 100;
-    cfg->breaker_threshold = 0; /* each case's own error, not UNAVAILABLE (case 2b) */
+    cfg->breaker_threshold = 0; /* each case's own error (case 2b turns it on) */
     cfg->log_fn = log_fn;
     cfg->log_level = SURPOOL_LOG_DEBUG;
     cfg->on_event = on_event;
@@ -207,11 +207,11 @@ static void test_secrets_never_logged(void **state)
     cfg.pass = WRONG_PASSWORD;
     rc = session(&cfg, 0, NULL);
     assert_int_equal(rc, SURPOOL_ERR_AUTH);
-    /* 2b. Again with the breaker on: UNAVAILABLE, whose message quotes the
-     *     last connect error. */
+    /* 2b. Again with the breaker on: the circuit opens, and the fast failure
+     *     still says AUTH (the server is up; the credentials are wrong). */
     cfg.breaker_threshold = 2;
     rc = session(&cfg, 0, NULL);
-    assert_int_equal(rc, SURPOOL_ERR_UNAVAILABLE);
+    assert_int_equal(rc, SURPOOL_ERR_AUTH);
 
     /* 3. The password in the URL, percent-encoded; then a wrong one there. */
     snprintf(url, sizeof(url), "ws://root:%s@127.0.0.1:%d/rpc", PASSWORD_ENC, s.port);
