@@ -118,8 +118,8 @@ static int bare_call_sync(bare *b, int idx, const char *method, json_t *params)
     return rc;
 }
 
-bare *bare_open(const char *url, int nconns, const char *user, const char *pass,
-                const char *ns, const char *db)
+bare *bare_open(const char *url, int nconns, const char *user, const char *pass, const char *ns,
+                const char *db)
 {
     bare *b = calloc(1, sizeof(*b));
     surpool_error err;
@@ -153,8 +153,8 @@ bare *bare_open(const char *url, int nconns, const char *user, const char *pass,
             return NULL;
         }
         b->nconns++;
-        if (user != NULL &&
-            bare_call_sync(b, i, "signin", json_pack("[{s:s,s:s}]", "user", user, "pass",
+        if (user != NULL && bare_call_sync(b, i, "signin",
+                                           json_pack("[{s:s,s:s}]", "user", user, "pass",
                                                      pass != NULL ? pass : "")) != 0) {
             bc_log("bench bare: signin failed");
             bare_close(b);

@@ -19,8 +19,8 @@ typedef void (*bare_cb)(void *ud, int ok);
 
 /* Open `nconns` sockets to url; with user != NULL sign in (root) and, with ns,
  * `use` ns/db on each. Returns NULL (and logs why) on failure. */
-bare *bare_open(const char *url, int nconns, const char *user, const char *pass,
-                const char *ns, const char *db);
+bare *bare_open(const char *url, int nconns, const char *user, const char *pass, const char *ns,
+                const char *db);
 int bare_nconns(const bare *b);
 /* Queue one request on socket `idx`. 0 on success (cb will run), -1 on error. */
 int bare_submit(bare *b, int idx, const char *method, const json_t *params, bare_cb cb,

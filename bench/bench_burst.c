@@ -350,8 +350,8 @@ int main(int argc, char **argv)
             /* Warm: enough requests at once for the lane to open all its sockets. */
             int werr = 0;
             json_t *warm = json_pack("[s]", "RETURN 1");
-            lane_round(pool, "query", warm, cfg.shared_connections * cfg.shared_max_inflight + 1,
-                       &werr);
+            lane_round(pool, "query", warm,
+                       cfg.shared_connections * cfg.shared_max_inflight + 1, &werr);
             json_decref(warm);
             for (int xi = 0; xi < nx; xi++)
                 for (int bi = 0; bi < nb; bi++) {

@@ -23,8 +23,8 @@ long bc_rss_bytes(void);     /* /proc/self/statm resident pages * page size */
 /* ---- latency samples: a fixed-capacity reservoir (uniform beyond cap) ---- */
 typedef struct bc_samples {
     int64_t *v;
-    size_t n;     /* stored (<= cap) */
-    size_t seen;  /* offered */
+    size_t n;    /* stored (<= cap) */
+    size_t seen; /* offered */
     size_t cap;
     uint64_t rng;
 } bc_samples;

@@ -229,7 +229,8 @@ static void bare_done_cb(void *ud, int ok);
 static void bare_issue(slot *s)
 {
     s->t0 = bc_now_ns();
-    if (bare_submit(R.bare, s->idx % bare_nconns(R.bare), "query", R.params, bare_done_cb, s) != 0) {
+    if (bare_submit(R.bare, s->idx % bare_nconns(R.bare), "query", R.params, bare_done_cb, s) !=
+        0) {
         atomic_fetch_add(&R.errors, 1);
         slot_retire();
     }

@@ -43,8 +43,8 @@ static void note_error(run *r, const surpool_error *err)
 {
     int expected = 0;
     if (atomic_compare_exchange_strong(&r->first_error_set, &expected, 1))
-        snprintf(r->first_error, sizeof(r->first_error), "%s: %s",
-                 surpool_strerror(err->code), err->message);
+        snprintf(r->first_error, sizeof(r->first_error), "%s: %s", surpool_strerror(err->code),
+                 err->message);
 }
 
 static void *caller(void *arg)

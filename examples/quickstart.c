@@ -38,8 +38,8 @@ int main(int argc, char **argv)
 
     json_t *vars = json_pack("{s:s}", "name", "Tobie");
     json_t *result = NULL;
-    surpool_err rc = surpool_conn_query(conn, "RETURN 'hello, ' + $name; RETURN 1 + 1", vars,
-                                        &result, &err);
+    surpool_err rc =
+        surpool_conn_query(conn, "RETURN 'hello, ' + $name; RETURN 1 + 1", vars, &result, &err);
     json_decref(vars);
     surpool_conn_release(conn);
 

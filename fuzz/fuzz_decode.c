@@ -12,10 +12,10 @@
 
 #include "codec.h"
 
-#define CHECK(cond)                                                                      \
-    do {                                                                                 \
-        if (!(cond))                                                                     \
-            abort();                                                                     \
+#define CHECK(cond)                                                                            \
+    do {                                                                                       \
+        if (!(cond))                                                                           \
+            abort();                                                                           \
     } while (0)
 
 /* A C string held in a fixed array: terminated within it, and valid UTF-8
@@ -54,8 +54,7 @@ static void round_trip(int64_t id, json_t *root)
     char *buf = NULL;
     size_t len = 0;
     surpool_error err;
-    surpool_err rc =
-        surpool__codec_encode_request(id, "fuzz", params, 5, &buf, &len, &err);
+    surpool_err rc = surpool__codec_encode_request(id, "fuzz", params, 5, &buf, &len, &err);
     CHECK(rc == SURPOOL_OK);
     CHECK(buf[5 + len] == '\0' && strlen(buf + 5) == len);
 
@@ -108,8 +107,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(json_object_get(json_object_get(f.root, "result"), "action") != NULL);
         rc = SURPOOL_OK;
         break;
-    default:
-        abort();
+    default: abort();
     }
     if (rc != SURPOOL_OK)
         check_err(&err, rc);

@@ -11,10 +11,10 @@
 
 #include "url.h"
 
-#define CHECK(cond)                                                                      \
-    do {                                                                                 \
-        if (!(cond))                                                                     \
-            abort();                                                                     \
+#define CHECK(cond)                                                                            \
+    do {                                                                                       \
+        if (!(cond))                                                                           \
+            abort();                                                                           \
     } while (0)
 
 static int all_zero(const void *p, size_t n)

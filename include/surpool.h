@@ -63,32 +63,32 @@ typedef struct surpool_conn surpool_conn;
  *  removed. docs/errors.md says when each happens and what to do about it. */
 typedef enum surpool_err {
     SURPOOL_OK = 0,
-    SURPOOL_ERR_INVALID_ARG = 1,     /**< a bad argument; nothing was sent */
-    SURPOOL_ERR_NOMEM = 2,           /**< an allocation failed */
-    SURPOOL_ERR_TIMEOUT = 3,         /**< acquire: no connection within the timeout */
-    SURPOOL_ERR_CLOSED = 4,          /**< the pool is closed */
-    SURPOOL_ERR_OVERLOADED = 5,      /**< acquire: max_waiters callers already wait */
-    SURPOOL_ERR_CONNECT = 6,         /**< could not open a connection */
-    SURPOOL_ERR_AUTH = 7,            /**< the server refused the credentials */
-    SURPOOL_ERR_SERVER = 8,          /**< the server answered the RPC with an error */
-    SURPOOL_ERR_PROTOCOL = 9,        /**< the server sent something we cannot read */
-    SURPOOL_ERR_DISCONNECTED = 10,   /**< the connection died with the call in flight */
+    SURPOOL_ERR_INVALID_ARG = 1,      /**< a bad argument; nothing was sent */
+    SURPOOL_ERR_NOMEM = 2,            /**< an allocation failed */
+    SURPOOL_ERR_TIMEOUT = 3,          /**< acquire: no connection within the timeout */
+    SURPOOL_ERR_CLOSED = 4,           /**< the pool is closed */
+    SURPOOL_ERR_OVERLOADED = 5,       /**< acquire: max_waiters callers already wait */
+    SURPOOL_ERR_CONNECT = 6,          /**< could not open a connection */
+    SURPOOL_ERR_AUTH = 7,             /**< the server refused the credentials */
+    SURPOOL_ERR_SERVER = 8,           /**< the server answered the RPC with an error */
+    SURPOOL_ERR_PROTOCOL = 9,         /**< the server sent something we cannot read */
+    SURPOOL_ERR_DISCONNECTED = 10,    /**< the connection died with the call in flight */
     SURPOOL_ERR_REQUEST_TIMEOUT = 11, /**< no reply within request_timeout_ms */
-    SURPOOL_ERR_TLS = 12,            /**< TLS handshake or certificate check failed */
-    SURPOOL_ERR_TOO_LARGE = 13,      /**< a reply exceeded max_message_bytes */
-    SURPOOL_ERR_UNAVAILABLE = 14,    /**< server known down (circuit open); fail fast */
-    SURPOOL_ERR_BROKEN = 15,         /**< the leased connection is broken; release it */
-    SURPOOL_ERR_PAUSED = 16,         /**< acquire: the pool is paused (fail-fast pause) */
+    SURPOOL_ERR_TLS = 12,             /**< TLS handshake or certificate check failed */
+    SURPOOL_ERR_TOO_LARGE = 13,       /**< a reply exceeded max_message_bytes */
+    SURPOOL_ERR_UNAVAILABLE = 14,     /**< server known down (circuit open); fail fast */
+    SURPOOL_ERR_BROKEN = 15,          /**< the leased connection is broken; release it */
+    SURPOOL_ERR_PAUSED = 16,          /**< acquire: the pool is paused (fail-fast pause) */
 } surpool_err;
 
 /** Detailed error information, filled by calls that take a `surpool_error *`.
  *  A plain value type: the caller owns it, it holds no pointers. */
 typedef struct surpool_error {
-    surpool_err code;   /**< same value the call returned */
-    int server_code;    /**< the server's JSON-RPC error code, or 0 */
-    char kind[32];      /**< the server's error kind (3.x, e.g. "NotAllowed"), or "" */
-    char message[256];  /**< human readable, NUL terminated, never holds secrets */
-    char reserved[64];  /**< room to grow; ignore */
+    surpool_err code;  /**< same value the call returned */
+    int server_code;   /**< the server's JSON-RPC error code, or 0 */
+    char kind[32];     /**< the server's error kind (3.x, e.g. "NotAllowed"), or "" */
+    char message[256]; /**< human readable, NUL terminated, never holds secrets */
+    char reserved[64]; /**< room to grow; ignore */
 } surpool_error;
 
 /** Static English text for a code. Never NULL, never allocates.
@@ -110,8 +110,7 @@ typedef enum surpool_log_level {
  *  a password or token. Called from any surpool thread (callers' threads and the
  *  pool's service thread), possibly concurrently: make it thread-safe. It must
  *  not call back into the pool. */
-typedef void (*surpool_log_fn)(void *userdata, surpool_log_level level,
-                               const char *message);
+typedef void (*surpool_log_fn)(void *userdata, surpool_log_level level, const char *message);
 
 /* ------------------------------------------------------------------------- */
 /* Configuration                                                              */
@@ -146,11 +145,11 @@ typedef enum surpool_event_type {
 /** One pool event. Borrowed: valid for the callback only. */
 typedef struct surpool_event {
     surpool_event_type type;
-    uint64_t conn_id;       /**< connection serial (1, 2, ...), 0 when none */
-    int64_t duration_us;    /**< see each type; 0 when not meaningful */
-    surpool_err code;       /**< for failures, else SURPOOL_OK */
-    const char *message;    /**< "" when none; never holds secrets */
-    const char *file;       /**< acquire call site (LEAK, ACQUIRE), or NULL */
+    uint64_t conn_id;    /**< connection serial (1, 2, ...), 0 when none */
+    int64_t duration_us; /**< see each type; 0 when not meaningful */
+    surpool_err code;    /**< for failures, else SURPOOL_OK */
+    const char *message; /**< "" when none; never holds secrets */
+    const char *file;    /**< acquire call site (LEAK, ACQUIRE), or NULL */
     int line;
 } surpool_event;
 
@@ -172,31 +171,31 @@ typedef enum surpool_auth_level {
  *  so that new fields get their defaults. Strings are borrowed by the struct
  *  and copied by surpool_pool_create(). docs/configuration.md lists every field. */
 typedef struct surpool_config {
-    size_t struct_size;            /**< set by surpool_config_init(); do not touch */
+    size_t struct_size; /**< set by surpool_config_init(); do not touch */
 
     /* Where and who. */
-    const char *url;               /**< "ws://host:port/rpc" or "wss://..."; required */
-    const char *ns;                /**< namespace selected on every connection, or NULL */
-    const char *db;                /**< database (needs ns), or NULL */
-    const char *user;              /**< signin user, or NULL for no signin */
-    const char *pass;              /**< signin password (wiped from memory at destroy) */
-    surpool_auth_level auth_level; /**< what `user` is; default SURPOOL_AUTH_ROOT */
-    const char *access;            /**< record access method: signs in with
+    const char *url;                  /**< "ws://host:port/rpc" or "wss://..."; required */
+    const char *ns;                   /**< namespace selected on every connection, or NULL */
+    const char *db;                   /**< database (needs ns), or NULL */
+    const char *user;                 /**< signin user, or NULL for no signin */
+    const char *pass;                 /**< signin password (wiped from memory at destroy) */
+    surpool_auth_level auth_level;    /**< what `user` is; default SURPOOL_AUTH_ROOT */
+    const char *access;               /**< record access method: signs in with
                                         {ns, db, ac, user, pass}; or NULL */
-    const char *token;             /**< JWT to `authenticate` with instead of user/pass */
-    const json_t *signin_params;   /**< full signin object instead of user/pass (any
+    const char *token;                /**< JWT to `authenticate` with instead of user/pass */
+    const json_t *signin_params;      /**< full signin object instead of user/pass (any
                                         access method's variables); deep-copied */
-    const char *init_sql;          /**< SurrealQL run on every new connection, or NULL */
+    const char *init_sql;             /**< SurrealQL run on every new connection, or NULL */
     surpool_on_connect_fn on_connect; /**< hook run on every new connection, or NULL */
     void *on_connect_userdata;
 
     /* Sizing and timeouts (milliseconds). */
-    int min_connections;           /**< opened at create and kept open; default 0 */
-    int max_connections;           /**< hard cap; default 10 */
-    long acquire_timeout_ms;       /**< default wait for a connection; default 30000 */
-    long connect_timeout_ms;       /**< TCP+TLS+upgrade+setup; default 10000 */
-    long request_timeout_ms;       /**< per RPC; 0 = none; default 30000 */
-    int max_waiters;               /**< queued acquires before shedding; 0 = unbounded */
+    int min_connections;     /**< opened at create and kept open; default 0 */
+    int max_connections;     /**< hard cap; default 10 */
+    long acquire_timeout_ms; /**< default wait for a connection; default 30000 */
+    long connect_timeout_ms; /**< TCP+TLS+upgrade+setup; default 10000 */
+    long request_timeout_ms; /**< per RPC; 0 = none; default 30000 */
+    int max_waiters;         /**< queued acquires before shedding; 0 = unbounded */
 
     /* Connect governor. */
     int max_concurrent_connects;   /**< connects in progress at once; 0 = max_connections;
@@ -205,51 +204,51 @@ typedef struct surpool_config {
     long reconnect_backoff_max_ms; /**< backoff ceiling; default 5000 */
 
     /* Lifecycle (docs/lifecycle.md). */
-    long idle_timeout_ms;          /**< close idle connections above min after this;
+    long idle_timeout_ms;         /**< close idle connections above min after this;
                                         0 = never; default 600000 */
-    long max_lifetime_ms;          /**< retire connections older than this (minus up to
+    long max_lifetime_ms;         /**< retire connections older than this (minus up to
                                         5% jitter); 0 = unlimited; default 1800000 */
-    long validation_idle_ms;       /**< ping a connection idle longer than this before
+    long validation_idle_ms;      /**< ping a connection idle longer than this before
                                         lending it; < 0 = never; default 2000 */
-    long validation_timeout_ms;    /**< deadline of that ping; default 3000 */
-    long keepalive_interval_ms;    /**< ping idle connections this often; 0 = off;
+    long validation_timeout_ms;   /**< deadline of that ping; default 3000 */
+    long keepalive_interval_ms;   /**< ping idle connections this often; 0 = off;
                                         default 30000 */
-    long maintenance_interval_ms;  /**< maintainer tick; default 500 */
-    int breaker_threshold;         /**< consecutive connect failures that open the
+    long maintenance_interval_ms; /**< maintainer tick; default 500 */
+    int breaker_threshold;        /**< consecutive connect failures that open the
                                         circuit; 0 = never; default 5 */
-    long leak_threshold_ms;        /**< report leases held longer; 0 = off (default) */
-    int lazy_start;                /**< 1: create succeeds even if min_connections cannot
+    long leak_threshold_ms;       /**< report leases held longer; 0 = off (default) */
+    int lazy_start;               /**< 1: create succeeds even if min_connections cannot
                                         be opened (the pool keeps trying); default 0 */
-    int close_dirty_leases;        /**< 1: close a lease whose session changed instead
+    int close_dirty_leases;       /**< 1: close a lease whose session changed instead
                                         of resetting it; default 0 */
-    surpool_event_fn on_event;     /**< NULL = no events */
+    surpool_event_fn on_event;    /**< NULL = no events */
     void *event_userdata;
 
     /* Shared lane (surpool_query, surpool_call, *_async). */
-    int shared_connections;        /**< lane connections (at most max_connections - 1,
+    int shared_connections;  /**< lane connections (at most max_connections - 1,
                                         so leases always have one); 0 = pool-level
                                         calls lease a connection each; default 2. Lane
                                         connections are kept until they die or reach
                                         max_lifetime_ms; idle_timeout_ms and keepalive
                                         do not apply to them. */
-    int shared_max_inflight;       /**< requests in flight per lane socket; default 256 */
+    int shared_max_inflight; /**< requests in flight per lane socket; default 256 */
 
     /* Transport. */
-    size_t max_message_bytes;      /**< largest reply accepted; default 64 MiB */
+    size_t max_message_bytes; /**< largest reply accepted; default 64 MiB */
 
     /* TLS (wss:// only). Verification and hostname check are on by default. */
-    const char *tls_ca_file;       /**< PEM bundle of trusted CAs, or NULL for system */
-    const char *tls_ca_dir;        /**< hashed CA directory, or NULL */
-    const char *tls_cert_file;     /**< client certificate (PEM), or NULL */
-    const char *tls_key_file;      /**< client private key (PEM), or NULL */
-    int tls_insecure_skip_verify;  /**< 1 = accept ANY certificate and name. Testing only. */
+    const char *tls_ca_file;      /**< PEM bundle of trusted CAs, or NULL for system */
+    const char *tls_ca_dir;       /**< hashed CA directory, or NULL */
+    const char *tls_cert_file;    /**< client certificate (PEM), or NULL */
+    const char *tls_key_file;     /**< client private key (PEM), or NULL */
+    int tls_insecure_skip_verify; /**< 1 = accept ANY certificate and name. Testing only. */
 
     /* Logging. */
-    surpool_log_fn log_fn;         /**< NULL = silent (libwebsockets' logs included) */
+    surpool_log_fn log_fn; /**< NULL = silent (libwebsockets' logs included) */
     void *log_userdata;
-    surpool_log_level log_level;   /**< most verbose level passed on; default WARN */
+    surpool_log_level log_level; /**< most verbose level passed on; default WARN */
 
-    unsigned char reserved[256];   /**< room to grow; keep zero */
+    unsigned char reserved[256]; /**< room to grow; keep zero */
 } surpool_config;
 
 /** Fill `cfg` with defaults (all strings NULL, sizes and timeouts as documented).
@@ -312,7 +311,7 @@ SURPOOL_API surpool_err surpool_pool_acquire(surpool_pool *pool, long timeout_ms
 SURPOOL_API surpool_err surpool_pool_acquire_at(surpool_pool *pool, long timeout_ms,
                                                 surpool_conn **out, surpool_error *err,
                                                 const char *file, int line);
-#define surpool_pool_acquire(pool, timeout_ms, out, err)                                  \
+#define surpool_pool_acquire(pool, timeout_ms, out, err)                                       \
     surpool_pool_acquire_at((pool), (timeout_ms), (out), (err), __FILE__, __LINE__)
 
 /** Stop lending without closing: new acquires wait (fail_fast = 0) or fail at
@@ -331,27 +330,27 @@ SURPOOL_API surpool_err surpool_pool_drain(surpool_pool *pool, long timeout_ms);
 
 /** Statistics snapshot. All counters are since create. */
 typedef struct surpool_stats {
-    size_t struct_size;     /**< set by surpool_pool_stats() */
-    int total;              /**< idle + in_use + connecting */
+    size_t struct_size; /**< set by surpool_pool_stats() */
+    int total;          /**< idle + in_use + connecting */
     int idle;
     int in_use;
-    int connecting;         /**< slots reserved for connects in progress */
-    int waiters;            /**< callers queued in acquire now */
+    int connecting; /**< slots reserved for connects in progress */
+    int waiters;    /**< callers queued in acquire now */
     int peak_waiters;
-    uint64_t acquired;      /**< successful acquires */
+    uint64_t acquired; /**< successful acquires */
     uint64_t released;
-    uint64_t timeouts;      /**< acquires that ended in SURPOOL_ERR_TIMEOUT */
-    uint64_t shed;          /**< acquires refused with SURPOOL_ERR_OVERLOADED */
-    uint64_t created;       /**< connections opened */
-    uint64_t destroyed;     /**< connections closed */
+    uint64_t timeouts;  /**< acquires that ended in SURPOOL_ERR_TIMEOUT */
+    uint64_t shed;      /**< acquires refused with SURPOOL_ERR_OVERLOADED */
+    uint64_t created;   /**< connections opened */
+    uint64_t destroyed; /**< connections closed */
     uint64_t connect_failures;
-    uint64_t handoffs;      /**< releases handed straight to a waiter */
-    uint64_t broken;        /**< connections released or found broken */
-    uint64_t requests;      /**< RPC requests completed (any outcome) */
+    uint64_t handoffs;       /**< releases handed straight to a waiter */
+    uint64_t broken;         /**< connections released or found broken */
+    uint64_t requests;       /**< RPC requests completed (any outcome) */
     uint64_t request_errors; /**< RPC requests that ended in an error */
-    uint64_t validations;   /**< validation and keepalive pings sent */
+    uint64_t validations;    /**< validation and keepalive pings sent */
     uint64_t validation_failures;
-    uint64_t reconnects;    /**< connections opened to replace closed ones */
+    uint64_t reconnects; /**< connections opened to replace closed ones */
     uint64_t breaker_opens;
     uint64_t lifetime_retirements;
     uint64_t idle_retirements;
@@ -365,8 +364,7 @@ typedef struct surpool_stats {
     int paused;
     /** Acquire wait (successful acquires) and connect time, microseconds, from
      *  a fixed histogram (upper bound of the bucket, within 19%). */
-    int64_t acquire_wait_p50_us, acquire_wait_p95_us, acquire_wait_p99_us,
-        acquire_wait_max_us;
+    int64_t acquire_wait_p50_us, acquire_wait_p95_us, acquire_wait_p99_us, acquire_wait_max_us;
     int64_t connect_p50_us, connect_p95_us, connect_p99_us, connect_max_us;
     unsigned char reserved[192];
 } surpool_stats;
@@ -523,8 +521,8 @@ typedef struct surpool_credentials {
     const char *pass;
     const char *ns;
     const char *db;
-    const char *access;  /**< record access method name ("ac") */
-    const json_t *vars;  /**< extra signin fields, a JSON object, or NULL */
+    const char *access;      /**< record access method name ("ac") */
+    const json_t *vars;      /**< extra signin fields, a JSON object, or NULL */
     const void *reserved[4]; /**< keep NULL */
 } surpool_credentials;
 

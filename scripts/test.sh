@@ -62,6 +62,16 @@ log "build: plain (-Werror)"
 configure_and_build "$build/plain" -DSURPOOL_WERROR=ON
 run_suite plain "$build/plain"
 
+if command -v clang-format >/dev/null 2>&1; then
+    log "format: clang-format --dry-run --Werror (cmake --build build/plain --target format fixes)"
+    if cmake --build "$build/plain" --target format-check >"$build/format.log" 2>&1; then
+        passed=$((passed + 1))
+    else
+        head -n 40 "$build/format.log"
+        failed=$((failed + 1)); failed_runs+=("format")
+    fi
+fi
+
 log "packaging: exported symbols, install + find_package/pkg-config, vendoring"
 if "$SURPOOL_ROOT/scripts/check-packaging.sh" "$build/plain"; then
     passed=$((passed + 3))

@@ -132,21 +132,14 @@ static void utf8_sanitize(char *dst, size_t dstsize, const char *src)
 static const char *json_type_name(const json_t *v)
 {
     switch (json_typeof(v)) {
-    case JSON_OBJECT:
-        return "an object";
-    case JSON_ARRAY:
-        return "an array";
-    case JSON_STRING:
-        return "a string";
-    case JSON_INTEGER:
-        return "an integer";
-    case JSON_REAL:
-        return "a real";
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a real";
     case JSON_TRUE:
-    case JSON_FALSE:
-        return "a boolean";
-    case JSON_NULL:
-        return "null";
+    case JSON_FALSE: return "a boolean";
+    case JSON_NULL: return "null";
     }
     return "an unknown type";
 }
@@ -219,9 +212,9 @@ static int method_is_valid(const char *m)
  * table rather than in the values, so concurrent encodes of one value are
  * safe). The method needs no escaping: it is [a-z_]+.
  */
-surpool_err surpool__codec_encode_request(int64_t id, const char *method,
-                                          const json_t *params, size_t headroom,
-                                          char **out, size_t *len, surpool_error *err)
+surpool_err surpool__codec_encode_request(int64_t id, const char *method, const json_t *params,
+                                          size_t headroom, char **out, size_t *len,
+                                          surpool_error *err)
 {
     if (out == NULL || len == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
@@ -240,8 +233,7 @@ surpool_err surpool__codec_encode_request(int64_t id, const char *method,
     b.cap = headroom + ENCODE_INITIAL_CAPACITY;
     b.data = surpool__malloc(b.cap);
     if (b.data == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_NOMEM,
-                               "out of memory encoding a request");
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory encoding a request");
 
     char head[64];
     int hn = snprintf(head, sizeof(head), "{\"id\":%lld,\"method\":\"", (long long)id);
@@ -272,8 +264,7 @@ surpool_err surpool__codec_encode_request(int64_t id, const char *method,
     if (rc != 0 || transient) {
         surpool__free(b.data);
         if (b.failed || transient)
-            return surpool__seterr(err, SURPOOL_ERR_NOMEM,
-                                   "out of memory encoding a request");
+            return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory encoding a request");
         return surpool__seterr(
             err, SURPOOL_ERR_INVALID_ARG,
             "RPC params cannot be encoded as JSON (a string that is not valid UTF-8, "
@@ -316,15 +307,13 @@ surpool_err surpool__codec_decode_frame(const char *buf, size_t len, surpool__fr
          * NULL without filling jerr (its text stays ""); every syntax error
          * has a text (and failed twice above). */
         if (jerr.text[0] == '\0' || json_error_code(&jerr) == json_error_out_of_memory)
-            return surpool__seterr(err, SURPOOL_ERR_NOMEM,
-                                   "out of memory decoding a frame");
+            return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory decoding a frame");
         char text[sizeof(jerr.text)];
         jerr.text[sizeof(jerr.text) - 1] = '\0'; /* the error code byte */
         utf8_sanitize(text, sizeof(text), jerr.text);
-        surpool__seterr(
-            err, SURPOOL_ERR_PROTOCOL,
-            "invalid JSON from the server at byte %d (line %d, column %d): %s",
-            jerr.position, jerr.line, jerr.column, text);
+        surpool__seterr(err, SURPOOL_ERR_PROTOCOL,
+                        "invalid JSON from the server at byte %d (line %d, column %d): %s",
+                        jerr.position, jerr.line, jerr.column, text);
         if (err != NULL)
             utf8_trim_tail(err->message);
         return SURPOOL_ERR_PROTOCOL;
@@ -340,10 +329,9 @@ surpool_err surpool__codec_decode_frame(const char *buf, size_t len, surpool__fr
     json_t *id = json_object_get(root, "id");
     if (id != NULL && !json_is_null(id)) {
         if (!json_is_integer(id)) {
-            surpool__seterr(
-                err, SURPOOL_ERR_PROTOCOL,
-                "frame from the server has an id that is %s, expected an integer",
-                json_type_name(id));
+            surpool__seterr(err, SURPOOL_ERR_PROTOCOL,
+                            "frame from the server has an id that is %s, expected an integer",
+                            json_type_name(id));
             json_decref(root);
             return SURPOOL_ERR_PROTOCOL;
         }
@@ -374,8 +362,7 @@ surpool_err surpool__codec_decode_frame(const char *buf, size_t len, surpool__fr
     return SURPOOL_ERR_PROTOCOL;
 }
 
-surpool_err surpool__codec_reply_result(const json_t *root, json_t **result,
-                                        surpool_error *err)
+surpool_err surpool__codec_reply_result(const json_t *root, json_t **result, surpool_error *err)
 {
     if (result != NULL)
         *result = NULL;
@@ -400,8 +387,7 @@ surpool_err surpool__codec_map_error(const json_t *error, surpool_error *err)
 {
     if (!json_is_object(error)) {
         if (error == NULL)
-            return surpool__seterr(err, SURPOOL_ERR_SERVER,
-                                   "server error without details");
+            return surpool__seterr(err, SURPOOL_ERR_SERVER, "server error without details");
         return surpool__seterr(err, SURPOOL_ERR_SERVER,
                                "malformed server error: %s, expected an object",
                                json_type_name(error));

@@ -56,7 +56,8 @@ surpool_err surpool__codec_decode_frame(const char *buf, size_t len, surpool__fr
  * surpool__codec_map_error() (an "error" member wins over "result"; "error":null
  * counts as absent); or SURPOOL_ERR_PROTOCOL when neither is there. result may
  * be NULL; otherwise *result is NULL on every failure. */
-surpool_err surpool__codec_reply_result(const json_t *root, json_t **result, surpool_error *err);
+surpool_err surpool__codec_reply_result(const json_t *root, json_t **result,
+                                        surpool_error *err);
 
 /* Map a server error object (1.x/2.x {code,message}; 3.x adds kind, details,
  * cause) into err: code -32002 (authentication) → SURPOOL_ERR_AUTH, everything

@@ -28,13 +28,11 @@ static void wipe_json_strings(json_t *v)
     } else if (json_is_object(v)) {
         const char *k;
         json_t *m;
-        json_object_foreach(v, k, m)
-            wipe_json_strings(m);
+        json_object_foreach(v, k, m) wipe_json_strings(m);
     } else if (json_is_array(v)) {
         size_t i;
         json_t *m;
-        json_array_foreach(v, i, m)
-            wipe_json_strings(m);
+        json_array_foreach(v, i, m) wipe_json_strings(m);
     }
 }
 
@@ -64,16 +62,16 @@ static const char *pick(const char *cfg_value, const char *url_value)
 }
 
 surpool_err surpool__config_copy(surpool__pool_config *dst, const surpool_config *src,
-                               const surpool__url *url, surpool_error *err)
+                                 const surpool__url *url, surpool_error *err)
 {
     memset(dst, 0, sizeof(*dst));
     dst->pub = *src;
     surpool_err rc = SURPOOL_OK;
     surpool_config *pub = &dst->pub;
-#define DUP(field, value)                                                                \
-    do {                                                                                 \
-        if (rc == SURPOOL_OK)                                                            \
-            rc = dup_field(&dst->field, &pub->field, (value));                          \
+#define DUP(field, value)                                                                      \
+    do {                                                                                       \
+        if (rc == SURPOOL_OK)                                                                  \
+            rc = dup_field(&dst->field, &pub->field, (value));                                 \
     } while (0)
     DUP(url, src->url);
     DUP(ns, pick(src->ns, url->ns));
@@ -169,8 +167,8 @@ surpool_err surpool__config_validate(const surpool_config *c, surpool_error *err
                                "shared_max_inflight >= 1");
     if (c->log_level < SURPOOL_LOG_ERROR || c->log_level > SURPOOL_LOG_DEBUG)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.log_level is invalid");
-    if (empty(c->ns) || empty(c->db) || empty(c->user) || empty(c->access) ||
-        empty(c->token) || empty(c->init_sql))
+    if (empty(c->ns) || empty(c->db) || empty(c->user) || empty(c->access) || empty(c->token) ||
+        empty(c->init_sql))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config strings must be NULL or non-empty");
     if (c->tls_insecure_skip_verify != 0 && c->tls_insecure_skip_verify != 1)
@@ -207,9 +205,10 @@ surpool_err surpool__config_validate_merged(const surpool_config *c, surpool_err
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config.auth_level DATABASE needs config.ns and config.db");
     if (c->access != NULL && c->user == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config.access needs config.user and config.pass (sent as the "
-                               "access method's $user and $pass; use signin_params for others)");
+        return surpool__seterr(
+            err, SURPOOL_ERR_INVALID_ARG,
+            "config.access needs config.user and config.pass (sent as the "
+            "access method's $user and $pass; use signin_params for others)");
     if (c->auth_level != SURPOOL_AUTH_ROOT && c->user == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config.auth_level applies to config.user only");
@@ -247,4 +246,3 @@ void surpool_config_init(surpool_config *cfg)
     cfg->shared_connections = 2;
     cfg->shared_max_inflight = 256;
 }
-

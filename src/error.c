@@ -11,40 +11,23 @@ const char *surpool_strerror(surpool_err code)
 {
     /* A switch without default: the compiler flags a code with no text. */
     switch (code) {
-    case SURPOOL_OK:
-        return "success";
-    case SURPOOL_ERR_INVALID_ARG:
-        return "invalid argument";
-    case SURPOOL_ERR_NOMEM:
-        return "out of memory";
-    case SURPOOL_ERR_TIMEOUT:
-        return "timed out waiting for a connection";
-    case SURPOOL_ERR_CLOSED:
-        return "pool is closed";
-    case SURPOOL_ERR_OVERLOADED:
-        return "too many callers waiting for a connection";
-    case SURPOOL_ERR_CONNECT:
-        return "could not connect to the server";
-    case SURPOOL_ERR_AUTH:
-        return "authentication failed";
-    case SURPOOL_ERR_SERVER:
-        return "the server returned an error";
-    case SURPOOL_ERR_PROTOCOL:
-        return "protocol error: unexpected data from the server";
-    case SURPOOL_ERR_DISCONNECTED:
-        return "connection lost";
-    case SURPOOL_ERR_REQUEST_TIMEOUT:
-        return "request timed out";
-    case SURPOOL_ERR_TLS:
-        return "TLS error";
-    case SURPOOL_ERR_TOO_LARGE:
-        return "message exceeds the size limit";
-    case SURPOOL_ERR_UNAVAILABLE:
-        return "server unavailable";
-    case SURPOOL_ERR_BROKEN:
-        return "connection is broken";
-    case SURPOOL_ERR_PAUSED:
-        return "pool is paused";
+    case SURPOOL_OK: return "success";
+    case SURPOOL_ERR_INVALID_ARG: return "invalid argument";
+    case SURPOOL_ERR_NOMEM: return "out of memory";
+    case SURPOOL_ERR_TIMEOUT: return "timed out waiting for a connection";
+    case SURPOOL_ERR_CLOSED: return "pool is closed";
+    case SURPOOL_ERR_OVERLOADED: return "too many callers waiting for a connection";
+    case SURPOOL_ERR_CONNECT: return "could not connect to the server";
+    case SURPOOL_ERR_AUTH: return "authentication failed";
+    case SURPOOL_ERR_SERVER: return "the server returned an error";
+    case SURPOOL_ERR_PROTOCOL: return "protocol error: unexpected data from the server";
+    case SURPOOL_ERR_DISCONNECTED: return "connection lost";
+    case SURPOOL_ERR_REQUEST_TIMEOUT: return "request timed out";
+    case SURPOOL_ERR_TLS: return "TLS error";
+    case SURPOOL_ERR_TOO_LARGE: return "message exceeds the size limit";
+    case SURPOOL_ERR_UNAVAILABLE: return "server unavailable";
+    case SURPOOL_ERR_BROKEN: return "connection is broken";
+    case SURPOOL_ERR_PAUSED: return "pool is paused";
     }
     return "unknown error";
 }

@@ -38,7 +38,7 @@ struct lane_req {
     char method[32];
     surpool_result_fn cb; /* async */
     void *userdata;
-    surpool__sync *sync;  /* sync: the waiting thread's */
+    surpool__sync *sync; /* sync: the waiting thread's */
     /* sync results, read by the waiter after the signal */
     surpool_err rc;
     json_t *result;
@@ -449,7 +449,8 @@ static surpool_err check_method(const char *method, const json_t *params, surpoo
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "method must be a non-empty string shorter than 32 bytes");
     if (params != NULL && !json_is_array(params))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "params must be a JSON array or NULL");
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "params must be a JSON array or NULL");
     if (surpool__method_changes_session(method))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "%s changes session state: lease a connection for it", method);
@@ -541,8 +542,8 @@ static surpool_err leased_call(surpool_pool *p, const char *method, const json_t
     return rc;
 }
 
-surpool_err surpool_call(surpool_pool *p, const char *method, const json_t *params, json_t **out,
-                         surpool_error *err)
+surpool_err surpool_call(surpool_pool *p, const char *method, const json_t *params,
+                         json_t **out, surpool_error *err)
 {
     if (p == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "pool is NULL");

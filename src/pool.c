@@ -491,7 +491,8 @@ static void *connector_main(void *arg)
             int64_t lifetime = ms_to_ns(p->cfg.pub.max_lifetime_ms);
             if (lifetime > 0) {
                 /* Up to 5% earlier, so connections made together expire apart. */
-                int64_t jitter = (int64_t)(next_random_locked(p) % (uint64_t)(lifetime / 20 + 1));
+                int64_t jitter =
+                    (int64_t)(next_random_locked(p) % (uint64_t)(lifetime / 20 + 1));
                 c->expires_ns = c->created_ns + lifetime - jitter;
             }
             int64_t cus = c->connect_ns / 1000;
@@ -741,9 +742,8 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
     rc = surpool__config_validate_merged(&p->cfg.pub, err);
     if (rc != SURPOOL_OK)
         goto fail_config;
-    p->cfg.max_concurrent_connects = cfg->max_concurrent_connects > 0
-                                         ? cfg->max_concurrent_connects
-                                         : cfg->max_connections;
+    p->cfg.max_concurrent_connects =
+        cfg->max_concurrent_connects > 0 ? cfg->max_concurrent_connects : cfg->max_connections;
     if (p->cfg.max_concurrent_connects > cfg->max_connections)
         p->cfg.max_concurrent_connects = cfg->max_connections;
     p->logger.fn = cfg->log_fn;
@@ -757,8 +757,7 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
     atomic_init(&p->resets, 0);
     atomic_init(&p->next_id, 1);
 
-    p->connectors = surpool__calloc((size_t)p->cfg.max_concurrent_connects,
-                                    sizeof(pthread_t));
+    p->connectors = surpool__calloc((size_t)p->cfg.max_concurrent_connects, sizeof(pthread_t));
     if (p->connectors == NULL) {
         rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory creating the pool");
         goto fail_config;
@@ -1039,8 +1038,8 @@ surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_co
             if (why != SURPOOL_OK) {
                 retire = "validation ping failed";
                 p->stats.validation_failures++;
-                evq_add(p, &q, SURPOOL_EVENT_HEALTH_FAIL, c->serial, 0, why, verr.message,
-                        NULL, 0);
+                evq_add(p, &q, SURPOOL_EVENT_HEALTH_FAIL, c->serial, 0, why, verr.message, NULL,
+                        0);
             } else if (p->closed) {
                 retire = "pool closed";
             }
@@ -1095,8 +1094,8 @@ surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_co
             /* Rule 4: nothing was handed over, so we may leave. */
             waiter_unlink(p, &w);
             rc = timeout_error_locked(p, timeout_ms, err);
-            evq_add(p, &q, SURPOOL_EVENT_TIMEOUT, 0, (surpool__now_ns() - t0) / 1000, rc,
-                    NULL, file, line);
+            evq_add(p, &q, SURPOOL_EVENT_TIMEOUT, 0, (surpool__now_ns() - t0) / 1000, rc, NULL,
+                    file, line);
             pthread_cond_destroy(&w.cv);
             goto out_unlock;
         }
@@ -1122,7 +1121,7 @@ out_unlock:
 }
 
 surpool_err(surpool_pool_acquire)(surpool_pool *pool, long timeout_ms, surpool_conn **out,
-                                   surpool_error *err)
+                                  surpool_error *err)
 {
     return surpool_pool_acquire_at(pool, timeout_ms, out, err, NULL, 0);
 }

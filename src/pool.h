@@ -21,32 +21,32 @@ typedef enum surpool__conn_state {
 
 struct surpool_conn {
     surpool_pool *pool;
-    surpool__tconn *t;          /* transport handle; NULL once closed */
-    surpool__conn_state state;  /* pool mutex */
+    surpool__tconn *t;         /* transport handle; NULL once closed */
+    surpool__conn_state state; /* pool mutex */
 
     /* Pool lists (pool mutex). */
     surpool_conn *all_next, *all_prev;
     surpool_conn *idle_next, *idle_prev;
 
-    uint64_t serial;            /* 1, 2, ... in creation order */
+    uint64_t serial; /* 1, 2, ... in creation order */
     int64_t created_ns;
-    int64_t connect_ns;         /* how long opening it took */
-    int64_t expires_ns;         /* INT64_MAX: no lifetime limit */
-    int64_t last_used_ns;       /* pool mutex: when a user last gave it back */
-    int64_t last_checked_ns;    /* pool mutex: last proof of life (use or ping) */
-    int64_t lease_start_ns;     /* pool mutex: when the current lease began */
-    const char *lease_file;     /* pool mutex: acquire call site */
+    int64_t connect_ns;      /* how long opening it took */
+    int64_t expires_ns;      /* INT64_MAX: no lifetime limit */
+    int64_t last_used_ns;    /* pool mutex: when a user last gave it back */
+    int64_t last_checked_ns; /* pool mutex: last proof of life (use or ping) */
+    int64_t lease_start_ns;  /* pool mutex: when the current lease began */
+    const char *lease_file;  /* pool mutex: acquire call site */
     int lease_line;
-    int leak_reported;          /* pool mutex */
-    int maint;                  /* pool mutex: lent to the maintainer, not a user */
+    int leak_reported; /* pool mutex */
+    int maint;         /* pool mutex: lent to the maintainer, not a user */
 
-    atomic_int dead;            /* set by the transport's on_dead event */
-    int broken;                 /* lease holder: a transport failure happened */
-    int discard;                /* lease holder: surpool_conn_discard() */
-    int session_dirty;          /* lease holder: session state changed (use, let, ...) */
-    int lane;                   /* pool mutex: held by the shared lane */
+    atomic_int dead;   /* set by the transport's on_dead event */
+    int broken;        /* lease holder: a transport failure happened */
+    int discard;       /* lease holder: surpool_conn_discard() */
+    int session_dirty; /* lease holder: session state changed (use, let, ...) */
+    int lane;          /* pool mutex: held by the shared lane */
 
-    char last_error[256];       /* lease holder: message of the last failed call */
+    char last_error[256]; /* lease holder: message of the last failed call */
 };
 
 typedef struct surpool__waiter surpool__waiter;
@@ -56,10 +56,10 @@ typedef struct surpool__lane surpool__lane;
 
 /* Per-pool configuration, copied and validated at create. */
 typedef struct surpool__pool_config {
-    surpool_config pub;         /* string members point into the copies below */
+    surpool_config pub; /* string members point into the copies below */
     char *url, *ns, *db, *user, *pass, *access, *token, *init_sql;
     char *tls_ca_file, *tls_ca_dir, *tls_cert_file, *tls_key_file;
-    json_t *signin_params;      /* deep copy, or NULL */
+    json_t *signin_params; /* deep copy, or NULL */
     int max_concurrent_connects;
 } surpool__pool_config;
 
@@ -75,9 +75,9 @@ struct surpool_pool {
     surpool_conn *all_head;
     surpool_conn *idle_head, *idle_tail; /* head = most recently used */
     int nidle, nleased, nconnecting;
-    int nclosing;               /* forgotten, close() in progress outside mu */
-    int nmaint;                 /* leased to the maintainer (counted in nleased) */
-    int ndrainers;              /* threads in surpool_pool_drain() */
+    int nclosing;  /* forgotten, close() in progress outside mu */
+    int nmaint;    /* leased to the maintainer (counted in nleased) */
+    int ndrainers; /* threads in surpool_pool_drain() */
     uint64_t next_serial;
 
     /* FIFO of waiters (mu): head is the oldest. */
@@ -88,33 +88,33 @@ struct surpool_pool {
     pthread_cond_t connector_cv;
     pthread_t *connectors;
     int nconnectors, nconnectors_idle;
-    int64_t connect_not_before_ns;  /* governor backoff */
+    int64_t connect_not_before_ns; /* governor backoff */
     int consecutive_failures;
     surpool_error last_connect_error;
-    int connect_failures_pending;   /* for create(): failures seen while warming up */
-    uint64_t rng;                   /* jitter state */
+    int connect_failures_pending; /* for create(): failures seen while warming up */
+    uint64_t rng;                 /* jitter state */
 
     /* Lifecycle (mu). */
     int closed;
     int paused, pause_fail_fast;
     int breaker_open;
-    pthread_cond_t state_cv;        /* broadcast when leases/connects finish */
-    pthread_cond_t maint_cv;        /* wakes the maintainer */
+    pthread_cond_t state_cv; /* broadcast when leases/connects finish */
+    pthread_cond_t maint_cv; /* wakes the maintainer */
     pthread_t maintainer;
     int maintainer_started;
-    atomic_int reap_pending;        /* a connection died: the maintainer should look */
+    atomic_int reap_pending; /* a connection died: the maintainer should look */
 
     /* Histograms (mu): fixed buckets, no allocation on the hot path. */
     uint32_t wait_hist[SURPOOL__HIST_BUCKETS];
     uint32_t connect_hist[SURPOOL__HIST_BUCKETS];
     int64_t wait_max_us, connect_max_us;
 
-    surpool_stats stats;            /* counters (mu) */
-    surpool__lane *lane;            /* NULL when shared_connections == 0 */
+    surpool_stats stats; /* counters (mu) */
+    surpool__lane *lane; /* NULL when shared_connections == 0 */
     atomic_ullong requests, request_errors, resets;
-    atomic_llong next_id;           /* RPC ids: unique across the pool, never reused,
+    atomic_llong next_id; /* RPC ids: unique across the pool, never reused,
                                        so a late reply can never match a newer call */
-    int nlane;                      /* (mu) connections held by the shared lane */
+    int nlane;            /* (mu) connections held by the shared lane */
 };
 
 /* config.c */

@@ -103,10 +103,8 @@ int surpool__breaks_connection(surpool_err code)
     case SURPOOL_ERR_REQUEST_TIMEOUT:
     case SURPOOL_ERR_PROTOCOL:
     case SURPOOL_ERR_TOO_LARGE:
-    case SURPOOL_ERR_BROKEN:
-        return 1;
-    default:
-        return 0;
+    case SURPOOL_ERR_BROKEN: return 1;
+    default: return 0;
     }
 }
 
@@ -121,9 +119,9 @@ static int carries_secret(const char *method)
 
 int surpool__method_changes_session(const char *method)
 {
-    static const char *const names[] = {"use", "signin", "signup", "authenticate",
-                                        "invalidate", "let", "unset", "reset", "begin",
-                                        "live", "attach", "detach"};
+    static const char *const names[] = {"use",        "signin", "signup", "authenticate",
+                                        "invalidate", "let",    "unset",  "reset",
+                                        "begin",      "live",   "attach", "detach"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strcmp(method, names[i]) == 0)
             return 1;
@@ -249,8 +247,11 @@ static int valid_utf8(const char *s)
 {
     const unsigned char *p = (const unsigned char *)s;
     while (p != NULL && *p) {
-        int n = *p < 0x80 ? 0 : (*p & 0xE0) == 0xC0 ? 1 : (*p & 0xF0) == 0xE0 ? 2
-                           : (*p & 0xF8) == 0xF0 ? 3 : -1;
+        int n = *p < 0x80             ? 0
+                : (*p & 0xE0) == 0xC0 ? 1
+                : (*p & 0xF0) == 0xE0 ? 2
+                : (*p & 0xF8) == 0xF0 ? 3
+                                      : -1;
         if (n < 0 || (n == 1 && *p < 0xC2))
             return 0;
         for (p++; n > 0; n--, p++)
@@ -303,8 +304,8 @@ surpool_err surpool_conn_query(surpool_conn *c, const char *sql, const json_t *v
         return bad_arg(c, err, "sql must be a non-empty string");
     if (vars != NULL && !json_is_object(vars))
         return bad_arg(c, err, "vars must be a JSON object or NULL");
-    json_t *params = vars != NULL ? pack(&je, "[sO]", sql, (json_t *)vars)
-                                  : pack(&je, "[s]", sql);
+    json_t *params =
+        vars != NULL ? pack(&je, "[sO]", sql, (json_t *)vars) : pack(&je, "[s]", sql);
     return call_stolen(c, "query", params, &je, out, err);
 }
 
@@ -314,11 +315,11 @@ surpool_err surpool_query_check(const json_t *result, surpool_error *err)
         return surpool__seterr(err, SURPOOL_ERR_PROTOCOL, "query result is not an array");
     size_t i;
     json_t *st;
-    json_array_foreach(result, i, st) {
+    json_array_foreach(result, i, st)
+    {
         const char *status = json_string_value(json_object_get(st, "status"));
         if (status == NULL)
-            return surpool__seterr(err, SURPOOL_ERR_PROTOCOL,
-                                   "statement %zu has no status", i);
+            return surpool__seterr(err, SURPOOL_ERR_PROTOCOL, "statement %zu has no status", i);
         if (strcmp(status, "OK") != 0) {
             json_t *r = json_object_get(st, "result");
             const char *msg = json_string_value(r);
@@ -337,10 +338,10 @@ surpool_err surpool_query_check(const json_t *result, surpool_error *err)
 /* Method wrappers                                                            */
 /* ------------------------------------------------------------------------- */
 
-#define CHECK_CONN(c, err)                                                                \
-    do {                                                                                  \
-        if ((c) == NULL)                                                                  \
-            return surpool__seterr((err), SURPOOL_ERR_INVALID_ARG, "conn is NULL");      \
+#define CHECK_CONN(c, err)                                                                     \
+    do {                                                                                       \
+        if ((c) == NULL)                                                                       \
+            return surpool__seterr((err), SURPOOL_ERR_INVALID_ARG, "conn is NULL");            \
     } while (0)
 
 /* Variable names as `let` accepts them: [A-Za-z_][A-Za-z0-9_]*. */
@@ -399,7 +400,8 @@ surpool_err surpool_conn_signin(surpool_conn *c, const surpool_credentials *cred
         return bad_arg(c, err, "signin: user and pass are required (or access)");
     if (cred->vars != NULL && !json_is_object(cred->vars))
         return bad_arg(c, err, "signin: vars must be a JSON object");
-    if ((cred->user != NULL && cred->user[0] == '\0') || (cred->ns != NULL && cred->ns[0] == '\0') ||
+    if ((cred->user != NULL && cred->user[0] == '\0') ||
+        (cred->ns != NULL && cred->ns[0] == '\0') ||
         (cred->db != NULL && cred->db[0] == '\0') ||
         (cred->access != NULL && cred->access[0] == '\0'))
         return bad_arg(c, err, "signin: strings must be NULL or non-empty");
@@ -498,10 +500,11 @@ static surpool_err thing_data_call(surpool_conn *c, const char *method, const ch
     if (data == NULL && data_required)
         return bad_arg(c, err, "data is required");
     if (data != NULL && !json_is_object(data) && !(arrays_ok && json_is_array(data)))
-        return bad_arg(c, err, arrays_ok ? "data must be a JSON object or array"
-                                         : "data must be a JSON object");
-    json_t *params = data != NULL ? pack(&je, "[sO]", thing, (json_t *)data)
-                                  : pack(&je, "[s]", thing);
+        return bad_arg(c, err,
+                       arrays_ok ? "data must be a JSON object or array"
+                                 : "data must be a JSON object");
+    json_t *params =
+        data != NULL ? pack(&je, "[sO]", thing, (json_t *)data) : pack(&je, "[s]", thing);
     return call_stolen(c, method, params, &je, out, err);
 }
 

@@ -62,10 +62,10 @@ struct surpool__treq {
     void *userdata;
 
     /* Out: set by the transport before done(). */
-    surpool_err status;  /* SURPOOL_OK: reply is set */
-    json_t *reply;       /* the decoded reply frame {"id":..,"result"|"error":..};
+    surpool_err status; /* SURPOOL_OK: reply is set */
+    json_t *reply;      /* the decoded reply frame {"id":..,"result"|"error":..};
                             a new reference the submitter takes over */
-    char message[200];   /* why, when status != SURPOOL_OK */
+    char message[200];  /* why, when status != SURPOOL_OK */
 
     /* Transport private: never touched by the submitter. */
     surpool__treq *tnext;
@@ -84,10 +84,10 @@ typedef struct surpool__tconn_events {
 } surpool__tconn_events;
 
 typedef struct surpool__tconfig {
-    const surpool__url *url;     /* borrowed; outlives the transport */
+    const surpool__url *url; /* borrowed; outlives the transport */
     long connect_timeout_ms;
     size_t max_message_bytes;
-    int max_connections;         /* sizing hint (fd table) */
+    int max_connections; /* sizing hint (fd table) */
     const char *tls_ca_file;
     const char *tls_ca_dir;
     const char *tls_cert_file;

@@ -81,9 +81,9 @@ typedef struct id_map {
 struct surpool__tconn {
     surpool__transport *t;
     atomic_int refs;
-    atomic_int dead;           /* alive() == !dead */
-    atomic_int in_wake;        /* on the transport's wake list (or about to be) */
-    surpool__tconn *wake_next; /* t->mu */
+    atomic_int dead;                     /* alive() == !dead */
+    atomic_int in_wake;                  /* on the transport's wake list (or about to be) */
+    surpool__tconn *wake_next;           /* t->mu */
     surpool__tconn *all_next, *all_prev; /* t->mu */
 
     pthread_mutex_t mu;  /* everything below up to "service thread only" */
@@ -187,8 +187,7 @@ static void lws_emit(int level, const char *line)
         /* Pools sharing one log callback get each line once. */
         int seen = 0;
         for (surpool__transport *u = g_reg_head; u != t && !seen; u = u->reg_next)
-            seen = u->logger->fn == t->logger->fn &&
-                   u->logger->userdata == t->logger->userdata;
+            seen = u->logger->fn == t->logger->fn && u->logger->userdata == t->logger->userdata;
         if (!seen)
             surpool__log(t->logger, lv, "libwebsockets: %s", buf);
     }
@@ -265,8 +264,8 @@ static int cond_init_monotonic(pthread_cond_t *cond)
 }
 
 /* snprintf into a fixed buffer where truncating a message is fine. */
-__attribute__((format(printf, 3, 4))) static void msgf(char *dst, size_t cap,
-                                                       const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void msgf(char *dst, size_t cap, const char *fmt,
+                                                       ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -515,8 +514,7 @@ static void conn_wake(surpool__tconn *c)
 }
 
 /* Move every queued and in-flight request of `c` to `d` (c->mu held). */
-static void conn_collect_all(surpool__tconn *c, done_list *d, surpool_err code,
-                             const char *msg)
+static void conn_collect_all(surpool__tconn *c, done_list *d, surpool_err code, const char *msg)
 {
     surpool__treq *r;
     while ((r = c->inflight.head) != NULL) {
@@ -561,8 +559,8 @@ static void conn_fail(surpool__tconn *c, surpool_err code, const char *msg)
 /* Move expired requests of `l` to `d`; lower *earliest to the first remaining
  * deadline. Sorted lists cost O(expired); unsorted ones a full walk, which also
  * notices when the list became sorted again. */
-static void expire_list(surpool__tconn *c, treq_list *l, int in_map, int64_t now,
-                        done_list *d, int64_t *earliest, const char *msg)
+static void expire_list(surpool__tconn *c, treq_list *l, int in_map, int64_t now, done_list *d,
+                        int64_t *earliest, const char *msg)
 {
     if (l->sorted) {
         surpool__treq *r;
@@ -677,14 +675,9 @@ static void conn_visit(surpool__tconn *c)
     pthread_mutex_unlock(&c->mu);
 
     switch (act) {
-    case NOTHING:
-        break;
-    case CONNECT:
-        conn_start(c);
-        break;
-    case WRITE:
-        lws_callback_on_writable(c->wsi);
-        break;
+    case NOTHING: break;
+    case CONNECT: conn_start(c); break;
+    case WRITE: lws_callback_on_writable(c->wsi); break;
     case CLOSE:
         /* The close frame goes out from the writable callback; the timeout is a
          * backstop for a peer that stops reading. */
@@ -694,8 +687,7 @@ static void conn_visit(surpool__tconn *c)
     case KILL:
         /* Not established yet, so no close frame: drop the socket. ASYNC because
          * we are inside another wsi's callback. */
-        lws_set_timeout(c->wsi, PENDING_TIMEOUT_AWAITING_CONNECT_RESPONSE,
-                        LWS_TO_KILL_ASYNC);
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_AWAITING_CONNECT_RESPONSE, LWS_TO_KILL_ASYNC);
         break;
     }
     timer_arm(c, hint);
@@ -751,8 +743,8 @@ static void conn_start(surpool__tconn *c)
         i.ssl_connection = LCCSCF_USE_SSL;
         if (t->insecure)
             i.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED |
-                                LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK |
-                                LCCSCF_ALLOW_EXPIRED | LCCSCF_ALLOW_INSECURE;
+                                LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK | LCCSCF_ALLOW_EXPIRED |
+                                LCCSCF_ALLOW_INSECURE;
         else if (t->host_is_ip == 6)
             /* lws cuts the name at the first ':' ("[::1]" → "[") and would
              * reject every certificate; our verify callback checks the address. */
@@ -781,9 +773,8 @@ static void conn_start(surpool__tconn *c)
                 c->state = CS_FAILED;
                 if (c->fail_code == SURPOOL_OK) {
                     c->fail_code = SURPOOL_ERR_CONNECT;
-                    msgf(c->fail_msg, sizeof(c->fail_msg),
-                         "cannot connect to %s port %d (%s)", t->url->host, t->url->port,
-                         addr);
+                    msgf(c->fail_msg, sizeof(c->fail_msg), "cannot connect to %s port %d (%s)",
+                         t->url->host, t->url->port, addr);
                 }
             }
         }
@@ -816,15 +807,14 @@ static int conn_maybe_next_addr(surpool__tconn *c)
 
 static int is_tls_text(const char *s)
 {
-    return strstr(s, "SSL") != NULL || strstr(s, "ssl") != NULL ||
-           strstr(s, "TLS") != NULL || strstr(s, "cert") != NULL ||
-           strncmp(s, "connect SYSCALL", 15) == 0 || strncmp(s, "connect unk", 11) == 0;
+    return strstr(s, "SSL") != NULL || strstr(s, "ssl") != NULL || strstr(s, "TLS") != NULL ||
+           strstr(s, "cert") != NULL || strncmp(s, "connect SYSCALL", 15) == 0 ||
+           strncmp(s, "connect unk", 11) == 0;
 }
 
 /* LWS_CALLBACK_CLIENT_CONNECTION_ERROR: remember why; WSI_DESTROY (or the NULL
  * return of the connect call) decides what happens next. */
-static void on_connection_error(struct lws *wsi, surpool__tconn *c, const char *in,
-                                size_t len)
+static void on_connection_error(struct lws *wsi, surpool__tconn *c, const char *in, size_t len)
 {
     surpool__transport *t = c->t;
     char text[160];
@@ -866,8 +856,8 @@ static void on_connection_error(struct lws *wsi, surpool__tconn *c, const char *
                      t->url->host, note);
             else if (alert_rx != NULL)
                 msgf(c->fail_msg, sizeof(c->fail_msg),
-                     "TLS handshake with %s failed: the server sent alert '%s'",
-                     t->url->host, alert_rx);
+                     "TLS handshake with %s failed: the server sent alert '%s'", t->url->host,
+                     alert_rx);
             else if (alert_tx != NULL)
                 msgf(c->fail_msg, sizeof(c->fail_msg),
                      "TLS handshake with %s failed: sent alert '%s' (%s)", t->url->host,
@@ -879,9 +869,8 @@ static void on_connection_error(struct lws *wsi, surpool__tconn *c, const char *
             c->fail_code = SURPOOL_ERR_CONNECT;
             const char *a = c->addrs[c->addr_idx];
             if (strcmp(a, t->url->host) != 0)
-                msgf(c->fail_msg, sizeof(c->fail_msg),
-                     "cannot connect to %s port %d (%s): %s", t->url->host, t->url->port,
-                     a, text);
+                msgf(c->fail_msg, sizeof(c->fail_msg), "cannot connect to %s port %d (%s): %s",
+                     t->url->host, t->url->port, a, text);
             else
                 msgf(c->fail_msg, sizeof(c->fail_msg), "cannot connect to %s port %d: %s",
                      t->url->host, t->url->port, text);
@@ -948,8 +937,8 @@ static void tls_info_cb(const SSL *ssl, int where, int ret)
     SSL_set_ex_data((SSL *)ssl, idx, (void *)SSL_alert_desc_string_long(ret));
 }
 
-static void tls_msg_cb(int write_p, int version, int content_type, const void *buf,
-                       size_t len, SSL *ssl, void *arg)
+static void tls_msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,
+                       SSL *ssl, void *arg)
 {
     SURPOOL__UNUSED(version);
     SURPOOL__UNUSED(arg);
@@ -988,8 +977,7 @@ static int on_cert_verify(surpool__tconn *c, X509_STORE_CTX *xs, int preverify_o
         int e = X509_STORE_CTX_get_error(xs);
         pthread_mutex_lock(&c->mu);
         if (c->tls_reason[0] == '\0')
-            copy_str(c->tls_reason, sizeof(c->tls_reason),
-                     X509_verify_cert_error_string(e));
+            copy_str(c->tls_reason, sizeof(c->tls_reason), X509_verify_cert_error_string(e));
         pthread_mutex_unlock(&c->mu);
         return 0;
     }
@@ -1084,8 +1072,7 @@ static surpool_err tls_ctx_create(const surpool__tconfig *cfg, SSL_CTX **out,
     }
     if (cfg->tls_cert_file != NULL) {
         /* Without tls_key_file the key is expected in the certificate's file. */
-        const char *key =
-            cfg->tls_key_file != NULL ? cfg->tls_key_file : cfg->tls_cert_file;
+        const char *key = cfg->tls_key_file != NULL ? cfg->tls_key_file : cfg->tls_cert_file;
         if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert_file) != 1) {
             rc = tls_error(err, "cannot load tls_cert_file", cfg->tls_cert_file);
             goto fail;
@@ -1101,8 +1088,8 @@ static surpool_err tls_ctx_create(const surpool__tconfig *cfg, SSL_CTX **out,
     }
     /* lws overrides the mode on each SSL (SSL_VERIFY_PEER plus its callback, which
      * calls ours); this is the policy it starts from. */
-    SSL_CTX_set_verify(
-        ctx, cfg->tls_insecure_skip_verify ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_verify(ctx, cfg->tls_insecure_skip_verify ? SSL_VERIFY_NONE : SSL_VERIFY_PEER,
+                       NULL);
     SSL_CTX_set_info_callback(ctx, tls_info_cb);
     SSL_CTX_set_msg_callback(ctx, tls_msg_cb);
     *out = ctx;
@@ -1225,8 +1212,7 @@ static int on_receive(struct lws *wsi, surpool__tconn *c, const char *in, size_t
         c->rx_binary = lws_frame_is_binary(wsi);
     }
     if (c->rx_binary) {
-        conn_fail(c, SURPOOL_ERR_PROTOCOL,
-                  "server sent a binary frame on a JSON connection");
+        conn_fail(c, SURPOOL_ERR_PROTOCOL, "server sent a binary frame on a JSON connection");
         lws_close_reason(wsi, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE, NULL, 0);
         return -1;
     }
@@ -1423,8 +1409,7 @@ static int lws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user,
         if ((c = lws_get_opaque_user_data(wsi)) != NULL)
             on_wsi_destroy(wsi, c);
         return 0;
-    default:
-        break;
+    default: break;
     }
     return lws_callback_http_dummy(wsi, reason, user, in, len);
 }
@@ -1485,12 +1470,10 @@ static surpool_err lws_t_create(const surpool__tconfig *cfg, void *arg,
 
     surpool__transport *t = surpool__calloc(1, sizeof(*t));
     if (t == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_NOMEM,
-                               "out of memory creating the transport");
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory creating the transport");
     t->url = cfg->url;
     t->logger = cfg->logger;
-    t->max_message_bytes =
-        cfg->max_message_bytes != 0 ? cfg->max_message_bytes : SIZE_MAX;
+    t->max_message_bytes = cfg->max_message_bytes != 0 ? cfg->max_message_bytes : SIZE_MAX;
     t->connect_timeout_ms = cfg->connect_timeout_ms;
     long secs = cfg->connect_timeout_ms > 0 ? (cfg->connect_timeout_ms + 999) / 1000 : 1;
     t->timeout_secs = secs < 1 ? 1 : secs > 3600 ? 3600 : (int)secs;
@@ -1507,13 +1490,13 @@ static surpool_err lws_t_create(const surpool__tconfig *cfg, void *arg,
     if (t->host_is_ip == 6)
         n = default_port
                 ? snprintf(t->host_header, sizeof(t->host_header), "[%s]", cfg->url->host)
-                : snprintf(t->host_header, sizeof(t->host_header), "[%s]:%d",
-                           cfg->url->host, cfg->url->port);
+                : snprintf(t->host_header, sizeof(t->host_header), "[%s]:%d", cfg->url->host,
+                           cfg->url->port);
     else
         n = default_port
                 ? snprintf(t->host_header, sizeof(t->host_header), "%s", cfg->url->host)
-                : snprintf(t->host_header, sizeof(t->host_header), "%s:%d",
-                           cfg->url->host, cfg->url->port);
+                : snprintf(t->host_header, sizeof(t->host_header), "%s:%d", cfg->url->host,
+                           cfg->url->port);
     if (n < 0 || (size_t)n >= sizeof(t->host_header)) {
         surpool__free(t);
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "host name too long");
@@ -1526,8 +1509,7 @@ static surpool_err lws_t_create(const surpool__tconfig *cfg, void *arg,
     if (cond_init_monotonic(&t->cond) != 0) {
         pthread_mutex_destroy(&t->mu);
         surpool__free(t);
-        return surpool__seterr(err, SURPOOL_ERR_NOMEM,
-                               "cannot create a condition variable");
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
     }
     if (pthread_rwlock_init(&t->alive_lock, NULL) != 0) {
         pthread_cond_destroy(&t->cond);
@@ -1642,14 +1624,12 @@ static surpool_err lws_t_open(surpool__transport *t, int64_t deadline_ns,
                               surpool_error *err)
 {
     if (t == NULL || out == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "open: t and out are required");
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "open: t and out are required");
     int64_t start = surpool__now_ns();
 
     surpool__tconn *c = surpool__calloc(1, sizeof(*c));
     if (c == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_NOMEM,
-                               "out of memory opening a connection");
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory opening a connection");
     if (pthread_mutex_init(&c->mu, NULL) != 0) {
         surpool__free(c);
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a mutex");
@@ -1657,8 +1637,7 @@ static surpool_err lws_t_open(surpool__transport *t, int64_t deadline_ns,
     if (cond_init_monotonic(&c->cond) != 0) {
         pthread_mutex_destroy(&c->mu);
         surpool__free(c);
-        return surpool__seterr(err, SURPOOL_ERR_NOMEM,
-                               "cannot create a condition variable");
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
     }
     if (pthread_mutex_init(&c->events_mu, NULL) != 0) {
         pthread_cond_destroy(&c->cond);
@@ -1703,9 +1682,9 @@ static surpool_err lws_t_open(surpool__transport *t, int64_t deadline_ns,
         return SURPOOL_OK;
     }
     if (c->state == CS_FAILED) {
-        rc = surpool__seterr(
-            err, c->fail_code != SURPOOL_OK ? c->fail_code : SURPOOL_ERR_CONNECT, "%s",
-            c->fail_msg[0] != '\0' ? c->fail_msg : "connect failed");
+        rc = surpool__seterr(err,
+                             c->fail_code != SURPOOL_OK ? c->fail_code : SURPOOL_ERR_CONNECT,
+                             "%s", c->fail_msg[0] != '\0' ? c->fail_msg : "connect failed");
         pthread_mutex_unlock(&c->mu);
     } else {
         /* Deadline: have the service thread kill the attempt, and wait (bounded)
@@ -1720,8 +1699,7 @@ static surpool_err lws_t_open(surpool__transport *t, int64_t deadline_ns,
                 break;
         }
         pthread_mutex_unlock(&c->mu);
-        long ms =
-            (long)((deadline_ns - start + SURPOOL__NS_PER_MS / 2) / SURPOOL__NS_PER_MS);
+        long ms = (long)((deadline_ns - start + SURPOOL__NS_PER_MS / 2) / SURPOOL__NS_PER_MS);
         rc = surpool__seterr(err, SURPOOL_ERR_TIMEOUT, "connect timed out after %ld ms",
                              ms > 0 ? ms : 0);
     }
@@ -1731,8 +1709,7 @@ static surpool_err lws_t_open(surpool__transport *t, int64_t deadline_ns,
 
 static surpool_err lws_t_submit(surpool__tconn *c, surpool__treq *req)
 {
-    if (c == NULL || req == NULL || req->buf == NULL || req->len == 0 ||
-        req->done == NULL)
+    if (c == NULL || req == NULL || req->buf == NULL || req->len == 0 || req->done == NULL)
         return SURPOOL_ERR_INVALID_ARG;
     pthread_mutex_lock(&c->mu);
     if (c->state != CS_OPEN || c->closing || atomic_load(&c->dead)) {

@@ -236,9 +236,9 @@ static surpool_err percent_decode(const char *s, size_t n, const char *what, cha
             }
             c = (char)(hi * 16 + lo);
             if (c == '\0') {
-                rc = surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                                     "invalid URL: the %s contains an encoded NUL (%%00)",
-                                     what);
+                rc =
+                    surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                    "invalid URL: the %s contains an encoded NUL (%%00)", what);
                 break;
             }
             i += 2;
@@ -246,9 +246,9 @@ static surpool_err percent_decode(const char *s, size_t n, const char *what, cha
         d[j++] = c;
     }
     if (rc == SURPOOL_OK && !utf8_valid((const unsigned char *)d, j))
-        rc = surpool__seterr(
-            err, SURPOOL_ERR_INVALID_ARG,
-            "invalid URL: the %s is not valid UTF-8 once percent-decoded", what);
+        rc = surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                             "invalid URL: the %s is not valid UTF-8 once percent-decoded",
+                             what);
     if (rc != SURPOOL_OK) {
         surpool__wipe(d, n + 1);
         surpool__free(d);
@@ -272,21 +272,18 @@ static int path_char_ok(char c)
     return c != '\0' && strchr("-._~!$&'()*+,;=:/", c) != NULL;
 }
 
-static surpool_err parse_path(const char *s, size_t n, surpool__url *u,
-                              surpool_error *err)
+static surpool_err parse_path(const char *s, size_t n, surpool__url *u, surpool_error *err)
 {
     for (size_t i = 0; i < n; i++) {
         if (s[i] == '@') {
-            return surpool__seterr(
-                err, SURPOOL_ERR_INVALID_ARG,
-                "invalid URL: '@' in the path (percent-encode '/', '?', "
-                "'#' and '@' in the user name and password)");
+            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                   "invalid URL: '@' in the path (percent-encode '/', '?', "
+                                   "'#' and '@' in the user name and password)");
         } else if (s[i] == '%') {
             if (n - i < 3 || hex_value(s[i + 1]) < 0 || hex_value(s[i + 2]) < 0)
-                return surpool__seterr(
-                    err, SURPOOL_ERR_INVALID_ARG,
-                    "invalid URL: malformed percent-escape in the path "
-                    "(expected %% and two hex digits)");
+                return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                       "invalid URL: malformed percent-escape in the path "
+                                       "(expected %% and two hex digits)");
             i += 2;
         } else if (!path_char_ok(s[i])) {
             return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
@@ -329,17 +326,16 @@ static surpool_err parse_query(const char *s, const char *end, surpool__url *u,
             slot = &u->access;
             what = "ac parameter";
         } else {
-            return surpool__seterr(
-                err, SURPOOL_ERR_INVALID_ARG,
-                "invalid URL: unknown query parameter (the URL accepts "
-                "only ns, db and ac)");
+            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                   "invalid URL: unknown query parameter (the URL accepts "
+                                   "only ns, db and ac)");
         }
         if (*slot != NULL)
             return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                    "invalid URL: the %s is given twice", what);
         if (eq + 1 == pend)
-            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                                   "invalid URL: the %s is empty", what);
+            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "invalid URL: the %s is empty",
+                                   what);
         surpool_err rc = percent_decode(eq + 1, (size_t)(pend - eq - 1), what, slot, err);
         if (rc != SURPOOL_OK)
             return rc;
@@ -368,8 +364,7 @@ static surpool_err parse_userinfo(const char *s, const char *end, surpool__url *
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "invalid URL: empty password after ':' (omit the ':' for "
                                "no password)");
-    return percent_decode(colon + 1, (size_t)(end - colon - 1), "password", &u->pass,
-                          err);
+    return percent_decode(colon + 1, (size_t)(end - colon - 1), "password", &u->pass, err);
 }
 
 /* Port: 1..65535, decimal digits only. `hint` is set when the URL still holds
@@ -378,10 +373,9 @@ static surpool_err parse_userinfo(const char *s, const char *end, surpool__url *
 static surpool_err parse_port(const char *s, const char *end, int hint, surpool__url *u,
                               surpool_error *err)
 {
-    const char *why = hint
-                          ? " (percent-encode '/', '?', '#' and '@' in the user name and "
-                            "password)"
-                          : "";
+    const char *why = hint ? " (percent-encode '/', '?', '#' and '@' in the user name and "
+                             "password)"
+                           : "";
     if (s == end)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "invalid URL: empty port after ':'%s", why);
@@ -416,9 +410,8 @@ static surpool_err parse_host(const char *s, const char *end, int hint, surpool_
         hs = s + 1;
         hend = close;
         if (find_char(hs, hend, '%') != NULL)
-            return surpool__seterr(
-                err, SURPOOL_ERR_INVALID_ARG,
-                "invalid URL: IPv6 zone identifiers are not supported");
+            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                   "invalid URL: IPv6 zone identifiers are not supported");
         if (!ipv6_valid(hs, (size_t)(hend - hs)))
             return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                    "invalid URL: malformed IPv6 address");
@@ -433,8 +426,7 @@ static surpool_err parse_host(const char *s, const char *end, int hint, surpool_
         hend = rest;
         size_t n = (size_t)(hend - s);
         if (n == 0)
-            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                                   "invalid URL: empty host");
+            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "invalid URL: empty host");
         /* All digits and dots (at least one digit): an IPv4 address, checked
          * strictly so that "1.2.3" or "12345" never reach a resolver that
          * would read them in the old inet_aton forms. */
@@ -481,9 +473,8 @@ static surpool_err parse(const char *s, surpool__url *u, surpool_error *err)
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c <= 0x20 || c == 0x7F)
-            return surpool__seterr(
-                err, SURPOOL_ERR_INVALID_ARG,
-                "invalid URL: space or control character at offset %zu", i);
+            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                   "invalid URL: space or control character at offset %zu", i);
     }
 
     const char *p;
@@ -498,11 +489,9 @@ static surpool_err parse(const char *s, surpool__url *u, surpool_error *err)
     }
     const char *end = s + len;
     if (find_char(p, end, '#') != NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "invalid URL: fragments ('#') are not allowed%s",
-                               find_char(p, end, '@') != NULL
-                                   ? " (percent-encode '#' in a password as %23)"
-                                   : "");
+        return surpool__seterr(
+            err, SURPOOL_ERR_INVALID_ARG, "invalid URL: fragments ('#') are not allowed%s",
+            find_char(p, end, '@') != NULL ? " (percent-encode '#' in a password as %23)" : "");
 
     /* Authority: up to the first '/' or '?'. */
     const char *aend = p;
@@ -514,10 +503,9 @@ static surpool_err parse(const char *s, surpool__url *u, surpool_error *err)
     const char *host = p;
     if (at != NULL) {
         if (find_char(at + 1, aend, '@') != NULL)
-            return surpool__seterr(
-                err, SURPOOL_ERR_INVALID_ARG,
-                "invalid URL: more than one '@' (percent-encode '@' in "
-                "a user name or password as %%40)");
+            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                   "invalid URL: more than one '@' (percent-encode '@' in "
+                                   "a user name or password as %%40)");
         surpool_err rc = parse_userinfo(p, at, u, err);
         if (rc != SURPOOL_OK)
             return rc;
@@ -533,9 +521,9 @@ static surpool_err parse(const char *s, surpool__url *u, surpool_error *err)
         rc = parse_path(aend, (size_t)(pend - aend), u, err);
     } else {
         u->path = surpool__strdup(URL_DEFAULT_PATH);
-        rc = u->path != NULL ? SURPOOL_OK
-                             : surpool__seterr(err, SURPOOL_ERR_NOMEM,
-                                               "out of memory parsing the URL");
+        rc = u->path != NULL
+                 ? SURPOOL_OK
+                 : surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory parsing the URL");
     }
     if (rc != SURPOOL_OK)
         return rc;
@@ -547,8 +535,7 @@ static surpool_err parse(const char *s, surpool__url *u, surpool_error *err)
 surpool_err surpool__url_parse(const char *s, surpool__url *out, surpool_error *err)
 {
     if (out == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "url_parse: out is required");
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "url_parse: out is required");
     memset(out, 0, sizeof(*out));
     surpool_err rc = parse(s, out, err);
     if (rc != SURPOOL_OK)

@@ -8,14 +8,14 @@
 #include "internal.h"
 
 typedef struct surpool__url {
-    int tls;     /* 1 for wss:// */
-    char *host;  /* without brackets for IPv6 literals; never empty */
-    int port;    /* 1..65535; default 80 (ws) / 443 (wss) */
-    char *path;  /* starts with '/'; default "/rpc" */
-    char *user;  /* percent-decoded userinfo, or NULL */
-    char *pass;  /* percent-decoded, or NULL; a secret: freed with surpool__free_secret */
-    char *ns;    /* query parameter ns, percent-decoded, or NULL */
-    char *db;    /* query parameter db, or NULL */
+    int tls;      /* 1 for wss:// */
+    char *host;   /* without brackets for IPv6 literals; never empty */
+    int port;     /* 1..65535; default 80 (ws) / 443 (wss) */
+    char *path;   /* starts with '/'; default "/rpc" */
+    char *user;   /* percent-decoded userinfo, or NULL */
+    char *pass;   /* percent-decoded, or NULL; a secret: freed with surpool__free_secret */
+    char *ns;     /* query parameter ns, percent-decoded, or NULL */
+    char *db;     /* query parameter db, or NULL */
     char *access; /* query parameter ac (record access method), or NULL */
 } surpool__url;
 

@@ -90,8 +90,8 @@ json_t *fake_default_responder(void *ud, json_int_t id, const char *method, json
         return json_pack("{s:I, s:{s:i, s:s, s:s}}", "id", id, "error", "code", -32000,
                          "message", "deliberate failure", "kind", "Internal");
     if (strcmp(method, "authfail") == 0)
-        return json_pack("{s:I, s:{s:i, s:s}}", "id", id, "error", "code", -32002,
-                         "message", "There was a problem with authentication");
+        return json_pack("{s:I, s:{s:i, s:s}}", "id", id, "error", "code", -32002, "message",
+                         "There was a problem with authentication");
     if (strcmp(method, "noreply") == 0)
         return NULL;
     return json_pack("{s:I, s:{s:i, s:s}}", "id", id, "error", "code", -32601, "message",
@@ -243,8 +243,8 @@ static surpool_err fake_open(surpool__transport *t, int64_t deadline_ns,
     sleep_ns(lat);
     int every = atomic_load(&s->fail_connect_every);
     int fail_now = atomic_load(&s->fail_connects);
-    while (fail_now > 0 && !atomic_compare_exchange_weak(&s->fail_connects, &fail_now,
-                                                         fail_now - 1))
+    while (fail_now > 0 &&
+           !atomic_compare_exchange_weak(&s->fail_connects, &fail_now, fail_now - 1))
         ;
     if (fail_now > 0 || (every > 0 && n % every == 0))
         return surpool__seterr(err, SURPOOL_ERR_CONNECT, "fake: connection refused");

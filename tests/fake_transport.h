@@ -28,10 +28,10 @@ typedef struct fake_settings {
     void *responder_ud;
 
     /* Counters, read by tests. */
-    atomic_int opens;       /* open() calls */
-    atomic_int open_ok;     /* successful opens */
-    atomic_int open_now;    /* connections currently open */
-    atomic_int calls;       /* requests submitted */
+    atomic_int opens;    /* open() calls */
+    atomic_int open_ok;  /* successful opens */
+    atomic_int open_now; /* connections currently open */
+    atomic_int calls;    /* requests submitted */
 } fake_settings;
 
 void fake_settings_init(fake_settings *s);

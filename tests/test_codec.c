@@ -85,11 +85,9 @@ struct encode_case {
 static const struct encode_case encode_cases[] = {
     {1, "ping", NULL, "{\"id\":1,\"method\":\"ping\",\"params\":[]}"},
     {2, "ping", "[]", "{\"id\":2,\"method\":\"ping\",\"params\":[]}"},
-    {0, "use", "[\"ns\",\"db\"]",
-     "{\"id\":0,\"method\":\"use\",\"params\":[\"ns\",\"db\"]}"},
+    {0, "use", "[\"ns\",\"db\"]", "{\"id\":0,\"method\":\"use\",\"params\":[\"ns\",\"db\"]}"},
     {-7, "version", "[]", "{\"id\":-7,\"method\":\"version\",\"params\":[]}"},
-    {INT64_MAX, "ping", NULL,
-     "{\"id\":9223372036854775807,\"method\":\"ping\",\"params\":[]}"},
+    {INT64_MAX, "ping", NULL, "{\"id\":9223372036854775807,\"method\":\"ping\",\"params\":[]}"},
     {INT64_MIN, "ping", NULL,
      "{\"id\":-9223372036854775808,\"method\":\"ping\",\"params\":[]}"},
     {3, "insert_relation", "[\"likes\",{}]",
@@ -102,14 +100,12 @@ static const struct encode_case encode_cases[] = {
     {5, "let", "[\"x\",\"a\\u0000b\"]",
      "{\"id\":5,\"method\":\"let\",\"params\":[\"x\",\"a\\u0000b\"]}"},
     /* slashes are not escaped (the server rejects \/) */
-    {6, "select", "[\"a/b//c\"]",
-     "{\"id\":6,\"method\":\"select\",\"params\":[\"a/b//c\"]}"},
+    {6, "select", "[\"a/b//c\"]", "{\"id\":6,\"method\":\"select\",\"params\":[\"a/b//c\"]}"},
     /* mandatory escapes only */
     {7, "query", "[\"q\\\"\\\\\\n\\t\\u0001\"]",
      "{\"id\":7,\"method\":\"query\",\"params\":[\"q\\\"\\\\\\n\\t\\u0001\"]}"},
     /* nested values, key order kept */
-    {8, "create",
-     "[\"person\",{\"z\":1,\"a\":[1,2.5,true,false,null,{\"b\":{\"c\":[]}}]}]",
+    {8, "create", "[\"person\",{\"z\":1,\"a\":[1,2.5,true,false,null,{\"b\":{\"c\":[]}}]}]",
      "{\"id\":8,\"method\":\"create\",\"params\":[\"person\",{\"z\":1,\"a\":[1,2.5,true,"
      "false,null,{\"b\":{\"c\":[]}}]}]}"},
     {9, "query", "[\"RETURN $x\",{\"x\":-9223372036854775808}]",
@@ -143,8 +139,7 @@ static void test_encode_table(void **state)
         assert_int_equal(surpool__codec_decode_frame(buf, len, &f, &err), SURPOOL_OK);
         assert_int_equal(f.kind, SURPOOL__FRAME_REPLY);
         assert_true(f.id == c->id);
-        assert_string_equal(json_string_value(json_object_get(f.root, "method")),
-                            c->method);
+        assert_string_equal(json_string_value(json_object_get(f.root, "method")), c->method);
         json_t *back = json_object_get(f.root, "params");
         if (params != NULL)
             assert_true(json_equal(back, params));
@@ -199,9 +194,8 @@ static void test_encode_large(void **state)
 
     char *buf = NULL;
     size_t len = 0;
-    assert_int_equal(
-        surpool__codec_encode_request(1, "query", params, 32, &buf, &len, NULL),
-        SURPOOL_OK);
+    assert_int_equal(surpool__codec_encode_request(1, "query", params, 32, &buf, &len, NULL),
+                     SURPOOL_OK);
     assert_int_equal(strlen(buf + 32), len);
     surpool__frame f;
     assert_int_equal(surpool__codec_decode_frame(buf + 32, len, &f, NULL), SURPOOL_OK);
@@ -257,9 +251,8 @@ static void test_encode_invalid_args(void **state)
                      SURPOOL_ERR_INVALID_ARG);
     assert_int_equal(surpool__codec_encode_request(1, "ping", NULL, 0, &buf, NULL, NULL),
                      SURPOOL_ERR_INVALID_ARG);
-    assert_int_equal(
-        surpool__codec_encode_request(1, "ping", NULL, SIZE_MAX, &buf, &len, NULL),
-        SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool__codec_encode_request(1, "ping", NULL, SIZE_MAX, &buf, &len, NULL),
+                     SURPOOL_ERR_INVALID_ARG);
 }
 
 /* Values jansson refuses to encode end in INVALID_ARG with a clear message. */
@@ -278,9 +271,8 @@ static void test_encode_unencodable(void **state)
     /* A string that is not UTF-8 (only possible through *_nocheck). */
     json_t *params = json_array();
     json_array_append_new(params, json_stringn_nocheck("\xff\xfe", 2));
-    assert_int_equal(
-        surpool__codec_encode_request(1, "query", params, 8, &buf, &len, &err),
-        SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool__codec_encode_request(1, "query", params, 8, &buf, &len, &err),
+                     SURPOOL_ERR_INVALID_ARG);
     assert_non_null(strstr(err.message, "cannot be encoded"));
     json_decref(params);
 
@@ -290,9 +282,8 @@ static void test_encode_unencodable(void **state)
     json_array_append(a, b);
     json_array_append(b, a);
     params = json_pack("[O]", a);
-    assert_int_equal(
-        surpool__codec_encode_request(1, "query", params, 0, &buf, &len, &err),
-        SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool__codec_encode_request(1, "query", params, 0, &buf, &len, &err),
+                     SURPOOL_ERR_INVALID_ARG);
     assert_non_null(strstr(err.message, "cycle"));
     json_array_clear(b); /* break the cycle so everything is freed */
     json_decref(params);
@@ -341,8 +332,14 @@ struct decode_case {
     const char *msg_sub;  /* substring expected in err.message, or NULL */
 };
 
-#define OK_REPLY(t, i) {t, 0, SURPOOL_OK, SURPOOL__FRAME_REPLY, i, SURPOOL_OK, 0, "", NULL}
-#define PROTO(t, m) {t, 0, SURPOOL_ERR_PROTOCOL, 0, 0, 0, 0, "", m}
+#define OK_REPLY(t, i)                                                                         \
+    {                                                                                          \
+        t, 0, SURPOOL_OK, SURPOOL__FRAME_REPLY, i, SURPOOL_OK, 0, "", NULL                     \
+    }
+#define PROTO(t, m)                                                                            \
+    {                                                                                          \
+        t, 0, SURPOOL_ERR_PROTOCOL, 0, 0, 0, 0, "", m                                          \
+    }
 
 static const struct decode_case decode_cases[] = {
     OK_REPLY("{\"id\":1,\"result\":null}", 1),
@@ -381,17 +378,17 @@ static const struct decode_case decode_cases[] = {
     /* malformed errors stay SERVER errors */
     {"{\"id\":11,\"error\":\"boom\"}", 0, SURPOOL_OK, SURPOOL__FRAME_REPLY, 11,
      SURPOOL_ERR_SERVER, 0, "", "malformed"},
-    {"{\"id\":12,\"error\":{}}", 0, SURPOOL_OK, SURPOOL__FRAME_REPLY, 12,
-     SURPOOL_ERR_SERVER, 0, "", "without message"},
-    {"{\"id\":13,\"error\":{\"code\":\"-32002\",\"message\":7,\"kind\":[]}}", 0,
-     SURPOOL_OK, SURPOOL__FRAME_REPLY, 13, SURPOOL_ERR_SERVER, 0, "", "without message"},
+    {"{\"id\":12,\"error\":{}}", 0, SURPOOL_OK, SURPOOL__FRAME_REPLY, 12, SURPOOL_ERR_SERVER, 0,
+     "", "without message"},
+    {"{\"id\":13,\"error\":{\"code\":\"-32002\",\"message\":7,\"kind\":[]}}", 0, SURPOOL_OK,
+     SURPOOL__FRAME_REPLY, 13, SURPOOL_ERR_SERVER, 0, "", "without message"},
     {"{\"id\":14,\"error\":{\"code\":-32002.0,\"message\":\"m\"}}", 0, SURPOOL_OK,
      SURPOOL__FRAME_REPLY, 14, SURPOOL_ERR_SERVER, 0, "", "m"},
     /* a code that only narrows to -32002 is not an auth error; clamped */
     {"{\"id\":15,\"error\":{\"code\":4294935294,\"message\":\"m\"}}", 0, SURPOOL_OK,
      SURPOOL__FRAME_REPLY, 15, SURPOOL_ERR_SERVER, INT32_MAX, "", "m"},
-    {"{\"id\":16,\"error\":{\"code\":-9223372036854775808,\"message\":\"m\"}}", 0,
-     SURPOOL_OK, SURPOOL__FRAME_REPLY, 16, SURPOOL_ERR_SERVER, INT32_MIN, "", "m"},
+    {"{\"id\":16,\"error\":{\"code\":-9223372036854775808,\"message\":\"m\"}}", 0, SURPOOL_OK,
+     SURPOOL__FRAME_REPLY, 16, SURPOOL_ERR_SERVER, INT32_MIN, "", "m"},
     /* REPLY with neither result nor error */
     {"{\"id\":17}", 0, SURPOOL_OK, SURPOOL__FRAME_REPLY, 17, SURPOOL_ERR_PROTOCOL, 0, "",
      "neither"},
@@ -401,18 +398,17 @@ static const struct decode_case decode_cases[] = {
     /* notifications */
     {"{\"result\":{\"action\":\"CREATE\",\"id\":\"uuid\",\"result\":{}}}", 0, SURPOOL_OK,
      SURPOOL__FRAME_NOTIFICATION, 0, 0, 0, "", NULL},
-    {"{\"id\":null,\"result\":{\"action\":\"KILLED\",\"id\":\"u\",\"record\":\"t:1\"}}",
-     0, SURPOOL_OK, SURPOOL__FRAME_NOTIFICATION, 0, 0, 0, "", NULL},
+    {"{\"id\":null,\"result\":{\"action\":\"KILLED\",\"id\":\"u\",\"record\":\"t:1\"}}", 0,
+     SURPOOL_OK, SURPOOL__FRAME_NOTIFICATION, 0, 0, 0, "", NULL},
 
     /* orphan errors (server lost the id) */
     {"{\"error\":{\"code\":-32700,\"message\":\"Parse error\"}}", 0, SURPOOL_OK,
      SURPOOL__FRAME_ORPHAN_ERROR, 0, SURPOOL_ERR_SERVER, -32700, "", "Parse error"},
-    {"{\"id\":null,\"error\":{\"code\":-32600,\"message\":\"Invalid request\"}}", 0,
-     SURPOOL_OK, SURPOOL__FRAME_ORPHAN_ERROR, 0, SURPOOL_ERR_SERVER, -32600, "",
-     "Invalid request"},
+    {"{\"id\":null,\"error\":{\"code\":-32600,\"message\":\"Invalid request\"}}", 0, SURPOOL_OK,
+     SURPOOL__FRAME_ORPHAN_ERROR, 0, SURPOOL_ERR_SERVER, -32600, "", "Invalid request"},
     /* an error never becomes a notification, even next to a notification-like result */
-    {"{\"result\":{\"action\":\"CREATE\"},\"error\":{\"code\":-32000,\"message\":\"e\"}}",
-     0, SURPOOL_OK, SURPOOL__FRAME_ORPHAN_ERROR, 0, SURPOOL_ERR_SERVER, -32000, "", "e"},
+    {"{\"result\":{\"action\":\"CREATE\"},\"error\":{\"code\":-32000,\"message\":\"e\"}}", 0,
+     SURPOOL_OK, SURPOOL__FRAME_ORPHAN_ERROR, 0, SURPOOL_ERR_SERVER, -32000, "", "e"},
 
     /* protocol errors */
     PROTO("{\"id\":1,\"result\":", "end of file"),
@@ -448,16 +444,13 @@ static const struct decode_case decode_cases[] = {
     /* fuzz regression: jansson's error text quotes half of 'µ' after a bad
      * escape; the message must stay valid UTF-8 */
     PROTO("[\"\\\xc2\xb5\"]", "invalid escape"),
-    PROTO(
-        "{\"id\":13,\"error\":{\"code\":-32000,\"message\":\"\xc2\xb5\\\xc2\xb5null\"}}",
-        "invalid escape"),
+    PROTO("{\"id\":13,\"error\":{\"code\":-32000,\"message\":\"\xc2\xb5\\\xc2\xb5null\"}}",
+          "invalid escape"),
     PROTO("[\"\\\xf0\x9f\x98\x80\"]", "invalid escape"),
     /* a NUL byte outside a string: len covers it */
-    {"{\"id\":1,\"result\":1}\0", 20, SURPOOL_ERR_PROTOCOL, 0, 0, 0, 0, "",
-     "invalid JSON"},
+    {"{\"id\":1,\"result\":1}\0", 20, SURPOOL_ERR_PROTOCOL, 0, 0, 0, 0, "", "invalid JSON"},
     /* a NUL byte inside the buffer but before the end: the frame is truncated there */
-    {"{\"id\":1,\0\"result\":1}", 20, SURPOOL_ERR_PROTOCOL, 0, 0, 0, 0, "",
-     "invalid JSON"},
+    {"{\"id\":1,\0\"result\":1}", 20, SURPOOL_ERR_PROTOCOL, 0, 0, 0, 0, "", "invalid JSON"},
 };
 
 static void check_decode_case(const struct decode_case *c, int with_err)
@@ -478,8 +471,7 @@ static void check_decode_case(const struct decode_case *c, int with_err)
             assert_int_equal(err.code, rc);
             assert_true(utf8_ok(err.message));
             if (c->msg_sub != NULL && strstr(err.message, c->msg_sub) == NULL)
-                fail_msg("case %s: message '%s' lacks '%s'", c->text, err.message,
-                         c->msg_sub);
+                fail_msg("case %s: message '%s' lacks '%s'", c->text, err.message, c->msg_sub);
         }
         return;
     }
@@ -509,8 +501,7 @@ static void check_decode_case(const struct decode_case *c, int with_err)
         assert_string_equal(err.kind, c->kind_str);
         assert_true(utf8_ok(err.message));
         if (c->msg_sub != NULL && strstr(err.message, c->msg_sub) == NULL)
-            fail_msg("case %s: message '%s' lacks '%s'", c->text, err.message,
-                     c->msg_sub);
+            fail_msg("case %s: message '%s' lacks '%s'", c->text, err.message, c->msg_sub);
     }
     json_decref(f.root);
 }
@@ -529,21 +520,16 @@ static void test_decode_args(void **state)
     (void)state;
     surpool__frame f;
     surpool_error err;
-    assert_int_equal(surpool__codec_decode_frame("{}", 2, NULL, &err),
-                     SURPOOL_ERR_INVALID_ARG);
-    assert_int_equal(surpool__codec_decode_frame(NULL, 5, &f, &err),
-                     SURPOOL_ERR_INVALID_ARG);
-    assert_int_equal(surpool__codec_decode_frame(NULL, 0, &f, &err),
-                     SURPOOL_ERR_PROTOCOL);
+    assert_int_equal(surpool__codec_decode_frame("{}", 2, NULL, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool__codec_decode_frame(NULL, 5, &f, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool__codec_decode_frame(NULL, 0, &f, &err), SURPOOL_ERR_PROTOCOL);
     assert_null(f.root);
 
     json_t *result = (json_t *)1;
-    assert_int_equal(surpool__codec_reply_result(NULL, &result, &err),
-                     SURPOOL_ERR_PROTOCOL);
+    assert_int_equal(surpool__codec_reply_result(NULL, &result, &err), SURPOOL_ERR_PROTOCOL);
     assert_null(result);
     json_t *arr = json_array();
-    assert_int_equal(surpool__codec_reply_result(arr, &result, NULL),
-                     SURPOOL_ERR_PROTOCOL);
+    assert_int_equal(surpool__codec_reply_result(arr, &result, NULL), SURPOOL_ERR_PROTOCOL);
     json_decref(arr);
     /* result pointer is optional */
     json_t *ok = json_pack("{s:i,s:n}", "id", 1, "result");
@@ -611,8 +597,7 @@ static void test_decode_error_message_utf8(void **state)
         text[n++] = '\x01'; /* control character inside a string: an error */
         surpool__frame f;
         surpool_error err;
-        assert_int_equal(surpool__codec_decode_frame(text, n, &f, &err),
-                         SURPOOL_ERR_PROTOCOL);
+        assert_int_equal(surpool__codec_decode_frame(text, n, &f, &err), SURPOOL_ERR_PROTOCOL);
         assert_true(strlen(err.message) < sizeof(err.message));
         assert_true(utf8_ok(err.message));
         assert_non_null(strstr(err.message, "line 1"));
@@ -624,9 +609,8 @@ static void test_decode_error_message_utf8(void **state)
 static void test_decode_nomem(void **state)
 {
     (void)state;
-    const char *text =
-        "{\"id\":1,\"result\":[{\"status\":\"OK\",\"result\":[{\"id\":\"p:1\","
-        "\"name\":\"x\"}],\"time\":\"1\xc2\xb5s\"}]}";
+    const char *text = "{\"id\":1,\"result\":[{\"status\":\"OK\",\"result\":[{\"id\":\"p:1\","
+                       "\"name\":\"x\"}],\"time\":\"1\xc2\xb5s\"}]}";
     json_set_alloc_funcs(failing_malloc, free);
     long n;
     int saw_nomem = 0;
@@ -687,8 +671,7 @@ static void test_map_error_truncation(void **state)
             assert_int_equal(surpool__codec_map_error(e, &err), SURPOOL_ERR_SERVER);
             size_t ml = strlen(err.message);
             size_t kl = strlen(err.kind);
-            assert_true(ml <= sizeof(err.message) - 1 &&
-                        ml > sizeof(err.message) - 1 - sl);
+            assert_true(ml <= sizeof(err.message) - 1 && ml > sizeof(err.message) - 1 - sl);
             assert_true(kl <= sizeof(err.kind) - 1 && kl > sizeof(err.kind) - 1 - sl);
             assert_true(utf8_ok(err.message));
             assert_true(utf8_ok(err.kind));

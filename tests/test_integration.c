@@ -120,8 +120,9 @@ static void test_statement_error_stays_in_result(void **state)
     surpool_conn *c = lease(p);
     surpool_error err;
     json_t *out = NULL;
-    assert_int_equal(surpool_conn_query(c, "RETURN 1; THROW 'boom'; RETURN 3", NULL, &out, &err),
-                     SURPOOL_OK);
+    assert_int_equal(
+        surpool_conn_query(c, "RETURN 1; THROW 'boom'; RETURN 3", NULL, &out, &err),
+        SURPOOL_OK);
     assert_int_equal(json_array_size(out), 3);
     json_t *bad = json_array_get(out, 1);
     assert_string_equal(json_string_value(json_object_get(bad, "status")), "ERR");
@@ -250,15 +251,16 @@ static void test_crud(void **state)
     json_decref(data);
     json_decref(out);
 
-    data = json_pack("[{s:s, s:s}, {s:s, s:s}]", "id", "a", "name", "A", "id", "b", "name", "B");
+    data =
+        json_pack("[{s:s, s:s}, {s:s, s:s}]", "id", "a", "name", "A", "id", "b", "name", "B");
     assert_int_equal(surpool_conn_insert(c, "thing", data, &out, &err), SURPOOL_OK);
     json_decref(data);
     assert_int_equal(json_array_size(out), 2);
     json_decref(out);
 
-    assert_int_equal(surpool_conn_relate(c, "person:tobie", "knows", "person:jaime", NULL, &out,
-                                         &err),
-                     SURPOOL_OK);
+    assert_int_equal(
+        surpool_conn_relate(c, "person:tobie", "knows", "person:jaime", NULL, &out, &err),
+        SURPOOL_OK);
     rec = json_is_array(out) ? json_array_get(out, 0) : out;
     assert_string_equal(json_string_value(json_object_get(rec, "in")), "person:tobie");
     assert_string_equal(json_string_value(json_object_get(rec, "out")), "person:jaime");
@@ -331,9 +333,9 @@ static void test_session_state_and_dirty_release(void **state)
                 strcmp(json_string_value(json_object_get(st0, "status")), "ERR") == 0);
     json_decref(out);
     out = NULL;
-    assert_int_equal(surpool_conn_query(c, "CREATE marker:one; SELECT * FROM marker", NULL,
-                                        &out, &err),
-                     SURPOOL_OK);
+    assert_int_equal(
+        surpool_conn_query(c, "CREATE marker:one; SELECT * FROM marker", NULL, &out, &err),
+        SURPOOL_OK);
     json_decref(out);
     surpool_conn_release(c);
     surpool_stats st;
@@ -371,8 +373,9 @@ static void test_large_result_and_limit(void **state)
     surpool_error err;
     json_t *out = NULL;
     /* The core caps one string at 1 MiB: ten of them make a 10 MB reply. */
-    assert_int_equal(surpool_conn_query(c, "RETURN array::map(array::range(0, 10), "
-                                           "|$i| string::repeat('x', 1000000))",
+    assert_int_equal(surpool_conn_query(c,
+                                        "RETURN array::map(array::range(0, 10), "
+                                        "|$i| string::repeat('x', 1000000))",
                                         NULL, &out, &err),
                      SURPOOL_OK);
     json_t *arr = stmt_result(out, 0);
@@ -392,8 +395,9 @@ static void test_large_result_and_limit(void **state)
     assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_OK);
     c = lease(p);
     out = NULL;
-    assert_int_equal(surpool_conn_query(c, "RETURN [string::repeat('y', 1000000), "
-                                           "string::repeat('z', 1000000)]",
+    assert_int_equal(surpool_conn_query(c,
+                                        "RETURN [string::repeat('y', 1000000), "
+                                        "string::repeat('z', 1000000)]",
                                         NULL, &out, &err),
                      SURPOOL_ERR_TOO_LARGE);
     assert_null(out);

@@ -57,7 +57,8 @@ static surpool_pool *make_pool(fixture *f, int max, int shared, int inflight, lo
     cfg.request_timeout_ms = req_ms;
     cfg.acquire_timeout_ms = 20000;
     surpool_error err;
-    if (surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &f->pool, &err) != SURPOOL_OK)
+    if (surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &f->pool, &err) !=
+        SURPOOL_OK)
         fail_msg("create: %s", err.message);
     return f->pool;
 }
@@ -179,7 +180,8 @@ static void on_result(void *ud, surpool_err code, json_t *result, const surpool_
     if (code == SURPOOL_OK && g->t->check_result) {
         char sql[32];
         snprintf(sql, sizeof(sql), "RETURN %d", g->index);
-        if (strcmp(json_string_value(json_object_get(json_array_get(result, 0), "result")), sql))
+        if (strcmp(json_string_value(json_object_get(json_array_get(result, 0), "result")),
+                   sql))
             code = SURPOOL_ERR_PROTOCOL; /* wrong reply matched: count as bad */
     } else if (code == SURPOOL_OK) {
         assert_non_null(result);

@@ -126,7 +126,8 @@ static void base(fixture *f, surpool_config *cfg)
 static void create(fixture *f, surpool_config *cfg)
 {
     surpool_error err;
-    if (surpool__pool_create_with(cfg, &fake_transport_ops, &f->fs, &f->pool, &err) != SURPOOL_OK)
+    if (surpool__pool_create_with(cfg, &fake_transport_ops, &f->fs, &f->pool, &err) !=
+        SURPOOL_OK)
         fail_msg("create: %s", err.message);
     atomic_store(&f->event_pool, f->pool);
 }
@@ -139,12 +140,12 @@ static surpool_stats stats(fixture *f)
 }
 
 /* Poll `cond` for up to 30 s of wall time (a bound against hangs only). */
-#define WAIT_UNTIL(cond)                                                                  \
-    do {                                                                                  \
-        int64_t wait_end_ = surpool__now_ns() + 30 * INT64_C(1000000000);                 \
-        while (!(cond) && surpool__now_ns() < wait_end_)                                  \
-            sleep_ms(1);                                                                  \
-        assert_true(cond);                                                                \
+#define WAIT_UNTIL(cond)                                                                       \
+    do {                                                                                       \
+        int64_t wait_end_ = surpool__now_ns() + 30 * INT64_C(1000000000);                      \
+        while (!(cond) && surpool__now_ns() < wait_end_)                                       \
+            sleep_ms(1);                                                                       \
+        assert_true(cond);                                                                     \
     } while (0)
 
 /* ------------------------------------------------------------------------- */
@@ -427,7 +428,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_keepalive_pings_idle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keepalive_does_not_defeat_idle_timeout, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_leak_reported_once_with_call_site, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_leak_reported_once_with_call_site, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_pause_resume_drain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_events_and_percentiles, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lazy_start_and_server_down_at_start, setup,

@@ -59,7 +59,8 @@ static surpool_pool *make_pool_ex(fixture *f, int max_conns, int max_waiters, in
     cfg.reconnect_backoff_min_ms = 1;
     cfg.reconnect_backoff_max_ms = 4;
     surpool_error err;
-    surpool_err rc = surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &f->pool, &err);
+    surpool_err rc =
+        surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &f->pool, &err);
     if (rc != SURPOOL_OK)
         fail_msg("create: %s", err.message);
     return f->pool;
@@ -421,8 +422,9 @@ static void test_connect_failures_during_burst(void **state)
     /* No slot leaked: the pool can still grow to its full size. */
     surpool_conn *held[MAXC];
     for (int i = 0; i < MAXC; i++)
-        assert_int_equal(surpool_pool_acquire(f->pool, NO_LOST_WAKEUP_TIMEOUT_MS, &held[i], NULL),
-                         SURPOOL_OK);
+        assert_int_equal(
+            surpool_pool_acquire(f->pool, NO_LOST_WAKEUP_TIMEOUT_MS, &held[i], NULL),
+            SURPOOL_OK);
     surpool_pool_stats(f->pool, &st);
     assert_int_equal(st.in_use, MAXC);
     assert_int_equal(st.total, MAXC);
@@ -450,7 +452,8 @@ static void test_timeout_carries_connect_error(void **state)
 
     /* The server comes back: the pool recovers by itself. */
     atomic_store(&f->fs.fail_connects, 0);
-    assert_int_equal(surpool_pool_acquire(pool, NO_LOST_WAKEUP_TIMEOUT_MS, &c, &err), SURPOOL_OK);
+    assert_int_equal(surpool_pool_acquire(pool, NO_LOST_WAKEUP_TIMEOUT_MS, &c, &err),
+                     SURPOOL_OK);
     surpool_conn_release(c);
 }
 
@@ -527,8 +530,9 @@ static void test_close_dirty_leases_option(void **state)
     cfg.url = "ws://fake.invalid/rpc";
     cfg.max_connections = 1;
     cfg.close_dirty_leases = 1;
-    assert_int_equal(surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &f->pool, NULL),
-                     SURPOOL_OK);
+    assert_int_equal(
+        surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &f->pool, NULL),
+        SURPOOL_OK);
     surpool_conn *c = NULL;
     assert_int_equal(surpool_pool_acquire(f->pool, 1000, &c, NULL), SURPOOL_OK);
     json_t *v = json_integer(1);
@@ -754,8 +758,9 @@ static void test_request_timeout_breaks_lease(void **state)
     cfg.url = "ws://fake.invalid/rpc";
     cfg.max_connections = 1;
     cfg.request_timeout_ms = 30;
-    assert_int_equal(surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &f->pool, NULL),
-                     SURPOOL_OK);
+    assert_int_equal(
+        surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &f->pool, NULL),
+        SURPOOL_OK);
     surpool_conn *c = NULL;
     surpool_error err;
     assert_int_equal(surpool_pool_acquire(f->pool, 1000, &c, NULL), SURPOOL_OK);
@@ -786,17 +791,17 @@ static void test_config_validation(void **state)
                      SURPOOL_ERR_INVALID_ARG);
     assert_non_null(strstr(err.message, "url"));
 
-#define EXPECT_BAD(stmt, needle)                                                          \
-    do {                                                                                  \
-        surpool_config_init(&cfg);                                                        \
-        cfg.url = "ws://fake.invalid/rpc";                                                \
-        stmt;                                                                             \
-        p = NULL;                                                                         \
-        assert_int_equal(surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &p, \
-                                                   &err),                                 \
-                         SURPOOL_ERR_INVALID_ARG);                                        \
-        assert_null(p);                                                                   \
-        assert_non_null(strstr(err.message, needle));                                     \
+#define EXPECT_BAD(stmt, needle)                                                               \
+    do {                                                                                       \
+        surpool_config_init(&cfg);                                                             \
+        cfg.url = "ws://fake.invalid/rpc";                                                     \
+        stmt;                                                                                  \
+        p = NULL;                                                                              \
+        assert_int_equal(                                                                      \
+            surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &p, &err),            \
+            SURPOOL_ERR_INVALID_ARG);                                                          \
+        assert_null(p);                                                                        \
+        assert_non_null(strstr(err.message, needle));                                          \
     } while (0)
     EXPECT_BAD(cfg.max_connections = 0, "max_connections");
     EXPECT_BAD(cfg.min_connections = 11, "min_connections");
@@ -825,8 +830,9 @@ static void test_min_connections_warm_up(void **state)
     cfg.url = "ws://fake.invalid/rpc";
     cfg.min_connections = 6;
     cfg.max_connections = 8;
-    assert_int_equal(surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &f->pool, NULL),
-                     SURPOOL_OK);
+    assert_int_equal(
+        surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &f->pool, NULL),
+        SURPOOL_OK);
     surpool_stats st;
     surpool_pool_stats(f->pool, &st);
     assert_true(st.idle >= 6);
@@ -873,10 +879,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_burst_slow_connects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_grants_in_arrival_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_not_before_deadline, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_release_at_deadline_loses_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_release_at_deadline_loses_nothing, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_connect_failures_during_burst, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_carries_connect_error, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_broken_release_replaced_for_waiter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_broken_release_replaced_for_waiter, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_discard_and_dirty_leases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_dirty_leases_option, setup, teardown),
         cmocka_unit_test_setup_teardown(test_transport_failure_marks_broken, setup, teardown),

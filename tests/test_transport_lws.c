@@ -391,20 +391,18 @@ static int batch_wait(batch *b, int n, int ms)
     return ok;
 }
 
-static treq *treq_new(batch *b, int64_t id, const char *method, json_t *params,
-                      long timeout_ms)
+static treq *treq_new(batch *b, int64_t id, const char *method, json_t *params, long timeout_ms)
 {
     treq *q = calloc(1, sizeof(*q));
     assert_non_null(q);
     surpool_error err;
-    assert_int_equal(surpool__codec_encode_request(id, method, params, ops->headroom,
-                                                   &q->r.buf, &q->r.len, &err),
+    assert_int_equal(surpool__codec_encode_request(id, method, params, ops->headroom, &q->r.buf,
+                                                   &q->r.len, &err),
                      SURPOOL_OK);
     if (params != NULL)
         json_decref(params);
     q->r.id = id;
-    q->r.deadline_ns =
-        timeout_ms < 0 ? INT64_MAX : surpool__deadline_after_ms(timeout_ms);
+    q->r.deadline_ns = timeout_ms < 0 ? INT64_MAX : surpool__deadline_after_ms(timeout_ms);
     q->r.done = on_done;
     q->b = b;
     return q;
@@ -429,8 +427,8 @@ static void submit_ok(surpool__tconn *c, treq *q)
 static void assert_reply(treq *q)
 {
     if (q->r.status != SURPOOL_OK)
-        fail_msg("request %lld: %s: %s", (long long)q->r.id,
-                 surpool_strerror(q->r.status), q->r.message);
+        fail_msg("request %lld: %s: %s", (long long)q->r.id, surpool_strerror(q->r.status),
+                 q->r.message);
     assert_non_null(q->r.reply);
     json_t *id = json_object_get(q->r.reply, "id");
     assert_true(json_is_integer(id));
@@ -472,8 +470,7 @@ static void test_round_trips(void **state)
     for (int i = 1; i <= 50; i++) {
         treq *q = call(c, i, "ping", NULL, 5000, &b);
         assert_reply(q);
-        assert_string_equal(json_string_value(json_object_get(q->r.reply, "result")),
-                            "ok");
+        assert_string_equal(json_string_value(json_object_get(q->r.reply, "result")), "ok");
         treq_free(q);
     }
     /* Params survive the trip (raw UTF-8, NUL inside a string). */
@@ -481,8 +478,7 @@ static void test_round_trips(void **state)
     treq *q = call(c, 99, "echo", p, 5000, &b);
     assert_reply(q);
     json_t *res = json_object_get(q->r.reply, "result");
-    assert_string_equal(json_string_value(json_array_get(res, 0)),
-                        "h\xc3\xa9llo \xe2\x82\xac");
+    assert_string_equal(json_string_value(json_array_get(res, 0)), "h\xc3\xa9llo \xe2\x82\xac");
     assert_int_equal(json_string_length(json_array_get(res, 1)), 3);
     treq_free(q);
 
@@ -1165,8 +1161,8 @@ static void test_create_destroy_cycles(void **state)
             rss0 = rss_kb();
     }
     if (cycles > 10)
-        print_message("    %d cycles: RSS after 10: %ld kB, at the end: %ld kB\n", cycles,
-                      rss0, rss_kb());
+        print_message("    %d cycles: RSS after 10: %ld kB, at the end: %ld kB\n", cycles, rss0,
+                      rss_kb());
     batch_fini(&b);
     server_stop(&s);
 }
@@ -1189,20 +1185,19 @@ static int tls_setup(void **state)
     snprintf(g_tls_dir, sizeof(g_tls_dir), "/tmp/surpool-tls-XXXXXX");
     assert_non_null(mkdtemp(g_tls_dir));
     char cmd[4096];
-    snprintf(
-        cmd, sizeof(cmd),
-        "cd %s && "
-        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 "
-        "  -subj '/CN=surpool test CA' >/dev/null 2>&1 && "
-        "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext && "
-        "printf 'subjectAltName=DNS:localhost\\n' > dns.ext && "
-        "openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr "
-        "  -subj '/CN=localhost' >/dev/null 2>&1 && "
-        "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
-        "  -out srv.pem -days 2 -extfile san.ext >/dev/null 2>&1 && "
-        "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
-        "  -out dns.pem -days 2 -extfile dns.ext >/dev/null 2>&1",
-        g_tls_dir);
+    snprintf(cmd, sizeof(cmd),
+             "cd %s && "
+             "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 "
+             "  -subj '/CN=surpool test CA' >/dev/null 2>&1 && "
+             "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext && "
+             "printf 'subjectAltName=DNS:localhost\\n' > dns.ext && "
+             "openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr "
+             "  -subj '/CN=localhost' >/dev/null 2>&1 && "
+             "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+             "  -out srv.pem -days 2 -extfile san.ext >/dev/null 2>&1 && "
+             "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+             "  -out dns.pem -days 2 -extfile dns.ext >/dev/null 2>&1",
+             g_tls_dir);
     assert_int_equal(run(cmd), 0);
     return 0;
 }
@@ -1330,8 +1325,8 @@ static void test_tls(void **state)
     }
     assert_int_equal(count_fds(), fds0);
     if (cycles > 10)
-        print_message("    %d TLS cycles: RSS after 10: %ld kB, at the end: %ld kB\n",
-                      cycles, rss0, rss_kb());
+        print_message("    %d TLS cycles: RSS after 10: %ld kB, at the end: %ld kB\n", cycles,
+                      rss0, rss_kb());
     server_stop(&s2);
 }
 

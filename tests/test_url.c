@@ -35,69 +35,66 @@ struct url_case {
     const char *msg_sub; /* bad rows: expected substring of the message */
 };
 
-#define GOOD(u, tls, host, port, path, user, pass, ns, db, ac) \
-    {u, SURPOOL_OK, tls, host, port, path, user, pass, ns, db, ac, NULL}
-#define BAD(u, sub) \
-    {u, SURPOOL_ERR_INVALID_ARG, 0, NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, sub}
+#define GOOD(u, tls, host, port, path, user, pass, ns, db, ac)                                 \
+    {                                                                                          \
+        u, SURPOOL_OK, tls, host, port, path, user, pass, ns, db, ac, NULL                     \
+    }
+#define BAD(u, sub)                                                                            \
+    {                                                                                          \
+        u, SURPOOL_ERR_INVALID_ARG, 0, NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, sub        \
+    }
 
 static const struct url_case url_cases[] = {
     /* ---- good ---- */
-    GOOD("ws://localhost:8000/rpc", 0, "localhost", 8000, "/rpc", NULL, NULL, NULL, NULL,
-         NULL),
+    GOOD("ws://localhost:8000/rpc", 0, "localhost", 8000, "/rpc", NULL, NULL, NULL, NULL, NULL),
     GOOD("ws://localhost", 0, "localhost", 80, "/rpc", NULL, NULL, NULL, NULL, NULL),
     GOOD("wss://db.example.com", 1, "db.example.com", 443, "/rpc", NULL, NULL, NULL, NULL,
          NULL),
-    GOOD("WSS://Example.COM:8443/rpc", 1, "Example.COM", 8443, "/rpc", NULL, NULL, NULL,
-         NULL, NULL),
-    GOOD("Ws://h", 0, "h", 80, "/rpc", NULL, NULL, NULL, NULL, NULL),
-    GOOD("ws://127.0.0.1:8000", 0, "127.0.0.1", 8000, "/rpc", NULL, NULL, NULL, NULL,
+    GOOD("WSS://Example.COM:8443/rpc", 1, "Example.COM", 8443, "/rpc", NULL, NULL, NULL, NULL,
          NULL),
+    GOOD("Ws://h", 0, "h", 80, "/rpc", NULL, NULL, NULL, NULL, NULL),
+    GOOD("ws://127.0.0.1:8000", 0, "127.0.0.1", 8000, "/rpc", NULL, NULL, NULL, NULL, NULL),
     GOOD("ws://0.0.0.0:1", 0, "0.0.0.0", 1, "/rpc", NULL, NULL, NULL, NULL, NULL),
-    GOOD("ws://255.255.255.255:65535", 0, "255.255.255.255", 65535, "/rpc", NULL, NULL,
-         NULL, NULL, NULL),
+    GOOD("ws://255.255.255.255:65535", 0, "255.255.255.255", 65535, "/rpc", NULL, NULL, NULL,
+         NULL, NULL),
     GOOD("ws://[::1]:8000/rpc", 0, "::1", 8000, "/rpc", NULL, NULL, NULL, NULL, NULL),
     GOOD("ws://[::1]", 0, "::1", 80, "/rpc", NULL, NULL, NULL, NULL, NULL),
     GOOD("ws://[::]", 0, "::", 80, "/rpc", NULL, NULL, NULL, NULL, NULL),
-    GOOD("wss://[2001:DB8::8a2e:370:7334]/", 1, "2001:DB8::8a2e:370:7334", 443, "/", NULL,
-         NULL, NULL, NULL, NULL),
-    GOOD("ws://[::ffff:192.168.0.1]:1", 0, "::ffff:192.168.0.1", 1, "/rpc", NULL, NULL,
+    GOOD("wss://[2001:DB8::8a2e:370:7334]/", 1, "2001:DB8::8a2e:370:7334", 443, "/", NULL, NULL,
          NULL, NULL, NULL),
-    GOOD("ws://[1:2:3:4:5:6:7:8]:65535", 0, "1:2:3:4:5:6:7:8", 65535, "/rpc", NULL, NULL,
-         NULL, NULL, NULL),
+    GOOD("ws://[::ffff:192.168.0.1]:1", 0, "::ffff:192.168.0.1", 1, "/rpc", NULL, NULL, NULL,
+         NULL, NULL),
+    GOOD("ws://[1:2:3:4:5:6:7:8]:65535", 0, "1:2:3:4:5:6:7:8", 65535, "/rpc", NULL, NULL, NULL,
+         NULL, NULL),
     GOOD("ws://[1::]", 0, "1::", 80, "/rpc", NULL, NULL, NULL, NULL, NULL),
-    GOOD("ws://[1:2:3:4:5:6:1.2.3.4]", 0, "1:2:3:4:5:6:1.2.3.4", 80, "/rpc", NULL, NULL,
+    GOOD("ws://[1:2:3:4:5:6:1.2.3.4]", 0, "1:2:3:4:5:6:1.2.3.4", 80, "/rpc", NULL, NULL, NULL,
+         NULL, NULL),
+    GOOD("ws://root:S3CR3T@localhost:8000/rpc", 0, "localhost", 8000, "/rpc", "root", "S3CR3T",
          NULL, NULL, NULL),
-    GOOD("ws://root:S3CR3T@localhost:8000/rpc", 0, "localhost", 8000, "/rpc", "root",
-         "S3CR3T", NULL, NULL, NULL),
-    GOOD("ws://root@localhost", 0, "localhost", 80, "/rpc", "root", NULL, NULL, NULL,
-         NULL),
-    GOOD("ws://us%40er:S3C%3A%2F%3F%23%25R3T@h", 0, "h", 80, "/rpc", "us@er",
-         "S3C:/?#%R3T", NULL, NULL, NULL),
+    GOOD("ws://root@localhost", 0, "localhost", 80, "/rpc", "root", NULL, NULL, NULL, NULL),
+    GOOD("ws://us%40er:S3C%3A%2F%3F%23%25R3T@h", 0, "h", 80, "/rpc", "us@er", "S3C:/?#%R3T",
+         NULL, NULL, NULL),
     GOOD("ws://u:S3C:R3T@h", 0, "h", 80, "/rpc", "u", "S3C:R3T", NULL, NULL, NULL),
     GOOD("ws://u:S3C+R3T@h", 0, "h", 80, "/rpc", "u", "S3C+R3T", NULL, NULL, NULL),
-    GOOD("ws://u:%C3%A9S3CR3T@h", 0, "h", 80, "/rpc", "u", "\xc3\xa9S3CR3T", NULL, NULL,
-         NULL),
+    GOOD("ws://u:%C3%A9S3CR3T@h", 0, "h", 80, "/rpc", "u", "\xc3\xa9S3CR3T", NULL, NULL, NULL),
     GOOD("ws://u:\xc3\xa9S3CR3T@h", 0, "h", 80, "/rpc", "u", "\xc3\xa9S3CR3T", NULL, NULL,
          NULL),
-    GOOD("ws://h/rpc?ns=test&db=test", 0, "h", 80, "/rpc", NULL, NULL, "test", "test",
-         NULL),
+    GOOD("ws://h/rpc?ns=test&db=test", 0, "h", 80, "/rpc", NULL, NULL, "test", "test", NULL),
     GOOD("ws://h?ns=a&db=b&ac=user", 0, "h", 80, "/rpc", NULL, NULL, "a", "b", "user"),
     GOOD("ws://h/rpc?ac=x&db=y&ns=z", 0, "h", 80, "/rpc", NULL, NULL, "z", "y", "x"),
-    GOOD("ws://h/rpc?db=x%20y&ns=a+b", 0, "h", 80, "/rpc", NULL, NULL, "a+b", "x y",
-         NULL),
+    GOOD("ws://h/rpc?db=x%20y&ns=a+b", 0, "h", 80, "/rpc", NULL, NULL, "a+b", "x y", NULL),
     GOOD("ws://h/?ns=%C2%B5", 0, "h", 80, "/", NULL, NULL, "\xc2\xb5", NULL, NULL),
-    GOOD("ws://h/rpc?ns=\xc2\xb5", 0, "h", 80, "/rpc", NULL, NULL, "\xc2\xb5", NULL,
-         NULL),
+    GOOD("ws://h/rpc?ns=\xc2\xb5", 0, "h", 80, "/rpc", NULL, NULL, "\xc2\xb5", NULL, NULL),
     GOOD("ws://h?ns=a=b", 0, "h", 80, "/rpc", NULL, NULL, "a=b", NULL, NULL),
     GOOD("ws://h/rpc?", 0, "h", 80, "/rpc", NULL, NULL, NULL, NULL, NULL),
-    GOOD("ws://my_db-1.local.:8000", 0, "my_db-1.local.", 8000, "/rpc", NULL, NULL, NULL,
-         NULL, NULL),
+    GOOD("ws://my_db-1.local.:8000", 0, "my_db-1.local.", 8000, "/rpc", NULL, NULL, NULL, NULL,
+         NULL),
     GOOD("ws://h/a/b%2Fc/rpc", 0, "h", 80, "/a/b%2Fc/rpc", NULL, NULL, NULL, NULL, NULL),
-    GOOD("ws://h/a:b%40c;d=e,f!$&'()*+~", 0, "h", 80, "/a:b%40c;d=e,f!$&'()*+~", NULL,
-         NULL, NULL, NULL, NULL),
+    GOOD("ws://h/a:b%40c;d=e,f!$&'()*+~", 0, "h", 80, "/a:b%40c;d=e,f!$&'()*+~", NULL, NULL,
+         NULL, NULL, NULL),
     GOOD("ws://h:08000", 0, "h", 8000, "/rpc", NULL, NULL, NULL, NULL, NULL),
-    GOOD("wss://u:S3CR3T@[::1]:8000/rpc?ns=n&db=d&ac=a", 1, "::1", 8000, "/rpc", "u",
-         "S3CR3T", "n", "d", "a"),
+    GOOD("wss://u:S3CR3T@[::1]:8000/rpc?ns=n&db=d&ac=a", 1, "::1", 8000, "/rpc", "u", "S3CR3T",
+         "n", "d", "a"),
     GOOD("ws://123.example.com", 0, "123.example.com", 80, "/rpc", NULL, NULL, NULL, NULL,
          NULL),
 
@@ -223,8 +220,7 @@ static void assert_str_or_null(const char *got, const char *want, const char *ur
     if (want == NULL && got == NULL)
         return;
     if (want == NULL || got == NULL || strcmp(got, want) != 0)
-        fail_msg("%s: got '%s', want '%s'", url, got ? got : "(null)",
-                 want ? want : "(null)");
+        fail_msg("%s: got '%s', want '%s'", url, got ? got : "(null)", want ? want : "(null)");
 }
 
 static int is_zero(const void *p, size_t n)
@@ -253,10 +249,9 @@ static void check_url_case(const struct url_case *c, int with_err)
             assert_int_equal(err.code, rc);
             assert_true(strlen(err.message) > 0);
             if (strstr(err.message, c->msg_sub) == NULL)
-                fail_msg("%s: message '%s' lacks '%s'", c->url ? c->url : "(null)",
-                         err.message, c->msg_sub);
-            if (strstr(err.message, SECRET_A) != NULL ||
-                strstr(err.message, SECRET_B) != NULL)
+                fail_msg("%s: message '%s' lacks '%s'", c->url ? c->url : "(null)", err.message,
+                         c->msg_sub);
+            if (strstr(err.message, SECRET_A) != NULL || strstr(err.message, SECRET_B) != NULL)
                 fail_msg("%s: message leaks the password: '%s'", c->url, err.message);
         }
         return;
