@@ -1103,6 +1103,13 @@ fail:
 /* Service thread: writing and receiving                                      */
 /* ------------------------------------------------------------------------- */
 
+/* Frames written per writable callback at most. lws allows more than one
+ * lws_write() per callback as long as the socket is not choked (no partial
+ * write pending, kernel buffer has room): with many requests queued on few
+ * sockets (the shared lane) that saves a pass of the event loop over every
+ * socket per frame. The cap keeps one busy socket from starving the others. */
+#define WRITE_BATCH 32
+
 static int on_writeable(struct lws *wsi, surpool__tconn *c)
 {
     pthread_mutex_lock(&c->mu);
@@ -1113,25 +1120,35 @@ static int on_writeable(struct lws *wsi, surpool__tconn *c)
                          sizeof(bye) - 1);
         return -1; /* idempotent: a second visit just finishes the close */
     }
-    surpool__treq *r = c->queue.head;
-    if (r == NULL || atomic_load(&c->dead)) {
+    if (c->queue.head == NULL || atomic_load(&c->dead)) {
         pthread_mutex_unlock(&c->mu); /* unasked writable callbacks happen */
         return 0;
     }
-    /* In flight before the write and all under the mutex: a reply cannot beat
-     * the bookkeeping, and cancel() cannot free the buffer mid-write. */
-    list_remove(&c->queue, r);
-    list_push(&c->inflight, r);
-    map_insert(&c->map, r);
-    r->tstate = TS_INFLIGHT;
-    /* lws masks the payload in place and buffers any unsent remainder itself. */
-    size_t len = r->len;
-    int n = lws_write(wsi, (unsigned char *)r->buf + LWS_PRE, len, LWS_WRITE_TEXT);
+    int failed = 0;
+    for (int i = 0; i < WRITE_BATCH && c->queue.head != NULL; i++) {
+        if (i > 0 && lws_send_pipe_choked(wsi))
+            break;
+        surpool__treq *r = c->queue.head;
+        /* In flight before the write and all under the mutex: a reply cannot
+         * beat the bookkeeping, and cancel() cannot free the buffer mid-write. */
+        list_remove(&c->queue, r);
+        list_push(&c->inflight, r);
+        map_insert(&c->map, r);
+        r->tstate = TS_INFLIGHT;
+        /* lws masks the payload in place and buffers any unsent remainder. */
+        size_t len = r->len;
+        int n = lws_write(wsi, (unsigned char *)r->buf + LWS_PRE, len, LWS_WRITE_TEXT);
+        if (n < 0 || (size_t)n < len) {
+            failed = 1;
+            break;
+        }
+    }
     int more = c->queue.head != NULL;
     pthread_mutex_unlock(&c->mu);
-    /* r is off limits from here: close() or a reply may complete it any time. */
+    /* The requests written are off limits from here: close() or a reply may
+     * complete them any time. */
 
-    if (n < 0 || (size_t)n < len) {
+    if (failed) {
         conn_fail(c, SURPOOL_ERR_DISCONNECTED, "write to the server failed");
         return -1;
     }
