@@ -61,13 +61,7 @@ static surpool_err setup_auth(surpool_conn *c, int64_t deadline, surpool_error *
     if (params == NULL)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
     rc = surpool__rpc(c, "signin", params, deadline, NULL, err);
-    json_decref(params);
-    if (rc == SURPOOL_ERR_SERVER && err != NULL && err->code == SURPOOL_ERR_SERVER &&
-        strcmp(err->kind, "NotAllowed") == 0) {
-        /* 3.x reports some credential failures with kind NotAllowed. */
-        err->code = SURPOOL_ERR_AUTH;
-        rc = SURPOOL_ERR_AUTH;
-    }
+    json_decref(params); /* wrong credentials: -32002, mapped to AUTH by the codec */
     return rc;
 }
 

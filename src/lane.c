@@ -576,35 +576,13 @@ surpool_err surpool_call_async(surpool_pool *p, const char *method, const json_t
     return rc;
 }
 
-/* [sql] or [sql, vars], checked as surpool_conn_query() checks them. */
-static surpool_err query_params(const char *sql, const json_t *vars, json_t **params,
-                                surpool_error *err)
-{
-    if (sql == NULL || sql[0] == '\0')
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "sql must be a non-empty string");
-    if (vars != NULL && !json_is_object(vars))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "vars must be a JSON object or NULL");
-    json_error_t je;
-    memset(&je, 0, sizeof(je));
-    *params = vars != NULL ? json_pack_ex(&je, 0, "[sO]", sql, (json_t *)vars)
-                           : json_pack_ex(&je, 0, "[s]", sql);
-    if (*params == NULL) {
-        /* jansson leaves the text empty when an allocation failed. */
-        if (je.text[0] == '\0' || json_error_code(&je) == json_error_out_of_memory)
-            return surpool__seterr(err, SURPOOL_ERR_NOMEM, "query: out of memory");
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "query: %s", je.text);
-    }
-    return SURPOOL_OK;
-}
-
 surpool_err surpool_query(surpool_pool *p, const char *sql, const json_t *vars, json_t **out,
                           surpool_error *err)
 {
     if (p == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "pool is NULL");
     json_t *params = NULL;
-    surpool_err rc = query_params(sql, vars, &params, err);
+    surpool_err rc = surpool__query_params(sql, vars, &params, err);
     if (rc != SURPOOL_OK)
         return rc;
     rc = p->lane != NULL ? lane_call_sync(p, "query", params, out, err)
@@ -619,7 +597,7 @@ surpool_err surpool_query_async(surpool_pool *p, const char *sql, const json_t *
     if (p == NULL || cb == NULL)
         return SURPOOL_ERR_INVALID_ARG;
     json_t *params = NULL;
-    surpool_err rc = query_params(sql, vars, &params, NULL);
+    surpool_err rc = surpool__query_params(sql, vars, &params, NULL);
     if (rc != SURPOOL_OK)
         return rc;
     rc = surpool_call_async(p, "query", params, cb, userdata);

@@ -34,10 +34,13 @@
  *     probe at a time, paced by the backoff, tests whether the server is back.
  *  7. close() wakes every waiter with SURPOOL_ERR_CLOSED at once; connections
  *     still leased are closed when they come back.
- *  8. Events and slow work (pings, closes, restores) never run under the mutex.
+ *  8. Events, log lines and slow work (pings, closes, restores) never run under
+ *     the mutex.
  */
 #include <assert.h>
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -247,9 +250,12 @@ static int64_t hist_percentile(const uint32_t *h, int64_t max, double q)
 /* ---- events: collected under the mutex, emitted after it is released ---- */
 
 #define EVQ_MAX 32
+/* Events and log lines decided under the mutex wait here and go out once it is
+ * released: neither a user callback nor a user logger ever runs under it. */
 typedef struct evq {
     surpool_event ev[EVQ_MAX];
-    char msg[EVQ_MAX][128];
+    int log_level[EVQ_MAX]; /* -1: an event; else a log line of that level */
+    char msg[EVQ_MAX][192];
     int n;
 } evq;
 
@@ -267,7 +273,24 @@ static void evq_add(const surpool_pool *p, evq *q, surpool_event_type type, uint
     e->code = code;
     e->file = file;
     e->line = line;
+    q->log_level[q->n] = -1;
     surpool__strlcpy(q->msg[q->n], msg != NULL ? msg : "", sizeof(q->msg[q->n]));
+    q->n++;
+}
+
+static void evq_log(const surpool_pool *p, evq *q, surpool_log_level level, const char *fmt,
+                    ...) __attribute__((format(printf, 4, 5)));
+
+static void evq_log(const surpool_pool *p, evq *q, surpool_log_level level, const char *fmt,
+                    ...)
+{
+    if (p->logger.fn == NULL || level > p->logger.level || q->n >= EVQ_MAX)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(q->msg[q->n], sizeof(q->msg[q->n]), fmt, ap);
+    va_end(ap);
+    q->log_level[q->n] = (int)level;
     q->n++;
 }
 
@@ -275,6 +298,10 @@ static void evq_add(const surpool_pool *p, evq *q, surpool_event_type type, uint
 static void evq_flush(const surpool_pool *p, evq *q)
 {
     for (int i = 0; i < q->n; i++) {
+        if (q->log_level[i] >= 0) {
+            p->logger.fn(p->logger.userdata, (surpool_log_level)q->log_level[i], q->msg[i]);
+            continue;
+        }
         q->ev[i].message = q->msg[i];
         p->cfg.pub.on_event(p->cfg.pub.event_userdata, &q->ev[i]);
     }
@@ -479,8 +506,7 @@ static void *connector_main(void *arg)
                 p->breaker_open = 0;
                 evq_add(p, &q, SURPOOL_EVENT_BREAKER_CLOSE, 0, 0, SURPOOL_OK,
                         "a probe connected: the server is back", NULL, 0);
-                surpool__log(&p->logger, SURPOOL_LOG_WARN,
-                             "server reachable again: circuit closed");
+                evq_log(p, &q, SURPOOL_LOG_WARN, "server reachable again: circuit closed");
             }
             p->consecutive_failures = 0;
             p->connect_not_before_ns = 0;
@@ -518,18 +544,18 @@ static void *connector_main(void *arg)
             long d = backoff_ms(p, p->consecutive_failures);
             p->connect_not_before_ns = surpool__now_ns() + ms_to_ns(d);
             evq_add(p, &q, SURPOOL_EVENT_CONNECT_FAIL, 0, 0, cerr.code, cerr.message, NULL, 0);
-            surpool__log(&p->logger, SURPOOL_LOG_WARN,
-                         "connect failed (%d in a row, next try in %ld ms): %s",
-                         p->consecutive_failures, d, cerr.message);
+            evq_log(p, &q, SURPOOL_LOG_WARN,
+                    "connect failed (%d in a row, next try in %ld ms): %s",
+                    p->consecutive_failures, d, cerr.message);
             int threshold = p->cfg.pub.breaker_threshold;
             if (threshold > 0 && p->consecutive_failures >= threshold && !p->breaker_open) {
                 p->breaker_open = 1;
                 p->stats.breaker_opens++;
                 evq_add(p, &q, SURPOOL_EVENT_BREAKER_OPEN, 0, 0, cerr.code, cerr.message, NULL,
                         0);
-                surpool__log(&p->logger, SURPOOL_LOG_ERROR,
-                             "server unreachable: circuit open after %d failed connects",
-                             p->consecutive_failures);
+                evq_log(p, &q, SURPOOL_LOG_ERROR,
+                        "server unreachable: circuit open after %d failed connects",
+                        p->consecutive_failures);
             }
             fail_stranded_waiters_locked(p);
         }
@@ -629,17 +655,17 @@ static void maintain_once_locked(surpool_pool *p, evq *q)
         for (c = p->all_head; c != NULL; c = c->all_next) {
             if (c->state != SURPOOL__CONN_LEASED || c->maint || c->lane || c->leak_reported)
                 continue;
-            if (q->n >= EVQ_MAX - 3 * MAINT_BATCH)
-                break; /* the rest next tick: no event is dropped */
+            if (q->n + 2 > EVQ_MAX - 3 * MAINT_BATCH)
+                break; /* the rest next tick: no event or log line is dropped */
             int64_t age = now - c->lease_start_ns;
             if (age < ms_to_ns(cfg->leak_threshold_ms))
                 continue;
             c->leak_reported = 1;
             p->stats.leaks++;
-            surpool__log(&p->logger, SURPOOL_LOG_WARN,
-                         "possible leak: connection %llu leased for %lld ms, acquired at %s:%d",
-                         (unsigned long long)c->serial, (long long)(age / SURPOOL__NS_PER_MS),
-                         c->lease_file != NULL ? c->lease_file : "(unknown)", c->lease_line);
+            evq_log(p, q, SURPOOL_LOG_WARN,
+                    "possible leak: connection %llu leased for %lld ms, acquired at %s:%d",
+                    (unsigned long long)c->serial, (long long)(age / SURPOOL__NS_PER_MS),
+                    c->lease_file != NULL ? c->lease_file : "(unknown)", c->lease_line);
             evq_add(p, q, SURPOOL_EVENT_LEAK, c->serial, age / 1000, SURPOOL_OK,
                     "lease held longer than leak_threshold_ms", c->lease_file, c->lease_line);
         }

@@ -147,6 +147,10 @@ void surpool__sync_wait(surpool__sync *s);
 int surpool__method_changes_session(const char *method);
 /* Transport failures after which a connection must not be lent again. */
 int surpool__breaks_connection(surpool_err code);
+/* [sql] or [sql, vars] for `query`, checked (INVALID_ARG, NOMEM) and packed;
+ * *params is a new reference. Shared by leases and the lane. */
+surpool_err surpool__query_params(const char *sql, const json_t *vars, json_t **params,
+                                  surpool_error *err);
 /* A completed request's outcome: *result BORROWED from req->reply on success,
  * else the error in err; counts the request in the pool's stats. */
 surpool_err surpool__rpc_outcome(surpool_pool *p, const char *method, surpool__treq *req,

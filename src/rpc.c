@@ -293,20 +293,43 @@ surpool_err surpool_conn_call(surpool_conn *c, const char *method, const json_t 
     return surpool__rpc(c, method, params, INT64_MAX, out, err);
 }
 
+surpool_err surpool__query_params(const char *sql, const json_t *vars, json_t **params,
+                                  surpool_error *err)
+{
+    if (!nonempty(sql))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "sql must be a non-empty string");
+    if (vars != NULL && !json_is_object(vars))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "vars must be a JSON object or NULL");
+    json_error_t je;
+    memset(&je, 0, sizeof(je));
+    *params = vars != NULL ? pack(&je, "[sO]", sql, (json_t *)vars) : pack(&je, "[s]", sql);
+    if (*params == NULL) {
+        /* jansson leaves the text empty when an allocation failed. */
+        if (je.text[0] == '\0' || json_error_code(&je) == json_error_out_of_memory)
+            return surpool__seterr(err, SURPOOL_ERR_NOMEM, "query: out of memory");
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "query: %s", je.text);
+    }
+    return SURPOOL_OK;
+}
+
 surpool_err surpool_conn_query(surpool_conn *c, const char *sql, const json_t *vars,
                                json_t **out, surpool_error *err)
 {
-    json_error_t je;
-    memset(&je, 0, sizeof(je));
     if (c == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "conn is NULL");
-    if (!nonempty(sql))
-        return bad_arg(c, err, "sql must be a non-empty string");
-    if (vars != NULL && !json_is_object(vars))
-        return bad_arg(c, err, "vars must be a JSON object or NULL");
-    json_t *params =
-        vars != NULL ? pack(&je, "[sO]", sql, (json_t *)vars) : pack(&je, "[s]", sql);
-    return call_stolen(c, "query", params, &je, out, err);
+    surpool_error local;
+    if (err == NULL)
+        err = &local;
+    json_t *params = NULL;
+    surpool_err rc = surpool__query_params(sql, vars, &params, err);
+    if (rc != SURPOOL_OK) {
+        surpool__strlcpy(c->last_error, err->message, sizeof(c->last_error));
+        return rc;
+    }
+    rc = surpool__rpc(c, "query", params, INT64_MAX, out, err);
+    json_decref(params);
+    return rc;
 }
 
 surpool_err surpool_query_check(const json_t *result, surpool_error *err)
