@@ -107,9 +107,10 @@ typedef enum surpool_log_level {
 } surpool_log_level;
 
 /** Log sink. `message` is borrowed, valid for the call only, and never contains
- *  a password or token. Called from any surpool thread (callers' threads and the
- *  pool's service thread), possibly concurrently: make it thread-safe. It must
- *  not call back into the pool. */
+ *  a password or token. Called from any surpool thread (callers' threads, the
+ *  pool's service, connector, maintainer and lane threads), possibly
+ *  concurrently, never with a pool lock held: make it thread-safe. It must not
+ *  call back into the pool. */
 typedef void (*surpool_log_fn)(void *userdata, surpool_log_level level, const char *message);
 
 /* ------------------------------------------------------------------------- */
