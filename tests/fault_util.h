@@ -148,13 +148,25 @@ static inline void fu_track_release(fu_tracker *t, surpool_conn *c)
 
 /* Connections opened minus closed equals those the pool holds. `created` counts
  * completed connects only, so slots still connecting are not in it: the
- * identity is created - destroyed == idle + in_use, and total == idle + in_use
- * + connecting. Returns 1 when both hold. */
+ * identity is created - destroyed == idle + in_use (it holds at any moment,
+ * load or not). Returns 1 when it holds. */
 static inline int fu_stats_balanced(surpool_pool *p, surpool_stats *st)
 {
     surpool_pool_stats(p, st);
-    return (int64_t)st->created - (int64_t)st->destroyed == st->idle + st->in_use &&
-           st->total == st->idle + st->in_use + st->connecting;
+    return (int64_t)st->created - (int64_t)st->destroyed == st->idle + st->in_use;
+}
+
+/* Once every caller has released its leases: wait (bounded) until no lease is
+ * out but the lane's. The lane thread and keepalive pings borrow and return
+ * connections on their own threads, a moment apart from the callers. */
+static inline void fu_settle_leases(surpool_pool *p, surpool_stats *st)
+{
+    surpool_pool_stats(p, st);
+    for (int i = 0; i < 10000 * FU_SLOW && st->in_use != st->lane_connections; i++) {
+        struct timespec ts = {0, 1000000L};
+        nanosleep(&ts, NULL);
+        surpool_pool_stats(p, st);
+    }
 }
 
 /* ---- resources ---- */

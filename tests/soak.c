@@ -339,10 +339,13 @@ static int start_server(int port)
     return -1;
 }
 
-static void control(const char *body)
+/* Returns 1 when the server took the fault, so only injected faults count. */
+static int control(const char *body)
 {
-    if (harness_control(&g_srv, body) != 0)
-        atomic_fetch_add(&g_control_failures, 1);
+    if (harness_control(&g_srv, body) == 0)
+        return 1;
+    atomic_fetch_add(&g_control_failures, 1);
+    return 0;
 }
 
 static atomic_int g_server_lost; /* a restart failed: nothing more to test against */
@@ -376,17 +379,18 @@ static void *fault_main(void *arg)
         else
             kind = cycle[next_in_cycle++];
         char body[160];
+        int injected = 1;
         switch (kind) {
         case F_DROP:
             snprintf(body, sizeof(body), "{\"dropEvery\":%ld,\"forMs\":%ld}",
                      rng_range(&rng, 3, 12), rng_range(&rng, 500, 2000));
-            control(body);
+            injected = control(body);
             break;
         case F_DELAY:
             snprintf(
                 body, sizeof(body), "{\"delayMs\":%ld,\"delayJitterMs\":%ld,\"forMs\":%ld}",
                 rng_range(&rng, 0, 50), rng_range(&rng, 0, 300), rng_range(&rng, 1000, 3000));
-            control(body);
+            injected = control(body);
             break;
         case F_KILL9:
             harness_kill9(&g_srv);
@@ -402,10 +406,11 @@ static void *fault_main(void *arg)
             snprintf(body, sizeof(body), "{\"mode\":\"%s\",\"forMs\":%ld}", g_modes[kind],
                      kind == F_REFUSE ? rng_range(&rng, 300, 1000)
                                       : rng_range(&rng, 300, 1500));
-            control(body);
+            injected = control(body);
             break;
         }
-        atomic_fetch_add(&g_faults[kind], 1);
+        if (injected)
+            atomic_fetch_add(&g_faults[kind], 1);
     }
     return NULL;
 }
@@ -607,7 +612,7 @@ int main(int argc, char **argv)
     int lost_leases = -1;
     if (unjoined == 0) {
         check_balance("at the end");
-        surpool_pool_stats(g_pool, &st);
+        fu_settle_leases(g_pool, &st);
         lost_leases = st.in_use - st.lane_connections;
     } else {
         surpool_pool_stats(g_pool, &st);
@@ -649,6 +654,8 @@ int main(int argc, char **argv)
            st.lifetime_retirements, st.idle_retirements, st.requests);
 
     printf("invariants:\n");
+    inv(faults > 0, "faults were injected (%ld)", faults);
+    inv(atomic_load(&g_ok) > 0, "calls succeeded between faults (%ld)", atomic_load(&g_ok));
     inv(g_balance_failures == 0, "stats balance (%ld checks)", g_balance_checks);
     if (g_balance_failures > 0)
         printf("    first failure: %s\n", g_balance_msg);

@@ -272,6 +272,7 @@ static void check_pool(surpool_pool *p, const char *what)
     surpool_conn_release(c);
 
     surpool_stats st;
+    fu_settle_leases(p, &st);
     if (!fu_stats_balanced(p, &st))
         fail_msg("%s: stats do not balance: created %llu destroyed %llu idle %d in_use %d "
                  "connecting %d total %d",
@@ -473,7 +474,7 @@ static void test_server_down_at_create(void **state)
     if (rc != SURPOOL_OK)
         fail_msg("lazy create: %s: %s", surpool_strerror(rc), err.message);
     surpool_conn *c = NULL;
-    rc = surpool_pool_acquire(p, 300, &c, &err);
+    rc = surpool_pool_acquire(p, 5000, &c, &err);
     if (rc != SURPOOL_ERR_CONNECT && rc != SURPOOL_ERR_UNAVAILABLE)
         fail_msg("acquire with no server: expected CONNECT or UNAVAILABLE, got %s (%s)",
                  surpool_strerror(rc), err.message);

