@@ -132,7 +132,8 @@ int main(int argc, char **argv)
     surpool_pool *pool = NULL;
     surpool_error err;
     if (surpool_pool_create(&cfg, &pool, &err) != SURPOOL_OK) {
-        fprintf(stderr, "burst: cannot create the pool: %s\n", err.message);
+        fprintf(stderr, "burst: cannot create the pool: %s (%s%s%s)\n", err.message,
+                surpool_strerror(err.code), err.kind[0] ? ", kind " : "", err.kind);
         return 1;
     }
 

@@ -3,6 +3,7 @@
  * namespace/database, the user's hook) before the pool lends it, and closing it.
  */
 #include <string.h>
+#include <time.h>
 
 #include "pool.h"
 
@@ -30,6 +31,28 @@ int surpool__conn_usable(const surpool_conn *c)
     return c->t != NULL && !atomic_load(&c->dead) && c->pool->ops->alive(c->t);
 }
 
+/* One setup RPC, retried while the server says its transaction conflicted and
+ * "can be retried" (SurrealDB 3.0 answers so when several new connections `use`
+ * a namespace or database that does not exist yet: each defines it). Bounded by
+ * a few attempts and the connect deadline. */
+static surpool_err setup_rpc(surpool_conn *c, const char *method, const json_t *params,
+                             int64_t deadline, json_t **out, surpool_error *err)
+{
+    surpool_error local;
+    if (err == NULL)
+        err = &local;
+    for (int attempt = 1;; attempt++) {
+        surpool_err rc = surpool__rpc(c, method, params, deadline, out, err);
+        if (rc != SURPOOL_ERR_SERVER || strstr(err->message, "can be retried") == NULL ||
+            attempt == 5)
+            return rc;
+        struct timespec ts = {0, (long)attempt * 10 * 1000000L}; /* 10, 20, 30, 40 ms */
+        if (surpool__now_ns() + (int64_t)ts.tv_nsec >= deadline)
+            return rc;
+        nanosleep(&ts, NULL);
+    }
+}
+
 /* Sign in as configured. The message never contains the password. */
 static surpool_err setup_auth(surpool_conn *c, int64_t deadline, surpool_error *err)
 {
@@ -39,7 +62,7 @@ static surpool_err setup_auth(surpool_conn *c, int64_t deadline, surpool_error *
         json_t *params = json_pack("[s]", cfg->token);
         if (params == NULL)
             return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
-        rc = surpool__rpc(c, "authenticate", params, deadline, NULL, err);
+        rc = setup_rpc(c, "authenticate", params, deadline, NULL, err);
         json_decref(params);
         return rc;
     }
@@ -60,7 +83,7 @@ static surpool_err setup_auth(surpool_conn *c, int64_t deadline, surpool_error *
     json_t *params = creds != NULL ? json_pack("[o]", creds) : NULL;
     if (params == NULL)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
-    rc = surpool__rpc(c, "signin", params, deadline, NULL, err);
+    rc = setup_rpc(c, "signin", params, deadline, NULL, err);
     json_decref(params); /* wrong credentials: -32002, mapped to AUTH by the codec */
     return rc;
 }
@@ -77,7 +100,7 @@ static surpool_err setup(surpool_conn *c, int64_t deadline, surpool_error *err)
                                          : json_pack("[s, n]", cfg->ns);
         if (params == NULL)
             return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
-        rc = surpool__rpc(c, "use", params, deadline, NULL, err);
+        rc = setup_rpc(c, "use", params, deadline, NULL, err);
         json_decref(params);
         if (rc != SURPOOL_OK)
             return rc;
@@ -87,7 +110,7 @@ static surpool_err setup(surpool_conn *c, int64_t deadline, surpool_error *err)
         json_t *result = NULL;
         if (params == NULL)
             return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
-        rc = surpool__rpc(c, "query", params, deadline, &result, err);
+        rc = setup_rpc(c, "query", params, deadline, &result, err);
         json_decref(params);
         if (rc == SURPOOL_OK)
             rc = surpool_query_check(result, err);
@@ -149,7 +172,7 @@ surpool_err surpool__conn_open(surpool_pool *p, surpool_conn **out, surpool_erro
 surpool_err surpool__conn_restore(surpool_conn *c, surpool_error *err)
 {
     int64_t deadline = surpool__deadline_after_ms(c->pool->cfg.pub.connect_timeout_ms);
-    surpool_err rc = surpool__rpc(c, "reset", NULL, deadline, NULL, err);
+    surpool_err rc = setup_rpc(c, "reset", NULL, deadline, NULL, err);
     if (rc == SURPOOL_OK)
         rc = setup(c, deadline, err);
     if (rc == SURPOOL_OK)

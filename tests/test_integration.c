@@ -556,6 +556,33 @@ static void run_real_burst(int callers, int max_conns, const char *sql)
     surpool_pool_destroy(p);
 }
 
+/* Many connections opened at once on a database that does not exist yet: each
+ * `use` defines it, and SurrealDB 3.0 answers the losers with "Transaction
+ * conflict ... can be retried". Setup retries those; creation must succeed. */
+static void test_parallel_setup_on_new_database(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 4; round++) {
+        surpool_config cfg;
+        char url[128], db[32];
+        snprintf(db, sizeof(db), "fresh%d", round);
+        base_config(&cfg, url, sizeof(url), db);
+        cfg.ns = db; /* a new namespace too */
+        cfg.max_connections = 40;
+        cfg.min_connections = 40;
+        cfg.max_concurrent_connects = 40;
+        surpool_pool *p = NULL;
+        surpool_error err;
+        surpool_err rc = surpool_pool_create(&cfg, &p, &err);
+        if (rc != SURPOOL_OK)
+            fail_msg("round %d: create: %s", round, err.message);
+        surpool_stats st;
+        surpool_pool_stats(p, &st);
+        assert_int_equal(st.idle, 40);
+        surpool_pool_destroy(p);
+    }
+}
+
 /* The reproduction from the original report. */
 static void test_burst_100_return1_on_50(void **state)
 {
@@ -659,6 +686,7 @@ int main(void)
         cmocka_unit_test(test_unicode_and_nul_round_trip),
         cmocka_unit_test(test_large_result_and_limit),
         cmocka_unit_test(test_pipelined_out_of_order),
+        cmocka_unit_test(test_parallel_setup_on_new_database),
         cmocka_unit_test(test_burst_100_return1_on_50),
         cmocka_unit_test(test_burst_200_sleep_on_50),
         cmocka_unit_test(test_lane_burst_async),
