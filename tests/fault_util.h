@@ -1,7 +1,7 @@
 /*
  * Helpers shared by the hostile-conditions tests (test_hostile.c, test_faults.c,
- * test_alloc.c, test_security.c) and the soak (soak.c): a watchdog that turns a
- * hang into a clear failure, an exclusivity tracker for leases, the stats
+ * test_alloc.c, test_security.c) and the soak (soak.c), over the toolkit
+ * (testkit.h): a watchdog that turns a hang into a clear failure, the stats
  * balance, fd and heap counters, and a port nobody listens on.
  *
  * Nothing here asserts a duration: the watchdog bounds are generous and exist
@@ -26,38 +26,20 @@
 
 #include "surpool.h"
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define FU_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define FU_SANITIZED 1
-#endif
-#endif
-#ifndef FU_SANITIZED
-#define FU_SANITIZED 0
-#else
+#include "testkit.h"
+
+#define FU_SANITIZED TK_SANITIZED
+#if FU_SANITIZED
 /* From the sanitizer runtime (<sanitizer/allocator_interface.h>, which GCC
  * does not install). */
 size_t __sanitizer_get_current_allocated_bytes(void);
 #endif
 
-/* Sanitizers slow everything down several times: bounds (never assertions on
- * durations) scale with this. */
-#define FU_SLOW (FU_SANITIZED ? 4 : 1)
-
-static inline void fu_sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
-        ;
-}
-
-static inline int64_t fu_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+/* The toolkit's names, kept for the tests that use these. */
+#define FU_SLOW TK_SLOW
+#define fu_sleep_ms tk_sleep_ms
+#define fu_now_ms tk_now_ms
+#define fu_join tk_join
 
 /* ---- watchdog: a step that does not finish in time ends the process ---- */
 
@@ -88,61 +70,14 @@ static inline void fu_watchdog(int seconds, const char *what)
     alarm((unsigned)(seconds * FU_SLOW));
 }
 
-/* Join with a bound: 0 if joined, -1 if the thread is still running (hung). */
-static inline int fu_join(pthread_t th, int seconds)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += seconds * FU_SLOW;
-    return pthread_timedjoin_np(th, NULL, &ts) == 0 ? 0 : -1;
-}
-
 /* ---- exclusivity: no connection may be held by two callers at once ---- */
 
-#define FU_MAX_TRACK 1024
-typedef struct fu_tracker {
-    pthread_mutex_t mu;
-    surpool_conn *held[FU_MAX_TRACK];
-    int nheld;
-    int double_lease;
-    int overflow;
-} fu_tracker;
-
-static inline void fu_tracker_init(fu_tracker *t)
-{
-    memset(t, 0, sizeof(*t));
-    pthread_mutex_init(&t->mu, NULL);
-}
-
-static inline void fu_tracker_destroy(fu_tracker *t)
-{
-    pthread_mutex_destroy(&t->mu);
-}
-
-static inline void fu_track_acquire(fu_tracker *t, surpool_conn *c)
-{
-    pthread_mutex_lock(&t->mu);
-    for (int i = 0; i < t->nheld; i++)
-        if (t->held[i] == c)
-            t->double_lease++;
-    if (t->nheld < FU_MAX_TRACK)
-        t->held[t->nheld++] = c;
-    else
-        t->overflow++;
-    pthread_mutex_unlock(&t->mu);
-}
-
-static inline void fu_track_release(fu_tracker *t, surpool_conn *c)
-{
-    pthread_mutex_lock(&t->mu);
-    for (int i = 0; i < t->nheld; i++) {
-        if (t->held[i] == c) {
-            t->held[i] = t->held[--t->nheld];
-            break;
-        }
-    }
-    pthread_mutex_unlock(&t->mu);
-}
+/* The toolkit's lease tracker (testkit.h) under its older names. */
+typedef tk_leases fu_tracker;
+#define fu_tracker_init tk_leases_init
+#define fu_tracker_destroy tk_leases_destroy
+#define fu_track_acquire tk_lease_track
+#define fu_track_release tk_lease_untrack
 
 /* ---- stats ---- */
 
@@ -158,15 +93,14 @@ static inline int fu_stats_balanced(surpool_pool *p, surpool_stats *st)
 
 /* Once every caller has released its leases: wait (bounded) until no lease is
  * out but the lane's. The lane thread and keepalive pings borrow and return
- * connections on their own threads, a moment apart from the callers. */
-static inline void fu_settle_leases(surpool_pool *p, surpool_stats *st)
+ * connections on their own threads, a moment apart from the callers. Returns
+ * 1 when that happened, 0 if leases were still out after 10 s (times
+ * TK_SLOW); `st` holds the last stats read either way. */
+static inline int fu_settle_leases(surpool_pool *p, surpool_stats *st)
 {
-    surpool_pool_stats(p, st);
-    for (int i = 0; i < 10000 * FU_SLOW && st->in_use != st->lane_connections; i++) {
-        struct timespec ts = {0, 1000000L};
-        nanosleep(&ts, NULL);
-        surpool_pool_stats(p, st);
-    }
+    int ok;
+    TK_POLL(ok, (surpool_pool_stats(p, st), st->in_use == st->lane_connections), 10000);
+    return ok;
 }
 
 /* ---- resources ---- */

@@ -1,8 +1,10 @@
 #include "harness.h"
+#include "testkit.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -60,16 +62,40 @@ int harness_start(test_server *s, const char *script, int port, const char *cons
         return -1;
     }
     s->stdin_fd = in[1];
-    /* Read "LISTENING <port>\n" (the server prints nothing else on stdout). */
-    FILE *f = fdopen(out[0], "r");
+    /* Read "LISTENING <port>\n" (the server prints nothing else on stdout),
+     * bounded: a server that never gets there fails the start with a reason
+     * instead of hanging the test. */
     char line[128];
-    int got = f != NULL && fgets(line, sizeof(line), f) != NULL &&
-              sscanf(line, "LISTENING %d", &s->port) == 1;
-    if (f != NULL)
-        fclose(f);
-    else
-        close(out[0]);
-    if (!got) {
+    size_t len = 0;
+    const char *why = NULL;
+    int64_t end = tk_now_ms() + HARNESS_START_MS * TK_SLOW;
+    while (why == NULL && memchr(line, '\n', len) == NULL) {
+        int left = (int)(end - tk_now_ms());
+        if (left <= 0) {
+            why = "no LISTENING line in time";
+            break;
+        }
+        struct pollfd pfd = {out[0], POLLIN, 0};
+        int pr = poll(&pfd, 1, left);
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr <= 0)
+            continue; /* the deadline check above ends it */
+        ssize_t r = read(out[0], line + len, sizeof(line) - 1 - len);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            why = "it exited before listening";
+        else if ((len += (size_t)r) == sizeof(line) - 1)
+            why = "unexpected output";
+        line[len] = '\0';
+    }
+    close(out[0]);
+    if (why == NULL && sscanf(line, "LISTENING %d", &s->port) != 1)
+        why = "unexpected output";
+    if (why != NULL) {
+        fprintf(stderr, "harness: cannot start tests/server/%s on port %d: %s\n", script, port,
+                why);
         harness_stop(s);
         return -1;
     }
@@ -143,4 +169,16 @@ int harness_control(const test_server *s, const char *body)
     ssize_t r = read(fd, resp, sizeof(resp) - 1);
     close(fd);
     return r > 12 && strncmp(resp + 9, "200", 3) == 0 ? 0 : -1;
+}
+
+int harness_restart(test_server *s, const char *script, int port, const char *const *args)
+{
+    /* Right after a SIGKILL the port may need a moment: retry for a while. */
+    int64_t end = tk_now_ms() + HARNESS_START_MS * TK_SLOW;
+    do {
+        if (harness_start(s, script, port, args) == 0)
+            return 0;
+        tk_sleep_ms(100);
+    } while (tk_now_ms() < end);
+    return -1;
 }

@@ -1,7 +1,8 @@
 /*
- * Test harness: start our Node test server (tests/server/server.mjs, the real
- * SurrealDB core behind a WebSocket /rpc endpoint) on a free loopback port and
- * stop it. Every integration test starts its own and always stops it.
+ * The test server launcher: start one of our Node test servers (tests/server/
+ * server.mjs, the real SurrealDB core behind a WebSocket /rpc endpoint, or
+ * null_server.mjs) on a loopback port, and stop it. Every integration test
+ * starts its own and always stops it. Part of the test toolkit (testkit.h).
  */
 #ifndef SURPOOL_TEST_HARNESS_H
 #define SURPOOL_TEST_HARNESS_H
@@ -15,9 +16,17 @@ typedef struct test_server {
     char url[128];
 } test_server;
 
+/* How long a server may take to print its LISTENING line (times TK_SLOW). */
+#define HARNESS_START_MS 30000
+
 /* Start `script` (relative to tests/server/) with extra args (NULL-terminated
- * array, may be NULL) on --port `port` (0 = free port). Returns 0 on success. */
+ * array, may be NULL) on --port `port` (0 = free port). Returns 0 on success;
+ * on failure prints why to stderr (no LISTENING line within HARNESS_START_MS,
+ * the server exited) and returns -1. */
 int harness_start(test_server *s, const char *script, int port, const char *const *args);
+/* harness_start on a port that may still be busy (a server just killed on
+ * it): retries for up to HARNESS_START_MS. Returns 0 on success. */
+int harness_restart(test_server *s, const char *script, int port, const char *const *args);
 /* SIGTERM, wait up to 5 s, then SIGKILL. Safe to call twice. */
 void harness_stop(test_server *s);
 /* SIGKILL at once (crash simulation); waits for the process. */
