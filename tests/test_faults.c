@@ -29,6 +29,13 @@
 
 static const char *const g_server_args[] = {"--user", "root", "--pass", "root", NULL};
 
+/* What a failed test leaves behind, for teardown: a load still running and
+ * the servers it started. Pools and leases are the toolkit's (tk_teardown). */
+typedef struct load load;
+static load *g_load;
+static test_server *g_servers[2];
+static void load_halt(load *l);
+
 static int setup(void **state)
 {
     (void)state;
@@ -36,15 +43,39 @@ static int setup(void **state)
     return 0;
 }
 
+static int teardown(void **state)
+{
+    fu_watchdog(0, NULL);
+    if (g_load != NULL)
+        load_halt(g_load); /* its callers give their leases back */
+    tk_teardown(state);
+    for (int i = 0; i < 2; i++) {
+        if (g_servers[i] != NULL)
+            harness_stop(g_servers[i]);
+        g_servers[i] = NULL;
+    }
+    return 0;
+}
+
 static void start_server(test_server *s, int port)
 {
-    /* Right after a SIGKILL the port may need a moment: retry briefly. */
-    for (int i = 0; i < 50; i++) {
-        if (harness_start(s, "server.mjs", port, g_server_args) == 0)
+    /* Right after a SIGKILL the port may need a moment: harness_restart retries. */
+    if (harness_restart(s, "server.mjs", port, g_server_args) != 0)
+        fail_msg("cannot start tests/server/server.mjs on port %d", port);
+    for (int i = 0; i < 2; i++) {
+        if (g_servers[i] == NULL || g_servers[i] == s) {
+            g_servers[i] = s;
             return;
-        fu_sleep_ms(100);
+        }
     }
-    fail_msg("cannot start tests/server/server.mjs on port %d", port);
+}
+
+static void stop_server(test_server *s)
+{
+    harness_stop(s);
+    for (int i = 0; i < 2; i++)
+        if (g_servers[i] == s)
+            g_servers[i] = NULL;
 }
 
 static void control(const test_server *s, const char *body)
@@ -68,15 +99,7 @@ static void on_event(void *ud, const surpool_event *ev)
 
 /* Events are delivered after the state change that caused them, possibly after
  * the call that observed it returned: wait for them (bounded). */
-static int wait_event(surpool_event_type type, int n)
-{
-    for (int i = 0; i < 1000 * FU_SLOW; i++) {
-        if (atomic_load(&g_events[type]) >= n)
-            return 1;
-        fu_sleep_ms(10);
-    }
-    return 0;
-}
+#define WAIT_EVENT(type, n) WAIT_UNTIL(atomic_load(&g_events[type]) >= (n), 10000)
 
 static void events_reset(void)
 {
@@ -108,7 +131,7 @@ static surpool_pool *create_pool(surpool_config *cfg)
     surpool_error err;
     if (surpool_pool_create(cfg, &p, &err) != SURPOOL_OK)
         fail_msg("create: %s: %s", surpool_strerror(err.code), err.message);
-    return p;
+    return tk_pool_track(p);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -117,7 +140,6 @@ static surpool_pool *create_pool(surpool_config *cfg)
 
 #define MAX_WORKERS 16
 
-typedef struct load load;
 typedef struct worker_arg {
     load *l;
     int pool_level; /* 1: surpool_query (pool-level), 0: acquire/query/release */
@@ -206,37 +228,56 @@ static void load_start(load *l, surpool_pool *p, int nthreads, long acquire_time
 {
     memset(l, 0, sizeof(*l));
     l->pool = p;
-    l->nthreads = nthreads;
     l->acquire_timeout_ms = acquire_timeout_ms;
     fu_tracker_init(&l->tr);
     pthread_mutex_init(&l->mu, NULL);
-    for (int i = 0; i < nthreads; i++) {
+    for (int i = 0; i < nthreads; i++, l->nthreads++) {
         l->args[i].l = l;
         l->args[i].pool_level = i == 0; /* one pool-level caller */
         l->args[i].seed = 0x9e3779b9u * (unsigned)(i + 1);
         assert_int_equal(pthread_create(&l->th[i], NULL, worker_main, &l->args[i]), 0);
     }
+    g_load = l;
 }
 
 /* Wait (bounded) until `more` more calls succeeded. 0 if they did. */
 static int load_wait_ok(load *l, long more, int seconds)
 {
     long target = atomic_load(&l->ok) + more;
-    int64_t end = fu_now_ms() + (int64_t)seconds * 1000 * FU_SLOW;
-    while (atomic_load(&l->ok) < target) {
-        if (fu_now_ms() > end)
-            return -1;
-        fu_sleep_ms(10);
+    int ok;
+    TK_POLL(ok, atomic_load(&l->ok) >= target, (int64_t)seconds * 1000);
+    return ok ? 0 : -1;
+}
+
+/* Stop the callers; the number of them still running after 30 s (times
+ * TK_SLOW), which are left behind. */
+static int load_join(load *l)
+{
+    atomic_store(&l->stop, 1);
+    int hung = 0;
+    for (int i = 0; i < l->nthreads; i++)
+        hung += fu_join(l->th[i], 30) != 0;
+    l->nthreads = 0;
+    g_load = NULL;
+    return hung;
+}
+
+/* After a failed test: stop the load and free it (unless a caller hung, when
+ * freeing would pull its memory away). */
+static void load_halt(load *l)
+{
+    if (load_join(l) == 0) {
+        fu_tracker_destroy(&l->tr);
+        pthread_mutex_destroy(&l->mu);
+        free(l);
     }
-    return 0;
 }
 
 static void load_stop(load *l, const char *what)
 {
-    atomic_store(&l->stop, 1);
-    for (int i = 0; i < l->nthreads; i++)
-        if (fu_join(l->th[i], 60) != 0)
-            fail_msg("%s: a caller hung (thread %d not joined)", what, i);
+    int hung = load_join(l);
+    if (hung != 0)
+        fail_msg("%s: %d caller(s) hung (threads not joined)", what, hung);
     fprintf(stderr, "# %s: %ld ok, %ld errors (", what, atomic_load(&l->ok),
             atomic_load(&l->errors));
     for (int i = 1; i < 32; i++)
@@ -260,7 +301,7 @@ static void check_pool(surpool_pool *p, const char *what)
     /* A lease and a query work. */
     surpool_conn *c = NULL;
     surpool_error err;
-    surpool_err rc = surpool_pool_acquire(p, 10000, &c, &err);
+    surpool_err rc = tk_acquire(p, 10000, &c, &err);
     if (rc != SURPOOL_OK)
         fail_msg("%s: acquire after the fault: %s: %s", what, surpool_strerror(rc),
                  err.message);
@@ -269,10 +310,12 @@ static void check_pool(surpool_pool *p, const char *what)
     if (rc != SURPOOL_OK)
         fail_msg("%s: query after the fault: %s: %s", what, surpool_strerror(rc), err.message);
     json_decref(out);
-    surpool_conn_release(c);
+    tk_release(c);
 
     surpool_stats st;
-    fu_settle_leases(p, &st);
+    if (!fu_settle_leases(p, &st))
+        fail_msg("%s: leases still out 10 s after every caller returned (in_use %d, lane %d)",
+                 what, st.in_use, st.lane_connections);
     if (!fu_stats_balanced(p, &st))
         fail_msg("%s: stats do not balance: created %llu destroyed %llu idle %d in_use %d "
                  "connecting %d total %d",
@@ -307,16 +350,14 @@ static void test_kill9_and_restart_same_port(void **state)
     surpool_pool *p = create_pool(&cfg);
     events_reset();
 
-    fu_watchdog(120, "kill -9 / restart under load");
+    fu_watchdog(45, "kill -9 / restart under load");
     load *l = calloc(1, sizeof(*l));
     load_start(l, p, 6, 2000);
     if (load_wait_ok(l, 50, 30) != 0)
         fail_msg("the load did not get going");
     harness_kill9(&s);
     long errors_before = atomic_load(&l->errors);
-    for (int i = 0; i < 400 * FU_SLOW && atomic_load(&l->errors) < errors_before + 20; i++)
-        fu_sleep_ms(5);
-    assert_true(atomic_load(&l->errors) > errors_before); /* the fault was felt */
+    WAIT_UNTIL(atomic_load(&l->errors) > errors_before, 10000); /* the fault was felt */
     fu_sleep_ms(500);
 
     start_server(&s, port);
@@ -330,8 +371,8 @@ static void test_kill9_and_restart_same_port(void **state)
     surpool_stats st;
     surpool_pool_stats(p, &st);
     assert_true(st.reconnects >= 1);
-    surpool_pool_destroy(p);
-    harness_stop(&s);
+    tk_pool_destroy(p);
+    stop_server(&s);
     check_fds(fds0 - 1 /* the server's stdin pipe */, "kill -9 + restart");
 }
 
@@ -354,7 +395,7 @@ static void test_drop_every_rounds_no_growth(void **state)
     int fds[ROUNDS];
     long errors = 0;
 
-    fu_watchdog(240, "drop-every rounds");
+    fu_watchdog(45, "drop-every rounds");
     for (int r = 0; r < ROUNDS; r++) {
         load *l = calloc(1, sizeof(*l));
         load_start(l, p, 4, 2000);
@@ -375,11 +416,11 @@ static void test_drop_every_rounds_no_growth(void **state)
         int n = 6 - st.lane_connections;
         for (int i = 0; i < n; i++) {
             surpool_error err;
-            if (surpool_pool_acquire(p, 10000, &c[i], &err) != SURPOOL_OK)
+            if (tk_acquire(p, 10000, &c[i], &err) != SURPOOL_OK)
                 fail_msg("fill: %s", err.message);
         }
         for (int i = 0; i < n; i++)
-            surpool_conn_release(c[i]);
+            tk_release(c[i]);
         heap[r] = fu_heap_in_use();
         fds[r] = fu_count_fds();
         fprintf(stderr, "# round %d: heap %zu bytes, %d fds\n", r, heap[r], fds[r]);
@@ -394,8 +435,8 @@ static void test_drop_every_rounds_no_growth(void **state)
                  heap[ROUNDS - 1], ROUNDS - 1 - WARMUP);
     if (fds[ROUNDS - 1] > fds[WARMUP] + 1)
         fail_msg("fds grew from %d to %d over the rounds", fds[WARMUP], fds[ROUNDS - 1]);
-    surpool_pool_destroy(p);
-    harness_stop(&s);
+    tk_pool_destroy(p);
+    stop_server(&s);
     check_fds(fds0 - 1, "drop-every");
 }
 
@@ -415,7 +456,7 @@ static void test_random_delays(void **state)
     cfg.request_timeout_ms = 10000;
     surpool_pool *p = create_pool(&cfg);
 
-    fu_watchdog(120, "random delays");
+    fu_watchdog(45, "random delays");
     control(&s, "{\"delayMs\":5,\"delayJitterMs\":60}");
     load *l = calloc(1, sizeof(*l));
     load_start(l, p, 6, 30000);
@@ -425,7 +466,7 @@ static void test_random_delays(void **state)
     assert_int_equal(atomic_load(&l->errors), 0);
     free(l);
     check_pool(p, "delays");
-    surpool_pool_destroy(p);
+    tk_pool_destroy(p);
 
     /* Delays straddling the request timeout. */
     cfg.request_timeout_ms = 150;
@@ -442,8 +483,8 @@ static void test_random_delays(void **state)
     control(&s, "{\"reset\":true}");
     check_pool(p, "delays around the timeout");
     fu_watchdog(0, NULL);
-    surpool_pool_destroy(p);
-    harness_stop(&s);
+    tk_pool_destroy(p);
+    stop_server(&s);
     check_fds(fds0 - 1, "delays");
 }
 
@@ -473,8 +514,9 @@ static void test_server_down_at_create(void **state)
     rc = surpool_pool_create(&cfg, &p, &err);
     if (rc != SURPOOL_OK)
         fail_msg("lazy create: %s: %s", surpool_strerror(rc), err.message);
+    tk_pool_track(p);
     surpool_conn *c = NULL;
-    rc = surpool_pool_acquire(p, 5000, &c, &err);
+    rc = tk_acquire(p, 5000, &c, &err);
     if (rc != SURPOOL_ERR_CONNECT && rc != SURPOOL_ERR_UNAVAILABLE)
         fail_msg("acquire with no server: expected CONNECT or UNAVAILABLE, got %s (%s)",
                  surpool_strerror(rc), err.message);
@@ -482,37 +524,25 @@ static void test_server_down_at_create(void **state)
 
     test_server s;
     start_server(&s, port);
-    fu_watchdog(120, "lazy pool recovering");
+    fu_watchdog(45, "lazy pool recovering");
     /* Poll: the pool connects by itself (backoff <= 300 ms). An acquire may
      * fail fast (UNAVAILABLE) while the circuit is still open. */
-    int64_t end = fu_now_ms() + 30000 * FU_SLOW;
-    for (;;) {
-        rc = surpool_pool_acquire(p, 1000, &c, &err);
-        if (rc == SURPOOL_OK)
-            break;
-        if (fu_now_ms() > end)
-            fail_msg("lazy pool never connected: %s: %s", surpool_strerror(rc), err.message);
-        fu_sleep_ms(20);
-    }
+    int ok;
+    TK_POLL(ok, (rc = tk_acquire(p, 1000, &c, &err)) == SURPOOL_OK, 30000);
+    if (!ok)
+        fail_msg("lazy pool never connected: %s: %s", surpool_strerror(rc), err.message);
     json_t *out = NULL;
     rc = surpool_conn_query(c, "RETURN 1", NULL, &out, &err);
     if (rc != SURPOOL_OK)
         fail_msg("query: %s: %s", surpool_strerror(rc), err.message);
     json_decref(out);
-    surpool_conn_release(c);
+    tk_release(c);
     surpool_stats st;
-    for (int i = 0;; i++) {
-        surpool_pool_stats(p, &st);
-        if (st.idle + st.in_use >= 2)
-            break;
-        if (i > 3000 * FU_SLOW) /* x 10 ms */
-            fail_msg("min_connections never reached (idle %d in_use %d)", st.idle, st.in_use);
-        fu_sleep_ms(10);
-    }
+    WAIT_UNTIL((surpool_pool_stats(p, &st), st.idle + st.in_use >= 2), 30000);
     fu_watchdog(0, NULL);
     check_pool(p, "lazy start");
-    surpool_pool_destroy(p);
-    harness_stop(&s);
+    tk_pool_destroy(p);
+    stop_server(&s);
     check_fds(fds0, "server down at create");
 }
 
@@ -539,12 +569,12 @@ static void test_circuit_breaker(void **state)
     fu_watchdog(15, "acquire against a dead port with the breaker on");
     surpool_conn *c = NULL;
     surpool_error err;
-    surpool_err rc = surpool_pool_acquire(p, 20000, &c, &err);
+    surpool_err rc = tk_acquire(p, 20000, &c, &err);
     if (rc != SURPOOL_ERR_UNAVAILABLE)
         fail_msg("first acquire: expected UNAVAILABLE, got %s (%s)", surpool_strerror(rc),
                  err.message);
     for (int i = 0; i < 20; i++) {
-        rc = surpool_pool_acquire(p, 20000, &c, &err);
+        rc = tk_acquire(p, 20000, &c, &err);
         if (rc != SURPOOL_ERR_UNAVAILABLE)
             fail_msg("acquire %d with the circuit open: expected UNAVAILABLE, got %s (%s)", i,
                      surpool_strerror(rc), err.message);
@@ -561,40 +591,35 @@ static void test_circuit_breaker(void **state)
     assert_int_equal(st.breaker_open, 1);
     assert_true(st.breaker_opens >= 1);
     assert_true(st.connect_failures >= 3);
-    assert_true(wait_event(SURPOOL_EVENT_BREAKER_OPEN, 1));
-    assert_true(wait_event(SURPOOL_EVENT_CONNECT_FAIL, 3));
+    WAIT_EVENT(SURPOOL_EVENT_BREAKER_OPEN, 1);
+    WAIT_EVENT(SURPOOL_EVENT_CONNECT_FAIL, 3);
 
     test_server s;
     start_server(&s, port);
-    fu_watchdog(120, "breaker closing");
-    int64_t end = fu_now_ms() + 30000 * FU_SLOW;
-    for (;;) {
-        rc = surpool_pool_acquire(p, 1000, &c, &err);
-        if (rc == SURPOOL_OK)
-            break;
-        if (fu_now_ms() > end)
-            fail_msg("circuit never closed: %s: %s", surpool_strerror(rc), err.message);
-        fu_sleep_ms(20);
-    }
+    fu_watchdog(45, "breaker closing");
+    int ok;
+    TK_POLL(ok, (rc = tk_acquire(p, 1000, &c, &err)) == SURPOOL_OK, 30000);
+    if (!ok)
+        fail_msg("circuit never closed: %s: %s", surpool_strerror(rc), err.message);
     fu_watchdog(0, NULL);
-    surpool_conn_release(c);
+    tk_release(c);
     surpool_pool_stats(p, &st);
     assert_int_equal(st.breaker_open, 0);
-    assert_true(wait_event(SURPOOL_EVENT_BREAKER_CLOSE, 1));
+    WAIT_EVENT(SURPOOL_EVENT_BREAKER_CLOSE, 1);
     check_pool(p, "breaker");
-    surpool_pool_destroy(p);
-    harness_stop(&s);
+    tk_pool_destroy(p);
+    stop_server(&s);
     check_fds(fds0, "breaker");
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup(test_kill9_and_restart_same_port, setup),
-        cmocka_unit_test_setup(test_drop_every_rounds_no_growth, setup),
-        cmocka_unit_test_setup(test_random_delays, setup),
-        cmocka_unit_test_setup(test_server_down_at_create, setup),
-        cmocka_unit_test_setup(test_circuit_breaker, setup),
+        cmocka_unit_test_setup_teardown(test_kill9_and_restart_same_port, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drop_every_rounds_no_growth, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_random_delays, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_server_down_at_create, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_circuit_breaker, setup, teardown),
     };
     return cmocka_run_group_tests_name("faults", tests, NULL, NULL);
 }
