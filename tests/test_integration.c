@@ -18,6 +18,7 @@
 #include "codec.h"
 #include "harness.h"
 #include "pool.h"
+#include "testkit.h"
 
 static test_server g_server;
 
@@ -62,14 +63,14 @@ static surpool_pool *make_pool(const char *db)
     surpool_error err;
     if (surpool_pool_create(&cfg, &p, &err) != SURPOOL_OK)
         fail_msg("create: %s", err.message);
-    return p;
+    return tk_pool_track(p);
 }
 
 static surpool_conn *lease(surpool_pool *p)
 {
     surpool_conn *c = NULL;
     surpool_error err;
-    if (surpool_pool_acquire(p, -1, &c, &err) != SURPOOL_OK)
+    if (tk_acquire(p, -1, &c, &err) != SURPOOL_OK)
         fail_msg("acquire: %s: %s", surpool_strerror(err.code), err.message);
     return c;
 }
@@ -109,8 +110,8 @@ static void test_ping_version_query(void **state)
     assert_non_null(json_string_value(json_object_get(json_array_get(out, 0), "time")));
     assert_int_equal(surpool_query_check(out, &err), SURPOOL_OK);
     json_decref(out);
-    surpool_conn_release(c);
-    surpool_pool_destroy(p);
+    tk_release(c);
+    tk_pool_destroy(p);
 }
 
 static void test_statement_error_stays_in_result(void **state)
@@ -147,8 +148,8 @@ static void test_statement_error_stays_in_result(void **state)
                      SURPOOL_ERR_SERVER);
     assert_int_equal(err.server_code, -32601);
     assert_int_equal(surpool_conn_ping(c, &err), SURPOOL_OK);
-    surpool_conn_release(c);
-    surpool_pool_destroy(p);
+    tk_release(c);
+    tk_pool_destroy(p);
 }
 
 static void test_wrong_password(void **state)
@@ -161,11 +162,12 @@ static void test_wrong_password(void **state)
     surpool_pool *p = NULL;
     surpool_error err;
     assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_OK);
+    tk_pool_track(p);
     surpool_conn *c = NULL;
     assert_int_equal(surpool_pool_acquire(p, 10000, &c, &err), SURPOOL_ERR_AUTH);
     assert_int_equal(err.code, SURPOOL_ERR_AUTH);
     assert_null(strstr(err.message, "not-the-password"));
-    surpool_pool_destroy(p);
+    tk_pool_destroy(p);
 
     /* And on a lease, with explicit credentials. */
     p = make_pool("auth");
@@ -179,8 +181,8 @@ static void test_wrong_password(void **state)
     assert_int_equal(surpool_conn_signin(c, &cred, &token, &err), SURPOOL_OK);
     assert_true(json_is_string(token));
     json_decref(token);
-    surpool_conn_release(c);
-    surpool_pool_destroy(p);
+    tk_release(c);
+    tk_pool_destroy(p);
 }
 
 static void test_unauthenticated_refused(void **state)
@@ -195,11 +197,12 @@ static void test_unauthenticated_refused(void **state)
     surpool_pool *p = NULL;
     surpool_error err;
     assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_OK);
+    tk_pool_track(p);
     surpool_conn *c = lease(p);
     assert_int_equal(surpool_conn_query(c, "RETURN 1", NULL, NULL, &err), SURPOOL_ERR_AUTH);
     assert_int_equal(err.server_code, -32002);
-    surpool_conn_release(c);
-    surpool_pool_destroy(p);
+    tk_release(c);
+    tk_pool_destroy(p);
 }
 
 static void test_crud(void **state)
@@ -292,57 +295,108 @@ static void test_crud(void **state)
     assert_int_equal(surpool_conn_query(c, "RETURN \xff", NULL, &out, &err),
                      SURPOOL_ERR_INVALID_ARG);
     assert_int_equal(atomic_load(&p->requests), before);
-    surpool_conn_release(c);
-    surpool_pool_destroy(p);
+    tk_release(c);
+    tk_pool_destroy(p);
 }
 
+/* Run `sql` (no variables) and return the reply; fails unless every statement
+ * succeeded. */
+static json_t *query_ok(surpool_conn *c, const char *sql)
+{
+    json_t *out = NULL;
+    surpool_error err;
+    surpool_err rc = surpool_conn_query(c, sql, NULL, &out, &err);
+    if (rc != SURPOOL_OK)
+        fail_msg("%s: %s: %s", sql, surpool_strerror(rc), err.message);
+    if (surpool_query_check(out, &err) != SURPOOL_OK) {
+        json_decref(out);
+        fail_msg("%s: %s", sql, err.message);
+    }
+    return out;
+}
+
+/* The ids of the records statement i returned, as "tb:id,tb:id" in the
+ * server's order (at most a few records). */
+static void record_ids(json_t *reply, size_t i, char *buf, size_t size)
+{
+    json_t *rows = stmt_result(reply, i);
+    assert_true(json_is_array(rows));
+    buf[0] = '\0';
+    size_t k;
+    json_t *row;
+    json_array_foreach(rows, k, row)
+    {
+        size_t len = strlen(buf);
+        snprintf(buf + len, size - len, "%s%s", k > 0 ? "," : "",
+                 json_string_value(json_object_get(row, "id")));
+    }
+}
+
+/* A lease that changed its session (a variable, another database) reaches the
+ * next borrower reset to the configured state: the same connection (one slot),
+ * back in the configured database, without the variable, seeing none of the
+ * other database's rows. */
 static void test_session_state_and_dirty_release(void **state)
 {
     (void)state;
-    surpool_pool *p = make_pool("session");
-    surpool_conn *c = lease(p);
+    surpool_config cfg;
+    char url[128];
+    base_config(&cfg, url, sizeof(url), "session");
+    cfg.max_connections = 1; /* the next lease is the same connection */
+    surpool_pool *p = NULL;
     surpool_error err;
+    assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_OK);
+    tk_pool_track(p);
+    surpool_conn *c = lease(p);
+    char ids[128];
+
+    /* A row in the configured database. */
+    json_t *out = query_ok(c, "CREATE marker:here; SELECT * FROM marker");
+    record_ids(out, 0, ids, sizeof(ids));
+    assert_string_equal(ids, "marker:here");
+    json_decref(out);
+
+    /* Dirty the session: a variable, and another database with its own row. */
     json_t *v = json_string("hello");
     assert_int_equal(surpool_conn_let(c, "greeting", v, &err), SURPOOL_OK);
     json_decref(v);
-    json_t *out = NULL;
-    assert_int_equal(surpool_conn_query(c, "RETURN $greeting", NULL, &out, &err), SURPOOL_OK);
+    out = query_ok(c, "RETURN $greeting");
     assert_string_equal(json_string_value(stmt_result(out, 0)), "hello");
     json_decref(out);
-    assert_int_equal(surpool_conn_unset(c, "greeting", &err), SURPOOL_OK);
     assert_int_equal(surpool_conn_use(c, "test", "elsewhere", &err), SURPOOL_OK);
+    out = query_ok(c, "CREATE marker:there; SELECT * FROM marker; RETURN session::db()");
+    record_ids(out, 1, ids, sizeof(ids));
+    assert_string_equal(ids, "marker:there"); /* `use` took effect */
+    assert_string_equal(json_string_value(stmt_result(out, 2)), "elsewhere");
+    json_decref(out);
+
     /* A transaction cannot outlive its request: the server refuses it and the
      * statement error stays visible. */
-    assert_int_equal(surpool_conn_query(c, "BEGIN; CREATE txn_probe:1;", NULL, &out, &err),
+    assert_int_equal(surpool_conn_query(c, "BEGIN; CREATE marker:txn;", NULL, &out, &err),
                      SURPOOL_OK);
     assert_int_equal(surpool_query_check(out, &err), SURPOOL_ERR_SERVER);
     json_decref(out);
-    surpool_conn_release(c);
+    tk_release(c); /* variable set, database "elsewhere" */
 
-    /* The next borrower gets a connection exactly as configured. */
+    /* The next borrower: the configured database, no variable, no foreign rows. */
     c = lease(p);
-    assert_int_equal(surpool_conn_query(c, "RETURN $greeting; INFO FOR DB", NULL, &out, &err),
-                     SURPOOL_OK);
-    assert_true(json_is_null(stmt_result(out, 0)));
+    out = query_ok(c, "RETURN $greeting; RETURN session::ns(); RETURN session::db(); "
+                      "SELECT * FROM marker");
+    if (!json_is_null(stmt_result(out, 0)))
+        fail_msg("the variable set on the previous lease survived its release");
+    assert_string_equal(json_string_value(stmt_result(out, 1)), "test");
+    assert_string_equal(json_string_value(stmt_result(out, 2)), "session");
+    record_ids(out, 3, ids, sizeof(ids));
+    assert_string_equal(ids, "marker:here");
     json_decref(out);
-    /* Back in the configured database, and nothing of the transaction. */
-    assert_int_equal(surpool_conn_query(c, "SELECT * FROM txn_probe", NULL, &out, &err),
-                     SURPOOL_OK);
-    json_t *st0 = json_array_get(out, 0);
-    assert_true(json_array_size(json_object_get(st0, "result")) == 0 ||
-                strcmp(json_string_value(json_object_get(st0, "status")), "ERR") == 0);
-    json_decref(out);
-    out = NULL;
-    assert_int_equal(
-        surpool_conn_query(c, "CREATE marker:one; SELECT * FROM marker", NULL, &out, &err),
-        SURPOOL_OK);
-    json_decref(out);
-    surpool_conn_release(c);
+    tk_release(c);
+
     surpool_stats st;
     surpool_pool_stats(p, &st);
-    assert_int_equal(st.resets, 1);    /* reset + signin + use on release */
+    assert_int_equal(st.created, 1);   /* one connection throughout */
+    assert_int_equal(st.resets, 1);    /* reset + signin + use on the first release */
     assert_int_equal(st.destroyed, 0); /* and kept */
-    surpool_pool_destroy(p);
+    tk_pool_destroy(p);
 }
 
 static void test_unicode_and_nul_round_trip(void **state)
@@ -361,8 +415,8 @@ static void test_unicode_and_nul_round_trip(void **state)
     assert_int_equal(json_string_length(r), sizeof(text) - 1);
     assert_memory_equal(json_string_value(r), text, sizeof(text) - 1);
     json_decref(out);
-    surpool_conn_release(c);
-    surpool_pool_destroy(p);
+    tk_release(c);
+    tk_pool_destroy(p);
 }
 
 static void test_large_result_and_limit(void **state)
@@ -383,8 +437,8 @@ static void test_large_result_and_limit(void **state)
     for (size_t i = 0; i < 10; i++)
         assert_int_equal(json_string_length(json_array_get(arr, i)), 1000000);
     json_decref(out);
-    surpool_conn_release(c);
-    surpool_pool_destroy(p);
+    tk_release(c);
+    tk_pool_destroy(p);
 
     /* Over max_message_bytes: a clean error, then a working replacement. */
     surpool_config cfg;
@@ -393,6 +447,7 @@ static void test_large_result_and_limit(void **state)
     cfg.max_message_bytes = 1024 * 1024;
     cfg.max_connections = 1;
     assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_OK);
+    tk_pool_track(p);
     c = lease(p);
     out = NULL;
     assert_int_equal(surpool_conn_query(c,
@@ -401,13 +456,13 @@ static void test_large_result_and_limit(void **state)
                                         NULL, &out, &err),
                      SURPOOL_ERR_TOO_LARGE);
     assert_null(out);
-    surpool_conn_release(c);
+    tk_release(c);
     c = lease(p);
     assert_int_equal(surpool_conn_query(c, "RETURN 7", NULL, &out, &err), SURPOOL_OK);
     assert_int_equal(json_integer_value(stmt_result(out, 0)), 7);
     json_decref(out);
-    surpool_conn_release(c);
-    surpool_pool_destroy(p);
+    tk_release(c);
+    tk_pool_destroy(p);
 }
 
 /* Many requests in flight on ONE socket, answered out of order (shorter sleeps
@@ -430,6 +485,14 @@ static void pipe_done(surpool__treq *r)
     (*pr->left)--;
     pthread_cond_signal(pr->cv);
     pthread_mutex_unlock(pr->mu);
+}
+
+static int locked_read(pthread_mutex_t *mu, const int *v)
+{
+    pthread_mutex_lock(mu);
+    int r = *v;
+    pthread_mutex_unlock(mu);
+    return r;
 }
 
 static void test_pipelined_out_of_order(void **state)
@@ -462,10 +525,7 @@ static void test_pipelined_out_of_order(void **state)
         pr->req.done = pipe_done;
         assert_int_equal(p->ops->submit(c->t, &pr->req), SURPOOL_OK);
     }
-    pthread_mutex_lock(&mu);
-    while (left > 0)
-        pthread_cond_wait(&cv, &mu);
-    pthread_mutex_unlock(&mu);
+    WAIT_UNTIL(locked_read(&mu, &left) == 0, 30000);
     int inversions = 0;
     for (int i = 0; i < N; i++) {
         pipe_req *pr = &reqs[i];
@@ -484,8 +544,8 @@ static void test_pipelined_out_of_order(void **state)
     assert_true(reqs[N - 1].order < reqs[0].order);
     assert_true(inversions > N / 2);
     free(reqs);
-    surpool_conn_release(c);
-    surpool_pool_destroy(p);
+    tk_release(c);
+    tk_pool_destroy(p);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -533,6 +593,7 @@ static void run_real_burst(int callers, int max_conns, const char *sql)
     surpool_pool *p = NULL;
     surpool_error err;
     assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_OK);
+    tk_pool_track(p);
     burst b;
     memset(&b, 0, sizeof(b));
     b.pool = p;
@@ -542,7 +603,7 @@ static void run_real_burst(int callers, int max_conns, const char *sql)
     for (int i = 0; i < callers; i++)
         assert_int_equal(pthread_create(&th[i], NULL, burst_worker, &b), 0);
     for (int i = 0; i < callers; i++)
-        pthread_join(th[i], NULL);
+        JOIN_OR_FAIL(th[i], 60, "a burst caller (acquire + query + release)");
     assert_int_equal(atomic_load(&b.ok), callers);
     assert_int_equal(atomic_load(&b.timeouts), 0);
     assert_int_equal(atomic_load(&b.other), 0);
@@ -553,7 +614,7 @@ static void run_real_burst(int callers, int max_conns, const char *sql)
     assert_int_equal((int)(st.created - st.destroyed), st.idle + st.in_use);
     pthread_barrier_destroy(&b.start);
     free(th);
-    surpool_pool_destroy(p);
+    tk_pool_destroy(p);
 }
 
 /* Many connections opened at once on a database that does not exist yet: each
@@ -579,7 +640,7 @@ static void test_parallel_setup_on_new_database(void **state)
         surpool_stats st;
         surpool_pool_stats(p, &st);
         assert_int_equal(st.idle, 40);
-        surpool_pool_destroy(p);
+        tk_pool_destroy(p);
     }
 }
 
@@ -623,19 +684,18 @@ static void test_lane_burst_async(void **state)
     surpool_pool *p = NULL;
     surpool_error err;
     assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_OK);
+    tk_pool_track(p);
     lane_tally t = {0, 0};
     for (int i = 0; i < 200; i++)
         assert_int_equal(surpool_query_async(p, "sleep(50ms); RETURN 1", NULL, lane_cb, &t),
                          SURPOOL_OK);
-    for (int i = 0; i < 30000 && atomic_load(&t.done) < 200; i++)
-        usleep(1000);
-    assert_int_equal(atomic_load(&t.done), 200);
+    WAIT_UNTIL(atomic_load(&t.done) == 200, 30000);
     assert_int_equal(atomic_load(&t.ok), 200);
     surpool_stats st;
     surpool_pool_stats(p, &st);
     assert_int_equal(st.lane_requests, 200);
     assert_true(st.lane_connections <= 2);
-    surpool_pool_destroy(p);
+    tk_pool_destroy(p);
 }
 
 typedef struct lane_threads {
@@ -667,30 +727,30 @@ static void test_lane_sync_threads(void **state)
     lane_threads lt = {p, 0};
     pthread_t th[32];
     for (int i = 0; i < 32; i++)
-        pthread_create(&th[i], NULL, lane_thread, &lt);
+        assert_int_equal(pthread_create(&th[i], NULL, lane_thread, &lt), 0);
     for (int i = 0; i < 32; i++)
-        pthread_join(th[i], NULL);
+        JOIN_OR_FAIL(th[i], 60, "a caller of surpool_query");
     assert_int_equal(atomic_load(&lt.ok), 32 * 20);
-    surpool_pool_destroy(p);
+    tk_pool_destroy(p);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ping_version_query),
-        cmocka_unit_test(test_statement_error_stays_in_result),
-        cmocka_unit_test(test_wrong_password),
-        cmocka_unit_test(test_unauthenticated_refused),
-        cmocka_unit_test(test_crud),
-        cmocka_unit_test(test_session_state_and_dirty_release),
-        cmocka_unit_test(test_unicode_and_nul_round_trip),
-        cmocka_unit_test(test_large_result_and_limit),
-        cmocka_unit_test(test_pipelined_out_of_order),
-        cmocka_unit_test(test_parallel_setup_on_new_database),
-        cmocka_unit_test(test_burst_100_return1_on_50),
-        cmocka_unit_test(test_burst_200_sleep_on_50),
-        cmocka_unit_test(test_lane_burst_async),
-        cmocka_unit_test(test_lane_sync_threads),
+        cmocka_unit_test_teardown(test_ping_version_query, tk_teardown),
+        cmocka_unit_test_teardown(test_statement_error_stays_in_result, tk_teardown),
+        cmocka_unit_test_teardown(test_wrong_password, tk_teardown),
+        cmocka_unit_test_teardown(test_unauthenticated_refused, tk_teardown),
+        cmocka_unit_test_teardown(test_crud, tk_teardown),
+        cmocka_unit_test_teardown(test_session_state_and_dirty_release, tk_teardown),
+        cmocka_unit_test_teardown(test_unicode_and_nul_round_trip, tk_teardown),
+        cmocka_unit_test_teardown(test_large_result_and_limit, tk_teardown),
+        cmocka_unit_test_teardown(test_pipelined_out_of_order, tk_teardown),
+        cmocka_unit_test_teardown(test_parallel_setup_on_new_database, tk_teardown),
+        cmocka_unit_test_teardown(test_burst_100_return1_on_50, tk_teardown),
+        cmocka_unit_test_teardown(test_burst_200_sleep_on_50, tk_teardown),
+        cmocka_unit_test_teardown(test_lane_burst_async, tk_teardown),
+        cmocka_unit_test_teardown(test_lane_sync_threads, tk_teardown),
     };
     return cmocka_run_group_tests_name("integration", tests, group_setup, group_teardown);
 }
