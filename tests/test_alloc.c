@@ -366,7 +366,8 @@ static void run_session(session_env *env, outcome *o)
             fail_msg("create failed but returned a pool");
         return;
     }
-    STEP(S_ACQ1, surpool_pool_acquire(p, 5000, &c1, err));
+    tk_pool_track(p); /* a failed assertion below leaves it to tk_teardown */
+    STEP(S_ACQ1, tk_acquire(p, 5000, &c1, err));
     if (o->rc[S_ACQ1] == SURPOOL_OK) {
         STEP(S_QUERY, surpool_conn_query(c1, "RETURN 1", NULL, &out, err));
         if (o->rc[S_QUERY] == SURPOOL_OK) {
@@ -377,21 +378,21 @@ static void run_session(session_env *env, outcome *o)
         }
         out = NULL;
     }
-    STEP(S_ACQ2, surpool_pool_acquire(p, 5000, &c2, err));
+    STEP(S_ACQ2, tk_acquire(p, 5000, &c2, err));
     if (o->rc[S_ACQ2] == SURPOOL_OK) {
         STEP(S_LET, surpool_conn_let(c2, "x", json_true(), err));
         surpool_stats st;
         surpool_pool_stats(p, &st);
         uint64_t destroyed = st.destroyed;
-        VOID_STEP(S_REL2, surpool_conn_release(c2));
+        VOID_STEP(S_REL2, tk_release(c2));
         surpool_pool_stats(p, &st);
         o->destroyed_at_rel2 = st.destroyed - destroyed;
     }
     if (c1 != NULL)
-        VOID_STEP(S_REL1, surpool_conn_release(c1));
+        VOID_STEP(S_REL1, tk_release(c1));
     STEP(S_POOLQ, surpool_query(p, "RETURN 2", NULL, &out, err));
     json_decref(out);
-    VOID_STEP(S_DESTROY, surpool_pool_destroy(p));
+    VOID_STEP(S_DESTROY, tk_pool_destroy(p));
 }
 
 /* Violations are collected (not fatal at once) so that one run reports every
@@ -546,7 +547,7 @@ static void torture(session_env *env, long stride, const char *what)
     for (long n = first;; n += stride) {
         char wd[96];
         snprintf(wd, sizeof(wd), "%s, N=%ld", what, n);
-        fu_watchdog(60, wd);
+        fu_watchdog(20, wd); /* one run takes milliseconds; below the ctest limit */
         if (!env->real)
             fake_settings_init(&env->fs);
         arm(n);
@@ -600,18 +601,30 @@ static void test_fake_transport(void **state)
     torture(env, 1, "fake transport");
 }
 
+/* The server of test_real_transport: a failed assertion leaves it to teardown. */
+static test_server g_server = {.pid = -1};
+
+static int teardown(void **state)
+{
+    (void)state;
+    fu_watchdog(0, NULL);
+    tk_teardown(state);
+    harness_stop(&g_server);
+    return 0;
+}
+
 static void test_real_transport(void **state)
 {
     (void)state;
-    test_server s;
+    test_server *s = &g_server;
     const char *args[] = {"--user", "root", "--pass", "root", NULL};
-    if (harness_start(&s, "server.mjs", 0, args) != 0)
+    if (harness_start(s, "server.mjs", 0, args) != 0)
         fail_msg("cannot start tests/server/server.mjs");
     static session_env real_env;
     session_env *env = &real_env;
     memset(env, 0, sizeof(*env));
     env->real = 1;
-    snprintf(env->url, sizeof(env->url), "ws://127.0.0.1:%d/rpc", s.port);
+    snprintf(env->url, sizeof(env->url), "ws://127.0.0.1:%d/rpc", s->port);
     outcome o;
     violations v;
     memset(&v, 0, sizeof(v));
@@ -625,7 +638,7 @@ static void test_real_transport(void **state)
     const char *st = getenv("SURPOOL_ALLOC_STRIDE");
     long stride = st != NULL ? atol(st) : (FU_SANITIZED ? 3 : 1);
     torture(env, stride > 0 ? stride : 1, "real transport");
-    harness_stop(&s);
+    harness_stop(s);
 }
 
 int main(void)
@@ -651,8 +664,8 @@ int main(void)
     g_wrapped_ops.close = w_close;
 
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fake_transport),
-        cmocka_unit_test(test_real_transport),
+        cmocka_unit_test_teardown(test_fake_transport, teardown),
+        cmocka_unit_test_teardown(test_real_transport, teardown),
     };
     int rc = cmocka_run_group_tests_name("alloc", tests, NULL, NULL);
     surpool_set_allocator(NULL, NULL, NULL);
