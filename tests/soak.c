@@ -331,12 +331,7 @@ static void *burst_main(void *arg)
 
 static int start_server(int port)
 {
-    for (int i = 0; i < 50; i++) {
-        if (harness_start(&g_srv, "server.mjs", port, g_server_args) == 0)
-            return 0;
-        fu_sleep_ms(100);
-    }
-    return -1;
+    return harness_restart(&g_srv, "server.mjs", port, g_server_args);
 }
 
 /* Returns 1 when the server took the fault, so only injected faults count. */
