@@ -35,26 +35,33 @@ passed=0          # test programs (and fuzz runs) that passed, over all builds
 failed=0
 failed_runs=()
 
-# run_suite NAME DIR [ctest args...]
+# run_suite NAME DIR [ctest args...]: ctest's exit status decides; its JUnit
+# report (one <testcase> per test program, status "run" when it passed) gives
+# the counts for the final line.
 run_suite() {
-    local name=$1 dir=$2 out rc=0
+    local name=$1 dir=$2 rc=0 junit total ok
     shift 2
     log "tests: $name"
-    out="$dir/ctest.log"
-    ctest --test-dir "$dir" --output-on-failure -j 2 "$@" 2>&1 | tee "$out" || rc=1
-    # "N% tests passed, F tests failed out of T"
-    local line total bad
-    line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$out" | tail -n 1 || true)
-    if [ -z "$line" ]; then
-        failed=$((failed + 1)); failed_runs+=("$name: no tests ran"); return
+    junit="$dir/ctest-junit.xml"
+    rm -f "$junit"
+    ctest --test-dir "$dir" --output-on-failure -j 2 --output-junit "$junit" "$@" 2>&1 |
+        tee "$dir/ctest.log" || rc=$?
+    total=0
+    ok=0
+    if [ -f "$junit" ]; then
+        total=$(grep -c '<testcase ' "$junit" || true)
+        ok=$(grep -c '<testcase .*status="run"' "$junit" || true)
     fi
-    bad=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\1/' <<<"$line")
-    total=$(sed -E 's/.* ([0-9]+) tests? failed out of ([0-9]+).*/\2/' <<<"$line")
-    passed=$((passed + total - bad))
-    failed=$((failed + bad))
-    if [ "$bad" -ne 0 ] || [ $rc -ne 0 ]; then
-        failed_runs+=("$name")
-        [ "$bad" -ne 0 ] || failed=$((failed + 1))
+    passed=$((passed + ok))
+    failed=$((failed + total - ok))
+    if [ "$total" -eq 0 ]; then
+        failed=$((failed + 1)); failed_runs+=("$name: no tests ran (ctest exit $rc)")
+    elif [ $rc -ne 0 ]; then
+        failed_runs+=("$name (ctest exit $rc)")
+        # ctest failed although every test it reported passed: count that too.
+        [ "$ok" -lt "$total" ] || failed=$((failed + 1))
+    elif [ "$ok" -lt "$total" ]; then
+        failed_runs+=("$name: ctest exited 0 but its report has $((total - ok)) failure(s)")
     fi
 }
 
@@ -82,7 +89,7 @@ fi
 # valgrind memcheck on a subset: the unit programs, and the examples against a
 # real server (TSan/ASan cover the rest; valgrind is slow).
 run_valgrind() {
-    local dir=$1 rc=0 port portfile server
+    local dir=$1 rc=0
     local vg=(valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect
               --error-exitcode=97)
     log "valgrind: unit programs and examples"
@@ -90,22 +97,13 @@ run_valgrind() {
         "${vg[@]}" "$dir/tests/$t" >"$dir/valgrind-$t.log" 2>&1 || {
             tail -n 30 "$dir/valgrind-$t.log"; rc=1; }
     done
-    portfile=$(mktemp)
-    node "$SURPOOL_ROOT/tests/server/server.mjs" --host 127.0.0.1 --port 0 \
-        --user root --pass root >"$portfile" &
-    server=$!
-    for _ in $(seq 1 200); do
-        grep -q '^LISTENING' "$portfile" && break
-        sleep 0.05
-    done
-    port=$(awk '/^LISTENING/ {print $2}' "$portfile")
+    start_test_server tests/server/server.mjs --user root --pass root
     for ex in quickstart crud; do
-        "${vg[@]}" "$dir/examples/$ex" "ws://root:root@127.0.0.1:$port/rpc?ns=vg&db=$ex" \
+        "${vg[@]}" "$dir/examples/$ex" \
+            "ws://root:root@127.0.0.1:$TEST_SERVER_PORT/rpc?ns=vg&db=$ex" \
             >"$dir/valgrind-$ex.log" 2>&1 || { tail -n 30 "$dir/valgrind-$ex.log"; rc=1; }
     done
-    kill "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
-    rm -f "$portfile"
+    stop_test_server
     if [ $rc -eq 0 ]; then
         passed=$((passed + 5))
     else

@@ -67,3 +67,36 @@ configure_and_build() {
         die "build failed in $dir"
     }
 }
+
+# The test server launcher for scripts (tests/harness.c is the one for C tests):
+# start_test_server SCRIPT [args...] runs `node SCRIPT --host 127.0.0.1 --port 0
+# args...` (SCRIPT relative to the repository, e.g. tests/server/server.mjs),
+# waits up to 30 s for its `LISTENING <port>` line and sets TEST_SERVER_PID and
+# TEST_SERVER_PORT; it dies saying why if the server does not get there.
+# stop_test_server stops it.
+start_test_server() {
+    local script=$1 out
+    shift
+    out=$(mktemp)
+    node "$SURPOOL_ROOT/$script" --host 127.0.0.1 --port 0 "$@" >"$out" &
+    TEST_SERVER_PID=$!
+    TEST_SERVER_PORT=
+    for _ in $(seq 1 600); do
+        TEST_SERVER_PORT=$(awk '/^LISTENING / {print $2; exit}' "$out")
+        [ -n "$TEST_SERVER_PORT" ] && break
+        kill -0 "$TEST_SERVER_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    rm -f "$out"
+    if [ -z "$TEST_SERVER_PORT" ]; then
+        stop_test_server
+        die "$script did not start (no LISTENING line within 30 s)"
+    fi
+}
+
+stop_test_server() {
+    [ -n "${TEST_SERVER_PID:-}" ] || return 0
+    kill "$TEST_SERVER_PID" 2>/dev/null || true
+    wait "$TEST_SERVER_PID" 2>/dev/null || true
+    TEST_SERVER_PID=
+}
