@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation check (not part of CI: it takes a while). Plants, one at a time, a
 # list of single plausible bugs in the pool core, the lane, the codec and the
-# transport, runs the fast suite (ctest -LE stress, plain Debug build) against
+# transport, runs the fast suite (ctest -LE stress, plain Debug build: unit tests first) against
 # each, and prints which mutants the suite killed and which survived. All
 # killed is the bar. docs/testing.md says when to run it and how to update a
 # mutant whose anchor text moved.
@@ -229,9 +229,12 @@ build="$scratch/build"
 cmake -S "$scratch" -B "$build" -DCMAKE_BUILD_TYPE=Debug -DSURPOOL_BUILD_EXAMPLES=OFF \
     -DSURPOOL_BUILD_BENCH=OFF -DSURPOOL_BUILD_FUZZERS=OFF >/dev/null
 
-# run_suite LOG: 0 when every fast test passed. Stops at the first failure.
+# run_suite LOG: 0 when every fast test passed. The unit tests first (seconds),
+# then the rest; stops at the first failure.
 run_suite() {
-    nice ctest --test-dir "$build" -LE stress -j "$jobs" --stop-on-failure >"$1" 2>&1
+    nice ctest --test-dir "$build" -L unit -j "$jobs" --stop-on-failure >"$1" 2>&1 &&
+        nice ctest --test-dir "$build" -LE 'stress|unit' -j "$jobs" --stop-on-failure \
+            >>"$1" 2>&1
 }
 # The tests that failed (or timed out) in LOG, on one line.
 failed_tests() {
