@@ -326,9 +326,9 @@ static void record_ids(json_t *reply, size_t i, char *buf, size_t size)
     json_t *row;
     json_array_foreach(rows, k, row)
     {
+        const char *id = json_string_value(json_object_get(row, "id"));
         size_t len = strlen(buf);
-        snprintf(buf + len, size - len, "%s%s", k > 0 ? "," : "",
-                 json_string_value(json_object_get(row, "id")));
+        snprintf(buf + len, size - len, "%s%s", k > 0 ? "," : "", id != NULL ? id : "?");
     }
 }
 
