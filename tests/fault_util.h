@@ -41,34 +41,8 @@ size_t __sanitizer_get_current_allocated_bytes(void);
 #define fu_now_ms tk_now_ms
 #define fu_join tk_join
 
-/* ---- watchdog: a step that does not finish in time ends the process ---- */
-
-static char fu_wd_what[160];
-
-static inline void fu_wd_handler(int sig)
-{
-    (void)sig;
-    static const char pre[] = "\nWATCHDOG: hung (did not return in time): ";
-    ssize_t ignored = write(STDERR_FILENO, pre, sizeof(pre) - 1);
-    ignored = write(STDERR_FILENO, fu_wd_what, strnlen(fu_wd_what, sizeof(fu_wd_what)));
-    ignored = write(STDERR_FILENO, "\n", 1);
-    (void)ignored;
-    _exit(70);
-}
-
-/* Arm (seconds > 0, scaled by FU_SLOW) or disarm (0). One at a time. */
-static inline void fu_watchdog(int seconds, const char *what)
-{
-    if (seconds <= 0) {
-        alarm(0);
-        return;
-    }
-    size_t n = strnlen(what, sizeof(fu_wd_what) - 1);
-    memcpy(fu_wd_what, what, n);
-    fu_wd_what[n] = '\0';
-    signal(SIGALRM, fu_wd_handler);
-    alarm((unsigned)(seconds * FU_SLOW));
-}
+/* ---- watchdog: testkit.h's tk_watchdog ---- */
+#define fu_watchdog tk_watchdog
 
 /* ---- exclusivity: no connection may be held by two callers at once ---- */
 

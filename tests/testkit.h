@@ -12,7 +12,10 @@
  *    counted. tk_teardown() (a cmocka teardown) gives back what a failed test
  *    left held and destroys the pools it registered with tk_pool_track(), so
  *    a failing assertion cannot leave surpool_pool_destroy() waiting forever
- *    for a lease that will never come back.
+ *    for a lease that will never come back; tk_pool_destroy() itself runs
+ *    under the watchdog, so a lease or request the library loses fails the
+ *    test with a message instead of hanging it.
+ *  - tk_watchdog(seconds, what): the last resort for a blocking call.
  *  - The test server launcher is harness.[ch] (the tests/server scripts on a free
  *    port, bounded start, stop, restart on the same port, /control).
  *
@@ -25,6 +28,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,6 +129,38 @@ static inline int tk_join(pthread_t th, int seconds)
             TK_FAIL("%s:%d: thread still running after %d s: %s", __FILE__, __LINE__,          \
                     (seconds)*TK_SLOW, (what));                                                \
     } while (0)
+
+/* ---- watchdog: a step that does not return in time ends the process ---- */
+
+static char tk_wd_what[160];
+
+static inline void tk_wd_handler(int sig)
+{
+    (void)sig;
+    static const char pre[] = "\nWATCHDOG: hung (did not return in time): ";
+    ssize_t ignored = write(STDERR_FILENO, pre, sizeof(pre) - 1);
+    ignored = write(STDERR_FILENO, tk_wd_what, strnlen(tk_wd_what, sizeof(tk_wd_what)));
+    ignored = write(STDERR_FILENO, "\n", 1);
+    (void)ignored;
+    _exit(70);
+}
+
+/* Arm (seconds > 0, times TK_SLOW) or disarm (0) the process's one watchdog
+ * (SIGALRM): for a blocking call that cannot be polled. Keep the bound below
+ * the test's ctest limit, or ctest kills the program first and the message is
+ * lost. The test's thread. */
+static inline void tk_watchdog(int seconds, const char *what)
+{
+    if (seconds <= 0) {
+        alarm(0);
+        return;
+    }
+    size_t n = strnlen(what, sizeof(tk_wd_what) - 1);
+    memcpy(tk_wd_what, what, n);
+    tk_wd_what[n] = '\0';
+    signal(SIGALRM, tk_wd_handler);
+    alarm((unsigned)(seconds * TK_SLOW));
+}
 
 /* ---- the lease tracker ---- */
 
@@ -240,13 +276,27 @@ static inline surpool_pool *tk_pool_track(surpool_pool *p)
     return p;
 }
 
-/* Unregister and destroy `p` (NULL is fine). The test's thread. */
+/* How long surpool_pool_destroy may take in a test (times TK_SLOW). */
+#define TK_DESTROY_S 20
+
+/* Unregister and destroy `p` (NULL is fine), under the watchdog unless one is
+ * armed already: destroy waits for every lease and lane request to come back,
+ * and one that never does must fail the test with a message, not hang it.
+ * The test's thread. */
 static inline void tk_pool_destroy(surpool_pool *p)
 {
     for (int i = 0; p != NULL && i < TK_MAX_POOLS; i++)
         if (tk_pools[i] == p)
             tk_pools[i] = NULL;
+    unsigned armed = alarm(0);
+    if (armed > 0)
+        alarm(armed); /* the test's own bound stands */
+    else
+        tk_watchdog(TK_DESTROY_S, "surpool_pool_destroy (a lease, a connect or a lane request "
+                                  "never came back)");
     surpool_pool_destroy(p);
+    if (armed == 0)
+        tk_watchdog(0, NULL);
 }
 
 /* A cmocka teardown: after a failed test, give back the leases it left held
@@ -258,13 +308,9 @@ static inline int tk_teardown(void **state)
     int n = tk_release_all(&tk_default_leases);
     if (n > 0)
         fprintf(stderr, "testkit: gave back %d lease(s) the test left held\n", n);
-    for (int i = 0; i < TK_MAX_POOLS; i++) {
-        if (tk_pools[i] != NULL) {
-            surpool_pool *p = tk_pools[i];
-            tk_pools[i] = NULL;
-            surpool_pool_destroy(p);
-        }
-    }
+    for (int i = 0; i < TK_MAX_POOLS; i++)
+        if (tk_pools[i] != NULL)
+            tk_pool_destroy(tk_pools[i]);
     return 0;
 }
 
