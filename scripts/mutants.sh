@@ -201,7 +201,7 @@ done
 command -v python3 >/dev/null || die "python3 is needed to plant the mutants"
 
 if [ $check -eq 1 ]; then
-    scratch=$(mktemp -d "${TMPDIR:-/tmp}/surpool-mutants.XXXXXX")
+    scratch=$(mktemp -d -t surpool-mutants.XXXXXX)
     trap 'rm -rf "$scratch"' EXIT
     bad=0
     for m in "${selected[@]}"; do
@@ -213,7 +213,7 @@ if [ $check -eq 1 ]; then
 fi
 
 ensure_deps
-scratch=$(mktemp -d "${TMPDIR:-/tmp}/surpool-mutants.XXXXXX")
+scratch=$(mktemp -d -t surpool-mutants.XXXXXX)
 cleanup() { [ $keep -eq 1 ] && log "scratch copy kept: $scratch" || rm -rf "$scratch"; }
 trap cleanup EXIT
 
