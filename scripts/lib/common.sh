@@ -44,6 +44,19 @@ ensure_test_server() {
     ensure_node
     local dir="$SURPOOL_ROOT/tests/server"
     local stamp="$dir/node_modules/.surpool-lock-stamp"
+    if [ -L "$dir/node_modules" ]; then
+        # A shared install behind a symlink: never npm ci through it (npm ci
+        # empties the directory the link points to, under whoever else uses
+        # it, and leaves a private copy here). Use it if every dependency of
+        # the server is installed there.
+        if (cd "$dir" && node -e "const fs = require('fs');
+                for (const p of Object.keys(require('./package.json').dependencies))
+                    fs.accessSync('node_modules/' + p + '/package.json')") >/dev/null 2>&1; then
+            return 0
+        fi
+        die "tests/server/node_modules is a symlink and the test server's packages are not" \
+            "all installed behind it: update the install it points to (npm ci there)"
+    fi
     if [ -f "$stamp" ] && cmp -s "$stamp" "$dir/package-lock.json"; then
         return 0
     fi
