@@ -350,10 +350,10 @@ static void test_kill9_and_restart_same_port(void **state)
     surpool_pool *p = create_pool(&cfg);
     events_reset();
 
-    fu_watchdog(60, "kill -9 / restart under load");
+    fu_watchdog(90, "kill -9 / restart under load");
     load *l = calloc(1, sizeof(*l));
     load_start(l, p, 6, 2000);
-    if (load_wait_ok(l, 50, 20) != 0)
+    if (load_wait_ok(l, 50, 30) != 0)
         fail_msg("the load did not get going");
     harness_kill9(&s);
     long errors_before = atomic_load(&l->errors);
@@ -361,7 +361,7 @@ static void test_kill9_and_restart_same_port(void **state)
     fu_sleep_ms(500);
 
     start_server(&s, port);
-    if (load_wait_ok(l, 50, 20) != 0)
+    if (load_wait_ok(l, 50, 30) != 0)
         fail_msg("the pool did not recover after the server came back on port %d", port);
     load_stop(l, "kill -9 + restart");
     free(l);
@@ -395,14 +395,14 @@ static void test_drop_every_rounds_no_growth(void **state)
     int fds[ROUNDS];
     long errors = 0;
 
-    fu_watchdog(60, "drop-every rounds");
+    fu_watchdog(150, "drop-every rounds");
     for (int r = 0; r < ROUNDS; r++) {
         load *l = calloc(1, sizeof(*l));
         load_start(l, p, 4, 2000);
         control(&s, "{\"dropEvery\":5}");
         fu_sleep_ms(800);
         control(&s, "{\"dropEvery\":0}");
-        if (load_wait_ok(l, 30, 20) != 0)
+        if (load_wait_ok(l, 30, 30) != 0)
             fail_msg("round %d: no recovery after drop-every stopped", r);
         errors += atomic_load(&l->errors);
         load_stop(l, "drop-every");
@@ -456,11 +456,11 @@ static void test_random_delays(void **state)
     cfg.request_timeout_ms = 10000;
     surpool_pool *p = create_pool(&cfg);
 
-    fu_watchdog(60, "random delays");
+    fu_watchdog(150, "random delays");
     control(&s, "{\"delayMs\":5,\"delayJitterMs\":60}");
     load *l = calloc(1, sizeof(*l));
     load_start(l, p, 6, 30000);
-    if (load_wait_ok(l, 150, 20) != 0)
+    if (load_wait_ok(l, 150, 60) != 0)
         fail_msg("delays: the load made no progress");
     load_stop(l, "delays 5..65 ms, request timeout 10 s");
     assert_int_equal(atomic_load(&l->errors), 0);
@@ -475,7 +475,7 @@ static void test_random_delays(void **state)
     control(&s, "{\"delayMs\":0,\"delayJitterMs\":300}");
     l = calloc(1, sizeof(*l));
     load_start(l, p, 6, 2000);
-    if (load_wait_ok(l, 40, 20) != 0)
+    if (load_wait_ok(l, 40, 60) != 0)
         fail_msg("delays around the timeout: no call succeeded");
     load_stop(l, "delays 0..300 ms, request timeout 150 ms");
     assert_true(atomic_load(&l->codes[SURPOOL_ERR_REQUEST_TIMEOUT]) > 0);
@@ -524,11 +524,11 @@ static void test_server_down_at_create(void **state)
 
     test_server s;
     start_server(&s, port);
-    fu_watchdog(60, "lazy pool recovering");
+    fu_watchdog(90, "lazy pool recovering");
     /* Poll: the pool connects by itself (backoff <= 300 ms). An acquire may
      * fail fast (UNAVAILABLE) while the circuit is still open. */
     int ok;
-    TK_POLL(ok, (rc = tk_acquire(p, 1000, &c, &err)) == SURPOOL_OK, 20000);
+    TK_POLL(ok, (rc = tk_acquire(p, 1000, &c, &err)) == SURPOOL_OK, 30000);
     if (!ok)
         fail_msg("lazy pool never connected: %s: %s", surpool_strerror(rc), err.message);
     json_t *out = NULL;
@@ -538,7 +538,7 @@ static void test_server_down_at_create(void **state)
     json_decref(out);
     tk_release(c);
     surpool_stats st;
-    WAIT_UNTIL((surpool_pool_stats(p, &st), st.idle + st.in_use >= 2), 20000);
+    WAIT_UNTIL((surpool_pool_stats(p, &st), st.idle + st.in_use >= 2), 30000);
     fu_watchdog(0, NULL);
     check_pool(p, "lazy start");
     tk_pool_destroy(p);
@@ -598,7 +598,7 @@ static void test_circuit_breaker(void **state)
     start_server(&s, port);
     fu_watchdog(60, "breaker closing");
     int ok;
-    TK_POLL(ok, (rc = tk_acquire(p, 1000, &c, &err)) == SURPOOL_OK, 20000);
+    TK_POLL(ok, (rc = tk_acquire(p, 1000, &c, &err)) == SURPOOL_OK, 30000);
     if (!ok)
         fail_msg("circuit never closed: %s: %s", surpool_strerror(rc), err.message);
     fu_watchdog(0, NULL);
