@@ -612,6 +612,160 @@ SURPOOL_API surpool_err surpool_conn_info(surpool_conn *conn, json_t **out, surp
 SURPOOL_API const char *surpool_version(void);
 
 /* ------------------------------------------------------------------------- */
+/* Typed values (docs/values.md)                                              */
+/* ------------------------------------------------------------------------- */
+
+/* SurrealDB values that JSON has no type for travel inside json_t trees in one
+ * reserved form: an object whose "$surreal" member names the type, e.g.
+ *   {"$surreal":"record","tb":"person","id":1}
+ *   {"$surreal":"datetime","value":"2024-01-01T00:00:00Z"}
+ * Results decode into this form and parameters in this form are sent as that
+ * type (over CBOR; over JSON they are sent as their text, see docs/values.md).
+ * An object without a "$surreal" member is always a plain object. An object
+ * with one that is malformed makes the call fail with SURPOOL_ERR_INVALID_ARG
+ * before anything is sent. docs/values.md lists every type and its fields. */
+
+/** The types of the reserved form. Values are explicit and append-only. */
+typedef enum surpool_value_type {
+    SURPOOL_VALUE_INVALID = -1,      /**< has "$surreal" but no known type name */
+    SURPOOL_VALUE_PLAIN = 0,         /**< not a typed value (any other json_t) */
+    SURPOOL_VALUE_NONE = 1,          /**< NONE (absent), {"$surreal":"none"} */
+    SURPOOL_VALUE_TABLE = 2,         /**< table name: "value" */
+    SURPOOL_VALUE_RECORD = 3,        /**< record id: "tb" and "id" (or text "value") */
+    SURPOOL_VALUE_UUID = 4,          /**< "value": canonical lower-case text */
+    SURPOOL_VALUE_DECIMAL = 5,       /**< "value": decimal text */
+    SURPOOL_VALUE_DATETIME = 6,      /**< "value": RFC 3339 UTC text */
+    SURPOOL_VALUE_DURATION = 7,      /**< "value": SurrealQL duration text */
+    SURPOOL_VALUE_BYTES = 8,         /**< "value": base64 text */
+    SURPOOL_VALUE_SET = 9,           /**< "value": array */
+    SURPOOL_VALUE_FUTURE = 10,       /**< "value": the future's body */
+    SURPOOL_VALUE_RANGE = 11,        /**< "begin", "end": null or {"included"|"excluded": v} */
+    SURPOOL_VALUE_FILE = 12,         /**< "bucket", "key" */
+    SURPOOL_VALUE_POINT = 13,        /**< "value": [x, y] */
+    SURPOOL_VALUE_LINE = 14,         /**< "value": array of points */
+    SURPOOL_VALUE_POLYGON = 15,      /**< "value": array of lines */
+    SURPOOL_VALUE_MULTIPOINT = 16,   /**< "value": array of points */
+    SURPOOL_VALUE_MULTILINE = 17,    /**< "value": array of lines */
+    SURPOOL_VALUE_MULTIPOLYGON = 18, /**< "value": array of polygons */
+    SURPOOL_VALUE_COLLECTION = 19,   /**< "value": array of geometries */
+    SURPOOL_VALUE_BIGINT = 20,       /**< "value": integer text outside int64 */
+    SURPOOL_VALUE_FLOAT = 21,        /**< "value": "NaN", "Infinity" or "-Infinity" */
+    SURPOOL_VALUE_OBJECT = 22,       /**< "value": an object that has its own "$surreal" key */
+    SURPOOL_VALUE_TAG = 23,          /**< unknown CBOR tag: "tag" (integer), "value" */
+} surpool_value_type;
+
+/** The type of v, from its "$surreal" member only (the other fields are not
+ *  checked: surpool_value_check() does that). NULL → SURPOOL_VALUE_PLAIN.
+ *  Thread safety: Any thread (v is only read). */
+SURPOOL_API surpool_value_type surpool_value_type_of(const json_t *v);
+
+/** The type's name as used under "$surreal" ("record", "datetime", ...);
+ *  "plain" and "invalid" for those two. Static text, never NULL.
+ *  Thread safety: Any thread. */
+SURPOOL_API const char *surpool_value_type_name(surpool_value_type type);
+
+/** Check that every typed value anywhere in v is well-formed, as a call would
+ *  before sending v. v is borrowed.
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG with a message naming the
+ *          problem; SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_check(const json_t *v, surpool_error *err);
+
+/** NONE. *out: a new reference. @return SURPOOL_OK or SURPOOL_ERR_NOMEM.
+ *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_none(json_t **out, surpool_error *err);
+
+/** A table name (any non-empty UTF-8 text, sent as is). *out: a new reference.
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (NULL or empty name, invalid
+ *  UTF-8); SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_table(const char *name, json_t **out, surpool_error *err);
+
+/** A record id from its table and its id: a string (sent as is, never parsed),
+ *  an integer, an array, a plain object, a typed UUID or a typed range. id is
+ *  borrowed (deep-copied). *out: a new reference.
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG; SURPOOL_ERR_NOMEM.
+ *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_record(const char *table, const json_t *id, json_t **out,
+                                             surpool_error *err);
+
+/** Parse "table" or "table:id" text by SurrealQL's rules (docs/values.md,
+ *  "Thing text"): "table" gives a table, "table:id" a record id whose id is an
+ *  integer (digits that fit int64, so "person:01" has the id 1), an identifier
+ *  ([A-Za-z0-9_]+, not all digits) as a string, ⟨…⟩ or `…` escaped text as a
+ *  string, or u'…' / u"…" as a UUID. *out: a new reference.
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (anything else, e.g. array,
+ *  object or range ids: build those with surpool_value_record()); NOMEM.
+ *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_thing(const char *text, json_t **out, surpool_error *err);
+
+/** A UUID from its 36-character text (either case; stored lower case).
+ *  *out: a new reference. @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG;
+ *  SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_uuid(const char *text, json_t **out, surpool_error *err);
+
+/** A decimal from its text ([+-]digits[.digits][e[+-]digits]), kept exactly
+ *  as given. *out: a new reference. @return SURPOOL_OK;
+ *  SURPOOL_ERR_INVALID_ARG; SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_decimal(const char *text, json_t **out,
+                                              surpool_error *err);
+
+/** A datetime from RFC 3339 text ("2024-01-01", "2024-01-01T10:00:00.5+02:00"),
+ *  stored as canonical UTC text ("2024-01-01T08:00:00.500Z"). Years 0000-9999.
+ *  *out: a new reference. @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG;
+ *  SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_datetime(const char *text, json_t **out,
+                                               surpool_error *err);
+
+/** A datetime from seconds since the Unix epoch and nanoseconds (< 10^9).
+ *  *out: a new reference. @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (nanos
+ *  out of range, year outside 0000-9999); SURPOOL_ERR_NOMEM.
+ *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_datetime_unix(int64_t secs, uint32_t nanos, json_t **out,
+                                                    surpool_error *err);
+
+/** The seconds and nanoseconds of a typed datetime (either may be NULL).
+ *  @return SURPOOL_OK or SURPOOL_ERR_INVALID_ARG (not a valid datetime).
+ *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_datetime_get(const json_t *v, int64_t *secs,
+                                                   uint32_t *nanos, surpool_error *err);
+
+/** A duration from SurrealQL text ("1h30m", "1y2w3d4h5m6s7ms8us9ns", units y w
+ *  d h m s ms us µs ns), stored as SurrealDB prints it ("90m" → "1h30m").
+ *  *out: a new reference. @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG;
+ *  SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_duration(const char *text, json_t **out,
+                                               surpool_error *err);
+
+/** Bytes (a CBOR byte string on the wire), copied; data may be NULL when len is
+ *  0. *out: a new reference. @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG;
+ *  SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_bytes(const void *data, size_t len, json_t **out,
+                                            surpool_error *err);
+
+/** The table name of a typed record id ("tb"), or NULL when v is not one.
+ *  Borrowed: valid while v is. Thread safety: Any thread. */
+SURPOOL_API const char *surpool_value_record_table(const json_t *v);
+
+/** The id of a typed record id ("id"), or NULL when v is not one (or holds the
+ *  text form). Borrowed: valid while v is. Thread safety: Any thread. */
+SURPOOL_API json_t *surpool_value_record_id(const json_t *v);
+
+/** The text form of any value: a typed value's SurrealQL-style text
+ *  ("person:tobie", "2024-01-01T00:00:00Z", "NONE", ...), a string itself, and
+ *  the compact JSON text of anything else (typed values inside shown by their
+ *  text). *out: a new reference to a JSON string.
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (NULL or malformed typed value);
+ *  SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_text(const json_t *v, json_t **out, surpool_error *err);
+
+/** A copy of v with every typed value replaced by plain JSON, for printing and
+ *  logs: text forms as strings, NONE as null, sets as arrays, geometries as
+ *  GeoJSON objects. Not meant to be sent back (types are lost).
+ *  *out: a new reference. @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG;
+ *  SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_to_plain(const json_t *v, json_t **out,
+                                               surpool_error *err);
+
+/* ------------------------------------------------------------------------- */
 /* Allocator                                                                  */
 /* ------------------------------------------------------------------------- */
 
