@@ -556,7 +556,8 @@ static void enc_value(struct enc *e, const json_t *v, int depth)
 {
     if (e->rc != SURPOOL_OK)
         return;
-    if (depth > SURPOOL__CBOR_MAX_DEPTH) {
+    /* Containers and typed values count, as on the decoding side. */
+    if (depth > SURPOOL__CBOR_MAX_DEPTH && (json_is_object(v) || json_is_array(v))) {
         enc_fail(e, SURPOOL_ERR_INVALID_ARG,
                  "value nested deeper than the CBOR limit (256 levels)");
         return;
