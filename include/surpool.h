@@ -171,6 +171,13 @@ typedef enum surpool_auth_level {
 /** Pool configuration: a value type. Always start from surpool_config_init()
  *  so that new fields get their defaults. Strings are borrowed by the struct
  *  and copied by surpool_pool_create(). docs/configuration.md lists every field. */
+/** The wire format of a pool's connections (docs/values.md). */
+typedef enum surpool_wire_format {
+    SURPOOL_WIRE_DEFAULT = 0, /**< the URL's format= key if given, else JSON */
+    SURPOOL_WIRE_JSON = 1,    /**< subprotocol "json", text frames */
+    SURPOOL_WIRE_CBOR = 2,    /**< subprotocol "cbor", binary frames (exact values) */
+} surpool_wire_format;
+
 typedef struct surpool_config {
     size_t struct_size; /**< set by surpool_config_init(); do not touch */
 
@@ -249,7 +256,11 @@ typedef struct surpool_config {
     void *log_userdata;
     surpool_log_level log_level; /**< most verbose level passed on; default WARN */
 
-    unsigned char reserved[256]; /**< room to grow; keep zero */
+    /* Wire format: CBOR keeps every string and every SurrealDB type exact;
+     * JSON lets the server reinterpret strings (docs/values.md). */
+    surpool_wire_format wire_format; /**< default SURPOOL_WIRE_DEFAULT */
+
+    unsigned char reserved[252]; /**< room to grow; keep zero */
 } surpool_config;
 
 /** Fill `cfg` with defaults (all strings NULL, sizes and timeouts as documented).

@@ -86,6 +86,10 @@ surpool_err surpool__config_copy(surpool__pool_config *dst, const surpool_config
     DUP(tls_cert_file, src->tls_cert_file);
     DUP(tls_key_file, src->tls_key_file);
 #undef DUP
+    /* The config wins over the URL; JSON when neither says. */
+    if (pub->wire_format == SURPOOL_WIRE_DEFAULT)
+        pub->wire_format =
+            url->format != 0 ? (surpool_wire_format)url->format : SURPOOL_WIRE_JSON;
     if (rc == SURPOOL_OK && src->signin_params != NULL) {
         dst->signin_params = json_deep_copy(src->signin_params);
         if (dst->signin_params == NULL)
@@ -167,6 +171,8 @@ surpool_err surpool__config_validate(const surpool_config *c, surpool_error *err
                                "shared_max_inflight >= 1");
     if (c->log_level < SURPOOL_LOG_ERROR || c->log_level > SURPOOL_LOG_DEBUG)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.log_level is invalid");
+    if (c->wire_format < SURPOOL_WIRE_DEFAULT || c->wire_format > SURPOOL_WIRE_CBOR)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.wire_format is invalid");
     if (empty(c->ns) || empty(c->db) || empty(c->user) || empty(c->access) || empty(c->token) ||
         empty(c->init_sql))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,

@@ -22,6 +22,7 @@
 
 #include "codec.h"
 #include "pool.h"
+#include "wire.h"
 
 typedef struct lane_conn {
     surpool_conn *c;
@@ -471,8 +472,9 @@ static surpool_err enqueue(surpool_pool *p, lane_req *r, const char *method,
         p->cfg.pub.request_timeout_ms > 0 ? p->cfg.pub.request_timeout_ms : -1);
     /* Encoded here, on the caller's thread; ids are unique pool-wide. */
     r->treq.id = (int64_t)atomic_fetch_add(&p->next_id, 1);
-    surpool_err rc = surpool__codec_encode_request(r->treq.id, method, params, p->ops->headroom,
-                                                   &r->treq.buf, &r->treq.len, err);
+    surpool_err rc =
+        surpool__wire_encode_request(p->cfg.pub.wire_format, r->treq.id, method, params,
+                                     p->ops->headroom, &r->treq.buf, &r->treq.len, err);
     if (rc != SURPOOL_OK)
         return rc;
     pthread_mutex_lock(&l->mu);

@@ -810,6 +810,7 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
     tc.url = &p->url;
     tc.connect_timeout_ms = cfg->connect_timeout_ms;
     tc.max_message_bytes = cfg->max_message_bytes;
+    tc.cbor = p->cfg.pub.wire_format == SURPOOL_WIRE_CBOR;
     tc.max_connections = cfg->max_connections;
     tc.tls_ca_file = p->cfg.pub.tls_ca_file;
     tc.tls_ca_dir = p->cfg.pub.tls_ca_dir;

@@ -10,6 +10,7 @@
 
 #include "codec.h"
 #include "pool.h"
+#include "wire.h"
 
 /* ------------------------------------------------------------------------- */
 /* The call engine                                                            */
@@ -162,8 +163,9 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
     surpool__treq req;
     memset(&req, 0, sizeof(req));
     req.id = (int64_t)atomic_fetch_add(&p->next_id, 1);
-    surpool_err rc = surpool__codec_encode_request(req.id, method, params, p->ops->headroom,
-                                                   &req.buf, &req.len, err);
+    surpool_err rc =
+        surpool__wire_encode_request(p->cfg.pub.wire_format, req.id, method, params,
+                                     p->ops->headroom, &req.buf, &req.len, err);
     if (rc != SURPOOL_OK)
         return rc;
 
@@ -509,6 +511,19 @@ surpool_err surpool_conn_unset(surpool_conn *c, const char *name, surpool_error 
     return call_stolen(c, "unset", pack(&je, "[s]", name), &je, NULL, err);
 }
 
+/* A thing argument in the pool's wire format: over CBOR "table" / "table:id"
+ * text is read here into a typed table or record id (wire.h). NULL: err and
+ * the lease's last error say why. */
+static json_t *thing_arg(surpool_conn *c, const char *thing, surpool_error *err)
+{
+    surpool_error local;
+    surpool_error *e = err != NULL ? err : &local;
+    json_t *v = surpool__wire_thing(c->pool->cfg.pub.wire_format, thing, e);
+    if (v == NULL)
+        surpool__strlcpy(c->last_error, e->message, sizeof(c->last_error));
+    return v;
+}
+
 /* [thing] or [thing, data]: data NULL is left out, else it must be an object
  * (or, when arrays_ok, an array). */
 static surpool_err thing_data_call(surpool_conn *c, const char *method, const char *thing,
@@ -526,8 +541,10 @@ static surpool_err thing_data_call(surpool_conn *c, const char *method, const ch
         return bad_arg(c, err,
                        arrays_ok ? "data must be a JSON object or array"
                                  : "data must be a JSON object");
-    json_t *params =
-        data != NULL ? pack(&je, "[sO]", thing, (json_t *)data) : pack(&je, "[s]", thing);
+    json_t *t = thing_arg(c, thing, err);
+    if (t == NULL)
+        return err != NULL ? err->code : SURPOOL_ERR_INVALID_ARG;
+    json_t *params = data != NULL ? pack(&je, "[oO]", t, (json_t *)data) : pack(&je, "[o]", t);
     return call_stolen(c, method, params, &je, out, err);
 }
 
@@ -577,7 +594,10 @@ surpool_err surpool_conn_patch(surpool_conn *c, const char *thing, const json_t 
         return bad_arg(c, err, "patch: the table or record id must be a non-empty string");
     if (!json_is_array(ops))
         return bad_arg(c, err, "patch: ops must be a JSON array of patch operations");
-    json_t *params = pack(&je, "[sOb]", thing, (json_t *)ops, diff != 0);
+    json_t *t = thing_arg(c, thing, err);
+    if (t == NULL)
+        return err != NULL ? err->code : SURPOOL_ERR_INVALID_ARG;
+    json_t *params = pack(&je, "[oOb]", t, (json_t *)ops, diff != 0);
     return call_stolen(c, "patch", params, &je, out, err);
 }
 
@@ -598,8 +618,16 @@ surpool_err surpool_conn_relate(surpool_conn *c, const char *from, const char *t
         return bad_arg(c, err, "relate: from, table and to are required");
     if (data != NULL && !json_is_object(data))
         return bad_arg(c, err, "relate: data must be a JSON object or NULL");
-    json_t *params = data != NULL ? pack(&je, "[sssO]", from, table, to, (json_t *)data)
-                                  : pack(&je, "[sss]", from, table, to);
+    json_t *f = thing_arg(c, from, err);
+    json_t *tb = f != NULL ? thing_arg(c, table, err) : NULL;
+    json_t *to_ = tb != NULL ? thing_arg(c, to, err) : NULL;
+    if (to_ == NULL) {
+        json_decref(f);
+        json_decref(tb);
+        return err != NULL ? err->code : SURPOOL_ERR_INVALID_ARG;
+    }
+    json_t *params = data != NULL ? pack(&je, "[oooO]", f, tb, to_, (json_t *)data)
+                                  : pack(&je, "[ooo]", f, tb, to_);
     return call_stolen(c, "relate", params, &je, out, err);
 }
 

@@ -43,6 +43,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "cbor_codec.h"
 #include "codec.h"
 #include "internal.h"
 #include "transport.h"
@@ -130,6 +131,8 @@ struct surpool__transport {
     const surpool__url *url;
     const surpool__logger *logger;
     size_t max_message_bytes;
+    int cbor;          /* subprotocol "cbor": binary frames both ways */
+    const char *proto; /* "cbor" or "json" */
     long connect_timeout_ms;
     int timeout_secs;
     int insecure;
@@ -735,8 +738,8 @@ static void conn_start(surpool__tconn *c)
     i.path = t->url->path;
     i.host = t->host_header;
     i.origin = t->host_header;
-    i.protocol = "json";
-    i.local_protocol_name = "json";
+    i.protocol = t->proto;
+    i.local_protocol_name = t->proto;
     i.retry_and_idle_policy = &g_retry;
     i.opaque_user_data = c;
     if (t->url->tls) {
@@ -885,16 +888,16 @@ static int on_pre_establish(struct lws *wsi, surpool__tconn *c)
 {
     char proto[32];
     int n = lws_hdr_copy(wsi, proto, sizeof(proto), WSI_TOKEN_PROTOCOL);
-    if (n > 0 && strcmp(proto, "json") == 0)
+    if (n > 0 && strcmp(proto, c->t->proto) == 0)
         return 0;
     pthread_mutex_lock(&c->mu);
     if (c->fail_code == SURPOOL_OK) {
         c->fail_code = SURPOOL_ERR_CONNECT;
         msgf(c->fail_msg, sizeof(c->fail_msg),
-             "server at %s port %d did not accept WebSocket subprotocol 'json' "
+             "server at %s port %d did not accept WebSocket subprotocol '%s' "
              "(answered %s%s%s)",
-             c->t->url->host, c->t->url->port, n > 0 ? "'" : "", n > 0 ? proto : "none",
-             n > 0 ? "'" : "");
+             c->t->url->host, c->t->url->port, c->t->proto, n > 0 ? "'" : "",
+             n > 0 ? proto : "none", n > 0 ? "'" : "");
     }
     pthread_mutex_unlock(&c->mu);
     return 1;
@@ -1137,7 +1140,8 @@ static int on_writeable(struct lws *wsi, surpool__tconn *c)
         r->tstate = TS_INFLIGHT;
         /* lws masks the payload in place and buffers any unsent remainder. */
         size_t len = r->len;
-        int n = lws_write(wsi, (unsigned char *)r->buf + LWS_PRE, len, LWS_WRITE_TEXT);
+        int n = lws_write(wsi, (unsigned char *)r->buf + LWS_PRE, len,
+                          c->t->cbor ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
         if (n < 0 || (size_t)n < len) {
             failed = 1;
             break;
@@ -1157,14 +1161,17 @@ static int on_writeable(struct lws *wsi, surpool__tconn *c)
     return 0;
 }
 
-/* A complete text message. Returns -1 when the connection must close. */
+/* A complete message (text for JSON, binary for CBOR). Returns -1 when the
+ * connection must close. */
 static int dispatch(struct lws *wsi, surpool__tconn *c, const char *buf, size_t len)
 {
     surpool__transport *t = c->t;
     surpool__frame f;
     surpool_error e;
 
-    surpool_err rc = surpool__codec_decode_frame(buf, len, &f, &e);
+    surpool_err rc = t->cbor
+                         ? surpool__cbor_decode_frame((const unsigned char *)buf, len, &f, &e)
+                         : surpool__codec_decode_frame(buf, len, &f, &e);
     if (rc != SURPOOL_OK) {
         conn_fail(c, rc == SURPOOL_ERR_NOMEM ? SURPOOL_ERR_NOMEM : SURPOOL_ERR_PROTOCOL,
                   e.message);
@@ -1228,8 +1235,10 @@ static int on_receive(struct lws *wsi, surpool__tconn *c, const char *in, size_t
         c->rx_overflow = 0;
         c->rx_binary = lws_frame_is_binary(wsi);
     }
-    if (c->rx_binary) {
-        conn_fail(c, SURPOOL_ERR_PROTOCOL, "server sent a binary frame on a JSON connection");
+    if ((c->rx_binary != 0) != t->cbor) {
+        conn_fail(c, SURPOOL_ERR_PROTOCOL,
+                  t->cbor ? "server sent a text frame on a CBOR connection"
+                          : "server sent a binary frame on a JSON connection");
         lws_close_reason(wsi, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE, NULL, 0);
         return -1;
     }
@@ -1491,6 +1500,8 @@ static surpool_err lws_t_create(const surpool__tconfig *cfg, void *arg,
     t->url = cfg->url;
     t->logger = cfg->logger;
     t->max_message_bytes = cfg->max_message_bytes != 0 ? cfg->max_message_bytes : SIZE_MAX;
+    t->cbor = cfg->cbor != 0;
+    t->proto = t->cbor ? "cbor" : "json";
     t->connect_timeout_ms = cfg->connect_timeout_ms;
     long secs = cfg->connect_timeout_ms > 0 ? (cfg->connect_timeout_ms + 999) / 1000 : 1;
     t->timeout_secs = secs < 1 ? 1 : secs > 3600 ? 3600 : (int)secs;
@@ -1545,7 +1556,7 @@ static surpool_err lws_t_create(const surpool__tconfig *cfg, void *arg,
         }
     }
 
-    t->protocols[0].name = "json";
+    t->protocols[0].name = t->proto;
     t->protocols[0].callback = lws_cb;
     t->protocols[0].rx_buffer_size = 64 * 1024;
     t->protocols[0].tx_packet_size = 64 * 1024;

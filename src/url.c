@@ -298,8 +298,9 @@ static surpool_err parse_path(const char *s, size_t n, surpool__url *u, surpool_
     return SURPOOL_OK;
 }
 
-/* Query: '&'-separated key=value pairs; keys ns, db, ac, each at most once,
- * values non-empty and percent-decoded. An empty query ("...?") is accepted. */
+/* Query: '&'-separated key=value pairs; keys ns, db, ac, format, each at most
+ * once, values non-empty and percent-decoded (format: "json" or "cbor"). An
+ * empty query ("...?") is accepted. */
 static surpool_err parse_query(const char *s, const char *end, surpool__url *u,
                                surpool_error *err)
 {
@@ -325,20 +326,34 @@ static surpool_err parse_query(const char *s, const char *end, surpool__url *u,
         } else if (klen == 2 && memcmp(s, "ac", 2) == 0) {
             slot = &u->access;
             what = "ac parameter";
+        } else if (klen == 6 && memcmp(s, "format", 6) == 0) {
+            size_t vlen = (size_t)(pend - eq - 1);
+            if (u->format != 0)
+                return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                       "invalid URL: the format parameter is given twice");
+            if (vlen == 4 && memcmp(eq + 1, "json", 4) == 0)
+                u->format = SURPOOL_WIRE_JSON;
+            else if (vlen == 4 && memcmp(eq + 1, "cbor", 4) == 0)
+                u->format = SURPOOL_WIRE_CBOR;
+            else
+                return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                       "invalid URL: format must be json or cbor");
         } else {
             return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                    "invalid URL: unknown query parameter (the URL accepts "
-                                   "only ns, db and ac)");
+                                   "only ns, db, ac and format)");
         }
-        if (*slot != NULL)
-            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                                   "invalid URL: the %s is given twice", what);
-        if (eq + 1 == pend)
-            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "invalid URL: the %s is empty",
-                                   what);
-        surpool_err rc = percent_decode(eq + 1, (size_t)(pend - eq - 1), what, slot, err);
-        if (rc != SURPOOL_OK)
-            return rc;
+        if (slot != NULL) { /* NULL: format, handled above */
+            if (*slot != NULL)
+                return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                       "invalid URL: the %s is given twice", what);
+            if (eq + 1 == pend)
+                return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                       "invalid URL: the %s is empty", what);
+            surpool_err rc = percent_decode(eq + 1, (size_t)(pend - eq - 1), what, slot, err);
+            if (rc != SURPOOL_OK)
+                return rc;
+        }
         if (amp == NULL)
             break;
         s = amp + 1;

@@ -17,11 +17,13 @@ typedef struct surpool__url {
     char *ns;     /* query parameter ns, percent-decoded, or NULL */
     char *db;     /* query parameter db, or NULL */
     char *access; /* query parameter ac (record access method), or NULL */
+    int format;   /* query parameter format: SURPOOL_WIRE_JSON / _CBOR, or 0 */
 } surpool__url;
 
 /* Parse `s` into `out` (zeroed first). Rejects: NULL/empty, a scheme other than
  * ws/wss, an empty host, a bad port, control characters or spaces anywhere,
- * malformed percent escapes, a fragment, unknown query keys, duplicate keys.
+ * malformed percent escapes, a fragment, unknown query keys, duplicate keys,
+ * a format other than json or cbor.
  * Messages never include the password. On error `out` holds nothing.
  * Details: the scheme is case-insensitive; the host is kept as written and is a
  * name ([A-Za-z0-9_-] labels), a strict dotted-quad IPv4, or a bracketed IPv6

@@ -15,7 +15,9 @@
 #include <cmocka.h>
 
 #include "cbor_codec.h"
+#include "url.h"
 #include "value.h"
+#include "wire.h"
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -982,6 +984,79 @@ static void test_to_plain(void **state)
     json_decref(v);
 }
 
+/* ---- wire format selection -------------------------------------------- */
+
+static void test_url_format_key(void **state)
+{
+    (void)state;
+    const struct {
+        const char *url;
+        int format; /* -1: refused */
+    } c[] = {
+        {"ws://h/rpc", 0},
+        {"ws://h/rpc?format=cbor", SURPOOL_WIRE_CBOR},
+        {"ws://h/rpc?ns=a&format=json&db=b", SURPOOL_WIRE_JSON},
+        {"ws://h/rpc?format=CBOR", -1},
+        {"ws://h/rpc?format=", -1},
+        {"ws://h/rpc?format=xml", -1},
+        {"ws://h/rpc?format=cbor&format=json", -1},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(c); i++) {
+        surpool__url u;
+        surpool_err rc = surpool__url_parse(c[i].url, &u, NULL);
+        if (c[i].format < 0) {
+            assert_int_equal(rc, SURPOOL_ERR_INVALID_ARG);
+            continue;
+        }
+        assert_int_equal(rc, SURPOOL_OK);
+        assert_int_equal(u.format, c[i].format);
+        surpool__url_free(&u);
+    }
+}
+
+static void test_wire_encoding(void **state)
+{
+    (void)state;
+    /* Over JSON a typed value goes out as its text form; over CBOR as its tag. */
+    json_t *params = load("[\"RETURN $x\",{\"x\":{\"$surreal\":\"record\",\"tb\":\"person\","
+                          "\"id\":1},\"s\":\"person:01\"}]");
+    char *out = NULL;
+    size_t len = 0;
+    assert_int_equal(surpool__wire_encode_request(SURPOOL_WIRE_JSON, 3, "query", params, 4,
+                                                  &out, &len, NULL),
+                     SURPOOL_OK);
+    assert_string_equal(out + 4, "{\"id\":3,\"method\":\"query\",\"params\":[\"RETURN $x\","
+                                 "{\"x\":\"person:1\",\"s\":\"person:01\"}]}");
+    surpool__free(out);
+    assert_int_equal(surpool__wire_encode_request(SURPOOL_WIRE_CBOR, 3, "query", params, 4,
+                                                  &out, &len, NULL),
+                     SURPOOL_OK);
+    json_t *v = dec((unsigned char *)out + 4, len);
+    assert_true(json_equal(json_object_get(v, "params"), params));
+    json_decref(v);
+    surpool__free(out);
+    json_decref(params);
+    /* A malformed typed value is refused in both formats. */
+    params = load("[{\"$surreal\":\"uuid\",\"value\":\"nope\"}]");
+    assert_int_equal(surpool__wire_encode_request(SURPOOL_WIRE_JSON, 1, "query", params, 0,
+                                                  &out, &len, NULL),
+                     SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool__wire_encode_request(SURPOOL_WIRE_CBOR, 1, "query", params, 0,
+                                                  &out, &len, NULL),
+                     SURPOOL_ERR_INVALID_ARG);
+    json_decref(params);
+    /* Thing text: a string over JSON, a typed id over CBOR. */
+    json_t *t = surpool__wire_thing(SURPOOL_WIRE_JSON, "person:01", NULL);
+    assert_string_equal(json_string_value(t), "person:01");
+    json_decref(t);
+    t = surpool__wire_thing(SURPOOL_WIRE_CBOR, "person:01", NULL);
+    assert_json(t, "{\"$surreal\":\"record\",\"tb\":\"person\",\"id\":1}");
+    json_decref(t);
+    surpool_error e;
+    assert_null(surpool__wire_thing(SURPOOL_WIRE_CBOR, "Note: hi", &e));
+    assert_int_equal(e.code, SURPOOL_ERR_INVALID_ARG);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1005,6 +1080,8 @@ int main(void)
         cmocka_unit_test(test_thing_text),
         cmocka_unit_test(test_text_forms),
         cmocka_unit_test(test_to_plain),
+        cmocka_unit_test(test_url_format_key),
+        cmocka_unit_test(test_wire_encoding),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,6 +2,9 @@
  * Integration tests against the real SurrealDB 3.0 core, behind our test server
  * (tests/server/server.mjs), over ws:// and wss://. The group starts its own
  * server on a free loopback port and always stops it. Never skipped.
+ *
+ * The wire format comes from SURPOOL_TEST_WIRE ("json" or "cbor"; default
+ * json): tests/CMakeLists.txt registers the program once per format.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -18,8 +21,28 @@
 #include "codec.h"
 #include "harness.h"
 #include "pool.h"
+#include "wire.h"
 
 static test_server g_server;
+static surpool_wire_format g_wire = SURPOOL_WIRE_JSON;
+
+/* Absent: JSON sends NONE as null; CBOR keeps NONE apart ({"$surreal":"none"}). */
+static int is_none(const json_t *v)
+{
+    return g_wire == SURPOOL_WIRE_CBOR ? surpool_value_type_of(v) == SURPOOL_VALUE_NONE
+                                       : json_is_null(v);
+}
+
+/* v's text form (a record id as "person:tobie" in both formats). */
+static void assert_text(const json_t *v, const char *expected)
+{
+    json_t *t = NULL;
+    if (surpool_value_text(v, &t, NULL) != SURPOOL_OK)
+        fail_msg("no text form for a value (expected %s)", expected);
+    if (strcmp(json_string_value(t), expected) != 0)
+        fail_msg("text form %s, expected %s", json_string_value(t), expected);
+    json_decref(t);
+}
 
 static int group_setup(void **state)
 {
@@ -44,6 +67,7 @@ static void base_config(surpool_config *cfg, char *url, size_t urlsize, const ch
     surpool_config_init(cfg);
     snprintf(url, urlsize, "ws://127.0.0.1:%d/rpc", g_server.port);
     cfg->url = url;
+    cfg->wire_format = g_wire;
     cfg->user = "root";
     cfg->pass = "root";
     cfg->ns = "test";
@@ -214,7 +238,7 @@ static void test_crud(void **state)
     assert_int_equal(surpool_conn_create(c, "person:tobie", data, &out, &err), SURPOOL_OK);
     json_decref(data);
     json_t *rec = json_is_array(out) ? json_array_get(out, 0) : out;
-    assert_string_equal(json_string_value(json_object_get(rec, "id")), "person:tobie");
+    assert_text(json_object_get(rec, "id"), "person:tobie");
     json_decref(out);
 
     assert_int_equal(surpool_conn_select(c, "person:tobie", &out, &err), SURPOOL_OK);
@@ -262,8 +286,8 @@ static void test_crud(void **state)
         surpool_conn_relate(c, "person:tobie", "knows", "person:jaime", NULL, &out, &err),
         SURPOOL_OK);
     rec = json_is_array(out) ? json_array_get(out, 0) : out;
-    assert_string_equal(json_string_value(json_object_get(rec, "in")), "person:tobie");
-    assert_string_equal(json_string_value(json_object_get(rec, "out")), "person:jaime");
+    assert_text(json_object_get(rec, "in"), "person:tobie");
+    assert_text(json_object_get(rec, "out"), "person:jaime");
     json_decref(out);
 
     json_t *args = json_pack("[s]", "abc");
@@ -276,7 +300,7 @@ static void test_crud(void **state)
     assert_int_equal(surpool_conn_delete(c, "person:tobie", &out, &err), SURPOOL_OK);
     json_decref(out);
     assert_int_equal(surpool_conn_select(c, "person:tobie", &out, &err), SURPOOL_OK);
-    assert_true(json_is_null(out) || (json_is_array(out) && json_array_size(out) == 0));
+    assert_true(is_none(out) || (json_is_array(out) && json_array_size(out) == 0));
     json_decref(out);
 
     /* Client-side validation: nothing is sent. */
@@ -323,7 +347,7 @@ static void test_session_state_and_dirty_release(void **state)
     c = lease(p);
     assert_int_equal(surpool_conn_query(c, "RETURN $greeting; INFO FOR DB", NULL, &out, &err),
                      SURPOOL_OK);
-    assert_true(json_is_null(stmt_result(out, 0)));
+    assert_true(is_none(stmt_result(out, 0)));
     json_decref(out);
     /* Back in the configured database, and nothing of the transaction. */
     assert_int_equal(surpool_conn_query(c, "SELECT * FROM txn_probe", NULL, &out, &err),
@@ -453,9 +477,9 @@ static void test_pipelined_out_of_order(void **state)
         snprintf(sql, sizeof(sql), "sleep(%dms); RETURN %d", pr->ms, i);
         json_t *params = json_pack("[s]", sql);
         pr->req.id = 1000 + i;
-        assert_int_equal(surpool__codec_encode_request(pr->req.id, "query", params,
-                                                       p->ops->headroom, &pr->req.buf,
-                                                       &pr->req.len, NULL),
+        assert_int_equal(surpool__wire_encode_request(p->cfg.pub.wire_format, pr->req.id,
+                                                      "query", params, p->ops->headroom,
+                                                      &pr->req.buf, &pr->req.len, NULL),
                          SURPOOL_OK);
         json_decref(params);
         pr->req.deadline_ns = surpool__deadline_after_ms(20000);
@@ -676,6 +700,13 @@ static void test_lane_sync_threads(void **state)
 
 int main(void)
 {
+    const char *wire = getenv("SURPOOL_TEST_WIRE");
+    if (wire != NULL && strcmp(wire, "cbor") == 0)
+        g_wire = SURPOOL_WIRE_CBOR;
+    else if (wire != NULL && strcmp(wire, "json") != 0 && wire[0] != '\0') {
+        fprintf(stderr, "SURPOOL_TEST_WIRE must be json or cbor\n");
+        return 2;
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ping_version_query),
         cmocka_unit_test(test_statement_error_stays_in_result),
@@ -692,5 +723,7 @@ int main(void)
         cmocka_unit_test(test_lane_burst_async),
         cmocka_unit_test(test_lane_sync_threads),
     };
-    return cmocka_run_group_tests_name("integration", tests, group_setup, group_teardown);
+    return cmocka_run_group_tests_name(g_wire == SURPOOL_WIRE_CBOR ? "integration-cbor"
+                                                                   : "integration-json",
+                                       tests, group_setup, group_teardown);
 }
