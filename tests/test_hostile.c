@@ -88,6 +88,10 @@ static void base_config(surpool_config *cfg)
     surpool_config_init(cfg);
     snprintf(g_url, sizeof(g_url), "ws://127.0.0.1:%d/rpc", g_server.port);
     cfg->url = g_url;
+    /* SURPOOL_TEST_WIRE=cbor runs every mode over CBOR (tests/CMakeLists.txt). */
+    const char *wire = getenv("SURPOOL_TEST_WIRE");
+    cfg->wire_format =
+        wire != NULL && strcmp(wire, "cbor") == 0 ? SURPOOL_WIRE_CBOR : SURPOOL_WIRE_JSON;
     cfg->user = "root";
     cfg->pass = "root";
     cfg->ns = "hostile";
