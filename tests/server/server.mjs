@@ -573,15 +573,28 @@ async function execute(method, params, session, txn) {
   return cbor.decode(await engine.execute(cbor.encode(req)));
 }
 
+/** Methods whose successful result the server must read (afterSuccess). */
+const INSPECTED_METHODS = new Set(['signin', 'signup', 'authenticate', 'invalidate', 'reset', 'live', 'query']);
+const ERROR_MAP_HEAD = Buffer.from([0xa1, 0x65, ...Buffer.from('error')]); // {"error": ...
+const LIVE_TYPE = Buffer.from([0x64, ...Buffer.from('type'), 0x64, ...Buffer.from('live')]); // "type":"live"
+
 /** Runs a client's CBOR request (raw params/txn slices) through the core. Returns
- *  { bytes, value }: the core's raw reply and a decoded copy for inspection. */
+ *  { bytes, error, value }: the core's raw reply, whether it is the core's
+ *  {error} form, and a decoded copy when the server needs to read it (errors,
+ *  auth methods, live queries; a query only when its reply holds a live one),
+ *  so ordinary replies are never decoded here. */
 async function executeRaw(method, rawParams, session, rawTxn) {
   const entries = [['id', cborBytes(String(++internalIds))], ['method', cborBytes(method)]];
   if (rawParams !== undefined) entries.push(['params', rawParams]);
   entries.push(['session', cborBytes(session)]);
   if (rawTxn !== undefined) entries.push(['txn', rawTxn]);
   const bytes = Buffer.from(await engine.execute(cborMap(entries)));
-  return { bytes, value: cbor.decode(bytes) };
+  let value;
+  const maybeError = bytes.subarray(0, ERROR_MAP_HEAD.length).equals(ERROR_MAP_HEAD);
+  if (maybeError || (INSPECTED_METHODS.has(method) && (method !== 'query' || bytes.includes(LIVE_TYPE)))) {
+    value = cborPeek(bytes);
+  }
+  return { bytes, error: maybeError && isErrorReply(value), value };
 }
 
 function isErrorReply(r) {
@@ -830,7 +843,7 @@ class Conn {
     try {
       await this.attached;
       const reply = await executeRaw(method, rawParams, this.session, raw.get('txn'));
-      if (isErrorReply(reply.value)) {
+      if (reply.error) {
         key = 'error';
         body = cborSplitMap(reply.bytes).find(([k]) => k === 'error')[1];
       } else {
