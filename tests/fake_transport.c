@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cbor_codec.h"
 #include "codec.h"
 #include "fake_transport.h"
 
@@ -285,8 +286,15 @@ static surpool_err fake_submit(surpool__tconn *c, surpool__treq *req)
         return SURPOOL_OK;
     }
 
+    /* Requests come in the pool's wire format: JSON text or a CBOR map. */
     json_error_t jerr;
-    json_t *env = json_loadb(req->buf + fake_transport_ops.headroom, req->len, 0, &jerr);
+    const char *payload = req->buf + fake_transport_ops.headroom;
+    json_t *env = NULL;
+    if (req->len > 0 && payload[0] == '{')
+        env = json_loadb(payload, req->len, 0, &jerr);
+    else if (surpool__cbor_decode_value((const unsigned char *)payload, req->len, &env, NULL) !=
+             SURPOOL_OK)
+        env = NULL;
     const char *method = json_string_value(json_object_get(env, "method"));
     json_int_t id = json_integer_value(json_object_get(env, "id"));
     if (method == NULL || id != req->id) {
