@@ -173,7 +173,7 @@ typedef enum surpool_auth_level {
  *  and copied by surpool_pool_create(). docs/configuration.md lists every field. */
 /** The wire format of a pool's connections (docs/values.md). */
 typedef enum surpool_wire_format {
-    SURPOOL_WIRE_DEFAULT = 0, /**< the URL's format= key if given, else JSON */
+    SURPOOL_WIRE_DEFAULT = 0, /**< the URL's format= key if given, else CBOR */
     SURPOOL_WIRE_JSON = 1,    /**< subprotocol "json", text frames */
     SURPOOL_WIRE_CBOR = 2,    /**< subprotocol "cbor", binary frames (exact values) */
 } surpool_wire_format;

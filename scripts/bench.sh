@@ -96,7 +96,7 @@ start_server real tests/server/server.mjs
 real_url=ws://127.0.0.1:$port/rpc
 real_port=$port
 start_server null tests/server/null_server.mjs
-null_url=ws://127.0.0.1:$port/rpc
+null_url="ws://127.0.0.1:$port/rpc?format=json" # canned JSON replies: JSON only
 start_server bench-core bench/cbor_server.mjs
 bcore_url=ws://127.0.0.1:$port/rpc
 start_server bench-null bench/cbor_server.mjs --null

@@ -86,10 +86,10 @@ surpool_err surpool__config_copy(surpool__pool_config *dst, const surpool_config
     DUP(tls_cert_file, src->tls_cert_file);
     DUP(tls_key_file, src->tls_key_file);
 #undef DUP
-    /* The config wins over the URL; JSON when neither says. */
+    /* The config wins over the URL; CBOR when neither says. */
     if (pub->wire_format == SURPOOL_WIRE_DEFAULT)
         pub->wire_format =
-            url->format != 0 ? (surpool_wire_format)url->format : SURPOOL_WIRE_JSON;
+            url->format != 0 ? (surpool_wire_format)url->format : SURPOOL_WIRE_CBOR;
     if (rc == SURPOOL_OK && src->signin_params != NULL) {
         dst->signin_params = json_deep_copy(src->signin_params);
         if (dst->signin_params == NULL)
