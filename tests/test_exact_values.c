@@ -5,6 +5,7 @@
  * per tag with the server seeing the right type. One test shows what the JSON
  * format does to the same strings, so the difference stays measured.
  */
+#include <math.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -394,6 +395,8 @@ static const struct typed_case {
     {"{\"$surreal\":\"collection\",\"value\":[{\"$surreal\":\"point\",\"value\":[1.0,2.0]}]}",
      "geometry<collection>", NULL},
     {"{\"$surreal\":\"float\",\"value\":\"NaN\"}", "float", NULL},
+    {"{\"$surreal\":\"float\",\"value\":\"Infinity\"}", "float", NULL},
+    {"{\"$surreal\":\"float\",\"value\":\"-Infinity\"}", "float", NULL},
     {"{\"$surreal\":\"object\",\"value\":{\"$surreal\":\"user data\",\"n\":1}}", "object",
      NULL},
     {"9223372036854775807", "int", NULL},
@@ -456,6 +459,12 @@ static void test_typed_values_round_trip(void **state)
         json_decref(v);
     }
     assert_int_equal(failures, 0);
+    /* json_equal() cannot tell -0.0 from 0.0: check the sign itself. */
+    json_t *vars = json_pack("{s:f}", "v", -0.0), *out = NULL;
+    assert_int_equal(surpool_conn_query(c, "RETURN $v", vars, &out, &err), SURPOOL_OK);
+    assert_true(json_is_real(stmt(out, 0)) && signbit(json_real_value(stmt(out, 0))));
+    json_decref(out);
+    json_decref(vars);
     surpool_conn_release(c);
     surpool_pool_destroy(p);
 }
