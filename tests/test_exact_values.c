@@ -329,6 +329,16 @@ static void test_json_converts_strings(void **state)
     json_decref(want);
     json_decref(out);
     json_decref(vars);
+    /* A typed record id goes out as its text, which the server parses back. */
+    vars = json_loads("{\"v\":{\"$surreal\":\"record\",\"tb\":\"person\",\"id\":\"a b\"}}", 0,
+                      NULL);
+    assert_int_equal(surpool_query(p, "RETURN [type::of($v), <string>$v]", vars, &out, &err),
+                     SURPOOL_OK);
+    want = json_pack("[s,s]", "record", "person:`a b`");
+    assert_true(json_equal(stmt(out, 0), want));
+    json_decref(want);
+    json_decref(out);
+    json_decref(vars);
     surpool_pool_destroy(p);
 }
 
