@@ -833,7 +833,10 @@ static json_t *tag_value(struct dec *d, uint64_t tag, json_t *content)
             return typed(d, "none", NULL, NULL);
         }
         break;
-    case TAG_TABLE: type = json_is_string(content) ? "table" : NULL; break;
+    case TAG_TABLE:
+        /* A table name is never empty (the encoder refuses one). */
+        type = json_is_string(content) && json_string_length(content) > 0 ? "table" : NULL;
+        break;
     case TAG_UUID_TEXT: {
         unsigned char u[16];
         char buf[37];

@@ -411,6 +411,7 @@ static void test_server_shapes(void **state)
         {"d8 32 05", "{\"$surreal\":\"tag\",\"tag\":50,\"value\":5}"},
         /* a known tag with the wrong content keeps tag + value */
         {"c7 01", "{\"$surreal\":\"tag\",\"tag\":7,\"value\":1}"},
+        {"c7 60", "{\"$surreal\":\"tag\",\"tag\":7,\"value\":\"\"}"},
         {"d8 25 41 00",
          "{\"$surreal\":\"tag\",\"tag\":37,\"value\":{\"$surreal\":\"bytes\",\"value\":"
          "\"AA==\"}}"},
