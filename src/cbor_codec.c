@@ -719,8 +719,10 @@ struct dframe {
 struct dec {
     const unsigned char *base;
     size_t len;
-    size_t pos; /* start of the head being decoded */
-    struct dframe stack[SURPOOL__CBOR_MAX_DEPTH];
+    size_t pos;           /* start of the head being decoded */
+    struct dframe *stack; /* inline_stack, or a heap copy once deeper */
+    int cap;
+    struct dframe inline_stack[32]; /* most replies nest less: no allocation */
     int depth;
     json_t *root;         /* the finished top-level item */
     json_t *pending_uuid; /* tag 37 content already turned into UUID text */
@@ -1047,6 +1049,21 @@ static void dec_push(struct dec *d, int kind, json_t *c, uint64_t left, uint64_t
         dec_fail(d, SURPOOL_ERR_PROTOCOL, "nested deeper than 256 levels");
         return;
     }
+    if (d->depth == d->cap) {
+        int cap = d->cap * 2 < SURPOOL__CBOR_MAX_DEPTH ? d->cap * 2 : SURPOOL__CBOR_MAX_DEPTH;
+        struct dframe *s = d->stack == d->inline_stack
+                               ? surpool__malloc((size_t)cap * sizeof(*s))
+                               : surpool__realloc(d->stack, (size_t)cap * sizeof(*s));
+        if (s == NULL) {
+            json_decref(c);
+            dec_nomem(d);
+            return;
+        }
+        if (d->stack == d->inline_stack)
+            memcpy(s, d->inline_stack, sizeof(d->inline_stack));
+        d->stack = s;
+        d->cap = cap;
+    }
     struct dframe *f = &d->stack[d->depth++];
     memset(f, 0, sizeof(*f));
     f->kind = kind;
@@ -1293,10 +1310,11 @@ surpool_err surpool__cbor_decode_value(const unsigned char *buf, size_t len, jso
     *out = NULL;
     if (len == 0)
         return surpool__seterr(err, SURPOOL_ERR_PROTOCOL, "empty frame from the server");
-    struct dec *d = surpool__malloc(sizeof(*d));
-    if (d == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory decoding a frame");
+    struct dec dstate;
+    struct dec *d = &dstate;
     memset(d, 0, sizeof(*d));
+    d->stack = d->inline_stack;
+    d->cap = (int)(sizeof(d->inline_stack) / sizeof(d->inline_stack[0]));
     d->base = buf;
     d->len = len;
     d->err = err;
@@ -1333,7 +1351,8 @@ surpool_err surpool__cbor_decode_value(const unsigned char *buf, size_t len, jso
         *out = d->root;
     else
         json_decref(d->root);
-    surpool__free(d);
+    if (d->stack != d->inline_stack)
+        surpool__free(d->stack);
     return rc;
 }
 
