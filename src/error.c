@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "internal.h"
+#include "utf8.h"
 
 const char *surpool_strerror(surpool_err code)
 {
@@ -52,29 +53,14 @@ surpool_err surpool__seterr(surpool_error *err, surpool_err code, const char *fm
     if (fmt != NULL) {
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(err->message, sizeof(err->message), fmt, ap);
+        int n = vsnprintf(err->message, sizeof(err->message), fmt, ap);
         va_end(ap);
+        if (n >= (int)sizeof(err->message))
+            surpool__utf8_trim(err->message); /* cut, maybe inside a character */
     } else {
         snprintf(err->message, sizeof(err->message), "%s", surpool_strerror(code));
     }
     return code;
-}
-
-size_t surpool__strlcpy(char *dst, const char *src, size_t size)
-{
-    if (size == 0)
-        return 0;
-    if (src == NULL)
-        src = "";
-    size_t n = strnlen(src, size - 1);
-    if (src[n] != '\0') {
-        /* Truncating: do not cut a multi-byte character in half. */
-        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
-            n--;
-    }
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-    return n;
 }
 
 void surpool__error_prefix(surpool_error *err, const char *prefix)
@@ -105,7 +91,8 @@ void surpool__vlog(const surpool__logger *lg, surpool_log_level level, const cha
     if (lg == NULL || lg->fn == NULL || level > lg->level)
         return;
     char line[512];
-    vsnprintf(line, sizeof(line), fmt, ap);
+    if (vsnprintf(line, sizeof(line), fmt, ap) >= (int)sizeof(line))
+        surpool__utf8_trim(line);
     lg->fn(lg->userdata, level, line);
 }
 
