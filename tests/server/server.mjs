@@ -47,6 +47,7 @@ const cbor = CborCodec.DEFAULT;
 const MODES = new Set([
   'normal', 'malformed', 'truncate', 'wrong-id', 'duplicate-id', 'no-id',
   'binary', 'huge', 'slow', 'no-upgrade', 'close-mid-reply', 'refuse',
+  'duplicate-key',
 ]);
 
 function usage(msg) {
@@ -717,6 +718,14 @@ class Conn {
       case 'duplicate-id':
         this.sendText(text);
         return this.sendText(text);
+      case 'duplicate-key': {
+        // One frame, two "id" keys: the request's own first, the next id
+        // (another caller's, on a busy socket) last. A parser that keeps the
+        // last key routes this reply to that other caller.
+        const other = typeof id === 'number' ? String(id + 1)
+          : typeof id === 'bigint' ? String(id + 1n) : JSON.stringify(`${id}-other`);
+        return this.sendText(`{"id":${idText ?? 'null'},"id":${other},"${key}":${bodyText}}`);
+      }
       case 'binary':
         return ws.send(Buffer.from(text), { binary: true });
       case 'truncate': {
