@@ -1,7 +1,7 @@
 /*
  * The libwebsockets (4.1) transport: the only file that includes <libwebsockets.h>.
  *
- * Shape (see /work/shared/TRANSPORT.md for the measured facts behind it):
+ * Shape (from measured libwebsockets 4.1 behaviour):
  *  - One lws context and one service thread per transport (= per pool). Every lws
  *    call happens on that thread, except lws_cancel_service(), which callers use to
  *    wake it. The context is created on the creating thread before the service
@@ -46,6 +46,7 @@
 #include "codec.h"
 #include "internal.h"
 #include "transport.h"
+#include "utf8.h"
 
 /* ------------------------------------------------------------------------- */
 /* Types                                                                      */
@@ -176,10 +177,8 @@ static void lws_emit(int level, const char *line)
     size_t n = strlen(line);
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
         n--;
-    if (n >= sizeof(buf))
-        n = sizeof(buf) - 1;
-    memcpy(buf, line, n);
-    buf[n] = '\0';
+    /* lws lines can quote what the peer sent (headers, close reasons). */
+    surpool__text_sanitize(buf, sizeof(buf), line, n);
     surpool_log_level lv = (level & LLL_ERR) ? SURPOOL_LOG_ERROR : SURPOOL_LOG_WARN;
 
     pthread_mutex_lock(&g_reg_mu);
@@ -263,19 +262,23 @@ static int cond_init_monotonic(pthread_cond_t *cond)
     return rc == 0 ? 0 : -1;
 }
 
-/* snprintf into a fixed buffer where truncating a message is fine. */
+/* snprintf into a fixed buffer where truncating a message is fine (on a UTF-8
+ * character boundary). Text from the server or from libwebsockets goes through
+ * surpool__text_sanitize() before it gets here. */
 __attribute__((format(printf, 3, 4))) static void msgf(char *dst, size_t cap, const char *fmt,
                                                        ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(dst, cap, fmt, ap);
+    int n = vsnprintf(dst, cap, fmt, ap);
     va_end(ap);
+    if (n >= 0 && (size_t)n >= cap && cap > 0)
+        surpool__utf8_trim(dst);
 }
 
 static void copy_str(char *dst, size_t cap, const char *src)
 {
-    msgf(dst, cap, "%s", src != NULL ? src : "");
+    surpool__strlcpy(dst, src, cap);
 }
 
 /* ---- request lists ---- */
@@ -819,13 +822,10 @@ static void on_connection_error(struct lws *wsi, surpool__tconn *c, const char *
     surpool__transport *t = c->t;
     char text[160];
     size_t n = in != NULL ? strnlen(in, len) : 0; /* len may count the NUL */
-    if (n >= sizeof(text))
-        n = sizeof(text) - 1;
-    if (n > 0)
-        memcpy(text, in, n);
-    text[n] = '\0';
+    /* lws' text may quote the server (a status line, a header). */
+    n = surpool__text_sanitize(text, sizeof(text), in, n);
     if (n == 0)
-        copy_str(text, sizeof(text), "connection failed");
+        n = surpool__strlcpy(text, "connection failed", sizeof(text));
     /* "HS: ws upgrade response not 101" is clearer with the status it got. */
     unsigned int status = lws_http_client_http_response(wsi);
     if (status != 0 && status != 101)
@@ -1286,13 +1286,9 @@ static void on_peer_close(surpool__tconn *c, const unsigned char *in, size_t len
         return;
     pthread_mutex_lock(&c->mu);
     c->peer_close_code = (in[0] << 8) | in[1];
-    size_t n = len - 2;
-    if (n >= sizeof(c->peer_close_reason))
-        n = sizeof(c->peer_close_reason) - 1;
-    for (size_t i = 0; i < n; i++) /* keep log lines and messages printable */
-        c->peer_close_reason[i] =
-            (in[2 + i] >= 0x20 && in[2 + i] != 0x7f) ? (char)in[2 + i] : '?';
-    c->peer_close_reason[n] = '\0';
+    /* Any bytes at all: keep log lines and messages printable UTF-8. */
+    surpool__text_sanitize(c->peer_close_reason, sizeof(c->peer_close_reason),
+                           (const char *)in + 2, len - 2);
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -1485,6 +1481,14 @@ static surpool_err lws_t_create(const surpool__tconfig *cfg, void *arg,
     if (g_ssl_rx_alert_idx < 0 || g_ssl_tx_alert_idx < 0 || g_ssl_note_idx < 0)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot allocate OpenSSL ex_data");
 
+    /* libwebsockets 4.1 refuses a connect whose path does not fit its header
+     * buffer and then destroys the half-made socket later, behind our back (a
+     * use-after-free of the connection and a leak inside lws). The URL parser
+     * refuses such a path; refuse it here too, whoever filled the URL. */
+    if (strlen(cfg->url->path) > SURPOOL__URL_PATH_MAX)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "URL path longer than %d bytes (libwebsockets cannot send it)",
+                               SURPOOL__URL_PATH_MAX);
     surpool__transport *t = surpool__calloc(1, sizeof(*t));
     if (t == NULL)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory creating the transport");
@@ -1566,6 +1570,9 @@ static surpool_err lws_t_create(const surpool__tconfig *cfg, void *arg,
     int maxc = cfg->max_connections > 0 ? cfg->max_connections : 1;
     info.fd_limit_per_thread = (unsigned int)(maxc > 100000 ? 100000 : maxc) * 2 + 16;
     info.pt_serv_buf_size = 64 * 1024;
+    /* The header buffer SURPOOL__URL_PATH_MAX is sized against (lws' default,
+     * stated so that the two cannot drift apart). */
+    info.max_http_header_data = 4096;
     info.timeout_secs = (unsigned int)t->timeout_secs;
     info.connect_timeout_secs = (unsigned int)t->timeout_secs;
     info.retry_and_idle_policy = &g_retry;

@@ -1006,6 +1006,107 @@ static void test_peer_close_code(void **state)
     server_stop(&s);
 }
 
+/* A close reason is any bytes the server chose: it reaches the request's
+ * message, the dead event and the log as valid UTF-8 without controls (valid
+ * characters kept, invalid bytes U+FFFD, controls '?' or \n) -- issue 9
+ * item 12. */
+static void test_peer_close_reason_bytes(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    events e;
+    surpool__tconn_events tev;
+    events_init(&e, &tev);
+    surpool__tconn *c = open_ok(&f, &tev);
+    batch b;
+    batch_init(&b);
+    /* "A", U+20AC, a lone 0xFF, a truncated 0xC3, ESC, "\n", "B" */
+    treq *q = call(c, 1, "close",
+                   json_pack("[i,[i,i,i,i,i,i,i,i,i]]", 4001, 0x41, 0xE2, 0x82, 0xAC, 0xFF,
+                             0xC3, 0x1B, 0x0A, 0x42),
+                   5000, &b);
+    assert_int_equal(q->r.status, SURPOOL_ERR_DISCONNECTED);
+    const char *want = "connection closed by peer (code 4001 A\xE2\x82\xAC\xEF\xBF\xBD"
+                       "\xEF\xBF\xBD?\\nB)";
+    assert_string_equal(q->r.message, want);
+    assert_int_equal(wait_dead(&e, WAIT_MS), 1);
+    assert_string_equal(e.message, want);
+    treq_free(q);
+    ops->close(c);
+    batch_fini(&b);
+    events_fini(&e);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+/* The URL path goes into lws' 4096-byte header buffer. lws 4.1 refuses a
+ * connect whose path does not fit, yet destroys the half-made socket later
+ * on memory we had freed (and leaks ~200 KB): the transport refuses such a
+ * URL at create, whoever parsed it (issue 9 item 8). A path of exactly
+ * SURPOOL__URL_PATH_MAX bytes does reach the server (which answers 400: it
+ * serves /rpc only). */
+static void test_long_path(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+
+    /* The longest path the URL parser lets through: sent, answered. */
+    char *path = surpool__malloc(SURPOOL__URL_PATH_MAX + 1);
+    assert_non_null(path);
+    path[0] = '/';
+    memset(path + 1, 'p', SURPOOL__URL_PATH_MAX - 1);
+    path[SURPOOL__URL_PATH_MAX] = '\0';
+    surpool__free(f.url.path);
+    f.url.path = path;
+    fixture_create(&f);
+    surpool__tconn *c = NULL;
+    surpool_error err;
+    surpool_err rc = ops->open(f.t, surpool__deadline_after_ms(WAIT_MS), NULL, &c, &err);
+    assert_int_equal(rc, SURPOOL_ERR_CONNECT);
+    print_message("    %s\n", err.message);
+    if (strstr(err.message, "HTTP 400") == NULL)
+        fail_msg("a %d-byte path did not reach the server: %s", SURPOOL__URL_PATH_MAX,
+                 err.message);
+    ops->destroy(f.t);
+    f.t = NULL;
+
+    /* One byte more (and far more): refused at create, nothing reaches lws. */
+    size_t lens[] = {SURPOOL__URL_PATH_MAX + 1, 5000, 64 * 1024};
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+        path = surpool__malloc(lens[i] + 1);
+        assert_non_null(path);
+        path[0] = '/';
+        memset(path + 1, 'p', lens[i] - 1);
+        path[lens[i]] = '\0';
+        surpool__free(f.url.path);
+        f.url.path = path;
+        surpool__transport *t = NULL;
+        rc = ops->create(&f.cfg, NULL, &t, &err);
+        if (rc == SURPOOL_OK) {
+            /* Before the fix: the connect fails and lws frees the socket later. */
+            surpool__tconn *c2 = NULL;
+            ops->open(t, surpool__deadline_after_ms(WAIT_MS), NULL, &c2, &err);
+            if (c2 != NULL)
+                ops->close(c2);
+            ops->destroy(t);
+            fail_msg("a %zu-byte path was accepted by create (open said: %s)", lens[i],
+                     err.message);
+        }
+        assert_int_equal(rc, SURPOOL_ERR_INVALID_ARG);
+        assert_null(t);
+        assert_non_null(strstr(err.message, "path"));
+    }
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
 static void test_bad_frames(void **state)
 {
     (void)state;
@@ -1364,6 +1465,8 @@ int main(void)
         cmocka_unit_test_teardown(test_server_killed, test_teardown),
         cmocka_unit_test_teardown(test_close_after, test_teardown),
         cmocka_unit_test_teardown(test_peer_close_code, test_teardown),
+        cmocka_unit_test_teardown(test_peer_close_reason_bytes, test_teardown),
+        cmocka_unit_test_teardown(test_long_path, test_teardown),
         cmocka_unit_test_teardown(test_bad_frames, test_teardown),
         cmocka_unit_test_teardown(test_notifications_and_orphans, test_teardown),
         cmocka_unit_test_teardown(test_close_with_requests_in_flight, test_teardown),
