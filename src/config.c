@@ -4,7 +4,9 @@
  */
 #include <string.h>
 
+#include "codec.h"
 #include "pool.h"
+#include "utf8.h"
 
 static surpool_err dup_field(char **dst, const char **pub, const char *src)
 {
@@ -171,6 +173,18 @@ surpool_err surpool__config_validate(const surpool_config *c, surpool_error *err
         empty(c->init_sql))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config strings must be NULL or non-empty");
+    /* Strings sent to the server must be valid UTF-8 (the TLS file names are
+     * not sent: they are paths, which may be any bytes). */
+    const struct {
+        const char *name, *value;
+    } texts[] = {{"url", c->url},     {"ns", c->ns},
+                 {"db", c->db},       {"user", c->user},
+                 {"pass", c->pass},   {"access", c->access},
+                 {"token", c->token}, {"init_sql", c->init_sql}};
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++)
+        if (!surpool__utf8_valid_str(texts[i].value))
+            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.%s is not valid UTF-8",
+                                   texts[i].name);
     if (c->tls_insecure_skip_verify != 0 && c->tls_insecure_skip_verify != 1)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config.tls_insecure_skip_verify must be 0 or 1");
@@ -196,6 +210,8 @@ surpool_err surpool__config_validate_merged(const surpool_config *c, surpool_err
     if (c->signin_params != NULL && !json_is_object(c->signin_params))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config.signin_params must be a JSON object");
+    if (surpool__codec_check_value(c->signin_params, "config.signin_params", err) != SURPOOL_OK)
+        return SURPOOL_ERR_INVALID_ARG;
     if (c->auth_level < SURPOOL_AUTH_ROOT || c->auth_level > SURPOOL_AUTH_DATABASE)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.auth_level is invalid");
     if (c->auth_level == SURPOOL_AUTH_NAMESPACE && c->ns == NULL)

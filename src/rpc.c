@@ -10,6 +10,7 @@
 
 #include "codec.h"
 #include "pool.h"
+#include "utf8.h"
 
 /* ------------------------------------------------------------------------- */
 /* The call engine                                                            */
@@ -164,8 +165,10 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
     req.id = (int64_t)atomic_fetch_add(&p->next_id, 1);
     surpool_err rc = surpool__codec_encode_request(req.id, method, params, p->ops->headroom,
                                                    &req.buf, &req.len, err);
-    if (rc != SURPOOL_OK)
+    if (rc != SURPOOL_OK) {
+        surpool__strlcpy(c->last_error, err->message, sizeof(c->last_error));
         return rc;
+    }
 
     int64_t rdeadline = surpool__deadline_after_ms(
         p->cfg.pub.request_timeout_ms > 0 ? p->cfg.pub.request_timeout_ms : -1);
@@ -243,34 +246,48 @@ static surpool_err bad_arg(surpool_conn *c, surpool_error *err, const char *what
     return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s", what);
 }
 
-static int valid_utf8(const char *s)
+/* The strings a call takes, checked before anything is built or sent: NULL
+ * (absent) is fine, anything else must be valid UTF-8 (surpool__utf8_valid).
+ * Up to five per call; `names` is a comma-separated list naming them in order
+ * ("user,pass,ns,db,access"). */
+static surpool_err check_strings(surpool_conn *c, surpool_error *err, const char *fn,
+                                 const char *names, const char *a, const char *b, const char *d,
+                                 const char *e, const char *f)
 {
-    const unsigned char *p = (const unsigned char *)s;
-    while (p != NULL && *p) {
-        int n = *p < 0x80             ? 0
-                : (*p & 0xE0) == 0xC0 ? 1
-                : (*p & 0xF0) == 0xE0 ? 2
-                : (*p & 0xF8) == 0xF0 ? 3
-                                      : -1;
-        if (n < 0 || (n == 1 && *p < 0xC2))
-            return 0;
-        for (p++; n > 0; n--, p++)
-            if ((*p & 0xC0) != 0x80)
-                return 0;
+    const char *v[5] = {a, b, d, e, f};
+    const char *name = names;
+    for (int i = 0; i < 5 && name != NULL && *name != '\0'; i++) {
+        const char *end = strchr(name, ',');
+        int len = end != NULL ? (int)(end - name) : (int)strlen(name);
+        if (!surpool__utf8_valid_str(v[i])) {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "%s: %.*s is not valid UTF-8", fn, len, name);
+            return bad_arg(c, err, msg);
+        }
+        name = end != NULL ? end + 1 : NULL;
     }
-    return 1;
+    return SURPOOL_OK;
 }
 
-/* Building a JSON object from these strings failed: jansson refuses invalid
- * UTF-8 (the caller's fault) and fails on out-of-memory (ours to report). */
-static surpool_err utf8_or_nomem(surpool_error *err, const char *method, const char *a,
-                                 const char *b, const char *c, const char *d, const char *e)
+/* A json_t argument: every string and key valid UTF-8, not too deep. */
+static surpool_err check_json(surpool_conn *c, surpool_error *err, const char *what,
+                              const json_t *v)
 {
-    if (valid_utf8(a) && valid_utf8(b) && valid_utf8(c) && valid_utf8(d) && valid_utf8(e))
-        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "%s: out of memory", method);
-    return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s: strings must be valid UTF-8",
-                           method);
+    surpool_error local;
+    if (err == NULL)
+        err = &local;
+    surpool_err rc = surpool__codec_check_value(v, what, err);
+    if (rc != SURPOOL_OK && c != NULL)
+        surpool__strlcpy(c->last_error, err->message, sizeof(c->last_error));
+    return rc;
 }
+
+#define CHECK(call)                                                                            \
+    do {                                                                                       \
+        surpool_err check_rc_ = (call);                                                        \
+        if (check_rc_ != SURPOOL_OK)                                                           \
+            return check_rc_;                                                                  \
+    } while (0)
 
 static int nonempty(const char *s)
 {
@@ -290,6 +307,7 @@ surpool_err surpool_conn_call(surpool_conn *c, const char *method, const json_t 
         return bad_arg(c, err, "method must be a non-empty string");
     if (params != NULL && !json_is_array(params))
         return bad_arg(c, err, "params must be a JSON array or NULL");
+    CHECK(check_strings(c, err, "call", "method", method, NULL, NULL, NULL, NULL));
     return surpool__rpc(c, method, params, INT64_MAX, out, err);
 }
 
@@ -301,6 +319,8 @@ surpool_err surpool__query_params(const char *sql, const json_t *vars, json_t **
     if (vars != NULL && !json_is_object(vars))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "vars must be a JSON object or NULL");
+    CHECK(check_strings(NULL, err, "query", "sql", sql, NULL, NULL, NULL, NULL));
+    CHECK(check_json(NULL, err, "query: vars", vars));
     json_error_t je;
     memset(&je, 0, sizeof(je));
     *params = vars != NULL ? pack(&je, "[sO]", sql, (json_t *)vars) : pack(&je, "[s]", sql);
@@ -346,11 +366,17 @@ surpool_err surpool_query_check(const json_t *result, surpool_error *err)
         if (strcmp(status, "OK") != 0) {
             json_t *r = json_object_get(st, "result");
             const char *msg = json_string_value(r);
-            surpool__seterr(err, SURPOOL_ERR_SERVER, "statement %zu failed: %s", i,
-                            msg != NULL ? msg : status);
-            const char *kind = json_string_value(json_object_get(st, "kind"));
-            if (err != NULL && kind != NULL)
-                surpool__strlcpy(err->kind, kind, sizeof(err->kind));
+            /* Server text: made printable before it reaches a message. */
+            char text[sizeof(err->message)];
+            if (msg != NULL)
+                surpool__text_sanitize(text, sizeof(text), msg, json_string_length(r));
+            else
+                surpool__text_sanitize_str(text, sizeof(text), status);
+            surpool__seterr(err, SURPOOL_ERR_SERVER, "statement %zu failed: %s", i, text);
+            json_t *kind = json_object_get(st, "kind");
+            if (err != NULL && json_is_string(kind))
+                surpool__text_sanitize(err->kind, sizeof(err->kind), json_string_value(kind),
+                                       json_string_length(kind));
             return SURPOOL_ERR_SERVER;
         }
     }
@@ -403,6 +429,7 @@ surpool_err surpool_conn_use(surpool_conn *c, const char *ns, const char *db,
         return bad_arg(c, err, "use: ns must be a non-empty string (db without ns is refused)");
     if (db != NULL && db[0] == '\0')
         return bad_arg(c, err, "use: db must be NULL or non-empty");
+    CHECK(check_strings(c, err, "use", "ns,db", ns, db, NULL, NULL, NULL));
     json_t *params = db != NULL ? pack(&je, "[ss]", ns, db) : pack(&je, "[sn]", ns);
     return call_stolen(c, "use", params, &je, NULL, err);
 }
@@ -428,6 +455,9 @@ surpool_err surpool_conn_signin(surpool_conn *c, const surpool_credentials *cred
         (cred->db != NULL && cred->db[0] == '\0') ||
         (cred->access != NULL && cred->access[0] == '\0'))
         return bad_arg(c, err, "signin: strings must be NULL or non-empty");
+    CHECK(check_strings(c, err, "signin", "user,pass,ns,db,access", cred->user, cred->pass,
+                        cred->ns, cred->db, cred->access));
+    CHECK(check_json(c, err, "signin: vars", cred->vars));
 
     json_t *obj = cred->vars != NULL ? json_deep_copy(cred->vars) : json_object();
     int bad = obj == NULL;
@@ -442,9 +472,9 @@ surpool_err surpool_conn_signin(surpool_conn *c, const surpool_credentials *cred
     if (!bad && cred->access != NULL)
         bad |= json_object_set_new(obj, "ac", json_string(cred->access));
     if (bad) {
+        /* Every string was checked above: this was an allocation failure. */
         json_decref(obj);
-        return utf8_or_nomem(err, "signin", cred->user, cred->pass, cred->ns, cred->db,
-                             cred->access);
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "signin: out of memory");
     }
     return call_stolen(c, "signin", pack(&je, "[o]", obj), &je, out, err);
 }
@@ -460,12 +490,14 @@ surpool_err surpool_conn_signup(surpool_conn *c, const char *ns, const char *db,
         return bad_arg(c, err, "signup: ns, db and access are required");
     if (vars != NULL && !json_is_object(vars))
         return bad_arg(c, err, "signup: vars must be a JSON object or NULL");
+    CHECK(check_strings(c, err, "signup", "ns,db,access", ns, db, access, NULL, NULL));
+    CHECK(check_json(c, err, "signup: vars", vars));
     json_t *obj = vars != NULL ? json_deep_copy(vars) : json_object();
     if (obj == NULL || json_object_set_new(obj, "ns", json_string(ns)) ||
         json_object_set_new(obj, "db", json_string(db)) ||
         json_object_set_new(obj, "ac", json_string(access))) {
-        json_decref(obj);
-        return utf8_or_nomem(err, "signup", ns, db, access, NULL, NULL);
+        json_decref(obj); /* every string was checked above: out of memory */
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "signup: out of memory");
     }
     return call_stolen(c, "signup", pack(&je, "[o]", obj), &je, out, err);
 }
@@ -477,6 +509,7 @@ surpool_err surpool_conn_authenticate(surpool_conn *c, const char *token, surpoo
     CHECK_CONN(c, err);
     if (!nonempty(token))
         return bad_arg(c, err, "authenticate: token is required");
+    CHECK(check_strings(c, err, "authenticate", "token", token, NULL, NULL, NULL, NULL));
     return call_stolen(c, "authenticate", pack(&je, "[s]", token), &je, NULL, err);
 }
 
@@ -496,6 +529,7 @@ surpool_err surpool_conn_let(surpool_conn *c, const char *name, const json_t *va
         return bad_arg(c, err, "let: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')");
     if (value == NULL)
         return bad_arg(c, err, "let: value is required (use json_null())");
+    CHECK(check_json(c, err, "let: value", value));
     return call_stolen(c, "let", pack(&je, "[sO]", name, (json_t *)value), &je, NULL, err);
 }
 
@@ -526,6 +560,9 @@ static surpool_err thing_data_call(surpool_conn *c, const char *method, const ch
         return bad_arg(c, err,
                        arrays_ok ? "data must be a JSON object or array"
                                  : "data must be a JSON object");
+    CHECK(
+        check_strings(c, err, method, "the table or record id", thing, NULL, NULL, NULL, NULL));
+    CHECK(check_json(c, err, method, data));
     json_t *params =
         data != NULL ? pack(&je, "[sO]", thing, (json_t *)data) : pack(&je, "[s]", thing);
     return call_stolen(c, method, params, &je, out, err);
@@ -577,6 +614,9 @@ surpool_err surpool_conn_patch(surpool_conn *c, const char *thing, const json_t 
         return bad_arg(c, err, "patch: the table or record id must be a non-empty string");
     if (!json_is_array(ops))
         return bad_arg(c, err, "patch: ops must be a JSON array of patch operations");
+    CHECK(check_strings(c, err, "patch", "the table or record id", thing, NULL, NULL, NULL,
+                        NULL));
+    CHECK(check_json(c, err, "patch: ops", ops));
     json_t *params = pack(&je, "[sOb]", thing, (json_t *)ops, diff != 0);
     return call_stolen(c, "patch", params, &je, out, err);
 }
@@ -598,6 +638,8 @@ surpool_err surpool_conn_relate(surpool_conn *c, const char *from, const char *t
         return bad_arg(c, err, "relate: from, table and to are required");
     if (data != NULL && !json_is_object(data))
         return bad_arg(c, err, "relate: data must be a JSON object or NULL");
+    CHECK(check_strings(c, err, "relate", "from,table,to", from, table, to, NULL, NULL));
+    CHECK(check_json(c, err, "relate: data", data));
     json_t *params = data != NULL ? pack(&je, "[sssO]", from, table, to, (json_t *)data)
                                   : pack(&je, "[sss]", from, table, to);
     return call_stolen(c, "relate", params, &je, out, err);
@@ -615,6 +657,8 @@ surpool_err surpool_conn_run(surpool_conn *c, const char *fn, const char *versio
         return bad_arg(c, err, "run: version must be NULL or non-empty");
     if (args != NULL && !json_is_array(args))
         return bad_arg(c, err, "run: args must be a JSON array or NULL");
+    CHECK(check_strings(c, err, "run", "fn,version", fn, version, NULL, NULL, NULL));
+    CHECK(check_json(c, err, "run: args", args));
     json_t *params = pack(&je, "[s s? O?]", fn, version, (json_t *)args);
     return call_stolen(c, "run", params, &je, out, err);
 }
