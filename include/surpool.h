@@ -175,7 +175,8 @@ typedef struct surpool_config {
     size_t struct_size; /**< set by surpool_config_init(); do not touch */
 
     /* Where and who. */
-    const char *url;                  /**< "ws://host:port/rpc" or "wss://..."; required */
+    const char *url;                  /**< "ws://host:port/rpc" or "wss://..."; required;
+                                           path at most 2048 bytes (docs/configuration.md) */
     const char *ns;                   /**< namespace selected on every connection, or NULL */
     const char *db;                   /**< database (needs ns), or NULL */
     const char *user;                 /**< signin user, or NULL for no signin */
@@ -397,7 +398,9 @@ SURPOOL_API const char *surpool_conn_last_error(const surpool_conn *conn);
 
 /** Send any RPC method with raw params and return its `result`.
  *  @param method  lowercase method name, e.g. "query"; required.
- *  @param params  a JSON array, or NULL for []; borrowed.
+ *  @param params  a JSON array, or NULL for []; borrowed. Every string and key in
+ *                 it must be valid UTF-8 and it may nest at most 2048 levels
+ *                 (no reference cycles), else SURPOOL_ERR_INVALID_ARG, unsent.
  *  @param out     receives the result (new reference); may be NULL to ignore it.
  *  @return SURPOOL_OK; SURPOOL_ERR_SERVER / _AUTH (the server answered with an
  *          error; see err->server_code/kind/message); SURPOOL_ERR_REQUEST_TIMEOUT;
@@ -490,7 +493,10 @@ SURPOOL_API surpool_err surpool_query_check(const json_t *result, surpool_error 
 /* `out` (may be NULL to ignore it) receives the method's result as a NEW      */
 /* reference on SURPOOL_OK; json_t arguments are borrowed; bad arguments      */
 /* return SURPOOL_ERR_INVALID_ARG before anything is sent; other returns as   */
-/* surpool_conn_call(). "thing" is a table name ("person") or a record id     */
+/* surpool_conn_call(). Every string argument, and every string and object    */
+/* key inside a json_t argument, must be valid UTF-8 (strict: no surrogates,  */
+/* no overlong forms, nothing above U+10FFFF), else SURPOOL_ERR_INVALID_ARG    */
+/* (see docs/errors.md). "thing" is a table name ("person") or a record id     */
 /* ("person:tobie"): the server parses it (see docs/json-values.md).          */
 /* Calls that change session state (use, signin, signup, authenticate,        */
 /* invalidate, let, unset, and raw reset, begin, live, attach, detach) make   */
