@@ -40,7 +40,7 @@ static void wipe_json_strings(json_t *v)
 
 void surpool__config_free(surpool__pool_config *c)
 {
-    surpool__free(c->url);
+    surpool__free_secret(c->url); /* ws://user:password@host: may hold the password */
     surpool__free(c->ns);
     surpool__free(c->db);
     surpool__free(c->user);
@@ -106,6 +106,36 @@ static int empty(const char *s)
     return s != NULL && s[0] == '\0';
 }
 
+/* Every millisecond setting, for the upper bound: larger values overflowed
+ * (ms -> ns, deadlines, backoff doubling), so they are refused, not clamped:
+ * the caller learns the limit instead of getting a different value. */
+static surpool_err check_ms_bounds(const surpool_config *c, surpool_error *err)
+{
+    const struct {
+        const char *name;
+        long value;
+    } ms[] = {
+        {"acquire_timeout_ms", c->acquire_timeout_ms},
+        {"connect_timeout_ms", c->connect_timeout_ms},
+        {"request_timeout_ms", c->request_timeout_ms},
+        {"reconnect_backoff_min_ms", c->reconnect_backoff_min_ms},
+        {"reconnect_backoff_max_ms", c->reconnect_backoff_max_ms},
+        {"idle_timeout_ms", c->idle_timeout_ms},
+        {"max_lifetime_ms", c->max_lifetime_ms},
+        {"validation_idle_ms", c->validation_idle_ms},
+        {"validation_timeout_ms", c->validation_timeout_ms},
+        {"keepalive_interval_ms", c->keepalive_interval_ms},
+        {"maintenance_interval_ms", c->maintenance_interval_ms},
+        {"leak_threshold_ms", c->leak_threshold_ms},
+    };
+    for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++)
+        if ((long long)ms[i].value > SURPOOL__MS_MAX)
+            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                   "config.%s must be at most %lld (365 days; got %ld)",
+                                   ms[i].name, SURPOOL__MS_MAX, ms[i].value);
+    return SURPOOL_OK;
+}
+
 /* Validate what create() needs; messages name the field. */
 surpool_err surpool__config_validate(const surpool_config *c, surpool_error *err)
 {
@@ -156,6 +186,8 @@ surpool_err surpool__config_validate(const surpool_config *c, surpool_error *err
     if (c->maintenance_interval_ms < 1)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config.maintenance_interval_ms must be >= 1");
+    if (check_ms_bounds(c, err) != SURPOOL_OK)
+        return SURPOOL_ERR_INVALID_ARG;
     if (c->breaker_threshold < 0)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config.breaker_threshold must be >= 0 (0 = never)");

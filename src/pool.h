@@ -17,6 +17,10 @@ typedef enum surpool__conn_state {
     SURPOOL__CONN_SETUP = 0, /* being opened by a connector; not in any list */
     SURPOOL__CONN_IDLE = 1,
     SURPOOL__CONN_LEASED = 2,
+    SURPOOL__CONN_RELEASING = 3, /* a release claimed it; the same lease released
+                                    again meanwhile is a detected no-op */
+    SURPOOL__CONN_CLOSED = 4,    /* forgotten by the pool; kept in the graveyard so
+                                    a stale handle is still readable */
 } surpool__conn_state;
 
 struct surpool_conn {
@@ -24,7 +28,7 @@ struct surpool_conn {
     surpool__tconn *t;         /* transport handle; NULL once closed */
     surpool__conn_state state; /* pool mutex */
 
-    /* Pool lists (pool mutex). */
+    /* Pool lists (pool mutex). idle_next also links the graveyard. */
     surpool_conn *all_next, *all_prev;
     surpool_conn *idle_next, *idle_prev;
 
@@ -75,7 +79,12 @@ struct surpool_pool {
     surpool_conn *all_head;
     surpool_conn *idle_head, *idle_tail; /* head = most recently used */
     int nidle, nleased, nconnecting;
-    int nclosing;  /* forgotten, close() in progress outside mu */
+    int nclosing; /* forgotten, close() in progress outside mu */
+    /* Closed connections whose memory is kept a while (FIFO, at most
+     * SURPOOL__GRAVE_MAX), so that releasing a lease a second time reads a
+     * connection marked CLOSED instead of freed memory (mu). */
+    surpool_conn *grave_head, *grave_tail;
+    int ngrave;
     int nmaint;    /* leased to the maintainer (counted in nleased) */
     int ndrainers; /* threads in surpool_pool_drain() */
     uint64_t next_serial;
