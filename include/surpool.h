@@ -191,7 +191,8 @@ typedef struct surpool_config {
     surpool_on_connect_fn on_connect; /**< hook run on every new connection, or NULL */
     void *on_connect_userdata;
 
-    /* Sizing and timeouts (milliseconds). */
+    /* Sizing and timeouts (milliseconds). Every *_ms field is at most
+     * 31536000000 (365 days); create refuses a larger value, naming it. */
     int min_connections;     /**< opened at create and kept open; default 0 */
     int max_connections;     /**< hard cap; default 10 */
     long acquire_timeout_ms; /**< default wait for a connection; default 30000 */
@@ -383,6 +384,15 @@ SURPOOL_API surpool_err surpool_pool_stats(surpool_pool *pool, surpool_stats *ou
 /** Give a lease back. If callers wait, the connection goes straight to the
  *  oldest; a broken connection is closed and its slot goes to the oldest waiter
  *  to open a replacement. `conn` must not be used afterwards. NULL is a no-op.
+ *  Releasing the same lease twice is a programming error the pool detects and
+ *  ignores, with an ERROR line through log_fn, while the connection is not
+ *  lent again: the second call changes nothing (no stats, no second handoff),
+ *  including when two threads release it at once. The handle names the
+ *  connection, not the lease: once the pool has lent that connection again,
+ *  a stale release cannot be told apart from the new borrower's and gives
+ *  back the new borrower's lease; and the memory of a closed connection is
+ *  kept only for the next 32 closes, after which a stale handle is a dangling
+ *  pointer. So: exactly one release per acquire.
  *  Thread safety: Any thread (the one holding the lease). */
 SURPOOL_API void surpool_conn_release(surpool_conn *conn);
 
