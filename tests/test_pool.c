@@ -439,6 +439,21 @@ static void *release_worker(void *arg)
     return NULL;
 }
 
+/* Start the releaser while the test holds the pool mutex, and give it time to
+ * queue on it. On failure the mutex is let go first, so teardown can run. */
+static void start_releaser_locked(surpool_pool *pool, pthread_t *rt, releaser *rel)
+{
+    int rc = pthread_create(rt, NULL, release_worker, rel);
+    int64_t end = surpool__now_ns() + WAIT_BOUND_S * INT64_C(1000000000);
+    while (rc == 0 && !atomic_load(&rel->started) && surpool__now_ns() < end)
+        sleep_us(100);
+    if (rc != 0 || !atomic_load(&rel->started)) {
+        pthread_mutex_unlock(&pool->mu);
+        fail_msg("the releaser thread did not start (pthread_create: %d)", rc);
+    }
+    sleep_us(5000); /* from started to queued on the mutex */
+}
+
 /* Long enough that the releaser thread is surely queued on the mutex before
  * the waiter's deadline passes; only the order matters, never the duration. */
 #define RACE_TIMEOUT_MS 50
@@ -469,21 +484,13 @@ static surpool_err race_round(surpool_pool *pool, int release_first)
         surpool__now_ns() + (RACE_TIMEOUT_MS + 10) * (int64_t)SURPOOL__NS_PER_MS;
 
     pthread_mutex_lock(&pool->mu);
-    if (release_first) {
-        assert_int_equal(pthread_create(&rt, NULL, release_worker, &rel), 0);
-        while (!atomic_load(&rel.started))
-            sleep_us(100); /* bounded: it only has to start */
-        sleep_us(5000);    /* and reach the mutex */
-    }
+    if (release_first)
+        start_releaser_locked(pool, &rt, &rel);
     while (surpool__now_ns() < past_deadline)
         sleep_us(1000);
     sleep_us(5000); /* the waiter's timed wait returns and queues on the mutex */
-    if (!release_first) {
-        assert_int_equal(pthread_create(&rt, NULL, release_worker, &rel), 0);
-        while (!atomic_load(&rel.started))
-            sleep_us(100);
-        sleep_us(5000);
-    }
+    if (!release_first)
+        start_releaser_locked(pool, &rt, &rel);
     pthread_mutex_unlock(&pool->mu);
     join_bounded(rt, "the releaser");
     join_bounded(wt, "the waiter whose deadline passed");
