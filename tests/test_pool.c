@@ -1076,7 +1076,8 @@ static void *scan_realloc(void *p, size_t n)
 }
 
 /* The pool's copy of the URL can hold the password (ws://user:pass@host): it
- * is wiped before it is freed, like every other copy of a secret. */
+ * is wiped before it is freed, like every other copy of a secret that goes
+ * through surpool's allocator (signing in included). */
 static void test_url_password_wiped(void **state)
 {
     fixture *f = *state;
@@ -1091,8 +1092,16 @@ static void test_url_password_wiped(void **state)
     surpool_pool *pool = NULL;
     surpool_error err;
     surpool_err rc = surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &pool, &err);
-    if (rc == SURPOOL_OK)
+    if (rc == SURPOOL_OK) {
+        /* One connection: it signs in with the URL's password, and is closed. */
+        surpool_conn *c = NULL;
+        rc = surpool_pool_acquire(pool, 5000, &c, &err);
+        if (rc == SURPOOL_OK) {
+            surpool_conn_discard(c);
+            surpool_conn_release(c);
+        }
         surpool_pool_destroy(pool);
+    }
     surpool_set_allocator(NULL, NULL, NULL);
     assert_int_equal(rc, SURPOOL_OK);
     assert_int_equal(atomic_load(&g_scan_hits), 0);
