@@ -743,6 +743,11 @@ class Conn {
         const half = payload.subarray(0, Math.floor(payload.length / 2));
         const sock = ws._socket;
         if (!sock) return this.kill();
+        // Only one truncated frame per socket: a second one written before
+        // the first write's callback destroys the socket would complete the
+        // first frame's payload with its bytes.
+        if (this.truncated) return;
+        this.truncated = true;
         sock.write(Buffer.concat([frameHeader(0x1, true, payload.length), half]), () => sock.destroy());
         return;
       }
