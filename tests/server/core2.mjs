@@ -32,7 +32,7 @@ const WASM_PKG = join(HERE, 'node_modules', '@surrealdb', 'wasm');
 // ---------------------------------------------------------------------------
 // 2.x error objects: {code, message}, 2.x numbering.
 // ---------------------------------------------------------------------------
-const AUTH_FAILED = 'There was a problem with the database: There was a problem with authentication';
+const NOT_ALLOWED = 'There was a problem with the database: IAM error: Not enough permissions to perform this action';
 
 /** Errors the server itself produces, in 2.x shape (server.mjs swaps these in). */
 export const serverErrors2x = {
@@ -40,9 +40,9 @@ export const serverErrors2x = {
   errInvalidParams: () => ({ code: -32602, message: 'Invalid params' }),
   // 2.x has no session methods: attach/detach/sessions are unknown methods.
   errMethodNotAllowed: () => ({ code: -32601, message: 'Method not found' }),
-  // A 2.x server reports every authentication failure as -32000 with this
-  // message (the same as its reply to a wrong password).
-  ERR_NOT_AUTHENTICATED: { code: -32000, message: AUTH_FAILED },
+  // What a 2.x server started with credentials answers an anonymous caller
+  // (its IAM check refuses guests); -32000 like every 2.x database error.
+  ERR_NOT_AUTHENTICATED: { code: -32000, message: NOT_ALLOWED },
 };
 
 /** A message thrown by the 2.x engine -> the error object a 2.x server sends. */

@@ -122,6 +122,7 @@ async function check(name, fn) {
 }
 
 const AUTH_FAILED = { code: -32000, message: 'There was a problem with the database: There was a problem with authentication' };
+const NOT_ALLOWED = { code: -32000, message: 'There was a problem with the database: IAM error: Not enough permissions to perform this action' };
 const NOT_FOUND = { code: -32601, message: 'Method not found' };
 
 async function signedIn(url, ns = 'test', db = 'test') {
@@ -147,9 +148,9 @@ await check('startup: LISTENING line only; /version and the version RPC say surr
 
 const a = await Client.open(URL_);
 
-await check('methods before signin are refused like a 2.x auth failure (-32000, no kind)', async () => {
+await check('methods before signin are refused like a 2.x server refuses guests (-32000, no kind)', async () => {
   for (const [m, p] of [['query', ['RETURN 1']], ['use', ['test', 'test']], ['select', ['person']]]) {
-    assertEq((await a.call(m, p)).error, AUTH_FAILED, m);
+    assertEq((await a.call(m, p)).error, NOT_ALLOWED, m);
   }
   assertEq(await a.ok('ping', []), null, 'ping allowed');
 });
@@ -251,7 +252,7 @@ await check('per-socket state: auth, ns/db and variables stay per socket while r
     const [ra, rb, rc] = await Promise.all([a.ok('query', [q]), b.ok('query', [q]), c.call('query', [q])]);
     assertEq(ra[0].result, ['test', 'test', 'from a', null], 'a');
     assertEq(rb[0].result, ['other', 'odb', 'from b', 1], 'b');
-    assertEq(rc.error, AUTH_FAILED, 'c is not signed in');
+    assertEq(rc.error, NOT_ALLOWED, 'c is not signed in');
   }
   await b.ok('unset', ['x']);
   assertEq((await a.ok('query', ['RETURN $x']))[0].result, 'from a', 'unset on b leaves a');
@@ -290,12 +291,12 @@ await check('invalidate/reset make the socket unauthenticated; reset clears ns a
   const b = await signedIn(URL_);
   await b.ok('let', ['v', 1]);
   assertEq(await b.ok('invalidate', []), null, 'invalidate');
-  assertEq((await b.call('query', ['RETURN 1'])).error, AUTH_FAILED, 'refused after invalidate');
+  assertEq((await b.call('query', ['RETURN 1'])).error, NOT_ALLOWED, 'refused after invalidate');
   assertEq((await a.ok('query', ['RETURN 1']))[0].result, 1, 'other socket unaffected');
   assertEq(await b.ok('authenticate', [token]), null, 'authenticate');
   assertEq((await b.ok('query', ['RETURN [session::ns(), $v]']))[0].result, ['test', 1], 'ns and vars kept');
   assertEq(await b.ok('reset', []), null, 'reset');
-  assertEq((await b.call('query', ['RETURN 1'])).error, AUTH_FAILED, 'refused after reset');
+  assertEq((await b.call('query', ['RETURN 1'])).error, NOT_ALLOWED, 'refused after reset');
   await b.ok('authenticate', [token]);
   assertEq((await b.ok('query', ['RETURN session::ns()']))[0].result, null, 'reset cleared the namespace');
   await b.ok('use', ['test', 'test']);
