@@ -95,6 +95,12 @@ typedef struct surpool_error {
  *  Thread safety: Any thread. */
 SURPOOL_API const char *surpool_strerror(surpool_err code);
 
+/** The code's C name, e.g. "SURPOOL_ERR_TIMEOUT" ("SURPOOL_ERR_UNKNOWN" for a
+ *  value that is not a code). Static, never NULL, never allocates. Name and
+ *  text come from one table, so every code has both.
+ *  Thread safety: Any thread. */
+SURPOOL_API const char *surpool_err_name(surpool_err code);
+
 /* ------------------------------------------------------------------------- */
 /* Logging                                                                    */
 /* ------------------------------------------------------------------------- */
