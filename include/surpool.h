@@ -174,11 +174,27 @@ typedef enum surpool_auth_level {
     SURPOOL_AUTH_DATABASE = 2,  /**< database user: adds config.ns and config.db */
 } surpool_auth_level;
 
+/* The struct_size rule (surpool_config, surpool_stats), as Win32's cbSize:
+ *  - struct_size is the size of the struct as the CALLER was compiled. The
+ *    macros surpool_config_init() and surpool_pool_stats() pass the sizeof from
+ *    the caller's own header, so callers never set it by hand.
+ *  - The library reads and writes only the first struct_size bytes. A smaller
+ *    struct (a caller built against an older surpool.h) gets every field it
+ *    lacks at its default (config) or leaves it out (stats); a larger one (a
+ *    newer header than the library) gets its unknown tail zeroed, and
+ *    struct_size reports how many bytes this library understood.
+ *  - New fields are only ever appended after the existing ones, so a prefix
+ *    of the struct is always an older version of it; nothing is reordered,
+ *    resized or removed (tests/test_abi.c pins every offset).
+ *  - `reserved` stays zero; a later field taken from it must treat zero as
+ *    "default". */
+
 /** Pool configuration: a value type. Always start from surpool_config_init()
  *  so that new fields get their defaults. Strings are borrowed by the struct
  *  and copied by surpool_pool_create(). docs/configuration.md lists every field. */
 typedef struct surpool_config {
-    size_t struct_size; /**< set by surpool_config_init(); do not touch */
+    size_t struct_size; /**< set by surpool_config_init(): the caller's sizeof
+                             (see the struct_size rule above); do not touch */
 
     /* Where and who. */
     const char *url;                  /**< "ws://host:port/rpc" or "wss://..."; required;
@@ -260,9 +276,20 @@ typedef struct surpool_config {
     unsigned char reserved[256]; /**< room to grow; keep zero */
 } surpool_config;
 
-/** Fill `cfg` with defaults (all strings NULL, sizes and timeouts as documented).
+/** Fill the first `struct_size` bytes of `cfg` with defaults (all strings
+ *  NULL, sizes and timeouts as documented) and set cfg->struct_size to the
+ *  part of it this library knows (at most sizeof(surpool_config) of the
+ *  library). Bytes past that are zeroed. Does nothing if `cfg` is NULL or
+ *  `struct_size` cannot hold `url`. Call it through the macro
+ *  surpool_config_init(cfg), which passes sizeof(surpool_config)
+ *  as this header defines it.
  *  Thread safety: Any thread (on distinct structs). */
+SURPOOL_API void surpool_config_init_sized(surpool_config *cfg, size_t struct_size);
+
+/** surpool_config_init_sized() with the 0.1.0 size: the symbol binaries built
+ *  before the macro existed call. */
 SURPOOL_API void surpool_config_init(surpool_config *cfg);
+#define surpool_config_init(cfg) surpool_config_init_sized((cfg), sizeof(surpool_config))
 
 /* ------------------------------------------------------------------------- */
 /* Pool                                                                       */
@@ -339,7 +366,8 @@ SURPOOL_API surpool_err surpool_pool_drain(surpool_pool *pool, long timeout_ms);
 
 /** Statistics snapshot. All counters are since create. */
 typedef struct surpool_stats {
-    size_t struct_size; /**< set by surpool_pool_stats() */
+    size_t struct_size; /**< set by surpool_pool_stats(): bytes filled in (the
+                             caller's sizeof, or less from an older library) */
     int total;          /**< idle + in_use + connecting */
     int idle;
     int in_use;
@@ -378,10 +406,22 @@ typedef struct surpool_stats {
     unsigned char reserved[192];
 } surpool_stats;
 
-/** Fill `out` with a consistent snapshot (taken under the pool lock).
- *  @return SURPOOL_OK or SURPOOL_ERR_INVALID_ARG.
+/** Fill the first `struct_size` bytes of `out` with a consistent snapshot
+ *  (taken under the pool lock); bytes past this library's surpool_stats are
+ *  zeroed; out->struct_size says how many bytes were filled. Call it through
+ *  the macro surpool_pool_stats(pool, out), which passes
+ *  sizeof(surpool_stats) as this header defines it.
+ *  @return SURPOOL_OK or SURPOOL_ERR_INVALID_ARG (NULL pool or out, or
+ *          struct_size smaller than a size_t).
  *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_pool_stats_sized(surpool_pool *pool, surpool_stats *out,
+                                                 size_t struct_size);
+
+/** surpool_pool_stats_sized() with the 0.1.0 size: the symbol binaries built
+ *  before the macro existed call. */
 SURPOOL_API surpool_err surpool_pool_stats(surpool_pool *pool, surpool_stats *out);
+#define surpool_pool_stats(pool, out)                                                          \
+    surpool_pool_stats_sized((pool), (out), sizeof(surpool_stats))
 
 /* ------------------------------------------------------------------------- */
 /* Leased connections                                                         */

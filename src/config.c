@@ -2,6 +2,7 @@
  * Configuration: defaults, validation with messages that name the field, and
  * the pool's private copy of every string (secrets wiped when freed).
  */
+#include <stddef.h>
 #include <string.h>
 
 #include "codec.h"
@@ -136,12 +137,10 @@ static surpool_err check_ms_bounds(const surpool_config *c, surpool_error *err)
     return SURPOOL_OK;
 }
 
-/* Validate what create() needs; messages name the field. */
+/* Validate what create() needs; messages name the field. `c` has been widened
+ * by surpool__config_widen(). */
 surpool_err surpool__config_validate(const surpool_config *c, surpool_error *err)
 {
-    if (c->struct_size != sizeof(surpool_config))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config not initialised with surpool_config_init()");
     if (c->url == NULL || c->url[0] == '\0')
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.url is required");
     if (c->max_connections < 1 || c->max_connections > 100000)
@@ -266,10 +265,11 @@ surpool_err surpool__config_validate_merged(const surpool_config *c, surpool_err
     return SURPOOL_OK;
 }
 
-void surpool_config_init(surpool_config *cfg)
+/* The smallest config a caller can hand over: struct_size and url. */
+#define CONFIG_MIN_SIZE (offsetof(surpool_config, url) + sizeof(const char *))
+
+static void config_defaults(surpool_config *cfg)
 {
-    if (cfg == NULL)
-        return;
     memset(cfg, 0, sizeof(*cfg));
     cfg->struct_size = sizeof(*cfg);
     cfg->min_connections = 0;
@@ -293,4 +293,43 @@ void surpool_config_init(surpool_config *cfg)
     cfg->leak_threshold_ms = 0;
     cfg->shared_connections = 2;
     cfg->shared_max_inflight = 256;
+}
+
+/* Writes only the `size` bytes the caller has: a caller built against an older,
+ * smaller surpool_config gets the fields it knows; a newer, larger one gets its
+ * extra bytes zeroed and struct_size = the part this library understands. */
+void surpool_config_init_sized(surpool_config *cfg, size_t size)
+{
+    if (cfg == NULL || size < CONFIG_MIN_SIZE)
+        return;
+    surpool_config d;
+    config_defaults(&d);
+    size_t n = size < sizeof(d) ? size : sizeof(d);
+    d.struct_size = n;
+    memset(cfg, 0, size);
+    memcpy(cfg, &d, n);
+}
+
+/* The exported symbol, for callers that do not see the macro (binaries built
+ * against 0.1.0, other languages): the 0.1.0 size, which is today's. When the
+ * struct grows, this must keep passing the 0.1.0 size (tests/test_abi.c pins it). */
+void(surpool_config_init)(surpool_config *cfg)
+{
+    surpool_config_init_sized(cfg, sizeof(surpool_config));
+}
+
+surpool_err surpool__config_widen(const surpool_config *given, surpool_config *full,
+                                  surpool_error *err)
+{
+    size_t n = given->struct_size;
+    if (n < CONFIG_MIN_SIZE || n > sizeof(*full))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config not initialised with surpool_config_init() "
+                               "(struct_size %zu, this library reads %zu..%zu)",
+                               n, (size_t)CONFIG_MIN_SIZE, sizeof(*full));
+    /* Read only the bytes the caller has; everything after them is a default. */
+    config_defaults(full);
+    memcpy(full, given, n);
+    full->struct_size = sizeof(*full);
+    return SURPOOL_OK;
 }

@@ -787,7 +787,12 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
 {
     if (cfg == NULL || out == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "cfg and out are required");
-    surpool_err rc = surpool__config_validate(cfg, err);
+    surpool_config full; /* the caller's struct_size bytes, defaults after them */
+    surpool_err rc = surpool__config_widen(cfg, &full, err);
+    if (rc != SURPOOL_OK)
+        return rc;
+    cfg = &full;
+    rc = surpool__config_validate(cfg, err);
     if (rc != SURPOOL_OK)
         return rc;
 
@@ -1370,7 +1375,7 @@ surpool_err surpool_pool_drain(surpool_pool *p, long timeout_ms)
     return rc;
 }
 
-surpool_err surpool_pool_stats(surpool_pool *p, surpool_stats *out)
+static surpool_err stats_fill(surpool_pool *p, surpool_stats *out)
 {
     if (p == NULL || out == NULL)
         return SURPOOL_ERR_INVALID_ARG;
@@ -1400,4 +1405,24 @@ surpool_err surpool_pool_stats(surpool_pool *p, surpool_stats *out)
     out->request_errors = atomic_load(&p->request_errors);
     out->resets = atomic_load(&p->resets);
     return SURPOOL_OK;
+}
+
+/* Writes only the `size` bytes the caller has (zeroing any beyond ours). */
+surpool_err surpool_pool_stats_sized(surpool_pool *p, surpool_stats *out, size_t size)
+{
+    if (p == NULL || out == NULL || size < sizeof(size_t))
+        return SURPOOL_ERR_INVALID_ARG;
+    surpool_stats full;
+    stats_fill(p, &full);
+    size_t n = size < sizeof(full) ? size : sizeof(full);
+    full.struct_size = n;
+    memset(out, 0, size);
+    memcpy(out, &full, n);
+    return SURPOOL_OK;
+}
+
+/* The exported symbol without the macro: the 0.1.0 size (see config_init). */
+surpool_err(surpool_pool_stats)(surpool_pool *p, surpool_stats *out)
+{
+    return surpool_pool_stats_sized(p, out, sizeof(surpool_stats));
 }

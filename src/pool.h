@@ -127,6 +127,10 @@ struct surpool_pool {
 };
 
 /* config.c */
+/* Copy the caller's config (its first struct_size bytes) over the defaults:
+ * the only place create reads the caller's struct. */
+surpool_err surpool__config_widen(const surpool_config *given, surpool_config *full,
+                                  surpool_error *err);
 surpool_err surpool__config_validate(const surpool_config *c, surpool_error *err);
 surpool_err surpool__config_validate_merged(const surpool_config *c, surpool_error *err);
 surpool_err surpool__config_copy(surpool__pool_config *dst, const surpool_config *src,
