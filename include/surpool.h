@@ -447,8 +447,10 @@ SURPOOL_API void surpool_conn_release(surpool_conn *conn);
  *  Thread safety: One thread at a time per handle. */
 SURPOOL_API void surpool_conn_discard(surpool_conn *conn);
 
-/** Last error message recorded on this lease, valid until its next call or its
- *  release; "" when the last call succeeded. Never NULL.
+/** The message of the last call on this lease: the same text that call put in
+ *  its err->message (also when it was given err = NULL), "" when it succeeded
+ *  or before the first call. Valid until the next call on the lease or its
+ *  release. Never NULL; "" for a NULL conn.
  *  Thread safety: One thread at a time per handle. */
 SURPOOL_API const char *surpool_conn_last_error(const surpool_conn *conn);
 

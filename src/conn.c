@@ -129,6 +129,7 @@ static surpool_err setup(surpool_conn *c, int64_t deadline, surpool_error *err)
             return rc;
         }
     }
+    c->last_error[0] = '\0'; /* what the hook's own calls left is not the borrower's */
     return SURPOOL_OK;
 }
 

@@ -151,10 +151,8 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
     if (err == NULL)
         err = &local;
     if (c->broken || c->t == NULL) {
-        surpool__seterr(err, SURPOOL_ERR_BROKEN,
-                        "connection is broken: release it and acquire another");
-        surpool__strlcpy(c->last_error, err->message, sizeof(c->last_error));
-        return SURPOOL_ERR_BROKEN;
+        return surpool__seterr(err, SURPOOL_ERR_BROKEN,
+                               "connection is broken: release it and acquire another");
     }
 
     if (surpool__method_changes_session(method))
@@ -165,10 +163,8 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
     req.id = (int64_t)atomic_fetch_add(&p->next_id, 1);
     surpool_err rc = surpool__codec_encode_request(req.id, method, params, p->ops->headroom,
                                                    &req.buf, &req.len, err);
-    if (rc != SURPOOL_OK) {
-        surpool__strlcpy(c->last_error, err->message, sizeof(c->last_error));
+    if (rc != SURPOOL_OK)
         return rc;
-    }
 
     int64_t rdeadline = surpool__deadline_after_ms(
         p->cfg.pub.request_timeout_ms > 0 ? p->cfg.pub.request_timeout_ms : -1);
@@ -202,11 +198,6 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
     if (surpool__breaks_connection(rc))
         c->broken = 1;
     json_decref(req.reply);
-    if (rc != SURPOOL_OK) {
-        surpool__strlcpy(c->last_error, err->message, sizeof(c->last_error));
-    } else {
-        c->last_error[0] = '\0';
-    }
     return rc;
 }
 
@@ -230,19 +221,16 @@ static surpool_err call_stolen(surpool_conn *c, const char *method, json_t *para
         /* jansson leaves the text empty when an allocation failed. */
         if (je->text[0] == '\0' || json_error_code(je) == json_error_out_of_memory)
             return surpool__seterr(err, SURPOOL_ERR_NOMEM, "%s: out of memory", method);
-        surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s: bad argument: %s", method, je->text);
-        surpool__strlcpy(c->last_error, err != NULL ? err->message : "", sizeof(c->last_error));
-        return SURPOOL_ERR_INVALID_ARG;
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s: bad argument: %s", method,
+                               je->text);
     }
     surpool_err rc = surpool__rpc(c, method, params, INT64_MAX, out, err);
     json_decref(params);
     return rc;
 }
 
-static surpool_err bad_arg(surpool_conn *c, surpool_error *err, const char *what)
+static surpool_err bad_arg(surpool_error *err, const char *what)
 {
-    if (c != NULL)
-        surpool__strlcpy(c->last_error, what, sizeof(c->last_error));
     return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s", what);
 }
 
@@ -250,9 +238,9 @@ static surpool_err bad_arg(surpool_conn *c, surpool_error *err, const char *what
  * (absent) is fine, anything else must be valid UTF-8 (surpool__utf8_valid).
  * Up to five per call; `names` is a comma-separated list naming them in order
  * ("user,pass,ns,db,access"). */
-static surpool_err check_strings(surpool_conn *c, surpool_error *err, const char *fn,
-                                 const char *names, const char *a, const char *b, const char *d,
-                                 const char *e, const char *f)
+static surpool_err check_strings(surpool_error *err, const char *fn, const char *names,
+                                 const char *a, const char *b, const char *d, const char *e,
+                                 const char *f)
 {
     const char *v[5] = {a, b, d, e, f};
     const char *name = names;
@@ -262,7 +250,7 @@ static surpool_err check_strings(surpool_conn *c, surpool_error *err, const char
         if (!surpool__utf8_valid_str(v[i])) {
             char msg[128];
             snprintf(msg, sizeof(msg), "%s: %.*s is not valid UTF-8", fn, len, name);
-            return bad_arg(c, err, msg);
+            return bad_arg(err, msg);
         }
         name = end != NULL ? end + 1 : NULL;
     }
@@ -270,16 +258,12 @@ static surpool_err check_strings(surpool_conn *c, surpool_error *err, const char
 }
 
 /* A json_t argument: every string and key valid UTF-8, not too deep. */
-static surpool_err check_json(surpool_conn *c, surpool_error *err, const char *what,
-                              const json_t *v)
+static surpool_err check_json(surpool_error *err, const char *what, const json_t *v)
 {
     surpool_error local;
     if (err == NULL)
         err = &local;
-    surpool_err rc = surpool__codec_check_value(v, what, err);
-    if (rc != SURPOOL_OK && c != NULL)
-        surpool__strlcpy(c->last_error, err->message, sizeof(c->last_error));
-    return rc;
+    return surpool__codec_check_value(v, what, err);
 }
 
 #define CHECK(call)                                                                            \
@@ -295,19 +279,17 @@ static int nonempty(const char *s)
 }
 
 /* ------------------------------------------------------------------------- */
-/* Public methods                                                             */
+/* Method bodies (their public wrappers are at the end of the file)           */
 /* ------------------------------------------------------------------------- */
 
-surpool_err surpool_conn_call(surpool_conn *c, const char *method, const json_t *params,
-                              json_t **out, surpool_error *err)
+static surpool_err conn_call(surpool_conn *c, const char *method, const json_t *params,
+                             json_t **out, surpool_error *err)
 {
-    if (c == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "conn is NULL");
     if (!nonempty(method))
-        return bad_arg(c, err, "method must be a non-empty string");
+        return bad_arg(err, "method must be a non-empty string");
     if (params != NULL && !json_is_array(params))
-        return bad_arg(c, err, "params must be a JSON array or NULL");
-    CHECK(check_strings(c, err, "call", "method", method, NULL, NULL, NULL, NULL));
+        return bad_arg(err, "params must be a JSON array or NULL");
+    CHECK(check_strings(err, "call", "method", method, NULL, NULL, NULL, NULL));
     return surpool__rpc(c, method, params, INT64_MAX, out, err);
 }
 
@@ -319,8 +301,8 @@ surpool_err surpool__query_params(const char *sql, const json_t *vars, json_t **
     if (vars != NULL && !json_is_object(vars))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "vars must be a JSON object or NULL");
-    CHECK(check_strings(NULL, err, "query", "sql", sql, NULL, NULL, NULL, NULL));
-    CHECK(check_json(NULL, err, "query: vars", vars));
+    CHECK(check_strings(err, "query", "sql", sql, NULL, NULL, NULL, NULL));
+    CHECK(check_json(err, "query: vars", vars));
     json_error_t je;
     memset(&je, 0, sizeof(je));
     *params = vars != NULL ? pack(&je, "[sO]", sql, (json_t *)vars) : pack(&je, "[s]", sql);
@@ -333,20 +315,13 @@ surpool_err surpool__query_params(const char *sql, const json_t *vars, json_t **
     return SURPOOL_OK;
 }
 
-surpool_err surpool_conn_query(surpool_conn *c, const char *sql, const json_t *vars,
-                               json_t **out, surpool_error *err)
+static surpool_err conn_query(surpool_conn *c, const char *sql, const json_t *vars,
+                              json_t **out, surpool_error *err)
 {
-    if (c == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "conn is NULL");
-    surpool_error local;
-    if (err == NULL)
-        err = &local;
     json_t *params = NULL;
     surpool_err rc = surpool__query_params(sql, vars, &params, err);
-    if (rc != SURPOOL_OK) {
-        surpool__strlcpy(c->last_error, err->message, sizeof(c->last_error));
+    if (rc != SURPOOL_OK)
         return rc;
-    }
     rc = surpool__rpc(c, "query", params, INT64_MAX, out, err);
     json_decref(params);
     return rc;
@@ -387,12 +362,6 @@ surpool_err surpool_query_check(const json_t *result, surpool_error *err)
 /* Method wrappers                                                            */
 /* ------------------------------------------------------------------------- */
 
-#define CHECK_CONN(c, err)                                                                     \
-    do {                                                                                       \
-        if ((c) == NULL)                                                                       \
-            return surpool__seterr((err), SURPOOL_ERR_INVALID_ARG, "conn is NULL");            \
-    } while (0)
-
 /* Variable names as `let` accepts them: [A-Za-z_][A-Za-z0-9_]*. */
 static int valid_var_name(const char *s)
 {
@@ -407,57 +376,52 @@ static int valid_var_name(const char *s)
     return 1;
 }
 
-surpool_err surpool_conn_ping(surpool_conn *c, surpool_error *err)
+static surpool_err conn_ping(surpool_conn *c, surpool_error *err)
 {
-    CHECK_CONN(c, err);
     return surpool__rpc(c, "ping", NULL, INT64_MAX, NULL, err);
 }
 
-surpool_err surpool_conn_version(surpool_conn *c, json_t **out, surpool_error *err)
+static surpool_err conn_version(surpool_conn *c, json_t **out, surpool_error *err)
 {
-    CHECK_CONN(c, err);
     return surpool__rpc(c, "version", NULL, INT64_MAX, out, err);
 }
 
-surpool_err surpool_conn_use(surpool_conn *c, const char *ns, const char *db,
-                             surpool_error *err)
+static surpool_err conn_use(surpool_conn *c, const char *ns, const char *db, surpool_error *err)
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
     if (!nonempty(ns))
-        return bad_arg(c, err, "use: ns must be a non-empty string (db without ns is refused)");
+        return bad_arg(err, "use: ns must be a non-empty string (db without ns is refused)");
     if (db != NULL && db[0] == '\0')
-        return bad_arg(c, err, "use: db must be NULL or non-empty");
-    CHECK(check_strings(c, err, "use", "ns,db", ns, db, NULL, NULL, NULL));
+        return bad_arg(err, "use: db must be NULL or non-empty");
+    CHECK(check_strings(err, "use", "ns,db", ns, db, NULL, NULL, NULL));
     json_t *params = db != NULL ? pack(&je, "[ss]", ns, db) : pack(&je, "[sn]", ns);
     return call_stolen(c, "use", params, &je, NULL, err);
 }
 
-surpool_err surpool_conn_signin(surpool_conn *c, const surpool_credentials *cred, json_t **out,
-                                surpool_error *err)
+static surpool_err conn_signin(surpool_conn *c, const surpool_credentials *cred, json_t **out,
+                               surpool_error *err)
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
     if (cred == NULL)
-        return bad_arg(c, err, "signin: credentials are required");
+        return bad_arg(err, "signin: credentials are required");
     if (cred->db != NULL && cred->ns == NULL)
-        return bad_arg(c, err, "signin: db needs ns");
+        return bad_arg(err, "signin: db needs ns");
     if (cred->access != NULL && (cred->ns == NULL || cred->db == NULL))
-        return bad_arg(c, err, "signin: access needs ns and db");
+        return bad_arg(err, "signin: access needs ns and db");
     if (cred->access == NULL && (cred->user == NULL || cred->pass == NULL))
-        return bad_arg(c, err, "signin: user and pass are required (or access)");
+        return bad_arg(err, "signin: user and pass are required (or access)");
     if (cred->vars != NULL && !json_is_object(cred->vars))
-        return bad_arg(c, err, "signin: vars must be a JSON object");
+        return bad_arg(err, "signin: vars must be a JSON object");
     if ((cred->user != NULL && cred->user[0] == '\0') ||
         (cred->ns != NULL && cred->ns[0] == '\0') ||
         (cred->db != NULL && cred->db[0] == '\0') ||
         (cred->access != NULL && cred->access[0] == '\0'))
-        return bad_arg(c, err, "signin: strings must be NULL or non-empty");
-    CHECK(check_strings(c, err, "signin", "user,pass,ns,db,access", cred->user, cred->pass,
+        return bad_arg(err, "signin: strings must be NULL or non-empty");
+    CHECK(check_strings(err, "signin", "user,pass,ns,db,access", cred->user, cred->pass,
                         cred->ns, cred->db, cred->access));
-    CHECK(check_json(c, err, "signin: vars", cred->vars));
+    CHECK(check_json(err, "signin: vars", cred->vars));
 
     json_t *obj = cred->vars != NULL ? json_deep_copy(cred->vars) : json_object();
     int bad = obj == NULL;
@@ -479,19 +443,18 @@ surpool_err surpool_conn_signin(surpool_conn *c, const surpool_credentials *cred
     return call_stolen(c, "signin", pack(&je, "[o]", obj), &je, out, err);
 }
 
-surpool_err surpool_conn_signup(surpool_conn *c, const char *ns, const char *db,
-                                const char *access, const json_t *vars, json_t **out,
-                                surpool_error *err)
+static surpool_err conn_signup(surpool_conn *c, const char *ns, const char *db,
+                               const char *access, const json_t *vars, json_t **out,
+                               surpool_error *err)
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
     if (!nonempty(ns) || !nonempty(db) || !nonempty(access))
-        return bad_arg(c, err, "signup: ns, db and access are required");
+        return bad_arg(err, "signup: ns, db and access are required");
     if (vars != NULL && !json_is_object(vars))
-        return bad_arg(c, err, "signup: vars must be a JSON object or NULL");
-    CHECK(check_strings(c, err, "signup", "ns,db,access", ns, db, access, NULL, NULL));
-    CHECK(check_json(c, err, "signup: vars", vars));
+        return bad_arg(err, "signup: vars must be a JSON object or NULL");
+    CHECK(check_strings(err, "signup", "ns,db,access", ns, db, access, NULL, NULL));
+    CHECK(check_json(err, "signup: vars", vars));
     json_t *obj = vars != NULL ? json_deep_copy(vars) : json_object();
     if (obj == NULL || json_object_set_new(obj, "ns", json_string(ns)) ||
         json_object_set_new(obj, "db", json_string(db)) ||
@@ -502,44 +465,40 @@ surpool_err surpool_conn_signup(surpool_conn *c, const char *ns, const char *db,
     return call_stolen(c, "signup", pack(&je, "[o]", obj), &je, out, err);
 }
 
-surpool_err surpool_conn_authenticate(surpool_conn *c, const char *token, surpool_error *err)
+static surpool_err conn_authenticate(surpool_conn *c, const char *token, surpool_error *err)
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
     if (!nonempty(token))
-        return bad_arg(c, err, "authenticate: token is required");
-    CHECK(check_strings(c, err, "authenticate", "token", token, NULL, NULL, NULL, NULL));
+        return bad_arg(err, "authenticate: token is required");
+    CHECK(check_strings(err, "authenticate", "token", token, NULL, NULL, NULL, NULL));
     return call_stolen(c, "authenticate", pack(&je, "[s]", token), &je, NULL, err);
 }
 
-surpool_err surpool_conn_invalidate(surpool_conn *c, surpool_error *err)
+static surpool_err conn_invalidate(surpool_conn *c, surpool_error *err)
 {
-    CHECK_CONN(c, err);
     return surpool__rpc(c, "invalidate", NULL, INT64_MAX, NULL, err);
 }
 
-surpool_err surpool_conn_let(surpool_conn *c, const char *name, const json_t *value,
-                             surpool_error *err)
+static surpool_err conn_let(surpool_conn *c, const char *name, const json_t *value,
+                            surpool_error *err)
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
     if (!valid_var_name(name))
-        return bad_arg(c, err, "let: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')");
+        return bad_arg(err, "let: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')");
     if (value == NULL)
-        return bad_arg(c, err, "let: value is required (use json_null())");
-    CHECK(check_json(c, err, "let: value", value));
+        return bad_arg(err, "let: value is required (use json_null())");
+    CHECK(check_json(err, "let: value", value));
     return call_stolen(c, "let", pack(&je, "[sO]", name, (json_t *)value), &je, NULL, err);
 }
 
-surpool_err surpool_conn_unset(surpool_conn *c, const char *name, surpool_error *err)
+static surpool_err conn_unset(surpool_conn *c, const char *name, surpool_error *err)
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
     if (!valid_var_name(name))
-        return bad_arg(c, err, "unset: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')");
+        return bad_arg(err, "unset: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')");
     return call_stolen(c, "unset", pack(&je, "[s]", name), &je, NULL, err);
 }
 
@@ -551,120 +510,268 @@ static surpool_err thing_data_call(surpool_conn *c, const char *method, const ch
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
     if (!nonempty(thing))
-        return bad_arg(c, err, "the table or record id must be a non-empty string");
+        return bad_arg(err, "the table or record id must be a non-empty string");
     if (data == NULL && data_required)
-        return bad_arg(c, err, "data is required");
+        return bad_arg(err, "data is required");
     if (data != NULL && !json_is_object(data) && !(arrays_ok && json_is_array(data)))
-        return bad_arg(c, err,
-                       arrays_ok ? "data must be a JSON object or array"
-                                 : "data must be a JSON object");
-    CHECK(
-        check_strings(c, err, method, "the table or record id", thing, NULL, NULL, NULL, NULL));
-    CHECK(check_json(c, err, method, data));
+        return bad_arg(err, arrays_ok ? "data must be a JSON object or array"
+                                      : "data must be a JSON object");
+    CHECK(check_strings(err, method, "the table or record id", thing, NULL, NULL, NULL, NULL));
+    CHECK(check_json(err, method, data));
     json_t *params =
         data != NULL ? pack(&je, "[sO]", thing, (json_t *)data) : pack(&je, "[s]", thing);
     return call_stolen(c, method, params, &je, out, err);
 }
 
+static surpool_err conn_select(surpool_conn *c, const char *thing, json_t **out,
+                               surpool_error *err)
+{
+    return thing_data_call(c, "select", thing, NULL, 0, 0, out, err);
+}
+
+static surpool_err conn_create(surpool_conn *c, const char *thing, const json_t *data,
+                               json_t **out, surpool_error *err)
+{
+    return thing_data_call(c, "create", thing, data, 0, 0, out, err);
+}
+
+static surpool_err conn_insert(surpool_conn *c, const char *table, const json_t *data,
+                               json_t **out, surpool_error *err)
+{
+    return thing_data_call(c, "insert", table, data, 1, 1, out, err);
+}
+
+static surpool_err conn_update(surpool_conn *c, const char *thing, const json_t *data,
+                               json_t **out, surpool_error *err)
+{
+    return thing_data_call(c, "update", thing, data, 0, 0, out, err);
+}
+
+static surpool_err conn_upsert(surpool_conn *c, const char *thing, const json_t *data,
+                               json_t **out, surpool_error *err)
+{
+    return thing_data_call(c, "upsert", thing, data, 0, 0, out, err);
+}
+
+static surpool_err conn_merge(surpool_conn *c, const char *thing, const json_t *data,
+                              json_t **out, surpool_error *err)
+{
+    return thing_data_call(c, "merge", thing, data, 1, 0, out, err);
+}
+
+static surpool_err conn_patch(surpool_conn *c, const char *thing, const json_t *ops, int diff,
+                              json_t **out, surpool_error *err)
+{
+    json_error_t je;
+    memset(&je, 0, sizeof(je));
+    if (!nonempty(thing))
+        return bad_arg(err, "patch: the table or record id must be a non-empty string");
+    if (!json_is_array(ops))
+        return bad_arg(err, "patch: ops must be a JSON array of patch operations");
+    CHECK(check_strings(err, "patch", "the table or record id", thing, NULL, NULL, NULL, NULL));
+    CHECK(check_json(err, "patch: ops", ops));
+    json_t *params = pack(&je, "[sOb]", thing, (json_t *)ops, diff != 0);
+    return call_stolen(c, "patch", params, &je, out, err);
+}
+
+static surpool_err conn_delete(surpool_conn *c, const char *thing, json_t **out,
+                               surpool_error *err)
+{
+    return thing_data_call(c, "delete", thing, NULL, 0, 0, out, err);
+}
+
+static surpool_err conn_relate(surpool_conn *c, const char *from, const char *table,
+                               const char *to, const json_t *data, json_t **out,
+                               surpool_error *err)
+{
+    json_error_t je;
+    memset(&je, 0, sizeof(je));
+    if (!nonempty(from) || !nonempty(table) || !nonempty(to))
+        return bad_arg(err, "relate: from, table and to are required");
+    if (data != NULL && !json_is_object(data))
+        return bad_arg(err, "relate: data must be a JSON object or NULL");
+    CHECK(check_strings(err, "relate", "from,table,to", from, table, to, NULL, NULL));
+    CHECK(check_json(err, "relate: data", data));
+    json_t *params = data != NULL ? pack(&je, "[sssO]", from, table, to, (json_t *)data)
+                                  : pack(&je, "[sss]", from, table, to);
+    return call_stolen(c, "relate", params, &je, out, err);
+}
+
+static surpool_err conn_run(surpool_conn *c, const char *fn, const char *version,
+                            const json_t *args, json_t **out, surpool_error *err)
+{
+    json_error_t je;
+    memset(&je, 0, sizeof(je));
+    if (!nonempty(fn))
+        return bad_arg(err, "run: fn is required");
+    if (version != NULL && version[0] == '\0')
+        return bad_arg(err, "run: version must be NULL or non-empty");
+    if (args != NULL && !json_is_array(args))
+        return bad_arg(err, "run: args must be a JSON array or NULL");
+    CHECK(check_strings(err, "run", "fn,version", fn, version, NULL, NULL, NULL));
+    CHECK(check_json(err, "run: args", args));
+    json_t *params = pack(&je, "[s s? O?]", fn, version, (json_t *)args);
+    return call_stolen(c, "run", params, &je, out, err);
+}
+
+static surpool_err conn_info(surpool_conn *c, json_t **out, surpool_error *err)
+{
+    return surpool__rpc(c, "info", NULL, INT64_MAX, out, err);
+}
+
+/* ------------------------------------------------------------------------- */
+/* The public calls on a lease                                                */
+/*                                                                            */
+/* One error channel: each call fills the caller's surpool_error (or a local  */
+/* one), and the lease's last-error text is derived from it here, in          */
+/* lease_end(), and nowhere else. The conn_* functions above never see a NULL */
+/* `err` or a NULL `c`.                                                       */
+/* ------------------------------------------------------------------------- */
+
+static surpool_err lease_end(surpool_conn *c, surpool_err rc, const surpool_error *e)
+{
+    if (rc == SURPOOL_OK)
+        c->last_error[0] = '\0';
+    else
+        surpool__strlcpy(c->last_error, e->message, sizeof(c->last_error));
+    return rc;
+}
+
+#define LEASE_CALL(c, err, call)                                                               \
+    do {                                                                                       \
+        if ((c) == NULL)                                                                       \
+            return surpool__seterr((err), SURPOOL_ERR_INVALID_ARG, "conn is NULL");            \
+        surpool_error lease_local_;                                                            \
+        lease_local_.message[0] = '\0';                                                        \
+        surpool_error *e = (err) != NULL ? (err) : &lease_local_;                              \
+        return lease_end((c), (call), e);                                                      \
+    } while (0)
+
+surpool_err surpool_conn_call(surpool_conn *c, const char *method, const json_t *params,
+                              json_t **out, surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_call(c, method, params, out, e));
+}
+
+surpool_err surpool_conn_query(surpool_conn *c, const char *sql, const json_t *vars,
+                               json_t **out, surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_query(c, sql, vars, out, e));
+}
+
+surpool_err surpool_conn_ping(surpool_conn *c, surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_ping(c, e));
+}
+
+surpool_err surpool_conn_version(surpool_conn *c, json_t **out, surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_version(c, out, e));
+}
+
+surpool_err surpool_conn_use(surpool_conn *c, const char *ns, const char *db,
+                             surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_use(c, ns, db, e));
+}
+
+surpool_err surpool_conn_signin(surpool_conn *c, const surpool_credentials *cred, json_t **out,
+                                surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_signin(c, cred, out, e));
+}
+
+surpool_err surpool_conn_signup(surpool_conn *c, const char *ns, const char *db,
+                                const char *access, const json_t *vars, json_t **out,
+                                surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_signup(c, ns, db, access, vars, out, e));
+}
+
+surpool_err surpool_conn_authenticate(surpool_conn *c, const char *token, surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_authenticate(c, token, e));
+}
+
+surpool_err surpool_conn_invalidate(surpool_conn *c, surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_invalidate(c, e));
+}
+
+surpool_err surpool_conn_let(surpool_conn *c, const char *name, const json_t *value,
+                             surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_let(c, name, value, e));
+}
+
+surpool_err surpool_conn_unset(surpool_conn *c, const char *name, surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_unset(c, name, e));
+}
+
 surpool_err surpool_conn_select(surpool_conn *c, const char *thing, json_t **out,
                                 surpool_error *err)
 {
-    return thing_data_call(c, "select", thing, NULL, 0, 0, out, err);
+    LEASE_CALL(c, err, conn_select(c, thing, out, e));
 }
 
 surpool_err surpool_conn_create(surpool_conn *c, const char *thing, const json_t *data,
                                 json_t **out, surpool_error *err)
 {
-    return thing_data_call(c, "create", thing, data, 0, 0, out, err);
+    LEASE_CALL(c, err, conn_create(c, thing, data, out, e));
 }
 
 surpool_err surpool_conn_insert(surpool_conn *c, const char *table, const json_t *data,
                                 json_t **out, surpool_error *err)
 {
-    return thing_data_call(c, "insert", table, data, 1, 1, out, err);
+    LEASE_CALL(c, err, conn_insert(c, table, data, out, e));
 }
 
 surpool_err surpool_conn_update(surpool_conn *c, const char *thing, const json_t *data,
                                 json_t **out, surpool_error *err)
 {
-    return thing_data_call(c, "update", thing, data, 0, 0, out, err);
+    LEASE_CALL(c, err, conn_update(c, thing, data, out, e));
 }
 
 surpool_err surpool_conn_upsert(surpool_conn *c, const char *thing, const json_t *data,
                                 json_t **out, surpool_error *err)
 {
-    return thing_data_call(c, "upsert", thing, data, 0, 0, out, err);
+    LEASE_CALL(c, err, conn_upsert(c, thing, data, out, e));
 }
 
 surpool_err surpool_conn_merge(surpool_conn *c, const char *thing, const json_t *data,
                                json_t **out, surpool_error *err)
 {
-    return thing_data_call(c, "merge", thing, data, 1, 0, out, err);
+    LEASE_CALL(c, err, conn_merge(c, thing, data, out, e));
 }
 
 surpool_err surpool_conn_patch(surpool_conn *c, const char *thing, const json_t *ops, int diff,
                                json_t **out, surpool_error *err)
 {
-    json_error_t je;
-    memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
-    if (!nonempty(thing))
-        return bad_arg(c, err, "patch: the table or record id must be a non-empty string");
-    if (!json_is_array(ops))
-        return bad_arg(c, err, "patch: ops must be a JSON array of patch operations");
-    CHECK(check_strings(c, err, "patch", "the table or record id", thing, NULL, NULL, NULL,
-                        NULL));
-    CHECK(check_json(c, err, "patch: ops", ops));
-    json_t *params = pack(&je, "[sOb]", thing, (json_t *)ops, diff != 0);
-    return call_stolen(c, "patch", params, &je, out, err);
+    LEASE_CALL(c, err, conn_patch(c, thing, ops, diff, out, e));
 }
 
 surpool_err surpool_conn_delete(surpool_conn *c, const char *thing, json_t **out,
                                 surpool_error *err)
 {
-    return thing_data_call(c, "delete", thing, NULL, 0, 0, out, err);
+    LEASE_CALL(c, err, conn_delete(c, thing, out, e));
 }
 
 surpool_err surpool_conn_relate(surpool_conn *c, const char *from, const char *table,
                                 const char *to, const json_t *data, json_t **out,
                                 surpool_error *err)
 {
-    json_error_t je;
-    memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
-    if (!nonempty(from) || !nonempty(table) || !nonempty(to))
-        return bad_arg(c, err, "relate: from, table and to are required");
-    if (data != NULL && !json_is_object(data))
-        return bad_arg(c, err, "relate: data must be a JSON object or NULL");
-    CHECK(check_strings(c, err, "relate", "from,table,to", from, table, to, NULL, NULL));
-    CHECK(check_json(c, err, "relate: data", data));
-    json_t *params = data != NULL ? pack(&je, "[sssO]", from, table, to, (json_t *)data)
-                                  : pack(&je, "[sss]", from, table, to);
-    return call_stolen(c, "relate", params, &je, out, err);
+    LEASE_CALL(c, err, conn_relate(c, from, table, to, data, out, e));
 }
 
 surpool_err surpool_conn_run(surpool_conn *c, const char *fn, const char *version,
                              const json_t *args, json_t **out, surpool_error *err)
 {
-    json_error_t je;
-    memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
-    if (!nonempty(fn))
-        return bad_arg(c, err, "run: fn is required");
-    if (version != NULL && version[0] == '\0')
-        return bad_arg(c, err, "run: version must be NULL or non-empty");
-    if (args != NULL && !json_is_array(args))
-        return bad_arg(c, err, "run: args must be a JSON array or NULL");
-    CHECK(check_strings(c, err, "run", "fn,version", fn, version, NULL, NULL, NULL));
-    CHECK(check_json(c, err, "run: args", args));
-    json_t *params = pack(&je, "[s s? O?]", fn, version, (json_t *)args);
-    return call_stolen(c, "run", params, &je, out, err);
+    LEASE_CALL(c, err, conn_run(c, fn, version, args, out, e));
 }
 
 surpool_err surpool_conn_info(surpool_conn *c, json_t **out, surpool_error *err)
 {
-    CHECK_CONN(c, err);
-    return surpool__rpc(c, "info", NULL, INT64_MAX, out, err);
+    LEASE_CALL(c, err, conn_info(c, out, e));
 }
