@@ -539,10 +539,29 @@ SURPOOL_API surpool_err surpool_call_async(surpool_pool *pool, const char *metho
                                            void *userdata);
 
 /** If `result` (a query reply) holds a statement whose status is not "OK",
- *  return SURPOOL_ERR_SERVER with that statement's index and message in `err`;
- *  else SURPOOL_OK. SURPOOL_ERR_PROTOCOL if `result` is not a query reply.
+ *  return SURPOOL_ERR_SERVER with the first such statement's index, message
+ *  and kind in `err`; else SURPOOL_OK. In a failed transaction the server marks
+ *  the statements it skipped "not executed due to a failed transaction": then
+ *  `err` names the statement that actually failed (the THROW, the failing
+ *  CREATE, ...) with its message and kind, e.g. "statement 2 failed the
+ *  transaction (statement 1 was not executed): An error occurred: boom".
+ *  SURPOOL_ERR_PROTOCOL if `result` is not a query reply (not an array, or a
+ *  statement without a status). `result` is borrowed.
  *  Thread safety: Any thread. */
 SURPOOL_API surpool_err surpool_query_check(const json_t *result, surpool_error *err);
+
+/** The result of statement `i` (0-based, in reply order) of a query reply.
+ *  @param reply  what surpool_conn_query()/surpool_query() returned; borrowed.
+ *  @param out    receives the statement's `result` as a NEW reference (release it
+ *                with json_decref()), set only on SURPOOL_OK.
+ *  @return SURPOOL_OK; SURPOOL_ERR_SERVER if that statement failed (`err` as
+ *          surpool_query_check() fills it for that statement, the real cause
+ *          included when it was skipped by a failed transaction);
+ *          SURPOOL_ERR_INVALID_ARG (out is NULL, or `i` is past the last
+ *          statement); SURPOOL_ERR_PROTOCOL (`reply` is not a query reply).
+ *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_query_result(const json_t *reply, size_t i, json_t **out,
+                                             surpool_error *err);
 
 /* ------------------------------------------------------------------------- */
 /* RPC methods on a lease                                                     */

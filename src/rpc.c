@@ -327,6 +327,68 @@ static surpool_err conn_query(surpool_conn *c, const char *sql, const json_t *va
     return rc;
 }
 
+/* A statement the server skipped because another one failed the transaction.
+ * 3.x marks it with details.kind "NotExecuted"; older servers only say it. */
+static int not_executed(const json_t *st)
+{
+    const char *dk = json_string_value(json_object_get(json_object_get(st, "details"), "kind"));
+    if (dk != NULL)
+        return strcmp(dk, "NotExecuted") == 0;
+    const char *msg = json_string_value(json_object_get(st, "result"));
+    return msg != NULL && strstr(msg, "not executed due to a failed transaction") != NULL;
+}
+
+static int statement_failed(const json_t *st)
+{
+    const char *status = json_string_value(json_object_get(st, "status"));
+    return status != NULL && strcmp(status, "OK") != 0;
+}
+
+/* The statement that failed the transaction `skipped` was skipped in: the
+ * first failed statement of the reply that was not itself skipped (the THROW,
+ * the failing CREATE, ...). SIZE_MAX if there is none. */
+static size_t failing_statement(const json_t *reply)
+{
+    size_t i;
+    json_t *st;
+    json_array_foreach(reply, i, st)
+    {
+        if (statement_failed(st) && !not_executed(st))
+            return i;
+    }
+    return SIZE_MAX;
+}
+
+/* Fill err for failed statement `i` of `reply`: its text and kind, or, when it
+ * was only skipped, the statement that failed the transaction. */
+static surpool_err statement_error(const json_t *reply, size_t i, surpool_error *err)
+{
+    const json_t *st = json_array_get(reply, i);
+    size_t cause = not_executed(st) ? failing_statement(reply) : SIZE_MAX;
+    const json_t *shown = cause != SIZE_MAX ? json_array_get(reply, cause) : st;
+    json_t *r = json_object_get(shown, "result");
+    const char *msg = json_string_value(r);
+    /* Server text: made printable before it reaches a message. */
+    char text[sizeof(err->message)];
+    if (msg != NULL)
+        surpool__text_sanitize(text, sizeof(text), msg, json_string_length(r));
+    else
+        surpool__text_sanitize_str(text, sizeof(text),
+                                   json_string_value(json_object_get(shown, "status")));
+    if (cause == SIZE_MAX)
+        surpool__seterr(err, SURPOOL_ERR_SERVER, "statement %zu failed: %s", i, text);
+    else
+        surpool__seterr(err, SURPOOL_ERR_SERVER,
+                        "statement %zu failed the transaction (statement %zu was not "
+                        "executed): %s",
+                        cause, i, text);
+    json_t *kind = json_object_get(shown, "kind");
+    if (err != NULL && json_is_string(kind))
+        surpool__text_sanitize(err->kind, sizeof(err->kind), json_string_value(kind),
+                               json_string_length(kind));
+    return SURPOOL_ERR_SERVER;
+}
+
 surpool_err surpool_query_check(const json_t *result, surpool_error *err)
 {
     if (!json_is_array(result))
@@ -335,26 +397,35 @@ surpool_err surpool_query_check(const json_t *result, surpool_error *err)
     json_t *st;
     json_array_foreach(result, i, st)
     {
-        const char *status = json_string_value(json_object_get(st, "status"));
-        if (status == NULL)
+        if (json_string_value(json_object_get(st, "status")) == NULL)
             return surpool__seterr(err, SURPOOL_ERR_PROTOCOL, "statement %zu has no status", i);
-        if (strcmp(status, "OK") != 0) {
-            json_t *r = json_object_get(st, "result");
-            const char *msg = json_string_value(r);
-            /* Server text: made printable before it reaches a message. */
-            char text[sizeof(err->message)];
-            if (msg != NULL)
-                surpool__text_sanitize(text, sizeof(text), msg, json_string_length(r));
-            else
-                surpool__text_sanitize_str(text, sizeof(text), status);
-            surpool__seterr(err, SURPOOL_ERR_SERVER, "statement %zu failed: %s", i, text);
-            json_t *kind = json_object_get(st, "kind");
-            if (err != NULL && json_is_string(kind))
-                surpool__text_sanitize(err->kind, sizeof(err->kind), json_string_value(kind),
-                                       json_string_length(kind));
-            return SURPOOL_ERR_SERVER;
-        }
     }
+    json_array_foreach(result, i, st)
+    {
+        if (statement_failed(st))
+            return statement_error(result, i, err);
+    }
+    return SURPOOL_OK;
+}
+
+surpool_err surpool_query_result(const json_t *reply, size_t i, json_t **out,
+                                 surpool_error *err)
+{
+    if (out == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "out is required");
+    if (!json_is_array(reply))
+        return surpool__seterr(err, SURPOOL_ERR_PROTOCOL, "query result is not an array");
+    if (i >= json_array_size(reply))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "statement %zu does not exist (the reply has %zu)", i,
+                               json_array_size(reply));
+    const json_t *st = json_array_get(reply, i);
+    if (json_string_value(json_object_get(st, "status")) == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_PROTOCOL, "statement %zu has no status", i);
+    if (statement_failed(st))
+        return statement_error(reply, i, err);
+    json_t *r = json_object_get(st, "result");
+    *out = r != NULL ? json_incref(r) : json_null();
     return SURPOOL_OK;
 }
 

@@ -151,6 +151,56 @@ static void test_statement_error_stays_in_result(void **state)
     surpool_pool_destroy(p);
 }
 
+/* In a failed transaction the 3.0 core marks the statements it skipped "not
+ * executed due to a failed transaction" and reports the real failure later in
+ * the reply: surpool_query_check() and surpool_query_result() name the
+ * statement that failed, with its text and kind. */
+static void test_failed_transaction_reports_the_cause(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool("txn_cause");
+    surpool_conn *c = lease(p);
+    surpool_error err;
+    json_t *out = NULL;
+    assert_int_equal(
+        surpool_conn_query(c, "BEGIN; CREATE txn_a:1; THROW 'boom'; COMMIT;", NULL, &out, &err),
+        SURPOOL_OK);
+    assert_int_equal(surpool_query_check(out, &err), SURPOOL_ERR_SERVER);
+    assert_string_equal(err.kind, "Thrown");
+    assert_non_null(strstr(err.message, "boom"));
+    assert_non_null(strstr(err.message, "statement 2 failed the transaction"));
+    assert_null(strstr(err.message, "not executed due to"));
+    json_t *r = NULL;
+    assert_int_equal(surpool_query_result(out, 1, &r, &err), SURPOOL_ERR_SERVER);
+    assert_null(r);
+    assert_string_equal(err.kind, "Thrown");
+    assert_non_null(strstr(err.message, "boom"));
+    json_decref(out);
+
+    /* A failing statement (not a THROW): the duplicate record is the cause. */
+    out = NULL;
+    assert_int_equal(surpool_conn_query(c, "BEGIN; CREATE txn_b:1; CREATE txn_b:1; COMMIT;",
+                                        NULL, &out, &err),
+                     SURPOOL_OK);
+    assert_int_equal(surpool_query_check(out, &err), SURPOOL_ERR_SERVER);
+    assert_string_equal(err.kind, "AlreadyExists");
+    assert_non_null(strstr(err.message, "already exists"));
+    assert_non_null(strstr(err.message, "statement 2 failed the transaction"));
+    json_decref(out);
+
+    /* And the helper hands out a statement's result (a new reference). */
+    out = NULL;
+    assert_int_equal(surpool_conn_query(c, "RETURN 1; RETURN 'two'", NULL, &out, &err),
+                     SURPOOL_OK);
+    assert_int_equal(surpool_query_result(out, 1, &r, &err), SURPOOL_OK);
+    assert_string_equal(json_string_value(r), "two");
+    json_decref(out);
+    assert_string_equal(json_string_value(r), "two"); /* ours, not borrowed */
+    json_decref(r);
+    surpool_conn_release(c);
+    surpool_pool_destroy(p);
+}
+
 static void test_wrong_password(void **state)
 {
     (void)state;
@@ -679,6 +729,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ping_version_query),
         cmocka_unit_test(test_statement_error_stays_in_result),
+        cmocka_unit_test(test_failed_transaction_reports_the_cause),
         cmocka_unit_test(test_wrong_password),
         cmocka_unit_test(test_unauthenticated_refused),
         cmocka_unit_test(test_crud),
