@@ -511,7 +511,17 @@ static surpool_err conn_signin(surpool_conn *c, const surpool_credentials *cred,
         json_decref(obj);
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "signin: out of memory");
     }
-    return call_stolen(c, "signin", pack(&je, "[o]", obj), &je, out, err);
+    surpool_err rc = call_stolen(c, "signin", pack(&je, "[o]", obj), &je, out, err);
+    if (rc == SURPOOL_ERR_AUTH) {
+        /* Name who and where (never the password), as connection setup does. */
+        char prefix[200], user[72], host[72];
+        surpool__text_sanitize_str(user, sizeof(user), cred->user != NULL ? cred->user : "");
+        surpool__text_sanitize_str(host, sizeof(host), c->pool->url.host);
+        snprintf(prefix, sizeof(prefix), "signin as user '%s' at %s port %d failed: ", user,
+                 host, c->pool->url.port);
+        surpool__error_prefix(err, prefix);
+    }
+    return rc;
 }
 
 static surpool_err conn_signup(surpool_conn *c, const char *ns, const char *db,

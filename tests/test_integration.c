@@ -215,6 +215,13 @@ static void test_wrong_password(void **state)
     assert_int_equal(surpool_pool_acquire(p, 10000, &c, &err), SURPOOL_ERR_AUTH);
     assert_int_equal(err.code, SURPOOL_ERR_AUTH);
     assert_null(strstr(err.message, "not-the-password"));
+    /* As libpq does: who signed in, where, and the server's words. */
+    char where[64];
+    snprintf(where, sizeof(where), "at 127.0.0.1 port %d failed: ", g_server.port);
+    if (strstr(err.message, "signin as root user 'root'") == NULL ||
+        strstr(err.message, where) == NULL ||
+        strstr(err.message, "problem with authentication") == NULL)
+        fail_msg("auth failure does not name the user and server: %s", err.message);
     surpool_pool_destroy(p);
 
     /* And on a lease, with explicit credentials. */
@@ -224,6 +231,9 @@ static void test_wrong_password(void **state)
     cred.user = "root";
     cred.pass = "wrong";
     assert_int_equal(surpool_conn_signin(c, &cred, NULL, &err), SURPOOL_ERR_AUTH);
+    if (strstr(err.message, "signin as user 'root'") == NULL ||
+        strstr(err.message, where) == NULL || strstr(err.message, "wrong") != NULL)
+        fail_msg("lease signin failure does not name the user and server: %s", err.message);
     cred.pass = "root";
     json_t *token = NULL;
     assert_int_equal(surpool_conn_signin(c, &cred, &token, &err), SURPOOL_OK);
