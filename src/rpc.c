@@ -707,7 +707,8 @@ static surpool_err conn_info(surpool_conn *c, json_t **out, surpool_error *err)
 /* One error channel: each call fills the caller's surpool_error (or a local  */
 /* one), and the lease's last-error text is derived from it here, in          */
 /* lease_end(), and nowhere else. The conn_* functions above never see a NULL */
-/* `err` or a NULL `c`.                                                       */
+/* `err` or a NULL `c`: LEASE_CALL checks `c` and passes them `e`, the        */
+/* caller's struct or a local one.                                            */
 /* ------------------------------------------------------------------------- */
 
 static surpool_err lease_end(surpool_conn *c, surpool_err rc, const surpool_error *e)
