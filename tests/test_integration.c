@@ -201,6 +201,29 @@ static void test_failed_transaction_reports_the_cause(void **state)
     surpool_pool_destroy(p);
 }
 
+/* The test server answers HTTP 404 to an upgrade on any path but /rpc, as a
+ * proxy or another web server on the port would: the error says so. */
+static void test_wrong_path_names_rpc(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    char url[128];
+    base_config(&cfg, url, sizeof(url), "wrongpath");
+    snprintf(url, sizeof(url), "ws://127.0.0.1:%d/sql", g_server.port);
+    cfg.breaker_threshold = 0; /* the last connect error, not the breaker's fast failure */
+    surpool_pool *p = NULL;
+    surpool_error err;
+    assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_OK);
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(p, 1000, &c, &err), SURPOOL_ERR_CONNECT);
+    assert_null(c);
+    if (strstr(err.message, "HTTP 404") == NULL ||
+        strstr(err.message, "path '/sql' is not a SurrealDB RPC endpoint (is it /rpc?)") ==
+            NULL)
+        fail_msg("%s", err.message);
+    surpool_pool_destroy(p);
+}
+
 static void test_wrong_password(void **state)
 {
     (void)state;
@@ -741,6 +764,7 @@ int main(void)
         cmocka_unit_test(test_statement_error_stays_in_result),
         cmocka_unit_test(test_failed_transaction_reports_the_cause),
         cmocka_unit_test(test_wrong_password),
+        cmocka_unit_test(test_wrong_path_names_rpc),
         cmocka_unit_test(test_unauthenticated_refused),
         cmocka_unit_test(test_crud),
         cmocka_unit_test(test_session_state_and_dirty_release),
