@@ -181,8 +181,11 @@ typedef enum surpool_auth_level {
  *  - The library reads and writes only the first struct_size bytes. A smaller
  *    struct (a caller built against an older surpool.h) gets every field it
  *    lacks at its default (config) or leaves it out (stats); a larger one (a
- *    newer header than the library) gets its unknown tail zeroed, and
- *    struct_size reports how many bytes this library understood.
+ *    newer header than the library) gets its unknown tail zeroed by
+ *    surpool_config_init() and surpool_pool_stats(), and struct_size reports
+ *    how many bytes this library understood. surpool_pool_create() refuses a
+ *    config whose struct_size is larger than this library's (it cannot honour
+ *    fields it does not know) or too small to hold `url`.
  *  - New fields are only ever appended after the existing ones, so a prefix
  *    of the struct is always an older version of it; nothing is reordered,
  *    resized or removed (tests/test_abi.c pins every offset).
