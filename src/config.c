@@ -137,8 +137,7 @@ static surpool_err check_ms_bounds(const surpool_config *c, surpool_error *err)
     return SURPOOL_OK;
 }
 
-/* Validate what create() needs; messages name the field. `c` has been widened
- * by surpool__config_widen(). */
+/* Validate what create() needs; messages name the field. */
 surpool_err surpool__config_validate(const surpool_config *c, surpool_error *err)
 {
     if (c->url == NULL || c->url[0] == '\0')
