@@ -969,13 +969,11 @@ void surpool_pool_destroy(surpool_pool *p)
     pthread_mutex_lock(&p->mu);
     close_locked(p);
     pthread_mutex_unlock(&p->mu);
-    /* The lane gives its leases back. Unhooked under the mutex: an event
-     * callback on a connector thread may be reading stats right now. */
-    pthread_mutex_lock(&p->mu);
-    surpool__lane *lane = p->lane;
-    p->lane = NULL;
-    pthread_mutex_unlock(&p->mu);
-    surpool__lane_destroy(lane);
+    /* The lane completes its requests and gives its leases back. It stays
+     * hooked (closed) until then, so that callbacks resubmitting meanwhile get
+     * SURPOOL_ERR_CLOSED; it unhooks itself under the mutex (an event callback
+     * on a connector thread may be reading stats) before it is freed. */
+    surpool__lane_destroy(p->lane);
     if (p->maintainer_started)
         pthread_join(p->maintainer, NULL);
 
@@ -1057,6 +1055,9 @@ surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_co
 {
     if (p == NULL || out == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "pool and out are required");
+    if (surpool__in_result_callback()) /* it could wait on the transport's thread */
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "acquire called from inside a surpool_result_fn callback");
     if (timeout_ms < 0)
         timeout_ms = p->cfg.pub.acquire_timeout_ms;
     int64_t t0 = surpool__now_ns(); /* the one clock read of the fast path */

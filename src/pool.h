@@ -171,9 +171,16 @@ surpool_err surpool__rpc_outcome(surpool_pool *p, const char *method, surpool__t
 
 /* lane.c: the shared lane. */
 surpool_err surpool__lane_create(surpool_pool *p, surpool__lane **out);
-void surpool__lane_close(surpool__lane *l);   /* pool closing: refuse new, fail queued */
-void surpool__lane_destroy(surpool__lane *l); /* returns its leases; pool still alive */
+void surpool__lane_close(surpool__lane *l); /* pool closing: refuse new, fail queued */
+/* Completes every request, returns its leases, unhooks itself from the pool
+ * (pool->lane = NULL, under the pool mutex) and frees itself; the pool is
+ * still alive. Until then callbacks that resubmit get SURPOOL_ERR_CLOSED. */
+void surpool__lane_destroy(surpool__lane *l);
 void surpool__lane_stats(surpool__lane *l, surpool_stats *out);
+/* lane.c: 1 while this thread runs a surpool_result_fn. Synchronous calls
+ * refuse to run there (SURPOOL_ERR_INVALID_ARG): on the transport's thread
+ * they would wait for a reply only that thread can deliver. */
+int surpool__in_result_callback(void);
 /* pool.c: mark a lease as the lane's (not a user lease: no leak reports, not
  * waited for by drain). */
 void surpool__pool_lane_mark(surpool_pool *p, surpool_conn *c);

@@ -150,6 +150,11 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
     surpool_error local;
     if (err == NULL)
         err = &local;
+    if (surpool__in_result_callback()) {
+        /* On the transport's thread it would wait for its own reply. */
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "%s called from inside a surpool_result_fn callback", method);
+    }
     if (c->broken || c->t == NULL) {
         return surpool__seterr(err, SURPOOL_ERR_BROKEN,
                                "connection is broken: release it and acquire another");
