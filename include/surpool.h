@@ -340,6 +340,8 @@ SURPOOL_API void surpool_pool_destroy(surpool_pool *pool);
  *          SURPOOL_ERR_INVALID_ARG.
  *  An idle connection unused for validation_idle_ms is pinged first, so even
  *  timeout_ms = 0 may take up to validation_timeout_ms per such connection.
+ *  Called from inside a surpool_result_fn it returns SURPOOL_ERR_INVALID_ARG
+ *  at once (it could wait on the thread that delivers replies).
  *  Thread safety: Any thread. Not from a surpool callback. */
 SURPOOL_API surpool_err surpool_pool_acquire(surpool_pool *pool, long timeout_ms,
                                              surpool_conn **out, surpool_error *err);
@@ -468,6 +470,9 @@ SURPOOL_API const char *surpool_conn_last_error(const surpool_conn *conn);
  *          SURPOOL_ERR_DISCONNECTED; SURPOOL_ERR_PROTOCOL; SURPOOL_ERR_TOO_LARGE;
  *          SURPOOL_ERR_BROKEN; SURPOOL_ERR_INVALID_ARG; SURPOOL_ERR_NOMEM.
  *  Transport failures mark the lease broken: it is replaced on release.
+ *  Every RPC on a lease made from inside a surpool_result_fn returns
+ *  SURPOOL_ERR_INVALID_ARG at once, sending nothing: it would wait for a reply
+ *  only the callback's own thread can deliver.
  *  Thread safety: One thread at a time per handle. */
 SURPOOL_API surpool_err surpool_conn_call(surpool_conn *conn, const char *method,
                                           const json_t *params, json_t **out,
@@ -502,12 +507,18 @@ SURPOOL_API surpool_err surpool_conn_query(surpool_conn *conn, const char *sql,
 
 /** Run SurrealQL on the shared lane and wait for the reply. `*out` as
  *  surpool_conn_query(). Returns as surpool_conn_query(), plus
- *  SURPOOL_ERR_CLOSED, and the acquire errors while the lane opens its
- *  connections. Thread safety: Any thread. Not from a surpool callback. */
+ *  SURPOOL_ERR_CLOSED, and the acquire errors (with the server's code and kind
+ *  when connection setup failed) while the lane opens its connections. The
+ *  deadline is request_timeout_ms from the call, queueing and waiting for a
+ *  lane connection included (SURPOOL_ERR_REQUEST_TIMEOUT). Called from inside
+ *  a surpool_result_fn it returns SURPOOL_ERR_INVALID_ARG at once, sending
+ *  nothing (it would deadlock).
+ *  Thread safety: Any thread. Not from a surpool callback. */
 SURPOOL_API surpool_err surpool_query(surpool_pool *pool, const char *sql, const json_t *vars,
                                       json_t **out, surpool_error *err);
 
-/** Any RPC method on the shared lane (not the session-changing ones).
+/** Any RPC method on the shared lane (not the session-changing ones). Returns
+ *  as surpool_query(), SURPOOL_ERR_INVALID_ARG from inside a callback included.
  *  Thread safety: Any thread. Not from a surpool callback. */
 SURPOOL_API surpool_err surpool_call(surpool_pool *pool, const char *method,
                                      const json_t *params, json_t **out, surpool_error *err);
@@ -517,8 +528,10 @@ SURPOOL_API surpool_err surpool_call(surpool_pool *pool, const char *method,
  *  pool lock held. `result` (the RPC result, NULL unless code == SURPOOL_OK)
  *  and `err` are BORROWED: valid during the callback only; json_incref()
  *  `result` to keep it. The callback must not block: it may call
- *  surpool_query_async()/surpool_call_async() again (they never block), but no
- *  synchronous surpool function. */
+ *  surpool_query_async()/surpool_call_async() again, on this pool or another
+ *  (they never block), but no synchronous surpool function: surpool_query(),
+ *  surpool_call(), acquire and RPCs on a lease return SURPOOL_ERR_INVALID_ARG
+ *  at once there instead of deadlocking. */
 typedef void (*surpool_result_fn)(void *userdata, surpool_err code, json_t *result,
                                   const surpool_error *err);
 
@@ -527,7 +540,9 @@ typedef void (*surpool_result_fn)(void *userdata, surpool_err code, json_t *resu
  *  on the transport's thread, but possibly before this returns (the send was
  *  refused) or on a thread calling surpool_pool_close()/destroy() (CLOSED,
  *  DISCONNECTED). If it returns an error (bad argument, pool closed, out of
- *  memory), `cb` is never called. The deadline is request_timeout_ms from now,
+ *  memory), `cb` is never called. Once surpool_pool_close() or
+ *  surpool_pool_destroy() has begun it returns SURPOOL_ERR_CLOSED, also when
+ *  called from a callback that destroy is completing. The deadline is request_timeout_ms from now,
  *  queueing included. Needs a lane: shared_connections > 0 and
  *  max_connections > 1 (else SURPOOL_ERR_INVALID_ARG).
  *  Thread safety: Any thread, including from a surpool_result_fn. */
