@@ -75,10 +75,11 @@ struct surpool__lane {
     int nconns, target, cap;
     lane_req *pend_head, *pend_tail;
     int npending, inflight;
-    int completing;             /* on_done() calls between giving a slot back and returning */
-    uint64_t seq;               /* requests queued so far */
-    int acq_want;               /* the acquirer should try to get one more socket */
-    int acq_busy;               /* the acquirer is in surpool_pool_acquire_at() */
+    int completing; /* on_done() calls between giving a slot back and returning */
+    int submitting; /* pump() calls inside submit(): destroy must not close under them */
+    uint64_t seq;   /* requests queued so far */
+    int acq_want;   /* the acquirer should try to get one more socket */
+    int acq_busy;   /* the acquirer is in surpool_pool_acquire_at() */
     int64_t grow_not_before_ns; /* after a failed acquire with sockets left: pace retries */
     int closed;
     int stop;
@@ -261,30 +262,38 @@ static void pump(surpool__lane *l)
         lc->inflight++; /* keeps lc alive until the request completes */
         l->inflight++;
         l->requests++;
+        l->submitting++; /* keeps destroy from closing c under submit() */
         surpool_conn *c = lc->c;
         pthread_mutex_unlock(&l->mu);
 
         surpool_err rc = c->pool->ops->submit(c->t, &r->treq);
-        if (rc != SURPOOL_OK) {
-            pthread_mutex_lock(&l->mu);
-            lc->inflight--;
-            l->inflight--;
-            r->lc = NULL;
-            if (rc == SURPOOL_ERR_DISCONNECTED) {
-                /* Dead socket: requeue at the head and try another. */
-                lc->failed = 1;
-                r->next = l->pend_head;
-                l->pend_head = r;
-                if (l->pend_tail == NULL)
-                    l->pend_tail = r;
-                l->npending++;
-                pthread_cond_signal(&l->cv);
-                pthread_mutex_unlock(&l->mu);
-                continue;
-            }
+        pthread_mutex_lock(&l->mu);
+        if (--l->submitting == 0 && l->closed)
+            pthread_cond_broadcast(&l->cv); /* destroy waits for this */
+        if (rc == SURPOOL_OK) {
             pthread_mutex_unlock(&l->mu);
-            fail(r, rc, surpool_strerror(rc), NULL);
+            continue;
         }
+        lc->inflight--;
+        l->inflight--;
+        r->lc = NULL;
+        if (rc == SURPOOL_ERR_DISCONNECTED && !l->closed) {
+            /* Dead socket: requeue at the head and try another. */
+            lc->failed = 1;
+            r->next = l->pend_head;
+            l->pend_head = r;
+            if (l->pend_tail == NULL)
+                l->pend_tail = r;
+            l->npending++;
+            pthread_cond_signal(&l->cv);
+            pthread_mutex_unlock(&l->mu);
+            continue;
+        }
+        pthread_mutex_unlock(&l->mu);
+        if (rc == SURPOOL_ERR_DISCONNECTED) /* closed meanwhile: as a queued request */
+            fail(r, SURPOOL_ERR_CLOSED, "pool is closed", NULL);
+        else
+            fail(r, rc, surpool_strerror(rc), NULL);
     }
     pumping = frame.up;
 }
@@ -550,6 +559,13 @@ void surpool__lane_destroy(surpool__lane *l)
         pthread_join(l->thread, NULL);
     if (acq_started)
         pthread_join(l->acq_thread, NULL); /* the closed pool ended its acquire */
+    /* A pump may still be inside submit() on one of the sockets (it took its
+     * request before the close): let it return before closing them. The queue
+     * is empty and closed, so no new send starts. */
+    pthread_mutex_lock(&l->mu);
+    while (l->submitting > 0)
+        pthread_cond_wait(&l->cv, &l->mu);
+    pthread_mutex_unlock(&l->mu);
     /* The pool is closed: releasing closes each connection, which completes
      * whatever is still in flight with SURPOOL_ERR_DISCONNECTED (on_done).
      * The lane_conn objects stay until the last completion is counted. */
