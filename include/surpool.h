@@ -95,6 +95,12 @@ typedef struct surpool_error {
  *  Thread safety: Any thread. */
 SURPOOL_API const char *surpool_strerror(surpool_err code);
 
+/** The code's C name, e.g. "SURPOOL_ERR_TIMEOUT" ("SURPOOL_ERR_UNKNOWN" for a
+ *  value that is not a code). Static, never NULL, never allocates. Name and
+ *  text come from one table, so every code has both.
+ *  Thread safety: Any thread. */
+SURPOOL_API const char *surpool_err_name(surpool_err code);
+
 /* ------------------------------------------------------------------------- */
 /* Logging                                                                    */
 /* ------------------------------------------------------------------------- */
@@ -168,6 +174,24 @@ typedef enum surpool_auth_level {
     SURPOOL_AUTH_DATABASE = 2,  /**< database user: adds config.ns and config.db */
 } surpool_auth_level;
 
+/* The struct_size rule (surpool_config, surpool_stats), as Win32's cbSize:
+ *  - struct_size is the size of the struct as the CALLER was compiled. The
+ *    macros surpool_config_init() and surpool_pool_stats() pass the sizeof from
+ *    the caller's own header, so callers never set it by hand.
+ *  - The library reads and writes only the first struct_size bytes. A smaller
+ *    struct (a caller built against an older surpool.h) gets every field it
+ *    lacks at its default (config) or leaves it out (stats); a larger one (a
+ *    newer header than the library) gets its unknown tail zeroed by
+ *    surpool_config_init() and surpool_pool_stats(), and struct_size reports
+ *    how many bytes this library understood. surpool_pool_create() refuses a
+ *    config whose struct_size is larger than this library's (it cannot honour
+ *    fields it does not know) or too small to hold `url`.
+ *  - New fields are only ever appended after the existing ones, so a prefix
+ *    of the struct is always an older version of it; nothing is reordered,
+ *    resized or removed (tests/test_abi.c pins every offset).
+ *  - `reserved` stays zero; a later field taken from it must treat zero as
+ *    "default". */
+
 /** Pool configuration: a value type. Always start from surpool_config_init()
  *  so that new fields get their defaults. Strings are borrowed by the struct
  *  and copied by surpool_pool_create(). docs/configuration.md lists every field. */
@@ -179,10 +203,12 @@ typedef enum surpool_wire_format {
 } surpool_wire_format;
 
 typedef struct surpool_config {
-    size_t struct_size; /**< set by surpool_config_init(); do not touch */
+    size_t struct_size; /**< set by surpool_config_init(): the caller's sizeof
+                             (see the struct_size rule above); do not touch */
 
     /* Where and who. */
-    const char *url;                  /**< "ws://host:port/rpc" or "wss://..."; required */
+    const char *url;                  /**< "ws://host:port/rpc" or "wss://..."; required;
+                                           path at most 2048 bytes (docs/configuration.md) */
     const char *ns;                   /**< namespace selected on every connection, or NULL */
     const char *db;                   /**< database (needs ns), or NULL */
     const char *user;                 /**< signin user, or NULL for no signin */
@@ -197,7 +223,8 @@ typedef struct surpool_config {
     surpool_on_connect_fn on_connect; /**< hook run on every new connection, or NULL */
     void *on_connect_userdata;
 
-    /* Sizing and timeouts (milliseconds). */
+    /* Sizing and timeouts (milliseconds). Every *_ms field is at most
+     * 31536000000 (365 days); create refuses a larger value, naming it. */
     int min_connections;     /**< opened at create and kept open; default 0 */
     int max_connections;     /**< hard cap; default 10 */
     long acquire_timeout_ms; /**< default wait for a connection; default 30000 */
@@ -263,9 +290,20 @@ typedef struct surpool_config {
     unsigned char reserved[252]; /**< room to grow; keep zero */
 } surpool_config;
 
-/** Fill `cfg` with defaults (all strings NULL, sizes and timeouts as documented).
+/** Fill the first `struct_size` bytes of `cfg` with defaults (all strings
+ *  NULL, sizes and timeouts as documented) and set cfg->struct_size to the
+ *  part of it this library knows (at most sizeof(surpool_config) of the
+ *  library). Bytes past that are zeroed. Does nothing if `cfg` is NULL or
+ *  `struct_size` cannot hold `url`. Call it through the macro
+ *  surpool_config_init(cfg), which passes sizeof(surpool_config)
+ *  as this header defines it.
  *  Thread safety: Any thread (on distinct structs). */
+SURPOOL_API void surpool_config_init_sized(surpool_config *cfg, size_t struct_size);
+
+/** surpool_config_init_sized() with the 0.1.0 size: the symbol binaries built
+ *  before the macro existed call. */
 SURPOOL_API void surpool_config_init(surpool_config *cfg);
+#define surpool_config_init(cfg) surpool_config_init_sized((cfg), sizeof(surpool_config))
 
 /* ------------------------------------------------------------------------- */
 /* Pool                                                                       */
@@ -313,6 +351,8 @@ SURPOOL_API void surpool_pool_destroy(surpool_pool *pool);
  *          SURPOOL_ERR_INVALID_ARG.
  *  An idle connection unused for validation_idle_ms is pinged first, so even
  *  timeout_ms = 0 may take up to validation_timeout_ms per such connection.
+ *  Called from inside a surpool_result_fn it returns SURPOOL_ERR_INVALID_ARG
+ *  at once (it could wait on the thread that delivers replies).
  *  Thread safety: Any thread. Not from a surpool callback. */
 SURPOOL_API surpool_err surpool_pool_acquire(surpool_pool *pool, long timeout_ms,
                                              surpool_conn **out, surpool_error *err);
@@ -342,7 +382,8 @@ SURPOOL_API surpool_err surpool_pool_drain(surpool_pool *pool, long timeout_ms);
 
 /** Statistics snapshot. All counters are since create. */
 typedef struct surpool_stats {
-    size_t struct_size; /**< set by surpool_pool_stats() */
+    size_t struct_size; /**< set by surpool_pool_stats(): bytes filled in (the
+                             caller's sizeof, or less from an older library) */
     int total;          /**< idle + in_use + connecting */
     int idle;
     int in_use;
@@ -381,10 +422,22 @@ typedef struct surpool_stats {
     unsigned char reserved[192];
 } surpool_stats;
 
-/** Fill `out` with a consistent snapshot (taken under the pool lock).
- *  @return SURPOOL_OK or SURPOOL_ERR_INVALID_ARG.
+/** Fill the first `struct_size` bytes of `out` with a consistent snapshot
+ *  (taken under the pool lock); bytes past this library's surpool_stats are
+ *  zeroed; out->struct_size says how many bytes were filled. Call it through
+ *  the macro surpool_pool_stats(pool, out), which passes
+ *  sizeof(surpool_stats) as this header defines it.
+ *  @return SURPOOL_OK or SURPOOL_ERR_INVALID_ARG (NULL pool or out, or
+ *          struct_size smaller than a size_t).
  *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_pool_stats_sized(surpool_pool *pool, surpool_stats *out,
+                                                 size_t struct_size);
+
+/** surpool_pool_stats_sized() with the 0.1.0 size: the symbol binaries built
+ *  before the macro existed call. */
 SURPOOL_API surpool_err surpool_pool_stats(surpool_pool *pool, surpool_stats *out);
+#define surpool_pool_stats(pool, out)                                                          \
+    surpool_pool_stats_sized((pool), (out), sizeof(surpool_stats))
 
 /* ------------------------------------------------------------------------- */
 /* Leased connections                                                         */
@@ -393,6 +446,15 @@ SURPOOL_API surpool_err surpool_pool_stats(surpool_pool *pool, surpool_stats *ou
 /** Give a lease back. If callers wait, the connection goes straight to the
  *  oldest; a broken connection is closed and its slot goes to the oldest waiter
  *  to open a replacement. `conn` must not be used afterwards. NULL is a no-op.
+ *  Releasing the same lease twice is a programming error the pool detects and
+ *  ignores, with an ERROR line through log_fn, while the connection is not
+ *  lent again: the second call changes nothing (no stats, no second handoff),
+ *  including when two threads release it at once. The handle names the
+ *  connection, not the lease: once the pool has lent that connection again,
+ *  a stale release cannot be told apart from the new borrower's and gives
+ *  back the new borrower's lease; and the memory of a closed connection is
+ *  kept only for the next 32 closes, after which a stale handle is a dangling
+ *  pointer. So: exactly one release per acquire.
  *  Thread safety: Any thread (the one holding the lease). */
 SURPOOL_API void surpool_conn_release(surpool_conn *conn);
 
@@ -401,20 +463,27 @@ SURPOOL_API void surpool_conn_release(surpool_conn *conn);
  *  Thread safety: One thread at a time per handle. */
 SURPOOL_API void surpool_conn_discard(surpool_conn *conn);
 
-/** Last error message recorded on this lease, valid until its next call or its
- *  release; "" when the last call succeeded. Never NULL.
+/** The message of the last call on this lease: the same text that call put in
+ *  its err->message (also when it was given err = NULL), "" when it succeeded
+ *  or before the first call. Valid until the next call on the lease or its
+ *  release. Never NULL; "" for a NULL conn.
  *  Thread safety: One thread at a time per handle. */
 SURPOOL_API const char *surpool_conn_last_error(const surpool_conn *conn);
 
 /** Send any RPC method with raw params and return its `result`.
  *  @param method  lowercase method name, e.g. "query"; required.
- *  @param params  a JSON array, or NULL for []; borrowed.
+ *  @param params  a JSON array, or NULL for []; borrowed. Every string and key in
+ *                 it must be valid UTF-8 and it may nest at most 2048 levels
+ *                 (no reference cycles), else SURPOOL_ERR_INVALID_ARG, unsent.
  *  @param out     receives the result (new reference); may be NULL to ignore it.
  *  @return SURPOOL_OK; SURPOOL_ERR_SERVER / _AUTH (the server answered with an
  *          error; see err->server_code/kind/message); SURPOOL_ERR_REQUEST_TIMEOUT;
  *          SURPOOL_ERR_DISCONNECTED; SURPOOL_ERR_PROTOCOL; SURPOOL_ERR_TOO_LARGE;
  *          SURPOOL_ERR_BROKEN; SURPOOL_ERR_INVALID_ARG; SURPOOL_ERR_NOMEM.
  *  Transport failures mark the lease broken: it is replaced on release.
+ *  Every RPC on a lease made from inside a surpool_result_fn returns
+ *  SURPOOL_ERR_INVALID_ARG at once, sending nothing: it would wait for a reply
+ *  only the callback's own thread can deliver.
  *  Thread safety: One thread at a time per handle. */
 SURPOOL_API surpool_err surpool_conn_call(surpool_conn *conn, const char *method,
                                           const json_t *params, json_t **out,
@@ -449,12 +518,18 @@ SURPOOL_API surpool_err surpool_conn_query(surpool_conn *conn, const char *sql,
 
 /** Run SurrealQL on the shared lane and wait for the reply. `*out` as
  *  surpool_conn_query(). Returns as surpool_conn_query(), plus
- *  SURPOOL_ERR_CLOSED, and the acquire errors while the lane opens its
- *  connections. Thread safety: Any thread. Not from a surpool callback. */
+ *  SURPOOL_ERR_CLOSED, and the acquire errors (with the server's code and kind
+ *  when connection setup failed) while the lane opens its connections. The
+ *  deadline is request_timeout_ms from the call, queueing and waiting for a
+ *  lane connection included (SURPOOL_ERR_REQUEST_TIMEOUT). Called from inside
+ *  a surpool_result_fn it returns SURPOOL_ERR_INVALID_ARG at once, sending
+ *  nothing (it would deadlock).
+ *  Thread safety: Any thread. Not from a surpool callback. */
 SURPOOL_API surpool_err surpool_query(surpool_pool *pool, const char *sql, const json_t *vars,
                                       json_t **out, surpool_error *err);
 
-/** Any RPC method on the shared lane (not the session-changing ones).
+/** Any RPC method on the shared lane (not the session-changing ones). Returns
+ *  as surpool_query(), SURPOOL_ERR_INVALID_ARG from inside a callback included.
  *  Thread safety: Any thread. Not from a surpool callback. */
 SURPOOL_API surpool_err surpool_call(surpool_pool *pool, const char *method,
                                      const json_t *params, json_t **out, surpool_error *err);
@@ -464,8 +539,10 @@ SURPOOL_API surpool_err surpool_call(surpool_pool *pool, const char *method,
  *  pool lock held. `result` (the RPC result, NULL unless code == SURPOOL_OK)
  *  and `err` are BORROWED: valid during the callback only; json_incref()
  *  `result` to keep it. The callback must not block: it may call
- *  surpool_query_async()/surpool_call_async() again (they never block), but no
- *  synchronous surpool function. */
+ *  surpool_query_async()/surpool_call_async() again, on this pool or another
+ *  (they never block), but no synchronous surpool function: surpool_query(),
+ *  surpool_call(), acquire and RPCs on a lease return SURPOOL_ERR_INVALID_ARG
+ *  at once there instead of deadlocking. */
 typedef void (*surpool_result_fn)(void *userdata, surpool_err code, json_t *result,
                                   const surpool_error *err);
 
@@ -474,7 +551,9 @@ typedef void (*surpool_result_fn)(void *userdata, surpool_err code, json_t *resu
  *  on the transport's thread, but possibly before this returns (the send was
  *  refused) or on a thread calling surpool_pool_close()/destroy() (CLOSED,
  *  DISCONNECTED). If it returns an error (bad argument, pool closed, out of
- *  memory), `cb` is never called. The deadline is request_timeout_ms from now,
+ *  memory), `cb` is never called. Once surpool_pool_close() or
+ *  surpool_pool_destroy() has begun it returns SURPOOL_ERR_CLOSED, also when
+ *  called from a callback that destroy is completing. The deadline is request_timeout_ms from now,
  *  queueing included. Needs a lane: shared_connections > 0 and
  *  max_connections > 1 (else SURPOOL_ERR_INVALID_ARG).
  *  Thread safety: Any thread, including from a surpool_result_fn. */
@@ -489,10 +568,29 @@ SURPOOL_API surpool_err surpool_call_async(surpool_pool *pool, const char *metho
                                            void *userdata);
 
 /** If `result` (a query reply) holds a statement whose status is not "OK",
- *  return SURPOOL_ERR_SERVER with that statement's index and message in `err`;
- *  else SURPOOL_OK. SURPOOL_ERR_PROTOCOL if `result` is not a query reply.
+ *  return SURPOOL_ERR_SERVER with the first such statement's index, message
+ *  and kind in `err`; else SURPOOL_OK. In a failed transaction the server marks
+ *  the statements it skipped "not executed due to a failed transaction": then
+ *  `err` names the statement that actually failed (the THROW, the failing
+ *  CREATE, ...) with its message and kind, e.g. "statement 2 failed the
+ *  transaction (statement 1 was not executed): An error occurred: boom".
+ *  SURPOOL_ERR_PROTOCOL if `result` is not a query reply (not an array, or a
+ *  statement without a status). `result` is borrowed.
  *  Thread safety: Any thread. */
 SURPOOL_API surpool_err surpool_query_check(const json_t *result, surpool_error *err);
+
+/** The result of statement `i` (0-based, in reply order) of a query reply.
+ *  @param reply  what surpool_conn_query()/surpool_query() returned; borrowed.
+ *  @param out    receives the statement's `result` as a NEW reference (release it
+ *                with json_decref()), set only on SURPOOL_OK.
+ *  @return SURPOOL_OK; SURPOOL_ERR_SERVER if that statement failed (`err` as
+ *          surpool_query_check() fills it for that statement, the real cause
+ *          included when it was skipped by a failed transaction);
+ *          SURPOOL_ERR_INVALID_ARG (out is NULL, or `i` is past the last
+ *          statement); SURPOOL_ERR_PROTOCOL (`reply` is not a query reply).
+ *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_query_result(const json_t *reply, size_t i, json_t **out,
+                                             surpool_error *err);
 
 /* ------------------------------------------------------------------------- */
 /* RPC methods on a lease                                                     */
@@ -501,7 +599,10 @@ SURPOOL_API surpool_err surpool_query_check(const json_t *result, surpool_error 
 /* `out` (may be NULL to ignore it) receives the method's result as a NEW      */
 /* reference on SURPOOL_OK; json_t arguments are borrowed; bad arguments      */
 /* return SURPOOL_ERR_INVALID_ARG before anything is sent; other returns as   */
-/* surpool_conn_call(). "thing" is a table name ("person") or a record id     */
+/* surpool_conn_call(). Every string argument, and every string and object    */
+/* key inside a json_t argument, must be valid UTF-8 (strict: no surrogates,  */
+/* no overlong forms, nothing above U+10FFFF), else SURPOOL_ERR_INVALID_ARG    */
+/* (see docs/errors.md). "thing" is a table name ("person") or a record id     */
 /* ("person:tobie"): the server parses it (see docs/json-values.md).          */
 /* Calls that change session state (use, signin, signup, authenticate,        */
 /* invalidate, let, unset, and raw reset, begin, live, attach, detach) make   */

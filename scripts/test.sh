@@ -92,7 +92,7 @@ run_valgrind() {
     done
     portfile=$(mktemp)
     node "$SURPOOL_ROOT/tests/server/server.mjs" --host 127.0.0.1 --port 0 \
-        --user root --pass root >"$portfile" &
+        --user root --pass root ${SURPOOL_TEST_CORE:+--core "$SURPOOL_TEST_CORE"} >"$portfile" &
     server=$!
     for _ in $(seq 1 200); do
         grep -q '^LISTENING' "$portfile" && break

@@ -175,6 +175,79 @@ static void test_statement_error_stays_in_result(void **state)
     surpool_pool_destroy(p);
 }
 
+/* In a failed transaction the 3.0 core marks the statements it skipped "not
+ * executed due to a failed transaction" and reports the real failure later in
+ * the reply: surpool_query_check() and surpool_query_result() name the
+ * statement that failed, with its text and kind. */
+static void test_failed_transaction_reports_the_cause(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool("txn_cause");
+    surpool_conn *c = lease(p);
+    surpool_error err;
+    json_t *out = NULL;
+    assert_int_equal(
+        surpool_conn_query(c, "BEGIN; CREATE txn_a:1; THROW 'boom'; COMMIT;", NULL, &out, &err),
+        SURPOOL_OK);
+    assert_int_equal(surpool_query_check(out, &err), SURPOOL_ERR_SERVER);
+    assert_string_equal(err.kind, "Thrown");
+    assert_non_null(strstr(err.message, "boom"));
+    assert_non_null(strstr(err.message, "statement 2 failed the transaction"));
+    assert_null(strstr(err.message, "not executed due to"));
+    json_t *r = NULL;
+    assert_int_equal(surpool_query_result(out, 1, &r, &err), SURPOOL_ERR_SERVER);
+    assert_null(r);
+    assert_string_equal(err.kind, "Thrown");
+    assert_non_null(strstr(err.message, "boom"));
+    json_decref(out);
+
+    /* A failing statement (not a THROW): the duplicate record is the cause. */
+    out = NULL;
+    assert_int_equal(surpool_conn_query(c, "BEGIN; CREATE txn_b:1; CREATE txn_b:1; COMMIT;",
+                                        NULL, &out, &err),
+                     SURPOOL_OK);
+    assert_int_equal(surpool_query_check(out, &err), SURPOOL_ERR_SERVER);
+    assert_string_equal(err.kind, "AlreadyExists");
+    assert_non_null(strstr(err.message, "already exists"));
+    assert_non_null(strstr(err.message, "statement 2 failed the transaction"));
+    json_decref(out);
+
+    /* And the helper hands out a statement's result (a new reference). */
+    out = NULL;
+    assert_int_equal(surpool_conn_query(c, "RETURN 1; RETURN 'two'", NULL, &out, &err),
+                     SURPOOL_OK);
+    assert_int_equal(surpool_query_result(out, 1, &r, &err), SURPOOL_OK);
+    assert_string_equal(json_string_value(r), "two");
+    json_decref(out);
+    assert_string_equal(json_string_value(r), "two"); /* ours, not borrowed */
+    json_decref(r);
+    surpool_conn_release(c);
+    surpool_pool_destroy(p);
+}
+
+/* The test server answers HTTP 404 to an upgrade on any path but /rpc, as a
+ * proxy or another web server on the port would: the error says so. */
+static void test_wrong_path_names_rpc(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    char url[128];
+    base_config(&cfg, url, sizeof(url), "wrongpath");
+    snprintf(url, sizeof(url), "ws://127.0.0.1:%d/sql", g_server.port);
+    cfg.breaker_threshold = 0; /* the last connect error, not the breaker's fast failure */
+    surpool_pool *p = NULL;
+    surpool_error err;
+    assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_OK);
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(p, 1000, &c, &err), SURPOOL_ERR_CONNECT);
+    assert_null(c);
+    if (strstr(err.message, "HTTP 404") == NULL ||
+        strstr(err.message, "path '/sql' is not a SurrealDB RPC endpoint (is it /rpc?)") ==
+            NULL)
+        fail_msg("%s", err.message);
+    surpool_pool_destroy(p);
+}
+
 static void test_wrong_password(void **state)
 {
     (void)state;
@@ -189,6 +262,13 @@ static void test_wrong_password(void **state)
     assert_int_equal(surpool_pool_acquire(p, 10000, &c, &err), SURPOOL_ERR_AUTH);
     assert_int_equal(err.code, SURPOOL_ERR_AUTH);
     assert_null(strstr(err.message, "not-the-password"));
+    /* As libpq does: who signed in, where, and the server's words. */
+    char where[64];
+    snprintf(where, sizeof(where), "at 127.0.0.1 port %d failed: ", g_server.port);
+    if (strstr(err.message, "signin as root user 'root'") == NULL ||
+        strstr(err.message, where) == NULL ||
+        strstr(err.message, "problem with authentication") == NULL)
+        fail_msg("auth failure does not name the user and server: %s", err.message);
     surpool_pool_destroy(p);
 
     /* And on a lease, with explicit credentials. */
@@ -198,6 +278,9 @@ static void test_wrong_password(void **state)
     cred.user = "root";
     cred.pass = "wrong";
     assert_int_equal(surpool_conn_signin(c, &cred, NULL, &err), SURPOOL_ERR_AUTH);
+    if (strstr(err.message, "signin as user 'root'") == NULL ||
+        strstr(err.message, where) == NULL || strstr(err.message, "wrong") != NULL)
+        fail_msg("lease signin failure does not name the user and server: %s", err.message);
     cred.pass = "root";
     json_t *token = NULL;
     assert_int_equal(surpool_conn_signin(c, &cred, &token, &err), SURPOOL_OK);
@@ -710,7 +793,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ping_version_query),
         cmocka_unit_test(test_statement_error_stays_in_result),
+        cmocka_unit_test(test_failed_transaction_reports_the_cause),
         cmocka_unit_test(test_wrong_password),
+        cmocka_unit_test(test_wrong_path_names_rpc),
         cmocka_unit_test(test_unauthenticated_refused),
         cmocka_unit_test(test_crud),
         cmocka_unit_test(test_session_state_and_dirty_release),

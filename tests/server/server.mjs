@@ -30,6 +30,9 @@ import {
   Table,
   Uuid,
 } from 'surrealdb';
+// `--core 2`: the SurrealDB 2.x core (WebAssembly build) behind the same
+// engine interface; see core2.mjs and README.md ("2.x mode").
+import { connectCore2, serverErrors2x } from './core2.mjs';
 
 // ---------------------------------------------------------------------------
 // Native engine. The package's exports map only exposes the SDK wrapper, so
@@ -47,6 +50,7 @@ const cbor = CborCodec.DEFAULT;
 const MODES = new Set([
   'normal', 'malformed', 'truncate', 'wrong-id', 'duplicate-id', 'no-id',
   'binary', 'huge', 'slow', 'no-upgrade', 'close-mid-reply', 'refuse',
+  'duplicate-key',
 ]);
 
 function usage(msg) {
@@ -54,7 +58,7 @@ function usage(msg) {
   process.stderr.write(
     'usage: node server.mjs [--host 127.0.0.1] [--port 0] [--user root] [--pass root]\n' +
     '       [--tls-cert FILE --tls-key FILE] [--delay-ms N] [--delay-jitter-ms N]\n' +
-    '       [--drop-every N] [--max-conns N] [--mode MODE] [--exit-on-stdin-close] [--verbose]\n' +
+    '       [--drop-every N] [--max-conns N] [--mode MODE] [--core 3|2] [--exit-on-stdin-close] [--verbose]\n' +
     `modes: ${[...MODES].join(', ')}\n`,
   );
   process.exit(2);
@@ -75,6 +79,7 @@ try {
       'drop-every': { type: 'string', default: '0' },
       'max-conns': { type: 'string', default: '0' },
       mode: { type: 'string', default: 'normal' },
+      core: { type: 'string', default: '3' },
       'exit-on-stdin-close': { type: 'boolean', default: false },
       verbose: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
@@ -105,6 +110,8 @@ if (!isLoopback(HOST)) usage(`refusing non-loopback --host ${HOST} (allowed: 127
 const PORT = intArg('port', 0, 65535);
 if (!!args['tls-cert'] !== !!args['tls-key']) usage('--tls-cert and --tls-key go together');
 if (!MODES.has(args.mode)) usage(`unknown --mode ${args.mode}`);
+if (args.core !== '3' && args.core !== '2') usage('--core must be 3 or 2');
+const CORE2 = args.core === '2';
 
 /** Fault settings; changeable at runtime with POST /control. */
 const initialSettings = Object.freeze({
@@ -138,18 +145,20 @@ const SESSION_METHODS = new Set(['attach', 'detach', 'sessions']);
 
 // Error shapes mirror the 3.0 core's own errors (code, message, kind, details).
 const ERR_PARSE = { code: -32700, message: 'Parse error' };
-const errInvalidRequest = (message) => ({ code: -32600, message, kind: 'Validation', details: { kind: 'InvalidRequest' } });
-const errInvalidParams = (message) => ({ code: -32603, message, kind: 'Validation', details: { kind: 'InvalidParams' } });
+let errInvalidRequest = (message) => ({ code: -32600, message, kind: 'Validation', details: { kind: 'InvalidRequest' } });
+let errInvalidParams = (message) => ({ code: -32603, message, kind: 'Validation', details: { kind: 'InvalidParams' } });
 // Same shape as the core's reply to a wrong password.
-const ERR_NOT_AUTHENTICATED = {
+let ERR_NOT_AUTHENTICATED = {
   code: -32002,
   message: 'There was a problem with authentication',
   kind: 'NotAllowed',
   details: { kind: 'Auth', details: { kind: 'InvalidAuth' } },
 };
-const errMethodNotAllowed = (name) => ({
+let errMethodNotAllowed = (name) => ({
   code: -32602, message: 'Method not allowed', kind: 'NotAllowed', details: { kind: 'Method', details: { name } },
 });
+// 2.x errors are {code, message}, 2.x numbering.
+if (CORE2) ({ errInvalidRequest, errInvalidParams, ERR_NOT_AUTHENTICATED, errMethodNotAllowed } = serverErrors2x);
 
 const MAX_MESSAGE = 128 * 1024 * 1024; // the real server's frame/message limit
 const HUGE_BYTES = 80 * 1024 * 1024;
@@ -561,7 +570,7 @@ function cborPeek(bytes) {
 // ---------------------------------------------------------------------------
 // Engine
 // ---------------------------------------------------------------------------
-const engine = await SurrealNodeEngine.connect('mem://');
+const engine = CORE2 ? await connectCore2() : await SurrealNodeEngine.connect('mem://');
 let internalIds = 0;
 
 /** Runs one RPC request through the core; returns the decoded CBOR reply. */
@@ -769,7 +778,7 @@ class Conn {
 
     if (!this.authed && !PRE_AUTH_METHODS.has(method)) return error(ERR_NOT_AUTHENTICATED);
     if (SESSION_METHODS.has(method)) return error(errMethodNotAllowed(method));
-    if (method === 'use' && Array.isArray(params) && params[0] === null) {
+    if (!CORE2 && method === 'use' && Array.isArray(params) && params[0] === null) {
       // The 3.0.x core panics on a null namespace; a release server aborts.
       return error(errInvalidParams('Invalid params: use [null, db] is not supported (the namespace must be a string)'));
     }
@@ -831,7 +840,7 @@ class Conn {
 
     if (!this.authed && !PRE_AUTH_METHODS.has(method)) return error(ERR_NOT_AUTHENTICATED);
     if (SESSION_METHODS.has(method)) return error(errMethodNotAllowed(method));
-    if (method === 'use' && rawParams !== undefined) {
+    if (!CORE2 && method === 'use' && rawParams !== undefined) {
       const p = cborPeek(rawParams);
       if (Array.isArray(p) && (p[0] === null || p[0] === undefined)) {
         return error(errInvalidParams('Invalid params: use [null, db] is not supported (the namespace must be a string)'));
@@ -970,6 +979,18 @@ class Conn {
       case 'duplicate-id':
         send(text);
         return send(text);
+      case 'duplicate-key': {
+        // One frame, two "id" keys: the request's own first, the next id
+        // (another caller's, on a busy socket) last. A parser that keeps the
+        // last key routes this reply to that other caller.
+        if (isCbor) {
+          const next = typeof id === 'number' ? id + 1 : typeof id === 'bigint' ? id + 1n : `${id}-other`;
+          return send(cborMap([['id', rawId ?? cborBytes(null)], ['id', cborBytes(next)], [key, bodyText]]));
+        }
+        const other = typeof id === 'number' ? String(id + 1)
+          : typeof id === 'bigint' ? String(id + 1n) : JSON.stringify(`${id}-other`);
+        return this.sendText(`{"id":${idText ?? 'null'},"id":${other},"${key}":${bodyText}}`);
+      }
       case 'binary': // the wrong frame type for the socket's format
         return ws.send(Buffer.from(text), { binary: !isCbor });
       case 'truncate': {
@@ -979,6 +1000,11 @@ class Conn {
         const half = payload.subarray(0, Math.floor(payload.length / 2));
         const sock = ws._socket;
         if (!sock) return this.kill();
+        // Only one truncated frame per socket: a second one written before
+        // the first write's callback destroys the socket would complete the
+        // first frame's payload with its bytes.
+        if (this.truncated) return;
+        this.truncated = true;
         sock.write(Buffer.concat([frameHeader(isCbor ? 0x2 : 0x1, true, payload.length), half]), () => sock.destroy());
         return;
       }

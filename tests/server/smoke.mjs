@@ -17,6 +17,9 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const SERVER = join(HERE, 'server.mjs');
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+// `node smoke.mjs --core 2`: the 2.x mode's checks instead (smoke-core2.mjs).
+if (process.argv[2] === '--core' && process.argv[3] === '2') await import('./smoke-core2.mjs');
+
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
