@@ -254,6 +254,67 @@ const leaseBurstsNull = leaseBurstsOf('null');
   });
 }
 
+// Issue 12: head-of-line blocking and memory (bench_hol, bench_mem, bench_scale).
+const HOL_PING = (bytes) => (bytes ? { bench: 'hol', kind: 'ping', load: 'big', big_bytes: bytes } : { bench: 'hol', kind: 'ping', load: 'alone' });
+const HOL_TP = (bytes) => (bytes ? { bench: 'hol', kind: 'throughput', load: 'big', big_bytes: bytes } : { bench: 'hol', kind: 'throughput', load: 'alone' });
+const HOL_SIZES = values({ bench: 'hol', load: 'big' }, 'big_bytes');
+const fmtBytes = (b) => (b === null || b === undefined ? '–' : b >= 1e6 ? `${fmt(b / 1e6, b % 1e6 ? 1 : 0)} MB` : b >= 1e3 ? `${fmt(b / 1e3, 0)} kB` : `${fmt(b)} B`);
+const pullers = (bytes) => med(HOL_PING(bytes), 'pullers');
+// 6. A lease's ping p99 while other leases pull 5 MB replies.
+{
+  const p99 = med(HOL_PING(5000000), 'p99_ns');
+  targets.push({
+    name: 'A lease\'s ping p99 ≤ 10 ms while two other leases of its pool pull 5 MB replies (issue 12)',
+    status: p99 === null ? 'not measured' : p99 <= 10e6 ? 'met' : 'not met',
+    text: p99 === null ? 'bench_hol did not run with 5 MB pulls.' :
+      `p99 ${fmtNs(p99)} (p50 ${fmtNs(med(HOL_PING(5000000), 'p50_ns'))}) with ${pullers(5000000)} leases pulling; alone: p99 ${fmtNs(med(HOL_PING(0), 'p99_ns'))}, p50 ${fmtNs(med(HOL_PING(0), 'p50_ns'))} (bench/canned_server.mjs, prebuilt replies).`,
+  });
+}
+// 7. ... and while they pull 1 MB replies, against its own alone p99.
+{
+  const r = medRatio(HOL_PING(1000000), 'p99_ns', HOL_PING(0));
+  targets.push({
+    name: 'A lease\'s ping p99 ≤ 2× its alone p99 while two other leases pull 1 MB replies (issue 12)',
+    status: r === null ? 'not measured' : r <= 2 ? 'met' : 'not met',
+    text: r === null ? 'bench_hol did not run with 1 MB pulls.' :
+      `${fmtX(r, 1)} (p99 ${fmtNs(med(HOL_PING(1000000), 'p99_ns'))} with ${pullers(1000000)} leases pulling vs ${fmtNs(med(HOL_PING(0), 'p99_ns'))} alone, ratio taken in each round).`,
+  });
+}
+// 8. Peak client RSS for a 50 MB result.
+{
+  const w = { bench: 'mem', payload_bytes: 50000000 };
+  const r = med(w, 'peak_over_payload');
+  targets.push({
+    name: 'Peak client RSS for one 50 MB result ≤ 3× the payload (issue 12)',
+    status: r === null ? 'not measured' : r <= 3 ? 'met' : 'not met',
+    text: r === null ? 'bench_mem did not run for 50 MB.' :
+      `${fmtX(r, 1)}: peak ${fmt(med(w, 'peak_rss_bytes') / 1048576)} MiB over a baseline of ${fmt(med(w, 'rss_before_bytes') / 1048576)} MiB before the call (getrusage ru_maxrss, one process per size).`,
+  });
+}
+// 9. Client memory per idle connection: the marginal cost between the smallest
+// and the largest N of bench_scale, per round (each N is its own process).
+const scaleNs = values({ bench: 'scale_open' }, 'conns');
+const perIdleConn = (() => {
+  if (scaleNs.length < 2) return null;
+  const lo = scaleNs[0], hi = scaleNs[scaleNs.length - 1];
+  const xs = [];
+  for (const run of runIds) {
+    const a = select({ bench: 'scale_open', conns: lo, run })[0]?.rss_delta_bytes;
+    const b = select({ bench: 'scale_open', conns: hi, run })[0]?.rss_delta_bytes;
+    if (typeof a === 'number' && typeof b === 'number') xs.push((b - a) / (hi - lo));
+  }
+  return { lo, hi, bytes: median(xs) };
+})();
+{
+  const kib = perIdleConn?.bytes == null ? null : perIdleConn.bytes / 1024;
+  targets.push({
+    name: 'Client memory ≤ 16 KiB per idle connection (issue 12)',
+    status: kib === null ? 'not measured' : kib <= 16 ? 'met' : 'not met',
+    text: kib === null ? 'bench_scale did not run for two pool sizes.' :
+      `${fmt(kib, 1)} KiB: the RSS growth of a pool of ${perIdleConn.hi} connections minus that of a pool of ${perIdleConn.lo}, over the ${perIdleConn.hi - perIdleConn.lo} extra connections (each pool in its own process, same round), so the pool's fixed cost cancels out.`,
+  });
+}
+
 // ---------------------------------------------------------------------------
 // Document
 // ---------------------------------------------------------------------------
@@ -439,11 +500,69 @@ p('## Many connections (`bench_scale`, null server)', '',
       fmtRate(med(l, 'ops_per_s')), `${fmt(med(l, 'cpu_us_per_req'), 1)} µs`, fmtRate(med(a, 'ops_per_s')), `${fmt(med(a, 'cpu_us_per_req'), 1)} µs`];
   });
   p(table(['N', 'open', 'RSS growth', 'RSS / connection', 'lease queries/s', 'lease CPU/req', 'lane queries/s', 'lane CPU/req'], rows), '');
-  const ns = values({ bench: 'scale_open' }, 'conns');
-  if (ns.includes(100) && ns.includes(1000)) {
-    const d1000 = med({ bench: 'scale_open', conns: 1000 }, 'rss_delta_bytes');
-    const d100 = med({ bench: 'scale_open', conns: 100 }, 'rss_delta_bytes');
-    p(`Marginal memory per connection between 100 and 1000: ${fmt((d1000 - d100) / 900 / 1024, 1)} KiB.`, '');
+  if (perIdleConn?.bytes != null)
+    p(`Marginal memory per idle connection between ${perIdleConn.lo} and ${perIdleConn.hi}: ${fmt(perIdleConn.bytes / 1024, 1)} KiB (see Memory below).`, '');
+}
+
+// ---- head-of-line ----
+if (select({ bench: 'hol' }).length) {
+  p('## Head-of-line (`bench_hol`, bench/canned_server.mjs)', '',
+    'Does one big reply delay the other connections of its pool? One pool, every connection opened up front, no shared lane and ' +
+    'no pings of its own. **ping**: one lease calls `surpool_conn_ping` back to back; **throughput**: ' +
+    `${fmt(med(HOL_TP(0), 'concurrency'))} threads, each acquire / \`surpool_conn_query("RETURN 1")\` / release. Each is measured ` +
+    `alone (the baseline, same run) and while ${fmt(pullers(HOL_SIZES[0]))} other leases of the same pool loop on ` +
+    '`surpool_conn_query("big N")`: the server answers those with a prebuilt N-byte JSON reply (rows of strings and numbers, ' +
+    '~190 bytes each), so its own cost is one copy and the figures are the client\'s. Percentiles are of back-to-back round trips: ' +
+    'a stall shows as one long sample, so under load there are few samples (the column says how many) and p99 is close to the max.', '');
+  const prow = (bytes) => {
+    const w = HOL_PING(bytes);
+    return [bytes ? `${pullers(bytes)} leases pulling ${fmtBytes(bytes)}` : 'alone (baseline)',
+      fmtNs(med(w, 'p50_ns')), fmtNs(med(w, 'p90_ns')), fmtNs(med(w, 'p99_ns')), fmtNs(med(w, 'max_ns')),
+      fmt(med(w, 'samples')), bytes ? fmtX(medRatio(w, 'p99_ns', HOL_PING(0)), 1) : '–',
+      bytes ? `${fmt(med(w, 'pulls_per_s'), 1)} (${fmt(med(w, 'pull_mb_per_s'), 0)} MB/s)` : '–'];
+  };
+  p('### A lease\'s ping', '',
+    table(['while', 'p50', 'p90', 'p99', 'max', 'samples', 'p99 ÷ alone', 'big replies/s'], [0, ...HOL_SIZES].map(prow)), '',
+    'Targets (issue 12): p99 ≤ 10 ms while two leases pull 5 MB; ≤ 2× the alone p99 while they pull 1 MB.', '');
+  const trow = (bytes) => {
+    const w = HOL_TP(bytes);
+    return [bytes ? `${pullers(bytes)} leases pulling ${fmtBytes(bytes)}` : 'alone (baseline)',
+      fmtRate(med(w, 'ops_per_s')), bytes ? fmtPct(medRatio(w, 'ops_per_s', HOL_TP(0))) : '–',
+      `${fmtNs(med(w, 'p50_ns'))} / ${fmtNs(med(w, 'p99_ns'))}`, fmtNs(med(w, 'max_ns')),
+      bytes ? `${fmt(med(w, 'pulls_per_s'), 1)} (${fmt(med(w, 'pull_mb_per_s'), 0)} MB/s)` : '–'];
+  };
+  p('### Small-request throughput of the pool', '',
+    table(['while', 'queries/s', '÷ alone', 'p50 / p99', 'max', 'big replies/s'], [0, ...HOL_SIZES].map(trow)), '');
+}
+
+// ---- memory ----
+if (select({ bench: 'mem' }).length || select({ bench: 'scale_open' }).length) {
+  p('## Memory (`bench_mem`, `bench_scale`)', '');
+  const sizes = values({ bench: 'mem' }, 'payload_bytes');
+  if (sizes.length) {
+    p('### One large result', '',
+      'One process per size, a pool of one connection against bench/canned_server.mjs (a prebuilt JSON reply of rows). ' +
+      'Baseline: the process\'s RSS just before the call (after the pool opened and one small query). Peak: `getrusage` ' +
+      '`ru_maxrss` after the call (the process\'s high-water mark, so it is this call\'s). Held: RSS while the caller still holds ' +
+      'the `json_t`; after free: RSS after `json_decref` (what the allocator keeps).', '',
+      table(['payload', 'rows', 'call', 'RSS before', 'peak RSS', '(peak − before) ÷ payload', 'held ÷ payload', 'RSS after free'],
+        sizes.map((b) => {
+          const w = { bench: 'mem', payload_bytes: b };
+          const mib = (f) => `${fmt(med(w, f) / 1048576, 1)} MiB`;
+          return [fmtBytes(b), fmt(med(w, 'rows')), `${fmt(med(w, 'call_ms'))} ms`, mib('rss_before_bytes'), mib('peak_rss_bytes'),
+            `**${fmtX(med(w, 'peak_over_payload'), 1)}**`, fmtX(med(w, 'held_over_payload'), 1), mib('rss_after_free_bytes')];
+        })), '', 'Target (issue 12): peak ≤ 3× the payload for 50 MB.', '');
+  }
+  if (scaleNs.length) {
+    p('### Idle connections', '',
+      'From `bench_scale` (null server, one process per N): RSS growth from before `surpool_pool_create` to after N connections ' +
+      'opened and settled. Per connection with the pool\'s fixed cost included, and the marginal cost per connection between the ' +
+      'smallest and largest N of the same round (fixed cost cancelled).', '',
+      table(['N', 'RSS growth', 'per connection (fixed cost included)'], scaleNs.map((n) => {
+        const o = { bench: 'scale_open', conns: n };
+        return [n, `${fmt(med(o, 'rss_delta_bytes') / 1024)} KiB`, `${fmt(med(o, 'rss_per_conn_bytes') / 1024, 1)} KiB`];
+      })), '',
+      perIdleConn?.bytes != null ? `**Per idle connection (marginal, ${perIdleConn.lo} → ${perIdleConn.hi}): ${fmt(perIdleConn.bytes / 1024, 1)} KiB.** Target (issue 12): ≤ 16 KiB.` : 'Per idle connection: needs two values of N.', '');
   }
 }
 
@@ -486,7 +605,9 @@ p('## The JavaScript SDK: how it was measured', '',
   '- With --null, cbor_server answers `query` with the core\'s own reply to `RETURN 1` captured at start (an array of one statement ' +
   'result), in CBOR or JSON; tests/server/null_server.mjs answers `"ok"`. Neither runs anything.', '');
 
-p('## Reproduce', '', '```sh', 'scripts/bench.sh            # 3 rounds, ~6–8 minutes on 2 cores', 'scripts/bench.sh --runs 5   # more rounds', 'scripts/bench.sh --quick    # 1 round, reduced set (smoke)', '```', '',
+p('## Reproduce', '', '```sh', 'scripts/bench.sh            # 3 rounds, ~6–8 minutes on 2 cores', 'scripts/bench.sh --runs 5   # more rounds', 'scripts/bench.sh --quick    # 1 round, reduced set (smoke)',
+  'scripts/bench.sh --only hol,mem,scale --runs 1   # some groups; report in build/bench-results/report/, docs/ untouched',
+  '```', '',
   'Raw JSON lines of every measurement: `build/bench-results/run*/`. Each bench program prints one JSON object per measurement on ' +
   'stdout and nothing else; they can be run by hand (see the comment at the top of each file in bench/).', '');
 
@@ -505,8 +626,9 @@ const q = (s) => `'${s.replace(/'/g, "''")}'`;
 const gp = [];
 const outDir = opt['out-dir'];
 
+// Each plot only when its bench ran (scripts/bench.sh --only runs a subset).
 // throughput
-{
+if (select({ bench: 'throughput' }).length) {
   gp.push(`set terminal pngcairo size 1400,1000 font 'Sans,10'`, `set output ${q(join(outDir, 'perf-throughput.png'))}`,
     'set multiplot layout 2,2 title "RETURN 1: queries/s vs concurrency (median of rounds)"',
     'set termoption noenhanced', 'set logscale x 2', 'set logscale y 10', 'set grid', 'set key bottom right font ",9"',
@@ -521,7 +643,7 @@ const outDir = opt['out-dir'];
   gp.push('unset multiplot', 'unset logscale');
 }
 // burst
-{
+if (select({ bench: 'burst' }).length) {
   gp.push(`set terminal pngcairo size 1400,560 font 'Sans,10'`, `set output ${q(join(outDir, 'perf-burst.png'))}`,
     'set multiplot layout 1,2 title "Burst drain: B requests sleep(X) (median of rounds)"', 'set termoption noenhanced');
   gp.push('set logscale x 10', 'unset logscale y', 'set grid', 'set key top left', 'set xlabel "burst size B"', 'set ylabel "wall time ÷ ideal ceil(B/M)·X"',
@@ -545,7 +667,7 @@ const outDir = opt['out-dir'];
   gp.push('unset multiplot', 'unset logscale', 'set yrange [*:*]');
 }
 // pool
-{
+if (select({ bench: 'pool' }).length) {
   gp.push(`set terminal pngcairo size 1400,560 font 'Sans,10'`, `set output ${q(join(outDir, 'perf-pool.png'))}`,
     'set multiplot layout 1,2 title "Pool core on the fake transport (no I/O)"', 'set termoption noenhanced',
     'set logscale x 2', 'set logscale y 10', 'set grid', 'set key bottom left', 'set xlabel "threads"');
@@ -565,10 +687,12 @@ const outDir = opt['out-dir'];
 }
 const gpFile = join(tmp, 'plots.gp');
 writeFileSync(gpFile, gp.join('\n') + '\n');
-try {
-  execFileSync('gnuplot', [gpFile], { stdio: ['ignore', 'ignore', 'pipe'] });
-} catch (err) {
-  process.stderr.write(`report: gnuplot failed: ${err.stderr?.toString() ?? err.message}\n`);
-  process.exitCode = 1;
+if (gp.length) {
+  try {
+    execFileSync('gnuplot', [gpFile], { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (err) {
+    process.stderr.write(`report: gnuplot failed: ${err.stderr?.toString() ?? err.message}\n`);
+    process.exitCode = 1;
+  }
 }
 rmSync(tmp, { recursive: true, force: true });

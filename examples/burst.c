@@ -8,8 +8,10 @@
  *
  * Defaults: ws://root:root@127.0.0.1:8000/rpc?ns=test&db=test, B=200, M=50,
  * "sleep(50ms); RETURN 1" with X=50, timeout 30000 ms. The pool is warmed up to
- * M connections first unless --cold. Prints a progress line while it runs, then
- * succeeded/failed/timeouts, wall time, and the ideal ceil(B/M) × X.
+ * M connections first unless --cold. Prints a progress line while it runs (only
+ * when standard output is a terminal), then succeeded/failed/timeouts, the wall
+ * time from the start signal to the moment the last caller finished, and the
+ * ideal ceil(B/M) × X.
  * Exit status 0 only if every caller succeeded.
  */
 #include <math.h>
@@ -19,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <surpool.h>
 
@@ -30,6 +33,9 @@ typedef struct run {
     atomic_int done, ok, timeouts, failed;
     atomic_int first_error_set;
     char first_error[300];
+    double t0;     /* written before the start barrier */
+    double end_ms; /* written by the last caller to finish */
+    long burst;
 } run;
 
 static double now_ms(void)
@@ -68,7 +74,9 @@ static void *caller(void *arg)
         atomic_fetch_add(rc == SURPOOL_ERR_TIMEOUT ? &r->timeouts : &r->failed, 1);
         note_error(r, &err);
     }
-    atomic_fetch_add(&r->done, 1);
+    /* The clock stops when the last caller finishes, not on the progress tick. */
+    if (atomic_fetch_add(&r->done, 1) + 1 == r->burst)
+        r->end_ms = now_ms();
     return NULL;
 }
 
@@ -146,6 +154,7 @@ int main(int argc, char **argv)
     r->pool = pool;
     r->sql = sql;
     r->timeout_ms = timeout_ms;
+    r->burst = burst;
     pthread_barrier_init(&r->start, NULL, (unsigned)burst + 1);
     long started = 0;
     for (; started < burst; started++) {
@@ -159,21 +168,24 @@ int main(int argc, char **argv)
 
     printf("burst: %ld callers, %ld connections (%s), query \"%s\"\n", burst, max,
            cold ? "cold" : "warm", sql);
-    double t0 = now_ms();
+    fflush(stdout);
+    int tty = isatty(STDOUT_FILENO);
+    r->t0 = now_ms();
     pthread_barrier_wait(&r->start);
-    while (atomic_load(&r->done) < burst) {
+    while (tty && atomic_load(&r->done) < burst) {
         printf("\r  %d/%ld done, %d ok, %d timeouts, %d failed   ", atomic_load(&r->done),
                burst, atomic_load(&r->ok), atomic_load(&r->timeouts), atomic_load(&r->failed));
         fflush(stdout);
         struct timespec ts = {0, 20 * 1000000L};
         nanosleep(&ts, NULL);
     }
-    double wall = now_ms() - t0;
     for (long i = 0; i < burst; i++)
         pthread_join(th[i], NULL);
+    double wall = r->end_ms - r->t0; /* the joins order end_ms before this read */
 
     double ideal = ceil((double)burst / (double)max) * (double)query_ms;
-    printf("\r  %ld/%ld done%40s\n", burst, burst, "");
+    if (tty)
+        printf("\r  %ld/%ld done%40s\n", burst, burst, "");
     printf("succeeded: %d\nfailed:    %d\ntimeouts:  %d\n", atomic_load(&r->ok),
            atomic_load(&r->failed), atomic_load(&r->timeouts));
     printf("wall time: %.1f ms\nideal:     %.1f ms (ceil(%ld/%ld) x %ld ms)", wall, ideal,

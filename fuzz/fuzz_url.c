@@ -3,13 +3,14 @@
  * invariants of a success (or the zeroed struct of a failure), free.
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Isrc \
- *         fuzz/fuzz_url.c src/url.c src/alloc.c src/error.c -ljansson
+ *         fuzz/fuzz_url.c src/url.c src/alloc.c src/error.c src/utf8.c -ljansson
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "url.h"
+#include "utf8.h"
 
 #define CHECK(cond)                                                                            \
     do {                                                                                       \
@@ -55,6 +56,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(u.ns == NULL || u.ns[0] != '\0');
         CHECK(u.db == NULL || u.db[0] != '\0');
         CHECK(u.access == NULL || u.access[0] != '\0');
+        CHECK(strlen(u.path) <= SURPOOL__URL_PATH_MAX);
+        /* Decoded values are strict UTF-8 (they become JSON strings). */
+        CHECK(surpool__utf8_valid_str(u.user) && surpool__utf8_valid_str(u.pass));
+        CHECK(surpool__utf8_valid_str(u.ns) && surpool__utf8_valid_str(u.db));
+        CHECK(surpool__utf8_valid_str(u.access));
+        /* A host ending in a number is a strict dotted quad: never a form a
+         * resolver would read the inet_aton way (hex, octal, short). */
+        size_t hl = strlen(u.host);
+        char last = u.host[hl - 1] == '.' && hl > 1 ? u.host[hl - 2] : u.host[hl - 1];
+        if (last >= '0' && last <= '9' && strchr(u.host, ':') == NULL) {
+            int dots = 0;
+            for (const char *p = u.host; *p; p++) {
+                CHECK((*p >= '0' && *p <= '9') || *p == '.' || (*p >= 'a' && *p <= 'z') ||
+                      (*p >= 'A' && *p <= 'Z') || *p == '-' || *p == '_');
+                dots += *p == '.';
+            }
+            const char *lastlabel = strrchr(u.host, '.');
+            lastlabel = lastlabel != NULL ? lastlabel + 1 : u.host;
+            int numeric = *lastlabel != '\0';
+            for (const char *p = lastlabel; *p; p++)
+                numeric &= *p >= '0' && *p <= '9';
+            if (numeric)
+                CHECK(dots == 3);
+        }
         /* No space or control character survives anywhere but in decoded
          * values, and the host is never bracketed. */
         for (const char *p = u.host; *p; p++)

@@ -95,6 +95,12 @@ typedef struct surpool_error {
  *  Thread safety: Any thread. */
 SURPOOL_API const char *surpool_strerror(surpool_err code);
 
+/** The code's C name, e.g. "SURPOOL_ERR_TIMEOUT" ("SURPOOL_ERR_UNKNOWN" for a
+ *  value that is not a code). Static, never NULL, never allocates. Name and
+ *  text come from one table, so every code has both.
+ *  Thread safety: Any thread. */
+SURPOOL_API const char *surpool_err_name(surpool_err code);
+
 /* ------------------------------------------------------------------------- */
 /* Logging                                                                    */
 /* ------------------------------------------------------------------------- */
@@ -168,14 +174,41 @@ typedef enum surpool_auth_level {
     SURPOOL_AUTH_DATABASE = 2,  /**< database user: adds config.ns and config.db */
 } surpool_auth_level;
 
+/* The struct_size rule (surpool_config, surpool_stats), as Win32's cbSize:
+ *  - struct_size is the size of the struct as the CALLER was compiled. The
+ *    macros surpool_config_init() and surpool_pool_stats() pass the sizeof from
+ *    the caller's own header, so callers never set it by hand.
+ *  - The library reads and writes only the first struct_size bytes. A smaller
+ *    struct (a caller built against an older surpool.h) gets every field it
+ *    lacks at its default (config) or leaves it out (stats); a larger one (a
+ *    newer header than the library) gets its unknown tail zeroed by
+ *    surpool_config_init() and surpool_pool_stats(), and struct_size reports
+ *    how many bytes this library understood. surpool_pool_create() refuses a
+ *    config whose struct_size is larger than this library's (it cannot honour
+ *    fields it does not know) or too small to hold `url`.
+ *  - New fields are only ever appended after the existing ones, so a prefix
+ *    of the struct is always an older version of it; nothing is reordered,
+ *    resized or removed (tests/test_abi.c pins every offset).
+ *  - `reserved` stays zero; a later field taken from it must treat zero as
+ *    "default". */
+
 /** Pool configuration: a value type. Always start from surpool_config_init()
  *  so that new fields get their defaults. Strings are borrowed by the struct
  *  and copied by surpool_pool_create(). docs/configuration.md lists every field. */
+/** The wire format of a pool's connections (docs/values.md). */
+typedef enum surpool_wire_format {
+    SURPOOL_WIRE_DEFAULT = 0, /**< the URL's format= key if given, else CBOR */
+    SURPOOL_WIRE_JSON = 1,    /**< subprotocol "json", text frames */
+    SURPOOL_WIRE_CBOR = 2,    /**< subprotocol "cbor", binary frames (exact values) */
+} surpool_wire_format;
+
 typedef struct surpool_config {
-    size_t struct_size; /**< set by surpool_config_init(); do not touch */
+    size_t struct_size; /**< set by surpool_config_init(): the caller's sizeof
+                             (see the struct_size rule above); do not touch */
 
     /* Where and who. */
-    const char *url;                  /**< "ws://host:port/rpc" or "wss://..."; required */
+    const char *url;                  /**< "ws://host:port/rpc" or "wss://..."; required;
+                                           path at most 2048 bytes (docs/configuration.md) */
     const char *ns;                   /**< namespace selected on every connection, or NULL */
     const char *db;                   /**< database (needs ns), or NULL */
     const char *user;                 /**< signin user, or NULL for no signin */
@@ -190,7 +223,8 @@ typedef struct surpool_config {
     surpool_on_connect_fn on_connect; /**< hook run on every new connection, or NULL */
     void *on_connect_userdata;
 
-    /* Sizing and timeouts (milliseconds). */
+    /* Sizing and timeouts (milliseconds). Every *_ms field is at most
+     * 31536000000 (365 days); create refuses a larger value, naming it. */
     int min_connections;     /**< opened at create and kept open; default 0 */
     int max_connections;     /**< hard cap; default 10 */
     long acquire_timeout_ms; /**< default wait for a connection; default 30000 */
@@ -249,12 +283,27 @@ typedef struct surpool_config {
     void *log_userdata;
     surpool_log_level log_level; /**< most verbose level passed on; default WARN */
 
-    unsigned char reserved[256]; /**< room to grow; keep zero */
+    /* Wire format: CBOR keeps every string and every SurrealDB type exact;
+     * JSON lets the server reinterpret strings (docs/values.md). */
+    surpool_wire_format wire_format; /**< default SURPOOL_WIRE_DEFAULT */
+
+    unsigned char reserved[252]; /**< room to grow; keep zero */
 } surpool_config;
 
-/** Fill `cfg` with defaults (all strings NULL, sizes and timeouts as documented).
+/** Fill the first `struct_size` bytes of `cfg` with defaults (all strings
+ *  NULL, sizes and timeouts as documented) and set cfg->struct_size to the
+ *  part of it this library knows (at most sizeof(surpool_config) of the
+ *  library). Bytes past that are zeroed. Does nothing if `cfg` is NULL or
+ *  `struct_size` cannot hold `url`. Call it through the macro
+ *  surpool_config_init(cfg), which passes sizeof(surpool_config)
+ *  as this header defines it.
  *  Thread safety: Any thread (on distinct structs). */
+SURPOOL_API void surpool_config_init_sized(surpool_config *cfg, size_t struct_size);
+
+/** surpool_config_init_sized() with the 0.1.0 size: the symbol binaries built
+ *  before the macro existed call. */
 SURPOOL_API void surpool_config_init(surpool_config *cfg);
+#define surpool_config_init(cfg) surpool_config_init_sized((cfg), sizeof(surpool_config))
 
 /* ------------------------------------------------------------------------- */
 /* Pool                                                                       */
@@ -302,6 +351,8 @@ SURPOOL_API void surpool_pool_destroy(surpool_pool *pool);
  *          SURPOOL_ERR_INVALID_ARG.
  *  An idle connection unused for validation_idle_ms is pinged first, so even
  *  timeout_ms = 0 may take up to validation_timeout_ms per such connection.
+ *  Called from inside a surpool_result_fn it returns SURPOOL_ERR_INVALID_ARG
+ *  at once (it could wait on the thread that delivers replies).
  *  Thread safety: Any thread. Not from a surpool callback. */
 SURPOOL_API surpool_err surpool_pool_acquire(surpool_pool *pool, long timeout_ms,
                                              surpool_conn **out, surpool_error *err);
@@ -331,7 +382,8 @@ SURPOOL_API surpool_err surpool_pool_drain(surpool_pool *pool, long timeout_ms);
 
 /** Statistics snapshot. All counters are since create. */
 typedef struct surpool_stats {
-    size_t struct_size; /**< set by surpool_pool_stats() */
+    size_t struct_size; /**< set by surpool_pool_stats(): bytes filled in (the
+                             caller's sizeof, or less from an older library) */
     int total;          /**< idle + in_use + connecting */
     int idle;
     int in_use;
@@ -370,10 +422,22 @@ typedef struct surpool_stats {
     unsigned char reserved[192];
 } surpool_stats;
 
-/** Fill `out` with a consistent snapshot (taken under the pool lock).
- *  @return SURPOOL_OK or SURPOOL_ERR_INVALID_ARG.
+/** Fill the first `struct_size` bytes of `out` with a consistent snapshot
+ *  (taken under the pool lock); bytes past this library's surpool_stats are
+ *  zeroed; out->struct_size says how many bytes were filled. Call it through
+ *  the macro surpool_pool_stats(pool, out), which passes
+ *  sizeof(surpool_stats) as this header defines it.
+ *  @return SURPOOL_OK or SURPOOL_ERR_INVALID_ARG (NULL pool or out, or
+ *          struct_size smaller than a size_t).
  *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_pool_stats_sized(surpool_pool *pool, surpool_stats *out,
+                                                 size_t struct_size);
+
+/** surpool_pool_stats_sized() with the 0.1.0 size: the symbol binaries built
+ *  before the macro existed call. */
 SURPOOL_API surpool_err surpool_pool_stats(surpool_pool *pool, surpool_stats *out);
+#define surpool_pool_stats(pool, out)                                                          \
+    surpool_pool_stats_sized((pool), (out), sizeof(surpool_stats))
 
 /* ------------------------------------------------------------------------- */
 /* Leased connections                                                         */
@@ -382,6 +446,15 @@ SURPOOL_API surpool_err surpool_pool_stats(surpool_pool *pool, surpool_stats *ou
 /** Give a lease back. If callers wait, the connection goes straight to the
  *  oldest; a broken connection is closed and its slot goes to the oldest waiter
  *  to open a replacement. `conn` must not be used afterwards. NULL is a no-op.
+ *  Releasing the same lease twice is a programming error the pool detects and
+ *  ignores, with an ERROR line through log_fn, while the connection is not
+ *  lent again: the second call changes nothing (no stats, no second handoff),
+ *  including when two threads release it at once. The handle names the
+ *  connection, not the lease: once the pool has lent that connection again,
+ *  a stale release cannot be told apart from the new borrower's and gives
+ *  back the new borrower's lease; and the memory of a closed connection is
+ *  kept only for the next 32 closes, after which a stale handle is a dangling
+ *  pointer. So: exactly one release per acquire.
  *  Thread safety: Any thread (the one holding the lease). */
 SURPOOL_API void surpool_conn_release(surpool_conn *conn);
 
@@ -390,20 +463,27 @@ SURPOOL_API void surpool_conn_release(surpool_conn *conn);
  *  Thread safety: One thread at a time per handle. */
 SURPOOL_API void surpool_conn_discard(surpool_conn *conn);
 
-/** Last error message recorded on this lease, valid until its next call or its
- *  release; "" when the last call succeeded. Never NULL.
+/** The message of the last call on this lease: the same text that call put in
+ *  its err->message (also when it was given err = NULL), "" when it succeeded
+ *  or before the first call. Valid until the next call on the lease or its
+ *  release. Never NULL; "" for a NULL conn.
  *  Thread safety: One thread at a time per handle. */
 SURPOOL_API const char *surpool_conn_last_error(const surpool_conn *conn);
 
 /** Send any RPC method with raw params and return its `result`.
  *  @param method  lowercase method name, e.g. "query"; required.
- *  @param params  a JSON array, or NULL for []; borrowed.
+ *  @param params  a JSON array, or NULL for []; borrowed. Every string and key in
+ *                 it must be valid UTF-8 and it may nest at most 2048 levels
+ *                 (no reference cycles), else SURPOOL_ERR_INVALID_ARG, unsent.
  *  @param out     receives the result (new reference); may be NULL to ignore it.
  *  @return SURPOOL_OK; SURPOOL_ERR_SERVER / _AUTH (the server answered with an
  *          error; see err->server_code/kind/message); SURPOOL_ERR_REQUEST_TIMEOUT;
  *          SURPOOL_ERR_DISCONNECTED; SURPOOL_ERR_PROTOCOL; SURPOOL_ERR_TOO_LARGE;
  *          SURPOOL_ERR_BROKEN; SURPOOL_ERR_INVALID_ARG; SURPOOL_ERR_NOMEM.
  *  Transport failures mark the lease broken: it is replaced on release.
+ *  Every RPC on a lease made from inside a surpool_result_fn returns
+ *  SURPOOL_ERR_INVALID_ARG at once, sending nothing: it would wait for a reply
+ *  only the callback's own thread can deliver.
  *  Thread safety: One thread at a time per handle. */
 SURPOOL_API surpool_err surpool_conn_call(surpool_conn *conn, const char *method,
                                           const json_t *params, json_t **out,
@@ -438,12 +518,18 @@ SURPOOL_API surpool_err surpool_conn_query(surpool_conn *conn, const char *sql,
 
 /** Run SurrealQL on the shared lane and wait for the reply. `*out` as
  *  surpool_conn_query(). Returns as surpool_conn_query(), plus
- *  SURPOOL_ERR_CLOSED, and the acquire errors while the lane opens its
- *  connections. Thread safety: Any thread. Not from a surpool callback. */
+ *  SURPOOL_ERR_CLOSED, and the acquire errors (with the server's code and kind
+ *  when connection setup failed) while the lane opens its connections. The
+ *  deadline is request_timeout_ms from the call, queueing and waiting for a
+ *  lane connection included (SURPOOL_ERR_REQUEST_TIMEOUT). Called from inside
+ *  a surpool_result_fn it returns SURPOOL_ERR_INVALID_ARG at once, sending
+ *  nothing (it would deadlock).
+ *  Thread safety: Any thread. Not from a surpool callback. */
 SURPOOL_API surpool_err surpool_query(surpool_pool *pool, const char *sql, const json_t *vars,
                                       json_t **out, surpool_error *err);
 
-/** Any RPC method on the shared lane (not the session-changing ones).
+/** Any RPC method on the shared lane (not the session-changing ones). Returns
+ *  as surpool_query(), SURPOOL_ERR_INVALID_ARG from inside a callback included.
  *  Thread safety: Any thread. Not from a surpool callback. */
 SURPOOL_API surpool_err surpool_call(surpool_pool *pool, const char *method,
                                      const json_t *params, json_t **out, surpool_error *err);
@@ -453,8 +539,10 @@ SURPOOL_API surpool_err surpool_call(surpool_pool *pool, const char *method,
  *  pool lock held. `result` (the RPC result, NULL unless code == SURPOOL_OK)
  *  and `err` are BORROWED: valid during the callback only; json_incref()
  *  `result` to keep it. The callback must not block: it may call
- *  surpool_query_async()/surpool_call_async() again (they never block), but no
- *  synchronous surpool function. */
+ *  surpool_query_async()/surpool_call_async() again, on this pool or another
+ *  (they never block), but no synchronous surpool function: surpool_query(),
+ *  surpool_call(), acquire and RPCs on a lease return SURPOOL_ERR_INVALID_ARG
+ *  at once there instead of deadlocking. */
 typedef void (*surpool_result_fn)(void *userdata, surpool_err code, json_t *result,
                                   const surpool_error *err);
 
@@ -463,7 +551,9 @@ typedef void (*surpool_result_fn)(void *userdata, surpool_err code, json_t *resu
  *  on the transport's thread, but possibly before this returns (the send was
  *  refused) or on a thread calling surpool_pool_close()/destroy() (CLOSED,
  *  DISCONNECTED). If it returns an error (bad argument, pool closed, out of
- *  memory), `cb` is never called. The deadline is request_timeout_ms from now,
+ *  memory), `cb` is never called. Once surpool_pool_close() or
+ *  surpool_pool_destroy() has begun it returns SURPOOL_ERR_CLOSED, also when
+ *  called from a callback that destroy is completing. The deadline is request_timeout_ms from now,
  *  queueing included. Needs a lane: shared_connections > 0 and
  *  max_connections > 1 (else SURPOOL_ERR_INVALID_ARG).
  *  Thread safety: Any thread, including from a surpool_result_fn. */
@@ -478,10 +568,29 @@ SURPOOL_API surpool_err surpool_call_async(surpool_pool *pool, const char *metho
                                            void *userdata);
 
 /** If `result` (a query reply) holds a statement whose status is not "OK",
- *  return SURPOOL_ERR_SERVER with that statement's index and message in `err`;
- *  else SURPOOL_OK. SURPOOL_ERR_PROTOCOL if `result` is not a query reply.
+ *  return SURPOOL_ERR_SERVER with the first such statement's index, message
+ *  and kind in `err`; else SURPOOL_OK. In a failed transaction the server marks
+ *  the statements it skipped "not executed due to a failed transaction": then
+ *  `err` names the statement that actually failed (the THROW, the failing
+ *  CREATE, ...) with its message and kind, e.g. "statement 2 failed the
+ *  transaction (statement 1 was not executed): An error occurred: boom".
+ *  SURPOOL_ERR_PROTOCOL if `result` is not a query reply (not an array, or a
+ *  statement without a status). `result` is borrowed.
  *  Thread safety: Any thread. */
 SURPOOL_API surpool_err surpool_query_check(const json_t *result, surpool_error *err);
+
+/** The result of statement `i` (0-based, in reply order) of a query reply.
+ *  @param reply  what surpool_conn_query()/surpool_query() returned; borrowed.
+ *  @param out    receives the statement's `result` as a NEW reference (release it
+ *                with json_decref()), set only on SURPOOL_OK.
+ *  @return SURPOOL_OK; SURPOOL_ERR_SERVER if that statement failed (`err` as
+ *          surpool_query_check() fills it for that statement, the real cause
+ *          included when it was skipped by a failed transaction);
+ *          SURPOOL_ERR_INVALID_ARG (out is NULL, or `i` is past the last
+ *          statement); SURPOOL_ERR_PROTOCOL (`reply` is not a query reply).
+ *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_query_result(const json_t *reply, size_t i, json_t **out,
+                                             surpool_error *err);
 
 /* ------------------------------------------------------------------------- */
 /* RPC methods on a lease                                                     */
@@ -490,7 +599,10 @@ SURPOOL_API surpool_err surpool_query_check(const json_t *result, surpool_error 
 /* `out` (may be NULL to ignore it) receives the method's result as a NEW      */
 /* reference on SURPOOL_OK; json_t arguments are borrowed; bad arguments      */
 /* return SURPOOL_ERR_INVALID_ARG before anything is sent; other returns as   */
-/* surpool_conn_call(). "thing" is a table name ("person") or a record id     */
+/* surpool_conn_call(). Every string argument, and every string and object    */
+/* key inside a json_t argument, must be valid UTF-8 (strict: no surrogates,  */
+/* no overlong forms, nothing above U+10FFFF), else SURPOOL_ERR_INVALID_ARG    */
+/* (see docs/errors.md). "thing" is a table name ("person") or a record id     */
 /* ("person:tobie"): the server parses it (see docs/json-values.md).          */
 /* Calls that change session state (use, signin, signup, authenticate,        */
 /* invalidate, let, unset, and raw reset, begin, live, attach, detach) make   */
@@ -610,6 +722,160 @@ SURPOOL_API surpool_err surpool_conn_info(surpool_conn *conn, json_t **out, surp
 
 /** Library version, "MAJOR.MINOR.PATCH". Thread safety: Any thread. */
 SURPOOL_API const char *surpool_version(void);
+
+/* ------------------------------------------------------------------------- */
+/* Typed values (docs/values.md)                                              */
+/* ------------------------------------------------------------------------- */
+
+/* SurrealDB values that JSON has no type for travel inside json_t trees in one
+ * reserved form: an object whose "$surreal" member names the type, e.g.
+ *   {"$surreal":"record","tb":"person","id":1}
+ *   {"$surreal":"datetime","value":"2024-01-01T00:00:00Z"}
+ * Results decode into this form and parameters in this form are sent as that
+ * type (over CBOR; over JSON they are sent as their text, see docs/values.md).
+ * An object without a "$surreal" member is always a plain object. An object
+ * with one that is malformed makes the call fail with SURPOOL_ERR_INVALID_ARG
+ * before anything is sent. docs/values.md lists every type and its fields. */
+
+/** The types of the reserved form. Values are explicit and append-only. */
+typedef enum surpool_value_type {
+    SURPOOL_VALUE_INVALID = -1,      /**< has "$surreal" but no known type name */
+    SURPOOL_VALUE_PLAIN = 0,         /**< not a typed value (any other json_t) */
+    SURPOOL_VALUE_NONE = 1,          /**< NONE (absent), {"$surreal":"none"} */
+    SURPOOL_VALUE_TABLE = 2,         /**< table name: "value" */
+    SURPOOL_VALUE_RECORD = 3,        /**< record id: "tb" and "id" (or text "value") */
+    SURPOOL_VALUE_UUID = 4,          /**< "value": canonical lower-case text */
+    SURPOOL_VALUE_DECIMAL = 5,       /**< "value": decimal text */
+    SURPOOL_VALUE_DATETIME = 6,      /**< "value": RFC 3339 UTC text */
+    SURPOOL_VALUE_DURATION = 7,      /**< "value": SurrealQL duration text */
+    SURPOOL_VALUE_BYTES = 8,         /**< "value": base64 text */
+    SURPOOL_VALUE_SET = 9,           /**< "value": array */
+    SURPOOL_VALUE_FUTURE = 10,       /**< "value": the future's body */
+    SURPOOL_VALUE_RANGE = 11,        /**< "begin", "end": null or {"included"|"excluded": v} */
+    SURPOOL_VALUE_FILE = 12,         /**< "bucket", "key" */
+    SURPOOL_VALUE_POINT = 13,        /**< "value": [x, y] */
+    SURPOOL_VALUE_LINE = 14,         /**< "value": array of points */
+    SURPOOL_VALUE_POLYGON = 15,      /**< "value": array of lines */
+    SURPOOL_VALUE_MULTIPOINT = 16,   /**< "value": array of points */
+    SURPOOL_VALUE_MULTILINE = 17,    /**< "value": array of lines */
+    SURPOOL_VALUE_MULTIPOLYGON = 18, /**< "value": array of polygons */
+    SURPOOL_VALUE_COLLECTION = 19,   /**< "value": array of geometries */
+    SURPOOL_VALUE_BIGINT = 20,       /**< "value": integer text outside int64 */
+    SURPOOL_VALUE_FLOAT = 21,        /**< "value": "NaN", "Infinity" or "-Infinity" */
+    SURPOOL_VALUE_OBJECT = 22,       /**< "value": an object that has its own "$surreal" key */
+    SURPOOL_VALUE_TAG = 23,          /**< unknown CBOR tag: "tag" (integer), "value" */
+} surpool_value_type;
+
+/** The type of v, from its "$surreal" member only (the other fields are not
+ *  checked: surpool_value_check() does that). NULL → SURPOOL_VALUE_PLAIN.
+ *  Thread safety: Any thread (v is only read). */
+SURPOOL_API surpool_value_type surpool_value_type_of(const json_t *v);
+
+/** The type's name as used under "$surreal" ("record", "datetime", ...);
+ *  "plain" and "invalid" for those two. Static text, never NULL.
+ *  Thread safety: Any thread. */
+SURPOOL_API const char *surpool_value_type_name(surpool_value_type type);
+
+/** Check that every typed value anywhere in v is well-formed, as a call would
+ *  before sending v. v is borrowed.
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG with a message naming the
+ *          problem; SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_check(const json_t *v, surpool_error *err);
+
+/** NONE. *out: a new reference. @return SURPOOL_OK or SURPOOL_ERR_NOMEM.
+ *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_none(json_t **out, surpool_error *err);
+
+/** A table name (any non-empty UTF-8 text, sent as is). *out: a new reference.
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (NULL or empty name, invalid
+ *  UTF-8); SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_table(const char *name, json_t **out, surpool_error *err);
+
+/** A record id from its table and its id: a string (sent as is, never parsed),
+ *  an integer, an array, a plain object, a typed UUID or a typed range. id is
+ *  borrowed (deep-copied). *out: a new reference.
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG; SURPOOL_ERR_NOMEM.
+ *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_record(const char *table, const json_t *id, json_t **out,
+                                             surpool_error *err);
+
+/** Parse "table" or "table:id" text by SurrealQL's rules (docs/values.md,
+ *  "Thing text"): "table" gives a table, "table:id" a record id whose id is an
+ *  integer (digits that fit int64, so "person:01" has the id 1), an identifier
+ *  ([A-Za-z0-9_]+, not all digits) as a string, ⟨…⟩ or `…` escaped text as a
+ *  string, or u'…' / u"…" as a UUID. *out: a new reference.
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (anything else, e.g. array,
+ *  object or range ids: build those with surpool_value_record()); NOMEM.
+ *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_thing(const char *text, json_t **out, surpool_error *err);
+
+/** A UUID from its 36-character text (either case; stored lower case).
+ *  *out: a new reference. @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG;
+ *  SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_uuid(const char *text, json_t **out, surpool_error *err);
+
+/** A decimal from its text ([+-]digits[.digits][e[+-]digits]), kept exactly
+ *  as given. *out: a new reference. @return SURPOOL_OK;
+ *  SURPOOL_ERR_INVALID_ARG; SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_decimal(const char *text, json_t **out,
+                                              surpool_error *err);
+
+/** A datetime from RFC 3339 text ("2024-01-01", "2024-01-01T10:00:00.5+02:00"),
+ *  stored as canonical UTC text ("2024-01-01T08:00:00.500Z"). Years 0000-9999.
+ *  *out: a new reference. @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG;
+ *  SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_datetime(const char *text, json_t **out,
+                                               surpool_error *err);
+
+/** A datetime from seconds since the Unix epoch and nanoseconds (< 10^9).
+ *  *out: a new reference. @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (nanos
+ *  out of range, year outside 0000-9999); SURPOOL_ERR_NOMEM.
+ *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_datetime_unix(int64_t secs, uint32_t nanos, json_t **out,
+                                                    surpool_error *err);
+
+/** The seconds and nanoseconds of a typed datetime (either may be NULL).
+ *  @return SURPOOL_OK or SURPOOL_ERR_INVALID_ARG (not a valid datetime).
+ *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_datetime_get(const json_t *v, int64_t *secs,
+                                                   uint32_t *nanos, surpool_error *err);
+
+/** A duration from SurrealQL text ("1h30m", "1y2w3d4h5m6s7ms8us9ns", units y w
+ *  d h m s ms us µs ns), stored as SurrealDB prints it ("90m" → "1h30m").
+ *  *out: a new reference. @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG;
+ *  SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_duration(const char *text, json_t **out,
+                                               surpool_error *err);
+
+/** Bytes (a CBOR byte string on the wire), copied; data may be NULL when len is
+ *  0. *out: a new reference. @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG;
+ *  SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_bytes(const void *data, size_t len, json_t **out,
+                                            surpool_error *err);
+
+/** The table name of a typed record id ("tb"), or NULL when v is not one.
+ *  Borrowed: valid while v is. Thread safety: Any thread. */
+SURPOOL_API const char *surpool_value_record_table(const json_t *v);
+
+/** The id of a typed record id ("id"), or NULL when v is not one (or holds the
+ *  text form). Borrowed: valid while v is. Thread safety: Any thread. */
+SURPOOL_API json_t *surpool_value_record_id(const json_t *v);
+
+/** The text form of any value: a typed value's SurrealQL-style text
+ *  ("person:tobie", "2024-01-01T00:00:00Z", "NONE", ...), a string itself, and
+ *  the compact JSON text of anything else (typed values inside shown by their
+ *  text). *out: a new reference to a JSON string.
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (NULL or malformed typed value);
+ *  SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_text(const json_t *v, json_t **out, surpool_error *err);
+
+/** A copy of v with every typed value replaced by plain JSON, for printing and
+ *  logs: text forms as strings, NONE as null, sets as arrays, geometries as
+ *  GeoJSON objects. Not meant to be sent back (types are lost).
+ *  *out: a new reference. @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG;
+ *  SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_value_to_plain(const json_t *v, json_t **out,
+                                               surpool_error *err);
 
 /* ------------------------------------------------------------------------- */
 /* Allocator                                                                  */

@@ -9,24 +9,35 @@
 # Options: --seconds N (default 300), --seed N, --sanitize address,undefined|thread
 #          (a sanitizer build), anything else is passed to the soak program
 #          (--lease-threads N, --pool-threads N, --progress-every S).
+#          --lane: run the shared-lane stress instead (tests/stress_lane.c, fake
+#          transport, no server): socket turnover and drops for --seconds, then
+#          --pools N pools (default 1000) destroyed while callbacks resubmit.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 
 seconds=300
 sanitize=
+lane=
+pools=1000
 args=()
 while [ $# -gt 0 ]; do
     case $1 in
         --seconds) seconds=$2; shift ;;
         --sanitize) sanitize=$2; shift ;;
+        --lane) lane=1 ;;
+        --pools) pools=$2; shift ;;
         --seed|--lease-threads|--pool-threads|--progress-every) args+=("$1" "$2"); shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see the comment at the top of $0)" ;;
     esac
     shift
 done
 
-ensure_deps
+if [ -n "$lane" ]; then
+    ensure_debs "${SURPOOL_DEB_PACKAGES[@]}" # the fake transport needs no server
+else
+    ensure_deps
+fi
 cd "$SURPOOL_ROOT"
 build=${SURPOOL_BUILD_ROOT:-$SURPOOL_ROOT/build}
 mkdir -p "$build"
@@ -44,5 +55,13 @@ else
     configure_and_build "$dir" -DSURPOOL_WERROR=ON
 fi
 
+if [ -n "$lane" ]; then
+    seed=()
+    for ((i = 0; i < ${#args[@]}; i += 2)); do
+        [ "${args[i]}" = --seed ] && seed=(--seed "${args[i + 1]}")
+    done
+    log "lane stress: ${seconds}s, ${pools} pools"
+    exec "$dir/tests/stress_lane" --seconds "$seconds" --pools "$pools" "${seed[@]+"${seed[@]}"}"
+fi
 log "soak: ${seconds}s"
 exec "$dir/tests/soak" --seconds "$seconds" "${args[@]+"${args[@]}"}"

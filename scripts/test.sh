@@ -97,7 +97,8 @@ run_valgrind() {
         "${vg[@]}" "$dir/tests/$t" >"$dir/valgrind-$t.log" 2>&1 || {
             tail -n 30 "$dir/valgrind-$t.log"; rc=1; }
     done
-    start_test_server tests/server/server.mjs --user root --pass root
+    start_test_server tests/server/server.mjs --user root --pass root \
+        ${SURPOOL_TEST_CORE:+--core "$SURPOOL_TEST_CORE"}
     for ex in quickstart crud; do
         "${vg[@]}" "$dir/examples/$ex" \
             "ws://root:root@127.0.0.1:$TEST_SERVER_PORT/rpc?ns=vg&db=$ex" \

@@ -9,125 +9,14 @@
 #include <string.h>
 
 #include "codec.h"
+#include "utf8.h"
 
 /* Initial text capacity of an encode buffer, on top of the headroom. Most
  * requests (ping, use, signin, short queries) fit without a realloc. */
 #define ENCODE_INITIAL_CAPACITY 256
 
-/* Length of the UTF-8 sequence introduced by lead byte `c`: 1 for ASCII, 2..4
- * for a lead byte, 0 for a continuation byte or a byte never valid in UTF-8. */
-static size_t utf8_seq_len(unsigned char c)
-{
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        return 2;
-    if (c >= 0xE0 && c <= 0xEF)
-        return 3;
-    if (c >= 0xF0 && c <= 0xF4)
-        return 4;
-    return 0;
-}
-
-/*
- * Copy the NUL-terminated `src` into `dst` (capacity `dstsize`, NUL included),
- * truncating if needed so that the copy never ends inside a multi-byte UTF-8
- * sequence: when the cut falls inside a sequence, that whole sequence is
- * dropped. Input is expected to be valid UTF-8 (jansson validates every string
- * it parses); for invalid input the result is still NUL-terminated and in
- * bounds, the back-off is limited to 3 bytes. Returns the bytes copied.
- */
-static size_t surpool__utf8_copy(char *dst, size_t dstsize, const char *src)
-{
-    if (dst == NULL || dstsize == 0)
-        return 0;
-    if (src == NULL) {
-        dst[0] = '\0';
-        return 0;
-    }
-    size_t n = 0;
-    while (n < dstsize && src[n] != '\0')
-        n++;
-    if (n >= dstsize) {
-        /* src[n] is the first byte left out. If it continues a sequence, back
-         * off to (and drop) that sequence's lead byte. */
-        n = dstsize - 1;
-        for (int i = 0; i < 3 && n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80; i++)
-            n--;
-        if (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
-            n = dstsize - 1; /* not UTF-8 anyway: plain byte cut */
-    }
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-    return n;
-}
-
-/* After a vsnprintf that may have truncated `s` in the middle of a UTF-8
- * sequence (e.g. inside jansson's error text), drop that incomplete tail. */
-static void utf8_trim_tail(char *s)
-{
-    size_t len = strlen(s);
-    size_t i = len;
-    /* Walk back over at most 3 continuation bytes to the lead byte. */
-    for (int k = 0; k < 3 && i > 0 && ((unsigned char)s[i - 1] & 0xC0) == 0x80; k++)
-        i--;
-    if (i == 0)
-        return;
-    size_t lead = i - 1;
-    size_t need = utf8_seq_len((unsigned char)s[lead]);
-    if (need > 1 && lead + need > len)
-        s[lead] = '\0';
-}
-
-/* Length of the well-formed UTF-8 sequence at s (n bytes available), or 0:
- * no overlong forms, no surrogates, nothing above U+10FFFF. */
-static size_t utf8_valid_seq(const unsigned char *s, size_t n)
-{
-    size_t len = utf8_seq_len(s[0]);
-    if (len == 0 || len > n)
-        return 0;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (s[0] == 0xE0)
-        lo = 0xA0;
-    else if (s[0] == 0xED)
-        hi = 0x9F;
-    else if (s[0] == 0xF0)
-        lo = 0x90;
-    else if (s[0] == 0xF4)
-        hi = 0x8F;
-    if (len > 1 && (s[1] < lo || s[1] > hi))
-        return 0;
-    for (size_t k = 2; k < len; k++) {
-        if ((s[k] & 0xC0) != 0x80)
-            return 0;
-    }
-    return len;
-}
-
-/* Copy the NUL-terminated src into dst (dstsize > 0), replacing every byte
- * that does not start a well-formed UTF-8 sequence with '?'. jansson's parse
- * error text quotes the offending token byte by byte, so it can end in (or
- * contain) half a character; our messages are always valid UTF-8. */
-static void utf8_sanitize(char *dst, size_t dstsize, const char *src)
-{
-    const unsigned char *s = (const unsigned char *)src;
-    size_t n = strlen(src);
-    size_t i = 0, j = 0;
-    while (i < n && j + 1 < dstsize) {
-        size_t len = utf8_valid_seq(s + i, n - i);
-        if (len == 0) {
-            dst[j++] = '?';
-            i++;
-        } else if (j + len < dstsize) {
-            memcpy(dst + j, s + i, len);
-            i += len;
-            j += len;
-        } else {
-            break;
-        }
-    }
-    dst[j] = '\0';
-}
+/* Every frame from the server is parsed with these. */
+#define DECODE_FLAGS (JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES)
 
 static const char *json_type_name(const json_t *v)
 {
@@ -142,6 +31,56 @@ static const char *json_type_name(const json_t *v)
     case JSON_NULL: return "null";
     }
     return "an unknown type";
+}
+
+/* ------------------------------------------------------------------------- */
+/* Checking values we are given                                              */
+/* ------------------------------------------------------------------------- */
+
+/* 0 when every string and key in v is valid UTF-8 and v nests no deeper than
+ * SURPOOL__JSON_MAX_DEPTH; else 1 (bad text) or 2 (too deep). */
+static int check_value(const json_t *v, int depth)
+{
+    if (depth > SURPOOL__JSON_MAX_DEPTH)
+        return 2;
+    if (json_is_string(v))
+        return surpool__utf8_valid(json_string_value(v), json_string_length(v)) ? 0 : 1;
+    if (json_is_object(v)) {
+        const char *k;
+        json_t *m;
+        json_object_foreach((json_t *)v, k, m)
+        {
+            if (!surpool__utf8_valid_str(k))
+                return 1;
+            int rc = check_value(m, depth + 1);
+            if (rc != 0)
+                return rc;
+        }
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *m;
+        json_array_foreach(v, i, m)
+        {
+            int rc = check_value(m, depth + 1);
+            if (rc != 0)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+surpool_err surpool__codec_check_value(const json_t *v, const char *what, surpool_error *err)
+{
+    switch (v != NULL ? check_value(v, 1) : 0) {
+    case 1:
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "%s: a string or object key is not valid UTF-8", what);
+    case 2:
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "%s: nested deeper than %d levels (or a reference cycle)", what,
+                               SURPOOL__JSON_MAX_DEPTH);
+    default: return SURPOOL_OK;
+    }
 }
 
 /* ------------------------------------------------------------------------- */
@@ -228,6 +167,11 @@ surpool_err surpool__codec_encode_request(int64_t id, const char *method, const 
                                json_type_name(params));
     if (headroom > SIZE_MAX / 2)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "encode headroom too large");
+    /* jansson's dump refuses a bad string but writes a bad key as it is, and
+     * recurses without a depth limit: check both before writing anything. */
+    surpool_err vrc = surpool__codec_check_value(params, "RPC params", err);
+    if (vrc != SURPOOL_OK)
+        return vrc;
 
     struct encbuf b = {NULL, 0, headroom, 0};
     b.cap = headroom + ENCODE_INITIAL_CAPACITY;
@@ -267,8 +211,7 @@ surpool_err surpool__codec_encode_request(int64_t id, const char *method, const 
             return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory encoding a request");
         return surpool__seterr(
             err, SURPOOL_ERR_INVALID_ARG,
-            "RPC params cannot be encoded as JSON (a string that is not valid UTF-8, "
-            "or a reference cycle)");
+            "RPC params cannot be encoded as JSON (a value jansson refuses to write)");
     }
     b.data[b.used] = '\0';
     *out = b.data;
@@ -293,14 +236,16 @@ surpool_err surpool__codec_decode_frame(const char *buf, size_t len, surpool__fr
 
     json_error_t jerr;
     memset(&jerr, 0, sizeof(jerr)); /* jansson leaves the error code byte unset */
-    json_t *root = json_loadb(buf, len, JSON_ALLOW_NUL, &jerr);
+    /* Duplicate keys are refused: jansson would keep the last one, so a frame
+     * such as {"id":1,"id":2,...} could be routed to another caller. */
+    json_t *root = json_loadb(buf, len, DECODE_FLAGS, &jerr);
     if (root == NULL && jerr.text[0] != '\0') {
         /* jansson reports an allocation failure in its lexer as a syntax
          * error. Bad JSON is bad every time: parse once more, and a frame
          * that parses now was fine (the first failure was out of memory). */
         json_error_t again;
         memset(&again, 0, sizeof(again));
-        root = json_loadb(buf, len, JSON_ALLOW_NUL, &again);
+        root = json_loadb(buf, len, DECODE_FLAGS, &again);
     }
     if (root == NULL) {
         /* jansson 2.14 reports most of its allocation failures by returning
@@ -309,14 +254,18 @@ surpool_err surpool__codec_decode_frame(const char *buf, size_t len, surpool__fr
         if (jerr.text[0] == '\0' || json_error_code(&jerr) == json_error_out_of_memory)
             return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory decoding a frame");
         char text[sizeof(jerr.text)];
+        int duplicate = json_error_code(&jerr) == json_error_duplicate_key;
         jerr.text[sizeof(jerr.text) - 1] = '\0'; /* the error code byte */
-        utf8_sanitize(text, sizeof(text), jerr.text);
-        surpool__seterr(err, SURPOOL_ERR_PROTOCOL,
-                        "invalid JSON from the server at byte %d (line %d, column %d): %s",
-                        jerr.position, jerr.line, jerr.column, text);
-        if (err != NULL)
-            utf8_trim_tail(err->message);
-        return SURPOOL_ERR_PROTOCOL;
+        surpool__text_sanitize_str(text, sizeof(text), jerr.text);
+        if (duplicate)
+            return surpool__seterr(err, SURPOOL_ERR_PROTOCOL,
+                                   "frame from the server repeats an object key (%s): "
+                                   "refused, it could be routed to the wrong caller",
+                                   text);
+        return surpool__seterr(
+            err, SURPOOL_ERR_PROTOCOL,
+            "invalid JSON from the server at byte %d (line %d, column %d): %s", jerr.position,
+            jerr.line, jerr.column, text);
     }
     if (!json_is_object(root)) {
         surpool__seterr(err, SURPOOL_ERR_PROTOCOL,
@@ -409,12 +358,14 @@ surpool_err surpool__codec_map_error(const json_t *error, surpool_error *err)
 
     json_t *kind = json_object_get(error, "kind");
     if (json_is_string(kind))
-        surpool__utf8_copy(err->kind, sizeof(err->kind), json_string_value(kind));
+        surpool__text_sanitize(err->kind, sizeof(err->kind), json_string_value(kind),
+                               json_string_length(kind));
 
     json_t *msg = json_object_get(error, "message");
-    const char *text = "server error without message";
-    if (json_is_string(msg) && json_string_value(msg)[0] != '\0')
-        text = json_string_value(msg);
-    surpool__utf8_copy(err->message, sizeof(err->message), text);
+    if (json_is_string(msg) && json_string_length(msg) > 0)
+        surpool__text_sanitize(err->message, sizeof(err->message), json_string_value(msg),
+                               json_string_length(msg));
+    else
+        surpool__strlcpy(err->message, "server error without message", sizeof(err->message));
     return rc;
 }

@@ -12,6 +12,16 @@
 
 #include "internal.h"
 
+/* Deepest nesting we send or accept: jansson's parser limit. */
+#define SURPOOL__JSON_MAX_DEPTH 2048
+
+/* SURPOOL_OK when every string and object key inside v (NULL ok) is valid UTF-8
+ * (surpool__utf8_valid) and v nests at most SURPOOL__JSON_MAX_DEPTH levels
+ * (which also catches a reference cycle); else SURPOOL_ERR_INVALID_ARG with a
+ * message that starts with `what`. Only reads v. Used on every json_t the API
+ * takes (params, vars, data, signin_params). */
+surpool_err surpool__codec_check_value(const json_t *v, const char *what, surpool_error *err);
+
 /* Encode {"id":id,"method":method,"params":params} as compact JSON text, raw
  * UTF-8 (no JSON_ENSURE_ASCII, no JSON_ESCAPE_SLASH). params may be NULL (sent
  * as []); it must be an array otherwise. The result buffer (*out, freed with
@@ -21,9 +31,10 @@
  * several threads at once. Values built with jansson's *_nocheck functions must
  * hold valid UTF-8: jansson 2.14 silently emits broken JSON for a bad key.
  * Returns SURPOOL_ERR_INVALID_ARG for a method that is not [a-z_]+, params that
- * are not an array, or params jansson refuses to encode (invalid UTF-8 string,
- * reference cycle — or jansson's own allocation failure, which it does not tell
- * apart); SURPOOL_ERR_NOMEM when our buffer cannot grow. */
+ * are not an array, params that fail surpool__codec_check_value() (a string or
+ * key that is not valid UTF-8, too deep, a cycle), or params jansson still
+ * refuses to encode; SURPOOL_ERR_NOMEM when our buffer (or, as a retry shows,
+ * jansson) runs out of memory. */
 surpool_err surpool__codec_encode_request(int64_t id, const char *method, const json_t *params,
                                           size_t headroom, char **out, size_t *len,
                                           surpool_error *err);
@@ -41,11 +52,14 @@ typedef struct surpool__frame {
 } surpool__frame;
 
 /* Decode one text frame (may contain NUL bytes inside strings: JSON_ALLOW_NUL).
+ * An object that repeats a key anywhere in the frame is refused
+ * (JSON_REJECT_DUPLICATES): keeping one of the two would let a frame carry two
+ * ids and be routed to another caller.
  * *out is zeroed first and filled only on success. "id":null counts as no id;
  * an id-less frame with a non-null "error" is an ORPHAN_ERROR even if it also
  * looks like a notification. SURPOOL_ERR_PROTOCOL with a message (jansson's
  * text and position for parse errors, always valid UTF-8) when it is not JSON,
- * is nested deeper than jansson's limit (2048), is not an object, has a
+ * repeats a key, is nested deeper than jansson's limit (2048), is not an object, has a
  * non-integer id, or fits none of the kinds above; SURPOOL_ERR_NOMEM when
  * jansson ran out of memory (as far as it says so). */
 surpool_err surpool__codec_decode_frame(const char *buf, size_t len, surpool__frame *out,
@@ -63,8 +77,9 @@ surpool_err surpool__codec_reply_result(const json_t *root, json_t **result,
  * cause) into err: code -32002 (authentication) → SURPOOL_ERR_AUTH, everything
  * else (including a missing or malformed object) → SURPOOL_ERR_SERVER.
  * server_code (0 when missing or not an integer, clamped to int), kind ("" when
- * absent) and the server's message verbatim are copied, truncated to fit on a
- * UTF-8 character boundary. details and cause are not copied. err may be NULL.
+ * absent) and the server's message are copied through surpool__text_sanitize()
+ * (control characters escaped or replaced), truncated to fit on a UTF-8
+ * character boundary. details and cause are not copied. err may be NULL.
  * Returns the code. */
 surpool_err surpool__codec_map_error(const json_t *error, surpool_error *err);
 

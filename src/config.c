@@ -2,9 +2,12 @@
  * Configuration: defaults, validation with messages that name the field, and
  * the pool's private copy of every string (secrets wiped when freed).
  */
+#include <stddef.h>
 #include <string.h>
 
+#include "codec.h"
 #include "pool.h"
+#include "utf8.h"
 
 static surpool_err dup_field(char **dst, const char **pub, const char *src)
 {
@@ -38,7 +41,7 @@ static void wipe_json_strings(json_t *v)
 
 void surpool__config_free(surpool__pool_config *c)
 {
-    surpool__free(c->url);
+    surpool__free_secret(c->url); /* ws://user:password@host: may hold the password */
     surpool__free(c->ns);
     surpool__free(c->db);
     surpool__free(c->user);
@@ -86,6 +89,10 @@ surpool_err surpool__config_copy(surpool__pool_config *dst, const surpool_config
     DUP(tls_cert_file, src->tls_cert_file);
     DUP(tls_key_file, src->tls_key_file);
 #undef DUP
+    /* The config wins over the URL; CBOR when neither says. */
+    if (pub->wire_format == SURPOOL_WIRE_DEFAULT)
+        pub->wire_format =
+            url->format != 0 ? (surpool_wire_format)url->format : SURPOOL_WIRE_CBOR;
     if (rc == SURPOOL_OK && src->signin_params != NULL) {
         dst->signin_params = json_deep_copy(src->signin_params);
         if (dst->signin_params == NULL)
@@ -104,12 +111,39 @@ static int empty(const char *s)
     return s != NULL && s[0] == '\0';
 }
 
+/* Every millisecond setting, for the upper bound: larger values overflowed
+ * (ms -> ns, deadlines, backoff doubling), so they are refused, not clamped:
+ * the caller learns the limit instead of getting a different value. */
+static surpool_err check_ms_bounds(const surpool_config *c, surpool_error *err)
+{
+    const struct {
+        const char *name;
+        long value;
+    } ms[] = {
+        {"acquire_timeout_ms", c->acquire_timeout_ms},
+        {"connect_timeout_ms", c->connect_timeout_ms},
+        {"request_timeout_ms", c->request_timeout_ms},
+        {"reconnect_backoff_min_ms", c->reconnect_backoff_min_ms},
+        {"reconnect_backoff_max_ms", c->reconnect_backoff_max_ms},
+        {"idle_timeout_ms", c->idle_timeout_ms},
+        {"max_lifetime_ms", c->max_lifetime_ms},
+        {"validation_idle_ms", c->validation_idle_ms},
+        {"validation_timeout_ms", c->validation_timeout_ms},
+        {"keepalive_interval_ms", c->keepalive_interval_ms},
+        {"maintenance_interval_ms", c->maintenance_interval_ms},
+        {"leak_threshold_ms", c->leak_threshold_ms},
+    };
+    for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++)
+        if ((long long)ms[i].value > SURPOOL__MS_MAX)
+            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                   "config.%s must be at most %lld (365 days; got %ld)",
+                                   ms[i].name, SURPOOL__MS_MAX, ms[i].value);
+    return SURPOOL_OK;
+}
+
 /* Validate what create() needs; messages name the field. */
 surpool_err surpool__config_validate(const surpool_config *c, surpool_error *err)
 {
-    if (c->struct_size != sizeof(surpool_config))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "config not initialised with surpool_config_init()");
     if (c->url == NULL || c->url[0] == '\0')
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.url is required");
     if (c->max_connections < 1 || c->max_connections > 100000)
@@ -154,6 +188,8 @@ surpool_err surpool__config_validate(const surpool_config *c, surpool_error *err
     if (c->maintenance_interval_ms < 1)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config.maintenance_interval_ms must be >= 1");
+    if (check_ms_bounds(c, err) != SURPOOL_OK)
+        return SURPOOL_ERR_INVALID_ARG;
     if (c->breaker_threshold < 0)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config.breaker_threshold must be >= 0 (0 = never)");
@@ -167,10 +203,24 @@ surpool_err surpool__config_validate(const surpool_config *c, surpool_error *err
                                "shared_max_inflight >= 1");
     if (c->log_level < SURPOOL_LOG_ERROR || c->log_level > SURPOOL_LOG_DEBUG)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.log_level is invalid");
+    if (c->wire_format < SURPOOL_WIRE_DEFAULT || c->wire_format > SURPOOL_WIRE_CBOR)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.wire_format is invalid");
     if (empty(c->ns) || empty(c->db) || empty(c->user) || empty(c->access) || empty(c->token) ||
         empty(c->init_sql))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config strings must be NULL or non-empty");
+    /* Strings sent to the server must be valid UTF-8 (the TLS file names are
+     * not sent: they are paths, which may be any bytes). */
+    const struct {
+        const char *name, *value;
+    } texts[] = {{"url", c->url},     {"ns", c->ns},
+                 {"db", c->db},       {"user", c->user},
+                 {"pass", c->pass},   {"access", c->access},
+                 {"token", c->token}, {"init_sql", c->init_sql}};
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++)
+        if (!surpool__utf8_valid_str(texts[i].value))
+            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.%s is not valid UTF-8",
+                                   texts[i].name);
     if (c->tls_insecure_skip_verify != 0 && c->tls_insecure_skip_verify != 1)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config.tls_insecure_skip_verify must be 0 or 1");
@@ -196,6 +246,8 @@ surpool_err surpool__config_validate_merged(const surpool_config *c, surpool_err
     if (c->signin_params != NULL && !json_is_object(c->signin_params))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config.signin_params must be a JSON object");
+    if (surpool__codec_check_value(c->signin_params, "config.signin_params", err) != SURPOOL_OK)
+        return SURPOOL_ERR_INVALID_ARG;
     if (c->auth_level < SURPOOL_AUTH_ROOT || c->auth_level > SURPOOL_AUTH_DATABASE)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.auth_level is invalid");
     if (c->auth_level == SURPOOL_AUTH_NAMESPACE && c->ns == NULL)
@@ -218,10 +270,11 @@ surpool_err surpool__config_validate_merged(const surpool_config *c, surpool_err
     return SURPOOL_OK;
 }
 
-void surpool_config_init(surpool_config *cfg)
+/* The smallest config a caller can hand over: struct_size and url. */
+#define CONFIG_MIN_SIZE (offsetof(surpool_config, url) + sizeof(const char *))
+
+static void config_defaults(surpool_config *cfg)
 {
-    if (cfg == NULL)
-        return;
     memset(cfg, 0, sizeof(*cfg));
     cfg->struct_size = sizeof(*cfg);
     cfg->min_connections = 0;
@@ -245,4 +298,43 @@ void surpool_config_init(surpool_config *cfg)
     cfg->leak_threshold_ms = 0;
     cfg->shared_connections = 2;
     cfg->shared_max_inflight = 256;
+}
+
+/* Writes only the `size` bytes the caller has: a caller built against an older,
+ * smaller surpool_config gets the fields it knows; a newer, larger one gets its
+ * extra bytes zeroed and struct_size = the part this library understands. */
+void surpool_config_init_sized(surpool_config *cfg, size_t size)
+{
+    if (cfg == NULL || size < CONFIG_MIN_SIZE)
+        return;
+    surpool_config d;
+    config_defaults(&d);
+    size_t n = size < sizeof(d) ? size : sizeof(d);
+    d.struct_size = n;
+    memset(cfg, 0, size);
+    memcpy(cfg, &d, n);
+}
+
+/* The exported symbol, for callers that do not see the macro (binaries built
+ * against 0.1.0, other languages): the 0.1.0 size, which is today's. When the
+ * struct grows, this must keep passing the 0.1.0 size (tests/test_abi.c pins it). */
+void(surpool_config_init)(surpool_config *cfg)
+{
+    surpool_config_init_sized(cfg, sizeof(surpool_config));
+}
+
+surpool_err surpool__config_widen(const surpool_config *given, surpool_config *full,
+                                  surpool_error *err)
+{
+    size_t n = given->struct_size;
+    if (n < CONFIG_MIN_SIZE || n > sizeof(*full))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config not initialised with surpool_config_init() "
+                               "(struct_size %zu, this library reads %zu..%zu)",
+                               n, (size_t)CONFIG_MIN_SIZE, sizeof(*full));
+    /* Read only the bytes the caller has; everything after them is a default. */
+    config_defaults(full);
+    memcpy(full, given, n);
+    full->struct_size = sizeof(*full);
+    return SURPOOL_OK;
 }

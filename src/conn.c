@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "pool.h"
+#include "utf8.h"
 
 static void on_dead(void *userdata, surpool_err why, const char *message)
 {
@@ -53,8 +54,54 @@ static surpool_err setup_rpc(surpool_conn *c, const char *method, const json_t *
     }
 }
 
+static surpool_err setup_auth_rpc(surpool_conn *c, int64_t deadline, surpool_error *err);
+
+/* Who setup signs in as, and where, for the message of a failed signin (as
+ * libpq names the user and the server): "signin as root user 'root' at
+ * 127.0.0.1 port 8000 failed: ". Never the password or the token. */
+static void auth_failed_prefix(const surpool_pool *p, char *buf, size_t size)
+{
+    const surpool_config *cfg = &p->cfg.pub;
+    char user[72], ns[72], db[72], ac[72], who[400];
+    surpool__text_sanitize_str(user, sizeof(user), cfg->user != NULL ? cfg->user : "");
+    surpool__text_sanitize_str(ns, sizeof(ns), cfg->ns != NULL ? cfg->ns : "");
+    surpool__text_sanitize_str(db, sizeof(db), cfg->db != NULL ? cfg->db : "");
+    surpool__text_sanitize_str(ac, sizeof(ac), cfg->access != NULL ? cfg->access : "");
+    if (cfg->token != NULL)
+        snprintf(who, sizeof(who), "authentication with config.token");
+    else if (cfg->signin_params != NULL)
+        snprintf(who, sizeof(who), "signin with config.signin_params");
+    else if (cfg->access != NULL)
+        snprintf(who, sizeof(who),
+                 "signin as user '%s' through record access '%s' (namespace '%s', database "
+                 "'%s')",
+                 user, ac, ns, db);
+    else if (cfg->auth_level == SURPOOL_AUTH_DATABASE)
+        snprintf(who, sizeof(who),
+                 "signin as database user '%s' (namespace '%s', database '%s')", user, ns, db);
+    else if (cfg->auth_level == SURPOOL_AUTH_NAMESPACE)
+        snprintf(who, sizeof(who), "signin as namespace user '%s' (namespace '%s')", user, ns);
+    else
+        snprintf(who, sizeof(who), "signin as root user '%s'", user);
+    char host[72];
+    surpool__text_sanitize_str(host, sizeof(host), p->url.host);
+    if (snprintf(buf, size, "%s at %s port %d failed: ", who, host, p->url.port) >= (int)size)
+        surpool__utf8_trim(buf);
+}
+
 /* Sign in as configured. The message never contains the password. */
 static surpool_err setup_auth(surpool_conn *c, int64_t deadline, surpool_error *err)
+{
+    surpool_err rc = setup_auth_rpc(c, deadline, err);
+    if (rc != SURPOOL_OK && rc != SURPOOL_ERR_NOMEM && err != NULL) {
+        char prefix[192];
+        auth_failed_prefix(c->pool, prefix, sizeof(prefix));
+        surpool__error_prefix(err, prefix);
+    }
+    return rc;
+}
+
+static surpool_err setup_auth_rpc(surpool_conn *c, int64_t deadline, surpool_error *err)
 {
     const surpool_config *cfg = &c->pool->cfg.pub;
     surpool_err rc = SURPOOL_OK;
@@ -129,6 +176,7 @@ static surpool_err setup(surpool_conn *c, int64_t deadline, surpool_error *err)
             return rc;
         }
     }
+    c->last_error[0] = '\0'; /* what the hook's own calls left is not the borrower's */
     return SURPOOL_OK;
 }
 

@@ -6,30 +6,50 @@
 #include <time.h>
 
 #include "internal.h"
+#include "utf8.h"
+
+/* The one error table (libuv's UV_ERRNO_MAP): every code's name and text come
+ * from this list. Both functions below are switches without a default, so the
+ * compiler (-Wswitch) flags a code of the enum that is missing here. */
+#define SURPOOL__ERR_MAP(X)                                                                    \
+    X(OK, "success")                                                                           \
+    X(ERR_INVALID_ARG, "invalid argument")                                                     \
+    X(ERR_NOMEM, "out of memory")                                                              \
+    X(ERR_TIMEOUT, "timed out waiting for a connection")                                       \
+    X(ERR_CLOSED, "pool is closed")                                                            \
+    X(ERR_OVERLOADED, "too many callers waiting for a connection")                             \
+    X(ERR_CONNECT, "could not connect to the server")                                          \
+    X(ERR_AUTH, "authentication failed")                                                       \
+    X(ERR_SERVER, "the server returned an error")                                              \
+    X(ERR_PROTOCOL, "protocol error: unexpected data from the server")                         \
+    X(ERR_DISCONNECTED, "connection lost")                                                     \
+    X(ERR_REQUEST_TIMEOUT, "request timed out")                                                \
+    X(ERR_TLS, "TLS error")                                                                    \
+    X(ERR_TOO_LARGE, "message exceeds the size limit")                                         \
+    X(ERR_UNAVAILABLE, "server unavailable")                                                   \
+    X(ERR_BROKEN, "connection is broken")                                                      \
+    X(ERR_PAUSED, "pool is paused")
 
 const char *surpool_strerror(surpool_err code)
 {
-    /* A switch without default: the compiler flags a code with no text. */
+#define SURPOOL__ERR_TEXT(name, text)                                                          \
+    case SURPOOL_##name: return text;
     switch (code) {
-    case SURPOOL_OK: return "success";
-    case SURPOOL_ERR_INVALID_ARG: return "invalid argument";
-    case SURPOOL_ERR_NOMEM: return "out of memory";
-    case SURPOOL_ERR_TIMEOUT: return "timed out waiting for a connection";
-    case SURPOOL_ERR_CLOSED: return "pool is closed";
-    case SURPOOL_ERR_OVERLOADED: return "too many callers waiting for a connection";
-    case SURPOOL_ERR_CONNECT: return "could not connect to the server";
-    case SURPOOL_ERR_AUTH: return "authentication failed";
-    case SURPOOL_ERR_SERVER: return "the server returned an error";
-    case SURPOOL_ERR_PROTOCOL: return "protocol error: unexpected data from the server";
-    case SURPOOL_ERR_DISCONNECTED: return "connection lost";
-    case SURPOOL_ERR_REQUEST_TIMEOUT: return "request timed out";
-    case SURPOOL_ERR_TLS: return "TLS error";
-    case SURPOOL_ERR_TOO_LARGE: return "message exceeds the size limit";
-    case SURPOOL_ERR_UNAVAILABLE: return "server unavailable";
-    case SURPOOL_ERR_BROKEN: return "connection is broken";
-    case SURPOOL_ERR_PAUSED: return "pool is paused";
+        SURPOOL__ERR_MAP(SURPOOL__ERR_TEXT)
     }
+#undef SURPOOL__ERR_TEXT
     return "unknown error";
+}
+
+const char *surpool_err_name(surpool_err code)
+{
+#define SURPOOL__ERR_NAME(name, text)                                                          \
+    case SURPOOL_##name: return "SURPOOL_" #name;
+    switch (code) {
+        SURPOOL__ERR_MAP(SURPOOL__ERR_NAME)
+    }
+#undef SURPOOL__ERR_NAME
+    return "SURPOOL_ERR_UNKNOWN";
 }
 
 const char *surpool_version(void)
@@ -52,29 +72,14 @@ surpool_err surpool__seterr(surpool_error *err, surpool_err code, const char *fm
     if (fmt != NULL) {
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(err->message, sizeof(err->message), fmt, ap);
+        int n = vsnprintf(err->message, sizeof(err->message), fmt, ap);
         va_end(ap);
+        if (n >= (int)sizeof(err->message))
+            surpool__utf8_trim(err->message); /* cut, maybe inside a character */
     } else {
         snprintf(err->message, sizeof(err->message), "%s", surpool_strerror(code));
     }
     return code;
-}
-
-size_t surpool__strlcpy(char *dst, const char *src, size_t size)
-{
-    if (size == 0)
-        return 0;
-    if (src == NULL)
-        src = "";
-    size_t n = strnlen(src, size - 1);
-    if (src[n] != '\0') {
-        /* Truncating: do not cut a multi-byte character in half. */
-        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
-            n--;
-    }
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-    return n;
 }
 
 void surpool__error_prefix(surpool_error *err, const char *prefix)
@@ -105,7 +110,8 @@ void surpool__vlog(const surpool__logger *lg, surpool_log_level level, const cha
     if (lg == NULL || lg->fn == NULL || level > lg->level)
         return;
     char line[512];
-    vsnprintf(line, sizeof(line), fmt, ap);
+    if (vsnprintf(line, sizeof(line), fmt, ap) >= (int)sizeof(line))
+        surpool__utf8_trim(line);
     lg->fn(lg->userdata, level, line);
 }
 

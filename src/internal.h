@@ -25,6 +25,9 @@ void surpool__wipe(void *p, size_t n);
 /* ---- clocks ---- */
 #define SURPOOL__NS_PER_MS INT64_C(1000000)
 int64_t surpool__now_ns(void); /* CLOCK_MONOTONIC */
+/* The largest millisecond setting the configuration accepts (365 days);
+ * with it, every sum of a clock reading and a setting fits in 64 bits. */
+#define SURPOOL__MS_MAX 31536000000LL
 /* now + ms, saturating; ms < 0 means "no deadline" and returns INT64_MAX. */
 int64_t surpool__deadline_after_ms(long ms);
 
@@ -54,5 +57,28 @@ void surpool__vlog(const surpool__logger *lg, surpool_log_level level, const cha
                    va_list ap) __attribute__((format(printf, 3, 0)));
 
 #define SURPOOL__UNUSED(x) ((void)(x))
+
+/* ---- invariant checks ----
+ * SURPOOL__CHECK(cond) states an internal invariant. The library never aborts
+ * the program it is embedded in: in the library as built for users the check
+ * compiles to nothing (cond is not evaluated). The test suite links a copy of
+ * the library built with SURPOOL_FATAL_CHECKS=1 (CMake target surpool_checked),
+ * where a broken invariant prints where it broke and aborts, so that tests
+ * catch it. Never use assert() in src/: it is live in any build without
+ * NDEBUG, such as a vendored add_subdirectory() with no build type. */
+#if defined(SURPOOL_FATAL_CHECKS) && SURPOOL_FATAL_CHECKS
+#include <stdio.h>
+#include <stdlib.h>
+#define SURPOOL__CHECK(cond)                                                                   \
+    do {                                                                                       \
+        if (!(cond)) {                                                                         \
+            fprintf(stderr, "%s:%d: surpool invariant broken: %s\n", __FILE__, __LINE__,       \
+                    #cond);                                                                    \
+            abort();                                                                           \
+        }                                                                                      \
+    } while (0)
+#else
+#define SURPOOL__CHECK(cond) ((void)sizeof(!(cond)))
+#endif
 
 #endif

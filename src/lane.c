@@ -5,8 +5,20 @@
  * like any borrower's (so max_connections still bounds everything), and sends
  * each request on the least-loaded one with room (< shared_max_inflight in
  * flight). Requests that find no room wait in a FIFO and go out as replies
- * free room. A lane thread grows the lane when requests queue, returns dead
- * connections to the pool, and fails queued requests whose deadline passed.
+ * free room.
+ *
+ * Two threads, started by the first lane call:
+ *  - the lane thread gives dead and expired sockets back to the pool, fails
+ *    queued requests whose deadline passed, and asks for growth. It never
+ *    blocks in the pool: it sleeps at most until the earliest deadline of a
+ *    queued request (or a 100 ms tick while it holds sockets);
+ *  - the acquirer blocks in surpool_pool_acquire_at() when the lane must grow,
+ *    so that a slow or impossible acquire never holds up the deadlines.
+ *
+ * Each lane socket is a heap object (lane_conn) that in-flight requests point
+ * to. It is unlinked and freed only once nothing is in flight on it, so a
+ * completion always counts against the socket it was sent on, whatever
+ * sockets came and went meanwhile.
  *
  * Locking: lane->mu guards everything below and is never held while calling
  * the pool, the transport (submit) or a user callback. The pool may take it
@@ -14,31 +26,41 @@
  * Completions run on the transport's thread; they only take lane->mu.
  *
  * Rule: every accepted request completes exactly once: by its reply or error
- * from the transport, by the lane thread (deadline while queued, lane cannot
- * get a connection), or by close/destroy (SURPOOL_ERR_CLOSED).
+ * from the transport, by the lane thread (deadline while queued), by the
+ * acquirer (the lane has no connection and cannot get one), or by
+ * close/destroy (SURPOOL_ERR_CLOSED).
  */
 #include <errno.h>
 #include <string.h>
 
 #include "codec.h"
 #include "pool.h"
+#include "wire.h"
 
-typedef struct lane_conn {
-    surpool_conn *c;
-    int inflight;
-    int dead; /* a transport failure was seen: take no more, return when idle */
-} lane_conn;
+typedef struct lane_conn lane_conn;
+struct lane_conn {
+    lane_conn *next; /* l->conns */
+    surpool_conn *c; /* NULL once given back by destroy */
+    int inflight;    /* requests sent on it and not completed */
+    int failed;      /* a transport failure was seen: take no more, return when idle */
+    int expired;     /* past max_lifetime_ms: take no more, return when idle */
+};
 
 typedef struct lane_req lane_req;
 struct lane_req {
     surpool__treq treq; /* first: the transport hands us &treq */
     lane_req *next;     /* pending FIFO */
     surpool__lane *lane;
-    lane_conn *lc;
+    lane_conn *lc; /* the socket it was sent on; stable until it completes */
+    uint64_t seq;  /* 1, 2, ... in queueing order */
     char method[32];
     surpool_result_fn cb; /* async */
     void *userdata;
     surpool__sync *sync; /* sync: the waiting thread's */
+    /* An acquire error that failed it: the server's code and kind, kept. */
+    int has_why;
+    int server_code;
+    char kind[32];
     /* sync results, read by the waiter after the signal */
     surpool_err rc;
     json_t *result;
@@ -48,22 +70,36 @@ struct lane_req {
 struct surpool__lane {
     surpool_pool *pool;
     pthread_mutex_t mu;
-    pthread_cond_t cv; /* wakes the lane thread */
-    lane_conn *conns;  /* array of `target` */
+    pthread_cond_t cv;     /* wakes the lane thread; destroy waits on it too */
+    pthread_cond_t acq_cv; /* wakes the acquirer */
+    lane_conn *conns;      /* every socket not yet given back */
     int nconns, target, cap;
     lane_req *pend_head, *pend_tail;
     int npending, inflight;
     int completing; /* on_done() calls between giving a slot back and returning */
-    int want_grow;
-    int64_t grow_not_before_ns; /* after a failed acquire: pace the retries */
+    int submitting; /* pump() calls inside submit(): destroy must not close under them */
+    uint64_t seq;   /* requests queued so far */
+    int acq_want;   /* the acquirer should try to get one more socket */
+    int acq_busy;   /* the acquirer is in surpool_pool_acquire_at() */
+    int64_t grow_not_before_ns; /* after a failed acquire with sockets left: pace retries */
     int closed;
     int stop;
-    int thread_started;
-    pthread_t thread;
+    int thread_started, acq_started;
+    pthread_t thread, acq_thread;
     uint64_t requests;
 };
 
 /* ------------------------------------------------------------------------- */
+
+/* Result callbacks running on this thread (they may nest: a callback's
+ * resubmit can complete at once). A synchronous call made from one would wait
+ * for a reply that, on the transport's thread, only this thread can deliver. */
+static _Thread_local int in_result_cb;
+
+int surpool__in_result_callback(void)
+{
+    return in_result_cb > 0;
+}
 
 static int64_t earliest_deadline_locked(const surpool__lane *l)
 {
@@ -83,6 +119,10 @@ static void finish(lane_req *r)
     surpool_error err;
     surpool__error_clear(&err);
     surpool_err rc = surpool__rpc_outcome(p, r->method, &r->treq, &result, &err);
+    if (rc != SURPOOL_OK && r->has_why) {
+        err.server_code = r->server_code;
+        surpool__strlcpy(err.kind, r->kind, sizeof(err.kind));
+    }
     surpool__free(r->treq.buf);
     r->treq.buf = NULL;
     if (r->sync != NULL) {
@@ -93,18 +133,47 @@ static void finish(lane_req *r)
         surpool__sync_signal(r->sync); /* r belongs to the waiter from here on */
         return;
     }
+    in_result_cb++;
     r->cb(r->userdata, rc, rc == SURPOOL_OK ? result : NULL, &err);
+    in_result_cb--;
     json_decref(r->treq.reply);
     surpool__free(r);
 }
 
-/* Complete a request that never reached the transport. */
-static void fail(lane_req *r, surpool_err code, const char *message)
+/* Complete a request that never reached the transport. `why` (may be NULL)
+ * carries the server's code and kind when an acquire failed on them. */
+static void fail(lane_req *r, surpool_err code, const char *message, const surpool_error *why)
 {
     r->treq.status = code;
     r->treq.reply = NULL;
     surpool__strlcpy(r->treq.message, message, sizeof(r->treq.message));
+    if (why != NULL) {
+        r->has_why = 1;
+        r->server_code = why->server_code;
+        surpool__strlcpy(r->kind, why->kind, sizeof(r->kind));
+    }
     finish(r);
+}
+
+static void fail_list(lane_req *list, surpool_err code, const char *message,
+                      const surpool_error *why)
+{
+    while (list != NULL) {
+        lane_req *next = list->next;
+        fail(list, code, message, why);
+        list = next;
+    }
+}
+
+/* Ask the acquirer for one more socket if requests wait for room and the lane
+ * may grow. */
+static void want_grow_locked(surpool__lane *l)
+{
+    if (l->npending > 0 && l->nconns < l->target && !l->closed && !l->stop && !l->acq_busy &&
+        !l->acq_want && surpool__now_ns() >= l->grow_not_before_ns) {
+        l->acq_want = 1;
+        pthread_cond_signal(&l->acq_cv);
+    }
 }
 
 static void pump(surpool__lane *l);
@@ -113,12 +182,11 @@ static void on_done(surpool__treq *treq)
 {
     lane_req *r = (lane_req *)treq;
     surpool__lane *l = r->lane;
-    lane_conn *lc = r->lc;
+    lane_conn *lc = r->lc; /* stays valid: its inflight count includes us */
     if (treq->status != SURPOOL_OK && surpool__breaks_connection(treq->status) &&
         treq->status != SURPOOL_ERR_REQUEST_TIMEOUT) {
         pthread_mutex_lock(&l->mu);
-        lc->dead = 1;
-        pthread_cond_signal(&l->cv); /* the lane thread returns it when idle */
+        lc->failed = 1;
         pthread_mutex_unlock(&l->mu);
     }
     finish(r);
@@ -126,9 +194,11 @@ static void on_done(surpool__treq *treq)
      * destroy waiting until this function no longer touches the lane: this
      * may run on the transport's thread while destroy runs. */
     pthread_mutex_lock(&l->mu);
-    lc->inflight--;
+    lc->inflight--; /* last touch of lc: the lane thread may free it from here on */
     l->inflight--;
     l->completing++;
+    if (lc->inflight == 0 && (lc->failed || lc->expired))
+        pthread_cond_signal(&l->cv); /* the lane thread gives it back */
     pthread_mutex_unlock(&l->mu);
     pump(l);
     pthread_mutex_lock(&l->mu);
@@ -141,12 +211,11 @@ static void on_done(surpool__treq *treq)
 static lane_conn *pick_locked(surpool__lane *l)
 {
     lane_conn *best = NULL;
-    for (int i = 0; i < l->nconns; i++) {
-        lane_conn *lc = &l->conns[i];
-        if (lc->dead || lc->inflight >= l->cap)
+    for (lane_conn *lc = l->conns; lc != NULL; lc = lc->next) {
+        if (lc->c == NULL || lc->failed || lc->expired || lc->inflight >= l->cap)
             continue;
         if (!surpool__conn_usable(lc->c)) {
-            lc->dead = 1;
+            lc->failed = 1;
             pthread_cond_signal(&l->cv);
             continue;
         }
@@ -156,24 +225,32 @@ static lane_conn *pick_locked(surpool__lane *l)
     return best;
 }
 
-/* Send queued requests while there is room. Re-entrant calls (a transport that
- * completes inside submit) return at once: the outer loop carries on. */
-static _Thread_local int in_pump;
+/* Send queued requests while there is room.
+ *
+ * A transport may complete a request inside submit(), and that completion
+ * pumps again: such a nested pump of the SAME lane returns at once and the
+ * outer loop carries on. The guard is kept per lane (the lanes this thread is
+ * pumping, innermost first), so a callback of pool A that queues on pool B
+ * still sends B's request; other threads pump the same lane concurrently. */
+typedef struct pump_frame {
+    const surpool__lane *lane;
+    struct pump_frame *up;
+} pump_frame;
+static _Thread_local pump_frame *pumping;
 
 static void pump(surpool__lane *l)
 {
-    if (in_pump)
-        return;
-    in_pump = 1;
+    for (const pump_frame *f = pumping; f != NULL; f = f->up)
+        if (f->lane == l)
+            return;
+    pump_frame frame = {l, pumping};
+    pumping = &frame;
     for (;;) {
         pthread_mutex_lock(&l->mu);
         lane_req *r = l->pend_head;
         lane_conn *lc = r != NULL ? pick_locked(l) : NULL;
         if (r == NULL || lc == NULL) {
-            if (r != NULL && l->nconns < l->target && !l->want_grow) {
-                l->want_grow = 1;
-                pthread_cond_signal(&l->cv);
-            }
+            want_grow_locked(l);
             pthread_mutex_unlock(&l->mu);
             break;
         }
@@ -183,112 +260,191 @@ static void pump(surpool__lane *l)
         l->npending--;
         r->next = NULL;
         r->lc = lc;
-        lc->inflight++;
+        lc->inflight++; /* keeps lc alive until the request completes */
         l->inflight++;
         l->requests++;
+        l->submitting++; /* keeps destroy from closing c under submit() */
         surpool_conn *c = lc->c;
         pthread_mutex_unlock(&l->mu);
 
         surpool_err rc = c->pool->ops->submit(c->t, &r->treq);
-        if (rc != SURPOOL_OK) {
-            pthread_mutex_lock(&l->mu);
-            lc->inflight--;
-            l->inflight--;
-            if (rc == SURPOOL_ERR_DISCONNECTED) {
-                /* Dead socket: requeue at the head and try another. */
-                lc->dead = 1;
-                r->lc = NULL;
-                r->next = l->pend_head;
-                l->pend_head = r;
-                if (l->pend_tail == NULL)
-                    l->pend_tail = r;
-                l->npending++;
-                pthread_cond_signal(&l->cv);
-                pthread_mutex_unlock(&l->mu);
-                continue;
-            }
+        pthread_mutex_lock(&l->mu);
+        if (--l->submitting == 0 && l->closed)
+            pthread_cond_broadcast(&l->cv); /* destroy waits for this */
+        if (rc == SURPOOL_OK) {
             pthread_mutex_unlock(&l->mu);
-            fail(r, rc, surpool_strerror(rc));
+            continue;
         }
+        lc->inflight--;
+        l->inflight--;
+        r->lc = NULL;
+        if (rc == SURPOOL_ERR_DISCONNECTED && !l->closed) {
+            /* Dead socket: requeue at the head and try another. */
+            lc->failed = 1;
+            r->next = l->pend_head;
+            l->pend_head = r;
+            if (l->pend_tail == NULL)
+                l->pend_tail = r;
+            l->npending++;
+            pthread_cond_signal(&l->cv);
+            pthread_mutex_unlock(&l->mu);
+            continue;
+        }
+        pthread_mutex_unlock(&l->mu);
+        if (rc == SURPOOL_ERR_DISCONNECTED) /* closed meanwhile: as a queued request */
+            fail(r, SURPOOL_ERR_CLOSED, "pool is closed", NULL);
+        else
+            fail(r, rc, surpool_strerror(rc), NULL);
     }
-    in_pump = 0;
+    pumping = frame.up;
 }
 
 /* ------------------------------------------------------------------------- */
-/* The lane thread                                                            */
+/* The lane thread and the acquirer                                           */
 /* ------------------------------------------------------------------------- */
 
-static void *lane_main(void *arg)
+/* How long the acquirer waits for one connection: acquire_timeout_ms, but at
+ * least connect_timeout_ms, so that the lane can always open a connection of
+ * its own (acquire_timeout_ms = 0 must not make pool-level calls fail on a
+ * cold pool). Queued requests still end at their own deadline meanwhile. */
+static long lane_acquire_timeout_ms(const surpool_pool *p)
+{
+    long t = p->cfg.pub.acquire_timeout_ms;
+    return t > p->cfg.pub.connect_timeout_ms ? t : p->cfg.pub.connect_timeout_ms;
+}
+
+static void *acquirer_main(void *arg)
 {
     surpool__lane *l = arg;
     surpool_pool *p = l->pool;
     pthread_mutex_lock(&l->mu);
-    while (!l->stop) {
-        /* 1. Return dead connections with nothing in flight. A connection past
-         *    its max lifetime takes no new requests: it drains, then the pool
-         *    retires it on return and the lane grows a fresh one on demand. */
-        int64_t tnow = surpool__now_ns();
-        for (int i = 0; i < l->nconns; i++)
-            if (tnow >= l->conns[i].c->expires_ns)
-                l->conns[i].dead = 1;
-        for (int i = 0; i < l->nconns;) {
-            lane_conn *lc = &l->conns[i];
-            if (!lc->dead || lc->inflight > 0) {
-                i++;
-                continue;
-            }
-            surpool_conn *c = lc->c;
-            l->conns[i] = l->conns[--l->nconns];
+    for (;;) {
+        while (!l->stop && !l->acq_want)
+            pthread_cond_wait(&l->acq_cv, &l->mu);
+        if (l->stop)
+            break;
+        l->acq_want = 0;
+        if (l->closed || l->npending == 0 || l->nconns >= l->target)
+            continue;
+        l->acq_busy = 1;
+        uint64_t upto = l->seq; /* requests this attempt answers for */
+        pthread_mutex_unlock(&l->mu);
+
+        surpool_conn *c = NULL;
+        surpool_error aerr;
+        surpool__error_clear(&aerr);
+        surpool_err rc;
+        lane_conn *lc = surpool__calloc(1, sizeof(*lc));
+        if (lc == NULL) {
+            rc = surpool__seterr(&aerr, SURPOOL_ERR_NOMEM, "out of memory growing the lane");
+        } else {
+            rc = surpool_pool_acquire_at(p, lane_acquire_timeout_ms(p), &c, &aerr, __FILE__,
+                                         __LINE__);
+            if (rc == SURPOOL_OK)
+                surpool__pool_lane_mark(p, c);
+        }
+
+        pthread_mutex_lock(&l->mu);
+        l->acq_busy = 0;
+        if (rc == SURPOOL_OK && (l->stop || l->closed)) {
             pthread_mutex_unlock(&l->mu);
-            surpool_conn_release(c); /* broken: the pool closes and replaces it */
+            surpool_conn_release(c);
+            surpool__free(lc);
+            pthread_mutex_lock(&l->mu);
+            continue;
+        }
+        if (rc == SURPOOL_OK) {
+            lc->c = c;
+            lc->next = l->conns;
+            l->conns = lc;
+            l->nconns++;
+            pthread_cond_signal(&l->cv); /* the lane thread now ticks for this socket */
+            pthread_mutex_unlock(&l->mu);
+            pump(l);
+            pthread_mutex_lock(&l->mu);
+            continue;
+        }
+        surpool__free(lc);
+        if (l->nconns > 0) {
+            /* Sockets remain: queued requests wait for room there; retry later. */
+            l->grow_not_before_ns = surpool__now_ns() + 100 * SURPOOL__NS_PER_MS;
+            pthread_cond_signal(&l->cv);
+            continue;
+        }
+        /* Nothing can serve the requests this attempt was for: fail them with
+         * the reason. Later ones get an attempt of their own. */
+        lane_req *failed = NULL, **tail = &failed, **pp = &l->pend_head;
+        l->pend_tail = NULL;
+        while (*pp != NULL) {
+            lane_req *r = *pp;
+            if (r->seq <= upto) {
+                *pp = r->next;
+                r->next = NULL;
+                *tail = r;
+                tail = &r->next;
+                l->npending--;
+            } else {
+                l->pend_tail = r;
+                pp = &r->next;
+            }
+        }
+        pthread_mutex_unlock(&l->mu);
+        fail_list(failed, rc, aerr.message, &aerr);
+        pthread_mutex_lock(&l->mu);
+        want_grow_locked(l);
+    }
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
+}
+
+static void *lane_main(void *arg)
+{
+    surpool__lane *l = arg;
+    pthread_mutex_lock(&l->mu);
+    while (!l->stop) {
+        /* 1. Give back sockets that failed, died or expired, once nothing is
+         *    in flight on them. A socket past its max lifetime takes no new
+         *    requests: it drains, then the pool retires it on return and the
+         *    lane grows a fresh one on demand. */
+        int64_t now = surpool__now_ns();
+        lane_conn *gone = NULL;
+        for (lane_conn **pp = &l->conns; *pp != NULL;) {
+            lane_conn *lc = *pp;
+            if (!lc->failed && !lc->expired) {
+                if (now >= lc->c->expires_ns)
+                    lc->expired = 1;
+                else if (lc->inflight == 0 && !surpool__conn_usable(lc->c))
+                    lc->failed = 1;
+            }
+            if ((lc->failed || lc->expired) && lc->inflight == 0) {
+                *pp = lc->next; /* nothing points to it any more */
+                lc->next = gone;
+                gone = lc;
+                l->nconns--;
+            } else {
+                pp = &lc->next;
+            }
+        }
+        if (gone != NULL) {
+            pthread_mutex_unlock(&l->mu);
+            while (gone != NULL) {
+                lane_conn *next = gone->next;
+                /* A failed socket may still look alive (a reply without
+                 * result or error): the pool must close it, not lend it. */
+                if (gone->failed)
+                    gone->c->broken = 1;
+                surpool_conn_release(gone->c);
+                surpool__free(gone);
+                gone = next;
+            }
             pthread_mutex_lock(&l->mu);
         }
 
         /* 2. Grow while requests queue and the lane is below its size. */
-        if (l->npending > 0 && l->nconns < l->target && !l->closed &&
-            surpool__now_ns() >= l->grow_not_before_ns) {
-            l->want_grow = 0;
-            pthread_mutex_unlock(&l->mu);
-            surpool_conn *c = NULL;
-            surpool_error aerr;
-            surpool_err rc = surpool_pool_acquire_at(p, -1, &c, &aerr, __FILE__, __LINE__);
-            if (rc == SURPOOL_OK)
-                surpool__pool_lane_mark(p, c);
-            pthread_mutex_lock(&l->mu);
-            if (rc == SURPOOL_OK) {
-                if (l->stop || l->closed) {
-                    pthread_mutex_unlock(&l->mu);
-                    surpool_conn_release(c);
-                    pthread_mutex_lock(&l->mu);
-                } else {
-                    l->conns[l->nconns].c = c;
-                    l->conns[l->nconns].inflight = 0;
-                    l->conns[l->nconns].dead = 0;
-                    l->nconns++;
-                    pthread_mutex_unlock(&l->mu);
-                    pump(l);
-                    pthread_mutex_lock(&l->mu);
-                }
-            } else if (l->nconns > 0) {
-                l->grow_not_before_ns = surpool__now_ns() + 100 * SURPOOL__NS_PER_MS;
-            } else {
-                /* Nothing can serve the queue: fail it with the reason. */
-                lane_req *list = l->pend_head;
-                l->pend_head = l->pend_tail = NULL;
-                l->npending = 0;
-                pthread_mutex_unlock(&l->mu);
-                while (list != NULL) {
-                    lane_req *next = list->next;
-                    fail(list, rc, aerr.message);
-                    list = next;
-                }
-                pthread_mutex_lock(&l->mu);
-            }
-            continue;
-        }
+        want_grow_locked(l);
 
         /* 3. Fail queued requests past their deadline. */
-        int64_t now = surpool__now_ns();
+        now = surpool__now_ns();
         lane_req *expired = NULL, **pp = &l->pend_head;
         l->pend_tail = NULL;
         while (*pp != NULL) {
@@ -305,26 +461,24 @@ static void *lane_main(void *arg)
         }
         if (expired != NULL) {
             pthread_mutex_unlock(&l->mu);
-            while (expired != NULL) {
-                lane_req *next = expired->next;
-                fail(expired, SURPOOL_ERR_REQUEST_TIMEOUT,
-                     "no lane capacity before the request deadline");
-                expired = next;
-            }
+            fail_list(expired, SURPOOL_ERR_REQUEST_TIMEOUT,
+                      "no lane capacity before the request deadline", NULL);
             pthread_mutex_lock(&l->mu);
             continue;
         }
 
         /* 4. Sleep until signalled, the next queued deadline, the next allowed
-         *    growth attempt, or a tick (to notice dead sockets). */
-        l->want_grow = 0;
+         *    growth attempt, or (while sockets are held) a tick to notice
+         *    expired and dead ones. Never longer than the earliest deadline. */
         int64_t until = earliest_deadline_locked(l);
-        int64_t tick = now + 100 * SURPOOL__NS_PER_MS;
-        if (until > tick)
-            until = tick;
-        if (l->npending > 0 && l->nconns < l->target && l->grow_not_before_ns < until)
+        if (l->nconns > 0 && until > now + 100 * SURPOOL__NS_PER_MS)
+            until = now + 100 * SURPOOL__NS_PER_MS;
+        if (l->npending > 0 && l->nconns < l->target && !l->acq_busy &&
+            l->grow_not_before_ns > now && l->grow_not_before_ns < until)
             until = l->grow_not_before_ns;
-        if (until > now) {
+        if (until == INT64_MAX) {
+            pthread_cond_wait(&l->cv, &l->mu);
+        } else if (until > now) {
             struct timespec ts = {(time_t)(until / 1000000000), (long)(until % 1000000000)};
             pthread_cond_timedwait(&l->cv, &l->mu, &ts);
         }
@@ -337,6 +491,17 @@ static void *lane_main(void *arg)
 /* Create / close / destroy / stats                                           */
 /* ------------------------------------------------------------------------- */
 
+static int cond_init_monotonic(pthread_cond_t *cv)
+{
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) != 0)
+        return -1;
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(cv, &attr);
+    pthread_condattr_destroy(&attr);
+    return rc == 0 ? 0 : -1;
+}
+
 surpool_err surpool__lane_create(surpool_pool *p, surpool__lane **out)
 {
     surpool__lane *l = surpool__calloc(1, sizeof(*l));
@@ -347,24 +512,19 @@ surpool_err surpool__lane_create(surpool_pool *p, surpool__lane **out)
     if (l->target > p->cfg.pub.max_connections - 1)
         l->target = p->cfg.pub.max_connections - 1; /* leave leases at least one */
     l->cap = p->cfg.pub.shared_max_inflight;
-    l->conns = surpool__calloc((size_t)l->target, sizeof(*l->conns));
-    if (l->conns == NULL)
-        goto fail;
     if (pthread_mutex_init(&l->mu, NULL) != 0)
         goto fail;
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(&l->cv, &attr);
-    pthread_condattr_destroy(&attr);
-    if (rc != 0) {
-        pthread_mutex_destroy(&l->mu);
-        goto fail;
-    }
+    if (cond_init_monotonic(&l->cv) != 0)
+        goto fail_mu;
+    if (cond_init_monotonic(&l->acq_cv) != 0)
+        goto fail_cv;
     *out = l;
     return SURPOOL_OK;
+fail_cv:
+    pthread_cond_destroy(&l->cv);
+fail_mu:
+    pthread_mutex_destroy(&l->mu);
 fail:
-    surpool__free(l->conns);
     surpool__free(l);
     return SURPOOL_ERR_NOMEM;
 }
@@ -380,40 +540,50 @@ void surpool__lane_close(surpool__lane *l)
     l->npending = 0;
     pthread_cond_signal(&l->cv);
     pthread_mutex_unlock(&l->mu);
-    while (list != NULL) {
-        lane_req *next = list->next;
-        fail(list, SURPOOL_ERR_CLOSED, "pool is closed");
-        list = next;
-    }
+    fail_list(list, SURPOOL_ERR_CLOSED, "pool is closed", NULL);
 }
 
 void surpool__lane_destroy(surpool__lane *l)
 {
     if (l == NULL)
         return;
+    /* Closed first and still hooked to the pool: callbacks that resubmit from
+     * here on get SURPOOL_ERR_CLOSED. */
     surpool__lane_close(l);
     pthread_mutex_lock(&l->mu);
     l->stop = 1;
     pthread_cond_signal(&l->cv);
-    int started = l->thread_started;
+    pthread_cond_signal(&l->acq_cv);
+    int started = l->thread_started, acq_started = l->acq_started;
     pthread_mutex_unlock(&l->mu);
     if (started)
         pthread_join(l->thread, NULL);
+    if (acq_started)
+        pthread_join(l->acq_thread, NULL); /* the closed pool ended its acquire */
+    /* A pump may still be inside submit() on one of the sockets (it took its
+     * request before the close): let it return before closing them. The queue
+     * is empty and closed, so no new send starts. */
+    pthread_mutex_lock(&l->mu);
+    while (l->submitting > 0)
+        pthread_cond_wait(&l->cv, &l->mu);
+    pthread_mutex_unlock(&l->mu);
     /* The pool is closed: releasing closes each connection, which completes
-     * whatever is still in flight with SURPOOL_ERR_DISCONNECTED (on_done). */
+     * whatever is still in flight with SURPOOL_ERR_DISCONNECTED (on_done).
+     * The lane_conn objects stay until the last completion is counted. */
     for (;;) {
         pthread_mutex_lock(&l->mu);
-        if (l->nconns == 0) {
-            pthread_mutex_unlock(&l->mu);
-            break;
+        lane_conn *lc = l->conns;
+        while (lc != NULL && lc->c == NULL)
+            lc = lc->next;
+        surpool_conn *c = lc != NULL ? lc->c : NULL;
+        if (lc != NULL) {
+            lc->c = NULL;
+            l->nconns--;
         }
-        surpool_conn *c = l->conns[l->nconns - 1].c;
         pthread_mutex_unlock(&l->mu);
+        if (c == NULL)
+            break;
         surpool_conn_release(c);
-        pthread_mutex_lock(&l->mu);
-        /* on_done() may have touched this slot during the release: drop it now. */
-        l->nconns--;
-        pthread_mutex_unlock(&l->mu);
     }
     /* Completions of what was in flight may still be running on the
      * transport's thread: wait for the last one to count itself out. */
@@ -421,9 +591,21 @@ void surpool__lane_destroy(surpool__lane *l)
     while (l->inflight > 0 || l->completing > 0)
         pthread_cond_wait(&l->cv, &l->mu);
     pthread_mutex_unlock(&l->mu);
+    /* Nothing runs on the lane now: unhook it (stats read it under the pool
+     * mutex), then free it. */
+    surpool_pool *p = l->pool;
+    pthread_mutex_lock(&p->mu);
+    if (p->lane == l)
+        p->lane = NULL;
+    pthread_mutex_unlock(&p->mu);
+    while (l->conns != NULL) {
+        lane_conn *next = l->conns->next;
+        surpool__free(l->conns);
+        l->conns = next;
+    }
+    pthread_cond_destroy(&l->acq_cv);
     pthread_cond_destroy(&l->cv);
     pthread_mutex_destroy(&l->mu);
-    surpool__free(l->conns);
     surpool__free(l);
 }
 
@@ -459,10 +641,9 @@ static surpool_err check_method(const char *method, const json_t *params, surpoo
 
 /* Build a request and queue it. On error nothing is queued and r is freed
  * unless it is the caller's (sync). */
-static surpool_err enqueue(surpool_pool *p, lane_req *r, const char *method,
+static surpool_err enqueue(surpool_pool *p, surpool__lane *l, lane_req *r, const char *method,
                            const json_t *params, surpool_error *err)
 {
-    surpool__lane *l = p->lane;
     surpool__strlcpy(r->method, method, sizeof(r->method));
     r->lane = l;
     r->treq.done = on_done;
@@ -471,8 +652,9 @@ static surpool_err enqueue(surpool_pool *p, lane_req *r, const char *method,
         p->cfg.pub.request_timeout_ms > 0 ? p->cfg.pub.request_timeout_ms : -1);
     /* Encoded here, on the caller's thread; ids are unique pool-wide. */
     r->treq.id = (int64_t)atomic_fetch_add(&p->next_id, 1);
-    surpool_err rc = surpool__codec_encode_request(r->treq.id, method, params, p->ops->headroom,
-                                                   &r->treq.buf, &r->treq.len, err);
+    surpool_err rc =
+        surpool__wire_encode_request(p->cfg.pub.wire_format, r->treq.id, method, params,
+                                     p->ops->headroom, &r->treq.buf, &r->treq.len, err);
     if (rc != SURPOOL_OK)
         return rc;
     pthread_mutex_lock(&l->mu);
@@ -482,15 +664,17 @@ static surpool_err enqueue(surpool_pool *p, lane_req *r, const char *method,
         r->treq.buf = NULL;
         return surpool__seterr(err, SURPOOL_ERR_CLOSED, "pool is closed");
     }
-    if (!l->thread_started) {
-        if (pthread_create(&l->thread, NULL, lane_main, l) != 0) {
-            pthread_mutex_unlock(&l->mu);
-            surpool__free(r->treq.buf);
-            r->treq.buf = NULL;
-            return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot start the lane thread");
-        }
+    if (!l->thread_started && pthread_create(&l->thread, NULL, lane_main, l) == 0)
         l->thread_started = 1;
+    if (!l->acq_started && pthread_create(&l->acq_thread, NULL, acquirer_main, l) == 0)
+        l->acq_started = 1;
+    if (!l->thread_started || !l->acq_started) {
+        pthread_mutex_unlock(&l->mu);
+        surpool__free(r->treq.buf);
+        r->treq.buf = NULL;
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot start the lane's threads");
     }
+    r->seq = ++l->seq;
     r->next = NULL;
     if (l->pend_tail != NULL)
         l->pend_tail->next = r;
@@ -503,8 +687,8 @@ static surpool_err enqueue(surpool_pool *p, lane_req *r, const char *method,
     return SURPOOL_OK;
 }
 
-static surpool_err lane_call_sync(surpool_pool *p, const char *method, const json_t *params,
-                                  json_t **out, surpool_error *err)
+static surpool_err lane_call_sync(surpool_pool *p, surpool__lane *l, const char *method,
+                                  const json_t *params, json_t **out, surpool_error *err)
 {
     lane_req r;
     memset(&r, 0, sizeof(r));
@@ -512,7 +696,7 @@ static surpool_err lane_call_sync(surpool_pool *p, const char *method, const jso
     if (surpool__sync_init(&s) != 0)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
     r.sync = &s;
-    surpool_err rc = enqueue(p, &r, method, params, err);
+    surpool_err rc = enqueue(p, l, &r, method, params, err);
     if (rc == SURPOOL_OK) {
         surpool__sync_wait(&s);
         rc = r.rc;
@@ -542,17 +726,30 @@ static surpool_err leased_call(surpool_pool *p, const char *method, const json_t
     return rc;
 }
 
+/* A synchronous call from a result callback would wait for a reply that only
+ * this thread may be able to deliver (the transport's thread): refuse it. */
+static surpool_err refuse_in_callback(surpool_error *err, const char *fn)
+{
+    return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                           "%s() called from inside a surpool_result_fn callback: it would "
+                           "deadlock; use the *_async calls there",
+                           fn);
+}
+
 surpool_err surpool_call(surpool_pool *p, const char *method, const json_t *params,
                          json_t **out, surpool_error *err)
 {
     if (p == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "pool is NULL");
+    if (surpool__in_result_callback())
+        return refuse_in_callback(err, "surpool_call");
     surpool_err rc = check_method(method, params, err);
     if (rc != SURPOOL_OK)
         return rc;
-    if (p->lane == NULL)
+    surpool__lane *l = p->lane; /* read once: see surpool_call_async() */
+    if (l == NULL)
         return leased_call(p, method, params, out, err);
-    return lane_call_sync(p, method, params, out, err);
+    return lane_call_sync(p, l, method, params, out, err);
 }
 
 surpool_err surpool_call_async(surpool_pool *p, const char *method, const json_t *params,
@@ -563,14 +760,19 @@ surpool_err surpool_call_async(surpool_pool *p, const char *method, const json_t
     surpool_err rc = check_method(method, params, NULL);
     if (rc != SURPOOL_OK)
         return rc;
-    if (p->lane == NULL)
+    /* Read once. The pool keeps its lane until destroy has completed every
+     * request (the lane refuses new ones with CLOSED from the start of
+     * destroy), so a callback resubmitting during destroy sees a closed lane,
+     * never a lane being freed. */
+    surpool__lane *l = p->lane;
+    if (l == NULL)
         return SURPOOL_ERR_INVALID_ARG; /* async needs the lane (shared_connections > 0) */
     lane_req *r = surpool__calloc(1, sizeof(*r));
     if (r == NULL)
         return SURPOOL_ERR_NOMEM;
     r->cb = cb;
     r->userdata = userdata;
-    rc = enqueue(p, r, method, params, NULL);
+    rc = enqueue(p, l, r, method, params, NULL);
     if (rc != SURPOOL_OK)
         surpool__free(r);
     return rc;
@@ -581,12 +783,15 @@ surpool_err surpool_query(surpool_pool *p, const char *sql, const json_t *vars, 
 {
     if (p == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "pool is NULL");
+    if (surpool__in_result_callback())
+        return refuse_in_callback(err, "surpool_query");
     json_t *params = NULL;
     surpool_err rc = surpool__query_params(sql, vars, &params, err);
     if (rc != SURPOOL_OK)
         return rc;
-    rc = p->lane != NULL ? lane_call_sync(p, "query", params, out, err)
-                         : leased_call(p, "query", params, out, err);
+    surpool__lane *l = p->lane;
+    rc = l != NULL ? lane_call_sync(p, l, "query", params, out, err)
+                   : leased_call(p, "query", params, out, err);
     json_decref(params);
     return rc;
 }

@@ -4,8 +4,8 @@
  *
  * One mutex (pool->mu) guards every list and counter below. The rules:
  *
- *  1. Slots. idle + in_use + connecting <= max_connections, always (asserted in
- *     debug builds by check_invariants()). A slot is reserved under the mutex
+ *  1. Slots. idle + in_use + connecting <= max_connections, always (checked by
+ *     check_invariants(), fatal in the test builds only: SURPOOL__CHECK). A slot is reserved under the mutex
  *     before a connection is opened and is returned under the mutex when the
  *     open fails or the connection is destroyed.
  *  2. FIFO. A caller that finds no idle connection joins the tail of the waiter
@@ -36,8 +36,13 @@
  *     still leased are closed when they come back.
  *  8. Events, log lines and slow work (pings, closes, restores) never run under
  *     the mutex.
+ *  9. A lease is given back once. release() claims it under the mutex (state
+ *     LEASED -> RELEASING) before anything else; a handle that is not a user
+ *     lease at that moment (idle, being released, closed, lent to the
+ *     maintainer) is a second release: logged and ignored. A closed
+ *     connection's memory stays in the graveyard for the next
+ *     SURPOOL__GRAVE_MAX closes, so such a handle is still readable.
  */
-#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -60,11 +65,15 @@ struct surpool__waiter {
 
 static void check_invariants(const surpool_pool *p)
 {
-    assert(p->nidle >= 0 && p->nleased >= 0 && p->nconnecting >= 0 && p->nmaint >= 0);
-    assert(p->nidle + p->nleased + p->nconnecting <= p->cfg.pub.max_connections);
-    assert(p->nidle == 0 || p->nwaiters == 0 || p->closed || p->paused);
+    SURPOOL__CHECK(p->nidle >= 0 && p->nleased >= 0 && p->nconnecting >= 0 && p->nmaint >= 0);
+    SURPOOL__CHECK(p->nwaiters >= 0 && p->nlane >= 0 && p->nclosing >= 0);
+    SURPOOL__CHECK(p->nidle + p->nleased + p->nconnecting <= p->cfg.pub.max_connections);
+    SURPOOL__CHECK(p->nidle == 0 || p->nwaiters == 0 || p->closed || p->paused);
     (void)p;
 }
+
+/* Closed connections kept readable for stale handles (rule 9). */
+#define SURPOOL__GRAVE_MAX 32
 
 static int total_locked(const surpool_pool *p)
 {
@@ -94,9 +103,19 @@ static int cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t dead
     return pthread_cond_timedwait(cv, mu, &ts);
 }
 
+/* Settings are at most SURPOOL__MS_MAX (config.c), so this cannot overflow;
+ * it saturates anyway, as a second line of defence. */
 static int64_t ms_to_ns(long ms)
 {
+    if ((int64_t)ms > INT64_MAX / SURPOOL__NS_PER_MS)
+        return INT64_MAX;
     return (int64_t)ms * SURPOOL__NS_PER_MS;
+}
+
+/* a + b for b >= 0, saturating at INT64_MAX. */
+static int64_t add_sat(int64_t a, int64_t b)
+{
+    return b > INT64_MAX - a ? INT64_MAX : a + b;
 }
 
 static void idle_push_front(surpool_pool *p, surpool_conn *c)
@@ -386,6 +405,7 @@ static void forget_conn_locked(surpool_pool *p, surpool_conn *c)
     else if (c->state == SURPOOL__CONN_LEASED)
         p->nleased--;
     all_unlink(p, c);
+    c->state = SURPOOL__CONN_CLOSED; /* a stale release of it is now a no-op */
     p->stats.destroyed++;
     p->nclosing++;
     /* Its slot is free: a waiter may need a replacement. */
@@ -396,11 +416,28 @@ static void forget_conn_locked(surpool_pool *p, surpool_conn *c)
  * (destroy must not free the transport under a close in progress). */
 static void close_forgotten(surpool_pool *p, surpool_conn *c)
 {
-    surpool__conn_close(c);
+    /* Close the transport now; keep the memory in the graveyard (rule 9) and
+     * free the oldest one there instead. Nobody reads c->t of a CLOSED one. */
+    if (c->t != NULL)
+        p->ops->close(c->t);
+    c->t = NULL;
+    surpool_conn *evicted = NULL;
     pthread_mutex_lock(&p->mu);
+    c->idle_next = NULL;
+    if (p->grave_tail != NULL)
+        p->grave_tail->idle_next = c;
+    else
+        p->grave_head = c;
+    p->grave_tail = c;
+    if (++p->ngrave > SURPOOL__GRAVE_MAX) {
+        evicted = p->grave_head;
+        p->grave_head = evicted->idle_next;
+        p->ngrave--;
+    }
     if (--p->nclosing == 0 && p->closed)
         pthread_cond_broadcast(&p->state_cv);
     pthread_mutex_unlock(&p->mu);
+    surpool__conn_close(evicted); /* transport closed already: frees; NULL ok */
 }
 
 /* Leases drain() and destroy() wait for changed: wake them. */
@@ -427,7 +464,7 @@ static long backoff_ms(surpool_pool *p, int failures)
     long hi = p->cfg.pub.reconnect_backoff_max_ms;
     long d = lo;
     for (int i = 1; i < failures && d < hi; i++)
-        d *= 2;
+        d = d > hi / 2 ? hi : d * 2; /* never past hi, so never overflows */
     if (d > hi)
         d = hi;
     /* Jitter over the upper half spreads the retries of many clients. */
@@ -519,7 +556,7 @@ static void *connector_main(void *arg)
                 /* Up to 5% earlier, so connections made together expire apart. */
                 int64_t jitter =
                     (int64_t)(next_random_locked(p) % (uint64_t)(lifetime / 20 + 1));
-                c->expires_ns = c->created_ns + lifetime - jitter;
+                c->expires_ns = add_sat(c->created_ns, lifetime - jitter);
             }
             int64_t cus = c->connect_ns / 1000;
             hist_add(p->connect_hist, &p->connect_max_us, cus);
@@ -542,7 +579,7 @@ static void *connector_main(void *arg)
             p->connect_failures_pending++;
             surpool__error_copy(&p->last_connect_error, &cerr);
             long d = backoff_ms(p, p->consecutive_failures);
-            p->connect_not_before_ns = surpool__now_ns() + ms_to_ns(d);
+            p->connect_not_before_ns = add_sat(surpool__now_ns(), ms_to_ns(d));
             evq_add(p, &q, SURPOOL_EVENT_CONNECT_FAIL, 0, 0, cerr.code, cerr.message, NULL, 0);
             evq_log(p, &q, SURPOOL_LOG_WARN,
                     "connect failed (%d in a row, next try in %ld ms): %s",
@@ -722,7 +759,7 @@ static void *maintainer_main(void *arg)
     q.n = 0;
     pthread_mutex_lock(&p->mu);
     while (!p->closed) {
-        int64_t next = surpool__now_ns() + ms_to_ns(p->cfg.pub.maintenance_interval_ms);
+        int64_t next = add_sat(surpool__now_ns(), ms_to_ns(p->cfg.pub.maintenance_interval_ms));
         while (!p->closed && !atomic_load(&p->reap_pending) &&
                cond_wait_until(&p->maint_cv, &p->mu, next) != ETIMEDOUT)
             ;
@@ -750,7 +787,12 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
 {
     if (cfg == NULL || out == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "cfg and out are required");
-    surpool_err rc = surpool__config_validate(cfg, err);
+    surpool_config full; /* the caller's struct_size bytes, defaults after them */
+    surpool_err rc = surpool__config_widen(cfg, &full, err);
+    if (rc != SURPOOL_OK)
+        return rc;
+    cfg = &full;
+    rc = surpool__config_validate(cfg, err);
     if (rc != SURPOOL_OK)
         return rc;
 
@@ -810,6 +852,7 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
     tc.url = &p->url;
     tc.connect_timeout_ms = cfg->connect_timeout_ms;
     tc.max_message_bytes = cfg->max_message_bytes;
+    tc.cbor = p->cfg.pub.wire_format == SURPOOL_WIRE_CBOR;
     tc.max_connections = cfg->max_connections;
     tc.tls_ca_file = p->cfg.pub.tls_ca_file;
     tc.tls_ca_dir = p->cfg.pub.tls_ca_dir;
@@ -927,13 +970,11 @@ void surpool_pool_destroy(surpool_pool *p)
     pthread_mutex_lock(&p->mu);
     close_locked(p);
     pthread_mutex_unlock(&p->mu);
-    /* The lane gives its leases back. Unhooked under the mutex: an event
-     * callback on a connector thread may be reading stats right now. */
-    pthread_mutex_lock(&p->mu);
-    surpool__lane *lane = p->lane;
-    p->lane = NULL;
-    pthread_mutex_unlock(&p->mu);
-    surpool__lane_destroy(lane);
+    /* The lane completes its requests and gives its leases back. It stays
+     * hooked (closed) until then, so that callbacks resubmitting meanwhile get
+     * SURPOOL_ERR_CLOSED; it unhooks itself under the mutex (an event callback
+     * on a connector thread may be reading stats) before it is freed. */
+    surpool__lane_destroy(p->lane);
     if (p->maintainer_started)
         pthread_join(p->maintainer, NULL);
 
@@ -953,7 +994,12 @@ void surpool_pool_destroy(surpool_pool *p)
         surpool__conn_close(c);
         p->nclosing--;
     }
-    assert(p->all_head == NULL && p->nclosing == 0);
+    SURPOOL__CHECK(p->all_head == NULL && p->nclosing == 0);
+    while (p->grave_head != NULL) {
+        surpool_conn *c = p->grave_head;
+        p->grave_head = c->idle_next;
+        surpool__conn_close(c);
+    }
     p->ops->destroy(p->transport);
     pthread_cond_destroy(&p->maint_cv);
     pthread_cond_destroy(&p->state_cv);
@@ -1010,6 +1056,9 @@ surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_co
 {
     if (p == NULL || out == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "pool and out are required");
+    if (surpool__in_result_callback()) /* it could wait on the transport's thread */
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "acquire called from inside a surpool_result_fn callback");
     if (timeout_ms < 0)
         timeout_ms = p->cfg.pub.acquire_timeout_ms;
     int64_t t0 = surpool__now_ns(); /* the one clock read of the fast path */
@@ -1152,6 +1201,20 @@ surpool_err(surpool_pool_acquire)(surpool_pool *pool, long timeout_ms, surpool_c
     return surpool_pool_acquire_at(pool, timeout_ms, out, err, NULL, 0);
 }
 
+static const char *state_name(surpool__conn_state st, int maint)
+{
+    if (maint)
+        return "lent to the maintainer for a keepalive ping";
+    switch (st) {
+    case SURPOOL__CONN_SETUP: return "being opened";
+    case SURPOOL__CONN_IDLE: return "idle";
+    case SURPOOL__CONN_LEASED: return "leased";
+    case SURPOOL__CONN_RELEASING: return "being released";
+    case SURPOOL__CONN_CLOSED: return "closed";
+    }
+    return "unknown";
+}
+
 void surpool_conn_release(surpool_conn *c)
 {
     if (c == NULL)
@@ -1159,32 +1222,54 @@ void surpool_conn_release(surpool_conn *c)
     surpool_pool *p = c->pool;
     evq q; /* not zero-filled: only q.n matters, and it is 6 KB */
     q.n = 0;
+
+    /* Rule 9: claim the lease before touching anything else. */
+    pthread_mutex_lock(&p->mu);
+    if (c->state != SURPOOL__CONN_LEASED || c->maint) {
+        surpool__logger lg = p->logger; /* the pool is not ours to hold: copy */
+        uint64_t serial = c->serial;
+        const char *what = state_name(c->state, c->maint);
+        pthread_mutex_unlock(&p->mu);
+        surpool__log(&lg, SURPOOL_LOG_ERROR,
+                     "surpool_conn_release: connection %llu is %s, not leased: released "
+                     "twice? ignored",
+                     (unsigned long long)serial, what);
+        return;
+    }
+    c->state = SURPOOL__CONN_RELEASING;
     c->last_error[0] = '\0';
 
     /* A lease whose session state changed must not reach the next borrower as
-     * it is: reset it to the configured state (outside the mutex), or close it. */
+     * it is: reset it to the configured state (outside the mutex), or close it.
+     * The release event goes out while we still hold the lease: once it is
+     * given back, destroy() may free the pool under us. With neither to do,
+     * the release is one critical section. */
     int broken = !surpool__conn_usable(c) || c->broken;
-    if (c->session_dirty && !broken && !c->discard && !p->cfg.pub.close_dirty_leases) {
-        surpool_error rerr;
-        if (surpool__conn_restore(c, &rerr) == SURPOOL_OK) {
-            atomic_fetch_add(&p->resets, 1);
-        } else {
-            surpool__log(&p->logger, SURPOOL_LOG_INFO,
-                         "connection %llu could not be reset (%s): closing it",
-                         (unsigned long long)c->serial, rerr.message);
+    int restore = c->session_dirty && !broken && !c->discard && !p->cfg.pub.close_dirty_leases;
+    int64_t now;
+    if (restore || p->cfg.pub.on_event != NULL) {
+        pthread_mutex_unlock(&p->mu);
+        if (restore) {
+            surpool_error rerr;
+            if (surpool__conn_restore(c, &rerr) == SURPOOL_OK) {
+                atomic_fetch_add(&p->resets, 1);
+            } else {
+                surpool__log(&p->logger, SURPOOL_LOG_INFO,
+                             "connection %llu could not be reset (%s): closing it",
+                             (unsigned long long)c->serial, rerr.message);
+            }
+            broken = !surpool__conn_usable(c) || c->broken;
         }
-        broken = !surpool__conn_usable(c) || c->broken;
+        now = surpool__now_ns();
+        evq_add(p, &q, SURPOOL_EVENT_RELEASE, c->serial, (now - c->lease_start_ns) / 1000,
+                SURPOOL_OK, NULL, c->lease_file, c->lease_line);
+        evq_flush(p, &q);
+        pthread_mutex_lock(&p->mu);
+    } else {
+        now = surpool__now_ns();
     }
-
-    /* Events go out while we still hold the lease: once it is given back,
-     * destroy() may free the pool under us. */
-    int64_t now = surpool__now_ns();
-    evq_add(p, &q, SURPOOL_EVENT_RELEASE, c->serial, (now - c->lease_start_ns) / 1000,
-            SURPOOL_OK, NULL, c->lease_file, c->lease_line);
-    evq_flush(p, &q);
-
-    pthread_mutex_lock(&p->mu);
-    assert(c->state == SURPOOL__CONN_LEASED && !c->maint);
+    SURPOOL__CHECK(c->state == SURPOOL__CONN_RELEASING);
+    c->state = SURPOOL__CONN_LEASED;
     if (c->lane) {
         c->lane = 0;
         p->nlane--;
@@ -1292,7 +1377,7 @@ surpool_err surpool_pool_drain(surpool_pool *p, long timeout_ms)
     return rc;
 }
 
-surpool_err surpool_pool_stats(surpool_pool *p, surpool_stats *out)
+static surpool_err stats_fill(surpool_pool *p, surpool_stats *out)
 {
     if (p == NULL || out == NULL)
         return SURPOOL_ERR_INVALID_ARG;
@@ -1322,4 +1407,24 @@ surpool_err surpool_pool_stats(surpool_pool *p, surpool_stats *out)
     out->request_errors = atomic_load(&p->request_errors);
     out->resets = atomic_load(&p->resets);
     return SURPOOL_OK;
+}
+
+/* Writes only the `size` bytes the caller has (zeroing any beyond ours). */
+surpool_err surpool_pool_stats_sized(surpool_pool *p, surpool_stats *out, size_t size)
+{
+    if (p == NULL || out == NULL || size < sizeof(size_t))
+        return SURPOOL_ERR_INVALID_ARG;
+    surpool_stats full;
+    stats_fill(p, &full);
+    size_t n = size < sizeof(full) ? size : sizeof(full);
+    full.struct_size = n;
+    memset(out, 0, size);
+    memcpy(out, &full, n);
+    return SURPOOL_OK;
+}
+
+/* The exported symbol without the macro: the 0.1.0 size (see config_init). */
+surpool_err(surpool_pool_stats)(surpool_pool *p, surpool_stats *out)
+{
+    return surpool_pool_stats_sized(p, out, sizeof(surpool_stats));
 }

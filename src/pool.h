@@ -17,6 +17,10 @@ typedef enum surpool__conn_state {
     SURPOOL__CONN_SETUP = 0, /* being opened by a connector; not in any list */
     SURPOOL__CONN_IDLE = 1,
     SURPOOL__CONN_LEASED = 2,
+    SURPOOL__CONN_RELEASING = 3, /* a release claimed it; the same lease released
+                                    again meanwhile is a detected no-op */
+    SURPOOL__CONN_CLOSED = 4,    /* forgotten by the pool; kept in the graveyard so
+                                    a stale handle is still readable */
 } surpool__conn_state;
 
 struct surpool_conn {
@@ -24,7 +28,7 @@ struct surpool_conn {
     surpool__tconn *t;         /* transport handle; NULL once closed */
     surpool__conn_state state; /* pool mutex */
 
-    /* Pool lists (pool mutex). */
+    /* Pool lists (pool mutex). idle_next also links the graveyard. */
     surpool_conn *all_next, *all_prev;
     surpool_conn *idle_next, *idle_prev;
 
@@ -75,7 +79,12 @@ struct surpool_pool {
     surpool_conn *all_head;
     surpool_conn *idle_head, *idle_tail; /* head = most recently used */
     int nidle, nleased, nconnecting;
-    int nclosing;  /* forgotten, close() in progress outside mu */
+    int nclosing; /* forgotten, close() in progress outside mu */
+    /* Closed connections whose memory is kept a while (FIFO, at most
+     * SURPOOL__GRAVE_MAX), so that releasing a lease a second time reads a
+     * connection marked CLOSED instead of freed memory (mu). */
+    surpool_conn *grave_head, *grave_tail;
+    int ngrave;
     int nmaint;    /* leased to the maintainer (counted in nleased) */
     int ndrainers; /* threads in surpool_pool_drain() */
     uint64_t next_serial;
@@ -118,6 +127,10 @@ struct surpool_pool {
 };
 
 /* config.c */
+/* Copy the caller's config (its first struct_size bytes) over the defaults:
+ * the only place create reads the caller's struct. */
+surpool_err surpool__config_widen(const surpool_config *given, surpool_config *full,
+                                  surpool_error *err);
 surpool_err surpool__config_validate(const surpool_config *c, surpool_error *err);
 surpool_err surpool__config_validate_merged(const surpool_config *c, surpool_error *err);
 surpool_err surpool__config_copy(surpool__pool_config *dst, const surpool_config *src,
@@ -158,9 +171,16 @@ surpool_err surpool__rpc_outcome(surpool_pool *p, const char *method, surpool__t
 
 /* lane.c: the shared lane. */
 surpool_err surpool__lane_create(surpool_pool *p, surpool__lane **out);
-void surpool__lane_close(surpool__lane *l);   /* pool closing: refuse new, fail queued */
-void surpool__lane_destroy(surpool__lane *l); /* returns its leases; pool still alive */
+void surpool__lane_close(surpool__lane *l); /* pool closing: refuse new, fail queued */
+/* Completes every request, returns its leases, unhooks itself from the pool
+ * (pool->lane = NULL, under the pool mutex) and frees itself; the pool is
+ * still alive. Until then callbacks that resubmit get SURPOOL_ERR_CLOSED. */
+void surpool__lane_destroy(surpool__lane *l);
 void surpool__lane_stats(surpool__lane *l, surpool_stats *out);
+/* lane.c: 1 while this thread runs a surpool_result_fn. Synchronous calls
+ * refuse to run there (SURPOOL_ERR_INVALID_ARG): on the transport's thread
+ * they would wait for a reply only that thread can deliver. */
+int surpool__in_result_callback(void);
 /* pool.c: mark a lease as the lane's (not a user lease: no leak reports, not
  * waited for by drain). */
 void surpool__pool_lane_mark(surpool_pool *p, surpool_conn *c);

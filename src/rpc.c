@@ -10,6 +10,8 @@
 
 #include "codec.h"
 #include "pool.h"
+#include "wire.h"
+#include "utf8.h"
 
 /* ------------------------------------------------------------------------- */
 /* The call engine                                                            */
@@ -149,11 +151,14 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
     surpool_error local;
     if (err == NULL)
         err = &local;
+    if (surpool__in_result_callback()) {
+        /* On the transport's thread it would wait for its own reply. */
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "%s called from inside a surpool_result_fn callback", method);
+    }
     if (c->broken || c->t == NULL) {
-        surpool__seterr(err, SURPOOL_ERR_BROKEN,
-                        "connection is broken: release it and acquire another");
-        surpool__strlcpy(c->last_error, err->message, sizeof(c->last_error));
-        return SURPOOL_ERR_BROKEN;
+        return surpool__seterr(err, SURPOOL_ERR_BROKEN,
+                               "connection is broken: release it and acquire another");
     }
 
     if (surpool__method_changes_session(method))
@@ -162,8 +167,9 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
     surpool__treq req;
     memset(&req, 0, sizeof(req));
     req.id = (int64_t)atomic_fetch_add(&p->next_id, 1);
-    surpool_err rc = surpool__codec_encode_request(req.id, method, params, p->ops->headroom,
-                                                   &req.buf, &req.len, err);
+    surpool_err rc =
+        surpool__wire_encode_request(p->cfg.pub.wire_format, req.id, method, params,
+                                     p->ops->headroom, &req.buf, &req.len, err);
     if (rc != SURPOOL_OK)
         return rc;
 
@@ -199,11 +205,6 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
     if (surpool__breaks_connection(rc))
         c->broken = 1;
     json_decref(req.reply);
-    if (rc != SURPOOL_OK) {
-        surpool__strlcpy(c->last_error, err->message, sizeof(c->last_error));
-    } else {
-        c->last_error[0] = '\0';
-    }
     return rc;
 }
 
@@ -227,50 +228,57 @@ static surpool_err call_stolen(surpool_conn *c, const char *method, json_t *para
         /* jansson leaves the text empty when an allocation failed. */
         if (je->text[0] == '\0' || json_error_code(je) == json_error_out_of_memory)
             return surpool__seterr(err, SURPOOL_ERR_NOMEM, "%s: out of memory", method);
-        surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s: bad argument: %s", method, je->text);
-        surpool__strlcpy(c->last_error, err != NULL ? err->message : "", sizeof(c->last_error));
-        return SURPOOL_ERR_INVALID_ARG;
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s: bad argument: %s", method,
+                               je->text);
     }
     surpool_err rc = surpool__rpc(c, method, params, INT64_MAX, out, err);
     json_decref(params);
     return rc;
 }
 
-static surpool_err bad_arg(surpool_conn *c, surpool_error *err, const char *what)
+static surpool_err bad_arg(surpool_error *err, const char *what)
 {
-    if (c != NULL)
-        surpool__strlcpy(c->last_error, what, sizeof(c->last_error));
     return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s", what);
 }
 
-static int valid_utf8(const char *s)
+/* The strings a call takes, checked before anything is built or sent: NULL
+ * (absent) is fine, anything else must be valid UTF-8 (surpool__utf8_valid).
+ * Up to five per call; `names` is a comma-separated list naming them in order
+ * ("user,pass,ns,db,access"). */
+static surpool_err check_strings(surpool_error *err, const char *fn, const char *names,
+                                 const char *a, const char *b, const char *d, const char *e,
+                                 const char *f)
 {
-    const unsigned char *p = (const unsigned char *)s;
-    while (p != NULL && *p) {
-        int n = *p < 0x80             ? 0
-                : (*p & 0xE0) == 0xC0 ? 1
-                : (*p & 0xF0) == 0xE0 ? 2
-                : (*p & 0xF8) == 0xF0 ? 3
-                                      : -1;
-        if (n < 0 || (n == 1 && *p < 0xC2))
-            return 0;
-        for (p++; n > 0; n--, p++)
-            if ((*p & 0xC0) != 0x80)
-                return 0;
+    const char *v[5] = {a, b, d, e, f};
+    const char *name = names;
+    for (int i = 0; i < 5 && name != NULL && *name != '\0'; i++) {
+        const char *end = strchr(name, ',');
+        int len = end != NULL ? (int)(end - name) : (int)strlen(name);
+        if (!surpool__utf8_valid_str(v[i])) {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "%s: %.*s is not valid UTF-8", fn, len, name);
+            return bad_arg(err, msg);
+        }
+        name = end != NULL ? end + 1 : NULL;
     }
-    return 1;
+    return SURPOOL_OK;
 }
 
-/* Building a JSON object from these strings failed: jansson refuses invalid
- * UTF-8 (the caller's fault) and fails on out-of-memory (ours to report). */
-static surpool_err utf8_or_nomem(surpool_error *err, const char *method, const char *a,
-                                 const char *b, const char *c, const char *d, const char *e)
+/* A json_t argument: every string and key valid UTF-8, not too deep. */
+static surpool_err check_json(surpool_error *err, const char *what, const json_t *v)
 {
-    if (valid_utf8(a) && valid_utf8(b) && valid_utf8(c) && valid_utf8(d) && valid_utf8(e))
-        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "%s: out of memory", method);
-    return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s: strings must be valid UTF-8",
-                           method);
+    surpool_error local;
+    if (err == NULL)
+        err = &local;
+    return surpool__codec_check_value(v, what, err);
 }
+
+#define CHECK(call)                                                                            \
+    do {                                                                                       \
+        surpool_err check_rc_ = (call);                                                        \
+        if (check_rc_ != SURPOOL_OK)                                                           \
+            return check_rc_;                                                                  \
+    } while (0)
 
 static int nonempty(const char *s)
 {
@@ -278,18 +286,17 @@ static int nonempty(const char *s)
 }
 
 /* ------------------------------------------------------------------------- */
-/* Public methods                                                             */
+/* Method bodies (their public wrappers are at the end of the file)           */
 /* ------------------------------------------------------------------------- */
 
-surpool_err surpool_conn_call(surpool_conn *c, const char *method, const json_t *params,
-                              json_t **out, surpool_error *err)
+static surpool_err conn_call(surpool_conn *c, const char *method, const json_t *params,
+                             json_t **out, surpool_error *err)
 {
-    if (c == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "conn is NULL");
     if (!nonempty(method))
-        return bad_arg(c, err, "method must be a non-empty string");
+        return bad_arg(err, "method must be a non-empty string");
     if (params != NULL && !json_is_array(params))
-        return bad_arg(c, err, "params must be a JSON array or NULL");
+        return bad_arg(err, "params must be a JSON array or NULL");
+    CHECK(check_strings(err, "call", "method", method, NULL, NULL, NULL, NULL));
     return surpool__rpc(c, method, params, INT64_MAX, out, err);
 }
 
@@ -301,6 +308,8 @@ surpool_err surpool__query_params(const char *sql, const json_t *vars, json_t **
     if (vars != NULL && !json_is_object(vars))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "vars must be a JSON object or NULL");
+    CHECK(check_strings(err, "query", "sql", sql, NULL, NULL, NULL, NULL));
+    CHECK(check_json(err, "query: vars", vars));
     json_error_t je;
     memset(&je, 0, sizeof(je));
     *params = vars != NULL ? pack(&je, "[sO]", sql, (json_t *)vars) : pack(&je, "[s]", sql);
@@ -313,23 +322,78 @@ surpool_err surpool__query_params(const char *sql, const json_t *vars, json_t **
     return SURPOOL_OK;
 }
 
-surpool_err surpool_conn_query(surpool_conn *c, const char *sql, const json_t *vars,
-                               json_t **out, surpool_error *err)
+static surpool_err conn_query(surpool_conn *c, const char *sql, const json_t *vars,
+                              json_t **out, surpool_error *err)
 {
-    if (c == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "conn is NULL");
-    surpool_error local;
-    if (err == NULL)
-        err = &local;
     json_t *params = NULL;
     surpool_err rc = surpool__query_params(sql, vars, &params, err);
-    if (rc != SURPOOL_OK) {
-        surpool__strlcpy(c->last_error, err->message, sizeof(c->last_error));
+    if (rc != SURPOOL_OK)
         return rc;
-    }
     rc = surpool__rpc(c, "query", params, INT64_MAX, out, err);
     json_decref(params);
     return rc;
+}
+
+/* A statement the server skipped because another one failed the transaction.
+ * 3.x marks it with details.kind "NotExecuted"; older servers only say it. */
+static int not_executed(const json_t *st)
+{
+    const char *dk = json_string_value(json_object_get(json_object_get(st, "details"), "kind"));
+    if (dk != NULL)
+        return strcmp(dk, "NotExecuted") == 0;
+    const char *msg = json_string_value(json_object_get(st, "result"));
+    return msg != NULL && strstr(msg, "not executed due to a failed transaction") != NULL;
+}
+
+static int statement_failed(const json_t *st)
+{
+    const char *status = json_string_value(json_object_get(st, "status"));
+    return status != NULL && strcmp(status, "OK") != 0;
+}
+
+/* The statement that failed the transaction `skipped` was skipped in: the
+ * first failed statement of the reply that was not itself skipped (the THROW,
+ * the failing CREATE, ...). SIZE_MAX if there is none. */
+static size_t failing_statement(const json_t *reply)
+{
+    size_t i;
+    json_t *st;
+    json_array_foreach(reply, i, st)
+    {
+        if (statement_failed(st) && !not_executed(st))
+            return i;
+    }
+    return SIZE_MAX;
+}
+
+/* Fill err for failed statement `i` of `reply`: its text and kind, or, when it
+ * was only skipped, the statement that failed the transaction. */
+static surpool_err statement_error(const json_t *reply, size_t i, surpool_error *err)
+{
+    const json_t *st = json_array_get(reply, i);
+    size_t cause = not_executed(st) ? failing_statement(reply) : SIZE_MAX;
+    const json_t *shown = cause != SIZE_MAX ? json_array_get(reply, cause) : st;
+    json_t *r = json_object_get(shown, "result");
+    const char *msg = json_string_value(r);
+    /* Server text: made printable before it reaches a message. */
+    char text[sizeof(err->message)];
+    if (msg != NULL)
+        surpool__text_sanitize(text, sizeof(text), msg, json_string_length(r));
+    else
+        surpool__text_sanitize_str(text, sizeof(text),
+                                   json_string_value(json_object_get(shown, "status")));
+    if (cause == SIZE_MAX)
+        surpool__seterr(err, SURPOOL_ERR_SERVER, "statement %zu failed: %s", i, text);
+    else
+        surpool__seterr(err, SURPOOL_ERR_SERVER,
+                        "statement %zu failed the transaction (statement %zu was not "
+                        "executed): %s",
+                        cause, i, text);
+    json_t *kind = json_object_get(shown, "kind");
+    if (err != NULL && json_is_string(kind))
+        surpool__text_sanitize(err->kind, sizeof(err->kind), json_string_value(kind),
+                               json_string_length(kind));
+    return SURPOOL_ERR_SERVER;
 }
 
 surpool_err surpool_query_check(const json_t *result, surpool_error *err)
@@ -340,32 +404,41 @@ surpool_err surpool_query_check(const json_t *result, surpool_error *err)
     json_t *st;
     json_array_foreach(result, i, st)
     {
-        const char *status = json_string_value(json_object_get(st, "status"));
-        if (status == NULL)
+        if (json_string_value(json_object_get(st, "status")) == NULL)
             return surpool__seterr(err, SURPOOL_ERR_PROTOCOL, "statement %zu has no status", i);
-        if (strcmp(status, "OK") != 0) {
-            json_t *r = json_object_get(st, "result");
-            const char *msg = json_string_value(r);
-            surpool__seterr(err, SURPOOL_ERR_SERVER, "statement %zu failed: %s", i,
-                            msg != NULL ? msg : status);
-            const char *kind = json_string_value(json_object_get(st, "kind"));
-            if (err != NULL && kind != NULL)
-                surpool__strlcpy(err->kind, kind, sizeof(err->kind));
-            return SURPOOL_ERR_SERVER;
-        }
     }
+    json_array_foreach(result, i, st)
+    {
+        if (statement_failed(st))
+            return statement_error(result, i, err);
+    }
+    return SURPOOL_OK;
+}
+
+surpool_err surpool_query_result(const json_t *reply, size_t i, json_t **out,
+                                 surpool_error *err)
+{
+    if (out == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "out is required");
+    if (!json_is_array(reply))
+        return surpool__seterr(err, SURPOOL_ERR_PROTOCOL, "query result is not an array");
+    if (i >= json_array_size(reply))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "statement %zu does not exist (the reply has %zu)", i,
+                               json_array_size(reply));
+    const json_t *st = json_array_get(reply, i);
+    if (json_string_value(json_object_get(st, "status")) == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_PROTOCOL, "statement %zu has no status", i);
+    if (statement_failed(st))
+        return statement_error(reply, i, err);
+    json_t *r = json_object_get(st, "result");
+    *out = r != NULL ? json_incref(r) : json_null();
     return SURPOOL_OK;
 }
 
 /* ------------------------------------------------------------------------- */
 /* Method wrappers                                                            */
 /* ------------------------------------------------------------------------- */
-
-#define CHECK_CONN(c, err)                                                                     \
-    do {                                                                                       \
-        if ((c) == NULL)                                                                       \
-            return surpool__seterr((err), SURPOOL_ERR_INVALID_ARG, "conn is NULL");            \
-    } while (0)
 
 /* Variable names as `let` accepts them: [A-Za-z_][A-Za-z0-9_]*. */
 static int valid_var_name(const char *s)
@@ -381,53 +454,52 @@ static int valid_var_name(const char *s)
     return 1;
 }
 
-surpool_err surpool_conn_ping(surpool_conn *c, surpool_error *err)
+static surpool_err conn_ping(surpool_conn *c, surpool_error *err)
 {
-    CHECK_CONN(c, err);
     return surpool__rpc(c, "ping", NULL, INT64_MAX, NULL, err);
 }
 
-surpool_err surpool_conn_version(surpool_conn *c, json_t **out, surpool_error *err)
+static surpool_err conn_version(surpool_conn *c, json_t **out, surpool_error *err)
 {
-    CHECK_CONN(c, err);
     return surpool__rpc(c, "version", NULL, INT64_MAX, out, err);
 }
 
-surpool_err surpool_conn_use(surpool_conn *c, const char *ns, const char *db,
-                             surpool_error *err)
+static surpool_err conn_use(surpool_conn *c, const char *ns, const char *db, surpool_error *err)
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
     if (!nonempty(ns))
-        return bad_arg(c, err, "use: ns must be a non-empty string (db without ns is refused)");
+        return bad_arg(err, "use: ns must be a non-empty string (db without ns is refused)");
     if (db != NULL && db[0] == '\0')
-        return bad_arg(c, err, "use: db must be NULL or non-empty");
+        return bad_arg(err, "use: db must be NULL or non-empty");
+    CHECK(check_strings(err, "use", "ns,db", ns, db, NULL, NULL, NULL));
     json_t *params = db != NULL ? pack(&je, "[ss]", ns, db) : pack(&je, "[sn]", ns);
     return call_stolen(c, "use", params, &je, NULL, err);
 }
 
-surpool_err surpool_conn_signin(surpool_conn *c, const surpool_credentials *cred, json_t **out,
-                                surpool_error *err)
+static surpool_err conn_signin(surpool_conn *c, const surpool_credentials *cred, json_t **out,
+                               surpool_error *err)
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
     if (cred == NULL)
-        return bad_arg(c, err, "signin: credentials are required");
+        return bad_arg(err, "signin: credentials are required");
     if (cred->db != NULL && cred->ns == NULL)
-        return bad_arg(c, err, "signin: db needs ns");
+        return bad_arg(err, "signin: db needs ns");
     if (cred->access != NULL && (cred->ns == NULL || cred->db == NULL))
-        return bad_arg(c, err, "signin: access needs ns and db");
+        return bad_arg(err, "signin: access needs ns and db");
     if (cred->access == NULL && (cred->user == NULL || cred->pass == NULL))
-        return bad_arg(c, err, "signin: user and pass are required (or access)");
+        return bad_arg(err, "signin: user and pass are required (or access)");
     if (cred->vars != NULL && !json_is_object(cred->vars))
-        return bad_arg(c, err, "signin: vars must be a JSON object");
+        return bad_arg(err, "signin: vars must be a JSON object");
     if ((cred->user != NULL && cred->user[0] == '\0') ||
         (cred->ns != NULL && cred->ns[0] == '\0') ||
         (cred->db != NULL && cred->db[0] == '\0') ||
         (cred->access != NULL && cred->access[0] == '\0'))
-        return bad_arg(c, err, "signin: strings must be NULL or non-empty");
+        return bad_arg(err, "signin: strings must be NULL or non-empty");
+    CHECK(check_strings(err, "signin", "user,pass,ns,db,access", cred->user, cred->pass,
+                        cred->ns, cred->db, cred->access));
+    CHECK(check_json(err, "signin: vars", cred->vars));
 
     json_t *obj = cred->vars != NULL ? json_deep_copy(cred->vars) : json_object();
     int bad = obj == NULL;
@@ -442,71 +514,88 @@ surpool_err surpool_conn_signin(surpool_conn *c, const surpool_credentials *cred
     if (!bad && cred->access != NULL)
         bad |= json_object_set_new(obj, "ac", json_string(cred->access));
     if (bad) {
+        /* Every string was checked above: this was an allocation failure. */
         json_decref(obj);
-        return utf8_or_nomem(err, "signin", cred->user, cred->pass, cred->ns, cred->db,
-                             cred->access);
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "signin: out of memory");
     }
-    return call_stolen(c, "signin", pack(&je, "[o]", obj), &je, out, err);
+    surpool_err rc = call_stolen(c, "signin", pack(&je, "[o]", obj), &je, out, err);
+    if (rc == SURPOOL_ERR_AUTH) {
+        /* Name who and where (never the password), as connection setup does. */
+        char prefix[200], user[72], host[72];
+        surpool__text_sanitize_str(user, sizeof(user), cred->user != NULL ? cred->user : "");
+        surpool__text_sanitize_str(host, sizeof(host), c->pool->url.host);
+        snprintf(prefix, sizeof(prefix), "signin as user '%s' at %s port %d failed: ", user,
+                 host, c->pool->url.port);
+        surpool__error_prefix(err, prefix);
+    }
+    return rc;
 }
 
-surpool_err surpool_conn_signup(surpool_conn *c, const char *ns, const char *db,
-                                const char *access, const json_t *vars, json_t **out,
-                                surpool_error *err)
+static surpool_err conn_signup(surpool_conn *c, const char *ns, const char *db,
+                               const char *access, const json_t *vars, json_t **out,
+                               surpool_error *err)
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
     if (!nonempty(ns) || !nonempty(db) || !nonempty(access))
-        return bad_arg(c, err, "signup: ns, db and access are required");
+        return bad_arg(err, "signup: ns, db and access are required");
     if (vars != NULL && !json_is_object(vars))
-        return bad_arg(c, err, "signup: vars must be a JSON object or NULL");
+        return bad_arg(err, "signup: vars must be a JSON object or NULL");
+    CHECK(check_strings(err, "signup", "ns,db,access", ns, db, access, NULL, NULL));
+    CHECK(check_json(err, "signup: vars", vars));
     json_t *obj = vars != NULL ? json_deep_copy(vars) : json_object();
     if (obj == NULL || json_object_set_new(obj, "ns", json_string(ns)) ||
         json_object_set_new(obj, "db", json_string(db)) ||
         json_object_set_new(obj, "ac", json_string(access))) {
-        json_decref(obj);
-        return utf8_or_nomem(err, "signup", ns, db, access, NULL, NULL);
+        json_decref(obj); /* every string was checked above: out of memory */
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "signup: out of memory");
     }
     return call_stolen(c, "signup", pack(&je, "[o]", obj), &je, out, err);
 }
 
-surpool_err surpool_conn_authenticate(surpool_conn *c, const char *token, surpool_error *err)
+static surpool_err conn_authenticate(surpool_conn *c, const char *token, surpool_error *err)
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
     if (!nonempty(token))
-        return bad_arg(c, err, "authenticate: token is required");
+        return bad_arg(err, "authenticate: token is required");
+    CHECK(check_strings(err, "authenticate", "token", token, NULL, NULL, NULL, NULL));
     return call_stolen(c, "authenticate", pack(&je, "[s]", token), &je, NULL, err);
 }
 
-surpool_err surpool_conn_invalidate(surpool_conn *c, surpool_error *err)
+static surpool_err conn_invalidate(surpool_conn *c, surpool_error *err)
 {
-    CHECK_CONN(c, err);
     return surpool__rpc(c, "invalidate", NULL, INT64_MAX, NULL, err);
 }
 
-surpool_err surpool_conn_let(surpool_conn *c, const char *name, const json_t *value,
-                             surpool_error *err)
+static surpool_err conn_let(surpool_conn *c, const char *name, const json_t *value,
+                            surpool_error *err)
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
     if (!valid_var_name(name))
-        return bad_arg(c, err, "let: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')");
+        return bad_arg(err, "let: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')");
     if (value == NULL)
-        return bad_arg(c, err, "let: value is required (use json_null())");
+        return bad_arg(err, "let: value is required (use json_null())");
+    CHECK(check_json(err, "let: value", value));
     return call_stolen(c, "let", pack(&je, "[sO]", name, (json_t *)value), &je, NULL, err);
 }
 
-surpool_err surpool_conn_unset(surpool_conn *c, const char *name, surpool_error *err)
+static surpool_err conn_unset(surpool_conn *c, const char *name, surpool_error *err)
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
     if (!valid_var_name(name))
-        return bad_arg(c, err, "unset: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')");
+        return bad_arg(err, "unset: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')");
     return call_stolen(c, "unset", pack(&je, "[s]", name), &je, NULL, err);
+}
+
+/* A thing argument in the pool's wire format: over CBOR "table" / "table:id"
+ * text is read here into a typed table or record id (wire.h). NULL: err says
+ * why (err is never NULL inside LEASE_CALL). */
+static json_t *thing_arg(surpool_conn *c, const char *thing, surpool_error *err)
+{
+    return surpool__wire_thing(c->pool->cfg.pub.wire_format, thing, err);
 }
 
 /* [thing] or [thing, data]: data NULL is left out, else it must be an object
@@ -517,110 +606,282 @@ static surpool_err thing_data_call(surpool_conn *c, const char *method, const ch
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
     if (!nonempty(thing))
-        return bad_arg(c, err, "the table or record id must be a non-empty string");
+        return bad_arg(err, "the table or record id must be a non-empty string");
     if (data == NULL && data_required)
-        return bad_arg(c, err, "data is required");
+        return bad_arg(err, "data is required");
     if (data != NULL && !json_is_object(data) && !(arrays_ok && json_is_array(data)))
-        return bad_arg(c, err,
-                       arrays_ok ? "data must be a JSON object or array"
-                                 : "data must be a JSON object");
-    json_t *params =
-        data != NULL ? pack(&je, "[sO]", thing, (json_t *)data) : pack(&je, "[s]", thing);
+        return bad_arg(err, arrays_ok ? "data must be a JSON object or array"
+                                      : "data must be a JSON object");
+    CHECK(check_strings(err, method, "the table or record id", thing, NULL, NULL, NULL, NULL));
+    CHECK(check_json(err, method, data));
+    json_t *t = thing_arg(c, thing, err);
+    if (t == NULL)
+        return err->code;
+    json_t *params = data != NULL ? pack(&je, "[oO]", t, (json_t *)data) : pack(&je, "[o]", t);
     return call_stolen(c, method, params, &je, out, err);
+}
+
+static surpool_err conn_select(surpool_conn *c, const char *thing, json_t **out,
+                               surpool_error *err)
+{
+    return thing_data_call(c, "select", thing, NULL, 0, 0, out, err);
+}
+
+static surpool_err conn_create(surpool_conn *c, const char *thing, const json_t *data,
+                               json_t **out, surpool_error *err)
+{
+    return thing_data_call(c, "create", thing, data, 0, 0, out, err);
+}
+
+static surpool_err conn_insert(surpool_conn *c, const char *table, const json_t *data,
+                               json_t **out, surpool_error *err)
+{
+    return thing_data_call(c, "insert", table, data, 1, 1, out, err);
+}
+
+static surpool_err conn_update(surpool_conn *c, const char *thing, const json_t *data,
+                               json_t **out, surpool_error *err)
+{
+    return thing_data_call(c, "update", thing, data, 0, 0, out, err);
+}
+
+static surpool_err conn_upsert(surpool_conn *c, const char *thing, const json_t *data,
+                               json_t **out, surpool_error *err)
+{
+    return thing_data_call(c, "upsert", thing, data, 0, 0, out, err);
+}
+
+static surpool_err conn_merge(surpool_conn *c, const char *thing, const json_t *data,
+                              json_t **out, surpool_error *err)
+{
+    return thing_data_call(c, "merge", thing, data, 1, 0, out, err);
+}
+
+static surpool_err conn_patch(surpool_conn *c, const char *thing, const json_t *ops, int diff,
+                              json_t **out, surpool_error *err)
+{
+    json_error_t je;
+    memset(&je, 0, sizeof(je));
+    if (!nonempty(thing))
+        return bad_arg(err, "patch: the table or record id must be a non-empty string");
+    if (!json_is_array(ops))
+        return bad_arg(err, "patch: ops must be a JSON array of patch operations");
+    CHECK(check_strings(err, "patch", "the table or record id", thing, NULL, NULL, NULL, NULL));
+    CHECK(check_json(err, "patch: ops", ops));
+    json_t *t = thing_arg(c, thing, err);
+    if (t == NULL)
+        return err->code;
+    json_t *params = pack(&je, "[oOb]", t, (json_t *)ops, diff != 0);
+    return call_stolen(c, "patch", params, &je, out, err);
+}
+
+static surpool_err conn_delete(surpool_conn *c, const char *thing, json_t **out,
+                               surpool_error *err)
+{
+    return thing_data_call(c, "delete", thing, NULL, 0, 0, out, err);
+}
+
+static surpool_err conn_relate(surpool_conn *c, const char *from, const char *table,
+                               const char *to, const json_t *data, json_t **out,
+                               surpool_error *err)
+{
+    json_error_t je;
+    memset(&je, 0, sizeof(je));
+    if (!nonempty(from) || !nonempty(table) || !nonempty(to))
+        return bad_arg(err, "relate: from, table and to are required");
+    if (data != NULL && !json_is_object(data))
+        return bad_arg(err, "relate: data must be a JSON object or NULL");
+    CHECK(check_strings(err, "relate", "from,table,to", from, table, to, NULL, NULL));
+    CHECK(check_json(err, "relate: data", data));
+    json_t *f = thing_arg(c, from, err);
+    json_t *tb = f != NULL ? thing_arg(c, table, err) : NULL;
+    json_t *to_ = tb != NULL ? thing_arg(c, to, err) : NULL;
+    if (to_ == NULL) {
+        json_decref(f);
+        json_decref(tb);
+        return err->code;
+    }
+    json_t *params = data != NULL ? pack(&je, "[oooO]", f, tb, to_, (json_t *)data)
+                                  : pack(&je, "[ooo]", f, tb, to_);
+    return call_stolen(c, "relate", params, &je, out, err);
+}
+
+static surpool_err conn_run(surpool_conn *c, const char *fn, const char *version,
+                            const json_t *args, json_t **out, surpool_error *err)
+{
+    json_error_t je;
+    memset(&je, 0, sizeof(je));
+    if (!nonempty(fn))
+        return bad_arg(err, "run: fn is required");
+    if (version != NULL && version[0] == '\0')
+        return bad_arg(err, "run: version must be NULL or non-empty");
+    if (args != NULL && !json_is_array(args))
+        return bad_arg(err, "run: args must be a JSON array or NULL");
+    CHECK(check_strings(err, "run", "fn,version", fn, version, NULL, NULL, NULL));
+    CHECK(check_json(err, "run: args", args));
+    json_t *params = pack(&je, "[s s? O?]", fn, version, (json_t *)args);
+    return call_stolen(c, "run", params, &je, out, err);
+}
+
+static surpool_err conn_info(surpool_conn *c, json_t **out, surpool_error *err)
+{
+    return surpool__rpc(c, "info", NULL, INT64_MAX, out, err);
+}
+
+/* ------------------------------------------------------------------------- */
+/* The public calls on a lease                                                */
+/*                                                                            */
+/* One error channel: each call fills the caller's surpool_error (or a local  */
+/* one), and the lease's last-error text is derived from it here, in          */
+/* lease_end(), and nowhere else. The conn_* functions above never see a NULL */
+/* `err` or a NULL `c`: LEASE_CALL checks `c` and passes them `e`, the        */
+/* caller's struct or a local one.                                            */
+/* ------------------------------------------------------------------------- */
+
+static surpool_err lease_end(surpool_conn *c, surpool_err rc, const surpool_error *e)
+{
+    if (rc == SURPOOL_OK)
+        c->last_error[0] = '\0';
+    else
+        surpool__strlcpy(c->last_error, e->message, sizeof(c->last_error));
+    return rc;
+}
+
+#define LEASE_CALL(c, err, call)                                                               \
+    do {                                                                                       \
+        if ((c) == NULL)                                                                       \
+            return surpool__seterr((err), SURPOOL_ERR_INVALID_ARG, "conn is NULL");            \
+        surpool_error lease_local_;                                                            \
+        lease_local_.message[0] = '\0';                                                        \
+        surpool_error *e = (err) != NULL ? (err) : &lease_local_;                              \
+        return lease_end((c), (call), e);                                                      \
+    } while (0)
+
+surpool_err surpool_conn_call(surpool_conn *c, const char *method, const json_t *params,
+                              json_t **out, surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_call(c, method, params, out, e));
+}
+
+surpool_err surpool_conn_query(surpool_conn *c, const char *sql, const json_t *vars,
+                               json_t **out, surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_query(c, sql, vars, out, e));
+}
+
+surpool_err surpool_conn_ping(surpool_conn *c, surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_ping(c, e));
+}
+
+surpool_err surpool_conn_version(surpool_conn *c, json_t **out, surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_version(c, out, e));
+}
+
+surpool_err surpool_conn_use(surpool_conn *c, const char *ns, const char *db,
+                             surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_use(c, ns, db, e));
+}
+
+surpool_err surpool_conn_signin(surpool_conn *c, const surpool_credentials *cred, json_t **out,
+                                surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_signin(c, cred, out, e));
+}
+
+surpool_err surpool_conn_signup(surpool_conn *c, const char *ns, const char *db,
+                                const char *access, const json_t *vars, json_t **out,
+                                surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_signup(c, ns, db, access, vars, out, e));
+}
+
+surpool_err surpool_conn_authenticate(surpool_conn *c, const char *token, surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_authenticate(c, token, e));
+}
+
+surpool_err surpool_conn_invalidate(surpool_conn *c, surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_invalidate(c, e));
+}
+
+surpool_err surpool_conn_let(surpool_conn *c, const char *name, const json_t *value,
+                             surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_let(c, name, value, e));
+}
+
+surpool_err surpool_conn_unset(surpool_conn *c, const char *name, surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_unset(c, name, e));
 }
 
 surpool_err surpool_conn_select(surpool_conn *c, const char *thing, json_t **out,
                                 surpool_error *err)
 {
-    return thing_data_call(c, "select", thing, NULL, 0, 0, out, err);
+    LEASE_CALL(c, err, conn_select(c, thing, out, e));
 }
 
 surpool_err surpool_conn_create(surpool_conn *c, const char *thing, const json_t *data,
                                 json_t **out, surpool_error *err)
 {
-    return thing_data_call(c, "create", thing, data, 0, 0, out, err);
+    LEASE_CALL(c, err, conn_create(c, thing, data, out, e));
 }
 
 surpool_err surpool_conn_insert(surpool_conn *c, const char *table, const json_t *data,
                                 json_t **out, surpool_error *err)
 {
-    return thing_data_call(c, "insert", table, data, 1, 1, out, err);
+    LEASE_CALL(c, err, conn_insert(c, table, data, out, e));
 }
 
 surpool_err surpool_conn_update(surpool_conn *c, const char *thing, const json_t *data,
                                 json_t **out, surpool_error *err)
 {
-    return thing_data_call(c, "update", thing, data, 0, 0, out, err);
+    LEASE_CALL(c, err, conn_update(c, thing, data, out, e));
 }
 
 surpool_err surpool_conn_upsert(surpool_conn *c, const char *thing, const json_t *data,
                                 json_t **out, surpool_error *err)
 {
-    return thing_data_call(c, "upsert", thing, data, 0, 0, out, err);
+    LEASE_CALL(c, err, conn_upsert(c, thing, data, out, e));
 }
 
 surpool_err surpool_conn_merge(surpool_conn *c, const char *thing, const json_t *data,
                                json_t **out, surpool_error *err)
 {
-    return thing_data_call(c, "merge", thing, data, 1, 0, out, err);
+    LEASE_CALL(c, err, conn_merge(c, thing, data, out, e));
 }
 
 surpool_err surpool_conn_patch(surpool_conn *c, const char *thing, const json_t *ops, int diff,
                                json_t **out, surpool_error *err)
 {
-    json_error_t je;
-    memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
-    if (!nonempty(thing))
-        return bad_arg(c, err, "patch: the table or record id must be a non-empty string");
-    if (!json_is_array(ops))
-        return bad_arg(c, err, "patch: ops must be a JSON array of patch operations");
-    json_t *params = pack(&je, "[sOb]", thing, (json_t *)ops, diff != 0);
-    return call_stolen(c, "patch", params, &je, out, err);
+    LEASE_CALL(c, err, conn_patch(c, thing, ops, diff, out, e));
 }
 
 surpool_err surpool_conn_delete(surpool_conn *c, const char *thing, json_t **out,
                                 surpool_error *err)
 {
-    return thing_data_call(c, "delete", thing, NULL, 0, 0, out, err);
+    LEASE_CALL(c, err, conn_delete(c, thing, out, e));
 }
 
 surpool_err surpool_conn_relate(surpool_conn *c, const char *from, const char *table,
                                 const char *to, const json_t *data, json_t **out,
                                 surpool_error *err)
 {
-    json_error_t je;
-    memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
-    if (!nonempty(from) || !nonempty(table) || !nonempty(to))
-        return bad_arg(c, err, "relate: from, table and to are required");
-    if (data != NULL && !json_is_object(data))
-        return bad_arg(c, err, "relate: data must be a JSON object or NULL");
-    json_t *params = data != NULL ? pack(&je, "[sssO]", from, table, to, (json_t *)data)
-                                  : pack(&je, "[sss]", from, table, to);
-    return call_stolen(c, "relate", params, &je, out, err);
+    LEASE_CALL(c, err, conn_relate(c, from, table, to, data, out, e));
 }
 
 surpool_err surpool_conn_run(surpool_conn *c, const char *fn, const char *version,
                              const json_t *args, json_t **out, surpool_error *err)
 {
-    json_error_t je;
-    memset(&je, 0, sizeof(je));
-    CHECK_CONN(c, err);
-    if (!nonempty(fn))
-        return bad_arg(c, err, "run: fn is required");
-    if (version != NULL && version[0] == '\0')
-        return bad_arg(c, err, "run: version must be NULL or non-empty");
-    if (args != NULL && !json_is_array(args))
-        return bad_arg(c, err, "run: args must be a JSON array or NULL");
-    json_t *params = pack(&je, "[s s? O?]", fn, version, (json_t *)args);
-    return call_stolen(c, "run", params, &je, out, err);
+    LEASE_CALL(c, err, conn_run(c, fn, version, args, out, e));
 }
 
 surpool_err surpool_conn_info(surpool_conn *c, json_t **out, surpool_error *err)
 {
-    CHECK_CONN(c, err);
-    return surpool__rpc(c, "info", NULL, INT64_MAX, out, err);
+    LEASE_CALL(c, err, conn_info(c, out, e));
 }

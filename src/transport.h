@@ -87,6 +87,7 @@ typedef struct surpool__tconfig {
     const surpool__url *url; /* borrowed; outlives the transport */
     long connect_timeout_ms;
     size_t max_message_bytes;
+    int cbor;            /* 1: subprotocol "cbor", binary frames, CBOR replies */
     int max_connections; /* sizing hint (fd table) */
     const char *tls_ca_file;
     const char *tls_ca_dir;

@@ -1,7 +1,7 @@
 /*
  * The libwebsockets (4.1) transport: the only file that includes <libwebsockets.h>.
  *
- * Shape (see /work/shared/TRANSPORT.md for the measured facts behind it):
+ * Shape (from measured libwebsockets 4.1 behaviour):
  *  - One lws context and one service thread per transport (= per pool). Every lws
  *    call happens on that thread, except lws_cancel_service(), which callers use to
  *    wake it. The context is created on the creating thread before the service
@@ -27,7 +27,9 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -37,15 +39,18 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <libwebsockets.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "cbor_codec.h"
 #include "codec.h"
 #include "internal.h"
 #include "transport.h"
+#include "utf8.h"
 
 /* ------------------------------------------------------------------------- */
 /* Types                                                                      */
@@ -89,12 +94,13 @@ struct surpool__tconn {
     pthread_mutex_t mu;  /* everything below up to "service thread only" */
     pthread_cond_t cond; /* the opener waits here */
     int state;
-    int started;  /* the service thread took the current connect request */
-    int svc_done; /* the service thread is finished with this connection's socket */
-    int wsi_gone; /* the current attempt's wsi was destroyed */
-    int abort;    /* open() gave up: kill the attempt */
-    int closing;  /* close() was called */
-    int tcp_up;   /* the current attempt got a TCP connection */
+    int started;    /* the service thread took the current connect request */
+    int svc_done;   /* the service thread is finished with this connection's socket */
+    int wsi_gone;   /* the current attempt's wsi was destroyed */
+    int abort;      /* open() gave up: kill the attempt */
+    int closing;    /* close() was called */
+    int tcp_up;     /* the current attempt got a TCP connection */
+    int tcp_failed; /* lws said the TCP connect failed (it keeps the errno to itself) */
     int dead_notified;
     treq_list queue;
     treq_list inflight;
@@ -130,6 +136,8 @@ struct surpool__transport {
     const surpool__url *url;
     const surpool__logger *logger;
     size_t max_message_bytes;
+    int cbor;          /* subprotocol "cbor": binary frames both ways */
+    const char *proto; /* "cbor" or "json" */
     long connect_timeout_ms;
     int timeout_secs;
     int insecure;
@@ -176,10 +184,8 @@ static void lws_emit(int level, const char *line)
     size_t n = strlen(line);
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
         n--;
-    if (n >= sizeof(buf))
-        n = sizeof(buf) - 1;
-    memcpy(buf, line, n);
-    buf[n] = '\0';
+    /* lws lines can quote what the peer sent (headers, close reasons). */
+    surpool__text_sanitize(buf, sizeof(buf), line, n);
     surpool_log_level lv = (level & LLL_ERR) ? SURPOOL_LOG_ERROR : SURPOOL_LOG_WARN;
 
     pthread_mutex_lock(&g_reg_mu);
@@ -263,19 +269,23 @@ static int cond_init_monotonic(pthread_cond_t *cond)
     return rc == 0 ? 0 : -1;
 }
 
-/* snprintf into a fixed buffer where truncating a message is fine. */
+/* snprintf into a fixed buffer where truncating a message is fine (on a UTF-8
+ * character boundary). Text from the server or from libwebsockets goes through
+ * surpool__text_sanitize() before it gets here. */
 __attribute__((format(printf, 3, 4))) static void msgf(char *dst, size_t cap, const char *fmt,
                                                        ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(dst, cap, fmt, ap);
+    int n = vsnprintf(dst, cap, fmt, ap);
     va_end(ap);
+    if (n >= 0 && (size_t)n >= cap && cap > 0)
+        surpool__utf8_trim(dst);
 }
 
 static void copy_str(char *dst, size_t cap, const char *src)
 {
-    msgf(dst, cap, "%s", src != NULL ? src : "");
+    surpool__strlcpy(dst, src, cap);
 }
 
 /* ---- request lists ---- */
@@ -735,8 +745,8 @@ static void conn_start(surpool__tconn *c)
     i.path = t->url->path;
     i.host = t->host_header;
     i.origin = t->host_header;
-    i.protocol = "json";
-    i.local_protocol_name = "json";
+    i.protocol = t->proto;
+    i.local_protocol_name = t->proto;
     i.retry_and_idle_policy = &g_retry;
     i.opaque_user_data = c;
     if (t->url->tls) {
@@ -802,6 +812,7 @@ static int conn_maybe_next_addr(surpool__tconn *c)
     c->started = 0;
     c->fail_code = SURPOOL_OK;
     c->fail_msg[0] = '\0';
+    c->tcp_failed = 0;
     return 1;
 }
 
@@ -819,17 +830,12 @@ static void on_connection_error(struct lws *wsi, surpool__tconn *c, const char *
     surpool__transport *t = c->t;
     char text[160];
     size_t n = in != NULL ? strnlen(in, len) : 0; /* len may count the NUL */
-    if (n >= sizeof(text))
-        n = sizeof(text) - 1;
-    if (n > 0)
-        memcpy(text, in, n);
-    text[n] = '\0';
+    /* lws' text may quote the server (a status line, a header). */
+    n = surpool__text_sanitize(text, sizeof(text), in, n);
     if (n == 0)
-        copy_str(text, sizeof(text), "connection failed");
-    /* "HS: ws upgrade response not 101" is clearer with the status it got. */
+        n = surpool__strlcpy(text, "connection failed", sizeof(text));
+    /* The HTTP status of a refused upgrade says more than lws' wording. */
     unsigned int status = lws_http_client_http_response(wsi);
-    if (status != 0 && status != 101)
-        msgf(text + n, sizeof(text) - n, " (HTTP %u)", status);
 
     const char *alert_rx = NULL, *alert_tx = NULL, *note = NULL;
     if (t->url->tls) {
@@ -865,8 +871,22 @@ static void on_connection_error(struct lws *wsi, surpool__tconn *c, const char *
             else
                 msgf(c->fail_msg, sizeof(c->fail_msg), "TLS handshake with %s failed: %s",
                      t->url->host, text);
+        } else if (status == 404) {
+            c->fail_code = SURPOOL_ERR_CONNECT;
+            msgf(c->fail_msg, sizeof(c->fail_msg),
+                 "server at %s port %d answered HTTP 404 to the WebSocket upgrade: path "
+                 "'%.64s' is not a SurrealDB RPC endpoint%s",
+                 t->url->host, t->url->port, t->url->path,
+                 strcmp(t->url->path, "/rpc") != 0 ? " (is it /rpc?)" : "");
+        } else if (status != 0 && status != 101) {
+            c->fail_code = SURPOOL_ERR_CONNECT;
+            msgf(c->fail_msg, sizeof(c->fail_msg),
+                 "server at %s port %d answered the WebSocket upgrade of '%.64s' with HTTP "
+                 "%u instead of 101",
+                 t->url->host, t->url->port, t->url->path, status);
         } else {
             c->fail_code = SURPOOL_ERR_CONNECT;
+            c->tcp_failed = !c->tcp_up; /* open() names the cause (tcp_diagnose) */
             const char *a = c->addrs[c->addr_idx];
             if (strcmp(a, t->url->host) != 0)
                 msgf(c->fail_msg, sizeof(c->fail_msg), "cannot connect to %s port %d (%s): %s",
@@ -885,16 +905,16 @@ static int on_pre_establish(struct lws *wsi, surpool__tconn *c)
 {
     char proto[32];
     int n = lws_hdr_copy(wsi, proto, sizeof(proto), WSI_TOKEN_PROTOCOL);
-    if (n > 0 && strcmp(proto, "json") == 0)
+    if (n > 0 && strcmp(proto, c->t->proto) == 0)
         return 0;
     pthread_mutex_lock(&c->mu);
     if (c->fail_code == SURPOOL_OK) {
         c->fail_code = SURPOOL_ERR_CONNECT;
         msgf(c->fail_msg, sizeof(c->fail_msg),
-             "server at %s port %d did not accept WebSocket subprotocol 'json' "
+             "server at %s port %d did not accept WebSocket subprotocol '%s' "
              "(answered %s%s%s)",
-             c->t->url->host, c->t->url->port, n > 0 ? "'" : "", n > 0 ? proto : "none",
-             n > 0 ? "'" : "");
+             c->t->url->host, c->t->url->port, c->t->proto, n > 0 ? "'" : "",
+             n > 0 ? proto : "none", n > 0 ? "'" : "");
     }
     pthread_mutex_unlock(&c->mu);
     return 1;
@@ -1137,7 +1157,8 @@ static int on_writeable(struct lws *wsi, surpool__tconn *c)
         r->tstate = TS_INFLIGHT;
         /* lws masks the payload in place and buffers any unsent remainder. */
         size_t len = r->len;
-        int n = lws_write(wsi, (unsigned char *)r->buf + LWS_PRE, len, LWS_WRITE_TEXT);
+        int n = lws_write(wsi, (unsigned char *)r->buf + LWS_PRE, len,
+                          c->t->cbor ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
         if (n < 0 || (size_t)n < len) {
             failed = 1;
             break;
@@ -1157,14 +1178,17 @@ static int on_writeable(struct lws *wsi, surpool__tconn *c)
     return 0;
 }
 
-/* A complete text message. Returns -1 when the connection must close. */
+/* A complete message (text for JSON, binary for CBOR). Returns -1 when the
+ * connection must close. */
 static int dispatch(struct lws *wsi, surpool__tconn *c, const char *buf, size_t len)
 {
     surpool__transport *t = c->t;
     surpool__frame f;
     surpool_error e;
 
-    surpool_err rc = surpool__codec_decode_frame(buf, len, &f, &e);
+    surpool_err rc = t->cbor
+                         ? surpool__cbor_decode_frame((const unsigned char *)buf, len, &f, &e)
+                         : surpool__codec_decode_frame(buf, len, &f, &e);
     if (rc != SURPOOL_OK) {
         conn_fail(c, rc == SURPOOL_ERR_NOMEM ? SURPOOL_ERR_NOMEM : SURPOOL_ERR_PROTOCOL,
                   e.message);
@@ -1228,8 +1252,10 @@ static int on_receive(struct lws *wsi, surpool__tconn *c, const char *in, size_t
         c->rx_overflow = 0;
         c->rx_binary = lws_frame_is_binary(wsi);
     }
-    if (c->rx_binary) {
-        conn_fail(c, SURPOOL_ERR_PROTOCOL, "server sent a binary frame on a JSON connection");
+    if ((c->rx_binary != 0) != t->cbor) {
+        conn_fail(c, SURPOOL_ERR_PROTOCOL,
+                  t->cbor ? "server sent a text frame on a CBOR connection"
+                          : "server sent a binary frame on a JSON connection");
         lws_close_reason(wsi, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE, NULL, 0);
         return -1;
     }
@@ -1286,13 +1312,9 @@ static void on_peer_close(surpool__tconn *c, const unsigned char *in, size_t len
         return;
     pthread_mutex_lock(&c->mu);
     c->peer_close_code = (in[0] << 8) | in[1];
-    size_t n = len - 2;
-    if (n >= sizeof(c->peer_close_reason))
-        n = sizeof(c->peer_close_reason) - 1;
-    for (size_t i = 0; i < n; i++) /* keep log lines and messages printable */
-        c->peer_close_reason[i] =
-            (in[2 + i] >= 0x20 && in[2 + i] != 0x7f) ? (char)in[2 + i] : '?';
-    c->peer_close_reason[n] = '\0';
+    /* Any bytes at all: keep log lines and messages printable UTF-8. */
+    surpool__text_sanitize(c->peer_close_reason, sizeof(c->peer_close_reason),
+                           (const char *)in + 2, len - 2);
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -1323,9 +1345,10 @@ static void on_wsi_destroy(struct lws *wsi, surpool__tconn *c)
                 if (took + 100 >= (int64_t)t->timeout_secs * 1000) {
                     c->fail_code = SURPOOL_ERR_TIMEOUT;
                     msgf(c->fail_msg, sizeof(c->fail_msg),
-                         "connect timed out after %lld ms (no WebSocket upgrade "
-                         "response)",
-                         (long long)took);
+                         "connect to %s port %d timed out after %lld ms (%s)", t->url->host,
+                         t->url->port, (long long)took,
+                         c->tcp_up ? "TCP connected, no answer to the WebSocket upgrade"
+                                   : "no answer to the TCP connect");
                 } else {
                     c->fail_code = SURPOOL_ERR_CONNECT;
                     msgf(c->fail_msg, sizeof(c->fail_msg),
@@ -1485,12 +1508,22 @@ static surpool_err lws_t_create(const surpool__tconfig *cfg, void *arg,
     if (g_ssl_rx_alert_idx < 0 || g_ssl_tx_alert_idx < 0 || g_ssl_note_idx < 0)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot allocate OpenSSL ex_data");
 
+    /* libwebsockets 4.1 refuses a connect whose path does not fit its header
+     * buffer and then destroys the half-made socket later, behind our back (a
+     * use-after-free of the connection and a leak inside lws). The URL parser
+     * refuses such a path; refuse it here too, whoever filled the URL. */
+    if (strlen(cfg->url->path) > SURPOOL__URL_PATH_MAX)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "URL path longer than %d bytes (libwebsockets cannot send it)",
+                               SURPOOL__URL_PATH_MAX);
     surpool__transport *t = surpool__calloc(1, sizeof(*t));
     if (t == NULL)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory creating the transport");
     t->url = cfg->url;
     t->logger = cfg->logger;
     t->max_message_bytes = cfg->max_message_bytes != 0 ? cfg->max_message_bytes : SIZE_MAX;
+    t->cbor = cfg->cbor != 0;
+    t->proto = t->cbor ? "cbor" : "json";
     t->connect_timeout_ms = cfg->connect_timeout_ms;
     long secs = cfg->connect_timeout_ms > 0 ? (cfg->connect_timeout_ms + 999) / 1000 : 1;
     t->timeout_secs = secs < 1 ? 1 : secs > 3600 ? 3600 : (int)secs;
@@ -1545,7 +1578,7 @@ static surpool_err lws_t_create(const surpool__tconfig *cfg, void *arg,
         }
     }
 
-    t->protocols[0].name = "json";
+    t->protocols[0].name = t->proto;
     t->protocols[0].callback = lws_cb;
     t->protocols[0].rx_buffer_size = 64 * 1024;
     t->protocols[0].tx_packet_size = 64 * 1024;
@@ -1566,6 +1599,9 @@ static surpool_err lws_t_create(const surpool__tconfig *cfg, void *arg,
     int maxc = cfg->max_connections > 0 ? cfg->max_connections : 1;
     info.fd_limit_per_thread = (unsigned int)(maxc > 100000 ? 100000 : maxc) * 2 + 16;
     info.pt_serv_buf_size = 64 * 1024;
+    /* The header buffer SURPOOL__URL_PATH_MAX is sized against (lws' default,
+     * stated so that the two cannot drift apart). */
+    info.max_http_header_data = 4096;
     info.timeout_secs = (unsigned int)t->timeout_secs;
     info.connect_timeout_secs = (unsigned int)t->timeout_secs;
     info.retry_and_idle_policy = &g_retry;
@@ -1596,6 +1632,63 @@ static surpool_err lws_t_create(const surpool__tconfig *cfg, void *arg,
     return SURPOOL_OK;
 }
 
+/* lws reports a failed TCP connect as "Unable to connect" and keeps the errno
+ * to itself. Say which failure it was, as libpq does: one connect of our own to
+ * the same address, on the caller's thread (never the service thread), bounded
+ * by the open deadline and 2 s. NULL when it cannot tell (e.g. it connects now). */
+static const char *tcp_diagnose(const char *addr, int port, int64_t deadline_ns)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    memset(&ss, 0, sizeof(ss));
+    struct sockaddr_in *v4 = (struct sockaddr_in *)(void *)&ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)(void *)&ss;
+    if (inet_pton(AF_INET, addr, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        sl = sizeof(*v4);
+    } else if (inet_pton(AF_INET6, addr, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        sl = sizeof(*v6);
+    } else {
+        return NULL;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM, 0);
+    if (fd < 0)
+        return NULL;
+    (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+    int fl = fcntl(fd, F_GETFL, 0);
+    int e = 0;
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        close(fd);
+        return NULL;
+    }
+    if (connect(fd, (struct sockaddr *)&ss, sl) != 0) {
+        e = errno;
+        if (e == EINPROGRESS) {
+            int64_t left = (deadline_ns - surpool__now_ns()) / SURPOOL__NS_PER_MS;
+            struct pollfd pfd = {fd, POLLOUT, 0};
+            int pr = poll(&pfd, 1, left < 0 ? 0 : left > 2000 ? 2000 : (int)left);
+            socklen_t el = sizeof(e);
+            if (pr == 0)
+                e = ETIMEDOUT;
+            else if (pr < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0)
+                e = 0;
+        }
+    }
+    close(fd);
+    switch (e) {
+    case ECONNREFUSED:
+        return "connection refused (is the server running and listening on that port?)";
+    case ENETUNREACH: return "network unreachable";
+    case EHOSTUNREACH: return "host unreachable";
+    case ETIMEDOUT: return "timed out (no answer to the TCP connect)";
+    case ECONNRESET: return "connection reset by the server";
+    default: return NULL;
+    }
+}
+
 /* Resolve on the caller's thread: lws would block its service thread. */
 static surpool_err resolve(surpool__transport *t, surpool__tconn *c, surpool_error *err)
 {
@@ -1608,8 +1701,9 @@ static surpool_err resolve(surpool__transport *t, surpool__tconn *c, surpool_err
         if (rc == EAI_MEMORY)
             return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot resolve host '%s': %s",
                                    t->url->host, gai_strerror(rc));
-        return surpool__seterr(err, SURPOOL_ERR_CONNECT, "cannot resolve host '%s': %s",
-                               t->url->host, gai_strerror(rc));
+        return surpool__seterr(err, SURPOOL_ERR_CONNECT,
+                               "cannot connect to %s port %d: name not resolved (%s)",
+                               t->url->host, t->url->port, gai_strerror(rc));
     }
     for (struct addrinfo *a = res; a != NULL && c->n_addrs < MAX_ADDRS; a = a->ai_next) {
         const void *src;
@@ -1631,8 +1725,9 @@ static surpool_err resolve(surpool__transport *t, surpool__tconn *c, surpool_err
     freeaddrinfo(res);
     if (c->n_addrs == 0)
         return surpool__seterr(err, SURPOOL_ERR_CONNECT,
-                               "cannot resolve host '%s': no IPv4 or IPv6 address",
-                               t->url->host);
+                               "cannot connect to %s port %d: name not resolved (no IPv4 "
+                               "or IPv6 address)",
+                               t->url->host, t->url->port);
     return SURPOOL_OK;
 }
 
@@ -1702,7 +1797,19 @@ static surpool_err lws_t_open(surpool__transport *t, int64_t deadline_ns,
         rc = surpool__seterr(err,
                              c->fail_code != SURPOOL_OK ? c->fail_code : SURPOOL_ERR_CONNECT,
                              "%s", c->fail_msg[0] != '\0' ? c->fail_msg : "connect failed");
+        int tcp_failed = c->tcp_failed;
+        char addr[sizeof(c->addrs[0])];
+        copy_str(addr, sizeof(addr), c->addrs[c->addr_idx]);
         pthread_mutex_unlock(&c->mu);
+        const char *why = tcp_failed ? tcp_diagnose(addr, t->url->port, deadline_ns) : NULL;
+        if (why != NULL) {
+            if (strcmp(addr, t->url->host) != 0)
+                surpool__seterr(err, rc, "cannot connect to %s port %d (%s): %s", t->url->host,
+                                t->url->port, addr, why);
+            else
+                surpool__seterr(err, rc, "cannot connect to %s port %d: %s", t->url->host,
+                                t->url->port, why);
+        }
     } else {
         /* Deadline: have the service thread kill the attempt, and wait (bounded)
          * until it let go of the socket so that nothing outlives this call. */
@@ -1715,10 +1822,14 @@ static surpool_err lws_t_open(surpool__transport *t, int64_t deadline_ns,
             if (cond_wait_until(&c->cond, &c->mu, until) == ETIMEDOUT)
                 break;
         }
+        int tcp_up = c->tcp_up;
         pthread_mutex_unlock(&c->mu);
         long ms = (long)((deadline_ns - start + SURPOOL__NS_PER_MS / 2) / SURPOOL__NS_PER_MS);
-        rc = surpool__seterr(err, SURPOOL_ERR_TIMEOUT, "connect timed out after %ld ms",
-                             ms > 0 ? ms : 0);
+        rc = surpool__seterr(err, SURPOOL_ERR_TIMEOUT,
+                             "connect to %s port %d timed out after %ld ms (%s)", t->url->host,
+                             t->url->port, ms > 0 ? ms : 0,
+                             tcp_up ? "TCP connected, no answer to the WebSocket upgrade"
+                                    : "no answer to the TCP connect");
     }
     conn_unref(c);
     return rc;

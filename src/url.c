@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "url.h"
+#include "utf8.h"
 
 #define URL_DEFAULT_PATH "/rpc"
 #define URL_HOSTNAME_MAX 253
@@ -60,45 +61,6 @@ static const char *find_char(const char *s, const char *end, char c)
     return NULL;
 }
 
-/* Strict UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF. */
-static int utf8_valid(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = s[i];
-        size_t len;
-        unsigned char lo = 0x80, hi = 0xBF; /* allowed range of the 2nd byte */
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if (c >= 0xC2 && c <= 0xDF) {
-            len = 2;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            len = 3;
-            if (c == 0xE0)
-                lo = 0xA0; /* overlong */
-            else if (c == 0xED)
-                hi = 0x9F; /* surrogates */
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            len = 4;
-            if (c == 0xF0)
-                lo = 0x90; /* overlong */
-            else if (c == 0xF4)
-                hi = 0x8F; /* above U+10FFFF */
-        } else {
-            return 0;
-        }
-        if (n - i < len || s[i + 1] < lo || s[i + 1] > hi)
-            return 0;
-        for (size_t k = 2; k < len; k++) {
-            if ((s[i + k] & 0xC0) != 0x80)
-                return 0;
-        }
-        i += len;
-    }
-    return 1;
-}
-
 /* Dotted-quad IPv4: exactly four decimal parts 0..255 without leading zeros
  * (so "010.1.1.1" is not silently read as octal by a resolver). */
 static int ipv4_valid(const char *s, size_t n)
@@ -119,6 +81,33 @@ static int ipv4_valid(const char *s, size_t n)
             return 0;
     }
     return i == n;
+}
+
+/* Does the host's last label (one trailing '.' ignored) look like a number:
+ * decimal digits only, or "0x"/"0X" then hex digits only? Then resolvers read
+ * the whole host as an IPv4 address in one of the old inet_aton forms
+ * ("0x7f000001", "0x7f.1", "127.1", "0177.0.0.1"), so it must be a strict
+ * dotted quad instead of a name (the WHATWG URL rule "ends in a number"). */
+static int ends_in_number(const char *s, size_t n)
+{
+    if (n > 0 && s[n - 1] == '.')
+        n--;
+    size_t start = n;
+    while (start > 0 && s[start - 1] != '.')
+        start--;
+    const char *l = s + start;
+    size_t len = n - start;
+    if (len == 0)
+        return 0;
+    size_t i = 0;
+    int hex = len >= 2 && l[0] == '0' && (l[1] == 'x' || l[1] == 'X');
+    if (hex)
+        i = 2;
+    for (; i < len; i++) {
+        if (hex ? hex_value(l[i]) < 0 : !is_digit(l[i]))
+            return 0;
+    }
+    return 1;
 }
 
 /* IPv6 literal as found between brackets (RFC 4291 2.2 text forms, including
@@ -245,7 +234,7 @@ static surpool_err percent_decode(const char *s, size_t n, const char *what, cha
         }
         d[j++] = c;
     }
-    if (rc == SURPOOL_OK && !utf8_valid((const unsigned char *)d, j))
+    if (rc == SURPOOL_OK && !surpool__utf8_valid(d, j))
         rc = surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                              "invalid URL: the %s is not valid UTF-8 once percent-decoded",
                              what);
@@ -274,6 +263,12 @@ static int path_char_ok(char c)
 
 static surpool_err parse_path(const char *s, size_t n, surpool__url *u, surpool_error *err)
 {
+    if (n > SURPOOL__URL_PATH_MAX)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "invalid URL: the path is %zu bytes, the limit is %d (it goes "
+                               "into the HTTP upgrade request, which libwebsockets keeps in "
+                               "a 4096-byte header buffer)",
+                               n, SURPOOL__URL_PATH_MAX);
     for (size_t i = 0; i < n; i++) {
         if (s[i] == '@') {
             return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
@@ -298,8 +293,9 @@ static surpool_err parse_path(const char *s, size_t n, surpool__url *u, surpool_
     return SURPOOL_OK;
 }
 
-/* Query: '&'-separated key=value pairs; keys ns, db, ac, each at most once,
- * values non-empty and percent-decoded. An empty query ("...?") is accepted. */
+/* Query: '&'-separated key=value pairs; keys ns, db, ac, format, each at most
+ * once, values non-empty and percent-decoded (format: "json" or "cbor"). An
+ * empty query ("...?") is accepted. */
 static surpool_err parse_query(const char *s, const char *end, surpool__url *u,
                                surpool_error *err)
 {
@@ -325,20 +321,34 @@ static surpool_err parse_query(const char *s, const char *end, surpool__url *u,
         } else if (klen == 2 && memcmp(s, "ac", 2) == 0) {
             slot = &u->access;
             what = "ac parameter";
+        } else if (klen == 6 && memcmp(s, "format", 6) == 0) {
+            size_t vlen = (size_t)(pend - eq - 1);
+            if (u->format != 0)
+                return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                       "invalid URL: the format parameter is given twice");
+            if (vlen == 4 && memcmp(eq + 1, "json", 4) == 0)
+                u->format = SURPOOL_WIRE_JSON;
+            else if (vlen == 4 && memcmp(eq + 1, "cbor", 4) == 0)
+                u->format = SURPOOL_WIRE_CBOR;
+            else
+                return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                       "invalid URL: format must be json or cbor");
         } else {
             return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                    "invalid URL: unknown query parameter (the URL accepts "
-                                   "only ns, db and ac)");
+                                   "only ns, db, ac and format)");
         }
-        if (*slot != NULL)
-            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                                   "invalid URL: the %s is given twice", what);
-        if (eq + 1 == pend)
-            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "invalid URL: the %s is empty",
-                                   what);
-        surpool_err rc = percent_decode(eq + 1, (size_t)(pend - eq - 1), what, slot, err);
-        if (rc != SURPOOL_OK)
-            return rc;
+        if (slot != NULL) { /* NULL: format, handled above */
+            if (*slot != NULL)
+                return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                       "invalid URL: the %s is given twice", what);
+            if (eq + 1 == pend)
+                return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                       "invalid URL: the %s is empty", what);
+            surpool_err rc = percent_decode(eq + 1, (size_t)(pend - eq - 1), what, slot, err);
+            if (rc != SURPOOL_OK)
+                return rc;
+        }
         if (amp == NULL)
             break;
         s = amp + 1;
@@ -427,22 +437,15 @@ static surpool_err parse_host(const char *s, const char *end, int hint, surpool_
         size_t n = (size_t)(hend - s);
         if (n == 0)
             return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "invalid URL: empty host");
-        /* All digits and dots (at least one digit): an IPv4 address, checked
-         * strictly so that "1.2.3" or "12345" never reach a resolver that
-         * would read them in the old inet_aton forms. */
-        int numeric = 0;
-        for (const char *p = s; p < hend; p++) {
-            if (is_digit(*p)) {
-                numeric |= 1;
-            } else if (*p != '.') {
-                numeric = 0;
-                break;
-            }
-        }
+        /* A host whose last label is a number is an IPv4 address, checked
+         * strictly so that "1.2.3", "12345", "0x7f000001" or "0x7f.1" never
+         * reach a resolver that would read them in the old inet_aton forms. */
+        int numeric = ends_in_number(s, n);
         if (numeric && !ipv4_valid(s, n))
             return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                    "invalid URL: malformed IPv4 address (expected four "
-                                   "numbers 0-255 without leading zeros)");
+                                   "decimal numbers 0-255 without leading zeros; hex, octal "
+                                   "and short forms are refused)");
         if (!numeric && !hostname_valid(s, n))
             return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                    "invalid URL: malformed host name (letters, digits, "

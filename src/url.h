@@ -7,6 +7,13 @@
 
 #include "internal.h"
 
+/* Longest path (as written, percent-encoded) a URL may have: libwebsockets
+ * keeps the path, the Host and Origin headers and a few more in one 4096-byte
+ * header buffer while it connects (max_http_header_data, set by the transport),
+ * and refuses the connect when they do not fit. 2048 leaves room for the
+ * longest host name (253 bytes, twice) and the rest. */
+#define SURPOOL__URL_PATH_MAX 2048
+
 typedef struct surpool__url {
     int tls;      /* 1 for wss:// */
     char *host;   /* without brackets for IPv6 literals; never empty */
@@ -17,16 +24,21 @@ typedef struct surpool__url {
     char *ns;     /* query parameter ns, percent-decoded, or NULL */
     char *db;     /* query parameter db, or NULL */
     char *access; /* query parameter ac (record access method), or NULL */
+    int format;   /* query parameter format: SURPOOL_WIRE_JSON / _CBOR, or 0 */
 } surpool__url;
 
 /* Parse `s` into `out` (zeroed first). Rejects: NULL/empty, a scheme other than
  * ws/wss, an empty host, a bad port, control characters or spaces anywhere,
- * malformed percent escapes, a fragment, unknown query keys, duplicate keys.
+ * malformed percent escapes, a fragment, unknown query keys, duplicate keys,
+ * a format other than json or cbor.
  * Messages never include the password. On error `out` holds nothing.
  * Details: the scheme is case-insensitive; the host is kept as written and is a
  * name ([A-Za-z0-9_-] labels), a strict dotted-quad IPv4, or a bracketed IPv6
- * literal without zone id; the port is 1..65535 in decimal; the path is kept
- * percent-encoded and may not contain '@' (almost always an unencoded '/' in a
+ * literal without zone id; a host whose last label is a number (decimal, or
+ * 0x and hex) must be a strict dotted quad, so hex, octal and short IPv4 forms
+ * ("0x7f000001", "0x7f.1", "127.1") are refused; the port is 1..65535 in
+ * decimal; the path is kept percent-encoded, is at most SURPOOL__URL_PATH_MAX
+ * bytes and may not contain '@' (almost always an unencoded '/' in a
  * password); user, pass, ns, db and ac are percent-decoded ('+' stays '+') and
  * must be non-empty, free of NUL and valid UTF-8; an empty query ("?") is fine.
  * Messages quote no part of the URL. Returns SURPOOL_ERR_INVALID_ARG or

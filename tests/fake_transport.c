@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cbor_codec.h"
 #include "codec.h"
 #include "fake_transport.h"
 
@@ -40,6 +41,7 @@ struct surpool__tconn {
     surpool__tconn_events ev;
     atomic_int dead;
     int calls;
+    int index; /* 1-based order of successful opens */
 };
 
 /* A pending request's record hangs off req->tnext; tstate is 1 while queued. */
@@ -208,6 +210,17 @@ static void fail_all(pending *list, const char *why)
     }
 }
 
+/* Mark `c` dead, fire its on_dead (under t->mu, so that close() cannot free it
+ * while the event runs: rule 6 of transport.h) and take its pending requests
+ * for fail_all() once the lock is released. */
+static pending *kill_locked(surpool__transport *t, surpool__tconn *c, const char *why)
+{
+    pending *mine = take_pending_locked(t, c);
+    if (!atomic_exchange(&c->dead, 1) && c->ev.on_dead != NULL)
+        c->ev.on_dead(c->ev.userdata, SURPOOL_ERR_DISCONNECTED, why);
+    return mine;
+}
+
 static void fake_destroy(surpool__transport *t)
 {
     pthread_mutex_lock(&t->mu);
@@ -256,12 +269,12 @@ static surpool_err fake_open(surpool__transport *t, int64_t deadline_ns,
     c->ev = *ev;
     atomic_init(&c->dead, 0);
     pthread_mutex_lock(&t->mu);
+    c->index = atomic_fetch_add(&s->open_ok, 1) + 1;
     c->next = t->conns;
     if (t->conns != NULL)
         t->conns->prev = c;
     t->conns = c;
     pthread_mutex_unlock(&t->mu);
-    atomic_fetch_add(&s->open_ok, 1);
     atomic_fetch_add(&s->open_now, 1);
     *out = c;
     return SURPOOL_OK;
@@ -273,7 +286,19 @@ static surpool_err fake_submit(surpool__tconn *c, surpool__treq *req)
     fake_settings *s = t->s;
     if (atomic_load(&c->dead))
         return SURPOOL_ERR_DISCONNECTED;
-    atomic_fetch_add(&s->calls, 1);
+    int nth = atomic_fetch_add(&s->calls, 1) + 1;
+    if (c->index > 0 && c->index < FAKE_MAX_CONNS)
+        atomic_fetch_add(&s->conn_calls[c->index], 1);
+    int drop = atomic_load(&s->drop_every);
+    if (drop > 0 && nth % drop == 0) {
+        atomic_fetch_add(&s->drops, 1);
+        pthread_mutex_lock(&t->mu);
+        pending *mine = kill_locked(t, c, "fake: connection dropped");
+        pthread_mutex_unlock(&t->mu);
+        fail_all(mine, "fake: connection dropped");
+        complete(req, SURPOOL_ERR_DISCONNECTED, NULL, "fake: connection dropped");
+        return SURPOOL_OK;
+    }
 
     int brk = atomic_load(&s->break_after_calls);
     pthread_mutex_lock(&t->mu);
@@ -285,8 +310,15 @@ static surpool_err fake_submit(surpool__tconn *c, surpool__treq *req)
         return SURPOOL_OK;
     }
 
+    /* Requests come in the pool's wire format: JSON text or a CBOR map. */
     json_error_t jerr;
-    json_t *env = json_loadb(req->buf + fake_transport_ops.headroom, req->len, 0, &jerr);
+    const char *payload = req->buf + fake_transport_ops.headroom;
+    json_t *env = NULL;
+    if (req->len > 0 && payload[0] == '{')
+        env = json_loadb(payload, req->len, 0, &jerr);
+    else if (surpool__cbor_decode_value((const unsigned char *)payload, req->len, &env, NULL) !=
+             SURPOOL_OK)
+        env = NULL;
     const char *method = json_string_value(json_object_get(env, "method"));
     json_int_t id = json_integer_value(json_object_get(env, "id"));
     if (method == NULL || id != req->id) {
@@ -372,6 +404,19 @@ void fake_kill_all(surpool__transport *t)
     }
     pthread_mutex_unlock(&t->mu);
     fail_all(all, "fake: server went away");
+}
+
+int fake_kill_conn(surpool__transport *t, int index)
+{
+    pthread_mutex_lock(&t->mu);
+    surpool__tconn *c = t->conns;
+    while (c != NULL && c->index != index)
+        c = c->next;
+    int alive = c != NULL && !atomic_load(&c->dead);
+    pending *mine = c != NULL ? kill_locked(t, c, "fake: killed") : NULL;
+    pthread_mutex_unlock(&t->mu);
+    fail_all(mine, "fake: connection killed");
+    return alive;
 }
 
 const surpool__transport_ops fake_transport_ops = {

@@ -18,12 +18,16 @@
 typedef json_t *(*fake_responder_fn)(void *ud, json_int_t id, const char *method,
                                      json_t *params);
 
+#define FAKE_MAX_CONNS 64
+
 typedef struct fake_settings {
     atomic_int connect_latency_ms; /* each open() sleeps this long */
     atomic_int call_latency_us;    /* 0: replies complete inside submit() */
     atomic_int fail_connects;      /* fail the next N opens */
     atomic_int fail_connect_every; /* every Nth open fails (0 = never) */
     atomic_int break_after_calls;  /* a connection dies after N calls (0 = never) */
+    atomic_int drop_every;         /* every Nth submit (pool-wide) kills its connection as
+                                      fake_kill_conn() does, that request included (0 = never) */
     fake_responder_fn responder;   /* NULL: fake_default_responder */
     void *responder_ud;
 
@@ -32,6 +36,10 @@ typedef struct fake_settings {
     atomic_int open_ok;  /* successful opens */
     atomic_int open_now; /* connections currently open */
     atomic_int calls;    /* requests submitted */
+    atomic_int drops;    /* connections killed by drop_every */
+    /* Requests submitted per connection, by index: the Nth successful open is
+     * index N (1-based); connections past FAKE_MAX_CONNS - 1 are not counted. */
+    atomic_int conn_calls[FAKE_MAX_CONNS];
 } fake_settings;
 
 void fake_settings_init(fake_settings *s);
@@ -46,5 +54,9 @@ extern const surpool__transport_ops fake_transport_ops;
 /* Kill every open connection (as if the server went away): in-flight requests
  * complete with SURPOOL_ERR_DISCONNECTED and on_dead fires. */
 void fake_kill_all(surpool__transport *t);
+
+/* Kill one connection, the Nth successful open (1-based), as fake_kill_all()
+ * does. Returns 1 if it was open and alive, else 0. */
+int fake_kill_conn(surpool__transport *t, int index);
 
 #endif

@@ -41,6 +41,12 @@ int harness_start(test_server *s, const char *script, int port, const char *cons
     argv[n++] = "--port";
     argv[n++] = portbuf;
     argv[n++] = "--exit-on-stdin-close";
+    /* SURPOOL_TEST_CORE=2: the test server over the SurrealDB 2.x core. */
+    const char *core = getenv("SURPOOL_TEST_CORE");
+    if (core != NULL && core[0] != '\0' && strcmp(script, "server.mjs") == 0) {
+        argv[n++] = "--core";
+        argv[n++] = core;
+    }
     for (int i = 0; args != NULL && args[i] != NULL && n < 62; i++)
         argv[n++] = args[i];
     argv[n] = NULL;

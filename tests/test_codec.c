@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "codec.h"
+#include "utf8.h"
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -273,7 +274,7 @@ static void test_encode_unencodable(void **state)
     json_array_append_new(params, json_stringn_nocheck("\xff\xfe", 2));
     assert_int_equal(surpool__codec_encode_request(1, "query", params, 8, &buf, &len, &err),
                      SURPOOL_ERR_INVALID_ARG);
-    assert_non_null(strstr(err.message, "cannot be encoded"));
+    assert_non_null(strstr(err.message, "not valid UTF-8"));
     json_decref(params);
 
     /* A reference cycle: a = [b], b = [a]. */
@@ -353,8 +354,6 @@ static const struct decode_case decode_cases[] = {
              "1\xc2\xb5s\"}]}",
              4),
     OK_REPLY("{\"id\":5,\"error\":null,\"result\":1}", 5),
-    /* duplicate keys: jansson keeps the last one */
-    OK_REPLY("{\"id\":1,\"id\":6,\"result\":1}", 6),
     /* 1.x/2.x error */
     {"{\"id\":1,\"error\":{\"code\":-32000,\"message\":\"x\"}}", 0, SURPOOL_OK,
      SURPOOL__FRAME_REPLY, 1, SURPOOL_ERR_SERVER, -32000, "", "x"},
@@ -447,6 +446,15 @@ static const struct decode_case decode_cases[] = {
     PROTO("{\"id\":13,\"error\":{\"code\":-32000,\"message\":\"\xc2\xb5\\\xc2\xb5null\"}}",
           "invalid escape"),
     PROTO("[\"\\\xf0\x9f\x98\x80\"]", "invalid escape"),
+    /* duplicate keys anywhere are refused: keeping either "id" would let a
+     * hostile server route the reply to another caller */
+    PROTO("{\"id\":1,\"id\":6,\"result\":1}", "repeats an object key"),
+    PROTO("{\"id\":1,\"result\":1,\"result\":2}", "repeats an object key"),
+    PROTO("{\"id\":1,\"error\":{\"code\":1,\"code\":-32002,\"message\":\"m\"}}",
+          "repeats an object key"),
+    PROTO("{\"id\":1,\"result\":[{\"a\":1,\"a\":1}]}", "repeats an object key"),
+    PROTO("{\"result\":{\"action\":\"CREATE\",\"action\":\"DELETE\"}}",
+          "repeats an object key"),
     /* a NUL byte outside a string: len covers it */
     {"{\"id\":1,\"result\":1}\0", 20, SURPOOL_ERR_PROTOCOL, 0, 0, 0, 0, "", "invalid JSON"},
     /* a NUL byte inside the buffer but before the end: the frame is truncated there */
@@ -698,10 +706,18 @@ static void test_map_error_truncation(void **state)
     assert_int_equal(strlen(err.kind), 31);
     json_decref(e);
 
-    /* An embedded NUL in the message ends it there. */
+    /* An embedded NUL in the message is a control character: replaced. */
     e = json_pack("{s:i,s:s%}", "code", -32000, "message", "ab\0cd", (size_t)5);
     surpool__codec_map_error(e, &err);
-    assert_string_equal(err.message, "ab");
+    assert_string_equal(err.message, "ab?cd");
+    json_decref(e);
+
+    /* Control characters from the server never reach a message raw. */
+    e = json_pack("{s:i,s:s,s:s}", "code", -32000, "message", "line1\nline2\x1b[31m\tz", "kind",
+                  "K\r\x07");
+    surpool__codec_map_error(e, &err);
+    assert_string_equal(err.message, "line1\\nline2?[31m\\tz");
+    assert_string_equal(err.kind, "K\\r?");
     json_decref(e);
 
     /* Invalid UTF-8 (built with *_nocheck): still bounded and terminated. */
@@ -713,7 +729,156 @@ static void test_map_error_truncation(void **state)
     surpool__codec_map_error(e, &err);
     assert_true(strlen(err.message) < sizeof(err.message));
     assert_true(strlen(err.kind) < sizeof(err.kind));
+    assert_true(surpool__utf8_valid_str(err.message));
+    assert_true(surpool__utf8_valid_str(err.kind));
+    assert_non_null(strstr(err.message, "\xEF\xBF\xBD"));
     json_decref(e);
+}
+
+/* ---- the UTF-8 helpers (src/utf8.c) -------------------------------------- */
+
+struct utf8_case {
+    const char *s;
+    size_t len; /* 0: strlen */
+    int valid;
+};
+
+/* One checker for the whole library: strict RFC 3629. */
+static const struct utf8_case utf8_cases[] = {
+    {"", 0, 1},
+    {"plain ascii", 0, 1},
+    {"\xC2\xB5", 0, 1},         /* U+00B5 */
+    {"\xE2\x82\xAC", 0, 1},     /* U+20AC */
+    {"\xED\x9F\xBF", 0, 1},     /* U+D7FF, last before the surrogates */
+    {"\xEE\x80\x80", 0, 1},     /* U+E000, first after */
+    {"\xEF\xBF\xBF", 0, 1},     /* U+FFFF */
+    {"\xF0\x90\x80\x80", 0, 1}, /* U+10000 */
+    {"\xF4\x8F\xBF\xBF", 0, 1}, /* U+10FFFF */
+    {"a\0b", 3, 1},             /* U+0000 is a character */
+    {"\xED\xA0\x80", 0, 0},     /* U+D800: surrogate (issue 9 item 11) */
+    {"\xED\xBF\xBF", 0, 0},     /* U+DFFF */
+    {"\xC0\x80", 0, 0},         /* overlong NUL */
+    {"\xC1\xBF", 0, 0},         /* overlong */
+    {"\xE0\x9F\xBF", 0, 0},     /* overlong 3-byte */
+    {"\xF0\x8F\xBF\xBF", 0, 0}, /* overlong 4-byte */
+    {"\xF4\x90\x80\x80", 0, 0}, /* U+110000 */
+    {"\xF5\x80\x80\x80", 0, 0}, /* lead byte never valid */
+    {"\xFF", 0, 0},
+    {"\x80", 0, 0},         /* lone continuation */
+    {"\xC3", 0, 0},         /* truncated */
+    {"\xE2\x82", 0, 0},     /* truncated */
+    {"\xE2\x28\xA1", 0, 0}, /* bad continuation */
+    {"ok\xC3\x28", 0, 0},
+};
+
+static void test_utf8_checker(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(utf8_cases) / sizeof(utf8_cases[0]); i++) {
+        const struct utf8_case *c = &utf8_cases[i];
+        size_t len = c->len ? c->len : strlen(c->s);
+        if (surpool__utf8_valid(c->s, len) != c->valid)
+            fail_msg("utf8 case %zu: expected %s", i, c->valid ? "valid" : "invalid");
+        if (c->len == 0 && surpool__utf8_valid_str(c->s) != c->valid)
+            fail_msg("utf8 case %zu (str): expected %s", i, c->valid ? "valid" : "invalid");
+    }
+    assert_true(surpool__utf8_valid_str(NULL));
+}
+
+static void test_utf8_strlcpy(void **state)
+{
+    (void)state;
+    char buf[6];
+    assert_int_equal(surpool__strlcpy(buf, "abc", sizeof(buf)), 3);
+    assert_string_equal(buf, "abc");
+    assert_int_equal(surpool__strlcpy(buf, "abcdefgh", sizeof(buf)), 5);
+    assert_string_equal(buf, "abcde");
+    /* "abc" + U+20AC: the euro does not fit in 5 bytes and is dropped whole. */
+    assert_int_equal(surpool__strlcpy(buf, "abc\xE2\x82\xAC", sizeof(buf)), 3);
+    assert_string_equal(buf, "abc");
+    assert_int_equal(surpool__strlcpy(buf, "ab\xE2\x82\xAC!", sizeof(buf)), 5);
+    assert_string_equal(buf, "ab\xE2\x82\xAC");
+    assert_int_equal(surpool__strlcpy(buf, NULL, sizeof(buf)), 0);
+    assert_string_equal(buf, "");
+    assert_int_equal(surpool__strlcpy(buf, "x", 0), 0);
+
+    char t[8] = "ab\xE2\x82";
+    assert_int_equal(surpool__utf8_trim(t), 2);
+    assert_string_equal(t, "ab");
+    char u[8] = "ab\xE2\x82\xAC";
+    assert_int_equal(surpool__utf8_trim(u), 5);
+}
+
+static void test_utf8_sanitize(void **state)
+{
+    (void)state;
+    char out[64];
+    /* Valid text is kept, invalid bytes become U+FFFD, controls '?' or \n \t \r. */
+    static const char mixed[] = "ok \xE2\x82\xAC \xFF\xC3 \x01\x7F\xC2\x85\n\t\r";
+    surpool__text_sanitize(out, sizeof(out), mixed, sizeof(mixed) - 1);
+    assert_string_equal(out, "ok \xE2\x82\xAC \xEF\xBF\xBD\xEF\xBF\xBD ???\\n\\t\\r");
+    /* NUL bytes inside the given length are controls. */
+    surpool__text_sanitize(out, sizeof(out), "a\0b", 3);
+    assert_string_equal(out, "a?b");
+    /* Cut on a character boundary, always terminated. */
+    char small[5];
+    assert_int_equal(surpool__text_sanitize(small, sizeof(small), "ab\xE2\x82\xAC", 5), 2);
+    assert_string_equal(small, "ab");
+    assert_int_equal(surpool__text_sanitize(small, sizeof(small), "abc\n", 4), 3);
+    assert_string_equal(small, "abc");
+    assert_int_equal(surpool__text_sanitize_str(small, sizeof(small), NULL), 0);
+    assert_string_equal(small, "");
+    /* Whatever goes in, what comes out is valid UTF-8 without controls. */
+    unsigned char all[256];
+    for (int i = 0; i < 256; i++)
+        all[i] = (unsigned char)i;
+    char big[1024];
+    surpool__text_sanitize(big, sizeof(big), (const char *)all, sizeof(all));
+    assert_true(surpool__utf8_valid_str(big));
+    for (const char *p = big; *p; p++)
+        assert_true((unsigned char)*p >= 0x20 && *p != 0x7F);
+}
+
+/* Values the API takes: every string and key checked, depth bounded. */
+static void test_check_value(void **state)
+{
+    (void)state;
+    surpool_error err;
+    json_t *ok = json_pack("[s,{s:[s,i]}]", "\xE2\x82\xAC", "k\xC2\xB5", "v", 1);
+    assert_int_equal(surpool__codec_check_value(ok, "x", &err), SURPOOL_OK);
+    assert_int_equal(surpool__codec_check_value(NULL, "x", &err), SURPOOL_OK);
+    json_decref(ok);
+
+    /* A bad string deep inside, a bad key: both INVALID_ARG, also through encode. */
+    json_t *bad_str = json_pack("[{s:[i,o]}]", "k", 1, json_string_nocheck("\xED\xA0\x80"));
+    json_t *inner = json_object();
+    json_object_set_new_nocheck(inner, "\xC0\x80", json_true());
+    json_t *bad_key = json_pack("[[o]]", inner);
+    json_t *cases[] = {bad_str, bad_key};
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(surpool__codec_check_value(cases[i], "params", &err),
+                         SURPOOL_ERR_INVALID_ARG);
+        assert_non_null(
+            strstr(err.message, "params: a string or object key is not valid UTF-8"));
+        char *buf = NULL;
+        size_t len = 0;
+        assert_int_equal(
+            surpool__codec_encode_request(1, "query", cases[i], 0, &buf, &len, &err),
+            SURPOOL_ERR_INVALID_ARG);
+        assert_null(buf);
+        json_decref(cases[i]);
+    }
+
+    /* Deeper than the decoder accepts: refused before jansson recurses. */
+    json_t *deep = json_array();
+    for (int i = 0; i < SURPOOL__JSON_MAX_DEPTH + 5; i++) {
+        json_t *outer = json_array();
+        json_array_append_new(outer, deep);
+        deep = outer;
+    }
+    assert_int_equal(surpool__codec_check_value(deep, "params", &err), SURPOOL_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.message, "nested deeper"));
+    json_decref(deep);
 }
 
 int main(void)
@@ -731,6 +896,10 @@ int main(void)
         cmocka_unit_test_teardown(test_decode_error_message_utf8, restore_allocators),
         cmocka_unit_test_teardown(test_decode_nomem, restore_allocators),
         cmocka_unit_test_teardown(test_map_error_truncation, restore_allocators),
+        cmocka_unit_test(test_utf8_checker),
+        cmocka_unit_test(test_utf8_strlcpy),
+        cmocka_unit_test(test_utf8_sanitize),
+        cmocka_unit_test(test_check_value),
     };
     return cmocka_run_group_tests_name("codec", tests, NULL, NULL);
 }

@@ -18,6 +18,8 @@
  *   slow             REQUEST_TIMEOUT  never answered
  *   huge             TOO_LARGE     80 MiB reply, max_message_bytes = 1 MiB
  *   duplicate-id     OK            the second copy is dropped; the lease stays good
+ *   duplicate-key    PROTOCOL      a frame with two "id" keys (its own, then another
+ *                                  caller's) is refused, never routed by either
  *   no-upgrade       CONNECT       (acquire) the connect times out; create with
  *                                  min_connections fails with CONNECT too
  *   refuse           CONNECT       the server drops every new TCP connection
@@ -88,6 +90,10 @@ static void base_config(surpool_config *cfg)
     surpool_config_init(cfg);
     snprintf(g_url, sizeof(g_url), "ws://127.0.0.1:%d/rpc", g_server.port);
     cfg->url = g_url;
+    /* SURPOOL_TEST_WIRE=cbor runs every mode over CBOR (tests/CMakeLists.txt). */
+    const char *wire = getenv("SURPOOL_TEST_WIRE");
+    cfg->wire_format =
+        wire != NULL && strcmp(wire, "cbor") == 0 ? SURPOOL_WIRE_CBOR : SURPOOL_WIRE_JSON;
     cfg->user = "root";
     cfg->pass = "root";
     cfg->ns = "hostile";
@@ -464,6 +470,15 @@ static void test_duplicate_id(void **state)
     surpool_pool_destroy(p);
 }
 
+/* A reply frame carrying two "id" keys, the second one another caller's: a
+ * parser keeping the last key would hand this reply to that caller (issue 9
+ * item 9). Refused as a protocol error; the connection is replaced. */
+static void test_duplicate_key(void **state)
+{
+    (void)state;
+    run_reply_mode("duplicate-key", SURPOOL_ERR_PROTOCOL);
+}
+
 /* ------------------------------------------------------------------------- */
 /* Modes that stop new connections                                            */
 /* ------------------------------------------------------------------------- */
@@ -550,6 +565,8 @@ static void test_refuse(void **state)
 
 int main(void)
 {
+    if (getenv("SURPOOL_TEST_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("SURPOOL_TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_malformed, setup),
         cmocka_unit_test_setup(test_binary, setup),
@@ -560,6 +577,7 @@ int main(void)
         cmocka_unit_test_setup(test_slow, setup),
         cmocka_unit_test_setup(test_huge, setup),
         cmocka_unit_test_setup(test_duplicate_id, setup),
+        cmocka_unit_test_setup(test_duplicate_key, setup),
         cmocka_unit_test_setup(test_no_upgrade, setup),
         cmocka_unit_test_setup(test_refuse, setup),
     };

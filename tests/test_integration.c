@@ -2,6 +2,9 @@
  * Integration tests against the real SurrealDB 3.0 core, behind our test server
  * (tests/server/server.mjs), over ws:// and wss://. The group starts its own
  * server on a free loopback port and always stops it. Never skipped.
+ *
+ * The wire format comes from SURPOOL_TEST_WIRE ("json" or "cbor"; default
+ * json): tests/CMakeLists.txt registers the program once per format.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -19,8 +22,28 @@
 #include "harness.h"
 #include "pool.h"
 #include "testkit.h"
+#include "wire.h"
 
 static test_server g_server;
+static surpool_wire_format g_wire = SURPOOL_WIRE_JSON;
+
+/* Absent: JSON sends NONE as null; CBOR keeps NONE apart ({"$surreal":"none"}). */
+static int is_none(const json_t *v)
+{
+    return g_wire == SURPOOL_WIRE_CBOR ? surpool_value_type_of(v) == SURPOOL_VALUE_NONE
+                                       : json_is_null(v);
+}
+
+/* v's text form (a record id as "person:tobie" in both formats). */
+static void assert_text(const json_t *v, const char *expected)
+{
+    json_t *t = NULL;
+    if (surpool_value_text(v, &t, NULL) != SURPOOL_OK)
+        fail_msg("no text form for a value (expected %s)", expected);
+    if (strcmp(json_string_value(t), expected) != 0)
+        fail_msg("text form %s, expected %s", json_string_value(t), expected);
+    json_decref(t);
+}
 
 static int group_setup(void **state)
 {
@@ -45,6 +68,7 @@ static void base_config(surpool_config *cfg, char *url, size_t urlsize, const ch
     surpool_config_init(cfg);
     snprintf(url, urlsize, "ws://127.0.0.1:%d/rpc", g_server.port);
     cfg->url = url;
+    cfg->wire_format = g_wire;
     cfg->user = "root";
     cfg->pass = "root";
     cfg->ns = "test";
@@ -152,6 +176,79 @@ static void test_statement_error_stays_in_result(void **state)
     tk_pool_destroy(p);
 }
 
+/* In a failed transaction the 3.0 core marks the statements it skipped "not
+ * executed due to a failed transaction" and reports the real failure later in
+ * the reply: surpool_query_check() and surpool_query_result() name the
+ * statement that failed, with its text and kind. */
+static void test_failed_transaction_reports_the_cause(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool("txn_cause");
+    surpool_conn *c = lease(p);
+    surpool_error err;
+    json_t *out = NULL;
+    assert_int_equal(
+        surpool_conn_query(c, "BEGIN; CREATE txn_a:1; THROW 'boom'; COMMIT;", NULL, &out, &err),
+        SURPOOL_OK);
+    assert_int_equal(surpool_query_check(out, &err), SURPOOL_ERR_SERVER);
+    assert_string_equal(err.kind, "Thrown");
+    assert_non_null(strstr(err.message, "boom"));
+    assert_non_null(strstr(err.message, "statement 2 failed the transaction"));
+    assert_null(strstr(err.message, "not executed due to"));
+    json_t *r = NULL;
+    assert_int_equal(surpool_query_result(out, 1, &r, &err), SURPOOL_ERR_SERVER);
+    assert_null(r);
+    assert_string_equal(err.kind, "Thrown");
+    assert_non_null(strstr(err.message, "boom"));
+    json_decref(out);
+
+    /* A failing statement (not a THROW): the duplicate record is the cause. */
+    out = NULL;
+    assert_int_equal(surpool_conn_query(c, "BEGIN; CREATE txn_b:1; CREATE txn_b:1; COMMIT;",
+                                        NULL, &out, &err),
+                     SURPOOL_OK);
+    assert_int_equal(surpool_query_check(out, &err), SURPOOL_ERR_SERVER);
+    assert_string_equal(err.kind, "AlreadyExists");
+    assert_non_null(strstr(err.message, "already exists"));
+    assert_non_null(strstr(err.message, "statement 2 failed the transaction"));
+    json_decref(out);
+
+    /* And the helper hands out a statement's result (a new reference). */
+    out = NULL;
+    assert_int_equal(surpool_conn_query(c, "RETURN 1; RETURN 'two'", NULL, &out, &err),
+                     SURPOOL_OK);
+    assert_int_equal(surpool_query_result(out, 1, &r, &err), SURPOOL_OK);
+    assert_string_equal(json_string_value(r), "two");
+    json_decref(out);
+    assert_string_equal(json_string_value(r), "two"); /* ours, not borrowed */
+    json_decref(r);
+    tk_release(c);
+    tk_pool_destroy(p);
+}
+
+/* The test server answers HTTP 404 to an upgrade on any path but /rpc, as a
+ * proxy or another web server on the port would: the error says so. */
+static void test_wrong_path_names_rpc(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    char url[128];
+    base_config(&cfg, url, sizeof(url), "wrongpath");
+    snprintf(url, sizeof(url), "ws://127.0.0.1:%d/sql", g_server.port);
+    cfg.breaker_threshold = 0; /* the last connect error, not the breaker's fast failure */
+    surpool_pool *p = NULL;
+    surpool_error err;
+    assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_OK);
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(p, 1000, &c, &err), SURPOOL_ERR_CONNECT);
+    assert_null(c);
+    if (strstr(err.message, "HTTP 404") == NULL ||
+        strstr(err.message, "path '/sql' is not a SurrealDB RPC endpoint (is it /rpc?)") ==
+            NULL)
+        fail_msg("%s", err.message);
+    surpool_pool_destroy(p);
+}
+
 static void test_wrong_password(void **state)
 {
     (void)state;
@@ -167,6 +264,13 @@ static void test_wrong_password(void **state)
     assert_int_equal(surpool_pool_acquire(p, 10000, &c, &err), SURPOOL_ERR_AUTH);
     assert_int_equal(err.code, SURPOOL_ERR_AUTH);
     assert_null(strstr(err.message, "not-the-password"));
+    /* As libpq does: who signed in, where, and the server's words. */
+    char where[64];
+    snprintf(where, sizeof(where), "at 127.0.0.1 port %d failed: ", g_server.port);
+    if (strstr(err.message, "signin as root user 'root'") == NULL ||
+        strstr(err.message, where) == NULL ||
+        strstr(err.message, "problem with authentication") == NULL)
+        fail_msg("auth failure does not name the user and server: %s", err.message);
     tk_pool_destroy(p);
 
     /* And on a lease, with explicit credentials. */
@@ -176,6 +280,9 @@ static void test_wrong_password(void **state)
     cred.user = "root";
     cred.pass = "wrong";
     assert_int_equal(surpool_conn_signin(c, &cred, NULL, &err), SURPOOL_ERR_AUTH);
+    if (strstr(err.message, "signin as user 'root'") == NULL ||
+        strstr(err.message, where) == NULL || strstr(err.message, "wrong") != NULL)
+        fail_msg("lease signin failure does not name the user and server: %s", err.message);
     cred.pass = "root";
     json_t *token = NULL;
     assert_int_equal(surpool_conn_signin(c, &cred, &token, &err), SURPOOL_OK);
@@ -217,7 +324,7 @@ static void test_crud(void **state)
     assert_int_equal(surpool_conn_create(c, "person:tobie", data, &out, &err), SURPOOL_OK);
     json_decref(data);
     json_t *rec = json_is_array(out) ? json_array_get(out, 0) : out;
-    assert_string_equal(json_string_value(json_object_get(rec, "id")), "person:tobie");
+    assert_text(json_object_get(rec, "id"), "person:tobie");
     json_decref(out);
 
     assert_int_equal(surpool_conn_select(c, "person:tobie", &out, &err), SURPOOL_OK);
@@ -265,8 +372,8 @@ static void test_crud(void **state)
         surpool_conn_relate(c, "person:tobie", "knows", "person:jaime", NULL, &out, &err),
         SURPOOL_OK);
     rec = json_is_array(out) ? json_array_get(out, 0) : out;
-    assert_string_equal(json_string_value(json_object_get(rec, "in")), "person:tobie");
-    assert_string_equal(json_string_value(json_object_get(rec, "out")), "person:jaime");
+    assert_text(json_object_get(rec, "in"), "person:tobie");
+    assert_text(json_object_get(rec, "out"), "person:jaime");
     json_decref(out);
 
     json_t *args = json_pack("[s]", "abc");
@@ -279,7 +386,7 @@ static void test_crud(void **state)
     assert_int_equal(surpool_conn_delete(c, "person:tobie", &out, &err), SURPOOL_OK);
     json_decref(out);
     assert_int_equal(surpool_conn_select(c, "person:tobie", &out, &err), SURPOOL_OK);
-    assert_true(json_is_null(out) || (json_is_array(out) && json_array_size(out) == 0));
+    assert_true(is_none(out) || (json_is_array(out) && json_array_size(out) == 0));
     json_decref(out);
 
     /* Client-side validation: nothing is sent. */
@@ -326,9 +433,16 @@ static void record_ids(json_t *reply, size_t i, char *buf, size_t size)
     json_t *row;
     json_array_foreach(rows, k, row)
     {
-        const char *id = json_string_value(json_object_get(row, "id"));
+        /* A record id is a string over JSON and a typed value over CBOR:
+         * compare their text forms. */
+        json_t *text = NULL;
+        const char *id = surpool_value_text(json_object_get(row, "id"), &text, NULL) ==
+                                 SURPOOL_OK
+                             ? json_string_value(text)
+                             : NULL;
         size_t len = strlen(buf);
         snprintf(buf + len, size - len, "%s%s", k > 0 ? "," : "", id != NULL ? id : "?");
+        json_decref(text);
     }
 }
 
@@ -382,7 +496,7 @@ static void test_session_state_and_dirty_release(void **state)
     c = lease(p);
     out = query_ok(c, "RETURN $greeting; RETURN session::ns(); RETURN session::db(); "
                       "SELECT * FROM marker");
-    if (!json_is_null(stmt_result(out, 0)))
+    if (!is_none(stmt_result(out, 0)))
         fail_msg("the variable set on the previous lease survived its release");
     assert_string_equal(json_string_value(stmt_result(out, 1)), "test");
     assert_string_equal(json_string_value(stmt_result(out, 2)), "session");
@@ -516,9 +630,9 @@ static void test_pipelined_out_of_order(void **state)
         snprintf(sql, sizeof(sql), "sleep(%dms); RETURN %d", pr->ms, i);
         json_t *params = json_pack("[s]", sql);
         pr->req.id = 1000 + i;
-        assert_int_equal(surpool__codec_encode_request(pr->req.id, "query", params,
-                                                       p->ops->headroom, &pr->req.buf,
-                                                       &pr->req.len, NULL),
+        assert_int_equal(surpool__wire_encode_request(p->cfg.pub.wire_format, pr->req.id,
+                                                      "query", params, p->ops->headroom,
+                                                      &pr->req.buf, &pr->req.len, NULL),
                          SURPOOL_OK);
         json_decref(params);
         pr->req.deadline_ns = surpool__deadline_after_ms(20000);
@@ -736,10 +850,19 @@ static void test_lane_sync_threads(void **state)
 
 int main(void)
 {
+    const char *wire = getenv("SURPOOL_TEST_WIRE");
+    if (wire != NULL && strcmp(wire, "cbor") == 0)
+        g_wire = SURPOOL_WIRE_CBOR;
+    else if (wire != NULL && strcmp(wire, "json") != 0 && wire[0] != '\0') {
+        fprintf(stderr, "SURPOOL_TEST_WIRE must be json or cbor\n");
+        return 2;
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_ping_version_query, tk_teardown),
         cmocka_unit_test_teardown(test_statement_error_stays_in_result, tk_teardown),
+        cmocka_unit_test_teardown(test_failed_transaction_reports_the_cause, tk_teardown),
         cmocka_unit_test_teardown(test_wrong_password, tk_teardown),
+        cmocka_unit_test_teardown(test_wrong_path_names_rpc, tk_teardown),
         cmocka_unit_test_teardown(test_unauthenticated_refused, tk_teardown),
         cmocka_unit_test_teardown(test_crud, tk_teardown),
         cmocka_unit_test_teardown(test_session_state_and_dirty_release, tk_teardown),
@@ -752,5 +875,7 @@ int main(void)
         cmocka_unit_test_teardown(test_lane_burst_async, tk_teardown),
         cmocka_unit_test_teardown(test_lane_sync_threads, tk_teardown),
     };
-    return cmocka_run_group_tests_name("integration", tests, group_setup, group_teardown);
+    return cmocka_run_group_tests_name(g_wire == SURPOOL_WIRE_CBOR ? "integration-cbor"
+                                                                   : "integration-json",
+                                       tests, group_setup, group_teardown);
 }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -61,6 +62,48 @@ static surpool_pool *make_pool(fixture *f, int max, int shared, int inflight, lo
         SURPOOL_OK)
         fail_msg("create: %s", err.message);
     return f->pool;
+}
+
+/* Poll until `cond` holds; the bound (~30 s) exists only against hangs, and
+ * the failure says what was awaited. */
+#define WAIT_FOR(cond, what)                                                                   \
+    do {                                                                                       \
+        int ok_ = 0;                                                                           \
+        for (int i_ = 0; i_ < 30000; i_++) {                                                   \
+            if (cond) {                                                                        \
+                ok_ = 1;                                                                       \
+                break;                                                                         \
+            }                                                                                  \
+            sleep_ms(1);                                                                       \
+        }                                                                                      \
+        if (!ok_)                                                                              \
+            fail_msg("gave up waiting for %s", what);                                          \
+    } while (0)
+
+/* As WAIT_FOR, for a wait whose failure leaves a surpool thread stuck for good
+ * (teardown's destroy would then hang): say what was awaited and end the
+ * process at once. */
+#define WAIT_OR_EXIT(cond, what)                                                               \
+    do {                                                                                       \
+        int ok_ = 0;                                                                           \
+        for (int i_ = 0; i_ < 30000; i_++) {                                                   \
+            if (cond) {                                                                        \
+                ok_ = 1;                                                                       \
+                break;                                                                         \
+            }                                                                                  \
+            sleep_ms(1);                                                                       \
+        }                                                                                      \
+        if (!ok_) {                                                                            \
+            fprintf(stderr, "FAILED: gave up waiting for %s (a thread is stuck)\n", what);     \
+            _exit(1);                                                                          \
+        }                                                                                      \
+    } while (0)
+
+static surpool_stats stats_of(surpool_pool *p)
+{
+    surpool_stats st;
+    surpool_pool_stats(p, &st);
+    return st;
 }
 
 /* Poll a counter until it reaches n; generous bound only against hangs. */
@@ -401,6 +444,456 @@ static void test_no_lane_means_leases(void **state)
     assert_int_equal(st.in_use, 0);
 }
 
+/* ---- issue 9 item 1: a replaced lane socket must not corrupt the accounting ---- */
+
+/* Three lane sockets with one request each. The first socket dies and is given
+ * back while the LAST one still has a request in flight; then the last one
+ * dies too. Its completion must count against its own socket (it used to hit
+ * a stale array slot: the socket kept "1 in flight" for good and its pool slot
+ * was never given back). */
+static void test_replaced_socket_keeps_accounting(void **state)
+{
+    fixture *f = *state;
+    atomic_store(&f->fs.call_latency_us, 10000000); /* 10 s: in flight until killed */
+    surpool_pool *p = make_pool(f, 4, 3, 1, 30000);
+    tally *t = calloc(1, sizeof(*t));
+    tag tags[3] = {{t, 0}, {t, 1}, {t, 2}};
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(surpool_call_async(p, "ping", NULL, on_result, &tags[i]), SURPOOL_OK);
+    WAIT_FOR(stats_of(p).lane_inflight == 3 && stats_of(p).lane_connections == 3,
+             "3 lane sockets with 1 request each");
+    assert_int_equal(atomic_load(&f->fs.open_ok), 3);
+
+    assert_true(fake_kill_conn(p->transport, 1));
+    WAIT_FOR(atomic_load(&f->fs.open_now) == 2, "the first dead lane socket to be given back");
+    assert_true(fake_kill_conn(p->transport, 3));
+    WAIT_FOR(atomic_load(&f->fs.open_now) == 1,
+             "the second dead lane socket (the last one opened) to be given back");
+    assert_true(fake_kill_conn(p->transport, 2));
+    wait_tally(t, 3);
+    assert_int_equal(atomic_load(&t->codes[SURPOOL_ERR_DISCONNECTED]), 3);
+    WAIT_FOR(atomic_load(&f->fs.open_now) == 0, "every dead lane socket to be given back");
+    WAIT_FOR(stats_of(p).lane_connections == 0, "the lane to hold no socket");
+
+    /* Capacity is back: 3 sockets x 1 request can again be in flight at once. */
+    tally *t2 = calloc(1, sizeof(*t2));
+    tag tags2[3] = {{t2, 0}, {t2, 1}, {t2, 2}};
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(surpool_call_async(p, "ping", NULL, on_result, &tags2[i]), SURPOOL_OK);
+    WAIT_FOR(stats_of(p).lane_inflight == 3, "3 requests in flight on fresh sockets");
+    surpool_stats st = stats_of(p);
+    assert_int_equal(st.lane_queued, 0);
+    assert_int_equal(st.lane_connections, 3);
+    fake_kill_all(p->transport);
+    wait_tally(t2, 3);
+    WAIT_FOR(stats_of(p).lane_inflight == 0 && stats_of(p).lane_connections == 0,
+             "the lane to be idle and empty");
+    st = stats_of(p);
+    assert_int_equal(st.lane_queued, 0);
+    assert_int_equal(st.in_use, 0);
+    assert_int_equal(st.created - st.destroyed, (uint64_t)(st.idle + st.in_use));
+    free(t);
+    free(t2);
+}
+
+/* ---- issue 9 item 2: callbacks resubmitting while the pool is destroyed ---- */
+
+typedef struct resub_chain {
+    surpool_pool *pool;
+    atomic_int outstanding; /* 1 while a call of this chain is accepted and not completed */
+    atomic_int *accepted, *completed, *bad;
+} resub_chain;
+
+static void on_resubmit(void *ud, surpool_err code, json_t *result, const surpool_error *err)
+{
+    (void)code;
+    (void)result;
+    (void)err;
+    resub_chain *c = ud;
+    if (atomic_exchange(&c->outstanding, 0) != 1)
+        atomic_fetch_add(c->bad, 1); /* a callback without an accepted call */
+    atomic_fetch_add(c->completed, 1);
+    atomic_store(&c->outstanding, 1); /* the callback may run before the call returns */
+    surpool_err rc = surpool_query_async(c->pool, "RETURN 1", NULL, on_resubmit, c);
+    if (rc == SURPOOL_OK) {
+        atomic_fetch_add(c->accepted, 1);
+        return;
+    }
+    atomic_store(&c->outstanding, 0);
+    if (rc != SURPOOL_ERR_CLOSED)
+        atomic_fetch_add(c->bad, 1); /* the documented refusal is CLOSED */
+}
+
+static void test_resubmit_during_destroy(void **state)
+{
+    fixture *f = *state;
+    enum { POOLS = 150, CHAINS = 64 };
+    resub_chain *chains = calloc(CHAINS, sizeof(*chains));
+    atomic_int accepted = 0, completed = 0, bad = 0;
+    for (int round = 0; round < POOLS; round++) {
+        /* Never 0: with replies inside submit() a chain that resubmits
+         * forever would keep the thread that started it sending forever. */
+        atomic_store(&f->fs.call_latency_us, 20 + 50 * (round % 7));
+        surpool_pool *p = make_pool(f, 4, 2, 8, 20000);
+        for (int i = 0; i < CHAINS; i++) {
+            chains[i].pool = p;
+            chains[i].accepted = &accepted;
+            chains[i].completed = &completed;
+            chains[i].bad = &bad;
+            atomic_store(&chains[i].outstanding, 1);
+            if (surpool_query_async(p, "RETURN 1", NULL, on_resubmit, &chains[i]) == SURPOOL_OK)
+                atomic_fetch_add(&accepted, 1);
+            else
+                fail_msg("round %d: call %d refused before destroy", round, i);
+        }
+        surpool_pool_destroy(p); /* callbacks resubmit all through it */
+        f->pool = NULL;
+        for (int i = 0; i < CHAINS; i++)
+            if (atomic_load(&chains[i].outstanding) != 0)
+                fail_msg("round %d: chain %d has an accepted call that never completed", round,
+                         i);
+        assert_int_equal(atomic_load(&accepted), atomic_load(&completed));
+        assert_int_equal(atomic_load(&bad), 0);
+    }
+    free(chains);
+}
+
+/* ---- issue 9 item 3: queued lane requests keep their deadline ---- */
+
+static void test_deadline_while_lane_has_no_connection(void **state)
+{
+    fixture *f = *state;
+    surpool_config cfg;
+    surpool_config_init(&cfg);
+    cfg.url = "ws://fake.invalid/rpc";
+    cfg.max_connections = 2;
+    cfg.shared_connections = 1;
+    cfg.request_timeout_ms = 500;
+    cfg.acquire_timeout_ms = 8000;
+    surpool_error err;
+    assert_int_equal(
+        surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &f->pool, &err),
+        SURPOOL_OK);
+    surpool_pool *p = f->pool;
+    surpool_conn *a = NULL, *b = NULL; /* every connection leased: the lane gets none */
+    assert_int_equal(surpool_pool_acquire(p, 5000, &a, &err), SURPOOL_OK);
+    assert_int_equal(surpool_pool_acquire(p, 5000, &b, &err), SURPOOL_OK);
+
+    tally *t = calloc(1, sizeof(*t));
+    tag g = {t, 0};
+    int64_t t0 = surpool__now_ns();
+    assert_int_equal(surpool_query_async(p, "RETURN 1", NULL, on_result, &g), SURPOOL_OK);
+    surpool_err rc = surpool_query(p, "RETURN 1", NULL, NULL, &err);
+    int64_t sync_ms = (surpool__now_ns() - t0) / 1000000;
+    for (int i = 0; i < 30000 && atomic_load(&t->done) < 1; i++)
+        sleep_ms(1);
+    int64_t async_ms = (surpool__now_ns() - t0) / 1000000;
+    /* Give the leases back before asserting: a failed assertion must not
+     * leave teardown's destroy waiting for them. */
+    surpool_conn_release(a);
+    surpool_conn_release(b);
+    /* Figures for the report, not asserted: ~500 ms (it was acquire_timeout_ms, 8 s). */
+    print_message("    sync back after %lld ms (%s), async after %lld ms\n", (long long)sync_ms,
+                  surpool_strerror(rc), (long long)async_ms);
+    assert_int_equal(rc, SURPOOL_ERR_REQUEST_TIMEOUT);
+    wait_tally(t, 1);
+    assert_int_equal(atomic_load(&t->codes[SURPOOL_ERR_REQUEST_TIMEOUT]), 1);
+    /* The lane gets a connection once one is free. */
+    json_t *out = NULL;
+    assert_int_equal(surpool_query(p, "RETURN 1", NULL, &out, &err), SURPOOL_OK);
+    json_decref(out);
+    free(t);
+}
+
+/* ---- issue 9 item 4: acquire_timeout_ms = 0 and a cold pool ---- */
+
+static void test_acquire_timeout_zero_cold_pool(void **state)
+{
+    fixture *f = *state;
+    atomic_store(&f->fs.connect_latency_ms, 20); /* the connect outlasts a 0 ms wait */
+    surpool_config cfg;
+    surpool_config_init(&cfg);
+    cfg.url = "ws://fake.invalid/rpc";
+    cfg.max_connections = 4;
+    cfg.shared_connections = 2;
+    cfg.acquire_timeout_ms = 0;
+    cfg.request_timeout_ms = 20000;
+    surpool_error err;
+    assert_int_equal(
+        surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &f->pool, &err),
+        SURPOOL_OK);
+    for (int i = 0; i < 3; i++) {
+        json_t *out = NULL;
+        surpool_err rc = surpool_query(f->pool, "RETURN 1", NULL, &out, &err);
+        if (rc != SURPOOL_OK)
+            fail_msg("query %d on a cold pool with acquire_timeout_ms = 0: %s (%s)", i,
+                     surpool_strerror(rc), err.message);
+        json_decref(out);
+    }
+}
+
+/* ---- issue 9 item 5: a callback of pool A calling into idle pool B ---- */
+
+typedef struct cross {
+    surpool_pool *b;
+    tally *t;
+    tag g;
+    atomic_int submitted; /* 1: accepted by B, 2: refused */
+} cross;
+
+static void on_a_result(void *ud, surpool_err code, json_t *result, const surpool_error *err)
+{
+    (void)code;
+    (void)result;
+    (void)err;
+    cross *x = ud;
+    surpool_err rc = surpool_query_async(x->b, "RETURN 0", NULL, on_result, &x->g);
+    atomic_store(&x->submitted, rc == SURPOOL_OK ? 1 : 2);
+}
+
+static void test_callback_into_other_pool(void **state)
+{
+    fixture *f = *state;
+    /* Pool A completes inside submit (latency 0), so A's callback runs while
+     * A's lane is sending. Pool B has one lane socket, already open and idle. */
+    surpool_pool *a = make_pool(f, 2, 1, 4, 20000);
+    fake_settings *fsb = calloc(1, sizeof(*fsb));
+    fake_settings_init(fsb);
+    surpool_config cfg;
+    surpool_config_init(&cfg);
+    cfg.url = "ws://fake.invalid/rpc";
+    cfg.max_connections = 2;
+    cfg.shared_connections = 1;
+    cfg.request_timeout_ms = 2000; /* the stalled request used to wait for this */
+    surpool_error err;
+    surpool_pool *b = NULL;
+    assert_int_equal(surpool__pool_create_with(&cfg, &fake_transport_ops, fsb, &b, &err),
+                     SURPOOL_OK);
+    assert_int_equal(surpool_query(b, "RETURN 1", NULL, NULL, &err), SURPOOL_OK);
+
+    tally *t = calloc(1, sizeof(*t));
+    t->check_result = 1;
+    cross x = {b, t, {t, 0}, 0};
+    assert_int_equal(surpool_query_async(a, "RETURN 1", NULL, on_a_result, &x), SURPOOL_OK);
+    wait_tally(t, 1);
+    assert_int_equal(atomic_load(&x.submitted), 1);
+    /* Served, not left queued until B's deadline. */
+    assert_int_equal(atomic_load(&t->codes[SURPOOL_OK]), 1);
+    surpool_pool_destroy(b);
+    assert_int_equal(atomic_load(&fsb->open_now), 0);
+    free(fsb);
+    free(t);
+}
+
+/* ---- issue 9 item 6: a synchronous call from inside a callback ---- */
+
+typedef struct sync_in_cb {
+    surpool_pool *pool;
+    atomic_int done;
+    atomic_int rc_query, rc_call, rc_acquire, rc_conn;
+    surpool_conn *lease; /* held by the test: a lease RPC from the callback */
+    char message[256];
+} sync_in_cb;
+
+static void on_sync_inside(void *ud, surpool_err code, json_t *result, const surpool_error *err)
+{
+    (void)code;
+    (void)result;
+    (void)err;
+    sync_in_cb *s = ud;
+    surpool_error e;
+    atomic_store(&s->rc_query, surpool_query(s->pool, "RETURN 1", NULL, NULL, &e));
+    snprintf(s->message, sizeof(s->message), "%s", e.message);
+    atomic_store(&s->rc_call, surpool_call(s->pool, "ping", NULL, NULL, NULL));
+    surpool_conn *c = NULL;
+    atomic_store(&s->rc_acquire, surpool_pool_acquire(s->pool, 1000, &c, NULL));
+    if (c != NULL)
+        surpool_conn_release(c);
+    atomic_store(&s->rc_conn, surpool_conn_ping(s->lease, NULL));
+    atomic_store(&s->done, 1);
+}
+
+static void test_sync_call_from_callback(void **state)
+{
+    fixture *f = *state;
+    atomic_store(&f->fs.call_latency_us, 1000); /* callbacks on the transport's thread */
+    surpool_pool *p = make_pool(f, 4, 1, 4, 2000);
+    sync_in_cb s;
+    memset(&s, 0, sizeof(s));
+    s.pool = p;
+    surpool_error err;
+    assert_int_equal(surpool_pool_acquire(p, 5000, &s.lease, &err), SURPOOL_OK);
+    assert_int_equal(surpool_query_async(p, "RETURN 1", NULL, on_sync_inside, &s), SURPOOL_OK);
+    WAIT_OR_EXIT(atomic_load(&s.done),
+                 "the synchronous calls made inside a callback to return");
+    assert_int_equal(atomic_load(&s.rc_query), SURPOOL_ERR_INVALID_ARG);
+    assert_non_null(strstr(s.message, "callback"));
+    assert_int_equal(atomic_load(&s.rc_call), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(atomic_load(&s.rc_acquire), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(atomic_load(&s.rc_conn), SURPOOL_ERR_INVALID_ARG);
+    /* Outside a callback the same calls work. */
+    assert_int_equal(surpool_conn_ping(s.lease, &err), SURPOOL_OK);
+    surpool_conn_release(s.lease);
+    assert_int_equal(surpool_query(p, "RETURN 1", NULL, NULL, &err), SURPOOL_OK);
+}
+
+/* ---- issue 9 item 15: setup errors on the lane keep server_code and kind ---- */
+
+static json_t *refuse_signin(void *ud, json_int_t id, const char *method, json_t *params)
+{
+    if (strcmp(method, "signin") == 0)
+        return json_pack("{s:I, s:{s:i, s:s, s:s}}", "id", id, "error", "code", -32002,
+                         "message", "There was a problem with authentication", "kind",
+                         "NotAllowed");
+    return fake_default_responder(ud, id, method, params);
+}
+
+typedef struct seen_error {
+    surpool_err code;
+    surpool_error err; /* written by the callback before `done`, read after it */
+    atomic_int done;
+} seen_error;
+
+static void on_seen_error(void *ud, surpool_err code, json_t *result, const surpool_error *err)
+{
+    (void)result;
+    seen_error *s = ud;
+    s->code = code;
+    if (err != NULL)
+        s->err = *err;
+    atomic_store(&s->done, 1);
+}
+
+static void test_setup_error_keeps_server_code(void **state)
+{
+    fixture *f = *state;
+    f->fs.responder = refuse_signin;
+    surpool_config cfg;
+    surpool_config_init(&cfg);
+    cfg.url = "ws://fake.invalid/rpc";
+    cfg.user = "root";
+    cfg.pass = "wrong";
+    cfg.max_connections = 3;
+    cfg.shared_connections = 1;
+    cfg.acquire_timeout_ms = 300;
+    cfg.connect_timeout_ms = 300;
+    cfg.request_timeout_ms = 20000;
+    surpool_error err;
+    assert_int_equal(
+        surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &f->pool, &err),
+        SURPOOL_OK);
+    surpool_pool *p = f->pool;
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(p, -1, &c, &err), SURPOOL_ERR_AUTH);
+    assert_int_equal(err.server_code, -32002);
+    assert_string_equal(err.kind, "NotAllowed");
+
+    memset(&err, 0, sizeof(err));
+    assert_int_equal(surpool_query(p, "RETURN 1", NULL, NULL, &err), SURPOOL_ERR_AUTH);
+    assert_int_equal(err.code, SURPOOL_ERR_AUTH);
+    assert_int_equal(err.server_code, -32002);
+    assert_string_equal(err.kind, "NotAllowed");
+
+    seen_error s;
+    memset(&s, 0, sizeof(s));
+    assert_int_equal(surpool_query_async(p, "RETURN 1", NULL, on_seen_error, &s), SURPOOL_OK);
+    wait_count(&s.done, 1);
+    assert_int_equal(s.code, SURPOOL_ERR_AUTH);
+    assert_int_equal(s.err.server_code, -32002);
+    assert_string_equal(s.err.kind, "NotAllowed");
+}
+
+/* ---- issue 17 item 2: requests go to the least-loaded socket ---- */
+
+static void test_spreads_over_sockets(void **state)
+{
+    fixture *f = *state;
+    atomic_store(&f->fs.call_latency_us, 200000);
+    surpool_pool *p = make_pool(f, 3, 2, 8, 30000);
+    /* 16 at once fill one socket (8) and make the lane open its second. */
+    tally *t = calloc(1, sizeof(*t));
+    tag tags[24];
+    for (int i = 0; i < 24; i++)
+        tags[i] = (tag){t, i};
+    for (int i = 0; i < 16; i++)
+        assert_int_equal(surpool_call_async(p, "ping", NULL, on_result, &tags[i]), SURPOOL_OK);
+    wait_tally(t, 16);
+    assert_int_equal(atomic_load(&t->codes[SURPOOL_OK]), 16);
+    WAIT_FOR(stats_of(p).lane_inflight == 0, "the lane to be idle");
+    assert_int_equal(stats_of(p).lane_connections, 2);
+    assert_int_equal(atomic_load(&f->fs.open_ok), 2);
+
+    /* Both sockets idle: 8 concurrent calls split evenly. */
+    atomic_store(&f->fs.call_latency_us, 10000000); /* in flight until destroy */
+    int before1 = atomic_load(&f->fs.conn_calls[1]),
+        before2 = atomic_load(&f->fs.conn_calls[2]);
+    for (int i = 16; i < 24; i++)
+        assert_int_equal(surpool_call_async(p, "ping", NULL, on_result, &tags[i]), SURPOOL_OK);
+    WAIT_FOR(stats_of(p).lane_inflight == 8, "8 requests in flight");
+    int n1 = atomic_load(&f->fs.conn_calls[1]) - before1;
+    int n2 = atomic_load(&f->fs.conn_calls[2]) - before2;
+    print_message("    8 calls over 2 sockets: %d / %d\n", n1, n2);
+    assert_int_equal(n1 + n2, 8);
+    assert_true(n1 >= 3 && n2 >= 3);
+    surpool_pool_destroy(p); /* the 8 complete with DISCONNECTED */
+    f->pool = NULL;
+    assert_int_equal(atomic_load(&t->done), 24);
+    assert_int_equal(atomic_load(&t->codes[SURPOOL_ERR_DISCONNECTED]), 8);
+    free(t);
+}
+
+/* ---- issue 17 item 3: an expired lane socket is drained and replaced ---- */
+
+static void test_expired_socket_replaced(void **state)
+{
+    fixture *f = *state;
+    atomic_store(&f->fs.call_latency_us, 20000);
+    surpool_config cfg;
+    surpool_config_init(&cfg);
+    cfg.url = "ws://fake.invalid/rpc";
+    cfg.max_connections = 3;
+    cfg.shared_connections = 1;
+    cfg.shared_max_inflight = 4;
+    cfg.max_lifetime_ms = 300;
+    cfg.request_timeout_ms = 20000;
+    surpool_error err;
+    assert_int_equal(
+        surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &f->pool, &err),
+        SURPOOL_OK);
+    surpool_pool *p = f->pool;
+    tally *t = calloc(1, sizeof(*t));
+    enum { MAXN = 4000 };
+    tag *tags = calloc(MAXN, sizeof(*tags));
+    int n = 0;
+    /* Keep requests in flight (and queued) across the expiry. */
+    while (n < MAXN &&
+           (stats_of(p).lifetime_retirements < 1 || atomic_load(&f->fs.open_ok) < 2)) {
+        for (int k = 0; k < 4 && n < MAXN; k++, n++) {
+            tags[n] = (tag){t, n};
+            assert_int_equal(surpool_call_async(p, "ping", NULL, on_result, &tags[n]),
+                             SURPOOL_OK);
+        }
+        sleep_ms(10);
+    }
+    if (n == MAXN)
+        fail_msg("no lane socket was retired after %d calls over %d ms of lifetime", n, 300);
+    wait_tally(t, n);
+    assert_int_equal(atomic_load(&t->codes[SURPOOL_OK]), n); /* no request lost */
+    /* A new connection serves. */
+    int calls = atomic_load(&f->fs.calls);
+    assert_int_equal(surpool_query(p, "RETURN 1", NULL, NULL, &err), SURPOOL_OK);
+    assert_true(atomic_load(&f->fs.calls) > calls);
+    surpool_stats st = stats_of(p);
+    assert_true(st.lifetime_retirements >= 1);
+    assert_true(st.created >= 2);
+    WAIT_FOR(stats_of(p).lane_inflight == 0, "the lane to be idle");
+    st = stats_of(p);
+    assert_int_equal(st.lane_queued, 0);
+    assert_int_equal(st.in_use, st.lane_connections);
+    free(tags);
+    free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -415,6 +908,19 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_and_destroy_with_work_outstanding, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_no_lane_means_leases, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_replaced_socket_keeps_accounting, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resubmit_during_destroy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deadline_while_lane_has_no_connection, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_acquire_timeout_zero_cold_pool, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_callback_into_other_pool, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_setup_error_keeps_server_code, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spreads_over_sockets, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_expired_socket_replaced, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sync_call_from_callback, setup, teardown),
     };
+    /* LANE_TEST=<pattern> runs only the matching tests (cmocka's filter). */
+    if (getenv("LANE_TEST") != NULL)
+        cmocka_set_test_filter(getenv("LANE_TEST"));
     return cmocka_run_group_tests_name("lane", tests, NULL, NULL);
 }

@@ -4,6 +4,7 @@
  * resume / drain, events, percentiles, lazy start. Waits poll a condition with
  * a generous bound (against hangs); nothing asserts a duration.
  */
+#include <limits.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -45,11 +46,29 @@ static int setup(void **state)
     return 0;
 }
 
+/* Leases held by callers (not the maintainer's pings, not the shared lane). */
+static int user_leases(surpool_pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    int n = p->nleased - p->nmaint - p->nlane;
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
 static int teardown(void **state)
 {
     fixture *f = *state;
     atomic_store(&f->event_pool, NULL); /* destroy() may still deliver events */
     if (f->pool != NULL) {
+        /* A test that failed while a lease was out must not hang here: destroy()
+         * waits for every lease. Bounded wait, else leak the pool and say so. */
+        int64_t end = surpool__now_ns() + 10 * INT64_C(1000000000);
+        while (user_leases(f->pool) > 0 && surpool__now_ns() < end)
+            sleep_ms(1);
+        if (user_leases(f->pool) > 0)
+            fail_msg("teardown: %d leases never came back; the pool is leaked, not "
+                     "destroyed, so that this failure is reported instead of a hang",
+                     user_leases(f->pool));
         surpool_stats st;
         surpool_pool_stats(f->pool, &st);
         assert_int_equal((int)(st.created - st.destroyed), st.idle + st.in_use);
@@ -147,14 +166,27 @@ static surpool_stats stats(fixture *f)
     return st;
 }
 
-/* Poll `cond` for up to 30 s of wall time (a bound against hangs only). */
+/* Poll `cond` for up to 30 s of wall time (a bound against hangs only); fail
+ * saying what was awaited. */
+#define WAIT_BOUND_S 20
 #define WAIT_UNTIL(cond)                                                                       \
     do {                                                                                       \
-        int64_t wait_end_ = surpool__now_ns() + 30 * INT64_C(1000000000);                      \
+        int64_t wait_end_ = surpool__now_ns() + WAIT_BOUND_S * INT64_C(1000000000);            \
         while (!(cond) && surpool__now_ns() < wait_end_)                                       \
             sleep_ms(1);                                                                       \
-        assert_true(cond);                                                                     \
+        if (!(cond))                                                                           \
+            fail_msg("gave up after %d s waiting for: %s", WAIT_BOUND_S, #cond);               \
     } while (0)
+
+/* pthread_join with a bound: a thread stuck in the pool fails the test. */
+static void join_bounded(pthread_t th, const char *what)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 2 * WAIT_BOUND_S;
+    if (pthread_timedjoin_np(th, NULL, &ts) != 0)
+        fail_msg("gave up after %d s waiting for %s to finish", 2 * WAIT_BOUND_S, what);
+}
 
 /* ------------------------------------------------------------------------- */
 
@@ -362,7 +394,7 @@ static void test_pause_resume_drain(void **state)
     WAIT_UNTIL(stats(f).waiters == 1);
     assert_int_equal(stats(f).paused, 1);
     assert_int_equal(surpool_pool_resume(f->pool), SURPOOL_OK);
-    pthread_join(th, NULL);
+    join_bounded(th, "the waiter served on resume");
     assert_int_equal(w.rc, SURPOOL_OK);
     assert_int_equal(stats(f).created, 1); /* served from the idle connection */
 }
@@ -389,7 +421,7 @@ static void test_events_and_percentiles(void **state)
     assert_int_equal(surpool_pool_acquire(f->pool, 1000, &d, NULL), SURPOOL_ERR_OVERLOADED);
     sleep_ms(3);
     surpool_conn_release(c);
-    pthread_join(th, NULL);
+    join_bounded(th, "the queued waiter");
     assert_int_equal(w.rc, SURPOOL_OK);
 
     assert_int_equal(events(f, SURPOOL_EVENT_ACQUIRE), 22);
@@ -426,6 +458,49 @@ static void test_lazy_start_and_server_down_at_start(void **state)
     WAIT_UNTIL(stats(f).idle == 2);
 }
 
+/* Every millisecond setting at its bound (365 days) at once: nothing overflows
+ * (UBSan), and nothing fires that a year-long setting should not: no keepalive
+ * ping, no validation, no leak report, no retirement. A per-call LONG_MAX
+ * timeout saturates. */
+static void test_ms_settings_at_bound_run_normally(void **state)
+{
+    fixture *f = *state;
+    surpool_config cfg;
+    base(f, &cfg);
+    cfg.acquire_timeout_ms = (long)SURPOOL__MS_MAX;
+    cfg.connect_timeout_ms = (long)SURPOOL__MS_MAX;
+    cfg.request_timeout_ms = (long)SURPOOL__MS_MAX;
+    cfg.reconnect_backoff_min_ms = (long)SURPOOL__MS_MAX;
+    cfg.reconnect_backoff_max_ms = (long)SURPOOL__MS_MAX;
+    cfg.idle_timeout_ms = (long)SURPOOL__MS_MAX;
+    cfg.max_lifetime_ms = (long)SURPOOL__MS_MAX;
+    cfg.validation_idle_ms = (long)SURPOOL__MS_MAX;
+    cfg.validation_timeout_ms = (long)SURPOOL__MS_MAX;
+    cfg.keepalive_interval_ms = (long)SURPOOL__MS_MAX;
+    cfg.leak_threshold_ms = (long)SURPOOL__MS_MAX;
+    cfg.maintenance_interval_ms = 5; /* so that the checks above get to run */
+    create(f, &cfg);
+    for (int i = 0; i < 5; i++) {
+        surpool_conn *c = NULL, *d = NULL;
+        assert_int_equal(surpool_pool_acquire(f->pool, -1, &c, NULL), SURPOOL_OK);
+        assert_int_equal(surpool_pool_acquire(f->pool, LONG_MAX, &d, NULL), SURPOOL_OK);
+        assert_int_equal(surpool_conn_query(c, "RETURN 1", NULL, NULL, NULL), SURPOOL_OK);
+        sleep_ms(20); /* a few maintainer ticks with leases out */
+        surpool_conn_release(c);
+        surpool_conn_release(d);
+    }
+    assert_int_equal(surpool_pool_drain(f->pool, LONG_MAX), SURPOOL_OK);
+    sleep_ms(20); /* a few maintainer ticks with the connections idle */
+    surpool_stats st = stats(f);
+    assert_int_equal(atomic_load(&f->pings), 0);
+    assert_int_equal(st.validations, 0);
+    assert_int_equal(st.leaks, 0);
+    assert_int_equal(events(f, SURPOOL_EVENT_LEAK), 0);
+    assert_int_equal(st.lifetime_retirements, 0);
+    assert_int_equal(st.idle_retirements, 0);
+    assert_int_equal(st.created, 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -441,6 +516,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pause_resume_drain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_events_and_percentiles, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lazy_start_and_server_down_at_start, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_ms_settings_at_bound_run_normally, setup,
                                         teardown),
     };
     return cmocka_run_group_tests_name("lifecycle", tests, NULL, NULL);

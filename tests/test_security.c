@@ -9,7 +9,11 @@
  *      refused with SURPOOL_ERR_TLS and OpenSSL's reason, and
  *      tls_insecure_skip_verify accepting anything;
  *  (c) the receive limit (max_message_bytes) is enforced;
- *  (d) URLs the parser does not understand are refused, without echoing them.
+ *  (d) URLs the parser does not understand are refused, without echoing them;
+ *  (e) every string the API takes must be valid UTF-8 (one strict checker: no
+ *      surrogates, no overlong forms, nothing above U+10FFFF): anything else is
+ *      SURPOOL_ERR_INVALID_ARG before a byte is sent, for every function and
+ *      every string argument, json_t strings and keys included.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -540,6 +544,10 @@ static void test_url_rejects(void **state)
         "ws://root:S3cr3t@x@127.0.0.1/rpc",  /* unencoded '@' in the password */
         "ws://root:%00S3cr3t@127.0.0.1/rpc", /* NUL in the password */
         "wss://127.0.0.1:-1/rpc",            /* negative port */
+        "ws://0x7f000001:8000/rpc",          /* hex IPv4 (inet_aton form) */
+        "ws://0x7f.1:8000/rpc",              /* short hex IPv4 */
+        "ws://127.1:8000/rpc",               /* short IPv4 */
+        "ws://2130706433:8000/rpc",          /* one 32-bit number */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         surpool_config cfg;
@@ -559,6 +567,25 @@ static void test_url_rejects(void **state)
         assert_true(strlen(err.message) > 0);
         if (strstr(err.message, "S3cr3t") != NULL)
             fail_msg("url \"%s\": the message quotes the password: %s", bad[i], err.message);
+    }
+    /* A path that would not fit libwebsockets' header buffer (issue 9 item 8). */
+    {
+        char url[5100];
+        int k = snprintf(url, sizeof(url), "ws://127.0.0.1:8000/");
+        memset(url + k, 'p', sizeof(url) - 1 - (size_t)k);
+        url[sizeof(url) - 1] = '\0';
+        surpool_config cfg;
+        surpool_config_init(&cfg);
+        cfg.url = url;
+        surpool_pool *p = NULL;
+        surpool_error err;
+        surpool_err rc = surpool_pool_create(&cfg, &p, &err);
+        if (p != NULL)
+            surpool_pool_destroy(p);
+        if (rc != SURPOOL_ERR_INVALID_ARG || strstr(err.message, "path") == NULL)
+            fail_msg("5 KB path: expected %s about the path, got %s (%s)",
+                     surpool_strerror(SURPOOL_ERR_INVALID_ARG), surpool_strerror(rc),
+                     err.message);
     }
     /* And what it does understand (no connect: min_connections = 0). */
     static const char *const good[] = {
@@ -581,13 +608,305 @@ static void test_url_rejects(void **state)
     }
 }
 
+/* ------------------------------------------------------------------------- */
+/* (e) Invalid UTF-8 in every string the API takes                            */
+/* ------------------------------------------------------------------------- */
+
+/* Strings each UTF-8 checker in the library used to judge differently. */
+static const char *const g_bad_utf8[] = {
+    "\xED\xA0\x80",     /* U+D800, a surrogate: was NOMEM in signin */
+    "\xC0\x80",         /* overlong NUL */
+    "\xE0\x80\xAF",     /* overlong '/' */
+    "\xF4\x90\x80\x80", /* above U+10FFFF */
+    "ok\xFF",           /* never valid */
+    "ok\xE2\x82",       /* truncated */
+    "\x80ok",           /* lone continuation */
+};
+
+/* A json_t string / key holding `bad` (jansson's *_nocheck: its checked
+ * constructors already refuse these). */
+static json_t *bad_str(const char *bad)
+{
+    return json_string_nocheck(bad);
+}
+
+static json_t *bad_key_obj(const char *bad)
+{
+    json_t *o = json_object();
+    json_object_set_new_nocheck(o, bad, json_integer(1));
+    return o;
+}
+
+typedef surpool_err (*bad_call_fn)(surpool_pool *p, surpool_conn *c, const char *bad,
+                                   surpool_error *err);
+
+static void async_never(void *ud, surpool_err code, json_t *result, const surpool_error *err)
+{
+    (void)code;
+    (void)result;
+    (void)err;
+    atomic_fetch_add((atomic_int *)ud, 1);
+}
+static atomic_int g_async_calls;
+
+#define BAD_CALL(name, ...)                                                                    \
+    static surpool_err name(surpool_pool *p, surpool_conn *c, const char *bad,                 \
+                            surpool_error *err)                                                \
+    {                                                                                          \
+        (void)p;                                                                               \
+        (void)c;                                                                               \
+        surpool_err rc_;                                                                       \
+        json_t *out_ = NULL;                                                                   \
+        __VA_ARGS__;                                                                           \
+        json_decref(out_);                                                                     \
+        return rc_;                                                                            \
+    }
+#define WITH_JSON(v, call)                                                                     \
+    do {                                                                                       \
+        json_t *j_ = (v);                                                                      \
+        rc_ = call;                                                                            \
+        json_decref(j_);                                                                       \
+    } while (0)
+
+BAD_CALL(bc_call_method, rc_ = surpool_conn_call(c, bad, NULL, &out_, err))
+BAD_CALL(bc_call_param, WITH_JSON(json_pack("[o]", bad_str(bad)),
+                                  surpool_conn_call(c, "query", j_, &out_, err)))
+BAD_CALL(bc_call_key, WITH_JSON(json_pack("[s,o]", "RETURN $k", bad_key_obj(bad)),
+                                surpool_conn_call(c, "query", j_, &out_, err)))
+BAD_CALL(bc_query_sql, rc_ = surpool_conn_query(c, bad, NULL, &out_, err))
+BAD_CALL(bc_query_var, WITH_JSON(json_pack("{s:o}", "v", bad_str(bad)),
+                                 surpool_conn_query(c, "RETURN $v", j_, &out_, err)))
+BAD_CALL(bc_query_key,
+         WITH_JSON(bad_key_obj(bad), surpool_conn_query(c, "RETURN 1", j_, &out_, err)))
+BAD_CALL(bc_use_ns, rc_ = surpool_conn_use(c, bad, "db", err))
+BAD_CALL(bc_use_db, rc_ = surpool_conn_use(c, "ns", bad, err))
+#define SIGNIN(field)                                                                          \
+    surpool_credentials cr_ = {.user = "root", .pass = "root"};                                \
+    cr_.field = bad;                                                                           \
+    if (cr_.db != NULL || cr_.access != NULL)                                                  \
+        cr_.ns = cr_.ns != NULL ? cr_.ns : "ns";                                               \
+    if (cr_.access != NULL)                                                                    \
+        cr_.db = cr_.db != NULL ? cr_.db : "db";                                               \
+    rc_ = surpool_conn_signin(c, &cr_, &out_, err)
+BAD_CALL(bc_signin_user, SIGNIN(user))
+BAD_CALL(bc_signin_pass, SIGNIN(pass))
+BAD_CALL(bc_signin_ns, SIGNIN(ns))
+BAD_CALL(bc_signin_db, SIGNIN(db))
+BAD_CALL(bc_signin_access, SIGNIN(access))
+BAD_CALL(bc_signin_vars, surpool_credentials cr_ = {.user = "root", .pass = "root"};
+         json_t *v_ = json_pack("{s:o}", "x", bad_str(bad)); cr_.vars = v_;
+         rc_ = surpool_conn_signin(c, &cr_, &out_, err); json_decref(v_))
+BAD_CALL(bc_signup_ns, rc_ = surpool_conn_signup(c, bad, "db", "ac", NULL, &out_, err))
+BAD_CALL(bc_signup_db, rc_ = surpool_conn_signup(c, "ns", bad, "ac", NULL, &out_, err))
+BAD_CALL(bc_signup_ac, rc_ = surpool_conn_signup(c, "ns", "db", bad, NULL, &out_, err))
+BAD_CALL(bc_signup_vars,
+         WITH_JSON(bad_key_obj(bad), surpool_conn_signup(c, "ns", "db", "ac", j_, &out_, err)))
+BAD_CALL(bc_authenticate, rc_ = surpool_conn_authenticate(c, bad, err))
+BAD_CALL(bc_let_name, rc_ = surpool_conn_let(c, bad, json_null(), err))
+BAD_CALL(bc_let_value,
+         WITH_JSON(json_pack("[o]", bad_str(bad)), surpool_conn_let(c, "v", j_, err)))
+BAD_CALL(bc_unset, rc_ = surpool_conn_unset(c, bad, err))
+BAD_CALL(bc_select, rc_ = surpool_conn_select(c, bad, &out_, err))
+BAD_CALL(bc_create, rc_ = surpool_conn_create(c, bad, NULL, &out_, err))
+BAD_CALL(bc_create_data, WITH_JSON(json_pack("{s:o}", "a", bad_str(bad)),
+                                   surpool_conn_create(c, "t", j_, &out_, err)))
+BAD_CALL(bc_insert,
+         WITH_JSON(json_pack("{s:i}", "a", 1), surpool_conn_insert(c, bad, j_, &out_, err)))
+BAD_CALL(bc_insert_data, WITH_JSON(json_pack("[o]", bad_key_obj(bad)),
+                                   surpool_conn_insert(c, "t", j_, &out_, err)))
+BAD_CALL(bc_update, rc_ = surpool_conn_update(c, bad, NULL, &out_, err))
+BAD_CALL(bc_upsert_data,
+         WITH_JSON(bad_key_obj(bad), surpool_conn_upsert(c, "t:1", j_, &out_, err)))
+BAD_CALL(bc_merge_data, WITH_JSON(json_pack("{s:o}", "a", bad_str(bad)),
+                                  surpool_conn_merge(c, "t:1", j_, &out_, err)))
+BAD_CALL(bc_patch, WITH_JSON(json_array(), surpool_conn_patch(c, bad, j_, 0, &out_, err)))
+BAD_CALL(bc_patch_ops, WITH_JSON(json_pack("[{s:s,s:s,s:o}]", "op", "add", "path", "/a",
+                                           "value", bad_str(bad)),
+                                 surpool_conn_patch(c, "t:1", j_, 0, &out_, err)))
+BAD_CALL(bc_delete, rc_ = surpool_conn_delete(c, bad, &out_, err))
+BAD_CALL(bc_relate_from, rc_ = surpool_conn_relate(c, bad, "e", "t:2", NULL, &out_, err))
+BAD_CALL(bc_relate_table, rc_ = surpool_conn_relate(c, "t:1", bad, "t:2", NULL, &out_, err))
+BAD_CALL(bc_relate_to, rc_ = surpool_conn_relate(c, "t:1", "e", bad, NULL, &out_, err))
+BAD_CALL(bc_relate_data,
+         WITH_JSON(bad_key_obj(bad), surpool_conn_relate(c, "t:1", "e", "t:2", j_, &out_, err)))
+BAD_CALL(bc_run_fn, rc_ = surpool_conn_run(c, bad, NULL, NULL, &out_, err))
+BAD_CALL(bc_run_version, rc_ = surpool_conn_run(c, "fn::f", bad, NULL, &out_, err))
+BAD_CALL(bc_run_args, WITH_JSON(json_pack("[o]", bad_str(bad)),
+                                surpool_conn_run(c, "fn::f", NULL, j_, &out_, err)))
+BAD_CALL(bc_pool_query_sql, rc_ = surpool_query(p, bad, NULL, &out_, err))
+BAD_CALL(bc_pool_query_var, WITH_JSON(json_pack("{s:o}", "v", bad_str(bad)),
+                                      surpool_query(p, "RETURN $v", j_, &out_, err)))
+BAD_CALL(bc_pool_call_method, rc_ = surpool_call(p, bad, NULL, &out_, err))
+BAD_CALL(bc_pool_call_param,
+         WITH_JSON(json_pack("[o]", bad_str(bad)), surpool_call(p, "query", j_, &out_, err)))
+BAD_CALL(bc_pool_query_async,
+         rc_ = surpool_query_async(p, bad, NULL, async_never, &g_async_calls);
+         if (rc_ != SURPOOL_OK && err != NULL)
+             snprintf(err->message, sizeof(err->message), "(async: no message) UTF-8"))
+BAD_CALL(bc_pool_call_async,
+         WITH_JSON(json_pack("[o]", bad_key_obj(bad)),
+                   surpool_call_async(p, "query", j_, async_never, &g_async_calls));
+         if (rc_ != SURPOOL_OK && err != NULL)
+             snprintf(err->message, sizeof(err->message), "(async: no message) UTF-8"))
+
+static const struct {
+    const char *name;
+    bad_call_fn fn;
+    int ascii_rule; /* refused by a stricter rule of its own ([a-z_]+ and the like) */
+} g_bad_calls[] = {
+    {"conn_call method", bc_call_method, 1},
+    {"conn_call params string", bc_call_param, 0},
+    {"conn_call params key", bc_call_key, 0},
+    {"conn_query sql", bc_query_sql, 0},
+    {"conn_query vars string", bc_query_var, 0},
+    {"conn_query vars key", bc_query_key, 0},
+    {"conn_use ns", bc_use_ns, 0},
+    {"conn_use db", bc_use_db, 0},
+    {"conn_signin user", bc_signin_user, 0},
+    {"conn_signin pass", bc_signin_pass, 0},
+    {"conn_signin ns", bc_signin_ns, 0},
+    {"conn_signin db", bc_signin_db, 0},
+    {"conn_signin access", bc_signin_access, 0},
+    {"conn_signin vars", bc_signin_vars, 0},
+    {"conn_signup ns", bc_signup_ns, 0},
+    {"conn_signup db", bc_signup_db, 0},
+    {"conn_signup access", bc_signup_ac, 0},
+    {"conn_signup vars key", bc_signup_vars, 0},
+    {"conn_authenticate token", bc_authenticate, 0},
+    {"conn_let name", bc_let_name, 1},
+    {"conn_let value", bc_let_value, 0},
+    {"conn_unset name", bc_unset, 1},
+    {"conn_select thing", bc_select, 0},
+    {"conn_create thing", bc_create, 0},
+    {"conn_create data", bc_create_data, 0},
+    {"conn_insert table", bc_insert, 0},
+    {"conn_insert data key", bc_insert_data, 0},
+    {"conn_update thing", bc_update, 0},
+    {"conn_upsert data key", bc_upsert_data, 0},
+    {"conn_merge data", bc_merge_data, 0},
+    {"conn_patch thing", bc_patch, 0},
+    {"conn_patch ops", bc_patch_ops, 0},
+    {"conn_delete thing", bc_delete, 0},
+    {"conn_relate from", bc_relate_from, 0},
+    {"conn_relate table", bc_relate_table, 0},
+    {"conn_relate to", bc_relate_to, 0},
+    {"conn_relate data key", bc_relate_data, 0},
+    {"conn_run fn", bc_run_fn, 0},
+    {"conn_run version", bc_run_version, 0},
+    {"conn_run args", bc_run_args, 0},
+    {"surpool_query sql", bc_pool_query_sql, 0},
+    {"surpool_query vars", bc_pool_query_var, 0},
+    {"surpool_call method", bc_pool_call_method, 1},
+    {"surpool_call params", bc_pool_call_param, 0},
+    {"surpool_query_async sql", bc_pool_query_async, 0},
+    {"surpool_call_async params key", bc_pool_call_async, 0},
+};
+
+static void test_invalid_utf8_inputs(void **state)
+{
+    (void)state;
+    test_server s;
+    const char *args[] = {"--user", "root", "--pass", "root", NULL};
+    if (harness_start(&s, "server.mjs", 0, args) != 0)
+        fail_msg("cannot start tests/server/server.mjs");
+    surpool_config cfg;
+    surpool_config_init(&cfg);
+    cfg.url = s.url;
+    cfg.user = "root";
+    cfg.pass = "root";
+    cfg.ns = "utf8";
+    cfg.db = "utf8";
+    cfg.max_connections = 4;
+    surpool_pool *p = NULL;
+    surpool_error err;
+    assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_OK);
+    fu_watchdog(120, "invalid UTF-8 inputs");
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(p, 10000, &c, &err), SURPOOL_OK);
+    /* Warm the lane up so that its connections are not counted below. */
+    json_t *out = NULL;
+    assert_int_equal(surpool_query(p, "RETURN 1", NULL, &out, &err), SURPOOL_OK);
+    json_decref(out);
+
+    for (size_t i = 0; i < sizeof(g_bad_calls) / sizeof(g_bad_calls[0]); i++) {
+        for (size_t k = 0; k < sizeof(g_bad_utf8) / sizeof(g_bad_utf8[0]); k++) {
+            surpool_stats before, after;
+            surpool_pool_stats(p, &before);
+            memset(&err, 0, sizeof(err));
+            surpool_err rc = g_bad_calls[i].fn(p, c, g_bad_utf8[k], &err);
+            surpool_pool_stats(p, &after);
+            if (rc != SURPOOL_ERR_INVALID_ARG)
+                fail_msg("%s with bad string #%zu: expected %s, got %s (%s)",
+                         g_bad_calls[i].name, k, surpool_strerror(SURPOOL_ERR_INVALID_ARG),
+                         surpool_strerror(rc), err.message);
+            if (!g_bad_calls[i].ascii_rule && strstr(err.message, "UTF-8") == NULL)
+                fail_msg("%s with bad string #%zu: the message does not say UTF-8: %s",
+                         g_bad_calls[i].name, k, err.message);
+            /* Nothing was sent: no request completed, none went to the lane. */
+            if (after.requests != before.requests ||
+                after.lane_requests != before.lane_requests)
+                fail_msg("%s with bad string #%zu: a request was sent", g_bad_calls[i].name, k);
+        }
+    }
+    /* The lease is as good as before: nothing half-sent broke it. */
+    assert_int_equal(surpool_conn_ping(c, &err), SURPOOL_OK);
+    surpool_conn_release(c);
+    assert_int_equal(atomic_load(&g_async_calls), 0); /* refused: no callback */
+    fu_watchdog(0, NULL);
+    surpool_pool_destroy(p);
+
+    /* Config strings: refused at create, naming the field. */
+    static const char *const fields[] = {"ns",     "db",    "user",     "pass",
+                                         "access", "token", "init_sql", "signin_params"};
+    for (size_t f = 0; f < sizeof(fields) / sizeof(fields[0]); f++) {
+        for (size_t k = 0; k < sizeof(g_bad_utf8) / sizeof(g_bad_utf8[0]); k++) {
+            const char *bad = g_bad_utf8[k];
+            surpool_config_init(&cfg);
+            cfg.url = s.url;
+            cfg.lazy_start = 1;
+            json_t *sp = NULL;
+            switch (f) {
+            case 0: cfg.ns = bad; break;
+            case 1: cfg.ns = "n", cfg.db = bad; break;
+            case 2: cfg.user = bad, cfg.pass = "p"; break;
+            case 3: cfg.user = "u", cfg.pass = bad; break;
+            case 4:
+                cfg.user = "u", cfg.pass = "p", cfg.ns = "n", cfg.db = "d", cfg.access = bad;
+                break;
+            case 5: cfg.token = bad; break;
+            case 6: cfg.init_sql = bad; break;
+            default:
+                sp = json_pack("{s:s,s:o}", "user", "u", "pass", bad_str(bad));
+                cfg.signin_params = sp;
+                break;
+            }
+            p = NULL;
+            memset(&err, 0, sizeof(err));
+            surpool_err rc = surpool_pool_create(&cfg, &p, &err);
+            if (p != NULL)
+                surpool_pool_destroy(p);
+            json_decref(sp);
+            if (rc != SURPOOL_ERR_INVALID_ARG || strstr(err.message, fields[f]) == NULL ||
+                strstr(err.message, "UTF-8") == NULL)
+                fail_msg("config.%s with bad string #%zu: expected %s naming the field, got "
+                         "%s (%s)",
+                         fields[f], k, surpool_strerror(SURPOOL_ERR_INVALID_ARG),
+                         surpool_strerror(rc), err.message);
+        }
+    }
+    harness_stop(&s);
+}
+
 int main(void)
 {
+    if (getenv("SURPOOL_TEST_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("SURPOOL_TEST_FILTER"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_secrets_never_logged, setup),
         cmocka_unit_test_setup(test_tls, setup),
         cmocka_unit_test_setup(test_receive_limit, setup),
         cmocka_unit_test_setup(test_url_rejects, setup),
+        cmocka_unit_test_setup(test_invalid_utf8_inputs, setup),
     };
     return cmocka_run_group_tests_name("security", tests, NULL, NULL);
 }

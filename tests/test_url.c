@@ -58,6 +58,12 @@ static const struct url_case url_cases[] = {
     GOOD("ws://255.255.255.255:65535", 0, "255.255.255.255", 65535, "/rpc", NULL, NULL, NULL,
          NULL, NULL),
     GOOD("ws://[::1]:8000/rpc", 0, "::1", 8000, "/rpc", NULL, NULL, NULL, NULL, NULL),
+    /* names that merely contain digits or hex are names */
+    GOOD("ws://0x7f.example", 0, "0x7f.example", 80, "/rpc", NULL, NULL, NULL, NULL, NULL),
+    GOOD("ws://1e100.net", 0, "1e100.net", 80, "/rpc", NULL, NULL, NULL, NULL, NULL),
+    GOOD("ws://deadbeef", 0, "deadbeef", 80, "/rpc", NULL, NULL, NULL, NULL, NULL),
+    GOOD("ws://0xg", 0, "0xg", 80, "/rpc", NULL, NULL, NULL, NULL, NULL),
+    GOOD("ws://h.1x", 0, "h.1x", 80, "/rpc", NULL, NULL, NULL, NULL, NULL),
     GOOD("ws://[::1]", 0, "::1", 80, "/rpc", NULL, NULL, NULL, NULL, NULL),
     GOOD("ws://[::]", 0, "::", 80, "/rpc", NULL, NULL, NULL, NULL, NULL),
     GOOD("wss://[2001:DB8::8a2e:370:7334]/", 1, "2001:DB8::8a2e:370:7334", 443, "/", NULL, NULL,
@@ -195,6 +201,22 @@ static const struct url_case url_cases[] = {
     BAD("ws://1.2.3.4.5", "IPv4"),
     BAD("ws://1.2.3.4.", "IPv4"),
     BAD("ws://12345", "IPv4"),
+    /* hex, octal and short forms: every host whose last label is a number must
+     * be a strict dotted quad, or a resolver reads it the inet_aton way */
+    BAD("ws://127.1", "IPv4"),
+    BAD("ws://0x7f000001", "IPv4"),
+    BAD("ws://0X7F000001", "IPv4"),
+    BAD("ws://0x7f.1", "IPv4"),
+    BAD("ws://0x7f.0.0.1", "IPv4"),
+    BAD("ws://127.0.0.0x1", "IPv4"),
+    BAD("ws://0177.0.0.1", "IPv4"),
+    BAD("ws://0x", "IPv4"),
+    BAD("ws://0x.", "IPv4"),
+    BAD("ws://2130706433", "IPv4"),
+    BAD("ws://2130706433:8000/rpc", "IPv4"),
+    BAD("ws://example.123", "IPv4"),
+    BAD("ws://example.0x1f", "IPv4"),
+    BAD("ws://0x7f000001.", "IPv4"),
     BAD("ws://h..x", "host name"),
     BAD("ws://.h", "host name"),
     BAD("ws://h..", "host name"),
@@ -329,6 +351,41 @@ static void test_url_host_limits(void **state)
     assert_int_equal(surpool__url_parse(url, &u, NULL), SURPOOL_ERR_INVALID_ARG);
 }
 
+/* The path goes into the HTTP upgrade request, which libwebsockets builds in a
+ * 4096-byte header buffer: longer than SURPOOL__URL_PATH_MAX is refused here,
+ * before it can reach libwebsockets (issue 9 item 8). */
+static void test_url_path_limit(void **state)
+{
+    (void)state;
+    size_t cap = SURPOOL__URL_PATH_MAX + 64;
+    char *url = malloc(cap);
+    assert_non_null(url);
+    surpool__url u;
+    surpool_error err;
+    for (size_t n = SURPOOL__URL_PATH_MAX - 1; n <= SURPOOL__URL_PATH_MAX + 1; n++) {
+        int k = snprintf(url, cap, "ws://h/");
+        memset(url + k, 'p', n - 1); /* the '/' counts */
+        url[k + n - 1] = '\0';
+        surpool_err rc = surpool__url_parse(url, &u, &err);
+        if (n <= SURPOOL__URL_PATH_MAX) {
+            assert_int_equal(rc, SURPOOL_OK);
+            assert_int_equal(strlen(u.path), n);
+            surpool__url_free(&u);
+        } else {
+            assert_int_equal(rc, SURPOOL_ERR_INVALID_ARG);
+            assert_non_null(strstr(err.message, "path"));
+            assert_non_null(strstr(err.message, "limit"));
+        }
+    }
+    /* The query does not count: it is ours, not sent. */
+    int k = snprintf(url, cap, "ws://h/rpc?ns=");
+    memset(url + k, 'n', SURPOOL__URL_PATH_MAX);
+    url[k + SURPOOL__URL_PATH_MAX] = '\0';
+    assert_int_equal(surpool__url_parse(url, &u, &err), SURPOOL_OK);
+    surpool__url_free(&u);
+    free(url);
+}
+
 /* ---- allocator hooks ------------------------------------------------------ */
 
 static long g_fail_at = -1;
@@ -415,6 +472,7 @@ int main(void)
         cmocka_unit_test_teardown(test_url_table, restore_allocator),
         cmocka_unit_test_teardown(test_url_args, restore_allocator),
         cmocka_unit_test_teardown(test_url_host_limits, restore_allocator),
+        cmocka_unit_test_teardown(test_url_path_limit, restore_allocator),
         cmocka_unit_test_teardown(test_url_nomem, restore_allocator),
         cmocka_unit_test_teardown(test_url_pass_wiped, restore_allocator),
     };

@@ -6,7 +6,7 @@ export SURPOOL_ROOT
 
 # Debian packages the build, the tests and the test server need.
 SURPOOL_DEB_PACKAGES=(build-essential cmake pkg-config libwebsockets-dev libjansson-dev
-                      libssl-dev libcmocka-dev openssl ca-certificates valgrind)
+                      libcbor-dev libssl-dev libcmocka-dev openssl ca-certificates valgrind)
 
 log() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -13,7 +13,8 @@
 //   sleep [ms]           answer after ms milliseconds
 //   echo  P              result = params
 //   big   [n]            result = a string of n bytes
-//   close [code, reason] send a close frame (no reply)
+//   close [code, reason] send a close frame (no reply); reason: a string, or an
+//                        array of byte values sent raw (need not be UTF-8)
 //   binary               answer with a binary frame
 //   garbage              answer with text that is not JSON
 //   notify               send a live-query notification (no id) and then the reply
@@ -109,7 +110,9 @@ function handle(ws, text, out) {
     }
     case 'close': {
         const code = Array.isArray(params) && params[0] ? Number(params[0]) : 1000;
-        const reason = Array.isArray(params) && params[1] ? String(params[1]) : '';
+        // A reason given as an array of byte values is sent as those raw bytes.
+        const reason = !Array.isArray(params) || !params[1] ? ''
+            : Array.isArray(params[1]) ? Buffer.from(params[1]) : String(params[1]);
         ws.close(code, reason);
         return;
     }

@@ -30,6 +30,9 @@ import {
   Table,
   Uuid,
 } from 'surrealdb';
+// `--core 2`: the SurrealDB 2.x core (WebAssembly build) behind the same
+// engine interface; see core2.mjs and README.md ("2.x mode").
+import { connectCore2, serverErrors2x } from './core2.mjs';
 
 // ---------------------------------------------------------------------------
 // Native engine. The package's exports map only exposes the SDK wrapper, so
@@ -47,6 +50,7 @@ const cbor = CborCodec.DEFAULT;
 const MODES = new Set([
   'normal', 'malformed', 'truncate', 'wrong-id', 'duplicate-id', 'no-id',
   'binary', 'huge', 'slow', 'no-upgrade', 'close-mid-reply', 'refuse',
+  'duplicate-key',
 ]);
 
 function usage(msg) {
@@ -54,7 +58,7 @@ function usage(msg) {
   process.stderr.write(
     'usage: node server.mjs [--host 127.0.0.1] [--port 0] [--user root] [--pass root]\n' +
     '       [--tls-cert FILE --tls-key FILE] [--delay-ms N] [--delay-jitter-ms N]\n' +
-    '       [--drop-every N] [--max-conns N] [--mode MODE] [--exit-on-stdin-close] [--verbose]\n' +
+    '       [--drop-every N] [--max-conns N] [--mode MODE] [--core 3|2] [--exit-on-stdin-close] [--verbose]\n' +
     `modes: ${[...MODES].join(', ')}\n`,
   );
   process.exit(2);
@@ -75,6 +79,7 @@ try {
       'drop-every': { type: 'string', default: '0' },
       'max-conns': { type: 'string', default: '0' },
       mode: { type: 'string', default: 'normal' },
+      core: { type: 'string', default: '3' },
       'exit-on-stdin-close': { type: 'boolean', default: false },
       verbose: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
@@ -105,6 +110,8 @@ if (!isLoopback(HOST)) usage(`refusing non-loopback --host ${HOST} (allowed: 127
 const PORT = intArg('port', 0, 65535);
 if (!!args['tls-cert'] !== !!args['tls-key']) usage('--tls-cert and --tls-key go together');
 if (!MODES.has(args.mode)) usage(`unknown --mode ${args.mode}`);
+if (args.core !== '3' && args.core !== '2') usage('--core must be 3 or 2');
+const CORE2 = args.core === '2';
 
 /** Fault settings; changeable at runtime with POST /control. */
 const initialSettings = Object.freeze({
@@ -138,18 +145,20 @@ const SESSION_METHODS = new Set(['attach', 'detach', 'sessions']);
 
 // Error shapes mirror the 3.0 core's own errors (code, message, kind, details).
 const ERR_PARSE = { code: -32700, message: 'Parse error' };
-const errInvalidRequest = (message) => ({ code: -32600, message, kind: 'Validation', details: { kind: 'InvalidRequest' } });
-const errInvalidParams = (message) => ({ code: -32603, message, kind: 'Validation', details: { kind: 'InvalidParams' } });
+let errInvalidRequest = (message) => ({ code: -32600, message, kind: 'Validation', details: { kind: 'InvalidRequest' } });
+let errInvalidParams = (message) => ({ code: -32603, message, kind: 'Validation', details: { kind: 'InvalidParams' } });
 // Same shape as the core's reply to a wrong password.
-const ERR_NOT_AUTHENTICATED = {
+let ERR_NOT_AUTHENTICATED = {
   code: -32002,
   message: 'There was a problem with authentication',
   kind: 'NotAllowed',
   details: { kind: 'Auth', details: { kind: 'InvalidAuth' } },
 };
-const errMethodNotAllowed = (name) => ({
+let errMethodNotAllowed = (name) => ({
   code: -32602, message: 'Method not allowed', kind: 'NotAllowed', details: { kind: 'Method', details: { name } },
 });
+// 2.x errors are {code, message}, 2.x numbering.
+if (CORE2) ({ errInvalidRequest, errInvalidParams, ERR_NOT_AUTHENTICATED, errMethodNotAllowed } = serverErrors2x);
 
 const MAX_MESSAGE = 128 * 1024 * 1024; // the real server's frame/message limit
 const HUGE_BYTES = 80 * 1024 * 1024;
@@ -454,9 +463,114 @@ function frame(idText, key, bodyText) {
 }
 
 // ---------------------------------------------------------------------------
+// CBOR sockets (subprotocol `cbor`, binary frames). Requests go to the core as
+// the client wrote them: the top-level map is split into raw byte slices and
+// rebuilt with the server's own id and the socket's session, so params (and
+// the core's results on the way back) are never decoded and re-encoded —
+// every tag, float width and string arrives byte for byte. The SDK's codec
+// only decodes copies for inspection (method, auth, live ids, `use` check).
+// ---------------------------------------------------------------------------
+
+/** End offset of the CBOR item starting at `pos` (throws when truncated,
+ *  malformed or indefinite-length: neither surpool nor the core sends those). */
+function cborItemEnd(buf, pos) {
+  let pending = 1;
+  while (pending > 0) {
+    if (pos >= buf.length) throw new SyntaxError('truncated CBOR');
+    const ib = buf[pos++];
+    pending--;
+    const major = ib >> 5;
+    const ai = ib & 31;
+    let n;
+    if (ai < 24) n = BigInt(ai);
+    else if (ai <= 27) {
+      const w = 1 << (ai - 24);
+      if (pos + w > buf.length) throw new SyntaxError('truncated CBOR');
+      n = 0n;
+      for (let i = 0; i < w; i++) n = (n << 8n) | BigInt(buf[pos + i]);
+      pos += w;
+    } else throw new SyntaxError('malformed or indefinite-length CBOR head');
+    switch (major) {
+      case 2: case 3:
+        if (n > BigInt(buf.length - pos)) throw new SyntaxError('truncated CBOR');
+        pos += Number(n);
+        break;
+      case 4: case 5:
+        if (n > BigInt(buf.length)) throw new SyntaxError('CBOR length beyond the frame');
+        pending += (major === 5 ? 2 : 1) * Number(n);
+        break;
+      case 6: pending += 1; break;
+      default: break; // integers, simple values, floats: the head is all
+    }
+  }
+  return pos;
+}
+
+/** Top-level map → [[key, raw value bytes], ...] (text keys only). */
+function cborSplitMap(buf) {
+  const entries = [];
+  const ib = buf[0];
+  if (ib === undefined || ib >> 5 !== 5 || (ib & 31) === 31) throw new SyntaxError('not a definite map');
+  let pos = 0;
+  let count;
+  const ai = ib & 31;
+  if (ai < 24) { count = ai; pos = 1; } else {
+    const w = 1 << (ai - 24);
+    count = 0;
+    for (let i = 0; i < w; i++) count = count * 256 + buf[1 + i];
+    pos = 1 + w;
+  }
+  for (let i = 0; i < count; i++) {
+    const kEnd = cborItemEnd(buf, pos);
+    const key = cbor.decode(buf.subarray(pos, kEnd));
+    if (typeof key !== 'string') throw new SyntaxError('map key is not text');
+    const vEnd = cborItemEnd(buf, kEnd);
+    entries.push([key, buf.subarray(kEnd, vEnd)]);
+    pos = vEnd;
+  }
+  if (pos !== buf.length) throw new SyntaxError('trailing bytes after the map');
+  return entries;
+}
+
+function cborHead(major, n) {
+  if (n < 24) return Buffer.from([(major << 5) | n]);
+  if (n < 256) return Buffer.from([(major << 5) | 24, n]);
+  if (n < 65536) { const b = Buffer.alloc(3); b[0] = (major << 5) | 25; b.writeUInt16BE(n, 1); return b; }
+  const b = Buffer.alloc(5); b[0] = (major << 5) | 26; b.writeUInt32BE(n, 1); return b;
+}
+
+/** A CBOR map from [[key, raw value bytes], ...]. */
+function cborMap(entries) {
+  const parts = [cborHead(5, entries.length)];
+  for (const [k, v] of entries) {
+    const kb = Buffer.from(k, 'utf8');
+    parts.push(cborHead(3, kb.length), kb, Buffer.from(v.buffer, v.byteOffset, v.byteLength));
+  }
+  return Buffer.concat(parts);
+}
+
+const cborBytes = (v) => Buffer.from(cbor.encode(v));
+
+/** A CBOR reply frame {id, key: body} from raw slices; rawId undefined → no id key. */
+function cborFrame(rawId, key, rawBody) {
+  const entries = rawId === undefined ? [] : [['id', rawId]];
+  entries.push([key, rawBody]);
+  return cborMap(entries);
+}
+
+/** Decoded copy for inspection only; undefined when the SDK cannot decode it. */
+function cborPeek(bytes) {
+  try {
+    return cbor.decode(bytes);
+  } catch {
+    return undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Engine
 // ---------------------------------------------------------------------------
-const engine = await SurrealNodeEngine.connect('mem://');
+const engine = CORE2 ? await connectCore2() : await SurrealNodeEngine.connect('mem://');
 let internalIds = 0;
 
 /** Runs one RPC request through the core; returns the decoded CBOR reply. */
@@ -466,6 +580,30 @@ async function execute(method, params, session, txn) {
   if (session) req.session = session;
   if (txn) req.txn = txn;
   return cbor.decode(await engine.execute(cbor.encode(req)));
+}
+
+/** Methods whose successful result the server must read (afterSuccess). */
+const INSPECTED_METHODS = new Set(['signin', 'signup', 'authenticate', 'invalidate', 'reset', 'live', 'query']);
+const ERROR_MAP_HEAD = Buffer.from([0xa1, 0x65, ...Buffer.from('error')]); // {"error": ...
+const LIVE_TYPE = Buffer.from([0x64, ...Buffer.from('type'), 0x64, ...Buffer.from('live')]); // "type":"live"
+
+/** Runs a client's CBOR request (raw params/txn slices) through the core. Returns
+ *  { bytes, error, value }: the core's raw reply, whether it is the core's
+ *  {error} form, and a decoded copy when the server needs to read it (errors,
+ *  auth methods, live queries; a query only when its reply holds a live one),
+ *  so ordinary replies are never decoded here. */
+async function executeRaw(method, rawParams, session, rawTxn) {
+  const entries = [['id', cborBytes(String(++internalIds))], ['method', cborBytes(method)]];
+  if (rawParams !== undefined) entries.push(['params', rawParams]);
+  entries.push(['session', cborBytes(session)]);
+  if (rawTxn !== undefined) entries.push(['txn', rawTxn]);
+  const bytes = Buffer.from(await engine.execute(cborMap(entries)));
+  let value;
+  const maybeError = bytes.subarray(0, ERROR_MAP_HEAD.length).equals(ERROR_MAP_HEAD);
+  if (maybeError || (INSPECTED_METHODS.has(method) && (method !== 'query' || bytes.includes(LIVE_TYPE)))) {
+    value = cborPeek(bytes);
+  }
+  return { bytes, error: maybeError && isErrorReply(value), value };
 }
 
 function isErrorReply(r) {
@@ -513,7 +651,7 @@ const notifications = await engine.notifications();
       if (n.action === 'KILLED') liveOwners.delete(liveId);
       if (!conn || conn.closed) continue;
       const { session: _internal, ...payload } = n;
-      conn.sendText(`{"result":${stringifyCore(payload)}}`);
+      conn.sendNotification(raw, payload);
     } catch (err) {
       log('bad notification:', err.message);
     }
@@ -526,6 +664,7 @@ const notifications = await engine.notifications();
 const stats = { sockets: 0, totalSockets: 0, requests: 0 };
 let requestCounter = 0; // server-wide, for --drop-every
 let hugeFrameTail = null; // cached `,"result":"xxx…"}` of the huge mode
+let hugeCborBody = null; // the same text as a CBOR text string
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 function replyDelay() {
@@ -553,6 +692,8 @@ class Conn {
     this.closed = false;
     this.liveIds = new Set();
     this.detached = null;
+    // `cbor` when the client chose that subprotocol: binary frames both ways.
+    this.format = ws.protocol === 'cbor' ? 'cbor' : 'json';
     sessions.set(this.sessionKey, this);
     this.attached = execute('attach', undefined, this.session).then((r) => {
       if (isErrorReply(r)) throw new Error(r.error.message);
@@ -570,6 +711,20 @@ class Conn {
 
   sendText(text) {
     if (!this.closed && this.ws.readyState === this.ws.OPEN) this.ws.send(text, { binary: false });
+  }
+
+  sendBinary(buf) {
+    if (!this.closed && this.ws.readyState === this.ws.OPEN) this.ws.send(buf, { binary: true });
+  }
+
+  /** A live-query notification (core values) in this socket's format. */
+  sendNotification(rawCbor, payload) {
+    if (this.format === 'cbor') {
+      const entries = cborSplitMap(Buffer.from(rawCbor)).filter(([k]) => k !== 'session');
+      this.sendBinary(cborMap([['result', cborMap(entries)]]));
+    } else {
+      this.sendText(`{"result":${stringifyCore(payload)}}`);
+    }
   }
 
   /** Terminates the TCP connection without a close frame. */
@@ -597,7 +752,8 @@ class Conn {
       this.kill();
       return;
     }
-    // JSON is the only format spoken here: binary frames are parse errors.
+    if (this.format === 'cbor') return this.onCborMessage(data, isBinary);
+    // JSON sockets: binary frames are parse errors.
     let req;
     try {
       if (isBinary) throw new SyntaxError('binary frame');
@@ -622,7 +778,7 @@ class Conn {
 
     if (!this.authed && !PRE_AUTH_METHODS.has(method)) return error(ERR_NOT_AUTHENTICATED);
     if (SESSION_METHODS.has(method)) return error(errMethodNotAllowed(method));
-    if (method === 'use' && Array.isArray(params) && params[0] === null) {
+    if (!CORE2 && method === 'use' && Array.isArray(params) && params[0] === null) {
       // The 3.0.x core panics on a null namespace; a release server aborts.
       return error(errInvalidParams('Invalid params: use [null, db] is not supported (the namespace must be a string)'));
     }
@@ -651,6 +807,74 @@ class Conn {
     return this.reply(idText, key, body);
   }
 
+  /** A request on a `cbor` socket: passed to the core as written (see cborSplitMap). */
+  async onCborMessage(data, isBinary) {
+    let entries;
+    try {
+      if (!isBinary) throw new SyntaxError('text frame on a cbor socket');
+      entries = cborSplitMap(data);
+    } catch {
+      await this.replyCbor(undefined, 'error', cborBytes(ERR_PARSE));
+      return;
+    }
+    const raw = new Map();
+    for (const [k, v] of entries) {
+      if (raw.has(k)) {
+        await this.replyCbor(undefined, 'error', cborBytes(errInvalidRequest('Invalid request: duplicate key')));
+        return;
+      }
+      raw.set(k, v);
+    }
+    const rawId = raw.get('id');
+    const error = (e) => this.replyCbor(rawId, 'error', cborBytes(e));
+    const id = rawId === undefined ? undefined : cborPeek(rawId);
+    const method = raw.has('method') ? cborPeek(raw.get('method')) : undefined;
+    if (typeof method !== 'string') return error(errInvalidRequest('Invalid request: missing method'));
+    let rawParams = raw.get('params');
+    if (rawParams !== undefined && rawParams[0] === 0xf6) rawParams = undefined; // null
+    if (rawParams !== undefined && rawParams[0] >> 5 !== 4) {
+      return error(errInvalidParams('Invalid params: params must be an array'));
+    }
+    const hostile = settings.mode !== 'normal' && !SETUP_METHODS.has(method);
+    if (hostile && await this.hostileBeforeExecute(undefined, rawId)) return;
+
+    if (!this.authed && !PRE_AUTH_METHODS.has(method)) return error(ERR_NOT_AUTHENTICATED);
+    if (SESSION_METHODS.has(method)) return error(errMethodNotAllowed(method));
+    if (!CORE2 && method === 'use' && rawParams !== undefined) {
+      const p = cborPeek(rawParams);
+      if (Array.isArray(p) && (p[0] === null || p[0] === undefined)) {
+        return error(errInvalidParams('Invalid params: use [null, db] is not supported (the namespace must be a string)'));
+      }
+    }
+
+    let key;
+    let body;
+    try {
+      await this.attached;
+      const reply = await executeRaw(method, rawParams, this.session, raw.get('txn'));
+      if (reply.error) {
+        key = 'error';
+        body = cborSplitMap(reply.bytes).find(([k]) => k === 'error')[1];
+      } else {
+        key = 'result';
+        body = reply.bytes;
+        this.afterSuccess(method, reply.value);
+      }
+    } catch (err) {
+      key = 'error';
+      body = cborBytes({ code: -32000, message: String(err?.message ?? err), kind: 'Internal' });
+    }
+    if (this.closed) return;
+    if (hostile) return this.hostileReply(id, undefined, key, body, rawId);
+    return this.replyCbor(rawId, key, body);
+  }
+
+  async replyCbor(rawId, key, rawBody) {
+    const delay = replyDelay();
+    if (delay > 0) await sleep(delay);
+    this.sendBinary(cborFrame(rawId, key, rawBody));
+  }
+
   /** Session bookkeeping after a successful core call. */
   afterSuccess(method, result) {
     if (method === 'signin' || method === 'signup' || method === 'authenticate') this.authed = true;
@@ -674,7 +898,8 @@ class Conn {
   }
 
   /** Hostile modes that answer without running the request. Returns true if handled. */
-  async hostileBeforeExecute(idText) {
+  async hostileBeforeExecute(idText, rawId) {
+    if (this.format === 'cbor') return this.hostileBeforeExecuteCbor(rawId);
     switch (settings.mode) {
       case 'slow':
         return true; // never answered
@@ -701,24 +926,73 @@ class Conn {
     }
   }
 
-  /** Hostile modes that mangle the real reply. */
-  async hostileReply(id, idText, key, bodyText) {
+  /** The same modes on a `cbor` socket, with CBOR frames. */
+  async hostileBeforeExecuteCbor(rawId) {
+    const id = rawId ?? cborBytes(null);
+    switch (settings.mode) {
+      case 'slow':
+        return true;
+      case 'malformed': {
+        const delay = replyDelay();
+        if (delay > 0) await sleep(delay);
+        const whole = cborFrame(id, 'result', cborBytes([1, 2, 3]));
+        this.sendBinary(whole.subarray(0, whole.length - 1)); // the array misses an item
+        return true;
+      }
+      case 'no-id':
+        await this.replyCbor(undefined, 'error', cborBytes({
+          code: -32000, message: 'surpool test server: injected error without id', kind: 'Internal',
+        }));
+        return true;
+      case 'huge': {
+        const delay = replyDelay();
+        if (delay > 0) await sleep(delay);
+        hugeCborBody ??= Buffer.concat([cborHead(3, HUGE_BYTES), Buffer.alloc(HUGE_BYTES, 'x')]);
+        this.sendBinary(cborFrame(id, 'result', hugeCborBody));
+        return true;
+      }
+      default:
+        return false;
+    }
+  }
+
+  /** Hostile modes that mangle the real reply. On a `cbor` socket bodyText is
+   *  the raw CBOR body and rawId the request's raw id. */
+  async hostileReply(id, idText, key, bodyText, rawId) {
     const delay = replyDelay();
     if (delay > 0) await sleep(delay);
     if (this.closed) return;
-    const text = frame(idText, key, bodyText);
+    const isCbor = this.format === 'cbor';
+    const text = isCbor ? cborFrame(rawId, key, bodyText) : frame(idText, key, bodyText);
+    const send = (payload) => (isCbor ? this.sendBinary(payload) : this.sendText(payload));
     const ws = this.ws;
     switch (settings.mode) {
       case 'wrong-id': {
+        if (isCbor) {
+          const wrong = typeof id === 'number' ? id + 1000000 : typeof id === 'bigint' ? id + 1000000n : `${id}-wrong`;
+          return send(cborFrame(cborBytes(wrong), key, bodyText));
+        }
         const wrong = typeof id === 'number' ? String(id + 1000000)
           : typeof id === 'bigint' ? String(id + 1000000n) : JSON.stringify(`${id}-wrong`);
         return this.sendText(frame(wrong, key, bodyText));
       }
       case 'duplicate-id':
-        this.sendText(text);
-        return this.sendText(text);
-      case 'binary':
-        return ws.send(Buffer.from(text), { binary: true });
+        send(text);
+        return send(text);
+      case 'duplicate-key': {
+        // One frame, two "id" keys: the request's own first, the next id
+        // (another caller's, on a busy socket) last. A parser that keeps the
+        // last key routes this reply to that other caller.
+        if (isCbor) {
+          const next = typeof id === 'number' ? id + 1 : typeof id === 'bigint' ? id + 1n : `${id}-other`;
+          return send(cborMap([['id', rawId ?? cborBytes(null)], ['id', cborBytes(next)], [key, bodyText]]));
+        }
+        const other = typeof id === 'number' ? String(id + 1)
+          : typeof id === 'bigint' ? String(id + 1n) : JSON.stringify(`${id}-other`);
+        return this.sendText(`{"id":${idText ?? 'null'},"id":${other},"${key}":${bodyText}}`);
+      }
+      case 'binary': // the wrong frame type for the socket's format
+        return ws.send(Buffer.from(text), { binary: !isCbor });
       case 'truncate': {
         // A single text frame whose header announces the full length, but
         // only half of the payload is written before the TCP connection dies.
@@ -726,7 +1000,12 @@ class Conn {
         const half = payload.subarray(0, Math.floor(payload.length / 2));
         const sock = ws._socket;
         if (!sock) return this.kill();
-        sock.write(Buffer.concat([frameHeader(0x1, true, payload.length), half]), () => sock.destroy());
+        // Only one truncated frame per socket: a second one written before
+        // the first write's callback destroys the socket would complete the
+        // first frame's payload with its bytes.
+        if (this.truncated) return;
+        this.truncated = true;
+        sock.write(Buffer.concat([frameHeader(isCbor ? 0x2 : 0x1, true, payload.length), half]), () => sock.destroy());
         return;
       }
       case 'close-mid-reply': {
@@ -734,11 +1013,11 @@ class Conn {
         // connection dies.
         const payload = Buffer.from(text);
         const half = payload.subarray(0, Math.max(1, Math.floor(payload.length / 2)));
-        ws.send(half, { binary: false, fin: false }, () => this.kill());
+        ws.send(half, { binary: isCbor, fin: false }, () => this.kill());
         return;
       }
       default: // modes acting on the transport only (no-upgrade, refuse)
-        return this.sendText(text);
+        return send(text);
     }
   }
 }
@@ -815,8 +1094,9 @@ const wss = new WebSocketServer({
   noServer: true,
   maxPayload: MAX_MESSAGE,
   perMessageDeflate: false,
-  // Select `json` when offered; accept without a subprotocol otherwise.
-  handleProtocols: (protocols) => (protocols.has('json') ? 'json' : false),
+  // Select the first offered of `json` and `cbor`; accept without a
+  // subprotocol otherwise (then JSON).
+  handleProtocols: (protocols) => [...protocols].find((p) => p === 'json' || p === 'cbor') ?? false,
 });
 
 const tcpSockets = new Set(); // every accepted TCP connection, for shutdown

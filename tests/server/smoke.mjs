@@ -11,10 +11,14 @@ import { fileURLToPath } from 'node:url';
 import http from 'node:http';
 import https from 'node:https';
 import WebSocket from 'ws';
+import { CborCodec, DateTime, Decimal, Duration, RecordId, Table, Uuid } from 'surrealdb';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const SERVER = join(HERE, 'server.mjs');
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// `node smoke.mjs --core 2`: the 2.x mode's checks instead (smoke-core2.mjs).
+if (process.argv[2] === '--core' && process.argv[3] === '2') await import('./smoke-core2.mjs');
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -112,6 +116,64 @@ class Client {
 
   close() { this.ws.close(); }
 }
+
+/** A CBOR RPC client (subprotocol `cbor`, binary frames), with the SDK's codec. */
+const cbor = CborCodec.DEFAULT;
+class CborClient {
+  static async open(url) {
+    const ws = new WebSocket(url, ['cbor'], { handshakeTimeout: 3000 });
+    await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); });
+    return new CborClient(ws);
+  }
+
+  constructor(ws) {
+    this.ws = ws;
+    this.nextId = 1;
+    this.pending = new Map();
+    this.frames = []; // {bytes, binary, msg}
+    ws.on('error', () => {});
+    ws.on('message', (data, binary) => {
+      let msg;
+      try { msg = cbor.decode(new Uint8Array(data)); } catch { msg = undefined; }
+      this.frames.push({ bytes: Buffer.from(data), binary, msg });
+      const p = msg && this.pending.get(msg.id);
+      if (p) { this.pending.delete(msg.id); p(msg); }
+    });
+  }
+
+  /** Sends raw request bytes (or an object, encoded by the SDK); resolves with the reply. */
+  call(method, params, { id, raw } = {}) {
+    const rid = id ?? this.nextId++;
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => { this.pending.delete(rid); reject(new Error(`timeout: ${method}`)); }, 5000);
+      this.pending.set(rid, (m) => { clearTimeout(t); resolve(m); });
+      this.ws.send(raw ?? cbor.encode({ id: rid, method, params }), { binary: true });
+    });
+  }
+
+  async ok(method, params, opts) {
+    const m = await this.call(method, params, opts);
+    if (m.error) throw new Error(`${method} failed: ${JSON.stringify(m.error)}`);
+    return m.result;
+  }
+
+  async nextFrame(predicate = () => true, timeout = 3000) {
+    const start = Date.now();
+    for (;;) {
+      const i = this.frames.findIndex(predicate);
+      if (i >= 0) return this.frames.splice(i, 1)[0];
+      if (Date.now() - start > timeout) throw new Error('no matching frame');
+      await sleep(5);
+    }
+  }
+
+  close() { this.ws.close(); }
+}
+
+/** CBOR bytes by hand: head(major, n), text(s). */
+const cborHead = (major, n) => (n < 24 ? Buffer.from([(major << 5) | n]) : n < 256 ? Buffer.from([(major << 5) | 24, n])
+  : Buffer.from([(major << 5) | 25, n >> 8, n & 255]));
+const cborText = (s) => { const b = Buffer.from(s, 'utf8'); return Buffer.concat([cborHead(3, b.length), b]); };
 
 function httpGet(port, path, { tls = false, method = 'GET', body } = {}) {
   return new Promise((resolve, reject) => {
@@ -361,6 +423,99 @@ await check('live query notification arrives without id on the owning socket', a
   assert(!b.frames.some((x) => x.text.includes('"action"')), 'not on the other socket');
   await a.ok('kill', [live]);
   b.close();
+});
+
+// ---- CBOR sockets ---------------------------------------------------------
+
+async function cborSignedIn(url) {
+  const c = await CborClient.open(url);
+  await c.ok('signin', [{ user: 'root', pass: 'root' }]);
+  await c.ok('use', ['test', 'test']);
+  return c;
+}
+
+await check('cbor: subprotocol cbor is selected; replies are binary; text frames are parse errors', async () => {
+  const c = await CborClient.open(URL_);
+  assertEq(c.ws.protocol, 'cbor', 'protocol');
+  assert((await c.ok('ping', [])) == null, 'ping result (NONE or null)');
+  assert(c.frames.every((f) => f.binary), 'binary frames');
+  c.ws.send('{"id":1,"method":"ping"}');
+  const f = await c.nextFrame((x) => x.msg && !('id' in x.msg));
+  assertEq(f.msg.error.code, -32700, 'parse error');
+  const m = await c.call('query', ['RETURN 1']);
+  assertEq(m.error.code, -32002, 'refused before signin');
+  c.close();
+});
+
+const TRICKY = ['person:01', 'sku:007', '2024-01-01', "d'2024-01-01T00:00:00Z'",
+  'E3B0C442-98FC-1C14-9AFB-4C8996FB9242', '1h30m', 'NONE', "u'0000'", '', 'Grüße ⟨x⟩ µ', 'x'.repeat(1 << 20)];
+
+await check('cbor: strings stay strings (variables, CRUD data, stored then read back)', async () => {
+  const c = await cborSignedIn(URL_);
+  const r = await c.ok('query', ['RETURN $v.map(|$s| type::is_string($s))', { v: TRICKY }]);
+  assertEq(r[0].result, TRICKY.map(() => true), 'is_string');
+  const created = await c.ok('create', [new RecordId('cborstr', 1), { v: TRICKY }]);
+  const back = await c.ok('select', [new RecordId('cborstr', 1)]);
+  for (const [i, s] of TRICKY.entries()) {
+    assert(created.v[i] === s && back.v[i] === s, `string ${i} changed`);
+  }
+  const t = await c.ok('create', ['person:1']);
+  const rec = Array.isArray(t) ? t[0] : t;
+  assertEq(rec.id.table.name, 'person:1', 'a string thing is a table name over CBOR');
+  c.close();
+});
+
+await check('cbor: typed values round-trip through the core', async () => {
+  const c = await cborSignedIn(URL_);
+  const vals = [new RecordId('person', 'tobie'), new RecordId('person', 1), new DateTime('2024-01-01T00:00:00.5Z'),
+    new Uuid('0192a8f0-1111-7222-8333-444455556666'), new Decimal('1.5'), new Duration('1h30m'), new Table('person')];
+  const r = await c.ok('query', ['RETURN $v', { v: vals }]);
+  assertEq(r[0].result.map(String), vals.map(String), 'values');
+  assertEq(r[0].result.map((x) => x.constructor.name), vals.map((x) => x.constructor.name), 'types');
+  c.close();
+});
+
+await check('cbor: params reach the core byte for byte (a float64 1.0 stays a float)', async () => {
+  const c = await cborSignedIn(URL_);
+  const sql = 'RETURN [type::is_float($f), type::is_int($i)]';
+  const req = Buffer.concat([cborHead(5, 3), cborText('id'), cborHead(0, 9), cborText('method'), cborText('query'),
+    cborText('params'), cborHead(4, 2), cborText(sql), cborHead(5, 2),
+    cborText('f'), Buffer.from([0xfb, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0]), cborText('i'), cborHead(0, 1)]);
+  const m = await c.call('query', undefined, { id: 9, raw: req });
+  assertEq(m.result[0].result, [true, true], 'float and int');
+  c.close();
+});
+
+await check('cbor: live notification is a binary frame without id', async () => {
+  const a = await cborSignedIn(URL_);
+  const b = await cborSignedIn(URL_);
+  await b.ok('query', ['DEFINE TABLE cborlive']);
+  const live = await a.ok('live', [new Table('cborlive')]);
+  await b.ok('create', [new RecordId('cborlive', 1), { v: 1 }]);
+  const f = await a.nextFrame((x) => x.msg && x.msg.result && x.msg.result.action);
+  assert(f.binary && !('id' in f.msg), 'binary, no id');
+  assertEq([f.msg.result.action, String(f.msg.result.id)], ['CREATE', String(live)], 'notification');
+  assert(!('session' in f.msg.result), 'no internal session');
+  a.close();
+  b.close();
+});
+
+await check('cbor: hostile malformed and wrong-id speak CBOR', async () => {
+  const c = await cborSignedIn(URL_);
+  await control(srv.port, { mode: 'malformed' });
+  try {
+    c.frames.length = 0;
+    c.call('query', ['RETURN 1'], { id: 77 }).catch(() => {});
+    const f = await c.nextFrame();
+    assert(f.binary && f.msg === undefined, 'binary and undecodable');
+    await control(srv.port, { mode: 'wrong-id' });
+    c.call('query', ['RETURN 1'], { id: 78 }).catch(() => {});
+    const g = await c.nextFrame((x) => x.msg !== undefined);
+    assertEq(g.msg.id, 1000078, 'wrong id');
+  } finally {
+    await control(srv.port, { mode: 'normal' });
+    c.close();
+  }
 });
 
 await check('/stats counts sockets and requests', async () => {
