@@ -470,6 +470,10 @@ static void *lane_main(void *arg)
         /* 4. Sleep until signalled, the next queued deadline, the next allowed
          *    growth attempt, or (while sockets are held) a tick to notice
          *    expired and dead ones. Never longer than the earliest deadline. */
+        /* Steps 1 and 3 drop the mutex: a stop signalled meanwhile found
+         * nobody waiting, so look at the flag before sleeping. */
+        if (l->stop)
+            break;
         int64_t until = earliest_deadline_locked(l);
         if (l->nconns > 0 && until > now + 100 * SURPOOL__NS_PER_MS)
             until = now + 100 * SURPOOL__NS_PER_MS;
