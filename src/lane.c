@@ -36,6 +36,7 @@
 #include "codec.h"
 #include "pool.h"
 #include "wire.h"
+#include "thread.h"
 
 typedef struct lane_conn lane_conn;
 struct lane_conn {
@@ -483,8 +484,7 @@ static void *lane_main(void *arg)
         if (until == INT64_MAX) {
             pthread_cond_wait(&l->cv, &l->mu);
         } else if (until > now) {
-            struct timespec ts = {(time_t)(until / 1000000000), (long)(until % 1000000000)};
-            pthread_cond_timedwait(&l->cv, &l->mu, &ts);
+            surpool__cond_wait_until(&l->cv, &l->mu, until);
         }
     }
     pthread_mutex_unlock(&l->mu);
@@ -494,17 +494,6 @@ static void *lane_main(void *arg)
 /* ------------------------------------------------------------------------- */
 /* Create / close / destroy / stats                                           */
 /* ------------------------------------------------------------------------- */
-
-static int cond_init_monotonic(pthread_cond_t *cv)
-{
-    pthread_condattr_t attr;
-    if (pthread_condattr_init(&attr) != 0)
-        return -1;
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(cv, &attr);
-    pthread_condattr_destroy(&attr);
-    return rc == 0 ? 0 : -1;
-}
 
 surpool_err surpool__lane_create(surpool_pool *p, surpool__lane **out)
 {
@@ -518,9 +507,9 @@ surpool_err surpool__lane_create(surpool_pool *p, surpool__lane **out)
     l->cap = p->cfg.pub.shared_max_inflight;
     if (pthread_mutex_init(&l->mu, NULL) != 0)
         goto fail;
-    if (cond_init_monotonic(&l->cv) != 0)
+    if (surpool__cond_init(&l->cv) != 0)
         goto fail_mu;
-    if (cond_init_monotonic(&l->acq_cv) != 0)
+    if (surpool__cond_init(&l->acq_cv) != 0)
         goto fail_cv;
     *out = l;
     return SURPOOL_OK;

@@ -50,6 +50,7 @@
 #include <string.h>
 
 #include "pool.h"
+#include "thread.h"
 
 struct surpool__waiter {
     pthread_cond_t cv;
@@ -78,29 +79,6 @@ static void check_invariants(const surpool_pool *p)
 static int total_locked(const surpool_pool *p)
 {
     return p->nidle + p->nleased + p->nconnecting;
-}
-
-static int cond_init_monotonic(pthread_cond_t *cv)
-{
-    pthread_condattr_t attr;
-    if (pthread_condattr_init(&attr) != 0)
-        return -1;
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(cv, &attr);
-    pthread_condattr_destroy(&attr);
-    return rc == 0 ? 0 : -1;
-}
-
-/* Wait on cv until signalled or the monotonic deadline; returns ETIMEDOUT when
- * the deadline passed. INT64_MAX waits without a deadline. */
-static int cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t deadline_ns)
-{
-    if (deadline_ns == INT64_MAX)
-        return pthread_cond_wait(cv, mu);
-    struct timespec ts;
-    ts.tv_sec = (time_t)(deadline_ns / INT64_C(1000000000));
-    ts.tv_nsec = (long)(deadline_ns % INT64_C(1000000000));
-    return pthread_cond_timedwait(cv, mu, &ts);
 }
 
 /* Settings are at most SURPOOL__MS_MAX (config.c), so this cannot overflow;
@@ -521,7 +499,7 @@ static void *connector_main(void *arg)
         }
         if (surpool__now_ns() < p->connect_not_before_ns) {
             p->nconnectors_idle++;
-            cond_wait_until(&p->connector_cv, &p->mu, p->connect_not_before_ns);
+            surpool__cond_wait_until(&p->connector_cv, &p->mu, p->connect_not_before_ns);
             p->nconnectors_idle--;
             continue;
         }
@@ -761,7 +739,7 @@ static void *maintainer_main(void *arg)
     while (!p->closed) {
         int64_t next = add_sat(surpool__now_ns(), ms_to_ns(p->cfg.pub.maintenance_interval_ms));
         while (!p->closed && !atomic_load(&p->reap_pending) &&
-               cond_wait_until(&p->maint_cv, &p->mu, next) != ETIMEDOUT)
+               surpool__cond_wait_until(&p->maint_cv, &p->mu, next) != ETIMEDOUT)
             ;
         if (p->closed)
             break;
@@ -834,15 +812,15 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
         rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create the pool mutex");
         goto fail_connectors;
     }
-    if (cond_init_monotonic(&p->connector_cv) != 0) {
+    if (surpool__cond_init(&p->connector_cv) != 0) {
         rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
         goto fail_mutex;
     }
-    if (cond_init_monotonic(&p->state_cv) != 0) {
+    if (surpool__cond_init(&p->state_cv) != 0) {
         rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
         goto fail_cv1;
     }
-    if (cond_init_monotonic(&p->maint_cv) != 0) {
+    if (surpool__cond_init(&p->maint_cv) != 0) {
         rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
         goto fail_cv2;
     }
@@ -889,7 +867,7 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
             int64_t deadline = surpool__deadline_after_ms(cfg->connect_timeout_ms);
             while (p->nidle < cfg->min_connections && p->connect_failures_pending == 0) {
                 kick_connectors_locked(p);
-                if (cond_wait_until(&p->state_cv, &p->mu, deadline) == ETIMEDOUT)
+                if (surpool__cond_wait_until(&p->state_cv, &p->mu, deadline) == ETIMEDOUT)
                     break;
             }
             surpool_error cerr = p->last_connect_error;
@@ -1155,7 +1133,7 @@ surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_co
 
     surpool__waiter w;
     memset(&w, 0, sizeof(w));
-    if (cond_init_monotonic(&w.cv) != 0) {
+    if (surpool__cond_init(&w.cv) != 0) {
         rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
         goto out_unlock;
     }
@@ -1164,7 +1142,7 @@ surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_co
     check_invariants(p);
 
     while (!w.done) {
-        int wrc = cond_wait_until(&w.cv, &p->mu, deadline);
+        int wrc = surpool__cond_wait_until(&w.cv, &p->mu, deadline);
         if (wrc == ETIMEDOUT && !w.done) {
             /* Rule 4: nothing was handed over, so we may leave. */
             waiter_unlink(p, &w);
@@ -1366,7 +1344,7 @@ surpool_err surpool_pool_drain(surpool_pool *p, long timeout_ms)
     pthread_mutex_lock(&p->mu);
     p->ndrainers++;
     while (p->nleased - p->nmaint - p->nlane > 0) {
-        if (cond_wait_until(&p->state_cv, &p->mu, deadline) == ETIMEDOUT &&
+        if (surpool__cond_wait_until(&p->state_cv, &p->mu, deadline) == ETIMEDOUT &&
             p->nleased - p->nmaint - p->nlane > 0) {
             rc = SURPOOL_ERR_TIMEOUT;
             break;

@@ -11,6 +11,7 @@
 #include "codec.h"
 #include "pool.h"
 #include "wire.h"
+#include "thread.h"
 #include "utf8.h"
 
 /* ------------------------------------------------------------------------- */
@@ -22,12 +23,7 @@ int surpool__sync_init(surpool__sync *s)
     s->done = 0;
     if (pthread_mutex_init(&s->mu, NULL) != 0)
         return -1;
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(&s->cv, &attr);
-    pthread_condattr_destroy(&attr);
-    if (rc != 0) {
+    if (surpool__cond_init(&s->cv) != 0) {
         pthread_mutex_destroy(&s->mu);
         return -1;
     }
@@ -73,14 +69,7 @@ static surpool_err wait_done(surpool_conn *c, surpool__treq *req, surpool__sync 
         limit = limit > INT64_MAX - TRANSPORT_GRACE_NS ? INT64_MAX : limit + TRANSPORT_GRACE_NS;
     pthread_mutex_lock(&s->mu);
     while (!s->done) {
-        int rc;
-        if (limit == INT64_MAX) {
-            rc = pthread_cond_wait(&s->cv, &s->mu);
-        } else {
-            struct timespec ts = {(time_t)(limit / INT64_C(1000000000)),
-                                  (long)(limit % INT64_C(1000000000))};
-            rc = pthread_cond_timedwait(&s->cv, &s->mu, &ts);
-        }
+        int rc = surpool__cond_wait_until(&s->cv, &s->mu, limit);
         if (rc == ETIMEDOUT && !s->done) {
             pthread_mutex_unlock(&s->mu);
             if (c->pool->ops->cancel(c->t, req)) {

@@ -50,6 +50,7 @@
 #include "codec.h"
 #include "internal.h"
 #include "transport.h"
+#include "thread.h"
 #include "utf8.h"
 
 /* ------------------------------------------------------------------------- */
@@ -241,33 +242,6 @@ static const lws_retry_bo_t g_retry = {
     .secs_since_valid_ping = 30,
     .secs_since_valid_hangup = 40,
 };
-
-static void ns_to_timespec(int64_t ns, struct timespec *ts)
-{
-    ts->tv_sec = (time_t)(ns / INT64_C(1000000000));
-    ts->tv_nsec = (long)(ns % INT64_C(1000000000));
-}
-
-/* Wait on `cond` until `deadline_ns` (CLOCK_MONOTONIC; INT64_MAX = forever). */
-static int cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *mu, int64_t deadline_ns)
-{
-    if (deadline_ns == INT64_MAX)
-        return pthread_cond_wait(cond, mu);
-    struct timespec ts;
-    ns_to_timespec(deadline_ns, &ts);
-    return pthread_cond_timedwait(cond, mu, &ts);
-}
-
-static int cond_init_monotonic(pthread_cond_t *cond)
-{
-    pthread_condattr_t a;
-    if (pthread_condattr_init(&a) != 0)
-        return -1;
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(cond, &a);
-    pthread_condattr_destroy(&a);
-    return rc == 0 ? 0 : -1;
-}
 
 /* snprintf into a fixed buffer where truncating a message is fine (on a UTF-8
  * character boundary). Text from the server or from libwebsockets goes through
@@ -1556,7 +1530,7 @@ static surpool_err lws_t_create(const surpool__tconfig *cfg, void *arg,
         surpool__free(t);
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a mutex");
     }
-    if (cond_init_monotonic(&t->cond) != 0) {
+    if (surpool__cond_init(&t->cond) != 0) {
         pthread_mutex_destroy(&t->mu);
         surpool__free(t);
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
@@ -1746,7 +1720,7 @@ static surpool_err lws_t_open(surpool__transport *t, int64_t deadline_ns,
         surpool__free(c);
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a mutex");
     }
-    if (cond_init_monotonic(&c->cond) != 0) {
+    if (surpool__cond_init(&c->cond) != 0) {
         pthread_mutex_destroy(&c->mu);
         surpool__free(c);
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
@@ -1785,7 +1759,7 @@ static surpool_err lws_t_open(surpool__transport *t, int64_t deadline_ns,
     conn_wake(c);
     pthread_mutex_lock(&c->mu);
     while (c->state == CS_CONNECTING) {
-        if (cond_wait_until(&c->cond, &c->mu, deadline_ns) == ETIMEDOUT)
+        if (surpool__cond_wait_until(&c->cond, &c->mu, deadline_ns) == ETIMEDOUT)
             break;
     }
     if (c->state == CS_OPEN) {
@@ -1819,7 +1793,7 @@ static surpool_err lws_t_open(surpool__transport *t, int64_t deadline_ns,
         int64_t until = surpool__now_ns() + ABORT_WAIT_NS;
         pthread_mutex_lock(&c->mu);
         while (!c->svc_done || !c->started) {
-            if (cond_wait_until(&c->cond, &c->mu, until) == ETIMEDOUT)
+            if (surpool__cond_wait_until(&c->cond, &c->mu, until) == ETIMEDOUT)
                 break;
         }
         int tcp_up = c->tcp_up;
@@ -1942,7 +1916,7 @@ static void lws_t_destroy(surpool__transport *t)
     int64_t until = surpool__now_ns() + SHUTDOWN_WAIT_NS;
     pthread_mutex_lock(&t->mu);
     while (t->n_conns > 0) {
-        if (cond_wait_until(&t->cond, &t->mu, until) == ETIMEDOUT)
+        if (surpool__cond_wait_until(&t->cond, &t->mu, until) == ETIMEDOUT)
             break;
     }
     pthread_mutex_unlock(&t->mu);
