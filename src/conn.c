@@ -32,6 +32,11 @@ int surpool__conn_usable(const surpool_conn *c)
     return c->t != NULL && !atomic_load(&c->dead) && c->pool->ops->alive(c->t);
 }
 
+surpool_err surpool__conn_ping(surpool_conn *c, long timeout_ms, surpool_error *err)
+{
+    return surpool__rpc(c, "ping", NULL, surpool__deadline_after_ms(timeout_ms), NULL, err);
+}
+
 /* One setup RPC, retried while the server says its transaction conflicted and
  * "can be retried" (SurrealDB 3.0 answers so when several new connections `use`
  * a namespace or database that does not exist yet: each defines it). Bounded by

@@ -30,6 +30,19 @@ int64_t surpool__now_ns(void); /* CLOCK_MONOTONIC */
 #define SURPOOL__MS_MAX 31536000000LL
 /* now + ms, saturating; ms < 0 means "no deadline" and returns INT64_MAX. */
 int64_t surpool__deadline_after_ms(long ms);
+/* ms in nanoseconds. Settings are at most SURPOOL__MS_MAX (config.c), so this
+ * cannot overflow; it saturates anyway, as a second line of defence. */
+static inline int64_t surpool__ms_to_ns(long ms)
+{
+    if ((int64_t)ms > INT64_MAX / SURPOOL__NS_PER_MS)
+        return INT64_MAX;
+    return (int64_t)ms * SURPOOL__NS_PER_MS;
+}
+/* a + b for b >= 0, saturating at INT64_MAX. */
+static inline int64_t surpool__add_sat(int64_t a, int64_t b)
+{
+    return b > INT64_MAX - a ? INT64_MAX : a + b;
+}
 
 /* ---- errors ---- */
 /* Fill err (if non-NULL) with code and printf-style message; returns code. */

@@ -1,13 +1,18 @@
 /*
- * The pool core: waiters, direct handoff, connectors, the maintainer and the
- * lifecycle.
+ * The pool core: waiters, direct handoff, acquire and release, and the
+ * lifecycle (create, pause, drain, close, destroy). The connect governor
+ * (governor.c) opens connections, the maintainer (maintainer.c) retires and
+ * pings idle ones; both work on the books kept here.
  *
- * One mutex (pool->mu) guards every list and counter below. The rules:
+ * One mutex (pool->mu) guards every list and counter of the pool (pool.h). A
+ * function named *_locked is called with it held and returns with it held,
+ * never dropping it on the way. The rules:
  *
  *  1. Slots. idle + in_use + connecting <= max_connections, always (checked by
- *     check_invariants(), fatal in the test builds only: SURPOOL__CHECK). A slot is reserved under the mutex
- *     before a connection is opened and is returned under the mutex when the
- *     open fails or the connection is destroyed.
+ *     surpool__pool_check_locked(), fatal in the test builds only:
+ *     SURPOOL__CHECK). A slot is reserved under the mutex before a connection
+ *     is opened and is returned under the mutex when the open fails or the
+ *     connection is destroyed.
  *  2. FIFO. A caller that finds no idle connection joins the tail of the waiter
  *     queue. Each waiter has its own condition variable; nobody broadcasts.
  *  3. Handoff. Whenever a usable connection becomes free (released, or freshly
@@ -20,18 +25,8 @@
  *  4. A deadline that expires while a connection is being handed over is settled
  *     under the mutex: if `conn` is set the waiter keeps it and succeeds;
  *     otherwise it unlinks itself. A connection is never lost nor given twice.
- *  5. Connections are opened by connector threads (at most
- *     max_concurrent_connects), outside the mutex, when waiters outnumber the
- *     connects in progress or the pool is below min_connections. A waiter whose
- *     deadline passes returns, and the connect it caused goes on: its connection
- *     goes to the next waiter or to the idle list. A slow server costs a caller
- *     no more than its timeout, and the work is never thrown away.
- *  6. A failed connect returns its slot, backs off (exponential, with jitter)
- *     and tries again while there is demand. Waiters that time out while
- *     connects keep failing get the last connect error, not a bare timeout.
- *     After breaker_threshold failures in a row the circuit opens: callers that
- *     nothing could serve fail at once with SURPOOL_ERR_UNAVAILABLE, and one
- *     probe at a time, paced by the backoff, tests whether the server is back.
+ *  5.-6. Connects, backoff and the circuit breaker: the connect governor's
+ *     rules, in governor.c.
  *  7. close() wakes every waiter with SURPOOL_ERR_CLOSED at once; connections
  *     still leased are closed when they come back.
  *  8. Events, log lines and slow work (pings, closes, restores) never run under
@@ -64,7 +59,7 @@ struct surpool__waiter {
 /* Small helpers (all with mu held unless said otherwise)                     */
 /* ------------------------------------------------------------------------- */
 
-static void check_invariants(const surpool_pool *p)
+void surpool__pool_check_locked(const surpool_pool *p)
 {
     SURPOOL__CHECK(p->nidle >= 0 && p->nleased >= 0 && p->nconnecting >= 0 && p->nmaint >= 0);
     SURPOOL__CHECK(p->nwaiters >= 0 && p->nlane >= 0 && p->nclosing >= 0);
@@ -73,27 +68,9 @@ static void check_invariants(const surpool_pool *p)
     (void)p;
 }
 
-/* Closed connections kept readable for stale handles (rule 9). */
-#define SURPOOL__GRAVE_MAX 32
-
-static int total_locked(const surpool_pool *p)
+int surpool__pool_total_locked(const surpool_pool *p)
 {
     return p->nidle + p->nleased + p->nconnecting;
-}
-
-/* Settings are at most SURPOOL__MS_MAX (config.c), so this cannot overflow;
- * it saturates anyway, as a second line of defence. */
-static int64_t ms_to_ns(long ms)
-{
-    if ((int64_t)ms > INT64_MAX / SURPOOL__NS_PER_MS)
-        return INT64_MAX;
-    return (int64_t)ms * SURPOOL__NS_PER_MS;
-}
-
-/* a + b for b >= 0, saturating at INT64_MAX. */
-static int64_t add_sat(int64_t a, int64_t b)
-{
-    return b > INT64_MAX - a ? INT64_MAX : a + b;
 }
 
 static void idle_push_front(surpool_pool *p, surpool_conn *c)
@@ -195,161 +172,29 @@ static void waiter_finish(surpool_pool *p, surpool__waiter *w, surpool_err outco
     pthread_cond_signal(&w->cv);
 }
 
-/* ---- histograms: 4 buckets per octave of microseconds, no allocation ---- */
-
-static int hist_bucket(int64_t us)
-{
-    if (us < 4)
-        return us < 0 ? 0 : (int)us;
-    int oct = 63 - __builtin_clzll((unsigned long long)us);
-    int idx = oct * 4 + (int)((us >> (oct - 2)) & 3) - 4;
-    return idx < SURPOOL__HIST_BUCKETS ? idx : SURPOOL__HIST_BUCKETS - 1;
-}
-
-static int64_t hist_upper(int idx)
-{
-    if (idx < 4)
-        return idx;
-    int oct = (idx + 4) / 4, frac = (idx + 4) % 4;
-    return ((int64_t)(4 + frac + 1) << (oct - 2)) - 1;
-}
-
-static void hist_add(uint32_t *h, int64_t *max, int64_t us)
-{
-    int b = hist_bucket(us);
-    if (h[b] != UINT32_MAX)
-        h[b]++;
-    if (us > *max)
-        *max = us;
-}
-
-static int64_t hist_percentile(const uint32_t *h, int64_t max, double q)
-{
-    uint64_t total = 0;
-    for (int i = 0; i < SURPOOL__HIST_BUCKETS; i++)
-        total += h[i];
-    if (total == 0)
-        return 0;
-    uint64_t target = (uint64_t)(q * (double)total + 0.999999);
-    if (target == 0)
-        target = 1;
-    uint64_t seen = 0;
-    for (int i = 0; i < SURPOOL__HIST_BUCKETS; i++) {
-        seen += h[i];
-        if (seen >= target) {
-            int64_t up = hist_upper(i);
-            return up < max ? up : max;
-        }
-    }
-    return max;
-}
-
-/* ---- events: collected under the mutex, emitted after it is released ---- */
-
-#define EVQ_MAX 32
-/* Events and log lines decided under the mutex wait here and go out once it is
- * released: neither a user callback nor a user logger ever runs under it. */
-typedef struct evq {
-    surpool_event ev[EVQ_MAX];
-    int log_level[EVQ_MAX]; /* -1: an event; else a log line of that level */
-    char msg[EVQ_MAX][192];
-    int n;
-} evq;
-
-static void evq_add(const surpool_pool *p, evq *q, surpool_event_type type, uint64_t conn_id,
-                    int64_t duration_us, surpool_err code, const char *msg, const char *file,
-                    int line)
-{
-    if (p->cfg.pub.on_event == NULL || q->n >= EVQ_MAX)
-        return;
-    surpool_event *e = &q->ev[q->n];
-    memset(e, 0, sizeof(*e));
-    e->type = type;
-    e->conn_id = conn_id;
-    e->duration_us = duration_us;
-    e->code = code;
-    e->file = file;
-    e->line = line;
-    q->log_level[q->n] = -1;
-    surpool__strlcpy(q->msg[q->n], msg != NULL ? msg : "", sizeof(q->msg[q->n]));
-    q->n++;
-}
-
-static void evq_log(const surpool_pool *p, evq *q, surpool_log_level level, const char *fmt,
-                    ...) __attribute__((format(printf, 4, 5)));
-
-static void evq_log(const surpool_pool *p, evq *q, surpool_log_level level, const char *fmt,
-                    ...)
-{
-    if (p->logger.fn == NULL || level > p->logger.level || q->n >= EVQ_MAX)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(q->msg[q->n], sizeof(q->msg[q->n]), fmt, ap);
-    va_end(ap);
-    q->log_level[q->n] = (int)level;
-    q->n++;
-}
-
-/* mu NOT held. */
-static void evq_flush(const surpool_pool *p, evq *q)
-{
-    for (int i = 0; i < q->n; i++) {
-        if (q->log_level[i] >= 0) {
-            p->logger.fn(p->logger.userdata, (surpool_log_level)q->log_level[i], q->msg[i]);
-            continue;
-        }
-        q->ev[i].message = q->msg[i];
-        p->cfg.pub.on_event(p->cfg.pub.event_userdata, &q->ev[i]);
-    }
-    q->n = 0;
-}
-
 /* ------------------------------------------------------------------------- */
-/* Slots, connectors, handoff                                                 */
+/* The books: slots, handoff, forgetting                                      */
 /* ------------------------------------------------------------------------- */
 
-/* Connects the pool wants started now: enough for every waiter not already
- * covered by a connect in progress, and enough to reach min_connections. With
- * the circuit open, a single probe at a time. */
-static int connect_demand_locked(const surpool_pool *p)
+/* Book a freshly opened connection: its serial, the list of all. */
+void surpool__pool_add_locked(surpool_pool *p, surpool_conn *c)
 {
-    if (p->closed)
-        return 0;
-    int free_slots = p->cfg.pub.max_connections - total_locked(p);
-    if (p->breaker_open)
-        return p->nconnecting == 0 && free_slots > 0 ? 1 : 0;
-    int want = p->paused ? 0 : p->nwaiters - p->nconnecting;
-    int below_min = p->cfg.pub.min_connections - total_locked(p);
-    if (below_min > want)
-        want = below_min;
-    if (want > free_slots)
-        want = free_slots;
-    return want > 0 ? want : 0;
+    c->serial = ++p->next_serial;
+    all_link(p, c);
 }
 
-static void *connector_main(void *arg);
-
-/* Make sure a connector will look at the demand: wake an idle one, or start a
- * new one if all are busy and the cap allows. */
-static void kick_connectors_locked(surpool_pool *p)
+/* Take an idle connection out of the idle list as a lease. */
+void surpool__pool_take_idle_locked(surpool_pool *p, surpool_conn *c)
 {
-    if (connect_demand_locked(p) <= 0)
-        return;
-    if (p->nconnectors_idle > 0) {
-        pthread_cond_signal(&p->connector_cv);
-        return;
-    }
-    if (p->nconnectors >= p->cfg.max_concurrent_connects)
-        return;
-    if (pthread_create(&p->connectors[p->nconnectors], NULL, connector_main, p) == 0) {
-        p->nconnectors++;
-    } else if (p->nconnectors == 0) {
-        /* Cannot start any thread: waiters learn why when their deadline passes. */
-        surpool__seterr(&p->last_connect_error, SURPOOL_ERR_NOMEM,
-                        "cannot start a connector thread");
-        p->consecutive_failures++;
-    }
+    idle_unlink(p, c);
+    c->state = SURPOOL__CONN_LEASED;
+    p->nleased++;
+}
+
+void surpool__pool_fail_waiters_locked(surpool_pool *p, surpool_err outcome)
+{
+    while (p->wait_head != NULL)
+        waiter_finish(p, p->wait_head, outcome, NULL);
 }
 
 /* A usable connection is free: give it to the oldest waiter, else make it idle.
@@ -357,7 +202,7 @@ static void kick_connectors_locked(surpool_pool *p)
  * user had it (it counts as recently used); a keepalive ping does not make a
  * connection "used", so it goes back to the cold end with its idle clock
  * unchanged (idle_timeout_ms still applies). */
-static void put_conn_locked(surpool_pool *p, surpool_conn *c, int used, int64_t now)
+void surpool__pool_put_locked(surpool_pool *p, surpool_conn *c, int used, int64_t now)
 {
     surpool__waiter *w = p->wait_head;
     c->last_checked_ns = now;
@@ -375,8 +220,8 @@ static void put_conn_locked(surpool_pool *p, surpool_conn *c, int used, int64_t 
 }
 
 /* Remove an idle or leased connection from the books. The caller closes it
- * with close_forgotten() once the mutex is released. */
-static void forget_conn_locked(surpool_pool *p, surpool_conn *c)
+ * with surpool__pool_close_forgotten() once the mutex is released. */
+void surpool__pool_forget_locked(surpool_pool *p, surpool_conn *c)
 {
     if (c->state == SURPOOL__CONN_IDLE)
         idle_unlink(p, c);
@@ -387,12 +232,12 @@ static void forget_conn_locked(surpool_pool *p, surpool_conn *c)
     p->stats.destroyed++;
     p->nclosing++;
     /* Its slot is free: a waiter may need a replacement. */
-    kick_connectors_locked(p);
+    surpool__governor_kick_locked(p);
 }
 
 /* Close a forgotten connection, mu NOT held, then tell destroy() it is gone
  * (destroy must not free the transport under a close in progress). */
-static void close_forgotten(surpool_pool *p, surpool_conn *c)
+void surpool__pool_close_forgotten(surpool_pool *p, surpool_conn *c)
 {
     /* Close the transport now; keep the memory in the graveyard (rule 9) and
      * free the oldest one there instead. Nobody reads c->t of a CLOSED one. */
@@ -419,171 +264,10 @@ static void close_forgotten(surpool_pool *p, surpool_conn *c)
 }
 
 /* Leases drain() and destroy() wait for changed: wake them. */
-static void leases_changed_locked(surpool_pool *p)
+void surpool__pool_leases_changed_locked(surpool_pool *p)
 {
     if (p->ndrainers > 0 || p->closed)
         pthread_cond_broadcast(&p->state_cv);
-}
-
-/* xorshift64*: jitter only, not cryptographic. */
-static uint64_t next_random_locked(surpool_pool *p)
-{
-    uint64_t x = p->rng;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    p->rng = x;
-    return x * UINT64_C(2685821657736338717);
-}
-
-static long backoff_ms(surpool_pool *p, int failures)
-{
-    long lo = p->cfg.pub.reconnect_backoff_min_ms;
-    long hi = p->cfg.pub.reconnect_backoff_max_ms;
-    long d = lo;
-    for (int i = 1; i < failures && d < hi; i++)
-        d = d > hi / 2 ? hi : d * 2; /* never past hi, so never overflows */
-    if (d > hi)
-        d = hi;
-    /* Jitter over the upper half spreads the retries of many clients. */
-    if (d > 1)
-        d = d / 2 + (long)(next_random_locked(p) % (uint64_t)(d / 2 + 1));
-    return d;
-}
-
-/* The error for callers nothing can serve while the circuit is open. When
- * the server is reachable but refuses us (credentials, certificate), that is
- * the answer, not "unavailable": retrying will not help either way, but the
- * caller must see what to fix. */
-static surpool_err unavailable_locked(const surpool_pool *p, surpool_error *err)
-{
-    surpool_err last = p->last_connect_error.code;
-    if (last == SURPOOL_ERR_AUTH || last == SURPOOL_ERR_TLS) {
-        surpool__seterr(err, last, "connects keep failing (%d in a row): %s",
-                        p->consecutive_failures, p->last_connect_error.message);
-        if (err != NULL) {
-            err->server_code = p->last_connect_error.server_code;
-            surpool__strlcpy(err->kind, p->last_connect_error.kind, sizeof(err->kind));
-        }
-        return last;
-    }
-    return surpool__seterr(err, SURPOOL_ERR_UNAVAILABLE,
-                           "server unavailable (%d connects failed in a row); last error: %s",
-                           p->consecutive_failures, p->last_connect_error.message);
-}
-
-/* Fail the waiters that only a new connection could serve: with the circuit
- * open and no lease out, nothing will come back for them. */
-static void fail_stranded_waiters_locked(surpool_pool *p)
-{
-    if (!p->breaker_open || p->nleased - p->nmaint > 0 || p->nidle > 0)
-        return;
-    while (p->wait_head != NULL)
-        waiter_finish(p, p->wait_head, SURPOOL_ERR_UNAVAILABLE, NULL);
-}
-
-static void *connector_main(void *arg)
-{
-    surpool_pool *p = arg;
-    evq q; /* not zero-filled: only q.n matters, and it is 6 KB */
-    q.n = 0;
-    pthread_mutex_lock(&p->mu);
-    for (;;) {
-        if (p->closed)
-            break;
-        if (connect_demand_locked(p) <= 0) {
-            p->nconnectors_idle++;
-            pthread_cond_wait(&p->connector_cv, &p->mu);
-            p->nconnectors_idle--;
-            continue;
-        }
-        if (surpool__now_ns() < p->connect_not_before_ns) {
-            p->nconnectors_idle++;
-            surpool__cond_wait_until(&p->connector_cv, &p->mu, p->connect_not_before_ns);
-            p->nconnectors_idle--;
-            continue;
-        }
-
-        /* Reserve the slot, open outside the mutex. */
-        p->nconnecting++;
-        check_invariants(p);
-        pthread_mutex_unlock(&p->mu);
-
-        surpool_conn *c = NULL;
-        surpool_error cerr;
-        surpool__error_clear(&cerr);
-        surpool_err rc = surpool__conn_open(p, &c, &cerr);
-
-        pthread_mutex_lock(&p->mu);
-        p->nconnecting--;
-        if (rc == SURPOOL_OK) {
-            if (p->breaker_open) {
-                p->breaker_open = 0;
-                evq_add(p, &q, SURPOOL_EVENT_BREAKER_CLOSE, 0, 0, SURPOOL_OK,
-                        "a probe connected: the server is back", NULL, 0);
-                evq_log(p, &q, SURPOOL_LOG_WARN, "server reachable again: circuit closed");
-            }
-            p->consecutive_failures = 0;
-            p->connect_not_before_ns = 0;
-            if (p->stats.destroyed > 0 || p->stats.connect_failures > 0)
-                p->stats.reconnects++;
-            p->stats.created++;
-            c->serial = ++p->next_serial;
-            int64_t lifetime = ms_to_ns(p->cfg.pub.max_lifetime_ms);
-            if (lifetime > 0) {
-                /* Up to 5% earlier, so connections made together expire apart. */
-                int64_t jitter =
-                    (int64_t)(next_random_locked(p) % (uint64_t)(lifetime / 20 + 1));
-                c->expires_ns = add_sat(c->created_ns, lifetime - jitter);
-            }
-            int64_t cus = c->connect_ns / 1000;
-            hist_add(p->connect_hist, &p->connect_max_us, cus);
-            all_link(p, c);
-            evq_add(p, &q, SURPOOL_EVENT_CREATE, c->serial, cus, SURPOOL_OK, NULL, NULL, 0);
-            if (p->closed) {
-                /* Lost the race with close(): nobody may have it. */
-                c->state = SURPOOL__CONN_LEASED;
-                p->nleased++;
-                forget_conn_locked(p, c);
-                pthread_mutex_unlock(&p->mu);
-                close_forgotten(p, c);
-                pthread_mutex_lock(&p->mu);
-            } else {
-                put_conn_locked(p, c, 1, surpool__now_ns());
-            }
-        } else {
-            p->stats.connect_failures++;
-            p->consecutive_failures++;
-            p->connect_failures_pending++;
-            surpool__error_copy(&p->last_connect_error, &cerr);
-            long d = backoff_ms(p, p->consecutive_failures);
-            p->connect_not_before_ns = add_sat(surpool__now_ns(), ms_to_ns(d));
-            evq_add(p, &q, SURPOOL_EVENT_CONNECT_FAIL, 0, 0, cerr.code, cerr.message, NULL, 0);
-            evq_log(p, &q, SURPOOL_LOG_WARN,
-                    "connect failed (%d in a row, next try in %ld ms): %s",
-                    p->consecutive_failures, d, cerr.message);
-            int threshold = p->cfg.pub.breaker_threshold;
-            if (threshold > 0 && p->consecutive_failures >= threshold && !p->breaker_open) {
-                p->breaker_open = 1;
-                p->stats.breaker_opens++;
-                evq_add(p, &q, SURPOOL_EVENT_BREAKER_OPEN, 0, 0, cerr.code, cerr.message, NULL,
-                        0);
-                evq_log(p, &q, SURPOOL_LOG_ERROR,
-                        "server unreachable: circuit open after %d failed connects",
-                        p->consecutive_failures);
-            }
-            fail_stranded_waiters_locked(p);
-        }
-        check_invariants(p);
-        pthread_cond_broadcast(&p->state_cv);
-        if (q.n > 0) {
-            pthread_mutex_unlock(&p->mu);
-            evq_flush(p, &q);
-            pthread_mutex_lock(&p->mu);
-        }
-    }
-    pthread_mutex_unlock(&p->mu);
-    return NULL;
 }
 
 void surpool__pool_lane_mark(surpool_pool *p, surpool_conn *c)
@@ -591,168 +275,8 @@ void surpool__pool_lane_mark(surpool_pool *p, surpool_conn *c)
     pthread_mutex_lock(&p->mu);
     c->lane = 1;
     p->nlane++;
-    leases_changed_locked(p);
+    surpool__pool_leases_changed_locked(p);
     pthread_mutex_unlock(&p->mu);
-}
-
-void surpool__pool_conn_died(surpool_pool *p)
-{
-    atomic_store(&p->reap_pending, 1);
-    pthread_cond_signal(&p->maint_cv);
-}
-
-/* ------------------------------------------------------------------------- */
-/* The maintainer: retire, keep alive, reap, report leaks, refill             */
-/* ------------------------------------------------------------------------- */
-
-/* One ping with its own deadline, mu NOT held. */
-static surpool_err ping_with_deadline(surpool_conn *c, long timeout_ms, surpool_error *err)
-{
-    return surpool__rpc(c, "ping", NULL, surpool__deadline_after_ms(timeout_ms), NULL, err);
-}
-
-/* Per tick, so that one tick's events fit the event queue (EVQ_MAX). */
-#define MAINT_BATCH 6
-
-static void maintain_once_locked(surpool_pool *p, evq *q)
-{
-    const surpool_config *cfg = &p->cfg.pub;
-    int64_t now = surpool__now_ns();
-    surpool_conn *victims[MAINT_BATCH], *pings[MAINT_BATCH];
-    const char *why[MAINT_BATCH];
-    int nv = 0, np = 0;
-
-    /* 1. Idle connections: dead, past their lifetime, or idle too long above the
-     *    minimum (oldest first). */
-    surpool_conn *c = p->idle_tail;
-    while (c != NULL && nv < MAINT_BATCH) {
-        surpool_conn *prev = c->idle_prev;
-        const char *reason = NULL;
-        if (!surpool__conn_usable(c)) {
-            reason = "dead";
-            p->stats.broken++;
-        } else if (now >= c->expires_ns) {
-            reason = "max_lifetime reached";
-            p->stats.lifetime_retirements++;
-        } else if (cfg->idle_timeout_ms > 0 &&
-                   now - c->last_used_ns >= ms_to_ns(cfg->idle_timeout_ms) &&
-                   total_locked(p) > cfg->min_connections) {
-            reason = "idle_timeout reached";
-            p->stats.idle_retirements++;
-        }
-        if (reason != NULL) {
-            forget_conn_locked(p, c);
-            why[nv] = reason;
-            victims[nv++] = c;
-        }
-        c = prev;
-    }
-
-    /* 2. Keepalive: idle connections unused for keepalive_interval_ms are lent
-     *    to the maintainer for one ping. */
-    if (cfg->keepalive_interval_ms > 0 && p->nwaiters == 0) {
-        for (c = p->idle_tail; c != NULL && np < MAINT_BATCH;) {
-            surpool_conn *prev = c->idle_prev;
-            if (now - c->last_checked_ns >= ms_to_ns(cfg->keepalive_interval_ms)) {
-                idle_unlink(p, c);
-                c->state = SURPOOL__CONN_LEASED;
-                c->maint = 1;
-                p->nleased++;
-                p->nmaint++;
-                pings[np++] = c;
-            }
-            c = prev;
-        }
-    }
-
-    /* 3. Leaks: user leases older than leak_threshold_ms, reported once. */
-    if (cfg->leak_threshold_ms > 0) {
-        for (c = p->all_head; c != NULL; c = c->all_next) {
-            if (c->state != SURPOOL__CONN_LEASED || c->maint || c->lane || c->leak_reported)
-                continue;
-            if (q->n + 2 > EVQ_MAX - 3 * MAINT_BATCH)
-                break; /* the rest next tick: no event or log line is dropped */
-            int64_t age = now - c->lease_start_ns;
-            if (age < ms_to_ns(cfg->leak_threshold_ms))
-                continue;
-            c->leak_reported = 1;
-            p->stats.leaks++;
-            evq_log(p, q, SURPOOL_LOG_WARN,
-                    "possible leak: connection %llu leased for %lld ms, acquired at %s:%d",
-                    (unsigned long long)c->serial, (long long)(age / SURPOOL__NS_PER_MS),
-                    c->lease_file != NULL ? c->lease_file : "(unknown)", c->lease_line);
-            evq_add(p, q, SURPOOL_EVENT_LEAK, c->serial, age / 1000, SURPOOL_OK,
-                    "lease held longer than leak_threshold_ms", c->lease_file, c->lease_line);
-        }
-    }
-
-    /* 4. Refill to min_connections; probes while the circuit is open. */
-    kick_connectors_locked(p);
-    check_invariants(p);
-
-    if (nv == 0 && np == 0)
-        return;
-    pthread_mutex_unlock(&p->mu);
-    for (int i = 0; i < nv; i++) {
-        uint64_t serial = victims[i]->serial;
-        surpool__log(&p->logger, SURPOOL_LOG_INFO, "closing connection %llu: %s",
-                     (unsigned long long)serial, why[i]);
-        close_forgotten(p, victims[i]);
-        evq_add(p, q, SURPOOL_EVENT_DESTROY, serial, 0, SURPOOL_OK, why[i], NULL, 0);
-    }
-    surpool_error perr;
-    surpool_err prc[MAINT_BATCH];
-    for (int i = 0; i < np; i++)
-        prc[i] = ping_with_deadline(pings[i], cfg->validation_timeout_ms, &perr);
-    pthread_mutex_lock(&p->mu);
-    for (int i = 0; i < np; i++) {
-        c = pings[i];
-        c->maint = 0;
-        p->nmaint--;
-        p->stats.validations++;
-        if (prc[i] == SURPOOL_OK && !p->closed) {
-            p->nleased--;
-            put_conn_locked(p, c, 0, surpool__now_ns());
-            continue;
-        }
-        if (prc[i] != SURPOOL_OK) {
-            p->stats.validation_failures++;
-            evq_add(p, q, SURPOOL_EVENT_HEALTH_FAIL, c->serial, 0, prc[i],
-                    "keepalive ping failed", NULL, 0);
-        }
-        evq_add(p, q, SURPOOL_EVENT_DESTROY, c->serial, 0, prc[i],
-                prc[i] != SURPOOL_OK ? "keepalive ping failed" : "pool closed", NULL, 0);
-        forget_conn_locked(p, c);
-        pthread_mutex_unlock(&p->mu);
-        close_forgotten(p, c);
-        pthread_mutex_lock(&p->mu);
-    }
-    leases_changed_locked(p);
-}
-
-static void *maintainer_main(void *arg)
-{
-    surpool_pool *p = arg;
-    evq q; /* not zero-filled: only q.n matters, and it is 6 KB */
-    q.n = 0;
-    pthread_mutex_lock(&p->mu);
-    while (!p->closed) {
-        int64_t next = add_sat(surpool__now_ns(), ms_to_ns(p->cfg.pub.maintenance_interval_ms));
-        while (!p->closed && !atomic_load(&p->reap_pending) &&
-               surpool__cond_wait_until(&p->maint_cv, &p->mu, next) != ETIMEDOUT)
-            ;
-        if (p->closed)
-            break;
-        atomic_store(&p->reap_pending, 0);
-        maintain_once_locked(p, &q);
-        if (q.n > 0) {
-            pthread_mutex_unlock(&p->mu);
-            evq_flush(p, &q);
-            pthread_mutex_lock(&p->mu);
-        }
-    }
-    pthread_mutex_unlock(&p->mu);
-    return NULL;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -848,25 +372,24 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
         rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory creating the lane");
         goto fail_cv3;
     }
-    if (pthread_create(&p->maintainer, NULL, maintainer_main, p) != 0) {
+    if (surpool__maintainer_start(p) != 0) {
         surpool__lane_destroy(p->lane);
         ops->destroy(p->transport);
         rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot start the maintainer thread");
         goto fail_cv3;
     }
-    p->maintainer_started = 1;
 
     /* Warm up: open min_connections in parallel (bounded by the connector cap).
      * Unless lazy_start, wait for them, or for the first failure. */
     if (cfg->min_connections > 0) {
         pthread_mutex_lock(&p->mu);
-        kick_connectors_locked(p);
+        surpool__governor_kick_locked(p);
         if (cfg->lazy_start) {
             pthread_mutex_unlock(&p->mu);
         } else {
             int64_t deadline = surpool__deadline_after_ms(cfg->connect_timeout_ms);
             while (p->nidle < cfg->min_connections && p->connect_failures_pending == 0) {
-                kick_connectors_locked(p);
+                surpool__governor_kick_locked(p);
                 if (surpool__cond_wait_until(&p->state_cv, &p->mu, deadline) == ETIMEDOUT)
                     break;
             }
@@ -924,8 +447,7 @@ static void close_locked(surpool_pool *p)
     if (p->closed)
         return;
     p->closed = 1;
-    while (p->wait_head != NULL)
-        waiter_finish(p, p->wait_head, SURPOOL_ERR_CLOSED, NULL);
+    surpool__pool_fail_waiters_locked(p, SURPOOL_ERR_CLOSED);
     pthread_cond_broadcast(&p->connector_cv);
     pthread_cond_broadcast(&p->state_cv);
     pthread_cond_broadcast(&p->maint_cv);
@@ -953,22 +475,19 @@ void surpool_pool_destroy(surpool_pool *p)
      * SURPOOL_ERR_CLOSED; it unhooks itself under the mutex (an event callback
      * on a connector thread may be reading stats) before it is freed. */
     surpool__lane_destroy(p->lane);
-    if (p->maintainer_started)
-        pthread_join(p->maintainer, NULL);
+    surpool__maintainer_join(p);
 
     pthread_mutex_lock(&p->mu);
     /* Wait for every lease to come back and every connect and close to finish. */
     while (p->nleased > 0 || p->nconnecting > 0 || p->nclosing > 0)
         pthread_cond_wait(&p->state_cv, &p->mu);
-    int n = p->nconnectors;
     pthread_mutex_unlock(&p->mu);
-    for (int i = 0; i < n; i++)
-        pthread_join(p->connectors[i], NULL);
+    surpool__governor_join(p);
 
     /* No other thread touches the pool now. */
     while (p->idle_head != NULL) {
         surpool_conn *c = p->idle_head;
-        forget_conn_locked(p, c);
+        surpool__pool_forget_locked(p, c);
         surpool__conn_close(c);
         p->nclosing--;
     }
@@ -994,29 +513,9 @@ void surpool_pool_destroy(surpool_pool *p)
 /* Acquire / release                                                          */
 /* ------------------------------------------------------------------------- */
 
-/* The error a waiter gets when its deadline passes: the last connect error if
- * connects are failing right now, else a plain timeout. */
-static surpool_err timeout_error_locked(surpool_pool *p, long timeout_ms, surpool_error *err)
-{
-    if (p->consecutive_failures > 0) {
-        surpool_err code = p->last_connect_error.code;
-        if (code == SURPOOL_ERR_TIMEOUT || code == SURPOOL_OK)
-            code = SURPOOL_ERR_CONNECT;
-        if (err != NULL) {
-            surpool__error_copy(err, &p->last_connect_error);
-            err->code = code;
-        }
-        return code;
-    }
-    p->stats.timeouts++;
-    return surpool__seterr(err, SURPOOL_ERR_TIMEOUT,
-                           "no connection available within %ld ms (%d in use, %d waiting)",
-                           timeout_ms, p->nleased, p->nwaiters);
-}
-
 /* Book a lease that is about to be returned to its caller. */
 static void grant_locked(surpool_pool *p, surpool_conn *c, int64_t t0, int64_t now,
-                         const char *file, int line, evq *q)
+                         const char *file, int line, surpool__evq *q)
 {
     c->lease_start_ns = now;
     c->lease_file = file;
@@ -1024,9 +523,126 @@ static void grant_locked(surpool_pool *p, surpool_conn *c, int64_t t0, int64_t n
     c->leak_reported = 0;
     p->stats.acquired++;
     int64_t waited_us = (now - t0) / 1000;
-    hist_add(p->wait_hist, &p->wait_max_us, waited_us);
-    evq_add(p, q, SURPOOL_EVENT_ACQUIRE, c->serial, waited_us, SURPOOL_OK, NULL, file, line);
-    check_invariants(p);
+    surpool__hist_add(&p->wait_hist, waited_us);
+    surpool__evq_add(p, q, SURPOOL_EVENT_ACQUIRE, c->serial, waited_us, SURPOOL_OK, NULL, file,
+                     line);
+    surpool__pool_check_locked(p);
+}
+
+/* Step 1: the most recently used idle connection, taken as a lease; NULL if
+ * none. Idle connections exist only while nobody waits (rule 3), so taking
+ * one never jumps the queue. */
+static surpool_conn *take_idle_locked(surpool_pool *p)
+{
+    surpool_conn *c = p->idle_head;
+    if (c != NULL)
+        surpool__pool_take_idle_locked(p, c);
+    return c;
+}
+
+/* Step 2: may `c`, just taken idle at `t0`, be lent? 1: yes, and *granted_ns
+ * is when. 0: it was dead, expired or failed its validation ping, and is
+ * retired (closed, its events sent). Called with the mutex held; drops it for
+ * the ping and the close, and returns with it held again. */
+static int validate(surpool_pool *p, surpool_conn *c, int64_t t0, int64_t *granted_ns,
+                    surpool__evq *q)
+{
+    const surpool_config *cfg = &p->cfg.pub;
+    int64_t now = t0;
+    int validated = 0;
+    const char *retire = NULL;
+    surpool_err why = SURPOOL_OK;
+    if (!surpool__conn_usable(c)) {
+        retire = "dead";
+        p->stats.broken++;
+    } else if (now >= c->expires_ns) {
+        retire = "max_lifetime reached";
+        p->stats.lifetime_retirements++;
+    } else if (cfg->validation_idle_ms >= 0 &&
+               now - c->last_checked_ns > surpool__ms_to_ns(cfg->validation_idle_ms)) {
+        /* Idle a while: prove it works before lending it (outside mu). */
+        p->stats.validations++;
+        validated = 1;
+        pthread_mutex_unlock(&p->mu);
+        surpool_error verr;
+        why = surpool__conn_ping(c, cfg->validation_timeout_ms, &verr);
+        pthread_mutex_lock(&p->mu);
+        if (why != SURPOOL_OK) {
+            retire = "validation ping failed";
+            p->stats.validation_failures++;
+            surpool__evq_add(p, q, SURPOOL_EVENT_HEALTH_FAIL, c->serial, 0, why, verr.message,
+                             NULL, 0);
+        } else if (p->closed) {
+            retire = "pool closed";
+        }
+    }
+    if (retire != NULL) {
+        uint64_t serial = c->serial;
+        surpool__pool_forget_locked(p, c);
+        pthread_mutex_unlock(&p->mu);
+        surpool__pool_close_forgotten(p, c);
+        surpool__evq_add(p, q, SURPOOL_EVENT_DESTROY, serial, 0, why, retire, NULL, 0);
+        surpool__evq_flush(p, q);
+        pthread_mutex_lock(&p->mu);
+        return 0;
+    }
+    /* A validation ping took time; otherwise no need to read the clock. */
+    *granted_ns = validated ? surpool__now_ns() : t0;
+    return 1;
+}
+
+/* Step 3: nothing idle. Join the waiter queue and wait for a handoff until
+ * `deadline` (rules 2-4); *out is the connection handed over. Called with the
+ * mutex held; the condition wait releases it meanwhile, and it returns with it
+ * held. */
+static surpool_err wait_for_handoff(surpool_pool *p, long timeout_ms, int64_t t0,
+                                    int64_t deadline, surpool_conn **out, surpool_error *err,
+                                    surpool__evq *q, const char *file, int line)
+{
+    const surpool_config *cfg = &p->cfg.pub;
+    /* With the circuit open and no lease to come back, waiting is pointless:
+     * fail fast. */
+    if (p->breaker_open && p->nleased - p->nmaint == 0 && !p->paused) {
+        surpool__governor_kick_locked(p);
+        return surpool__governor_unavailable_locked(p, err);
+    }
+    if (cfg->max_waiters > 0 && p->nwaiters >= cfg->max_waiters) {
+        p->stats.shed++;
+        surpool__evq_add(p, q, SURPOOL_EVENT_SHED, 0, 0, SURPOOL_ERR_OVERLOADED, NULL, file,
+                         line);
+        return surpool__seterr(err, SURPOOL_ERR_OVERLOADED,
+                               "%d callers already wait for a connection (max_waiters)",
+                               p->nwaiters);
+    }
+
+    surpool__waiter w;
+    memset(&w, 0, sizeof(w));
+    if (surpool__cond_init(&w.cv) != 0)
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
+    waiter_enqueue(p, &w);
+    surpool__governor_kick_locked(p);
+    surpool__pool_check_locked(p);
+
+    while (!w.done) {
+        int wrc = surpool__cond_wait_until(&w.cv, &p->mu, deadline);
+        if (wrc == ETIMEDOUT && !w.done) {
+            /* Rule 4: nothing was handed over, so we may leave. */
+            waiter_unlink(p, &w);
+            surpool_err rc = surpool__governor_timeout_error_locked(p, timeout_ms, err);
+            surpool__evq_add(p, q, SURPOOL_EVENT_TIMEOUT, 0, (surpool__now_ns() - t0) / 1000,
+                             rc, NULL, file, line);
+            pthread_cond_destroy(&w.cv);
+            return rc;
+        }
+    }
+    pthread_cond_destroy(&w.cv);
+    if (w.outcome == SURPOOL_OK) {
+        *out = w.conn;
+        return SURPOOL_OK;
+    }
+    if (w.outcome == SURPOOL_ERR_UNAVAILABLE) /* failed by the circuit opening */
+        return surpool__governor_unavailable_locked(p, err);
+    return surpool__seterr(err, w.outcome, "%s", surpool_strerror(w.outcome));
 }
 
 surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_conn **out,
@@ -1042,10 +658,11 @@ surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_co
     int64_t t0 = surpool__now_ns(); /* the one clock read of the fast path */
     int64_t deadline = (int64_t)timeout_ms > (INT64_MAX - t0) / SURPOOL__NS_PER_MS
                            ? INT64_MAX
-                           : t0 + ms_to_ns(timeout_ms);
-    const surpool_config *cfg = &p->cfg.pub;
-    evq q; /* not zero-filled: only q.n matters, and it is 6 KB */
+                           : t0 + surpool__ms_to_ns(timeout_ms);
+    surpool__evq q; /* not zero-filled: only q.n matters, and it is 6 KB */
     q.n = 0;
+    surpool_conn *c = NULL;
+    int64_t granted_ns = t0;
     surpool_err rc;
 
     pthread_mutex_lock(&p->mu);
@@ -1061,115 +678,28 @@ surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_co
             }
             break; /* queue until resume */
         }
-        /* Idle connections exist only while nobody waits (rule 3), so taking
-         * one never jumps the queue. */
-        surpool_conn *c = p->idle_head;
+        c = take_idle_locked(p); /* 1. take idle */
         if (c == NULL)
             break;
-        idle_unlink(p, c);
-        c->state = SURPOOL__CONN_LEASED;
-        p->nleased++;
-        int64_t now = t0;
-        int validated = 0;
-        const char *retire = NULL;
-        surpool_err why = SURPOOL_OK;
-        if (!surpool__conn_usable(c)) {
-            retire = "dead";
-            p->stats.broken++;
-        } else if (now >= c->expires_ns) {
-            retire = "max_lifetime reached";
-            p->stats.lifetime_retirements++;
-        } else if (cfg->validation_idle_ms >= 0 &&
-                   now - c->last_checked_ns > ms_to_ns(cfg->validation_idle_ms)) {
-            /* Idle a while: prove it works before lending it (outside mu). */
-            p->stats.validations++;
-            validated = 1;
-            pthread_mutex_unlock(&p->mu);
-            surpool_error verr;
-            why = ping_with_deadline(c, cfg->validation_timeout_ms, &verr);
-            pthread_mutex_lock(&p->mu);
-            if (why != SURPOOL_OK) {
-                retire = "validation ping failed";
-                p->stats.validation_failures++;
-                evq_add(p, &q, SURPOOL_EVENT_HEALTH_FAIL, c->serial, 0, why, verr.message, NULL,
-                        0);
-            } else if (p->closed) {
-                retire = "pool closed";
-            }
-        }
-        if (retire != NULL) {
-            uint64_t serial = c->serial;
-            forget_conn_locked(p, c);
-            pthread_mutex_unlock(&p->mu);
-            close_forgotten(p, c);
-            evq_add(p, &q, SURPOOL_EVENT_DESTROY, serial, 0, why, retire, NULL, 0);
-            evq_flush(p, &q);
-            pthread_mutex_lock(&p->mu);
-            continue;
-        }
-        /* A validation ping took time; otherwise no need to read the clock. */
-        grant_locked(p, c, t0, validated ? surpool__now_ns() : t0, file, line, &q);
-        pthread_mutex_unlock(&p->mu);
-        evq_flush(p, &q);
-        *out = c;
-        return SURPOOL_OK;
+        if (validate(p, c, t0, &granted_ns, &q)) /* 2. validate; else retired: next */
+            goto granted;
     }
-
-    /* Nothing idle. With the circuit open and no lease to come back, waiting
-     * is pointless: fail fast. */
-    if (p->breaker_open && p->nleased - p->nmaint == 0 && !p->paused) {
-        kick_connectors_locked(p);
-        rc = unavailable_locked(p, err);
+    rc = wait_for_handoff(p, timeout_ms, t0, deadline, &c, err, &q, file, line); /* 3. wait */
+    if (rc != SURPOOL_OK)
         goto out_unlock;
-    }
-    if (cfg->max_waiters > 0 && p->nwaiters >= cfg->max_waiters) {
-        p->stats.shed++;
-        evq_add(p, &q, SURPOOL_EVENT_SHED, 0, 0, SURPOOL_ERR_OVERLOADED, NULL, file, line);
-        rc = surpool__seterr(err, SURPOOL_ERR_OVERLOADED,
-                             "%d callers already wait for a connection (max_waiters)",
-                             p->nwaiters);
-        goto out_unlock;
-    }
+    granted_ns = surpool__now_ns();
 
-    surpool__waiter w;
-    memset(&w, 0, sizeof(w));
-    if (surpool__cond_init(&w.cv) != 0) {
-        rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
-        goto out_unlock;
-    }
-    waiter_enqueue(p, &w);
-    kick_connectors_locked(p);
-    check_invariants(p);
-
-    while (!w.done) {
-        int wrc = surpool__cond_wait_until(&w.cv, &p->mu, deadline);
-        if (wrc == ETIMEDOUT && !w.done) {
-            /* Rule 4: nothing was handed over, so we may leave. */
-            waiter_unlink(p, &w);
-            rc = timeout_error_locked(p, timeout_ms, err);
-            evq_add(p, &q, SURPOOL_EVENT_TIMEOUT, 0, (surpool__now_ns() - t0) / 1000, rc, NULL,
-                    file, line);
-            pthread_cond_destroy(&w.cv);
-            goto out_unlock;
-        }
-    }
-    pthread_cond_destroy(&w.cv);
-    if (w.outcome == SURPOOL_OK) {
-        grant_locked(p, w.conn, t0, surpool__now_ns(), file, line, &q);
-        pthread_mutex_unlock(&p->mu);
-        evq_flush(p, &q);
-        *out = w.conn;
-        return SURPOOL_OK;
-    }
-    if (w.outcome == SURPOOL_ERR_UNAVAILABLE) /* failed by the circuit opening */
-        rc = unavailable_locked(p, err);
-    else
-        rc = surpool__seterr(err, w.outcome, "%s", surpool_strerror(w.outcome));
+granted:
+    grant_locked(p, c, t0, granted_ns, file, line, &q);
+    pthread_mutex_unlock(&p->mu);
+    surpool__evq_flush(p, &q);
+    *out = c;
+    return SURPOOL_OK;
 
 out_unlock:
-    check_invariants(p);
+    surpool__pool_check_locked(p);
     pthread_mutex_unlock(&p->mu);
-    evq_flush(p, &q);
+    surpool__evq_flush(p, &q);
     return rc;
 }
 
@@ -1198,7 +728,7 @@ void surpool_conn_release(surpool_conn *c)
     if (c == NULL)
         return;
     surpool_pool *p = c->pool;
-    evq q; /* not zero-filled: only q.n matters, and it is 6 KB */
+    surpool__evq q; /* not zero-filled: only q.n matters, and it is 6 KB */
     q.n = 0;
 
     /* Rule 9: claim the lease before touching anything else. */
@@ -1239,9 +769,10 @@ void surpool_conn_release(surpool_conn *c)
             broken = !surpool__conn_usable(c) || c->broken;
         }
         now = surpool__now_ns();
-        evq_add(p, &q, SURPOOL_EVENT_RELEASE, c->serial, (now - c->lease_start_ns) / 1000,
-                SURPOOL_OK, NULL, c->lease_file, c->lease_line);
-        evq_flush(p, &q);
+        surpool__evq_add(p, &q, SURPOOL_EVENT_RELEASE, c->serial,
+                         (now - c->lease_start_ns) / 1000, SURPOOL_OK, NULL, c->lease_file,
+                         c->lease_line);
+        surpool__evq_flush(p, &q);
         pthread_mutex_lock(&p->mu);
     } else {
         now = surpool__now_ns();
@@ -1269,19 +800,19 @@ void surpool_conn_release(surpool_conn *c)
     }
     if (retire != NULL) {
         uint64_t serial = c->serial;
-        forget_conn_locked(p, c);
-        leases_changed_locked(p);
+        surpool__pool_forget_locked(p, c);
+        surpool__pool_leases_changed_locked(p);
         pthread_mutex_unlock(&p->mu);
-        /* nclosing > 0 keeps destroy() waiting until close_forgotten() ends. */
-        evq_add(p, &q, SURPOOL_EVENT_DESTROY, serial, 0, SURPOOL_OK, retire, NULL, 0);
-        evq_flush(p, &q);
-        close_forgotten(p, c); /* last touch of the pool */
+        /* nclosing > 0 keeps destroy() waiting until surpool__pool_close_forgotten() ends. */
+        surpool__evq_add(p, &q, SURPOOL_EVENT_DESTROY, serial, 0, SURPOOL_OK, retire, NULL, 0);
+        surpool__evq_flush(p, &q);
+        surpool__pool_close_forgotten(p, c); /* last touch of the pool */
         return;
     }
     p->nleased--;
-    put_conn_locked(p, c, 1, now);
-    leases_changed_locked(p);
-    check_invariants(p);
+    surpool__pool_put_locked(p, c, 1, now);
+    surpool__pool_leases_changed_locked(p);
+    surpool__pool_check_locked(p);
     pthread_mutex_unlock(&p->mu); /* last touch of the pool */
 }
 
@@ -1304,7 +835,7 @@ surpool_err surpool_pool_resume(surpool_pool *p)
 {
     if (p == NULL)
         return SURPOOL_ERR_INVALID_ARG;
-    surpool_conn *dead[EVQ_MAX];
+    surpool_conn *dead[SURPOOL__EVQ_MAX];
     int ndead = 0;
     pthread_mutex_lock(&p->mu);
     p->paused = 0;
@@ -1312,26 +843,27 @@ surpool_err surpool_pool_resume(surpool_pool *p)
     while (p->wait_head != NULL && p->idle_head != NULL) {
         surpool_conn *c = p->idle_head;
         if (!surpool__conn_usable(c)) {
-            if (ndead == EVQ_MAX)
+            if (ndead == SURPOOL__EVQ_MAX)
                 break; /* the maintainer reaps the rest; never hand a dead one out */
             p->stats.broken++;
-            forget_conn_locked(p, c);
+            surpool__pool_forget_locked(p, c);
             dead[ndead++] = c;
             continue;
         }
         idle_unlink(p, c);
-        put_conn_locked(p, c, 0, surpool__now_ns());
+        surpool__pool_put_locked(p, c, 0, surpool__now_ns());
     }
-    kick_connectors_locked(p);
-    check_invariants(p);
+    surpool__governor_kick_locked(p);
+    surpool__pool_check_locked(p);
     pthread_mutex_unlock(&p->mu);
-    evq q; /* not zero-filled: only q.n matters, and it is 6 KB */
+    surpool__evq q; /* not zero-filled: only q.n matters, and it is 6 KB */
     q.n = 0;
     for (int i = 0; i < ndead; i++) {
-        evq_add(p, &q, SURPOOL_EVENT_DESTROY, dead[i]->serial, 0, SURPOOL_OK, "dead", NULL, 0);
-        close_forgotten(p, dead[i]);
+        surpool__evq_add(p, &q, SURPOOL_EVENT_DESTROY, dead[i]->serial, 0, SURPOOL_OK, "dead",
+                         NULL, 0);
+        surpool__pool_close_forgotten(p, dead[i]);
     }
-    evq_flush(p, &q);
+    surpool__evq_flush(p, &q);
     return SURPOOL_OK;
 }
 
@@ -1364,18 +896,18 @@ static surpool_err stats_fill(surpool_pool *p, surpool_stats *out)
     out->idle = p->nidle;
     out->in_use = p->nleased;
     out->connecting = p->nconnecting;
-    out->total = total_locked(p);
+    out->total = surpool__pool_total_locked(p);
     out->waiters = p->nwaiters;
     out->breaker_open = p->breaker_open;
     out->paused = p->paused;
-    out->acquire_wait_p50_us = hist_percentile(p->wait_hist, p->wait_max_us, 0.50);
-    out->acquire_wait_p95_us = hist_percentile(p->wait_hist, p->wait_max_us, 0.95);
-    out->acquire_wait_p99_us = hist_percentile(p->wait_hist, p->wait_max_us, 0.99);
-    out->acquire_wait_max_us = p->wait_max_us;
-    out->connect_p50_us = hist_percentile(p->connect_hist, p->connect_max_us, 0.50);
-    out->connect_p95_us = hist_percentile(p->connect_hist, p->connect_max_us, 0.95);
-    out->connect_p99_us = hist_percentile(p->connect_hist, p->connect_max_us, 0.99);
-    out->connect_max_us = p->connect_max_us;
+    out->acquire_wait_p50_us = surpool__hist_percentile(&p->wait_hist, 0.50);
+    out->acquire_wait_p95_us = surpool__hist_percentile(&p->wait_hist, 0.95);
+    out->acquire_wait_p99_us = surpool__hist_percentile(&p->wait_hist, 0.99);
+    out->acquire_wait_max_us = p->wait_hist.max_us;
+    out->connect_p50_us = surpool__hist_percentile(&p->connect_hist, 0.50);
+    out->connect_p95_us = surpool__hist_percentile(&p->connect_hist, 0.95);
+    out->connect_p99_us = surpool__hist_percentile(&p->connect_hist, 0.99);
+    out->connect_max_us = p->connect_hist.max_us;
     /* Lock order pool -> lane; the lane never takes the pool mutex while it
      * holds its own. */
     surpool__lane_stats(p->lane, out);

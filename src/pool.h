@@ -1,6 +1,9 @@
 /*
- * Internal view of the pool and its connections, shared by pool.c (waiters,
- * handoff, lifecycle), conn.c (per-connection state) and rpc.c (methods).
+ * Internal view of the pool and its connections, shared by pool.c (the core:
+ * waiters, handoff, acquire/release, lifecycle), governor.c (connector
+ * threads, backoff, breaker), maintainer.c (retirement, keepalive, leaks),
+ * events.c (events and log lines deferred past the mutex), conn.c
+ * (per-connection state) and rpc.c (methods).
  */
 #ifndef SURPOOL_POOL_H
 #define SURPOOL_POOL_H
@@ -9,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "histogram.h"
 #include "internal.h"
 #include "transport.h"
 #include "url.h"
@@ -55,8 +59,6 @@ struct surpool_conn {
 
 typedef struct surpool__waiter surpool__waiter;
 typedef struct surpool__lane surpool__lane;
-
-#define SURPOOL__HIST_BUCKETS 160 /* 4 per octave of microseconds: 1 us .. ~2^40 us */
 
 /* Per-pool configuration, copied and validated at create. */
 typedef struct surpool__pool_config {
@@ -114,9 +116,7 @@ struct surpool_pool {
     atomic_int reap_pending; /* a connection died: the maintainer should look */
 
     /* Histograms (mu): fixed buckets, no allocation on the hot path. */
-    uint32_t wait_hist[SURPOOL__HIST_BUCKETS];
-    uint32_t connect_hist[SURPOOL__HIST_BUCKETS];
-    int64_t wait_max_us, connect_max_us;
+    surpool__hist wait_hist, connect_hist;
 
     surpool_stats stats; /* counters (mu) */
     surpool__lane *lane; /* NULL when shared_connections == 0 */
@@ -137,13 +137,75 @@ surpool_err surpool__config_copy(surpool__pool_config *dst, const surpool_config
                                  const surpool__url *url, surpool_error *err);
 void surpool__config_free(surpool__pool_config *c);
 
-/* pool.c: the transport said this connection died (any thread, no locks). */
+/* ---- pool.c: the core. Every *_locked function is called with pool->mu held
+ * and returns with it held, never dropping it on the way. ---- */
+
+/* Closed connections kept readable for stale handles (pool.c, rule 9). */
+#define SURPOOL__GRAVE_MAX 32
+
+/* Invariants of the books (rule 1); fatal in the test builds only. */
+void surpool__pool_check_locked(const surpool_pool *p);
+/* Book a freshly opened connection: its serial, the list of all. */
+void surpool__pool_add_locked(surpool_pool *p, surpool_conn *c);
+/* Take an idle connection out of the idle list as a lease. */
+void surpool__pool_take_idle_locked(surpool_pool *p, surpool_conn *c);
+/* idle + leased + connecting: the slots in use. */
+int surpool__pool_total_locked(const surpool_pool *p);
+/* A usable connection is free: give it to the oldest waiter, else make it
+ * idle (rule 3). The caller has taken `c` out of nleased / nconnecting. */
+void surpool__pool_put_locked(surpool_pool *p, surpool_conn *c, int used, int64_t now);
+/* Remove an idle or leased connection from the books; the caller closes it
+ * with surpool__pool_close_forgotten() once the mutex is released. */
+void surpool__pool_forget_locked(surpool_pool *p, surpool_conn *c);
+/* Close a forgotten connection; mu NOT held (takes it briefly). */
+void surpool__pool_close_forgotten(surpool_pool *p, surpool_conn *c);
+/* Leases drain() and destroy() wait for changed: wake them. */
+void surpool__pool_leases_changed_locked(surpool_pool *p);
+/* Wake every waiter with `outcome` (an error): close, or a stranded queue. */
+void surpool__pool_fail_waiters_locked(surpool_pool *p, surpool_err outcome);
+
+/* ---- events.c: events and log lines decided under the mutex wait in a
+ * surpool__evq and go out once it is released (rule 8): neither a user
+ * callback nor a user logger ever runs under it. ---- */
+#define SURPOOL__EVQ_MAX 32
+typedef struct surpool__evq {
+    surpool_event ev[SURPOOL__EVQ_MAX];
+    int log_level[SURPOOL__EVQ_MAX]; /* -1: an event; else a log line of that level */
+    char msg[SURPOOL__EVQ_MAX][192];
+    int n;
+} surpool__evq;
+void surpool__evq_add(const surpool_pool *p, surpool__evq *q, surpool_event_type type,
+                      uint64_t conn_id, int64_t duration_us, surpool_err code, const char *msg,
+                      const char *file, int line);
+void surpool__evq_log(const surpool_pool *p, surpool__evq *q, surpool_log_level level,
+                      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+void surpool__evq_flush(const surpool_pool *p, surpool__evq *q); /* mu NOT held */
+
+/* ---- governor.c: connector threads, backoff, the circuit breaker (rules 5
+ * and 6 live there). ---- */
+/* Make sure a connector will look at the demand: wake an idle one, or start a
+ * new one if all are busy and the cap allows. */
+void surpool__governor_kick_locked(surpool_pool *p);
+/* The error for callers nothing can serve while the circuit is open. */
+surpool_err surpool__governor_unavailable_locked(const surpool_pool *p, surpool_error *err);
+/* The error a waiter gets when its deadline passes. */
+surpool_err surpool__governor_timeout_error_locked(surpool_pool *p, long timeout_ms,
+                                                   surpool_error *err);
+/* Join every connector thread; the pool is closed and no connect is running. */
+void surpool__governor_join(surpool_pool *p);
+
+/* ---- maintainer.c: idle retirement, lifetime, keepalive, leak reports. ---- */
+int surpool__maintainer_start(surpool_pool *p); /* 0 or -1 */
+void surpool__maintainer_join(surpool_pool *p); /* the pool is closed */
+/* The transport said this connection died (any thread, no locks). */
 void surpool__pool_conn_died(surpool_pool *pool);
 
 /* conn.c */
 surpool_err surpool__conn_open(surpool_pool *pool, surpool_conn **out, surpool_error *err);
 void surpool__conn_close(surpool_conn *c); /* closes transport, frees; no locks held */
 int surpool__conn_usable(const surpool_conn *c);
+/* One ping with its own deadline (validation, keepalive); no locks held. */
+surpool_err surpool__conn_ping(surpool_conn *c, long timeout_ms, surpool_error *err);
 /* Bring a dirty lease back to the configured state (reset, signin, use, hooks). */
 surpool_err surpool__conn_restore(surpool_conn *c, surpool_error *err);
 
