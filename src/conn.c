@@ -192,6 +192,8 @@ surpool_err surpool__conn_open(surpool_pool *p, surpool_conn **out, surpool_erro
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory opening a connection");
     c->pool = p;
     c->state = SURPOOL__CONN_SETUP;
+    surpool__queue_init(&c->all_link);
+    surpool__queue_init(&c->idle_link);
     atomic_init(&c->dead, 0);
     c->created_ns = surpool__now_ns();
     c->expires_ns = INT64_MAX;

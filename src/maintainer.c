@@ -38,9 +38,11 @@ static void maintain_plan_locked(surpool_pool *p, maint_plan *m, surpool__evq *q
 
     /* 1. Idle connections: dead, past their lifetime, or idle too long above the
      *    minimum (oldest first). */
-    surpool_conn *c = p->idle_tail;
-    while (c != NULL && nv < MAINT_BATCH) {
-        surpool_conn *prev = c->idle_prev;
+    surpool_conn *c;
+    surpool__queue *qi, *prev;
+    for (qi = p->idle.prev; qi != &p->idle && nv < MAINT_BATCH; qi = prev) {
+        prev = qi->prev;
+        c = SURPOOL__QUEUE_DATA(qi, surpool_conn, idle_link);
         const char *reason = NULL;
         if (!surpool__conn_usable(c)) {
             reason = "dead";
@@ -59,27 +61,28 @@ static void maintain_plan_locked(surpool_pool *p, maint_plan *m, surpool__evq *q
             why[nv] = reason;
             victims[nv++] = c;
         }
-        c = prev;
     }
 
     /* 2. Keepalive: idle connections unused for keepalive_interval_ms are lent
      *    to the maintainer for one ping. */
     if (cfg->keepalive_interval_ms > 0 && p->nwaiters == 0) {
-        for (c = p->idle_tail; c != NULL && np < MAINT_BATCH;) {
-            surpool_conn *prev = c->idle_prev;
+        for (qi = p->idle.prev; qi != &p->idle && np < MAINT_BATCH; qi = prev) {
+            prev = qi->prev;
+            c = SURPOOL__QUEUE_DATA(qi, surpool_conn, idle_link);
             if (now - c->last_checked_ns >= surpool__ms_to_ns(cfg->keepalive_interval_ms)) {
                 surpool__pool_take_idle_locked(p, c);
                 c->maint = 1;
                 p->nmaint++;
                 pings[np++] = c;
             }
-            c = prev;
         }
     }
 
     /* 3. Leaks: user leases older than leak_threshold_ms, reported once. */
     if (cfg->leak_threshold_ms > 0) {
-        for (c = p->all_head; c != NULL; c = c->all_next) {
+        SURPOOL__QUEUE_FOREACH(qi, &p->all)
+        {
+            c = SURPOOL__QUEUE_DATA(qi, surpool_conn, all_link);
             if (c->state != SURPOOL__CONN_LEASED || c->maint || c->lane || c->leak_reported)
                 continue;
             if (q->n + 2 > SURPOOL__EVQ_MAX - 3 * MAINT_BATCH)

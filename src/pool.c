@@ -49,7 +49,7 @@
 
 struct surpool__waiter {
     pthread_cond_t cv;
-    surpool__waiter *next, *prev;
+    surpool__queue link; /* pool->waiters */
     surpool_conn *conn;  /* set under mu by a handoff */
     surpool_err outcome; /* set under mu with `done` */
     int done;
@@ -73,75 +73,43 @@ int surpool__pool_total_locked(const surpool_pool *p)
     return p->nidle + p->nleased + p->nconnecting;
 }
 
+/* The idle list: head = most recently used, tail = the cold end. */
+static surpool_conn *idle_first_locked(const surpool_pool *p)
+{
+    surpool__queue *q = surpool__queue_head(&p->idle);
+    return q != NULL ? SURPOOL__QUEUE_DATA(q, surpool_conn, idle_link) : NULL;
+}
+
 static void idle_push_front(surpool_pool *p, surpool_conn *c)
 {
-    c->idle_prev = NULL;
-    c->idle_next = p->idle_head;
-    if (p->idle_head != NULL)
-        p->idle_head->idle_prev = c;
-    else
-        p->idle_tail = c;
-    p->idle_head = c;
+    surpool__queue_insert_head(&p->idle, &c->idle_link);
     p->nidle++;
     c->state = SURPOOL__CONN_IDLE;
 }
 
 static void idle_push_back(surpool_pool *p, surpool_conn *c)
 {
-    c->idle_next = NULL;
-    c->idle_prev = p->idle_tail;
-    if (p->idle_tail != NULL)
-        p->idle_tail->idle_next = c;
-    else
-        p->idle_head = c;
-    p->idle_tail = c;
+    surpool__queue_insert_tail(&p->idle, &c->idle_link);
     p->nidle++;
     c->state = SURPOOL__CONN_IDLE;
 }
 
 static void idle_unlink(surpool_pool *p, surpool_conn *c)
 {
-    if (c->idle_prev != NULL)
-        c->idle_prev->idle_next = c->idle_next;
-    else
-        p->idle_head = c->idle_next;
-    if (c->idle_next != NULL)
-        c->idle_next->idle_prev = c->idle_prev;
-    else
-        p->idle_tail = c->idle_prev;
-    c->idle_next = c->idle_prev = NULL;
+    surpool__queue_remove(&c->idle_link);
     p->nidle--;
 }
 
-static void all_link(surpool_pool *p, surpool_conn *c)
+/* The waiter queue: head = the oldest. */
+static surpool__waiter *oldest_waiter_locked(const surpool_pool *p)
 {
-    c->all_prev = NULL;
-    c->all_next = p->all_head;
-    if (p->all_head != NULL)
-        p->all_head->all_prev = c;
-    p->all_head = c;
-}
-
-static void all_unlink(surpool_pool *p, surpool_conn *c)
-{
-    if (c->all_prev != NULL)
-        c->all_prev->all_next = c->all_next;
-    else
-        p->all_head = c->all_next;
-    if (c->all_next != NULL)
-        c->all_next->all_prev = c->all_prev;
-    c->all_next = c->all_prev = NULL;
+    surpool__queue *q = surpool__queue_head(&p->waiters);
+    return q != NULL ? SURPOOL__QUEUE_DATA(q, surpool__waiter, link) : NULL;
 }
 
 static void waiter_enqueue(surpool_pool *p, surpool__waiter *w)
 {
-    w->next = NULL;
-    w->prev = p->wait_tail;
-    if (p->wait_tail != NULL)
-        p->wait_tail->next = w;
-    else
-        p->wait_head = w;
-    p->wait_tail = w;
+    surpool__queue_insert_tail(&p->waiters, &w->link);
     p->nwaiters++;
     if (p->nwaiters > p->stats.peak_waiters)
         p->stats.peak_waiters = p->nwaiters;
@@ -149,15 +117,7 @@ static void waiter_enqueue(surpool_pool *p, surpool__waiter *w)
 
 static void waiter_unlink(surpool_pool *p, surpool__waiter *w)
 {
-    if (w->prev != NULL)
-        w->prev->next = w->next;
-    else
-        p->wait_head = w->next;
-    if (w->next != NULL)
-        w->next->prev = w->prev;
-    else
-        p->wait_tail = w->prev;
-    w->next = w->prev = NULL;
+    surpool__queue_remove(&w->link);
     p->nwaiters--;
 }
 
@@ -180,7 +140,7 @@ static void waiter_finish(surpool_pool *p, surpool__waiter *w, surpool_err outco
 void surpool__pool_add_locked(surpool_pool *p, surpool_conn *c)
 {
     c->serial = ++p->next_serial;
-    all_link(p, c);
+    surpool__queue_insert_head(&p->all, &c->all_link);
 }
 
 /* Take an idle connection out of the idle list as a lease. */
@@ -193,8 +153,9 @@ void surpool__pool_take_idle_locked(surpool_pool *p, surpool_conn *c)
 
 void surpool__pool_fail_waiters_locked(surpool_pool *p, surpool_err outcome)
 {
-    while (p->wait_head != NULL)
-        waiter_finish(p, p->wait_head, outcome, NULL);
+    surpool__waiter *w;
+    while ((w = oldest_waiter_locked(p)) != NULL)
+        waiter_finish(p, w, outcome, NULL);
 }
 
 /* A usable connection is free: give it to the oldest waiter, else make it idle.
@@ -204,7 +165,7 @@ void surpool__pool_fail_waiters_locked(surpool_pool *p, surpool_err outcome)
  * unchanged (idle_timeout_ms still applies). */
 void surpool__pool_put_locked(surpool_pool *p, surpool_conn *c, int used, int64_t now)
 {
-    surpool__waiter *w = p->wait_head;
+    surpool__waiter *w = oldest_waiter_locked(p);
     c->last_checked_ns = now;
     if (w != NULL && !p->closed && !p->paused) {
         c->state = SURPOOL__CONN_LEASED;
@@ -227,7 +188,7 @@ void surpool__pool_forget_locked(surpool_pool *p, surpool_conn *c)
         idle_unlink(p, c);
     else if (c->state == SURPOOL__CONN_LEASED)
         p->nleased--;
-    all_unlink(p, c);
+    surpool__queue_remove(&c->all_link);
     c->state = SURPOOL__CONN_CLOSED; /* a stale release of it is now a no-op */
     p->stats.destroyed++;
     p->nclosing++;
@@ -246,15 +207,10 @@ void surpool__pool_close_forgotten(surpool_pool *p, surpool_conn *c)
     c->t = NULL;
     surpool_conn *evicted = NULL;
     pthread_mutex_lock(&p->mu);
-    c->idle_next = NULL;
-    if (p->grave_tail != NULL)
-        p->grave_tail->idle_next = c;
-    else
-        p->grave_head = c;
-    p->grave_tail = c;
+    surpool__queue_insert_tail(&p->grave, &c->idle_link);
     if (++p->ngrave > SURPOOL__GRAVE_MAX) {
-        evicted = p->grave_head;
-        p->grave_head = evicted->idle_next;
+        evicted = SURPOOL__QUEUE_DATA(surpool__queue_head(&p->grave), surpool_conn, idle_link);
+        surpool__queue_remove(&evicted->idle_link);
         p->ngrave--;
     }
     if (--p->nclosing == 0 && p->closed)
@@ -301,6 +257,10 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
     surpool_pool *p = surpool__calloc(1, sizeof(*p));
     if (p == NULL)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory creating the pool");
+    surpool__queue_init(&p->all);
+    surpool__queue_init(&p->idle);
+    surpool__queue_init(&p->grave);
+    surpool__queue_init(&p->waiters);
     rc = surpool__url_parse(cfg->url, &p->url, err);
     if (rc != SURPOOL_OK) {
         surpool__free(p);
@@ -485,17 +445,17 @@ void surpool_pool_destroy(surpool_pool *p)
     surpool__governor_join(p);
 
     /* No other thread touches the pool now. */
-    while (p->idle_head != NULL) {
-        surpool_conn *c = p->idle_head;
+    surpool_conn *c;
+    while ((c = idle_first_locked(p)) != NULL) {
         surpool__pool_forget_locked(p, c);
         surpool__conn_close(c);
         p->nclosing--;
     }
-    SURPOOL__CHECK(p->all_head == NULL && p->nclosing == 0);
-    while (p->grave_head != NULL) {
-        surpool_conn *c = p->grave_head;
-        p->grave_head = c->idle_next;
-        surpool__conn_close(c);
+    SURPOOL__CHECK(surpool__queue_empty(&p->all) && p->nclosing == 0);
+    surpool__queue *q;
+    while ((q = surpool__queue_head(&p->grave)) != NULL) {
+        surpool__queue_remove(q);
+        surpool__conn_close(SURPOOL__QUEUE_DATA(q, surpool_conn, idle_link));
     }
     p->ops->destroy(p->transport);
     pthread_cond_destroy(&p->maint_cv);
@@ -534,7 +494,7 @@ static void grant_locked(surpool_pool *p, surpool_conn *c, int64_t t0, int64_t n
  * one never jumps the queue. */
 static surpool_conn *take_idle_locked(surpool_pool *p)
 {
-    surpool_conn *c = p->idle_head;
+    surpool_conn *c = idle_first_locked(p);
     if (c != NULL)
         surpool__pool_take_idle_locked(p, c);
     return c;
@@ -840,8 +800,8 @@ surpool_err surpool_pool_resume(surpool_pool *p)
     pthread_mutex_lock(&p->mu);
     p->paused = 0;
     /* Serve the queue from the idle list, oldest waiter first. */
-    while (p->wait_head != NULL && p->idle_head != NULL) {
-        surpool_conn *c = p->idle_head;
+    surpool_conn *c;
+    while (oldest_waiter_locked(p) != NULL && (c = idle_first_locked(p)) != NULL) {
         if (!surpool__conn_usable(c)) {
             if (ndead == SURPOOL__EVQ_MAX)
                 break; /* the maintainer reaps the rest; never hand a dead one out */

@@ -14,6 +14,7 @@
 
 #include "histogram.h"
 #include "internal.h"
+#include "queue.h"
 #include "transport.h"
 #include "url.h"
 
@@ -32,9 +33,9 @@ struct surpool_conn {
     surpool__tconn *t;         /* transport handle; NULL once closed */
     surpool__conn_state state; /* pool mutex */
 
-    /* Pool lists (pool mutex). idle_next also links the graveyard. */
-    surpool_conn *all_next, *all_prev;
-    surpool_conn *idle_next, *idle_prev;
+    /* Pool lists (pool mutex). idle_link also links the graveyard. */
+    surpool__queue all_link;
+    surpool__queue idle_link;
 
     uint64_t serial; /* 1, 2, ... in creation order */
     int64_t created_ns;
@@ -78,21 +79,21 @@ struct surpool_pool {
     surpool__transport *transport;
 
     /* Connections (mu). */
-    surpool_conn *all_head;
-    surpool_conn *idle_head, *idle_tail; /* head = most recently used */
+    surpool__queue all;  /* surpool_conn.all_link */
+    surpool__queue idle; /* surpool_conn.idle_link; head = most recently used */
     int nidle, nleased, nconnecting;
     int nclosing; /* forgotten, close() in progress outside mu */
     /* Closed connections whose memory is kept a while (FIFO, at most
      * SURPOOL__GRAVE_MAX), so that releasing a lease a second time reads a
      * connection marked CLOSED instead of freed memory (mu). */
-    surpool_conn *grave_head, *grave_tail;
+    surpool__queue grave; /* surpool_conn.idle_link; head = the oldest */
     int ngrave;
     int nmaint;    /* leased to the maintainer (counted in nleased) */
     int ndrainers; /* threads in surpool_pool_drain() */
     uint64_t next_serial;
 
     /* FIFO of waiters (mu): head is the oldest. */
-    surpool__waiter *wait_head, *wait_tail;
+    surpool__queue waiters; /* surpool__waiter.link */
     int nwaiters;
 
     /* Connector threads (mu): open connections on behalf of waiters. */
