@@ -35,22 +35,23 @@
 
 #include "codec.h"
 #include "pool.h"
-#include "wire.h"
+#include "queue.h"
 #include "thread.h"
+#include "wire.h"
 
 typedef struct lane_conn lane_conn;
 struct lane_conn {
-    lane_conn *next; /* l->conns */
-    surpool_conn *c; /* NULL once given back by destroy */
-    int inflight;    /* requests sent on it and not completed */
-    int failed;      /* a transport failure was seen: take no more, return when idle */
-    int expired;     /* past max_lifetime_ms: take no more, return when idle */
+    surpool__queue link; /* l->conns */
+    surpool_conn *c;     /* NULL once given back by destroy */
+    int inflight;        /* requests sent on it and not completed */
+    int failed;          /* a transport failure was seen: take no more, return when idle */
+    int expired;         /* past max_lifetime_ms: take no more, return when idle */
 };
 
 typedef struct lane_req lane_req;
 struct lane_req {
-    surpool__treq treq; /* first: the transport hands us &treq */
-    lane_req *next;     /* pending FIFO */
+    surpool__treq treq;  /* first: the transport hands us &treq */
+    surpool__queue link; /* l->pending, or a list of requests to fail */
     surpool__lane *lane;
     lane_conn *lc; /* the socket it was sent on; stable until it completes */
     uint64_t seq;  /* 1, 2, ... in queueing order */
@@ -73,9 +74,9 @@ struct surpool__lane {
     pthread_mutex_t mu;
     pthread_cond_t cv;     /* wakes the lane thread; destroy waits on it too */
     pthread_cond_t acq_cv; /* wakes the acquirer */
-    lane_conn *conns;      /* every socket not yet given back */
+    surpool__queue conns;  /* lane_conn.link: every socket not yet given back */
     int nconns, target, cap;
-    lane_req *pend_head, *pend_tail;
+    surpool__queue pending; /* lane_req.link: FIFO, head = the oldest */
     int npending, inflight;
     int completing; /* on_done() calls between giving a slot back and returning */
     int submitting; /* pump() calls inside submit(): destroy must not close under them */
@@ -105,9 +106,13 @@ int surpool__in_result_callback(void)
 static int64_t earliest_deadline_locked(const surpool__lane *l)
 {
     int64_t d = INT64_MAX;
-    for (const lane_req *r = l->pend_head; r != NULL; r = r->next)
+    const surpool__queue *q;
+    SURPOOL__QUEUE_FOREACH(q, &l->pending)
+    {
+        const lane_req *r = SURPOOL__QUEUE_DATA(q, lane_req, link);
         if (r->treq.deadline_ns < d)
             d = r->treq.deadline_ns;
+    }
     return d;
 }
 
@@ -156,13 +161,14 @@ static void fail(lane_req *r, surpool_err code, const char *message, const surpo
     finish(r);
 }
 
-static void fail_list(lane_req *list, surpool_err code, const char *message,
+/* Fail every request of a list of our own (lane->mu NOT held); it ends empty. */
+static void fail_list(surpool__queue *list, surpool_err code, const char *message,
                       const surpool_error *why)
 {
-    while (list != NULL) {
-        lane_req *next = list->next;
-        fail(list, code, message, why);
-        list = next;
+    surpool__queue *q;
+    while ((q = surpool__queue_head(list)) != NULL) {
+        surpool__queue_remove(q);
+        fail(SURPOOL__QUEUE_DATA(q, lane_req, link), code, message, why);
     }
 }
 
@@ -212,7 +218,10 @@ static void on_done(surpool__treq *treq)
 static lane_conn *pick_locked(surpool__lane *l)
 {
     lane_conn *best = NULL;
-    for (lane_conn *lc = l->conns; lc != NULL; lc = lc->next) {
+    surpool__queue *q;
+    SURPOOL__QUEUE_FOREACH(q, &l->conns)
+    {
+        lane_conn *lc = SURPOOL__QUEUE_DATA(q, lane_conn, link);
         if (lc->c == NULL || lc->failed || lc->expired || lc->inflight >= l->cap)
             continue;
         if (!surpool__conn_usable(lc->c)) {
@@ -248,18 +257,16 @@ static void pump(surpool__lane *l)
     pumping = &frame;
     for (;;) {
         pthread_mutex_lock(&l->mu);
-        lane_req *r = l->pend_head;
-        lane_conn *lc = r != NULL ? pick_locked(l) : NULL;
-        if (r == NULL || lc == NULL) {
+        surpool__queue *q = surpool__queue_head(&l->pending);
+        lane_conn *lc = q != NULL ? pick_locked(l) : NULL;
+        if (q == NULL || lc == NULL) {
             want_grow_locked(l);
             pthread_mutex_unlock(&l->mu);
             break;
         }
-        l->pend_head = r->next;
-        if (l->pend_head == NULL)
-            l->pend_tail = NULL;
+        lane_req *r = SURPOOL__QUEUE_DATA(q, lane_req, link);
+        surpool__queue_remove(q);
         l->npending--;
-        r->next = NULL;
         r->lc = lc;
         lc->inflight++; /* keeps lc alive until the request completes */
         l->inflight++;
@@ -282,10 +289,7 @@ static void pump(surpool__lane *l)
         if (rc == SURPOOL_ERR_DISCONNECTED && !l->closed) {
             /* Dead socket: requeue at the head and try another. */
             lc->failed = 1;
-            r->next = l->pend_head;
-            l->pend_head = r;
-            if (l->pend_tail == NULL)
-                l->pend_tail = r;
+            surpool__queue_insert_head(&l->pending, &r->link);
             l->npending++;
             pthread_cond_signal(&l->cv);
             pthread_mutex_unlock(&l->mu);
@@ -356,8 +360,7 @@ static void *acquirer_main(void *arg)
         }
         if (rc == SURPOOL_OK) {
             lc->c = c;
-            lc->next = l->conns;
-            l->conns = lc;
+            surpool__queue_insert_head(&l->conns, &lc->link);
             l->nconns++;
             pthread_cond_signal(&l->cv); /* the lane thread now ticks for this socket */
             pthread_mutex_unlock(&l->mu);
@@ -374,23 +377,18 @@ static void *acquirer_main(void *arg)
         }
         /* Nothing can serve the requests this attempt was for: fail them with
          * the reason. Later ones get an attempt of their own. */
-        lane_req *failed = NULL, **tail = &failed, **pp = &l->pend_head;
-        l->pend_tail = NULL;
-        while (*pp != NULL) {
-            lane_req *r = *pp;
-            if (r->seq <= upto) {
-                *pp = r->next;
-                r->next = NULL;
-                *tail = r;
-                tail = &r->next;
+        surpool__queue failed, *q, *next;
+        surpool__queue_init(&failed);
+        SURPOOL__QUEUE_FOREACH_SAFE(q, next, &l->pending)
+        {
+            if (SURPOOL__QUEUE_DATA(q, lane_req, link)->seq <= upto) {
+                surpool__queue_remove(q);
+                surpool__queue_insert_tail(&failed, q);
                 l->npending--;
-            } else {
-                l->pend_tail = r;
-                pp = &r->next;
             }
         }
         pthread_mutex_unlock(&l->mu);
-        fail_list(failed, rc, aerr.message, &aerr);
+        fail_list(&failed, rc, aerr.message, &aerr);
         pthread_mutex_lock(&l->mu);
         want_grow_locked(l);
     }
@@ -408,9 +406,11 @@ static void *lane_main(void *arg)
          *    requests: it drains, then the pool retires it on return and the
          *    lane grows a fresh one on demand. */
         int64_t now = surpool__now_ns();
-        lane_conn *gone = NULL;
-        for (lane_conn **pp = &l->conns; *pp != NULL;) {
-            lane_conn *lc = *pp;
+        surpool__queue gone, *q, *next;
+        surpool__queue_init(&gone);
+        SURPOOL__QUEUE_FOREACH_SAFE(q, next, &l->conns)
+        {
+            lane_conn *lc = SURPOOL__QUEUE_DATA(q, lane_conn, link);
             if (!lc->failed && !lc->expired) {
                 if (now >= lc->c->expires_ns)
                     lc->expired = 1;
@@ -418,25 +418,22 @@ static void *lane_main(void *arg)
                     lc->failed = 1;
             }
             if ((lc->failed || lc->expired) && lc->inflight == 0) {
-                *pp = lc->next; /* nothing points to it any more */
-                lc->next = gone;
-                gone = lc;
+                surpool__queue_remove(q); /* nothing points to it any more */
+                surpool__queue_insert_head(&gone, q);
                 l->nconns--;
-            } else {
-                pp = &lc->next;
             }
         }
-        if (gone != NULL) {
+        if (!surpool__queue_empty(&gone)) {
             pthread_mutex_unlock(&l->mu);
-            while (gone != NULL) {
-                lane_conn *next = gone->next;
+            while ((q = surpool__queue_head(&gone)) != NULL) {
+                lane_conn *lc = SURPOOL__QUEUE_DATA(q, lane_conn, link);
+                surpool__queue_remove(q);
                 /* A failed socket may still look alive (a reply without
                  * result or error): the pool must close it, not lend it. */
-                if (gone->failed)
-                    gone->c->broken = 1;
-                surpool_conn_release(gone->c);
-                surpool__free(gone);
-                gone = next;
+                if (lc->failed)
+                    lc->c->broken = 1;
+                surpool_conn_release(lc->c);
+                surpool__free(lc);
             }
             pthread_mutex_lock(&l->mu);
         }
@@ -446,23 +443,19 @@ static void *lane_main(void *arg)
 
         /* 3. Fail queued requests past their deadline. */
         now = surpool__now_ns();
-        lane_req *expired = NULL, **pp = &l->pend_head;
-        l->pend_tail = NULL;
-        while (*pp != NULL) {
-            lane_req *r = *pp;
-            if (r->treq.deadline_ns <= now) {
-                *pp = r->next;
-                r->next = expired;
-                expired = r;
+        surpool__queue expired;
+        surpool__queue_init(&expired);
+        SURPOOL__QUEUE_FOREACH_SAFE(q, next, &l->pending)
+        {
+            if (SURPOOL__QUEUE_DATA(q, lane_req, link)->treq.deadline_ns <= now) {
+                surpool__queue_remove(q);
+                surpool__queue_insert_head(&expired, q);
                 l->npending--;
-            } else {
-                l->pend_tail = r;
-                pp = &r->next;
             }
         }
-        if (expired != NULL) {
+        if (!surpool__queue_empty(&expired)) {
             pthread_mutex_unlock(&l->mu);
-            fail_list(expired, SURPOOL_ERR_REQUEST_TIMEOUT,
+            fail_list(&expired, SURPOOL_ERR_REQUEST_TIMEOUT,
                       "no lane capacity before the request deadline", NULL);
             pthread_mutex_lock(&l->mu);
             continue;
@@ -505,6 +498,8 @@ surpool_err surpool__lane_create(surpool_pool *p, surpool__lane **out)
     if (l->target > p->cfg.pub.max_connections - 1)
         l->target = p->cfg.pub.max_connections - 1; /* leave leases at least one */
     l->cap = p->cfg.pub.shared_max_inflight;
+    surpool__queue_init(&l->conns);
+    surpool__queue_init(&l->pending);
     if (pthread_mutex_init(&l->mu, NULL) != 0)
         goto fail;
     if (surpool__cond_init(&l->cv) != 0)
@@ -528,12 +523,13 @@ void surpool__lane_close(surpool__lane *l)
         return;
     pthread_mutex_lock(&l->mu);
     l->closed = 1;
-    lane_req *list = l->pend_head;
-    l->pend_head = l->pend_tail = NULL;
+    surpool__queue list;
+    surpool__queue_init(&list);
+    surpool__queue_move_tail(&list, &l->pending);
     l->npending = 0;
     pthread_cond_signal(&l->cv);
     pthread_mutex_unlock(&l->mu);
-    fail_list(list, SURPOOL_ERR_CLOSED, "pool is closed", NULL);
+    fail_list(&list, SURPOOL_ERR_CLOSED, "pool is closed", NULL);
 }
 
 void surpool__lane_destroy(surpool__lane *l)
@@ -565,13 +561,17 @@ void surpool__lane_destroy(surpool__lane *l)
      * The lane_conn objects stay until the last completion is counted. */
     for (;;) {
         pthread_mutex_lock(&l->mu);
-        lane_conn *lc = l->conns;
-        while (lc != NULL && lc->c == NULL)
-            lc = lc->next;
-        surpool_conn *c = lc != NULL ? lc->c : NULL;
-        if (lc != NULL) {
-            lc->c = NULL;
-            l->nconns--;
+        surpool_conn *c = NULL;
+        surpool__queue *q;
+        SURPOOL__QUEUE_FOREACH(q, &l->conns)
+        {
+            lane_conn *lc = SURPOOL__QUEUE_DATA(q, lane_conn, link);
+            if (lc->c != NULL) {
+                c = lc->c;
+                lc->c = NULL;
+                l->nconns--;
+                break;
+            }
         }
         pthread_mutex_unlock(&l->mu);
         if (c == NULL)
@@ -591,10 +591,10 @@ void surpool__lane_destroy(surpool__lane *l)
     if (p->lane == l)
         p->lane = NULL;
     pthread_mutex_unlock(&p->mu);
-    while (l->conns != NULL) {
-        lane_conn *next = l->conns->next;
-        surpool__free(l->conns);
-        l->conns = next;
+    surpool__queue *q;
+    while ((q = surpool__queue_head(&l->conns)) != NULL) {
+        surpool__queue_remove(q);
+        surpool__free(SURPOOL__QUEUE_DATA(q, lane_conn, link));
     }
     pthread_cond_destroy(&l->acq_cv);
     pthread_cond_destroy(&l->cv);
@@ -668,12 +668,7 @@ static surpool_err enqueue(surpool_pool *p, surpool__lane *l, lane_req *r, const
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot start the lane's threads");
     }
     r->seq = ++l->seq;
-    r->next = NULL;
-    if (l->pend_tail != NULL)
-        l->pend_tail->next = r;
-    else
-        l->pend_head = r;
-    l->pend_tail = r;
+    surpool__queue_insert_tail(&l->pending, &r->link);
     l->npending++;
     pthread_mutex_unlock(&l->mu);
     pump(l);
