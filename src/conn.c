@@ -32,6 +32,26 @@ int surpool__conn_usable(const surpool_conn *c)
     return c->t != NULL && !atomic_load(&c->dead) && c->pool->ops->alive(c->t);
 }
 
+int surpool__conn_expired(const surpool_conn *c, int64_t now)
+{
+    return now >= c->expires_ns;
+}
+
+void surpool__conn_mark_broken(surpool_conn *c)
+{
+    c->broken = 1;
+}
+
+surpool_err surpool__conn_submit(surpool_conn *c, surpool__treq *req)
+{
+    return c->pool->ops->submit(c->t, req);
+}
+
+int surpool__conn_cancel(surpool_conn *c, surpool__treq *req)
+{
+    return c->pool->ops->cancel(c->t, req);
+}
+
 surpool_err surpool__conn_ping(surpool_conn *c, long timeout_ms, surpool_error *err)
 {
     return surpool__rpc(c, "ping", NULL, surpool__deadline_after_ms(timeout_ms), NULL, err);
@@ -235,13 +255,18 @@ surpool_err surpool__conn_restore(surpool_conn *c, surpool_error *err)
     return rc;
 }
 
+void surpool__conn_close_transport(surpool_conn *c)
+{
+    if (c->t != NULL)
+        c->pool->ops->close(c->t);
+    c->t = NULL;
+}
+
 void surpool__conn_close(surpool_conn *c)
 {
     if (c == NULL)
         return;
-    if (c->t != NULL)
-        c->pool->ops->close(c->t);
-    c->t = NULL;
+    surpool__conn_close_transport(c);
     surpool__free(c);
 }
 

@@ -33,11 +33,11 @@
 #include <errno.h>
 #include <string.h>
 
-#include "codec.h"
-#include "pool.h"
+#include "conn.h"
+#include "lane.h"
 #include "queue.h"
+#include "rpc.h"
 #include "thread.h"
-#include "wire.h"
 
 typedef struct lane_conn lane_conn;
 struct lane_conn {
@@ -76,7 +76,8 @@ struct surpool__lane {
     pthread_cond_t acq_cv; /* wakes the acquirer */
     surpool__queue conns;  /* lane_conn.link: every socket not yet given back */
     int nconns, target, cap;
-    surpool__queue pending; /* lane_req.link: FIFO, head = the oldest */
+    long acquire_timeout_ms; /* for one socket; see lane_acquire_timeout_ms() */
+    surpool__queue pending;  /* lane_req.link: FIFO, head = the oldest */
     int npending, inflight;
     int completing; /* on_done() calls between giving a slot back and returning */
     int submitting; /* pump() calls inside submit(): destroy must not close under them */
@@ -129,8 +130,7 @@ static void finish(lane_req *r)
         err.server_code = r->server_code;
         surpool__strlcpy(err.kind, r->kind, sizeof(err.kind));
     }
-    surpool__free(r->treq.buf);
-    r->treq.buf = NULL;
+    surpool__rpc_free_payload(p, &r->treq, r->method);
     if (r->sync != NULL) {
         r->rc = rc;
         r->err = err;
@@ -275,7 +275,7 @@ static void pump(surpool__lane *l)
         surpool_conn *c = lc->c;
         pthread_mutex_unlock(&l->mu);
 
-        surpool_err rc = c->pool->ops->submit(c->t, &r->treq);
+        surpool_err rc = surpool__conn_submit(c, &r->treq);
         pthread_mutex_lock(&l->mu);
         if (--l->submitting == 0 && l->closed)
             pthread_cond_broadcast(&l->cv); /* destroy waits for this */
@@ -312,10 +312,10 @@ static void pump(surpool__lane *l)
  * least connect_timeout_ms, so that the lane can always open a connection of
  * its own (acquire_timeout_ms = 0 must not make pool-level calls fail on a
  * cold pool). Queued requests still end at their own deadline meanwhile. */
-static long lane_acquire_timeout_ms(const surpool_pool *p)
+static long lane_acquire_timeout_ms(const surpool__lane_config *cfg)
 {
-    long t = p->cfg.pub.acquire_timeout_ms;
-    return t > p->cfg.pub.connect_timeout_ms ? t : p->cfg.pub.connect_timeout_ms;
+    long t = cfg->acquire_timeout_ms;
+    return t > cfg->connect_timeout_ms ? t : cfg->connect_timeout_ms;
 }
 
 static void *acquirer_main(void *arg)
@@ -343,7 +343,7 @@ static void *acquirer_main(void *arg)
         if (lc == NULL) {
             rc = surpool__seterr(&aerr, SURPOOL_ERR_NOMEM, "out of memory growing the lane");
         } else {
-            rc = surpool_pool_acquire_at(p, lane_acquire_timeout_ms(p), &c, &aerr, __FILE__,
+            rc = surpool_pool_acquire_at(p, l->acquire_timeout_ms, &c, &aerr, __FILE__,
                                          __LINE__);
             if (rc == SURPOOL_OK)
                 surpool__pool_lane_mark(p, c);
@@ -412,7 +412,7 @@ static void *lane_main(void *arg)
         {
             lane_conn *lc = SURPOOL__QUEUE_DATA(q, lane_conn, link);
             if (!lc->failed && !lc->expired) {
-                if (now >= lc->c->expires_ns)
+                if (surpool__conn_expired(lc->c, now))
                     lc->expired = 1;
                 else if (lc->inflight == 0 && !surpool__conn_usable(lc->c))
                     lc->failed = 1;
@@ -431,7 +431,7 @@ static void *lane_main(void *arg)
                 /* A failed socket may still look alive (a reply without
                  * result or error): the pool must close it, not lend it. */
                 if (lc->failed)
-                    lc->c->broken = 1;
+                    surpool__conn_mark_broken(lc->c);
                 surpool_conn_release(lc->c);
                 surpool__free(lc);
             }
@@ -488,16 +488,18 @@ static void *lane_main(void *arg)
 /* Create / close / destroy / stats                                           */
 /* ------------------------------------------------------------------------- */
 
-surpool_err surpool__lane_create(surpool_pool *p, surpool__lane **out)
+surpool_err surpool__lane_create(surpool_pool *p, const surpool__lane_config *cfg,
+                                 surpool__lane **out)
 {
     surpool__lane *l = surpool__calloc(1, sizeof(*l));
     if (l == NULL)
         return SURPOOL_ERR_NOMEM;
     l->pool = p;
-    l->target = p->cfg.pub.shared_connections;
-    if (l->target > p->cfg.pub.max_connections - 1)
-        l->target = p->cfg.pub.max_connections - 1; /* leave leases at least one */
-    l->cap = p->cfg.pub.shared_max_inflight;
+    l->target = cfg->shared_connections;
+    if (l->target > cfg->max_connections - 1)
+        l->target = cfg->max_connections - 1; /* leave leases at least one */
+    l->cap = cfg->shared_max_inflight;
+    l->acquire_timeout_ms = lane_acquire_timeout_ms(cfg);
     surpool__queue_init(&l->conns);
     surpool__queue_init(&l->pending);
     if (pthread_mutex_init(&l->mu, NULL) != 0)
@@ -586,11 +588,7 @@ void surpool__lane_destroy(surpool__lane *l)
     pthread_mutex_unlock(&l->mu);
     /* Nothing runs on the lane now: unhook it (stats read it under the pool
      * mutex), then free it. */
-    surpool_pool *p = l->pool;
-    pthread_mutex_lock(&p->mu);
-    if (p->lane == l)
-        p->lane = NULL;
-    pthread_mutex_unlock(&p->mu);
+    surpool__pool_lane_unhook(l->pool, l);
     surpool__queue *q;
     while ((q = surpool__queue_head(&l->conns)) != NULL) {
         surpool__queue_remove(q);
@@ -641,20 +639,15 @@ static surpool_err enqueue(surpool_pool *p, surpool__lane *l, lane_req *r, const
     r->lane = l;
     r->treq.done = on_done;
     r->treq.userdata = r;
-    r->treq.deadline_ns = surpool__deadline_after_ms(
-        p->cfg.pub.request_timeout_ms > 0 ? p->cfg.pub.request_timeout_ms : -1);
-    /* Encoded here, on the caller's thread; ids are unique pool-wide. */
-    r->treq.id = (int64_t)atomic_fetch_add(&p->next_id, 1);
-    surpool_err rc =
-        surpool__wire_encode_request(p->cfg.pub.wire_format, r->treq.id, method, params,
-                                     p->ops->headroom, &r->treq.buf, &r->treq.len, err);
+    /* Encoded here, on the caller's thread, as a lease's call is: ids are
+     * unique pool-wide; the deadline is request_timeout_ms from now. */
+    surpool_err rc = surpool__rpc_prepare(p, &r->treq, method, params, INT64_MAX, err);
     if (rc != SURPOOL_OK)
         return rc;
     pthread_mutex_lock(&l->mu);
     if (l->closed) {
         pthread_mutex_unlock(&l->mu);
-        surpool__free(r->treq.buf);
-        r->treq.buf = NULL;
+        surpool__rpc_free_payload(p, &r->treq, method);
         return surpool__seterr(err, SURPOOL_ERR_CLOSED, "pool is closed");
     }
     if (!l->thread_started && pthread_create(&l->thread, NULL, lane_main, l) == 0)
@@ -663,8 +656,7 @@ static surpool_err enqueue(surpool_pool *p, surpool__lane *l, lane_req *r, const
         l->acq_started = 1;
     if (!l->thread_started || !l->acq_started) {
         pthread_mutex_unlock(&l->mu);
-        surpool__free(r->treq.buf);
-        r->treq.buf = NULL;
+        surpool__rpc_free_payload(p, &r->treq, method);
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot start the lane's threads");
     }
     r->seq = ++l->seq;
@@ -734,7 +726,7 @@ surpool_err surpool_call(surpool_pool *p, const char *method, const json_t *para
     surpool_err rc = check_method(method, params, err);
     if (rc != SURPOOL_OK)
         return rc;
-    surpool__lane *l = p->lane; /* read once: see surpool_call_async() */
+    surpool__lane *l = surpool__pool_lane(p); /* read once: see surpool_call_async() */
     if (l == NULL)
         return leased_call(p, method, params, out, err);
     return lane_call_sync(p, l, method, params, out, err);
@@ -752,7 +744,7 @@ surpool_err surpool_call_async(surpool_pool *p, const char *method, const json_t
      * request (the lane refuses new ones with CLOSED from the start of
      * destroy), so a callback resubmitting during destroy sees a closed lane,
      * never a lane being freed. */
-    surpool__lane *l = p->lane;
+    surpool__lane *l = surpool__pool_lane(p);
     if (l == NULL)
         return SURPOOL_ERR_INVALID_ARG; /* async needs the lane (shared_connections > 0) */
     lane_req *r = surpool__calloc(1, sizeof(*r));
@@ -777,7 +769,7 @@ surpool_err surpool_query(surpool_pool *p, const char *sql, const json_t *vars, 
     surpool_err rc = surpool__query_params(sql, vars, &params, err);
     if (rc != SURPOOL_OK)
         return rc;
-    surpool__lane *l = p->lane;
+    surpool__lane *l = surpool__pool_lane(p);
     rc = l != NULL ? lane_call_sync(p, l, "query", params, out, err)
                    : leased_call(p, "query", params, out, err);
     json_decref(params);

@@ -202,9 +202,7 @@ void surpool__pool_close_forgotten(surpool_pool *p, surpool_conn *c)
 {
     /* Close the transport now; keep the memory in the graveyard (rule 9) and
      * free the oldest one there instead. Nobody reads c->t of a CLOSED one. */
-    if (c->t != NULL)
-        p->ops->close(c->t);
-    c->t = NULL;
+    surpool__conn_close_transport(c);
     surpool_conn *evicted = NULL;
     pthread_mutex_lock(&p->mu);
     surpool__queue_insert_tail(&p->grave, &c->idle_link);
@@ -224,6 +222,19 @@ void surpool__pool_leases_changed_locked(surpool_pool *p)
 {
     if (p->ndrainers > 0 || p->closed)
         pthread_cond_broadcast(&p->state_cv);
+}
+
+surpool__lane *surpool__pool_lane(surpool_pool *p)
+{
+    return p->lane;
+}
+
+void surpool__pool_lane_unhook(surpool_pool *p, surpool__lane *l)
+{
+    pthread_mutex_lock(&p->mu);
+    if (p->lane == l)
+        p->lane = NULL;
+    pthread_mutex_unlock(&p->mu);
 }
 
 void surpool__pool_lane_mark(surpool_pool *p, surpool_conn *c)
@@ -326,8 +337,12 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
     if (rc != SURPOOL_OK)
         goto fail_cv3;
 
+    const surpool_config *merged = &p->cfg.pub; /* the URL's settings applied */
+    surpool__lane_config lc = {merged->shared_connections, merged->max_connections,
+                               merged->shared_max_inflight, merged->acquire_timeout_ms,
+                               merged->connect_timeout_ms};
     if (p->cfg.pub.shared_connections > 0 && p->cfg.pub.max_connections > 1 &&
-        surpool__lane_create(p, &p->lane) != SURPOOL_OK) {
+        surpool__lane_create(p, &lc, &p->lane) != SURPOOL_OK) {
         ops->destroy(p->transport);
         rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory creating the lane");
         goto fail_cv3;

@@ -12,9 +12,12 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "conn.h"
 #include "histogram.h"
 #include "internal.h"
+#include "lane.h"
 #include "queue.h"
+#include "rpc.h"
 #include "transport.h"
 #include "url.h"
 
@@ -59,7 +62,6 @@ struct surpool_conn {
 };
 
 typedef struct surpool__waiter surpool__waiter;
-typedef struct surpool__lane surpool__lane;
 
 /* Per-pool configuration, copied and validated at create. */
 typedef struct surpool__pool_config {
@@ -200,58 +202,6 @@ int surpool__maintainer_start(surpool_pool *p); /* 0 or -1 */
 void surpool__maintainer_join(surpool_pool *p); /* the pool is closed */
 /* The transport said this connection died (any thread, no locks). */
 void surpool__pool_conn_died(surpool_pool *pool);
-
-/* conn.c */
-surpool_err surpool__conn_open(surpool_pool *pool, surpool_conn **out, surpool_error *err);
-void surpool__conn_close(surpool_conn *c); /* closes transport, frees; no locks held */
-int surpool__conn_usable(const surpool_conn *c);
-/* One ping with its own deadline (validation, keepalive); no locks held. */
-surpool_err surpool__conn_ping(surpool_conn *c, long timeout_ms, surpool_error *err);
-/* Bring a dirty lease back to the configured state (reset, signin, use, hooks). */
-surpool_err surpool__conn_restore(surpool_conn *c, surpool_error *err);
-
-/* rpc.c: a one-shot completion a thread can wait for. */
-typedef struct surpool__sync {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int done;
-} surpool__sync;
-int surpool__sync_init(surpool__sync *s); /* 0 or -1 */
-void surpool__sync_destroy(surpool__sync *s);
-void surpool__sync_signal(surpool__sync *s);
-void surpool__sync_wait(surpool__sync *s);
-int surpool__method_changes_session(const char *method);
-/* Transport failures after which a connection must not be lent again. */
-int surpool__breaks_connection(surpool_err code);
-/* [sql] or [sql, vars] for `query`, checked (INVALID_ARG, NOMEM) and packed;
- * *params is a new reference. Shared by leases and the lane. */
-surpool_err surpool__query_params(const char *sql, const json_t *vars, json_t **params,
-                                  surpool_error *err);
-/* A completed request's outcome: *result BORROWED from req->reply on success,
- * else the error in err; counts the request in the pool's stats. */
-surpool_err surpool__rpc_outcome(surpool_pool *p, const char *method, surpool__treq *req,
-                                 json_t **result, surpool_error *err);
-
-/* lane.c: the shared lane. */
-surpool_err surpool__lane_create(surpool_pool *p, surpool__lane **out);
-void surpool__lane_close(surpool__lane *l); /* pool closing: refuse new, fail queued */
-/* Completes every request, returns its leases, unhooks itself from the pool
- * (pool->lane = NULL, under the pool mutex) and frees itself; the pool is
- * still alive. Until then callbacks that resubmit get SURPOOL_ERR_CLOSED. */
-void surpool__lane_destroy(surpool__lane *l);
-void surpool__lane_stats(surpool__lane *l, surpool_stats *out);
-/* lane.c: 1 while this thread runs a surpool_result_fn. Synchronous calls
- * refuse to run there (SURPOOL_ERR_INVALID_ARG): on the transport's thread
- * they would wait for a reply only that thread can deliver. */
-int surpool__in_result_callback(void);
-/* pool.c: mark a lease as the lane's (not a user lease: no leak reports, not
- * waited for by drain). */
-void surpool__pool_lane_mark(surpool_pool *p, surpool_conn *c);
-
-/* rpc.c: one synchronous RPC on a connection, deadline absolute (monotonic ns).
- * *out (may be NULL) receives the result as a new reference. */
-surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *params,
-                         int64_t deadline_ns, json_t **out, surpool_error *err);
 
 /* pool.c: create with an explicit transport (tests pass the fake one). */
 surpool_err surpool__pool_create_with(const surpool_config *cfg,

@@ -72,7 +72,7 @@ static surpool_err wait_done(surpool_conn *c, surpool__treq *req, surpool__sync 
         int rc = surpool__cond_wait_until(&s->cv, &s->mu, limit);
         if (rc == ETIMEDOUT && !s->done) {
             pthread_mutex_unlock(&s->mu);
-            if (c->pool->ops->cancel(c->t, req)) {
+            if (surpool__conn_cancel(c, req)) {
                 req->status = SURPOOL_ERR_REQUEST_TIMEOUT;
                 snprintf(req->message, sizeof(req->message), "no reply before the deadline");
                 return SURPOOL_OK;
@@ -119,6 +119,29 @@ int surpool__method_changes_session(const char *method)
     return 0;
 }
 
+surpool_err surpool__rpc_prepare(surpool_pool *p, surpool__treq *req, const char *method,
+                                 const json_t *params, int64_t deadline_ns, surpool_error *err)
+{
+    req->id = (int64_t)atomic_fetch_add(&p->next_id, 1);
+    surpool_err rc =
+        surpool__wire_encode_request(p->cfg.pub.wire_format, req->id, method, params,
+                                     p->ops->headroom, &req->buf, &req->len, err);
+    if (rc != SURPOOL_OK)
+        return rc;
+    int64_t rdeadline = surpool__deadline_after_ms(
+        p->cfg.pub.request_timeout_ms > 0 ? p->cfg.pub.request_timeout_ms : -1);
+    req->deadline_ns = rdeadline < deadline_ns ? rdeadline : deadline_ns;
+    return SURPOOL_OK;
+}
+
+void surpool__rpc_free_payload(surpool_pool *p, surpool__treq *req, const char *method)
+{
+    if (req->buf != NULL && carries_secret(method))
+        surpool__wipe(req->buf, p->ops->headroom + req->len);
+    surpool__free(req->buf);
+    req->buf = NULL;
+}
+
 surpool_err surpool__rpc_outcome(surpool_pool *p, const char *method, surpool__treq *req,
                                  json_t **result, surpool_error *err)
 {
@@ -155,26 +178,19 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
 
     surpool__treq req;
     memset(&req, 0, sizeof(req));
-    req.id = (int64_t)atomic_fetch_add(&p->next_id, 1);
-    surpool_err rc =
-        surpool__wire_encode_request(p->cfg.pub.wire_format, req.id, method, params,
-                                     p->ops->headroom, &req.buf, &req.len, err);
+    surpool_err rc = surpool__rpc_prepare(p, &req, method, params, deadline_ns, err);
     if (rc != SURPOOL_OK)
         return rc;
 
-    int64_t rdeadline = surpool__deadline_after_ms(
-        p->cfg.pub.request_timeout_ms > 0 ? p->cfg.pub.request_timeout_ms : -1);
-    req.deadline_ns = rdeadline < deadline_ns ? rdeadline : deadline_ns;
-
     surpool__sync s;
     if (surpool__sync_init(&s) != 0) {
-        surpool__free(req.buf);
+        surpool__rpc_free_payload(p, &req, method);
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
     }
     req.done = sync_done;
     req.userdata = &s;
 
-    rc = p->ops->submit(c->t, &req);
+    rc = surpool__conn_submit(c, &req);
     if (rc == SURPOOL_OK) {
         wait_done(c, &req, &s);
         rc = req.status;
@@ -182,9 +198,7 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
         surpool__strlcpy(req.message, surpool_strerror(rc), sizeof(req.message));
     }
     surpool__sync_destroy(&s);
-    if (carries_secret(method))
-        surpool__wipe(req.buf, p->ops->headroom + req.len);
-    surpool__free(req.buf);
+    surpool__rpc_free_payload(p, &req, method);
 
     req.status = rc;
     json_t *result = NULL;

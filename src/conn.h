@@ -1,0 +1,35 @@
+/*
+ * The connection layer (conn.c): one connection of a pool, opened and set up
+ * (auth, namespace/database, the user's hook), and the one place that hands
+ * its requests to the transport. What the pool, the rpc layer and the lane
+ * need of a connection, without the pool's books. Not installed.
+ */
+#ifndef SURPOOL_CONN_H
+#define SURPOOL_CONN_H
+
+#include <stdint.h>
+
+#include "internal.h"
+#include "transport.h"
+
+surpool_err surpool__conn_open(surpool_pool *pool, surpool_conn **out, surpool_error *err);
+void surpool__conn_close(surpool_conn *c); /* closes transport, frees; no locks held */
+/* Close the transport only, keeping the memory (the pool's graveyard); no
+ * locks held. */
+void surpool__conn_close_transport(surpool_conn *c);
+int surpool__conn_usable(const surpool_conn *c);
+/* 1 once `now` (monotonic ns) is past the connection's max lifetime. */
+int surpool__conn_expired(const surpool_conn *c, int64_t now);
+/* A transport failure was seen on it: the pool must close it, not lend it. */
+void surpool__conn_mark_broken(surpool_conn *c);
+/* One ping with its own deadline (validation, keepalive); no locks held. */
+surpool_err surpool__conn_ping(surpool_conn *c, long timeout_ms, surpool_error *err);
+/* Bring a dirty lease back to the configured state (reset, signin, use, hooks). */
+surpool_err surpool__conn_restore(surpool_conn *c, surpool_error *err);
+
+/* Hand a prepared request (surpool__rpc_prepare) to the connection's
+ * transport, and take one back; the transport's contracts 3 and 5. */
+surpool_err surpool__conn_submit(surpool_conn *c, surpool__treq *req);
+int surpool__conn_cancel(surpool_conn *c, surpool__treq *req);
+
+#endif

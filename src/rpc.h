@@ -1,0 +1,58 @@
+/*
+ * The request path (rpc.c), shared by leases and the lane: a request is
+ * prepared (pool-wide id, payload encoded in the pool's wire format, deadline)
+ * by surpool__rpc_prepare, sent with surpool__conn_submit (conn.h), and its
+ * reply read by surpool__rpc_outcome. Not installed.
+ */
+#ifndef SURPOOL_RPC_H
+#define SURPOOL_RPC_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "internal.h"
+#include "transport.h"
+
+/* A one-shot completion a thread can wait for. */
+typedef struct surpool__sync {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+} surpool__sync;
+int surpool__sync_init(surpool__sync *s); /* 0 or -1 */
+void surpool__sync_destroy(surpool__sync *s);
+void surpool__sync_signal(surpool__sync *s);
+void surpool__sync_wait(surpool__sync *s);
+
+int surpool__method_changes_session(const char *method);
+/* Transport failures after which a connection must not be lent again. */
+int surpool__breaks_connection(surpool_err code);
+/* [sql] or [sql, vars] for `query`, checked (INVALID_ARG, NOMEM) and packed;
+ * *params is a new reference. Shared by leases and the lane. */
+surpool_err surpool__query_params(const char *sql, const json_t *vars, json_t **params,
+                                  surpool_error *err);
+
+/* Prepare `req` for submission on a connection of `p`: a pool-wide id (never
+ * reused, so a late reply can never match a newer call), the payload encoded
+ * in the pool's wire format behind the transport's headroom (req->buf, freed
+ * with surpool__rpc_free_payload), and the deadline: request_timeout_ms from
+ * now, or `deadline_ns` if sooner (INT64_MAX: none of the caller's). The
+ * caller sets req->done and req->userdata. On error nothing is allocated. */
+surpool_err surpool__rpc_prepare(surpool_pool *p, surpool__treq *req, const char *method,
+                                 const json_t *params, int64_t deadline_ns, surpool_error *err);
+/* Free a prepared request's payload, wiping it first if `method` carries a
+ * password or token. NULL buf ok. */
+void surpool__rpc_free_payload(surpool_pool *p, surpool__treq *req, const char *method);
+/* A completed request's outcome: *result BORROWED from req->reply on success,
+ * else the error in err; counts the request in the pool's stats. */
+surpool_err surpool__rpc_outcome(surpool_pool *p, const char *method, surpool__treq *req,
+                                 json_t **result, surpool_error *err);
+
+/* One synchronous RPC on a connection, deadline absolute (monotonic ns).
+ * *out (may be NULL) receives the result as a new reference. */
+surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *params,
+                         int64_t deadline_ns, json_t **out, surpool_error *err);
+
+#endif
