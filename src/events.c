@@ -41,6 +41,15 @@ void surpool__evq_log(const surpool_pool *p, surpool__evq *q, surpool_log_level 
     q->n++;
 }
 
+void surpool__evq_flush_dropping(surpool_pool *p, surpool__evq *q)
+{
+    if (q->n == 0)
+        return;
+    pthread_mutex_unlock(&p->mu);
+    surpool__evq_flush(p, q);
+    pthread_mutex_lock(&p->mu);
+}
+
 /* mu NOT held. */
 void surpool__evq_flush(const surpool_pool *p, surpool__evq *q)
 {

@@ -217,11 +217,7 @@ static void *connector_main(void *arg)
         }
         surpool__pool_check_locked(p);
         pthread_cond_broadcast(&p->state_cv);
-        if (q.n > 0) {
-            pthread_mutex_unlock(&p->mu);
-            surpool__evq_flush(p, &q);
-            pthread_mutex_lock(&p->mu);
-        }
+        surpool__evq_flush_dropping(p, &q);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;

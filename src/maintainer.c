@@ -43,16 +43,10 @@ static void maintain_plan_locked(surpool_pool *p, maint_plan *m, surpool__evq *q
     for (qi = p->idle.prev; qi != &p->idle && nv < MAINT_BATCH; qi = prev) {
         prev = qi->prev;
         c = SURPOOL__QUEUE_DATA(qi, surpool_conn, idle_link);
-        const char *reason = NULL;
-        if (!surpool__conn_usable(c)) {
-            reason = "dead";
-            p->stats.broken++;
-        } else if (now >= c->expires_ns) {
-            reason = "max_lifetime reached";
-            p->stats.lifetime_retirements++;
-        } else if (cfg->idle_timeout_ms > 0 &&
-                   now - c->last_used_ns >= surpool__ms_to_ns(cfg->idle_timeout_ms) &&
-                   surpool__pool_total_locked(p) > cfg->min_connections) {
+        const char *reason = surpool__pool_worn_out_locked(p, c, now);
+        if (reason == NULL && cfg->idle_timeout_ms > 0 &&
+            now - c->last_used_ns >= surpool__ms_to_ns(cfg->idle_timeout_ms) &&
+            surpool__pool_total_locked(p) > cfg->min_connections) {
             reason = "idle_timeout reached";
             p->stats.idle_retirements++;
         }
@@ -178,11 +172,7 @@ static void *maintainer_main(void *arg)
         maint_plan m;
         maintain_plan_locked(p, &m, &q);
         maintain_carry_out(p, &m, &q);
-        if (q.n > 0) {
-            pthread_mutex_unlock(&p->mu);
-            surpool__evq_flush(p, &q);
-            pthread_mutex_lock(&p->mu);
-        }
+        surpool__evq_flush_dropping(p, &q);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;

@@ -143,6 +143,19 @@ void surpool__pool_add_locked(surpool_pool *p, surpool_conn *c)
     surpool__queue_insert_head(&p->all, &c->all_link);
 }
 
+const char *surpool__pool_worn_out_locked(surpool_pool *p, const surpool_conn *c, int64_t now)
+{
+    if (!surpool__conn_usable(c)) {
+        p->stats.broken++;
+        return "dead";
+    }
+    if (now >= c->expires_ns) {
+        p->stats.lifetime_retirements++;
+        return "max_lifetime reached";
+    }
+    return NULL;
+}
+
 /* Take an idle connection out of the idle list as a lease. */
 void surpool__pool_take_idle_locked(surpool_pool *p, surpool_conn *c)
 {
@@ -525,16 +538,10 @@ static int validate(surpool_pool *p, surpool_conn *c, int64_t t0, int64_t *grant
     const surpool_config *cfg = &p->cfg.pub;
     int64_t now = t0;
     int validated = 0;
-    const char *retire = NULL;
+    const char *retire = surpool__pool_worn_out_locked(p, c, now);
     surpool_err why = SURPOOL_OK;
-    if (!surpool__conn_usable(c)) {
-        retire = "dead";
-        p->stats.broken++;
-    } else if (now >= c->expires_ns) {
-        retire = "max_lifetime reached";
-        p->stats.lifetime_retirements++;
-    } else if (cfg->validation_idle_ms >= 0 &&
-               now - c->last_checked_ns > surpool__ms_to_ns(cfg->validation_idle_ms)) {
+    if (retire == NULL && cfg->validation_idle_ms >= 0 &&
+        now - c->last_checked_ns > surpool__ms_to_ns(cfg->validation_idle_ms)) {
         /* Idle a while: prove it works before lending it (outside mu). */
         p->stats.validations++;
         validated = 1;

@@ -150,6 +150,9 @@ void surpool__config_free(surpool__pool_config *c);
 void surpool__pool_check_locked(const surpool_pool *p);
 /* Book a freshly opened connection: its serial, the list of all. */
 void surpool__pool_add_locked(surpool_pool *p, surpool_conn *c);
+/* Why `c` must be retired rather than lent at `now` ("dead", "max_lifetime
+ * reached", counted in the stats), or NULL. */
+const char *surpool__pool_worn_out_locked(surpool_pool *p, const surpool_conn *c, int64_t now);
 /* Take an idle connection out of the idle list as a lease. */
 void surpool__pool_take_idle_locked(surpool_pool *p, surpool_conn *c);
 /* idle + leased + connecting: the slots in use. */
@@ -183,6 +186,9 @@ void surpool__evq_add(const surpool_pool *p, surpool__evq *q, surpool_event_type
 void surpool__evq_log(const surpool_pool *p, surpool__evq *q, surpool_log_level level,
                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 void surpool__evq_flush(const surpool_pool *p, surpool__evq *q); /* mu NOT held */
+/* Called with the mutex held: if anything is queued, drops the mutex to
+ * flush, and takes it again. */
+void surpool__evq_flush_dropping(surpool_pool *p, surpool__evq *q);
 
 /* ---- governor.c: connector threads, backoff, the circuit breaker (rules 5
  * and 6 live there). ---- */
