@@ -330,6 +330,7 @@ static void test_cancel_races_completion(void **state)
         assert_int_equal(x->rt.inflight.n, 0);
     }
     assert_int_equal(won + lost, (long)RACE_ROUNDS * RACE_BATCH);
+    print_message("cancel won %ld, completion won %ld\n", won, lost);
     pthread_join(th, NULL);
     surpool__reqtable_free(&x->rt);
     pthread_barrier_destroy(&x->start);
