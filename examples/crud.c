@@ -15,9 +15,19 @@ static int show(const char *what, surpool_err rc, json_t *out, const surpool_err
         fprintf(stderr, "%s: %s\n", what, err->message);
         return 1;
     }
-    char *text = json_dumps(out, JSON_COMPACT | JSON_ENCODE_ANY);
+    /* Results keep SurrealDB's types ({"$surreal": "record", ...}); print
+     * their text forms ("person:tobie") instead. */
+    json_t *plain = NULL;
+    surpool_error perr;
+    if (surpool_value_to_plain(out, &plain, &perr) != SURPOOL_OK) {
+        fprintf(stderr, "%s: %s\n", what, perr.message);
+        json_decref(out);
+        return 1;
+    }
+    char *text = json_dumps(plain, JSON_COMPACT | JSON_ENCODE_ANY);
     printf("%-8s %s\n", what, text != NULL ? text : "(unprintable)");
     free(text);
+    json_decref(plain);
     json_decref(out);
     return 0;
 }

@@ -45,10 +45,18 @@ int main(int argc, char **argv)
 
     int status = 0;
     if (rc == SURPOOL_OK) {
-        /* One element per statement, each with its own status. */
-        char *text = json_dumps(result, JSON_INDENT(2));
-        printf("%s\n", text);
-        free(text);
+        /* One element per statement, each with its own status. Typed values
+         * (record ids, datetimes, ...) print as their text forms. */
+        json_t *plain = NULL;
+        if (surpool_value_to_plain(result, &plain, &err) == SURPOOL_OK) {
+            char *text = json_dumps(plain, JSON_INDENT(2));
+            printf("%s\n", text != NULL ? text : "(unprintable)");
+            free(text);
+            json_decref(plain);
+        } else {
+            fprintf(stderr, "print: %s\n", err.message);
+            status = 1;
+        }
         json_decref(result);
     } else {
         fprintf(stderr, "query: %s\n", err.message);

@@ -4,7 +4,7 @@
  * broken aborts; leaks are reported by ASan/LSan.
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Isrc \
- *         fuzz/fuzz_decode.c src/codec.c src/alloc.c src/error.c src/utf8.c -ljansson
+ *         fuzz/fuzz_decode.c src/codec.c src/json_peek.c src/alloc.c src/error.c src/utf8.c -ljansson
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -106,9 +106,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     check_utf8_helpers(data, size);
 
+    /* The routing peek never reads past the frame, and on a frame the full
+     * decode accepts it agrees on kind and id. */
+    surpool__frame_kind pkind = 0;
+    int64_t pid = 0;
+    surpool_error perr;
+    surpool_err prc = surpool__codec_peek((const char *)data, size, &pkind, &pid, &perr);
+    CHECK(prc == SURPOOL_OK || prc == SURPOOL_ERR_PROTOCOL);
+    if (prc != SURPOOL_OK)
+        check_err(&perr, prc);
+
     surpool__frame f;
     surpool_error err;
     surpool_err rc = surpool__codec_decode_frame((const char *)data, size, &f, &err);
+    if (rc == SURPOOL_OK)
+        CHECK(prc == SURPOOL_OK && pkind == f.kind && pid == f.id);
     if (rc != SURPOOL_OK) {
         CHECK(rc == SURPOOL_ERR_PROTOCOL || rc == SURPOOL_ERR_NOMEM);
         CHECK(f.root == NULL);

@@ -106,13 +106,15 @@ m_lane_inflight_kept() {
 
 # A reply whose id matches no request is given to the oldest one in flight.
 m_id_mismatch_accepted() {
-    plant src/transport_lws.c 1 \
-'        size_t i = map_find(&c->map, f.id, NULL);
-        if (i != SIZE_MAX) {' \
-'        size_t i = map_find(&c->map, f.id, NULL);
-        if (i == SIZE_MAX && c->inflight.head != NULL)
-            i = map_find(&c->map, c->inflight.head->id, NULL);
-        if (i != SIZE_MAX) {'
+    plant src/reqtable.c 1 \
+'    size_t i = map_find(&rt->map, id, NULL);
+    if (i == SIZE_MAX)
+        return NULL;' \
+'    size_t i = map_find(&rt->map, id, NULL);
+    if (i == SIZE_MAX && list_head(&rt->inflight) != NULL)
+        i = map_find(&rt->map, list_head(&rt->inflight)->id, NULL);
+    if (i == SIZE_MAX)
+        return NULL;'
 }
 
 # Every server error is SERVER (authentication failures included).
@@ -131,7 +133,7 @@ m_kind_dropped() {
 
 # Request deadlines never expire anything.
 m_deadlines_ignored() {
-    plant src/transport_lws.c 2 \
+    plant src/reqtable.c 2 \
 'r->deadline_ns <= now) {' \
 'r->deadline_ns <= now && 0) {'
 }

@@ -65,6 +65,18 @@ typedef struct surpool__frame {
 surpool_err surpool__codec_decode_frame(const char *buf, size_t len, surpool__frame *out,
                                         surpool_error *err);
 
+/* Route a frame without building it (src/json_peek.c): walks the top-level
+ * object's keys once, reads "id" and skips every other value. *kind is REPLY
+ * with *id set, or, with no id (or a null one), ORPHAN_ERROR when there is a
+ * non-null "error" and NOTIFICATION otherwise (to be confirmed by the full
+ * decode). Allocates nothing, never recurses. SURPOOL_ERR_PROTOCOL for a frame
+ * that is not an object, a repeated "id", an id that is not an integer in
+ * int64, or JSON broken where the walk looks. Not a validator: a frame it
+ * accepts may still fail surpool__codec_decode_frame(), but on every frame
+ * both accept they agree on kind and id. */
+surpool_err surpool__codec_peek(const char *buf, size_t len, surpool__frame_kind *kind,
+                                int64_t *id, surpool_error *err);
+
 /* For a REPLY root: SURPOOL_OK with *result set to the BORROWED "result" member
  * (json null when the server sent null); or the server's error mapped by
  * surpool__codec_map_error() (an "error" member wins over "result"; "error":null

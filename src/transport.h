@@ -2,8 +2,9 @@
  * The transport vtable: how the pool core talks to connections.
  *
  * The pool (pool.c, conn.c, rpc.c) never knows what carries its requests. The
- * library ships one implementation, transport_lws.c (libwebsockets); the unit
- * tests run the same core on tests/fake_transport.c.
+ * library ships one implementation, transport_lws.c (libwebsockets, with its
+ * TLS in tls.c); the unit tests run the same core on tests/fake_transport.c.
+ * Both keep their requests in a request table (reqtable.h).
  *
  * Contract (every implementation must keep all of it):
  *  1. create() starts whatever machinery the transport needs (threads, contexts)
@@ -44,6 +45,7 @@
 #include <jansson.h>
 
 #include "internal.h"
+#include "queue.h"
 #include "url.h"
 
 typedef struct surpool__transport surpool__transport; /* one per pool */
@@ -67,9 +69,8 @@ struct surpool__treq {
                             a new reference the submitter takes over */
     char message[200];  /* why, when status != SURPOOL_OK */
 
-    /* Transport private: never touched by the submitter. */
-    surpool__treq *tnext;
-    surpool__treq *tprev;
+    /* Transport private: never touched by the submitter (src/reqtable.h). */
+    surpool__queue tlink;
     int tstate;
 };
 

@@ -6,9 +6,9 @@
  *    call happens on that thread, except lws_cancel_service(), which callers use to
  *    wake it. The context is created on the creating thread before the service
  *    thread starts and destroyed on the service thread.
- *  - A connection (surpool__tconn) has a mutex guarding its send queue, its
- *    in-flight table (an intrusive FIFO list plus an open-addressing hash by RPC
- *    id), its state and its error text. Callers enqueue under the mutex and put
+ *  - A connection (surpool__tconn) has a mutex guarding its request table
+ *    (reqtable.c: the send queue, the in-flight list and map by RPC id,
+ *    deadlines), its state and its error text. Callers enqueue under the mutex and put
  *    the connection on the transport's wake list; the service thread takes the
  *    list in LWS_CALLBACK_EVENT_WAIT_CANCELLED and asks lws for writable
  *    callbacks, starts connects, or closes.
@@ -18,6 +18,15 @@
  *    matter how close(), open() timeouts and WSI_DESTROY interleave.
  *  - Request completions (done()) run without the connection mutex held: they are
  *    collected on a local list first.
+ *  - TLS (our SSL_CTX, certificate checks, handshake notes) is tls.c; this file
+ *    only hands lws the SSL_CTX and forwards its verification callback.
+ *
+ * Locks, outermost first (each one's place is also written next to it):
+ *   transport mu → connection mu → process-wide log registry mutex → log_fn;
+ *   connection events_mu → (the pool's on_dead/on_notify, which log);
+ *   alive_lock (read) → log registry mutex.
+ * The registry mutex is taken inside lws calls that log (lws_write() runs under
+ * the connection mutex). No lock of ours is held while done() runs.
  *
  * Process-wide side effects of libwebsockets that users must be told about:
  * lws_create_context() sets SIGPIPE to ignored, and lws' log level and emitter
@@ -42,47 +51,26 @@
 #include <unistd.h>
 
 #include <libwebsockets.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
 
 #include "cbor_codec.h"
 #include "codec.h"
 #include "internal.h"
+#include "reqtable.h"
 #include "transport.h"
 #include "thread.h"
+#include "tls.h"
 #include "utf8.h"
 
 /* ------------------------------------------------------------------------- */
 /* Types                                                                      */
 /* ------------------------------------------------------------------------- */
 
-enum { TS_NONE = 0, TS_QUEUED = 1, TS_INFLIGHT = 2, TS_DONE = 3 }; /* treq.tstate */
-enum { CS_CONNECTING = 0, CS_OPEN = 1, CS_FAILED = 2 };            /* tconn.state */
+enum { CS_CONNECTING = 0, CS_OPEN = 1, CS_FAILED = 2 }; /* tconn.state */
 
 #define MAX_ADDRS 4              /* resolved addresses tried in order while TCP fails */
 #define RX_KEEP_BYTES (1u << 20) /* receive buffers above this are freed after use */
 #define ABORT_WAIT_NS (2000 * SURPOOL__NS_PER_MS)
 #define SHUTDOWN_WAIT_NS (1000 * SURPOOL__NS_PER_MS)
-
-/* A FIFO of requests linked through treq.tnext/tprev. `sorted` stays 1 while
- * deadlines are non-decreasing from head to tail: the common case (one constant
- * request timeout) lets the deadline sweep look at the head only. */
-typedef struct treq_list {
-    surpool__treq *head;
-    surpool__treq *tail;
-    size_t n;
-    int sorted;
-} treq_list;
-
-/* In-flight requests by id: open addressing, linear probing, backward-shift
- * deletion. Capacity is reserved at submit() so that the service thread never
- * has to allocate (or fail) when it moves a request in flight. */
-typedef struct id_map {
-    surpool__treq **slots;
-    size_t mask; /* capacity - 1; capacity is a power of two, 0 slots when unused */
-    size_t count;
-} id_map;
 
 struct surpool__tconn {
     surpool__transport *t;
@@ -92,7 +80,10 @@ struct surpool__tconn {
     surpool__tconn *wake_next;           /* t->mu */
     surpool__tconn *all_next, *all_prev; /* t->mu */
 
-    pthread_mutex_t mu;  /* everything below up to "service thread only" */
+    /* Everything below up to "service thread only". Lock order: after t->mu (destroy
+     * takes it inside); before g_reg_mu (lws_write() may log under it); no other
+     * lock is taken under it, and conn_wake() is called only after releasing it. */
+    pthread_mutex_t mu;
     pthread_cond_t cond; /* the opener waits here */
     int state;
     int started;    /* the service thread took the current connect request */
@@ -103,10 +94,7 @@ struct surpool__tconn {
     int tcp_up;     /* the current attempt got a TCP connection */
     int tcp_failed; /* lws said the TCP connect failed (it keeps the errno to itself) */
     int dead_notified;
-    treq_list queue;
-    treq_list inflight;
-    id_map map;
-    int64_t deadline_hint; /* <= every pending deadline (INT64_MAX: none) */
+    surpool__reqtable rt; /* queued and in-flight requests */
     int64_t open_deadline;
     int64_t open_started;
     surpool_err fail_code; /* why it failed (connect error, too large, protocol) */
@@ -127,7 +115,9 @@ struct surpool__tconn {
     int64_t timer_at; /* when the sul fires (INT64_MAX: not scheduled) */
 
     /* Events: events_mu is held around every on_dead/on_notify so that close()
-     * can wait out a running one and then detach. */
+     * can wait out a running one and then detach. Lock order: taken with no other
+     * lock of ours held; under it run only the pool's event handlers (they set a
+     * flag, signal the maintainer and call log_fn). */
     pthread_mutex_t events_mu;
     surpool__tconn_events ev;
     int ev_detached;
@@ -152,11 +142,15 @@ struct surpool__transport {
     atomic_int stop;
     atomic_int wake_pending;
 
-    /* Guards lws_cancel_service() against a destroyed context. */
+    /* Guards lws_cancel_service() against a destroyed context. Lock order: taken
+     * with no other lock of ours held (transport_kick() runs after t->mu is
+     * released); under it only lws' own logging (g_reg_mu). */
     pthread_rwlock_t alive_lock;
     int ctx_alive;
 
-    pthread_mutex_t mu; /* wake list, connection list */
+    /* Wake list, connection list. Lock order: the outermost transport lock; may
+     * take a connection's mu under it (destroy); never taken under one. */
+    pthread_mutex_t mu;
     pthread_cond_t cond;
     surpool__tconn *wake_head, *wake_tail;
     surpool__tconn *all_head;
@@ -166,20 +160,19 @@ struct surpool__transport {
 };
 
 /* ------------------------------------------------------------------------- */
-/* Process-wide: lws logging, OpenSSL ex_data indexes                        */
+/* Process-wide: lws logging                                                 */
 /* ------------------------------------------------------------------------- */
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+/* Lock order: innermost of ours (taken inside lws' logging, possibly under a
+ * connection's mu or the alive_lock); only the user's log_fn runs under it. */
 static pthread_mutex_t g_reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static surpool__transport *g_reg_head;
-static int g_ssl_rx_alert_idx = -1; /* SSL ex_data: last fatal alert received */
-static int g_ssl_tx_alert_idx = -1; /* SSL ex_data: last fatal alert sent */
-static int g_ssl_note_idx = -1;     /* SSL ex_data: other static explanation */
 
 /* lws' log level and emitter are process global: forward its ERR/WARN lines to
  * every live transport's logger (we cannot tell which context a line is about).
  * With no logger registered the line goes nowhere: the library never prints. */
-static void lws_emit(int level, const char *line)
+static void forward_lws_log(int level, const char *line)
 {
     char buf[300];
     size_t n = strlen(line);
@@ -203,10 +196,7 @@ static void lws_emit(int level, const char *line)
 
 static void global_init(void)
 {
-    lws_set_log_level(LLL_ERR | LLL_WARN, lws_emit);
-    g_ssl_rx_alert_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
-    g_ssl_tx_alert_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
-    g_ssl_note_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    lws_set_log_level(LLL_ERR | LLL_WARN, forward_lws_log);
 }
 
 static void registry_add(surpool__transport *t)
@@ -262,166 +252,6 @@ static void copy_str(char *dst, size_t cap, const char *src)
     surpool__strlcpy(dst, src, cap);
 }
 
-/* ---- request lists ---- */
-
-static void list_init(treq_list *l)
-{
-    memset(l, 0, sizeof(*l));
-    l->sorted = 1;
-}
-
-static void list_push(treq_list *l, surpool__treq *r)
-{
-    r->tnext = NULL;
-    r->tprev = l->tail;
-    if (l->tail != NULL) {
-        if (r->deadline_ns < l->tail->deadline_ns)
-            l->sorted = 0;
-        l->tail->tnext = r;
-    } else {
-        l->head = r;
-    }
-    l->tail = r;
-    l->n++;
-}
-
-static void list_remove(treq_list *l, surpool__treq *r)
-{
-    if (r->tprev != NULL)
-        r->tprev->tnext = r->tnext;
-    else
-        l->head = r->tnext;
-    if (r->tnext != NULL)
-        r->tnext->tprev = r->tprev;
-    else
-        l->tail = r->tprev;
-    r->tnext = r->tprev = NULL;
-    if (--l->n == 0)
-        l->sorted = 1;
-}
-
-/* Completed requests waiting for their done() call, linked through tnext. */
-typedef struct done_list {
-    surpool__treq *head, *tail;
-} done_list;
-
-static void done_add(done_list *d, surpool__treq *r, surpool_err code, const char *msg)
-{
-    r->tstate = TS_DONE;
-    r->status = code;
-    if (code != SURPOOL_OK)
-        copy_str(r->message, sizeof(r->message), msg);
-    else
-        r->message[0] = '\0';
-    r->tnext = NULL;
-    r->tprev = NULL;
-    if (d->tail != NULL)
-        d->tail->tnext = r;
-    else
-        d->head = r;
-    d->tail = r;
-}
-
-/* Call done() for each; never with a connection mutex held. */
-static void done_run(done_list *d)
-{
-    surpool__treq *r = d->head;
-    while (r != NULL) {
-        surpool__treq *next = r->tnext; /* r may be freed by done() */
-        r->tnext = NULL;
-        r->done(r);
-        r = next;
-    }
-    d->head = d->tail = NULL;
-}
-
-/* ---- id map ---- */
-
-static size_t id_hash(int64_t id)
-{
-    uint64_t x = (uint64_t)id * UINT64_C(0x9E3779B97F4A7C15);
-    return (size_t)(x ^ (x >> 29));
-}
-
-/* Make room for `need` entries at load factor <= 1/2. */
-static int map_reserve(id_map *m, size_t need)
-{
-    size_t cap = m->slots != NULL ? m->mask + 1 : 0;
-    if (need <= cap / 2)
-        return 0;
-    size_t ncap = cap != 0 ? cap : 64;
-    while (need > ncap / 2) {
-        if (ncap > SIZE_MAX / 4 / sizeof(void *))
-            return -1;
-        ncap *= 2;
-    }
-    surpool__treq **ns = surpool__calloc(ncap, sizeof(*ns));
-    if (ns == NULL)
-        return -1;
-    for (size_t i = 0; i < cap; i++) {
-        surpool__treq *r = m->slots[i];
-        if (r == NULL)
-            continue;
-        size_t j = id_hash(r->id) & (ncap - 1);
-        while (ns[j] != NULL)
-            j = (j + 1) & (ncap - 1);
-        ns[j] = r;
-    }
-    surpool__free(m->slots);
-    m->slots = ns;
-    m->mask = ncap - 1;
-    return 0;
-}
-
-static void map_insert(id_map *m, surpool__treq *r)
-{
-    size_t i = id_hash(r->id) & m->mask;
-    while (m->slots[i] != NULL)
-        i = (i + 1) & m->mask;
-    m->slots[i] = r;
-    m->count++;
-}
-
-/* Slot of the first entry with `id` (and, if want != NULL, that exact request). */
-static size_t map_find(const id_map *m, int64_t id, const surpool__treq *want)
-{
-    if (m->slots == NULL)
-        return SIZE_MAX;
-    size_t i = id_hash(id) & m->mask;
-    for (surpool__treq *r; (r = m->slots[i]) != NULL; i = (i + 1) & m->mask) {
-        if (r->id == id && (want == NULL || r == want))
-            return i;
-    }
-    return SIZE_MAX;
-}
-
-static void map_remove_at(id_map *m, size_t i)
-{
-    /* Backward-shift deletion keeps every probe chain unbroken without tombstones. */
-    size_t j = i;
-    for (;;) {
-        j = (j + 1) & m->mask;
-        surpool__treq *r = m->slots[j];
-        if (r == NULL)
-            break;
-        size_t k = id_hash(r->id) & m->mask;
-        /* r may stay at j if its home k lies cyclically in (i, j]. */
-        if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
-            continue;
-        m->slots[i] = r;
-        i = j;
-    }
-    m->slots[i] = NULL;
-    m->count--;
-}
-
-static void map_clear(id_map *m)
-{
-    if (m->slots != NULL)
-        memset(m->slots, 0, (m->mask + 1) * sizeof(*m->slots));
-    m->count = 0;
-}
-
 /* ---- connection bookkeeping ---- */
 
 static void conn_free(surpool__tconn *c)
@@ -438,7 +268,7 @@ static void conn_free(surpool__tconn *c)
     pthread_cond_broadcast(&t->cond);
     pthread_mutex_unlock(&t->mu);
 
-    surpool__free(c->map.slots);
+    surpool__reqtable_free(&c->rt);
     surpool__free(c->rx);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->cond);
@@ -497,95 +327,28 @@ static void conn_wake(surpool__tconn *c)
         transport_kick(t);
 }
 
-/* Move every queued and in-flight request of `c` to `d` (c->mu held). */
-static void conn_collect_all(surpool__tconn *c, done_list *d, surpool_err code, const char *msg)
-{
-    surpool__treq *r;
-    while ((r = c->inflight.head) != NULL) {
-        list_remove(&c->inflight, r);
-        done_add(d, r, code, msg);
-    }
-    map_clear(&c->map);
-    while ((r = c->queue.head) != NULL) {
-        list_remove(&c->queue, r);
-        done_add(d, r, code, msg);
-    }
-    c->deadline_hint = INT64_MAX;
-}
-
 /* Fail the connection from the service thread (reply too large, bad frame, write
  * error): in-flight requests complete with `code`, and the caller returns -1 so
  * that lws closes the socket; queued ones end with DISCONNECTED at WSI_DESTROY. */
 static void conn_fail(surpool__tconn *c, surpool_err code, const char *msg)
 {
-    done_list d = {0};
+    surpool__reqdone d;
+    surpool__reqdone_init(&d);
     pthread_mutex_lock(&c->mu);
     atomic_store(&c->dead, 1);
     if (c->fail_code == SURPOOL_OK) {
         c->fail_code = code;
         copy_str(c->fail_msg, sizeof(c->fail_msg), msg);
     }
-    surpool__treq *r;
-    while ((r = c->inflight.head) != NULL) {
-        list_remove(&c->inflight, r);
-        done_add(&d, r, code, msg);
-    }
-    map_clear(&c->map);
+    surpool__reqtable_fail_inflight(&c->rt, &d, code, msg);
     pthread_mutex_unlock(&c->mu);
-    done_run(&d);
+    surpool__reqdone_run(&d);
     surpool__log(c->t->logger, SURPOOL_LOG_WARN, "connection failed: %s", msg);
 }
 
 /* ------------------------------------------------------------------------- */
 /* Request deadlines (service thread)                                        */
 /* ------------------------------------------------------------------------- */
-
-/* Move expired requests of `l` to `d`; lower *earliest to the first remaining
- * deadline. Sorted lists cost O(expired); unsorted ones a full walk, which also
- * notices when the list became sorted again. */
-static void expire_list(surpool__tconn *c, treq_list *l, int in_map, int64_t now, done_list *d,
-                        int64_t *earliest, const char *msg)
-{
-    if (l->sorted) {
-        surpool__treq *r;
-        while ((r = l->head) != NULL && r->deadline_ns <= now) {
-            list_remove(l, r);
-            if (in_map) {
-                size_t i = map_find(&c->map, r->id, r);
-                if (i != SIZE_MAX)
-                    map_remove_at(&c->map, i);
-            }
-            done_add(d, r, SURPOOL_ERR_REQUEST_TIMEOUT, msg);
-        }
-        if (l->head != NULL && l->head->deadline_ns < *earliest)
-            *earliest = l->head->deadline_ns;
-        return;
-    }
-    int64_t prev = INT64_MIN;
-    int in_order = 1;
-    surpool__treq *r = l->head;
-    while (r != NULL) {
-        surpool__treq *next = r->tnext;
-        if (r->deadline_ns <= now) {
-            list_remove(l, r);
-            if (in_map) {
-                size_t i = map_find(&c->map, r->id, r);
-                if (i != SIZE_MAX)
-                    map_remove_at(&c->map, i);
-            }
-            done_add(d, r, SURPOOL_ERR_REQUEST_TIMEOUT, msg);
-        } else {
-            if (r->deadline_ns < *earliest)
-                *earliest = r->deadline_ns;
-            if (r->deadline_ns < prev)
-                in_order = 0;
-            prev = r->deadline_ns;
-        }
-        r = next;
-    }
-    if (in_order)
-        l->sorted = 1;
-}
 
 static void timer_cb(lws_sorted_usec_list_t *sul);
 
@@ -605,19 +368,15 @@ static void timer_arm(surpool__tconn *c, int64_t hint)
 static void timer_cb(lws_sorted_usec_list_t *sul)
 {
     surpool__tconn *c = lws_container_of(sul, surpool__tconn, sul);
-    done_list d = {0};
+    surpool__reqdone d;
+    surpool__reqdone_init(&d);
     int64_t now = surpool__now_ns();
-    int64_t earliest = INT64_MAX;
 
     c->timer_at = INT64_MAX;
     pthread_mutex_lock(&c->mu);
-    expire_list(c, &c->queue, 0, now, &d, &earliest,
-                "request timed out before it could be sent");
-    expire_list(c, &c->inflight, 1, now, &d, &earliest,
-                "request timed out waiting for the reply");
-    c->deadline_hint = earliest;
+    int64_t earliest = surpool__reqtable_expire(&c->rt, now, &d);
     pthread_mutex_unlock(&c->mu);
-    done_run(&d);
+    surpool__reqdone_run(&d);
     timer_arm(c, earliest);
 }
 
@@ -652,8 +411,8 @@ static void conn_visit(surpool__tconn *c)
     } else if (c->wsi != NULL && c->state == CS_OPEN) {
         /* Arm the deadline timer even when the queue is already empty: a
          * writable callback may have sent the new request before this visit. */
-        hint = c->deadline_hint;
-        if (c->queue.head != NULL)
+        hint = c->rt.deadline_hint;
+        if (surpool__reqtable_has_queued(&c->rt))
             act = WRITE;
     }
     pthread_mutex_unlock(&c->mu);
@@ -814,11 +573,8 @@ static void on_connection_error(struct lws *wsi, surpool__tconn *c, const char *
     const char *alert_rx = NULL, *alert_tx = NULL, *note = NULL;
     if (t->url->tls) {
         SSL *ssl = lws_get_ssl(wsi);
-        if (ssl != NULL) {
-            alert_rx = SSL_get_ex_data(ssl, g_ssl_rx_alert_idx);
-            alert_tx = SSL_get_ex_data(ssl, g_ssl_tx_alert_idx);
-            note = SSL_get_ex_data(ssl, g_ssl_note_idx);
-        }
+        if (ssl != NULL)
+            surpool__tls_handshake_notes(ssl, &alert_rx, &alert_tx, &note);
     }
 
     pthread_mutex_lock(&c->mu);
@@ -903,7 +659,7 @@ static int on_established(struct lws *wsi, surpool__tconn *c)
     }
     c->state = CS_OPEN;
     c->wsi = wsi;
-    int queued = c->queue.head != NULL;
+    int queued = surpool__reqtable_has_queued(&c->rt);
     pthread_cond_broadcast(&c->cond);
     pthread_mutex_unlock(&c->mu);
     if (queued)
@@ -915,181 +671,21 @@ static int on_established(struct lws *wsi, surpool__tconn *c)
 /* Service thread: TLS                                                        */
 /* ------------------------------------------------------------------------- */
 
-/* lws reports every handshake failure as "connect SSL err 1" (it drains
- * OpenSSL's error queue into its info log first). Alerts and the first record
- * header we read say more; keep them on the SSL (static strings only). */
-static void tls_info_cb(const SSL *ssl, int where, int ret)
-{
-    if (where & SSL_CB_HANDSHAKE_DONE) {
-        /* Only the handshake is interesting: stop watching records. */
-        SSL_set_msg_callback((SSL *)ssl, NULL);
-        return;
-    }
-    if (!(where & SSL_CB_ALERT) || strcmp(SSL_alert_type_string(ret), "F") != 0)
-        return;
-    int idx = (where & SSL_CB_READ) ? g_ssl_rx_alert_idx : g_ssl_tx_alert_idx;
-    SSL_set_ex_data((SSL *)ssl, idx, (void *)SSL_alert_desc_string_long(ret));
-}
-
-static void tls_msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,
-                       SSL *ssl, void *arg)
-{
-    SURPOOL__UNUSED(version);
-    SURPOOL__UNUSED(arg);
-    if (write_p || content_type != SSL3_RT_HEADER || len < 1)
-        return;
-    unsigned char type = ((const unsigned char *)buf)[0];
-    /* TLS record types are 20..24; "H" (72) is an HTTP answer to our hello. */
-    if ((type < 20 || type > 24) && SSL_get_ex_data(ssl, g_ssl_note_idx) == NULL)
-        SSL_set_ex_data(ssl, g_ssl_note_idx,
-                        (void *)(type == 'H' ? "the server answered in plain HTTP "
-                                               "(is it a ws:// endpoint?)"
-                                             : "the server's answer is not TLS"));
-}
-
-static int host_matches(const surpool__tconn *c, X509 *cert)
-{
-    const surpool__transport *t = c->t;
-    if (t->host_is_ip)
-        return X509_check_ip_asc(cert, t->url->host, 0) == 1;
-    return X509_check_host(cert, t->url->host, strlen(t->url->host),
-                           X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS, NULL) == 1;
-}
-
 /* LWS_CALLBACK_OPENSSL_PERFORM_SERVER_CERT_VERIFICATION, once per certificate of
  * the chain. Return 0 to let OpenSSL's verdict stand, non-zero to reject. */
 static int on_cert_verify(surpool__tconn *c, X509_STORE_CTX *xs, int preverify_ok)
 {
-    if (c->t->insecure) {
-        /* tls_insecure_skip_verify: accept any certificate and name. */
-        X509_STORE_CTX_set_error(xs, X509_V_OK);
-        return 0;
-    }
-    if (!preverify_ok) {
-        /* Record the reason for the user; returning 0 keeps it a failure (a
-         * non-zero return would reject good certificates too). */
-        int e = X509_STORE_CTX_get_error(xs);
+    const surpool__transport *t = c->t;
+    const char *reason = NULL;
+    int rc = surpool__tls_verify_cert(xs, preverify_ok, t->insecure, t->url->host,
+                                      t->host_is_ip, &reason);
+    if (reason != NULL) {
+        /* The first failure is the one the user is told about. */
         pthread_mutex_lock(&c->mu);
         if (c->tls_reason[0] == '\0')
-            copy_str(c->tls_reason, sizeof(c->tls_reason), X509_verify_cert_error_string(e));
+            copy_str(c->tls_reason, sizeof(c->tls_reason), reason);
         pthread_mutex_unlock(&c->mu);
-        return 0;
     }
-    /* Belt and braces: lws sets the expected name on each SSL, but cuts it at the
-     * first ':' (IPv6 literals) and at 127 bytes. Check the leaf ourselves. */
-    if (X509_STORE_CTX_get_error_depth(xs) == 0) {
-        X509 *cert = X509_STORE_CTX_get_current_cert(xs);
-        if (cert == NULL || !host_matches(c, cert)) {
-            int e = c->t->host_is_ip ? X509_V_ERR_IP_ADDRESS_MISMATCH
-                                     : X509_V_ERR_HOSTNAME_MISMATCH;
-            X509_STORE_CTX_set_error(xs, e);
-            pthread_mutex_lock(&c->mu);
-            if (c->tls_reason[0] == '\0')
-                copy_str(c->tls_reason, sizeof(c->tls_reason),
-                         X509_verify_cert_error_string(e));
-            pthread_mutex_unlock(&c->mu);
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* OpenSSL's reasons for the errors queued on this thread, oldest first:
- * "No such file or directory; system lib". */
-static void tls_reasons(char *out, size_t cap)
-{
-    size_t n = 0;
-    int kept = 0;
-    out[0] = '\0';
-    unsigned long e;
-    while ((e = ERR_get_error()) != 0) {
-        if (kept == 2)
-            continue; /* the first ones are the specific ones; drain the rest */
-        /* "error:80000002:system library::No such file or directory": keep the
-         * reason (thread-safe, unlike strerror). */
-        char full[256];
-        ERR_error_string_n(e, full, sizeof(full));
-        const char *r = strrchr(full, ':');
-        r = r != NULL && r[1] != '\0' ? r + 1 : full;
-        if (strstr(out, r) != NULL || n + 3 >= cap)
-            continue;
-        msgf(out + n, cap - n, "%s%s", n > 0 ? "; " : "", r);
-        n = strlen(out);
-        kept++;
-    }
-    if (n == 0)
-        copy_str(out, cap, "unknown error");
-}
-
-static surpool_err tls_error(surpool_error *err, const char *what, const char *path)
-{
-    char reason[160];
-    tls_reasons(reason, sizeof(reason));
-    if (path != NULL)
-        return surpool__seterr(err, SURPOOL_ERR_TLS, "%s '%s': %s", what, path, reason);
-    return surpool__seterr(err, SURPOOL_ERR_TLS, "%s: %s", what, reason);
-}
-
-/* Our own client SSL_CTX: lws' built-in one only logs a bad CA path, and leaks
- * per context in 4.1. lws still sets SNI and the expected name on each SSL. */
-static surpool_err tls_ctx_create(const surpool__tconfig *cfg, SSL_CTX **out,
-                                  surpool_error *err)
-{
-    ERR_clear_error();
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    if (ctx == NULL)
-        return tls_error(err, "cannot create the TLS context", NULL);
-    surpool_err rc = SURPOOL_OK;
-    if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1) {
-        rc = tls_error(err, "cannot require TLS 1.2", NULL);
-        goto fail;
-    }
-    if (cfg->tls_ca_file != NULL || cfg->tls_ca_dir != NULL) {
-        if (cfg->tls_ca_file != NULL &&
-            SSL_CTX_load_verify_locations(ctx, cfg->tls_ca_file, NULL) != 1) {
-            rc = tls_error(err, "cannot load tls_ca_file", cfg->tls_ca_file);
-            goto fail;
-        }
-        if (cfg->tls_ca_dir != NULL &&
-            SSL_CTX_load_verify_locations(ctx, NULL, cfg->tls_ca_dir) != 1) {
-            rc = tls_error(err, "cannot load tls_ca_dir", cfg->tls_ca_dir);
-            goto fail;
-        }
-    } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
-        rc = tls_error(err, "cannot load the system CA store", NULL);
-        goto fail;
-    }
-    if (cfg->tls_key_file != NULL && cfg->tls_cert_file == NULL) {
-        rc = surpool__seterr(err, SURPOOL_ERR_TLS,
-                             "tls_key_file is set but tls_cert_file is not");
-        goto fail;
-    }
-    if (cfg->tls_cert_file != NULL) {
-        /* Without tls_key_file the key is expected in the certificate's file. */
-        const char *key = cfg->tls_key_file != NULL ? cfg->tls_key_file : cfg->tls_cert_file;
-        if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert_file) != 1) {
-            rc = tls_error(err, "cannot load tls_cert_file", cfg->tls_cert_file);
-            goto fail;
-        }
-        if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
-            rc = tls_error(err, "cannot load tls_key_file", key);
-            goto fail;
-        }
-        if (SSL_CTX_check_private_key(ctx) != 1) {
-            rc = tls_error(err, "tls_cert_file and tls_key_file do not match", NULL);
-            goto fail;
-        }
-    }
-    /* lws overrides the mode on each SSL (SSL_VERIFY_PEER plus its callback, which
-     * calls ours); this is the policy it starts from. */
-    SSL_CTX_set_verify(ctx, cfg->tls_insecure_skip_verify ? SSL_VERIFY_NONE : SSL_VERIFY_PEER,
-                       NULL);
-    SSL_CTX_set_info_callback(ctx, tls_info_cb);
-    SSL_CTX_set_msg_callback(ctx, tls_msg_cb);
-    *out = ctx;
-    return SURPOOL_OK;
-fail:
-    SSL_CTX_free(ctx);
     return rc;
 }
 
@@ -1114,21 +710,17 @@ static int on_writeable(struct lws *wsi, surpool__tconn *c)
                          sizeof(bye) - 1);
         return -1; /* idempotent: a second visit just finishes the close */
     }
-    if (c->queue.head == NULL || atomic_load(&c->dead)) {
+    if (!surpool__reqtable_has_queued(&c->rt) || atomic_load(&c->dead)) {
         pthread_mutex_unlock(&c->mu); /* unasked writable callbacks happen */
         return 0;
     }
     int failed = 0;
-    for (int i = 0; i < WRITE_BATCH && c->queue.head != NULL; i++) {
+    for (int i = 0; i < WRITE_BATCH && surpool__reqtable_has_queued(&c->rt); i++) {
         if (i > 0 && lws_send_pipe_choked(wsi))
             break;
-        surpool__treq *r = c->queue.head;
         /* In flight before the write and all under the mutex: a reply cannot
          * beat the bookkeeping, and cancel() cannot free the buffer mid-write. */
-        list_remove(&c->queue, r);
-        list_push(&c->inflight, r);
-        map_insert(&c->map, r);
-        r->tstate = TS_INFLIGHT;
+        surpool__treq *r = surpool__reqtable_send_next(&c->rt);
         /* lws masks the payload in place and buffers any unsent remainder. */
         size_t len = r->len;
         int n = lws_write(wsi, (unsigned char *)r->buf + LWS_PRE, len,
@@ -1138,7 +730,7 @@ static int on_writeable(struct lws *wsi, surpool__tconn *c)
             break;
         }
     }
-    int more = c->queue.head != NULL;
+    int more = surpool__reqtable_has_queued(&c->rt);
     pthread_mutex_unlock(&c->mu);
     /* The requests written are off limits from here: close() or a reply may
      * complete them any time. */
@@ -1171,18 +763,10 @@ static int dispatch(struct lws *wsi, surpool__tconn *c, const char *buf, size_t 
     }
     switch (f.kind) {
     case SURPOOL__FRAME_REPLY: {
-        surpool__treq *r = NULL;
         pthread_mutex_lock(&c->mu);
-        size_t i = map_find(&c->map, f.id, NULL);
-        if (i != SIZE_MAX) {
-            r = c->map.slots[i];
-            map_remove_at(&c->map, i);
-            list_remove(&c->inflight, r);
-            r->tstate = TS_DONE;
-            r->status = SURPOOL_OK;
+        surpool__treq *r = surpool__reqtable_take(&c->rt, f.id);
+        if (r != NULL)
             r->reply = f.root; /* ownership moves to the request */
-            r->message[0] = '\0';
-        }
         pthread_mutex_unlock(&c->mu);
         if (r != NULL) {
             r->done(r);
@@ -1296,7 +880,8 @@ static void on_peer_close(surpool__tconn *c, const unsigned char *in, size_t len
 static void on_wsi_destroy(struct lws *wsi, surpool__tconn *c)
 {
     surpool__transport *t = c->t;
-    done_list d = {0};
+    surpool__reqdone d;
+    surpool__reqdone_init(&d);
     char msg[200];
     int notify = 0, retry = 0;
     surpool_err why = SURPOOL_ERR_DISCONNECTED;
@@ -1342,7 +927,7 @@ static void on_wsi_destroy(struct lws *wsi, surpool__tconn *c)
             copy_str(msg, sizeof(msg), c->fail_msg);
         else
             copy_str(msg, sizeof(msg), "connection lost");
-        conn_collect_all(c, &d, SURPOOL_ERR_DISCONNECTED, msg);
+        surpool__reqtable_fail_all(&c->rt, &d, SURPOOL_ERR_DISCONNECTED, msg);
         if (c->fail_code != SURPOOL_OK)
             why = c->fail_code;
         notify = c->state == CS_OPEN && !c->closing && !c->dead_notified;
@@ -1352,7 +937,7 @@ static void on_wsi_destroy(struct lws *wsi, surpool__tconn *c)
     pthread_cond_broadcast(&c->cond);
     pthread_mutex_unlock(&c->mu);
 
-    done_run(&d);
+    surpool__reqdone_run(&d);
     if (notify) {
         surpool__log(t->logger, SURPOOL_LOG_INFO, "%s", msg);
         pthread_mutex_lock(&c->events_mu);
@@ -1369,8 +954,8 @@ static void on_wsi_destroy(struct lws *wsi, surpool__tconn *c)
 /* The protocol callback                                                      */
 /* ------------------------------------------------------------------------- */
 
-static int lws_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
-                  size_t len)
+static int protocol_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                       size_t len)
 {
     surpool__tconn *c;
 
@@ -1470,8 +1055,8 @@ static void transport_free(surpool__transport *t)
     surpool__free(t);
 }
 
-static surpool_err lws_t_create(const surpool__tconfig *cfg, void *arg,
-                                surpool__transport **out, surpool_error *err)
+static surpool_err transport_create(const surpool__tconfig *cfg, void *arg,
+                                    surpool__transport **out, surpool_error *err)
 {
     SURPOOL__UNUSED(arg);
     if (cfg == NULL || out == NULL || cfg->url == NULL || cfg->url->host == NULL ||
@@ -1479,7 +1064,7 @@ static surpool_err lws_t_create(const surpool__tconfig *cfg, void *arg,
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "transport create: cfg, cfg->url and out are required");
     pthread_once(&g_once, global_init);
-    if (g_ssl_rx_alert_idx < 0 || g_ssl_tx_alert_idx < 0 || g_ssl_note_idx < 0)
+    if (surpool__tls_init() != 0)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot allocate OpenSSL ex_data");
 
     /* libwebsockets 4.1 refuses a connect whose path does not fit its header
@@ -1545,7 +1130,7 @@ static surpool_err lws_t_create(const surpool__tconfig *cfg, void *arg,
     registry_add(t); /* before the context: its creation may log */
 
     if (cfg->url->tls) {
-        surpool_err rc = tls_ctx_create(cfg, &t->ssl_ctx, err);
+        surpool_err rc = surpool__tls_ctx_create(cfg, &t->ssl_ctx, err);
         if (rc != SURPOOL_OK) {
             transport_free(t);
             return rc;
@@ -1553,7 +1138,7 @@ static surpool_err lws_t_create(const surpool__tconfig *cfg, void *arg,
     }
 
     t->protocols[0].name = t->proto;
-    t->protocols[0].callback = lws_cb;
+    t->protocols[0].callback = protocol_cb;
     t->protocols[0].rx_buffer_size = 64 * 1024;
     t->protocols[0].tx_packet_size = 64 * 1024;
 
@@ -1705,9 +1290,9 @@ static surpool_err resolve(surpool__transport *t, surpool__tconn *c, surpool_err
     return SURPOOL_OK;
 }
 
-static surpool_err lws_t_open(surpool__transport *t, int64_t deadline_ns,
-                              const surpool__tconn_events *ev, surpool__tconn **out,
-                              surpool_error *err)
+static surpool_err conn_open(surpool__transport *t, int64_t deadline_ns,
+                             const surpool__tconn_events *ev, surpool__tconn **out,
+                             surpool_error *err)
 {
     if (t == NULL || out == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "open: t and out are required");
@@ -1734,9 +1319,7 @@ static surpool_err lws_t_open(surpool__transport *t, int64_t deadline_ns,
     c->t = t;
     atomic_init(&c->refs, 1); /* the opener's, then the user's */
     c->state = CS_CONNECTING;
-    list_init(&c->queue);
-    list_init(&c->inflight);
-    c->deadline_hint = INT64_MAX;
+    surpool__reqtable_init(&c->rt);
     c->timer_at = INT64_MAX;
     c->open_deadline = deadline_ns;
     if (ev != NULL)
@@ -1809,7 +1392,7 @@ static surpool_err lws_t_open(surpool__transport *t, int64_t deadline_ns,
     return rc;
 }
 
-static surpool_err lws_t_submit(surpool__tconn *c, surpool__treq *req)
+static surpool_err conn_submit(surpool__tconn *c, surpool__treq *req)
 {
     if (c == NULL || req == NULL || req->buf == NULL || req->len == 0 || req->done == NULL)
         return SURPOOL_ERR_INVALID_ARG;
@@ -1819,54 +1402,37 @@ static surpool_err lws_t_submit(surpool__tconn *c, surpool__treq *req)
         return SURPOOL_ERR_DISCONNECTED;
     }
     /* Reserve the in-flight slot now: the service thread must not fail later. */
-    if (map_reserve(&c->map, c->map.count + c->queue.n + 1) != 0) {
+    if (surpool__reqtable_reserve(&c->rt) != 0) {
         pthread_mutex_unlock(&c->mu);
         return SURPOOL_ERR_NOMEM;
     }
-    req->status = SURPOOL_OK;
-    req->reply = NULL;
-    req->message[0] = '\0';
-    req->tstate = TS_QUEUED;
-    list_push(&c->queue, req);
-    if (req->deadline_ns < c->deadline_hint)
-        c->deadline_hint = req->deadline_ns;
+    surpool__reqtable_queue(&c->rt, req);
     pthread_mutex_unlock(&c->mu);
     conn_wake(c);
     return SURPOOL_OK;
 }
 
-static int lws_t_cancel(surpool__tconn *c, surpool__treq *req)
+static int conn_cancel(surpool__tconn *c, surpool__treq *req)
 {
     if (c == NULL || req == NULL)
         return 0;
-    int removed = 0;
     pthread_mutex_lock(&c->mu);
-    if (req->tstate == TS_QUEUED) {
-        list_remove(&c->queue, req);
-        removed = 1;
-    } else if (req->tstate == TS_INFLIGHT) {
-        size_t i = map_find(&c->map, req->id, req);
-        if (i != SIZE_MAX)
-            map_remove_at(&c->map, i);
-        list_remove(&c->inflight, req);
-        removed = 1;
-    }
-    if (removed)
-        req->tstate = TS_NONE;
+    int removed = surpool__reqtable_cancel(&c->rt, req);
     pthread_mutex_unlock(&c->mu);
     return removed;
 }
 
-static int lws_t_alive(surpool__tconn *c)
+static int conn_alive(surpool__tconn *c)
 {
     return c != NULL && !atomic_load(&c->dead);
 }
 
-static void lws_t_close(surpool__tconn *c)
+static void conn_close(surpool__tconn *c)
 {
     if (c == NULL)
         return;
-    done_list d = {0};
+    surpool__reqdone d;
+    surpool__reqdone_init(&d);
     pthread_mutex_lock(&c->mu);
     if (c->closing) {
         pthread_mutex_unlock(&c->mu);
@@ -1874,9 +1440,9 @@ static void lws_t_close(surpool__tconn *c)
     }
     c->closing = 1;
     atomic_store(&c->dead, 1);
-    conn_collect_all(c, &d, SURPOOL_ERR_DISCONNECTED, "connection closed");
+    surpool__reqtable_fail_all(&c->rt, &d, SURPOOL_ERR_DISCONNECTED, "connection closed");
     pthread_mutex_unlock(&c->mu);
-    done_run(&d);
+    surpool__reqdone_run(&d);
 
     /* Wait out a running event callback, then make sure none starts. */
     pthread_mutex_lock(&c->events_mu);
@@ -1887,7 +1453,7 @@ static void lws_t_close(surpool__tconn *c)
     conn_unref(c); /* the user's reference */
 }
 
-static void lws_t_destroy(surpool__transport *t)
+static void transport_destroy(surpool__transport *t)
 {
     if (t == NULL)
         return;
@@ -1908,7 +1474,7 @@ static void lws_t_destroy(surpool__transport *t)
         pthread_mutex_unlock(&t->mu);
         if (victim == NULL)
             break;
-        lws_t_close(victim);
+        conn_close(victim);
         conn_unref(victim);
     }
 
@@ -1945,11 +1511,12 @@ static void lws_t_destroy(surpool__transport *t)
         pthread_mutex_unlock(&t->mu);
         if (c == NULL)
             break;
-        done_list d = {0};
+        surpool__reqdone d;
+        surpool__reqdone_init(&d);
         pthread_mutex_lock(&c->mu);
-        conn_collect_all(c, &d, SURPOOL_ERR_DISCONNECTED, "transport destroyed");
+        surpool__reqtable_fail_all(&c->rt, &d, SURPOOL_ERR_DISCONNECTED, "transport destroyed");
         pthread_mutex_unlock(&c->mu);
-        done_run(&d);
+        surpool__reqdone_run(&d);
         atomic_store(&c->refs, 0);
         conn_free(c);
     }
@@ -1959,11 +1526,11 @@ static void lws_t_destroy(surpool__transport *t)
 const surpool__transport_ops surpool__transport_lws = {
     .name = "libwebsockets",
     .headroom = LWS_PRE,
-    .create = lws_t_create,
-    .destroy = lws_t_destroy,
-    .open = lws_t_open,
-    .submit = lws_t_submit,
-    .cancel = lws_t_cancel,
-    .alive = lws_t_alive,
-    .close = lws_t_close,
+    .create = transport_create,
+    .destroy = transport_destroy,
+    .open = conn_open,
+    .submit = conn_submit,
+    .cancel = conn_cancel,
+    .alive = conn_alive,
+    .close = conn_close,
 };

@@ -2,10 +2,12 @@
  * Fake transport: implements every rule of src/transport.h in memory, with
  * knobs for latency, connect failures and broken connections.
  *
- * Requests with no call latency complete inside submit(). With latency they go
- * on a timer list served by one thread per transport. Every request sits on its
- * connection's pending list until it completes, so close() and kill can fail
- * exactly the ones still outstanding.
+ * Requests with no call latency complete inside submit(). With latency (or no
+ * reply at all) they go in flight in their connection's request table
+ * (src/reqtable.h, the one the real transport uses), and the scripted reply goes
+ * on a list of replies due later, as if a server had sent it. One timer thread
+ * per transport delivers due replies by id and expires deadlines, so close(),
+ * kill, cancel and late replies follow the real transport's bookkeeping.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -16,23 +18,30 @@
 #include "cbor_codec.h"
 #include "codec.h"
 #include "fake_transport.h"
+#include "reqtable.h"
+#include "thread.h"
 
-typedef struct pending {
-    surpool__treq *req;
+/* A reply the fake server will deliver at due_ns (to whatever is then in flight
+ * with that id). */
+typedef struct scripted {
     surpool__tconn *conn;
-    int64_t due_ns; /* when the reply is delivered; INT64_MAX: never */
-    json_t *reply;  /* NULL: no reply (only the deadline ends it) */
-    struct pending *next;
-} pending;
+    int64_t id;
+    int64_t due_ns;
+    json_t *reply; /* a new reference, owned here */
+    struct scripted *next;
+} scripted;
 
 struct surpool__transport {
     fake_settings *s;
+    /* Guards everything below and every connection's table and links. Held while
+     * on_dead runs (rule 6 of transport.h); never while done() runs. A leaf
+     * otherwise: nothing else of ours is taken under it. */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     pthread_t timer;
     int stop;
     surpool__tconn *conns; /* all open connections */
-    pending *timed;        /* outstanding requests, unordered */
+    scripted *replies;     /* replies not delivered yet, unordered */
 };
 
 struct surpool__tconn {
@@ -41,31 +50,9 @@ struct surpool__tconn {
     surpool__tconn_events ev;
     atomic_int dead;
     int calls;
-    int index; /* 1-based order of successful opens */
+    int index;            /* 1-based order of successful opens */
+    surpool__reqtable rt; /* requests waiting for their reply (t->mu) */
 };
-
-/* A pending request's record hangs off req->tnext; tstate is 1 while queued. */
-static pending *pending_of(surpool__treq *req)
-{
-    return (pending *)(void *)req->tnext;
-}
-
-static int64_t due_of(const pending *pd)
-{
-    return pd->due_ns < pd->req->deadline_ns ? pd->due_ns : pd->req->deadline_ns;
-}
-
-static void unlink_pending_locked(surpool__transport *t, pending *target)
-{
-    for (pending **pp = &t->timed; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == target) {
-            *pp = target->next;
-            target->next = NULL;
-            target->req->tstate = 0;
-            return;
-        }
-    }
-}
 
 void fake_settings_init(fake_settings *s)
 {
@@ -118,42 +105,87 @@ static void complete(surpool__treq *req, surpool_err status, json_t *reply, cons
     req->done(req);
 }
 
+/* Unlink and return the reply due first, if it is due by `now`. */
+static scripted *take_due_reply_locked(surpool__transport *t, int64_t now)
+{
+    scripted **best = NULL;
+    for (scripted **pp = &t->replies; *pp != NULL; pp = &(*pp)->next)
+        if ((*pp)->due_ns <= now && (best == NULL || (*pp)->due_ns < (*best)->due_ns))
+            best = pp;
+    if (best == NULL)
+        return NULL;
+    scripted *sr = *best;
+    *best = sr->next;
+    return sr;
+}
+
+/* Deliver one reply (no lock held): to its request if that is still in flight
+ * (`r`), else dropped, as the real transport drops a late reply. A reply due
+ * after the request's deadline is a timeout even if this thread runs late. */
+static void deliver(scripted *sr, surpool__treq *r)
+{
+    if (r == NULL)
+        json_decref(sr->reply);
+    else if (sr->due_ns <= r->deadline_ns)
+        complete(r, SURPOOL_OK, sr->reply, NULL);
+    else {
+        json_decref(sr->reply);
+        complete(r, SURPOOL_ERR_REQUEST_TIMEOUT, NULL,
+                 "request timed out waiting for the reply");
+    }
+    free(sr);
+}
+
 static void *timer_main(void *arg)
 {
     surpool__transport *t = arg;
     pthread_mutex_lock(&t->mu);
     while (!t->stop) {
-        pending *best = NULL;
-        for (pending *pd = t->timed; pd != NULL; pd = pd->next)
-            if (best == NULL || due_of(pd) < due_of(best))
-                best = pd;
-        if (best == NULL) {
-            pthread_cond_wait(&t->cv, &t->mu);
+        int64_t now = surpool__now_ns();
+        /* Replies first: one due before its request's deadline is an answer. */
+        scripted *sr = take_due_reply_locked(t, now);
+        if (sr != NULL) {
+            surpool__treq *r = surpool__reqtable_take(&sr->conn->rt, sr->id);
+            pthread_mutex_unlock(&t->mu);
+            deliver(sr, r);
+            pthread_mutex_lock(&t->mu);
             continue;
         }
-        int64_t due = due_of(best);
-        if (due > surpool__now_ns()) {
-            struct timespec ts = {(time_t)(due / 1000000000), (long)(due % 1000000000)};
-            pthread_cond_timedwait(&t->cv, &t->mu, &ts);
+        surpool__reqdone d;
+        surpool__reqdone_init(&d);
+        int64_t next = INT64_MAX;
+        for (surpool__tconn *c = t->conns; c != NULL; c = c->next) {
+            int64_t e = surpool__reqtable_expire(&c->rt, now, &d);
+            next = e < next ? e : next;
+        }
+        if (!surpool__queue_empty(&d.head)) {
+            pthread_mutex_unlock(&t->mu);
+            surpool__reqdone_run(&d);
+            pthread_mutex_lock(&t->mu);
             continue;
         }
-        unlink_pending_locked(t, best);
-        pthread_mutex_unlock(&t->mu);
-
-        surpool__treq *req = best->req;
-        json_t *reply = best->reply;
-        int answered = reply != NULL && best->due_ns <= req->deadline_ns;
-        free(best);
-        if (answered) {
-            complete(req, SURPOOL_OK, reply, NULL);
-        } else {
-            json_decref(reply);
-            complete(req, SURPOOL_ERR_REQUEST_TIMEOUT, NULL, "fake: no reply before deadline");
-        }
-        pthread_mutex_lock(&t->mu);
+        for (scripted *p = t->replies; p != NULL; p = p->next)
+            next = p->due_ns < next ? p->due_ns : next;
+        surpool__cond_wait_until(&t->cv, &t->mu, next);
     }
     pthread_mutex_unlock(&t->mu);
     return NULL;
+}
+
+/* Forget the undelivered replies of `c` (all when c == NULL). */
+static void drop_replies_locked(surpool__transport *t, surpool__tconn *c)
+{
+    scripted **pp = &t->replies;
+    while (*pp != NULL) {
+        scripted *sr = *pp;
+        if (c == NULL || sr->conn == c) {
+            *pp = sr->next;
+            json_decref(sr->reply);
+            free(sr);
+        } else {
+            pp = &sr->next;
+        }
+    }
 }
 
 static surpool_err fake_create(const surpool__tconfig *cfg, void *arg, surpool__transport **out,
@@ -165,11 +197,7 @@ static surpool_err fake_create(const surpool__tconfig *cfg, void *arg, surpool__
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "fake: out of memory");
     t->s = arg;
     pthread_mutex_init(&t->mu, NULL);
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    pthread_cond_init(&t->cv, &a);
-    pthread_condattr_destroy(&a);
+    surpool__cond_init(&t->cv);
     if (pthread_create(&t->timer, NULL, timer_main, t) != 0) {
         free(t);
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "fake: no thread");
@@ -178,62 +206,37 @@ static surpool_err fake_create(const surpool__tconfig *cfg, void *arg, surpool__
     return SURPOOL_OK;
 }
 
-/* Remove every pending request of `c` (or all when c == NULL) from the timer
- * list and return them chained through pending.next. */
-static pending *take_pending_locked(surpool__transport *t, surpool__tconn *c)
-{
-    pending *taken = NULL;
-    pending **pp = &t->timed;
-    while (*pp != NULL) {
-        pending *pd = *pp;
-        if (c == NULL || pd->conn == c) {
-            *pp = pd->next;
-            pd->req->tstate = 0;
-            pd->next = taken;
-            taken = pd;
-        } else {
-            pp = &pd->next;
-        }
-    }
-    return taken;
-}
-
-static void fail_all(pending *list, const char *why)
-{
-    while (list != NULL) {
-        pending *next = list->next;
-        surpool__treq *req = list->req;
-        json_decref(list->reply);
-        free(list);
-        complete(req, SURPOOL_ERR_DISCONNECTED, NULL, why);
-        list = next;
-    }
-}
-
 /* Mark `c` dead, fire its on_dead (under t->mu, so that close() cannot free it
- * while the event runs: rule 6 of transport.h) and take its pending requests
- * for fail_all() once the lock is released. */
-static pending *kill_locked(surpool__transport *t, surpool__tconn *c, const char *why)
+ * while the event runs: rule 6 of transport.h) and move its requests to `d`
+ * (failed with `fail_msg`) for a run once the lock is released. */
+static void kill_locked(surpool__transport *t, surpool__tconn *c, const char *why,
+                        surpool__reqdone *d, const char *fail_msg)
 {
-    pending *mine = take_pending_locked(t, c);
+    (void)t;
+    surpool__reqtable_fail_all(&c->rt, d, SURPOOL_ERR_DISCONNECTED, fail_msg);
     if (!atomic_exchange(&c->dead, 1) && c->ev.on_dead != NULL)
         c->ev.on_dead(c->ev.userdata, SURPOOL_ERR_DISCONNECTED, why);
-    return mine;
 }
 
 static void fake_destroy(surpool__transport *t)
 {
+    surpool__reqdone left;
+    surpool__reqdone_init(&left);
     pthread_mutex_lock(&t->mu);
     t->stop = 1;
-    pending *left = take_pending_locked(t, NULL);
+    for (surpool__tconn *c = t->conns; c != NULL; c = c->next)
+        surpool__reqtable_fail_all(&c->rt, &left, SURPOOL_ERR_DISCONNECTED,
+                                   "fake: transport destroyed");
+    drop_replies_locked(t, NULL);
     pthread_cond_broadcast(&t->cv);
     pthread_mutex_unlock(&t->mu);
     pthread_join(t->timer, NULL);
-    fail_all(left, "fake: transport destroyed");
+    surpool__reqdone_run(&left);
     while (t->conns != NULL) {
         surpool__tconn *c = t->conns;
         t->conns = c->next;
         atomic_fetch_sub(&t->s->open_now, 1);
+        surpool__reqtable_free(&c->rt);
         free(c);
     }
     pthread_cond_destroy(&t->cv);
@@ -268,6 +271,7 @@ static surpool_err fake_open(surpool__transport *t, int64_t deadline_ns,
     c->t = t;
     c->ev = *ev;
     atomic_init(&c->dead, 0);
+    surpool__reqtable_init(&c->rt);
     pthread_mutex_lock(&t->mu);
     c->index = atomic_fetch_add(&s->open_ok, 1) + 1;
     c->next = t->conns;
@@ -286,16 +290,19 @@ static surpool_err fake_submit(surpool__tconn *c, surpool__treq *req)
     fake_settings *s = t->s;
     if (atomic_load(&c->dead))
         return SURPOOL_ERR_DISCONNECTED;
+    req->tstate = SURPOOL__TREQ_NONE; /* until it goes in flight below */
     int nth = atomic_fetch_add(&s->calls, 1) + 1;
     if (c->index > 0 && c->index < FAKE_MAX_CONNS)
         atomic_fetch_add(&s->conn_calls[c->index], 1);
     int drop = atomic_load(&s->drop_every);
     if (drop > 0 && nth % drop == 0) {
         atomic_fetch_add(&s->drops, 1);
+        surpool__reqdone mine;
+        surpool__reqdone_init(&mine);
         pthread_mutex_lock(&t->mu);
-        pending *mine = kill_locked(t, c, "fake: connection dropped");
+        kill_locked(t, c, "fake: connection dropped", &mine, "fake: connection dropped");
         pthread_mutex_unlock(&t->mu);
-        fail_all(mine, "fake: connection dropped");
+        surpool__reqdone_run(&mine);
         complete(req, SURPOOL_ERR_DISCONNECTED, NULL, "fake: connection dropped");
         return SURPOOL_OK;
     }
@@ -335,20 +342,32 @@ static surpool_err fake_submit(surpool__tconn *c, surpool__treq *req)
         complete(req, SURPOOL_OK, reply, NULL);
         return SURPOOL_OK;
     }
-    pending *pd = calloc(1, sizeof(*pd));
-    if (pd == NULL) {
-        json_decref(reply);
+    scripted *sr = NULL;
+    if (reply != NULL) {
+        if ((sr = calloc(1, sizeof(*sr))) == NULL) {
+            json_decref(reply);
+            return SURPOOL_ERR_NOMEM;
+        }
+        sr->conn = c;
+        sr->id = id;
+        sr->reply = reply;
+        sr->due_ns = surpool__now_ns() + (int64_t)lat_us * 1000;
+    }
+    pthread_mutex_lock(&t->mu);
+    if (surpool__reqtable_reserve(&c->rt) != 0) {
+        pthread_mutex_unlock(&t->mu);
+        if (sr != NULL)
+            json_decref(sr->reply);
+        free(sr);
         return SURPOOL_ERR_NOMEM;
     }
-    pd->req = req;
-    pd->conn = c;
-    pd->reply = reply;
-    pd->due_ns = reply != NULL ? surpool__now_ns() + (int64_t)lat_us * 1000 : INT64_MAX;
-    req->tnext = (surpool__treq *)(void *)pd;
-    req->tstate = 1;
-    pthread_mutex_lock(&t->mu);
-    pd->next = t->timed;
-    t->timed = pd;
+    /* Sent at once: the request is in flight until its reply, deadline or close. */
+    surpool__reqtable_queue(&c->rt, req);
+    surpool__reqtable_send_next(&c->rt);
+    if (sr != NULL) {
+        sr->next = t->replies;
+        t->replies = sr;
+    }
     pthread_cond_signal(&t->cv);
     pthread_mutex_unlock(&t->mu);
     return SURPOOL_OK;
@@ -357,17 +376,11 @@ static surpool_err fake_submit(surpool__tconn *c, surpool__treq *req)
 static int fake_cancel(surpool__tconn *c, surpool__treq *req)
 {
     surpool__transport *t = c->t;
+    /* A scripted reply stays listed and is dropped when it comes, like a late one. */
     pthread_mutex_lock(&t->mu);
-    if (req->tstate != 1) {
-        pthread_mutex_unlock(&t->mu);
-        return 0;
-    }
-    pending *target = pending_of(req);
-    unlink_pending_locked(t, target);
+    int removed = surpool__reqtable_cancel(&c->rt, req);
     pthread_mutex_unlock(&t->mu);
-    json_decref(target->reply);
-    free(target);
-    return 1;
+    return removed;
 }
 
 static int fake_alive(surpool__tconn *c)
@@ -378,8 +391,12 @@ static int fake_alive(surpool__tconn *c)
 static void fake_close(surpool__tconn *c)
 {
     surpool__transport *t = c->t;
+    surpool__reqdone mine;
+    surpool__reqdone_init(&mine);
     pthread_mutex_lock(&t->mu);
-    pending *mine = take_pending_locked(t, c);
+    surpool__reqtable_fail_all(&c->rt, &mine, SURPOOL_ERR_DISCONNECTED,
+                               "fake: connection closed");
+    drop_replies_locked(t, c);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -387,35 +404,38 @@ static void fake_close(surpool__tconn *c)
     if (c->next != NULL)
         c->next->prev = c->prev;
     pthread_mutex_unlock(&t->mu);
-    fail_all(mine, "fake: connection closed");
+    surpool__reqdone_run(&mine);
     atomic_fetch_sub(&t->s->open_now, 1);
+    surpool__reqtable_free(&c->rt);
     free(c);
 }
 
 void fake_kill_all(surpool__transport *t)
 {
+    surpool__reqdone all;
+    surpool__reqdone_init(&all);
     pthread_mutex_lock(&t->mu);
-    pending *all = take_pending_locked(t, NULL);
     /* on_dead runs under our lock so that close() (which takes it) cannot
      * free a connection while its event runs: rule 6 of transport.h. */
-    for (surpool__tconn *c = t->conns; c != NULL; c = c->next) {
-        if (!atomic_exchange(&c->dead, 1) && c->ev.on_dead != NULL)
-            c->ev.on_dead(c->ev.userdata, SURPOOL_ERR_DISCONNECTED, "fake: killed");
-    }
+    for (surpool__tconn *c = t->conns; c != NULL; c = c->next)
+        kill_locked(t, c, "fake: killed", &all, "fake: server went away");
     pthread_mutex_unlock(&t->mu);
-    fail_all(all, "fake: server went away");
+    surpool__reqdone_run(&all);
 }
 
 int fake_kill_conn(surpool__transport *t, int index)
 {
+    surpool__reqdone mine;
+    surpool__reqdone_init(&mine);
     pthread_mutex_lock(&t->mu);
     surpool__tconn *c = t->conns;
     while (c != NULL && c->index != index)
         c = c->next;
     int alive = c != NULL && !atomic_load(&c->dead);
-    pending *mine = c != NULL ? kill_locked(t, c, "fake: killed") : NULL;
+    if (c != NULL)
+        kill_locked(t, c, "fake: killed", &mine, "fake: connection killed");
     pthread_mutex_unlock(&t->mu);
-    fail_all(mine, "fake: connection killed");
+    surpool__reqdone_run(&mine);
     return alive;
 }
 

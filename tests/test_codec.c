@@ -514,6 +514,63 @@ static void check_decode_case(const struct decode_case *c, int with_err)
     json_decref(f.root);
 }
 
+/* Routing without decoding: the peek's kind and id, and what it refuses. */
+static void test_peek_table(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        surpool_err rc;
+        surpool__frame_kind kind;
+        int64_t id;
+    } rows[] = {
+        {"{\"id\":7,\"result\":null}", SURPOOL_OK, SURPOOL__FRAME_REPLY, 7},
+        {" { \"result\" : {\"id\":9,\"x\":[1,{\"id\":3}]} , \"id\" : -12 } ", SURPOOL_OK,
+         SURPOOL__FRAME_REPLY, -12},
+        {"{\"i\\u0064\":5,\"result\":\"a\\\"}\"}", SURPOOL_OK, SURPOOL__FRAME_REPLY, 5},
+        {"{\"id\":9223372036854775807}", SURPOOL_OK, SURPOOL__FRAME_REPLY, INT64_MAX},
+        {"{\"id\":-9223372036854775808}", SURPOOL_OK, SURPOOL__FRAME_REPLY, INT64_MIN},
+        {"{\"result\":{\"action\":\"CREATE\"}}", SURPOOL_OK, SURPOOL__FRAME_NOTIFICATION, 0},
+        {"{\"id\":null,\"error\":{\"code\":-1}}", SURPOOL_OK, SURPOOL__FRAME_ORPHAN_ERROR, 0},
+        {"{\"error\":null,\"result\":{}}", SURPOOL_OK, SURPOOL__FRAME_NOTIFICATION, 0},
+        {"{}", SURPOOL_OK, SURPOOL__FRAME_NOTIFICATION, 0},
+        {"{\"id\":1,\"id\":2,\"result\":1}", SURPOOL_ERR_PROTOCOL, 0, 0},
+        {"{\"id\":1,\"i\\u0064\":2}", SURPOOL_ERR_PROTOCOL, 0, 0},
+        {"{\"id\":1.0}", SURPOOL_ERR_PROTOCOL, 0, 0},
+        {"{\"id\":1e3}", SURPOOL_ERR_PROTOCOL, 0, 0},
+        {"{\"id\":\"5\"}", SURPOOL_ERR_PROTOCOL, 0, 0},
+        {"{\"id\":01}", SURPOOL_ERR_PROTOCOL, 0, 0},
+        {"{\"id\":9223372036854775808}", SURPOOL_ERR_PROTOCOL, 0, 0},
+        {"{\"id\":1,\"result\":[1,2}", SURPOOL_ERR_PROTOCOL, 0, 0},
+        {"{\"id\":1,\"result\":\"open}", SURPOOL_ERR_PROTOCOL, 0, 0},
+        {"{\"id\":1} x", SURPOOL_ERR_PROTOCOL, 0, 0},
+        {"[1]", SURPOOL_ERR_PROTOCOL, 0, 0},
+        {"", SURPOOL_ERR_PROTOCOL, 0, 0},
+    };
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        surpool__frame_kind kind = 0;
+        int64_t id = 42;
+        surpool_error err;
+        surpool__error_clear(&err);
+        surpool_err rc = surpool__codec_peek(rows[i].in, strlen(rows[i].in), &kind, &id, &err);
+        if (rc != rows[i].rc)
+            fail_msg("row %zu (%s): %s, expected %s (%s)", i, rows[i].in, surpool_err_name(rc),
+                     surpool_err_name(rows[i].rc), err.message);
+        if (rc == SURPOOL_OK && (kind != rows[i].kind || id != rows[i].id))
+            fail_msg("row %zu (%s): kind %d id %lld, expected %d %lld", i, rows[i].in,
+                     (int)kind, (long long)id, (int)rows[i].kind, (long long)rows[i].id);
+        /* Where the full decode accepts the frame, both agree. */
+        surpool__frame f;
+        if (surpool__codec_decode_frame(rows[i].in, strlen(rows[i].in), &f, NULL) ==
+            SURPOOL_OK) {
+            assert_int_equal(rc, SURPOOL_OK);
+            assert_int_equal(f.kind, kind);
+            assert_true(f.id == id);
+            json_decref(f.root);
+        }
+    }
+}
+
 static void test_decode_table(void **state)
 {
     (void)state;
@@ -885,6 +942,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_encode_table, restore_allocators),
+        cmocka_unit_test(test_peek_table),
         cmocka_unit_test_teardown(test_encode_headroom, restore_allocators),
         cmocka_unit_test_teardown(test_encode_large, restore_allocators),
         cmocka_unit_test_teardown(test_encode_invalid_args, restore_allocators),

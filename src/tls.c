@@ -1,0 +1,215 @@
+/*
+ * TLS over OpenSSL (tls.h): the client SSL_CTX, the certificate check and the
+ * handshake notes. No libwebsockets here; transport_lws.c hands lws our SSL_CTX
+ * and calls in from its verification and error callbacks.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "internal.h"
+#include "tls.h"
+#include "utf8.h"
+
+static pthread_once_t g_tls_once = PTHREAD_ONCE_INIT;
+static int g_ssl_rx_alert_idx = -1; /* SSL ex_data: last fatal alert received */
+static int g_ssl_tx_alert_idx = -1; /* SSL ex_data: last fatal alert sent */
+static int g_ssl_note_idx = -1;     /* SSL ex_data: other static explanation */
+
+static void tls_global_init(void)
+{
+    g_ssl_rx_alert_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    g_ssl_tx_alert_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    g_ssl_note_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+int surpool__tls_init(void)
+{
+    pthread_once(&g_tls_once, tls_global_init);
+    if (g_ssl_rx_alert_idx < 0 || g_ssl_tx_alert_idx < 0 || g_ssl_note_idx < 0)
+        return -1;
+    return 0;
+}
+
+/* lws reports every handshake failure as "connect SSL err 1" (it drains
+ * OpenSSL's error queue into its info log first). Alerts and the first record
+ * header we read say more; keep them on the SSL (static strings only). */
+static void tls_info_cb(const SSL *ssl, int where, int ret)
+{
+    if (where & SSL_CB_HANDSHAKE_DONE) {
+        /* Only the handshake is interesting: stop watching records. */
+        SSL_set_msg_callback((SSL *)ssl, NULL);
+        return;
+    }
+    if (!(where & SSL_CB_ALERT) || strcmp(SSL_alert_type_string(ret), "F") != 0)
+        return;
+    int idx = (where & SSL_CB_READ) ? g_ssl_rx_alert_idx : g_ssl_tx_alert_idx;
+    SSL_set_ex_data((SSL *)ssl, idx, (void *)SSL_alert_desc_string_long(ret));
+}
+
+static void tls_msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,
+                       SSL *ssl, void *arg)
+{
+    SURPOOL__UNUSED(version);
+    SURPOOL__UNUSED(arg);
+    if (write_p || content_type != SSL3_RT_HEADER || len < 1)
+        return;
+    unsigned char type = ((const unsigned char *)buf)[0];
+    /* TLS record types are 20..24; "H" (72) is an HTTP answer to our hello. */
+    if ((type < 20 || type > 24) && SSL_get_ex_data(ssl, g_ssl_note_idx) == NULL)
+        SSL_set_ex_data(ssl, g_ssl_note_idx,
+                        (void *)(type == 'H' ? "the server answered in plain HTTP "
+                                               "(is it a ws:// endpoint?)"
+                                             : "the server's answer is not TLS"));
+}
+
+void surpool__tls_handshake_notes(const SSL *ssl, const char **alert_rx, const char **alert_tx,
+                                  const char **note)
+{
+    *alert_rx = SSL_get_ex_data(ssl, g_ssl_rx_alert_idx);
+    *alert_tx = SSL_get_ex_data(ssl, g_ssl_tx_alert_idx);
+    *note = SSL_get_ex_data(ssl, g_ssl_note_idx);
+}
+
+static int host_matches(const char *host, int host_is_ip, X509 *cert)
+{
+    if (host_is_ip)
+        return X509_check_ip_asc(cert, host, 0) == 1;
+    return X509_check_host(cert, host, strlen(host), X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS,
+                           NULL) == 1;
+}
+
+/* Runs from LWS_CALLBACK_OPENSSL_PERFORM_SERVER_CERT_VERIFICATION, once per
+ * certificate of the chain. Return 0 to let OpenSSL's verdict stand, non-zero to
+ * reject. */
+int surpool__tls_verify_cert(X509_STORE_CTX *xs, int preverify_ok, int insecure,
+                             const char *host, int host_is_ip, const char **reason)
+{
+    if (insecure) {
+        /* tls_insecure_skip_verify: accept any certificate and name. */
+        X509_STORE_CTX_set_error(xs, X509_V_OK);
+        return 0;
+    }
+    if (!preverify_ok) {
+        /* Record the reason for the user; returning 0 keeps it a failure (a
+         * non-zero return would reject good certificates too). */
+        *reason = X509_verify_cert_error_string(X509_STORE_CTX_get_error(xs));
+        return 0;
+    }
+    /* Belt and braces: lws sets the expected name on each SSL, but cuts it at the
+     * first ':' (IPv6 literals) and at 127 bytes. Check the leaf ourselves. */
+    if (X509_STORE_CTX_get_error_depth(xs) == 0) {
+        X509 *cert = X509_STORE_CTX_get_current_cert(xs);
+        if (cert == NULL || !host_matches(host, host_is_ip, cert)) {
+            int e = host_is_ip ? X509_V_ERR_IP_ADDRESS_MISMATCH : X509_V_ERR_HOSTNAME_MISMATCH;
+            X509_STORE_CTX_set_error(xs, e);
+            *reason = X509_verify_cert_error_string(e);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* OpenSSL's reasons for the errors queued on this thread, oldest first:
+ * "No such file or directory; system lib". */
+static void tls_reasons(char *out, size_t cap)
+{
+    size_t n = 0;
+    int kept = 0;
+    out[0] = '\0';
+    unsigned long e;
+    while ((e = ERR_get_error()) != 0) {
+        if (kept == 2)
+            continue; /* the first ones are the specific ones; drain the rest */
+        /* "error:80000002:system library::No such file or directory": keep the
+         * reason (thread-safe, unlike strerror). */
+        char full[256];
+        ERR_error_string_n(e, full, sizeof(full));
+        const char *r = strrchr(full, ':');
+        r = r != NULL && r[1] != '\0' ? r + 1 : full;
+        if (strstr(out, r) != NULL || n + 3 >= cap)
+            continue;
+        snprintf(out + n, cap - n, "%s%s", n > 0 ? "; " : "", r);
+        surpool__utf8_trim(out + n); /* cut on a character boundary if it did not fit */
+        n = strlen(out);
+        kept++;
+    }
+    if (n == 0)
+        surpool__strlcpy(out, "unknown error", cap);
+}
+
+static surpool_err tls_error(surpool_error *err, const char *what, const char *path)
+{
+    char reason[160];
+    tls_reasons(reason, sizeof(reason));
+    if (path != NULL)
+        return surpool__seterr(err, SURPOOL_ERR_TLS, "%s '%s': %s", what, path, reason);
+    return surpool__seterr(err, SURPOOL_ERR_TLS, "%s: %s", what, reason);
+}
+
+/* Our own client SSL_CTX: lws' built-in one only logs a bad CA path, and leaks
+ * per context in 4.1. lws still sets SNI and the expected name on each SSL. */
+surpool_err surpool__tls_ctx_create(const surpool__tconfig *cfg, SSL_CTX **out,
+                                    surpool_error *err)
+{
+    ERR_clear_error();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL)
+        return tls_error(err, "cannot create the TLS context", NULL);
+    surpool_err rc = SURPOOL_OK;
+    if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1) {
+        rc = tls_error(err, "cannot require TLS 1.2", NULL);
+        goto fail;
+    }
+    if (cfg->tls_ca_file != NULL || cfg->tls_ca_dir != NULL) {
+        if (cfg->tls_ca_file != NULL &&
+            SSL_CTX_load_verify_locations(ctx, cfg->tls_ca_file, NULL) != 1) {
+            rc = tls_error(err, "cannot load tls_ca_file", cfg->tls_ca_file);
+            goto fail;
+        }
+        if (cfg->tls_ca_dir != NULL &&
+            SSL_CTX_load_verify_locations(ctx, NULL, cfg->tls_ca_dir) != 1) {
+            rc = tls_error(err, "cannot load tls_ca_dir", cfg->tls_ca_dir);
+            goto fail;
+        }
+    } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        rc = tls_error(err, "cannot load the system CA store", NULL);
+        goto fail;
+    }
+    if (cfg->tls_key_file != NULL && cfg->tls_cert_file == NULL) {
+        rc = surpool__seterr(err, SURPOOL_ERR_TLS,
+                             "tls_key_file is set but tls_cert_file is not");
+        goto fail;
+    }
+    if (cfg->tls_cert_file != NULL) {
+        /* Without tls_key_file the key is expected in the certificate's file. */
+        const char *key = cfg->tls_key_file != NULL ? cfg->tls_key_file : cfg->tls_cert_file;
+        if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert_file) != 1) {
+            rc = tls_error(err, "cannot load tls_cert_file", cfg->tls_cert_file);
+            goto fail;
+        }
+        if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+            rc = tls_error(err, "cannot load tls_key_file", key);
+            goto fail;
+        }
+        if (SSL_CTX_check_private_key(ctx) != 1) {
+            rc = tls_error(err, "tls_cert_file and tls_key_file do not match", NULL);
+            goto fail;
+        }
+    }
+    /* lws overrides the mode on each SSL (SSL_VERIFY_PEER plus its callback, which
+     * calls ours); this is the policy it starts from. */
+    SSL_CTX_set_verify(ctx, cfg->tls_insecure_skip_verify ? SSL_VERIFY_NONE : SSL_VERIFY_PEER,
+                       NULL);
+    SSL_CTX_set_info_callback(ctx, tls_info_cb);
+    SSL_CTX_set_msg_callback(ctx, tls_msg_cb);
+    *out = ctx;
+    return SURPOOL_OK;
+fail:
+    SSL_CTX_free(ctx);
+    return rc;
+}

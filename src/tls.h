@@ -1,0 +1,45 @@
+/*
+ * TLS over OpenSSL for the transport (as hiredis keeps ssl.c apart from its
+ * socket code): our own client SSL_CTX (CA file/dir or the system store, client
+ * certificate and key, verification policy), the certificate check run from the
+ * verification callback, and the handshake notes that explain a failure better
+ * than libwebsockets' "connect SSL err 1". Nothing here knows libwebsockets.
+ *
+ * Threads: surpool__tls_init() and surpool__tls_ctx_create() from any thread;
+ * the others on the thread running the handshake (the service thread).
+ */
+#ifndef SURPOOL_TLS_H
+#define SURPOOL_TLS_H
+
+#include <openssl/ssl.h>
+
+#include "transport.h"
+
+/* Process-wide, once: the SSL ex_data slots the handshake notes live in.
+ * 0, or -1 when OpenSSL could not allocate them. Any thread, any number of
+ * times. */
+int surpool__tls_init(void);
+
+/* Build the client SSL_CTX for `cfg` (TLS 1.2 or newer, its CA, certificate,
+ * key and verification settings, the note-taking callbacks). On failure
+ * SURPOOL_ERR_TLS (or NOMEM) with OpenSSL's reasons in err, and nothing is
+ * left behind. The caller frees *out with SSL_CTX_free(). Needs
+ * surpool__tls_init(). */
+surpool_err surpool__tls_ctx_create(const surpool__tconfig *cfg, SSL_CTX **out,
+                                    surpool_error *err);
+
+/* Our verdict on one certificate of the server's chain, given OpenSSL's
+ * `preverify_ok`: 0 to let OpenSSL's verdict stand, non-zero to reject. With
+ * `insecure` every certificate and name is accepted. For the leaf the name is
+ * checked against `host` (an address when host_is_ip is 4 or 6). *reason is set
+ * to static text when the certificate fails (else left alone). */
+int surpool__tls_verify_cert(X509_STORE_CTX *xs, int preverify_ok, int insecure,
+                             const char *host, int host_is_ip, const char **reason);
+
+/* What the handshake on `ssl` noted, each static text or NULL: the fatal alert
+ * received, the fatal alert sent, another explanation (the server answered in
+ * plain HTTP, or not in TLS). */
+void surpool__tls_handshake_notes(const SSL *ssl, const char **alert_rx, const char **alert_tx,
+                                  const char **note);
+
+#endif
