@@ -3,7 +3,10 @@
  * waiters, handoff, acquire/release, lifecycle), governor.c (connector
  * threads, backoff, breaker), maintainer.c (retirement, keepalive, leaks),
  * events.c (events and log lines deferred past the mutex), conn.c
- * (per-connection state) and rpc.c (methods).
+ * (per-connection state) and rpc.c (methods). Narrower headers say what the
+ * other layers need of each other: conn.h (a connection), rpc.h (the request
+ * path), lane.h (the lane and its interface to the pool); the lane includes
+ * those, not this one.
  */
 #ifndef SURPOOL_POOL_H
 #define SURPOOL_POOL_H
