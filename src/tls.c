@@ -133,9 +133,11 @@ static void tls_reasons(char *out, size_t cap)
         r = r != NULL && r[1] != '\0' ? r + 1 : full;
         if (strstr(out, r) != NULL || n + 3 >= cap)
             continue;
-        snprintf(out + n, cap - n, "%s%s", n > 0 ? "; " : "", r);
-        surpool__utf8_trim(out + n); /* cut on a character boundary if it did not fit */
-        n = strlen(out);
+        /* Bounded copies cut on a character boundary when a reason does not
+         * fit (a plain snprintf here trips -Wformat-truncation at -O2). */
+        if (n > 0)
+            n += surpool__strlcpy(out + n, "; ", cap - n);
+        n += surpool__strlcpy(out + n, r, cap - n);
         kept++;
     }
     if (n == 0)

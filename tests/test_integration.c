@@ -436,10 +436,10 @@ static void record_ids(json_t *reply, size_t i, char *buf, size_t size)
         /* A record id is a string over JSON and a typed value over CBOR:
          * compare their text forms. */
         json_t *text = NULL;
-        const char *id = surpool_value_text(json_object_get(row, "id"), &text, NULL) ==
-                                 SURPOOL_OK
-                             ? json_string_value(text)
-                             : NULL;
+        const char *id =
+            surpool_value_text(json_object_get(row, "id"), &text, NULL) == SURPOOL_OK
+                ? json_string_value(text)
+                : NULL;
         size_t len = strlen(buf);
         snprintf(buf + len, size - len, "%s%s", k > 0 ? "," : "", id != NULL ? id : "?");
         json_decref(text);
