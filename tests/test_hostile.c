@@ -68,10 +68,17 @@ static int group_teardown(void **state)
 }
 
 /* Every test starts from the start-up settings (normal mode, no faults). */
+/* Most modes fail or answer within milliseconds; 1.5 s catches a reply that
+ * never comes. test_huge raises it: the client must read past
+ * max_message_bytes of an 80 MiB reply, which under TSan on a busy machine
+ * can take longer than that. */
+static long g_request_timeout_ms = 1500;
+
 static int setup(void **state)
 {
     (void)state;
-    fu_watchdog(0, NULL); /* a failed test may have left it armed */
+    fu_watchdog(0, NULL);        /* a failed test may have left it armed */
+    g_request_timeout_ms = 1500; /* ... or raised this */
     return harness_control(&g_server, "{\"reset\":true}") == 0 ? 0 : -1;
 }
 
@@ -101,7 +108,7 @@ static void base_config(surpool_config *cfg)
     cfg->max_connections = 8;
     cfg->acquire_timeout_ms = 10000;
     cfg->connect_timeout_ms = 1500;
-    cfg->request_timeout_ms = 1500;
+    cfg->request_timeout_ms = g_request_timeout_ms;
     cfg->max_message_bytes = 1024 * 1024;
     cfg->reconnect_backoff_min_ms = 20;
     cfg->reconnect_backoff_max_ms = 200;
@@ -436,7 +443,9 @@ static void test_slow(void **state)
 static void test_huge(void **state)
 {
     (void)state;
+    g_request_timeout_ms = 20000;
     run_reply_mode("huge", SURPOOL_ERR_TOO_LARGE);
+    g_request_timeout_ms = 1500;
 }
 
 /* A duplicated reply: the first copy answers the call, the second is dropped

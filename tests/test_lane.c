@@ -486,8 +486,11 @@ static void test_replaced_socket_keeps_accounting(void **state)
     assert_int_equal(st.lane_connections, 3);
     fake_kill_all(p->transport);
     wait_tally(t2, 3);
-    WAIT_FOR(stats_of(p).lane_inflight == 0 && stats_of(p).lane_connections == 0,
-             "the lane to be idle and empty");
+    /* The lane forgets a socket before it gives the connection back to the
+     * pool: wait for both. */
+    WAIT_FOR(stats_of(p).lane_inflight == 0 && stats_of(p).lane_connections == 0 &&
+                 stats_of(p).in_use == 0,
+             "the lane to be idle and empty and its connections given back");
     st = stats_of(p);
     assert_int_equal(st.lane_queued, 0);
     assert_int_equal(st.in_use, 0);
