@@ -131,6 +131,26 @@ typedef void (*surpool_log_fn)(void *userdata, surpool_log_level level, const ch
  *  anything else to discard it (counted as a connect failure). */
 typedef surpool_err (*surpool_on_connect_fn)(void *userdata, surpool_conn *conn);
 
+/** Token provider (config.token_fn): for applications that get their tokens
+ *  elsewhere (an identity provider, record access with a refresh token).
+ *  surpool calls it when the pool needs a token: for the first connection,
+ *  and again when the token it gave is refused or has expired (a session
+ *  that expired, a new connection whose `authenticate` failed), at most one
+ *  call in flight per pool (the other connections wait for its token).
+ *  Write a NUL-terminated token into `token` (`size` bytes, at least
+ *  SURPOOL_TOKEN_MAX) and return SURPOOL_OK; the library copies it and wipes
+ *  the buffer. Return anything else to refuse: put why in err->message
+ *  (surpool reports it as SURPOOL_ERR_AUTH "config.token_fn failed: ..."; never
+ *  put a secret there). Runs on the thread that needs the token: a connector
+ *  thread, the shared lane's acquirer, or a caller's thread in a lease call
+ *  that found its session expired; never with a pool lock held. It must not
+ *  call into the pool. */
+typedef surpool_err (*surpool_token_fn)(void *userdata, char *token, size_t size,
+                                        surpool_error *err);
+
+/** The size of the buffer a surpool_token_fn writes into. */
+#define SURPOOL_TOKEN_MAX 16384
+
 /* ------------------------------------------------------------------------- */
 /* Events                                                                     */
 /* ------------------------------------------------------------------------- */
@@ -287,7 +307,12 @@ typedef struct surpool_config {
      * JSON lets the server reinterpret strings (docs/values.md). */
     surpool_wire_format wire_format; /**< default SURPOOL_WIRE_DEFAULT */
 
-    unsigned char reserved[252]; /**< room to grow; keep zero */
+    /* Token provider (docs/lifecycle.md, "Authentication"): excludes user,
+     * token and signin_params. */
+    surpool_token_fn token_fn; /**< NULL = none (default) */
+    void *token_userdata;      /**< passed to token_fn */
+
+    unsigned char reserved[240]; /**< room to grow; keep zero */
 } surpool_config;
 
 /** Fill the first `struct_size` bytes of `cfg` with defaults (all strings

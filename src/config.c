@@ -243,6 +243,11 @@ surpool_err surpool__config_validate_merged(const surpool_config *c, surpool_err
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config.user, config.token and config.signin_params are "
                                "exclusive");
+    if (c->token_fn != NULL &&
+        (c->token != NULL || c->user != NULL || c->signin_params != NULL))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.token_fn excludes config.user, config.token and "
+                               "config.signin_params");
     if (c->signin_params != NULL && !json_is_object(c->signin_params))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config.signin_params must be a JSON object");

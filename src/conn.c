@@ -79,7 +79,7 @@ static surpool_err setup_rpc(surpool_conn *c, const char *method, const json_t *
     }
 }
 
-static surpool_err setup_auth_rpc(surpool_conn *c, int64_t deadline, surpool_error *err);
+static surpool_err authenticate_pool(surpool_conn *c, int64_t deadline, surpool_error *err);
 
 /* Who setup signs in as, and where, for the message of a failed signin (as
  * libpq names the user and the server): "signin as root user 'root' at
@@ -94,6 +94,8 @@ static void auth_failed_prefix(const surpool_pool *p, char *buf, size_t size)
     surpool__text_sanitize_str(ac, sizeof(ac), cfg->access != NULL ? cfg->access : "");
     if (cfg->token != NULL)
         snprintf(who, sizeof(who), "authentication with config.token");
+    else if (cfg->token_fn != NULL)
+        snprintf(who, sizeof(who), "authentication with config.token_fn");
     else if (cfg->signin_params != NULL)
         snprintf(who, sizeof(who), "signin with config.signin_params");
     else if (cfg->access != NULL)
@@ -114,10 +116,14 @@ static void auth_failed_prefix(const surpool_pool *p, char *buf, size_t size)
         surpool__utf8_trim(buf);
 }
 
-/* Sign in as configured. The message never contains the password. */
+/* Authenticate as configured (the pool's own authentication: c->pool_auth is
+ * set meanwhile, so none of it counts as the borrower's). The message never
+ * contains the password or the token. */
 static surpool_err setup_auth(surpool_conn *c, int64_t deadline, surpool_error *err)
 {
-    surpool_err rc = setup_auth_rpc(c, deadline, err);
+    c->pool_auth = 1;
+    surpool_err rc = authenticate_pool(c, deadline, err);
+    c->pool_auth = 0;
     if (rc != SURPOOL_OK && rc != SURPOOL_ERR_NOMEM && err != NULL) {
         char prefix[192];
         auth_failed_prefix(c->pool, prefix, sizeof(prefix));
@@ -126,22 +132,51 @@ static surpool_err setup_auth(surpool_conn *c, int64_t deadline, surpool_error *
     return rc;
 }
 
-static surpool_err setup_auth_rpc(surpool_conn *c, int64_t deadline, surpool_error *err)
+/* Overwrite the strings of a JSON value that held a secret (jansson owns
+ * the buffers; we free the value next). */
+static void wipe_strings(json_t *v)
 {
-    const surpool_config *cfg = &c->pool->cfg.pub;
-    surpool_err rc = SURPOOL_OK;
-    if (cfg->token != NULL) {
-        json_t *params = json_pack("[s]", cfg->token);
-        if (params == NULL)
-            return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
-        rc = setup_rpc(c, "authenticate", params, deadline, NULL, err);
-        json_decref(params);
-        return rc;
+    if (json_is_string(v)) {
+        surpool__wipe((char *)json_string_value(v), json_string_length(v));
+    } else if (json_is_object(v)) {
+        const char *k;
+        json_t *m;
+        json_object_foreach(v, k, m) wipe_strings(m);
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *m;
+        json_array_foreach(v, i, m) wipe_strings(m);
     }
-    json_t *creds = NULL;
+}
+
+static void decref_secret(json_t *v)
+{
+    if (v != NULL && v->refcount == 1)
+        wipe_strings(v);
+    json_decref(v);
+}
+
+/* `authenticate [token]` on c. */
+static surpool_err authenticate_with(surpool_conn *c, const char *token, int64_t deadline,
+                                     surpool_error *err)
+{
+    json_t *params = json_pack("[s]", token);
+    if (params == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
+    surpool_err rc = setup_rpc(c, "authenticate", params, deadline, NULL, err);
+    decref_secret(params);
+    return rc;
+}
+
+/* The signin object for user/pass (with ns, db, ac as configured) or
+ * signin_params; NULL when out of memory. */
+static json_t *signin_params(const surpool_pool *p)
+{
+    const surpool_config *cfg = &p->cfg.pub;
+    json_t *creds;
     if (cfg->signin_params != NULL) {
-        creds = json_incref(c->pool->cfg.signin_params);
-    } else if (cfg->user != NULL) {
+        creds = json_deep_copy(p->cfg.signin_params); /* ours to wipe once sent */
+    } else {
         creds = json_pack("{s:s, s:s}", "user", cfg->user, "pass", cfg->pass);
         if (creds != NULL && (cfg->access != NULL || cfg->auth_level >= SURPOOL_AUTH_NAMESPACE))
             json_object_set_new(creds, "ns", json_string(cfg->ns));
@@ -149,15 +184,123 @@ static surpool_err setup_auth_rpc(surpool_conn *c, int64_t deadline, surpool_err
             json_object_set_new(creds, "db", json_string(cfg->db));
         if (creds != NULL && cfg->access != NULL)
             json_object_set_new(creds, "ac", json_string(cfg->access));
-    } else {
-        return SURPOOL_OK; /* anonymous */
     }
-    json_t *params = creds != NULL ? json_pack("[o]", creds) : NULL;
+    return creds != NULL ? json_pack("[o]", creds) : NULL;
+}
+
+/* Ask the application's provider for a token (a copy in *token). */
+static surpool_err provider_token(const surpool_config *cfg, char **token, surpool_error *err)
+{
+    char *buf = surpool__calloc(1, SURPOOL_TOKEN_MAX);
+    if (buf == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
+    surpool_error perr;
+    surpool__error_clear(&perr);
+    surpool_err rc = cfg->token_fn(cfg->token_userdata, buf, SURPOOL_TOKEN_MAX, &perr);
+    buf[SURPOOL_TOKEN_MAX - 1] = '\0';
+    if (rc != SURPOOL_OK) {
+        char why[sizeof(perr.message)];
+        perr.message[sizeof(perr.message) - 1] = '\0';
+        surpool__text_sanitize_str(why, sizeof(why), perr.message);
+        rc = surpool__seterr(err, SURPOOL_ERR_AUTH, "config.token_fn failed: %s",
+                             why[0] != '\0' ? why : surpool_strerror(rc));
+    } else if (buf[0] == '\0' || !surpool__utf8_valid_str(buf)) {
+        rc = surpool__seterr(err, SURPOOL_ERR_AUTH,
+                             "config.token_fn returned an empty or invalid token");
+    } else if ((*token = surpool__strdup(buf)) == NULL) {
+        rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
+    }
+    surpool__wipe(buf, SURPOOL_TOKEN_MAX);
+    surpool__free(buf);
+    return rc;
+}
+
+/* Rule A2's refresh (auth.h), done on c: sign in with the pool's password
+ * (which also authenticates c), or ask the provider for a token and
+ * authenticate c with it. *token: the new token (a secret), or NULL when the
+ * server gave none. */
+static surpool_err refresh(surpool_conn *c, int64_t deadline, char **token, surpool_error *err)
+{
+    const surpool_config *cfg = &c->pool->cfg.pub;
+    *token = NULL;
+    surpool_err rc;
+    if (cfg->token_fn != NULL) {
+        rc = provider_token(cfg, token, err);
+        if (rc != SURPOOL_OK)
+            return rc;
+        rc = authenticate_with(c, *token, deadline, err);
+        if (rc != SURPOOL_OK && rc != SURPOOL_ERR_NOMEM && !surpool__breaks_connection(rc)) {
+            /* Whatever the server said (a malformed token is -32000): the
+             * provider's token is not accepted. */
+            rc = SURPOOL_ERR_AUTH;
+            if (err != NULL) {
+                err->code = rc;
+                surpool__error_prefix(err, "the token from config.token_fn was refused: ");
+            }
+        }
+        if (rc != SURPOOL_OK) {
+            surpool__free_secret(*token);
+            *token = NULL;
+        }
+        return rc;
+    }
+    json_t *params = signin_params(c->pool);
     if (params == NULL)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
-    rc = setup_rpc(c, "signin", params, deadline, NULL, err);
-    json_decref(params); /* wrong credentials: -32002, mapped to AUTH by the codec */
+    json_t *result = NULL;
+    rc = setup_rpc(c, "signin", params, deadline, &result, err);
+    decref_secret(params); /* wrong credentials: -32002, mapped to AUTH by the codec */
+    if (rc == SURPOOL_ERR_SERVER && err != NULL &&
+        strstr(err->message, "problem with authentication") != NULL)
+        rc = err->code = SURPOOL_ERR_AUTH; /* 2.x: -32000 with this text */
+    /* A JWT, or (record access with refresh) {token, refresh}. */
+    const char *t = json_string_value(result);
+    if (t == NULL)
+        t = json_string_value(json_object_get(result, "token"));
+    if (rc == SURPOOL_OK && t != NULL)
+        *token = surpool__strdup(t); /* NULL (out of memory): nothing cached */
+    decref_secret(result);
     return rc;
+}
+
+/* Authenticate c as the pool does (rules A1-A3 in auth.h): with the cached
+ * token, or by the one refresh in flight, or by refreshing itself. */
+static surpool_err authenticate_pool(surpool_conn *c, int64_t deadline, surpool_error *err)
+{
+    surpool_pool *p = c->pool;
+    const surpool_config *cfg = &p->cfg.pub;
+    if (cfg->token != NULL) /* the user's token: never a password we do not have */
+        return authenticate_with(c, cfg->token, deadline, err);
+    if (cfg->token_fn == NULL && cfg->signin_params == NULL && cfg->user == NULL)
+        return SURPOOL_OK; /* anonymous */
+    surpool_error local;
+    if (err == NULL)
+        err = &local;
+    uint64_t gen;
+    char *token = surpool__auth_current(&p->auth, &gen);
+    for (int round = 0; round < 3; round++) {
+        if (token != NULL) {
+            surpool_err rc = authenticate_with(c, token, deadline, err);
+            surpool__free_secret(token);
+            token = NULL;
+            if (rc == SURPOOL_OK || rc == SURPOOL_ERR_NOMEM || surpool__breaks_connection(rc))
+                return rc;
+            /* Refused. -32002 (expired, revoked): refresh. Anything else (a
+             * server that does not take `authenticate`): sign in from now on. */
+            surpool__auth_refused(&p->auth, gen, rc != SURPOOL_ERR_AUTH);
+        }
+        int who = surpool__auth_enter(&p->auth, &gen, deadline, &token, err);
+        if (who == SURPOOL__AUTH_FAILED)
+            return err->code;
+        if (who == SURPOOL__AUTH_NEWER)
+            continue;
+        char *fresh = NULL;
+        surpool_err rc = refresh(c, deadline, &fresh, err);
+        surpool__auth_done(&p->auth, fresh, rc == SURPOOL_OK ? NULL : err);
+        surpool__free_secret(fresh);
+        return rc;
+    }
+    return surpool__seterr(err, SURPOOL_ERR_AUTH, "the server keeps refusing fresh tokens");
 }
 
 static surpool_err setup(surpool_conn *c, int64_t deadline, surpool_error *err)
@@ -167,6 +310,7 @@ static surpool_err setup(surpool_conn *c, int64_t deadline, surpool_error *err)
     surpool_err rc = setup_auth(c, deadline, err);
     if (rc != SURPOOL_OK)
         return rc;
+    c->user_auth = 0; /* authenticated as configured (the hook below may change it) */
     if (cfg->ns != NULL) {
         json_t *params = cfg->db != NULL ? json_pack("[s, s]", cfg->ns, cfg->db)
                                          : json_pack("[s, n]", cfg->ns);
@@ -252,6 +396,28 @@ surpool_err surpool__conn_restore(surpool_conn *c, surpool_error *err)
         rc = setup(c, deadline, err);
     if (rc == SURPOOL_OK)
         c->session_dirty = 0;
+    return rc;
+}
+
+int surpool__conn_may_reauth(const surpool_conn *c)
+{
+    const surpool_config *cfg = &c->pool->cfg.pub;
+    int configured = cfg->token != NULL || cfg->token_fn != NULL ||
+                     cfg->signin_params != NULL || cfg->user != NULL;
+    return configured && !c->pool_auth && !c->user_auth;
+}
+
+surpool_err surpool__conn_reauth(surpool_conn *c, surpool_error *err)
+{
+    int64_t deadline = surpool__deadline_after_ms(c->pool->cfg.pub.connect_timeout_ms);
+    surpool_err rc = setup_auth(c, deadline, err);
+    if (rc != SURPOOL_OK) {
+        /* Its session is over and cannot be renewed: close it on release; the
+         * replacement goes through the connect path (backoff, breaker). */
+        c->broken = 1;
+        if (err != NULL)
+            surpool__error_prefix(err, "session expired; re-authentication failed: ");
+    }
     return rc;
 }
 

@@ -27,6 +27,14 @@ surpool_err surpool__conn_ping(surpool_conn *c, long timeout_ms, surpool_error *
 /* Bring a dirty lease back to the configured state (reset, signin, use, hooks). */
 surpool_err surpool__conn_restore(surpool_conn *c, surpool_error *err);
 
+/* 1 if an expired session of `c` is the pool's to renew: the pool
+ * authenticates its connections, the borrower did not sign in itself, and
+ * this is not the pool's own authentication in progress. */
+int surpool__conn_may_reauth(const surpool_conn *c);
+/* Authenticate `c` again as the pool does (its session expired); on failure
+ * the connection is marked broken. Blocks (RPCs); no locks held. */
+surpool_err surpool__conn_reauth(surpool_conn *c, surpool_error *err);
+
 /* Hand a prepared request (surpool__rpc_prepare) to the connection's
  * transport, and take one back; the transport's contracts 3 and 5. */
 surpool_err surpool__conn_submit(surpool_conn *c, surpool__treq *req);

@@ -33,6 +33,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "auth.h"
 #include "conn.h"
 #include "lane.h"
 #include "queue.h"
@@ -46,6 +47,10 @@ struct lane_conn {
     int inflight;        /* requests sent on it and not completed */
     int failed;          /* a transport failure was seen: take no more, return when idle */
     int expired;         /* past max_lifetime_ms: take no more, return when idle */
+    int reauth;          /* its session expired: take no more until the acquirer has
+                            re-authenticated it */
+    int reauthing;       /* the acquirer is re-authenticating it: not given back meanwhile */
+    uint64_t auth_seq;   /* lane.auth_seq when it was (re-)authenticated */
 };
 
 typedef struct lane_req lane_req;
@@ -53,8 +58,12 @@ struct lane_req {
     surpool__treq treq;  /* first: the transport hands us &treq */
     surpool__queue link; /* l->pending, or a list of requests to fail */
     surpool__lane *lane;
-    lane_conn *lc; /* the socket it was sent on; stable until it completes */
-    uint64_t seq;  /* 1, 2, ... in queueing order */
+    lane_conn *lc;         /* the socket it was sent on; stable until it completes */
+    uint64_t seq;          /* 1, 2, ... in queueing order */
+    int retried;           /* sent again after its session expired (once only) */
+    uint64_t min_auth_seq; /* goes only to a socket authenticated after this */
+    json_t *params;        /* own reference, to encode it again for that retry (the
+                              transport masks the sent payload in place) */
     char method[32];
     surpool_result_fn cb; /* async */
     void *userdata;
@@ -79,11 +88,13 @@ struct surpool__lane {
     long acquire_timeout_ms; /* for one socket; see lane_acquire_timeout_ms() */
     surpool__queue pending;  /* lane_req.link: FIFO, head = the oldest */
     int npending, inflight;
-    int completing; /* on_done() calls between giving a slot back and returning */
-    int submitting; /* pump() calls inside submit(): destroy must not close under them */
-    uint64_t seq;   /* requests queued so far */
-    int acq_want;   /* the acquirer should try to get one more socket */
-    int acq_busy;   /* the acquirer is in surpool_pool_acquire_at() */
+    int completing;    /* on_done() calls between giving a slot back and returning */
+    int submitting;    /* pump() calls inside submit(): destroy must not close under them */
+    uint64_t seq;      /* requests queued so far */
+    int acq_want;      /* the acquirer should try to get one more socket */
+    int acq_busy;      /* the acquirer is in surpool_pool_acquire_at() */
+    int reauth_want;   /* a socket waits for re-authentication (lane_conn.reauth) */
+    uint64_t auth_seq; /* sockets (re-)authenticated so far */
     int64_t grow_not_before_ns; /* after a failed acquire with sockets left: pace retries */
     int closed;
     int stop;
@@ -126,6 +137,8 @@ static void finish(lane_req *r)
     surpool_error err;
     surpool__error_clear(&err);
     surpool_err rc = surpool__rpc_outcome(p, r->method, &r->treq, &result, &err);
+    json_decref(r->params);
+    r->params = NULL;
     if (rc != SURPOOL_OK && r->has_why) {
         err.server_code = r->server_code;
         surpool__strlcpy(err.kind, r->kind, sizeof(err.kind));
@@ -185,11 +198,56 @@ static void want_grow_locked(surpool__lane *l)
 
 static void pump(surpool__lane *l);
 
+/* A request the server refused because the socket's session expired was
+ * not run (docs/lifecycle.md, rule A5): put it back at the head of the queue,
+ * once, and have the acquirer re-authenticate the socket. 1 if it did;
+ * the request is then no longer this completion's. */
+static int retry_after_reauth(lane_req *r)
+{
+    surpool__lane *l = r->lane;
+    lane_conn *lc = r->lc;
+    if (r->retried || r->treq.status != SURPOOL_OK ||
+        !surpool__reply_session_expired(r->treq.reply) || !surpool__conn_may_reauth(lc->c))
+        return 0;
+    /* A new id and payload, the same deadline. */
+    surpool__treq old = r->treq;
+    surpool_error perr;
+    if (surpool__rpc_prepare(l->pool, &r->treq, r->method, r->params, old.deadline_ns, &perr) !=
+        SURPOOL_OK) {
+        r->treq = old;
+        return 0;
+    }
+    surpool__rpc_free_payload(l->pool, &old, r->method);
+    pthread_mutex_lock(&l->mu);
+    if (l->closed || lc->failed) {
+        pthread_mutex_unlock(&l->mu);
+        return 0; /* delivered as it is: the new payload is freed with it */
+    }
+    json_decref(r->treq.reply);
+    r->treq.reply = NULL;
+    r->retried = 1;
+    /* Other sockets authenticated as long ago may have expired as well: the
+     * second try goes to one authenticated from now on. */
+    r->min_auth_seq = l->auth_seq;
+    r->lc = NULL;
+    lc->reauth = 1;
+    lc->inflight--; /* last touch of lc */
+    l->inflight--;
+    surpool__queue_insert_head(&l->pending, &r->link);
+    l->npending++;
+    l->reauth_want = 1;
+    pthread_cond_signal(&l->acq_cv);
+    pthread_mutex_unlock(&l->mu); /* last touch of the lane: not stopped, as it is open */
+    return 1;
+}
+
 static void on_done(surpool__treq *treq)
 {
     lane_req *r = (lane_req *)treq;
     surpool__lane *l = r->lane;
     lane_conn *lc = r->lc; /* stays valid: its inflight count includes us */
+    if (retry_after_reauth(r))
+        return;
     if (treq->status != SURPOOL_OK && surpool__breaks_connection(treq->status) &&
         treq->status != SURPOOL_ERR_REQUEST_TIMEOUT) {
         pthread_mutex_lock(&l->mu);
@@ -214,15 +272,17 @@ static void on_done(surpool__treq *treq)
     pthread_mutex_unlock(&l->mu); /* last touch of the lane */
 }
 
-/* Pick the least-loaded usable connection with room. */
-static lane_conn *pick_locked(surpool__lane *l)
+/* Pick the least-loaded usable connection with room, authenticated after
+ * `min_auth_seq`. */
+static lane_conn *pick_locked(surpool__lane *l, uint64_t min_auth_seq)
 {
     lane_conn *best = NULL;
     surpool__queue *q;
     SURPOOL__QUEUE_FOREACH(q, &l->conns)
     {
         lane_conn *lc = SURPOOL__QUEUE_DATA(q, lane_conn, link);
-        if (lc->c == NULL || lc->failed || lc->expired || lc->inflight >= l->cap)
+        if (lc->c == NULL || lc->failed || lc->expired || lc->reauth ||
+            lc->inflight >= l->cap || lc->auth_seq <= min_auth_seq)
             continue;
         if (!surpool__conn_usable(lc->c)) {
             lc->failed = 1;
@@ -258,7 +318,9 @@ static void pump(surpool__lane *l)
     for (;;) {
         pthread_mutex_lock(&l->mu);
         surpool__queue *q = surpool__queue_head(&l->pending);
-        lane_conn *lc = q != NULL ? pick_locked(l) : NULL;
+        lane_conn *lc =
+            q != NULL ? pick_locked(l, SURPOOL__QUEUE_DATA(q, lane_req, link)->min_auth_seq)
+                      : NULL;
         if (q == NULL || lc == NULL) {
             want_grow_locked(l);
             pthread_mutex_unlock(&l->mu);
@@ -318,16 +380,69 @@ static long lane_acquire_timeout_ms(const surpool__lane_config *cfg)
     return t > cfg->connect_timeout_ms ? t : cfg->connect_timeout_ms;
 }
 
+/* Re-authenticate the sockets whose session expired (lane_conn.reauth), on
+ * the acquirer's thread: it may block, the lane thread must not. A socket
+ * that cannot be renewed is given back (the pool closes it), and the
+ * requests sent back for the renewal fail with the reason. Called with
+ * lane->mu held; drops it meanwhile and returns with it held. */
+static void reauth_sockets_locked(surpool__lane *l)
+{
+    l->reauth_want = 0;
+    surpool__queue *q;
+    SURPOOL__QUEUE_FOREACH(q, &l->conns)
+    {
+        lane_conn *lc = SURPOOL__QUEUE_DATA(q, lane_conn, link);
+        if (!lc->reauth || lc->reauthing || lc->c == NULL || lc->failed)
+            continue;
+        lc->reauthing = 1;
+        pthread_mutex_unlock(&l->mu);
+        surpool_error rerr;
+        surpool__error_clear(&rerr);
+        surpool_err rc = surpool__conn_reauth(lc->c, &rerr);
+        pthread_mutex_lock(&l->mu);
+        lc->reauthing = 0;
+        lc->reauth = 0;
+        if (rc == SURPOOL_OK)
+            lc->auth_seq = ++l->auth_seq;
+        if (rc != SURPOOL_OK) {
+            lc->failed = 1;
+            pthread_cond_signal(&l->cv); /* the lane thread gives it back */
+            surpool__queue failed, *qq, *next;
+            surpool__queue_init(&failed);
+            SURPOOL__QUEUE_FOREACH_SAFE(qq, next, &l->pending)
+            {
+                if (SURPOOL__QUEUE_DATA(qq, lane_req, link)->retried) {
+                    surpool__queue_remove(qq);
+                    surpool__queue_insert_tail(&failed, qq);
+                    l->npending--;
+                }
+            }
+            pthread_mutex_unlock(&l->mu);
+            fail_list(&failed, rc, rerr.message, &rerr);
+            pthread_mutex_lock(&l->mu);
+        }
+        l->reauth_want = 1; /* the list may have changed meanwhile: look again */
+        break;
+    }
+}
+
 static void *acquirer_main(void *arg)
 {
     surpool__lane *l = arg;
     surpool_pool *p = l->pool;
     pthread_mutex_lock(&l->mu);
     for (;;) {
-        while (!l->stop && !l->acq_want)
+        while (!l->stop && !l->acq_want && !l->reauth_want)
             pthread_cond_wait(&l->acq_cv, &l->mu);
         if (l->stop)
             break;
+        if (l->reauth_want) {
+            reauth_sockets_locked(l);
+            pthread_mutex_unlock(&l->mu);
+            pump(l);
+            pthread_mutex_lock(&l->mu);
+            continue;
+        }
         l->acq_want = 0;
         if (l->closed || l->npending == 0 || l->nconns >= l->target)
             continue;
@@ -360,6 +475,7 @@ static void *acquirer_main(void *arg)
         }
         if (rc == SURPOOL_OK) {
             lc->c = c;
+            lc->auth_seq = ++l->auth_seq;
             surpool__queue_insert_head(&l->conns, &lc->link);
             l->nconns++;
             pthread_cond_signal(&l->cv); /* the lane thread now ticks for this socket */
@@ -417,7 +533,7 @@ static void *lane_main(void *arg)
                 else if (lc->inflight == 0 && !surpool__conn_usable(lc->c))
                     lc->failed = 1;
             }
-            if ((lc->failed || lc->expired) && lc->inflight == 0) {
+            if ((lc->failed || lc->expired) && lc->inflight == 0 && !lc->reauthing) {
                 surpool__queue_remove(q); /* nothing points to it any more */
                 surpool__queue_insert_head(&gone, q);
                 l->nconns--;
@@ -659,6 +775,7 @@ static surpool_err enqueue(surpool_pool *p, surpool__lane *l, lane_req *r, const
         surpool__rpc_free_payload(p, &r->treq, method);
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot start the lane's threads");
     }
+    r->params = json_incref((json_t *)params); /* NULL ok; dropped by finish() */
     r->seq = ++l->seq;
     surpool__queue_insert_tail(&l->pending, &r->link);
     l->npending++;

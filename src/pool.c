@@ -332,6 +332,11 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
         rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
         goto fail_cv2;
     }
+    if (surpool__auth_init(&p->auth) != 0) {
+        pthread_cond_destroy(&p->maint_cv);
+        rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
+        goto fail_cv2;
+    }
 
     surpool__tconfig tc;
     memset(&tc, 0, sizeof(tc));
@@ -407,6 +412,7 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
     return SURPOOL_OK;
 
 fail_cv3:
+    surpool__auth_destroy(&p->auth);
     pthread_cond_destroy(&p->maint_cv);
 fail_cv2:
     pthread_cond_destroy(&p->state_cv);
@@ -486,6 +492,7 @@ void surpool_pool_destroy(surpool_pool *p)
         surpool__conn_close(SURPOOL__QUEUE_DATA(q, surpool_conn, idle_link));
     }
     p->ops->destroy(p->transport);
+    surpool__auth_destroy(&p->auth); /* wipes the token */
     pthread_cond_destroy(&p->maint_cv);
     pthread_cond_destroy(&p->state_cv);
     pthread_cond_destroy(&p->connector_cv);

@@ -15,6 +15,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "auth.h"
 #include "conn.h"
 #include "histogram.h"
 #include "internal.h"
@@ -60,6 +61,9 @@ struct surpool_conn {
     int discard;       /* lease holder: surpool_conn_discard() */
     int session_dirty; /* lease holder: session state changed (use, let, ...) */
     int lane;          /* pool mutex: held by the shared lane */
+    int pool_auth;     /* lease holder: the pool is authenticating it (setup, re-auth) */
+    int user_auth;     /* lease holder: the borrower signed in / authenticated itself,
+                          so an expired session is not the pool's to renew */
 
     char last_error[256]; /* lease holder: message of the last failed call */
 };
@@ -125,6 +129,7 @@ struct surpool_pool {
     surpool__hist wait_hist, connect_hist;
 
     surpool_stats stats; /* counters (mu) */
+    surpool__auth auth;  /* the pool's token and its serialized refresh (auth.h) */
     surpool__lane *lane; /* NULL when shared_connections == 0 */
     atomic_ullong requests, request_errors, resets;
     atomic_llong next_id; /* RPC ids: unique across the pool, never reused,

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "auth.h"
 #include "codec.h"
 #include "pool.h"
 #include "wire.h"
@@ -156,8 +157,19 @@ surpool_err surpool__rpc_outcome(surpool_pool *p, const char *method, surpool__t
     return rc;
 }
 
-surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *params,
-                         int64_t deadline_ns, json_t **out, surpool_error *err)
+/* Methods after which the session's identity is the borrower's, not the
+ * pool's: an expired session is then not ours to renew. */
+static int changes_identity(const char *method)
+{
+    return carries_secret(method) || strcmp(method, "invalidate") == 0 ||
+           strcmp(method, "reset") == 0;
+}
+
+/* One RPC. *session_expired (may be NULL) is set when the server refused it
+ * because the session expired. */
+static surpool_err rpc_once(surpool_conn *c, const char *method, const json_t *params,
+                            int64_t deadline_ns, json_t **out, surpool_error *err,
+                            int *session_expired)
 {
     surpool_pool *p = c->pool;
     surpool_error local;
@@ -175,6 +187,8 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
 
     if (surpool__method_changes_session(method))
         c->session_dirty = 1; /* even on failure: the server may have applied it */
+    if (!c->pool_auth && changes_identity(method))
+        c->user_auth = 1;
 
     surpool__treq req;
     memset(&req, 0, sizeof(req));
@@ -207,8 +221,26 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
         *out = json_incref(result);
     if (surpool__breaks_connection(rc))
         c->broken = 1;
+    if (session_expired != NULL)
+        *session_expired = rc != SURPOOL_OK && surpool__reply_session_expired(req.reply);
     json_decref(req.reply);
     return rc;
+}
+
+surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *params,
+                         int64_t deadline_ns, json_t **out, surpool_error *err)
+{
+    int expired = 0;
+    surpool_err rc = rpc_once(c, method, params, deadline_ns, out, err, &expired);
+    if (!expired || !surpool__conn_may_reauth(c))
+        return rc;
+    /* The server refused the call before running it (an expired session
+     * refuses everything but ping; docs/lifecycle.md, rule A5): renew the
+     * session and send it once more. */
+    surpool_error rerr;
+    if (surpool__conn_reauth(c, &rerr) != SURPOOL_OK)
+        return surpool__error_copy(err, &rerr);
+    return rpc_once(c, method, params, deadline_ns, out, err, NULL);
 }
 
 /* json_pack with the failure kept: jansson refuses invalid UTF-8 (the caller's

@@ -148,7 +148,8 @@ void harness_kill9(test_server *s)
     s->pid = -1;
 }
 
-int harness_control(const test_server *s, const char *body)
+/* One HTTP request to the server; the reply (headers and body) in resp. */
+static int http_exchange(const test_server *s, const char *req, char *resp, size_t size)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0)
@@ -162,19 +163,41 @@ int harness_control(const test_server *s, const char *body)
         close(fd);
         return -1;
     }
-    char req[1024];
-    int n = snprintf(req, sizeof(req),
-                     "POST /control HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
-                     "application/json\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
-                     strlen(body), body);
-    if (write(fd, req, (size_t)n) != n) {
+    size_t n = strlen(req);
+    if (write(fd, req, n) != (ssize_t)n) {
         close(fd);
         return -1;
     }
-    char resp[256] = {0};
-    ssize_t r = read(fd, resp, sizeof(resp) - 1);
+    size_t len = 0;
+    ssize_t r;
+    while (len < size - 1 && (r = read(fd, resp + len, size - 1 - len)) > 0)
+        len += (size_t)r;
+    resp[len] = '\0';
     close(fd);
-    return r > 12 && strncmp(resp + 9, "200", 3) == 0 ? 0 : -1;
+    return 0;
+}
+
+long harness_stat(const test_server *s, const char *key)
+{
+    char resp[2048], pat[64];
+    if (http_exchange(s, "GET /stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                      resp, sizeof(resp)) != 0)
+        return -1;
+    snprintf(pat, sizeof(pat), "\"%s\":", key);
+    const char *hit = strstr(resp, pat);
+    return hit != NULL ? strtol(hit + strlen(pat), NULL, 10) : -1;
+}
+
+int harness_control(const test_server *s, const char *body)
+{
+    char req[1024], resp[256];
+    snprintf(req, sizeof(req),
+             "POST /control HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+             "application/json\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
+             strlen(body), body);
+    if (http_exchange(s, req, resp, sizeof(resp)) != 0)
+        return -1;
+    return strlen(resp) > 12 && strncmp(resp + 9, "200", 3) == 0 ? 0 : -1;
 }
 
 int harness_restart(test_server *s, const char *script, int port, const char *const *args)

@@ -34,4 +34,8 @@ void harness_kill9(test_server *s);
 /* HTTP POST /control with a JSON body; returns 0 on HTTP 200. */
 int harness_control(const test_server *s, const char *json_body);
 
+/* GET /stats and read one counter (signins, signinFailures, authenticates,
+ * sockets, ...); -1 on failure. */
+long harness_stat(const test_server *s, const char *key);
+
 #endif

@@ -120,6 +120,7 @@ const initialSettings = Object.freeze({
   delayJitterMs: intArg('delay-jitter-ms'),
   dropEvery: intArg('drop-every'),
   maxConns: intArg('max-conns'),
+  refuseAuthenticate: false,
 });
 const settings = { ...initialSettings };
 
@@ -661,7 +662,19 @@ const notifications = await engine.notifications();
 // ---------------------------------------------------------------------------
 // Connections
 // ---------------------------------------------------------------------------
-const stats = { sockets: 0, totalSockets: 0, requests: 0 };
+// signins / signinFailures: `signin` calls the core answered (each one a
+// password verification); authenticates: `authenticate` calls (token checks).
+const stats = { sockets: 0, totalSockets: 0, requests: 0, signins: 0, signinFailures: 0, authenticates: 0 };
+
+/** Counts what the auth methods cost the server (tests assert on them). */
+function countAuth(method, failed) {
+  if (method === 'signin') {
+    if (failed) stats.signinFailures++;
+    else stats.signins++;
+  } else if (method === 'authenticate') {
+    stats.authenticates++;
+  }
+}
 let requestCounter = 0; // server-wide, for --drop-every
 let hugeFrameTail = null; // cached `,"result":"xxx…"}` of the huge mode
 let hugeCborBody = null; // the same text as a CBOR text string
@@ -778,6 +791,8 @@ class Conn {
 
     if (!this.authed && !PRE_AUTH_METHODS.has(method)) return error(ERR_NOT_AUTHENTICATED);
     if (SESSION_METHODS.has(method)) return error(errMethodNotAllowed(method));
+    // refuseAuthenticate: a server that does not take tokens (clients must sign in).
+    if (method === 'authenticate' && settings.refuseAuthenticate) return error(errMethodNotAllowed(method));
     if (!CORE2 && method === 'use' && Array.isArray(params) && params[0] === null) {
       // The 3.0.x core panics on a null namespace; a release server aborts.
       return error(errInvalidParams('Invalid params: use [null, db] is not supported (the namespace must be a string)'));
@@ -794,6 +809,7 @@ class Conn {
     if (this.closed) return;
 
     let failed = isErrorReply(result);
+    countAuth(method, failed);
     if (!failed) this.afterSuccess(method, result);
     let body;
     try {
@@ -840,6 +856,8 @@ class Conn {
 
     if (!this.authed && !PRE_AUTH_METHODS.has(method)) return error(ERR_NOT_AUTHENTICATED);
     if (SESSION_METHODS.has(method)) return error(errMethodNotAllowed(method));
+    // refuseAuthenticate: a server that does not take tokens (clients must sign in).
+    if (method === 'authenticate' && settings.refuseAuthenticate) return error(errMethodNotAllowed(method));
     if (!CORE2 && method === 'use' && rawParams !== undefined) {
       const p = cborPeek(rawParams);
       if (Array.isArray(p) && (p[0] === null || p[0] === undefined)) {
@@ -852,6 +870,7 @@ class Conn {
     try {
       await this.attached;
       const reply = await executeRaw(method, rawParams, this.session, raw.get('txn'));
+      countAuth(method, reply.error);
       if (reply.error) {
         key = 'error';
         body = cborSplitMap(reply.bytes).find(([k]) => k === 'error')[1];
@@ -1044,6 +1063,10 @@ function applyControl(body) {
       if (!Number.isSafeInteger(body[k]) || body[k] < 0) throw new Error(`${k} must be a non-negative integer`);
       next[k] = body[k];
     }
+  }
+  if ('refuseAuthenticate' in body) {
+    if (typeof body.refuseAuthenticate !== 'boolean') throw new Error('refuseAuthenticate must be a boolean');
+    next.refuseAuthenticate = body.refuseAuthenticate;
   }
   if ('reset' in body && body.reset === true) Object.assign(next, initialSettings);
   if ('forMs' in body && (!Number.isSafeInteger(body.forMs) || body.forMs <= 0)) throw new Error('forMs must be a positive integer');
