@@ -399,12 +399,16 @@ surpool_err surpool__conn_restore(surpool_conn *c, surpool_error *err)
     return rc;
 }
 
+int surpool__pool_authenticates(const surpool_pool *p)
+{
+    const surpool_config *cfg = &p->cfg.pub;
+    return cfg->token != NULL || cfg->token_fn != NULL || cfg->signin_params != NULL ||
+           cfg->user != NULL;
+}
+
 int surpool__conn_may_reauth(const surpool_conn *c)
 {
-    const surpool_config *cfg = &c->pool->cfg.pub;
-    int configured = cfg->token != NULL || cfg->token_fn != NULL ||
-                     cfg->signin_params != NULL || cfg->user != NULL;
-    return configured && !c->pool_auth && !c->user_auth;
+    return surpool__pool_authenticates(c->pool) && !c->pool_auth && !c->user_auth;
 }
 
 surpool_err surpool__conn_reauth(surpool_conn *c, surpool_error *err)

@@ -27,6 +27,9 @@ surpool_err surpool__conn_ping(surpool_conn *c, long timeout_ms, surpool_error *
 /* Bring a dirty lease back to the configured state (reset, signin, use, hooks). */
 surpool_err surpool__conn_restore(surpool_conn *c, surpool_error *err);
 
+/* 1 if the pool authenticates its connections (user, token, token_fn or
+ * signin_params configured). */
+int surpool__pool_authenticates(const surpool_pool *p);
 /* 1 if an expired session of `c` is the pool's to renew: the pool
  * authenticates its connections, the borrower did not sign in itself, and
  * this is not the pool's own authentication in progress. */

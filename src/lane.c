@@ -62,8 +62,9 @@ struct lane_req {
     uint64_t seq;          /* 1, 2, ... in queueing order */
     int retried;           /* sent again after its session expired (once only) */
     uint64_t min_auth_seq; /* goes only to a socket authenticated after this */
-    json_t *params;        /* own reference, to encode it again for that retry (the
-                              transport masks the sent payload in place) */
+    json_t *params;        /* our own copy, to encode it again for that retry (the
+                              transport masks the sent payload in place); NULL when
+                              the pool does not authenticate */
     char method[32];
     surpool_result_fn cb; /* async */
     void *userdata;
@@ -208,7 +209,7 @@ static int retry_after_reauth(lane_req *r)
     lane_conn *lc = r->lc;
     if (r->retried || r->treq.status != SURPOOL_OK ||
         !surpool__reply_session_expired(r->treq.reply) || !surpool__conn_may_reauth(lc->c))
-        return 0;
+        return 0; /* (a pool that may re-authenticate kept a copy of the params) */
     /* A new id and payload, the same deadline. */
     surpool__treq old = r->treq;
     surpool_error perr;
@@ -755,15 +756,25 @@ static surpool_err enqueue(surpool_pool *p, surpool__lane *l, lane_req *r, const
     r->lane = l;
     r->treq.done = on_done;
     r->treq.userdata = r;
+    /* A copy, not a reference: the caller's value may be released on its
+     * thread while ours is on the transport's (jansson's refcount is not
+     * race-free to read). */
+    json_t *copy = NULL;
+    if (params != NULL && surpool__pool_authenticates(p) &&
+        (copy = json_deep_copy(params)) == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
     /* Encoded here, on the caller's thread, as a lease's call is: ids are
      * unique pool-wide; the deadline is request_timeout_ms from now. */
     surpool_err rc = surpool__rpc_prepare(p, &r->treq, method, params, INT64_MAX, err);
-    if (rc != SURPOOL_OK)
+    if (rc != SURPOOL_OK) {
+        json_decref(copy);
         return rc;
+    }
     pthread_mutex_lock(&l->mu);
     if (l->closed) {
         pthread_mutex_unlock(&l->mu);
         surpool__rpc_free_payload(p, &r->treq, method);
+        json_decref(copy);
         return surpool__seterr(err, SURPOOL_ERR_CLOSED, "pool is closed");
     }
     if (!l->thread_started && pthread_create(&l->thread, NULL, lane_main, l) == 0)
@@ -773,9 +784,10 @@ static surpool_err enqueue(surpool_pool *p, surpool__lane *l, lane_req *r, const
     if (!l->thread_started || !l->acq_started) {
         pthread_mutex_unlock(&l->mu);
         surpool__rpc_free_payload(p, &r->treq, method);
+        json_decref(copy);
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot start the lane's threads");
     }
-    r->params = json_incref((json_t *)params); /* NULL ok; dropped by finish() */
+    r->params = copy; /* dropped by finish() */
     r->seq = ++l->seq;
     surpool__queue_insert_tail(&l->pending, &r->link);
     l->npending++;

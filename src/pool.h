@@ -44,7 +44,8 @@ struct surpool_conn {
     surpool__queue all_link;
     surpool__queue idle_link;
 
-    uint64_t serial; /* 1, 2, ... in creation order */
+    _Atomic uint64_t serial; /* 1, 2, ... in creation order; atomic: the transport's
+                              on_dead may log it while the connector books it */
     int64_t created_ns;
     int64_t connect_ns;      /* how long opening it took */
     int64_t expires_ns;      /* INT64_MAX: no lifetime limit */

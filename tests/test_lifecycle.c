@@ -501,10 +501,70 @@ static void test_ms_settings_at_bound_run_normally(void **state)
     assert_int_equal(st.created, 2);
 }
 
+/* A server whose tokens belong to an epoch: a restart (epoch + 1) refuses the
+ * older ones, as a restarted SurrealDB refuses tokens signed before it. */
+typedef struct token_server {
+    atomic_int epoch, signins, authenticates, refused;
+} token_server;
+
+static json_t *token_responder(void *ud, json_int_t id, const char *method, json_t *params)
+{
+    token_server *ts = ud;
+    char tok[64];
+    if (strcmp(method, "signin") == 0) {
+        atomic_fetch_add(&ts->signins, 1);
+        snprintf(tok, sizeof(tok), "epoch-%d", atomic_load(&ts->epoch));
+        return json_pack("{s:I, s:s}", "id", id, "result", tok);
+    }
+    if (strcmp(method, "authenticate") == 0) {
+        atomic_fetch_add(&ts->authenticates, 1);
+        snprintf(tok, sizeof(tok), "epoch-%d", atomic_load(&ts->epoch));
+        const char *given = json_string_value(json_array_get(params, 0));
+        if (given == NULL || strcmp(given, tok) != 0) {
+            atomic_fetch_add(&ts->refused, 1);
+            return json_pack("{s:I, s:{s:i, s:s}}", "id", id, "error", "code", -32002,
+                             "message", "The token has expired");
+        }
+    }
+    return fake_default_responder(NULL, id, method, params);
+}
+
+/* Rules A1-A2 (src/auth.h): 16 connections opened at once cost one signin;
+ * after a "restart" that refuses the old token, refilling costs one more. */
+static void test_one_signin_per_pool_no_stampede(void **state)
+{
+    fixture *f = *state;
+    token_server ts;
+    memset(&ts, 0, sizeof(ts));
+    surpool_config cfg;
+    base(f, &cfg);
+    f->fs.responder = token_responder; /* after base(), which sets its own */
+    f->fs.responder_ud = &ts;
+    atomic_store(&f->fs.call_latency_us, 2000); /* sign-ins overlap */
+    cfg.user = "root";
+    cfg.pass = "root";
+    cfg.min_connections = 16;
+    cfg.max_connections = 16;
+    cfg.max_concurrent_connects = 16;
+    cfg.shared_connections = 0;
+    create(f, &cfg);
+    WAIT_UNTIL(stats(f).idle == 16);
+    assert_int_equal(atomic_load(&ts.signins), 1);
+    assert_int_equal(atomic_load(&ts.authenticates), 15);
+
+    atomic_fetch_add(&ts.epoch, 1);
+    fake_kill_all(f->pool->transport);
+    WAIT_UNTIL(stats(f).created == 32 && stats(f).idle == 16);
+    assert_int_equal(atomic_load(&ts.signins), 2);
+    /* Each refused at most once: no connection signed in on its own. */
+    assert_true(atomic_load(&ts.refused) <= 16);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_breaker_fails_fast_and_recovers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_one_signin_per_pool_no_stampede, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lifetime_never_closes_a_lease, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_timeout_keeps_minimum, setup, teardown),
         cmocka_unit_test_setup_teardown(test_validation_on_acquire, setup, teardown),

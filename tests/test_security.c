@@ -159,6 +159,15 @@ static surpool_err session(const surpool_config *cfg, int signin_on_lease, json_
     return rc;
 }
 
+/* A provider handing out the token in `ud`. */
+#define PROVIDER_BAD_TOKEN "prov1der-b4d-t0ken-Qx"
+static surpool_err provide_token(void *ud, char *token, size_t size, surpool_error *err)
+{
+    (void)err;
+    snprintf(token, size, "%s", (const char *)ud);
+    return SURPOOL_OK;
+}
+
 static void assert_absent(const char *secret, const char *what)
 {
     if (secret == NULL || secret[0] == '\0')
@@ -242,6 +251,28 @@ static void test_secrets_never_logged(void **state)
     rc = session(&cfg, 0, NULL);
     assert_int_equal(rc, SURPOOL_ERR_AUTH); /* a tampered token is refused as such */
 
+    /* 4b. Tokens the pool caches and hands around: a provider giving the JWT
+     *     (three connections authenticate with it), one giving a bad token,
+     *     and a pool that signs in once and authenticates the others with
+     *     the token it got (docs/lifecycle.md, rule A6). */
+    secret_config(&cfg, url);
+    cfg.token_fn = provide_token;
+    cfg.token_userdata = jwt;
+    cfg.min_connections = 3;
+    rc = session(&cfg, 0, NULL);
+    assert_int_equal(rc, SURPOOL_OK);
+    secret_config(&cfg, url);
+    cfg.token_fn = provide_token;
+    cfg.token_userdata = (void *)PROVIDER_BAD_TOKEN;
+    rc = session(&cfg, 0, NULL);
+    assert_int_equal(rc, SURPOOL_ERR_AUTH);
+    secret_config(&cfg, url);
+    cfg.user = "root";
+    cfg.pass = PASSWORD;
+    cfg.min_connections = 3;
+    rc = session(&cfg, 0, NULL);
+    assert_int_equal(rc, SURPOOL_OK);
+
     /* 5. A URL that does not parse (unencoded '@' in the password), and one
      *    with the password that cannot connect (nobody listens there). */
     snprintf(url, sizeof(url), "ws://root:%s@127.0.0.1:%d/rpc", PASSWORD, s.port);
@@ -271,6 +302,7 @@ static void test_secrets_never_logged(void **state)
     assert_absent(jwt, "the JWT");
     assert_absent(jwt_sig + 1, "the JWT's signature");
     assert_absent(bad_jwt, "the tampered JWT");
+    assert_absent(PROVIDER_BAD_TOKEN, "the provider's bad token");
     free(g_cap);
     g_cap = NULL;
     g_cap_len = g_cap_cap = 0;
