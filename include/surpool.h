@@ -231,12 +231,16 @@ typedef struct surpool_config {
                                            path at most 2048 bytes (docs/configuration.md) */
     const char *ns;                   /**< namespace selected on every connection, or NULL */
     const char *db;                   /**< database (needs ns), or NULL */
-    const char *user;                 /**< signin user, or NULL for no signin */
+    const char *user;                 /**< signin user, or NULL for no signin; the pool
+                                           signs in once and authenticates further
+                                           connections with the token it got */
     const char *pass;                 /**< signin password (wiped from memory at destroy) */
     surpool_auth_level auth_level;    /**< what `user` is; default SURPOOL_AUTH_ROOT */
     const char *access;               /**< record access method: signs in with
                                         {ns, db, ac, user, pass}; or NULL */
-    const char *token;                /**< JWT to `authenticate` with instead of user/pass */
+    const char *token;                /**< JWT to `authenticate` with instead of user/pass
+                                           (never a sign-in: the pool has no password);
+                                           wiped from memory at destroy */
     const json_t *signin_params;      /**< full signin object instead of user/pass (any
                                         access method's variables); deep-copied */
     const char *init_sql;             /**< SurrealQL run on every new connection, or NULL */

@@ -65,16 +65,26 @@ static surpool_pool *create_or_fail(const surpool_config *cfg)
     return tk_pool_track(p);
 }
 
-/* Run SurrealQL as root (definitions the tests need). */
-static void root_query(const char *sql)
+/* A lease of a throwaway one-connection root pool (*pool: destroy it after). */
+static surpool_conn *root_lease(surpool_pool **pool)
 {
     surpool_config cfg;
     root_config(&cfg);
     cfg.max_connections = 1;
-    surpool_pool *p = create_or_fail(&cfg);
+    *pool = create_or_fail(&cfg);
     surpool_conn *c = NULL;
     surpool_error err;
-    assert_int_equal(tk_acquire(p, -1, &c, &err), SURPOOL_OK);
+    if (tk_acquire(*pool, -1, &c, &err) != SURPOOL_OK)
+        fail_msg("acquire: %s", err.message);
+    return c;
+}
+
+/* Run SurrealQL as root (definitions the tests need). */
+static void root_query(const char *sql)
+{
+    surpool_pool *p;
+    surpool_conn *c = root_lease(&p);
+    surpool_error err;
     json_t *out = NULL;
     if (surpool_conn_query(c, sql, NULL, &out, &err) != SURPOOL_OK ||
         surpool_query_check(out, &err) != SURPOOL_OK)
@@ -277,17 +287,28 @@ static void run_load(surpool_pool *p, int seconds)
     pthread_mutex_destroy(&ld.mu);
 }
 
+/* (Re)define a database user whose sessions and tokens last 2 s, and fill
+ * `cfg` to sign in as it. */
+static void short_lived_user(surpool_config *cfg, const char *user, const char *pass)
+{
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "DEFINE TABLE IF NOT EXISTS item SCHEMALESS PERMISSIONS FULL;"
+             "DEFINE USER OVERWRITE %s ON DATABASE PASSWORD '%s' ROLES EDITOR "
+             "DURATION FOR SESSION 2s, FOR TOKEN 2s",
+             user, pass);
+    root_query(sql);
+    root_config(cfg);
+    cfg->user = user;
+    cfg->pass = pass;
+    cfg->auth_level = SURPOOL_AUTH_DATABASE;
+}
+
 static void test_short_sessions_never_fail(void **state)
 {
     (void)state;
-    root_query("DEFINE TABLE OVERWRITE item SCHEMALESS PERMISSIONS FULL;"
-               "DEFINE USER OVERWRITE brief ON DATABASE PASSWORD 'brief-pw' ROLES EDITOR "
-               "DURATION FOR SESSION 2s, FOR TOKEN 2s");
     surpool_config cfg;
-    root_config(&cfg);
-    cfg.user = "brief";
-    cfg.pass = "brief-pw";
-    cfg.auth_level = SURPOOL_AUTH_DATABASE;
+    short_lived_user(&cfg, "brief", "brief-pw");
     cfg.max_connections = 6;
     cfg.min_connections = 3;
     surpool_pool *p = create_or_fail(&cfg);
@@ -307,13 +328,9 @@ static void test_record_access(void **state)
         "crypto::argon2::compare(pass, $pass)) "
         "DURATION FOR TOKEN 2s, FOR SESSION 2s");
     /* SIGNUP through a lease of a root pool. */
-    surpool_config cfg;
-    root_config(&cfg);
-    cfg.max_connections = 2;
-    surpool_pool *rp = create_or_fail(&cfg);
-    surpool_conn *c = NULL;
+    surpool_pool *rp;
+    surpool_conn *c = root_lease(&rp);
     surpool_error err;
-    assert_int_equal(tk_acquire(rp, -1, &c, &err), SURPOOL_OK);
     json_t *vars = json_pack("{s:s, s:s}", "user", "ada", "pass", "ada-pw");
     json_t *tok = NULL;
     if (surpool_conn_signup(c, "auth", "auth", "members", vars, &tok, &err) != SURPOOL_OK)
@@ -324,6 +341,7 @@ static void test_record_access(void **state)
     tk_pool_destroy(rp);
 
     /* SIGNIN as the record user: one signin for the pool, expiry handled. */
+    surpool_config cfg;
     root_config(&cfg);
     cfg.user = "ada";
     cfg.pass = "ada-pw";
@@ -359,13 +377,9 @@ static surpool_err provide(void *ud, char *token, size_t size, surpool_error *er
 /* A root token, signed in for by a throwaway pool's lease. */
 static char *root_token(void)
 {
-    surpool_config cfg;
-    root_config(&cfg);
-    cfg.max_connections = 1;
-    surpool_pool *p = create_or_fail(&cfg);
-    surpool_conn *c = NULL;
+    surpool_pool *p;
+    surpool_conn *c = root_lease(&p);
     surpool_error err;
-    assert_int_equal(tk_acquire(p, -1, &c, &err), SURPOOL_OK);
     surpool_credentials cred;
     memset(&cred, 0, sizeof(cred));
     cred.user = "root";
@@ -440,13 +454,8 @@ static void test_provider_error_is_auth(void **state)
 static void test_wrong_password_at_reauth(void **state)
 {
     (void)state;
-    root_query("DEFINE USER OVERWRITE fickle ON DATABASE PASSWORD 'old-pw' ROLES EDITOR "
-               "DURATION FOR SESSION 2s, FOR TOKEN 2s");
     surpool_config cfg;
-    root_config(&cfg);
-    cfg.user = "fickle";
-    cfg.pass = "old-pw";
-    cfg.auth_level = SURPOOL_AUTH_DATABASE;
+    short_lived_user(&cfg, "fickle", "old-pw");
     cfg.max_connections = 2;
     cfg.min_connections = 1;
     cfg.shared_connections = 0;
@@ -454,9 +463,9 @@ static void test_wrong_password_at_reauth(void **state)
     surpool_conn *c = NULL;
     surpool_error err;
     assert_int_equal(tk_acquire(p, -1, &c, &err), SURPOOL_OK);
-    root_query("DEFINE USER OVERWRITE fickle ON DATABASE PASSWORD 'new-pw' ROLES EDITOR "
-               "DURATION FOR SESSION 2s, FOR TOKEN 2s");
-    tk_sleep_ms(3500); /* past the session and the token */
+    surpool_config changed;
+    short_lived_user(&changed, "fickle", "new-pw"); /* the password changes */
+    tk_sleep_ms(3500);                              /* past the session and the token */
     json_t *out = NULL;
     assert_int_equal(surpool_conn_query(c, "RETURN 1", NULL, &out, &err), SURPOOL_ERR_AUTH);
     assert_non_null(strstr(err.message, "re-authentication failed"));
