@@ -221,6 +221,8 @@ int surpool__reply_session_expired(const json_t *reply)
     const char *dk = json_string_value(json_object_get(details, "kind"));
     if (dk != NULL)
         return strcmp(dk, "SessionExpired") == 0;
+    /* 2.x: no kind; "There was a problem with the database: The session has
+     * expired". */
     const char *msg = json_string_value(json_object_get(error, "message"));
-    return msg != NULL && strcmp(msg, "The session has expired") == 0;
+    return msg != NULL && strstr(msg, "The session has expired") != NULL;
 }

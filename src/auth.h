@@ -79,7 +79,7 @@ int64_t surpool__jwt_exp_iat(const char *token, int64_t *iat);
 
 /* 1 if `reply` (a reply frame) is the server refusing a call because the
  * session expired (3.x: details {kind:"Auth", details:{kind:"SessionExpired"}};
- * 2.x: the message). Such a call was refused before it ran. */
+ * 2.x: the message says so). Such a call was refused before it ran. */
 int surpool__reply_session_expired(const json_t *reply);
 
 #endif

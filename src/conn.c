@@ -263,6 +263,15 @@ static surpool_err refresh(surpool_conn *c, int64_t deadline, char **token, surp
     return rc;
 }
 
+/* The server does not take `authenticate` (rather than refusing this token):
+ * JSON-RPC "method not found" (-32601), 3.x "method not allowed" (-32602). */
+static int refuses_authenticate(const surpool_error *err)
+{
+    return err->code == SURPOOL_ERR_SERVER &&
+           (err->server_code == -32601 || err->server_code == -32602 ||
+            strstr(err->message, "ethod not") != NULL);
+}
+
 /* Authenticate c as the pool does (rules A1-A3 in auth.h): with the cached
  * token, or by the one refresh in flight, or by refreshing itself. */
 static surpool_err authenticate_pool(surpool_conn *c, int64_t deadline, surpool_error *err)
@@ -285,9 +294,10 @@ static surpool_err authenticate_pool(surpool_conn *c, int64_t deadline, surpool_
             token = NULL;
             if (rc == SURPOOL_OK || rc == SURPOOL_ERR_NOMEM || surpool__breaks_connection(rc))
                 return rc;
-            /* Refused. -32002 (expired, revoked): refresh. Anything else (a
-             * server that does not take `authenticate`): sign in from now on. */
-            surpool__auth_refused(&p->auth, gen, rc != SURPOOL_ERR_AUTH);
+            /* Refused (expired, revoked, signed by a server since restarted):
+             * refresh. A server that does not take `authenticate` at all
+             * (method not found / not allowed): sign in from now on. */
+            surpool__auth_refused(&p->auth, gen, refuses_authenticate(err));
         }
         int who = surpool__auth_enter(&p->auth, &gen, deadline, &token, err);
         if (who == SURPOOL__AUTH_FAILED)
