@@ -50,7 +50,8 @@ struct lane_conn {
     int reauth;          /* its session expired: take no more until the acquirer has
                             re-authenticated it */
     int reauthing;       /* the acquirer is re-authenticating it: not given back meanwhile */
-    uint64_t auth_seq;   /* lane.auth_seq when it was (re-)authenticated */
+    uint64_t auth_seq;   /* lane.auth_seq when the lane re-authenticated it; 0: never
+                            (a lease from the pool may hold an old session) */
 };
 
 typedef struct lane_req lane_req;
@@ -61,7 +62,8 @@ struct lane_req {
     lane_conn *lc;         /* the socket it was sent on; stable until it completes */
     uint64_t seq;          /* 1, 2, ... in queueing order */
     int retried;           /* sent again after its session expired (once only) */
-    uint64_t min_auth_seq; /* goes only to a socket authenticated after this */
+    uint64_t min_auth_seq; /* 0, or: goes only to a socket whose auth_seq is at least
+                              this (re-authenticated after the refusal) */
     json_t *params;        /* our own copy, to encode it again for that retry (the
                               transport masks the sent payload in place); NULL when
                               the pool does not authenticate */
@@ -95,7 +97,7 @@ struct surpool__lane {
     int acq_want;      /* the acquirer should try to get one more socket */
     int acq_busy;      /* the acquirer is in surpool_pool_acquire_at() */
     int reauth_want;   /* a socket waits for re-authentication (lane_conn.reauth) */
-    uint64_t auth_seq; /* sockets (re-)authenticated so far */
+    uint64_t auth_seq; /* re-authentications done so far */
     int64_t grow_not_before_ns; /* after a failed acquire with sockets left: pace retries */
     int closed;
     int stop;
@@ -227,9 +229,10 @@ static int retry_after_reauth(lane_req *r)
     json_decref(r->treq.reply);
     r->treq.reply = NULL;
     r->retried = 1;
-    /* Other sockets authenticated as long ago may have expired as well: the
-     * second try goes to one authenticated from now on. */
-    r->min_auth_seq = l->auth_seq;
+    /* Other sockets, and leases from the pool, may hold an expired session
+     * as well: the second try goes to a socket the lane re-authenticates
+     * from now on (this one, at least). */
+    r->min_auth_seq = l->auth_seq + 1;
     r->lc = NULL;
     lc->reauth = 1;
     lc->inflight--; /* last touch of lc */
@@ -273,8 +276,8 @@ static void on_done(surpool__treq *treq)
     pthread_mutex_unlock(&l->mu); /* last touch of the lane */
 }
 
-/* Pick the least-loaded usable connection with room, authenticated after
- * `min_auth_seq`. */
+/* Pick the least-loaded usable connection with room (and, when
+ * `min_auth_seq` is not 0, re-authenticated as lane_req.min_auth_seq says). */
 static lane_conn *pick_locked(surpool__lane *l, uint64_t min_auth_seq)
 {
     lane_conn *best = NULL;
@@ -283,7 +286,7 @@ static lane_conn *pick_locked(surpool__lane *l, uint64_t min_auth_seq)
     {
         lane_conn *lc = SURPOOL__QUEUE_DATA(q, lane_conn, link);
         if (lc->c == NULL || lc->failed || lc->expired || lc->reauth ||
-            lc->inflight >= l->cap || lc->auth_seq <= min_auth_seq)
+            lc->inflight >= l->cap || lc->auth_seq < min_auth_seq)
             continue;
         if (!surpool__conn_usable(lc->c)) {
             lc->failed = 1;
@@ -476,7 +479,6 @@ static void *acquirer_main(void *arg)
         }
         if (rc == SURPOOL_OK) {
             lc->c = c;
-            lc->auth_seq = ++l->auth_seq;
             surpool__queue_insert_head(&l->conns, &lc->link);
             l->nconns++;
             pthread_cond_signal(&l->cv); /* the lane thread now ticks for this socket */
