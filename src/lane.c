@@ -210,8 +210,11 @@ static int retry_after_reauth(lane_req *r)
     surpool__lane *l = r->lane;
     lane_conn *lc = r->lc;
     if (r->retried || r->treq.status != SURPOOL_OK ||
-        !surpool__reply_session_expired(r->treq.reply) || !surpool__conn_may_reauth(lc->c))
-        return 0; /* (a pool that may re-authenticate kept a copy of the params) */
+        !surpool__reply_session_expired(r->treq.reply) || !surpool__pool_authenticates(l->pool))
+        return 0; /* (a pool that authenticates kept a copy of the params) */
+    /* Not surpool__conn_may_reauth(): its flags belong to the thread that
+     * re-authenticates; a lane socket never carries the borrower's own
+     * sign-in (the lane refuses session methods). */
     /* A new id and payload, the same deadline. */
     surpool__treq old = r->treq;
     surpool_error perr;
