@@ -84,12 +84,19 @@ typedef struct surpool__tconn_events {
     void *userdata;
 } surpool__tconn_events;
 
+/* tconfig.event_loop. AUTO takes SURPOOL_EVENT_LOOP from the environment ("poll",
+ * "libuv" or "auto") and otherwise picks libuv for pools of more than
+ * SURPOOL__LOOP_AUTO_LIBUV_ABOVE connections (transport_lws.c says why). */
+enum { SURPOOL__LOOP_AUTO = 0, SURPOOL__LOOP_POLL = 1, SURPOOL__LOOP_LIBUV = 2 };
+#define SURPOOL__LOOP_AUTO_LIBUV_ABOVE 32
+
 typedef struct surpool__tconfig {
     const surpool__url *url; /* borrowed; outlives the transport */
     long connect_timeout_ms;
     size_t max_message_bytes;
     int cbor;            /* 1: subprotocol "cbor", binary frames, CBOR replies */
-    int max_connections; /* sizing hint (fd table) */
+    int max_connections; /* sizing hint (fd table, event loop choice) */
+    int event_loop;      /* SURPOOL__LOOP_*: which loop runs libwebsockets */
     const char *tls_ca_file;
     const char *tls_ca_dir;
     const char *tls_cert_file;
@@ -116,5 +123,9 @@ typedef struct surpool__transport_ops {
 
 /* The real one (transport_lws.c). `arg` is unused (NULL). */
 extern const surpool__transport_ops surpool__transport_lws;
+
+/* Test hook (set before creating transports): act as if libwebsockets' libuv
+ * plugin were missing, so that the poll() fallback can be tested. */
+extern int surpool__lws_test_no_uv;
 
 #endif

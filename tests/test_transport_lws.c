@@ -48,11 +48,18 @@ static const surpool__transport_ops *ops = &surpool__transport_lws;
 /* ------------------------------------------------------------------------- */
 
 static atomic_int g_log_lines;
+static atomic_int g_saw_uv, g_saw_poll, g_saw_fallback; /* "event loop: ..." lines */
 
 static void test_log(void *ud, surpool_log_level level, const char *msg)
 {
     (void)ud;
     atomic_fetch_add(&g_log_lines, 1);
+    if (strcmp(msg, "event loop: libuv") == 0)
+        atomic_fetch_add(&g_saw_uv, 1);
+    else if (strcmp(msg, "event loop: poll") == 0)
+        atomic_fetch_add(&g_saw_poll, 1);
+    else if (strstr(msg, "cannot run on libuv") != NULL)
+        atomic_fetch_add(&g_saw_fallback, 1);
     if (getenv("SURPOOL_TEST_VERBOSE") != NULL)
         fprintf(stderr, "  [log %d] %s\n", (int)level, msg);
 }
@@ -485,6 +492,64 @@ static void test_round_trips(void **state)
     ops->close(c);
     batch_fini(&b);
     fixture_destroy(&f);
+    server_stop(&s);
+}
+
+/* Pings on a fresh transport with the given loop; returns which loop it said
+ * it runs (1 libuv, 0 poll). */
+static int loop_round_trips(int port, int event_loop)
+{
+    atomic_store(&g_saw_uv, 0);
+    atomic_store(&g_saw_poll, 0);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", port);
+    f.cfg.event_loop = event_loop;
+    fixture_create(&f);
+    surpool__tconn *c = open_ok(&f, NULL);
+    batch b;
+    batch_init(&b);
+    for (int i = 1; i <= 20; i++) {
+        treq *q = call(c, i, "ping", NULL, 5000, &b);
+        assert_reply(q);
+        treq_free(q);
+    }
+    ops->close(c);
+    batch_fini(&b);
+    fixture_destroy(&f);
+    int uv = atomic_load(&g_saw_uv), poll_ = atomic_load(&g_saw_poll);
+    assert_int_equal(uv + poll_, 1); /* each transport says which loop, once */
+    return uv;
+}
+
+/* The libuv loop is used when asked for (and installed: the build needs
+ * libwebsockets-evlib-uv); poll() when asked for; a missing libuv plugin falls
+ * back to poll() with an INFO line; auto picks by pool size. */
+static void test_event_loops(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    assert_int_equal(loop_round_trips(s.port, SURPOOL__LOOP_LIBUV), 1);
+    assert_int_equal(loop_round_trips(s.port, SURPOOL__LOOP_POLL), 0);
+
+    atomic_store(&g_saw_fallback, 0);
+    surpool__lws_test_no_uv = 1;
+    int uv = loop_round_trips(s.port, SURPOOL__LOOP_LIBUV);
+    surpool__lws_test_no_uv = 0;
+    assert_int_equal(uv, 0);
+    assert_int_equal(atomic_load(&g_saw_fallback), 1);
+
+    /* auto (unless SURPOOL_EVENT_LOOP says otherwise, as in this suite's twin) */
+    if (getenv("SURPOOL_EVENT_LOOP") == NULL) {
+        assert_int_equal(loop_round_trips(s.port, SURPOOL__LOOP_AUTO), 0); /* 16 conns */
+        atomic_store(&g_saw_uv, 0);
+        fixture f;
+        fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+        f.cfg.max_connections = SURPOOL__LOOP_AUTO_LIBUV_ABOVE + 1;
+        fixture_create(&f);
+        fixture_destroy(&f);
+        assert_int_equal(atomic_load(&g_saw_uv), 1);
+    }
     server_stop(&s);
 }
 
@@ -1576,6 +1641,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_invalid_args, test_teardown),
         cmocka_unit_test_teardown(test_round_trips, test_teardown),
+        cmocka_unit_test_teardown(test_event_loops, test_teardown),
         cmocka_unit_test_teardown(test_pipelined_out_of_order, test_teardown),
         cmocka_unit_test_teardown(test_many_connections, test_teardown),
         cmocka_unit_test_teardown(test_connect_refused, test_teardown),
