@@ -145,6 +145,9 @@ void surpool__rpc_free_payload(surpool_pool *p, surpool__treq *req, const char *
 surpool_err surpool__rpc_outcome(surpool_pool *p, const char *method, surpool__treq *req,
                                  json_t **result, surpool_error *err)
 {
+    /* Decoding happens here, on the thread that wants the result, never on
+     * the transport's: one big reply must not hold up every connection. */
+    surpool__wire_decode_reply(req);
     surpool_err rc = req->status;
     atomic_fetch_add(&p->requests, 1);
     if (rc != SURPOOL_OK)

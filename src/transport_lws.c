@@ -78,8 +78,9 @@
 
 enum { CS_CONNECTING = 0, CS_OPEN = 1, CS_FAILED = 2 }; /* tconn.state */
 
-#define MAX_ADDRS 4              /* resolved addresses tried in order while TCP fails */
-#define RX_KEEP_BYTES (1u << 20) /* receive buffers above this are freed after use */
+#define MAX_ADDRS 4                 /* resolved addresses tried in order while TCP fails */
+#define RX_KEEP_BYTES (1u << 20)    /* receive buffers above this are freed after use */
+#define RX_STEAL_BYTES (256u << 10) /* replies from this size take the buffer, not a copy */
 #define ABORT_WAIT_NS (2000 * SURPOOL__NS_PER_MS)
 #define SHUTDOWN_WAIT_NS (1000 * SURPOOL__NS_PER_MS)
 
@@ -771,17 +772,71 @@ static int on_writeable(struct lws *wsi, surpool__tconn *c)
     return 0;
 }
 
-/* A complete message (text for JSON, binary for CBOR). Returns -1 when the
- * connection must close. */
+/* The bytes of a complete message as a frame a request can own: c->rx itself
+ * when it holds a big message (no copy; the connection starts a new buffer),
+ * else a copy. NUL-terminated. NULL when out of memory. */
+static char *frame_take(surpool__tconn *c, const char *buf, size_t len)
+{
+    if (buf == c->rx && len >= RX_STEAL_BYTES) {
+        char *f = c->rx;
+        c->rx = NULL;
+        c->rx_cap = 0;
+        f[len] = '\0'; /* on_receive keeps a byte spare */
+        return f;
+    }
+    char *f = surpool__malloc(len + 1);
+    if (f != NULL) {
+        memcpy(f, buf, len);
+        f[len] = '\0';
+    }
+    return f;
+}
+
+static void on_reply(surpool__tconn *c, int64_t id, const char *buf, size_t len)
+{
+    pthread_mutex_lock(&c->mu);
+    surpool__treq *r = surpool__reqtable_take(&c->rt, id);
+    pthread_mutex_unlock(&c->mu);
+    if (r == NULL) {
+        /* A late reply (after a timeout or cancel), or an unknown id. */
+        surpool__log(c->t->logger, SURPOOL_LOG_DEBUG,
+                     "dropping a reply for id %lld: no such request in flight", (long long)id);
+        return;
+    }
+    r->frame = frame_take(c, buf, len);
+    r->frame_len = len;
+    r->frame_cbor = c->t->cbor;
+    if (r->frame == NULL) {
+        r->status = SURPOOL_ERR_NOMEM;
+        copy_str(r->message, sizeof(r->message), "out of memory taking a reply");
+    }
+    r->done(r);
+}
+
+/* A complete message (text for JSON, binary for CBOR). Replies are routed by a
+ * peek at their id and handed over undecoded (the submitter decodes them on its
+ * own thread: a 50 MB reply takes a second to parse, and every connection of
+ * the pool would wait). Notifications and id-less errors are decoded here: the
+ * pool's handlers take a tree on this thread, and both are small and rare.
+ * Returns -1 when the connection must close. */
 static int dispatch(struct lws *wsi, surpool__tconn *c, const char *buf, size_t len)
 {
     surpool__transport *t = c->t;
     surpool__frame f;
     surpool_error e;
+    surpool__frame_kind kind;
+    int64_t id;
 
     surpool_err rc = t->cbor
-                         ? surpool__cbor_decode_frame((const unsigned char *)buf, len, &f, &e)
-                         : surpool__codec_decode_frame(buf, len, &f, &e);
+                         ? surpool__cbor_peek((const unsigned char *)buf, len, &kind, &id, &e)
+                         : surpool__codec_peek(buf, len, &kind, &id, &e);
+    if (rc == SURPOOL_OK && kind == SURPOOL__FRAME_REPLY) {
+        on_reply(c, id, buf, len);
+        return 0;
+    }
+    if (rc == SURPOOL_OK)
+        rc = t->cbor ? surpool__cbor_decode_frame((const unsigned char *)buf, len, &f, &e)
+                     : surpool__codec_decode_frame(buf, len, &f, &e);
     if (rc != SURPOOL_OK) {
         conn_fail(c, rc == SURPOOL_ERR_NOMEM ? SURPOOL_ERR_NOMEM : SURPOOL_ERR_PROTOCOL,
                   e.message);
@@ -789,23 +844,12 @@ static int dispatch(struct lws *wsi, surpool__tconn *c, const char *buf, size_t 
         return -1;
     }
     switch (f.kind) {
-    case SURPOOL__FRAME_REPLY: {
-        pthread_mutex_lock(&c->mu);
-        surpool__treq *r = surpool__reqtable_take(&c->rt, f.id);
-        if (r != NULL)
-            r->reply = f.root; /* ownership moves to the request */
-        pthread_mutex_unlock(&c->mu);
-        if (r != NULL) {
-            r->done(r);
-        } else {
-            /* A late reply (after a timeout or cancel), or an unknown id. */
-            surpool__log(t->logger, SURPOOL_LOG_DEBUG,
-                         "dropping a reply for id %lld: no such request in flight",
-                         (long long)f.id);
-            json_decref(f.root);
-        }
-        break;
-    }
+    case SURPOOL__FRAME_REPLY:
+        /* The peek saw no id where the decoder sees one: they disagree. */
+        json_decref(f.root);
+        conn_fail(c, SURPOOL_ERR_PROTOCOL, "frame routing and decoding disagree on its id");
+        lws_close_reason(wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, NULL, 0);
+        return -1;
     case SURPOOL__FRAME_NOTIFICATION:
         pthread_mutex_lock(&c->events_mu);
         if (!c->ev_detached && c->ev.on_notify != NULL)
@@ -853,10 +897,11 @@ static int on_receive(struct lws *wsi, surpool__tconn *c, const char *in, size_t
         } else if (first && final) {
             return dispatch(wsi, c, in, len); /* one piece: decode in place */
         } else {
-            if (c->rx_len + len > c->rx_cap) {
+            /* One byte spare: a frame handed over whole gets its NUL there. */
+            if (c->rx_len + len + 1 > c->rx_cap) {
                 size_t cap = c->rx_cap != 0 ? c->rx_cap : 64 * 1024;
-                while (cap < c->rx_len + len)
-                    cap = cap > SIZE_MAX / 2 ? c->rx_len + len : cap * 2;
+                while (cap < c->rx_len + len + 1)
+                    cap = cap > SIZE_MAX / 2 ? c->rx_len + len + 1 : cap * 2;
                 char *nb = surpool__realloc(c->rx, cap);
                 if (nb == NULL) {
                     conn_fail(c, SURPOOL_ERR_NOMEM, "out of memory buffering a reply");

@@ -29,4 +29,14 @@ surpool_err surpool__wire_encode_request(surpool_wire_format format, int64_t id,
  * err set (INVALID_ARG, NOMEM). */
 json_t *surpool__wire_thing(surpool_wire_format format, const char *thing, surpool_error *err);
 
+/* The submitter's half of a reply (transport.h, contract 3): decode req->frame
+ * (JSON or CBOR, req->frame_cbor) into req->reply on the calling thread and
+ * free the frame. A frame that does not decode, or decodes to another kind or
+ * id than the one the transport routed by (a peek is no validator), turns the
+ * request into SURPOOL_ERR_PROTOCOL (or NOMEM) with the reason in
+ * req->message: the connection is then not to be trusted. Does nothing unless
+ * req->status is SURPOOL_OK with a frame; always leaves req->frame NULL. */
+struct surpool__treq;
+void surpool__wire_decode_reply(struct surpool__treq *req);
+
 #endif
