@@ -8,6 +8,8 @@
  * on a list of replies due later, as if a server had sent it. One timer thread
  * per transport delivers due replies by id and expires deadlines, so close(),
  * kill, cancel and late replies follow the real transport's bookkeeping.
+ * Replies are handed over as raw frames in the request's wire format (JSON text
+ * or CBOR), as the real transport does, so the pool decodes them itself.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -96,11 +98,43 @@ static void sleep_ns(int64_t ns)
         ;
 }
 
+/* The reply as the frame a server would send, in the request's wire format
+ * (the payload of a JSON request starts with '{'). 0, or -1 (reply kept as a
+ * tree) when it cannot be encoded. Takes over `reply` on success. */
+static int to_frame(surpool__treq *req, json_t *reply)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    if (req->buf[fake_transport_ops.headroom] == '{') {
+        char *text = json_dumps(reply, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (text == NULL)
+            return -1;
+        len = strlen(text);
+        buf = surpool__malloc(len + 1);
+        if (buf != NULL)
+            memcpy(buf, text, len + 1);
+        free(text);
+        req->frame_cbor = 0;
+    } else {
+        if (surpool__cbor_encode_value(reply, 0, &buf, &len, NULL) != SURPOOL_OK)
+            return -1;
+        req->frame_cbor = 1;
+    }
+    if (buf == NULL)
+        return -1;
+    req->frame = buf;
+    req->frame_len = len;
+    json_decref(reply);
+    return 0;
+}
+
 /* Complete a request: set status/reply, then done(). Called with no lock. */
 static void complete(surpool__treq *req, surpool_err status, json_t *reply, const char *msg)
 {
     req->status = status;
-    req->reply = reply;
+    req->reply = NULL;
+    if (reply != NULL && to_frame(req, reply) != 0)
+        req->reply = reply;
     snprintf(req->message, sizeof(req->message), "%s", msg != NULL ? msg : "");
     req->done(req);
 }
