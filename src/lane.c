@@ -7,13 +7,18 @@
  * flight). Requests that find no room wait in a FIFO and go out as replies
  * free room.
  *
- * Two threads, started by the first lane call:
+ * Three threads, started by the first lane call:
  *  - the lane thread gives dead and expired sockets back to the pool, fails
  *    queued requests whose deadline passed, and asks for growth. It never
  *    blocks in the pool: it sleeps at most until the earliest deadline of a
  *    queued request (or a 100 ms tick while it holds sockets);
  *  - the acquirer blocks in surpool_pool_acquire_at() when the lane must grow,
- *    so that a slow or impossible acquire never holds up the deadlines.
+ *    so that a slow or impossible acquire never holds up the deadlines;
+ *  - the delivery thread settles async requests the transport completed, in
+ *    completion order: decodes the reply, runs the callback, gives the slot
+ *    back. The transport's thread only hands them over (on_done), so neither a
+ *    big reply's decode nor a slow callback holds up the other connections.
+ *    A sync request is settled by its waiting thread the same way.
  *
  * Each lane socket is a heap object (lane_conn) that in-flight requests point
  * to. It is unlinked and freed only once nothing is in flight on it, so a
@@ -23,7 +28,8 @@
  * Locking: lane->mu guards everything below and is never held while calling
  * the pool, the transport (submit) or a user callback. The pool may take it
  * under its own mutex (stats): order pool -> lane.
- * Completions run on the transport's thread; they only take lane->mu.
+ * Completions (on_done) run on the transport's thread; they only take lane->mu
+ * to hand an async request to the delivery thread, or signal a sync waiter.
  *
  * Rule: every accepted request completes exactly once: by its reply or error
  * from the transport, by the lane thread (deadline while queued), by the
@@ -51,7 +57,7 @@ struct lane_conn {
 typedef struct lane_req lane_req;
 struct lane_req {
     surpool__treq treq;  /* first: the transport hands us &treq */
-    surpool__queue link; /* l->pending, or a list of requests to fail */
+    surpool__queue link; /* l->pending, a list of requests to fail, or l->delivery */
     surpool__lane *lane;
     lane_conn *lc; /* the socket it was sent on; stable until it completes */
     uint64_t seq;  /* 1, 2, ... in queueing order */
@@ -63,7 +69,7 @@ struct lane_req {
     int has_why;
     int server_code;
     char kind[32];
-    /* sync results, read by the waiter after the signal */
+    /* sync results, set by settle() on the waiter's thread */
     surpool_err rc;
     json_t *result;
     surpool_error err;
@@ -90,18 +96,32 @@ struct surpool__lane {
     int thread_started, acq_started;
     pthread_t thread, acq_thread;
     uint64_t requests;
+    /* Async requests the transport completed, oldest first, for the delivery
+     * thread (lane_req.link). They still count in `inflight`. */
+    surpool__queue delivery;
+    pthread_cond_t dcv; /* wakes the delivery thread */
+    int dstop;          /* destroy: the delivery thread ends once its queue is empty */
+    int dthread_started;
+    pthread_t dthread;
 };
 
 /* ------------------------------------------------------------------------- */
 
 /* Result callbacks running on this thread (they may nest: a callback's
- * resubmit can complete at once). A synchronous call made from one would wait
- * for a reply that, on the transport's thread, only this thread can deliver. */
+ * resubmit can complete at once). A synchronous call made from one would hold
+ * up every callback behind it (on the delivery thread) or wait for a reply only
+ * this thread can deliver (where a request fails on another thread): refused. */
 static _Thread_local int in_result_cb;
+static _Thread_local int on_delivery_thread;
 
 int surpool__in_result_callback(void)
 {
     return in_result_cb > 0;
+}
+
+int surpool__lane_on_delivery_thread(void)
+{
+    return on_delivery_thread;
 }
 
 static int64_t earliest_deadline_locked(const surpool__lane *l)
@@ -117,11 +137,36 @@ static int64_t earliest_deadline_locked(const surpool__lane *l)
     return d;
 }
 
-/* Deliver a finished request to its caller, lane->mu NOT held. Takes over
- * req->treq.reply. */
-static void finish(lane_req *r)
+static void pump(surpool__lane *l);
+
+/* Give a completed request's slot on `lc` back, then send what queued behind
+ * it. `completing` keeps destroy waiting until this function no longer touches
+ * the lane. */
+static void give_back(surpool__lane *l, lane_conn *lc)
 {
-    surpool_pool *p = r->lane->pool;
+    pthread_mutex_lock(&l->mu);
+    lc->inflight--; /* last touch of lc: the lane thread may free it from here on */
+    l->inflight--;
+    l->completing++;
+    if (lc->inflight == 0 && (lc->failed || lc->expired))
+        pthread_cond_signal(&l->cv); /* the lane thread gives it back */
+    pthread_mutex_unlock(&l->mu);
+    pump(l);
+    pthread_mutex_lock(&l->mu);
+    if (--l->completing == 0 && l->inflight == 0 && l->stop)
+        pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->mu); /* last touch of the lane */
+}
+
+/* Settle a completed request, lane->mu NOT held, never on the transport's
+ * thread: decode its reply, hand the outcome to its caller (a sync request's
+ * fields, read by the waiter, which is the calling thread; or the async
+ * callback, after which r is freed), then give its slot back. */
+static void settle(lane_req *r)
+{
+    surpool__lane *l = r->lane;
+    lane_conn *lc = r->lc; /* stays valid: its inflight count includes us */
+    surpool_pool *p = l->pool;
     json_t *result = NULL;
     surpool_error err;
     surpool__error_clear(&err);
@@ -130,24 +175,32 @@ static void finish(lane_req *r)
         err.server_code = r->server_code;
         surpool__strlcpy(err.kind, r->kind, sizeof(err.kind));
     }
+    /* A transport failure, or a reply that did not decode: no more on it. */
+    if (lc != NULL && surpool__breaks_connection(rc) && rc != SURPOOL_ERR_REQUEST_TIMEOUT) {
+        pthread_mutex_lock(&l->mu);
+        lc->failed = 1;
+        pthread_mutex_unlock(&l->mu);
+    }
     surpool__rpc_free_payload(p, &r->treq, r->method);
     if (r->sync != NULL) {
         r->rc = rc;
         r->err = err;
         r->result = rc == SURPOOL_OK ? json_incref(result) : NULL;
         json_decref(r->treq.reply);
-        surpool__sync_signal(r->sync); /* r belongs to the waiter from here on */
-        return;
+    } else {
+        in_result_cb++;
+        r->cb(r->userdata, rc, rc == SURPOOL_OK ? result : NULL, &err);
+        in_result_cb--;
+        json_decref(r->treq.reply);
+        surpool__free(r);
     }
-    in_result_cb++;
-    r->cb(r->userdata, rc, rc == SURPOOL_OK ? result : NULL, &err);
-    in_result_cb--;
-    json_decref(r->treq.reply);
-    surpool__free(r);
+    if (lc != NULL)
+        give_back(l, lc);
 }
 
 /* Complete a request that never reached the transport. `why` (may be NULL)
- * carries the server's code and kind when an acquire failed on them. */
+ * carries the server's code and kind when an acquire failed on them. The sync
+ * waiter settles its own; an async one is settled on this thread. */
 static void fail(lane_req *r, surpool_err code, const char *message, const surpool_error *why)
 {
     r->treq.status = code;
@@ -158,7 +211,10 @@ static void fail(lane_req *r, surpool_err code, const char *message, const surpo
         r->server_code = why->server_code;
         surpool__strlcpy(r->kind, why->kind, sizeof(r->kind));
     }
-    finish(r);
+    if (r->sync != NULL)
+        surpool__sync_signal(r->sync); /* r belongs to the waiter from here on */
+    else
+        settle(r);
 }
 
 /* Fail every request of a list of our own (lane->mu NOT held); it ends empty. */
@@ -183,35 +239,47 @@ static void want_grow_locked(surpool__lane *l)
     }
 }
 
-static void pump(surpool__lane *l);
-
+/* The transport's completion (usually on its thread, which must not decode or
+ * run callbacks): wake the sync waiter, or queue the request for the delivery
+ * thread. The request still counts in `inflight`, so destroy waits for it. */
 static void on_done(surpool__treq *treq)
 {
     lane_req *r = (lane_req *)treq;
     surpool__lane *l = r->lane;
-    lane_conn *lc = r->lc; /* stays valid: its inflight count includes us */
-    if (treq->status != SURPOOL_OK && surpool__breaks_connection(treq->status) &&
-        treq->status != SURPOOL_ERR_REQUEST_TIMEOUT) {
-        pthread_mutex_lock(&l->mu);
-        lc->failed = 1;
-        pthread_mutex_unlock(&l->mu);
+    if (r->sync != NULL) {
+        surpool__sync_signal(r->sync); /* r belongs to the waiter from here on */
+        return;
     }
-    finish(r);
-    /* Give the slot back, then send what queued behind it. `completing` keeps
-     * destroy waiting until this function no longer touches the lane: this
-     * may run on the transport's thread while destroy runs. */
     pthread_mutex_lock(&l->mu);
-    lc->inflight--; /* last touch of lc: the lane thread may free it from here on */
-    l->inflight--;
-    l->completing++;
-    if (lc->inflight == 0 && (lc->failed || lc->expired))
-        pthread_cond_signal(&l->cv); /* the lane thread gives it back */
-    pthread_mutex_unlock(&l->mu);
-    pump(l);
-    pthread_mutex_lock(&l->mu);
-    if (--l->completing == 0 && l->inflight == 0 && l->stop)
-        pthread_cond_broadcast(&l->cv);
+    surpool__queue_insert_tail(&l->delivery, &r->link);
+    pthread_cond_signal(&l->dcv);
     pthread_mutex_unlock(&l->mu); /* last touch of the lane */
+}
+
+/* The delivery thread: settles async completions in the order they came. */
+static void *delivery_main(void *arg)
+{
+    surpool__lane *l = arg;
+    on_delivery_thread = 1;
+    surpool__queue batch;
+    surpool__queue_init(&batch);
+    pthread_mutex_lock(&l->mu);
+    for (;;) {
+        while (surpool__queue_empty(&l->delivery) && !l->dstop)
+            pthread_cond_wait(&l->dcv, &l->mu);
+        if (surpool__queue_empty(&l->delivery))
+            break; /* dstop: destroy saw nothing in flight, so nothing more comes */
+        surpool__queue_move_tail(&batch, &l->delivery);
+        pthread_mutex_unlock(&l->mu);
+        surpool__queue *q;
+        while ((q = surpool__queue_head(&batch)) != NULL) {
+            surpool__queue_remove(q);
+            settle(SURPOOL__QUEUE_DATA(q, lane_req, link));
+        }
+        pthread_mutex_lock(&l->mu);
+    }
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
 }
 
 /* Pick the least-loaded usable connection with room. */
@@ -502,14 +570,19 @@ surpool_err surpool__lane_create(surpool_pool *p, const surpool__lane_config *cf
     l->acquire_timeout_ms = lane_acquire_timeout_ms(cfg);
     surpool__queue_init(&l->conns);
     surpool__queue_init(&l->pending);
+    surpool__queue_init(&l->delivery);
     if (pthread_mutex_init(&l->mu, NULL) != 0)
         goto fail;
     if (surpool__cond_init(&l->cv) != 0)
         goto fail_mu;
     if (surpool__cond_init(&l->acq_cv) != 0)
         goto fail_cv;
+    if (surpool__cond_init(&l->dcv) != 0)
+        goto fail_acq;
     *out = l;
     return SURPOOL_OK;
+fail_acq:
+    pthread_cond_destroy(&l->acq_cv);
 fail_cv:
     pthread_cond_destroy(&l->cv);
 fail_mu:
@@ -585,7 +658,12 @@ void surpool__lane_destroy(surpool__lane *l)
     pthread_mutex_lock(&l->mu);
     while (l->inflight > 0 || l->completing > 0)
         pthread_cond_wait(&l->cv, &l->mu);
+    l->dstop = 1;
+    pthread_cond_signal(&l->dcv);
+    int dstarted = l->dthread_started;
     pthread_mutex_unlock(&l->mu);
+    if (dstarted)
+        pthread_join(l->dthread, NULL);
     /* Nothing runs on the lane now: unhook it (stats read it under the pool
      * mutex), then free it. */
     surpool__pool_lane_unhook(l->pool, l);
@@ -594,6 +672,7 @@ void surpool__lane_destroy(surpool__lane *l)
         surpool__queue_remove(q);
         surpool__free(SURPOOL__QUEUE_DATA(q, lane_conn, link));
     }
+    pthread_cond_destroy(&l->dcv);
     pthread_cond_destroy(&l->acq_cv);
     pthread_cond_destroy(&l->cv);
     pthread_mutex_destroy(&l->mu);
@@ -654,7 +733,9 @@ static surpool_err enqueue(surpool_pool *p, surpool__lane *l, lane_req *r, const
         l->thread_started = 1;
     if (!l->acq_started && pthread_create(&l->acq_thread, NULL, acquirer_main, l) == 0)
         l->acq_started = 1;
-    if (!l->thread_started || !l->acq_started) {
+    if (!l->dthread_started && pthread_create(&l->dthread, NULL, delivery_main, l) == 0)
+        l->dthread_started = 1;
+    if (!l->thread_started || !l->acq_started || !l->dthread_started) {
         pthread_mutex_unlock(&l->mu);
         surpool__rpc_free_payload(p, &r->treq, method);
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot start the lane's threads");
@@ -679,6 +760,7 @@ static surpool_err lane_call_sync(surpool_pool *p, surpool__lane *l, const char 
     surpool_err rc = enqueue(p, l, &r, method, params, err);
     if (rc == SURPOOL_OK) {
         surpool__sync_wait(&s);
+        settle(&r); /* decoded here, on the caller's thread */
         rc = r.rc;
         if (rc == SURPOOL_OK) {
             if (out != NULL)

@@ -45,7 +45,9 @@ surpool_err surpool__rpc_prepare(surpool_pool *p, surpool__treq *req, const char
 /* Free a prepared request's payload, wiping it first if `method` carries a
  * password or token. NULL buf ok. */
 void surpool__rpc_free_payload(surpool_pool *p, surpool__treq *req, const char *method);
-/* A completed request's outcome: *result BORROWED from req->reply on success,
+/* A completed request's outcome: decodes the reply frame the transport handed
+ * over (surpool__wire_decode_reply: call this on the thread that wants the
+ * result, never in done()), then *result BORROWED from req->reply on success,
  * else the error in err; counts the request in the pool's stats. */
 surpool_err surpool__rpc_outcome(surpool_pool *p, const char *method, surpool__treq *req,
                                  json_t **result, surpool_error *err);

@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "fake_transport.h"
+#include "lane.h"
 #include "pool.h"
 
 static void sleep_ms(int ms)
@@ -279,6 +280,63 @@ static void test_async_exactly_once(void **state)
     assert_int_equal(atomic_load(&t->calls[0]), 1);
     free(tags);
     free(t);
+}
+
+/* Async results are decoded and their callbacks run on the lane's delivery
+ * thread, never on the thread that completed the request (the transport's, or
+ * here, with no call latency, the submitting thread itself inside submit()),
+ * and in completion order. */
+typedef struct where {
+    pthread_t submitter;
+    atomic_int on_delivery, on_submitter, done, out_of_order, last;
+} where;
+
+static void on_where(void *ud, surpool_err code, json_t *result, const surpool_error *err)
+{
+    (void)err;
+    where *w = ud;
+    if (surpool__lane_on_delivery_thread())
+        atomic_fetch_add(&w->on_delivery, 1);
+    if (pthread_equal(pthread_self(), w->submitter))
+        atomic_fetch_add(&w->on_submitter, 1);
+    /* "RETURN n" came back as the statement's result (fake responder). */
+    const char *sql =
+        code == SURPOOL_OK
+            ? json_string_value(json_object_get(json_array_get(result, 0), "result"))
+            : NULL;
+    int n = sql != NULL ? atoi(sql + 7) : -1;
+    if (n != atomic_load(&w->last) + 1)
+        atomic_fetch_add(&w->out_of_order, 1);
+    atomic_store(&w->last, n);
+    atomic_fetch_add(&w->done, 1);
+}
+
+static void test_callbacks_on_delivery_thread(void **state)
+{
+    fixture *f = *state;
+    /* One socket, one request in flight: completion order is queueing order. */
+    surpool_pool *p = make_pool(f, 3, 1, 1, 20000);
+    for (int round = 0; round < 2; round++) {
+        atomic_store(&f->fs.call_latency_us, round == 0 ? 0 : 50);
+        where *w = calloc(1, sizeof(*w));
+        w->submitter = pthread_self();
+        enum { N = 200 };
+        for (int i = 1; i <= N; i++) {
+            char sql[32];
+            snprintf(sql, sizeof(sql), "RETURN %d", i);
+            assert_int_equal(surpool_query_async(p, sql, NULL, on_where, w), SURPOOL_OK);
+        }
+        wait_count(&w->done, N);
+        assert_int_equal(atomic_load(&w->on_delivery), N);
+        assert_int_equal(atomic_load(&w->on_submitter), 0);
+        assert_int_equal(atomic_load(&w->out_of_order), 0);
+        free(w);
+    }
+    /* A sync call is settled by its own thread. */
+    assert_false(surpool__lane_on_delivery_thread());
+    json_t *out = NULL;
+    assert_int_equal(surpool_query(p, "RETURN 1", NULL, &out, NULL), SURPOOL_OK);
+    json_decref(out);
 }
 
 /* A callback that queues the next call: chains never block or deadlock. */
@@ -904,6 +962,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_many_threads_share_two_sockets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_exactly_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_chain_from_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_callbacks_on_delivery_thread, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_deadline_and_capacity, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queued_request_sent_when_slot_frees, setup,
                                         teardown),
