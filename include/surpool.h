@@ -535,8 +535,15 @@ SURPOOL_API surpool_err surpool_call(surpool_pool *pool, const char *method,
                                      const json_t *params, json_t **out, surpool_error *err);
 
 /** Completion of an asynchronous call. Called exactly once per accepted call,
- *  on a surpool thread (usually the transport's service thread), never with a
- *  pool lock held. `result` (the RPC result, NULL unless code == SURPOOL_OK)
+ *  on a surpool thread, never with a pool lock held: when the call reached the
+ *  server (a reply, a transport error, its deadline, its socket dying, destroy
+ *  closing its socket), on the pool's lane delivery thread, which decodes the
+ *  reply and runs these callbacks one at a time in the order the requests
+ *  completed (never on the service thread that moves every connection's bytes,
+ *  so neither a big reply nor a slow callback holds up the pool's I/O, but a
+ *  slow callback delays the callbacks behind it); when it never left the
+ *  queue, on the thread that failed it (see surpool_query_async()).
+ *  The decoded result is freed when the callback returns, on that thread. `result` (the RPC result, NULL unless code == SURPOOL_OK)
  *  and `err` are BORROWED: valid during the callback only; json_incref()
  *  `result` to keep it. The callback must not block: it may call
  *  surpool_query_async()/surpool_call_async() again, on this pool or another
@@ -548,9 +555,10 @@ typedef void (*surpool_result_fn)(void *userdata, surpool_err code, json_t *resu
 
 /** Queue SurrealQL on the shared lane and return at once. If this returns
  *  SURPOOL_OK, `cb` is called exactly once (success or failure): usually later
- *  on the transport's thread, but possibly before this returns (the send was
- *  refused) or on a thread calling surpool_pool_close()/destroy() (CLOSED,
- *  DISCONNECTED). If it returns an error (bad argument, pool closed, out of
+ *  on the lane's delivery thread, but possibly before this returns (the send
+ *  was refused), on the lane's own threads (its deadline passed while queued;
+ *  the lane could get no connection) or on a thread calling
+ *  surpool_pool_close()/destroy() (CLOSED, for requests still queued). If it returns an error (bad argument, pool closed, out of
  *  memory), `cb` is never called. Once surpool_pool_close() or
  *  surpool_pool_destroy() has begun it returns SURPOOL_ERR_CLOSED, also when
  *  called from a callback that destroy is completing. The deadline is request_timeout_ms from now,
