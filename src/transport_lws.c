@@ -1112,6 +1112,15 @@ static void uv_teardown(surpool__transport *t)
         uv_run(&t->uv, UV_RUN_NOWAIT);
 }
 
+/* The loop returned an error: say so once, then retry after a pause. */
+static void loop_failed(surpool__transport *t, int *complained, const char *what)
+{
+    if (!(*complained)++)
+        surpool__log(t->logger, SURPOOL_LOG_ERROR, "%s; retrying", what);
+    struct timespec ts = {0, 10 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+}
+
 static void *service_main(void *arg)
 {
     surpool__transport *t = arg;
@@ -1123,23 +1132,14 @@ static void *service_main(void *arg)
             uv_run(&t->uv, UV_RUN_DEFAULT);
             if (!t->ctx_alive)
                 break;
-            if (!complained++)
-                surpool__log(t->logger, SURPOOL_LOG_ERROR,
-                             "libuv loop returned before stop; retrying");
-            struct timespec ts = {0, 10 * 1000 * 1000};
-            nanosleep(&ts, NULL);
+            loop_failed(t, &complained, "libuv loop returned before stop");
         }
         uv_teardown(t);
         return NULL;
     }
     while (!atomic_load(&t->stop)) {
-        if (lws_service(t->ctx, 0) < 0 && !atomic_load(&t->stop)) {
-            if (!complained++)
-                surpool__log(t->logger, SURPOOL_LOG_ERROR,
-                             "libwebsockets service loop failed; retrying");
-            struct timespec ts = {0, 10 * 1000 * 1000};
-            nanosleep(&ts, NULL);
-        }
+        if (lws_service(t->ctx, 0) < 0 && !atomic_load(&t->stop))
+            loop_failed(t, &complained, "libwebsockets service loop failed");
     }
     context_mark_dead(t);
     /* Synchronous; sends no close frames; WSI_DESTROY for every remaining wsi. */
