@@ -18,6 +18,9 @@
  *    matter how close(), open() timeouts and WSI_DESTROY interleave.
  *  - Request completions (done()) run without the connection mutex held: they are
  *    collected on a local list first.
+ *  - Replies are routed by a peek at their id (json_peek.c, cbor_codec.c) and
+ *    handed to their request as raw bytes: this thread never builds or frees a
+ *    result tree, so one big reply does not stall every connection (dispatch()).
  *  - TLS (our SSL_CTX, certificate checks, handshake notes) is tls.c; this file
  *    only hands lws the SSL_CTX and forwards its verification callback.
  *  - The event loop is either lws' own poll() loop (lws_service()) or a libuv
