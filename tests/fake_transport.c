@@ -101,8 +101,13 @@ static void sleep_ns(int64_t ns)
 /* The reply as the frame a server would send, in the request's wire format
  * (the payload of a JSON request starts with '{'). 0, or -1 (reply kept as a
  * tree) when it cannot be encoded. Takes over `reply` on success. */
+/* A reply fake_submit() chose to corrupt carries this member until encoded. */
+#define CORRUPT_KEY "fake: corrupt"
+
 static int to_frame(surpool__treq *req, json_t *reply)
 {
+    int corrupt = json_object_get(reply, CORRUPT_KEY) != NULL;
+    json_object_del(reply, CORRUPT_KEY);
     char *buf = NULL;
     size_t len = 0;
     if (req->buf[fake_transport_ops.headroom] == '{') {
@@ -124,6 +129,8 @@ static int to_frame(surpool__treq *req, json_t *reply)
         return -1;
     req->frame = buf;
     req->frame_len = len;
+    if (corrupt && req->frame_len > 0)
+        buf[--req->frame_len] = '\0'; /* truncated: the id is there, the rest breaks */
     json_decref(reply);
     return 0;
 }
@@ -370,6 +377,12 @@ static surpool_err fake_submit(surpool__tconn *c, surpool__treq *req)
     fake_responder_fn fn = s->responder != NULL ? s->responder : fake_default_responder;
     json_t *reply = fn(s->responder_ud, id, method, json_object_get(env, "params"));
     json_decref(env);
+    int left = atomic_load(&s->corrupt_replies);
+    while (reply != NULL && left > 0 &&
+           !atomic_compare_exchange_weak(&s->corrupt_replies, &left, left - 1)) {
+    }
+    if (reply != NULL && left > 0)
+        json_object_set_new(reply, CORRUPT_KEY, json_true());
 
     int lat_us = atomic_load(&s->call_latency_us);
     if (lat_us == 0 && reply != NULL) {

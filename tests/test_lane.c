@@ -339,6 +339,58 @@ static void test_callbacks_on_delivery_thread(void **state)
     json_decref(out);
 }
 
+/* A reply that reaches its request but does not decode (the transport routes
+ * by id without parsing) ends that request as PROTOCOL, on the caller's
+ * thread, and its socket is not used again; sync and async alike. */
+static int conn_with_new_calls(fixture *f, const int *before)
+{
+    for (int i = 1; i < FAKE_MAX_CONNS; i++)
+        if (atomic_load(&f->fs.conn_calls[i]) != before[i])
+            return i;
+    return 0;
+}
+
+static void snapshot_calls(fixture *f, int *out)
+{
+    for (int i = 0; i < FAKE_MAX_CONNS; i++)
+        out[i] = atomic_load(&f->fs.conn_calls[i]);
+}
+
+static void test_undecodable_reply_retires_socket(void **state)
+{
+    fixture *f = *state;
+    surpool_pool *p = make_pool(f, 3, 1, 4, 20000);
+    int before[FAKE_MAX_CONNS];
+    json_t *out = NULL;
+    assert_int_equal(surpool_query(p, "RETURN 1", NULL, &out, NULL), SURPOOL_OK);
+    json_decref(out);
+
+    snapshot_calls(f, before);
+    atomic_store(&f->fs.corrupt_replies, 1);
+    surpool_error err;
+    out = NULL;
+    assert_int_equal(surpool_query(p, "RETURN 2", NULL, &out, &err), SURPOOL_ERR_PROTOCOL);
+    assert_null(out);
+    int bad = conn_with_new_calls(f, before);
+    assert_true(bad > 0);
+
+    snapshot_calls(f, before);
+    assert_int_equal(surpool_query(p, "RETURN 3", NULL, &out, NULL), SURPOOL_OK);
+    json_decref(out);
+    int next = conn_with_new_calls(f, before);
+    assert_true(next > 0);
+    assert_int_not_equal(next, bad);
+
+    /* Async: the callback gets PROTOCOL. */
+    tally *t = calloc(1, sizeof(*t));
+    tag g = {t, 0};
+    atomic_store(&f->fs.corrupt_replies, 1);
+    assert_int_equal(surpool_query_async(p, "RETURN 0", NULL, on_result, &g), SURPOOL_OK);
+    wait_tally(t, 1);
+    assert_int_equal(atomic_load(&t->codes[SURPOOL_ERR_PROTOCOL]), 1);
+    free(t);
+}
+
 /* A callback that queues the next call: chains never block or deadlock. */
 typedef struct chain {
     surpool_pool *pool;
@@ -963,6 +1015,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_async_exactly_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_chain_from_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_callbacks_on_delivery_thread, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_undecodable_reply_retires_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_deadline_and_capacity, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queued_request_sent_when_slot_frees, setup,
                                         teardown),
