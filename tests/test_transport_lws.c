@@ -471,6 +471,17 @@ static treq *call(surpool__tconn *c, int64_t id, const char *method, json_t *par
     return q;
 }
 
+/* `n` pings one after another, ids 1..n, each answered "ok". */
+static void pings(surpool__tconn *c, batch *b, int n)
+{
+    for (int i = 1; i <= n; i++) {
+        treq *q = call(c, i, "ping", NULL, 5000, b);
+        assert_reply(q);
+        assert_string_equal(json_string_value(json_object_get(q->r.reply, "result")), "ok");
+        treq_free(q);
+    }
+}
+
 /* ------------------------------------------------------------------------- */
 /* Tests                                                                      */
 /* ------------------------------------------------------------------------- */
@@ -488,12 +499,7 @@ static void test_round_trips(void **state)
     surpool__tconn *c = open_ok(&f, NULL);
     batch b;
     batch_init(&b);
-    for (int i = 1; i <= 50; i++) {
-        treq *q = call(c, i, "ping", NULL, 5000, &b);
-        assert_reply(q);
-        assert_string_equal(json_string_value(json_object_get(q->r.reply, "result")), "ok");
-        treq_free(q);
-    }
+    pings(c, &b, 50);
     /* Params survive the trip (raw UTF-8, NUL inside a string). */
     json_t *p = json_pack("[s, s#]", "h\xc3\xa9llo \xe2\x82\xac", "a\0b", (size_t)3);
     treq *q = call(c, 99, "echo", p, 5000, &b);
@@ -522,11 +528,7 @@ static int loop_round_trips(int port, int event_loop)
     surpool__tconn *c = open_ok(&f, NULL);
     batch b;
     batch_init(&b);
-    for (int i = 1; i <= 20; i++) {
-        treq *q = call(c, i, "ping", NULL, 5000, &b);
-        assert_reply(q);
-        treq_free(q);
-    }
+    pings(c, &b, 20);
     ops->close(c);
     batch_fini(&b);
     fixture_destroy(&f);
