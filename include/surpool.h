@@ -79,6 +79,7 @@ typedef enum surpool_err {
     SURPOOL_ERR_UNAVAILABLE = 14,     /**< server known down (circuit open); fail fast */
     SURPOOL_ERR_BROKEN = 15,          /**< the leased connection is broken; release it */
     SURPOOL_ERR_PAUSED = 16,          /**< acquire: the pool is paused (fail-fast pause) */
+    SURPOOL_ERR_UNSUPPORTED = 17,     /**< the server's version lacks the feature */
 } surpool_err;
 
 /** Detailed error information, filled by calls that take a `surpool_error *`.
@@ -727,6 +728,50 @@ SURPOOL_API surpool_err surpool_conn_run(surpool_conn *conn, const char *fn,
 /** `info`: the record of the signed-in record user (errors for system users on
  *  some servers). */
 SURPOOL_API surpool_err surpool_conn_info(surpool_conn *conn, json_t **out, surpool_error *err);
+
+/* ------------------------------------------------------------------------- */
+/* Interactive transactions on a lease (SurrealDB 3.x)                        */
+/*                                                                            */
+/* Between surpool_conn_begin() and surpool_conn_commit()/_cancel(), every     */
+/* call on the lease (query, CRUD, call, ...) runs inside the transaction:    */
+/* its writes are seen by the lease's later calls and by nobody else until    */
+/* commit; cancel drops them. One transaction at a time per lease. Releasing  */
+/* a lease with a transaction open cancels it (docs/lifecycle.md): the next   */
+/* borrower never inherits it, and if the cancel fails the connection is      */
+/* closed rather than lent. The server's major version is asked once per     */
+/* connection (`version`, the first time begin needs it): on SurrealDB 2.x    */
+/* (and older) surpool_conn_begin() returns SURPOOL_ERR_UNSUPPORTED without   */
+/* sending `begin`. Do not send begin, commit or cancel through              */
+/* surpool_conn_call(): the lease would not know about the transaction.       */
+/* Same rules as the RPC methods above.                                       */
+/* ------------------------------------------------------------------------- */
+
+/** `begin`: open an interactive transaction on the lease.
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (a transaction is already open
+ *          on this lease; nothing sent); SURPOOL_ERR_UNSUPPORTED (the server
+ *          is older than 3.0: it has no interactive transactions); otherwise
+ *          as surpool_conn_call() (SURPOOL_ERR_PROTOCOL if the reply is not a
+ *          transaction id: the lease is then broken).
+ *  Thread safety: One thread at a time per handle. */
+SURPOOL_API surpool_err surpool_conn_begin(surpool_conn *conn, surpool_error *err);
+
+/** `commit`: make the open transaction's writes visible to everyone. Whatever
+ *  the outcome the lease is out of the transaction afterwards (a failed commit
+ *  leaves nothing behind on the server).
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (no transaction open on this
+ *          lease; nothing sent); SURPOOL_ERR_SERVER with the server's code,
+ *          kind and message when the commit failed, e.g. a write conflict with
+ *          another transaction (3.0: kind "Internal", "Transaction conflict:
+ *          ... This transaction can be retried"): nothing was written, begin
+ *          again and retry; otherwise as surpool_conn_call().
+ *  Thread safety: One thread at a time per handle. */
+SURPOOL_API surpool_err surpool_conn_commit(surpool_conn *conn, surpool_error *err);
+
+/** `cancel`: drop the open transaction and its writes. The lease is out of
+ *  the transaction afterwards, whatever the outcome.
+ *  @return as surpool_conn_commit().
+ *  Thread safety: One thread at a time per handle. */
+SURPOOL_API surpool_err surpool_conn_cancel(surpool_conn *conn, surpool_error *err);
 
 /** Library version, "MAJOR.MINOR.PATCH". Thread safety: Any thread. */
 SURPOOL_API const char *surpool_version(void);

@@ -38,6 +38,13 @@ surpool_err surpool__codec_check_value(const json_t *v, const char *what, surpoo
 surpool_err surpool__codec_encode_request(int64_t id, const char *method, const json_t *params,
                                           size_t headroom, char **out, size_t *len,
                                           surpool_error *err);
+/* The same with "txn":txn in the envelope (3.x: the request runs inside that
+ * interactive transaction) unless txn is NULL; txn must be 36-character UUID
+ * text, else SURPOOL_ERR_INVALID_ARG. */
+surpool_err surpool__codec_encode_request_txn(int64_t id, const char *method,
+                                              const json_t *params, const char *txn,
+                                              size_t headroom, char **out, size_t *len,
+                                              surpool_error *err);
 
 typedef enum surpool__frame_kind {
     SURPOOL__FRAME_REPLY = 1,        /* has an integer id: result or error */

@@ -720,7 +720,7 @@ static surpool_err enqueue(surpool_pool *p, surpool__lane *l, lane_req *r, const
     r->treq.userdata = r;
     /* Encoded here, on the caller's thread, as a lease's call is: ids are
      * unique pool-wide; the deadline is request_timeout_ms from now. */
-    surpool_err rc = surpool__rpc_prepare(p, &r->treq, method, params, INT64_MAX, err);
+    surpool_err rc = surpool__rpc_prepare(p, &r->treq, method, params, INT64_MAX, NULL, err);
     if (rc != SURPOOL_OK)
         return rc;
     pthread_mutex_lock(&l->mu);

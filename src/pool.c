@@ -736,9 +736,25 @@ void surpool_conn_release(surpool_conn *c)
      * the release is one critical section. */
     int broken = !surpool__conn_usable(c) || c->broken;
     int restore = c->session_dirty && !broken && !c->discard && !p->cfg.pub.close_dirty_leases;
+    /* An interactive transaction left open is cancelled (the next borrower
+     * must not inherit it, nor the server keep it); if that fails the
+     * connection is closed, not lent. */
+    int end_txn = c->txn[0] != '\0' && !broken;
     int64_t now;
-    if (restore || p->cfg.pub.on_event != NULL) {
+    if (restore || end_txn || p->cfg.pub.on_event != NULL) {
         pthread_mutex_unlock(&p->mu);
+        if (end_txn) {
+            surpool_error terr;
+            if (surpool__rpc_end_txn(c, &terr) != SURPOOL_OK) {
+                surpool__log(&p->logger, SURPOOL_LOG_INFO,
+                             "connection %llu: the open transaction could not be cancelled "
+                             "(%s): closing it",
+                             (unsigned long long)c->serial, terr.message);
+                c->broken = 1;
+                restore = 0;
+            }
+            broken = !surpool__conn_usable(c) || c->broken;
+        }
         if (restore) {
             surpool_error rerr;
             if (surpool__conn_restore(c, &rerr) == SURPOOL_OK) {

@@ -60,6 +60,10 @@ struct surpool_conn {
     int discard;       /* lease holder: surpool_conn_discard() */
     int session_dirty; /* lease holder: session state changed (use, let, ...) */
     int lane;          /* pool mutex: held by the shared lane */
+    int server_major;  /* lease holder: the server's major version, asked once
+                          (surpool__rpc_server_major): 0 not yet, -1 unknown */
+    char txn[37];      /* lease holder: the open interactive transaction
+                          (surpool_conn_begin), "" when none */
 
     char last_error[256]; /* lease holder: message of the last failed call */
 };

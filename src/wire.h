@@ -17,11 +17,13 @@
  * buffer contract is the codecs': `headroom` spare bytes first, *len payload
  * bytes, freed with surpool__free). Over JSON, params holding typed values
  * ({"$surreal": ...}, docs/values.md) are sent as their plain JSON text forms;
- * a malformed typed value is SURPOOL_ERR_INVALID_ARG in both formats. */
+ * a malformed typed value is SURPOOL_ERR_INVALID_ARG in both formats. `txn`
+ * (NULL: none) puts the request in that interactive transaction: a UUID
+ * string over JSON, a UUID (tag 37) over CBOR. */
 surpool_err surpool__wire_encode_request(surpool_wire_format format, int64_t id,
                                          const char *method, const json_t *params,
-                                         size_t headroom, char **out, size_t *len,
-                                         surpool_error *err);
+                                         const char *txn, size_t headroom, char **out,
+                                         size_t *len, surpool_error *err);
 
 /* A "thing" argument (table or record id text) as `format` sends it: over
  * JSON the text itself (the server parses it), over CBOR a typed table or

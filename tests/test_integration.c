@@ -631,7 +631,7 @@ static void test_pipelined_out_of_order(void **state)
         json_t *params = json_pack("[s]", sql);
         pr->req.id = 1000 + i;
         assert_int_equal(surpool__wire_encode_request(p->cfg.pub.wire_format, pr->req.id,
-                                                      "query", params, p->ops->headroom,
+                                                      "query", params, NULL, p->ops->headroom,
                                                       &pr->req.buf, &pr->req.len, NULL),
                          SURPOOL_OK);
         json_decref(params);
