@@ -471,6 +471,20 @@ SURPOOL_API void surpool_conn_discard(surpool_conn *conn);
  *  Thread safety: One thread at a time per handle. */
 SURPOOL_API const char *surpool_conn_last_error(const surpool_conn *conn);
 
+/** Give the lease's following calls their own deadline instead of the pool's
+ *  request_timeout_ms, until it is set again or the lease is released (the
+ *  next borrower starts from the pool's). A lease is one thread's handle, so
+ *  the setting lives on it; calls on the shared pool take theirs per call
+ *  (surpool_call_options). Past the deadline a call returns
+ *  SURPOOL_ERR_REQUEST_TIMEOUT, never before, and the lease is broken as with
+ *  any request timeout.
+ *  @param timeout_ms  > 0: milliseconds per call (at most 365 days); 0: no
+ *                     deadline; < 0: back to the pool's request_timeout_ms.
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (NULL conn, or more than 365
+ *          days).
+ *  Thread safety: One thread at a time per handle. */
+SURPOOL_API surpool_err surpool_conn_set_timeout(surpool_conn *conn, long timeout_ms);
+
 /** Send any RPC method with raw params and return its `result`.
  *  @param method  lowercase method name, e.g. "query"; required.
  *  @param params  a JSON array, or NULL for []; borrowed. Every string and key in
@@ -535,6 +549,39 @@ SURPOOL_API surpool_err surpool_query(surpool_pool *pool, const char *sql, const
 SURPOOL_API surpool_err surpool_call(surpool_pool *pool, const char *method,
                                      const json_t *params, json_t **out, surpool_error *err);
 
+/** Options of one pool-level call (the *_opts variants below). A value type:
+ *  start from surpool_call_options_init(), then set what you need. A NULL
+ *  options pointer means the defaults. */
+typedef struct surpool_call_options {
+    /** This call's deadline, counted from the call, queueing and waiting for a
+     *  lane connection included: > 0 milliseconds (at most 365 days), 0 none,
+     *  < 0 (the default) the pool's request_timeout_ms. It replaces
+     *  request_timeout_ms for this call only, longer or shorter. */
+    long timeout_ms;
+    unsigned char reserved[56]; /**< room to grow; keep zero (the init does) */
+} surpool_call_options;
+
+/** Fill `opts` with the defaults (timeout_ms = -1, the rest zero). NULL is a
+ *  no-op. Thread safety: Any thread. */
+SURPOOL_API void surpool_call_options_init(surpool_call_options *opts);
+
+/** surpool_query() with options (NULL: as surpool_query()). Past the call's
+ *  deadline it returns SURPOOL_ERR_REQUEST_TIMEOUT, never before. Returns as
+ *  surpool_query(), plus SURPOOL_ERR_INVALID_ARG for a timeout_ms above 365
+ *  days. Without a lane (shared_connections = 0) the deadline covers the
+ *  acquire and the call on the connection leased for it.
+ *  Thread safety: Any thread. Not from a surpool callback. */
+SURPOOL_API surpool_err surpool_query_opts(surpool_pool *pool, const char *sql,
+                                           const json_t *vars, const surpool_call_options *opts,
+                                           json_t **out, surpool_error *err);
+
+/** surpool_call() with options, as surpool_query_opts().
+ *  Thread safety: Any thread. Not from a surpool callback. */
+SURPOOL_API surpool_err surpool_call_opts(surpool_pool *pool, const char *method,
+                                          const json_t *params,
+                                          const surpool_call_options *opts, json_t **out,
+                                          surpool_error *err);
+
 /** Completion of an asynchronous call. Called exactly once per accepted call,
  *  on a surpool thread, never with a pool lock held: when the call reached the
  *  server (a reply, a transport error, its deadline, its socket dying, destroy
@@ -575,6 +622,23 @@ SURPOOL_API surpool_err surpool_query_async(surpool_pool *pool, const char *sql,
 SURPOOL_API surpool_err surpool_call_async(surpool_pool *pool, const char *method,
                                            const json_t *params, surpool_result_fn cb,
                                            void *userdata);
+
+/** surpool_query_async() with options (NULL: as surpool_query_async()): the
+ *  callback gets SURPOOL_ERR_REQUEST_TIMEOUT once opts->timeout_ms has passed
+ *  since this call, queueing included. A timeout_ms above 365 days is
+ *  SURPOOL_ERR_INVALID_ARG (the callback is not called).
+ *  Thread safety: Any thread, including from a surpool_result_fn. */
+SURPOOL_API surpool_err surpool_query_async_opts(surpool_pool *pool, const char *sql,
+                                                 const json_t *vars,
+                                                 const surpool_call_options *opts,
+                                                 surpool_result_fn cb, void *userdata);
+
+/** surpool_call_async() with options, as surpool_query_async_opts().
+ *  Thread safety: Any thread, including from a surpool_result_fn. */
+SURPOOL_API surpool_err surpool_call_async_opts(surpool_pool *pool, const char *method,
+                                                const json_t *params,
+                                                const surpool_call_options *opts,
+                                                surpool_result_fn cb, void *userdata);
 
 /** If `result` (a query reply) holds a statement whose status is not "OK",
  *  return SURPOOL_ERR_SERVER with the first such statement's index, message

@@ -712,15 +712,16 @@ static surpool_err check_method(const char *method, const json_t *params, surpoo
 /* Build a request and queue it. On error nothing is queued and r is freed
  * unless it is the caller's (sync). */
 static surpool_err enqueue(surpool_pool *p, surpool__lane *l, lane_req *r, const char *method,
-                           const json_t *params, surpool_error *err)
+                           const json_t *params, const surpool__reqopts *o, surpool_error *err)
 {
     surpool__strlcpy(r->method, method, sizeof(r->method));
     r->lane = l;
     r->treq.done = on_done;
     r->treq.userdata = r;
     /* Encoded here, on the caller's thread, as a lease's call is: ids are
-     * unique pool-wide; the deadline is request_timeout_ms from now. */
-    surpool_err rc = surpool__rpc_prepare(p, &r->treq, method, params, INT64_MAX, NULL, err);
+     * unique pool-wide; the deadline is request_timeout_ms (or the call's own
+     * timeout) from now, so queueing counts against it. */
+    surpool_err rc = surpool__rpc_prepare(p, &r->treq, method, params, INT64_MAX, o, err);
     if (rc != SURPOOL_OK)
         return rc;
     pthread_mutex_lock(&l->mu);
@@ -749,7 +750,8 @@ static surpool_err enqueue(surpool_pool *p, surpool__lane *l, lane_req *r, const
 }
 
 static surpool_err lane_call_sync(surpool_pool *p, surpool__lane *l, const char *method,
-                                  const json_t *params, json_t **out, surpool_error *err)
+                                  const json_t *params, const surpool__reqopts *o, json_t **out,
+                                  surpool_error *err)
 {
     lane_req r;
     memset(&r, 0, sizeof(r));
@@ -757,7 +759,7 @@ static surpool_err lane_call_sync(surpool_pool *p, surpool__lane *l, const char 
     if (surpool__sync_init(&s) != 0)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
     r.sync = &s;
-    surpool_err rc = enqueue(p, l, &r, method, params, err);
+    surpool_err rc = enqueue(p, l, &r, method, params, o, err);
     if (rc == SURPOOL_OK) {
         surpool__sync_wait(&s);
         settle(&r); /* decoded here, on the caller's thread */
@@ -775,14 +777,25 @@ static surpool_err lane_call_sync(surpool_pool *p, surpool__lane *l, const char 
     return rc;
 }
 
-/* Without a lane, a pool-level call leases a connection for itself. */
+/* Without a lane, a pool-level call leases a connection for itself. A call
+ * with its own timeout spends it on the acquire too (instead of
+ * acquire_timeout_ms), as a lane request spends it queueing. */
 static surpool_err leased_call(surpool_pool *p, const char *method, const json_t *params,
-                               json_t **out, surpool_error *err)
+                               const surpool__reqopts *o, json_t **out, surpool_error *err)
 {
     surpool_conn *c = NULL;
-    surpool_err rc = surpool_pool_acquire_at(p, -1, &c, err, __FILE__, __LINE__);
+    long timeout_ms = o->timeout_ms;
+    int64_t deadline = surpool__deadline_after_ms(timeout_ms > 0 ? timeout_ms : -1);
+    surpool_err rc = surpool_pool_acquire_at(p, timeout_ms > 0 ? timeout_ms : -1, &c, err,
+                                             __FILE__, __LINE__);
     if (rc != SURPOOL_OK)
         return rc;
+    if (timeout_ms > 0) {
+        int64_t left = (deadline - surpool__now_ns()) / SURPOOL__NS_PER_MS;
+        timeout_ms = left > 0 ? (long)left : 1;
+    }
+    if (timeout_ms >= 0)
+        surpool_conn_set_timeout(c, timeout_ms);
     rc = surpool_conn_call(c, method, params, out, err);
     surpool_conn_release(c);
     return rc;
@@ -798,28 +811,62 @@ static surpool_err refuse_in_callback(surpool_error *err, const char *fn)
                            fn);
 }
 
-surpool_err surpool_call(surpool_pool *p, const char *method, const json_t *params,
-                         json_t **out, surpool_error *err)
+void surpool_call_options_init(surpool_call_options *opts)
+{
+    if (opts == NULL)
+        return;
+    memset(opts, 0, sizeof(*opts));
+    opts->timeout_ms = -1;
+}
+
+/* The caller's options (NULL: the defaults) as the request path takes them. */
+static surpool_err call_opts(const surpool_call_options *opts, surpool__reqopts *o,
+                             surpool_error *err)
+{
+    o->txn = NULL;
+    o->timeout_ms = opts != NULL ? opts->timeout_ms : -1;
+    if (o->timeout_ms > SURPOOL__MS_MAX)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "timeout_ms must be at most %lld (365 days)", SURPOOL__MS_MAX);
+    return SURPOOL_OK;
+}
+
+surpool_err surpool_call_opts(surpool_pool *p, const char *method, const json_t *params,
+                              const surpool_call_options *opts, json_t **out,
+                              surpool_error *err)
 {
     if (p == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "pool is NULL");
     if (surpool__in_result_callback())
         return refuse_in_callback(err, "surpool_call");
-    surpool_err rc = check_method(method, params, err);
+    surpool__reqopts o;
+    surpool_err rc = call_opts(opts, &o, err);
+    if (rc == SURPOOL_OK)
+        rc = check_method(method, params, err);
     if (rc != SURPOOL_OK)
         return rc;
     surpool__lane *l = surpool__pool_lane(p); /* read once: see surpool_call_async() */
     if (l == NULL)
-        return leased_call(p, method, params, out, err);
-    return lane_call_sync(p, l, method, params, out, err);
+        return leased_call(p, method, params, &o, out, err);
+    return lane_call_sync(p, l, method, params, &o, out, err);
 }
 
-surpool_err surpool_call_async(surpool_pool *p, const char *method, const json_t *params,
-                               surpool_result_fn cb, void *userdata)
+surpool_err surpool_call(surpool_pool *p, const char *method, const json_t *params,
+                         json_t **out, surpool_error *err)
+{
+    return surpool_call_opts(p, method, params, NULL, out, err);
+}
+
+surpool_err surpool_call_async_opts(surpool_pool *p, const char *method, const json_t *params,
+                                    const surpool_call_options *opts, surpool_result_fn cb,
+                                    void *userdata)
 {
     if (p == NULL || cb == NULL)
         return SURPOOL_ERR_INVALID_ARG;
-    surpool_err rc = check_method(method, params, NULL);
+    surpool__reqopts o;
+    surpool_err rc = call_opts(opts, &o, NULL);
+    if (rc == SURPOOL_OK)
+        rc = check_method(method, params, NULL);
     if (rc != SURPOOL_OK)
         return rc;
     /* Read once. The pool keeps its lane until destroy has completed every
@@ -834,32 +881,50 @@ surpool_err surpool_call_async(surpool_pool *p, const char *method, const json_t
         return SURPOOL_ERR_NOMEM;
     r->cb = cb;
     r->userdata = userdata;
-    rc = enqueue(p, l, r, method, params, NULL);
+    rc = enqueue(p, l, r, method, params, &o, NULL);
     if (rc != SURPOOL_OK)
         surpool__free(r);
+    return rc;
+}
+
+surpool_err surpool_call_async(surpool_pool *p, const char *method, const json_t *params,
+                               surpool_result_fn cb, void *userdata)
+{
+    return surpool_call_async_opts(p, method, params, NULL, cb, userdata);
+}
+
+surpool_err surpool_query_opts(surpool_pool *p, const char *sql, const json_t *vars,
+                               const surpool_call_options *opts, json_t **out,
+                               surpool_error *err)
+{
+    if (p == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "pool is NULL");
+    if (surpool__in_result_callback())
+        return refuse_in_callback(err, "surpool_query");
+    surpool__reqopts o;
+    surpool_err rc = call_opts(opts, &o, err);
+    if (rc != SURPOOL_OK)
+        return rc;
+    json_t *params = NULL;
+    rc = surpool__query_params(sql, vars, &params, err);
+    if (rc != SURPOOL_OK)
+        return rc;
+    surpool__lane *l = surpool__pool_lane(p);
+    rc = l != NULL ? lane_call_sync(p, l, "query", params, &o, out, err)
+                   : leased_call(p, "query", params, &o, out, err);
+    json_decref(params);
     return rc;
 }
 
 surpool_err surpool_query(surpool_pool *p, const char *sql, const json_t *vars, json_t **out,
                           surpool_error *err)
 {
-    if (p == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "pool is NULL");
-    if (surpool__in_result_callback())
-        return refuse_in_callback(err, "surpool_query");
-    json_t *params = NULL;
-    surpool_err rc = surpool__query_params(sql, vars, &params, err);
-    if (rc != SURPOOL_OK)
-        return rc;
-    surpool__lane *l = surpool__pool_lane(p);
-    rc = l != NULL ? lane_call_sync(p, l, "query", params, out, err)
-                   : leased_call(p, "query", params, out, err);
-    json_decref(params);
-    return rc;
+    return surpool_query_opts(p, sql, vars, NULL, out, err);
 }
 
-surpool_err surpool_query_async(surpool_pool *p, const char *sql, const json_t *vars,
-                                surpool_result_fn cb, void *userdata)
+surpool_err surpool_query_async_opts(surpool_pool *p, const char *sql, const json_t *vars,
+                                     const surpool_call_options *opts, surpool_result_fn cb,
+                                     void *userdata)
 {
     if (p == NULL || cb == NULL)
         return SURPOOL_ERR_INVALID_ARG;
@@ -867,7 +932,13 @@ surpool_err surpool_query_async(surpool_pool *p, const char *sql, const json_t *
     surpool_err rc = surpool__query_params(sql, vars, &params, NULL);
     if (rc != SURPOOL_OK)
         return rc;
-    rc = surpool_call_async(p, "query", params, cb, userdata);
+    rc = surpool_call_async_opts(p, "query", params, opts, cb, userdata);
     json_decref(params);
     return rc;
+}
+
+surpool_err surpool_query_async(surpool_pool *p, const char *sql, const json_t *vars,
+                                surpool_result_fn cb, void *userdata)
+{
+    return surpool_query_async_opts(p, sql, vars, NULL, cb, userdata);
 }

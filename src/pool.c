@@ -728,6 +728,7 @@ void surpool_conn_release(surpool_conn *c)
     }
     c->state = SURPOOL__CONN_RELEASING;
     c->last_error[0] = '\0';
+    c->own_timeout = 0; /* the lease's own timeout ends with it */
 
     /* A lease whose session state changed must not reach the next borrower as
      * it is: reset it to the configured state (outside the mutex), or close it.

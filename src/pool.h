@@ -62,6 +62,9 @@ struct surpool_conn {
     int lane;          /* pool mutex: held by the shared lane */
     int server_major;  /* lease holder: the server's major version, asked once
                           (surpool__rpc_server_major): 0 not yet, -1 unknown */
+    int own_timeout;   /* lease holder: surpool_conn_set_timeout() is in effect
+                          (cleared by release); else the pool's request_timeout_ms */
+    long timeout_ms;   /* lease holder: its value, 0 = none */
     char txn[37];      /* lease holder: the open interactive transaction
                           (surpool_conn_begin), "" when none */
 

@@ -130,8 +130,9 @@ surpool_err surpool__rpc_prepare(surpool_pool *p, surpool__treq *req, const char
                                                   p->ops->headroom, &req->buf, &req->len, err);
     if (rc != SURPOOL_OK)
         return rc;
-    int64_t rdeadline = surpool__deadline_after_ms(
-        p->cfg.pub.request_timeout_ms > 0 ? p->cfg.pub.request_timeout_ms : -1);
+    long timeout_ms =
+        o != NULL && o->timeout_ms >= 0 ? o->timeout_ms : p->cfg.pub.request_timeout_ms;
+    int64_t rdeadline = surpool__deadline_after_ms(timeout_ms > 0 ? timeout_ms : -1);
     req->deadline_ns = rdeadline < deadline_ns ? rdeadline : deadline_ns;
     return SURPOOL_OK;
 }
@@ -193,7 +194,8 @@ static surpool_err rpc_send(surpool_conn *c, const char *method, const json_t *p
 
     surpool__treq req;
     memset(&req, 0, sizeof(req));
-    surpool__reqopts o = {c->txn[0] != '\0' ? c->txn : NULL};
+    surpool__reqopts o = {c->txn[0] != '\0' ? c->txn : NULL,
+                          c->own_timeout ? c->timeout_ms : -1};
     surpool_err rc = surpool__rpc_prepare(p, &req, method, params, deadline_ns, &o, err);
     if (rc != SURPOOL_OK)
         return rc;
@@ -1043,4 +1045,13 @@ surpool_err surpool_conn_commit(surpool_conn *c, surpool_error *err)
 surpool_err surpool_conn_cancel(surpool_conn *c, surpool_error *err)
 {
     LEASE_CALL(c, err, conn_end_txn(c, "cancel", INT64_MAX, e));
+}
+
+surpool_err surpool_conn_set_timeout(surpool_conn *c, long timeout_ms)
+{
+    if (c == NULL || timeout_ms > SURPOOL__MS_MAX)
+        return SURPOOL_ERR_INVALID_ARG;
+    c->own_timeout = timeout_ms >= 0;
+    c->timeout_ms = timeout_ms >= 0 ? timeout_ms : 0;
+    return SURPOOL_OK;
 }

@@ -37,14 +37,16 @@ surpool_err surpool__query_params(const char *sql, const json_t *vars, json_t **
 /* What one request adds to the pool's settings. */
 typedef struct surpool__reqopts {
     const char *txn; /* the interactive transaction it runs in (UUID text), or NULL */
+    long timeout_ms; /* its own deadline from now: < 0 the pool's request_timeout_ms,
+                        0 none, > 0 this many ms */
 } surpool__reqopts;
 
 /* Prepare `req` for submission on a connection of `p`: a pool-wide id (never
  * reused, so a late reply can never match a newer call), the payload encoded
  * in the pool's wire format behind the transport's headroom (req->buf, freed
- * with surpool__rpc_free_payload), and the deadline: request_timeout_ms from
- * now, or `deadline_ns` if sooner (INT64_MAX: none of the caller's). `o` (NULL:
- * none) adds the request's own settings. The caller sets req->done and
+ * with surpool__rpc_free_payload), and the deadline: request_timeout_ms (or
+ * o->timeout_ms) from now, or `deadline_ns` if sooner (INT64_MAX: none of the
+ * caller's). `o` (NULL: none) adds the request's own settings. The caller sets req->done and
  * req->userdata. On error nothing is allocated. */
 surpool_err surpool__rpc_prepare(surpool_pool *p, surpool__treq *req, const char *method,
                                  const json_t *params, int64_t deadline_ns,

@@ -1007,6 +1007,154 @@ static void test_expired_socket_replaced(void **state)
     free(t);
 }
 
+/* ---- Per-call deadlines (surpool_call_options, surpool_conn_set_timeout) ---- */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+typedef struct timed {
+    atomic_int done;
+    surpool_err code;
+    int64_t at_ms; /* when the callback ran */
+} timed;
+
+static void on_timed(void *ud, surpool_err code, json_t *result, const surpool_error *err)
+{
+    (void)result;
+    (void)err;
+    timed *t = ud;
+    t->code = code;
+    t->at_ms = now_ms();
+    atomic_store(&t->done, 1);
+}
+
+/* A call's own timeout replaces request_timeout_ms, longer or shorter, sync
+ * and async, and never ends a call before its own deadline. */
+static void test_call_own_timeout(void **state)
+{
+    fixture *f = *state;
+    atomic_store(&f->fs.call_latency_us, 300000); /* every reply takes 300 ms */
+    surpool_pool *p = make_pool(f, 3, 1, 8, 50);
+    surpool_call_options o;
+    surpool_call_options_init(&o);
+    assert_int_equal(o.timeout_ms, -1);
+    json_t *out = NULL;
+    surpool_error err;
+    /* The pool's 50 ms is too short for a 300 ms reply... */
+    assert_int_equal(surpool_query(p, "RETURN 1", NULL, &out, &err),
+                     SURPOOL_ERR_REQUEST_TIMEOUT);
+    assert_int_equal(surpool_query_opts(p, "RETURN 1", NULL, &o, &out, &err),
+                     SURPOOL_ERR_REQUEST_TIMEOUT);
+    /* ...a call of its own gets longer, or no deadline at all. */
+    o.timeout_ms = 20000;
+    assert_int_equal(surpool_query_opts(p, "RETURN 1", NULL, &o, &out, &err), SURPOOL_OK);
+    json_decref(out);
+    o.timeout_ms = 0;
+    assert_int_equal(surpool_call_opts(p, "ping", NULL, &o, NULL, &err), SURPOOL_OK);
+    timed t;
+    memset(&t, 0, sizeof(t));
+    o.timeout_ms = 20000;
+    assert_int_equal(surpool_query_async_opts(p, "RETURN 1", NULL, &o, on_timed, &t),
+                     SURPOOL_OK);
+    WAIT_FOR(atomic_load(&t.done), "the async call with its own timeout");
+    assert_int_equal(t.code, SURPOOL_OK);
+    /* Shorter than the pool's: never before its deadline. */
+    atomic_store(&f->fs.call_latency_us, 10000000); /* 10 s */
+    memset(&t, 0, sizeof(t));
+    o.timeout_ms = 100;
+    int64_t t0 = now_ms();
+    assert_int_equal(surpool_call_async_opts(p, "ping", NULL, &o, on_timed, &t), SURPOOL_OK);
+    WAIT_FOR(atomic_load(&t.done), "the async call's own deadline");
+    assert_int_equal(t.code, SURPOOL_ERR_REQUEST_TIMEOUT);
+    assert_true(t.at_ms - t0 >= 100);
+    /* Out of range: refused, callback never called. */
+    o.timeout_ms = SURPOOL__MS_MAX + 1;
+    assert_int_equal(surpool_call_async_opts(p, "ping", NULL, &o, on_timed, &t),
+                     SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_query_opts(p, "RETURN 1", NULL, &o, &out, &err),
+                     SURPOOL_ERR_INVALID_ARG);
+}
+
+/* The lane's deadline includes queueing: a request that waits behind a full
+ * socket ends at its own deadline, not request_timeout_ms after it is sent. */
+static void test_call_own_timeout_counts_queueing(void **state)
+{
+    fixture *f = *state;
+    atomic_store(&f->fs.call_latency_us, 10000000); /* 10 s: the socket stays full */
+    surpool_pool *p = make_pool(f, 2, 1, 1, 20000);
+    timed first, queued;
+    memset(&first, 0, sizeof(first));
+    memset(&queued, 0, sizeof(queued));
+    assert_int_equal(surpool_call_async(p, "ping", NULL, on_timed, &first), SURPOOL_OK);
+    surpool_stats st;
+    WAIT_FOR((surpool_pool_stats(p, &st), st.lane_inflight == 1),
+             "the first request in flight");
+    surpool_call_options o;
+    surpool_call_options_init(&o);
+    o.timeout_ms = 100;
+    int64_t t0 = now_ms();
+    assert_int_equal(surpool_call_async_opts(p, "ping", NULL, &o, on_timed, &queued),
+                     SURPOOL_OK);
+    WAIT_FOR(atomic_load(&queued.done), "the queued request's own deadline");
+    assert_int_equal(queued.code, SURPOOL_ERR_REQUEST_TIMEOUT);
+    assert_true(queued.at_ms - t0 >= 100);
+    assert_int_equal(atomic_load(&first.done), 0); /* the pool's 20 s still runs */
+    surpool_pool_destroy(p);
+    f->pool = NULL;
+    assert_int_equal(atomic_load(&first.done), 1);
+}
+
+/* Without a lane the call's deadline covers its lease's call too. */
+static void test_call_own_timeout_without_lane(void **state)
+{
+    fixture *f = *state;
+    atomic_store(&f->fs.call_latency_us, 300000);
+    surpool_pool *p = make_pool(f, 2, 0, 1, 50);
+    surpool_call_options o;
+    surpool_call_options_init(&o);
+    o.timeout_ms = 20000;
+    json_t *out = NULL;
+    assert_int_equal(surpool_query_opts(p, "RETURN 1", NULL, &o, &out, NULL), SURPOOL_OK);
+    json_decref(out);
+    assert_int_equal(surpool_query(p, "RETURN 1", NULL, &out, NULL),
+                     SURPOOL_ERR_REQUEST_TIMEOUT);
+}
+
+/* A lease's own timeout holds for its calls until reset or release. */
+static void test_lease_set_timeout(void **state)
+{
+    fixture *f = *state;
+    atomic_store(&f->fs.call_latency_us, 300000);
+    surpool_pool *p = make_pool(f, 1, 0, 1, 50);
+    surpool_conn *c = NULL;
+    surpool_error err;
+    assert_int_equal(surpool_pool_acquire(p, -1, &c, &err), SURPOOL_OK);
+    assert_int_equal(surpool_conn_set_timeout(NULL, 10), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_conn_set_timeout(c, SURPOOL__MS_MAX + 1), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_conn_set_timeout(c, 20000), SURPOOL_OK);
+    assert_int_equal(surpool_conn_ping(c, &err), SURPOOL_OK);
+    assert_int_equal(surpool_conn_set_timeout(c, 0), SURPOOL_OK); /* none */
+    assert_int_equal(surpool_conn_ping(c, &err), SURPOOL_OK);
+    assert_int_equal(surpool_conn_set_timeout(c, 20000), SURPOOL_OK);
+    surpool_conn_release(c); /* the setting ends with the lease */
+    assert_int_equal(surpool_pool_acquire(p, -1, &c, &err), SURPOOL_OK);
+    assert_int_equal(surpool_conn_ping(c, &err), SURPOOL_ERR_REQUEST_TIMEOUT);
+    surpool_conn_release(c);
+    /* Shorter than the pool's, and back to the pool's with < 0. */
+    atomic_store(&f->fs.call_latency_us, 10000000);
+    assert_int_equal(surpool_pool_acquire(p, -1, &c, &err), SURPOOL_OK);
+    assert_int_equal(surpool_conn_set_timeout(c, 5000), SURPOOL_OK);
+    assert_int_equal(surpool_conn_set_timeout(c, -1), SURPOOL_OK);
+    int64_t t0 = now_ms();
+    assert_int_equal(surpool_conn_ping(c, &err), SURPOOL_ERR_REQUEST_TIMEOUT);
+    assert_true(now_ms() - t0 >= 50);
+    surpool_conn_release(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1033,6 +1181,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_spreads_over_sockets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expired_socket_replaced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sync_call_from_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_call_own_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_call_own_timeout_counts_queueing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_call_own_timeout_without_lane, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_set_timeout, setup, teardown),
     };
     /* LANE_TEST=<pattern> runs only the matching tests (cmocka's filter). */
     if (getenv("LANE_TEST") != NULL)

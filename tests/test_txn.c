@@ -6,7 +6,9 @@
  * SurrealDB 2.x core instead, which has no interactive transactions: only the
  * test that says so runs. The failure paths the real core does not take on
  * demand (a cancel that fails at release, a server that hides its version)
- * run on the fake transport.
+ * run on the fake transport. Per-call deadlines (surpool_call_options,
+ * surpool_conn_set_timeout) are checked here too against the real core's
+ * sleep(); their fake-transport tests are in test_lane.c.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -46,7 +48,7 @@ static int group_teardown(void **state)
     return 0;
 }
 
-static surpool_pool *make_pool(int max_connections)
+static surpool_pool *make_pool_timed(int max_connections, long request_timeout_ms)
 {
     surpool_config cfg;
     surpool_config_init(&cfg);
@@ -59,11 +61,17 @@ static surpool_pool *make_pool(int max_connections)
     cfg.max_connections = max_connections;
     cfg.acquire_timeout_ms = 30000;
     cfg.connect_timeout_ms = 10000;
+    cfg.request_timeout_ms = request_timeout_ms;
     surpool_pool *p = NULL;
     surpool_error err;
     if (surpool_pool_create(&cfg, &p, &err) != SURPOOL_OK)
         fail_msg("pool create: %s", err.message);
     return tk_pool_track(p);
+}
+
+static surpool_pool *make_pool(int max_connections)
+{
+    return make_pool_timed(max_connections, 30000);
 }
 
 static surpool_conn *lease(surpool_pool *p)
@@ -248,6 +256,38 @@ static void test_2x_unsupported(void **state)
     tk_pool_destroy(p);
 }
 
+/* ---- Per-call deadlines against the real core (sleep() is a real wait) ---- */
+
+static void test_deadlines_real_core(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool_timed(3, 300); /* the pool's: 300 ms (setup calls fit in it) */
+    surpool_call_options o;
+    surpool_call_options_init(&o);
+    json_t *out = NULL;
+    surpool_error err;
+    /* Longer than the pool's, on the lane. */
+    o.timeout_ms = 20000;
+    must(surpool_query_opts(p, "sleep(800ms); RETURN 1", NULL, &o, &out, &err), &err,
+         "lane query with its own 20 s");
+    json_decref(out);
+    /* Shorter: never before its deadline. */
+    o.timeout_ms = 100;
+    int64_t t0 = tk_now_ms();
+    assert_int_equal(surpool_query_opts(p, "sleep(3s); RETURN 1", NULL, &o, &out, &err),
+                     SURPOOL_ERR_REQUEST_TIMEOUT);
+    assert_true(tk_now_ms() - t0 >= 100);
+    /* On a lease, until reset. */
+    surpool_conn *c = lease(p);
+    must(surpool_conn_set_timeout(c, 20000), &err, "set_timeout");
+    run(c, "sleep(800ms)");
+    must(surpool_conn_set_timeout(c, -1), &err, "set_timeout back");
+    assert_int_equal(surpool_conn_query(c, "sleep(3s)", NULL, &out, &err),
+                     SURPOOL_ERR_REQUEST_TIMEOUT);
+    tk_release(c);
+    tk_pool_destroy(p);
+}
+
 /* ---- On the fake transport ---- */
 
 typedef struct fake_txn {
@@ -371,6 +411,7 @@ int main(void)
         cmocka_unit_test_teardown(test_release_cancels, tk_teardown),
         cmocka_unit_test_teardown(test_conflict, tk_teardown),
         cmocka_unit_test_teardown(test_misuse, tk_teardown),
+        cmocka_unit_test_teardown(test_deadlines_real_core, tk_teardown),
         cmocka_unit_test_teardown(test_release_cancel_fails_closes, tk_teardown),
         cmocka_unit_test_teardown(test_hidden_version_method_not_found, tk_teardown),
     };
