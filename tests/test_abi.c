@@ -146,6 +146,9 @@ static const layout lp64[] = {
     FIELD(surpool_credentials, access, 32, 8),
     FIELD(surpool_credentials, vars, 40, 8),
     FIELD(surpool_credentials, reserved, 48, 32),
+    SIZE(surpool_call_options, 64),
+    FIELD(surpool_call_options, timeout_ms, 0, 8),
+    FIELD(surpool_call_options, reserved, 8, 56),
 };
 
 static void test_layout_is_pinned(void **state)
