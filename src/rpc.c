@@ -872,7 +872,10 @@ surpool_err surpool__rpc_end_txn(surpool_conn *c, surpool_error *err)
 {
     if (c->txn[0] == '\0')
         return SURPOOL_OK;
-    return conn_end_txn(c, "cancel", INT64_MAX, err);
+    /* Bounded like the reset that may follow it (release must not hang on a
+     * server that stopped answering, even with request_timeout_ms = 0). */
+    int64_t deadline = surpool__deadline_after_ms(c->pool->cfg.pub.connect_timeout_ms);
+    return conn_end_txn(c, "cancel", deadline, err);
 }
 
 /* ------------------------------------------------------------------------- */

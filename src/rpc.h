@@ -74,7 +74,8 @@ int surpool__server_major_of(const char *version);
  * connection for its life; 0 when the server would not say (or the call
  * failed: a transport failure leaves the lease broken). Lease holder. */
 int surpool__rpc_server_major(surpool_conn *c);
-/* The lease's open transaction, if any, is cancelled (release): SURPOOL_OK
+/* The lease's open transaction, if any, is cancelled (release; within
+ * connect_timeout_ms as a reset is, and request_timeout_ms): SURPOOL_OK
  * when there was none or the server dropped it; else the connection must not
  * be lent again. */
 surpool_err surpool__rpc_end_txn(surpool_conn *c, surpool_error *err);

@@ -291,10 +291,11 @@ static void test_deadlines_real_core(void **state)
 /* ---- On the fake transport ---- */
 
 typedef struct fake_txn {
-    atomic_int cancel_fails; /* cancel answers with an error */
-    atomic_int hide_version; /* version and begin are "Method not found" */
-    atomic_int versions;     /* version calls seen */
-    atomic_int cancels;      /* cancel calls seen */
+    atomic_int cancel_fails;  /* cancel answers with an error */
+    atomic_int cancel_silent; /* cancel is never answered */
+    atomic_int hide_version;  /* version and begin are "Method not found" */
+    atomic_int versions;      /* version calls seen */
+    atomic_int cancels;       /* cancel calls seen */
 } fake_txn;
 
 static json_t *txn_responder(void *ud, json_int_t id, const char *method, json_t *params)
@@ -312,6 +313,8 @@ static json_t *txn_responder(void *ud, json_int_t id, const char *method, json_t
     if (strcmp(method, "cancel") == 0 || strcmp(method, "commit") == 0) {
         if (strcmp(method, "cancel") == 0)
             atomic_fetch_add(&ft->cancels, 1);
+        if (strcmp(method, "cancel") == 0 && atomic_load(&ft->cancel_silent))
+            return NULL;
         if (strcmp(method, "cancel") == 0 && atomic_load(&ft->cancel_fails))
             return json_pack("{s:I, s:{s:i, s:s, s:s}}", "id", id, "error", "code", -32603,
                              "message", "Transaction not found", "kind", "Validation");
@@ -320,7 +323,7 @@ static json_t *txn_responder(void *ud, json_int_t id, const char *method, json_t
     return fake_default_responder(NULL, id, method, params);
 }
 
-static surpool_pool *fake_pool(fake_settings *fs, fake_txn *ft)
+static surpool_pool *fake_pool_timed(fake_settings *fs, fake_txn *ft, long request_timeout_ms)
 {
     fake_settings_init(fs);
     fs->responder = txn_responder;
@@ -330,11 +333,38 @@ static surpool_pool *fake_pool(fake_settings *fs, fake_txn *ft)
     cfg.url = "ws://fake.invalid/rpc";
     cfg.max_connections = 1;
     cfg.wire_format = g_wire;
+    cfg.request_timeout_ms = request_timeout_ms;
+    cfg.connect_timeout_ms = 200;
     surpool_pool *p = NULL;
     surpool_error err;
     if (surpool__pool_create_with(&cfg, &fake_transport_ops, fs, &p, &err) != SURPOOL_OK)
         fail_msg("create: %s", err.message);
     return tk_pool_track(p);
+}
+
+static surpool_pool *fake_pool(fake_settings *fs, fake_txn *ft)
+{
+    return fake_pool_timed(fs, ft, 30000);
+}
+
+/* A cancel the server never answers, with no request deadline: release
+ * still returns (bounded by connect_timeout_ms) and closes the connection. */
+static void test_release_cancel_unanswered_closes(void **state)
+{
+    (void)state;
+    fake_settings fs;
+    fake_txn ft;
+    memset(&ft, 0, sizeof(ft));
+    surpool_pool *p = fake_pool_timed(&fs, &ft, 0);
+    atomic_store(&ft.cancel_silent, 1);
+    surpool_conn *a = lease(p);
+    surpool_error err;
+    must(surpool_conn_begin(a, &err), &err, "begin");
+    tk_release(a);
+    surpool_stats st;
+    surpool_pool_stats(p, &st);
+    assert_int_equal(st.destroyed, 1);
+    tk_pool_destroy(p);
 }
 
 /* A cancel that fails at release: the connection is closed, never lent. */
@@ -413,6 +443,7 @@ int main(void)
         cmocka_unit_test_teardown(test_misuse, tk_teardown),
         cmocka_unit_test_teardown(test_deadlines_real_core, tk_teardown),
         cmocka_unit_test_teardown(test_release_cancel_fails_closes, tk_teardown),
+        cmocka_unit_test_teardown(test_release_cancel_unanswered_closes, tk_teardown),
         cmocka_unit_test_teardown(test_hidden_version_method_not_found, tk_teardown),
     };
     return cmocka_run_group_tests_name(g_wire == SURPOOL_WIRE_CBOR ? "txn-cbor" : "txn-json",
