@@ -330,7 +330,9 @@ SURPOOL_API void surpool_pool_close(surpool_pool *pool);
 /** Close the pool, wait for every lease to come back, close every connection,
  *  stop the transport and free everything. NULL is a no-op.
  *  Thread safety: Must not race with any other call on the handle except
- *  surpool_conn_release() of leases, which it waits for. */
+ *  surpool_conn_release() of leases, which it waits for. Not from a surpool
+ *  callback: called inside a surpool_result_fn it would wait for its own
+ *  thread, so it is refused there (an ERROR log line) and does nothing. */
 SURPOOL_API void surpool_pool_destroy(surpool_pool *pool);
 
 /** Lease a connection. Takes an idle connection if there is one; else opens a

@@ -455,6 +455,16 @@ void surpool_pool_destroy(surpool_pool *p)
 {
     if (p == NULL)
         return;
+    /* From inside a result callback, destroy would wait for the very thread it
+     * runs on (the delivery or the transport's thread) and never return:
+     * refuse, loudly, and leave the pool to its owner. */
+    if (surpool__in_result_callback()) {
+        surpool__log(&p->logger, SURPOOL_LOG_ERROR,
+                     "surpool_pool_destroy called from inside a surpool_result_fn: refused "
+                     "(it would wait for its own thread); destroy the pool from another "
+                     "thread");
+        return;
+    }
     pthread_mutex_lock(&p->mu);
     close_locked(p);
     pthread_mutex_unlock(&p->mu);
