@@ -387,3 +387,15 @@ surpool_err surpool__codec_map_error(const json_t *error, surpool_error *err)
         surpool__strlcpy(err->message, "server error without message", sizeof(err->message));
     return rc;
 }
+
+surpool_err surpool__codec_auth_refusal(const json_t *root, surpool_error *err)
+{
+    /* A conflict the server says may pass as it is ("... can be retried") is
+     * not a refusal: connection setup retries it. */
+    json_t *msg = json_object_get(json_object_get(root, "error"), "message");
+    if (json_is_string(msg) && strstr(json_string_value(msg), "can be retried") != NULL)
+        return SURPOOL_ERR_SERVER;
+    if (err != NULL)
+        err->code = SURPOOL_ERR_AUTH;
+    return SURPOOL_ERR_AUTH;
+}

@@ -102,4 +102,14 @@ surpool_err surpool__codec_reply_result(const json_t *root, json_t **result,
  * Returns the code. */
 surpool_err surpool__codec_map_error(const json_t *error, surpool_error *err);
 
+/* For a REPLY root whose error surpool__codec_reply_result() mapped to
+ * SURPOOL_ERR_SERVER, when the request was signin, signup or authenticate: the
+ * server refused those credentials, so SURPOOL_ERR_AUTH (err->code too; the
+ * server's code, kind and message stay as mapped), whatever the code. SurrealDB
+ * 2.x has no -32002 and answers a wrong password with -32000; 3.x answers a bad
+ * token with -32000 and a THROW in a SIGNIN clause with -32006. The one
+ * exception stays SURPOOL_ERR_SERVER: a message saying the request "can be
+ * retried" (a transaction conflict, not a refusal). err may be NULL. */
+surpool_err surpool__codec_auth_refusal(const json_t *root, surpool_error *err);
+
 #endif

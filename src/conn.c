@@ -156,7 +156,7 @@ static surpool_err setup_auth_rpc(surpool_conn *c, int64_t deadline, surpool_err
     if (params == NULL)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
     rc = setup_rpc(c, "signin", params, deadline, NULL, err);
-    json_decref(params); /* wrong credentials: -32002, mapped to AUTH by the codec */
+    json_decref(params); /* refused: AUTH (surpool__codec_auth_refusal) */
     return rc;
 }
 

@@ -157,6 +157,10 @@ surpool_err surpool__rpc_outcome(surpool_pool *p, const char *method, surpool__t
         surpool__seterr(err, rc, "%s: %s", method, req->message);
     else
         rc = surpool__codec_reply_result(req->reply, result, err);
+    /* The methods that carry credentials are the ones that present them: the
+     * server refusing one is an authentication failure on every version. */
+    if (rc == SURPOOL_ERR_SERVER && carries_secret(method))
+        rc = surpool__codec_auth_refusal(req->reply, err);
     if (rc != SURPOOL_OK)
         atomic_fetch_add(&p->request_errors, 1);
     return rc;
