@@ -362,6 +362,22 @@ static void test_unauthenticated_refused(void **state)
     tk_pool_destroy(p);
 }
 
+/* Run `sql` (no variables) and return the reply; fails unless every statement
+ * succeeded. */
+static json_t *query_ok(surpool_conn *c, const char *sql)
+{
+    json_t *out = NULL;
+    surpool_error err;
+    surpool_err rc = surpool_conn_query(c, sql, NULL, &out, &err);
+    if (rc != SURPOOL_OK)
+        fail_msg("%s: %s: %s", sql, surpool_strerror(rc), err.message);
+    if (surpool_query_check(out, &err) != SURPOOL_OK) {
+        json_decref(out);
+        fail_msg("%s: %s", sql, err.message);
+    }
+    return out;
+}
+
 /* A signin, signup or authenticate the server refuses is SURPOOL_ERR_AUTH on
  * every server version, whatever its code (docs/errors.md): 3.x answers a bad
  * token with -32000 and a THROW in a SIGNIN clause with -32006; 2.x answers
@@ -374,15 +390,9 @@ static void test_refused_credentials_are_auth(void **state)
     surpool_pool *p = make_pool("refusals");
     surpool_conn *c = lease(p);
     surpool_error err;
-    json_t *out = NULL;
-    assert_int_equal(surpool_conn_query(c,
-                                        "DEFINE ACCESS IF NOT EXISTS locked ON DATABASE TYPE "
-                                        "RECORD SIGNUP { THROW 'no signups today' } SIGNIN "
-                                        "{ THROW 'account locked' } DURATION FOR SESSION 1h",
-                                        NULL, &out, &err),
-                     SURPOOL_OK);
-    assert_int_equal(surpool_query_check(out, &err), SURPOOL_OK);
-    json_decref(out);
+    json_decref(query_ok(c, "DEFINE ACCESS IF NOT EXISTS locked ON DATABASE TYPE RECORD "
+                            "SIGNUP { THROW 'no signups today' } "
+                            "SIGNIN { THROW 'account locked' } DURATION FOR SESSION 1h"));
 
     assert_int_equal(surpool_conn_authenticate(c, "not-a-token", &err), SURPOOL_ERR_AUTH);
     assert_int_equal(err.code, SURPOOL_ERR_AUTH);
@@ -522,22 +532,6 @@ static void test_crud(void **state)
     assert_int_equal(atomic_load(&p->requests), before);
     tk_release(c);
     tk_pool_destroy(p);
-}
-
-/* Run `sql` (no variables) and return the reply; fails unless every statement
- * succeeded. */
-static json_t *query_ok(surpool_conn *c, const char *sql)
-{
-    json_t *out = NULL;
-    surpool_error err;
-    surpool_err rc = surpool_conn_query(c, sql, NULL, &out, &err);
-    if (rc != SURPOOL_OK)
-        fail_msg("%s: %s: %s", sql, surpool_strerror(rc), err.message);
-    if (surpool_query_check(out, &err) != SURPOOL_OK) {
-        json_decref(out);
-        fail_msg("%s: %s", sql, err.message);
-    }
-    return out;
 }
 
 /* The ids of the records statement i returned, as "tb:id,tb:id" in the
