@@ -10,6 +10,7 @@
 #include "internal.h"
 #include "transport.h"
 #include "url.h"
+#include "wire.h"
 
 struct bare {
     const surpool__transport_ops *ops;
@@ -45,7 +46,8 @@ static void bare_done(surpool__treq *treq)
     bare_req *r = (bare_req *)(void *)treq;
     int ok = 0;
     if (treq->status == SURPOOL_OK) {
-        ok = json_object_get(treq->reply, "error") == NULL;
+        surpool__wire_decode_reply(treq); /* the transport hands over raw bytes */
+        ok = treq->status == SURPOOL_OK && json_object_get(treq->reply, "error") == NULL;
         json_decref(treq->reply);
     }
     surpool__free(treq->buf);

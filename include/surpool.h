@@ -79,6 +79,7 @@ typedef enum surpool_err {
     SURPOOL_ERR_UNAVAILABLE = 14,     /**< server known down (circuit open); fail fast */
     SURPOOL_ERR_BROKEN = 15,          /**< the leased connection is broken; release it */
     SURPOOL_ERR_PAUSED = 16,          /**< acquire: the pool is paused (fail-fast pause) */
+    SURPOOL_ERR_UNSUPPORTED = 17,     /**< the server's version lacks the feature */
 } surpool_err;
 
 /** Detailed error information, filled by calls that take a `surpool_error *`.
@@ -358,7 +359,9 @@ SURPOOL_API void surpool_pool_close(surpool_pool *pool);
 /** Close the pool, wait for every lease to come back, close every connection,
  *  stop the transport and free everything. NULL is a no-op.
  *  Thread safety: Must not race with any other call on the handle except
- *  surpool_conn_release() of leases, which it waits for. */
+ *  surpool_conn_release() of leases, which it waits for. Not from a surpool
+ *  callback: called inside a surpool_result_fn it would wait for its own
+ *  thread, so it is refused there (an ERROR log line) and does nothing. */
 SURPOOL_API void surpool_pool_destroy(surpool_pool *pool);
 
 /** Lease a connection. Takes an idle connection if there is one; else opens a
@@ -499,6 +502,20 @@ SURPOOL_API void surpool_conn_discard(surpool_conn *conn);
  *  Thread safety: One thread at a time per handle. */
 SURPOOL_API const char *surpool_conn_last_error(const surpool_conn *conn);
 
+/** Give the lease's following calls their own deadline instead of the pool's
+ *  request_timeout_ms, until it is set again or the lease is released (the
+ *  next borrower starts from the pool's). A lease is one thread's handle, so
+ *  the setting lives on it; calls on the shared pool take theirs per call
+ *  (surpool_call_options). Past the deadline a call returns
+ *  SURPOOL_ERR_REQUEST_TIMEOUT, never before, and the lease is broken as with
+ *  any request timeout.
+ *  @param timeout_ms  > 0: milliseconds per call (at most 365 days); 0: no
+ *                     deadline; < 0: back to the pool's request_timeout_ms.
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (NULL conn, or more than 365
+ *          days).
+ *  Thread safety: One thread at a time per handle. */
+SURPOOL_API surpool_err surpool_conn_set_timeout(surpool_conn *conn, long timeout_ms);
+
 /** Send any RPC method with raw params and return its `result`.
  *  @param method  lowercase method name, e.g. "query"; required.
  *  @param params  a JSON array, or NULL for []; borrowed. Every string and key in
@@ -563,9 +580,49 @@ SURPOOL_API surpool_err surpool_query(surpool_pool *pool, const char *sql, const
 SURPOOL_API surpool_err surpool_call(surpool_pool *pool, const char *method,
                                      const json_t *params, json_t **out, surpool_error *err);
 
+/** Options of one pool-level call (the *_opts variants below). A value type:
+ *  start from surpool_call_options_init(), then set what you need. A NULL
+ *  options pointer means the defaults. */
+typedef struct surpool_call_options {
+    /** This call's deadline, counted from the call, queueing and waiting for a
+     *  lane connection included: > 0 milliseconds (at most 365 days), 0 none,
+     *  < 0 (the default) the pool's request_timeout_ms. It replaces
+     *  request_timeout_ms for this call only, longer or shorter. */
+    long timeout_ms;
+    unsigned char reserved[56]; /**< room to grow; keep zero (the init does) */
+} surpool_call_options;
+
+/** Fill `opts` with the defaults (timeout_ms = -1, the rest zero). NULL is a
+ *  no-op. Thread safety: Any thread. */
+SURPOOL_API void surpool_call_options_init(surpool_call_options *opts);
+
+/** surpool_query() with options (NULL: as surpool_query()). Past the call's
+ *  deadline it returns SURPOOL_ERR_REQUEST_TIMEOUT, never before. Returns as
+ *  surpool_query(), plus SURPOOL_ERR_INVALID_ARG for a timeout_ms above 365
+ *  days. Without a lane (shared_connections = 0) the deadline covers the
+ *  acquire and the call on the connection leased for it.
+ *  Thread safety: Any thread. Not from a surpool callback. */
+SURPOOL_API surpool_err surpool_query_opts(surpool_pool *pool, const char *sql,
+                                           const json_t *vars, const surpool_call_options *opts,
+                                           json_t **out, surpool_error *err);
+
+/** surpool_call() with options, as surpool_query_opts().
+ *  Thread safety: Any thread. Not from a surpool callback. */
+SURPOOL_API surpool_err surpool_call_opts(surpool_pool *pool, const char *method,
+                                          const json_t *params,
+                                          const surpool_call_options *opts, json_t **out,
+                                          surpool_error *err);
+
 /** Completion of an asynchronous call. Called exactly once per accepted call,
- *  on a surpool thread (usually the transport's service thread), never with a
- *  pool lock held. `result` (the RPC result, NULL unless code == SURPOOL_OK)
+ *  on a surpool thread, never with a pool lock held: when the call reached the
+ *  server (a reply, a transport error, its deadline, its socket dying, destroy
+ *  closing its socket), on the pool's lane delivery thread, which decodes the
+ *  reply and runs these callbacks one at a time in the order the requests
+ *  completed (never on the service thread that moves every connection's bytes,
+ *  so neither a big reply nor a slow callback holds up the pool's I/O, but a
+ *  slow callback delays the callbacks behind it); when it never left the
+ *  queue, on the thread that failed it (see surpool_query_async()).
+ *  The decoded result is freed when the callback returns, on that thread. `result` (the RPC result, NULL unless code == SURPOOL_OK)
  *  and `err` are BORROWED: valid during the callback only; json_incref()
  *  `result` to keep it. The callback must not block: it may call
  *  surpool_query_async()/surpool_call_async() again, on this pool or another
@@ -577,9 +634,10 @@ typedef void (*surpool_result_fn)(void *userdata, surpool_err code, json_t *resu
 
 /** Queue SurrealQL on the shared lane and return at once. If this returns
  *  SURPOOL_OK, `cb` is called exactly once (success or failure): usually later
- *  on the transport's thread, but possibly before this returns (the send was
- *  refused) or on a thread calling surpool_pool_close()/destroy() (CLOSED,
- *  DISCONNECTED). If it returns an error (bad argument, pool closed, out of
+ *  on the lane's delivery thread, but possibly before this returns (the send
+ *  was refused), on the lane's own threads (its deadline passed while queued;
+ *  the lane could get no connection) or on a thread calling
+ *  surpool_pool_close()/destroy() (CLOSED, for requests still queued). If it returns an error (bad argument, pool closed, out of
  *  memory), `cb` is never called. Once surpool_pool_close() or
  *  surpool_pool_destroy() has begun it returns SURPOOL_ERR_CLOSED, also when
  *  called from a callback that destroy is completing. The deadline is request_timeout_ms from now,
@@ -595,6 +653,23 @@ SURPOOL_API surpool_err surpool_query_async(surpool_pool *pool, const char *sql,
 SURPOOL_API surpool_err surpool_call_async(surpool_pool *pool, const char *method,
                                            const json_t *params, surpool_result_fn cb,
                                            void *userdata);
+
+/** surpool_query_async() with options (NULL: as surpool_query_async()): the
+ *  callback gets SURPOOL_ERR_REQUEST_TIMEOUT once opts->timeout_ms has passed
+ *  since this call, queueing included. A timeout_ms above 365 days is
+ *  SURPOOL_ERR_INVALID_ARG (the callback is not called).
+ *  Thread safety: Any thread, including from a surpool_result_fn. */
+SURPOOL_API surpool_err surpool_query_async_opts(surpool_pool *pool, const char *sql,
+                                                 const json_t *vars,
+                                                 const surpool_call_options *opts,
+                                                 surpool_result_fn cb, void *userdata);
+
+/** surpool_call_async() with options, as surpool_query_async_opts().
+ *  Thread safety: Any thread, including from a surpool_result_fn. */
+SURPOOL_API surpool_err surpool_call_async_opts(surpool_pool *pool, const char *method,
+                                                const json_t *params,
+                                                const surpool_call_options *opts,
+                                                surpool_result_fn cb, void *userdata);
 
 /** If `result` (a query reply) holds a statement whose status is not "OK",
  *  return SURPOOL_ERR_SERVER with the first such statement's index, message
@@ -748,6 +823,50 @@ SURPOOL_API surpool_err surpool_conn_run(surpool_conn *conn, const char *fn,
 /** `info`: the record of the signed-in record user (errors for system users on
  *  some servers). */
 SURPOOL_API surpool_err surpool_conn_info(surpool_conn *conn, json_t **out, surpool_error *err);
+
+/* ------------------------------------------------------------------------- */
+/* Interactive transactions on a lease (SurrealDB 3.x)                        */
+/*                                                                            */
+/* Between surpool_conn_begin() and surpool_conn_commit()/_cancel(), every     */
+/* call on the lease (query, CRUD, call, ...) runs inside the transaction:    */
+/* its writes are seen by the lease's later calls and by nobody else until    */
+/* commit; cancel drops them. One transaction at a time per lease. Releasing  */
+/* a lease with a transaction open cancels it (docs/lifecycle.md): the next   */
+/* borrower never inherits it, and if the cancel fails the connection is      */
+/* closed rather than lent. The server's major version is asked once per     */
+/* connection (`version`, the first time begin needs it): on SurrealDB 2.x    */
+/* (and older) surpool_conn_begin() returns SURPOOL_ERR_UNSUPPORTED without   */
+/* sending `begin`. Do not send begin, commit or cancel through              */
+/* surpool_conn_call(): the lease would not know about the transaction.       */
+/* Same rules as the RPC methods above.                                       */
+/* ------------------------------------------------------------------------- */
+
+/** `begin`: open an interactive transaction on the lease.
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (a transaction is already open
+ *          on this lease; nothing sent); SURPOOL_ERR_UNSUPPORTED (the server
+ *          is older than 3.0: it has no interactive transactions); otherwise
+ *          as surpool_conn_call() (SURPOOL_ERR_PROTOCOL if the reply is not a
+ *          transaction id: the lease is then broken).
+ *  Thread safety: One thread at a time per handle. */
+SURPOOL_API surpool_err surpool_conn_begin(surpool_conn *conn, surpool_error *err);
+
+/** `commit`: make the open transaction's writes visible to everyone. Whatever
+ *  the outcome the lease is out of the transaction afterwards (a failed commit
+ *  leaves nothing behind on the server).
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (no transaction open on this
+ *          lease; nothing sent); SURPOOL_ERR_SERVER with the server's code,
+ *          kind and message when the commit failed, e.g. a write conflict with
+ *          another transaction (3.0: kind "Internal", "Transaction conflict:
+ *          ... This transaction can be retried"): nothing was written, begin
+ *          again and retry; otherwise as surpool_conn_call().
+ *  Thread safety: One thread at a time per handle. */
+SURPOOL_API surpool_err surpool_conn_commit(surpool_conn *conn, surpool_error *err);
+
+/** `cancel`: drop the open transaction and its writes. The lease is out of
+ *  the transaction afterwards, whatever the outcome.
+ *  @return as surpool_conn_commit().
+ *  Thread safety: One thread at a time per handle. */
+SURPOOL_API surpool_err surpool_conn_cancel(surpool_conn *conn, surpool_error *err);
 
 /** Library version, "MAJOR.MINOR.PATCH". Thread safety: Any thread. */
 SURPOOL_API const char *surpool_version(void);

@@ -37,9 +37,11 @@ MUTANTS=(handoff_newest release_notify_one max_off_by_one connect_slot_leak
 # A released connection goes to the newest waiter instead of the oldest.
 m_handoff_newest() {
     plant src/pool.c 1 \
-'    surpool__waiter *w = p->wait_head;
+'    surpool__waiter *w = oldest_waiter_locked(p);
     c->last_checked_ns = now;' \
-'    surpool__waiter *w = p->wait_tail;
+'    surpool__queue *newest = surpool__queue_tail(&p->waiters);
+    surpool__waiter *w =
+        newest != NULL ? SURPOOL__QUEUE_DATA(newest, surpool__waiter, link) : NULL;
     c->last_checked_ns = now;'
 }
 
@@ -55,20 +57,20 @@ m_release_notify_one() {
         idle_push_front(p, c);
         pthread_cond_signal(&w->cv);
         (void)waiter_finish;' \
-'    assert(p->nidle == 0 || p->nwaiters == 0 || p->closed || p->paused);' \
+'    SURPOOL__CHECK(p->nidle == 0 || p->nwaiters == 0 || p->closed || p->paused);' \
 '    (void)0;'
 }
 
 # The pool never opens its last slot.
 m_max_off_by_one() {
-    plant src/pool.c 1 \
-'    int free_slots = p->cfg.pub.max_connections - total_locked(p);' \
-'    int free_slots = p->cfg.pub.max_connections - 1 - total_locked(p);'
+    plant src/governor.c 1 \
+'    int free_slots = p->cfg.pub.max_connections - surpool__pool_total_locked(p);' \
+'    int free_slots = p->cfg.pub.max_connections - 1 - surpool__pool_total_locked(p);'
 }
 
 # A failed connect keeps its reserved slot.
 m_connect_slot_leak() {
-    plant src/pool.c 1 \
+    plant src/governor.c 1 \
 '        p->nconnecting--;
         if (rc == SURPOOL_OK) {' \
 '        if (rc == SURPOOL_OK)
@@ -90,7 +92,7 @@ m_dirty_not_reset() {
 
 # The circuit breaker never opens.
 m_breaker_never_opens() {
-    plant src/pool.c 1 \
+    plant src/governor.c 1 \
 'if (threshold > 0 && p->consecutive_failures >= threshold && !p->breaker_open) {' \
 'if (0 && threshold > 0 && p->consecutive_failures >= threshold && !p->breaker_open) {'
 }
@@ -98,7 +100,7 @@ m_breaker_never_opens() {
 # A completed lane request does not give its in-flight slot back.
 m_lane_inflight_kept() {
     plant src/lane.c 1 \
-'    lc->inflight--;
+'    lc->inflight--; /* last touch of lc: the lane thread may free it from here on */
     l->inflight--;
     l->completing++;' \
 '    l->completing++;'
@@ -127,8 +129,10 @@ m_errors_all_server() {
 # The server error's kind is not copied into the caller's error.
 m_kind_dropped() {
     plant src/codec.c 1 \
-'        surpool__utf8_copy(err->kind, sizeof(err->kind), json_string_value(kind));' \
-'        (void)kind;'
+'    if (json_is_string(kind))
+        surpool__text_sanitize(err->kind, sizeof(err->kind), json_string_value(kind),
+                               json_string_length(kind));' \
+'    (void)kind;'
 }
 
 # Request deadlines never expire anything.
@@ -156,8 +160,8 @@ m_lane_most_loaded() {
 # The lane never retires a socket past max_lifetime_ms.
 m_lane_never_retires() {
     plant src/lane.c 1 \
-'            if (tnow >= l->conns[i].c->expires_ns)' \
-'            if (0 && tnow >= l->conns[i].c->expires_ns)'
+'                if (surpool__conn_expired(lc->c, now))' \
+'                if (0 && surpool__conn_expired(lc->c, now))'
 }
 
 # ---------------------------------------------------------------------------

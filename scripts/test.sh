@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it:
-#   1. plain build with -Werror: every test;
+#   1. plain build with -Werror: every test against the SurrealDB 3.x core, then the
+#      protocol-level integration tests against the 2.x core (the version matrix);
 #   2. ASan+UBSan build: every test;
 #   3. TSan build: every concurrency and integration test;
 #   4. libFuzzer harnesses for a bounded time, when clang is installed.
@@ -37,15 +38,18 @@ failed_runs=()
 
 # run_suite NAME DIR [ctest args...]: ctest's exit status decides; its JUnit
 # report (one <testcase> per test program, status "run" when it passed) gives
-# the counts for the final line.
+# the counts for the final line. SUITE_TAG (optional) names a run's own JUnit
+# report and log (ctest-junit-TAG.xml, ctest-TAG.log) when one build is run
+# more than once; SUITE_CORE (optional) is the server version it runs against.
 run_suite() {
-    local name=$1 dir=$2 rc=0 junit total ok
+    local name="$1${SUITE_CORE:+ against $SUITE_CORE}" dir=$2 rc=0 junit total ok
+    local tag=${SUITE_TAG:+-$SUITE_TAG}
     shift 2
     log "tests: $name"
-    junit="$dir/ctest-junit.xml"
+    junit="$dir/ctest-junit$tag.xml"
     rm -f "$junit"
     ctest --test-dir "$dir" --output-on-failure -j 2 --output-junit "$junit" "$@" 2>&1 |
-        tee "$dir/ctest.log" || rc=$?
+        tee "$dir/ctest$tag.log" || rc=$?
     total=0
     ok=0
     if [ -f "$junit" ]; then
@@ -65,9 +69,26 @@ run_suite() {
     fi
 }
 
+# core_version [server.mjs args...]: the SurrealDB version the test server runs
+# (its GET /version), e.g. surrealdb-3.0.2.
+core_version() {
+    start_test_server tests/server/server.mjs "$@"
+    node -e 'fetch(process.argv[1]).then((r) => r.text()).then((t) => console.log(t.trim()))' \
+        "http://127.0.0.1:$TEST_SERVER_PORT/version" || echo "unknown version"
+    stop_test_server
+}
+
 log "build: plain (-Werror)"
 configure_and_build "$build/plain" -DSURPOOL_WERROR=ON
-run_suite plain "$build/plain"
+SUITE_CORE=$(core_version) run_suite plain "$build/plain"
+
+# The version matrix: the tests that exercise the protocol (every method, errors
+# and their codes, auth, the dirty-lease reset, exact values in both wire
+# formats, hostile frames) once more against the SurrealDB 2.x core. What the 2.x
+# emulation cannot do (server-side concurrency) is skipped there, saying so.
+matrix_tests='^(test_integration|test_integration_cbor|test_exact_values|test_security|test_hostile|test_hostile_cbor)$'
+SURPOOL_TEST_CORE=2 SUITE_TAG=core2 SUITE_CORE=$(core_version --core 2) \
+    run_suite plain "$build/plain" -R "$matrix_tests"
 
 if command -v clang-format >/dev/null 2>&1; then
     log "format: clang-format --dry-run --Werror (cmake --build build/plain --target format fixes)"

@@ -10,6 +10,7 @@
 
 #include "codec.h"
 #include "utf8.h"
+#include "value.h"
 
 /* Initial text capacity of an encode buffer, on top of the headroom. Most
  * requests (ping, use, signin, short queries) fit without a realloc. */
@@ -155,6 +156,14 @@ surpool_err surpool__codec_encode_request(int64_t id, const char *method, const 
                                           size_t headroom, char **out, size_t *len,
                                           surpool_error *err)
 {
+    return surpool__codec_encode_request_txn(id, method, params, NULL, headroom, out, len, err);
+}
+
+surpool_err surpool__codec_encode_request_txn(int64_t id, const char *method,
+                                              const json_t *params, const char *txn,
+                                              size_t headroom, char **out, size_t *len,
+                                              surpool_error *err)
+{
     if (out == NULL || len == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "encode_request: out and len are required");
@@ -167,6 +176,10 @@ surpool_err surpool__codec_encode_request(int64_t id, const char *method, const 
                                json_type_name(params));
     if (headroom > SIZE_MAX / 2)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "encode headroom too large");
+    /* Written into the text as it is: only UUID text may get there. */
+    unsigned char uuid[16];
+    if (txn != NULL && surpool__uuid_parse(txn, strlen(txn), uuid))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "RPC txn must be UUID text");
     /* jansson's dump refuses a bad string but writes a bad key as it is, and
      * recurses without a depth limit: check both before writing anything. */
     surpool_err vrc = surpool__codec_check_value(params, "RPC params", err);
@@ -202,6 +215,11 @@ surpool_err surpool__codec_encode_request(int64_t id, const char *method, const 
                 transient = rc == 0;
             }
         }
+    }
+    if (rc == 0 && txn != NULL) {
+        rc = encbuf_append(&b, ",\"txn\":\"", 8);
+        rc = rc ? rc : encbuf_append(&b, txn, strlen(txn));
+        rc = rc ? rc : encbuf_append(&b, "\"", 1);
     }
     rc = rc ? rc : encbuf_append(&b, "}", 1);
 
@@ -368,4 +386,16 @@ surpool_err surpool__codec_map_error(const json_t *error, surpool_error *err)
     else
         surpool__strlcpy(err->message, "server error without message", sizeof(err->message));
     return rc;
+}
+
+surpool_err surpool__codec_auth_refusal(const json_t *root, surpool_error *err)
+{
+    /* A conflict the server says may pass as it is ("... can be retried") is
+     * not a refusal: connection setup retries it. */
+    json_t *msg = json_object_get(json_object_get(root, "error"), "message");
+    if (json_is_string(msg) && strstr(json_string_value(msg), "can be retried") != NULL)
+        return SURPOOL_ERR_SERVER;
+    if (err != NULL)
+        err->code = SURPOOL_ERR_AUTH;
+    return SURPOOL_ERR_AUTH;
 }

@@ -38,6 +38,13 @@ surpool_err surpool__codec_check_value(const json_t *v, const char *what, surpoo
 surpool_err surpool__codec_encode_request(int64_t id, const char *method, const json_t *params,
                                           size_t headroom, char **out, size_t *len,
                                           surpool_error *err);
+/* The same with "txn":txn in the envelope (3.x: the request runs inside that
+ * interactive transaction) unless txn is NULL; txn must be 36-character UUID
+ * text, else SURPOOL_ERR_INVALID_ARG. */
+surpool_err surpool__codec_encode_request_txn(int64_t id, const char *method,
+                                              const json_t *params, const char *txn,
+                                              size_t headroom, char **out, size_t *len,
+                                              surpool_error *err);
 
 typedef enum surpool__frame_kind {
     SURPOOL__FRAME_REPLY = 1,        /* has an integer id: result or error */
@@ -94,5 +101,15 @@ surpool_err surpool__codec_reply_result(const json_t *root, json_t **result,
  * character boundary. details and cause are not copied. err may be NULL.
  * Returns the code. */
 surpool_err surpool__codec_map_error(const json_t *error, surpool_error *err);
+
+/* For a REPLY root whose error surpool__codec_reply_result() mapped to
+ * SURPOOL_ERR_SERVER, when the request was signin, signup or authenticate: the
+ * server refused those credentials, so SURPOOL_ERR_AUTH (err->code too; the
+ * server's code, kind and message stay as mapped), whatever the code. SurrealDB
+ * 2.x has no -32002 and answers a wrong password with -32000; 3.x answers a bad
+ * token with -32000 and a THROW in a SIGNIN clause with -32006. The one
+ * exception stays SURPOOL_ERR_SERVER: a message saying the request "can be
+ * retried" (a transaction conflict, not a refusal). err may be NULL. */
+surpool_err surpool__codec_auth_refusal(const json_t *root, surpool_error *err);
 
 #endif

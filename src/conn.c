@@ -249,10 +249,7 @@ static surpool_err refresh(surpool_conn *c, int64_t deadline, char **token, surp
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
     json_t *result = NULL;
     rc = setup_rpc(c, "signin", params, deadline, &result, err);
-    decref_secret(params); /* wrong credentials: -32002, mapped to AUTH by the codec */
-    if (rc == SURPOOL_ERR_SERVER && err != NULL &&
-        strstr(err->message, "problem with authentication") != NULL)
-        rc = err->code = SURPOOL_ERR_AUTH; /* 2.x: -32000 with this text */
+    decref_secret(params); /* refused: AUTH (surpool__codec_auth_refusal) */
     /* A JWT, or (record access with refresh) {token, refresh}. */
     const char *t = json_string_value(result);
     if (t == NULL)

@@ -28,7 +28,8 @@
     X(ERR_TOO_LARGE, "message exceeds the size limit")                                         \
     X(ERR_UNAVAILABLE, "server unavailable")                                                   \
     X(ERR_BROKEN, "connection is broken")                                                      \
-    X(ERR_PAUSED, "pool is paused")
+    X(ERR_PAUSED, "pool is paused")                                                            \
+    X(ERR_UNSUPPORTED, "the server does not support this feature")
 
 const char *surpool_strerror(surpool_err code)
 {

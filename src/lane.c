@@ -7,13 +7,18 @@
  * flight). Requests that find no room wait in a FIFO and go out as replies
  * free room.
  *
- * Two threads, started by the first lane call:
+ * Three threads, started by the first lane call:
  *  - the lane thread gives dead and expired sockets back to the pool, fails
  *    queued requests whose deadline passed, and asks for growth. It never
  *    blocks in the pool: it sleeps at most until the earliest deadline of a
  *    queued request (or a 100 ms tick while it holds sockets);
  *  - the acquirer blocks in surpool_pool_acquire_at() when the lane must grow,
- *    so that a slow or impossible acquire never holds up the deadlines.
+ *    so that a slow or impossible acquire never holds up the deadlines;
+ *  - the delivery thread settles async requests the transport completed, in
+ *    completion order: decodes the reply, runs the callback, gives the slot
+ *    back. The transport's thread only hands them over (on_done), so neither a
+ *    big reply's decode nor a slow callback holds up the other connections.
+ *    A sync request is settled by its waiting thread the same way.
  *
  * Each lane socket is a heap object (lane_conn) that in-flight requests point
  * to. It is unlinked and freed only once nothing is in flight on it, so a
@@ -23,7 +28,8 @@
  * Locking: lane->mu guards everything below and is never held while calling
  * the pool, the transport (submit) or a user callback. The pool may take it
  * under its own mutex (stats): order pool -> lane.
- * Completions run on the transport's thread; they only take lane->mu.
+ * Completions (on_done) run on the transport's thread; they only take lane->mu
+ * to hand an async request to the delivery thread, or signal a sync waiter.
  *
  * Rule: every accepted request completes exactly once: by its reply or error
  * from the transport, by the lane thread (deadline while queued), by the
@@ -57,7 +63,7 @@ struct lane_conn {
 typedef struct lane_req lane_req;
 struct lane_req {
     surpool__treq treq;  /* first: the transport hands us &treq */
-    surpool__queue link; /* l->pending, or a list of requests to fail */
+    surpool__queue link; /* l->pending, a list of requests to fail, or l->delivery */
     surpool__lane *lane;
     lane_conn *lc;         /* the socket it was sent on; stable until it completes */
     uint64_t seq;          /* 1, 2, ... in queueing order */
@@ -75,7 +81,7 @@ struct lane_req {
     int has_why;
     int server_code;
     char kind[32];
-    /* sync results, read by the waiter after the signal */
+    /* sync results, set by settle() on the waiter's thread */
     surpool_err rc;
     json_t *result;
     surpool_error err;
@@ -104,18 +110,32 @@ struct surpool__lane {
     int thread_started, acq_started;
     pthread_t thread, acq_thread;
     uint64_t requests;
+    /* Async requests the transport completed, oldest first, for the delivery
+     * thread (lane_req.link). They still count in `inflight`. */
+    surpool__queue delivery;
+    pthread_cond_t dcv; /* wakes the delivery thread */
+    int dstop;          /* destroy: the delivery thread ends once its queue is empty */
+    int dthread_started;
+    pthread_t dthread;
 };
 
 /* ------------------------------------------------------------------------- */
 
 /* Result callbacks running on this thread (they may nest: a callback's
- * resubmit can complete at once). A synchronous call made from one would wait
- * for a reply that, on the transport's thread, only this thread can deliver. */
+ * resubmit can complete at once). A synchronous call made from one would hold
+ * up every callback behind it (on the delivery thread) or wait for a reply only
+ * this thread can deliver (where a request fails on another thread): refused. */
 static _Thread_local int in_result_cb;
+static _Thread_local int on_delivery_thread;
 
 int surpool__in_result_callback(void)
 {
     return in_result_cb > 0;
+}
+
+int surpool__lane_on_delivery_thread(void)
+{
+    return on_delivery_thread;
 }
 
 static int64_t earliest_deadline_locked(const surpool__lane *l)
@@ -131,20 +151,55 @@ static int64_t earliest_deadline_locked(const surpool__lane *l)
     return d;
 }
 
-/* Deliver a finished request to its caller, lane->mu NOT held. Takes over
- * req->treq.reply. */
-static void finish(lane_req *r)
+static void pump(surpool__lane *l);
+
+/* Give a completed request's slot on `lc` back, then send what queued behind
+ * it. `completing` keeps destroy waiting until this function no longer touches
+ * the lane. */
+static void give_back(surpool__lane *l, lane_conn *lc)
 {
-    surpool_pool *p = r->lane->pool;
+    pthread_mutex_lock(&l->mu);
+    lc->inflight--; /* last touch of lc: the lane thread may free it from here on */
+    l->inflight--;
+    l->completing++;
+    if (lc->inflight == 0 && (lc->failed || lc->expired))
+        pthread_cond_signal(&l->cv); /* the lane thread gives it back */
+    pthread_mutex_unlock(&l->mu);
+    pump(l);
+    pthread_mutex_lock(&l->mu);
+    if (--l->completing == 0 && l->inflight == 0 && l->stop)
+        pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->mu); /* last touch of the lane */
+}
+
+static int retry_after_reauth(lane_req *r, surpool_err rc);
+
+/* Settle a completed request, lane->mu NOT held, never on the transport's
+ * thread: decode its reply, hand the outcome to its caller (a sync request's
+ * fields, read by the waiter, which is the calling thread; or the async
+ * callback, after which r is freed), then give its slot back. */
+static int settle(lane_req *r)
+{
+    surpool__lane *l = r->lane;
+    lane_conn *lc = r->lc; /* stays valid: its inflight count includes us */
+    surpool_pool *p = l->pool;
     json_t *result = NULL;
     surpool_error err;
     surpool__error_clear(&err);
     surpool_err rc = surpool__rpc_outcome(p, r->method, &r->treq, &result, &err);
-    json_decref(r->params);
+    if (retry_after_reauth(r, rc))
+        return 1;
+    json_decref(r->params); /* kept only for that retry */
     r->params = NULL;
     if (rc != SURPOOL_OK && r->has_why) {
         err.server_code = r->server_code;
         surpool__strlcpy(err.kind, r->kind, sizeof(err.kind));
+    }
+    /* A transport failure, or a reply that did not decode: no more on it. */
+    if (lc != NULL && surpool__breaks_connection(rc) && rc != SURPOOL_ERR_REQUEST_TIMEOUT) {
+        pthread_mutex_lock(&l->mu);
+        lc->failed = 1;
+        pthread_mutex_unlock(&l->mu);
     }
     surpool__rpc_free_payload(p, &r->treq, r->method);
     if (r->sync != NULL) {
@@ -152,18 +207,21 @@ static void finish(lane_req *r)
         r->err = err;
         r->result = rc == SURPOOL_OK ? json_incref(result) : NULL;
         json_decref(r->treq.reply);
-        surpool__sync_signal(r->sync); /* r belongs to the waiter from here on */
-        return;
+    } else {
+        in_result_cb++;
+        r->cb(r->userdata, rc, rc == SURPOOL_OK ? result : NULL, &err);
+        in_result_cb--;
+        json_decref(r->treq.reply);
+        surpool__free(r);
     }
-    in_result_cb++;
-    r->cb(r->userdata, rc, rc == SURPOOL_OK ? result : NULL, &err);
-    in_result_cb--;
-    json_decref(r->treq.reply);
-    surpool__free(r);
+    if (lc != NULL)
+        give_back(l, lc);
+    return 0;
 }
 
 /* Complete a request that never reached the transport. `why` (may be NULL)
- * carries the server's code and kind when an acquire failed on them. */
+ * carries the server's code and kind when an acquire failed on them. The sync
+ * waiter settles its own; an async one is settled on this thread. */
 static void fail(lane_req *r, surpool_err code, const char *message, const surpool_error *why)
 {
     r->treq.status = code;
@@ -174,7 +232,10 @@ static void fail(lane_req *r, surpool_err code, const char *message, const surpo
         r->server_code = why->server_code;
         surpool__strlcpy(r->kind, why->kind, sizeof(r->kind));
     }
-    finish(r);
+    if (r->sync != NULL)
+        surpool__sync_signal(r->sync); /* r belongs to the waiter from here on */
+    else
+        settle(r);
 }
 
 /* Fail every request of a list of our own (lane->mu NOT held); it ends empty. */
@@ -199,38 +260,41 @@ static void want_grow_locked(surpool__lane *l)
     }
 }
 
-static void pump(surpool__lane *l);
-
 /* A request the server refused because the socket's session expired was
  * not run (docs/lifecycle.md, rule A5): put it back at the head of the queue,
- * once, and have the acquirer re-authenticate the socket. 1 if it did;
- * the request is then no longer this completion's. */
-static int retry_after_reauth(lane_req *r)
+ * once, with a new id and payload and the same deadline, and have the
+ * acquirer re-authenticate the socket. Called by settle() once the reply is
+ * decoded (on the waiter's or the delivery thread). 1 if it did: the request
+ * is queued again, not settled (a sync waiter waits once more). */
+static int retry_after_reauth(lane_req *r, surpool_err rc)
 {
     surpool__lane *l = r->lane;
     lane_conn *lc = r->lc;
-    if (r->retried || r->treq.status != SURPOOL_OK ||
+    if (r->retried || rc == SURPOOL_OK || lc == NULL || r->treq.reply == NULL ||
         !surpool__reply_session_expired(r->treq.reply) || !surpool__pool_authenticates(l->pool))
         return 0; /* (a pool that authenticates kept a copy of the params) */
     /* Not surpool__conn_may_reauth(): its flags belong to the thread that
      * re-authenticates; a lane socket never carries the borrower's own
      * sign-in (the lane refuses session methods). */
-    /* A new id and payload, the same deadline. */
-    surpool__treq old = r->treq;
+    surpool__treq fresh = r->treq;
     surpool_error perr;
-    if (surpool__rpc_prepare(l->pool, &r->treq, r->method, r->params, old.deadline_ns, &perr) !=
-        SURPOOL_OK) {
-        r->treq = old;
+    if (surpool__rpc_prepare(l->pool, &fresh, r->method, r->params, r->treq.deadline_ns, NULL,
+                             &perr) != SURPOOL_OK)
         return 0;
-    }
-    surpool__rpc_free_payload(l->pool, &old, r->method);
     pthread_mutex_lock(&l->mu);
     if (l->closed || lc->failed) {
         pthread_mutex_unlock(&l->mu);
-        return 0; /* delivered as it is: the new payload is freed with it */
+        surpool__rpc_free_payload(l->pool, &fresh, r->method);
+        return 0; /* settled as it is */
     }
+    surpool__rpc_free_payload(l->pool, &r->treq, r->method);
     json_decref(r->treq.reply);
-    r->treq.reply = NULL;
+    fresh.status = SURPOOL_OK;
+    fresh.reply = NULL;
+    fresh.frame = NULL; /* the old one was freed by its decode */
+    fresh.frame_len = 0;
+    fresh.message[0] = '\0';
+    r->treq = fresh;
     r->retried = 1;
     /* Other sockets, and leases from the pool, may hold an expired session
      * as well: the second try goes to a socket the lane re-authenticates
@@ -240,6 +304,13 @@ static int retry_after_reauth(lane_req *r)
     lc->reauth = 1;
     lc->inflight--; /* last touch of lc */
     l->inflight--;
+    if (r->sync != NULL) {
+        /* The waiter (this thread) waits again: clear its flag before anyone
+         * can complete the request a second time. */
+        pthread_mutex_lock(&r->sync->mu);
+        r->sync->done = 0;
+        pthread_mutex_unlock(&r->sync->mu);
+    }
     surpool__queue_insert_head(&l->pending, &r->link);
     l->npending++;
     l->reauth_want = 1;
@@ -248,35 +319,47 @@ static int retry_after_reauth(lane_req *r)
     return 1;
 }
 
+/* The transport's completion (usually on its thread, which must not decode or
+ * run callbacks): wake the sync waiter, or queue the request for the delivery
+ * thread. The request still counts in `inflight`, so destroy waits for it. */
 static void on_done(surpool__treq *treq)
 {
     lane_req *r = (lane_req *)treq;
     surpool__lane *l = r->lane;
-    lane_conn *lc = r->lc; /* stays valid: its inflight count includes us */
-    if (retry_after_reauth(r))
+    if (r->sync != NULL) {
+        surpool__sync_signal(r->sync); /* r belongs to the waiter from here on */
         return;
-    if (treq->status != SURPOOL_OK && surpool__breaks_connection(treq->status) &&
-        treq->status != SURPOOL_ERR_REQUEST_TIMEOUT) {
-        pthread_mutex_lock(&l->mu);
-        lc->failed = 1;
-        pthread_mutex_unlock(&l->mu);
     }
-    finish(r);
-    /* Give the slot back, then send what queued behind it. `completing` keeps
-     * destroy waiting until this function no longer touches the lane: this
-     * may run on the transport's thread while destroy runs. */
     pthread_mutex_lock(&l->mu);
-    lc->inflight--; /* last touch of lc: the lane thread may free it from here on */
-    l->inflight--;
-    l->completing++;
-    if (lc->inflight == 0 && (lc->failed || lc->expired))
-        pthread_cond_signal(&l->cv); /* the lane thread gives it back */
-    pthread_mutex_unlock(&l->mu);
-    pump(l);
-    pthread_mutex_lock(&l->mu);
-    if (--l->completing == 0 && l->inflight == 0 && l->stop)
-        pthread_cond_broadcast(&l->cv);
+    surpool__queue_insert_tail(&l->delivery, &r->link);
+    pthread_cond_signal(&l->dcv);
     pthread_mutex_unlock(&l->mu); /* last touch of the lane */
+}
+
+/* The delivery thread: settles async completions in the order they came. */
+static void *delivery_main(void *arg)
+{
+    surpool__lane *l = arg;
+    on_delivery_thread = 1;
+    surpool__queue batch;
+    surpool__queue_init(&batch);
+    pthread_mutex_lock(&l->mu);
+    for (;;) {
+        while (surpool__queue_empty(&l->delivery) && !l->dstop)
+            pthread_cond_wait(&l->dcv, &l->mu);
+        if (surpool__queue_empty(&l->delivery))
+            break; /* dstop: destroy saw nothing in flight, so nothing more comes */
+        surpool__queue_move_tail(&batch, &l->delivery);
+        pthread_mutex_unlock(&l->mu);
+        surpool__queue *q;
+        while ((q = surpool__queue_head(&batch)) != NULL) {
+            surpool__queue_remove(q);
+            settle(SURPOOL__QUEUE_DATA(q, lane_req, link));
+        }
+        pthread_mutex_lock(&l->mu);
+    }
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
 }
 
 /* Pick the least-loaded usable connection with room (and, when
@@ -624,14 +707,19 @@ surpool_err surpool__lane_create(surpool_pool *p, const surpool__lane_config *cf
     l->acquire_timeout_ms = lane_acquire_timeout_ms(cfg);
     surpool__queue_init(&l->conns);
     surpool__queue_init(&l->pending);
+    surpool__queue_init(&l->delivery);
     if (pthread_mutex_init(&l->mu, NULL) != 0)
         goto fail;
     if (surpool__cond_init(&l->cv) != 0)
         goto fail_mu;
     if (surpool__cond_init(&l->acq_cv) != 0)
         goto fail_cv;
+    if (surpool__cond_init(&l->dcv) != 0)
+        goto fail_acq;
     *out = l;
     return SURPOOL_OK;
+fail_acq:
+    pthread_cond_destroy(&l->acq_cv);
 fail_cv:
     pthread_cond_destroy(&l->cv);
 fail_mu:
@@ -707,7 +795,12 @@ void surpool__lane_destroy(surpool__lane *l)
     pthread_mutex_lock(&l->mu);
     while (l->inflight > 0 || l->completing > 0)
         pthread_cond_wait(&l->cv, &l->mu);
+    l->dstop = 1;
+    pthread_cond_signal(&l->dcv);
+    int dstarted = l->dthread_started;
     pthread_mutex_unlock(&l->mu);
+    if (dstarted)
+        pthread_join(l->dthread, NULL);
     /* Nothing runs on the lane now: unhook it (stats read it under the pool
      * mutex), then free it. */
     surpool__pool_lane_unhook(l->pool, l);
@@ -716,6 +809,7 @@ void surpool__lane_destroy(surpool__lane *l)
         surpool__queue_remove(q);
         surpool__free(SURPOOL__QUEUE_DATA(q, lane_conn, link));
     }
+    pthread_cond_destroy(&l->dcv);
     pthread_cond_destroy(&l->acq_cv);
     pthread_cond_destroy(&l->cv);
     pthread_mutex_destroy(&l->mu);
@@ -755,7 +849,7 @@ static surpool_err check_method(const char *method, const json_t *params, surpoo
 /* Build a request and queue it. On error nothing is queued and r is freed
  * unless it is the caller's (sync). */
 static surpool_err enqueue(surpool_pool *p, surpool__lane *l, lane_req *r, const char *method,
-                           const json_t *params, surpool_error *err)
+                           const json_t *params, const surpool__reqopts *o, surpool_error *err)
 {
     surpool__strlcpy(r->method, method, sizeof(r->method));
     r->lane = l;
@@ -769,8 +863,9 @@ static surpool_err enqueue(surpool_pool *p, surpool__lane *l, lane_req *r, const
         (copy = json_deep_copy(params)) == NULL)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
     /* Encoded here, on the caller's thread, as a lease's call is: ids are
-     * unique pool-wide; the deadline is request_timeout_ms from now. */
-    surpool_err rc = surpool__rpc_prepare(p, &r->treq, method, params, INT64_MAX, err);
+     * unique pool-wide; the deadline is request_timeout_ms (or the call's own
+     * timeout) from now, so queueing counts against it. */
+    surpool_err rc = surpool__rpc_prepare(p, &r->treq, method, params, INT64_MAX, o, err);
     if (rc != SURPOOL_OK) {
         json_decref(copy);
         return rc;
@@ -786,13 +881,15 @@ static surpool_err enqueue(surpool_pool *p, surpool__lane *l, lane_req *r, const
         l->thread_started = 1;
     if (!l->acq_started && pthread_create(&l->acq_thread, NULL, acquirer_main, l) == 0)
         l->acq_started = 1;
-    if (!l->thread_started || !l->acq_started) {
+    if (!l->dthread_started && pthread_create(&l->dthread, NULL, delivery_main, l) == 0)
+        l->dthread_started = 1;
+    if (!l->thread_started || !l->acq_started || !l->dthread_started) {
         pthread_mutex_unlock(&l->mu);
         surpool__rpc_free_payload(p, &r->treq, method);
         json_decref(copy);
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot start the lane's threads");
     }
-    r->params = copy; /* dropped by finish() */
+    r->params = copy; /* dropped by settle() */
     r->seq = ++l->seq;
     surpool__queue_insert_tail(&l->pending, &r->link);
     l->npending++;
@@ -802,7 +899,8 @@ static surpool_err enqueue(surpool_pool *p, surpool__lane *l, lane_req *r, const
 }
 
 static surpool_err lane_call_sync(surpool_pool *p, surpool__lane *l, const char *method,
-                                  const json_t *params, json_t **out, surpool_error *err)
+                                  const json_t *params, const surpool__reqopts *o, json_t **out,
+                                  surpool_error *err)
 {
     lane_req r;
     memset(&r, 0, sizeof(r));
@@ -810,9 +908,13 @@ static surpool_err lane_call_sync(surpool_pool *p, surpool__lane *l, const char 
     if (surpool__sync_init(&s) != 0)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
     r.sync = &s;
-    surpool_err rc = enqueue(p, l, &r, method, params, err);
+    surpool_err rc = enqueue(p, l, &r, method, params, o, err);
     if (rc == SURPOOL_OK) {
-        surpool__sync_wait(&s);
+        /* Decoded here, on the caller's thread; a request refused for an
+         * expired session goes out once more and is waited for again. */
+        do
+            surpool__sync_wait(&s);
+        while (settle(&r));
         rc = r.rc;
         if (rc == SURPOOL_OK) {
             if (out != NULL)
@@ -827,14 +929,25 @@ static surpool_err lane_call_sync(surpool_pool *p, surpool__lane *l, const char 
     return rc;
 }
 
-/* Without a lane, a pool-level call leases a connection for itself. */
+/* Without a lane, a pool-level call leases a connection for itself. A call
+ * with its own timeout spends it on the acquire too (instead of
+ * acquire_timeout_ms), as a lane request spends it queueing. */
 static surpool_err leased_call(surpool_pool *p, const char *method, const json_t *params,
-                               json_t **out, surpool_error *err)
+                               const surpool__reqopts *o, json_t **out, surpool_error *err)
 {
     surpool_conn *c = NULL;
-    surpool_err rc = surpool_pool_acquire_at(p, -1, &c, err, __FILE__, __LINE__);
+    long timeout_ms = o->timeout_ms;
+    int64_t deadline = surpool__deadline_after_ms(timeout_ms > 0 ? timeout_ms : -1);
+    surpool_err rc = surpool_pool_acquire_at(p, timeout_ms > 0 ? timeout_ms : -1, &c, err,
+                                             __FILE__, __LINE__);
     if (rc != SURPOOL_OK)
         return rc;
+    if (timeout_ms > 0) {
+        int64_t left = (deadline - surpool__now_ns()) / SURPOOL__NS_PER_MS;
+        timeout_ms = left > 0 ? (long)left : 1;
+    }
+    if (timeout_ms >= 0)
+        surpool_conn_set_timeout(c, timeout_ms);
     rc = surpool_conn_call(c, method, params, out, err);
     surpool_conn_release(c);
     return rc;
@@ -850,28 +963,62 @@ static surpool_err refuse_in_callback(surpool_error *err, const char *fn)
                            fn);
 }
 
-surpool_err surpool_call(surpool_pool *p, const char *method, const json_t *params,
-                         json_t **out, surpool_error *err)
+void surpool_call_options_init(surpool_call_options *opts)
+{
+    if (opts == NULL)
+        return;
+    memset(opts, 0, sizeof(*opts));
+    opts->timeout_ms = -1;
+}
+
+/* The caller's options (NULL: the defaults) as the request path takes them. */
+static surpool_err call_opts(const surpool_call_options *opts, surpool__reqopts *o,
+                             surpool_error *err)
+{
+    o->txn = NULL;
+    o->timeout_ms = opts != NULL ? opts->timeout_ms : -1;
+    if (o->timeout_ms > SURPOOL__MS_MAX)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "timeout_ms must be at most %lld (365 days)", SURPOOL__MS_MAX);
+    return SURPOOL_OK;
+}
+
+surpool_err surpool_call_opts(surpool_pool *p, const char *method, const json_t *params,
+                              const surpool_call_options *opts, json_t **out,
+                              surpool_error *err)
 {
     if (p == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "pool is NULL");
     if (surpool__in_result_callback())
         return refuse_in_callback(err, "surpool_call");
-    surpool_err rc = check_method(method, params, err);
+    surpool__reqopts o;
+    surpool_err rc = call_opts(opts, &o, err);
+    if (rc == SURPOOL_OK)
+        rc = check_method(method, params, err);
     if (rc != SURPOOL_OK)
         return rc;
     surpool__lane *l = surpool__pool_lane(p); /* read once: see surpool_call_async() */
     if (l == NULL)
-        return leased_call(p, method, params, out, err);
-    return lane_call_sync(p, l, method, params, out, err);
+        return leased_call(p, method, params, &o, out, err);
+    return lane_call_sync(p, l, method, params, &o, out, err);
 }
 
-surpool_err surpool_call_async(surpool_pool *p, const char *method, const json_t *params,
-                               surpool_result_fn cb, void *userdata)
+surpool_err surpool_call(surpool_pool *p, const char *method, const json_t *params,
+                         json_t **out, surpool_error *err)
+{
+    return surpool_call_opts(p, method, params, NULL, out, err);
+}
+
+surpool_err surpool_call_async_opts(surpool_pool *p, const char *method, const json_t *params,
+                                    const surpool_call_options *opts, surpool_result_fn cb,
+                                    void *userdata)
 {
     if (p == NULL || cb == NULL)
         return SURPOOL_ERR_INVALID_ARG;
-    surpool_err rc = check_method(method, params, NULL);
+    surpool__reqopts o;
+    surpool_err rc = call_opts(opts, &o, NULL);
+    if (rc == SURPOOL_OK)
+        rc = check_method(method, params, NULL);
     if (rc != SURPOOL_OK)
         return rc;
     /* Read once. The pool keeps its lane until destroy has completed every
@@ -886,32 +1033,50 @@ surpool_err surpool_call_async(surpool_pool *p, const char *method, const json_t
         return SURPOOL_ERR_NOMEM;
     r->cb = cb;
     r->userdata = userdata;
-    rc = enqueue(p, l, r, method, params, NULL);
+    rc = enqueue(p, l, r, method, params, &o, NULL);
     if (rc != SURPOOL_OK)
         surpool__free(r);
+    return rc;
+}
+
+surpool_err surpool_call_async(surpool_pool *p, const char *method, const json_t *params,
+                               surpool_result_fn cb, void *userdata)
+{
+    return surpool_call_async_opts(p, method, params, NULL, cb, userdata);
+}
+
+surpool_err surpool_query_opts(surpool_pool *p, const char *sql, const json_t *vars,
+                               const surpool_call_options *opts, json_t **out,
+                               surpool_error *err)
+{
+    if (p == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "pool is NULL");
+    if (surpool__in_result_callback())
+        return refuse_in_callback(err, "surpool_query");
+    surpool__reqopts o;
+    surpool_err rc = call_opts(opts, &o, err);
+    if (rc != SURPOOL_OK)
+        return rc;
+    json_t *params = NULL;
+    rc = surpool__query_params(sql, vars, &params, err);
+    if (rc != SURPOOL_OK)
+        return rc;
+    surpool__lane *l = surpool__pool_lane(p);
+    rc = l != NULL ? lane_call_sync(p, l, "query", params, &o, out, err)
+                   : leased_call(p, "query", params, &o, out, err);
+    json_decref(params);
     return rc;
 }
 
 surpool_err surpool_query(surpool_pool *p, const char *sql, const json_t *vars, json_t **out,
                           surpool_error *err)
 {
-    if (p == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "pool is NULL");
-    if (surpool__in_result_callback())
-        return refuse_in_callback(err, "surpool_query");
-    json_t *params = NULL;
-    surpool_err rc = surpool__query_params(sql, vars, &params, err);
-    if (rc != SURPOOL_OK)
-        return rc;
-    surpool__lane *l = surpool__pool_lane(p);
-    rc = l != NULL ? lane_call_sync(p, l, "query", params, out, err)
-                   : leased_call(p, "query", params, out, err);
-    json_decref(params);
-    return rc;
+    return surpool_query_opts(p, sql, vars, NULL, out, err);
 }
 
-surpool_err surpool_query_async(surpool_pool *p, const char *sql, const json_t *vars,
-                                surpool_result_fn cb, void *userdata)
+surpool_err surpool_query_async_opts(surpool_pool *p, const char *sql, const json_t *vars,
+                                     const surpool_call_options *opts, surpool_result_fn cb,
+                                     void *userdata)
 {
     if (p == NULL || cb == NULL)
         return SURPOOL_ERR_INVALID_ARG;
@@ -919,7 +1084,13 @@ surpool_err surpool_query_async(surpool_pool *p, const char *sql, const json_t *
     surpool_err rc = surpool__query_params(sql, vars, &params, NULL);
     if (rc != SURPOOL_OK)
         return rc;
-    rc = surpool_call_async(p, "query", params, cb, userdata);
+    rc = surpool_call_async_opts(p, "query", params, opts, cb, userdata);
     json_decref(params);
     return rc;
+}
+
+surpool_err surpool_query_async(surpool_pool *p, const char *sql, const json_t *vars,
+                                surpool_result_fn cb, void *userdata)
+{
+    return surpool_query_async_opts(p, sql, vars, NULL, cb, userdata);
 }

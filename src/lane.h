@@ -31,9 +31,12 @@ void surpool__lane_destroy(surpool__lane *l);
 /* Fills the lane_* fields; called under the pool mutex (order pool -> lane). */
 void surpool__lane_stats(surpool__lane *l, surpool_stats *out);
 /* 1 while this thread runs a surpool_result_fn. Synchronous calls refuse to
- * run there (SURPOOL_ERR_INVALID_ARG): on the transport's thread they would
- * wait for a reply only that thread can deliver. */
+ * run there (SURPOOL_ERR_INVALID_ARG): they would hold up every callback queued
+ * behind it, or wait for a reply only that thread can deliver. */
 int surpool__in_result_callback(void);
+/* 1 on a lane's delivery thread (where async results are decoded and their
+ * callbacks run); for tests. */
+int surpool__lane_on_delivery_thread(void);
 
 /* pool.c: the pool's side of the interface. */
 /* The pool's lane, or NULL (shared_connections == 0); read without a lock:

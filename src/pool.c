@@ -461,6 +461,16 @@ void surpool_pool_destroy(surpool_pool *p)
 {
     if (p == NULL)
         return;
+    /* From inside a result callback, destroy would wait for the very thread it
+     * runs on (the delivery or the transport's thread) and never return:
+     * refuse, loudly, and leave the pool to its owner. */
+    if (surpool__in_result_callback()) {
+        surpool__log(&p->logger, SURPOOL_LOG_ERROR,
+                     "surpool_pool_destroy called from inside a surpool_result_fn: refused "
+                     "(it would wait for its own thread); destroy the pool from another "
+                     "thread");
+        return;
+    }
     pthread_mutex_lock(&p->mu);
     close_locked(p);
     pthread_mutex_unlock(&p->mu);
@@ -735,6 +745,7 @@ void surpool_conn_release(surpool_conn *c)
     }
     c->state = SURPOOL__CONN_RELEASING;
     c->last_error[0] = '\0';
+    c->own_timeout = 0; /* the lease's own timeout ends with it */
 
     /* A lease whose session state changed must not reach the next borrower as
      * it is: reset it to the configured state (outside the mutex), or close it.
@@ -743,9 +754,25 @@ void surpool_conn_release(surpool_conn *c)
      * the release is one critical section. */
     int broken = !surpool__conn_usable(c) || c->broken;
     int restore = c->session_dirty && !broken && !c->discard && !p->cfg.pub.close_dirty_leases;
+    /* An interactive transaction left open is cancelled (the next borrower
+     * must not inherit it, nor the server keep it); if that fails the
+     * connection is closed, not lent. */
+    int end_txn = c->txn[0] != '\0' && !broken;
     int64_t now;
-    if (restore || p->cfg.pub.on_event != NULL) {
+    if (restore || end_txn || p->cfg.pub.on_event != NULL) {
         pthread_mutex_unlock(&p->mu);
+        if (end_txn) {
+            surpool_error terr;
+            if (surpool__rpc_end_txn(c, &terr) != SURPOOL_OK) {
+                surpool__log(&p->logger, SURPOOL_LOG_INFO,
+                             "connection %llu: the open transaction could not be cancelled "
+                             "(%s): closing it",
+                             (unsigned long long)c->serial, terr.message);
+                c->broken = 1;
+                restore = 0;
+            }
+            broken = !surpool__conn_usable(c) || c->broken;
+        }
         if (restore) {
             surpool_error rerr;
             if (surpool__conn_restore(c, &rerr) == SURPOOL_OK) {

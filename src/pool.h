@@ -65,6 +65,13 @@ struct surpool_conn {
     int pool_auth;     /* lease holder: the pool is authenticating it (setup, re-auth) */
     int user_auth;     /* lease holder: the borrower signed in / authenticated itself,
                           so an expired session is not the pool's to renew */
+    int server_major;  /* lease holder: the server's major version, asked once
+                          (surpool__rpc_server_major): 0 not yet, -1 unknown */
+    int own_timeout;   /* lease holder: surpool_conn_set_timeout() is in effect
+                          (cleared by release); else the pool's request_timeout_ms */
+    long timeout_ms;   /* lease holder: its value, 0 = none */
+    char txn[37];      /* lease holder: the open interactive transaction
+                          (surpool_conn_begin), "" when none */
 
     char last_error[256]; /* lease holder: message of the last failed call */
 };

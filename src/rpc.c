@@ -14,6 +14,7 @@
 #include "wire.h"
 #include "thread.h"
 #include "utf8.h"
+#include "value.h"
 
 /* ------------------------------------------------------------------------- */
 /* The call engine                                                            */
@@ -121,16 +122,18 @@ int surpool__method_changes_session(const char *method)
 }
 
 surpool_err surpool__rpc_prepare(surpool_pool *p, surpool__treq *req, const char *method,
-                                 const json_t *params, int64_t deadline_ns, surpool_error *err)
+                                 const json_t *params, int64_t deadline_ns,
+                                 const surpool__reqopts *o, surpool_error *err)
 {
     req->id = (int64_t)atomic_fetch_add(&p->next_id, 1);
-    surpool_err rc =
-        surpool__wire_encode_request(p->cfg.pub.wire_format, req->id, method, params,
-                                     p->ops->headroom, &req->buf, &req->len, err);
+    surpool_err rc = surpool__wire_encode_request(p->cfg.pub.wire_format, req->id, method,
+                                                  params, o != NULL ? o->txn : NULL,
+                                                  p->ops->headroom, &req->buf, &req->len, err);
     if (rc != SURPOOL_OK)
         return rc;
-    int64_t rdeadline = surpool__deadline_after_ms(
-        p->cfg.pub.request_timeout_ms > 0 ? p->cfg.pub.request_timeout_ms : -1);
+    long timeout_ms =
+        o != NULL && o->timeout_ms >= 0 ? o->timeout_ms : p->cfg.pub.request_timeout_ms;
+    int64_t rdeadline = surpool__deadline_after_ms(timeout_ms > 0 ? timeout_ms : -1);
     req->deadline_ns = rdeadline < deadline_ns ? rdeadline : deadline_ns;
     return SURPOOL_OK;
 }
@@ -146,12 +149,19 @@ void surpool__rpc_free_payload(surpool_pool *p, surpool__treq *req, const char *
 surpool_err surpool__rpc_outcome(surpool_pool *p, const char *method, surpool__treq *req,
                                  json_t **result, surpool_error *err)
 {
+    /* Decoding happens here, on the thread that wants the result, never on
+     * the transport's: one big reply must not hold up every connection. */
+    surpool__wire_decode_reply(req);
     surpool_err rc = req->status;
     atomic_fetch_add(&p->requests, 1);
     if (rc != SURPOOL_OK)
         surpool__seterr(err, rc, "%s: %s", method, req->message);
     else
         rc = surpool__codec_reply_result(req->reply, result, err);
+    /* The methods that carry credentials are the ones that present them: the
+     * server refusing one is an authentication failure on every version. */
+    if (rc == SURPOOL_ERR_SERVER && carries_secret(method))
+        rc = surpool__codec_auth_refusal(req->reply, err);
     if (rc != SURPOOL_OK)
         atomic_fetch_add(&p->request_errors, 1);
     return rc;
@@ -165,8 +175,20 @@ static int changes_identity(const char *method)
            strcmp(method, "reset") == 0;
 }
 
-/* One RPC. *session_expired (may be NULL) is set when the server refused it
- * because the session expired. */
+/* One RPC, inside the lease's open transaction if any, without the session
+ * bookkeeping. *session_expired (may be NULL) is set when the server refused
+ * it because the session expired. */
+static surpool_err rpc_once(surpool_conn *c, const char *method, const json_t *params,
+                            int64_t deadline_ns, json_t **out, surpool_error *err,
+                            int *session_expired);
+
+/* rpc_once without the expiry report (begin, commit, cancel). */
+static surpool_err rpc_send(surpool_conn *c, const char *method, const json_t *params,
+                            int64_t deadline_ns, json_t **out, surpool_error *err)
+{
+    return rpc_once(c, method, params, deadline_ns, out, err, NULL);
+}
+
 static surpool_err rpc_once(surpool_conn *c, const char *method, const json_t *params,
                             int64_t deadline_ns, json_t **out, surpool_error *err,
                             int *session_expired)
@@ -185,14 +207,11 @@ static surpool_err rpc_once(surpool_conn *c, const char *method, const json_t *p
                                "connection is broken: release it and acquire another");
     }
 
-    if (surpool__method_changes_session(method))
-        c->session_dirty = 1; /* even on failure: the server may have applied it */
-    if (!c->pool_auth && changes_identity(method))
-        c->user_auth = 1;
-
     surpool__treq req;
     memset(&req, 0, sizeof(req));
-    surpool_err rc = surpool__rpc_prepare(p, &req, method, params, deadline_ns, err);
+    surpool__reqopts o = {c->txn[0] != '\0' ? c->txn : NULL,
+                          c->own_timeout ? c->timeout_ms : -1};
+    surpool_err rc = surpool__rpc_prepare(p, &req, method, params, deadline_ns, &o, err);
     if (rc != SURPOOL_OK)
         return rc;
 
@@ -230,6 +249,10 @@ static surpool_err rpc_once(surpool_conn *c, const char *method, const json_t *p
 surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *params,
                          int64_t deadline_ns, json_t **out, surpool_error *err)
 {
+    if (surpool__method_changes_session(method))
+        c->session_dirty = 1; /* even on failure: the server may have applied it */
+    if (!c->pool_auth && changes_identity(method))
+        c->user_auth = 1;
     int expired = 0;
     surpool_err rc = rpc_once(c, method, params, deadline_ns, out, err, &expired);
     if (!expired || !surpool__conn_may_reauth(c))
@@ -765,6 +788,134 @@ static surpool_err conn_info(surpool_conn *c, json_t **out, surpool_error *err)
 }
 
 /* ------------------------------------------------------------------------- */
+/* Interactive transactions (3.x)                                             */
+/*                                                                            */
+/* `begin` returns a transaction id; every later request of the lease carries */
+/* it in its envelope ("txn") until `commit [id]` or `cancel [id]` ends it.   */
+/* Transactions are not session state (`reset` leaves one open, and the 3.0   */
+/* core keeps it until it is ended), so a lease that began one is not dirty:  */
+/* release cancels it instead (surpool__rpc_end_txn).                         */
+/* ------------------------------------------------------------------------- */
+
+int surpool__server_major_of(const char *version)
+{
+    if (version == NULL)
+        return 0;
+    const char *q = strrchr(version, '-'); /* "surrealdb-3.0.2" */
+    q = q != NULL ? q + 1 : version;
+    int major = 0;
+    for (; *q >= '0' && *q <= '9' && major < 1000; q++)
+        major = major * 10 + (*q - '0');
+    return major;
+}
+
+/* Asked when first needed rather than in connection setup: a round trip per
+ * new connection (and a call the fake transports of older tests would have to
+ * script) that most leases never use. Once per connection either way. */
+int surpool__rpc_server_major(surpool_conn *c)
+{
+    if (c->server_major == 0) {
+        json_t *v = NULL;
+        surpool_error e;
+        surpool_err rc = surpool__rpc(c, "version", NULL, INT64_MAX, &v, &e);
+        int major = rc == SURPOOL_OK ? surpool__server_major_of(json_string_value(v)) : 0;
+        json_decref(v);
+        if (rc == SURPOOL_OK || rc == SURPOOL_ERR_SERVER || rc == SURPOOL_ERR_AUTH)
+            c->server_major = major > 0 ? major : -1; /* the server's answer: kept */
+    }
+    return c->server_major > 0 ? c->server_major : 0;
+}
+
+/* A feature of server major version `major` and later: SURPOOL_ERR_UNSUPPORTED
+ * at once on an older server. Unknown (0): let the server say. */
+static surpool_err need_major(surpool_conn *c, int major, const char *what, surpool_error *err)
+{
+    int have = surpool__rpc_server_major(c);
+    if (have == 0 || have >= major)
+        return SURPOOL_OK;
+    return surpool__seterr(err, SURPOOL_ERR_UNSUPPORTED,
+                           "the server (SurrealDB %d) does not support %s (SurrealDB %d and "
+                           "later)",
+                           have, what, major);
+}
+
+/* The transaction id of begin's result: a string over JSON, a typed UUID
+ * ({"$surreal":"uuid","value":...}) over CBOR. NULL if it is neither. */
+static const char *txn_id_of(const json_t *result)
+{
+    const char *id = json_string_value(result);
+    if (id == NULL && json_is_object(result)) {
+        const char *type = json_string_value(json_object_get(result, "$surreal"));
+        if (type != NULL && strcmp(type, "uuid") == 0)
+            id = json_string_value(json_object_get(result, "value"));
+    }
+    unsigned char u[16];
+    return id != NULL && surpool__uuid_parse(id, strlen(id), u) == 0 ? id : NULL;
+}
+
+static surpool_err conn_begin(surpool_conn *c, surpool_error *err)
+{
+    if (c->txn[0] != '\0')
+        return bad_arg(err, "begin: a transaction is already open on this lease (commit or "
+                            "cancel it first)");
+    CHECK(need_major(c, 3, "interactive transactions", err));
+    json_t *result = NULL;
+    surpool_err rc = rpc_send(c, "begin", NULL, INT64_MAX, &result, err);
+    if (rc == SURPOOL_ERR_SERVER && err->server_code == -32601)
+        rc = surpool__seterr(err, SURPOOL_ERR_UNSUPPORTED,
+                             "the server does not support interactive transactions (begin: "
+                             "method not found)");
+    if (rc != SURPOOL_OK)
+        return rc;
+    const char *id = txn_id_of(result);
+    if (id != NULL) {
+        surpool__strlcpy(c->txn, id, sizeof(c->txn));
+    } else {
+        /* A transaction we cannot name may be open: never lend this again. */
+        c->broken = 1;
+        rc = surpool__seterr(err, SURPOOL_ERR_PROTOCOL,
+                             "begin: the server's reply is not a transaction id");
+    }
+    json_decref(result);
+    return rc;
+}
+
+/* commit or cancel the open transaction. Whatever the outcome the lease is out
+ * of it: the 3.0 core drops a transaction whose commit failed (a conflict, for
+ * one; cancelling it then says "Transaction not found"), and a transport
+ * failure breaks the connection. */
+static surpool_err conn_end_txn(surpool_conn *c, const char *method, int64_t deadline,
+                                surpool_error *err)
+{
+    if (c->txn[0] == '\0')
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "%s: no transaction is open on this lease", method);
+    json_t *id = NULL;
+    surpool_err rc = surpool_value_uuid(c->txn, &id, err);
+    json_t *params = rc == SURPOOL_OK ? json_pack("[o]", id) : NULL;
+    if (params == NULL)
+        return rc != SURPOOL_OK
+                   ? rc
+                   : surpool__seterr(err, SURPOOL_ERR_NOMEM, "%s: out of memory", method);
+    /* The id is the parameter; the request itself runs outside (3.0 refuses
+     * `cancel` with only the envelope's txn). */
+    c->txn[0] = '\0';
+    rc = rpc_send(c, method, params, deadline, NULL, err);
+    json_decref(params);
+    return rc;
+}
+
+surpool_err surpool__rpc_end_txn(surpool_conn *c, surpool_error *err)
+{
+    if (c->txn[0] == '\0')
+        return SURPOOL_OK;
+    /* Bounded like the reset that may follow it (release must not hang on a
+     * server that stopped answering, even with request_timeout_ms = 0). */
+    int64_t deadline = surpool__deadline_after_ms(c->pool->cfg.pub.connect_timeout_ms);
+    return conn_end_txn(c, "cancel", deadline, err);
+}
+
+/* ------------------------------------------------------------------------- */
 /* The public calls on a lease                                                */
 /*                                                                            */
 /* One error channel: each call fills the caller's surpool_error (or a local  */
@@ -919,4 +1070,28 @@ surpool_err surpool_conn_run(surpool_conn *c, const char *fn, const char *versio
 surpool_err surpool_conn_info(surpool_conn *c, json_t **out, surpool_error *err)
 {
     LEASE_CALL(c, err, conn_info(c, out, e));
+}
+
+surpool_err surpool_conn_begin(surpool_conn *c, surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_begin(c, e));
+}
+
+surpool_err surpool_conn_commit(surpool_conn *c, surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_end_txn(c, "commit", INT64_MAX, e));
+}
+
+surpool_err surpool_conn_cancel(surpool_conn *c, surpool_error *err)
+{
+    LEASE_CALL(c, err, conn_end_txn(c, "cancel", INT64_MAX, e));
+}
+
+surpool_err surpool_conn_set_timeout(surpool_conn *c, long timeout_ms)
+{
+    if (c == NULL || timeout_ms > SURPOOL__MS_MAX)
+        return SURPOOL_ERR_INVALID_ARG;
+    c->own_timeout = timeout_ms >= 0;
+    c->timeout_ms = timeout_ms >= 0 ? timeout_ms : 0;
+    return SURPOOL_OK;
 }

@@ -34,25 +34,50 @@ int surpool__breaks_connection(surpool_err code);
 surpool_err surpool__query_params(const char *sql, const json_t *vars, json_t **params,
                                   surpool_error *err);
 
+/* What one request adds to the pool's settings. */
+typedef struct surpool__reqopts {
+    const char *txn; /* the interactive transaction it runs in (UUID text), or NULL */
+    long timeout_ms; /* its own deadline from now: < 0 the pool's request_timeout_ms,
+                        0 none, > 0 this many ms */
+} surpool__reqopts;
+
 /* Prepare `req` for submission on a connection of `p`: a pool-wide id (never
  * reused, so a late reply can never match a newer call), the payload encoded
  * in the pool's wire format behind the transport's headroom (req->buf, freed
- * with surpool__rpc_free_payload), and the deadline: request_timeout_ms from
- * now, or `deadline_ns` if sooner (INT64_MAX: none of the caller's). The
- * caller sets req->done and req->userdata. On error nothing is allocated. */
+ * with surpool__rpc_free_payload), and the deadline: request_timeout_ms (or
+ * o->timeout_ms) from now, or `deadline_ns` if sooner (INT64_MAX: none of the
+ * caller's). `o` (NULL: none) adds the request's own settings. The caller sets req->done and
+ * req->userdata. On error nothing is allocated. */
 surpool_err surpool__rpc_prepare(surpool_pool *p, surpool__treq *req, const char *method,
-                                 const json_t *params, int64_t deadline_ns, surpool_error *err);
+                                 const json_t *params, int64_t deadline_ns,
+                                 const surpool__reqopts *o, surpool_error *err);
 /* Free a prepared request's payload, wiping it first if `method` carries a
  * password or token. NULL buf ok. */
 void surpool__rpc_free_payload(surpool_pool *p, surpool__treq *req, const char *method);
-/* A completed request's outcome: *result BORROWED from req->reply on success,
+/* A completed request's outcome: decodes the reply frame the transport handed
+ * over (surpool__wire_decode_reply: call this on the thread that wants the
+ * result, never in done()), then *result BORROWED from req->reply on success,
  * else the error in err; counts the request in the pool's stats. */
 surpool_err surpool__rpc_outcome(surpool_pool *p, const char *method, surpool__treq *req,
                                  json_t **result, surpool_error *err);
 
 /* One synchronous RPC on a connection, deadline absolute (monotonic ns).
- * *out (may be NULL) receives the result as a new reference. */
+ * *out (may be NULL) receives the result as a new reference. Inside the
+ * lease's open transaction, if any (surpool_conn_begin). */
 surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *params,
                          int64_t deadline_ns, json_t **out, surpool_error *err);
+
+/* The major version in a `version` reply ("surrealdb-3.0.2" -> 3), 0 if none. */
+int surpool__server_major_of(const char *version);
+/* The server's major version (3 for "surrealdb-3.0.2"), asked with one
+ * `version` call the first time a feature needs it and kept on the
+ * connection for its life; 0 when the server would not say (or the call
+ * failed: a transport failure leaves the lease broken). Lease holder. */
+int surpool__rpc_server_major(surpool_conn *c);
+/* The lease's open transaction, if any, is cancelled (release; within
+ * connect_timeout_ms as a reset is, and request_timeout_ms): SURPOOL_OK
+ * when there was none or the server dropped it; else the connection must not
+ * be lent again. */
+surpool_err surpool__rpc_end_txn(surpool_conn *c, surpool_error *err);
 
 #endif

@@ -16,7 +16,10 @@
  *     NOMEM with a message in err and nothing is left behind.
  *  3. submit() queues a request. If it returns SURPOOL_OK, req->done(req) is
  *     called EXACTLY ONCE later, from any thread (usually the transport's own),
- *     with req->status and (on OK) req->reply set. done() may even run before
+ *     with req->status and (on OK) req->frame (or req->reply) set. done() must
+ *     be quick: it runs on the thread that moves every connection's bytes, so it
+ *     neither decodes nor frees a result (surpool__wire_decode_reply() does, on
+ *     the thread that wants the result). done() may even run before
  *     submit() returns. If submit() returns an error, done() is never called.
  *     After done() returns the transport never touches req again.
  *  4. The transport enforces req->deadline_ns itself: a request without a
@@ -64,10 +67,17 @@ struct surpool__treq {
     void *userdata;
 
     /* Out: set by the transport before done(). */
-    surpool_err status; /* SURPOOL_OK: reply is set */
-    json_t *reply;      /* the decoded reply frame {"id":..,"result"|"error":..};
-                            a new reference the submitter takes over */
-    char message[200];  /* why, when status != SURPOOL_OK */
+    surpool_err status; /* SURPOOL_OK: frame (or reply) is set */
+    char *frame;        /* the raw reply frame routed here by its id, not decoded:
+                            frame_len bytes and a NUL, freed with surpool__free;
+                            the submitter takes it over */
+    size_t frame_len;
+    int frame_cbor;    /* frame is CBOR (else JSON text) */
+    json_t *reply;     /* the decoded reply {"id":..,"result"|"error":..}, a new
+                           reference the submitter takes over: set by
+                           surpool__wire_decode_reply() from frame, or directly
+                           by a transport that has no bytes (tests' fake one) */
+    char message[200]; /* why, when status != SURPOOL_OK */
 
     /* Transport private: never touched by the submitter (src/reqtable.h). */
     surpool__queue tlink;
@@ -84,12 +94,19 @@ typedef struct surpool__tconn_events {
     void *userdata;
 } surpool__tconn_events;
 
+/* tconfig.event_loop. AUTO takes SURPOOL_EVENT_LOOP from the environment ("poll",
+ * "libuv" or "auto") and otherwise picks libuv for pools of more than
+ * SURPOOL__LOOP_AUTO_LIBUV_ABOVE connections (transport_lws.c says why). */
+enum { SURPOOL__LOOP_AUTO = 0, SURPOOL__LOOP_POLL = 1, SURPOOL__LOOP_LIBUV = 2 };
+#define SURPOOL__LOOP_AUTO_LIBUV_ABOVE 32
+
 typedef struct surpool__tconfig {
     const surpool__url *url; /* borrowed; outlives the transport */
     long connect_timeout_ms;
     size_t max_message_bytes;
     int cbor;            /* 1: subprotocol "cbor", binary frames, CBOR replies */
-    int max_connections; /* sizing hint (fd table) */
+    int max_connections; /* sizing hint (fd table, event loop choice) */
+    int event_loop;      /* SURPOOL__LOOP_*: which loop runs libwebsockets */
     const char *tls_ca_file;
     const char *tls_ca_dir;
     const char *tls_cert_file;
@@ -116,5 +133,9 @@ typedef struct surpool__transport_ops {
 
 /* The real one (transport_lws.c). `arg` is unused (NULL). */
 extern const surpool__transport_ops surpool__transport_lws;
+
+/* Test hook (set before creating transports): act as if libwebsockets' libuv
+ * plugin were missing, so that the poll() fallback can be tested. */
+extern int surpool__lws_test_no_uv;
 
 #endif

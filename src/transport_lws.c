@@ -18,8 +18,20 @@
  *    matter how close(), open() timeouts and WSI_DESTROY interleave.
  *  - Request completions (done()) run without the connection mutex held: they are
  *    collected on a local list first.
+ *  - Replies are routed by a peek at their id (json_peek.c, cbor_codec.c) and
+ *    handed to their request as raw bytes: this thread never builds or frees a
+ *    result tree, so one big reply does not stall every connection (dispatch()).
  *  - TLS (our SSL_CTX, certificate checks, handshake notes) is tls.c; this file
  *    only hands lws the SSL_CTX and forwards its verification callback.
+ *  - The event loop is either lws' own poll() loop (lws_service()) or a libuv
+ *    loop of ours (a "foreign" loop, uv_run() on the service thread; never the
+ *    loop lws would create itself, which installs process signal handlers).
+ *    poll() walks every descriptor on every pass: with 1000 idle sockets it cost
+ *    77.7 us of CPU per round trip against 10.2 us on libuv (flat), but with no
+ *    idle socket libuv costs ~30 % more (10.7 vs 8.1 us). So `auto` picks libuv
+ *    for pools of more than SURPOOL__LOOP_AUTO_LIBUV_ABOVE connections (where
+ *    the two lines cross, ~40 sockets) and poll() below. lws loads libuv support
+ *    as a plugin (libwebsockets-evlib-uv); without it we fall back to poll().
  *
  * Locks, outermost first (each one's place is also written next to it):
  *   transport mu → connection mu → process-wide log registry mutex → log_fn;
@@ -46,11 +58,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <libwebsockets.h>
+#include <uv.h>
 
 #include "cbor_codec.h"
 #include "codec.h"
@@ -67,8 +81,9 @@
 
 enum { CS_CONNECTING = 0, CS_OPEN = 1, CS_FAILED = 2 }; /* tconn.state */
 
-#define MAX_ADDRS 4              /* resolved addresses tried in order while TCP fails */
-#define RX_KEEP_BYTES (1u << 20) /* receive buffers above this are freed after use */
+#define MAX_ADDRS 4                 /* resolved addresses tried in order while TCP fails */
+#define RX_KEEP_BYTES (1u << 20)    /* receive buffers above this are freed after use */
+#define RX_STEAL_BYTES (256u << 10) /* replies from this size take the buffer, not a copy */
 #define ABORT_WAIT_NS (2000 * SURPOOL__NS_PER_MS)
 #define SHUTDOWN_WAIT_NS (1000 * SURPOOL__NS_PER_MS)
 
@@ -135,8 +150,11 @@ struct surpool__transport {
     char host_header[300]; /* "host[:port]" / "[v6][:port]": Host, Origin, SNI */
     int host_is_ip;
 
-    struct lws_context *ctx;
+    struct lws_context *ctx;           /* lws sets it to NULL when a libuv context is freed */
     struct lws_protocols protocols[2]; /* lws keeps a pointer: must live here */
+    int use_uv;                        /* set before the service thread starts */
+    uv_loop_t uv;                      /* ours when use_uv; run by the service thread */
+    int uv_stopping;                   /* service thread only */
     SSL_CTX *ssl_ctx;
     pthread_t thread;
     atomic_int stop;
@@ -193,6 +211,10 @@ static void forward_lws_log(int level, const char *line)
     }
     pthread_mutex_unlock(&g_reg_mu);
 }
+
+/* Set once lws failed to load its libuv plugin: later pools skip the attempt
+ * (and lws' error line about it). */
+static atomic_int g_uv_missing;
 
 static void global_init(void)
 {
@@ -304,6 +326,15 @@ static void transport_kick(surpool__transport *t)
     pthread_rwlock_rdlock(&t->alive_lock);
     if (t->ctx_alive)
         lws_cancel_service(t->ctx);
+    pthread_rwlock_unlock(&t->alive_lock);
+}
+
+/* On the service thread, before the context goes: from here on nobody may call
+ * lws_cancel_service() on it. */
+static void context_mark_dead(surpool__transport *t)
+{
+    pthread_rwlock_wrlock(&t->alive_lock);
+    t->ctx_alive = 0;
     pthread_rwlock_unlock(&t->alive_lock);
 }
 
@@ -744,17 +775,71 @@ static int on_writeable(struct lws *wsi, surpool__tconn *c)
     return 0;
 }
 
-/* A complete message (text for JSON, binary for CBOR). Returns -1 when the
- * connection must close. */
+/* The bytes of a complete message as a frame a request can own: c->rx itself
+ * when it holds a big message (no copy; the connection starts a new buffer),
+ * else a copy. NUL-terminated. NULL when out of memory. */
+static char *frame_take(surpool__tconn *c, const char *buf, size_t len)
+{
+    if (buf == c->rx && len >= RX_STEAL_BYTES) {
+        char *f = c->rx;
+        c->rx = NULL;
+        c->rx_cap = 0;
+        f[len] = '\0'; /* on_receive keeps a byte spare */
+        return f;
+    }
+    char *f = surpool__malloc(len + 1);
+    if (f != NULL) {
+        memcpy(f, buf, len);
+        f[len] = '\0';
+    }
+    return f;
+}
+
+static void on_reply(surpool__tconn *c, int64_t id, const char *buf, size_t len)
+{
+    pthread_mutex_lock(&c->mu);
+    surpool__treq *r = surpool__reqtable_take(&c->rt, id);
+    pthread_mutex_unlock(&c->mu);
+    if (r == NULL) {
+        /* A late reply (after a timeout or cancel), or an unknown id. */
+        surpool__log(c->t->logger, SURPOOL_LOG_DEBUG,
+                     "dropping a reply for id %lld: no such request in flight", (long long)id);
+        return;
+    }
+    r->frame = frame_take(c, buf, len);
+    r->frame_len = len;
+    r->frame_cbor = c->t->cbor;
+    if (r->frame == NULL) {
+        r->status = SURPOOL_ERR_NOMEM;
+        copy_str(r->message, sizeof(r->message), "out of memory taking a reply");
+    }
+    r->done(r);
+}
+
+/* A complete message (text for JSON, binary for CBOR). Replies are routed by a
+ * peek at their id and handed over undecoded (the submitter decodes them on its
+ * own thread: a 50 MB reply takes a second to parse, and every connection of
+ * the pool would wait). Notifications and id-less errors are decoded here: the
+ * pool's handlers take a tree on this thread, and both are small and rare.
+ * Returns -1 when the connection must close. */
 static int dispatch(struct lws *wsi, surpool__tconn *c, const char *buf, size_t len)
 {
     surpool__transport *t = c->t;
     surpool__frame f;
     surpool_error e;
+    surpool__frame_kind kind;
+    int64_t id;
 
     surpool_err rc = t->cbor
-                         ? surpool__cbor_decode_frame((const unsigned char *)buf, len, &f, &e)
-                         : surpool__codec_decode_frame(buf, len, &f, &e);
+                         ? surpool__cbor_peek((const unsigned char *)buf, len, &kind, &id, &e)
+                         : surpool__codec_peek(buf, len, &kind, &id, &e);
+    if (rc == SURPOOL_OK && kind == SURPOOL__FRAME_REPLY) {
+        on_reply(c, id, buf, len);
+        return 0;
+    }
+    if (rc == SURPOOL_OK)
+        rc = t->cbor ? surpool__cbor_decode_frame((const unsigned char *)buf, len, &f, &e)
+                     : surpool__codec_decode_frame(buf, len, &f, &e);
     if (rc != SURPOOL_OK) {
         conn_fail(c, rc == SURPOOL_ERR_NOMEM ? SURPOOL_ERR_NOMEM : SURPOOL_ERR_PROTOCOL,
                   e.message);
@@ -762,23 +847,12 @@ static int dispatch(struct lws *wsi, surpool__tconn *c, const char *buf, size_t 
         return -1;
     }
     switch (f.kind) {
-    case SURPOOL__FRAME_REPLY: {
-        pthread_mutex_lock(&c->mu);
-        surpool__treq *r = surpool__reqtable_take(&c->rt, f.id);
-        if (r != NULL)
-            r->reply = f.root; /* ownership moves to the request */
-        pthread_mutex_unlock(&c->mu);
-        if (r != NULL) {
-            r->done(r);
-        } else {
-            /* A late reply (after a timeout or cancel), or an unknown id. */
-            surpool__log(t->logger, SURPOOL_LOG_DEBUG,
-                         "dropping a reply for id %lld: no such request in flight",
-                         (long long)f.id);
-            json_decref(f.root);
-        }
-        break;
-    }
+    case SURPOOL__FRAME_REPLY:
+        /* The peek saw no id where the decoder sees one: they disagree. */
+        json_decref(f.root);
+        conn_fail(c, SURPOOL_ERR_PROTOCOL, "frame routing and decoding disagree on its id");
+        lws_close_reason(wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, NULL, 0);
+        return -1;
     case SURPOOL__FRAME_NOTIFICATION:
         pthread_mutex_lock(&c->events_mu);
         if (!c->ev_detached && c->ev.on_notify != NULL)
@@ -826,10 +900,11 @@ static int on_receive(struct lws *wsi, surpool__tconn *c, const char *in, size_t
         } else if (first && final) {
             return dispatch(wsi, c, in, len); /* one piece: decode in place */
         } else {
-            if (c->rx_len + len > c->rx_cap) {
+            /* One byte spare: a frame handed over whole gets its NUL there. */
+            if (c->rx_len + len + 1 > c->rx_cap) {
                 size_t cap = c->rx_cap != 0 ? c->rx_cap : 64 * 1024;
-                while (cap < c->rx_len + len)
-                    cap = cap > SIZE_MAX / 2 ? c->rx_len + len : cap * 2;
+                while (cap < c->rx_len + len + 1)
+                    cap = cap > SIZE_MAX / 2 ? c->rx_len + len + 1 : cap * 2;
                 char *nb = surpool__realloc(c->rx, cap);
                 if (nb == NULL) {
                     conn_fail(c, SURPOOL_ERR_NOMEM, "out of memory buffering a reply");
@@ -965,6 +1040,13 @@ static int protocol_cb(struct lws *wsi, enum lws_callback_reasons reason, void *
         /* Once stopping, leave the list to destroy(): no new lws work now. */
         if (t != NULL && !atomic_load(&t->stop))
             process_wake_list(t);
+        else if (t != NULL && t->use_uv && !t->uv_stopping) {
+            /* uv_run() returns only once no handle is left: ask lws to close
+             * its own (asynchronously; WSI_DESTROY for every remaining wsi). */
+            t->uv_stopping = 1;
+            context_mark_dead(t);
+            lws_context_destroy(t->ctx);
+        }
         return 0; /* always: non-zero closes lws' wake pipe */
     }
     case LWS_CALLBACK_WSI_CREATE:
@@ -1017,23 +1099,52 @@ static int protocol_cb(struct lws *wsi, enum lws_callback_reasons reason, void *
 /* Service thread                                                             */
 /* ------------------------------------------------------------------------- */
 
+/* After uv_run() returned (lws closed its handles), or when the loop never ran:
+ * lws needs a second lws_context_destroy() to free the context (else ~13 KB
+ * leak per pool), then the loop is ours to close. */
+static void uv_teardown(surpool__transport *t)
+{
+    if (t->ctx != NULL) {
+        lws_context_destroy(t->ctx);
+        uv_run(&t->uv, UV_RUN_DEFAULT); /* the handles' close callbacks */
+    }
+    if (t->ctx != NULL)
+        lws_context_destroy(t->ctx);
+    t->ctx = NULL;
+    for (int i = 0; uv_loop_close(&t->uv) == UV_EBUSY && i < 100; i++)
+        uv_run(&t->uv, UV_RUN_NOWAIT);
+}
+
+/* The loop returned an error: say so once, then retry after a pause. */
+static void loop_failed(surpool__transport *t, int *complained, const char *what)
+{
+    if (!(*complained)++)
+        surpool__log(t->logger, SURPOOL_LOG_ERROR, "%s; retrying", what);
+    struct timespec ts = {0, 10 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+}
+
 static void *service_main(void *arg)
 {
     surpool__transport *t = arg;
     int complained = 0;
-    while (!atomic_load(&t->stop)) {
-        if (lws_service(t->ctx, 0) < 0 && !atomic_load(&t->stop)) {
-            if (!complained++)
-                surpool__log(t->logger, SURPOOL_LOG_ERROR,
-                             "libwebsockets service loop failed; retrying");
-            struct timespec ts = {0, 10 * 1000 * 1000};
-            nanosleep(&ts, NULL);
+    if (t->use_uv) {
+        /* Returns once the EVENT_WAIT_CANCELLED after stop destroyed the context
+         * and lws closed its handles. */
+        for (;;) {
+            uv_run(&t->uv, UV_RUN_DEFAULT);
+            if (!t->ctx_alive)
+                break;
+            loop_failed(t, &complained, "libuv loop returned before stop");
         }
+        uv_teardown(t);
+        return NULL;
     }
-    /* From here on nobody may call lws_cancel_service() on this context. */
-    pthread_rwlock_wrlock(&t->alive_lock);
-    t->ctx_alive = 0;
-    pthread_rwlock_unlock(&t->alive_lock);
+    while (!atomic_load(&t->stop)) {
+        if (lws_service(t->ctx, 0) < 0 && !atomic_load(&t->stop))
+            loop_failed(t, &complained, "libwebsockets service loop failed");
+    }
+    context_mark_dead(t);
     /* Synchronous; sends no close frames; WSI_DESTROY for every remaining wsi. */
     lws_context_destroy(t->ctx);
     t->ctx = NULL;
@@ -1053,6 +1164,79 @@ static void transport_free(surpool__transport *t)
     pthread_mutex_destroy(&t->mu);
     pthread_cond_destroy(&t->cond);
     surpool__free(t);
+}
+
+/* lws' fd_limit_per_thread. Left at 0, lws sizes its fd table by `ulimit -n`
+ * (16 bytes per descriptor) and indexes it by fd; any smaller value makes it
+ * search the table linearly on every event (11.8 vs 10.1 us per round trip at
+ * 1000 sockets). So 0 while that table stays small (RLIMIT_NOFILE up to 65536:
+ * at most 1 MiB per pool), else the pool's size: twice the pool, because closed
+ * connections linger until the peer acknowledges the close frame (or lws times
+ * out) while the pool already opens their replacements. An application that
+ * raises RLIMIT_NOFILE must do it before creating pools (docs/configuration.md). */
+static unsigned int fd_limit(const surpool__tconfig *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        rl.rlim_cur <= 65536)
+        return 0;
+    int maxc = cfg->max_connections > 0 ? cfg->max_connections : 1;
+    return (unsigned int)(maxc > 100000 ? 100000 : maxc) * 2 + 16;
+}
+
+/* Which loop: cfg->event_loop, else SURPOOL_EVENT_LOOP, else by pool size. */
+static int want_uv(const surpool__tconfig *cfg)
+{
+    int choice = cfg->event_loop;
+    if (choice == SURPOOL__LOOP_AUTO) {
+        const char *env = getenv("SURPOOL_EVENT_LOOP");
+        if (env != NULL && strcmp(env, "poll") == 0)
+            choice = SURPOOL__LOOP_POLL;
+        else if (env != NULL && strcmp(env, "libuv") == 0)
+            choice = SURPOOL__LOOP_LIBUV;
+    }
+    if (choice == SURPOOL__LOOP_AUTO)
+        choice = cfg->max_connections > SURPOOL__LOOP_AUTO_LIBUV_ABOVE ? SURPOOL__LOOP_LIBUV
+                                                                       : SURPOOL__LOOP_POLL;
+    return choice == SURPOOL__LOOP_LIBUV;
+}
+
+/* Test hook: behave as if lws' libuv plugin were missing. */
+int surpool__lws_test_no_uv;
+
+/* The lws context on a libuv loop of ours when wanted and available, else on
+ * lws' poll() loop. 0 on success (t->ctx set). */
+static int context_create(surpool__transport *t, const surpool__tconfig *cfg,
+                          struct lws_context_creation_info *info)
+{
+    if (want_uv(cfg)) {
+        if (!atomic_load(&g_uv_missing) && !surpool__lws_test_no_uv &&
+            uv_loop_init(&t->uv) == 0) {
+            void *loops[1] = {&t->uv};
+            struct lws_context_creation_info ui = *info;
+            ui.options |= LWS_SERVER_OPTION_LIBUV;
+            ui.foreign_loops = loops;
+            ui.pcontext = &t->ctx;
+            t->ctx = lws_create_context(&ui); /* note: sets SIGPIPE to ignored */
+            if (t->ctx != NULL) {
+                t->use_uv = 1;
+                surpool__log(t->logger, SURPOOL_LOG_INFO, "event loop: libuv");
+                return 0;
+            }
+            /* lws says "unable to load evlib plugin evlib_uv" (package
+             * libwebsockets-evlib-uv) or failed otherwise: poll() will do. */
+            atomic_store(&g_uv_missing, 1);
+            uv_loop_close(&t->uv);
+        }
+        surpool__log(t->logger, SURPOOL_LOG_INFO,
+                     "libwebsockets cannot run on libuv here (package "
+                     "libwebsockets-evlib-uv missing?); using its poll() loop");
+    }
+    t->ctx = lws_create_context(info); /* note: sets SIGPIPE to ignored */
+    if (t->ctx == NULL)
+        return -1;
+    surpool__log(t->logger, SURPOOL_LOG_INFO, "event loop: poll");
+    return 0;
 }
 
 static surpool_err transport_create(const surpool__tconfig *cfg, void *arg,
@@ -1151,12 +1335,7 @@ static surpool_err transport_create(const surpool__tconfig *cfg, void *arg,
     info.port = CONTEXT_PORT_NO_LISTEN;
     info.protocols = t->protocols;
     info.user = t;
-    /* Without it lws sizes an fd table by `ulimit -n` and indexes it by fd number
-     * unchecked; with it lws searches a small table. Twice the pool: closed
-     * connections linger until the peer acknowledges the close frame (or lws
-     * times out) while the pool already opens their replacements. */
-    int maxc = cfg->max_connections > 0 ? cfg->max_connections : 1;
-    info.fd_limit_per_thread = (unsigned int)(maxc > 100000 ? 100000 : maxc) * 2 + 16;
+    info.fd_limit_per_thread = fd_limit(cfg);
     info.pt_serv_buf_size = 64 * 1024;
     /* The header buffer SURPOOL__URL_PATH_MAX is sized against (lws' default,
      * stated so that the two cannot drift apart). */
@@ -1167,8 +1346,7 @@ static surpool_err transport_create(const surpool__tconfig *cfg, void *arg,
     info.provided_client_ssl_ctx = t->ssl_ctx;
     info.count_threads = 1;
 
-    t->ctx = lws_create_context(&info); /* note: sets SIGPIPE to ignored */
-    if (t->ctx == NULL) {
+    if (context_create(t, cfg, &info) != 0) {
         transport_free(t);
         return surpool__seterr(err, SURPOOL_ERR_NOMEM,
                                "cannot create the libwebsockets context");
@@ -1182,7 +1360,10 @@ static surpool_err transport_create(const surpool__tconfig *cfg, void *arg,
     int prc = pthread_create(&t->thread, NULL, service_main, t);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (prc != 0) {
-        lws_context_destroy(t->ctx);
+        if (t->use_uv)
+            uv_teardown(t);
+        else
+            lws_context_destroy(t->ctx);
         transport_free(t);
         return surpool__seterr(err, SURPOOL_ERR_NOMEM,
                                "cannot start the service thread (error %d)", prc);

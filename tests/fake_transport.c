@@ -8,6 +8,8 @@
  * on a list of replies due later, as if a server had sent it. One timer thread
  * per transport delivers due replies by id and expires deadlines, so close(),
  * kill, cancel and late replies follow the real transport's bookkeeping.
+ * Replies are handed over as raw frames in the request's wire format (JSON text
+ * or CBOR), as the real transport does, so the pool decodes them itself.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -96,11 +98,50 @@ static void sleep_ns(int64_t ns)
         ;
 }
 
+/* The reply as the frame a server would send, in the request's wire format
+ * (the payload of a JSON request starts with '{'). 0, or -1 (reply kept as a
+ * tree) when it cannot be encoded. Takes over `reply` on success. */
+/* A reply fake_submit() chose to corrupt carries this member until encoded. */
+#define CORRUPT_KEY "fake: corrupt"
+
+static int to_frame(surpool__treq *req, json_t *reply)
+{
+    int corrupt = json_object_get(reply, CORRUPT_KEY) != NULL;
+    json_object_del(reply, CORRUPT_KEY);
+    char *buf = NULL;
+    size_t len = 0;
+    if (req->buf[fake_transport_ops.headroom] == '{') {
+        char *text = json_dumps(reply, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (text == NULL)
+            return -1;
+        len = strlen(text);
+        buf = surpool__malloc(len + 1);
+        if (buf != NULL)
+            memcpy(buf, text, len + 1);
+        free(text);
+        req->frame_cbor = 0;
+    } else {
+        if (surpool__cbor_encode_value(reply, 0, &buf, &len, NULL) != SURPOOL_OK)
+            return -1;
+        req->frame_cbor = 1;
+    }
+    if (buf == NULL)
+        return -1;
+    req->frame = buf;
+    req->frame_len = len;
+    if (corrupt && req->frame_len > 0)
+        buf[--req->frame_len] = '\0'; /* truncated: the id is there, the rest breaks */
+    json_decref(reply);
+    return 0;
+}
+
 /* Complete a request: set status/reply, then done(). Called with no lock. */
 static void complete(surpool__treq *req, surpool_err status, json_t *reply, const char *msg)
 {
     req->status = status;
-    req->reply = reply;
+    req->reply = NULL;
+    if (reply != NULL && to_frame(req, reply) != 0)
+        req->reply = reply;
     snprintf(req->message, sizeof(req->message), "%s", msg != NULL ? msg : "");
     req->done(req);
 }
@@ -336,6 +377,12 @@ static surpool_err fake_submit(surpool__tconn *c, surpool__treq *req)
     fake_responder_fn fn = s->responder != NULL ? s->responder : fake_default_responder;
     json_t *reply = fn(s->responder_ud, id, method, json_object_get(env, "params"));
     json_decref(env);
+    int left = atomic_load(&s->corrupt_replies);
+    while (reply != NULL && left > 0 &&
+           !atomic_compare_exchange_weak(&s->corrupt_replies, &left, left - 1)) {
+    }
+    if (reply != NULL && left > 0)
+        json_object_set_new(reply, CORRUPT_KEY, json_true());
 
     int lat_us = atomic_load(&s->call_latency_us);
     if (lat_us == 0 && reply != NULL) {

@@ -28,6 +28,8 @@ typedef struct fake_settings {
     atomic_int break_after_calls;  /* a connection dies after N calls (0 = never) */
     atomic_int drop_every;         /* every Nth submit (pool-wide) kills its connection as
                                       fake_kill_conn() does, that request included (0 = never) */
+    atomic_int corrupt_replies;    /* the next N replies arrive cut short by a byte: routed
+                                      to their request, refused by the decoder */
     fake_responder_fn responder;   /* NULL: fake_default_responder */
     void *responder_ud;
 

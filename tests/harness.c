@@ -211,3 +211,9 @@ int harness_restart(test_server *s, const char *script, int port, const char *co
     } while (tk_now_ms() < end);
     return -1;
 }
+
+int harness_core_major(void)
+{
+    const char *core = getenv("SURPOOL_TEST_CORE");
+    return core != NULL && strcmp(core, "2") == 0 ? 2 : 3;
+}

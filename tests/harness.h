@@ -33,6 +33,11 @@ void harness_stop(test_server *s);
 void harness_kill9(test_server *s);
 /* HTTP POST /control with a JSON body; returns 0 on HTTP 200. */
 int harness_control(const test_server *s, const char *json_body);
+/* The major version of the SurrealDB core server.mjs runs: 2 when
+ * SURPOOL_TEST_CORE=2 (harness_start then adds --core 2), else 3. For the
+ * expectations that really differ by server version (docs/errors.md, the
+ * README's "Server versions"); never to weaken a 3.x assertion. */
+int harness_core_major(void);
 
 /* GET /stats and read one counter (signins, signinFailures, authenticates,
  * sockets, ...); -1 on failure. */

@@ -148,6 +148,9 @@ static const layout lp64[] = {
     FIELD(surpool_credentials, access, 32, 8),
     FIELD(surpool_credentials, vars, 40, 8),
     FIELD(surpool_credentials, reserved, 48, 32),
+    SIZE(surpool_call_options, 64),
+    FIELD(surpool_call_options, timeout_ms, 0, 8),
+    FIELD(surpool_call_options, reserved, 8, 56),
 };
 
 static void test_layout_is_pinned(void **state)
@@ -185,6 +188,7 @@ static void test_enum_values_are_pinned(void **state)
     assert_int_equal(SURPOOL_ERR_UNAVAILABLE, 14);
     assert_int_equal(SURPOOL_ERR_BROKEN, 15);
     assert_int_equal(SURPOOL_ERR_PAUSED, 16);
+    assert_int_equal(SURPOOL_ERR_UNSUPPORTED, 17);
     assert_int_equal(SURPOOL_LOG_ERROR, 0);
     assert_int_equal(SURPOOL_LOG_DEBUG, 3);
     assert_int_equal(SURPOOL_EVENT_ACQUIRE, 1);
@@ -200,7 +204,8 @@ static void test_every_code_has_name_and_text(void **state)
     assert_string_equal(surpool_err_name(SURPOOL_OK), "SURPOOL_OK");
     assert_string_equal(surpool_err_name(SURPOOL_ERR_TIMEOUT), "SURPOOL_ERR_TIMEOUT");
     assert_string_equal(surpool_err_name(SURPOOL_ERR_PAUSED), "SURPOOL_ERR_PAUSED");
-    for (int i = SURPOOL_OK; i <= SURPOOL_ERR_PAUSED; i++) {
+    assert_string_equal(surpool_err_name(SURPOOL_ERR_UNSUPPORTED), "SURPOOL_ERR_UNSUPPORTED");
+    for (int i = SURPOOL_OK; i <= SURPOOL_ERR_UNSUPPORTED; i++) {
         const char *name = surpool_err_name((surpool_err)i);
         const char *text = surpool_strerror((surpool_err)i);
         assert_non_null(name);

@@ -1015,6 +1015,43 @@ static void test_url_format_key(void **state)
     }
 }
 
+/* The envelope's txn: a UUID string over JSON, a UUID (tag 37) over CBOR;
+ * anything but UUID text is refused before it reaches the text. */
+static void test_wire_txn(void **state)
+{
+    (void)state;
+    const char *txn = "01a2245f-6402-74b1-97ef-0a6d1d24550a";
+    json_t *params = load("[\"CREATE t\"]");
+    char *out = NULL;
+    size_t len = 0;
+    assert_int_equal(surpool__wire_encode_request(SURPOOL_WIRE_JSON, 7, "query", params, txn, 2,
+                                                  &out, &len, NULL),
+                     SURPOOL_OK);
+    assert_string_equal(out + 2, "{\"id\":7,\"method\":\"query\",\"params\":[\"CREATE t\"],"
+                                 "\"txn\":\"01a2245f-6402-74b1-97ef-0a6d1d24550a\"}");
+    surpool__free(out);
+    assert_int_equal(surpool__wire_encode_request(SURPOOL_WIRE_CBOR, 7, "query", params, txn, 2,
+                                                  &out, &len, NULL),
+                     SURPOOL_OK);
+    json_t *v = dec((unsigned char *)out + 2, len);
+    json_t *want = load("{\"$surreal\":\"uuid\",\"value\":"
+                        "\"01a2245f-6402-74b1-97ef-0a6d1d24550a\"}");
+    assert_true(json_equal(json_object_get(v, "txn"), want));
+    json_decref(want);
+    json_decref(v);
+    surpool__free(out);
+    const char *bad[] = {"", "nope", "01a2245f-6402-74b1-97ef-0a6d1d24550a\",\"x\":\""};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(surpool__wire_encode_request(SURPOOL_WIRE_JSON, 1, "query", params,
+                                                      bad[i], 0, &out, &len, NULL),
+                         SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool__wire_encode_request(SURPOOL_WIRE_CBOR, 1, "query", params,
+                                                      bad[i], 0, &out, &len, NULL),
+                         SURPOOL_ERR_INVALID_ARG);
+    }
+    json_decref(params);
+}
+
 static void test_wire_encoding(void **state)
 {
     (void)state;
@@ -1023,14 +1060,14 @@ static void test_wire_encoding(void **state)
                           "\"id\":1},\"s\":\"person:01\"}]");
     char *out = NULL;
     size_t len = 0;
-    assert_int_equal(surpool__wire_encode_request(SURPOOL_WIRE_JSON, 3, "query", params, 4,
-                                                  &out, &len, NULL),
+    assert_int_equal(surpool__wire_encode_request(SURPOOL_WIRE_JSON, 3, "query", params, NULL,
+                                                  4, &out, &len, NULL),
                      SURPOOL_OK);
     assert_string_equal(out + 4, "{\"id\":3,\"method\":\"query\",\"params\":[\"RETURN $x\","
                                  "{\"x\":\"person:1\",\"s\":\"person:01\"}]}");
     surpool__free(out);
-    assert_int_equal(surpool__wire_encode_request(SURPOOL_WIRE_CBOR, 3, "query", params, 4,
-                                                  &out, &len, NULL),
+    assert_int_equal(surpool__wire_encode_request(SURPOOL_WIRE_CBOR, 3, "query", params, NULL,
+                                                  4, &out, &len, NULL),
                      SURPOOL_OK);
     json_t *v = dec((unsigned char *)out + 4, len);
     assert_true(json_equal(json_object_get(v, "params"), params));
@@ -1039,11 +1076,11 @@ static void test_wire_encoding(void **state)
     json_decref(params);
     /* A malformed typed value is refused in both formats. */
     params = load("[{\"$surreal\":\"uuid\",\"value\":\"nope\"}]");
-    assert_int_equal(surpool__wire_encode_request(SURPOOL_WIRE_JSON, 1, "query", params, 0,
-                                                  &out, &len, NULL),
+    assert_int_equal(surpool__wire_encode_request(SURPOOL_WIRE_JSON, 1, "query", params, NULL,
+                                                  0, &out, &len, NULL),
                      SURPOOL_ERR_INVALID_ARG);
-    assert_int_equal(surpool__wire_encode_request(SURPOOL_WIRE_CBOR, 1, "query", params, 0,
-                                                  &out, &len, NULL),
+    assert_int_equal(surpool__wire_encode_request(SURPOOL_WIRE_CBOR, 1, "query", params, NULL,
+                                                  0, &out, &len, NULL),
                      SURPOOL_ERR_INVALID_ARG);
     json_decref(params);
     /* Thing text: a string over JSON, a typed id over CBOR. */
@@ -1083,6 +1120,7 @@ int main(void)
         cmocka_unit_test(test_to_plain),
         cmocka_unit_test(test_url_format_key),
         cmocka_unit_test(test_wire_encoding),
+        cmocka_unit_test(test_wire_txn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

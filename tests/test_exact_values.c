@@ -103,13 +103,16 @@ static const char *const tricky_list[] = {
     "Note: hi",
 };
 
-/* A JSON array of every tricky string: the list, "a\0b" and 1 MB of text. */
+/* A JSON array of every tricky string: the list, "a\0b" and 1 MB of text.
+ * SurrealDB 2.x refuses strings that hold NUL (tests/test_integration.c checks
+ * the refusal): "a\0b" is left out there. */
 static json_t *tricky(void)
 {
     json_t *a = json_array();
     for (size_t i = 0; i < ARRAY_LEN(tricky_list); i++)
         json_array_append_new(a, json_string(tricky_list[i]));
-    json_array_append_new(a, json_stringn("a\0b", 3));
+    if (harness_core_major() != 2)
+        json_array_append_new(a, json_stringn("a\0b", 3));
     size_t mb = 1000 * 1000;
     char *big = malloc(mb);
     assert_non_null(big);
@@ -146,7 +149,10 @@ static void assert_all_true(const json_t *flags, size_t n, const char *where)
     }
 }
 
-#define STRINGS_SQL "RETURN [$v.map(|$s| type::is_string($s)), $v]"
+/* SurrealQL 2.x spells the type predicates type::is::string, 3.x type::is_string. */
+#define STRINGS_SQL                                                                            \
+    (harness_core_major() == 2 ? "RETURN [$v.map(|$s| type::is::string($s)), $v]"              \
+                               : "RETURN [$v.map(|$s| type::is_string($s)), $v]")
 
 static void check_strings_reply(json_t *reply, const json_t *sent, const char *where)
 {
@@ -321,9 +327,12 @@ static void test_json_converts_strings(void **state)
                              "E3B0C442-98FC-1C14-9AFB-4C8996FB9242", "Note: hi");
     json_t *out = NULL;
     surpool_error err;
-    assert_int_equal(
-        surpool_query(p, "RETURN $v.map(|$s| type::is_string($s))", vars, &out, &err),
-        SURPOOL_OK);
+    assert_int_equal(surpool_query(p,
+                                   harness_core_major() == 2
+                                       ? "RETURN $v.map(|$s| type::is::string($s))"
+                                       : "RETURN $v.map(|$s| type::is_string($s))",
+                                   vars, &out, &err),
+                     SURPOOL_OK);
     json_t *want = json_pack("[b,b,b,b]", 0, 0, 0, 1);
     assert_true(json_equal(stmt(out, 0), want));
     json_decref(want);
@@ -332,9 +341,14 @@ static void test_json_converts_strings(void **state)
     /* A typed record id goes out as its text, which the server parses back. */
     vars = json_loads("{\"v\":{\"$surreal\":\"record\",\"tb\":\"person\",\"id\":\"a b\"}}", 0,
                       NULL);
-    assert_int_equal(surpool_query(p, "RETURN [type::of($v), <string>$v]", vars, &out, &err),
+    int v2 = harness_core_major() == 2; /* 2.x has no type::of */
+    assert_int_equal(surpool_query(p,
+                                   v2 ? "RETURN [type::is::record($v), <string>$v]"
+                                      : "RETURN [type::of($v), <string>$v]",
+                                   vars, &out, &err),
                      SURPOOL_OK);
-    want = json_pack("[s,s]", "record", "person:`a b`");
+    want = v2 ? json_pack("[b,s]", 1, "person:`a b`")
+              : json_pack("[s,s]", "record", "person:`a b`");
     assert_true(json_equal(stmt(out, 0), want));
     json_decref(want);
     json_decref(out);
@@ -425,6 +439,27 @@ static json_t *load(const char *text)
     return v;
 }
 
+/* The query that shows which type the server saw: 3.x "RETURN type::of($v)".
+ * SurrealQL 2.x has no type::of: "RETURN type::is::T($v)" with T from type_of
+ * ("geometry<point>" → point) answers true there; a table has no predicate (the
+ * server saw no string). 0 when the 2.x core has no such type (set, file): it
+ * refuses the CBOR tag. */
+static int type_query(const char *type_of, char *sql, size_t size)
+{
+    if (harness_core_major() != 2) {
+        snprintf(sql, size, "RETURN type::of($v); RETURN $v");
+        return 1;
+    }
+    if (strcmp(type_of, "set") == 0 || strcmp(type_of, "file") == 0)
+        return 0;
+    const char *t = strncmp(type_of, "geometry<", 9) == 0 ? type_of + 9 : type_of;
+    if (strcmp(t, "table") == 0)
+        snprintf(sql, size, "RETURN !type::is::string($v); RETURN $v");
+    else
+        snprintf(sql, size, "RETURN type::is::%.*s($v); RETURN $v", (int)strcspn(t, ">"), t);
+    return 1;
+}
+
 static void test_typed_values_round_trip(void **state)
 {
     (void)state;
@@ -437,13 +472,24 @@ static void test_typed_values_round_trip(void **state)
         json_t *v = load(tc->json);
         json_t *vars = json_pack("{s:O}", "v", v);
         json_t *out = NULL;
-        if (surpool_conn_query(c, "RETURN type::of($v); RETURN $v", vars, &out, &err) !=
-            SURPOOL_OK)
+        char sql[96];
+        if (!type_query(tc->type_of, sql, sizeof(sql))) {
+            assert_int_equal(surpool_conn_query(c, "RETURN $v", vars, &out, &err),
+                             SURPOOL_ERR_SERVER);
+            if (strstr(err.message, "Encountered an unknown CBOR tag") == NULL)
+                fail_msg("%s: refused with %s", tc->json, err.message);
+            json_decref(vars);
+            json_decref(v);
+            continue;
+        }
+        if (surpool_conn_query(c, sql, vars, &out, &err) != SURPOOL_OK)
             fail_msg("%s: %s", tc->json, err.message);
         json_t *type = stmt(out, 0), *back = stmt(out, 1);
         json_t *want = tc->expected != NULL ? load(tc->expected) : json_incref(v);
         char *got = json_dumps(back, JSON_COMPACT | JSON_ENCODE_ANY);
-        if (!json_is_string(type) || strcmp(json_string_value(type), tc->type_of) != 0) {
+        if (harness_core_major() == 2
+                ? !json_is_true(type)
+                : !json_is_string(type) || strcmp(json_string_value(type), tc->type_of) != 0) {
             print_message("%s: the server saw type %s, expected %s\n", tc->json,
                           json_string_value(type), tc->type_of);
             failures++;

@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "fake_transport.h"
+#include "lane.h"
 #include "pool.h"
 
 static void sleep_ms(int ms)
@@ -278,6 +279,115 @@ static void test_async_exactly_once(void **state)
     sleep_ms(20);
     assert_int_equal(atomic_load(&t->calls[0]), 1);
     free(tags);
+    free(t);
+}
+
+/* Async results are decoded and their callbacks run on the lane's delivery
+ * thread, never on the thread that completed the request (the transport's, or
+ * here, with no call latency, the submitting thread itself inside submit()),
+ * and in completion order. */
+typedef struct where {
+    pthread_t submitter;
+    atomic_int on_delivery, on_submitter, done, out_of_order, last;
+} where;
+
+static void on_where(void *ud, surpool_err code, json_t *result, const surpool_error *err)
+{
+    (void)err;
+    where *w = ud;
+    if (surpool__lane_on_delivery_thread())
+        atomic_fetch_add(&w->on_delivery, 1);
+    if (pthread_equal(pthread_self(), w->submitter))
+        atomic_fetch_add(&w->on_submitter, 1);
+    /* "RETURN n" came back as the statement's result (fake responder). */
+    const char *sql =
+        code == SURPOOL_OK
+            ? json_string_value(json_object_get(json_array_get(result, 0), "result"))
+            : NULL;
+    int n = sql != NULL ? atoi(sql + 7) : -1;
+    if (n != atomic_load(&w->last) + 1)
+        atomic_fetch_add(&w->out_of_order, 1);
+    atomic_store(&w->last, n);
+    atomic_fetch_add(&w->done, 1);
+}
+
+static void test_callbacks_on_delivery_thread(void **state)
+{
+    fixture *f = *state;
+    /* One socket, one request in flight: completion order is queueing order. */
+    surpool_pool *p = make_pool(f, 3, 1, 1, 20000);
+    for (int round = 0; round < 2; round++) {
+        atomic_store(&f->fs.call_latency_us, round == 0 ? 0 : 50);
+        where *w = calloc(1, sizeof(*w));
+        w->submitter = pthread_self();
+        enum { N = 200 };
+        for (int i = 1; i <= N; i++) {
+            char sql[32];
+            snprintf(sql, sizeof(sql), "RETURN %d", i);
+            assert_int_equal(surpool_query_async(p, sql, NULL, on_where, w), SURPOOL_OK);
+        }
+        wait_count(&w->done, N);
+        assert_int_equal(atomic_load(&w->on_delivery), N);
+        assert_int_equal(atomic_load(&w->on_submitter), 0);
+        assert_int_equal(atomic_load(&w->out_of_order), 0);
+        free(w);
+    }
+    /* A sync call is settled by its own thread. */
+    assert_false(surpool__lane_on_delivery_thread());
+    json_t *out = NULL;
+    assert_int_equal(surpool_query(p, "RETURN 1", NULL, &out, NULL), SURPOOL_OK);
+    json_decref(out);
+}
+
+/* A reply that reaches its request but does not decode (the transport routes
+ * by id without parsing) ends that request as PROTOCOL, on the caller's
+ * thread, and its socket is not used again; sync and async alike. */
+static int conn_with_new_calls(fixture *f, const int *before)
+{
+    for (int i = 1; i < FAKE_MAX_CONNS; i++)
+        if (atomic_load(&f->fs.conn_calls[i]) != before[i])
+            return i;
+    return 0;
+}
+
+static void snapshot_calls(fixture *f, int *out)
+{
+    for (int i = 0; i < FAKE_MAX_CONNS; i++)
+        out[i] = atomic_load(&f->fs.conn_calls[i]);
+}
+
+static void test_undecodable_reply_retires_socket(void **state)
+{
+    fixture *f = *state;
+    surpool_pool *p = make_pool(f, 3, 1, 4, 20000);
+    int before[FAKE_MAX_CONNS];
+    json_t *out = NULL;
+    assert_int_equal(surpool_query(p, "RETURN 1", NULL, &out, NULL), SURPOOL_OK);
+    json_decref(out);
+
+    snapshot_calls(f, before);
+    atomic_store(&f->fs.corrupt_replies, 1);
+    surpool_error err;
+    out = NULL;
+    assert_int_equal(surpool_query(p, "RETURN 2", NULL, &out, &err), SURPOOL_ERR_PROTOCOL);
+    assert_null(out);
+    int bad = conn_with_new_calls(f, before);
+    assert_true(bad > 0);
+
+    snapshot_calls(f, before);
+    assert_int_equal(surpool_query(p, "RETURN 3", NULL, &out, NULL), SURPOOL_OK);
+    json_decref(out);
+    int next = conn_with_new_calls(f, before);
+    assert_true(next > 0);
+    assert_int_not_equal(next, bad);
+
+    /* Async: the callback gets PROTOCOL. */
+    tally *t = calloc(1, sizeof(*t));
+    tag g = {t, 0};
+    atomic_store(&f->fs.corrupt_replies, 1);
+    assert_int_equal(surpool_query_async(p, "RETURN 0", NULL, on_result, &g), SURPOOL_OK);
+    wait_tally(t, 1);
+    assert_int_equal(atomic_load(&t->codes[SURPOOL_ERR_PROTOCOL]), 1);
     free(t);
 }
 
@@ -713,6 +823,8 @@ static void on_sync_inside(void *ud, surpool_err code, json_t *result, const sur
     if (c != NULL)
         surpool_conn_release(c);
     atomic_store(&s->rc_conn, surpool_conn_ping(s->lease, NULL));
+    /* Destroy would wait for this very thread: refused, the pool untouched. */
+    surpool_pool_destroy(s->pool);
     atomic_store(&s->done, 1);
 }
 
@@ -728,13 +840,13 @@ static void test_sync_call_from_callback(void **state)
     assert_int_equal(surpool_pool_acquire(p, 5000, &s.lease, &err), SURPOOL_OK);
     assert_int_equal(surpool_query_async(p, "RETURN 1", NULL, on_sync_inside, &s), SURPOOL_OK);
     WAIT_OR_EXIT(atomic_load(&s.done),
-                 "the synchronous calls made inside a callback to return");
+                 "the synchronous calls (and the destroy) made inside a callback to return");
     assert_int_equal(atomic_load(&s.rc_query), SURPOOL_ERR_INVALID_ARG);
     assert_non_null(strstr(s.message, "callback"));
     assert_int_equal(atomic_load(&s.rc_call), SURPOOL_ERR_INVALID_ARG);
     assert_int_equal(atomic_load(&s.rc_acquire), SURPOOL_ERR_INVALID_ARG);
     assert_int_equal(atomic_load(&s.rc_conn), SURPOOL_ERR_INVALID_ARG);
-    /* Outside a callback the same calls work. */
+    /* Outside a callback the same calls work: the pool was not destroyed. */
     assert_int_equal(surpool_conn_ping(s.lease, &err), SURPOOL_OK);
     surpool_conn_release(s.lease);
     assert_int_equal(surpool_query(p, "RETURN 1", NULL, NULL, &err), SURPOOL_OK);
@@ -897,6 +1009,154 @@ static void test_expired_socket_replaced(void **state)
     free(t);
 }
 
+/* ---- Per-call deadlines (surpool_call_options, surpool_conn_set_timeout) ---- */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+typedef struct timed {
+    atomic_int done;
+    surpool_err code;
+    int64_t at_ms; /* when the callback ran */
+} timed;
+
+static void on_timed(void *ud, surpool_err code, json_t *result, const surpool_error *err)
+{
+    (void)result;
+    (void)err;
+    timed *t = ud;
+    t->code = code;
+    t->at_ms = now_ms();
+    atomic_store(&t->done, 1);
+}
+
+/* A call's own timeout replaces request_timeout_ms, longer or shorter, sync
+ * and async, and never ends a call before its own deadline. */
+static void test_call_own_timeout(void **state)
+{
+    fixture *f = *state;
+    atomic_store(&f->fs.call_latency_us, 300000); /* every reply takes 300 ms */
+    surpool_pool *p = make_pool(f, 3, 1, 8, 50);
+    surpool_call_options o;
+    surpool_call_options_init(&o);
+    assert_int_equal(o.timeout_ms, -1);
+    json_t *out = NULL;
+    surpool_error err;
+    /* The pool's 50 ms is too short for a 300 ms reply... */
+    assert_int_equal(surpool_query(p, "RETURN 1", NULL, &out, &err),
+                     SURPOOL_ERR_REQUEST_TIMEOUT);
+    assert_int_equal(surpool_query_opts(p, "RETURN 1", NULL, &o, &out, &err),
+                     SURPOOL_ERR_REQUEST_TIMEOUT);
+    /* ...a call of its own gets longer, or no deadline at all. */
+    o.timeout_ms = 20000;
+    assert_int_equal(surpool_query_opts(p, "RETURN 1", NULL, &o, &out, &err), SURPOOL_OK);
+    json_decref(out);
+    o.timeout_ms = 0;
+    assert_int_equal(surpool_call_opts(p, "ping", NULL, &o, NULL, &err), SURPOOL_OK);
+    timed t;
+    memset(&t, 0, sizeof(t));
+    o.timeout_ms = 20000;
+    assert_int_equal(surpool_query_async_opts(p, "RETURN 1", NULL, &o, on_timed, &t),
+                     SURPOOL_OK);
+    WAIT_FOR(atomic_load(&t.done), "the async call with its own timeout");
+    assert_int_equal(t.code, SURPOOL_OK);
+    /* Shorter than the pool's: never before its deadline. */
+    atomic_store(&f->fs.call_latency_us, 10000000); /* 10 s */
+    memset(&t, 0, sizeof(t));
+    o.timeout_ms = 100;
+    int64_t t0 = now_ms();
+    assert_int_equal(surpool_call_async_opts(p, "ping", NULL, &o, on_timed, &t), SURPOOL_OK);
+    WAIT_FOR(atomic_load(&t.done), "the async call's own deadline");
+    assert_int_equal(t.code, SURPOOL_ERR_REQUEST_TIMEOUT);
+    assert_true(t.at_ms - t0 >= 100);
+    /* Out of range: refused, callback never called. */
+    o.timeout_ms = SURPOOL__MS_MAX + 1;
+    assert_int_equal(surpool_call_async_opts(p, "ping", NULL, &o, on_timed, &t),
+                     SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_query_opts(p, "RETURN 1", NULL, &o, &out, &err),
+                     SURPOOL_ERR_INVALID_ARG);
+}
+
+/* The lane's deadline includes queueing: a request that waits behind a full
+ * socket ends at its own deadline, not request_timeout_ms after it is sent. */
+static void test_call_own_timeout_counts_queueing(void **state)
+{
+    fixture *f = *state;
+    atomic_store(&f->fs.call_latency_us, 10000000); /* 10 s: the socket stays full */
+    surpool_pool *p = make_pool(f, 2, 1, 1, 20000);
+    timed first, queued;
+    memset(&first, 0, sizeof(first));
+    memset(&queued, 0, sizeof(queued));
+    assert_int_equal(surpool_call_async(p, "ping", NULL, on_timed, &first), SURPOOL_OK);
+    surpool_stats st;
+    WAIT_FOR((surpool_pool_stats(p, &st), st.lane_inflight == 1),
+             "the first request in flight");
+    surpool_call_options o;
+    surpool_call_options_init(&o);
+    o.timeout_ms = 100;
+    int64_t t0 = now_ms();
+    assert_int_equal(surpool_call_async_opts(p, "ping", NULL, &o, on_timed, &queued),
+                     SURPOOL_OK);
+    WAIT_FOR(atomic_load(&queued.done), "the queued request's own deadline");
+    assert_int_equal(queued.code, SURPOOL_ERR_REQUEST_TIMEOUT);
+    assert_true(queued.at_ms - t0 >= 100);
+    assert_int_equal(atomic_load(&first.done), 0); /* the pool's 20 s still runs */
+    surpool_pool_destroy(p);
+    f->pool = NULL;
+    assert_int_equal(atomic_load(&first.done), 1);
+}
+
+/* Without a lane the call's deadline covers its lease's call too. */
+static void test_call_own_timeout_without_lane(void **state)
+{
+    fixture *f = *state;
+    atomic_store(&f->fs.call_latency_us, 300000);
+    surpool_pool *p = make_pool(f, 2, 0, 1, 50);
+    surpool_call_options o;
+    surpool_call_options_init(&o);
+    o.timeout_ms = 20000;
+    json_t *out = NULL;
+    assert_int_equal(surpool_query_opts(p, "RETURN 1", NULL, &o, &out, NULL), SURPOOL_OK);
+    json_decref(out);
+    assert_int_equal(surpool_query(p, "RETURN 1", NULL, &out, NULL),
+                     SURPOOL_ERR_REQUEST_TIMEOUT);
+}
+
+/* A lease's own timeout holds for its calls until reset or release. */
+static void test_lease_set_timeout(void **state)
+{
+    fixture *f = *state;
+    atomic_store(&f->fs.call_latency_us, 300000);
+    surpool_pool *p = make_pool(f, 1, 0, 1, 50);
+    surpool_conn *c = NULL;
+    surpool_error err;
+    assert_int_equal(surpool_pool_acquire(p, -1, &c, &err), SURPOOL_OK);
+    assert_int_equal(surpool_conn_set_timeout(NULL, 10), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_conn_set_timeout(c, SURPOOL__MS_MAX + 1), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_conn_set_timeout(c, 20000), SURPOOL_OK);
+    assert_int_equal(surpool_conn_ping(c, &err), SURPOOL_OK);
+    assert_int_equal(surpool_conn_set_timeout(c, 0), SURPOOL_OK); /* none */
+    assert_int_equal(surpool_conn_ping(c, &err), SURPOOL_OK);
+    assert_int_equal(surpool_conn_set_timeout(c, 20000), SURPOOL_OK);
+    surpool_conn_release(c); /* the setting ends with the lease */
+    assert_int_equal(surpool_pool_acquire(p, -1, &c, &err), SURPOOL_OK);
+    assert_int_equal(surpool_conn_ping(c, &err), SURPOOL_ERR_REQUEST_TIMEOUT);
+    surpool_conn_release(c);
+    /* Shorter than the pool's, and back to the pool's with < 0. */
+    atomic_store(&f->fs.call_latency_us, 10000000);
+    assert_int_equal(surpool_pool_acquire(p, -1, &c, &err), SURPOOL_OK);
+    assert_int_equal(surpool_conn_set_timeout(c, 5000), SURPOOL_OK);
+    assert_int_equal(surpool_conn_set_timeout(c, -1), SURPOOL_OK);
+    int64_t t0 = now_ms();
+    assert_int_equal(surpool_conn_ping(c, &err), SURPOOL_ERR_REQUEST_TIMEOUT);
+    assert_true(now_ms() - t0 >= 50);
+    surpool_conn_release(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -904,6 +1164,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_many_threads_share_two_sockets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_exactly_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_chain_from_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_callbacks_on_delivery_thread, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_undecodable_reply_retires_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_deadline_and_capacity, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queued_request_sent_when_slot_frees, setup,
                                         teardown),
@@ -921,6 +1183,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_spreads_over_sockets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expired_socket_replaced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sync_call_from_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_call_own_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_call_own_timeout_counts_queueing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_call_own_timeout_without_lane, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_set_timeout, setup, teardown),
     };
     /* LANE_TEST=<pattern> runs only the matching tests (cmocka's filter). */
     if (getenv("LANE_TEST") != NULL)

@@ -28,10 +28,12 @@
 
 #include <cmocka.h>
 
+#include "cbor_codec.h"
 #include "codec.h"
 #include "internal.h"
 #include "transport.h"
 #include "url.h"
+#include "wire.h"
 
 #ifndef SURPOOL_SOURCE_DIR
 #error "compile with -DSURPOOL_SOURCE_DIR=\"/path/to/repo\""
@@ -48,11 +50,18 @@ static const surpool__transport_ops *ops = &surpool__transport_lws;
 /* ------------------------------------------------------------------------- */
 
 static atomic_int g_log_lines;
+static atomic_int g_saw_uv, g_saw_poll, g_saw_fallback; /* "event loop: ..." lines */
 
 static void test_log(void *ud, surpool_log_level level, const char *msg)
 {
     (void)ud;
     atomic_fetch_add(&g_log_lines, 1);
+    if (strcmp(msg, "event loop: libuv") == 0)
+        atomic_fetch_add(&g_saw_uv, 1);
+    else if (strcmp(msg, "event loop: poll") == 0)
+        atomic_fetch_add(&g_saw_poll, 1);
+    else if (strstr(msg, "cannot run on libuv") != NULL)
+        atomic_fetch_add(&g_saw_fallback, 1);
     if (getenv("SURPOOL_TEST_VERBOSE") != NULL)
         fprintf(stderr, "  [log %d] %s\n", (int)level, msg);
 }
@@ -345,6 +354,8 @@ typedef struct treq {
     batch *b;
     atomic_int done_calls;
     int64_t done_at;
+    int decoded_in_done; /* the transport set reply itself (it must not decode) */
+    int frame_in_done;   /* it handed over the raw frame */
 } treq;
 
 static void batch_init(batch *b)
@@ -365,6 +376,8 @@ static void on_done(surpool__treq *r)
     treq *q = (treq *)r;
     batch *b = q->b;
     q->done_at = surpool__now_ns();
+    q->decoded_in_done = r->reply != NULL;
+    q->frame_in_done = r->frame != NULL;
     atomic_fetch_add(&q->done_calls, 1);
     pthread_mutex_lock(&b->mu);
     b->completed++;
@@ -414,6 +427,7 @@ static void treq_free(treq *q)
         return;
     if (q->r.reply != NULL)
         json_decref(q->r.reply);
+    surpool__free(q->r.frame);
     surpool__free(q->r.buf);
     free(q);
 }
@@ -426,6 +440,13 @@ static void submit_ok(surpool__tconn *c, treq *q)
 /* The reply must be for this request. */
 static void assert_reply(treq *q)
 {
+    /* The transport routed the raw bytes; the decode happens here, on the
+     * thread that wanted the reply. */
+    if (q->r.status == SURPOOL_OK) {
+        assert_false(q->decoded_in_done);
+        assert_true(q->frame_in_done);
+    }
+    surpool__wire_decode_reply(&q->r);
     if (q->r.status != SURPOOL_OK)
         fail_msg("request %lld: %s: %s", (long long)q->r.id, surpool_strerror(q->r.status),
                  q->r.message);
@@ -450,6 +471,17 @@ static treq *call(surpool__tconn *c, int64_t id, const char *method, json_t *par
     return q;
 }
 
+/* `n` pings one after another, ids 1..n, each answered "ok". */
+static void pings(surpool__tconn *c, batch *b, int n)
+{
+    for (int i = 1; i <= n; i++) {
+        treq *q = call(c, i, "ping", NULL, 5000, b);
+        assert_reply(q);
+        assert_string_equal(json_string_value(json_object_get(q->r.reply, "result")), "ok");
+        treq_free(q);
+    }
+}
+
 /* ------------------------------------------------------------------------- */
 /* Tests                                                                      */
 /* ------------------------------------------------------------------------- */
@@ -467,12 +499,7 @@ static void test_round_trips(void **state)
     surpool__tconn *c = open_ok(&f, NULL);
     batch b;
     batch_init(&b);
-    for (int i = 1; i <= 50; i++) {
-        treq *q = call(c, i, "ping", NULL, 5000, &b);
-        assert_reply(q);
-        assert_string_equal(json_string_value(json_object_get(q->r.reply, "result")), "ok");
-        treq_free(q);
-    }
+    pings(c, &b, 50);
     /* Params survive the trip (raw UTF-8, NUL inside a string). */
     json_t *p = json_pack("[s, s#]", "h\xc3\xa9llo \xe2\x82\xac", "a\0b", (size_t)3);
     treq *q = call(c, 99, "echo", p, 5000, &b);
@@ -486,6 +513,157 @@ static void test_round_trips(void **state)
     batch_fini(&b);
     fixture_destroy(&f);
     server_stop(&s);
+}
+
+/* Pings on a fresh transport with the given loop; returns which loop it said
+ * it runs (1 libuv, 0 poll). */
+static int loop_round_trips(int port, int event_loop)
+{
+    atomic_store(&g_saw_uv, 0);
+    atomic_store(&g_saw_poll, 0);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", port);
+    f.cfg.event_loop = event_loop;
+    fixture_create(&f);
+    surpool__tconn *c = open_ok(&f, NULL);
+    batch b;
+    batch_init(&b);
+    pings(c, &b, 20);
+    ops->close(c);
+    batch_fini(&b);
+    fixture_destroy(&f);
+    int uv = atomic_load(&g_saw_uv), poll_ = atomic_load(&g_saw_poll);
+    assert_int_equal(uv + poll_, 1); /* each transport says which loop, once */
+    return uv;
+}
+
+/* The libuv loop is used when asked for (and installed: the build needs
+ * libwebsockets-evlib-uv); poll() when asked for; a missing libuv plugin falls
+ * back to poll() with an INFO line; auto picks by pool size. */
+static void test_event_loops(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    assert_int_equal(loop_round_trips(s.port, SURPOOL__LOOP_LIBUV), 1);
+    assert_int_equal(loop_round_trips(s.port, SURPOOL__LOOP_POLL), 0);
+
+    atomic_store(&g_saw_fallback, 0);
+    surpool__lws_test_no_uv = 1;
+    int uv = loop_round_trips(s.port, SURPOOL__LOOP_LIBUV);
+    surpool__lws_test_no_uv = 0;
+    assert_int_equal(uv, 0);
+    assert_int_equal(atomic_load(&g_saw_fallback), 1);
+
+    /* auto (unless SURPOOL_EVENT_LOOP says otherwise, as in this suite's twin) */
+    if (getenv("SURPOOL_EVENT_LOOP") == NULL) {
+        assert_int_equal(loop_round_trips(s.port, SURPOOL__LOOP_AUTO), 0); /* 16 conns */
+        atomic_store(&g_saw_uv, 0);
+        fixture f;
+        fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+        f.cfg.max_connections = SURPOOL__LOOP_AUTO_LIBUV_ABOVE + 1;
+        fixture_create(&f);
+        fixture_destroy(&f);
+        assert_int_equal(atomic_load(&g_saw_uv), 1);
+    }
+    server_stop(&s);
+}
+
+/* A big reply reaches its request as raw bytes: the service thread routed it
+ * and did not parse it. While this thread still holds it undecoded, another
+ * connection's ping completes; only then is the big one decoded, here. */
+static void test_big_reply_decoded_by_its_caller(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    surpool__tconn *c1 = open_ok(&f, NULL);
+    surpool__tconn *c2 = open_ok(&f, NULL);
+    batch b;
+    batch_init(&b);
+    const size_t n = 8u << 20;
+    treq *big = call(c1, 1, "big", json_pack("[I]", (json_int_t)n), 15000, &b);
+    assert_int_equal(big->r.status, SURPOOL_OK);
+    assert_false(big->decoded_in_done);
+    assert_non_null(big->r.frame);
+    assert_true(big->r.frame_len > n);
+    assert_null(big->r.reply);
+
+    treq *ping = call(c2, 2, "ping", NULL, 5000, &b);
+    assert_reply(ping);
+    treq_free(ping);
+
+    assert_reply(big); /* decodes it */
+    assert_null(big->r.frame);
+    assert_int_equal(json_string_length(json_object_get(big->r.reply, "result")), n);
+    treq_free(big);
+    ops->close(c1);
+    ops->close(c2);
+    batch_fini(&b);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+/* surpool__wire_decode_reply(): the submitter's half of a routed reply. A frame
+ * the id peek accepts but the decoder refuses, or one that decodes to another
+ * id, ends its request as PROTOCOL; the frame is freed in every case. */
+static void decode_case(const char *bytes, size_t len, int cbor, int64_t id, surpool_err want)
+{
+    surpool__treq r;
+    memset(&r, 0, sizeof(r));
+    r.id = id;
+    r.frame = surpool__malloc(len + 1);
+    assert_non_null(r.frame);
+    memcpy(r.frame, bytes, len);
+    r.frame[len] = '\0';
+    r.frame_len = len;
+    r.frame_cbor = cbor;
+    surpool__wire_decode_reply(&r);
+    assert_null(r.frame);
+    assert_int_equal(r.status, want);
+    if (want == SURPOOL_OK) {
+        assert_int_equal(json_integer_value(json_object_get(r.reply, "id")), id);
+    } else {
+        assert_null(r.reply);
+        assert_true(r.message[0] != '\0');
+    }
+    json_decref(r.reply);
+}
+
+static void test_reply_decode(void **state)
+{
+    (void)state;
+    const char *good = "{\"id\":7,\"result\":[1,2]}";
+    decode_case(good, strlen(good), 0, 7, SURPOOL_OK);
+    decode_case(good, strlen(good), 0, 8, SURPOOL_ERR_PROTOCOL); /* routed to another id */
+
+    const char *broken = "{\"id\":7,\"result\":[1 2]}";
+    surpool__frame_kind kind;
+    int64_t id;
+    assert_int_equal(surpool__codec_peek(broken, strlen(broken), &kind, &id, NULL), SURPOOL_OK);
+    assert_int_equal(id, 7);
+    decode_case(broken, strlen(broken), 0, 7, SURPOOL_ERR_PROTOCOL);
+
+    json_t *v = json_pack("{s:I, s:s}", "id", (json_int_t)9, "result", "x");
+    char *buf;
+    size_t len;
+    assert_int_equal(surpool__cbor_encode_value(v, 0, &buf, &len, NULL), SURPOOL_OK);
+    decode_case(buf, len, 1, 9, SURPOOL_OK);
+    decode_case(buf, len - 1, 1, 9, SURPOOL_ERR_PROTOCOL); /* truncated */
+    surpool__free(buf);
+    json_decref(v);
+
+    surpool__treq r; /* a failed request's frame is just freed */
+    memset(&r, 0, sizeof(r));
+    r.status = SURPOOL_ERR_DISCONNECTED;
+    r.frame = surpool__malloc(1);
+    surpool__wire_decode_reply(&r);
+    assert_null(r.frame);
+    assert_null(r.reply);
+    assert_int_equal(r.status, SURPOOL_ERR_DISCONNECTED);
 }
 
 static void test_pipelined_out_of_order(void **state)
@@ -533,7 +711,7 @@ static void *worker_main(void *arg)
     for (int i = 0; i < w->n; i++) {
         treq *q = treq_new(&b, w->id0 + i, "ping", NULL, 10000);
         if (ops->submit(w->c, &q->r) != SURPOOL_OK || !batch_wait(&b, i + 1, WAIT_MS) ||
-            q->r.status != SURPOOL_OK ||
+            (surpool__wire_decode_reply(&q->r), q->r.status != SURPOOL_OK) ||
             json_integer_value(json_object_get(q->r.reply, "id")) != w->id0 + i)
             w->failures++;
         treq_free(q);
@@ -1576,6 +1754,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_invalid_args, test_teardown),
         cmocka_unit_test_teardown(test_round_trips, test_teardown),
+        cmocka_unit_test_teardown(test_event_loops, test_teardown),
+        cmocka_unit_test(test_reply_decode),
+        cmocka_unit_test_teardown(test_big_reply_decoded_by_its_caller, test_teardown),
         cmocka_unit_test_teardown(test_pipelined_out_of_order, test_teardown),
         cmocka_unit_test_teardown(test_many_connections, test_teardown),
         cmocka_unit_test_teardown(test_connect_refused, test_teardown),

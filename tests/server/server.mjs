@@ -798,10 +798,17 @@ class Conn {
       return error(errInvalidParams('Invalid params: use [null, db] is not supported (the namespace must be a string)'));
     }
 
+    // A txn that is not a UUID must not quietly run the request outside the
+    // transaction the client meant: refused, as the core refuses a bad one.
+    const hasTxn = req.txn !== undefined && req.txn !== null;
+    if (hasTxn && (typeof req.txn !== 'string' || !UUID_RE.test(req.txn))) {
+      return error(errInvalidRequest('Invalid request: txn must be a UUID string'));
+    }
+
     let result;
     try {
       await this.attached;
-      const txn = typeof req.txn === 'string' && UUID_RE.test(req.txn) ? new Uuid(req.txn) : undefined;
+      const txn = hasTxn ? new Uuid(req.txn) : undefined;
       result = await execute(method, params == null ? undefined : await toCore(params), this.session, txn);
     } catch (err) {
       result = { error: { code: -32000, message: String(err?.message ?? err), kind: 'Internal' } };

@@ -86,10 +86,11 @@ class Client {
   }
 
   /** Sends a request; resolves with the whole reply object, or rejects on timeout. */
-  call(method, params, { timeout = 5000, id } = {}) {
+  call(method, params, { timeout = 5000, id, txn } = {}) {
     const rid = id ?? this.nextId++;
     const req = { id: rid, method };
     if (params !== undefined) req.params = params;
+    if (txn !== undefined) req.txn = txn;
     return new Promise((resolve, reject) => {
       const t = setTimeout(() => { this.pending.delete(rid); reject(new Error(`timeout: ${method}`)); }, timeout);
       this.pending.set(rid, (m) => { clearTimeout(t); resolve(m); });
@@ -382,6 +383,18 @@ await check('unknown method, SurrealQL parse error, bad params', async () => {
   const np = await a.call('query', [1]);
   assertEq(np.error.code, -32603, 'invalid params');
   return `parse error message starts ${JSON.stringify(q.error.message.split('\n')[0])}`;
+});
+
+await check('txn is carried to the core: begin, a write inside, cancel drops it; a bad txn is refused', async () => {
+  const txn = await a.ok('begin', []);
+  await a.ok('query', ['DEFINE TABLE IF NOT EXISTS smoke_txn']);
+  const inside = await a.ok('query', ['CREATE smoke_txn:1; SELECT * FROM smoke_txn'], { txn });
+  assertEq(inside[1].result.length, 1, 'the transaction sees its own write');
+  assertEq((await a.ok('query', ['SELECT * FROM smoke_txn']))[0].result.length, 0, 'others do not');
+  assertEq(await a.ok('cancel', [txn]), null, 'cancel');
+  assertEq((await a.ok('query', ['SELECT * FROM smoke_txn']))[0].result.length, 0, 'gone after cancel');
+  const bad = await a.call('query', ['RETURN 1'], { txn: 'not-a-uuid' });
+  assertEq(bad.error?.code, -32600, 'bad txn');
 });
 
 await check('use [null, "db"] is rejected (-32603) and the server survives', async () => {
