@@ -1371,34 +1371,7 @@ surpool_err surpool__cbor_decode_frame(const unsigned char *buf, size_t len,
         return surpool__seterr(err, SURPOOL_ERR_PROTOCOL,
                                "frame from the server is not a plain map");
     }
-    json_t *id = json_object_get(root, "id");
-    if (id != NULL && !json_is_null(id)) {
-        if (!json_is_integer(id)) {
-            json_decref(root);
-            return surpool__seterr(err, SURPOOL_ERR_PROTOCOL,
-                                   "frame from the server has an id that is not an integer");
-        }
-        out->kind = SURPOOL__FRAME_REPLY;
-        out->id = (int64_t)json_integer_value(id);
-        out->root = root;
-        return SURPOOL_OK;
-    }
-    json_t *error = json_object_get(root, "error");
-    if (error != NULL && !json_is_null(error)) {
-        out->kind = SURPOOL__FRAME_ORPHAN_ERROR;
-        out->root = root;
-        return SURPOOL_OK;
-    }
-    json_t *result = json_object_get(root, "result");
-    if (json_is_object(result) && json_object_get(result, "action") != NULL) {
-        out->kind = SURPOOL__FRAME_NOTIFICATION;
-        out->root = root;
-        return SURPOOL_OK;
-    }
-    json_decref(root);
-    return surpool__seterr(err, SURPOOL_ERR_PROTOCOL,
-                           "frame from the server has no id and is neither an error nor a "
-                           "live-query notification");
+    return surpool__codec_classify_frame(root, out, err);
 }
 
 /* ------------------------------------------------------------------------- */

@@ -293,6 +293,11 @@ surpool_err surpool__codec_decode_frame(const char *buf, size_t len, surpool__fr
         return SURPOOL_ERR_PROTOCOL;
     }
 
+    return surpool__codec_classify_frame(root, out, err);
+}
+
+surpool_err surpool__codec_classify_frame(json_t *root, surpool__frame *out, surpool_error *err)
+{
     json_t *id = json_object_get(root, "id");
     if (id != NULL && !json_is_null(id)) {
         if (!json_is_integer(id)) {

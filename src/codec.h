@@ -84,6 +84,14 @@ surpool_err surpool__codec_decode_frame(const char *buf, size_t len, surpool__fr
 surpool_err surpool__codec_peek(const char *buf, size_t len, surpool__frame_kind *kind,
                                 int64_t *id, surpool_error *err);
 
+/* Classify a decoded frame's root object (both wire formats): an integer
+ * "id" makes a REPLY, no id (or null) with a non-null "error" an ORPHAN_ERROR,
+ * else a "result" object with "action" a NOTIFICATION; anything else, or a
+ * non-integer id, is SURPOOL_ERR_PROTOCOL. Takes over `root`: on success it is
+ * out->root, on failure it is released. */
+surpool_err surpool__codec_classify_frame(json_t *root, surpool__frame *out,
+                                          surpool_error *err);
+
 /* For a REPLY root: SURPOOL_OK with *result set to the BORROWED "result" member
  * (json null when the server sent null); or the server's error mapped by
  * surpool__codec_map_error() (an "error" member wins over "result"; "error":null
