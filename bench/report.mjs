@@ -23,6 +23,31 @@ const { values: opt } = parseArgs({
   strict: true,
 });
 
+/** The "## ... (measured by hand ...)" sections of the first existing file, each up to the next "## ". */
+function handMeasuredSections(...files) {
+  for (const f of files) {
+    let text;
+    try {
+      text = readFileSync(f, 'utf8');
+    } catch {
+      continue;
+    }
+    const sections = [];
+    let cur = null;
+    for (const line of text.split('\n')) {
+      if (line.startsWith('## ')) {
+        if (cur) sections.push(cur.join('\n').trimEnd());
+        cur = /measured by hand/i.test(line) ? [line] : null;
+      } else if (cur) {
+        cur.push(line);
+      }
+    }
+    if (cur) sections.push(cur.join('\n').trimEnd());
+    return sections;
+  }
+  return [];
+}
+
 // ---------------------------------------------------------------------------
 // Load
 // ---------------------------------------------------------------------------
@@ -604,6 +629,14 @@ p('## The JavaScript SDK: how it was measured', '',
   '- Node 20 has no global `WebSocket`: the SDK is given the `ws` package via `new Surreal({ websocketImpl })`.',
   '- With --null, cbor_server answers `query` with the core\'s own reply to `RETURN 1` captured at start (an array of one statement ' +
   'result), in CBOR or JSON; tests/server/null_server.mjs answers `"ok"`. Neither runs anything.', '');
+
+// ---- sections measured by hand (kept) ----
+// Figures no bench program here produces on its own (before/after comparisons
+// against an older commit, measurements against the real core with a fault
+// injected, the live-query and cluster runs) are written by hand into sections
+// whose heading says "measured by hand". A regeneration keeps them verbatim,
+// in their order, so that re-running the whole bench never loses them.
+for (const section of handMeasuredSections(join(opt['out-dir'], 'PERFORMANCE.md'), join('docs', 'PERFORMANCE.md'))) p(section, '');
 
 p('## Reproduce', '', '```sh', 'scripts/bench.sh            # 3 rounds, ~6–8 minutes on 2 cores', 'scripts/bench.sh --runs 5   # more rounds', 'scripts/bench.sh --quick    # 1 round, reduced set (smoke)',
   'scripts/bench.sh --only hol,mem,scale --runs 1   # some groups; report in build/bench-results/report/, docs/ untouched',
