@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "lease.h"
 #include "pool.h"
 #include "utf8.h"
 
@@ -342,7 +343,11 @@ static surpool_err setup(surpool_conn *c, int64_t deadline, surpool_error *err)
             return rc;
     }
     if (cfg->on_connect != NULL) {
-        rc = cfg->on_connect(cfg->on_connect_userdata, c);
+        /* The hook gets a handle of its own lease (it may call surpool_conn_*
+         * on it), which ends with the hook: kept, it is stale. */
+        surpool_conn *h = surpool__lease_lend(c);
+        rc = cfg->on_connect(cfg->on_connect_userdata, h);
+        surpool__lease_reclaim(c);
         if (rc != SURPOOL_OK) {
             if (err != NULL && err->code == SURPOOL_OK)
                 surpool__seterr(err, rc, "on_connect hook refused the connection (%s)",
@@ -368,11 +373,17 @@ surpool_err surpool__conn_open(surpool_pool *p, surpool_conn **out, surpool_erro
     atomic_init(&c->dead, 0);
     c->created_ns = surpool__now_ns();
     c->expires_ns = INT64_MAX;
+    if (surpool__lease_slot_assign(c) != 0) {
+        surpool__free(c);
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM,
+                               "out of lease slots or memory opening a connection");
+    }
 
     surpool__tconn_events ev = {on_dead, on_notify, c};
     int64_t deadline = surpool__deadline_after_ms(p->cfg.pub.connect_timeout_ms);
     surpool_err rc = p->ops->open(p->transport, deadline, &ev, &c->t, err);
     if (rc != SURPOOL_OK) {
+        surpool__lease_slot_retire(c);
         surpool__free(c);
         return rc;
     }
@@ -444,16 +455,37 @@ void surpool__conn_close(surpool_conn *c)
     if (c == NULL)
         return;
     surpool__conn_close_transport(c);
+    surpool__lease_slot_retire(c); /* every handle of it is stale from here */
     surpool__free(c);
 }
 
-void surpool_conn_discard(surpool_conn *c)
+void surpool_conn_discard(surpool_conn *h)
 {
-    if (c != NULL)
-        c->discard = 1;
+    if (h == NULL)
+        return;
+    surpool_conn *c = NULL;
+    surpool__lease_claim why = surpool__lease_pin(h, &c);
+    if (why != SURPOOL__LEASE_OK) {
+        surpool__lease_log_refused(h, why, "surpool_conn_discard");
+        return;
+    }
+    c->discard = 1;
+    surpool__lease_unpin(h);
 }
 
-const char *surpool_conn_last_error(const surpool_conn *c)
+const char *surpool_conn_last_error(const surpool_conn *h)
 {
-    return c != NULL ? c->last_error : "";
+    if (h == NULL)
+        return "";
+    /* Pinned while it copies nothing: the text stays the lease's until its
+     * next call, which only its (one) holder thread makes. */
+    surpool_conn *c = NULL;
+    surpool__lease_claim why = surpool__lease_pin((surpool_conn *)h, &c);
+    if (why != SURPOOL__LEASE_OK)
+        return why == SURPOOL__LEASE_BUSY
+                   ? "the lease is in a call on another thread (one thread at a time per lease)"
+                   : "connection handle already released (stale or invalid handle)";
+    const char *text = c->last_error;
+    surpool__lease_unpin((surpool_conn *)h);
+    return text;
 }

@@ -38,6 +38,15 @@ int surpool__conn_may_reauth(const surpool_conn *c);
  * the connection is marked broken. Blocks (RPCs); no locks held. */
 surpool_err surpool__conn_reauth(surpool_conn *c, surpool_error *err);
 
+/* Borrowing a real connection (pool.c), for the library's own borrowers: the
+ * lane, and any later one. surpool_pool_acquire_at() and surpool_conn_release()
+ * wrap these for users, handing out and taking back lease handles (lease.h),
+ * which internal code never sees nor passes. Same arguments, errors and
+ * thread rules as the public pair. */
+surpool_err surpool__pool_acquire_conn(surpool_pool *pool, long timeout_ms, surpool_conn **out,
+                                       surpool_error *err, const char *file, int line);
+void surpool__pool_release_conn(surpool_conn *c);
+
 /* Hand a prepared request (surpool__rpc_prepare) to the connection's
  * transport, and take one back; the transport's contracts 3 and 5. */
 surpool_err surpool__conn_submit(surpool_conn *c, surpool__treq *req);

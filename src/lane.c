@@ -12,7 +12,7 @@
  *    queued requests whose deadline passed, and asks for growth. It never
  *    blocks in the pool: it sleeps at most until the earliest deadline of a
  *    queued request (or a 100 ms tick while it holds sockets);
- *  - the acquirer blocks in surpool_pool_acquire_at() when the lane must grow,
+ *  - the acquirer blocks in surpool__pool_acquire_conn() when the lane must grow,
  *    so that a slow or impossible acquire never holds up the deadlines;
  *  - the delivery thread settles async requests the transport completed, in
  *    completion order: decodes the reply, runs the callback, gives the slot
@@ -101,7 +101,7 @@ struct surpool__lane {
     int submitting;    /* pump() calls inside submit(): destroy must not close under them */
     uint64_t seq;      /* requests queued so far */
     int acq_want;      /* the acquirer should try to get one more socket */
-    int acq_busy;      /* the acquirer is in surpool_pool_acquire_at() */
+    int acq_busy;      /* the acquirer is in surpool__pool_acquire_conn() */
     int reauth_want;   /* a socket waits for re-authentication (lane_conn.reauth) */
     uint64_t auth_seq; /* re-authentications done so far */
     int64_t grow_not_before_ns; /* after a failed acquire with sockets left: pace retries */
@@ -548,8 +548,8 @@ static void *acquirer_main(void *arg)
         if (lc == NULL) {
             rc = surpool__seterr(&aerr, SURPOOL_ERR_NOMEM, "out of memory growing the lane");
         } else {
-            rc = surpool_pool_acquire_at(p, l->acquire_timeout_ms, &c, &aerr, __FILE__,
-                                         __LINE__);
+            rc = surpool__pool_acquire_conn(p, l->acquire_timeout_ms, &c, &aerr, __FILE__,
+                                            __LINE__);
             if (rc == SURPOOL_OK)
                 surpool__pool_lane_mark(p, c);
         }
@@ -558,7 +558,7 @@ static void *acquirer_main(void *arg)
         l->acq_busy = 0;
         if (rc == SURPOOL_OK && (l->stop || l->closed)) {
             pthread_mutex_unlock(&l->mu);
-            surpool_conn_release(c);
+            surpool__pool_release_conn(c);
             surpool__free(lc);
             pthread_mutex_lock(&l->mu);
             continue;
@@ -637,7 +637,7 @@ static void *lane_main(void *arg)
                  * result or error): the pool must close it, not lend it. */
                 if (lc->failed)
                     surpool__conn_mark_broken(lc->c);
-                surpool_conn_release(lc->c);
+                surpool__pool_release_conn(lc->c);
                 surpool__free(lc);
             }
             pthread_mutex_lock(&l->mu);
@@ -788,7 +788,7 @@ void surpool__lane_destroy(surpool__lane *l)
         pthread_mutex_unlock(&l->mu);
         if (c == NULL)
             break;
-        surpool_conn_release(c);
+        surpool__pool_release_conn(c);
     }
     /* Completions of what was in flight may still be running on the
      * transport's thread: wait for the last one to count itself out. */

@@ -44,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lease.h"
 #include "pool.h"
 #include "thread.h"
 
@@ -644,8 +645,8 @@ static surpool_err wait_for_handoff(surpool_pool *p, long timeout_ms, int64_t t0
     return surpool__seterr(err, w.outcome, "%s", surpool_strerror(w.outcome));
 }
 
-surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_conn **out,
-                                    surpool_error *err, const char *file, int line)
+surpool_err surpool__pool_acquire_conn(surpool_pool *p, long timeout_ms, surpool_conn **out,
+                                       surpool_error *err, const char *file, int line)
 {
     if (p == NULL || out == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "pool and out are required");
@@ -702,6 +703,18 @@ out_unlock:
     return rc;
 }
 
+/* The user's lease: the connection stays internal, the caller gets a handle
+ * naming this lease only (lease.c). */
+surpool_err surpool_pool_acquire_at(surpool_pool *p, long timeout_ms, surpool_conn **out,
+                                    surpool_error *err, const char *file, int line)
+{
+    surpool_conn *c = NULL;
+    surpool_err rc = surpool__pool_acquire_conn(p, timeout_ms, &c, err, file, line);
+    if (rc == SURPOOL_OK)
+        *out = surpool__lease_lend(c);
+    return rc;
+}
+
 surpool_err(surpool_pool_acquire)(surpool_pool *pool, long timeout_ms, surpool_conn **out,
                                   surpool_error *err)
 {
@@ -722,10 +735,21 @@ static const char *state_name(surpool__conn_state st, int maint)
     return "unknown";
 }
 
-void surpool_conn_release(surpool_conn *c)
+void surpool_conn_release(surpool_conn *h)
 {
-    if (c == NULL)
+    if (h == NULL)
         return;
+    surpool_conn *c = NULL;
+    surpool__lease_claim why = surpool__lease_end(h, &c);
+    if (why != SURPOOL__LEASE_OK) {
+        surpool__lease_log_refused(h, why, "surpool_conn_release");
+        return;
+    }
+    surpool__pool_release_conn(c);
+}
+
+void surpool__pool_release_conn(surpool_conn *c)
+{
     surpool_pool *p = c->pool;
     surpool__evq q; /* not zero-filled: only q.n matters, and it is 6 KB */
     q.n = 0;

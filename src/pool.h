@@ -38,6 +38,8 @@ typedef enum surpool__conn_state {
 struct surpool_conn {
     surpool_pool *pool;
     surpool__tconn *t;         /* transport handle; NULL once closed */
+    uint32_t lease_slot;       /* its slot in the lease table + 1 (lease.c), for as
+                                  long as its memory lives; 0 = none */
     surpool__conn_state state; /* pool mutex */
 
     /* Pool lists (pool mutex). idle_link also links the graveyard. */

@@ -10,6 +10,7 @@
 
 #include "auth.h"
 #include "codec.h"
+#include "lease.h"
 #include "pool.h"
 #include "wire.h"
 #include "thread.h"
@@ -921,8 +922,10 @@ surpool_err surpool__rpc_end_txn(surpool_conn *c, surpool_error *err)
 /* One error channel: each call fills the caller's surpool_error (or a local  */
 /* one), and the lease's last-error text is derived from it here, in          */
 /* lease_end(), and nowhere else. The conn_* functions above never see a NULL */
-/* `err` or a NULL `c`: LEASE_CALL checks `c` and passes them `e`, the        */
-/* caller's struct or a local one.                                            */
+/* `err` nor a handle: LEASE_CALL resolves the handle `h` to its connection  */
+/* `c`, pinned for the call (lease.c: a stale handle is INVALID_ARG and never */
+/* reaches the connection's next borrower), and passes `e`, the caller's      */
+/* struct or a local one.                                                     */
 /* ------------------------------------------------------------------------- */
 
 static surpool_err lease_end(surpool_conn *c, surpool_err rc, const surpool_error *e)
@@ -934,164 +937,174 @@ static surpool_err lease_end(surpool_conn *c, surpool_err rc, const surpool_erro
     return rc;
 }
 
-#define LEASE_CALL(c, err, call)                                                               \
+#define LEASE_CALL(h, err, call)                                                               \
     do {                                                                                       \
-        if ((c) == NULL)                                                                       \
+        if ((h) == NULL)                                                                       \
             return surpool__seterr((err), SURPOOL_ERR_INVALID_ARG, "conn is NULL");            \
         surpool_error lease_local_;                                                            \
         lease_local_.message[0] = '\0';                                                        \
         surpool_error *e = (err) != NULL ? (err) : &lease_local_;                              \
-        return lease_end((c), (call), e);                                                      \
+        surpool_conn *c = NULL;                                                                \
+        surpool__lease_claim why_ = surpool__lease_pin((h), &c);                               \
+        if (why_ != SURPOOL__LEASE_OK)                                                         \
+            return surpool__lease_refused(why_, __func__, e);                                  \
+        surpool_err rc_ = lease_end(c, (call), e);                                             \
+        surpool__lease_unpin(h);                                                               \
+        return rc_;                                                                            \
     } while (0)
 
-surpool_err surpool_conn_call(surpool_conn *c, const char *method, const json_t *params,
+surpool_err surpool_conn_call(surpool_conn *h, const char *method, const json_t *params,
                               json_t **out, surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_call(c, method, params, out, e));
+    LEASE_CALL(h, err, conn_call(c, method, params, out, e));
 }
 
-surpool_err surpool_conn_query(surpool_conn *c, const char *sql, const json_t *vars,
+surpool_err surpool_conn_query(surpool_conn *h, const char *sql, const json_t *vars,
                                json_t **out, surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_query(c, sql, vars, out, e));
+    LEASE_CALL(h, err, conn_query(c, sql, vars, out, e));
 }
 
-surpool_err surpool_conn_ping(surpool_conn *c, surpool_error *err)
+surpool_err surpool_conn_ping(surpool_conn *h, surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_ping(c, e));
+    LEASE_CALL(h, err, conn_ping(c, e));
 }
 
-surpool_err surpool_conn_version(surpool_conn *c, json_t **out, surpool_error *err)
+surpool_err surpool_conn_version(surpool_conn *h, json_t **out, surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_version(c, out, e));
+    LEASE_CALL(h, err, conn_version(c, out, e));
 }
 
-surpool_err surpool_conn_use(surpool_conn *c, const char *ns, const char *db,
+surpool_err surpool_conn_use(surpool_conn *h, const char *ns, const char *db,
                              surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_use(c, ns, db, e));
+    LEASE_CALL(h, err, conn_use(c, ns, db, e));
 }
 
-surpool_err surpool_conn_signin(surpool_conn *c, const surpool_credentials *cred, json_t **out,
+surpool_err surpool_conn_signin(surpool_conn *h, const surpool_credentials *cred, json_t **out,
                                 surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_signin(c, cred, out, e));
+    LEASE_CALL(h, err, conn_signin(c, cred, out, e));
 }
 
-surpool_err surpool_conn_signup(surpool_conn *c, const char *ns, const char *db,
+surpool_err surpool_conn_signup(surpool_conn *h, const char *ns, const char *db,
                                 const char *access, const json_t *vars, json_t **out,
                                 surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_signup(c, ns, db, access, vars, out, e));
+    LEASE_CALL(h, err, conn_signup(c, ns, db, access, vars, out, e));
 }
 
-surpool_err surpool_conn_authenticate(surpool_conn *c, const char *token, surpool_error *err)
+surpool_err surpool_conn_authenticate(surpool_conn *h, const char *token, surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_authenticate(c, token, e));
+    LEASE_CALL(h, err, conn_authenticate(c, token, e));
 }
 
-surpool_err surpool_conn_invalidate(surpool_conn *c, surpool_error *err)
+surpool_err surpool_conn_invalidate(surpool_conn *h, surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_invalidate(c, e));
+    LEASE_CALL(h, err, conn_invalidate(c, e));
 }
 
-surpool_err surpool_conn_let(surpool_conn *c, const char *name, const json_t *value,
+surpool_err surpool_conn_let(surpool_conn *h, const char *name, const json_t *value,
                              surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_let(c, name, value, e));
+    LEASE_CALL(h, err, conn_let(c, name, value, e));
 }
 
-surpool_err surpool_conn_unset(surpool_conn *c, const char *name, surpool_error *err)
+surpool_err surpool_conn_unset(surpool_conn *h, const char *name, surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_unset(c, name, e));
+    LEASE_CALL(h, err, conn_unset(c, name, e));
 }
 
-surpool_err surpool_conn_select(surpool_conn *c, const char *thing, json_t **out,
+surpool_err surpool_conn_select(surpool_conn *h, const char *thing, json_t **out,
                                 surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_select(c, thing, out, e));
+    LEASE_CALL(h, err, conn_select(c, thing, out, e));
 }
 
-surpool_err surpool_conn_create(surpool_conn *c, const char *thing, const json_t *data,
+surpool_err surpool_conn_create(surpool_conn *h, const char *thing, const json_t *data,
                                 json_t **out, surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_create(c, thing, data, out, e));
+    LEASE_CALL(h, err, conn_create(c, thing, data, out, e));
 }
 
-surpool_err surpool_conn_insert(surpool_conn *c, const char *table, const json_t *data,
+surpool_err surpool_conn_insert(surpool_conn *h, const char *table, const json_t *data,
                                 json_t **out, surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_insert(c, table, data, out, e));
+    LEASE_CALL(h, err, conn_insert(c, table, data, out, e));
 }
 
-surpool_err surpool_conn_update(surpool_conn *c, const char *thing, const json_t *data,
+surpool_err surpool_conn_update(surpool_conn *h, const char *thing, const json_t *data,
                                 json_t **out, surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_update(c, thing, data, out, e));
+    LEASE_CALL(h, err, conn_update(c, thing, data, out, e));
 }
 
-surpool_err surpool_conn_upsert(surpool_conn *c, const char *thing, const json_t *data,
+surpool_err surpool_conn_upsert(surpool_conn *h, const char *thing, const json_t *data,
                                 json_t **out, surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_upsert(c, thing, data, out, e));
+    LEASE_CALL(h, err, conn_upsert(c, thing, data, out, e));
 }
 
-surpool_err surpool_conn_merge(surpool_conn *c, const char *thing, const json_t *data,
+surpool_err surpool_conn_merge(surpool_conn *h, const char *thing, const json_t *data,
                                json_t **out, surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_merge(c, thing, data, out, e));
+    LEASE_CALL(h, err, conn_merge(c, thing, data, out, e));
 }
 
-surpool_err surpool_conn_patch(surpool_conn *c, const char *thing, const json_t *ops, int diff,
+surpool_err surpool_conn_patch(surpool_conn *h, const char *thing, const json_t *ops, int diff,
                                json_t **out, surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_patch(c, thing, ops, diff, out, e));
+    LEASE_CALL(h, err, conn_patch(c, thing, ops, diff, out, e));
 }
 
-surpool_err surpool_conn_delete(surpool_conn *c, const char *thing, json_t **out,
+surpool_err surpool_conn_delete(surpool_conn *h, const char *thing, json_t **out,
                                 surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_delete(c, thing, out, e));
+    LEASE_CALL(h, err, conn_delete(c, thing, out, e));
 }
 
-surpool_err surpool_conn_relate(surpool_conn *c, const char *from, const char *table,
+surpool_err surpool_conn_relate(surpool_conn *h, const char *from, const char *table,
                                 const char *to, const json_t *data, json_t **out,
                                 surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_relate(c, from, table, to, data, out, e));
+    LEASE_CALL(h, err, conn_relate(c, from, table, to, data, out, e));
 }
 
-surpool_err surpool_conn_run(surpool_conn *c, const char *fn, const char *version,
+surpool_err surpool_conn_run(surpool_conn *h, const char *fn, const char *version,
                              const json_t *args, json_t **out, surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_run(c, fn, version, args, out, e));
+    LEASE_CALL(h, err, conn_run(c, fn, version, args, out, e));
 }
 
-surpool_err surpool_conn_info(surpool_conn *c, json_t **out, surpool_error *err)
+surpool_err surpool_conn_info(surpool_conn *h, json_t **out, surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_info(c, out, e));
+    LEASE_CALL(h, err, conn_info(c, out, e));
 }
 
-surpool_err surpool_conn_begin(surpool_conn *c, surpool_error *err)
+surpool_err surpool_conn_begin(surpool_conn *h, surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_begin(c, e));
+    LEASE_CALL(h, err, conn_begin(c, e));
 }
 
-surpool_err surpool_conn_commit(surpool_conn *c, surpool_error *err)
+surpool_err surpool_conn_commit(surpool_conn *h, surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_end_txn(c, "commit", INT64_MAX, e));
+    LEASE_CALL(h, err, conn_end_txn(c, "commit", INT64_MAX, e));
 }
 
-surpool_err surpool_conn_cancel(surpool_conn *c, surpool_error *err)
+surpool_err surpool_conn_cancel(surpool_conn *h, surpool_error *err)
 {
-    LEASE_CALL(c, err, conn_end_txn(c, "cancel", INT64_MAX, e));
+    LEASE_CALL(h, err, conn_end_txn(c, "cancel", INT64_MAX, e));
 }
 
-surpool_err surpool_conn_set_timeout(surpool_conn *c, long timeout_ms)
+surpool_err surpool_conn_set_timeout(surpool_conn *h, long timeout_ms)
 {
-    if (c == NULL || timeout_ms > SURPOOL__MS_MAX)
+    if (h == NULL || timeout_ms > SURPOOL__MS_MAX)
+        return SURPOOL_ERR_INVALID_ARG;
+    surpool_conn *c = NULL;
+    if (surpool__lease_pin(h, &c) != SURPOOL__LEASE_OK)
         return SURPOOL_ERR_INVALID_ARG;
     c->own_timeout = timeout_ms >= 0;
     c->timeout_ms = timeout_ms >= 0 ? timeout_ms : 0;
+    surpool__lease_unpin(h);
     return SURPOOL_OK;
 }
