@@ -234,6 +234,16 @@ void surpool__lease_unpin(surpool_conn *h)
     atomic_store_explicit(&s->word, WORD(WORD_GEN(w), SLOT_LENT), memory_order_release);
 }
 
+surpool_conn *surpool__lease_conn_of(const surpool_conn *h)
+{
+    uint32_t gen;
+    lease_slot *s = handle_slot(h, &gen);
+    if (s == NULL)
+        return NULL;
+    uint64_t w = atomic_load_explicit(&s->word, memory_order_acquire);
+    return gen_matches(w, gen) && WORD_STATE(w) != SLOT_FREE ? s->conn : NULL;
+}
+
 static const char *refusal(surpool__lease_claim why)
 {
     return why == SURPOOL__LEASE_BUSY

@@ -42,6 +42,9 @@ surpool__lease_claim surpool__lease_end(surpool_conn *h, surpool_conn **c);
  * connection. Unpin with surpool__lease_unpin(h) when the call is over. */
 surpool__lease_claim surpool__lease_pin(surpool_conn *h, surpool_conn **c);
 void surpool__lease_unpin(surpool_conn *h);
+/* The connection of the open lease `h` names, or NULL (stale, invalid). No
+ * pin: for checks in tests that hold the lease themselves. */
+surpool_conn *surpool__lease_conn_of(const surpool_conn *h);
 /* The error a refused claim gives a call: SURPOOL_ERR_INVALID_ARG, message
  * naming `fn`. */
 surpool_err surpool__lease_refused(surpool__lease_claim why, const char *fn,

@@ -560,6 +560,52 @@ static void test_one_signin_per_pool_no_stampede(void **state)
     assert_true(atomic_load(&ts.refused) <= 16);
 }
 
+/* The on_connect hook gets a handle of its own (issue 9 item 7): calls on it
+ * work during the hook, at connect and when a dirty lease is reset on
+ * release; kept past the hook, it is stale and refused. */
+static atomic_int g_hook_calls, g_hook_ok;
+static _Atomic(surpool_conn *) g_hook_handle;
+
+static surpool_err on_connect_pings(void *ud, surpool_conn *conn)
+{
+    (void)ud;
+    atomic_fetch_add(&g_hook_calls, 1);
+    if (surpool_conn_ping(conn, NULL) == SURPOOL_OK && surpool_conn_set_timeout(conn, -1) == 0)
+        atomic_fetch_add(&g_hook_ok, 1);
+    atomic_store(&g_hook_handle, conn);
+    return SURPOOL_OK;
+}
+
+static void test_on_connect_gets_a_valid_handle(void **state)
+{
+    fixture *f = *state;
+    surpool_config cfg;
+    base(f, &cfg);
+    cfg.max_connections = 1;
+    cfg.on_connect = on_connect_pings;
+    atomic_store(&g_hook_calls, 0);
+    atomic_store(&g_hook_ok, 0);
+    create(f, &cfg);
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(f->pool, 5000, &c, NULL), SURPOOL_OK);
+    assert_int_equal(atomic_load(&g_hook_calls), 1);
+    assert_int_equal(atomic_load(&g_hook_ok), 1);
+    surpool_conn *kept = atomic_load(&g_hook_handle);
+    assert_ptr_not_equal(kept, c);
+    assert_int_equal(surpool_conn_ping(kept, NULL), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_conn_ping(c, NULL), SURPOOL_OK);
+
+    /* A dirty lease is reset on release: the hook runs again, on a new handle. */
+    assert_int_equal(surpool_conn_use(c, "other", "db", NULL), SURPOOL_OK);
+    surpool_conn_release(c);
+    assert_int_equal(atomic_load(&g_hook_calls), 2);
+    assert_int_equal(atomic_load(&g_hook_ok), 2);
+    assert_int_equal(surpool_conn_ping(atomic_load(&g_hook_handle), NULL),
+                     SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(stats(f).resets, 1);
+    assert_int_equal(stats(f).idle, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -574,6 +620,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_leak_reported_once_with_call_site, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_pause_resume_drain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_on_connect_gets_a_valid_handle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_events_and_percentiles, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lazy_start_and_server_down_at_start, setup,
                                         teardown),

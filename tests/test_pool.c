@@ -23,6 +23,7 @@
 #include <cmocka.h>
 
 #include "fake_transport.h"
+#include "lease.h"
 #include "pool.h"
 
 /* Generous: a lost wake-up waits for all of it, a working pool for a fraction.
@@ -161,8 +162,12 @@ typedef struct tracker {
     int double_lease;
 } tracker;
 
-static void track_acquire(tracker *t, surpool_conn *c)
+/* The tracker keys on the connection a lease handle names (handles differ
+ * per lease, connections are what must not be shared). */
+static void track_acquire(tracker *t, surpool_conn *h)
 {
+    surpool_conn *c = surpool__lease_conn_of(h);
+    assert_non_null(c);
     pthread_mutex_lock(&t->mu);
     for (int i = 0; i < t->nheld; i++)
         if (t->held[i] == c)
@@ -173,8 +178,10 @@ static void track_acquire(tracker *t, surpool_conn *c)
     pthread_mutex_unlock(&t->mu);
 }
 
-static void track_release(tracker *t, surpool_conn *c)
+static void track_release(tracker *t, surpool_conn *h)
 {
+    surpool_conn *c = surpool__lease_conn_of(h);
+    assert_non_null(c);
     pthread_mutex_lock(&t->mu);
     for (int i = 0; i < t->nheld; i++) {
         if (t->held[i] == c) {
@@ -1033,6 +1040,227 @@ static void test_concurrent_double_release(void **state)
 }
 
 /* ------------------------------------------------------------------------- */
+/* Stale lease handles (issue 9 item 7)                                       */
+/* ------------------------------------------------------------------------- */
+
+typedef struct relend {
+    surpool_pool *pool;
+    surpool_conn *got;
+    surpool_err rc;
+} relend;
+
+static void *relend_waiter(void *arg)
+{
+    relend *r = arg;
+    r->rc = surpool_pool_acquire(r->pool, NO_LOST_WAKEUP_TIMEOUT_MS, &r->got, NULL);
+    return NULL;
+}
+
+static int pool_waiters(surpool_pool *p)
+{
+    surpool_stats st;
+    surpool_pool_stats(p, &st);
+    return st.waiters;
+}
+
+/* (a) A releases; the FIFO handoff lends the same connection to B, the
+ * waiter, inside that release; A releases again with its old handle. Before
+ * lease handles, that second release gave back B's lease (in_use 0, idle 1)
+ * and the next caller shared B's connection. */
+static void test_stale_release_after_relend(void **state)
+{
+    fixture *f = *state;
+    surpool_pool *pool = make_logging_pool(f, 1);
+    surpool_conn *a = NULL;
+    assert_int_equal(surpool_pool_acquire(pool, 1000, &a, NULL), SURPOOL_OK);
+    relend r = {pool, NULL, SURPOOL_ERR_CLOSED};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, relend_waiter, &r), 0);
+    WAIT_UNTIL(pool_waiters(pool) == 1, "B to queue for the only connection");
+    surpool_conn_release(a); /* hands the connection to B */
+    join_bounded(th, "B's acquire");
+    assert_int_equal(r.rc, SURPOOL_OK);
+    assert_int_equal(log_count_and_clear("released twice"), 0);
+
+    surpool_conn_release(a); /* stale: must not touch B's lease */
+    assert_int_equal(log_count_and_clear("released twice"), 1);
+    surpool_stats st;
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.in_use, 1);
+    assert_int_equal(st.idle, 0);
+    assert_int_equal(st.released, 1);
+    assert_int_equal(st.handoffs, 2); /* A's fresh connection, then A's release to B */
+    surpool_error err;
+    assert_int_equal(surpool_conn_ping(r.got, &err), SURPOOL_OK); /* B still holds it */
+    surpool_conn_release(r.got);
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.in_use, 0);
+    assert_int_equal(st.idle, 1);
+    assert_int_equal(st.destroyed, 0);
+}
+
+/* (b) Every entry point refuses a stale handle with INVALID_ARG (or a logged
+ * no-op), and the connection's new borrower sees nothing of it. */
+static void test_stale_calls_after_relend(void **state)
+{
+    fixture *f = *state;
+    surpool_pool *pool = make_logging_pool(f, 1);
+    surpool_conn *a = NULL, *b = NULL;
+    assert_int_equal(surpool_pool_acquire(pool, 1000, &a, NULL), SURPOOL_OK);
+    surpool_conn_release(a);
+    assert_int_equal(surpool_pool_acquire(pool, 1000, &b, NULL), SURPOOL_OK);
+    assert_ptr_not_equal(a, b); /* same connection, another lease */
+    assert_ptr_equal(surpool__lease_conn_of(a), NULL);
+    assert_non_null(surpool__lease_conn_of(b));
+
+    surpool_error err;
+    json_t *out = NULL;
+    assert_int_equal(surpool_conn_query(a, "RETURN 1", NULL, &out, &err),
+                     SURPOOL_ERR_INVALID_ARG);
+    assert_null(out);
+    assert_non_null(strstr(err.message, "already released"));
+    assert_int_equal(surpool_conn_ping(a, NULL), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_conn_use(a, "x", "y", &err), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_conn_begin(a, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_conn_set_timeout(a, 5), SURPOOL_ERR_INVALID_ARG);
+    assert_non_null(strstr(surpool_conn_last_error(a), "already released"));
+    surpool_conn_discard(a); /* stale: must not discard B's lease */
+    assert_int_equal(log_count_and_clear("already given back"), 1);
+
+    assert_string_equal(surpool_conn_last_error(b), "");
+    assert_int_equal(surpool_conn_ping(b, &err), SURPOOL_OK);
+    surpool_conn_release(b);
+    surpool_stats st;
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.destroyed, 0); /* the stale discard did not reach it */
+    assert_int_equal(st.idle, 1);
+    assert_int_equal(st.in_use, 0);
+    assert_int_equal(st.released, 2);
+}
+
+/* (c) Discard, release, then the stale handle again: its connection is closed
+ * and the handle names nothing; a new lease is not affected. */
+static void test_discard_then_stale_release(void **state)
+{
+    fixture *f = *state;
+    surpool_pool *pool = make_logging_pool(f, 1);
+    surpool_conn *a = NULL, *b = NULL;
+    assert_int_equal(surpool_pool_acquire(pool, 1000, &a, NULL), SURPOOL_OK);
+    surpool_conn_discard(a);
+    surpool_conn_release(a);
+    assert_int_equal(surpool_pool_acquire(pool, 1000, &b, NULL), SURPOOL_OK);
+    surpool_conn_release(a);
+    surpool_conn_discard(a);
+    assert_int_equal(log_count_and_clear("already given back"), 2);
+    assert_int_equal(surpool_conn_ping(a, NULL), SURPOOL_ERR_INVALID_ARG);
+    surpool_stats st;
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.destroyed, 1);
+    assert_int_equal(st.in_use, 1);
+    assert_int_equal(surpool_conn_ping(b, NULL), SURPOOL_OK);
+    surpool_conn_release(b);
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.destroyed, 1);
+    assert_int_equal(st.idle, 1);
+}
+
+/* (d) Threads lease in a loop and, each time, also release and call with the
+ * handle of their previous lease (by then lent to someone else or idle). The
+ * books must balance, every stale use be refused, no connection be shared. */
+#define STALE_THREADS 4
+#define STALE_ROUNDS 400
+
+typedef struct stale_run {
+    surpool_pool *pool;
+    pthread_barrier_t go;
+    tracker tr;
+    atomic_int acquired, stale_refused, bad;
+} stale_run;
+
+static void *stale_worker(void *arg)
+{
+    stale_run *s = arg;
+    surpool_conn *prev = NULL;
+    pthread_barrier_wait(&s->go);
+    for (int i = 0; i < STALE_ROUNDS; i++) {
+        surpool_conn *c = NULL;
+        if (surpool_pool_acquire(s->pool, NO_LOST_WAKEUP_TIMEOUT_MS, &c, NULL) != SURPOOL_OK) {
+            atomic_fetch_add(&s->bad, 1);
+            continue;
+        }
+        atomic_fetch_add(&s->acquired, 1);
+        track_acquire(&s->tr, c);
+        if (surpool_conn_ping(c, NULL) != SURPOOL_OK)
+            atomic_fetch_add(&s->bad, 1);
+        if (prev != NULL) {
+            surpool_conn_release(prev); /* stale */
+            if (surpool_conn_ping(prev, NULL) == SURPOOL_ERR_INVALID_ARG)
+                atomic_fetch_add(&s->stale_refused, 1);
+        }
+        track_release(&s->tr, c);
+        surpool_conn_release(c);
+        prev = c;
+    }
+    surpool_conn_release(prev); /* stale once more */
+    return NULL;
+}
+
+static void test_concurrent_stale_releases(void **state)
+{
+    fixture *f = *state;
+    surpool_pool *pool = make_logging_pool(f, 2);
+    stale_run s;
+    memset(&s, 0, sizeof(s));
+    s.pool = pool;
+    pthread_mutex_init(&s.tr.mu, NULL);
+    pthread_barrier_init(&s.go, NULL, STALE_THREADS);
+    pthread_t th[STALE_THREADS];
+    for (int i = 0; i < STALE_THREADS; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, stale_worker, &s), 0);
+    for (int i = 0; i < STALE_THREADS; i++)
+        join_bounded(th[i], "a thread leasing with stale releases");
+    pthread_barrier_destroy(&s.go);
+    pthread_mutex_destroy(&s.tr.mu);
+    log_count_and_clear("");
+    assert_int_equal(atomic_load(&s.bad), 0);
+    assert_int_equal(s.tr.double_lease, 0);
+    assert_int_equal(atomic_load(&s.acquired), STALE_THREADS * STALE_ROUNDS);
+    assert_int_equal(atomic_load(&s.stale_refused), STALE_THREADS * (STALE_ROUNDS - 1));
+    surpool_stats st;
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.in_use, 0);
+    assert_int_equal(st.idle + st.in_use, (int)(st.created - st.destroyed));
+    assert_int_equal(st.released, (uint64_t)(STALE_THREADS * STALE_ROUNDS));
+    assert_true(st.idle <= 2);
+}
+
+/* (e) A handle whose pool is destroyed names nothing: calls are INVALID_ARG,
+ * release and discard are no-ops (no pool to log to), never a use of freed
+ * memory (ASan). */
+static void test_handle_of_destroyed_pool(void **state)
+{
+    fixture *f = *state;
+    surpool_pool *pool = make_logging_pool(f, 1);
+    surpool_conn *a = NULL;
+    assert_int_equal(surpool_pool_acquire(pool, 1000, &a, NULL), SURPOOL_OK);
+    surpool_conn_release(a);
+    surpool_pool_destroy(pool);
+    f->pool = NULL;
+    surpool_error err;
+    assert_int_equal(surpool_conn_ping(a, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.message, "already released"));
+    assert_int_equal(surpool_conn_set_timeout(a, 1), SURPOOL_ERR_INVALID_ARG);
+    surpool_conn_release(a);
+    surpool_conn_discard(a);
+    assert_non_null(strstr(surpool_conn_last_error(a), "already released"));
+    assert_int_equal(log_count_and_clear("given back"), 0);
+    /* A value that was never a handle is refused without being read. */
+    int not_a_handle = 0;
+    assert_int_equal(surpool_conn_ping((surpool_conn *)&not_a_handle, NULL),
+                     SURPOOL_ERR_INVALID_ARG);
+}
+
+/* ------------------------------------------------------------------------- */
 /* Secrets in freed memory                                                    */
 /* ------------------------------------------------------------------------- */
 
@@ -1279,6 +1507,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_request_timeout_breaks_lease, setup, teardown),
         cmocka_unit_test_setup_teardown(test_double_release_is_a_logged_noop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_double_release, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stale_release_after_relend, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stale_calls_after_relend, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_discard_then_stale_release, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_stale_releases, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_handle_of_destroyed_pool, setup, teardown),
         cmocka_unit_test_setup_teardown(test_url_password_wiped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_config_validation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ms_settings_bounded, setup, teardown),
