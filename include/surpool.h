@@ -51,8 +51,17 @@ extern "C" {
 /** A pool of connections to one SurrealDB endpoint. Opaque. */
 typedef struct surpool_pool surpool_pool;
 
-/** One leased connection, exclusively owned by its borrower until
- *  surpool_conn_release(). Opaque. */
+/** A lease handle: names one lease of a connection, exclusively owned by its
+ *  borrower until surpool_conn_release(). Opaque, and not a pointer to
+ *  memory: the value encodes a slot and a generation, so it is never to be
+ *  dereferenced, freed, or compared with a handle of another lease (two leases
+ *  of the same connection have different handles). Once its lease has ended
+ *  (released, its pool destroyed) the handle is stale: every surpool_conn_*
+ *  function refuses it (SURPOOL_ERR_INVALID_ARG, or a logged no-op for
+ *  release and discard) and it never reaches the connection's next borrower.
+ *  A stale handle is told apart from the current lease of its slot exactly,
+ *  unless that slot has since been leased 2^32 times (2^16 on 32-bit
+ *  platforms). */
 typedef struct surpool_conn surpool_conn;
 
 /* ------------------------------------------------------------------------- */
@@ -128,7 +137,8 @@ typedef void (*surpool_log_fn)(void *userdata, surpool_log_level level, const ch
  *  and again when a dirty lease is reset on release. Runs on the thread doing
  *  that (a connector thread, or the releasing caller), without the pool lock.
  *  It may call the surpool_conn_* functions on `conn` (and nothing else of the
- *  pool); it must not release it. Return SURPOOL_OK to accept the connection,
+ *  pool); it must not release it. `conn` is a handle of its own, valid for the
+ *  duration of the hook only (stale afterwards, see surpool_conn). Return SURPOOL_OK to accept the connection,
  *  anything else to discard it (counted as a connect failure). */
 typedef surpool_err (*surpool_on_connect_fn)(void *userdata, surpool_conn *conn);
 
@@ -369,7 +379,9 @@ SURPOOL_API void surpool_pool_destroy(surpool_pool *pool);
  *  connection goes straight to the oldest waiter.
  *  @param timeout_ms  how long to wait; < 0 means cfg.acquire_timeout_ms; 0 means
  *                     do not wait (but a new connection may still be opened).
- *  @param out  receives the lease on success.
+ *  @param out  receives the lease handle on success (a new value for every
+ *              lease, even of the same connection; see surpool_conn). No
+ *              allocation: the handle is given back with surpool_conn_release().
  *  @return SURPOOL_OK; SURPOOL_ERR_TIMEOUT; SURPOOL_ERR_CLOSED;
  *          SURPOOL_ERR_OVERLOADED (max_waiters reached, returned at once);
  *          SURPOOL_ERR_PAUSED (fail-fast pause);
@@ -478,27 +490,32 @@ SURPOOL_API surpool_err surpool_pool_stats(surpool_pool *pool, surpool_stats *ou
 /** Give a lease back. If callers wait, the connection goes straight to the
  *  oldest; a broken connection is closed and its slot goes to the oldest waiter
  *  to open a replacement. `conn` must not be used afterwards. NULL is a no-op.
- *  Releasing the same lease twice is a programming error the pool detects and
- *  ignores, with an ERROR line through log_fn, while the connection is not
- *  lent again: the second call changes nothing (no stats, no second handoff),
- *  including when two threads release it at once. The handle names the
- *  connection, not the lease: once the pool has lent that connection again,
- *  a stale release cannot be told apart from the new borrower's and gives
- *  back the new borrower's lease; and the memory of a closed connection is
- *  kept only for the next 32 closes, after which a stale handle is a dangling
- *  pointer. So: exactly one release per acquire.
+ *  Releasing a lease twice is a programming error the pool detects and
+ *  ignores: the second call changes nothing (no stats, no second handoff),
+ *  also when two threads release it at once, and also after the pool has
+ *  lent the connection again (the handle names the lease, not the
+ *  connection: the new borrower's lease is never touched). It logs an ERROR
+ *  line through the pool's log_fn while the connection still exists; the
+ *  handle of a connection since closed, or of a destroyed pool, is ignored
+ *  silently (there is no pool left to log to). A release while another
+ *  thread is inside a call on the same lease (forbidden: one thread at a
+ *  time per handle) is refused with an ERROR line and the lease stays open;
+ *  release it once that call has returned.
  *  Thread safety: Any thread (the one holding the lease). */
 SURPOOL_API void surpool_conn_release(surpool_conn *conn);
 
 /** Mark a lease as not to be reused (e.g. after an abandoned transaction): it
- *  is closed on release instead of returning to the pool.
+ *  is closed on release instead of returning to the pool. A stale handle
+ *  (its lease ended) is a no-op logged at ERROR, as in surpool_conn_release();
+ *  it never marks the connection's next lease.
  *  Thread safety: One thread at a time per handle. */
 SURPOOL_API void surpool_conn_discard(surpool_conn *conn);
 
 /** The message of the last call on this lease: the same text that call put in
  *  its err->message (also when it was given err = NULL), "" when it succeeded
  *  or before the first call. Valid until the next call on the lease or its
- *  release. Never NULL; "" for a NULL conn.
+ *  release. Never NULL; "" for a NULL conn; a fixed text saying so for a stale
+ *  handle (its lease ended) or one in a call on another thread.
  *  Thread safety: One thread at a time per handle. */
 SURPOOL_API const char *surpool_conn_last_error(const surpool_conn *conn);
 
@@ -511,8 +528,8 @@ SURPOOL_API const char *surpool_conn_last_error(const surpool_conn *conn);
  *  any request timeout.
  *  @param timeout_ms  > 0: milliseconds per call (at most 365 days); 0: no
  *                     deadline; < 0: back to the pool's request_timeout_ms.
- *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (NULL conn, or more than 365
- *          days).
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (NULL or stale conn, or more
+ *          than 365 days).
  *  Thread safety: One thread at a time per handle. */
 SURPOOL_API surpool_err surpool_conn_set_timeout(surpool_conn *conn, long timeout_ms);
 
@@ -529,7 +546,9 @@ SURPOOL_API surpool_err surpool_conn_set_timeout(surpool_conn *conn, long timeou
  *  Transport failures mark the lease broken: it is replaced on release.
  *  Every RPC on a lease made from inside a surpool_result_fn returns
  *  SURPOOL_ERR_INVALID_ARG at once, sending nothing: it would wait for a reply
- *  only the callback's own thread can deliver.
+ *  only the callback's own thread can deliver. So does every surpool_conn_*
+ *  call on a stale handle (its lease ended: "connection handle already
+ *  released") or on a lease another thread is calling on at that moment.
  *  Thread safety: One thread at a time per handle. */
 SURPOOL_API surpool_err surpool_conn_call(surpool_conn *conn, const char *method,
                                           const json_t *params, json_t **out,

@@ -31,12 +31,17 @@
  *     still leased are closed when they come back.
  *  8. Events, log lines and slow work (pings, closes, restores) never run under
  *     the mutex.
- *  9. A lease is given back once. release() claims it under the mutex (state
- *     LEASED -> RELEASING) before anything else; a handle that is not a user
- *     lease at that moment (idle, being released, closed, lent to the
- *     maintainer) is a second release: logged and ignored. A closed
- *     connection's memory stays in the graveyard for the next
- *     SURPOOL__GRAVE_MAX closes, so such a handle is still readable.
+ *  9. A lease is given back once. Users hold lease handles, not connections
+ *     (lease.c): surpool_conn_release() ends the handle's lease first (one
+ *     compare-and-swap on its generation), so a stale handle, even one whose
+ *     connection has been lent again, never gets here. Then release claims the
+ *     connection under the mutex (state LEASED -> RELEASING) before anything
+ *     else; a connection that is not a lease at that moment (idle, being
+ *     released, closed, lent to the maintainer: a bug of an internal
+ *     borrower) is logged and ignored. A closed connection's memory stays in
+ *     the graveyard for the next SURPOOL__GRAVE_MAX closes, which keeps such a
+ *     connection readable and lets a stale handle of it still name its pool
+ *     for the log line.
  */
 #include <errno.h>
 #include <stdarg.h>
