@@ -34,6 +34,7 @@
 
 #include "bench_common.h"
 #include "fake_transport.h"
+#include "lease.h"
 #include "pool.h"
 #include "surpool.h"
 
@@ -165,7 +166,7 @@ static int bp_open(bpool *b, int impl, int nconns)
             bc_log("bench_pool: warm-up acquire failed: %s", err.message);
             return -1;
         }
-        b->conns[i] = held[i];
+        b->conns[i] = surpool__lease_conn_of(held[i]); /* a handle names one lease only */
     }
     for (int i = 0; i < nconns; i++)
         surpool_conn_release(held[i]);
@@ -205,6 +206,8 @@ static inline void bp_release(bpool *b, void *c)
 
 static inline int bp_index(const bpool *b, const void *c)
 {
+    if (b->impl != IMPL_NAIVE) /* a lease handle, held: the connection it names */
+        c = surpool__lease_conn_of(c);
     for (int i = 0; i < b->nconns; i++)
         if (b->conns[i] == c)
             return i;
