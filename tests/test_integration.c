@@ -20,6 +20,7 @@
 
 #include "codec.h"
 #include "harness.h"
+#include "lease.h"
 #include "pool.h"
 #include "testkit.h"
 #include "wire.h"
@@ -602,10 +603,16 @@ static void test_session_state_and_dirty_release(void **state)
                      SURPOOL_OK);
     assert_int_equal(surpool_query_check(out, &err), SURPOOL_ERR_SERVER);
     json_decref(out);
+    surpool_conn *stale = c;
     tk_release(c); /* variable set, database "elsewhere" */
 
     /* The next borrower: the configured database, no variable, no foreign rows. */
     c = lease(p);
+    /* Same connection, new lease: the old handle is refused and cannot touch the
+     * new borrower's session nor give its lease back. */
+    assert_int_equal(surpool_conn_use(stale, "test", "elsewhere", &err),
+                     SURPOOL_ERR_INVALID_ARG);
+    surpool_conn_release(stale); /* a logged no-op */
     out = query_ok(c, "RETURN $greeting; RETURN session::ns(); RETURN session::db(); "
                       "SELECT * FROM marker");
     if (!is_none(stmt_result(out, 0)))
@@ -763,7 +770,7 @@ static void test_pipelined_out_of_order(void **state)
         json_decref(params);
         pr->req.deadline_ns = surpool__deadline_after_ms(20000);
         pr->req.done = pipe_done;
-        assert_int_equal(p->ops->submit(c->t, &pr->req), SURPOOL_OK);
+        assert_int_equal(p->ops->submit(surpool__lease_conn_of(c)->t, &pr->req), SURPOOL_OK);
     }
     WAIT_UNTIL(locked_read(&mu, &left) == 0, 30000);
     int inversions = 0;
