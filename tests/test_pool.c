@@ -1234,6 +1234,68 @@ static void test_concurrent_stale_releases(void **state)
     assert_true(st.idle <= 2);
 }
 
+/* A release while another thread is inside a call on the same lease (which
+ * the header forbids) is refused with a log line; the lease stays open and
+ * the call completes; released afterwards, it is given back normally. The
+ * query's reply waits for a gate the test opens, so the overlap is certain. */
+static atomic_int g_gate_in, g_gate_open;
+
+static json_t *gated_responder(void *ud, json_int_t id, const char *method, json_t *params)
+{
+    if (strcmp(method, "query") == 0) {
+        atomic_store(&g_gate_in, 1);
+        for (int i = 0; i < WAIT_BOUND_S * 5000 && !atomic_load(&g_gate_open); i++)
+            sleep_us(200);
+    }
+    return fake_default_responder(ud, id, method, params);
+}
+
+typedef struct in_call {
+    surpool_conn *conn;
+    surpool_err rc;
+} in_call;
+
+static void *query_worker(void *arg)
+{
+    in_call *q = arg;
+    json_t *out = NULL;
+    q->rc = surpool_conn_query(q->conn, "RETURN 1", NULL, &out, NULL);
+    json_decref(out);
+    return NULL;
+}
+
+static void test_release_during_call_is_refused(void **state)
+{
+    fixture *f = *state;
+    atomic_store(&g_gate_in, 0);
+    atomic_store(&g_gate_open, 0);
+    f->fs.responder = gated_responder;
+    surpool_pool *pool = make_logging_pool(f, 1);
+    in_call q = {NULL, SURPOOL_ERR_CLOSED};
+    assert_int_equal(surpool_pool_acquire(pool, 1000, &q.conn, NULL), SURPOOL_OK);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, query_worker, &q), 0);
+    WAIT_UNTIL(atomic_load(&g_gate_in), "the query to reach the server");
+    surpool_conn_release(q.conn); /* refused: the lease is in a call */
+    assert_int_equal(log_count_and_clear("another thread"), 1);
+    surpool_error err;
+    assert_int_equal(surpool_conn_ping(q.conn, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.message, "another thread"));
+    surpool_stats st;
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.in_use, 1);
+    assert_int_equal(st.released, 0);
+    atomic_store(&g_gate_open, 1);
+    join_bounded(th, "the query");
+    assert_int_equal(q.rc, SURPOOL_OK);
+    surpool_conn_release(q.conn);
+    assert_int_equal(log_count_and_clear("surpool_conn_release"), 0);
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.in_use, 0);
+    assert_int_equal(st.idle, 1);
+    assert_int_equal(st.released, 1);
+}
+
 /* (e) A handle whose pool is destroyed names nothing: calls are INVALID_ARG,
  * release and discard are no-ops (no pool to log to), never a use of freed
  * memory (ASan). */
@@ -1512,6 +1574,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_discard_then_stale_release, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_stale_releases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_handle_of_destroyed_pool, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_release_during_call_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_url_password_wiped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_config_validation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ms_settings_bounded, setup, teardown),
