@@ -26,6 +26,8 @@
  *       unpin:   (g, IN_CALL) -> (g, LENT)
  *       release: (g, LENT)    -> (g+1, FREE)      exactly one release wins
  *       retire:  (g, FREE)    -> (g+1, FREE)      before the connection is freed
+ *       reclaim: (g, any)     -> (g+1, FREE)      the on_connect hook's lease, when
+ *                                                 the hook returns
  *  4. A release that finds (g, IN_CALL) means the lease is used from two threads
  *     at once, which the header forbids: it is refused with a log line and the
  *     lease stays open (release it again once the call returned). Waiting for
@@ -177,10 +179,13 @@ surpool_conn *surpool__lease_lend(surpool_conn *c)
 
 void surpool__lease_reclaim(surpool_conn *c)
 {
+    /* Whatever the hook left (LENT, or FREE if it released its own handle),
+     * the next generation starts here: a handle the hook kept, even one still
+     * pinned by a thread it started, never matches a later lease. */
     lease_slot *s = slot_at(c->lease_slot - 1);
     uint64_t w = atomic_load(&s->word);
-    if (WORD_STATE(w) == SLOT_LENT)
-        atomic_compare_exchange_strong(&s->word, &w, WORD(WORD_GEN(w) + 1, SLOT_FREE));
+    if (WORD_STATE(w) != SLOT_FREE)
+        atomic_store(&s->word, WORD(WORD_GEN(w) + 1, SLOT_FREE));
 }
 
 surpool__lease_claim surpool__lease_end(surpool_conn *h, surpool_conn **c)
@@ -228,10 +233,13 @@ void surpool__lease_unpin(surpool_conn *h)
 {
     uint32_t gen;
     lease_slot *s = handle_slot(h, &gen);
-    /* Pinned: nobody else moves the word meanwhile (rule 3). */
+    /* Pinned: nobody else moves the word meanwhile (rule 3), except a reclaim
+     * of the on_connect hook's lease (surpool__lease_reclaim) if the hook left
+     * a thread calling on its handle: then the word has moved on and stays. */
     uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
-    SURPOOL__CHECK(WORD_STATE(w) == SLOT_IN_CALL);
-    atomic_store_explicit(&s->word, WORD(WORD_GEN(w), SLOT_LENT), memory_order_release);
+    if (gen_matches(w, gen) && WORD_STATE(w) == SLOT_IN_CALL)
+        atomic_compare_exchange_strong_explicit(&s->word, &w, WORD(WORD_GEN(w), SLOT_LENT),
+                                                memory_order_release, memory_order_relaxed);
 }
 
 surpool_conn *surpool__lease_conn_of(const surpool_conn *h)
