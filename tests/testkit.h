@@ -168,7 +168,8 @@ static inline void tk_watchdog(int seconds, const char *what)
 
 typedef struct tk_leases {
     pthread_mutex_t mu;
-    surpool_conn *held[TK_MAX_LEASES];
+    surpool_conn *held[TK_MAX_LEASES];  /* the handles (each lease has its own) */
+    surpool_conn *conns[TK_MAX_LEASES]; /* the connections they name */
     int nheld;        /* leases out now */
     int peak;         /* most leases out at once */
     int double_lease; /* a connection recorded while already held */
@@ -186,14 +187,21 @@ static inline void tk_leases_destroy(tk_leases *t)
     pthread_mutex_destroy(&t->mu);
 }
 
+/* The connection an open lease handle names (src/lease.h; the tests link the
+ * library's internals): handles differ per lease, so "one connection leased
+ * twice at once" compares connections. */
+surpool_conn *surpool__lease_conn_of(const surpool_conn *h);
+
 /* Record `c` as held. Any thread. */
 static inline void tk_lease_track(tk_leases *t, surpool_conn *c)
 {
+    surpool_conn *conn = surpool__lease_conn_of(c);
     pthread_mutex_lock(&t->mu);
     for (int i = 0; i < t->nheld; i++)
-        if (t->held[i] == c)
+        if (t->held[i] == c || (conn != NULL && t->conns[i] == conn))
             t->double_lease++;
     if (t->nheld < TK_MAX_LEASES) {
+        t->conns[t->nheld] = conn;
         t->held[t->nheld++] = c;
         if (t->nheld > t->peak)
             t->peak = t->nheld;
@@ -210,7 +218,9 @@ static inline int tk_lease_untrack(tk_leases *t, surpool_conn *c)
     pthread_mutex_lock(&t->mu);
     for (int i = 0; i < t->nheld; i++) {
         if (t->held[i] == c) {
-            t->held[i] = t->held[--t->nheld];
+            --t->nheld;
+            t->held[i] = t->held[t->nheld];
+            t->conns[i] = t->conns[t->nheld];
             found = 1;
             break;
         }
@@ -220,7 +230,7 @@ static inline int tk_lease_untrack(tk_leases *t, surpool_conn *c)
 }
 
 /* The tracker tk_acquire/tk_release/tk_teardown use. */
-static tk_leases tk_default_leases = {PTHREAD_MUTEX_INITIALIZER, {NULL}, 0, 0, 0, 0};
+static tk_leases tk_default_leases = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* surpool_pool_acquire, recorded in the default tracker on success. Any
  * thread; asserts nothing. */
