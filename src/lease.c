@@ -190,7 +190,7 @@ void surpool__lease_reclaim(surpool_conn *c)
 
 surpool__lease_claim surpool__lease_end(surpool_conn *h, surpool_conn **c)
 {
-    uint32_t gen;
+    uint32_t gen = 0;
     lease_slot *s = handle_slot(h, &gen);
     if (s == NULL)
         return SURPOOL__LEASE_STALE;
@@ -211,7 +211,7 @@ surpool__lease_claim surpool__lease_end(surpool_conn *h, surpool_conn **c)
 
 surpool__lease_claim surpool__lease_pin(surpool_conn *h, surpool_conn **c)
 {
-    uint32_t gen;
+    uint32_t gen = 0;
     lease_slot *s = handle_slot(h, &gen);
     if (s == NULL)
         return SURPOOL__LEASE_STALE;
@@ -231,8 +231,10 @@ surpool__lease_claim surpool__lease_pin(surpool_conn *h, surpool_conn **c)
 
 void surpool__lease_unpin(surpool_conn *h)
 {
-    uint32_t gen;
+    uint32_t gen = 0;
     lease_slot *s = handle_slot(h, &gen);
+    if (s == NULL) /* never after a successful pin */
+        return;
     /* Pinned: nobody else moves the word meanwhile (rule 3), except a reclaim
      * of the on_connect hook's lease (surpool__lease_reclaim) if the hook left
      * a thread calling on its handle: then the word has moved on and stays. */
@@ -244,7 +246,7 @@ void surpool__lease_unpin(surpool_conn *h)
 
 surpool_conn *surpool__lease_conn_of(const surpool_conn *h)
 {
-    uint32_t gen;
+    uint32_t gen = 0;
     lease_slot *s = handle_slot(h, &gen);
     if (s == NULL)
         return NULL;
@@ -266,7 +268,7 @@ surpool_err surpool__lease_refused(surpool__lease_claim why, const char *fn, sur
 
 void surpool__lease_log_refused(surpool_conn *h, surpool__lease_claim why, const char *fn)
 {
-    uint32_t gen;
+    uint32_t gen = 0;
     lease_slot *s = handle_slot(h, &gen);
     if (s == NULL)
         return;
