@@ -147,6 +147,7 @@ void surpool__pool_add_locked(surpool_pool *p, surpool_conn *c)
 {
     c->serial = ++p->next_serial;
     surpool__queue_insert_head(&p->all, &c->all_link);
+    p->eps[c->ep].nconns++;
 }
 
 const char *surpool__pool_worn_out_locked(surpool_pool *p, const surpool_conn *c, int64_t now)
@@ -208,6 +209,7 @@ void surpool__pool_forget_locked(surpool_pool *p, surpool_conn *c)
     else if (c->state == SURPOOL__CONN_LEASED)
         p->nleased--;
     surpool__queue_remove(&c->all_link);
+    p->eps[c->ep].nconns--;
     c->state = SURPOOL__CONN_CLOSED; /* a stale release of it is now a no-op */
     p->stats.destroyed++;
     p->nclosing++;
@@ -291,8 +293,15 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
     surpool__queue_init(&p->idle);
     surpool__queue_init(&p->grave);
     surpool__queue_init(&p->waiters);
-    rc = surpool__url_parse(cfg->url, &p->url, err);
+    /* The nodes: url's host list, then config.endpoints (docs/cluster.md). */
+    rc = surpool__config_endpoints(cfg, &p->eps, &p->neps, err);
     if (rc != SURPOOL_OK) {
+        surpool__free(p);
+        return rc;
+    }
+    rc = surpool__url_dup(&p->url, &p->eps[0].url, err);
+    if (rc != SURPOOL_OK) {
+        surpool__config_free_endpoints(p->eps, p->neps);
         surpool__free(p);
         return rc;
     }
@@ -432,6 +441,7 @@ fail_config:
     surpool__config_free(&p->cfg);
 fail_url:
     surpool__url_free(&p->url);
+    surpool__config_free_endpoints(p->eps, p->neps);
     surpool__free(p);
     return rc;
 }
@@ -516,6 +526,7 @@ void surpool_pool_destroy(surpool_pool *p)
     surpool__free(p->connectors);
     surpool__config_free(&p->cfg);
     surpool__url_free(&p->url);
+    surpool__config_free_endpoints(p->eps, p->neps);
     surpool__wipe(&p->last_connect_error, sizeof(p->last_connect_error));
     surpool__free(p);
 }
@@ -982,4 +993,49 @@ surpool_err surpool_pool_stats_sized(surpool_pool *p, surpool_stats *out, size_t
 surpool_err(surpool_pool_stats)(surpool_pool *p, surpool_stats *out)
 {
     return surpool_pool_stats_sized(p, out, sizeof(surpool_stats));
+}
+
+/* ------------------------------------------------------------------------- */
+/* Per-node stats (docs/cluster.md)                                           */
+/* ------------------------------------------------------------------------- */
+
+int surpool_pool_endpoint_count(surpool_pool *p)
+{
+    return p != NULL ? p->neps : 0; /* fixed at create: no lock needed */
+}
+
+surpool_err surpool_pool_endpoint_stats_sized(surpool_pool *p, int index,
+                                              surpool_endpoint_stats *out, size_t size)
+{
+    if (p == NULL || out == NULL || size < sizeof(size_t) || index < 0 || index >= p->neps)
+        return SURPOOL_ERR_INVALID_ARG;
+    surpool_endpoint_stats full;
+    memset(&full, 0, sizeof(full));
+    const surpool__endpoint *e = &p->eps[index];
+    full.index = index;
+    full.port = e->url.port;
+    surpool__strlcpy(full.host, e->url.host, sizeof(full.host));
+    pthread_mutex_lock(&p->mu);
+    full.connections = e->nconns;
+    full.connecting = e->nconnecting;
+    surpool__queue *q;
+    SURPOOL__QUEUE_FOREACH(q, &p->all)
+    {
+        const surpool_conn *c = SURPOOL__QUEUE_DATA(q, surpool_conn, all_link);
+        if (c->ep == index && c->state != SURPOOL__CONN_IDLE)
+            full.in_use++;
+    }
+    full.breaker_open = e->breaker_open;
+    full.consecutive_failures = e->consecutive_failures;
+    full.connects = e->connects;
+    full.connect_failures = e->connect_failures;
+    full.breaker_opens = e->breaker_opens;
+    full.retired_rebalance = e->retired_rebalance;
+    surpool__strlcpy(full.last_error, e->last_error, sizeof(full.last_error));
+    pthread_mutex_unlock(&p->mu);
+    size_t n = size < sizeof(full) ? size : sizeof(full);
+    full.struct_size = n;
+    memset(out, 0, size);
+    memcpy(out, &full, n);
+    return SURPOOL_OK;
 }
