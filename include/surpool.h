@@ -566,6 +566,11 @@ SURPOOL_API surpool_err surpool_pool_endpoint_stats_sized(surpool_pool *pool, in
 #define surpool_pool_endpoint_stats(pool, index, out)                                          \
     surpool_pool_endpoint_stats_sized((pool), (index), (out), sizeof(surpool_endpoint_stats))
 
+/** The node a lease is connected to: its 0-based index in the pool's node
+ *  list (surpool_pool_endpoint_stats() names it); -1 for NULL.
+ *  Thread safety: the lease holder's thread (one thread at a time per handle). */
+SURPOOL_API int surpool_conn_endpoint(const surpool_conn *conn);
+
 /* ------------------------------------------------------------------------- */
 /* Leased connections                                                         */
 /* ------------------------------------------------------------------------- */

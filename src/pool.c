@@ -999,6 +999,11 @@ surpool_err(surpool_pool_stats)(surpool_pool *p, surpool_stats *out)
 /* Per-node stats (docs/cluster.md)                                           */
 /* ------------------------------------------------------------------------- */
 
+int surpool_conn_endpoint(const surpool_conn *c)
+{
+    return c != NULL ? c->ep : -1; /* set before the connection was booked; constant */
+}
+
 int surpool_pool_endpoint_count(surpool_pool *p)
 {
     return p != NULL ? p->neps : 0; /* fixed at create: no lock needed */

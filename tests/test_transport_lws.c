@@ -1715,6 +1715,32 @@ static void test_tls(void **state)
     assert_non_null(strstr(err.message, "mismatch"));
     assert_int_equal(tls_try(s2.port, "127.0.0.1", ca, 1, &err), SURPOOL_OK);
 
+    /* Several nodes share one transport: each open() checks its own node's
+     * name (SNI and verification follow the endpoint, not tconfig.url). */
+    fixture fe;
+    fixture_cfg(&fe, "wss", "localhost", s2.port);
+    fe.cfg.tls_ca_file = ca;
+    fixture_create(&fe);
+    char ipurl[96];
+    snprintf(ipurl, sizeof(ipurl), "wss://127.0.0.1:%d/rpc", s2.port);
+    surpool__url by_ip;
+    assert_int_equal(surpool__url_parse(ipurl, &by_ip, &err), SURPOOL_OK);
+    surpool__tconn *ce = NULL;
+    assert_int_equal(ops->open(fe.t, &by_ip, surpool__deadline_after_ms(5000), NULL, &ce, &err),
+                     SURPOOL_ERR_TLS);
+    print_message("    endpoint 127.0.0.1 on a localhost transport: %s\n", err.message);
+    assert_non_null(strstr(err.message, "mismatch"));
+    ce = open_ok(&fe, NULL); /* the default endpoint, localhost: verified */
+    ops->close(ce);
+    surpool__url ws_ep;
+    snprintf(ipurl, sizeof(ipurl), "ws://localhost:%d/rpc", s2.port);
+    assert_int_equal(surpool__url_parse(ipurl, &ws_ep, &err), SURPOOL_OK);
+    assert_int_equal(ops->open(fe.t, &ws_ep, surpool__deadline_after_ms(5000), NULL, &ce, &err),
+                     SURPOOL_ERR_INVALID_ARG); /* another scheme than the transport's */
+    surpool__url_free(&ws_ep);
+    surpool__url_free(&by_ip);
+    fixture_destroy(&fe);
+
     /* Our SSL_CTX comes and goes with each transport: no fd (or memory) growth. */
     int fds0 = count_fds();
     int cycles =
