@@ -6,6 +6,7 @@
  * URL's port (fake_transport.h), so the pools here list ports 1, 2, 3.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -387,6 +388,47 @@ static void test_config_endpoints(void **state)
     tk_pool_destroy(p);
 }
 
+/* Creating a pool with several nodes, every allocation failing in turn:
+ * SURPOOL_ERR_NOMEM, nothing leaked (ASan), then success. */
+static atomic_long g_allocs, g_fail_at;
+static void *nth_malloc(size_t n)
+{
+    return atomic_fetch_add(&g_allocs, 1) + 1 == atomic_load(&g_fail_at) ? NULL : malloc(n);
+}
+static void *nth_realloc(void *p, size_t n)
+{
+    return atomic_fetch_add(&g_allocs, 1) + 1 == atomic_load(&g_fail_at) ? NULL : realloc(p, n);
+}
+
+static void test_create_nomem(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    base_config(&cfg, "ws://u:p@127.0.0.1:1,127.0.0.1:2/rpc?ns=a&db=b");
+    const char *more[] = {"ws://127.0.0.1:3"};
+    cfg.endpoints = more;
+    cfg.nendpoints = 1;
+    cfg.maintenance_interval_ms = 60000;
+    long n;
+    for (n = 1; n < 500; n++) {
+        atomic_store(&g_allocs, 0);
+        atomic_store(&g_fail_at, n);
+        surpool_set_allocator(nth_malloc, nth_realloc, free);
+        surpool_pool *p = NULL;
+        surpool_error err;
+        surpool_err rc = surpool__pool_create_with(&cfg, &fake_transport_ops, &g_fs, &p, &err);
+        surpool_set_allocator(NULL, NULL, NULL);
+        if (rc == SURPOOL_OK) {
+            assert_int_equal(surpool_pool_endpoint_count(p), 3);
+            surpool_pool_destroy(p);
+            break;
+        }
+        assert_int_equal(rc, SURPOOL_ERR_NOMEM);
+        assert_null(p);
+    }
+    assert_true(n > 10 && n < 500); /* every step of reading the nodes was failed once */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -397,6 +439,7 @@ int main(void)
                                         tk_teardown),
         cmocka_unit_test_setup_teardown(test_rebalance_moves_idle, setup, tk_teardown),
         cmocka_unit_test_setup_teardown(test_config_endpoints, setup, tk_teardown),
+        cmocka_unit_test_setup_teardown(test_create_nomem, setup, tk_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
