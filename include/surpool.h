@@ -264,7 +264,9 @@ typedef struct surpool_config {
 
     /* Where and who. */
     const char *url;                  /**< "ws://host:port/rpc" or "wss://..."; required;
-                                           path at most 2048 bytes (docs/configuration.md) */
+                                           path at most 2048 bytes (docs/configuration.md);
+                                           several nodes: "ws://h1:p1,h2:p2/rpc"
+                                           (docs/cluster.md) */
     const char *ns;                   /**< namespace selected on every connection, or NULL */
     const char *db;                   /**< database (needs ns), or NULL */
     const char *user;                 /**< signin user, or NULL for no signin; the pool

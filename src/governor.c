@@ -180,6 +180,11 @@ surpool_err surpool__governor_unavailable_locked(const surpool_pool *p, surpool_
         }
         return last;
     }
+    if (p->neps > 1)
+        return surpool__seterr(err, SURPOOL_ERR_UNAVAILABLE,
+                               "all %d nodes unavailable (%d connects failed in a row); last "
+                               "error: %s",
+                               p->neps, p->consecutive_failures, p->last_connect_error.message);
     return surpool__seterr(err, SURPOOL_ERR_UNAVAILABLE,
                            "server unavailable (%d connects failed in a row); last error: %s",
                            p->consecutive_failures, p->last_connect_error.message);
