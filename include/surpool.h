@@ -192,11 +192,8 @@ typedef struct surpool_event {
     int endpoint; /**< the node the event is about, 1-based index into the pool's
                        endpoint list (surpool_pool_endpoint_stats() with
                        endpoint - 1 gives its host and port); 0 when the event
-                       is not about one node. Set on CREATE, CONNECT_FAIL,
-                       the BREAKER_* events, and the DESTROY and HEALTH_FAIL
-                       events of the maintainer (idle, lifetime, rebalance,
-                       keepalive); DESTROY on release or acquire carries 0
-                       for now (docs/cluster.md).
+                       is not about one node. Set on CREATE, DESTROY,
+                       CONNECT_FAIL, HEALTH_FAIL and the BREAKER_* events.
                        (It lives in what was padding, so the struct's size is
                        unchanged; libraries before it left it 0.) */
 } surpool_event;

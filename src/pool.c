@@ -574,6 +574,7 @@ static int validate(surpool_pool *p, surpool_conn *c, int64_t t0, int64_t *grant
     int validated = 0;
     const char *retire = surpool__pool_worn_out_locked(p, c, now);
     surpool_err why = SURPOOL_OK;
+    int ev_before = q->n; /* the events below are about c: tagged with its node */
     if (retire == NULL && cfg->validation_idle_ms >= 0 &&
         now - c->last_checked_ns > surpool__ms_to_ns(cfg->validation_idle_ms)) {
         /* Idle a while: prove it works before lending it (outside mu). */
@@ -594,10 +595,12 @@ static int validate(surpool_pool *p, surpool_conn *c, int64_t t0, int64_t *grant
     }
     if (retire != NULL) {
         uint64_t serial = c->serial;
+        int ep = c->ep;
         surpool__pool_forget_locked(p, c);
         pthread_mutex_unlock(&p->mu);
         surpool__pool_close_forgotten(p, c);
         surpool__evq_add(p, q, SURPOOL_EVENT_DESTROY, serial, 0, why, retire, NULL, 0);
+        surpool__evq_set_endpoint(q, ev_before, ep);
         surpool__evq_flush(p, q);
         pthread_mutex_lock(&p->mu);
         return 0;
@@ -860,7 +863,9 @@ void surpool__pool_release_conn(surpool_conn *c)
         surpool__pool_leases_changed_locked(p);
         pthread_mutex_unlock(&p->mu);
         /* nclosing > 0 keeps destroy() waiting until surpool__pool_close_forgotten() ends. */
+        int ev_before = q.n;
         surpool__evq_add(p, &q, SURPOOL_EVENT_DESTROY, serial, 0, SURPOOL_OK, retire, NULL, 0);
+        surpool__evq_set_endpoint(&q, ev_before, c->ep); /* c is not closed yet */
         surpool__evq_flush(p, &q);
         surpool__pool_close_forgotten(p, c); /* last touch of the pool */
         return;
@@ -915,8 +920,10 @@ surpool_err surpool_pool_resume(surpool_pool *p)
     surpool__evq q; /* not zero-filled: only q.n matters, and it is 6 KB */
     q.n = 0;
     for (int i = 0; i < ndead; i++) {
+        int ev_before = q.n;
         surpool__evq_add(p, &q, SURPOOL_EVENT_DESTROY, dead[i]->serial, 0, SURPOOL_OK, "dead",
                          NULL, 0);
+        surpool__evq_set_endpoint(&q, ev_before, dead[i]->ep);
         surpool__pool_close_forgotten(p, dead[i]);
     }
     surpool__evq_flush(p, &q);

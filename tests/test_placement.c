@@ -388,6 +388,54 @@ static void test_config_endpoints(void **state)
     tk_pool_destroy(p);
 }
 
+/* CREATE and DESTROY events name their node (event.endpoint, 1-based). */
+static int g_created[4], g_destroyed[4];
+static void count_event(void *ud, const surpool_event *e)
+{
+    (void)ud;
+    pthread_mutex_lock(&g_ev_mu);
+    int k = e->endpoint >= 0 && e->endpoint < 4 ? e->endpoint : 0;
+    if (e->type == SURPOOL_EVENT_CREATE)
+        g_created[k]++;
+    if (e->type == SURPOOL_EVENT_DESTROY)
+        g_destroyed[k]++;
+    pthread_mutex_unlock(&g_ev_mu);
+}
+
+static int events_of(const int *counts, int k)
+{
+    pthread_mutex_lock(&g_ev_mu);
+    int n = counts[k];
+    pthread_mutex_unlock(&g_ev_mu);
+    return n;
+}
+
+static void test_events_name_the_node(void **state)
+{
+    (void)state;
+    memset(g_created, 0, sizeof(g_created));
+    memset(g_destroyed, 0, sizeof(g_destroyed));
+    surpool_config cfg;
+    base_config(&cfg, URL3);
+    cfg.placement = SURPOOL_PLACE_ROUND_ROBIN;
+    cfg.on_event = count_event;
+    surpool_pool *p = make(&cfg);
+    surpool_conn *c[3];
+    for (int i = 0; i < 3; i++)
+        c[i] = lease(p);
+    for (int i = 0; i < 3; i++) {
+        surpool_conn_discard(c[i]); /* closed on release: a DESTROY */
+        tk_release(c[i]);
+    }
+    for (int k = 1; k <= 3; k++) {
+        /* Events go out after the work, on the thread that did it: the
+         * connector's CREATE may come after the releaser's DESTROY. */
+        WAIT_UNTIL(events_of(g_destroyed, k) == 1 && events_of(g_created, k) == 1, 5000);
+    }
+    assert_int_equal(events_of(g_created, 0) + events_of(g_destroyed, 0), 0);
+    tk_pool_destroy(p);
+}
+
 /* Creating a pool with several nodes, every allocation failing in turn:
  * SURPOOL_ERR_NOMEM, nothing leaked (ASan), then success. */
 static atomic_long g_allocs, g_fail_at;
@@ -439,6 +487,7 @@ int main(void)
                                         tk_teardown),
         cmocka_unit_test_setup_teardown(test_rebalance_moves_idle, setup, tk_teardown),
         cmocka_unit_test_setup_teardown(test_config_endpoints, setup, tk_teardown),
+        cmocka_unit_test_setup_teardown(test_events_name_the_node, setup, tk_teardown),
         cmocka_unit_test_setup_teardown(test_create_nomem, setup, tk_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
