@@ -569,7 +569,8 @@ SURPOOL_API surpool_err surpool_pool_endpoint_stats_sized(surpool_pool *pool, in
     surpool_pool_endpoint_stats_sized((pool), (index), (out), sizeof(surpool_endpoint_stats))
 
 /** The node a lease is connected to: its 0-based index in the pool's node
- *  list (surpool_pool_endpoint_stats() names it); -1 for NULL.
+ *  list (surpool_pool_endpoint_stats() names it); -1 for NULL, a stale lease
+ *  handle (released, discarded) or one in a call on another thread.
  *  Thread safety: the lease holder's thread (one thread at a time per handle). */
 SURPOOL_API int surpool_conn_endpoint(const surpool_conn *conn);
 

@@ -1006,9 +1006,15 @@ surpool_err(surpool_pool_stats)(surpool_pool *p, surpool_stats *out)
 /* Per-node stats (docs/cluster.md)                                           */
 /* ------------------------------------------------------------------------- */
 
-int surpool_conn_endpoint(const surpool_conn *c)
+int surpool_conn_endpoint(const surpool_conn *h)
 {
-    return c != NULL ? c->ep : -1; /* set before the connection was booked; constant */
+    /* A lease handle (lease.h): resolve it; c->ep never changes. */
+    surpool_conn *c = NULL;
+    if (h == NULL || surpool__lease_pin((surpool_conn *)h, &c) != SURPOOL__LEASE_OK)
+        return -1;
+    int ep = c->ep;
+    surpool__lease_unpin((surpool_conn *)h);
+    return ep;
 }
 
 int surpool_pool_endpoint_count(surpool_pool *p)
