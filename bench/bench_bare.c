@@ -148,8 +148,8 @@ bare *bare_open(const char *url, int nconns, const char *user, const char *pass,
     b->conns = calloc((size_t)nconns, sizeof(*b->conns));
     surpool__tconn_events ev = {.on_dead = on_dead, .on_notify = on_notify, .userdata = b};
     for (int i = 0; i < nconns; i++) {
-        if (b->ops->open(b->t, bc_now_ns() + INT64_C(20000000000), &ev, &b->conns[i], &err) !=
-            SURPOOL_OK) {
+        if (b->ops->open(b->t, NULL, bc_now_ns() + INT64_C(20000000000), &ev, &b->conns[i],
+                         &err) != SURPOOL_OK) {
             bc_log("bench bare: open failed: %s", err.message);
             bare_close(b);
             return NULL;

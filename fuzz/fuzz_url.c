@@ -92,6 +92,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* Deterministic, with or without err. */
     CHECK(surpool__url_parse(s, &u, NULL) == rc);
     surpool__url_free(&u);
+
+    /* The host-list form: a single-host URL parses the same; a list gives
+     * 1..SURPOOL_MAX_ENDPOINTS distinct hosts sharing scheme, path and user. */
+    surpool__url *list = NULL;
+    int n = -1;
+    surpool_err lrc = surpool__url_parse_list(s, &list, &n, &err);
+    if (rc == SURPOOL_OK)
+        CHECK(lrc == SURPOOL_OK && n == 1);
+    if (lrc != SURPOOL_OK) {
+        CHECK(list == NULL && n == 0 && err.message[0] != '\0');
+    } else {
+        CHECK(n >= 1 && n <= SURPOOL_MAX_ENDPOINTS);
+        for (int i = 0; i < n; i++) {
+            CHECK(list[i].host != NULL && list[i].host[0] != '\0');
+            CHECK(list[i].tls == list[0].tls && strcmp(list[i].path, list[0].path) == 0);
+            CHECK((list[i].user == NULL) == (list[0].user == NULL));
+            for (int j = 0; j < i; j++)
+                CHECK(!surpool__url_same_endpoint(&list[i], &list[j]));
+        }
+        surpool__url_free_list(list, n);
+    }
     free(s);
     return 0;
 }

@@ -189,6 +189,13 @@ typedef struct surpool_event {
     const char *message; /**< "" when none; never holds secrets */
     const char *file;    /**< acquire call site (LEAK, ACQUIRE), or NULL */
     int line;
+    int endpoint; /**< the node the event is about, 1-based index into the pool's
+                       endpoint list (surpool_pool_endpoint_stats() with
+                       endpoint - 1 gives its host and port); 0 when the event
+                       is not about one node. Set on CREATE, DESTROY,
+                       CONNECT_FAIL, HEALTH_FAIL and the BREAKER_* events.
+                       (It lives in what was padding, so the struct's size is
+                       unchanged; libraries before it left it 0.) */
 } surpool_event;
 
 /** Event sink. Called on the thread where the event happened (a caller's, a
@@ -233,13 +240,30 @@ typedef enum surpool_wire_format {
     SURPOOL_WIRE_CBOR = 2,    /**< subprotocol "cbor", binary frames (exact values) */
 } surpool_wire_format;
 
+/** Most nodes one pool may have (url's hosts and config.endpoints together). */
+#define SURPOOL_MAX_ENDPOINTS 32
+
+/** Where new connections go when the pool has several nodes (docs/cluster.md).
+ *  Only healthy nodes are chosen (not backing off after a failed connect, breaker
+ *  closed); a node whose breaker is open gets one probe connect at a time, paced
+ *  by its backoff. Values are explicit and append-only. */
+typedef enum surpool_placement {
+    SURPOOL_PLACE_LEAST_CONNECTIONS = 0, /**< the node with the fewest open and opening
+                                              connections; ties by list order */
+    SURPOOL_PLACE_ROUND_ROBIN = 1,       /**< each node in turn */
+    SURPOOL_PLACE_ORDERED = 2,           /**< ordered failover: the first healthy node in
+                                              list order */
+} surpool_placement;
+
 typedef struct surpool_config {
     size_t struct_size; /**< set by surpool_config_init(): the caller's sizeof
                              (see the struct_size rule above); do not touch */
 
     /* Where and who. */
     const char *url;                  /**< "ws://host:port/rpc" or "wss://..."; required;
-                                           path at most 2048 bytes (docs/configuration.md) */
+                                           path at most 2048 bytes (docs/configuration.md);
+                                           several nodes: "ws://h1:p1,h2:p2/rpc"
+                                           (docs/cluster.md) */
     const char *ns;                   /**< namespace selected on every connection, or NULL */
     const char *db;                   /**< database (needs ns), or NULL */
     const char *user;                 /**< signin user, or NULL for no signin; the pool
@@ -327,7 +351,29 @@ typedef struct surpool_config {
     surpool_token_fn token_fn; /**< NULL = none (default) */
     void *token_userdata;      /**< passed to token_fn */
 
-    unsigned char reserved[240]; /**< room to grow; keep zero */
+    /* Several nodes of one SurrealDB cluster (docs/cluster.md). The nodes are
+     * the hosts of `url` ("ws://h1:8000,h2:8000/rpc") followed by these. They
+     * share the scheme, credentials, ns/db, wire format and TLS settings;
+     * each host is checked against its own certificate. (Taken from
+     * `reserved`: zero is the default, the struct's size is unchanged.) */
+    const char *const *endpoints; /**< nendpoints more node URLs
+                                       "ws[s]://host[:port][/path]" (the scheme of
+                                       `url`; a path of their own, default /rpc; no
+                                       user info, no query: those are shared), or
+                                       NULL; copied by create */
+    int nendpoints;               /**< entries in endpoints; url's hosts plus these
+                                       are at most SURPOOL_MAX_ENDPOINTS, all
+                                       distinct (host as written and port) */
+    surpool_placement placement;  /**< which node a new connection goes to;
+                                       default SURPOOL_PLACE_LEAST_CONNECTIONS */
+    long rebalance_interval_ms;   /**< 0 = off (default): a node that comes back
+                                       gets connections through idle and lifetime
+                                       turnover only. > 0: at most one idle
+                                       connection per interval is retired from the
+                                       node with the most, while it has two more
+                                       than the healthy node with the fewest */
+
+    unsigned char reserved[216]; /**< room to grow; keep zero */
 } surpool_config;
 
 /** Fill the first `struct_size` bytes of `cfg` with defaults (all strings
@@ -482,6 +528,51 @@ SURPOOL_API surpool_err surpool_pool_stats_sized(surpool_pool *pool, surpool_sta
 SURPOOL_API surpool_err surpool_pool_stats(surpool_pool *pool, surpool_stats *out);
 #define surpool_pool_stats(pool, out)                                                          \
     surpool_pool_stats_sized((pool), (out), sizeof(surpool_stats))
+
+/** One node's share of the pool (docs/cluster.md). Summed over the nodes,
+ *  connections = stats.idle + stats.in_use, in_use = stats.in_use, connecting =
+ *  stats.connecting, connects = stats.created and connect_failures =
+ *  stats.connect_failures. Same struct_size rule as surpool_stats. */
+typedef struct surpool_endpoint_stats {
+    size_t struct_size; /**< set by the call: bytes filled in */
+    int index;          /**< 0-based position in the pool's node list */
+    int port;
+    char host[256];            /**< as written in the URL (IPv6 without brackets) */
+    int connections;           /**< open connections to this node (idle and in use) */
+    int in_use;                /**< of which leased (lane connections included) */
+    int connecting;            /**< connects to it in progress */
+    int breaker_open;          /**< 1 while its circuit is open */
+    int consecutive_failures;  /**< failed connects in a row (0 after a success) */
+    uint64_t connects;         /**< connections opened to it */
+    uint64_t connect_failures; /**< connects to it that failed */
+    uint64_t breaker_opens;
+    uint64_t retired_rebalance; /**< idle connections retired by rebalance */
+    char last_error[200];       /**< the last connect error's message (printable,
+                                     no secrets), "" when none */
+    unsigned char reserved[64];
+} surpool_endpoint_stats;
+
+/** How many nodes the pool has (1 for a single-host URL); 0 for NULL.
+ *  Thread safety: Any thread. */
+SURPOOL_API int surpool_pool_endpoint_count(surpool_pool *pool);
+
+/** Fill the first `struct_size` bytes of `out` with a snapshot of node `index`
+ *  (0-based, < surpool_pool_endpoint_count()), taken under the pool lock. Call
+ *  it through the macro surpool_pool_endpoint_stats(pool, index, out).
+ *  @return SURPOOL_OK or SURPOOL_ERR_INVALID_ARG (NULL pool or out, index out
+ *          of range, struct_size smaller than a size_t).
+ *  Thread safety: Any thread. */
+SURPOOL_API surpool_err surpool_pool_endpoint_stats_sized(surpool_pool *pool, int index,
+                                                          surpool_endpoint_stats *out,
+                                                          size_t struct_size);
+#define surpool_pool_endpoint_stats(pool, index, out)                                          \
+    surpool_pool_endpoint_stats_sized((pool), (index), (out), sizeof(surpool_endpoint_stats))
+
+/** The node a lease is connected to: its 0-based index in the pool's node
+ *  list (surpool_pool_endpoint_stats() names it); -1 for NULL, a stale lease
+ *  handle (released, discarded) or one in a call on another thread.
+ *  Thread safety: the lease holder's thread (one thread at a time per handle). */
+SURPOOL_API int surpool_conn_endpoint(const surpool_conn *conn);
 
 /* ------------------------------------------------------------------------- */
 /* Leased connections                                                         */

@@ -55,7 +55,103 @@ void surpool__config_free(surpool__pool_config *c)
     surpool__free(c->tls_key_file);
     wipe_json_strings(c->signin_params);
     json_decref(c->signin_params);
+    if (c->endpoints != NULL)
+        for (int i = 0; i < c->pub.nendpoints; i++)
+            surpool__free(c->endpoints[i]);
+    surpool__free(c->endpoints);
     memset(c, 0, sizeof(*c));
+}
+
+/* ---- Several nodes (docs/cluster.md) ---- */
+
+void surpool__config_free_endpoints(surpool__endpoint *eps, int n)
+{
+    if (eps == NULL)
+        return;
+    for (int i = 0; i < n; i++)
+        surpool__url_free(&eps[i].url);
+    surpool__free(eps);
+}
+
+surpool_err surpool__config_endpoints(const surpool_config *c, surpool__endpoint **out, int *n,
+                                      surpool_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    surpool__url *hosts = NULL;
+    int nhosts = 0;
+    surpool_err rc = surpool__url_parse_list(c->url, &hosts, &nhosts, err);
+    if (rc != SURPOOL_OK)
+        return rc;
+    int total = nhosts + c->nendpoints;
+    if (total > SURPOOL_MAX_ENDPOINTS) {
+        surpool__url_free_list(hosts, nhosts);
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "%d nodes (config.url's hosts and config.endpoints together); "
+                               "the limit is %d",
+                               total, SURPOOL_MAX_ENDPOINTS);
+    }
+    surpool__endpoint *eps = surpool__calloc((size_t)total, sizeof(*eps));
+    if (eps == NULL) {
+        surpool__url_free_list(hosts, nhosts);
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory reading the nodes");
+    }
+    /* Move the URL's hosts in; the array's own memory goes. */
+    for (int i = 0; i < nhosts; i++)
+        eps[i].url = hosts[i];
+    surpool__free(hosts);
+    int have = nhosts;
+    for (int i = 0; i < c->nendpoints && rc == SURPOOL_OK; i++) {
+        surpool__url *u = &eps[have].url;
+        surpool_error eerr;
+        surpool__error_clear(&eerr);
+        rc = surpool__url_parse(c->endpoints[i], u, &eerr);
+        if (rc != SURPOOL_OK) {
+            surpool__seterr(err, rc, "config.endpoints[%d]: %s", i, eerr.message);
+            break;
+        }
+        have++;
+        if (u->tls != eps[0].url.tls)
+            rc = surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                 "config.endpoints[%d] is %s:// but config.url is %s://: every "
+                                 "node uses the same scheme (mixed schemes)",
+                                 i, u->tls ? "wss" : "ws", eps[0].url.tls ? "wss" : "ws");
+        else if (u->user != NULL || u->ns != NULL || u->db != NULL || u->access != NULL ||
+                 u->format != 0)
+            rc = surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                 "config.endpoints[%d] carries user info or query parameters: "
+                                 "credentials, ns, db, ac and format are shared (give them in "
+                                 "config.url or the config fields)",
+                                 i);
+        for (int j = 0; j < have - 1 && rc == SURPOOL_OK; j++)
+            if (surpool__url_same_endpoint(&eps[j].url, u))
+                rc = surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                     "config.endpoints[%d] repeats node %d (same host and "
+                                     "port)",
+                                     i, j + 1);
+    }
+    if (rc != SURPOOL_OK) {
+        surpool__config_free_endpoints(eps, have);
+        return rc;
+    }
+    /* The shared parts (credentials, query) of the first node go to every
+     * node listed in config.endpoints, so that each URL is complete. */
+    for (int i = nhosts; i < total; i++) {
+        surpool__url *u = &eps[i].url;
+        const surpool__url *f = &eps[0].url;
+        u->format = f->format;
+        if ((f->user != NULL && (u->user = surpool__strdup(f->user)) == NULL) ||
+            (f->pass != NULL && (u->pass = surpool__strdup(f->pass)) == NULL) ||
+            (f->ns != NULL && (u->ns = surpool__strdup(f->ns)) == NULL) ||
+            (f->db != NULL && (u->db = surpool__strdup(f->db)) == NULL) ||
+            (f->access != NULL && (u->access = surpool__strdup(f->access)) == NULL)) {
+            surpool__config_free_endpoints(eps, total);
+            return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory reading the nodes");
+        }
+    }
+    *out = eps;
+    *n = total;
+    return SURPOOL_OK;
 }
 
 /* Take a string from the config, or from the URL when the config has none. */
@@ -93,6 +189,19 @@ surpool_err surpool__config_copy(surpool__pool_config *dst, const surpool_config
     if (pub->wire_format == SURPOOL_WIRE_DEFAULT)
         pub->wire_format =
             url->format != 0 ? (surpool_wire_format)url->format : SURPOOL_WIRE_CBOR;
+    /* config.endpoints: the caller's array is borrowed; keep copies. */
+    pub->endpoints = NULL;
+    if (rc == SURPOOL_OK && src->nendpoints > 0) {
+        dst->endpoints = surpool__calloc((size_t)src->nendpoints, sizeof(char *));
+        if (dst->endpoints == NULL) {
+            rc = SURPOOL_ERR_NOMEM;
+            pub->nendpoints = 0; /* nothing to free per entry */
+        }
+        for (int i = 0; rc == SURPOOL_OK && i < src->nendpoints; i++)
+            if ((dst->endpoints[i] = surpool__strdup(src->endpoints[i])) == NULL)
+                rc = SURPOOL_ERR_NOMEM;
+        pub->endpoints = (const char *const *)dst->endpoints;
+    }
     if (rc == SURPOOL_OK && src->signin_params != NULL) {
         dst->signin_params = json_deep_copy(src->signin_params);
         if (dst->signin_params == NULL)
@@ -132,6 +241,7 @@ static surpool_err check_ms_bounds(const surpool_config *c, surpool_error *err)
         {"keepalive_interval_ms", c->keepalive_interval_ms},
         {"maintenance_interval_ms", c->maintenance_interval_ms},
         {"leak_threshold_ms", c->leak_threshold_ms},
+        {"rebalance_interval_ms", c->rebalance_interval_ms},
     };
     for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++)
         if ((long long)ms[i].value > SURPOOL__MS_MAX)
@@ -221,6 +331,23 @@ surpool_err surpool__config_validate(const surpool_config *c, surpool_error *err
         if (!surpool__utf8_valid_str(texts[i].value))
             return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.%s is not valid UTF-8",
                                    texts[i].name);
+    if (c->nendpoints < 0 || c->nendpoints > SURPOOL_MAX_ENDPOINTS)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.nendpoints must be 0..%d (got %d)",
+                               SURPOOL_MAX_ENDPOINTS, c->nendpoints);
+    if ((c->endpoints == NULL) != (c->nendpoints == 0))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.endpoints and config.nendpoints go together (an array "
+                               "of nendpoints URLs, or NULL and 0)");
+    for (int i = 0; i < c->nendpoints; i++)
+        if (c->endpoints[i] == NULL || c->endpoints[i][0] == '\0')
+            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                   "config.endpoints[%d] is NULL or empty", i);
+    if (c->placement < SURPOOL_PLACE_LEAST_CONNECTIONS || c->placement > SURPOOL_PLACE_ORDERED)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.placement is invalid");
+    if (c->rebalance_interval_ms < 0)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.rebalance_interval_ms must be >= 0 (0 = off)");
     if (c->tls_insecure_skip_verify != 0 && c->tls_insecure_skip_verify != 1)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config.tls_insecure_skip_verify must be 0 or 1");

@@ -85,8 +85,10 @@ static surpool_err authenticate_pool(surpool_conn *c, int64_t deadline, surpool_
 /* Who setup signs in as, and where, for the message of a failed signin (as
  * libpq names the user and the server): "signin as root user 'root' at
  * 127.0.0.1 port 8000 failed: ". Never the password or the token. */
-static void auth_failed_prefix(const surpool_pool *p, char *buf, size_t size)
+static void auth_failed_prefix(const surpool_conn *c, char *buf, size_t size)
 {
+    const surpool_pool *p = c->pool;
+    const surpool__url *u = &p->eps[c->ep].url; /* the node it signed in at */
     const surpool_config *cfg = &p->cfg.pub;
     char user[72], ns[72], db[72], ac[72], who[400];
     surpool__text_sanitize_str(user, sizeof(user), cfg->user != NULL ? cfg->user : "");
@@ -112,8 +114,8 @@ static void auth_failed_prefix(const surpool_pool *p, char *buf, size_t size)
     else
         snprintf(who, sizeof(who), "signin as root user '%s'", user);
     char host[72];
-    surpool__text_sanitize_str(host, sizeof(host), p->url.host);
-    if (snprintf(buf, size, "%s at %s port %d failed: ", who, host, p->url.port) >= (int)size)
+    surpool__text_sanitize_str(host, sizeof(host), u->host);
+    if (snprintf(buf, size, "%s at %s port %d failed: ", who, host, u->port) >= (int)size)
         surpool__utf8_trim(buf);
 }
 
@@ -127,7 +129,7 @@ static surpool_err setup_auth(surpool_conn *c, int64_t deadline, surpool_error *
     c->pool_auth = 0;
     if (rc != SURPOOL_OK && rc != SURPOOL_ERR_NOMEM && err != NULL) {
         char prefix[192];
-        auth_failed_prefix(c->pool, prefix, sizeof(prefix));
+        auth_failed_prefix(c, prefix, sizeof(prefix));
         surpool__error_prefix(err, prefix);
     }
     return rc;
@@ -361,12 +363,15 @@ static surpool_err setup(surpool_conn *c, int64_t deadline, surpool_error *err)
     return SURPOOL_OK;
 }
 
-surpool_err surpool__conn_open(surpool_pool *p, surpool_conn **out, surpool_error *err)
+surpool_err surpool__conn_open(surpool_pool *p, int ep, surpool_conn **out, surpool_error *err)
 {
+    if (ep < 0 || ep >= p->neps)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "conn_open: no node %d", ep);
     surpool_conn *c = surpool__calloc(1, sizeof(*c));
     if (c == NULL)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory opening a connection");
     c->pool = p;
+    c->ep = ep;
     c->state = SURPOOL__CONN_SETUP;
     surpool__queue_init(&c->all_link);
     surpool__queue_init(&c->idle_link);
@@ -381,7 +386,7 @@ surpool_err surpool__conn_open(surpool_pool *p, surpool_conn **out, surpool_erro
 
     surpool__tconn_events ev = {on_dead, on_notify, c};
     int64_t deadline = surpool__deadline_after_ms(p->cfg.pub.connect_timeout_ms);
-    surpool_err rc = p->ops->open(p->transport, deadline, &ev, &c->t, err);
+    surpool_err rc = p->ops->open(p->transport, &p->eps[ep].url, deadline, &ev, &c->t, err);
     if (rc != SURPOOL_OK) {
         surpool__lease_slot_retire(c);
         surpool__free(c);

@@ -12,7 +12,8 @@
 #include "internal.h"
 #include "transport.h"
 
-surpool_err surpool__conn_open(surpool_pool *pool, surpool_conn **out, surpool_error *err);
+surpool_err surpool__conn_open(surpool_pool *pool, int ep, surpool_conn **out,
+                               surpool_error *err);
 void surpool__conn_close(surpool_conn *c); /* closes transport, frees; no locks held */
 /* Close the transport only, keeping the memory (the pool's graveyard); no
  * locks held. */

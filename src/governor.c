@@ -15,6 +15,15 @@
  *     After breaker_threshold failures in a row the circuit opens: callers that
  *     nothing could serve fail at once with SURPOOL_ERR_UNAVAILABLE, and one
  *     probe at a time, paced by the backoff, tests whether the server is back.
+ *  6a. Several nodes (docs/cluster.md): the backoff and the breaker of rule 6
+ *     are per node (surpool__endpoint). A connect goes to a node chosen by
+ *     surpool__governor_pick_locked(): a node whose breaker is open and whose
+ *     backoff has passed gets its one probe first; otherwise the placement
+ *     policy chooses among the healthy nodes (breaker closed, backoff passed).
+ *     The pool's circuit (pool->breaker_open: fail fast with UNAVAILABLE) is
+ *     open only while every node's is. A probe does not count as covering a
+ *     waiter (pool->nprobing): waiters get connects on healthy nodes meanwhile.
+ *     With one node all of this is rule 6 exactly.
  *
  * (Rules 1-4 and 7-9 are the core's, in pool.c.)
  */
@@ -22,6 +31,7 @@
 
 #include "pool.h"
 #include "thread.h"
+#include "utf8.h"
 
 /* Connects the pool wants started now: enough for every waiter not already
  * covered by a connect in progress, and enough to reach min_connections. With
@@ -33,10 +43,20 @@ static int connect_demand_locked(const surpool_pool *p)
     int free_slots = p->cfg.pub.max_connections - surpool__pool_total_locked(p);
     if (p->breaker_open)
         return p->nconnecting == 0 && free_slots > 0 ? 1 : 0;
-    int want = p->paused ? 0 : p->nwaiters - p->nconnecting;
+    int want = p->paused ? 0 : p->nwaiters - (p->nconnecting - p->nprobing);
     int below_min = p->cfg.pub.min_connections - surpool__pool_total_locked(p);
     if (below_min > want)
         want = below_min;
+    if (want < 1 && p->cfg.pub.rebalance_interval_ms > 0 && p->neps > 1) {
+        /* Active rebalancing: a node whose circuit is open is probed even
+         * without demand, so that it can get connections back. */
+        int64_t now = surpool__now_ns();
+        for (int i = 0; i < p->neps; i++) {
+            const surpool__endpoint *e = &p->eps[i];
+            if (e->breaker_open && e->nconnecting == 0 && now >= e->not_before_ns)
+                want = 1;
+        }
+    }
     if (want > free_slots)
         want = free_slots;
     return want > 0 ? want : 0;
@@ -75,6 +95,60 @@ static uint64_t next_random_locked(surpool_pool *p)
     return x * UINT64_C(2685821657736338717);
 }
 
+int surpool__governor_pick_locked(surpool_pool *p, int64_t now, int64_t *retry_at_ns,
+                                  int *probe)
+{
+    int64_t retry = INT64_MAX;
+    *probe = 0;
+    /* A due probe first: the node's backoff has passed and none is running. */
+    for (int i = 0; i < p->neps; i++) {
+        const surpool__endpoint *e = &p->eps[i];
+        if (!e->breaker_open || e->nconnecting > 0)
+            continue;
+        if (now >= e->not_before_ns) {
+            *probe = 1;
+            return i;
+        }
+        if (e->not_before_ns < retry)
+            retry = e->not_before_ns;
+    }
+    int best = -1;
+    for (int k = 0; k < p->neps; k++) {
+        int i = k;
+        if (p->cfg.pub.placement == SURPOOL_PLACE_ROUND_ROBIN)
+            i = (p->rr_next + k) % p->neps;
+        const surpool__endpoint *e = &p->eps[i];
+        if (e->breaker_open)
+            continue;
+        if (now < e->not_before_ns) {
+            if (e->not_before_ns < retry)
+                retry = e->not_before_ns;
+            continue;
+        }
+        if (p->cfg.pub.placement != SURPOOL_PLACE_LEAST_CONNECTIONS) {
+            best = i; /* round-robin: the next in turn; ordered: the first */
+            break;
+        }
+        if (best < 0 ||
+            e->nconns + e->nconnecting < p->eps[best].nconns + p->eps[best].nconnecting)
+            best = i;
+    }
+    if (best >= 0 && p->cfg.pub.placement == SURPOOL_PLACE_ROUND_ROBIN)
+        p->rr_next = (best + 1) % p->neps;
+    if (best < 0)
+        *retry_at_ns = retry;
+    return best;
+}
+
+/* The pool's circuit is open while every node's is. */
+static void pool_breaker_update_locked(surpool_pool *p)
+{
+    int all = 1;
+    for (int i = 0; i < p->neps; i++)
+        all &= p->eps[i].breaker_open;
+    p->breaker_open = all;
+}
+
 static long backoff_ms(surpool_pool *p, int failures)
 {
     long lo = p->cfg.pub.reconnect_backoff_min_ms;
@@ -106,6 +180,11 @@ surpool_err surpool__governor_unavailable_locked(const surpool_pool *p, surpool_
         }
         return last;
     }
+    if (p->neps > 1)
+        return surpool__seterr(err, SURPOOL_ERR_UNAVAILABLE,
+                               "all %d nodes unavailable (%d connects failed in a row); last "
+                               "error: %s",
+                               p->neps, p->consecutive_failures, p->last_connect_error.message);
     return surpool__seterr(err, SURPOOL_ERR_UNAVAILABLE,
                            "server unavailable (%d connects failed in a row); last error: %s",
                            p->consecutive_failures, p->last_connect_error.message);
@@ -135,35 +214,57 @@ static void *connector_main(void *arg)
             p->nconnectors_idle--;
             continue;
         }
-        if (surpool__now_ns() < p->connect_not_before_ns) {
+        int64_t retry_at = INT64_MAX;
+        int probe = 0;
+        int ep = surpool__governor_pick_locked(p, surpool__now_ns(), &retry_at, &probe);
+        if (ep < 0) {
+            /* Every node backs off (or has its probe running): wait for the
+             * first backoff to pass, or for a connect to end. */
             p->nconnectors_idle++;
-            surpool__cond_wait_until(&p->connector_cv, &p->mu, p->connect_not_before_ns);
+            if (retry_at == INT64_MAX)
+                pthread_cond_wait(&p->connector_cv, &p->mu);
+            else
+                surpool__cond_wait_until(&p->connector_cv, &p->mu, retry_at);
             p->nconnectors_idle--;
             continue;
         }
+        surpool__endpoint *e = &p->eps[ep];
 
         /* Reserve the slot, open outside the mutex. */
         p->nconnecting++;
+        e->nconnecting++;
+        p->nprobing += probe;
         surpool__pool_check_locked(p);
         pthread_mutex_unlock(&p->mu);
 
         surpool_conn *c = NULL;
         surpool_error cerr;
         surpool__error_clear(&cerr);
-        surpool_err rc = surpool__conn_open(p, &c, &cerr);
+        surpool_err rc = surpool__conn_open(p, ep, &c, &cerr);
 
         pthread_mutex_lock(&p->mu);
         p->nconnecting--;
+        e->nconnecting--;
+        p->nprobing -= probe;
+        int before = q.n;
         if (rc == SURPOOL_OK) {
-            if (p->breaker_open) {
-                p->breaker_open = 0;
+            if (e->breaker_open) {
+                e->breaker_open = 0;
                 surpool__evq_add(p, &q, SURPOOL_EVENT_BREAKER_CLOSE, 0, 0, SURPOOL_OK,
                                  "a probe connected: the server is back", NULL, 0);
-                surpool__evq_log(p, &q, SURPOOL_LOG_WARN,
-                                 "server reachable again: circuit closed");
+                if (p->neps == 1)
+                    surpool__evq_log(p, &q, SURPOOL_LOG_WARN,
+                                     "server reachable again: circuit closed");
+                else
+                    surpool__evq_log(p, &q, SURPOOL_LOG_WARN,
+                                     "node %d (port %d) reachable again: its circuit closed",
+                                     ep + 1, e->url.port);
+                pool_breaker_update_locked(p);
             }
             p->consecutive_failures = 0;
-            p->connect_not_before_ns = 0;
+            e->consecutive_failures = 0;
+            e->not_before_ns = 0;
+            e->connects++;
             if (p->stats.destroyed > 0 || p->stats.connect_failures > 0)
                 p->stats.reconnects++;
             p->stats.created++;
@@ -179,6 +280,7 @@ static void *connector_main(void *arg)
             surpool__hist_add(&p->connect_hist, cus);
             surpool__evq_add(p, &q, SURPOOL_EVENT_CREATE, c->serial, cus, SURPOOL_OK, NULL,
                              NULL, 0);
+            surpool__evq_set_endpoint(&q, before, ep);
             if (p->closed) {
                 /* Lost the race with close(): nobody may have it. */
                 c->state = SURPOOL__CONN_LEASED;
@@ -194,25 +296,43 @@ static void *connector_main(void *arg)
             p->stats.connect_failures++;
             p->consecutive_failures++;
             p->connect_failures_pending++;
+            e->connect_failures++;
+            e->consecutive_failures++;
+            surpool__text_sanitize_str(e->last_error, sizeof(e->last_error), cerr.message);
             surpool__error_copy(&p->last_connect_error, &cerr);
-            long d = backoff_ms(p, p->consecutive_failures);
-            p->connect_not_before_ns =
-                surpool__add_sat(surpool__now_ns(), surpool__ms_to_ns(d));
+            long d = backoff_ms(p, e->consecutive_failures);
+            e->not_before_ns = surpool__add_sat(surpool__now_ns(), surpool__ms_to_ns(d));
             surpool__evq_add(p, &q, SURPOOL_EVENT_CONNECT_FAIL, 0, 0, cerr.code, cerr.message,
                              NULL, 0);
-            surpool__evq_log(p, &q, SURPOOL_LOG_WARN,
-                             "connect failed (%d in a row, next try in %ld ms): %s",
-                             p->consecutive_failures, d, cerr.message);
+            if (p->neps == 1)
+                surpool__evq_log(p, &q, SURPOOL_LOG_WARN,
+                                 "connect failed (%d in a row, next try in %ld ms): %s",
+                                 p->consecutive_failures, d, cerr.message);
+            else
+                surpool__evq_log(p, &q, SURPOOL_LOG_WARN,
+                                 "connect to node %d failed (%d in a row, next try in %ld ms): "
+                                 "%s",
+                                 ep + 1, e->consecutive_failures, d, cerr.message);
             int threshold = p->cfg.pub.breaker_threshold;
-            if (threshold > 0 && p->consecutive_failures >= threshold && !p->breaker_open) {
-                p->breaker_open = 1;
+            if (threshold > 0 && e->consecutive_failures >= threshold && !e->breaker_open) {
+                e->breaker_open = 1;
+                e->breaker_opens++;
                 p->stats.breaker_opens++;
                 surpool__evq_add(p, &q, SURPOOL_EVENT_BREAKER_OPEN, 0, 0, cerr.code,
                                  cerr.message, NULL, 0);
-                surpool__evq_log(p, &q, SURPOOL_LOG_ERROR,
-                                 "server unreachable: circuit open after %d failed connects",
-                                 p->consecutive_failures);
+                if (p->neps == 1)
+                    surpool__evq_log(p, &q, SURPOOL_LOG_ERROR,
+                                     "server unreachable: circuit open after %d failed "
+                                     "connects",
+                                     e->consecutive_failures);
+                else
+                    surpool__evq_log(p, &q, SURPOOL_LOG_ERROR,
+                                     "node %d (port %d) unreachable: its circuit open after %d "
+                                     "failed connects",
+                                     ep + 1, e->url.port, e->consecutive_failures);
+                pool_breaker_update_locked(p);
             }
+            surpool__evq_set_endpoint(&q, before, ep);
             fail_stranded_waiters_locked(p);
         }
         surpool__pool_check_locked(p);

@@ -57,6 +57,46 @@ static void maintain_plan_locked(surpool_pool *p, maint_plan *m, surpool__evq *q
         }
     }
 
+    /* 1a. Rebalance (docs/cluster.md): at most one idle connection per
+     *     rebalance_interval_ms leaves the node with the most connections
+     *     while it has two more than the healthy node with the fewest; the
+     *     governor places its replacement (min_connections, or the next
+     *     demand) by the placement policy. Never a storm: one per interval. */
+    if (cfg->rebalance_interval_ms > 0 && p->neps > 1 && nv < MAINT_BATCH &&
+        now >= p->next_rebalance_ns) {
+        int hi = -1, lo = -1, hiload = 0, loload = 0;
+        for (int i = 0; i < p->neps; i++) {
+            const surpool__endpoint *e = &p->eps[i];
+            int load = e->nconns + e->nconnecting;
+            if (hi < 0 || load > hiload) {
+                hi = i;
+                hiload = load;
+            }
+            if (!e->breaker_open && now >= e->not_before_ns && (lo < 0 || load < loload)) {
+                lo = i;
+                loload = load;
+            }
+        }
+        surpool_conn *pick = NULL;
+        if (hi >= 0 && lo >= 0 && hiload - loload >= 2) {
+            for (qi = p->idle.prev; qi != &p->idle; qi = qi->prev) {
+                c = SURPOOL__QUEUE_DATA(qi, surpool_conn, idle_link);
+                if (c->ep == hi) {
+                    pick = c; /* the coldest idle one on that node */
+                    break;
+                }
+            }
+        }
+        if (pick != NULL) {
+            p->eps[hi].retired_rebalance++;
+            surpool__pool_forget_locked(p, pick);
+            why[nv] = "rebalance: its node has more connections than another";
+            victims[nv++] = pick;
+            p->next_rebalance_ns =
+                surpool__add_sat(now, surpool__ms_to_ns(cfg->rebalance_interval_ms));
+        }
+    }
+
     /* 2. Keepalive: idle connections unused for keepalive_interval_ms are lent
      *    to the maintainer for one ping. */
     if (cfg->keepalive_interval_ms > 0 && p->nwaiters == 0) {
@@ -118,10 +158,13 @@ static void maintain_carry_out(surpool_pool *p, const maint_plan *m, surpool__ev
     pthread_mutex_unlock(&p->mu);
     for (int i = 0; i < nv; i++) {
         uint64_t serial = victims[i]->serial;
+        int ep = victims[i]->ep; /* read before the graveyard may free it */
         surpool__log(&p->logger, SURPOOL_LOG_INFO, "closing connection %llu: %s",
                      (unsigned long long)serial, why[i]);
         surpool__pool_close_forgotten(p, victims[i]);
+        int before = q->n;
         surpool__evq_add(p, q, SURPOOL_EVENT_DESTROY, serial, 0, SURPOOL_OK, why[i], NULL, 0);
+        surpool__evq_set_endpoint(q, before, ep);
     }
     surpool_error perr;
     surpool_err prc[MAINT_BATCH];
@@ -138,6 +181,7 @@ static void maintain_carry_out(surpool_pool *p, const maint_plan *m, surpool__ev
             surpool__pool_put_locked(p, c, 0, surpool__now_ns());
             continue;
         }
+        int before = q->n;
         if (prc[i] != SURPOOL_OK) {
             p->stats.validation_failures++;
             surpool__evq_add(p, q, SURPOOL_EVENT_HEALTH_FAIL, c->serial, 0, prc[i],
@@ -146,6 +190,7 @@ static void maintain_carry_out(surpool_pool *p, const maint_plan *m, surpool__ev
         surpool__evq_add(p, q, SURPOOL_EVENT_DESTROY, c->serial, 0, prc[i],
                          prc[i] != SURPOOL_OK ? "keepalive ping failed" : "pool closed", NULL,
                          0);
+        surpool__evq_set_endpoint(q, before, c->ep);
         surpool__pool_forget_locked(p, c);
         pthread_mutex_unlock(&p->mu);
         surpool__pool_close_forgotten(p, c);

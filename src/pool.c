@@ -147,6 +147,7 @@ void surpool__pool_add_locked(surpool_pool *p, surpool_conn *c)
 {
     c->serial = ++p->next_serial;
     surpool__queue_insert_head(&p->all, &c->all_link);
+    p->eps[c->ep].nconns++;
 }
 
 const char *surpool__pool_worn_out_locked(surpool_pool *p, const surpool_conn *c, int64_t now)
@@ -208,6 +209,7 @@ void surpool__pool_forget_locked(surpool_pool *p, surpool_conn *c)
     else if (c->state == SURPOOL__CONN_LEASED)
         p->nleased--;
     surpool__queue_remove(&c->all_link);
+    p->eps[c->ep].nconns--;
     c->state = SURPOOL__CONN_CLOSED; /* a stale release of it is now a no-op */
     p->stats.destroyed++;
     p->nclosing++;
@@ -291,8 +293,15 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
     surpool__queue_init(&p->idle);
     surpool__queue_init(&p->grave);
     surpool__queue_init(&p->waiters);
-    rc = surpool__url_parse(cfg->url, &p->url, err);
+    /* The nodes: url's host list, then config.endpoints (docs/cluster.md). */
+    rc = surpool__config_endpoints(cfg, &p->eps, &p->neps, err);
     if (rc != SURPOOL_OK) {
+        surpool__free(p);
+        return rc;
+    }
+    rc = surpool__url_dup(&p->url, &p->eps[0].url, err);
+    if (rc != SURPOOL_OK) {
+        surpool__config_free_endpoints(p->eps, p->neps);
         surpool__free(p);
         return rc;
     }
@@ -432,6 +441,7 @@ fail_config:
     surpool__config_free(&p->cfg);
 fail_url:
     surpool__url_free(&p->url);
+    surpool__config_free_endpoints(p->eps, p->neps);
     surpool__free(p);
     return rc;
 }
@@ -516,6 +526,7 @@ void surpool_pool_destroy(surpool_pool *p)
     surpool__free(p->connectors);
     surpool__config_free(&p->cfg);
     surpool__url_free(&p->url);
+    surpool__config_free_endpoints(p->eps, p->neps);
     surpool__wipe(&p->last_connect_error, sizeof(p->last_connect_error));
     surpool__free(p);
 }
@@ -563,6 +574,7 @@ static int validate(surpool_pool *p, surpool_conn *c, int64_t t0, int64_t *grant
     int validated = 0;
     const char *retire = surpool__pool_worn_out_locked(p, c, now);
     surpool_err why = SURPOOL_OK;
+    int ev_before = q->n; /* the events below are about c: tagged with its node */
     if (retire == NULL && cfg->validation_idle_ms >= 0 &&
         now - c->last_checked_ns > surpool__ms_to_ns(cfg->validation_idle_ms)) {
         /* Idle a while: prove it works before lending it (outside mu). */
@@ -583,10 +595,12 @@ static int validate(surpool_pool *p, surpool_conn *c, int64_t t0, int64_t *grant
     }
     if (retire != NULL) {
         uint64_t serial = c->serial;
+        int ep = c->ep;
         surpool__pool_forget_locked(p, c);
         pthread_mutex_unlock(&p->mu);
         surpool__pool_close_forgotten(p, c);
         surpool__evq_add(p, q, SURPOOL_EVENT_DESTROY, serial, 0, why, retire, NULL, 0);
+        surpool__evq_set_endpoint(q, ev_before, ep);
         surpool__evq_flush(p, q);
         pthread_mutex_lock(&p->mu);
         return 0;
@@ -849,7 +863,9 @@ void surpool__pool_release_conn(surpool_conn *c)
         surpool__pool_leases_changed_locked(p);
         pthread_mutex_unlock(&p->mu);
         /* nclosing > 0 keeps destroy() waiting until surpool__pool_close_forgotten() ends. */
+        int ev_before = q.n;
         surpool__evq_add(p, &q, SURPOOL_EVENT_DESTROY, serial, 0, SURPOOL_OK, retire, NULL, 0);
+        surpool__evq_set_endpoint(&q, ev_before, c->ep); /* c is not closed yet */
         surpool__evq_flush(p, &q);
         surpool__pool_close_forgotten(p, c); /* last touch of the pool */
         return;
@@ -904,8 +920,10 @@ surpool_err surpool_pool_resume(surpool_pool *p)
     surpool__evq q; /* not zero-filled: only q.n matters, and it is 6 KB */
     q.n = 0;
     for (int i = 0; i < ndead; i++) {
+        int ev_before = q.n;
         surpool__evq_add(p, &q, SURPOOL_EVENT_DESTROY, dead[i]->serial, 0, SURPOOL_OK, "dead",
                          NULL, 0);
+        surpool__evq_set_endpoint(&q, ev_before, dead[i]->ep);
         surpool__pool_close_forgotten(p, dead[i]);
     }
     surpool__evq_flush(p, &q);
@@ -982,4 +1000,60 @@ surpool_err surpool_pool_stats_sized(surpool_pool *p, surpool_stats *out, size_t
 surpool_err(surpool_pool_stats)(surpool_pool *p, surpool_stats *out)
 {
     return surpool_pool_stats_sized(p, out, sizeof(surpool_stats));
+}
+
+/* ------------------------------------------------------------------------- */
+/* Per-node stats (docs/cluster.md)                                           */
+/* ------------------------------------------------------------------------- */
+
+int surpool_conn_endpoint(const surpool_conn *h)
+{
+    /* A lease handle (lease.h): resolve it; c->ep never changes. */
+    surpool_conn *c = NULL;
+    if (h == NULL || surpool__lease_pin((surpool_conn *)h, &c) != SURPOOL__LEASE_OK)
+        return -1;
+    int ep = c->ep;
+    surpool__lease_unpin((surpool_conn *)h);
+    return ep;
+}
+
+int surpool_pool_endpoint_count(surpool_pool *p)
+{
+    return p != NULL ? p->neps : 0; /* fixed at create: no lock needed */
+}
+
+surpool_err surpool_pool_endpoint_stats_sized(surpool_pool *p, int index,
+                                              surpool_endpoint_stats *out, size_t size)
+{
+    if (p == NULL || out == NULL || size < sizeof(size_t) || index < 0 || index >= p->neps)
+        return SURPOOL_ERR_INVALID_ARG;
+    surpool_endpoint_stats full;
+    memset(&full, 0, sizeof(full));
+    const surpool__endpoint *e = &p->eps[index];
+    full.index = index;
+    full.port = e->url.port;
+    surpool__strlcpy(full.host, e->url.host, sizeof(full.host));
+    pthread_mutex_lock(&p->mu);
+    full.connections = e->nconns;
+    full.connecting = e->nconnecting;
+    surpool__queue *q;
+    SURPOOL__QUEUE_FOREACH(q, &p->all)
+    {
+        const surpool_conn *c = SURPOOL__QUEUE_DATA(q, surpool_conn, all_link);
+        if (c->ep == index && c->state != SURPOOL__CONN_IDLE)
+            full.in_use++;
+    }
+    full.breaker_open = e->breaker_open;
+    full.consecutive_failures = e->consecutive_failures;
+    full.connects = e->connects;
+    full.connect_failures = e->connect_failures;
+    full.breaker_opens = e->breaker_opens;
+    full.retired_rebalance = e->retired_rebalance;
+    surpool__strlcpy(full.last_error, e->last_error, sizeof(full.last_error));
+    pthread_mutex_unlock(&p->mu);
+    size_t n = size < sizeof(full) ? size : sizeof(full);
+    full.struct_size = n;
+    memset(out, 0, size);
+    memcpy(out, &full, n);
+    return SURPOOL_OK;
 }

@@ -64,6 +64,8 @@ struct surpool_conn {
     int discard;       /* lease holder: surpool_conn_discard() */
     int session_dirty; /* lease holder: session state changed (use, let, ...) */
     int lane;          /* pool mutex: held by the shared lane */
+    int ep;            /* the node it is connected to: index into pool->eps; set
+                          by surpool__conn_open, never changes */
     int pool_auth;     /* lease holder: the pool is authenticating it (setup, re-auth) */
     int user_auth;     /* lease holder: the borrower signed in / authenticated itself,
                           so an expired session is not the pool's to renew */
@@ -80,11 +82,26 @@ struct surpool_conn {
 
 typedef struct surpool__waiter surpool__waiter;
 
+/* One node of the pool (docs/cluster.md): its URL (a full single-host URL; the
+ * pool's credentials are in every one) and its own connect governor state
+ * (governor.c). Everything but url is guarded by the pool mutex. */
+typedef struct surpool__endpoint {
+    surpool__url url;
+    int nconns;               /* open connections on it: idle + leased (pool.c) */
+    int nconnecting;          /* connects to it in progress */
+    int consecutive_failures; /* failed connects in a row */
+    int64_t not_before_ns;    /* its backoff: no connect to it before */
+    int breaker_open;
+    uint64_t connects, connect_failures, breaker_opens, retired_rebalance;
+    char last_error[200]; /* sanitized message of its last connect failure */
+} surpool__endpoint;
+
 /* Per-pool configuration, copied and validated at create. */
 typedef struct surpool__pool_config {
     surpool_config pub; /* string members point into the copies below */
     char *url, *ns, *db, *user, *pass, *access, *token, *init_sql;
     char *tls_ca_file, *tls_ca_dir, *tls_cert_file, *tls_key_file;
+    char **endpoints;      /* copies of config.endpoints (pub.endpoints points here) */
     json_t *signin_params; /* deep copy, or NULL */
     int max_concurrent_connects;
 } surpool__pool_config;
@@ -92,7 +109,12 @@ typedef struct surpool__pool_config {
 struct surpool_pool {
     pthread_mutex_t mu;
     surpool__pool_config cfg;
-    surpool__url url;
+    surpool__url url;       /* the first node's URL: credentials, ns/db, messages */
+    surpool__endpoint *eps; /* the nodes, in list order (never empty) */
+    int neps;
+    int rr_next;               /* round-robin placement: next node to try (mu) */
+    int nprobing;              /* connects that are breaker probes (mu) */
+    int64_t next_rebalance_ns; /* maintainer.c (mu) */
     surpool__logger logger;
     const surpool__transport_ops *ops;
     surpool__transport *transport;
@@ -119,7 +141,6 @@ struct surpool_pool {
     pthread_cond_t connector_cv;
     pthread_t *connectors;
     int nconnectors, nconnectors_idle;
-    int64_t connect_not_before_ns; /* governor backoff */
     int consecutive_failures;
     surpool_error last_connect_error;
     int connect_failures_pending; /* for create(): failures seen while warming up */
@@ -157,6 +178,13 @@ surpool_err surpool__config_validate_merged(const surpool_config *c, surpool_err
 surpool_err surpool__config_copy(surpool__pool_config *dst, const surpool_config *src,
                                  const surpool__url *url, surpool_error *err);
 void surpool__config_free(surpool__pool_config *c);
+/* The pool's nodes: the hosts of the merged config's url, then
+ * config.endpoints, checked (same scheme, no user info or query in an entry,
+ * none repeated, at most SURPOOL_MAX_ENDPOINTS). *out is a new array of *n
+ * endpoints, zeroed but for their URL; free with surpool__config_free_endpoints. */
+surpool_err surpool__config_endpoints(const surpool_config *c, surpool__endpoint **out, int *n,
+                                      surpool_error *err);
+void surpool__config_free_endpoints(surpool__endpoint *eps, int n);
 
 /* ---- pool.c: the core. Every *_locked function is called with pool->mu held
  * and returns with it held, never dropping it on the way. ---- */
@@ -207,6 +235,13 @@ void surpool__evq_flush(const surpool_pool *p, surpool__evq *q); /* mu NOT held 
 /* Called with the mutex held: if anything is queued, drops the mutex to
  * flush, and takes it again. */
 void surpool__evq_flush_dropping(surpool_pool *p, surpool__evq *q);
+/* Tag the events queued since q->n was `before` with a node (0-based index). */
+static inline void surpool__evq_set_endpoint(surpool__evq *q, int before, int ep)
+{
+    for (int i = before; i < q->n; i++)
+        if (q->log_level[i] < 0)
+            q->ev[i].endpoint = ep + 1;
+}
 
 /* ---- governor.c: connector threads, backoff, the circuit breaker (rules 5
  * and 6 live there). ---- */
@@ -220,6 +255,12 @@ surpool_err surpool__governor_timeout_error_locked(surpool_pool *p, long timeout
                                                    surpool_error *err);
 /* Join every connector thread; the pool is closed and no connect is running. */
 void surpool__governor_join(surpool_pool *p);
+/* Which node a new connection should go to now (the placement policy over
+ * the healthy nodes, due breaker probes first), or -1 with *retry_at_ns set
+ * to when one may be (INT64_MAX: when a connect in progress ends). *probe says
+ * the node's breaker is open. */
+int surpool__governor_pick_locked(surpool_pool *p, int64_t now, int64_t *retry_at_ns,
+                                  int *probe);
 
 /* ---- maintainer.c: idle retirement, lifetime, keepalive, leak reports. ---- */
 int surpool__maintainer_start(surpool_pool *p); /* 0 or -1 */

@@ -582,9 +582,10 @@ static surpool_err conn_signin(surpool_conn *c, const surpool_credentials *cred,
         /* Name who and where (never the password), as connection setup does. */
         char prefix[200], user[72], host[72];
         surpool__text_sanitize_str(user, sizeof(user), cred->user != NULL ? cred->user : "");
-        surpool__text_sanitize_str(host, sizeof(host), c->pool->url.host);
+        const surpool__url *node = &c->pool->eps[c->ep].url; /* the node it is on */
+        surpool__text_sanitize_str(host, sizeof(host), node->host);
         snprintf(prefix, sizeof(prefix), "signin as user '%s' at %s port %d failed: ", user,
-                 host, c->pool->url.port);
+                 host, node->port);
         surpool__error_prefix(err, prefix);
     }
     return rc;

@@ -10,7 +10,12 @@
  *  1. create() starts whatever machinery the transport needs (threads, contexts)
  *     for one pool. destroy() closes every connection still open (completing
  *     their requests with SURPOOL_ERR_DISCONNECTED), stops it and frees it.
- *  2. open() blocks the calling thread until the connection is established
+ *  2. open() connects to one endpoint: `ep` (borrowed; it must outlive the
+ *     connection), or tconfig.url when ep is NULL. Every endpoint shares the
+ *     transport's scheme, credentials and TLS settings; its own host is what
+ *     the connection resolves, sends as Host/Origin and SNI, and checks the
+ *     server certificate against. open() blocks the calling thread until the
+ *     connection is established
  *     (WebSocket upgrade done, subprotocol checked) or fails, or deadline_ns
  *     (CLOCK_MONOTONIC) passes. On failure it returns CONNECT / TLS / TIMEOUT /
  *     NOMEM with a message in err and nothing is left behind.
@@ -101,7 +106,8 @@ enum { SURPOOL__LOOP_AUTO = 0, SURPOOL__LOOP_POLL = 1, SURPOOL__LOOP_LIBUV = 2 }
 #define SURPOOL__LOOP_AUTO_LIBUV_ABOVE 32
 
 typedef struct surpool__tconfig {
-    const surpool__url *url; /* borrowed; outlives the transport */
+    const surpool__url *url; /* borrowed; outlives the transport: the default
+                                endpoint (open() with ep == NULL) and the scheme */
     long connect_timeout_ms;
     size_t max_message_bytes;
     int cbor;            /* 1: subprotocol "cbor", binary frames, CBOR replies */
@@ -122,7 +128,7 @@ typedef struct surpool__transport_ops {
     surpool_err (*create)(const surpool__tconfig *cfg, void *arg, surpool__transport **out,
                           surpool_error *err);
     void (*destroy)(surpool__transport *t);
-    surpool_err (*open)(surpool__transport *t, int64_t deadline_ns,
+    surpool_err (*open)(surpool__transport *t, const surpool__url *ep, int64_t deadline_ns,
                         const surpool__tconn_events *ev, surpool__tconn **out,
                         surpool_error *err);
     surpool_err (*submit)(surpool__tconn *c, surpool__treq *req);

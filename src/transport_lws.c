@@ -120,6 +120,11 @@ struct surpool__tconn {
     char addrs[MAX_ADDRS][INET6_ADDRSTRLEN];
     int n_addrs;
     int addr_idx;
+    /* The endpoint this connection goes to (borrowed: outlives the transport)
+     * and what follows from it: the Host/Origin header and SNI name. */
+    const surpool__url *url;
+    char host_header[300]; /* "host[:port]" / "[v6][:port]" */
+    int host_is_ip;        /* 4, 6, or 0 for a name */
 
     /* Service thread only. */
     struct lws *wsi;
@@ -505,21 +510,21 @@ static void conn_start(surpool__tconn *c)
     memset(&i, 0, sizeof(i));
     i.context = t->ctx;
     i.address = addr; /* numeric: a name would block this thread in getaddrinfo */
-    i.port = t->url->port;
-    i.path = t->url->path;
-    i.host = t->host_header;
-    i.origin = t->host_header;
+    i.port = c->url->port;
+    i.path = c->url->path;
+    i.host = c->host_header;
+    i.origin = c->host_header;
     i.protocol = t->proto;
     i.local_protocol_name = t->proto;
     i.retry_and_idle_policy = &g_retry;
     i.opaque_user_data = c;
-    if (t->url->tls) {
+    if (c->url->tls) {
         i.ssl_connection = LCCSCF_USE_SSL;
         if (t->insecure)
             i.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED |
                                 LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK | LCCSCF_ALLOW_EXPIRED |
                                 LCCSCF_ALLOW_INSECURE;
-        else if (t->host_is_ip == 6)
+        else if (c->host_is_ip == 6)
             /* lws cuts the name at the first ':' ("[::1]" → "[") and would
              * reject every certificate; our verify callback checks the address. */
             i.ssl_connection |= LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK;
@@ -548,7 +553,7 @@ static void conn_start(surpool__tconn *c)
                 if (c->fail_code == SURPOOL_OK) {
                     c->fail_code = SURPOOL_ERR_CONNECT;
                     msgf(c->fail_msg, sizeof(c->fail_msg), "cannot connect to %s port %d (%s)",
-                         t->url->host, t->url->port, addr);
+                         c->url->host, c->url->port, addr);
                 }
             }
         }
@@ -591,7 +596,6 @@ static int is_tls_text(const char *s)
  * return of the connect call) decides what happens next. */
 static void on_connection_error(struct lws *wsi, surpool__tconn *c, const char *in, size_t len)
 {
-    surpool__transport *t = c->t;
     char text[160];
     size_t n = in != NULL ? strnlen(in, len) : 0; /* len may count the NUL */
     /* lws' text may quote the server (a status line, a header). */
@@ -602,7 +606,7 @@ static void on_connection_error(struct lws *wsi, surpool__tconn *c, const char *
     unsigned int status = lws_http_client_http_response(wsi);
 
     const char *alert_rx = NULL, *alert_tx = NULL, *note = NULL;
-    if (t->url->tls) {
+    if (c->url->tls) {
         SSL *ssl = lws_get_ssl(wsi);
         if (ssl != NULL)
             surpool__tls_handshake_notes(ssl, &alert_rx, &alert_tx, &note);
@@ -615,46 +619,46 @@ static void on_connection_error(struct lws *wsi, surpool__tconn *c, const char *
             c->fail_code = SURPOOL_ERR_TLS;
             msgf(c->fail_msg, sizeof(c->fail_msg), "certificate verify failed: %s",
                  c->tls_reason);
-        } else if (t->url->tls && (alert_rx != NULL || alert_tx != NULL || note != NULL ||
+        } else if (c->url->tls && (alert_rx != NULL || alert_tx != NULL || note != NULL ||
                                    is_tls_text(text))) {
             c->fail_code = SURPOOL_ERR_TLS;
             if (note != NULL)
                 msgf(c->fail_msg, sizeof(c->fail_msg), "TLS handshake with %s failed: %s",
-                     t->url->host, note);
+                     c->url->host, note);
             else if (alert_rx != NULL)
                 msgf(c->fail_msg, sizeof(c->fail_msg),
-                     "TLS handshake with %s failed: the server sent alert '%s'", t->url->host,
+                     "TLS handshake with %s failed: the server sent alert '%s'", c->url->host,
                      alert_rx);
             else if (alert_tx != NULL)
                 msgf(c->fail_msg, sizeof(c->fail_msg),
-                     "TLS handshake with %s failed: sent alert '%s' (%s)", t->url->host,
+                     "TLS handshake with %s failed: sent alert '%s' (%s)", c->url->host,
                      alert_tx, text);
             else
                 msgf(c->fail_msg, sizeof(c->fail_msg), "TLS handshake with %s failed: %s",
-                     t->url->host, text);
+                     c->url->host, text);
         } else if (status == 404) {
             c->fail_code = SURPOOL_ERR_CONNECT;
             msgf(c->fail_msg, sizeof(c->fail_msg),
                  "server at %s port %d answered HTTP 404 to the WebSocket upgrade: path "
                  "'%.64s' is not a SurrealDB RPC endpoint%s",
-                 t->url->host, t->url->port, t->url->path,
-                 strcmp(t->url->path, "/rpc") != 0 ? " (is it /rpc?)" : "");
+                 c->url->host, c->url->port, c->url->path,
+                 strcmp(c->url->path, "/rpc") != 0 ? " (is it /rpc?)" : "");
         } else if (status != 0 && status != 101) {
             c->fail_code = SURPOOL_ERR_CONNECT;
             msgf(c->fail_msg, sizeof(c->fail_msg),
                  "server at %s port %d answered the WebSocket upgrade of '%.64s' with HTTP "
                  "%u instead of 101",
-                 t->url->host, t->url->port, t->url->path, status);
+                 c->url->host, c->url->port, c->url->path, status);
         } else {
             c->fail_code = SURPOOL_ERR_CONNECT;
             c->tcp_failed = !c->tcp_up; /* open() names the cause (tcp_diagnose) */
             const char *a = c->addrs[c->addr_idx];
-            if (strcmp(a, t->url->host) != 0)
+            if (strcmp(a, c->url->host) != 0)
                 msgf(c->fail_msg, sizeof(c->fail_msg), "cannot connect to %s port %d (%s): %s",
-                     t->url->host, t->url->port, a, text);
+                     c->url->host, c->url->port, a, text);
             else
                 msgf(c->fail_msg, sizeof(c->fail_msg), "cannot connect to %s port %d: %s",
-                     t->url->host, t->url->port, text);
+                     c->url->host, c->url->port, text);
         }
     }
     pthread_mutex_unlock(&c->mu);
@@ -674,8 +678,8 @@ static int on_pre_establish(struct lws *wsi, surpool__tconn *c)
         msgf(c->fail_msg, sizeof(c->fail_msg),
              "server at %s port %d did not accept WebSocket subprotocol '%s' "
              "(answered %s%s%s)",
-             c->t->url->host, c->t->url->port, c->t->proto, n > 0 ? "'" : "",
-             n > 0 ? proto : "none", n > 0 ? "'" : "");
+             c->url->host, c->url->port, c->t->proto, n > 0 ? "'" : "", n > 0 ? proto : "none",
+             n > 0 ? "'" : "");
     }
     pthread_mutex_unlock(&c->mu);
     return 1;
@@ -708,8 +712,8 @@ static int on_cert_verify(surpool__tconn *c, X509_STORE_CTX *xs, int preverify_o
 {
     const surpool__transport *t = c->t;
     const char *reason = NULL;
-    int rc = surpool__tls_verify_cert(xs, preverify_ok, t->insecure, t->url->host,
-                                      t->host_is_ip, &reason);
+    int rc = surpool__tls_verify_cert(xs, preverify_ok, t->insecure, c->url->host,
+                                      c->host_is_ip, &reason);
     if (reason != NULL) {
         /* The first failure is the one the user is told about. */
         pthread_mutex_lock(&c->mu);
@@ -979,8 +983,8 @@ static void on_wsi_destroy(struct lws *wsi, surpool__tconn *c)
                 if (took + 100 >= (int64_t)t->timeout_secs * 1000) {
                     c->fail_code = SURPOOL_ERR_TIMEOUT;
                     msgf(c->fail_msg, sizeof(c->fail_msg),
-                         "connect to %s port %d timed out after %lld ms (%s)", t->url->host,
-                         t->url->port, (long long)took,
+                         "connect to %s port %d timed out after %lld ms (%s)", c->url->host,
+                         c->url->port, (long long)took,
                          c->tcp_up ? "TCP connected, no answer to the WebSocket upgrade"
                                    : "no answer to the TCP connect");
                 } else {
@@ -988,7 +992,7 @@ static void on_wsi_destroy(struct lws *wsi, surpool__tconn *c)
                     msgf(c->fail_msg, sizeof(c->fail_msg),
                          "server at %s port %d closed the connection before the "
                          "WebSocket upgrade completed",
-                         t->url->host, t->url->port);
+                         c->url->host, c->url->port);
                 }
             }
         }
@@ -1239,6 +1243,29 @@ static int context_create(surpool__transport *t, const surpool__tconfig *cfg,
     return 0;
 }
 
+/* The Host and Origin header value for an endpoint ("host[:port]", "[v6][:port]",
+ * the port left out when it is the scheme's default) and whether its host is an
+ * IP literal (4, 6) or a name (0): the name TLS sends as SNI and checks against
+ * the certificate. -1 when it does not fit. */
+static int host_header_for(const surpool__url *u, char *buf, size_t size, int *is_ip)
+{
+    unsigned char tmp[sizeof(struct in6_addr)];
+    *is_ip = 0;
+    if (inet_pton(AF_INET6, u->host, tmp) == 1)
+        *is_ip = 6;
+    else if (inet_pton(AF_INET, u->host, tmp) == 1)
+        *is_ip = 4;
+    int default_port = u->port == (u->tls ? 443 : 80);
+    int n;
+    if (*is_ip == 6)
+        n = default_port ? snprintf(buf, size, "[%s]", u->host)
+                         : snprintf(buf, size, "[%s]:%d", u->host, u->port);
+    else
+        n = default_port ? snprintf(buf, size, "%s", u->host)
+                         : snprintf(buf, size, "%s:%d", u->host, u->port);
+    return n < 0 || (size_t)n >= size ? -1 : 0;
+}
+
 static surpool_err transport_create(const surpool__tconfig *cfg, void *arg,
                                     surpool__transport **out, surpool_error *err)
 {
@@ -1273,24 +1300,10 @@ static surpool_err transport_create(const surpool__tconfig *cfg, void *arg,
     t->insecure = cfg->tls_insecure_skip_verify != 0;
     t->ctx_alive = 0;
 
-    unsigned char tmp[sizeof(struct in6_addr)];
-    if (inet_pton(AF_INET6, cfg->url->host, tmp) == 1)
-        t->host_is_ip = 6;
-    else if (inet_pton(AF_INET, cfg->url->host, tmp) == 1)
-        t->host_is_ip = 4;
-    int default_port = cfg->url->port == (cfg->url->tls ? 443 : 80);
-    int n;
-    if (t->host_is_ip == 6)
-        n = default_port
-                ? snprintf(t->host_header, sizeof(t->host_header), "[%s]", cfg->url->host)
-                : snprintf(t->host_header, sizeof(t->host_header), "[%s]:%d", cfg->url->host,
-                           cfg->url->port);
-    else
-        n = default_port
-                ? snprintf(t->host_header, sizeof(t->host_header), "%s", cfg->url->host)
-                : snprintf(t->host_header, sizeof(t->host_header), "%s:%d", cfg->url->host,
-                           cfg->url->port);
-    if (n < 0 || (size_t)n >= sizeof(t->host_header)) {
+    /* Every connection computes its own (its endpoint's); checking the
+     * default endpoint here refuses an unusable URL before anything starts. */
+    if (host_header_for(cfg->url, t->host_header, sizeof(t->host_header), &t->host_is_ip) !=
+        0) {
         surpool__free(t);
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "host name too long");
     }
@@ -1430,20 +1443,20 @@ static const char *tcp_diagnose(const char *addr, int port, int64_t deadline_ns)
 }
 
 /* Resolve on the caller's thread: lws would block its service thread. */
-static surpool_err resolve(surpool__transport *t, surpool__tconn *c, surpool_error *err)
+static surpool_err resolve(surpool__tconn *c, surpool_error *err)
 {
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    int rc = getaddrinfo(t->url->host, NULL, &hints, &res);
+    int rc = getaddrinfo(c->url->host, NULL, &hints, &res);
     if (rc != 0) {
         if (rc == EAI_MEMORY)
             return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot resolve host '%s': %s",
-                                   t->url->host, gai_strerror(rc));
+                                   c->url->host, gai_strerror(rc));
         return surpool__seterr(err, SURPOOL_ERR_CONNECT,
                                "cannot connect to %s port %d: name not resolved (%s)",
-                               t->url->host, t->url->port, gai_strerror(rc));
+                               c->url->host, c->url->port, gai_strerror(rc));
     }
     for (struct addrinfo *a = res; a != NULL && c->n_addrs < MAX_ADDRS; a = a->ai_next) {
         const void *src;
@@ -1467,16 +1480,28 @@ static surpool_err resolve(surpool__transport *t, surpool__tconn *c, surpool_err
         return surpool__seterr(err, SURPOOL_ERR_CONNECT,
                                "cannot connect to %s port %d: name not resolved (no IPv4 "
                                "or IPv6 address)",
-                               t->url->host, t->url->port);
+                               c->url->host, c->url->port);
     return SURPOOL_OK;
 }
 
-static surpool_err conn_open(surpool__transport *t, int64_t deadline_ns,
+static surpool_err conn_open(surpool__transport *t, const surpool__url *ep, int64_t deadline_ns,
                              const surpool__tconn_events *ev, surpool__tconn **out,
                              surpool_error *err)
 {
     if (t == NULL || out == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "open: t and out are required");
+    if (ep == NULL)
+        ep = t->url;
+    if (ep->host == NULL || ep->path == NULL || strlen(ep->path) > SURPOOL__URL_PATH_MAX ||
+        ep->tls != t->url->tls)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "open: the endpoint needs a host, a path of at most %d bytes "
+                               "and the scheme the transport was created for",
+                               SURPOOL__URL_PATH_MAX);
+    char hh[sizeof(((surpool__tconn *)0)->host_header)];
+    int is_ip = 0;
+    if (host_header_for(ep, hh, sizeof(hh), &is_ip) != 0)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "host name too long");
     int64_t start = surpool__now_ns();
 
     surpool__tconn *c = surpool__calloc(1, sizeof(*c));
@@ -1498,6 +1523,9 @@ static surpool_err conn_open(surpool__transport *t, int64_t deadline_ns,
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a mutex");
     }
     c->t = t;
+    c->url = ep;
+    memcpy(c->host_header, hh, sizeof(hh));
+    c->host_is_ip = is_ip;
     atomic_init(&c->refs, 1); /* the opener's, then the user's */
     c->state = CS_CONNECTING;
     surpool__reqtable_init(&c->rt);
@@ -1506,7 +1534,7 @@ static surpool_err conn_open(surpool__transport *t, int64_t deadline_ns,
     if (ev != NULL)
         c->ev = *ev;
 
-    surpool_err rc = resolve(t, c, err);
+    surpool_err rc = resolve(c, err);
 
     pthread_mutex_lock(&t->mu);
     c->all_next = t->all_head;
@@ -1539,14 +1567,14 @@ static surpool_err conn_open(surpool__transport *t, int64_t deadline_ns,
         char addr[sizeof(c->addrs[0])];
         copy_str(addr, sizeof(addr), c->addrs[c->addr_idx]);
         pthread_mutex_unlock(&c->mu);
-        const char *why = tcp_failed ? tcp_diagnose(addr, t->url->port, deadline_ns) : NULL;
+        const char *why = tcp_failed ? tcp_diagnose(addr, c->url->port, deadline_ns) : NULL;
         if (why != NULL) {
-            if (strcmp(addr, t->url->host) != 0)
-                surpool__seterr(err, rc, "cannot connect to %s port %d (%s): %s", t->url->host,
-                                t->url->port, addr, why);
+            if (strcmp(addr, c->url->host) != 0)
+                surpool__seterr(err, rc, "cannot connect to %s port %d (%s): %s", c->url->host,
+                                c->url->port, addr, why);
             else
-                surpool__seterr(err, rc, "cannot connect to %s port %d: %s", t->url->host,
-                                t->url->port, why);
+                surpool__seterr(err, rc, "cannot connect to %s port %d: %s", c->url->host,
+                                c->url->port, why);
         }
     } else {
         /* Deadline: have the service thread kill the attempt, and wait (bounded)
@@ -1564,8 +1592,8 @@ static surpool_err conn_open(surpool__transport *t, int64_t deadline_ns,
         pthread_mutex_unlock(&c->mu);
         long ms = (long)((deadline_ns - start + SURPOOL__NS_PER_MS / 2) / SURPOOL__NS_PER_MS);
         rc = surpool__seterr(err, SURPOOL_ERR_TIMEOUT,
-                             "connect to %s port %d timed out after %ld ms (%s)", t->url->host,
-                             t->url->port, ms > 0 ? ms : 0,
+                             "connect to %s port %d timed out after %ld ms (%s)", c->url->host,
+                             c->url->port, ms > 0 ? ms : 0,
                              tcp_up ? "TCP connected, no answer to the WebSocket upgrade"
                                     : "no answer to the TCP connect");
     }

@@ -8,6 +8,7 @@
  * an unencoded '/', '?' or '@' shifts every boundary, so any quoted piece
  * could be part of a secret.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "url.h"
@@ -544,6 +545,184 @@ surpool_err surpool__url_parse(const char *s, surpool__url *out, surpool_error *
     if (rc != SURPOOL_OK)
         surpool__url_free(out);
     return rc;
+}
+
+int surpool__url_same_endpoint(const surpool__url *a, const surpool__url *b)
+{
+    if (a->port != b->port || a->host == NULL || b->host == NULL)
+        return 0;
+    const char *x = a->host, *y = b->host;
+    for (; *x != '\0' && *y != '\0'; x++, y++) {
+        char cx = *x >= 'A' && *x <= 'Z' ? (char)(*x - 'A' + 'a') : *x;
+        char cy = *y >= 'A' && *y <= 'Z' ? (char)(*y - 'A' + 'a') : *y;
+        if (cx != cy)
+            return 0;
+    }
+    return *x == *y;
+}
+
+static int dup_opt(char **dst, const char *src)
+{
+    *dst = NULL;
+    if (src == NULL)
+        return 0;
+    *dst = surpool__strdup(src);
+    return *dst == NULL ? -1 : 0;
+}
+
+surpool_err surpool__url_dup(surpool__url *dst, const surpool__url *src, surpool_error *err)
+{
+    memset(dst, 0, sizeof(*dst));
+    dst->tls = src->tls;
+    dst->port = src->port;
+    dst->format = src->format;
+    int bad = 0;
+    bad |= dup_opt(&dst->host, src->host);
+    bad |= dup_opt(&dst->path, src->path);
+    bad |= dup_opt(&dst->user, src->user);
+    bad |= dup_opt(&dst->pass, src->pass);
+    bad |= dup_opt(&dst->ns, src->ns);
+    bad |= dup_opt(&dst->db, src->db);
+    bad |= dup_opt(&dst->access, src->access);
+    if (bad) {
+        surpool__url_free(dst);
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory copying the URL");
+    }
+    return SURPOOL_OK;
+}
+
+void surpool__url_free_list(surpool__url *u, int n)
+{
+    if (u == NULL)
+        return;
+    for (int i = 0; i < n; i++)
+        surpool__url_free(&u[i]);
+    surpool__free(u);
+}
+
+/* Parse one element of a host list: the URL rebuilt around it
+ * ("scheme" "userinfo@" "host:port" "rest"), so that it is checked exactly as a
+ * single-host URL is. The scratch copy may hold the password: wiped. */
+static surpool_err parse_element(const char *s, size_t head, const char *user, size_t user_len,
+                                 const char *elem, size_t elem_len, const char *rest,
+                                 surpool__url *out, surpool_error *err)
+{
+    size_t rest_len = strlen(rest);
+    size_t n = head + user_len + elem_len + rest_len;
+    char *buf = surpool__malloc(n + 1);
+    if (buf == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory parsing the URL");
+    memcpy(buf, s, head);
+    memcpy(buf + head, user, user_len);
+    memcpy(buf + head + user_len, elem, elem_len);
+    memcpy(buf + head + user_len + elem_len, rest, rest_len);
+    buf[n] = '\0';
+    surpool_err rc = surpool__url_parse(buf, out, err);
+    surpool__wipe(buf, n);
+    surpool__free(buf);
+    return rc;
+}
+
+surpool_err surpool__url_parse_list(const char *s, surpool__url **out, int *n,
+                                    surpool_error *err)
+{
+    if (out == NULL || n == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "url_parse_list: out and n are required");
+    *out = NULL;
+    *n = 0;
+    if (s == NULL || *s == '\0')
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "URL is empty");
+    size_t head;
+    if (has_prefix_nocase(s, "ws://"))
+        head = 5;
+    else if (has_prefix_nocase(s, "wss://"))
+        head = 6;
+    else {
+        surpool__url bad;
+        return surpool__url_parse(s, &bad, err); /* fails, with its message */
+    }
+    const char *end = s + strlen(s);
+    const char *p = s + head;
+    const char *aend = p;
+    while (aend < end && *aend != '/' && *aend != '?' && *aend != '#')
+        aend++;
+    /* The host list follows the user info's '@' (the last one: more than one
+     * is refused by the element parse, with its hint). */
+    const char *hosts = p;
+    for (const char *q = p; q < aend; q++)
+        if (*q == '@')
+            hosts = q + 1;
+    int count = 1;
+    for (const char *q = hosts; q < aend; q++)
+        count += *q == ',';
+    if (count == 1) {
+        surpool__url *u = surpool__calloc(1, sizeof(*u));
+        if (u == NULL)
+            return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory parsing the URL");
+        surpool_err rc = surpool__url_parse(s, u, err);
+        if (rc != SURPOOL_OK) {
+            surpool__free(u);
+            return rc;
+        }
+        *out = u;
+        *n = 1;
+        return SURPOOL_OK;
+    }
+    if (count > SURPOOL_MAX_ENDPOINTS)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "invalid URL: %d hosts in the host list, the limit is %d", count,
+                               SURPOOL_MAX_ENDPOINTS);
+    surpool__url *u = surpool__calloc((size_t)count, sizeof(*u));
+    if (u == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory parsing the URL");
+    const char *e = hosts;
+    surpool_err rc = SURPOOL_OK;
+    int i = 0;
+    for (; i < count; i++) {
+        const char *comma = find_char(e, aend, ',');
+        const char *eend = comma != NULL ? comma : aend;
+        if (eend == e) {
+            rc = surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                 "invalid URL: host %d of the host list is empty (a stray ',')",
+                                 i + 1);
+            break;
+        }
+        surpool_error eerr;
+        surpool__error_clear(&eerr);
+        rc = parse_element(s, head, p, (size_t)(hosts - p), e, (size_t)(eend - e), aend, &u[i],
+                           &eerr);
+        if (rc != SURPOOL_OK) {
+            if (err != NULL) {
+                char prefix[48];
+                snprintf(prefix, sizeof(prefix), "host %d of the host list: ", i + 1);
+                *err = eerr;
+                surpool__error_prefix(err, prefix);
+            }
+            break;
+        }
+        for (int j = 0; j < i; j++) {
+            if (surpool__url_same_endpoint(&u[j], &u[i])) {
+                rc = surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                     "invalid URL: host %d of the host list repeats host %d "
+                                     "(same host and port)",
+                                     i + 1, j + 1);
+                break;
+            }
+        }
+        if (rc != SURPOOL_OK) {
+            i++; /* u[i] is parsed: free it too */
+            break;
+        }
+        e = eend + 1;
+    }
+    if (rc != SURPOOL_OK) {
+        surpool__url_free_list(u, i);
+        return rc;
+    }
+    *out = u;
+    *n = count;
+    return SURPOOL_OK;
 }
 
 void surpool__url_free(surpool__url *u)

@@ -46,4 +46,29 @@ typedef struct surpool__url {
 surpool_err surpool__url_parse(const char *s, surpool__url *out, surpool_error *err);
 void surpool__url_free(surpool__url *u); /* frees members, wipes pass; NULL ok */
 
+/* Several endpoints, as libpq's multi-host strings:
+ *
+ *   ws[s]://[user[:pass]@]host[:port][,host[:port]]...[/path][?query]
+ *
+ * One scheme, one user info, one path and one query for all of them; each
+ * host:port element is checked as surpool__url_parse() checks a host (a port
+ * left out is the scheme's default, per element). On success *out is a new
+ * array of *n (1..SURPOOL_MAX_ENDPOINTS) URLs, each a full single-host URL with
+ * its own copy of the shared parts, in the order written; free it with
+ * surpool__url_free_list(). Errors (SURPOOL_ERR_INVALID_ARG, message naming
+ * the element by its 1-based position, never quoting the URL): everything
+ * surpool__url_parse() refuses; an empty element (",," or a leading or
+ * trailing ','); more than SURPOOL_MAX_ENDPOINTS elements; the same host
+ * (compared as written, ASCII case-insensitively) and port twice. NOMEM. */
+surpool_err surpool__url_parse_list(const char *s, surpool__url **out, int *n,
+                                    surpool_error *err);
+void surpool__url_free_list(surpool__url *u, int n); /* NULL ok */
+
+/* Deep copy of a parsed URL into *dst (zeroed first); NOMEM leaves dst empty. */
+surpool_err surpool__url_dup(surpool__url *dst, const surpool__url *src, surpool_error *err);
+
+/* Do two endpoints name the same host (as written, ASCII case-insensitively)
+ * and port? */
+int surpool__url_same_endpoint(const surpool__url *a, const surpool__url *b);
+
 #endif

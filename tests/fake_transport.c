@@ -35,6 +35,7 @@ typedef struct scripted {
 
 struct surpool__transport {
     fake_settings *s;
+    const surpool__url *url; /* tconfig.url: the default endpoint */
     /* Guards everything below and every connection's table and links. Held while
      * on_dead runs (rule 6 of transport.h); never while done() runs. A leaf
      * otherwise: nothing else of ours is taken under it. */
@@ -53,6 +54,7 @@ struct surpool__tconn {
     atomic_int dead;
     int calls;
     int index;            /* 1-based order of successful opens */
+    int port;             /* the endpoint's port (fake_kill_port) */
     surpool__reqtable rt; /* requests waiting for their reply (t->mu) */
 };
 
@@ -232,11 +234,11 @@ static void drop_replies_locked(surpool__transport *t, surpool__tconn *c)
 static surpool_err fake_create(const surpool__tconfig *cfg, void *arg, surpool__transport **out,
                                surpool_error *err)
 {
-    (void)cfg;
     surpool__transport *t = calloc(1, sizeof(*t));
     if (t == NULL)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "fake: out of memory");
     t->s = arg;
+    t->url = cfg != NULL ? cfg->url : NULL;
     pthread_mutex_init(&t->mu, NULL);
     surpool__cond_init(&t->cv);
     if (pthread_create(&t->timer, NULL, timer_main, t) != 0) {
@@ -277,6 +279,8 @@ static void fake_destroy(surpool__transport *t)
         surpool__tconn *c = t->conns;
         t->conns = c->next;
         atomic_fetch_sub(&t->s->open_now, 1);
+        if (c->port > 0)
+            atomic_fetch_sub(&t->s->port_now[c->port], 1);
         surpool__reqtable_free(&c->rt);
         free(c);
     }
@@ -285,11 +289,20 @@ static void fake_destroy(surpool__transport *t)
     free(t);
 }
 
-static surpool_err fake_open(surpool__transport *t, int64_t deadline_ns,
+static surpool_err fake_open(surpool__transport *t, const surpool__url *ep, int64_t deadline_ns,
                              const surpool__tconn_events *ev, surpool__tconn **out,
                              surpool_error *err)
 {
     fake_settings *s = t->s;
+    if (ep == NULL)
+        ep = t->url;
+    int port = ep != NULL && ep->port > 0 && ep->port < FAKE_MAX_PORTS ? ep->port : 0;
+    pthread_mutex_lock(&t->mu);
+    if (ep != NULL && ep->host != NULL) {
+        strncpy(s->last_host, ep->host, sizeof(s->last_host) - 1);
+        s->last_host[sizeof(s->last_host) - 1] = '\0';
+    }
+    pthread_mutex_unlock(&t->mu);
     int n = atomic_fetch_add(&s->opens, 1) + 1;
     int64_t lat = (int64_t)atomic_load(&s->connect_latency_ms) * 1000000;
     int64_t now = surpool__now_ns();
@@ -305,12 +318,16 @@ static surpool_err fake_open(surpool__transport *t, int64_t deadline_ns,
         ;
     if (fail_now > 0 || (every > 0 && n % every == 0))
         return surpool__seterr(err, SURPOOL_ERR_CONNECT, "fake: connection refused");
+    if (port > 0 && atomic_load(&s->port_down[port]))
+        return surpool__seterr(err, SURPOOL_ERR_CONNECT, "fake: connection refused by port %d",
+                               port);
 
     surpool__tconn *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "fake: out of memory");
     c->t = t;
     c->ev = *ev;
+    c->port = port;
     atomic_init(&c->dead, 0);
     surpool__reqtable_init(&c->rt);
     pthread_mutex_lock(&t->mu);
@@ -321,6 +338,10 @@ static surpool_err fake_open(surpool__transport *t, int64_t deadline_ns,
     t->conns = c;
     pthread_mutex_unlock(&t->mu);
     atomic_fetch_add(&s->open_now, 1);
+    if (port > 0) {
+        atomic_fetch_add(&s->port_opens[port], 1);
+        atomic_fetch_add(&s->port_now[port], 1);
+    }
     *out = c;
     return SURPOOL_OK;
 }
@@ -453,6 +474,8 @@ static void fake_close(surpool__tconn *c)
     pthread_mutex_unlock(&t->mu);
     surpool__reqdone_run(&mine);
     atomic_fetch_sub(&t->s->open_now, 1);
+    if (c->port > 0)
+        atomic_fetch_sub(&t->s->port_now[c->port], 1);
     surpool__reqtable_free(&c->rt);
     free(c);
 }
@@ -484,6 +507,23 @@ int fake_kill_conn(surpool__transport *t, int index)
     pthread_mutex_unlock(&t->mu);
     surpool__reqdone_run(&mine);
     return alive;
+}
+
+int fake_kill_port(surpool__transport *t, int port)
+{
+    surpool__reqdone all;
+    surpool__reqdone_init(&all);
+    int n = 0;
+    pthread_mutex_lock(&t->mu);
+    for (surpool__tconn *c = t->conns; c != NULL; c = c->next) {
+        if (c->port != port || atomic_load(&c->dead))
+            continue;
+        kill_locked(t, c, "fake: node killed", &all, "fake: node went away");
+        n++;
+    }
+    pthread_mutex_unlock(&t->mu);
+    surpool__reqdone_run(&all);
+    return n;
 }
 
 const surpool__transport_ops fake_transport_ops = {

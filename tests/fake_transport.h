@@ -19,6 +19,7 @@ typedef json_t *(*fake_responder_fn)(void *ud, json_int_t id, const char *method
                                      json_t *params);
 
 #define FAKE_MAX_CONNS 64
+#define FAKE_MAX_PORTS 16
 
 typedef struct fake_settings {
     atomic_int connect_latency_ms; /* each open() sleeps this long */
@@ -42,6 +43,14 @@ typedef struct fake_settings {
     /* Requests submitted per connection, by index: the Nth successful open is
      * index N (1-based); connections past FAKE_MAX_CONNS - 1 are not counted. */
     atomic_int conn_calls[FAKE_MAX_CONNS];
+
+    /* Several endpoints: the fake knows an endpoint by its URL's port, so
+     * tests use ports 1..FAKE_MAX_PORTS-1 ("ws://h:1,h:2,h:3"). */
+    atomic_int port_down[FAKE_MAX_PORTS];  /* 1: opens to that port are refused */
+    atomic_int port_opens[FAKE_MAX_PORTS]; /* successful opens per port */
+    atomic_int port_now[FAKE_MAX_PORTS];   /* connections open now per port */
+    char last_host[64]; /* host of the last open() (written under the transport's
+                           mutex; read it once the opens are over) */
 } fake_settings;
 
 void fake_settings_init(fake_settings *s);
@@ -60,5 +69,10 @@ void fake_kill_all(surpool__transport *t);
 /* Kill one connection, the Nth successful open (1-based), as fake_kill_all()
  * does. Returns 1 if it was open and alive, else 0. */
 int fake_kill_conn(surpool__transport *t, int index);
+
+/* Kill every open connection to one endpoint (by its port), as
+ * fake_kill_all() does; returns how many were killed. With port_down set
+ * first, this is a node going away. */
+int fake_kill_port(surpool__transport *t, int port);
 
 #endif

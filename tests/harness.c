@@ -71,7 +71,7 @@ int harness_start(test_server *s, const char *script, int port, const char *cons
     /* Read "LISTENING <port>\n" (the server prints nothing else on stdout),
      * bounded: a server that never gets there fails the start with a reason
      * instead of hanging the test. */
-    char line[128];
+    char line[256];
     size_t len = 0;
     const char *why = NULL;
     int64_t end = tk_now_ms() + HARNESS_START_MS * TK_SLOW;
@@ -99,14 +99,90 @@ int harness_start(test_server *s, const char *script, int port, const char *cons
     close(out[0]);
     if (why == NULL && sscanf(line, "LISTENING %d", &s->port) != 1)
         why = "unexpected output";
+    /* Cluster simulator: "LISTENING p1 p2 ... pN CONTROL pc". */
+    const char *ctl = why == NULL ? strstr(line, " CONTROL ") : NULL;
+    if (ctl != NULL) {
+        const char *p = line + strlen("LISTENING");
+        while (p < ctl && s->nnodes < HARNESS_MAX_NODES) {
+            char *endp;
+            long v = strtol(p, &endp, 10);
+            if (endp == p)
+                break;
+            s->node_ports[s->nnodes++] = (int)v;
+            p = endp;
+        }
+        s->control_port = atoi(ctl + strlen(" CONTROL "));
+        if (s->nnodes < 2 || s->control_port <= 0)
+            why = "unexpected output (cluster LISTENING line)";
+    }
     if (why != NULL) {
         fprintf(stderr, "harness: cannot start tests/server/%s on port %d: %s\n", script, port,
                 why);
         harness_stop(s);
         return -1;
     }
-    snprintf(s->url, sizeof(s->url), "ws://127.0.0.1:%d/rpc", s->port);
+    if (s->nnodes == 0) {
+        snprintf(s->url, sizeof(s->url), "ws://127.0.0.1:%d/rpc", s->port);
+    } else {
+        size_t off = (size_t)snprintf(s->url, sizeof(s->url), "ws://");
+        for (int i = 0; i < s->nnodes && off < sizeof(s->url); i++)
+            off += (size_t)snprintf(s->url + off, sizeof(s->url) - off, "%s127.0.0.1:%d",
+                                    i > 0 ? "," : "", s->node_ports[i]);
+        if (off < sizeof(s->url))
+            snprintf(s->url + off, sizeof(s->url) - off, "/rpc");
+    }
     return 0;
+}
+
+int harness_start_cluster(test_server *s, int nodes, const char *const *args)
+{
+    if (nodes < 2 || nodes > HARNESS_MAX_NODES) {
+        fprintf(stderr, "harness: a cluster has 2..%d nodes\n", HARNESS_MAX_NODES);
+        return -1;
+    }
+    char nbuf[16];
+    snprintf(nbuf, sizeof(nbuf), "%d", nodes);
+    const char *all[64];
+    int n = 0;
+    all[n++] = "--nodes";
+    all[n++] = nbuf;
+    for (int i = 0; args != NULL && args[i] != NULL && n < 63; i++)
+        all[n++] = args[i];
+    all[n] = NULL;
+    if (harness_start(s, "server.mjs", 0, all) != 0)
+        return -1;
+    if (s->nnodes != nodes) {
+        fprintf(stderr, "harness: asked for %d nodes, the server listed %d\n", nodes,
+                s->nnodes);
+        harness_stop(s);
+        return -1;
+    }
+    return 0;
+}
+
+static int node_action(const test_server *s, int node, const char *action)
+{
+    if (s->nnodes == 0 || node < 1 || node > s->nnodes)
+        return -1;
+    char body[96];
+    snprintf(body, sizeof(body), "{\"node\":%d,\"action\":\"%s\"}", node, action);
+    return harness_control(s, body);
+}
+
+int harness_node_kill(const test_server *s, int node)
+{
+    return node_action(s, node, "kill");
+}
+
+int harness_node_revive(const test_server *s, int node)
+{
+    return node_action(s, node, "revive");
+}
+
+void harness_node_url(const test_server *s, int node, char *buf, size_t size)
+{
+    int port = node >= 1 && node <= s->nnodes ? s->node_ports[node - 1] : s->port;
+    snprintf(buf, size, "ws://127.0.0.1:%d/rpc", port);
 }
 
 static int wait_exit(pid_t pid, int ms)
@@ -157,7 +233,7 @@ static int http_exchange(const test_server *s, const char *req, char *resp, size
     struct sockaddr_in a;
     memset(&a, 0, sizeof(a));
     a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)s->port);
+    a.sin_port = htons((uint16_t)(s->control_port > 0 ? s->control_port : s->port));
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
         close(fd);

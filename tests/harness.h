@@ -7,13 +7,22 @@
 #ifndef SURPOOL_TEST_HARNESS_H
 #define SURPOOL_TEST_HARNESS_H
 
+#include <stddef.h>
 #include <sys/types.h>
+
+#define HARNESS_MAX_NODES 8
 
 typedef struct test_server {
     pid_t pid;
     int port;
     int stdin_fd; /* closing it makes the server exit (--exit-on-stdin-close) */
-    char url[128];
+    char url[256];
+    /* Cluster simulator (harness_start_cluster): node ports, 1-based node k at
+     * node_ports[k - 1]; port == node_ports[0]; /control and /stats go to the
+     * control port, which stays up whichever nodes are killed. */
+    int nnodes; /* 0 for a plain server */
+    int node_ports[HARNESS_MAX_NODES];
+    int control_port;
 } test_server;
 
 /* How long a server may take to print its LISTENING line (times TK_SLOW). */
@@ -33,6 +42,19 @@ void harness_stop(test_server *s);
 void harness_kill9(test_server *s);
 /* HTTP POST /control with a JSON body; returns 0 on HTTP 200. */
 int harness_control(const test_server *s, const char *json_body);
+/* Start server.mjs as a cluster simulator: `nodes` (2..HARNESS_MAX_NODES)
+ * WebSocket nodes on their own loopback ports over one shared SurrealDB core
+ * (--nodes), plus a control port. s->url lists every node
+ * ("ws://127.0.0.1:p1,127.0.0.1:p2,.../rpc"). Returns 0 or -1 (printed why). */
+int harness_start_cluster(test_server *s, int nodes, const char *const *args);
+/* Kill node k (1-based): its listener closes (connects are refused) and its
+ * sockets drop without a close frame. Returns 0 on success. */
+int harness_node_kill(const test_server *s, int node);
+/* Bring node k back on the same port. Returns 0 on success. */
+int harness_node_revive(const test_server *s, int node);
+/* "ws://127.0.0.1:<port of node k>/rpc" into buf. */
+void harness_node_url(const test_server *s, int node, char *buf, size_t size);
+
 /* The major version of the SurrealDB core server.mjs runs: 2 when
  * SURPOOL_TEST_CORE=2 (harness_start then adds --core 2), else 3. For the
  * expectations that really differ by server version (docs/errors.md, the

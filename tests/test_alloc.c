@@ -221,12 +221,12 @@ static void w_destroy(surpool__transport *t)
     t_suppress--;
 }
 
-static surpool_err w_open(surpool__transport *t, int64_t deadline_ns,
+static surpool_err w_open(surpool__transport *t, const surpool__url *ep, int64_t deadline_ns,
                           const surpool__tconn_events *ev, surpool__tconn **out,
                           surpool_error *err)
 {
     t_suppress++;
-    surpool_err rc = fake_transport_ops.open(t, deadline_ns, ev, out, err);
+    surpool_err rc = fake_transport_ops.open(t, ep, deadline_ns, ev, out, err);
     t_suppress--;
     return rc;
 }

@@ -330,7 +330,7 @@ static surpool__tconn *open_ok(fixture *f, const surpool__tconn_events *ev)
 {
     surpool__tconn *c = NULL;
     surpool_error err;
-    surpool_err rc = ops->open(f->t, surpool__deadline_after_ms(5000), ev, &c, &err);
+    surpool_err rc = ops->open(f->t, NULL, surpool__deadline_after_ms(5000), ev, &c, &err);
     if (rc != SURPOOL_OK)
         fail_msg("open: %s (%s)", err.message, surpool_strerror(rc));
     assert_non_null(c);
@@ -760,7 +760,7 @@ static void test_connect_refused(void **state)
     surpool_error err;
     /* A long deadline: CONNECT (not TIMEOUT) proves the refusal was reported
      * as such instead of being waited out. */
-    surpool_err rc = ops->open(f.t, surpool__deadline_after_ms(60000), NULL, &c, &err);
+    surpool_err rc = ops->open(f.t, NULL, surpool__deadline_after_ms(60000), NULL, &c, &err);
     assert_int_equal(rc, SURPOOL_ERR_CONNECT);
     assert_int_equal(err.code, SURPOOL_ERR_CONNECT);
     assert_null(c);
@@ -802,7 +802,7 @@ static void test_connect_unanswered_times_out(void **state)
     surpool_error err;
     /* The open deadline is well past connect_timeout_ms, so the transport's own
      * connect timeout decides (equal deadlines raced: TIMEOUT or CONNECT). */
-    surpool_err rc = ops->open(f.t, surpool__deadline_after_ms(5000), NULL, &c, &err);
+    surpool_err rc = ops->open(f.t, NULL, surpool__deadline_after_ms(5000), NULL, &c, &err);
     assert_null(c);
     print_message("    %s: %s\n", surpool_strerror(rc), err.message);
     if (rc != SURPOOL_ERR_CONNECT || strstr(err.message, "timed out") == NULL ||
@@ -823,7 +823,7 @@ static void test_resolve_failure(void **state)
     fixture_create(&f);
     surpool__tconn *c = NULL;
     surpool_error err;
-    surpool_err rc = ops->open(f.t, surpool__deadline_after_ms(5000), NULL, &c, &err);
+    surpool_err rc = ops->open(f.t, NULL, surpool__deadline_after_ms(5000), NULL, &c, &err);
     assert_int_equal(rc, SURPOOL_ERR_CONNECT);
     if (strstr(err.message, "cannot connect to no-such-host.invalid port 80: name not "
                             "resolved") == NULL)
@@ -844,7 +844,7 @@ static void test_no_upgrade_times_out(void **state)
     surpool__tconn *c = NULL;
     surpool_error err;
     int64_t t0 = surpool__now_ns();
-    surpool_err rc = ops->open(f.t, surpool__deadline_after_ms(500), NULL, &c, &err);
+    surpool_err rc = ops->open(f.t, NULL, surpool__deadline_after_ms(500), NULL, &c, &err);
     int64_t ms = (surpool__now_ns() - t0) / SURPOOL__NS_PER_MS;
     assert_int_equal(rc, SURPOOL_ERR_TIMEOUT);
     assert_non_null(strstr(err.message, "timed out after 500 ms"));
@@ -868,7 +868,7 @@ static void test_missing_subprotocol(void **state)
     fixture_create(&f);
     surpool__tconn *c = NULL;
     surpool_error err;
-    surpool_err rc = ops->open(f.t, surpool__deadline_after_ms(5000), NULL, &c, &err);
+    surpool_err rc = ops->open(f.t, NULL, surpool__deadline_after_ms(5000), NULL, &c, &err);
     assert_int_equal(rc, SURPOOL_ERR_CONNECT);
     assert_non_null(strstr(err.message, "subprotocol 'json'"));
     fixture_destroy(&f);
@@ -889,7 +889,7 @@ static void test_wrong_path(void **state)
     assert_int_equal(surpool__url_parse(u, &f.url, &err), SURPOOL_OK);
     fixture_create(&f);
     surpool__tconn *c = NULL;
-    surpool_err rc = ops->open(f.t, surpool__deadline_after_ms(5000), NULL, &c, &err);
+    surpool_err rc = ops->open(f.t, NULL, surpool__deadline_after_ms(5000), NULL, &c, &err);
     assert_int_equal(rc, SURPOOL_ERR_CONNECT);
     print_message("    %s\n", err.message);
     assert_non_null(strstr(err.message, "HTTP 400"));
@@ -956,7 +956,7 @@ static void test_http_404_names_the_path(void **state)
     assert_int_equal(surpool__url_parse(u, &f.url, &err), SURPOOL_OK);
     fixture_create(&f);
     surpool__tconn *c = NULL;
-    surpool_err rc = ops->open(f.t, surpool__deadline_after_ms(WAIT_MS), NULL, &c, &err);
+    surpool_err rc = ops->open(f.t, NULL, surpool__deadline_after_ms(WAIT_MS), NULL, &c, &err);
     assert_int_equal(rc, SURPOOL_ERR_CONNECT);
     assert_null(c);
     print_message("    %s\n", err.message);
@@ -1371,7 +1371,7 @@ static void test_long_path(void **state)
     fixture_create(&f);
     surpool__tconn *c = NULL;
     surpool_error err;
-    surpool_err rc = ops->open(f.t, surpool__deadline_after_ms(WAIT_MS), NULL, &c, &err);
+    surpool_err rc = ops->open(f.t, NULL, surpool__deadline_after_ms(WAIT_MS), NULL, &c, &err);
     assert_int_equal(rc, SURPOOL_ERR_CONNECT);
     print_message("    %s\n", err.message);
     if (strstr(err.message, "HTTP 400") == NULL)
@@ -1395,7 +1395,7 @@ static void test_long_path(void **state)
         if (rc == SURPOOL_OK) {
             /* Before the fix: the connect fails and lws frees the socket later. */
             surpool__tconn *c2 = NULL;
-            ops->open(t, surpool__deadline_after_ms(WAIT_MS), NULL, &c2, &err);
+            ops->open(t, NULL, surpool__deadline_after_ms(WAIT_MS), NULL, &c2, &err);
             if (c2 != NULL)
                 ops->close(c2);
             ops->destroy(t);
@@ -1637,7 +1637,7 @@ static surpool_err tls_try(int port, const char *host, const char *ca, int insec
         return rc;
     }
     surpool__tconn *c = NULL;
-    rc = ops->open(f.t, surpool__deadline_after_ms(5000), NULL, &c, err);
+    rc = ops->open(f.t, NULL, surpool__deadline_after_ms(5000), NULL, &c, err);
     if (rc == SURPOOL_OK) {
         batch b;
         batch_init(&b);
@@ -1714,6 +1714,32 @@ static void test_tls(void **state)
     assert_non_null(strstr(err.message, "certificate verify failed: "));
     assert_non_null(strstr(err.message, "mismatch"));
     assert_int_equal(tls_try(s2.port, "127.0.0.1", ca, 1, &err), SURPOOL_OK);
+
+    /* Several nodes share one transport: each open() checks its own node's
+     * name (SNI and verification follow the endpoint, not tconfig.url). */
+    fixture fe;
+    fixture_cfg(&fe, "wss", "localhost", s2.port);
+    fe.cfg.tls_ca_file = ca;
+    fixture_create(&fe);
+    char ipurl[96];
+    snprintf(ipurl, sizeof(ipurl), "wss://127.0.0.1:%d/rpc", s2.port);
+    surpool__url by_ip;
+    assert_int_equal(surpool__url_parse(ipurl, &by_ip, &err), SURPOOL_OK);
+    surpool__tconn *ce = NULL;
+    assert_int_equal(ops->open(fe.t, &by_ip, surpool__deadline_after_ms(5000), NULL, &ce, &err),
+                     SURPOOL_ERR_TLS);
+    print_message("    endpoint 127.0.0.1 on a localhost transport: %s\n", err.message);
+    assert_non_null(strstr(err.message, "mismatch"));
+    ce = open_ok(&fe, NULL); /* the default endpoint, localhost: verified */
+    ops->close(ce);
+    surpool__url ws_ep;
+    snprintf(ipurl, sizeof(ipurl), "ws://localhost:%d/rpc", s2.port);
+    assert_int_equal(surpool__url_parse(ipurl, &ws_ep, &err), SURPOOL_OK);
+    assert_int_equal(ops->open(fe.t, &ws_ep, surpool__deadline_after_ms(5000), NULL, &ce, &err),
+                     SURPOOL_ERR_INVALID_ARG); /* another scheme than the transport's */
+    surpool__url_free(&ws_ep);
+    surpool__url_free(&by_ip);
+    fixture_destroy(&fe);
 
     /* Our SSL_CTX comes and goes with each transport: no fd (or memory) growth. */
     int fds0 = count_fds();

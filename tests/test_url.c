@@ -466,9 +466,122 @@ static void test_url_pass_wiped(void **state)
     assert_null(u.pass);
 }
 
+/* Host lists ("ws://h1:p1,h2:p2/rpc", as libpq): one scheme, user info, path
+ * and query for every host; each element checked as a single host is. */
+static void test_url_host_list(void **state)
+{
+    (void)state;
+    surpool__url *u = NULL;
+    int n = 0;
+    surpool_error err;
+    assert_int_equal(surpool__url_parse_list("wss://root:S3C%2CR3T@a.example:8000,[::1],"
+                                             "10.0.0.2:9/x/rpc?ns=n&db=d",
+                                             &u, &n, &err),
+                     SURPOOL_OK);
+    assert_int_equal(n, 3);
+    const char *hosts[] = {"a.example", "::1", "10.0.0.2"};
+    int ports[] = {8000, 443, 9};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(u[i].tls, 1);
+        assert_string_equal(u[i].host, hosts[i]);
+        assert_int_equal(u[i].port, ports[i]);
+        assert_string_equal(u[i].path, "/x/rpc");
+        assert_string_equal(u[i].user, "root");
+        assert_string_equal(u[i].pass, "S3C,R3T");
+        assert_string_equal(u[i].ns, "n");
+        assert_string_equal(u[i].db, "d");
+    }
+    /* A copy is deep. */
+    surpool__url d;
+    assert_int_equal(surpool__url_dup(&d, &u[1], &err), SURPOOL_OK);
+    assert_string_equal(d.host, "::1");
+    assert_ptr_not_equal(d.pass, u[1].pass);
+    surpool__url_free(&d);
+    surpool__url_free_list(u, n);
+    /* One host is a list of one; an unencoded ',' in the password is fine
+     * (the list starts after the '@'). */
+    assert_int_equal(surpool__url_parse_list("ws://u:a,b@h:1", &u, &n, &err), SURPOOL_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(u[0].pass, "a,b");
+    surpool__url_free_list(u, n);
+    /* The same host in another case is the same node. */
+    surpool__url x, y;
+    assert_int_equal(surpool__url_parse("ws://Node1:8000", &x, NULL), SURPOOL_OK);
+    assert_int_equal(surpool__url_parse("ws://node1:8000/other", &y, NULL), SURPOOL_OK);
+    assert_true(surpool__url_same_endpoint(&x, &y));
+    y.port = 8001;
+    assert_false(surpool__url_same_endpoint(&x, &y));
+    surpool__url_free(&x);
+    surpool__url_free(&y);
+
+    const struct {
+        const char *url, *msg;
+    } bad[] = {
+        {"ws://a:1,,b:2/rpc", "host 2 of the host list is empty"},
+        {"ws://,a:1/rpc", "host 1 of the host list is empty"},
+        {"ws://a:1,/rpc", "host 2 of the host list is empty"},
+        {"ws://u:" SECRET_A "@a:1,b:2,a:1/rpc", "host 3 of the host list repeats host 1"},
+        {"ws://a,A/rpc", "repeats host 1"},
+        {"ws://a:1,b:0/rpc", "host 2 of the host list: invalid URL: the port"},
+        {"ws://a:1,b c/rpc", "space"},
+        {"ws://a:1,0x7f.1/rpc", "host 2 of the host list: invalid URL: malformed IPv4"},
+        {"http://a,b", "ws:// or wss://"},
+        {"", "URL is empty"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        u = NULL;
+        n = -1;
+        memset(&err, 0, sizeof(err));
+        assert_int_equal(surpool__url_parse_list(bad[i].url, &u, &n, &err),
+                         SURPOOL_ERR_INVALID_ARG);
+        assert_null(u);
+        assert_int_equal(n, 0);
+        if (strstr(err.message, bad[i].msg) == NULL)
+            fail_msg("'%s': message '%s' lacks '%s'", bad[i].url, err.message, bad[i].msg);
+        assert_null(strstr(err.message, SECRET_A));
+    }
+    /* At most SURPOOL_MAX_ENDPOINTS hosts. */
+    char big[2048];
+    size_t off = (size_t)snprintf(big, sizeof(big), "ws://");
+    for (int i = 0; i <= SURPOOL_MAX_ENDPOINTS; i++)
+        off += (size_t)snprintf(big + off, sizeof(big) - off, "%sh%d", i ? "," : "", i);
+    assert_int_equal(surpool__url_parse_list(big, &u, &n, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.message, "the limit is"));
+    big[off - 4] = '\0'; /* drop ",h32": exactly the limit */
+    assert_int_equal(surpool__url_parse_list(big, &u, &n, &err), SURPOOL_OK);
+    assert_int_equal(n, SURPOOL_MAX_ENDPOINTS);
+    surpool__url_free_list(u, n);
+    assert_int_equal(surpool__url_parse_list("ws://h", NULL, &n, &err),
+                     SURPOOL_ERR_INVALID_ARG);
+    surpool__url_free_list(NULL, 3);
+}
+
+/* Every allocation of a list parse failing in turn: NOMEM, nothing leaked. */
+static void test_url_host_list_nomem(void **state)
+{
+    (void)state;
+    surpool_set_allocator(failing_malloc, failing_realloc, free);
+    for (long n = 0;; n++) {
+        g_fail_at = n;
+        g_calls = 0;
+        surpool__url *u = NULL;
+        int cnt = 0;
+        surpool_err rc = surpool__url_parse_list("ws://u:p@a:1,b:2,c:3/rpc", &u, &cnt, NULL);
+        if (rc == SURPOOL_OK) {
+            surpool__url_free_list(u, cnt);
+            break;
+        }
+        assert_int_equal(rc, SURPOOL_ERR_NOMEM);
+        assert_null(u);
+        assert_true(n < 100);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_url_host_list, restore_allocator),
+        cmocka_unit_test_teardown(test_url_host_list_nomem, restore_allocator),
         cmocka_unit_test_teardown(test_url_table, restore_allocator),
         cmocka_unit_test_teardown(test_url_args, restore_allocator),
         cmocka_unit_test_teardown(test_url_host_limits, restore_allocator),

@@ -59,6 +59,7 @@ function usage(msg) {
     'usage: node server.mjs [--host 127.0.0.1] [--port 0] [--user root] [--pass root]\n' +
     '       [--tls-cert FILE --tls-key FILE] [--delay-ms N] [--delay-jitter-ms N]\n' +
     '       [--drop-every N] [--max-conns N] [--mode MODE] [--core 3|2] [--exit-on-stdin-close] [--verbose]\n' +
+    '       [--nodes N]  (cluster simulator: N WebSocket nodes over one core, see README.md)\n' +
     `modes: ${[...MODES].join(', ')}\n`,
   );
   process.exit(2);
@@ -81,6 +82,7 @@ try {
       mode: { type: 'string', default: 'normal' },
       core: { type: 'string', default: '3' },
       'exit-on-stdin-close': { type: 'boolean', default: false },
+      nodes: { type: 'string', default: '1' },
       verbose: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
@@ -1109,6 +1111,7 @@ async function onRequest(req, res) {
     try {
       const parsed = JSON.parse(body || '{}');
       if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('expected a JSON object');
+      if ('node' in parsed) return sendHttp(res, 200, JSON.stringify(await nodeControl(parsed)), 'application/json');
       applyControl(parsed);
     } catch (err) {
       return sendHttp(res, 400, JSON.stringify({ error: err.message }), 'application/json');
@@ -1133,25 +1136,89 @@ const tcpSockets = new Set(); // every accepted TCP connection, for shutdown
 let pendingUpgrades = 0;
 let nextSocketId = 0;
 
-server.on('connection', (sock) => {
-  if (settings.mode === 'refuse') {
-    sock.destroy();
-    return;
-  }
+// Cluster simulator (--nodes N): every node is an HTTP(S) server of its own
+// on its own loopback port, all over the ONE core above, so data written
+// through one node is read through another (as SurrealDB nodes over TiKV).
+// `node.sockets` are its TCP sockets, destroyed when the node is killed.
+// With one node (the default) the only node is `server`.
+const NODES = intArg('nodes', 1, 16);
+const nodes = [];
+
+function newNode(index) {
+  const srv = tls ? https.createServer(tls, onRequest) : http.createServer(onRequest);
+  const node = { index, srv, port: 0, down: false, sockets: new Set() };
+  wireNode(node);
+  return node;
+}
+
+function trackSocket(node, sock) {
   tcpSockets.add(sock);
-  sock.on('close', () => tcpSockets.delete(sock));
-});
-// With TLS, 'connection' is the raw TCP socket; track the TLS socket too.
-server.on('secureConnection', (sock) => {
-  tcpSockets.add(sock);
-  sock.on('close', () => tcpSockets.delete(sock));
-});
+  node.sockets.add(sock);
+  sock.on('close', () => {
+    tcpSockets.delete(sock);
+    node.sockets.delete(sock);
+  });
+}
+
+function wireNode(node) {
+  const srv = node.srv;
+  srv.on('connection', (sock) => {
+    if (settings.mode === 'refuse' || node.down) {
+      sock.destroy();
+      return;
+    }
+    trackSocket(node, sock);
+  });
+  // With TLS, 'connection' is the raw TCP socket; track the TLS socket too.
+  srv.on('secureConnection', (sock) => trackSocket(node, sock));
+  srv.on('upgrade', onUpgrade);
+  srv.on('clientError', onClientError);
+}
+
+/** Kill a node: stop listening (connects are refused) and drop its sockets
+ *  without a close frame, as a node that died. */
+function nodeKill(node) {
+  if (node.down) return;
+  node.down = true;
+  node.srv.close();
+  for (const sock of node.sockets) sock.destroy();
+  log(`node ${node.index} (port ${node.port}) killed`);
+}
+
+/** Bring a killed node back on the same port. */
+function nodeRevive(node) {
+  if (!node.down) return Promise.resolve();
+  const fresh = newNode(node.index);
+  return new Promise((resolve, reject) => {
+    fresh.srv.once('error', reject);
+    fresh.srv.listen(node.port, HOST, () => {
+      node.srv = fresh.srv;
+      node.sockets = fresh.sockets;
+      // The fresh server's handlers close over `fresh`: keep using it.
+      nodes[node.index - 1] = fresh;
+      fresh.port = node.port;
+      log(`node ${node.index} (port ${node.port}) revived`);
+      resolve();
+    });
+  });
+}
+
+/** POST /control {"node": k (1-based), "action": "kill" | "revive"}. */
+async function nodeControl(body) {
+  const k = body.node;
+  if (!Number.isSafeInteger(k) || k < 1 || k > nodes.length) throw new Error(`node must be 1..${nodes.length}`);
+  const node = nodes[k - 1];
+  if (body.action === 'kill') nodeKill(node);
+  else if (body.action === 'revive') await nodeRevive(node);
+  else throw new Error('action must be kill or revive');
+  return nodes.map((n) => ({ node: n.index, port: n.port, down: n.down, sockets: n.sockets.size }));
+}
 
 function rejectUpgrade(sock, status, text) {
   sock.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: ${text.length}\r\n\r\n${text}`);
 }
 
-server.on('upgrade', (req, sock, head) => {
+function onUpgrade(req, sock, head) {
   if (settings.mode === 'no-upgrade') {
     log('no-upgrade: leaving an upgrade request unanswered');
     sock.on('error', () => {});
@@ -1175,20 +1242,41 @@ server.on('upgrade', (req, sock, head) => {
     log(`#${id} connected (protocol ${ws.protocol || 'none'})`);
     new Conn(ws, id); // eslint-disable-line no-new
   });
-});
+}
 
-server.on('clientError', (err, sock) => {
+function onClientError(err, sock) {
   if (sock.writable) sock.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
   else sock.destroy();
-});
+}
+
+nodes.push({ index: 1, srv: server, port: 0, down: false, sockets: new Set() });
+wireNode(nodes[0]);
+for (let i = 2; i <= NODES; i++) nodes.push(newNode(i));
+// The control server (--nodes > 1): plain HTTP on its own loopback port that
+// stays up whichever nodes are killed; it answers what a node's HTTP server
+// answers (/control, /stats, ...) plus the node actions.
+const controlServer = NODES > 1 ? http.createServer(onRequest) : null;
 
 // ---------------------------------------------------------------------------
 // Start and stop
 // ---------------------------------------------------------------------------
-server.listen(PORT, HOST, () => {
-  process.stdout.write(`LISTENING ${server.address().port}\n`);
-  log(`listening on ${tls ? 'wss' : 'ws'}://${HOST}:${server.address().port}/rpc, core ${coreVersion}, settings ${JSON.stringify(settings)}`);
-});
+if (NODES === 1) {
+  server.listen(PORT, HOST, () => {
+    nodes[0].port = server.address().port;
+    process.stdout.write(`LISTENING ${server.address().port}\n`);
+    log(`listening on ${tls ? 'wss' : 'ws'}://${HOST}:${server.address().port}/rpc, core ${coreVersion}, settings ${JSON.stringify(settings)}`);
+  });
+} else {
+  // `LISTENING <port1> <port2> ... <portN> CONTROL <control port>`: the first
+  // token after LISTENING is node 1's port, as for one node.
+  const listen = (srv, port) => new Promise((resolve) => srv.listen(port, HOST, () => resolve(srv.address().port)));
+  (async () => {
+    for (const n of nodes) n.port = await listen(n.srv, n.index === 1 ? PORT : 0);
+    const cport = await listen(controlServer, 0);
+    process.stdout.write(`LISTENING ${nodes.map((n) => n.port).join(' ')} CONTROL ${cport}\n`);
+    log(`cluster of ${NODES} nodes on ${nodes.map((n) => n.port).join(', ')}, control on ${cport}`);
+  })();
+}
 server.on('error', (err) => {
   process.stderr.write(`server.mjs: ${err.message}\n`);
   process.exit(1);
@@ -1201,7 +1289,8 @@ async function shutdown(why) {
   log(`shutting down (${why})`);
   const hardStop = setTimeout(() => process.exit(0), 3000);
   hardStop.unref();
-  server.close();
+  for (const n of nodes) n.srv.close();
+  controlServer?.close();
   const conns = [...sessions.values()];
   for (const ws of wss.clients) ws.close(1001, 'server shutting down');
   for (const sock of tcpSockets) sock.destroy();

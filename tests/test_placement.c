@@ -1,0 +1,494 @@
+/*
+ * Several nodes on the fake transport (docs/cluster.md): the placement
+ * policies, the per-node breaker, the pool's circuit that opens only when
+ * every node's has, per-node stats that add up to the pool's, events tagged
+ * with their node, and config.endpoints checks. The fake knows a node by its
+ * URL's port (fake_transport.h), so the pools here list ports 1, 2, 3.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "fake_transport.h"
+#include "pool.h"
+#include "testkit.h"
+
+#define URL3 "ws://127.0.0.1:1,127.0.0.1:2,127.0.0.1:3/rpc"
+
+static fake_settings g_fs;
+
+static void base_config(surpool_config *cfg, const char *url)
+{
+    surpool_config_init(cfg);
+    cfg->url = url;
+    cfg->max_connections = 9;
+    cfg->shared_connections = 0;
+    cfg->acquire_timeout_ms = 5000;
+    cfg->connect_timeout_ms = 2000;
+    cfg->reconnect_backoff_min_ms = 5;
+    cfg->reconnect_backoff_max_ms = 20;
+    cfg->keepalive_interval_ms = 0;
+    cfg->validation_idle_ms = -1;
+    cfg->maintenance_interval_ms = 20;
+}
+
+static surpool_pool *make(const surpool_config *cfg)
+{
+    surpool_pool *p = NULL;
+    surpool_error err;
+    if (surpool__pool_create_with(cfg, &fake_transport_ops, &g_fs, &p, &err) != SURPOOL_OK)
+        fail_msg("create: %s", err.message);
+    return tk_pool_track(p);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    fake_settings_init(&g_fs);
+    return 0;
+}
+
+static surpool_conn *lease(surpool_pool *p)
+{
+    surpool_conn *c = NULL;
+    surpool_error err;
+    if (tk_acquire(p, -1, &c, &err) != SURPOOL_OK)
+        fail_msg("acquire: %s: %s", surpool_strerror(err.code), err.message);
+    return c;
+}
+
+static int ep_conns(surpool_pool *p, int i)
+{
+    surpool_endpoint_stats es;
+    assert_int_equal(surpool_pool_endpoint_stats(p, i, &es), SURPOOL_OK);
+    return es.connections;
+}
+
+static int ep_breaker(surpool_pool *p, int i)
+{
+    surpool_endpoint_stats es;
+    assert_int_equal(surpool_pool_endpoint_stats(p, i, &es), SURPOOL_OK);
+    return es.breaker_open;
+}
+
+/* Per-node stats add up to the pool's (at a quiet moment). */
+static void check_balance(surpool_pool *p)
+{
+    surpool_stats st;
+    assert_int_equal(surpool_pool_stats(p, &st), SURPOOL_OK);
+    int conns = 0, in_use = 0, connecting = 0;
+    uint64_t connects = 0, failures = 0;
+    for (int i = 0; i < surpool_pool_endpoint_count(p); i++) {
+        surpool_endpoint_stats es;
+        assert_int_equal(surpool_pool_endpoint_stats(p, i, &es), SURPOOL_OK);
+        assert_int_equal(es.index, i);
+        conns += es.connections;
+        in_use += es.in_use;
+        connecting += es.connecting;
+        connects += es.connects;
+        failures += es.connect_failures;
+    }
+    assert_int_equal(conns, st.idle + st.in_use);
+    assert_int_equal(in_use, st.in_use);
+    assert_int_equal(connecting, st.connecting);
+    assert_int_equal(connects, st.created);
+    assert_int_equal(failures, st.connect_failures);
+}
+
+static void test_least_connections_spreads(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    base_config(&cfg, URL3);
+    surpool_pool *p = make(&cfg);
+    assert_int_equal(surpool_pool_endpoint_count(p), 3);
+    surpool_conn *c[6];
+    int per[3] = {0, 0, 0};
+    for (int i = 0; i < 6; i++) {
+        c[i] = lease(p);
+        int ep = surpool_conn_endpoint(c[i]);
+        assert_true(ep >= 0 && ep < 3);
+        per[ep]++;
+    }
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(per[i], 2);
+        assert_int_equal(atomic_load(&g_fs.port_now[i + 1]), 2);
+        assert_int_equal(ep_conns(p, i), 2);
+    }
+    check_balance(p);
+    /* Give back node 1's two: the next new connections go there first. */
+    for (int i = 0; i < 6; i++)
+        if (surpool_conn_endpoint(c[i]) == 0) {
+            surpool_conn_discard(c[i]);
+            tk_release(c[i]);
+            c[i] = NULL;
+        }
+    WAIT_UNTIL(ep_conns(p, 0) == 0, 5000);
+    surpool_conn *d = lease(p);
+    assert_int_equal(surpool_conn_endpoint(d), 0);
+    tk_release(d);
+    for (int i = 0; i < 6; i++)
+        if (c[i] != NULL)
+            tk_release(c[i]);
+    tk_pool_destroy(p);
+}
+
+static void test_round_robin_alternates(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    base_config(&cfg, URL3);
+    cfg.placement = SURPOOL_PLACE_ROUND_ROBIN;
+    surpool_pool *p = make(&cfg);
+    surpool_conn *c[6];
+    for (int i = 0; i < 6; i++) {
+        c[i] = lease(p); /* held: every lease is a new connection */
+        assert_int_equal(surpool_conn_endpoint(c[i]), i % 3);
+    }
+    /* A node that refuses is skipped in turn (node 1 is next). */
+    atomic_store(&g_fs.port_down[1], 1);
+    surpool_conn *d = lease(p);
+    assert_int_equal(surpool_conn_endpoint(d), 1);
+    tk_release(d);
+    for (int i = 0; i < 6; i++)
+        tk_release(c[i]);
+    check_balance(p);
+    tk_pool_destroy(p);
+}
+
+static void test_ordered_uses_first_healthy(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    base_config(&cfg, URL3);
+    cfg.placement = SURPOOL_PLACE_ORDERED;
+    cfg.breaker_threshold = 1;
+    surpool_pool *p = make(&cfg);
+    surpool_conn *a = lease(p), *b = lease(p);
+    assert_int_equal(surpool_conn_endpoint(a), 0);
+    assert_int_equal(surpool_conn_endpoint(b), 0);
+    /* Node 1 dies: the leases on it fail, new connections go to node 2. */
+    atomic_store(&g_fs.port_down[1], 1);
+    assert_int_equal(fake_kill_port(p->transport, 1), 2);
+    json_t *r = NULL;
+    assert_int_equal(surpool_conn_query(a, "RETURN 1", NULL, &r, NULL),
+                     SURPOOL_ERR_DISCONNECTED);
+    tk_release(a);
+    tk_release(b);
+    surpool_conn *c = lease(p);
+    assert_int_equal(surpool_conn_endpoint(c), 1);
+    tk_release(c);
+    WAIT_UNTIL(ep_breaker(p, 0) == 1, 5000);
+    surpool_stats st;
+    assert_int_equal(surpool_pool_stats(p, &st), SURPOOL_OK);
+    assert_int_equal(st.breaker_open, 0); /* node 2 and 3 are fine */
+    surpool_endpoint_stats es;
+    assert_int_equal(surpool_pool_endpoint_stats(p, 0, &es), SURPOOL_OK);
+    assert_string_equal(es.host, "127.0.0.1");
+    assert_int_equal(es.port, 1);
+    assert_non_null(strstr(es.last_error, "refused"));
+    /* Node 1 returns: its probe closes its circuit and it is first again. */
+    atomic_store(&g_fs.port_down[1], 0);
+    surpool_conn *hold[3];
+    int back = 0;
+    for (int round = 0; round < 200 && !back; round++) {
+        for (int i = 0; i < 3; i++)
+            hold[i] = lease(p); /* demand: new connections, one may be the probe */
+        for (int i = 0; i < 3; i++) {
+            back |= surpool_conn_endpoint(hold[i]) == 0;
+            surpool_conn_discard(hold[i]);
+            tk_release(hold[i]);
+        }
+        tk_sleep_ms(5);
+    }
+    assert_true(back);
+    WAIT_UNTIL(ep_breaker(p, 0) == 0, 5000);
+    tk_pool_destroy(p);
+}
+
+static int g_breaker_events[4];
+static pthread_mutex_t g_ev_mu = PTHREAD_MUTEX_INITIALIZER;
+static void on_event(void *ud, const surpool_event *e)
+{
+    (void)ud;
+    pthread_mutex_lock(&g_ev_mu);
+    if (e->type == SURPOOL_EVENT_BREAKER_OPEN && e->endpoint >= 0 && e->endpoint < 4)
+        g_breaker_events[e->endpoint]++;
+    if (e->type == SURPOOL_EVENT_CREATE && (e->endpoint < 1 || e->endpoint > 3))
+        g_breaker_events[0]++; /* a CREATE without its node: counted as an error */
+    pthread_mutex_unlock(&g_ev_mu);
+}
+
+static int breaker_events(int i)
+{
+    pthread_mutex_lock(&g_ev_mu);
+    int n = g_breaker_events[i];
+    pthread_mutex_unlock(&g_ev_mu);
+    return n;
+}
+
+/* UNAVAILABLE fast only when every node's circuit is open. */
+static void test_unavailable_only_when_all_down(void **state)
+{
+    (void)state;
+    memset(g_breaker_events, 0, sizeof(g_breaker_events));
+    surpool_config cfg;
+    base_config(&cfg, URL3);
+    cfg.breaker_threshold = 2;
+    cfg.acquire_timeout_ms = 60000;
+    cfg.on_event = on_event;
+    surpool_pool *p = make(&cfg);
+    atomic_store(&g_fs.port_down[1], 1);
+    atomic_store(&g_fs.port_down[2], 1);
+    /* Two nodes down: acquires are served by node 3 (a new connect each),
+     * until the two circuits open. */
+    for (int i = 0; i < 2000 && !(ep_breaker(p, 0) && ep_breaker(p, 1)); i++) {
+        surpool_conn *c = lease(p);
+        assert_int_equal(surpool_conn_endpoint(c), 2);
+        surpool_conn_discard(c);
+        tk_release(c);
+        tk_sleep_ms(2);
+    }
+    assert_true(ep_breaker(p, 0) && ep_breaker(p, 1));
+    assert_int_equal(ep_breaker(p, 2), 0);
+    assert_int_equal(breaker_events(1), 1);
+    assert_int_equal(breaker_events(2), 1);
+    assert_int_equal(breaker_events(0), 0);
+    /* The last one goes: acquires fail with UNAVAILABLE, not after 60 s. */
+    atomic_store(&g_fs.port_down[3], 1);
+    surpool_err rc = SURPOOL_OK;
+    for (int i = 0; i < 100 && rc != SURPOOL_ERR_UNAVAILABLE; i++) {
+        surpool_conn *c = NULL;
+        surpool_error err;
+        rc = tk_acquire(p, 2000, &c, &err);
+        if (rc == SURPOOL_OK) {
+            surpool_conn_discard(c);
+            tk_release(c);
+        }
+    }
+    assert_int_equal(rc, SURPOOL_ERR_UNAVAILABLE);
+    check_balance(p);
+    tk_pool_destroy(p);
+}
+
+/* Rebalance: a node that comes back gets idle connections moved to it, one
+ * per interval. */
+static void test_rebalance_moves_idle(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    base_config(&cfg, URL3);
+    cfg.min_connections = 6;
+    cfg.breaker_threshold = 1;
+    cfg.rebalance_interval_ms = 10;
+    atomic_store(&g_fs.port_down[3], 1);
+    cfg.lazy_start = 1;
+    surpool_pool *p = make(&cfg);
+    WAIT_UNTIL(ep_conns(p, 0) + ep_conns(p, 1) == 6, 5000);
+    assert_int_equal(ep_conns(p, 2), 0);
+    atomic_store(&g_fs.port_down[3], 0);
+    WAIT_UNTIL(ep_conns(p, 0) == 2 && ep_conns(p, 1) == 2 && ep_conns(p, 2) == 2, 5000);
+    surpool_endpoint_stats a, b;
+    assert_int_equal(surpool_pool_endpoint_stats(p, 0, &a), SURPOOL_OK);
+    assert_int_equal(surpool_pool_endpoint_stats(p, 1, &b), SURPOOL_OK);
+    assert_true(a.retired_rebalance + b.retired_rebalance >= 1);
+    check_balance(p);
+    tk_pool_destroy(p);
+}
+
+static surpool_err try_create(const surpool_config *cfg, surpool_error *err)
+{
+    surpool_pool *p = NULL;
+    surpool_err rc = surpool__pool_create_with(cfg, &fake_transport_ops, &g_fs, &p, err);
+    surpool_pool_destroy(p);
+    return rc;
+}
+
+static void test_config_endpoints(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    surpool_error err;
+    base_config(&cfg, "ws://127.0.0.1:1/rpc?ns=a&db=b");
+    const char *more[] = {"ws://127.0.0.1:2", "ws://127.0.0.1:3/rpc"};
+    cfg.endpoints = more;
+    cfg.nendpoints = 2;
+    cfg.min_connections = 3;
+    surpool_pool *p = make(&cfg);
+    assert_int_equal(surpool_pool_endpoint_count(p), 3);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(ep_conns(p, i), 1);
+    /* Each node's own host goes to the transport (TLS checks that name). */
+    assert_string_equal(g_fs.last_host, "127.0.0.1");
+    tk_pool_destroy(p);
+
+    const struct {
+        const char *url, *ep;
+        int n;
+        const char *msg;
+    } bad[] = {
+        {"ws://127.0.0.1:1/rpc", "wss://127.0.0.1:2", 1, "mixed schemes"},
+        {"ws://127.0.0.1:1/rpc", "ws://u:p@127.0.0.1:2", 1, "user info"},
+        {"ws://127.0.0.1:1/rpc", "ws://127.0.0.1:2?ns=x", 1, "query parameters"},
+        {"ws://127.0.0.1:1/rpc", "ws://127.0.0.1:1/other", 1, "repeats node 1"},
+        {"ws://127.0.0.1:1/rpc", "", 1, "NULL or empty"},
+        {"ws://127.0.0.1:1/rpc", "http://x", 1, "config.endpoints[0]"},
+        {"ws://127.0.0.1:1/rpc", NULL, -1, "nendpoints must be"},
+        {"ws://127.0.0.1:1,127.0.0.1:1/rpc", NULL, 0, "repeats host 1"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        base_config(&cfg, bad[i].url);
+        const char *one[1] = {bad[i].ep};
+        cfg.endpoints = bad[i].n > 0 ? one : NULL;
+        cfg.nendpoints = bad[i].n;
+        memset(&err, 0, sizeof(err));
+        assert_int_equal(try_create(&cfg, &err), SURPOOL_ERR_INVALID_ARG);
+        if (strstr(err.message, bad[i].msg) == NULL)
+            fail_msg("case %zu: '%s' does not say '%s'", i, err.message, bad[i].msg);
+    }
+    /* Too many nodes, the URL's and the list's together. */
+    char url[64];
+    snprintf(url, sizeof(url), "ws://127.0.0.1:1/rpc");
+    const char *many[SURPOOL_MAX_ENDPOINTS];
+    char hosts[SURPOOL_MAX_ENDPOINTS][40];
+    for (int i = 0; i < SURPOOL_MAX_ENDPOINTS; i++) {
+        snprintf(hosts[i], sizeof(hosts[i]), "ws://127.0.0.1:%d", 100 + i);
+        many[i] = hosts[i];
+    }
+    base_config(&cfg, url);
+    cfg.endpoints = many;
+    cfg.nendpoints = SURPOOL_MAX_ENDPOINTS;
+    assert_int_equal(try_create(&cfg, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.message, "the limit is"));
+    base_config(&cfg, URL3);
+    cfg.placement = (surpool_placement)7;
+    assert_int_equal(try_create(&cfg, &err), SURPOOL_ERR_INVALID_ARG);
+    cfg.placement = SURPOOL_PLACE_LEAST_CONNECTIONS;
+    cfg.rebalance_interval_ms = -1;
+    assert_int_equal(try_create(&cfg, &err), SURPOOL_ERR_INVALID_ARG);
+    /* Bad arguments to the stats calls. */
+    surpool_endpoint_stats es;
+    assert_int_equal(surpool_pool_endpoint_stats(NULL, 0, &es), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_pool_endpoint_count(NULL), 0);
+    assert_int_equal(surpool_conn_endpoint(NULL), -1);
+    base_config(&cfg, URL3);
+    p = make(&cfg);
+    assert_int_equal(surpool_pool_endpoint_stats(p, 3, &es), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_pool_endpoint_stats(p, -1, &es), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_pool_endpoint_stats(p, 0, NULL), SURPOOL_ERR_INVALID_ARG);
+    tk_pool_destroy(p);
+}
+
+/* CREATE and DESTROY events name their node (event.endpoint, 1-based). */
+static int g_created[4], g_destroyed[4];
+static void count_event(void *ud, const surpool_event *e)
+{
+    (void)ud;
+    pthread_mutex_lock(&g_ev_mu);
+    int k = e->endpoint >= 0 && e->endpoint < 4 ? e->endpoint : 0;
+    if (e->type == SURPOOL_EVENT_CREATE)
+        g_created[k]++;
+    if (e->type == SURPOOL_EVENT_DESTROY)
+        g_destroyed[k]++;
+    pthread_mutex_unlock(&g_ev_mu);
+}
+
+static int events_of(const int *counts, int k)
+{
+    pthread_mutex_lock(&g_ev_mu);
+    int n = counts[k];
+    pthread_mutex_unlock(&g_ev_mu);
+    return n;
+}
+
+static void test_events_name_the_node(void **state)
+{
+    (void)state;
+    memset(g_created, 0, sizeof(g_created));
+    memset(g_destroyed, 0, sizeof(g_destroyed));
+    surpool_config cfg;
+    base_config(&cfg, URL3);
+    cfg.placement = SURPOOL_PLACE_ROUND_ROBIN;
+    cfg.on_event = count_event;
+    surpool_pool *p = make(&cfg);
+    surpool_conn *c[3];
+    for (int i = 0; i < 3; i++)
+        c[i] = lease(p);
+    for (int i = 0; i < 3; i++) {
+        surpool_conn_discard(c[i]); /* closed on release: a DESTROY */
+        tk_release(c[i]);
+    }
+    for (int k = 1; k <= 3; k++) {
+        /* Events go out after the work, on the thread that did it: the
+         * connector's CREATE may come after the releaser's DESTROY. */
+        WAIT_UNTIL(events_of(g_destroyed, k) == 1 && events_of(g_created, k) == 1, 5000);
+    }
+    assert_int_equal(events_of(g_created, 0) + events_of(g_destroyed, 0), 0);
+    tk_pool_destroy(p);
+}
+
+/* Creating a pool with several nodes, every allocation failing in turn:
+ * SURPOOL_ERR_NOMEM, nothing leaked (ASan), then success. */
+static atomic_long g_allocs, g_fail_at;
+static void *nth_malloc(size_t n)
+{
+    return atomic_fetch_add(&g_allocs, 1) + 1 == atomic_load(&g_fail_at) ? NULL : malloc(n);
+}
+static void *nth_realloc(void *p, size_t n)
+{
+    return atomic_fetch_add(&g_allocs, 1) + 1 == atomic_load(&g_fail_at) ? NULL : realloc(p, n);
+}
+
+static void test_create_nomem(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    base_config(&cfg, "ws://u:p@127.0.0.1:1,127.0.0.1:2/rpc?ns=a&db=b");
+    const char *more[] = {"ws://127.0.0.1:3"};
+    cfg.endpoints = more;
+    cfg.nendpoints = 1;
+    cfg.maintenance_interval_ms = 60000;
+    long n;
+    for (n = 1; n < 500; n++) {
+        atomic_store(&g_allocs, 0);
+        atomic_store(&g_fail_at, n);
+        surpool_set_allocator(nth_malloc, nth_realloc, free);
+        surpool_pool *p = NULL;
+        surpool_error err;
+        surpool_err rc = surpool__pool_create_with(&cfg, &fake_transport_ops, &g_fs, &p, &err);
+        surpool_set_allocator(NULL, NULL, NULL);
+        if (rc == SURPOOL_OK) {
+            assert_int_equal(surpool_pool_endpoint_count(p), 3);
+            surpool_pool_destroy(p);
+            break;
+        }
+        assert_int_equal(rc, SURPOOL_ERR_NOMEM);
+        assert_null(p);
+    }
+    assert_true(n > 10 && n < 500); /* every step of reading the nodes was failed once */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_least_connections_spreads, setup, tk_teardown),
+        cmocka_unit_test_setup_teardown(test_round_robin_alternates, setup, tk_teardown),
+        cmocka_unit_test_setup_teardown(test_ordered_uses_first_healthy, setup, tk_teardown),
+        cmocka_unit_test_setup_teardown(test_unavailable_only_when_all_down, setup,
+                                        tk_teardown),
+        cmocka_unit_test_setup_teardown(test_rebalance_moves_idle, setup, tk_teardown),
+        cmocka_unit_test_setup_teardown(test_config_endpoints, setup, tk_teardown),
+        cmocka_unit_test_setup_teardown(test_events_name_the_node, setup, tk_teardown),
+        cmocka_unit_test_setup_teardown(test_create_nomem, setup, tk_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
