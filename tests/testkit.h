@@ -170,10 +170,10 @@ typedef struct tk_leases {
     pthread_mutex_t mu;
     surpool_conn *held[TK_MAX_LEASES];  /* the handles (each lease has its own) */
     surpool_conn *conns[TK_MAX_LEASES]; /* the connections they name */
-    int nheld;        /* leases out now */
-    int peak;         /* most leases out at once */
-    int double_lease; /* a connection recorded while already held */
-    int overflow;     /* leases not recorded: more than TK_MAX_LEASES at once */
+    int nheld;                          /* leases out now */
+    int peak;                           /* most leases out at once */
+    int double_lease;                   /* a connection recorded while already held */
+    int overflow; /* leases not recorded: more than TK_MAX_LEASES at once */
 } tk_leases;
 
 static inline void tk_leases_init(tk_leases *t)
