@@ -402,6 +402,43 @@ static void test_socket_killed(void **state)
     tk_pool_destroy(p);
 }
 
+/* A session past its server-side expiry: the call refused for it (it did
+ * not run) goes out again once the session re-authenticated with its token. */
+static void test_session_expired(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool(1);
+    json_t *out = NULL;
+    surpool_error err;
+    must(surpool_query(p,
+                       "DEFINE ACCESS OVERWRITE shortsess ON DATABASE TYPE RECORD "
+                       "SIGNUP (CREATE suser SET name = $name) "
+                       "SIGNIN (SELECT * FROM suser WHERE name = $name) "
+                       "DURATION FOR TOKEN 1h, FOR SESSION 1s;",
+                       NULL, &out, &err),
+         &err, "define access");
+    must(surpool_query_check(out, &err), &err, "define access statement");
+    json_decref(out);
+    surpool_session_options o;
+    surpool_session_options_init(&o);
+    o.ns = "test";
+    o.db = "sess";
+    o.signup_access = "shortsess";
+    json_t *vars = json_pack("{s:s}", "name", "dave");
+    o.signup_vars = vars;
+    surpool_session *s = NULL;
+    must(surpool_session_open(p, &o, &s, &err), &err, "record session");
+    json_decref(vars);
+    tk_sleep_ms(2500); /* its session (1 s, whole seconds) expires; its token (1 h) not */
+    long auths = stat_of("authenticates");
+    json_t *r = one(s, "RETURN 7");
+    assert_int_equal(json_integer_value(r), 7);
+    json_decref(r);
+    assert_true(stat_of("authenticates") > auths); /* renewed with its token */
+    surpool_session_close(s);
+    tk_pool_destroy(p);
+}
+
 /* Destroying the pool with sessions open: they stay valid handles, calls on
  * them are CLOSED, close only frees (ASan checks nothing leaks or dangles). */
 static void test_destroy_with_open_sessions(void **state)
@@ -475,6 +512,7 @@ int main(void)
         cmocka_unit_test_teardown(test_record_users, tk_teardown),
         cmocka_unit_test_teardown(test_many_sessions, tk_teardown),
         cmocka_unit_test_teardown(test_socket_killed, tk_teardown),
+        cmocka_unit_test_teardown(test_session_expired, tk_teardown),
         cmocka_unit_test_teardown(test_destroy_with_open_sessions, tk_teardown),
         cmocka_unit_test_teardown(test_needs_lane, tk_teardown),
     };
