@@ -83,6 +83,7 @@ struct lane_req {
     int bind;
     uint64_t gen;
     int expired;          /* sync, set by settle(): refused because its session expired */
+    int sent;             /* submitted to a socket at least once */
     surpool_result_fn cb; /* async */
     void *userdata;
     surpool__sync *sync; /* sync: the waiting thread's */
@@ -525,6 +526,9 @@ static void pump(surpool__lane *l)
             lc->sessions++;
             r->gen = lc->gen;
         }
+        /* Set before the send: once sent, r may complete (and its waiter
+         * return) before this thread looks at it again. */
+        r->sent = 1;
         r->lc = lc;
         lc->inflight++; /* keeps lc alive until the request completes */
         l->inflight++;
@@ -544,6 +548,7 @@ static void pump(surpool__lane *l)
         lc->inflight--;
         l->inflight--;
         r->lc = NULL;
+        r->sent = 0;
         if (r->bind) { /* not attached there after all */
             lc->sessions--;
             r->gen = 0;
@@ -1289,12 +1294,12 @@ int surpool__lane_socket_sessions(surpool__lane *l, int *counts, int max)
 
 surpool_err surpool__lane_session_call(surpool__lane *l, uint64_t *gen, const char *session,
                                        const char *method, const json_t *params,
-                                       long timeout_ms, json_t **out, int *expired,
+                                       long timeout_ms, json_t **out, int *flags,
                                        surpool_error *err)
 {
     lane_req r;
     memset(&r, 0, sizeof(r));
-    *expired = 0;
+    *flags = 0;
     surpool__sync s;
     if (surpool__sync_init(&s) != 0)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
@@ -1310,7 +1315,7 @@ surpool_err surpool__lane_session_call(surpool__lane *l, uint64_t *gen, const ch
         while (settle(&r)); /* (never again: a session's request is not retried here) */
         rc = r.rc;
         *gen = r.gen; /* a bind that was sent counts on that socket, failed or not */
-        *expired = r.expired;
+        *flags = (r.expired ? SURPOOL__LANE_EXPIRED : 0) | (r.sent ? 0 : SURPOOL__LANE_UNSENT);
         if (rc == SURPOOL_OK) {
             if (out != NULL)
                 *out = r.result;

@@ -64,17 +64,23 @@ void surpool__lane_unbind(surpool__lane *l, uint64_t gen);
 /* The sessions each usable socket carries, up to `max` sockets; returns how
  * many were written (tests). */
 int surpool__lane_socket_sessions(surpool__lane *l, int *counts, int max);
+/* What surpool__lane_session_call() says of a failed request, in *flags. */
+enum {
+    SURPOOL__LANE_EXPIRED = 1, /* refused because the session expired (it did not run) */
+    SURPOOL__LANE_UNSENT = 2,  /* never reached a socket (its socket was gone first) */
+};
 /* One synchronous request of session `session` (UUID text, in the envelope),
  * on the socket of generation *gen; with *gen == 0 on the socket with the
  * fewest sessions, which counts the session from then on: *gen receives its
  * generation once the request was sent (also when the server refused it: the
  * caller unbinds). DISCONNECTED when the socket died before or while it was
- * sent. *expired: the server refused it because the session expired (it did
- * not run). Never retried. `timeout_ms` as surpool__reqopts. Caller's thread
+ * sent (SURPOOL__LANE_UNSENT in *flags: before). SURPOOL__LANE_EXPIRED: the
+ * server refused it because the session expired (it did not run). Never
+ * retried. `timeout_ms` as surpool__reqopts. Caller's thread
  * only, never from a result callback. */
 surpool_err surpool__lane_session_call(surpool__lane *l, uint64_t *gen, const char *session,
                                        const char *method, const json_t *params,
-                                       long timeout_ms, json_t **out, int *expired,
+                                       long timeout_ms, json_t **out, int *flags,
                                        surpool_error *err);
 
 /* pool.c: the pool's side of the interface. */

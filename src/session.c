@@ -44,7 +44,7 @@
 #include "lane.h"
 #include "rpc.h"
 
-/* Rebuilds tried in a row when each fails on a dying socket. */
+/* Rebuilds (or unsent calls) tried in a row when each fails on a dying socket. */
 #define REBUILD_ATTEMPTS 3
 
 struct surpool_session {
@@ -148,10 +148,10 @@ static surpool_err check_call(surpool_session *s, surpool_error *err, const char
 
 /* One request on the session's current socket, nothing else. */
 static surpool_err send_raw(surpool_session *s, const char *method, const json_t *params,
-                            json_t **out, int *expired, surpool_error *err)
+                            json_t **out, int *flags, surpool_error *err)
 {
     return surpool__lane_session_call(s->member.lane, &s->gen, s->id, method, params,
-                                      s->timeout_ms, out, expired, err);
+                                      s->timeout_ms, out, flags, err);
 }
 
 /* Sign in (or up, the first time) with the stored parameters on the current
@@ -166,8 +166,8 @@ static surpool_err signin_stored(surpool_session *s, const char *method, surpool
     if (params == NULL)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "%s: out of memory", method);
     json_t *result = NULL;
-    int expired;
-    surpool_err rc = send_raw(s, method, params, &result, &expired, err);
+    int flags;
+    surpool_err rc = send_raw(s, method, params, &result, &flags, err);
     json_decref(params);
     if (rc != SURPOOL_OK)
         return rc;
@@ -200,8 +200,8 @@ static surpool_err reauth(surpool_session *s, surpool_error *err)
             json_t *params = json_pack("[s]", s->token);
             if (params == NULL)
                 return surpool__seterr(err, SURPOOL_ERR_NOMEM, "authenticate: out of memory");
-            int expired;
-            rc = send_raw(s, "authenticate", params, NULL, &expired, err);
+            int flags;
+            rc = send_raw(s, "authenticate", params, NULL, &flags, err);
             json_decref(params);
             if (rc == SURPOOL_OK || s->creds == NULL)
                 return rc;
@@ -223,8 +223,8 @@ static surpool_err restore_use(surpool_session *s, surpool_error *err)
     json_t *params = s->db != NULL ? json_pack("[ss]", s->ns, s->db) : json_pack("[sn]", s->ns);
     if (params == NULL)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "use: out of memory");
-    int expired;
-    surpool_err rc = send_raw(s, "use", params, NULL, &expired, err);
+    int flags;
+    surpool_err rc = send_raw(s, "use", params, NULL, &flags, err);
     json_decref(params);
     return rc;
 }
@@ -238,8 +238,8 @@ static surpool_err restore_vars(surpool_session *s, surpool_error *err)
         json_t *params = json_pack("[sO]", name, value);
         if (params == NULL)
             return surpool__seterr(err, SURPOOL_ERR_NOMEM, "let: out of memory");
-        int expired;
-        surpool_err rc = send_raw(s, "let", params, NULL, &expired, err);
+        int flags;
+        surpool_err rc = send_raw(s, "let", params, NULL, &flags, err);
         json_decref(params);
         if (rc != SURPOOL_OK)
             return rc;
@@ -257,10 +257,10 @@ static void drop_socket(surpool_session *s)
     if (surpool__lane_socket_ok(l, s->gen)) {
         surpool_error ignored;
         surpool__error_clear(&ignored);
-        int expired;
+        int flags;
         uint64_t gen = s->gen;
-        surpool__lane_session_call(l, &gen, s->id, "detach", NULL, s->timeout_ms, NULL,
-                                   &expired, &ignored);
+        surpool__lane_session_call(l, &gen, s->id, "detach", NULL, s->timeout_ms, NULL, &flags,
+                                   &ignored);
     }
     surpool__lane_unbind(l, s->gen);
     s->gen = 0;
@@ -274,8 +274,8 @@ static surpool_err rebuild(surpool_session *s, int signup, surpool_error *err)
 {
     drop_socket(s);
     s->stale = 1;
-    int expired;
-    surpool_err rc = send_raw(s, "attach", NULL, NULL, &expired, err);
+    int flags;
+    surpool_err rc = send_raw(s, "attach", NULL, NULL, &flags, err);
     if (rc != SURPOOL_OK) {
         if (rc == SURPOOL_ERR_SERVER && err != NULL && err->server_code == -32601)
             rc = surpool__seterr(err, SURPOOL_ERR_UNSUPPORTED,
@@ -372,22 +372,32 @@ static surpool_err session_rpc(surpool_session *s, const char *method, const jso
                                json_t **out, surpool_error *err)
 {
     surpool_err rc;
-    if (s->stale || !surpool__lane_socket_ok(s->member.lane, s->gen)) {
-        /* A socket may die unnoticed until a rebuild's request fails on it
-         * (several die together when a server restarts): try a few. */
-        int attempts = 0;
-        do {
+    json_t *result = NULL;
+    int flags = 0;
+    /* A socket may die unnoticed until a request fails on it (several die
+     * together when a server restarts): a rebuild that fails on a dying
+     * socket, or a call that never left because its socket was gone, starts
+     * over elsewhere, a few times. A call that was sent is never repeated. */
+    for (int attempt = 1;; attempt++) {
+        if (s->stale || !surpool__lane_socket_ok(s->member.lane, s->gen)) {
             surpool__error_clear(err);
             rc = rebuild(s, 0, err);
-        } while (rc != SURPOOL_OK && ++attempts < REBUILD_ATTEMPTS &&
-                 surpool__breaks_connection(rc) && rc != SURPOOL_ERR_REQUEST_TIMEOUT);
-        if (rc != SURPOOL_OK)
-            return rc;
+            if (rc != SURPOOL_OK && attempt < REBUILD_ATTEMPTS &&
+                surpool__breaks_connection(rc) && rc != SURPOOL_ERR_REQUEST_TIMEOUT)
+                continue;
+            if (rc != SURPOOL_OK)
+                return rc;
+        }
+        rc = send_raw(s, method, params, &result, &flags, err);
+        if (rc == SURPOOL_ERR_DISCONNECTED && (flags & SURPOOL__LANE_UNSENT) &&
+            attempt < REBUILD_ATTEMPTS) {
+            s->stale = 1;
+            continue;
+        }
+        break;
     }
-    json_t *result = NULL;
-    int expired = 0;
-    rc = send_raw(s, method, params, &result, &expired, err);
-    if (rc != SURPOOL_OK && expired && (s->token != NULL || s->creds != NULL)) {
+    if (rc != SURPOOL_OK && (flags & SURPOOL__LANE_EXPIRED) &&
+        (s->token != NULL || s->creds != NULL)) {
         surpool_error rerr;
         surpool__error_clear(&rerr);
         surpool_err arc = reauth(s, &rerr);
@@ -397,7 +407,7 @@ static surpool_err session_rpc(surpool_session *s, const char *method, const jso
             return arc;
         }
         surpool__error_clear(err);
-        rc = send_raw(s, method, params, &result, &expired, err);
+        rc = send_raw(s, method, params, &result, &flags, err);
     }
     if (rc != SURPOOL_OK) {
         if (surpool__breaks_connection(rc) && rc != SURPOOL_ERR_REQUEST_TIMEOUT)
