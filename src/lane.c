@@ -116,8 +116,9 @@ struct surpool__lane {
     uint64_t auth_seq; /* re-authentications done so far */
     int64_t grow_not_before_ns; /* after a failed acquire with sockets left: pace retries */
     uint64_t conn_gen;          /* lane_conn.gen of the newest socket */
-    int grow_failed;        /* the last acquire failed: a session binds where it can instead of
-                        waiting for a socket of its own (cleared by the next success) */
+    int grow_sessions;      /* a session bound where every socket already carried one while the
+                          lane is below its size: grow, though nothing queues (taken,
+                          cleared, by the acquirer's next attempt) */
     surpool__queue members; /* surpool__lane_member.link: the sessions of this lane */
     int closed;
     int stop;
@@ -269,8 +270,9 @@ static void fail_list(surpool__queue *list, surpool_err code, const char *messag
  * may grow. */
 static void want_grow_locked(surpool__lane *l)
 {
-    if (l->npending > 0 && l->nconns < l->target && !l->closed && !l->stop && !l->acq_busy &&
-        !l->acq_want && surpool__now_ns() >= l->grow_not_before_ns) {
+    if ((l->npending > 0 || l->grow_sessions) && l->nconns < l->target && !l->closed &&
+        !l->stop && !l->acq_busy && !l->acq_want &&
+        surpool__now_ns() >= l->grow_not_before_ns) {
         l->acq_want = 1;
         pthread_cond_signal(&l->acq_cv);
     }
@@ -406,12 +408,12 @@ static lane_conn *find_gen_locked(surpool__lane *l, uint64_t gen)
 
 /* Where a session's request goes: its own socket (NULL with *gone set when
  * that socket is failing or given back), or for a `bind` the usable socket
- * with the fewest sessions, the least loaded of those; while the lane may
- * still grow and every socket carries a session, none: the request waits in
- * the queue (which makes the acquirer grow the lane), so sessions spread over
- * shared_connections sockets. NULL also when the socket has no room. The
- * socket's pool-level re-authentication (reauth) does not concern a session,
- * which has an authentication of its own. */
+ * with the fewest sessions, the least loaded of those (while the lane is
+ * below its size and every socket carries a session, it also asks the lane to
+ * grow, so that the next sessions spread over shared_connections sockets).
+ * NULL also when the socket has no room. The socket's pool-level
+ * re-authentication (reauth) does not concern a session, which has an
+ * authentication of its own. */
 static lane_conn *pick_session_locked(surpool__lane *l, const lane_req *r, int *gone)
 {
     if (!r->bind) {
@@ -433,8 +435,11 @@ static lane_conn *pick_session_locked(surpool__lane *l, const lane_req *r, int *
             (lc->sessions == best->sessions && lc->inflight < best->inflight))
             best = lc;
     }
-    if (best != NULL && best->sessions > 0 && l->nconns < l->target && !l->grow_failed)
-        return NULL;
+    /* Never wait for a socket of its own (an acquire may block for long when
+     * leases hold the pool): bind now, and have the lane grow so that the
+     * next sessions spread. */
+    if ((best == NULL || best->sessions > 0) && l->nconns < l->target)
+        l->grow_sessions = 1;
     return best;
 }
 
@@ -525,6 +530,7 @@ static void pump(surpool__lane *l)
         if (r->bind) {
             lc->sessions++;
             r->gen = lc->gen;
+            want_grow_locked(l); /* pick_session_locked() may have asked for it */
         }
         /* Set before the send: once sent, r may complete (and its waiter
          * return) before this thread looks at it again. */
@@ -651,7 +657,9 @@ static void *acquirer_main(void *arg)
             continue;
         }
         l->acq_want = 0;
-        if (l->closed || l->npending == 0 || l->nconns >= l->target)
+        int for_sessions = l->grow_sessions;
+        l->grow_sessions = 0;
+        if (l->closed || (l->npending == 0 && !for_sessions) || l->nconns >= l->target)
             continue;
         l->acq_busy = 1;
         uint64_t upto = l->seq; /* requests this attempt answers for */
@@ -683,7 +691,6 @@ static void *acquirer_main(void *arg)
         if (rc == SURPOOL_OK) {
             lc->c = c;
             lc->gen = ++l->conn_gen;
-            l->grow_failed = 0;
             surpool__queue_insert_head(&l->conns, &lc->link);
             l->nconns++;
             pthread_cond_signal(&l->cv); /* the lane thread now ticks for this socket */
@@ -693,15 +700,10 @@ static void *acquirer_main(void *arg)
             continue;
         }
         surpool__free(lc);
-        l->grow_failed = 1;
         if (l->nconns > 0) {
-            /* Sockets remain: queued requests wait for room there; retry later.
-             * A session waiting for a socket of its own binds where it can. */
+            /* Sockets remain: queued requests wait for room there; retry later. */
             l->grow_not_before_ns = surpool__now_ns() + 100 * SURPOOL__NS_PER_MS;
             pthread_cond_signal(&l->cv);
-            pthread_mutex_unlock(&l->mu);
-            pump(l);
-            pthread_mutex_lock(&l->mu);
             continue;
         }
         /* Nothing can serve the requests this attempt was for: fail them with
