@@ -460,6 +460,56 @@ static void test_destroy_with_open_sessions(void **state)
     free(token);
 }
 
+/* Bad input is a clear INVALID_ARG, nothing sent, nothing left open. */
+static void test_bad_input(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool(1);
+    surpool_session *s = (surpool_session *)0x1;
+    surpool_error err;
+    assert_int_equal(surpool_session_open(NULL, NULL, &s, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_null(s);
+    assert_int_equal(surpool_session_open(p, NULL, NULL, &err), SURPOOL_ERR_INVALID_ARG);
+    surpool_session_options o;
+    surpool_session_options_init(&o);
+    o.db = "only-db";
+    assert_int_equal(surpool_session_open(p, &o, &s, &err), SURPOOL_ERR_INVALID_ARG);
+    surpool_session_options_init(&o);
+    surpool_credentials cred = {0};
+    cred.user = "root";
+    cred.pass = "root";
+    o.signin = &cred;
+    o.token = "also-a-token";
+    assert_int_equal(surpool_session_open(p, &o, &s, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.message, "at most one"));
+    surpool_session_options_init(&o);
+    o.signup_access = "acct"; /* signup needs ns and db */
+    assert_int_equal(surpool_session_open(p, &o, &s, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_null(s);
+    must(surpool_session_open(p, NULL, &s, &err), &err, "anonymous session");
+    assert_int_equal(strlen(surpool_session_id(s)), 36);
+    assert_int_equal(surpool_session_let(s, "", NULL, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_session_use(s, NULL, "db", &err), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_session_authenticate(s, "", &err), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_session_call(s, "reset", NULL, NULL, &err),
+                     SURPOOL_ERR_INVALID_ARG);
+    json_t *notarray = json_object();
+    assert_int_equal(surpool_session_call(s, "query", notarray, NULL, &err),
+                     SURPOOL_ERR_INVALID_ARG);
+    json_decref(notarray);
+    /* Anonymous: the test server refuses queries until it signs in (as a
+     * real server started with credentials). */
+    assert_int_equal(surpool_session_query(s, "RETURN 1", NULL, NULL, &err), SURPOOL_ERR_AUTH);
+    must(surpool_session_signin(s, &cred, NULL, &err), &err, "signin in the session");
+    json_t *r = one(s, "RETURN 1");
+    assert_int_equal(json_integer_value(r), 1);
+    json_decref(r);
+    surpool_session_close(s);
+    surpool_session_close(NULL);
+    assert_int_equal(stat_of("clientSessions"), 0);
+    tk_pool_destroy(p);
+}
+
 /* No lane: sessions cannot open. */
 static void test_needs_lane(void **state)
 {
@@ -514,6 +564,7 @@ int main(void)
         cmocka_unit_test_teardown(test_socket_killed, tk_teardown),
         cmocka_unit_test_teardown(test_session_expired, tk_teardown),
         cmocka_unit_test_teardown(test_destroy_with_open_sessions, tk_teardown),
+        cmocka_unit_test_teardown(test_bad_input, tk_teardown),
         cmocka_unit_test_teardown(test_needs_lane, tk_teardown),
     };
     return cmocka_run_group_tests_name(g_wire == SURPOOL_WIRE_CBOR ? "session-cbor"
