@@ -978,6 +978,139 @@ SURPOOL_API surpool_err surpool_conn_commit(surpool_conn *conn, surpool_error *e
  *  Thread safety: One thread at a time per handle. */
 SURPOOL_API surpool_err surpool_conn_cancel(surpool_conn *conn, surpool_error *err);
 
+/* ------------------------------------------------------------------------- */
+/* Sessions (SurrealDB 3.x; docs/sessions.md)                                 */
+/*                                                                            */
+/* A session is a server-side session of its own (authentication, namespace  */
+/* and database, variables; the data is shared) riding one of the shared      */
+/* lane's sockets: many sessions, a few sockets. Each session keeps a copy of */
+/* its state, and when its socket dies it is rebuilt on another one before   */
+/* its next call (attach, authenticate with its token or sign in again with  */
+/* its stored credentials, use, let). A call in flight when the socket dies  */
+/* returns SURPOOL_ERR_DISCONNECTED (it may or may not have run).            */
+/* Interactive transactions and live queries are not available on a session */
+/* (they cannot move to another socket): lease a connection for them.        */
+/* Needs a lane (shared_connections > 0). On SurrealDB 2.x, which has no     */
+/* sessions, surpool_session_open() returns SURPOOL_ERR_UNSUPPORTED.          */
+/* Results, errors and ownership as surpool_call(): `out` (may be NULL)      */
+/* receives a NEW reference on SURPOOL_OK; json_t arguments are borrowed.    */
+/* Thread safety of every function below: one thread at a time per session   */
+/* (different sessions may be used from different threads at once); not from */
+/* a surpool callback (SURPOOL_ERR_INVALID_ARG at once there).               */
+/* ------------------------------------------------------------------------- */
+
+typedef struct surpool_session surpool_session;
+
+/** How surpool_session_open() sets a session up. A value type: start from
+ *  surpool_session_options_init(). Strings and values are copied by open. */
+typedef struct surpool_session_options {
+    const char *ns; /**< namespace to `use` after authenticating, or NULL (a new
+                         session starts with none selected) */
+    const char *db; /**< database (needs ns), or NULL */
+    /** At most one of the three below (none: the session stays anonymous). */
+    const surpool_credentials *signin; /**< sign in with these; kept (a secret, wiped
+                                            at close) to sign in again when the token
+                                            has expired by a rebuild */
+    const char *signup_access;         /**< record access: sign up through this access
+                                    method on ns/db with `signup_vars`; those are
+                                    then kept as the session's sign-in parameters */
+    const json_t *signup_vars;         /**< a JSON object, or NULL */
+    const char *token;                 /**< authenticate with this token (no sign-in again) */
+    long timeout_ms;            /**< each call's deadline, as surpool_call_options.timeout_ms
+                          (< 0, the default: request_timeout_ms); a rebuild's calls
+                          each get one too */
+    unsigned char reserved[64]; /**< room to grow; keep zero (the init does) */
+} surpool_session_options;
+
+/** Fill `opts` with the defaults (everything NULL, timeout_ms = -1). NULL is a
+ *  no-op. Thread safety: Any thread. */
+SURPOOL_API void surpool_session_options_init(surpool_session_options *opts);
+
+/** Open a session on the pool: attach it on the lane socket carrying the
+ *  fewest sessions (the lane grows to shared_connections sockets to spread
+ *  them), authenticate it as `opts` says, then `use` ns/db.
+ *  @param opts  NULL: an anonymous session with nothing selected.
+ *  @param out   receives the session (close it with surpool_session_close()),
+ *               set only on SURPOOL_OK, else NULL.
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (NULL pool/out, bad options, more
+ *          than one authentication, no lane); SURPOOL_ERR_UNSUPPORTED (the
+ *          server has no sessions: SurrealDB 2.x); SURPOOL_ERR_AUTH (the server
+ *          refused the credentials or token: nothing is left open);
+ *          SURPOOL_ERR_CLOSED; SURPOOL_ERR_NOMEM; the errors of surpool_call().
+ *  Thread safety: Any thread. Not from a surpool callback. */
+SURPOOL_API surpool_err surpool_session_open(surpool_pool *pool,
+                                             const surpool_session_options *opts,
+                                             surpool_session **out, surpool_error *err);
+
+/** Detach the session on the server (best effort: when its socket is gone the
+ *  server ended it already) and free it, its stored secrets wiped. NULL is a
+ *  no-op. After surpool_pool_destroy() it only frees (sessions outlive the pool
+ *  as handles: every call on them returns SURPOOL_ERR_CLOSED).
+ *  Thread safety: as the session's other calls; must not race with
+ *  surpool_pool_destroy(). */
+SURPOOL_API void surpool_session_close(surpool_session *session);
+
+/** The session's id (UUID text, the `session` field of its requests), valid
+ *  until surpool_session_close(); "" for NULL. Thread safety: Any thread. */
+SURPOOL_API const char *surpool_session_id(const surpool_session *session);
+
+/** Any RPC method in the session, rebuilding it first if its socket died.
+ *  Refused with SURPOOL_ERR_INVALID_ARG (nothing sent): attach, detach,
+ *  sessions, reset, begin, commit, cancel, live, kill; let, unset, use, signin,
+ *  signup and authenticate whose params do not have the method's shape (the
+ *  session keeps a copy of what they set).
+ *  @return as surpool_call(), plus SURPOOL_ERR_CLOSED once the pool is closed
+ *          or destroyed, and the errors of a rebuild (SURPOOL_ERR_AUTH when the
+ *          session can no longer authenticate: its token expired and it has no
+ *          credentials; the next call tries again). */
+SURPOOL_API surpool_err surpool_session_call(surpool_session *session, const char *method,
+                                             const json_t *params, json_t **out,
+                                             surpool_error *err);
+
+/** SurrealQL in the session; `vars` (a JSON object, or NULL) and `*out` as
+ *  surpool_query(); returns as surpool_session_call(). */
+SURPOOL_API surpool_err surpool_session_query(surpool_session *session, const char *sql,
+                                              const json_t *vars, json_t **out,
+                                              surpool_error *err);
+
+/** `use` in the session (as surpool_conn_use()); kept for rebuilds. */
+SURPOOL_API surpool_err surpool_session_use(surpool_session *session, const char *ns,
+                                            const char *db, surpool_error *err);
+
+/** `let`: set variable `name` (without `$`) to a copy of `value` in this
+ *  session only; the copy is kept for rebuilds (it counts in the session's
+ *  memory). */
+SURPOOL_API surpool_err surpool_session_let(surpool_session *session, const char *name,
+                                            const json_t *value, surpool_error *err);
+
+/** `unset`: remove variable `name` (and the kept copy). */
+SURPOOL_API surpool_err surpool_session_unset(surpool_session *session, const char *name,
+                                              surpool_error *err);
+
+/** `signin` in this session only (as surpool_conn_signin(); wrong credentials:
+ *  SURPOOL_ERR_AUTH). On success the token and the credentials are kept for
+ *  rebuilds (secrets, wiped when replaced and at close). */
+SURPOOL_API surpool_err surpool_session_signin(surpool_session *session,
+                                               const surpool_credentials *cred, json_t **out,
+                                               surpool_error *err);
+
+/** `signup` in this session only (as surpool_conn_signup()); the token and the
+ *  parameters are kept as for surpool_session_signin(). */
+SURPOOL_API surpool_err surpool_session_signup(surpool_session *session, const char *ns,
+                                               const char *db, const char *access,
+                                               const json_t *vars, json_t **out,
+                                               surpool_error *err);
+
+/** `authenticate` the session with a token; kept for rebuilds (stored
+ *  credentials are forgotten: the token is the session's identity now). */
+SURPOOL_API surpool_err surpool_session_authenticate(surpool_session *session,
+                                                     const char *token, surpool_error *err);
+
+/** `invalidate`: the session is anonymous again (token and credentials
+ *  forgotten). */
+SURPOOL_API surpool_err surpool_session_invalidate(surpool_session *session,
+                                                   surpool_error *err);
+
 /** Library version, "MAJOR.MINOR.PATCH". Thread safety: Any thread. */
 SURPOOL_API const char *surpool_version(void);
 

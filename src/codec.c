@@ -164,6 +164,15 @@ surpool_err surpool__codec_encode_request_txn(int64_t id, const char *method,
                                               size_t headroom, char **out, size_t *len,
                                               surpool_error *err)
 {
+    return surpool__codec_encode_request_env(id, method, params, NULL, txn, headroom, out, len,
+                                             err);
+}
+
+surpool_err surpool__codec_encode_request_env(int64_t id, const char *method,
+                                              const json_t *params, const char *session,
+                                              const char *txn, size_t headroom, char **out,
+                                              size_t *len, surpool_error *err)
+{
     if (out == NULL || len == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "encode_request: out and len are required");
@@ -180,6 +189,8 @@ surpool_err surpool__codec_encode_request_txn(int64_t id, const char *method,
     unsigned char uuid[16];
     if (txn != NULL && surpool__uuid_parse(txn, strlen(txn), uuid))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "RPC txn must be UUID text");
+    if (session != NULL && surpool__uuid_parse(session, strlen(session), uuid))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "RPC session must be UUID text");
     /* jansson's dump refuses a bad string but writes a bad key as it is, and
      * recurses without a depth limit: check both before writing anything. */
     surpool_err vrc = surpool__codec_check_value(params, "RPC params", err);
@@ -215,6 +226,11 @@ surpool_err surpool__codec_encode_request_txn(int64_t id, const char *method,
                 transient = rc == 0;
             }
         }
+    }
+    if (rc == 0 && session != NULL) {
+        rc = encbuf_append(&b, ",\"session\":\"", 12);
+        rc = rc ? rc : encbuf_append(&b, session, strlen(session));
+        rc = rc ? rc : encbuf_append(&b, "\"", 1);
     }
     if (rc == 0 && txn != NULL) {
         rc = encbuf_append(&b, ",\"txn\":\"", 8);

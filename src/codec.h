@@ -46,6 +46,14 @@ surpool_err surpool__codec_encode_request_txn(int64_t id, const char *method,
                                               size_t headroom, char **out, size_t *len,
                                               surpool_error *err);
 
+/* The same with "session":session (3.x: the request runs in that session of
+ * the socket, opened with `attach`) too, unless session is NULL; UUID text
+ * as txn. */
+surpool_err surpool__codec_encode_request_env(int64_t id, const char *method,
+                                              const json_t *params, const char *session,
+                                              const char *txn, size_t headroom, char **out,
+                                              size_t *len, surpool_error *err);
+
 typedef enum surpool__frame_kind {
     SURPOOL__FRAME_REPLY = 1,        /* has an integer id: result or error */
     SURPOOL__FRAME_NOTIFICATION = 2, /* no id; result is an object with "action" */

@@ -58,6 +58,8 @@ struct lane_conn {
     int reauthing;       /* the acquirer is re-authenticating it: not given back meanwhile */
     uint64_t auth_seq;   /* lane.auth_seq when the lane re-authenticated it; 0: never
                             (a lease from the pool may hold an old session) */
+    uint64_t gen;        /* its identity for sessions: unique in the lane, never 0 */
+    int sessions;        /* sessions (session.c) attached on it and not unbound */
 };
 
 typedef struct lane_req lane_req;
@@ -74,6 +76,14 @@ struct lane_req {
                               transport masks the sent payload in place); NULL when
                               the pool does not authenticate */
     char method[32];
+    /* A session's request (surpool__lane_session_call): it goes only to the
+     * socket of generation `gen`, or, with `bind`, to the one with the fewest
+     * sessions (then `gen` receives that socket's). Never retried by the lane. */
+    int for_session;
+    int bind;
+    uint64_t gen;
+    int expired;          /* sync, set by settle(): refused because its session expired */
+    int sent;             /* submitted to a socket at least once */
     surpool_result_fn cb; /* async */
     void *userdata;
     surpool__sync *sync; /* sync: the waiting thread's */
@@ -105,6 +115,11 @@ struct surpool__lane {
     int reauth_want;   /* a socket waits for re-authentication (lane_conn.reauth) */
     uint64_t auth_seq; /* re-authentications done so far */
     int64_t grow_not_before_ns; /* after a failed acquire with sockets left: pace retries */
+    uint64_t conn_gen;          /* lane_conn.gen of the newest socket */
+    int grow_sessions;      /* a session bound where every socket already carried one while the
+                          lane is below its size: grow, though nothing queues (taken,
+                          cleared, by the acquirer's next attempt) */
+    surpool__queue members; /* surpool__lane_member.link: the sessions of this lane */
     int closed;
     int stop;
     int thread_started, acq_started;
@@ -205,6 +220,8 @@ static int settle(lane_req *r)
     if (r->sync != NULL) {
         r->rc = rc;
         r->err = err;
+        r->expired = rc != SURPOOL_OK && r->treq.reply != NULL &&
+                     surpool__reply_session_expired(r->treq.reply);
         r->result = rc == SURPOOL_OK ? json_incref(result) : NULL;
         json_decref(r->treq.reply);
     } else {
@@ -253,8 +270,9 @@ static void fail_list(surpool__queue *list, surpool_err code, const char *messag
  * may grow. */
 static void want_grow_locked(surpool__lane *l)
 {
-    if (l->npending > 0 && l->nconns < l->target && !l->closed && !l->stop && !l->acq_busy &&
-        !l->acq_want && surpool__now_ns() >= l->grow_not_before_ns) {
+    if ((l->npending > 0 || l->grow_sessions) && l->nconns < l->target && !l->closed &&
+        !l->stop && !l->acq_busy && !l->acq_want &&
+        surpool__now_ns() >= l->grow_not_before_ns) {
         l->acq_want = 1;
         pthread_cond_signal(&l->acq_cv);
     }
@@ -270,8 +288,9 @@ static int retry_after_reauth(lane_req *r, surpool_err rc)
 {
     surpool__lane *l = r->lane;
     lane_conn *lc = r->lc;
-    if (r->retried || rc == SURPOOL_OK || lc == NULL || r->treq.reply == NULL ||
-        !surpool__reply_session_expired(r->treq.reply) || !surpool__pool_authenticates(l->pool))
+    if (r->for_session || r->retried || rc == SURPOOL_OK || lc == NULL ||
+        r->treq.reply == NULL || !surpool__reply_session_expired(r->treq.reply) ||
+        !surpool__pool_authenticates(l->pool))
         return 0; /* (a pool that authenticates kept a copy of the params) */
     /* Not surpool__conn_may_reauth(): its flags belong to the thread that
      * re-authenticates; a lane socket never carries the borrower's own
@@ -362,6 +381,68 @@ static void *delivery_main(void *arg)
     return NULL;
 }
 
+/* A socket is usable for sessions: given, not failing, not expiring. */
+static int session_usable_locked(surpool__lane *l, lane_conn *lc)
+{
+    if (lc->c == NULL || lc->failed || lc->expired)
+        return 0;
+    if (!surpool__conn_usable(lc->c)) {
+        lc->failed = 1;
+        pthread_cond_signal(&l->cv);
+        return 0;
+    }
+    return 1;
+}
+
+static lane_conn *find_gen_locked(surpool__lane *l, uint64_t gen)
+{
+    surpool__queue *q;
+    SURPOOL__QUEUE_FOREACH(q, &l->conns)
+    {
+        lane_conn *lc = SURPOOL__QUEUE_DATA(q, lane_conn, link);
+        if (lc->gen == gen)
+            return lc;
+    }
+    return NULL;
+}
+
+/* Where a session's request goes: its own socket (NULL with *gone set when
+ * that socket is failing or given back), or for a `bind` the usable socket
+ * with the fewest sessions, the least loaded of those (while the lane is
+ * below its size and every socket carries a session, it also asks the lane to
+ * grow, so that the next sessions spread over shared_connections sockets).
+ * NULL also when the socket has no room. The socket's pool-level
+ * re-authentication (reauth) does not concern a session, which has an
+ * authentication of its own. */
+static lane_conn *pick_session_locked(surpool__lane *l, const lane_req *r, int *gone)
+{
+    if (!r->bind) {
+        lane_conn *lc = find_gen_locked(l, r->gen);
+        if (lc == NULL || !session_usable_locked(l, lc)) {
+            *gone = 1;
+            return NULL;
+        }
+        return lc->inflight < l->cap ? lc : NULL;
+    }
+    lane_conn *best = NULL;
+    surpool__queue *q;
+    SURPOOL__QUEUE_FOREACH(q, &l->conns)
+    {
+        lane_conn *lc = SURPOOL__QUEUE_DATA(q, lane_conn, link);
+        if (lc->inflight >= l->cap || !session_usable_locked(l, lc))
+            continue;
+        if (best == NULL || lc->sessions < best->sessions ||
+            (lc->sessions == best->sessions && lc->inflight < best->inflight))
+            best = lc;
+    }
+    /* Never wait for a socket of its own (an acquire may block for long when
+     * leases hold the pool): bind now, and have the lane grow so that the
+     * next sessions spread. */
+    if ((best == NULL || best->sessions > 0) && l->nconns < l->target)
+        l->grow_sessions = 1;
+    return best;
+}
+
 /* Pick the least-loaded usable connection with room (and, when
  * `min_auth_seq` is not 0, re-authenticated as lane_req.min_auth_seq says). */
 static lane_conn *pick_locked(surpool__lane *l, uint64_t min_auth_seq)
@@ -405,20 +486,55 @@ static void pump(surpool__lane *l)
             return;
     pump_frame frame = {l, pumping};
     pumping = &frame;
+    surpool__queue gone_list;
+    surpool__queue_init(&gone_list);
     for (;;) {
         pthread_mutex_lock(&l->mu);
-        surpool__queue *q = surpool__queue_head(&l->pending);
-        lane_conn *lc =
-            q != NULL ? pick_locked(l, SURPOOL__QUEUE_DATA(q, lane_req, link)->min_auth_seq)
-                      : NULL;
-        if (q == NULL || lc == NULL) {
+        /* The oldest request that can go. A plain request (or a session's
+         * bind) that finds no room keeps everything behind it waiting (FIFO);
+         * a session's request for its own busy socket lets others pass. */
+        surpool__queue *q, *next;
+        lane_conn *lc = NULL;
+        lane_req *r = NULL;
+        SURPOOL__QUEUE_FOREACH_SAFE(q, next, &l->pending)
+        {
+            lane_req *cand = SURPOOL__QUEUE_DATA(q, lane_req, link);
+            if (!cand->for_session) {
+                lc = pick_locked(l, cand->min_auth_seq);
+                if (lc != NULL)
+                    r = cand;
+                break;
+            }
+            int gone = 0;
+            lc = pick_session_locked(l, cand, &gone);
+            if (lc != NULL) {
+                r = cand;
+                break;
+            }
+            if (gone) { /* its socket died: it fails, the session rebuilds */
+                surpool__queue_remove(q);
+                surpool__queue_insert_tail(&gone_list, q);
+                l->npending--;
+            } else if (cand->bind) {
+                break;
+            }
+        }
+        if (r == NULL) {
             want_grow_locked(l);
             pthread_mutex_unlock(&l->mu);
             break;
         }
-        lane_req *r = SURPOOL__QUEUE_DATA(q, lane_req, link);
+        q = &r->link;
         surpool__queue_remove(q);
         l->npending--;
+        if (r->bind) {
+            lc->sessions++;
+            r->gen = lc->gen;
+            want_grow_locked(l); /* pick_session_locked() may have asked for it */
+        }
+        /* Set before the send: once sent, r may complete (and its waiter
+         * return) before this thread looks at it again. */
+        r->sent = 1;
         r->lc = lc;
         lc->inflight++; /* keeps lc alive until the request completes */
         l->inflight++;
@@ -438,6 +554,11 @@ static void pump(surpool__lane *l)
         lc->inflight--;
         l->inflight--;
         r->lc = NULL;
+        r->sent = 0;
+        if (r->bind) { /* not attached there after all */
+            lc->sessions--;
+            r->gen = 0;
+        }
         if (rc == SURPOOL_ERR_DISCONNECTED && !l->closed) {
             /* Dead socket: requeue at the head and try another. */
             lc->failed = 1;
@@ -454,6 +575,8 @@ static void pump(surpool__lane *l)
             fail(r, rc, surpool_strerror(rc), NULL);
     }
     pumping = frame.up;
+    fail_list(&gone_list, SURPOOL_ERR_DISCONNECTED,
+              "the session's socket closed before the request was sent", NULL);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -534,7 +657,9 @@ static void *acquirer_main(void *arg)
             continue;
         }
         l->acq_want = 0;
-        if (l->closed || l->npending == 0 || l->nconns >= l->target)
+        int for_sessions = l->grow_sessions;
+        l->grow_sessions = 0;
+        if (l->closed || (l->npending == 0 && !for_sessions) || l->nconns >= l->target)
             continue;
         l->acq_busy = 1;
         uint64_t upto = l->seq; /* requests this attempt answers for */
@@ -565,6 +690,7 @@ static void *acquirer_main(void *arg)
         }
         if (rc == SURPOOL_OK) {
             lc->c = c;
+            lc->gen = ++l->conn_gen;
             surpool__queue_insert_head(&l->conns, &lc->link);
             l->nconns++;
             pthread_cond_signal(&l->cv); /* the lane thread now ticks for this socket */
@@ -708,6 +834,7 @@ surpool_err surpool__lane_create(surpool_pool *p, const surpool__lane_config *cf
     surpool__queue_init(&l->conns);
     surpool__queue_init(&l->pending);
     surpool__queue_init(&l->delivery);
+    surpool__queue_init(&l->members);
     if (pthread_mutex_init(&l->mu, NULL) != 0)
         goto fail;
     if (surpool__cond_init(&l->cv) != 0)
@@ -805,6 +932,12 @@ void surpool__lane_destroy(surpool__lane *l)
      * mutex), then free it. */
     surpool__pool_lane_unhook(l->pool, l);
     surpool__queue *q;
+    /* Sessions still open outlive the lane: they forget it (every call on one
+     * is SURPOOL_ERR_CLOSED from here on; closing it only frees it). */
+    while ((q = surpool__queue_head(&l->members)) != NULL) {
+        surpool__queue_remove(q);
+        SURPOOL__QUEUE_DATA(q, surpool__lane_member, link)->lane = NULL;
+    }
     while ((q = surpool__queue_head(&l->conns)) != NULL) {
         surpool__queue_remove(q);
         surpool__free(SURPOOL__QUEUE_DATA(q, lane_conn, link));
@@ -859,7 +992,7 @@ static surpool_err enqueue(surpool_pool *p, surpool__lane *l, lane_req *r, const
      * thread while ours is on the transport's (jansson's refcount is not
      * race-free to read). */
     json_t *copy = NULL;
-    if (params != NULL && surpool__pool_authenticates(p) &&
+    if (params != NULL && !r->for_session && surpool__pool_authenticates(p) &&
         (copy = json_deep_copy(params)) == NULL)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
     /* Encoded here, on the caller's thread, as a lease's call is: ids are
@@ -976,6 +1109,7 @@ static surpool_err call_opts(const surpool_call_options *opts, surpool__reqopts 
                              surpool_error *err)
 {
     o->txn = NULL;
+    o->session = NULL;
     o->timeout_ms = opts != NULL ? opts->timeout_ms : -1;
     if (o->timeout_ms > SURPOOL__MS_MAX)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
@@ -1093,4 +1227,106 @@ surpool_err surpool_query_async(surpool_pool *p, const char *sql, const json_t *
                                 surpool_result_fn cb, void *userdata)
 {
     return surpool_query_async_opts(p, sql, vars, NULL, cb, userdata);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Sessions (session.c)                                                       */
+/* ------------------------------------------------------------------------- */
+
+surpool_err surpool__lane_join(surpool__lane *l, surpool__lane_member *m, surpool_error *err)
+{
+    pthread_mutex_lock(&l->mu);
+    if (l->closed) {
+        pthread_mutex_unlock(&l->mu);
+        return surpool__seterr(err, SURPOOL_ERR_CLOSED, "pool is closed");
+    }
+    m->lane = l;
+    surpool__queue_insert_tail(&l->members, &m->link);
+    pthread_mutex_unlock(&l->mu);
+    return SURPOOL_OK;
+}
+
+void surpool__lane_leave(surpool__lane_member *m)
+{
+    surpool__lane *l = m->lane;
+    if (l == NULL)
+        return;
+    pthread_mutex_lock(&l->mu);
+    surpool__queue_remove(&m->link);
+    m->lane = NULL;
+    pthread_mutex_unlock(&l->mu);
+}
+
+int surpool__lane_socket_ok(surpool__lane *l, uint64_t gen)
+{
+    if (gen == 0)
+        return 0;
+    pthread_mutex_lock(&l->mu);
+    lane_conn *lc = find_gen_locked(l, gen);
+    int ok = lc != NULL && session_usable_locked(l, lc);
+    pthread_mutex_unlock(&l->mu);
+    return ok;
+}
+
+void surpool__lane_unbind(surpool__lane *l, uint64_t gen)
+{
+    if (gen == 0)
+        return;
+    pthread_mutex_lock(&l->mu);
+    lane_conn *lc = find_gen_locked(l, gen);
+    if (lc != NULL && lc->sessions > 0)
+        lc->sessions--;
+    pthread_mutex_unlock(&l->mu);
+}
+
+int surpool__lane_socket_sessions(surpool__lane *l, int *counts, int max)
+{
+    int n = 0;
+    pthread_mutex_lock(&l->mu);
+    surpool__queue *q;
+    SURPOOL__QUEUE_FOREACH(q, &l->conns)
+    {
+        lane_conn *lc = SURPOOL__QUEUE_DATA(q, lane_conn, link);
+        if (n < max && lc->c != NULL && !lc->failed && !lc->expired)
+            counts[n++] = lc->sessions;
+    }
+    pthread_mutex_unlock(&l->mu);
+    return n;
+}
+
+surpool_err surpool__lane_session_call(surpool__lane *l, uint64_t *gen, const char *session,
+                                       const char *method, const json_t *params,
+                                       long timeout_ms, json_t **out, int *flags,
+                                       surpool_error *err)
+{
+    lane_req r;
+    memset(&r, 0, sizeof(r));
+    *flags = 0;
+    surpool__sync s;
+    if (surpool__sync_init(&s) != 0)
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
+    r.sync = &s;
+    r.for_session = 1;
+    r.bind = *gen == 0;
+    r.gen = *gen;
+    surpool__reqopts o = {NULL, timeout_ms, session};
+    surpool_err rc = enqueue(l->pool, l, &r, method, params, &o, err);
+    if (rc == SURPOOL_OK) {
+        do
+            surpool__sync_wait(&s);
+        while (settle(&r)); /* (never again: a session's request is not retried here) */
+        rc = r.rc;
+        *gen = r.gen; /* a bind that was sent counts on that socket, failed or not */
+        *flags = (r.expired ? SURPOOL__LANE_EXPIRED : 0) | (r.sent ? 0 : SURPOOL__LANE_UNSENT);
+        if (rc == SURPOOL_OK) {
+            if (out != NULL)
+                *out = r.result;
+            else
+                json_decref(r.result);
+        } else {
+            surpool__error_copy(err, &r.err);
+        }
+    }
+    surpool__sync_destroy(&s);
+    return rc;
 }

@@ -8,7 +8,12 @@
 #ifndef SURPOOL_LANE_H
 #define SURPOOL_LANE_H
 
+#include <stdint.h>
+
+#include <jansson.h>
+
 #include "internal.h"
+#include "queue.h"
 
 typedef struct surpool__lane surpool__lane;
 
@@ -37,6 +42,46 @@ int surpool__in_result_callback(void);
 /* 1 on a lane's delivery thread (where async results are decoded and their
  * callbacks run); for tests. */
 int surpool__lane_on_delivery_thread(void);
+
+/* Sessions (session.c): many server-side sessions (3.x attach) ride the
+ * lane's sockets. Each socket has a generation, unique in the lane and never
+ * 0: a session remembers the one it is attached on and compares it before
+ * each call (surpool__lane_socket_ok); once that socket failed, expired or
+ * was given back the session attaches again elsewhere (docs/sessions.md). */
+typedef struct surpool__lane_member {
+    surpool__queue link; /* the lane's list of sessions (guarded by the lane's mutex) */
+    surpool__lane *lane; /* NULL once it left, or once the lane was destroyed */
+} surpool__lane_member;
+/* Register a session (CLOSED once the pool closes); the lane's destroy sets
+ * m->lane to NULL for every member still registered (docs/sessions.md). */
+surpool_err surpool__lane_join(surpool__lane *l, surpool__lane_member *m, surpool_error *err);
+/* Unregister (m->lane NULL: nothing to do). */
+void surpool__lane_leave(surpool__lane_member *m);
+/* 1 if the socket of generation `gen` is still there and usable. */
+int surpool__lane_socket_ok(surpool__lane *l, uint64_t gen);
+/* The session bound to socket `gen` left it (closed, or moved elsewhere). */
+void surpool__lane_unbind(surpool__lane *l, uint64_t gen);
+/* The sessions each usable socket carries, up to `max` sockets; returns how
+ * many were written (tests). */
+int surpool__lane_socket_sessions(surpool__lane *l, int *counts, int max);
+/* What surpool__lane_session_call() says of a failed request, in *flags. */
+enum {
+    SURPOOL__LANE_EXPIRED = 1, /* refused because the session expired (it did not run) */
+    SURPOOL__LANE_UNSENT = 2,  /* never reached a socket (its socket was gone first) */
+};
+/* One synchronous request of session `session` (UUID text, in the envelope),
+ * on the socket of generation *gen; with *gen == 0 on the socket with the
+ * fewest sessions, which counts the session from then on: *gen receives its
+ * generation once the request was sent (also when the server refused it: the
+ * caller unbinds). DISCONNECTED when the socket died before or while it was
+ * sent (SURPOOL__LANE_UNSENT in *flags: before). SURPOOL__LANE_EXPIRED: the
+ * server refused it because the session expired (it did not run). Never
+ * retried. `timeout_ms` as surpool__reqopts. Caller's thread
+ * only, never from a result callback. */
+surpool_err surpool__lane_session_call(surpool__lane *l, uint64_t *gen, const char *session,
+                                       const char *method, const json_t *params,
+                                       long timeout_ms, json_t **out, int *flags,
+                                       surpool_error *err);
 
 /* pool.c: the pool's side of the interface. */
 /* The pool's lane, or NULL (shared_connections == 0); read without a lock:

@@ -127,9 +127,9 @@ surpool_err surpool__rpc_prepare(surpool_pool *p, surpool__treq *req, const char
                                  const surpool__reqopts *o, surpool_error *err)
 {
     req->id = (int64_t)atomic_fetch_add(&p->next_id, 1);
-    surpool_err rc = surpool__wire_encode_request(p->cfg.pub.wire_format, req->id, method,
-                                                  params, o != NULL ? o->txn : NULL,
-                                                  p->ops->headroom, &req->buf, &req->len, err);
+    surpool_err rc = surpool__wire_encode_request_env(
+        p->cfg.pub.wire_format, req->id, method, params, o != NULL ? o->session : NULL,
+        o != NULL ? o->txn : NULL, p->ops->headroom, &req->buf, &req->len, err);
     if (rc != SURPOOL_OK)
         return rc;
     long timeout_ms =
@@ -211,7 +211,7 @@ static surpool_err rpc_once(surpool_conn *c, const char *method, const json_t *p
     surpool__treq req;
     memset(&req, 0, sizeof(req));
     surpool__reqopts o = {c->txn[0] != '\0' ? c->txn : NULL,
-                          c->own_timeout ? c->timeout_ms : -1};
+                          c->own_timeout ? c->timeout_ms : -1, NULL};
     surpool_err rc = surpool__rpc_prepare(p, &req, method, params, deadline_ns, &o, err);
     if (rc != SURPOOL_OK)
         return rc;
@@ -536,8 +536,8 @@ static surpool_err conn_use(surpool_conn *c, const char *ns, const char *db, sur
     return call_stolen(c, "use", params, &je, NULL, err);
 }
 
-static surpool_err conn_signin(surpool_conn *c, const surpool_credentials *cred, json_t **out,
-                               surpool_error *err)
+surpool_err surpool__signin_params(const surpool_credentials *cred, json_t **params,
+                                   surpool_error *err)
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
@@ -577,7 +577,20 @@ static surpool_err conn_signin(surpool_conn *c, const surpool_credentials *cred,
         json_decref(obj);
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "signin: out of memory");
     }
-    surpool_err rc = call_stolen(c, "signin", pack(&je, "[o]", obj), &je, out, err);
+    *params = pack(&je, "[o]", obj);
+    if (*params == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "signin: out of memory");
+    return SURPOOL_OK;
+}
+
+static surpool_err conn_signin(surpool_conn *c, const surpool_credentials *cred, json_t **out,
+                               surpool_error *err)
+{
+    json_t *params = NULL;
+    CHECK(surpool__signin_params(cred, &params, err));
+    json_error_t je;
+    memset(&je, 0, sizeof(je));
+    surpool_err rc = call_stolen(c, "signin", params, &je, out, err);
     if (rc == SURPOOL_ERR_AUTH) {
         /* Name who and where (never the password), as connection setup does. */
         char prefix[200], user[72], host[72];

@@ -34,11 +34,18 @@ int surpool__breaks_connection(surpool_err code);
 surpool_err surpool__query_params(const char *sql, const json_t *vars, json_t **params,
                                   surpool_error *err);
 
+/* `signin` params ([{user, pass, ns, db, ac, ...vars}]) from credentials,
+ * checked as surpool_conn_signin() checks them (INVALID_ARG, NOMEM); *params
+ * is a new reference holding a password: the caller wipes what it encodes. */
+surpool_err surpool__signin_params(const surpool_credentials *cred, json_t **params,
+                                   surpool_error *err);
+
 /* What one request adds to the pool's settings. */
 typedef struct surpool__reqopts {
-    const char *txn; /* the interactive transaction it runs in (UUID text), or NULL */
-    long timeout_ms; /* its own deadline from now: < 0 the pool's request_timeout_ms,
+    const char *txn;     /* the interactive transaction it runs in (UUID text), or NULL */
+    long timeout_ms;     /* its own deadline from now: < 0 the pool's request_timeout_ms,
                         0 none, > 0 this many ms */
+    const char *session; /* the session it runs in (UUID text, 3.x attach), or NULL */
 } surpool__reqopts;
 
 /* Prepare `req` for submission on a connection of `p`: a pool-wide id (never

@@ -37,18 +37,29 @@ surpool_err surpool__wire_encode_request(surpool_wire_format format, int64_t id,
                                          const char *txn, size_t headroom, char **out,
                                          size_t *len, surpool_error *err)
 {
+    return surpool__wire_encode_request_env(format, id, method, params, NULL, txn, headroom,
+                                            out, len, err);
+}
+
+surpool_err surpool__wire_encode_request_env(surpool_wire_format format, int64_t id,
+                                             const char *method, const json_t *params,
+                                             const char *session, const char *txn,
+                                             size_t headroom, char **out, size_t *len,
+                                             surpool_error *err)
+{
     if (format == SURPOOL_WIRE_CBOR)
-        return surpool__cbor_encode_request(id, method, params, NULL, txn, headroom, out, len,
-                                            err);
+        return surpool__cbor_encode_request(id, method, params, session, txn, headroom, out,
+                                            len, err);
     if (params == NULL || !has_typed(params))
-        return surpool__codec_encode_request_txn(id, method, params, txn, headroom, out, len,
-                                                 err);
+        return surpool__codec_encode_request_env(id, method, params, session, txn, headroom,
+                                                 out, len, err);
     /* JSON has no types: send each typed value as its text form. */
     json_t *plain = NULL;
     surpool_err rc = surpool_value_to_plain(params, &plain, err);
     if (rc != SURPOOL_OK)
         return rc;
-    rc = surpool__codec_encode_request_txn(id, method, plain, txn, headroom, out, len, err);
+    rc = surpool__codec_encode_request_env(id, method, plain, session, txn, headroom, out, len,
+                                           err);
     json_decref(plain);
     return rc;
 }

@@ -25,6 +25,14 @@ surpool_err surpool__wire_encode_request(surpool_wire_format format, int64_t id,
                                          const char *txn, size_t headroom, char **out,
                                          size_t *len, surpool_error *err);
 
+/* The same with a session (NULL: none; 3.x, opened with `attach`): UUID text
+ * over JSON, a UUID (tag 37) over CBOR, as txn. */
+surpool_err surpool__wire_encode_request_env(surpool_wire_format format, int64_t id,
+                                             const char *method, const json_t *params,
+                                             const char *session, const char *txn,
+                                             size_t headroom, char **out, size_t *len,
+                                             surpool_error *err);
+
 /* A "thing" argument (table or record id text) as `format` sends it: over
  * JSON the text itself (the server parses it), over CBOR a typed table or
  * record id read here by surpool_value_thing(). New reference, or NULL with

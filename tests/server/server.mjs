@@ -141,10 +141,16 @@ const PRE_AUTH_METHODS = new Set(['signin', 'signup', 'authenticate', 'ping', 'v
 /** Methods that behave normally in every hostile mode (connection set-up). */
 const SETUP_METHODS = new Set([
   'signin', 'signup', 'authenticate', 'invalidate', 'reset', 'use', 'ping', 'version', 'let', 'unset',
+  'attach', 'detach', 'sessions',
 ]);
 
-/** Methods that would break the socket's own core session; refused. */
+/** Session methods. A request naming a `session` runs in a core session of its
+ *  own (ClientSession below): `attach` opens one for that client id on this
+ *  socket, `detach` closes it, `sessions` lists this socket's. The socket's
+ *  own core session is never touched by them. On the 2.x core they are
+ *  "Method not found", as on a 2.x server. */
 const SESSION_METHODS = new Set(['attach', 'detach', 'sessions']);
+const ERR_METHOD_NOT_FOUND = { code: -32601, message: 'Method not found' };
 
 // Error shapes mirror the 3.0 core's own errors (code, message, kind, details).
 const ERR_PARSE = { code: -32700, message: 'Parse error' };
@@ -666,7 +672,21 @@ const notifications = await engine.notifications();
 // ---------------------------------------------------------------------------
 // signins / signinFailures: `signin` calls the core answered (each one a
 // password verification); authenticates: `authenticate` calls (token checks).
-const stats = { sockets: 0, totalSockets: 0, requests: 0, signins: 0, signinFailures: 0, authenticates: 0 };
+// coreSessions: core sessions open (one per socket, plus the client-named ones);
+// clientSessions: client-named sessions open (attach ... detach, or socket close).
+const stats = {
+  sockets: 0, totalSockets: 0, requests: 0, signins: 0, signinFailures: 0, authenticates: 0,
+  coreSessions: 0, clientSessions: 0,
+};
+const conns = new Set(); // every open Conn, for /control dropAll
+
+/** Errors for a client-named session, shaped as the 3.0 core's own. */
+const errSessionNotFound = (id) => ({
+  code: -32000, message: `Session not found: ${id}`, kind: 'NotFound', details: { kind: 'Session', details: { id } },
+});
+const errSessionExists = (id) => ({
+  code: -32000, message: `Session already exists: ${id}`, kind: 'AlreadyExists', details: { kind: 'Session', details: { id } },
+});
 
 /** Counts what the auth methods cost the server (tests assert on them). */
 function countAuth(method, failed) {
@@ -709,9 +729,13 @@ class Conn {
     this.detached = null;
     // `cbor` when the client chose that subprotocol: binary frames both ways.
     this.format = ws.protocol === 'cbor' ? 'cbor' : 'json';
+    // client session id (text) -> { core: Uuid, coreKey, authed }
+    this.clientSessions = new Map();
+    conns.add(this);
     sessions.set(this.sessionKey, this);
     this.attached = execute('attach', undefined, this.session).then((r) => {
       if (isErrorReply(r)) throw new Error(r.error.message);
+      stats.coreSessions++;
     });
     this.attached.catch((err) => {
       log(`#${this.id} attach failed: ${err.message}`);
@@ -752,11 +776,64 @@ class Conn {
     this.closed = true;
     stats.sockets--;
     log(`#${this.id} closed`);
+    conns.delete(this);
     for (const id of this.liveIds) liveOwners.delete(id);
-    this.detached = this.attached
+    const clients = [...this.clientSessions.values()];
+    this.clientSessions.clear();
+    this.detached = Promise.allSettled(clients.map((cs) => this.detachCore(cs)))
+      .then(() => this.attached)
       .then(() => execute('detach', undefined, this.session))
+      .then(() => { stats.coreSessions--; })
       .catch(() => {})
       .finally(() => sessions.delete(this.sessionKey));
+  }
+
+  /** Ends a client session's core session (already out of clientSessions). */
+  async detachCore(cs) {
+    stats.clientSessions--;
+    try {
+      await execute('detach', undefined, cs.core);
+      stats.coreSessions--;
+    } finally {
+      sessions.delete(cs.coreKey);
+    }
+  }
+
+  /** A request naming session `key` (client id text): handles attach, detach
+   *  and unknown sessions. Returns { error } to refuse, { result } when
+   *  answered here, or { target } (the ClientSession) to run the request in. */
+  async clientSession(method, key) {
+    if (CORE2) return { error: ERR_METHOD_NOT_FOUND };
+    if (method === 'sessions') return { result: [...this.clientSessions.keys()] };
+    const cs = this.clientSessions.get(key);
+    if (method === 'attach') {
+      if (cs) return { error: errSessionExists(key) };
+      const core = Uuid.v4();
+      const entry = { core, coreKey: core.toString(), authed: false };
+      this.clientSessions.set(key, entry);
+      const r = await execute('attach', undefined, core);
+      if (isErrorReply(r)) {
+        this.clientSessions.delete(key);
+        return { error: r.error };
+      }
+      stats.coreSessions++;
+      stats.clientSessions++;
+      sessions.set(entry.coreKey, this); // live-query notifications of that session
+      if (this.closed) {
+        this.clientSessions.delete(key);
+        await this.detachCore(entry).catch(() => {});
+      }
+      return { result: null };
+    }
+    if (method === 'detach') {
+      if (cs) {
+        this.clientSessions.delete(key);
+        await this.detachCore(cs).catch(() => {});
+      }
+      return { result: null };
+    }
+    if (!cs) return { error: errSessionNotFound(key) };
+    return { target: cs };
   }
 
   async onMessage(data, isBinary) {
@@ -791,8 +868,22 @@ class Conn {
     const hostile = settings.mode !== 'normal' && !SETUP_METHODS.has(method);
     if (hostile && await this.hostileBeforeExecute(idText)) return;
 
-    if (!this.authed && !PRE_AUTH_METHODS.has(method)) return error(ERR_NOT_AUTHENTICATED);
-    if (SESSION_METHODS.has(method)) return error(errMethodNotAllowed(method));
+    // The session the request runs in: this socket's, or a client-named one.
+    let target = this;
+    const hasSession = req.session !== undefined && req.session !== null;
+    if (hasSession || SESSION_METHODS.has(method)) {
+      if (CORE2) return error(ERR_METHOD_NOT_FOUND);
+      if (hasSession && (typeof req.session !== 'string' || !UUID_RE.test(req.session))) {
+        return error(errInvalidRequest('Invalid request: session must be a UUID string'));
+      }
+      if (!hasSession && method !== 'sessions') return error(errInvalidRequest(`Invalid request: ${method} needs a session`));
+      const key = hasSession ? req.session.toLowerCase() : undefined;
+      const cs = await this.clientSession(method, key);
+      if (cs.error) return error(cs.error);
+      if (cs.result !== undefined) return this.reply(idText, 'result', stringifyCore(cs.result));
+      target = cs.target;
+    }
+    if (!target.authed && !PRE_AUTH_METHODS.has(method)) return error(ERR_NOT_AUTHENTICATED);
     // refuseAuthenticate: a server that does not take tokens (clients must sign in).
     if (method === 'authenticate' && settings.refuseAuthenticate) return error(errMethodNotAllowed(method));
     if (!CORE2 && method === 'use' && Array.isArray(params) && params[0] === null) {
@@ -811,7 +902,8 @@ class Conn {
     try {
       await this.attached;
       const txn = hasTxn ? new Uuid(req.txn) : undefined;
-      result = await execute(method, params == null ? undefined : await toCore(params), this.session, txn);
+      const core = target === this ? this.session : target.core;
+      result = await execute(method, params == null ? undefined : await toCore(params), core, txn);
     } catch (err) {
       result = { error: { code: -32000, message: String(err?.message ?? err), kind: 'Internal' } };
     }
@@ -819,7 +911,7 @@ class Conn {
 
     let failed = isErrorReply(result);
     countAuth(method, failed);
-    if (!failed) this.afterSuccess(method, result);
+    if (!failed) this.afterSuccess(method, result, target);
     let body;
     try {
       body = stringifyCore(failed ? result.error : result);
@@ -863,8 +955,23 @@ class Conn {
     const hostile = settings.mode !== 'normal' && !SETUP_METHODS.has(method);
     if (hostile && await this.hostileBeforeExecute(undefined, rawId)) return;
 
-    if (!this.authed && !PRE_AUTH_METHODS.has(method)) return error(ERR_NOT_AUTHENTICATED);
-    if (SESSION_METHODS.has(method)) return error(errMethodNotAllowed(method));
+    // The session the request runs in: this socket's, or a client-named one
+    // (a UUID, tag 37, or its text), rewritten to its core session below.
+    let target = this;
+    const rawSession = raw.get('session');
+    const hasSession = rawSession !== undefined && rawSession[0] !== 0xf6;
+    if (hasSession || SESSION_METHODS.has(method)) {
+      if (CORE2) return error(ERR_METHOD_NOT_FOUND);
+      const sid = hasSession ? cborPeek(rawSession) : undefined;
+      const key = sid instanceof Uuid ? sid.toString() : typeof sid === 'string' && UUID_RE.test(sid) ? sid.toLowerCase() : undefined;
+      if (hasSession && key === undefined) return error(errInvalidRequest('Invalid request: session must be a UUID'));
+      if (!hasSession && method !== 'sessions') return error(errInvalidRequest(`Invalid request: ${method} needs a session`));
+      const cs = await this.clientSession(method, key);
+      if (cs.error) return error(cs.error);
+      if (cs.result !== undefined) return this.replyCbor(rawId, 'result', cborBytes(cs.result));
+      target = cs.target;
+    }
+    if (!target.authed && !PRE_AUTH_METHODS.has(method)) return error(ERR_NOT_AUTHENTICATED);
     // refuseAuthenticate: a server that does not take tokens (clients must sign in).
     if (method === 'authenticate' && settings.refuseAuthenticate) return error(errMethodNotAllowed(method));
     if (!CORE2 && method === 'use' && rawParams !== undefined) {
@@ -878,7 +985,8 @@ class Conn {
     let body;
     try {
       await this.attached;
-      const reply = await executeRaw(method, rawParams, this.session, raw.get('txn'));
+      const core = target === this ? this.session : target.core;
+      const reply = await executeRaw(method, rawParams, core, raw.get('txn'));
       countAuth(method, reply.error);
       if (reply.error) {
         key = 'error';
@@ -886,7 +994,7 @@ class Conn {
       } else {
         key = 'result';
         body = reply.bytes;
-        this.afterSuccess(method, reply.value);
+        this.afterSuccess(method, reply.value, target);
       }
     } catch (err) {
       key = 'error';
@@ -903,10 +1011,11 @@ class Conn {
     this.sendBinary(cborFrame(rawId, key, rawBody));
   }
 
-  /** Session bookkeeping after a successful core call. */
-  afterSuccess(method, result) {
-    if (method === 'signin' || method === 'signup' || method === 'authenticate') this.authed = true;
-    else if (method === 'invalidate' || method === 'reset') this.authed = false;
+  /** Session bookkeeping after a successful core call in session `target`
+   *  (this socket's own, or a client-named one). */
+  afterSuccess(method, result, target = this) {
+    if (method === 'signin' || method === 'signup' || method === 'authenticate') target.authed = true;
+    else if (method === 'invalidate' || method === 'reset') target.authed = false;
     else if (method === 'live' && result instanceof Uuid) this.trackLive(result);
     else if (method === 'query' && Array.isArray(result)) {
       for (const r of result) if (r?.type === 'live' && r.result instanceof Uuid) this.trackLive(r.result);
@@ -1113,6 +1222,8 @@ async function onRequest(req, res) {
       if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('expected a JSON object');
       if ('node' in parsed) return sendHttp(res, 200, JSON.stringify(await nodeControl(parsed)), 'application/json');
       applyControl(parsed);
+      // dropAll: a one-shot action, not a setting: kill every open socket now.
+      if (parsed.dropAll === true) for (const c of [...conns]) c.kill();
     } catch (err) {
       return sendHttp(res, 400, JSON.stringify({ error: err.message }), 'application/json');
     }
