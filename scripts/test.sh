@@ -82,6 +82,13 @@ log "build: plain (-Werror)"
 configure_and_build "$build/plain" -DSURPOOL_WERROR=ON
 SUITE_CORE=$(core_version) run_suite plain "$build/plain"
 
+# Optimised builds warn about what Debug builds cannot see (gcc's
+# maybe-uninitialized needs -O2): the library, examples and benches, built once
+# in Release with -Werror (nothing run).
+log "build: Release (-Werror; library, examples, benches)"
+configure_and_build "$build/release" -DSURPOOL_WERROR=ON -DCMAKE_BUILD_TYPE=Release \
+    -DSURPOOL_BUILD_TESTS=OFF -DSURPOOL_BUILD_BENCH=ON
+
 # The version matrix: the tests that exercise the protocol (every method, errors
 # and their codes, auth, the dirty-lease reset, exact values in both wire
 # formats, hostile frames) once more against the SurrealDB 2.x core. What the 2.x
