@@ -373,7 +373,13 @@ typedef struct surpool_config {
                                        node with the most, while it has two more
                                        than the healthy node with the fewest */
 
-    unsigned char reserved[216]; /**< room to grow; keep zero */
+    /* Live queries (docs/live.md); zero means the default. */
+    int live_queue_max;          /**< notifications queued per live query before they
+                                      overflow (SURPOOL_LIVE_OVERFLOW); default 1024 */
+    int live_max_per_connection; /**< live queries carried by one connection before
+                                      the pool takes another; default 1000 */
+
+    unsigned char reserved[208]; /**< room to grow; keep zero */
 } surpool_config;
 
 /** Fill the first `struct_size` bytes of `cfg` with defaults (all strings
@@ -1267,6 +1273,126 @@ SURPOOL_API surpool_err surpool_value_text(const json_t *v, json_t **out, surpoo
  *  SURPOOL_ERR_NOMEM. Thread safety: Any thread. */
 SURPOOL_API surpool_err surpool_value_to_plain(const json_t *v, json_t **out,
                                                surpool_error *err);
+
+/* ------------------------------------------------------------------------- */
+/* Live queries (docs/live.md)                                                */
+/* ------------------------------------------------------------------------- */
+/* A live query started on the pool, not on a lease: the pool carries it on a
+ * connection of its own (authenticated and with ns/db as configured), starts
+ * it again on another connection when that one dies or reaches
+ * max_lifetime_ms, and delivers its notifications to a callback on the pool's
+ * live delivery thread, in order, through a bounded queue. */
+
+typedef struct surpool_live surpool_live;
+
+/** What a live event says. Values are explicit and append-only. */
+typedef enum surpool_live_event_type {
+    SURPOOL_LIVE_CREATE = 1,       /**< a record was created: record_id, result */
+    SURPOOL_LIVE_UPDATE = 2,       /**< a record was updated: record_id, result */
+    SURPOOL_LIVE_DELETE = 3,       /**< a record was deleted: record_id, result (the
+                                        record as it was, when the server sends it) */
+    SURPOOL_LIVE_KILLED = 4,       /**< the server ended the live query by itself
+                                        (CLOSED follows) */
+    SURPOOL_LIVE_RESUBSCRIBED = 5, /**< its connection was lost and the live query was
+                                        started again (a new live_id): changes made in
+                                        between may have been missed */
+    SURPOOL_LIVE_OVERFLOW = 6,     /**< `dropped` notifications were dropped here because
+                                        the queue was full (the callback is too slow) */
+    SURPOOL_LIVE_CLOSED = 7,       /**< the last event of the handle: nothing follows.
+                                        `code`: SURPOOL_OK after surpool_live_kill() or
+                                        a KILLED; SURPOOL_ERR_CLOSED at pool destroy;
+                                        another error when it could not be started
+                                        again (message says why) */
+} surpool_live_event_type;
+
+/** One event. Every pointer is borrowed for the duration of the callback
+ *  (json_incref() a json_t, copy a string, to keep it). */
+typedef struct surpool_live_event {
+    surpool_live_event_type type;
+    const char *live_id;     /**< the server's live query id this came through
+                                  (lower-case UUID text); it changes on RESUBSCRIBED
+                                  and on a move at max_lifetime_ms */
+    const json_t *record_id; /**< CREATE/UPDATE/DELETE: the record's id (a typed
+                                  record on CBOR pools, a string on JSON pools); else
+                                  NULL */
+    const json_t *result;    /**< CREATE/UPDATE/DELETE: the record, or with DIFF the
+                                  array of JSON Patch operations; else NULL */
+    uint64_t dropped;        /**< OVERFLOW: how many notifications were dropped */
+    surpool_err code;        /**< CLOSED: why it ended; else SURPOOL_OK */
+    const char *message;     /**< CLOSED/RESUBSCRIBED: a sentence; else "" */
+    const void *reserved[4]; /**< NULL */
+} surpool_live_event;
+
+/** The live callback. Runs on the pool's live delivery thread, one event at a
+ *  time for the whole pool, each live query's events in order; never on the
+ *  thread that moves the pool's bytes. It must not block for long (every live
+ *  query of the pool waits behind it; its own notifications queue up to the
+ *  bound and then overflow). It may call surpool_live_kill() (of any handle,
+ *  its own included), surpool_live_start(), the pool-level calls and leases;
+ *  not surpool_pool_destroy() of this pool (refused: it would wait for its
+ *  own thread). `live` is the handle the event is for. */
+typedef void (*surpool_live_fn)(void *userdata, surpool_live *live,
+                                const surpool_live_event *ev);
+
+/** What to watch. A value type: start from surpool_live_options_init(). Set
+ *  exactly one of `table` and `sql`. */
+typedef struct surpool_live_options {
+    const char *table;          /**< a table name: `live [table, diff]`; copied */
+    const char *sql;            /**< one `LIVE SELECT ...` statement (DIFF, WHERE with
+                                     $vars, FETCH as SurrealQL allows); copied */
+    const json_t *vars;         /**< variables of `sql`, or NULL; deep-copied (kept to
+                                     start it again after a reconnect) */
+    int diff;                   /**< with `table`: 1 = notifications carry JSON Patch
+                                     operations instead of the record; with `sql`
+                                     write DIFF in the statement instead */
+    int queue_max;              /**< notifications queued for this live query before
+                                     they overflow; 0 = config.live_queue_max */
+    unsigned char reserved[32]; /**< room to grow; keep zero (the init does) */
+} surpool_live_options;
+
+/** Fill `opts` with the defaults (all zero/NULL). NULL is a no-op.
+ *  Thread safety: Any thread. */
+SURPOOL_API void surpool_live_options_init(surpool_live_options *opts);
+
+/** Start a live query on the pool. Blocks until the server answered: on a
+ *  connection the pool keeps for live queries (taking one from the pool when
+ *  none has room: up to acquire_timeout_ms), then the `live` or `query` RPC
+ *  (up to request_timeout_ms, or connect_timeout_ms when that is 0).
+ *  @param opts      what to watch; borrowed (strings and vars are copied).
+ *  @param cb        the callback (required); see surpool_live_fn.
+ *  @param userdata  passed to cb.
+ *  @param out       receives the handle on success; untouched on failure. The
+ *                   callback may run (on the delivery thread) before this call
+ *                   returns; it receives the same handle.
+ *  @return SURPOOL_OK; SURPOOL_ERR_INVALID_ARG (bad options, NULL cb/out, sql that
+ *          does not start exactly one live query, called from a
+ *          surpool_result_fn); SURPOOL_ERR_SERVER (the server refused it: message
+ *          and server code kept); SURPOOL_ERR_UNSUPPORTED (the server has no live
+ *          queries); SURPOOL_ERR_CLOSED; an acquire error (TIMEOUT, CONNECT,
+ *          AUTH, UNAVAILABLE, ...); a transport error; SURPOOL_ERR_NOMEM. On
+ *          error the callback is never called; on success it is called until
+ *          exactly one SURPOOL_LIVE_CLOSED event, its last.
+ *  Ownership: the handle is freed by surpool_live_kill() (after its CLOSED event
+ *  was delivered) or by surpool_pool_destroy().
+ *  Thread safety: Any thread, a surpool_live_fn included. Not from a
+ *  surpool_result_fn. */
+SURPOOL_API surpool_err surpool_live_start(surpool_pool *pool, const surpool_live_options *opts,
+                                           surpool_live_fn cb, void *userdata,
+                                           surpool_live **out, surpool_error *err);
+
+/** Stop a live query: no notification is delivered after this returns, except
+ *  in a callback for it already running on another thread; then the callback
+ *  gets SURPOOL_LIVE_CLOSED (code SURPOOL_OK) as its last event, unless it had
+ *  it already. The server's `kill` is sent in the background (best effort).
+ *  Never blocks. Call it once per handle (a second call before the CLOSED
+ *  event was delivered is a no-op); the handle's memory is freed once both the
+ *  kill was asked and its CLOSED callback returned: after that the handle must
+ *  not be used (as after free()). A handle the server ended (KILLED, or it could
+ *  not be started again) still needs this call, or pool destroy, to be freed.
+ *  NULL is a no-op. Handles are also freed by surpool_pool_destroy(): do not
+ *  kill after it.
+ *  Thread safety: Any thread, a surpool_live_fn included (its own handle too). */
+SURPOOL_API void surpool_live_kill(surpool_live *live);
 
 /* ------------------------------------------------------------------------- */
 /* Allocator                                                                  */

@@ -311,6 +311,10 @@ surpool_err surpool__config_validate(const surpool_config *c, surpool_error *err
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "config.shared_connections must be >= 0 and "
                                "shared_max_inflight >= 1");
+    if (c->live_queue_max < 0 || c->live_max_per_connection < 0)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "config.live_queue_max and live_max_per_connection must be "
+                               ">= 0 (0 = the default)");
     if (c->log_level < SURPOOL_LOG_ERROR || c->log_level > SURPOOL_LOG_DEBUG)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "config.log_level is invalid");
     if (c->wire_format < SURPOOL_WIRE_DEFAULT || c->wire_format > SURPOOL_WIRE_CBOR)
@@ -430,6 +434,8 @@ static void config_defaults(surpool_config *cfg)
     cfg->leak_threshold_ms = 0;
     cfg->shared_connections = 2;
     cfg->shared_max_inflight = 256;
+    cfg->live_queue_max = 1024;
+    cfg->live_max_per_connection = 1000;
 }
 
 /* Writes only the `size` bytes the caller has: a caller built against an older,

@@ -14,6 +14,7 @@ static void on_dead(void *userdata, surpool_err why, const char *message)
     surpool_conn *c = userdata;
     atomic_store(&c->dead, 1);
     surpool__pool_conn_died(c->pool);
+    surpool__live_conn_died(c->pool->live);
     surpool__log(&c->pool->logger, SURPOOL_LOG_INFO, "connection %llu lost: %s (%s)",
                  (unsigned long long)c->serial, message != NULL ? message : "",
                  surpool_strerror(why));
@@ -22,10 +23,7 @@ static void on_dead(void *userdata, surpool_err why, const char *message)
 static void on_notify(void *userdata, json_t *frame)
 {
     surpool_conn *c = userdata;
-    (void)frame;
-    surpool__log(&c->pool->logger, SURPOOL_LOG_DEBUG,
-                 "connection %llu: live notification dropped (no live query API yet)",
-                 (unsigned long long)c->serial);
+    surpool__live_notify(c->pool->live, c, frame); /* quick: routed and queued */
 }
 
 int surpool__conn_usable(const surpool_conn *c)

@@ -353,6 +353,11 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
         goto fail_cv2;
     }
 
+    if (surpool__live_create(p, &p->live) != SURPOOL_OK) {
+        rc = surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory creating the pool");
+        goto fail_cv3;
+    }
+
     surpool__tconfig tc;
     memset(&tc, 0, sizeof(tc));
     tc.url = &p->url;
@@ -427,6 +432,7 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
     return SURPOOL_OK;
 
 fail_cv3:
+    surpool__live_free(p->live);
     surpool__auth_destroy(&p->auth);
     pthread_cond_destroy(&p->maint_cv);
 fail_cv2:
@@ -480,9 +486,9 @@ void surpool_pool_destroy(surpool_pool *p)
     /* From inside a result callback, destroy would wait for the very thread it
      * runs on (the delivery or the transport's thread) and never return:
      * refuse, loudly, and leave the pool to its owner. */
-    if (surpool__in_result_callback()) {
+    if (surpool__in_result_callback() || surpool__live_in_callback()) {
         surpool__log(&p->logger, SURPOOL_LOG_ERROR,
-                     "surpool_pool_destroy called from inside a surpool_result_fn: refused "
+                     "surpool_pool_destroy called from inside a surpool callback: refused "
                      "(it would wait for its own thread); destroy the pool from another "
                      "thread");
         return;
@@ -490,6 +496,9 @@ void surpool_pool_destroy(surpool_pool *p)
     pthread_mutex_lock(&p->mu);
     close_locked(p);
     pthread_mutex_unlock(&p->mu);
+    /* Live queries: killed (best effort, bounded), their carriers given back,
+     * every final event delivered. */
+    surpool__live_shutdown(p->live);
     /* The lane completes its requests and gives its leases back. It stays
      * hooked (closed) until then, so that callbacks resubmitting meanwhile get
      * SURPOOL_ERR_CLOSED; it unhooks itself under the mutex (an event callback
@@ -518,6 +527,7 @@ void surpool_pool_destroy(surpool_pool *p)
         surpool__conn_close(SURPOOL__QUEUE_DATA(q, surpool_conn, idle_link));
     }
     p->ops->destroy(p->transport);
+    surpool__live_free(p->live);     /* no notification can arrive any more */
     surpool__auth_destroy(&p->auth); /* wipes the token */
     pthread_cond_destroy(&p->maint_cv);
     pthread_cond_destroy(&p->state_cv);

@@ -20,6 +20,7 @@
 #include "histogram.h"
 #include "internal.h"
 #include "lane.h"
+#include "live.h"
 #include "queue.h"
 #include "rpc.h"
 #include "transport.h"
@@ -163,9 +164,11 @@ struct surpool_pool {
     surpool__auth auth;  /* the pool's token and its serialized refresh (auth.h) */
     surpool__lane *lane; /* NULL when shared_connections == 0 */
     atomic_ullong requests, request_errors, resets;
-    atomic_llong next_id; /* RPC ids: unique across the pool, never reused,
+    atomic_llong next_id;    /* RPC ids: unique across the pool, never reused,
                                        so a late reply can never match a newer call */
-    int nlane;            /* (mu) connections held by the shared lane */
+    int nlane;               /* (mu) connections held by the shared lane */
+    surpool__live_mgr *live; /* live queries (live.c): set at create, freed after the
+                                transport (it receives notifications until then) */
 };
 
 /* config.c */

@@ -1,0 +1,572 @@
+/*
+ * Live queries (surpool_live_start/kill, docs/live.md) against the real
+ * SurrealDB core behind our test server, in the wire format SURPOOL_TEST_WIRE
+ * names (tests/CMakeLists.txt runs it once per format, and once on the 2.x
+ * core). Every event a callback gets is recorded (a json array under a mutex)
+ * and the test waits, bounded, for what it expects.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "live.h"
+#include "testkit.h"
+
+static test_server g_server;
+static surpool_wire_format g_wire = SURPOOL_WIRE_JSON;
+static char g_url[128];
+static const char *const g_args[] = {"--user", "root", "--pass", "root", NULL};
+
+static int group_setup(void **state)
+{
+    (void)state;
+    if (harness_start(&g_server, "server.mjs", 0, g_args) != 0) {
+        fprintf(stderr, "cannot start tests/server/server.mjs (did npm ci run?)\n");
+        return -1;
+    }
+    snprintf(g_url, sizeof(g_url), "ws://127.0.0.1:%d/rpc", g_server.port);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    harness_stop(&g_server);
+    return 0;
+}
+
+static surpool_pool *make_pool_cfg(long max_lifetime_ms, int live_queue_max)
+{
+    surpool_config cfg;
+    surpool_config_init(&cfg);
+    cfg.url = g_url;
+    cfg.wire_format = g_wire;
+    cfg.user = "root";
+    cfg.pass = "root";
+    cfg.ns = "test";
+    cfg.db = "live";
+    cfg.max_connections = 6;
+    cfg.acquire_timeout_ms = 20000;
+    cfg.request_timeout_ms = 10000;
+    cfg.reconnect_backoff_max_ms = 300;
+    cfg.breaker_threshold = 0;
+    if (max_lifetime_ms > 0)
+        cfg.max_lifetime_ms = max_lifetime_ms;
+    cfg.live_queue_max = live_queue_max;
+    surpool_pool *p = NULL;
+    surpool_error err;
+    if (surpool_pool_create(&cfg, &p, &err) != SURPOOL_OK)
+        fail_msg("pool create: %s", err.message);
+    return tk_pool_track(p);
+}
+
+static surpool_pool *make_pool(void)
+{
+    return make_pool_cfg(0, 0);
+}
+
+static void q(surpool_pool *p, const char *sql)
+{
+    json_t *r = NULL;
+    surpool_error err;
+    if (surpool_query(p, sql, NULL, &r, &err) != SURPOOL_OK)
+        fail_msg("query %s: %s", sql, err.message);
+    if (surpool_query_check(r, &err) != SURPOOL_OK)
+        fail_msg("query %s: %s", sql, err.message);
+    json_decref(r);
+}
+
+/* ---- the recorder: every event as {"type", "id", "result", "dropped", "code", "live"} */
+
+typedef struct rec {
+    pthread_mutex_t mu;
+    json_t *events;
+    int closed;
+    int block_first;       /* the first callback waits until `release` */
+    volatile int released; /* guarded by mu */
+    int kill_on_first;
+    int ncreate;
+} rec;
+
+static void rec_init(rec *r)
+{
+    memset(r, 0, sizeof(*r));
+    pthread_mutex_init(&r->mu, NULL);
+    r->events = json_array();
+}
+
+static void rec_free(rec *r)
+{
+    json_decref(r->events);
+    pthread_mutex_destroy(&r->mu);
+}
+
+static const char *type_name(surpool_live_event_type t)
+{
+    switch (t) {
+    case SURPOOL_LIVE_CREATE: return "CREATE";
+    case SURPOOL_LIVE_UPDATE: return "UPDATE";
+    case SURPOOL_LIVE_DELETE: return "DELETE";
+    case SURPOOL_LIVE_KILLED: return "KILLED";
+    case SURPOOL_LIVE_RESUBSCRIBED: return "RESUBSCRIBED";
+    case SURPOOL_LIVE_OVERFLOW: return "OVERFLOW";
+    case SURPOOL_LIVE_CLOSED: return "CLOSED";
+    }
+    return "?";
+}
+
+static void on_live(void *ud, surpool_live *live, const surpool_live_event *ev)
+{
+    rec *r = ud;
+    json_t *idtext = NULL;
+    if (ev->record_id != NULL && surpool_value_text(ev->record_id, &idtext, NULL) != SURPOOL_OK)
+        idtext = NULL;
+    json_t *e =
+        json_pack("{s:s, s:o*, s:O*, s:I, s:i, s:s}", "type", type_name(ev->type), "id", idtext,
+                  "result", ev->result, "dropped", (json_int_t)ev->dropped, "code",
+                  (int)ev->code, "live", ev->live_id != NULL ? ev->live_id : "");
+    assert_non_null(e);
+    pthread_mutex_lock(&r->mu);
+    int first = json_array_size(r->events) == 0;
+    json_array_append_new(r->events, e);
+    if (ev->type == SURPOOL_LIVE_CLOSED)
+        r->closed++;
+    if (ev->type == SURPOOL_LIVE_CREATE)
+        r->ncreate++;
+    int block = first && r->block_first;
+    pthread_mutex_unlock(&r->mu);
+    if (block) {
+        int ok;
+        TK_POLL(ok, __atomic_load_n(&r->released, __ATOMIC_ACQUIRE), 20000);
+        (void)ok;
+    }
+    if (first && r->kill_on_first)
+        surpool_live_kill(live);
+}
+
+static int rec_count(rec *r, const char *type)
+{
+    pthread_mutex_lock(&r->mu);
+    int n = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(r->events, i,
+                       e) if (strcmp(json_string_value(json_object_get(e, "type")), type) == 0)
+        n++;
+    pthread_mutex_unlock(&r->mu);
+    return n;
+}
+
+static int rec_size(rec *r)
+{
+    pthread_mutex_lock(&r->mu);
+    int n = (int)json_array_size(r->events);
+    pthread_mutex_unlock(&r->mu);
+    return n;
+}
+
+/* A copy of event i (a new reference). */
+static json_t *rec_get(rec *r, size_t i)
+{
+    pthread_mutex_lock(&r->mu);
+    json_t *e = json_deep_copy(json_array_get(r->events, i));
+    pthread_mutex_unlock(&r->mu);
+    assert_non_null(e);
+    return e;
+}
+
+/* SurrealDB 3 refuses a live query on a table that does not exist. */
+static void define_table(surpool_pool *p, const char *table)
+{
+    char sql[128];
+    snprintf(sql, sizeof(sql), "DEFINE TABLE IF NOT EXISTS %s SCHEMALESS", table);
+    q(p, sql);
+}
+
+static surpool_live *start_table(surpool_pool *p, const char *table, int diff, rec *r)
+{
+    define_table(p, table);
+    surpool_live_options o;
+    surpool_live_options_init(&o);
+    o.table = table;
+    o.diff = diff;
+    surpool_live *l = NULL;
+    surpool_error err;
+    surpool_err rc = surpool_live_start(p, &o, on_live, r, &l, &err);
+    if (rc != SURPOOL_OK)
+        fail_msg("live start on %s: %s: %s", table, surpool_err_name(rc), err.message);
+    return l;
+}
+
+static void expect_event(rec *r, size_t i, const char *type, const char *id)
+{
+    json_t *e = rec_get(r, i);
+    const char *t = json_string_value(json_object_get(e, "type"));
+    if (strcmp(t, type) != 0)
+        fail_msg("event %zu is %s, expected %s", i, t, type);
+    if (id != NULL) {
+        const char *got = json_string_value(json_object_get(e, "id"));
+        if (got == NULL || strcmp(got, id) != 0)
+            fail_msg("event %zu (%s) record id %s, expected %s", i, t, got ? got : "(none)",
+                     id);
+    }
+    json_decref(e);
+}
+
+/* ------------------------------------------------------------------------- */
+
+static void test_crud_in_order(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool();
+    rec r;
+    rec_init(&r);
+    surpool_live *l = start_table(p, "crud", 0, &r);
+    q(p, "CREATE crud:1 SET v = 1");
+    q(p, "UPDATE crud:1 SET v = 2");
+    q(p, "DELETE crud:1");
+    WAIT_UNTIL(rec_size(&r) >= 3, 10000);
+    expect_event(&r, 0, "CREATE", "crud:1");
+    expect_event(&r, 1, "UPDATE", "crud:1");
+    expect_event(&r, 2, "DELETE", "crud:1");
+    json_t *e = rec_get(&r, 1);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(e, "result"), "v")), 2);
+    json_decref(e);
+    e = rec_get(&r, 0);
+    const char *live_id = json_string_value(json_object_get(e, "live"));
+    assert_int_equal(strlen(live_id), 36);
+    json_decref(e);
+    surpool_live_kill(l);
+    WAIT_UNTIL(r.closed == 1, 10000);
+    expect_event(&r, 3, "CLOSED", NULL);
+    tk_pool_destroy(p);
+    rec_free(&r);
+}
+
+static void test_diff(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool();
+    rec r;
+    rec_init(&r);
+    surpool_live *l = start_table(p, "difft", 1, &r);
+    q(p, "CREATE difft:1 SET v = 1");
+    q(p, "UPDATE difft:1 SET v = 5");
+    WAIT_UNTIL(rec_size(&r) >= 2, 10000);
+    expect_event(&r, 1, "UPDATE", "difft:1");
+    json_t *e = rec_get(&r, 1);
+    json_t *ops = json_object_get(e, "result");
+    if (!json_is_array(ops) || json_array_size(ops) == 0)
+        fail_msg("DIFF notification result is not an array of patch operations");
+    json_t *op = json_array_get(ops, 0);
+    assert_string_equal(json_string_value(json_object_get(op, "op")), "replace");
+    assert_string_equal(json_string_value(json_object_get(op, "path")), "/v");
+    json_decref(e);
+    surpool_live_kill(l);
+    tk_pool_destroy(p);
+    rec_free(&r);
+}
+
+static void test_sql_with_var(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool();
+    rec r;
+    rec_init(&r);
+    surpool_live_options o;
+    surpool_live_options_init(&o);
+    define_table(p, "sqlt");
+    o.sql = "LIVE SELECT * FROM sqlt WHERE v > $min";
+    json_t *vars = json_pack("{s:i}", "min", 10);
+    o.vars = vars;
+    surpool_live *l = NULL;
+    surpool_error err;
+    if (surpool_live_start(p, &o, on_live, &r, &l, &err) != SURPOOL_OK)
+        fail_msg("live start: %s", err.message);
+    json_decref(vars); /* copied */
+    q(p, "CREATE sqlt:1 SET v = 5");
+    q(p, "CREATE sqlt:2 SET v = 20");
+    WAIT_UNTIL(rec_size(&r) >= 1, 10000);
+    /* The filtered one came first if at all: it was written first. */
+    expect_event(&r, 0, "CREATE", "sqlt:2");
+    surpool_live_kill(l);
+    WAIT_UNTIL(r.closed == 1, 10000);
+    assert_int_equal(rec_count(&r, "CREATE"), 1);
+    tk_pool_destroy(p);
+    rec_free(&r);
+}
+
+static void test_bad_input(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool();
+    rec r;
+    rec_init(&r);
+    surpool_live_options o;
+    surpool_live *l = NULL;
+    surpool_error err;
+    surpool_live_options_init(&o);
+    assert_int_equal(surpool_live_start(p, &o, on_live, &r, &l, &err), SURPOOL_ERR_INVALID_ARG);
+    o.table = "x";
+    o.sql = "LIVE SELECT * FROM x";
+    assert_int_equal(surpool_live_start(p, &o, on_live, &r, &l, &err), SURPOOL_ERR_INVALID_ARG);
+    o.sql = NULL;
+    assert_int_equal(surpool_live_start(p, &o, NULL, &r, &l, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_live_start(p, &o, on_live, &r, NULL, &err),
+                     SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_live_start(NULL, &o, on_live, &r, &l, &err),
+                     SURPOOL_ERR_INVALID_ARG);
+    o.queue_max = -1;
+    assert_int_equal(surpool_live_start(p, &o, on_live, &r, &l, &err), SURPOOL_ERR_INVALID_ARG);
+    surpool_live_options_init(&o);
+    o.sql = "LIVE SELEC nonsense";
+    assert_int_equal(surpool_live_start(p, &o, on_live, &r, &l, &err), SURPOOL_ERR_SERVER);
+    o.sql = "RETURN 1";
+    assert_int_equal(surpool_live_start(p, &o, on_live, &r, &l, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.message, "LIVE SELECT"));
+    assert_null(l);
+    surpool_live_kill(NULL);
+    tk_pool_destroy(p);
+    assert_int_equal(rec_size(&r), 0); /* a failed start never calls back */
+    rec_free(&r);
+}
+
+#define MANY 1000
+
+static void test_thousand(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool();
+    rec r;
+    rec_init(&r);
+    surpool_live *l[MANY];
+    for (int i = 0; i < MANY; i++)
+        l[i] = start_table(p, "many", 0, &r);
+    q(p, "CREATE many:1 SET v = 1");
+    WAIT_UNTIL(rec_count(&r, "CREATE") == MANY, 20000);
+    surpool_stats st;
+    surpool_pool_stats(p, &st);
+    /* 1000 fit on one carrier (live_max_per_connection) next to the lane. */
+    assert_true(st.in_use <= 3);
+    for (int i = 0; i < MANY; i++)
+        surpool_live_kill(l[i]);
+    WAIT_UNTIL(rec_count(&r, "CLOSED") == MANY, 20000);
+    tk_pool_destroy(p);
+    rec_free(&r);
+}
+
+static void test_kill(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool();
+    rec r, witness;
+    rec_init(&r);
+    rec_init(&witness);
+    surpool_live *l = start_table(p, "killt", 0, &r);
+    surpool_live *w = start_table(p, "killt", 0, &witness);
+    q(p, "CREATE killt:1");
+    WAIT_UNTIL(rec_count(&r, "CREATE") == 1, 10000);
+    surpool_live_kill(l);
+    surpool_live_kill(l); /* before its CLOSED was delivered, or right after: the
+                             handle is kept until then, so either is a no-op */
+    WAIT_UNTIL(r.closed == 1, 10000);
+    json_t *e = rec_get(&r, 1);
+    assert_string_equal(json_string_value(json_object_get(e, "type")), "CLOSED");
+    assert_int_equal(json_integer_value(json_object_get(e, "code")), SURPOOL_OK);
+    json_decref(e);
+    q(p, "CREATE killt:2");
+    /* The witness, on the same table, sees it: the killed one would have too. */
+    WAIT_UNTIL(rec_count(&witness, "CREATE") == 2, 10000);
+    tk_sleep_ms(50);
+    assert_int_equal(rec_size(&r), 2);
+    surpool_live_kill(w);
+    tk_pool_destroy(p);
+    rec_free(&r);
+    rec_free(&witness);
+}
+
+static void test_kill_in_callback(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool();
+    rec r;
+    rec_init(&r);
+    r.kill_on_first = 1;
+    start_table(p, "killcb", 0, &r); /* freed by its kill (from the callback) */
+    q(p, "CREATE killcb:1");
+    q(p, "CREATE killcb:2");
+    WAIT_UNTIL(r.closed == 1, 10000);
+    assert_int_equal(rec_count(&r, "CREATE"), 1);
+    expect_event(&r, 1, "CLOSED", NULL);
+    tk_pool_destroy(p);
+    rec_free(&r);
+}
+
+static void test_restart(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool();
+    rec r;
+    rec_init(&r);
+    surpool_live *l = start_table(p, "restartt", 0, &r);
+    q(p, "CREATE restartt:1");
+    WAIT_UNTIL(rec_count(&r, "CREATE") == 1, 10000);
+    harness_kill9(&g_server);
+    if (harness_restart(&g_server, "server.mjs", g_server.port, g_args) != 0)
+        fail_msg("the test server did not come back on port %d", g_server.port);
+    /* The restarted core starts empty: the table must exist again before the
+     * live query can be started again (refusals are retried with backoff). */
+    define_table(p, "restartt");
+    WAIT_UNTIL(rec_count(&r, "RESUBSCRIBED") == 1, 30000);
+    q(p, "CREATE restartt:2");
+    WAIT_UNTIL(rec_count(&r, "CREATE") == 2, 10000);
+    expect_event(&r, 1, "RESUBSCRIBED", NULL);
+    expect_event(&r, 2, "CREATE", "restartt:2");
+    json_t *a = rec_get(&r, 0), *b = rec_get(&r, 2);
+    assert_string_not_equal(json_string_value(json_object_get(a, "live")),
+                            json_string_value(json_object_get(b, "live")));
+    json_decref(a);
+    json_decref(b);
+    surpool_live_kill(l); /* kills the new id */
+    WAIT_UNTIL(r.closed == 1, 10000);
+    tk_pool_destroy(p);
+    rec_free(&r);
+}
+
+static void test_overflow(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool_cfg(0, 4);
+    rec r;
+    rec_init(&r);
+    r.block_first = 1;
+    surpool_live *l = start_table(p, "overt", 0, &r);
+    q(p, "FOR $i IN 1..=20 { CREATE overt SET n = $i }");
+    /* The first is in the (blocked) callback; 4 wait; 15 were dropped. */
+    size_t queued = 0;
+    uint64_t dropped = 0;
+    WAIT_UNTIL((surpool__live_counts(l, &queued, &dropped), queued + dropped == 19), 10000);
+    assert_int_equal(queued, 4);
+    assert_int_equal(dropped, 15);
+    __atomic_store_n(&r.released, 1, __ATOMIC_RELEASE);
+    WAIT_UNTIL(rec_size(&r) >= 6, 10000);
+    expect_event(&r, 0, "CREATE", NULL);
+    for (int i = 1; i <= 4; i++)
+        expect_event(&r, (size_t)i, "CREATE", NULL);
+    expect_event(&r, 5, "OVERFLOW", NULL);
+    json_t *e = rec_get(&r, 5);
+    assert_int_equal(json_integer_value(json_object_get(e, "dropped")), 15);
+    json_decref(e);
+    /* The queue works again after the overflow. */
+    q(p, "CREATE overt SET n = 21");
+    WAIT_UNTIL(rec_count(&r, "CREATE") == 6, 10000);
+    surpool_live_kill(l);
+    tk_pool_destroy(p);
+    rec_free(&r);
+}
+
+static void test_destroy_active(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool();
+    rec r;
+    rec_init(&r);
+    for (int i = 0; i < 3; i++)
+        start_table(p, "destroyt", 0, &r); /* freed by destroy */
+    q(p, "CREATE destroyt:1");
+    WAIT_UNTIL(rec_count(&r, "CREATE") == 3, 10000);
+    tk_pool_destroy(p);
+    /* Every handle got its last event before destroy returned. */
+    assert_int_equal(rec_count(&r, "CLOSED"), 3);
+    pthread_mutex_lock(&r.mu);
+    size_t i;
+    json_t *e;
+    json_array_foreach(r.events, i, e)
+    {
+        if (strcmp(json_string_value(json_object_get(e, "type")), "CLOSED") == 0)
+            assert_int_equal(json_integer_value(json_object_get(e, "code")),
+                             SURPOOL_ERR_CLOSED);
+    }
+    pthread_mutex_unlock(&r.mu);
+    rec_free(&r);
+}
+
+/* A writer numbers its records while the carrier passes max_lifetime_ms: every
+ * number arrives (duplicates allowed), and the live id changed. */
+static void test_lifetime_no_gap(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool_cfg(1200, 0);
+    rec r;
+    rec_init(&r);
+    surpool_live *l = start_table(p, "lifet", 0, &r);
+    int n = 0;
+    int64_t end = tk_now_ms() + 3000;
+    while (tk_now_ms() < end) {
+        char sql[64];
+        snprintf(sql, sizeof(sql), "CREATE lifet SET n = %d", ++n);
+        q(p, sql);
+        tk_sleep_ms(10);
+    }
+    WAIT_UNTIL(rec_count(&r, "CREATE") >= n, 10000);
+    char *seen = calloc((size_t)n + 1, 1);
+    assert_non_null(seen);
+    int changes = 0;
+    char first_id[40] = "";
+    pthread_mutex_lock(&r.mu);
+    size_t i;
+    json_t *e;
+    json_array_foreach(r.events, i, e)
+    {
+        const char *t = json_string_value(json_object_get(e, "type"));
+        if (strcmp(t, "CREATE") != 0)
+            fail_msg("event %zu is %s during lifetime turnover", i, t);
+        json_int_t k = json_integer_value(json_object_get(json_object_get(e, "result"), "n"));
+        if (k >= 1 && k <= n)
+            seen[k] = 1;
+        const char *live = json_string_value(json_object_get(e, "live"));
+        if (first_id[0] == '\0')
+            snprintf(first_id, sizeof(first_id), "%s", live);
+        else if (strcmp(first_id, live) != 0)
+            changes = 1;
+    }
+    pthread_mutex_unlock(&r.mu);
+    for (int k = 1; k <= n; k++)
+        if (!seen[k])
+            fail_msg("record %d of %d was never delivered (a gap at turnover)", k, n);
+    free(seen);
+    if (!changes)
+        fail_msg("the live query never moved (max_lifetime_ms 1200, ran 3 s)");
+    surpool_live_kill(l);
+    tk_pool_destroy(p);
+    rec_free(&r);
+}
+
+int main(void)
+{
+    const char *w = getenv("SURPOOL_TEST_WIRE");
+    if (w != NULL && strcmp(w, "cbor") == 0)
+        g_wire = SURPOOL_WIRE_CBOR;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_crud_in_order, tk_teardown),
+        cmocka_unit_test_teardown(test_diff, tk_teardown),
+        cmocka_unit_test_teardown(test_sql_with_var, tk_teardown),
+        cmocka_unit_test_teardown(test_bad_input, tk_teardown),
+        cmocka_unit_test_teardown(test_kill, tk_teardown),
+        cmocka_unit_test_teardown(test_kill_in_callback, tk_teardown),
+        cmocka_unit_test_teardown(test_overflow, tk_teardown),
+        cmocka_unit_test_teardown(test_destroy_active, tk_teardown),
+        cmocka_unit_test_teardown(test_thousand, tk_teardown),
+        cmocka_unit_test_teardown(test_lifetime_no_gap, tk_teardown),
+        cmocka_unit_test_teardown(test_restart, tk_teardown),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
