@@ -48,6 +48,7 @@
 #define SHUTDOWN_KILL_MS 1000                      /* destroy's kills, all together */
 #define DEFAULT_QUEUE_MAX 1024
 #define DEFAULT_PER_CONN 1000
+#define GRAVE_MAX 256       /* killed handles whose memory is kept (a second kill is a no-op) */
 #define LIVE_REFUSALS_MAX 8 /* a restart refused this often in a row ends the query */
 
 typedef struct carrier carrier;
@@ -110,6 +111,7 @@ struct surpool_live {
     surpool__queue work_link; /* m->starts or m->homeless */
     int pinned;               /* the worker is in an RPC for it */
     int refusals;             /* the server refused to start it again, in a row */
+    int in_grave;             /* freed but for its memory (maybe_free_locked) */
     int killed;               /* the user (or destroy) killed it */
     surpool__queue items;     /* live_item.link */
     size_t nnotes;
@@ -144,6 +146,8 @@ struct surpool__live_mgr {
     live_key **buckets;
     size_t nbuckets, nkeys;
     surpool__queue subs, starts, homeless, carriers, kills, ready, orphans;
+    surpool__queue grave; /* killed handles' memory, oldest first (GRAVE_MAX) */
+    int ngrave;
     size_t norphans;
     const void *start_conn; /* the connection a `live` is in flight on (L2) */
     int64_t retry_at;       /* homeless queries wait until then (backoff) */
@@ -290,6 +294,8 @@ static void item_free(live_item *it)
     surpool__free(it);
 }
 
+/* Queue an item; `frame` (NULL for RESUB; NULL for a NOTE whose copy failed:
+ * counted as dropped) is stolen. */
 static void push_item_locked(surpool__live_mgr *m, surpool_live *s, int kind, json_t *frame)
 {
     if (kind == ITEM_RESUB) { /* coalesce (L5) */
@@ -297,14 +303,11 @@ static void push_item_locked(surpool__live_mgr *m, surpool_live *s, int kind, js
         if (t != NULL && SURPOOL__QUEUE_DATA(t, live_item, link)->kind == ITEM_RESUB)
             return;
     }
-    if (kind == ITEM_NOTE && s->nnotes >= s->queue_max) {
-        s->gap_pending++;
-        s->dropped_total++;
-        make_ready_locked(m, s);
-        return;
-    }
-    live_item *it = surpool__calloc(1, sizeof(*it));
-    if (it == NULL) { /* counted as dropped; a CLOSED is never lost: see below */
+    live_item *it = NULL;
+    if ((kind == ITEM_NOTE && (s->nnotes >= s->queue_max || frame == NULL)) ||
+        (it = surpool__calloc(1, sizeof(*it))) == NULL) {
+        /* Full, or out of memory: counted as dropped (L5). */
+        json_decref(frame);
         if (kind == ITEM_NOTE) {
             s->gap_pending++;
             s->dropped_total++;
@@ -313,7 +316,7 @@ static void push_item_locked(surpool__live_mgr *m, surpool_live *s, int kind, js
         return;
     }
     it->kind = kind;
-    it->frame = json_incref(frame);
+    it->frame = frame;
     it->gap = s->gap_pending;
     s->gap_pending = 0;
     if (kind == ITEM_NOTE)
@@ -338,7 +341,8 @@ static void close_locked(surpool__live_mgr *m, surpool_live *s, surpool_err code
     make_ready_locked(m, s);
 }
 
-static void free_sub(surpool_live *s)
+/* Everything a handle holds but its own memory. */
+static void empty_sub(surpool_live *s)
 {
     surpool__queue *q;
     while ((q = surpool__queue_head(&s->items)) != NULL) {
@@ -350,18 +354,36 @@ static void free_sub(surpool_live *s)
     json_decref(s->vars);
     surpool__free(s->table);
     surpool__free(s->sql);
+    s->cur.value = s->old.value = s->vars = NULL;
+    s->table = s->sql = NULL;
+}
+
+static void free_sub(surpool_live *s)
+{
+    empty_sub(s);
     pthread_cond_destroy(&s->start_cv);
     surpool__free(s);
 }
 
-/* L3. */
+/* L3. The memory itself waits in the graveyard for the next GRAVE_MAX frees,
+ * so that a second kill of the handle finds it killed (a no-op), as the
+ * pool's graveyard does for released connections. */
 static void maybe_free_locked(surpool_live *s)
 {
-    if (s->killed && s->closed_delivered && s->pinned == 0 && !s->delivering) {
+    if (s->killed && s->closed_delivered && s->pinned == 0 && !s->delivering && !s->in_grave) {
+        surpool__live_mgr *m = s->m;
         surpool__queue_remove(&s->all_link);
         if (surpool__queue_linked(&s->ready_link))
             surpool__queue_remove(&s->ready_link);
-        free_sub(s);
+        empty_sub(s);
+        s->in_grave = 1;
+        surpool__queue_insert_tail(&m->grave, &s->all_link);
+        if (++m->ngrave > GRAVE_MAX) {
+            surpool__queue *q = surpool__queue_head(&m->grave);
+            surpool__queue_remove(q);
+            m->ngrave--;
+            free_sub(SURPOOL__QUEUE_DATA(q, surpool_live, all_link));
+        }
     }
 }
 
@@ -482,37 +504,40 @@ void surpool__live_notify(surpool__live_mgr *m, const void *conn, json_t *frame)
     if (id_text(json_object_get(r, "id"), id) != 0)
         return;
     surpool_live_event_type type = action_type(json_string_value(json_object_get(r, "action")));
+    if (type == 0)
+        return;
+    /* Our own copy: the transport drops its reference once we return, and
+     * jansson's reference count may not be shared across threads without a
+     * race (its decref reads the count plainly first). */
+    json_t *own = json_deep_copy(frame);
     pthread_mutex_lock(&m->mu);
     live_key *k = lookup_locked(m, id);
     if (k == NULL) {
         /* L2: maybe the reply of the `live` in flight on this socket. */
         orphan *o = NULL;
-        if (conn == m->start_conn && m->norphans < ORPHANS_MAX &&
+        if (own != NULL && conn == m->start_conn && m->norphans < ORPHANS_MAX &&
             (o = surpool__malloc(sizeof(*o))) != NULL) {
             memcpy(o->id, id, sizeof(id));
-            o->frame = json_incref(frame);
+            o->frame = own;
+            own = NULL;
             surpool__queue_insert_tail(&m->orphans, &o->link);
             m->norphans++;
         }
-        pthread_mutex_unlock(&m->mu);
-        return;
-    }
-    surpool_live *s = k->sub;
-    if (s->killed || s->closed_queued) {
-        pthread_mutex_unlock(&m->mu);
-        return;
-    }
-    if (type == SURPOOL_LIVE_KILLED) {
-        /* The server ended it by itself (our own kills unregister first). */
-        if (k == &s->cur) {
+    } else if (!k->sub->killed && !k->sub->closed_queued) {
+        surpool_live *s = k->sub;
+        if (type != SURPOOL_LIVE_KILLED) {
+            push_item_locked(m, s, ITEM_NOTE, own);
+            own = NULL;
+        } else if (k == &s->cur) {
+            /* The server ended it by itself (our own kills unregister first). */
             drop_key_locked(m, k, 0, surpool__now_ns());
-            push_item_locked(m, s, ITEM_KILLED, frame);
+            push_item_locked(m, s, ITEM_KILLED, own);
+            own = NULL;
             close_locked(m, s, SURPOOL_OK, "the server ended the live query");
         }
-    } else if (type != 0) {
-        push_item_locked(m, s, ITEM_NOTE, frame);
     }
     pthread_mutex_unlock(&m->mu);
+    json_decref(own);
 }
 
 void surpool__live_conn_died(surpool__live_mgr *m)
@@ -601,8 +626,10 @@ static void settle_orphans_locked(surpool__live_mgr *m, live_key *k)
             const json_t *r = json_object_get(o->frame, "result");
             surpool_live_event_type t =
                 action_type(json_string_value(json_object_get(r, "action")));
-            if (t != 0 && t != SURPOOL_LIVE_KILLED)
+            if (t != 0 && t != SURPOOL_LIVE_KILLED) {
                 push_item_locked(m, k->sub, ITEM_NOTE, o->frame);
+                o->frame = NULL;
+            }
         }
         json_decref(o->frame);
         surpool__free(o);
@@ -633,8 +660,21 @@ static surpool_err send_start_locked(surpool__live_mgr *m, surpool_live *s, carr
     s->pinned++;
     pthread_mutex_unlock(&m->mu);
     json_t *result = NULL;
-    rc = surpool__rpc(k->c, s->sql != NULL ? "query" : "live", params, rpc_deadline(p), &result,
-                      err);
+    int major = s->vars != NULL ? surpool__rpc_server_major(k->c) : 3;
+    if (major > 0 && major < 3) {
+        /* Checked on the 2.6 core: it does not keep the variables sent with
+         * the statement for the live query (its WHERE then sees NONE, and
+         * every record matches). Refuse rather than deliver the wrong set. */
+        json_decref(params);
+        params = NULL;
+        rc = surpool__seterr(err, SURPOOL_ERR_UNSUPPORTED,
+                             "live queries with vars need SurrealDB 3 (this server is %d.x: "
+                             "write the values into the statement)",
+                             major);
+    } else {
+        rc = surpool__rpc(k->c, s->sql != NULL ? "query" : "live", params, rpc_deadline(p),
+                          &result, err);
+    }
     json_decref(params);
     const json_t *idv = result;
     if (rc == SURPOOL_OK && s->sql != NULL) {
@@ -1053,6 +1093,7 @@ surpool_err surpool__live_create(surpool_pool *p, surpool__live_mgr **out)
     surpool__queue_init(&m->kills);
     surpool__queue_init(&m->ready);
     surpool__queue_init(&m->orphans);
+    surpool__queue_init(&m->grave);
     *out = m;
     return SURPOOL_OK;
 }
@@ -1085,6 +1126,11 @@ void surpool__live_shutdown(surpool__live_mgr *m)
         surpool__queue_remove(q);
         free_sub(SURPOOL__QUEUE_DATA(q, surpool_live, all_link));
     }
+    while ((q = surpool__queue_head(&m->grave)) != NULL) {
+        surpool__queue_remove(q);
+        free_sub(SURPOOL__QUEUE_DATA(q, surpool_live, all_link));
+    }
+    m->ngrave = 0;
     m->started = 0;
 }
 
