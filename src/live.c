@@ -808,6 +808,10 @@ static void restart_locked(surpool__live_mgr *m, surpool_live *s)
         maybe_free_locked(s);
         return;
     }
+    if (rc == SURPOOL_ERR_CLOSED) { /* surpool_pool_close(): nothing more to lend */
+        close_locked(m, s, rc, "the pool was closed before it could be started again");
+        return;
+    }
     int refused = rc == SURPOOL_ERR_SERVER || rc == SURPOOL_ERR_INVALID_ARG ||
                   rc == SURPOOL_ERR_UNSUPPORTED;
     if (refused && ++s->refusals >= LIVE_REFUSALS_MAX) {
