@@ -556,8 +556,8 @@ void surpool__live_conn_died(surpool__live_mgr *m)
 
 static surpool_err carrier_acquire(surpool_pool *p, surpool_conn **out, surpool_error *err)
 {
-    surpool_err rc =
-        surpool_pool_acquire_at(p, p->cfg.pub.acquire_timeout_ms, out, err, __FILE__, __LINE__);
+    surpool_err rc = surpool__pool_acquire_conn(p, p->cfg.pub.acquire_timeout_ms, out, err,
+                                                __FILE__, __LINE__);
     if (rc == SURPOOL_OK)
         surpool__pool_lane_mark(p, *out); /* not a user lease: no leak report, no drain */
     return rc;
@@ -565,8 +565,8 @@ static surpool_err carrier_acquire(surpool_pool *p, surpool_conn **out, surpool_
 
 static void carrier_release(surpool_conn *c)
 {
-    surpool_conn_discard(c); /* it may still carry live queries the server keeps */
-    surpool_conn_release(c);
+    c->discard = 1; /* it may still carry live queries the server keeps */
+    surpool__pool_release_conn(c);
 }
 
 static int carrier_ok(const carrier *k)
