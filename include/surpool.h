@@ -419,11 +419,14 @@ SURPOOL_API surpool_err surpool_pool_create(const surpool_config *cfg, surpool_p
 SURPOOL_API void surpool_pool_close(surpool_pool *pool);
 
 /** Close the pool, wait for every lease to come back, close every connection,
- *  stop the transport and free everything. NULL is a no-op.
+ *  stop the transport and free everything. NULL is a no-op. Live queries are
+ *  killed (best effort, within about 1 s) and every one gets its last
+ *  SURPOOL_LIVE_CLOSED event before this returns; their handles are freed.
  *  Thread safety: Must not race with any other call on the handle except
  *  surpool_conn_release() of leases, which it waits for. Not from a surpool
- *  callback: called inside a surpool_result_fn it would wait for its own
- *  thread, so it is refused there (an ERROR log line) and does nothing. */
+ *  callback: called inside a surpool_result_fn or a surpool_live_fn it would
+ *  wait for its own thread, so it is refused there (an ERROR log line) and
+ *  does nothing. */
 SURPOOL_API void surpool_pool_destroy(surpool_pool *pool);
 
 /** Lease a connection. Takes an idle connection if there is one; else opens a
