@@ -148,6 +148,7 @@ struct surpool__live_mgr {
     surpool__queue subs, starts, homeless, carriers, kills, ready, orphans;
     surpool__queue grave; /* killed handles' memory, oldest first (GRAVE_MAX) */
     int ngrave;
+    char move_error[256]; /* the worker's: why the last move failed */
     size_t norphans;
     const void *start_conn; /* the connection a `live` is in flight on (L2) */
     int64_t retry_at;       /* homeless queries wait until then (backoff) */
@@ -770,8 +771,19 @@ static void first_start_locked(surpool__live_mgr *m, surpool_live *s)
     pthread_cond_signal(&s->start_cv);
 }
 
-/* Start a homeless query again (its carrier died). */
+static void restart_pinned_locked(surpool__live_mgr *m, surpool_live *s);
+
+/* Start a homeless query again (its carrier died). Pinned meanwhile: a kill
+ * while the mutex is dropped (acquire, RPC) must not free it under us (L3). */
 static void restart_locked(surpool__live_mgr *m, surpool_live *s)
+{
+    s->pinned++;
+    restart_pinned_locked(m, s);
+    s->pinned--;
+    maybe_free_locked(s);
+}
+
+static void restart_pinned_locked(surpool__live_mgr *m, surpool_live *s)
 {
     surpool__queue_remove(&s->work_link);
     surpool_error err;
@@ -840,6 +852,8 @@ static void restart_locked(surpool__live_mgr *m, surpool_live *s)
  * new one, then kill the old (a duplicate notification is possible, a gap is
  * not: the old id stays registered until its kill was answered). 1 if it did
  * something. */
+static int move_pinned_locked(surpool__live_mgr *m, surpool_live *s, carrier *old);
+
 static int move_one_locked(surpool__live_mgr *m, carrier *old)
 {
     surpool__queue *q;
@@ -855,6 +869,28 @@ static int move_one_locked(surpool__live_mgr *m, carrier *old)
     }
     if (s == NULL)
         return 0;
+    /* Pinned meanwhile: a kill while the mutex is dropped (acquire, RPCs)
+     * must not free it under us (L3). */
+    s->pinned++;
+    m->move_error[0] = '\0';
+    int did = move_pinned_locked(m, s, old);
+    s->pinned--;
+    maybe_free_locked(s);
+    if (m->move_error[0] != '\0') {
+        char why[sizeof(m->move_error)];
+        surpool__strlcpy(why, m->move_error, sizeof(why));
+        pthread_mutex_unlock(&m->mu);
+        surpool__log(&m->p->logger, SURPOOL_LOG_INFO,
+                     "live: moving a live query off a connection past max_lifetime_ms "
+                     "failed (%s); it stays there until that connection dies",
+                     why);
+        pthread_mutex_lock(&m->mu);
+    }
+    return did;
+}
+
+static int move_pinned_locked(surpool__live_mgr *m, surpool_live *s, carrier *old)
+{
     surpool_error err;
     surpool__error_clear(&err);
     carrier *k = carrier_get_locked(m, old, &err);
@@ -862,11 +898,9 @@ static int move_one_locked(surpool__live_mgr *m, carrier *old)
     surpool_err rc = k != NULL ? send_start_locked(m, s, k, &value, &err) : err.code;
     if (rc != SURPOOL_OK) {
         settle_orphans_locked(m, NULL);
-        surpool__log(&m->p->logger, SURPOOL_LOG_INFO,
-                     "live: moving a live query off a connection past max_lifetime_ms "
-                     "failed (%s); it stays there until that connection dies",
-                     err.message);
-        maybe_free_locked(s);
+        /* Logged by the caller, once the handle is unpinned and the mutex
+         * can be dropped (L1: no user code under it). */
+        surpool__strlcpy(m->move_error, err.message, sizeof(m->move_error));
         return 0;
     }
     if (s->killed || s->closed_queued || !s->cur.registered || s->cur.car != old) {
