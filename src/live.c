@@ -1184,6 +1184,14 @@ void surpool__live_free(surpool__live_mgr *m)
     surpool__free(m);
 }
 
+const void *surpool__live_starting_conn(surpool__live_mgr *m)
+{
+    pthread_mutex_lock(&m->mu);
+    const void *c = m->start_conn;
+    pthread_mutex_unlock(&m->mu);
+    return c;
+}
+
 void surpool__live_counts(surpool_live *s, size_t *queued, uint64_t *dropped)
 {
     pthread_mutex_lock(&s->m->mu);

@@ -36,5 +36,8 @@ int surpool__live_in_callback(void);
 
 /* Tests: notifications queued for delivery now, and dropped so far. */
 void surpool__live_counts(surpool_live *live, size_t *queued, uint64_t *dropped);
+/* Tests: the connection a `live` is in flight on (NULL: none), to inject a
+ * notification that beats its reply. */
+const void *surpool__live_starting_conn(surpool__live_mgr *m);
 
 #endif

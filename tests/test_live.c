@@ -16,8 +16,10 @@
 
 #include <cmocka.h>
 
+#include "fake_transport.h"
 #include "harness.h"
 #include "live.h"
+#include "pool.h"
 #include "testkit.h"
 
 static test_server g_server;
@@ -491,6 +493,26 @@ static void test_restart(void **state)
     rec_free(&r);
 }
 
+/* Killed while its carrier is dead and the pool cannot reconnect: CLOSED at
+ * once, nothing started again later, nothing leaked (ASan). */
+static void test_kill_while_down(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool();
+    rec r;
+    rec_init(&r);
+    surpool_live *l = start_table(p, "downt", 0, &r);
+    harness_kill9(&g_server);
+    tk_sleep_ms(100); /* let the worker see the death and start retrying */
+    surpool_live_kill(l);
+    WAIT_UNTIL(rec_count(&r, "CLOSED") == 1, 10000);
+    if (harness_restart(&g_server, "server.mjs", g_server.port, g_args) != 0)
+        fail_msg("the test server did not come back on port %d", g_server.port);
+    tk_pool_destroy(p);
+    assert_int_equal(rec_size(&r), 1);
+    rec_free(&r);
+}
+
 static void test_overflow(void **state)
 {
     (void)state;
@@ -618,12 +640,78 @@ static void test_lifetime_no_gap(void **state)
     rec_free(&r);
 }
 
+/* Fake transport: the server's first notification arrives (routed by the
+ * service thread) before the reply to `live` was handled. It must be kept
+ * and delivered first, not dropped as an unknown id. */
+#define RACE_ID "0e6a1c5e-6f0b-4c1e-9d3a-2b9f4b1d7a10"
+static surpool_pool *g_race_pool;
+
+static json_t *race_responder(void *ud, json_int_t id, const char *method, json_t *params)
+{
+    if (strcmp(method, "live") == 0) {
+        /* Two notifications on the socket the `live` is in flight on, before
+         * its reply: the second in upper case (ids compare canonically). */
+        surpool__live_mgr *m = g_race_pool->live;
+        const void *conn = surpool__live_starting_conn(m);
+        for (int i = 1; i <= 2; i++) {
+            json_t *f =
+                json_pack("{s:{s:s, s:s, s:s, s:{s:i}}}", "result", "action", "CREATE", "id",
+                          i == 1 ? RACE_ID : "0E6A1C5E-6F0B-4C1E-9D3A-2B9F4B1D7A10", "record",
+                          i == 1 ? "race:1" : "race:2", "result", "n", i);
+            surpool__live_notify(m, conn, f);
+            json_decref(f);
+        }
+        /* And one for an id nobody asked for: freed, never delivered. */
+        json_t *f =
+            json_pack("{s:{s:s, s:s, s:s, s:{}}}", "result", "action", "CREATE", "id",
+                      "11111111-2222-3333-4444-555555555555", "record", "other:1", "result");
+        surpool__live_notify(m, conn, f);
+        json_decref(f);
+        return json_pack("{s:I, s:s}", "id", id, "result", RACE_ID);
+    }
+    return fake_default_responder(ud, id, method, params);
+}
+
+static void test_notification_before_reply(void **state)
+{
+    (void)state;
+    fake_settings fs;
+    fake_settings_init(&fs);
+    fs.responder = race_responder;
+    surpool_config cfg;
+    surpool_config_init(&cfg);
+    cfg.url = "ws://fake.invalid/rpc";
+    cfg.max_connections = 3;
+    surpool_error err;
+    if (surpool__pool_create_with(&cfg, &fake_transport_ops, &fs, &g_race_pool, &err) !=
+        SURPOOL_OK)
+        fail_msg("create: %s", err.message);
+    tk_pool_track(g_race_pool);
+    rec r;
+    rec_init(&r);
+    surpool_live_options o;
+    surpool_live_options_init(&o);
+    o.table = "race";
+    surpool_live *l = NULL;
+    if (surpool_live_start(g_race_pool, &o, on_live, &r, &l, &err) != SURPOOL_OK)
+        fail_msg("live start: %s", err.message);
+    WAIT_UNTIL(rec_count(&r, "CREATE") == 2, 10000);
+    expect_event(&r, 0, "CREATE", "race:1");
+    expect_event(&r, 1, "CREATE", "race:2");
+    surpool_live_kill(l);
+    WAIT_UNTIL(rec_count(&r, "CLOSED") == 1, 10000);
+    assert_int_equal(rec_size(&r), 3); /* other:1 was not delivered */
+    tk_pool_destroy(g_race_pool);
+    rec_free(&r);
+}
+
 int main(void)
 {
     const char *w = getenv("SURPOOL_TEST_WIRE");
     if (w != NULL && strcmp(w, "cbor") == 0)
         g_wire = SURPOOL_WIRE_CBOR;
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_notification_before_reply, tk_teardown),
         cmocka_unit_test_teardown(test_crud_in_order, tk_teardown),
         cmocka_unit_test_teardown(test_order, tk_teardown),
         cmocka_unit_test_teardown(test_diff, tk_teardown),
@@ -635,6 +723,7 @@ int main(void)
         cmocka_unit_test_teardown(test_destroy_active, tk_teardown),
         cmocka_unit_test_teardown(test_thousand, tk_teardown),
         cmocka_unit_test_teardown(test_lifetime_no_gap, tk_teardown),
+        cmocka_unit_test_teardown(test_kill_while_down, tk_teardown),
         cmocka_unit_test_teardown(test_restart, tk_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
