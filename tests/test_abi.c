@@ -175,6 +175,22 @@ static const layout lp64[] = {
     SIZE(surpool_call_options, 64),
     FIELD(surpool_call_options, timeout_ms, 0, 8),
     FIELD(surpool_call_options, reserved, 8, 56),
+    SIZE(surpool_live_options, 64),
+    FIELD(surpool_live_options, table, 0, 8),
+    FIELD(surpool_live_options, sql, 8, 8),
+    FIELD(surpool_live_options, vars, 16, 8),
+    FIELD(surpool_live_options, diff, 24, 4),
+    FIELD(surpool_live_options, queue_max, 28, 4),
+    FIELD(surpool_live_options, reserved, 32, 32),
+    SIZE(surpool_live_event, 88),
+    FIELD(surpool_live_event, type, 0, 4),
+    FIELD(surpool_live_event, live_id, 8, 8),
+    FIELD(surpool_live_event, record_id, 16, 8),
+    FIELD(surpool_live_event, result, 24, 8),
+    FIELD(surpool_live_event, dropped, 32, 8),
+    FIELD(surpool_live_event, code, 40, 4),
+    FIELD(surpool_live_event, message, 48, 8),
+    FIELD(surpool_live_event, reserved, 56, 32),
 };
 
 static void test_layout_is_pinned(void **state)
