@@ -139,7 +139,12 @@ typedef void (*surpool_log_fn)(void *userdata, surpool_log_level level, const ch
  *  It may call the surpool_conn_* functions on `conn` (and nothing else of the
  *  pool); it must not release it. `conn` is a handle of its own, valid for the
  *  duration of the hook only (stale afterwards, see surpool_conn). Return SURPOOL_OK to accept the connection,
- *  anything else to discard it (counted as a connect failure). */
+ *  anything else to discard it (counted as a connect failure). What the hook
+ *  sets on its lease ends with it, as at a release: a surpool_conn_set_timeout()
+ *  ends, a transaction left open is cancelled (logged at WARN; the connection
+ *  is refused if that fails), and surpool_conn_discard() refuses the
+ *  connection as an error return does. Session state (use, let, signin) is
+ *  kept: it is the state every borrower starts from. */
 typedef surpool_err (*surpool_on_connect_fn)(void *userdata, surpool_conn *conn);
 
 /** Token provider (config.token_fn): for applications that get their tokens
