@@ -376,7 +376,9 @@ typedef struct surpool_config {
                                        turnover only. > 0: at most one idle
                                        connection per interval is retired from the
                                        node with the most, while it has two more
-                                       than the healthy node with the fewest */
+                                       than the healthy node with the fewest (with
+                                       SURPOOL_PLACE_ORDERED: from a node after the
+                                       first healthy one) */
 
     unsigned char reserved[216]; /**< room to grow; keep zero */
 } surpool_config;

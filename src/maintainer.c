@@ -65,7 +65,16 @@ static void maintain_plan_locked(surpool_pool *p, maint_plan *m, surpool__evq *q
     if (cfg->rebalance_interval_ms > 0 && p->neps > 1 && nv < MAINT_BATCH &&
         now >= p->next_rebalance_ns) {
         int hi = -1, lo = -1, hiload = 0, loload = 0;
-        for (int i = 0; i < p->neps; i++) {
+        /* Ordered placement wants every connection on the first healthy node:
+         * rebalancing is failback, one idle connection per interval from a
+         * later node (its replacement goes to the first healthy one). Evening
+         * out instead would retire from the first node and reopen there, one
+         * connect per interval for ever. */
+        int ordered = cfg->placement == SURPOOL_PLACE_ORDERED;
+        for (int i = 0; ordered && i < p->neps && lo < 0; i++)
+            if (!p->eps[i].breaker_open && now >= p->eps[i].not_before_ns)
+                lo = i;
+        for (int i = 0; !ordered && i < p->neps; i++) {
             const surpool__endpoint *e = &p->eps[i];
             int load = e->nconns + e->nconnecting;
             if (hi < 0 || load > hiload) {
@@ -78,17 +87,17 @@ static void maintain_plan_locked(surpool_pool *p, maint_plan *m, surpool__evq *q
             }
         }
         surpool_conn *pick = NULL;
-        if (hi >= 0 && lo >= 0 && hiload - loload >= 2) {
+        if ((ordered && lo >= 0) || (hi >= 0 && lo >= 0 && hiload - loload >= 2)) {
             for (qi = p->idle.prev; qi != &p->idle; qi = qi->prev) {
                 c = SURPOOL__QUEUE_DATA(qi, surpool_conn, idle_link);
-                if (c->ep == hi) {
+                if (ordered ? c->ep > lo : c->ep == hi) {
                     pick = c; /* the coldest idle one on that node */
                     break;
                 }
             }
         }
         if (pick != NULL) {
-            p->eps[hi].retired_rebalance++;
+            p->eps[pick->ep].retired_rebalance++;
             surpool__pool_forget_locked(p, pick);
             why[nv] = "rebalance: its node has more connections than another";
             victims[nv++] = pick;

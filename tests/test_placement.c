@@ -305,6 +305,56 @@ static void test_rebalance_moves_idle(void **state)
     tk_pool_destroy(p);
 }
 
+static uint64_t ep_rebalanced(surpool_pool *p, int i)
+{
+    surpool_endpoint_stats es;
+    assert_int_equal(surpool_pool_endpoint_stats(p, i, &es), SURPOOL_OK);
+    return es.retired_rebalance;
+}
+
+/* Rebalance with ordered placement. Before, it evened connections out against
+ * the policy: with both nodes up and every connection on node 1 (as ordered
+ * wants), it retired one from node 1 each interval, and placement opened the
+ * replacement on node 1 again: a connect per interval, forever. Now ordered
+ * rebalancing is failback: connections on a later node move to the first
+ * healthy one, one per interval, and then nothing moves. Ticks are counted by
+ * the keepalive pings the maintainer sends (no clock in the assertions). */
+static void test_rebalance_ordered_fails_back_without_churn(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    base_config(&cfg, "ws://127.0.0.1:1,127.0.0.1:2/rpc");
+    cfg.placement = SURPOOL_PLACE_ORDERED;
+    cfg.min_connections = 3;
+    cfg.breaker_threshold = 1;
+    cfg.rebalance_interval_ms = 5;
+    cfg.maintenance_interval_ms = 5;
+    cfg.keepalive_interval_ms = 1;
+    surpool_pool *p = make(&cfg);
+    WAIT_UNTIL(ep_conns(p, 0) == 3, 5000);
+    int calls = atomic_load(&g_fs.calls);
+    WAIT_UNTIL(atomic_load(&g_fs.calls) >= calls + 30, 10000); /* >= 10 ticks */
+    assert_int_equal(atomic_load(&g_fs.opens), 3);
+    assert_int_equal(ep_rebalanced(p, 0), 0);
+    assert_int_equal(ep_conns(p, 1), 0);
+
+    /* Node 1 goes: its connections die and are replaced on node 2. */
+    atomic_store(&g_fs.port_down[1], 1);
+    fake_kill_port(p->transport, 1);
+    WAIT_UNTIL(ep_conns(p, 1) == 3 && ep_conns(p, 0) == 0, 5000);
+    /* It comes back: the connections move back to it, one per interval. */
+    atomic_store(&g_fs.port_down[1], 0);
+    WAIT_UNTIL(ep_conns(p, 0) == 3 && ep_conns(p, 1) == 0, 5000);
+    assert_true(ep_rebalanced(p, 1) >= 2);
+    int opens = atomic_load(&g_fs.opens);
+    calls = atomic_load(&g_fs.calls);
+    WAIT_UNTIL(atomic_load(&g_fs.calls) >= calls + 30, 10000);
+    assert_int_equal(atomic_load(&g_fs.opens), opens); /* settled: no churn */
+    assert_int_equal(ep_rebalanced(p, 0), 0);
+    check_balance(p);
+    tk_pool_destroy(p);
+}
+
 static surpool_err try_create(const surpool_config *cfg, surpool_error *err)
 {
     surpool_pool *p = NULL;
@@ -486,6 +536,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unavailable_only_when_all_down, setup,
                                         tk_teardown),
         cmocka_unit_test_setup_teardown(test_rebalance_moves_idle, setup, tk_teardown),
+        cmocka_unit_test_setup_teardown(test_rebalance_ordered_fails_back_without_churn, setup,
+                                        tk_teardown),
         cmocka_unit_test_setup_teardown(test_config_endpoints, setup, tk_teardown),
         cmocka_unit_test_setup_teardown(test_events_name_the_node, setup, tk_teardown),
         cmocka_unit_test_setup_teardown(test_create_nomem, setup, tk_teardown),
