@@ -368,7 +368,8 @@ typedef struct surpool_config {
                                        NULL; copied by create */
     int nendpoints;               /**< entries in endpoints; url's hosts plus these
                                        are at most SURPOOL_MAX_ENDPOINTS, all
-                                       distinct (host as written and port) */
+                                       distinct (host and port: names compared
+                                       ASCII case-insensitively, IPv6 by value) */
     surpool_placement placement;  /**< which node a new connection goes to;
                                        default SURPOOL_PLACE_LEAST_CONNECTIONS */
     long rebalance_interval_ms;   /**< 0 = off (default): a node that comes back
