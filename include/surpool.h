@@ -137,7 +137,8 @@ typedef void (*surpool_log_fn)(void *userdata, surpool_log_level level, const ch
  *  and again when a dirty lease is reset on release. Runs on the thread doing
  *  that (a connector thread, or the releasing caller), without the pool lock.
  *  It may call the surpool_conn_* functions on `conn` (and nothing else of the
- *  pool); it must not release it. `conn` is a handle of its own, valid for the
+ *  pool); it must not release it (a release is refused and logged at ERROR:
+ *  the lease ends when the hook returns). `conn` is a handle of its own, valid for the
  *  duration of the hook only (stale afterwards, see surpool_conn). Return SURPOOL_OK to accept the connection,
  *  anything else to discard it (counted as a connect failure). What the hook
  *  sets on its lease ends with it, as at a release: a surpool_conn_set_timeout()

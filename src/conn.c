@@ -373,7 +373,7 @@ static surpool_err setup(surpool_conn *c, int64_t deadline, surpool_error *err)
     if (cfg->on_connect != NULL) {
         /* The hook gets a handle of its own lease (it may call surpool_conn_*
          * on it), which ends with the hook: kept, it is stale. */
-        surpool_conn *h = surpool__lease_lend(c);
+        surpool_conn *h = surpool__lease_lend_hook(c);
         rc = cfg->on_connect(cfg->on_connect_userdata, h);
         surpool__lease_reclaim(c);
         if (rc == SURPOOL_OK)

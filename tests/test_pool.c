@@ -1420,7 +1420,7 @@ static void test_hostile_handle_values(void **state)
  * after the first borrower had it. Now: the timeout ends, the transaction is
  * cancelled, and a discard refuses the connection as a failed hook does. */
 static atomic_int g_hook_mode, g_hook_calls, g_hook_rc, g_txn_cancels;
-enum { HOOK_TIMEOUT = 1, HOOK_BEGIN = 2, HOOK_DISCARD_FIRST = 3 };
+enum { HOOK_TIMEOUT = 1, HOOK_BEGIN = 2, HOOK_DISCARD_FIRST = 3, HOOK_RELEASE = 4 };
 
 static json_t *txn_responder(void *ud, json_int_t id, const char *method, json_t *params)
 {
@@ -1447,6 +1447,10 @@ static surpool_err hook_leaves_state(void *ud, surpool_conn *conn)
     case HOOK_DISCARD_FIRST:
         if (n == 0)
             surpool_conn_discard(conn);
+        break;
+    case HOOK_RELEASE: /* forbidden: refused, and the hook's lease goes on */
+        surpool_conn_release(conn);
+        rc = surpool_conn_ping(conn, NULL);
         break;
     }
     atomic_store(&g_hook_rc, rc);
@@ -1527,6 +1531,31 @@ static void test_hook_discard_refuses_connection(void **state)
     surpool_pool_stats(pool, &st);
     assert_int_equal(st.destroyed, 0); /* the one lent is kept */
     assert_int_equal(st.idle, 1);
+}
+
+/* (h) A hook that releases its own handle (the header forbids it) is refused
+ * with a log line, and its lease goes on until the hook returns. Before, the
+ * release ended the lease and handed the connection, still being set up, to
+ * the release path (which happened to ignore it); a release racing the hook's
+ * return, from a thread the hook started, could have given back the lease of
+ * the connection's next borrower. */
+static void test_hook_release_refused(void **state)
+{
+    fixture *f = *state;
+    surpool_pool *pool = make_hook_pool(f, HOOK_RELEASE);
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(pool, 5000, &c, NULL), SURPOOL_OK);
+    assert_int_equal(atomic_load(&g_hook_calls), 1);
+    assert_int_equal(atomic_load(&g_hook_rc), SURPOOL_OK); /* pinged after the release */
+    assert_int_equal(log_count_and_clear("on_connect hook's own lease"), 1);
+    surpool_stats st;
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.in_use, 1);
+    assert_int_equal(st.released, 0);
+    surpool_conn_release(c);
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.idle, 1);
+    assert_int_equal(st.released, 1);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -1786,6 +1815,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hook_timeout_ends_with_hook, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hook_transaction_cancelled, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hook_discard_refuses_connection, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hook_release_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_url_password_wiped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_config_validation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ms_settings_bounded, setup, teardown),
