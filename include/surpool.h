@@ -1287,7 +1287,12 @@ typedef void (*surpool_free_fn)(void *ptr);
 
 /** Route every allocation surpool itself makes through these functions (all
  *  three, or all NULL to restore malloc/realloc/free). jansson values are
- *  allocated by jansson: use json_set_alloc_funcs() for those.
+ *  allocated by jansson: use json_set_alloc_funcs() for those. One exception:
+ *  the process-wide table behind lease handles (see surpool_conn) grows with
+ *  calloc() in chunks of 256 slots (6 KB on 64-bit platforms) that are kept
+ *  until the process exits, since handles of every pool, and of pools already
+ *  destroyed, must stay safe to look up (its chunk failing to allocate fails
+ *  that connect with SURPOOL_ERR_NOMEM).
  *  @return SURPOOL_OK or SURPOOL_ERR_INVALID_ARG (some but not all NULL).
  *  Thread safety: Must not race with any other surpool call: call it once,
  *  before the first pool is created. */
