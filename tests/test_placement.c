@@ -305,6 +305,106 @@ static void test_rebalance_moves_idle(void **state)
     tk_pool_destroy(p);
 }
 
+/* Connects in flight, pool-wide and the most on one node whose circuit is
+ * open, under the lock. */
+static void connecting_now(surpool_pool *p, int *total, int *down_node_max)
+{
+    pthread_mutex_lock(&p->mu);
+    *total = p->nconnecting;
+    *down_node_max = 0;
+    for (int i = 0; i < p->neps; i++)
+        if (p->eps[i].breaker_open && p->eps[i].nconnecting > *down_node_max)
+            *down_node_max = p->eps[i].nconnecting;
+    pthread_mutex_unlock(&p->mu);
+}
+
+typedef struct burst_arg {
+    surpool_pool *pool;
+    atomic_int ok, on_node2, other;
+} burst_arg;
+
+static void *burst_worker(void *arg)
+{
+    burst_arg *b = arg;
+    surpool_conn *c = NULL;
+    if (surpool_pool_acquire(b->pool, 10000 * TK_SLOW, &c, NULL) != SURPOOL_OK) {
+        atomic_fetch_add(&b->other, 1);
+        return NULL;
+    }
+    atomic_fetch_add(&b->ok, 1);
+    atomic_fetch_add(surpool_conn_endpoint(c) == 1 ? &b->on_node2 : &b->other, 1);
+    tk_sleep_ms(20); /* hold it: the others need connections of their own */
+    surpool_conn_release(c);
+    return NULL;
+}
+
+/* Every node down, then one back. While all are down, the pool probes one
+ * node at a time (never more than one connect in flight, sampled throughout)
+ * and acquires fail fast with UNAVAILABLE. The node that returns closes its
+ * own circuit through its probe and then serves a burst of waiters alone;
+ * meanwhile the dead nodes still get at most one probe each in flight. */
+static void test_all_down_then_one_back(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    base_config(&cfg, URL3);
+    cfg.breaker_threshold = 1;
+    cfg.reconnect_backoff_min_ms = 10;
+    cfg.reconnect_backoff_max_ms = 40;
+    cfg.acquire_timeout_ms = 10000;
+    for (int i = 1; i <= 3; i++)
+        atomic_store(&g_fs.port_down[i], 1);
+    atomic_store(&g_fs.connect_latency_ms, 2); /* a probe in flight is seen */
+    cfg.lazy_start = 1;
+    surpool_pool *p = make(&cfg);
+    surpool_conn *c = NULL;
+    surpool_error err;
+    assert_int_not_equal(surpool_pool_acquire(p, 2000, &c, &err), SURPOOL_OK);
+    WAIT_UNTIL(ep_breaker(p, 0) && ep_breaker(p, 1) && ep_breaker(p, 2), 5000);
+    assert_int_equal(surpool_pool_acquire(p, 60000, &c, &err), SURPOOL_ERR_UNAVAILABLE);
+    int opens = atomic_load(&g_fs.opens);
+    int worst = 0, worst_node = 0;
+    int64_t give_up = tk_now_ms() + 10000 * TK_SLOW;
+    while (atomic_load(&g_fs.opens) < opens + 12) { /* a few probes of every node */
+        if (tk_now_ms() > give_up)
+            fail_msg("gave up waiting for 12 probes while every node is down");
+        int total, node;
+        connecting_now(p, &total, &node);
+        worst = total > worst ? total : worst;
+        worst_node = node > worst_node ? node : worst_node;
+        tk_sleep_ms(1);
+    }
+    assert_int_equal(worst, 1); /* one probe at a time, pool-wide */
+    assert_int_equal(worst_node, 1);
+
+    atomic_store(&g_fs.port_down[2], 0);
+    WAIT_UNTIL(!ep_breaker(p, 1), 5000);
+    assert_true(ep_breaker(p, 0) && ep_breaker(p, 2));
+    burst_arg b;
+    memset(&b, 0, sizeof(b));
+    b.pool = p;
+    pthread_t th[8];
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, burst_worker, &b), 0);
+    worst_node = 0;
+    while (atomic_load(&b.ok) + atomic_load(&b.other) < 8) {
+        int total, node;
+        connecting_now(p, &total, &node);
+        worst_node = node > worst_node ? node : worst_node;
+        tk_sleep_ms(1);
+    }
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(tk_join(th[i], 20), 0);
+    assert_true(worst_node <= 1); /* the dead nodes: one probe each at most */
+    assert_int_equal(atomic_load(&b.ok), 8);
+    assert_int_equal(atomic_load(&b.on_node2), 8);
+    assert_int_equal(atomic_load(&g_fs.port_opens[1]) + atomic_load(&g_fs.port_opens[3]), 0);
+    assert_true(ep_breaker(p, 0) && ep_breaker(p, 2));
+    atomic_store(&g_fs.connect_latency_ms, 0);
+    check_balance(p);
+    tk_pool_destroy(p);
+}
+
 static uint64_t ep_rebalanced(surpool_pool *p, int i)
 {
     surpool_endpoint_stats es;
@@ -536,6 +636,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unavailable_only_when_all_down, setup,
                                         tk_teardown),
         cmocka_unit_test_setup_teardown(test_rebalance_moves_idle, setup, tk_teardown),
+        cmocka_unit_test_setup_teardown(test_all_down_then_one_back, setup, tk_teardown),
         cmocka_unit_test_setup_teardown(test_rebalance_ordered_fails_back_without_churn, setup,
                                         tk_teardown),
         cmocka_unit_test_setup_teardown(test_config_endpoints, setup, tk_teardown),
