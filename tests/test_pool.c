@@ -1412,6 +1412,81 @@ static void test_hostile_handle_values(void **state)
     assert_int_equal(st.destroyed, 0);
 }
 
+/* (f2) The lease table grows in chunks of 256 slots while connectors of
+ * several pools assign slots and other threads lend, pin and end leases:
+ * 3 pools x 200 connections held at once need more than two chunks. Every
+ * handle names its own connection, and every one is stale once its pool is
+ * gone (TSan: assignment races with lookups). */
+#define GROW_POOLS 3
+#define GROW_CONNS 200
+
+typedef struct grow_arg {
+    fake_settings fs; /* one per pool: the fake's settings are one transport's */
+    surpool_pool *pool;
+    surpool_conn *h[GROW_CONNS];
+    atomic_int bad;
+} grow_arg;
+
+static void *grow_worker(void *arg)
+{
+    grow_arg *g = arg;
+    for (int i = 0; i < GROW_CONNS; i++) {
+        if (surpool_pool_acquire(g->pool, NO_LOST_WAKEUP_TIMEOUT_MS, &g->h[i], NULL) !=
+                SURPOOL_OK ||
+            surpool_conn_ping(g->h[i], NULL) != SURPOOL_OK)
+            atomic_fetch_add(&g->bad, 1);
+    }
+    return NULL;
+}
+
+static void test_lease_table_grows(void **state)
+{
+    (void)state;
+    static grow_arg g[GROW_POOLS];
+    pthread_t th[GROW_POOLS];
+    for (int k = 0; k < GROW_POOLS; k++) {
+        memset(&g[k], 0, sizeof(g[k]));
+        fake_settings_init(&g[k].fs);
+        surpool_config cfg;
+        surpool_config_init(&cfg);
+        cfg.url = "ws://fake.invalid/rpc";
+        cfg.max_connections = GROW_CONNS;
+        cfg.shared_connections = 0;
+        surpool_error err;
+        if (surpool__pool_create_with(&cfg, &fake_transport_ops, &g[k].fs, &g[k].pool, &err) !=
+            SURPOOL_OK)
+            fail_msg("create: %s", err.message);
+    }
+    for (int k = 0; k < GROW_POOLS; k++)
+        assert_int_equal(pthread_create(&th[k], NULL, grow_worker, &g[k]), 0);
+    for (int k = 0; k < GROW_POOLS; k++)
+        join_bounded(th[k], "a thread leasing 200 connections");
+    for (int k = 0; k < GROW_POOLS; k++)
+        assert_int_equal(atomic_load(&g[k].bad), 0);
+    /* Every handle names a distinct connection of its own pool. */
+    static surpool_conn *seen[GROW_POOLS * GROW_CONNS];
+    int n = 0;
+    for (int k = 0; k < GROW_POOLS; k++)
+        for (int i = 0; i < GROW_CONNS; i++) {
+            surpool_conn *c = surpool__lease_conn_of(g[k].h[i]);
+            assert_non_null(c);
+            assert_ptr_equal(c->pool, g[k].pool);
+            for (int j = 0; j < n; j++)
+                assert_ptr_not_equal(seen[j], c);
+            seen[n++] = c;
+        }
+    for (int k = 0; k < GROW_POOLS; k++) {
+        for (int i = 0; i < GROW_CONNS; i++)
+            surpool_conn_release(g[k].h[i]);
+        surpool_pool_destroy(g[k].pool);
+    }
+    for (int k = 0; k < GROW_POOLS; k++) {
+        for (int i = 0; i < GROW_CONNS; i++)
+            assert_int_equal(surpool_conn_ping(g[k].h[i], NULL), SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(atomic_load(&g[k].fs.open_now), 0);
+    }
+}
+
 /* (g) The on_connect hook's lease ends when the hook returns, and so does
  * what the hook set on it. Before, its surpool_conn_set_timeout() stayed in
  * force for the first borrower, a transaction it began and left open carried
@@ -1812,6 +1887,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_handle_of_destroyed_pool, setup, teardown),
         cmocka_unit_test_setup_teardown(test_release_during_call_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_handle_values, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_table_grows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hook_timeout_ends_with_hook, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hook_transaction_cancelled, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hook_discard_refuses_connection, setup, teardown),
