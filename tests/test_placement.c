@@ -442,8 +442,14 @@ static void test_rebalance_ordered_fails_back_without_churn(void **state)
     atomic_store(&g_fs.port_down[1], 1);
     fake_kill_port(p->transport, 1);
     WAIT_UNTIL(ep_conns(p, 1) == 3 && ep_conns(p, 0) == 0, 5000);
-    /* It comes back: the connections move back to it, one per interval. */
+    /* It comes back: the idle connections move back to it, one per interval;
+     * a lease on node 2 is never taken, and moves once given back. */
+    surpool_conn *held = lease(p);
+    assert_int_equal(surpool_conn_endpoint(held), 1);
     atomic_store(&g_fs.port_down[1], 0);
+    WAIT_UNTIL(ep_conns(p, 0) == 2 && ep_conns(p, 1) == 1, 5000);
+    assert_int_equal(surpool_conn_ping(held, NULL), SURPOOL_OK);
+    tk_release(held);
     WAIT_UNTIL(ep_conns(p, 0) == 3 && ep_conns(p, 1) == 0, 5000);
     assert_true(ep_rebalanced(p, 1) >= 2);
     int opens = atomic_load(&g_fs.opens);
