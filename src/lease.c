@@ -77,7 +77,7 @@ enum { SLOT_FREE = 0, SLOT_LENT = 1, SLOT_IN_CALL = 2 };
 #define SLOT_HOOK 4u
 
 typedef struct lease_slot {
-    _Atomic uint64_t word; /* gen << 32 | state (rule 3) */
+    _Atomic uint64_t word; /* gen << 32 | SLOT_HOOK? | state (rules 3, 3a) */
     surpool_conn *conn;    /* set and cleared under g_mu; read by a pinned lease */
     uint32_t base_gen;     /* g_mu: the generation when `conn` got the slot */
     uint32_t next_free;    /* g_mu: index + 1 of the next free slot, 0 = none */
@@ -199,9 +199,11 @@ surpool_conn *surpool__lease_lend_hook(surpool_conn *c)
 
 void surpool__lease_reclaim(surpool_conn *c)
 {
-    /* Whatever the hook left (LENT, or FREE if it released its own handle),
-     * the next generation starts here: a handle the hook kept, even one still
-     * pinned by a thread it started, never matches a later lease. */
+    /* Whatever the hook left (LENT, or IN_CALL if a thread it started is in a
+     * call; never FREE: release refuses a hook's lease, rule 3a), the next
+     * generation starts here: a handle the hook kept, even one still pinned by
+     * a thread it started, never matches a later lease. (That thread's call
+     * itself runs on: the header makes the handle valid during the hook only.) */
     lease_slot *s = slot_at(c->lease_slot - 1);
     uint64_t w = atomic_load(&s->word);
     if (WORD_STATE(w) != SLOT_FREE)
