@@ -27,6 +27,16 @@ typedef struct maint_plan {
     int nv, np;
 } maint_plan;
 
+/* May rebalance move connections to node `e`? Its circuit is closed, its
+ * backoff has passed, and its last connect worked: a node whose connects fail
+ * (its circuit not open yet, or breaker_threshold 0) would take the place of a
+ * working connection, fail, and the replacement land back where it was, every
+ * interval. */
+static int rebalance_target(const surpool__endpoint *e, int64_t now)
+{
+    return !e->breaker_open && now >= e->not_before_ns && e->consecutive_failures == 0;
+}
+
 /* Steps 1-4 of a tick: decide, under the mutex, never dropping it. */
 static void maintain_plan_locked(surpool_pool *p, maint_plan *m, surpool__evq *q)
 {
@@ -72,7 +82,7 @@ static void maintain_plan_locked(surpool_pool *p, maint_plan *m, surpool__evq *q
          * connect per interval for ever. */
         int ordered = cfg->placement == SURPOOL_PLACE_ORDERED;
         for (int i = 0; ordered && i < p->neps && lo < 0; i++)
-            if (!p->eps[i].breaker_open && now >= p->eps[i].not_before_ns)
+            if (rebalance_target(&p->eps[i], now))
                 lo = i;
         for (int i = 0; !ordered && i < p->neps; i++) {
             const surpool__endpoint *e = &p->eps[i];
@@ -81,7 +91,7 @@ static void maintain_plan_locked(surpool_pool *p, maint_plan *m, surpool__evq *q
                 hi = i;
                 hiload = load;
             }
-            if (!e->breaker_open && now >= e->not_before_ns && (lo < 0 || load < loload)) {
+            if (rebalance_target(e, now) && (lo < 0 || load < loload)) {
                 lo = i;
                 loload = load;
             }

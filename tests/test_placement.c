@@ -461,6 +461,46 @@ static void test_rebalance_ordered_fails_back_without_churn(void **state)
     tk_pool_destroy(p);
 }
 
+/* Rebalance never moves connections toward a node whose last connect failed.
+ * Before, with a node down and its circuit not open (breaker_threshold 0, or
+ * failures still below it), the node counted as the least loaded healthy one
+ * whenever its backoff had passed: every interval a working idle connection
+ * was retired, its replacement tried the dead node, failed, and was opened on
+ * a live one again. */
+static void test_rebalance_skips_failing_node(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    base_config(&cfg, "ws://127.0.0.1:1,127.0.0.1:2/rpc");
+    cfg.min_connections = 4;
+    cfg.breaker_threshold = 0; /* never open: the backoff alone paces node 2 */
+    cfg.reconnect_backoff_min_ms = 1;
+    cfg.reconnect_backoff_max_ms = 2;
+    cfg.rebalance_interval_ms = 5;
+    cfg.maintenance_interval_ms = 5;
+    cfg.keepalive_interval_ms = 1;
+    atomic_store(&g_fs.port_down[2], 1);
+    cfg.lazy_start = 1;
+    surpool_pool *p = make(&cfg);
+    WAIT_UNTIL(ep_conns(p, 0) == 4, 5000);
+    int calls = atomic_load(&g_fs.calls);
+    WAIT_UNTIL(atomic_load(&g_fs.calls) >= calls + 40, 10000); /* >= 10 ticks */
+    assert_int_equal(ep_rebalanced(p, 0), 0);
+    assert_int_equal(atomic_load(&g_fs.port_opens[1]), 4);
+    /* Node 2 back: a connect there succeeds (demand), then rebalance evens. */
+    atomic_store(&g_fs.port_down[2], 0);
+    surpool_conn *c[5];
+    for (int i = 0; i < 5; i++)
+        c[i] = lease(p); /* the fifth is a new connection: node 2, the least loaded */
+    assert_int_equal(surpool_conn_endpoint(c[4]), 1);
+    for (int i = 0; i < 5; i++)
+        tk_release(c[i]);
+    /* (4, 1) -> (3, 1) -> (2, 1), then min_connections refills node 2. */
+    WAIT_UNTIL(ep_conns(p, 0) == 2 && ep_conns(p, 1) == 2, 5000);
+    check_balance(p);
+    tk_pool_destroy(p);
+}
+
 static surpool_err try_create(const surpool_config *cfg, surpool_error *err)
 {
     surpool_pool *p = NULL;
@@ -645,6 +685,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_all_down_then_one_back, setup, tk_teardown),
         cmocka_unit_test_setup_teardown(test_rebalance_ordered_fails_back_without_churn, setup,
                                         tk_teardown),
+        cmocka_unit_test_setup_teardown(test_rebalance_skips_failing_node, setup, tk_teardown),
         cmocka_unit_test_setup_teardown(test_config_endpoints, setup, tk_teardown),
         cmocka_unit_test_setup_teardown(test_events_name_the_node, setup, tk_teardown),
         cmocka_unit_test_setup_teardown(test_create_nomem, setup, tk_teardown),
