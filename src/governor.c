@@ -18,8 +18,10 @@
  *  6a. Several nodes (docs/cluster.md): the backoff and the breaker of rule 6
  *     are per node (surpool__endpoint). A connect goes to a node chosen by
  *     surpool__governor_pick_locked(): a node whose breaker is open and whose
- *     backoff has passed gets its one probe first; otherwise the placement
- *     policy chooses among the healthy nodes (breaker closed, backoff passed).
+ *     backoff has passed gets its one probe first if a slot is spare (one no
+ *     uncovered waiter needs; else a healthy node serves the waiter first);
+ *     otherwise the placement policy chooses among the healthy nodes (breaker
+ *     closed, backoff passed), and with none, the due probe runs.
  *     The pool's circuit (pool->breaker_open: fail fast with UNAVAILABLE) is
  *     open only while every node's is. A probe does not count as covering a
  *     waiter (pool->nprobing): waiters get connects on healthy nodes meanwhile.
@@ -100,17 +102,26 @@ int surpool__governor_pick_locked(surpool_pool *p, int64_t now, int64_t *retry_a
 {
     int64_t retry = INT64_MAX;
     *probe = 0;
-    /* A due probe first: the node's backoff has passed and none is running. */
-    for (int i = 0; i < p->neps; i++) {
+    /* A due probe (the node's backoff has passed and none is running) goes
+     * first, unless it would take a slot that a waiter not covered by a
+     * connect in progress needs: then a healthy node serves the waiter, and
+     * the probe waits for a spare slot (or for no healthy node to be left). */
+    int uncovered = p->paused ? 0 : p->nwaiters - (p->nconnecting - p->nprobing);
+    int spare = p->cfg.pub.max_connections - surpool__pool_total_locked(p) -
+                (uncovered > 0 ? uncovered : 0);
+    int due = -1;
+    for (int i = 0; i < p->neps && due < 0; i++) {
         const surpool__endpoint *e = &p->eps[i];
         if (!e->breaker_open || e->nconnecting > 0)
             continue;
-        if (now >= e->not_before_ns) {
-            *probe = 1;
-            return i;
-        }
-        if (e->not_before_ns < retry)
+        if (now >= e->not_before_ns)
+            due = i;
+        else if (e->not_before_ns < retry)
             retry = e->not_before_ns;
+    }
+    if (due >= 0 && spare > 0) {
+        *probe = 1;
+        return due;
     }
     int best = -1;
     for (int k = 0; k < p->neps; k++) {
@@ -135,6 +146,10 @@ int surpool__governor_pick_locked(surpool_pool *p, int64_t now, int64_t *retry_a
     }
     if (best >= 0 && p->cfg.pub.placement == SURPOOL_PLACE_ROUND_ROBIN)
         p->rr_next = (best + 1) % p->neps;
+    if (best < 0 && due >= 0) {
+        *probe = 1; /* no healthy node: the probe is the only way forward */
+        return due;
+    }
     if (best < 0)
         *retry_at_ns = retry;
     return best;

@@ -501,6 +501,56 @@ static void test_rebalance_skips_failing_node(void **state)
     tk_pool_destroy(p);
 }
 
+static uint64_t ep_failures(surpool_pool *p, int i)
+{
+    surpool_endpoint_stats es;
+    assert_int_equal(surpool_pool_endpoint_stats(p, i, &es), SURPOOL_OK);
+    return es.connect_failures;
+}
+
+static int backoff_passed(surpool_pool *p, int i)
+{
+    pthread_mutex_lock(&p->mu);
+    int passed = surpool__now_ns() >= p->eps[i].not_before_ns;
+    pthread_mutex_unlock(&p->mu);
+    return passed;
+}
+
+/* A probe of a down node never takes the last free slot from a waiter that a
+ * healthy node can serve. Before, the due probe went first: with one slot
+ * left, the waiter waited for the probe to fail (up to connect_timeout_ms on
+ * a node that drops packets) before its own connect could start. */
+static void test_probe_leaves_waiter_slot(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    base_config(&cfg, "ws://127.0.0.1:1,127.0.0.1:2/rpc");
+    cfg.max_connections = 2;
+    cfg.breaker_threshold = 1;
+    cfg.reconnect_backoff_min_ms = 1;
+    cfg.reconnect_backoff_max_ms = 2;
+    atomic_store(&g_fs.port_down[2], 1);
+    cfg.lazy_start = 1;
+    surpool_pool *p = make(&cfg);
+    surpool_conn *a = lease(p);
+    assert_int_equal(surpool_conn_endpoint(a), 0);
+    surpool_conn *b = lease(p); /* tries node 2 first (least loaded): its circuit opens */
+    assert_int_equal(surpool_conn_endpoint(b), 0);
+    WAIT_UNTIL(ep_breaker(p, 1), 5000);
+    surpool_conn_discard(b);
+    tk_release(b); /* one free slot left */
+    WAIT_UNTIL(ep_conns(p, 0) == 1, 5000);
+    WAIT_UNTIL(backoff_passed(p, 1), 5000); /* node 2's probe is due */
+    uint64_t f0 = ep_failures(p, 1);
+    surpool_conn *c = lease(p);
+    assert_int_equal(surpool_conn_endpoint(c), 0);
+    assert_int_equal(ep_failures(p, 1), f0); /* no probe took the slot */
+    tk_release(c);
+    tk_release(a);
+    check_balance(p);
+    tk_pool_destroy(p);
+}
+
 static surpool_err try_create(const surpool_config *cfg, surpool_error *err)
 {
     surpool_pool *p = NULL;
@@ -686,6 +736,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rebalance_ordered_fails_back_without_churn, setup,
                                         tk_teardown),
         cmocka_unit_test_setup_teardown(test_rebalance_skips_failing_node, setup, tk_teardown),
+        cmocka_unit_test_setup_teardown(test_probe_leaves_waiter_slot, setup, tk_teardown),
         cmocka_unit_test_setup_teardown(test_config_endpoints, setup, tk_teardown),
         cmocka_unit_test_setup_teardown(test_events_name_the_node, setup, tk_teardown),
         cmocka_unit_test_setup_teardown(test_create_nomem, setup, tk_teardown),
