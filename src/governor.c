@@ -35,6 +35,20 @@
 #include "thread.h"
 #include "utf8.h"
 
+static int rebalancing(const surpool_pool *p)
+{
+    return p->cfg.pub.rebalance_interval_ms > 0 && p->neps > 1;
+}
+
+/* Does node `e` get probes (one at a time, paced by its backoff, not counted
+ * as covering a waiter)? A node whose circuit is open; with active
+ * rebalancing also one whose last connect failed with the circuit still
+ * closed (below breaker_threshold, or breaker_threshold 0). */
+static int needs_probe(const surpool_pool *p, const surpool__endpoint *e)
+{
+    return e->breaker_open || (rebalancing(p) && e->consecutive_failures > 0);
+}
+
 /* Connects the pool wants started now: enough for every waiter not already
  * covered by a connect in progress, and enough to reach min_connections. With
  * the circuit open, a single probe at a time. */
@@ -49,15 +63,16 @@ static int connect_demand_locked(const surpool_pool *p)
     int below_min = p->cfg.pub.min_connections - surpool__pool_total_locked(p);
     if (below_min > want)
         want = below_min;
-    if (want < 1 && p->cfg.pub.rebalance_interval_ms > 0 && p->neps > 1) {
-        /* Active rebalancing: a node whose circuit is open is probed even
-         * without demand, so that it can get connections back. */
+    if (want < 1 && rebalancing(p)) {
+        /* Active rebalancing: a node whose last connect failed (its circuit
+         * open, or not yet) is probed even without demand, so that it can
+         * get connections back: rebalance moves connections only to a node
+         * whose last connect worked (maintainer.c). */
         int64_t now = surpool__now_ns();
-        for (int i = 0; i < p->neps; i++) {
-            const surpool__endpoint *e = &p->eps[i];
-            if (e->breaker_open && e->nconnecting == 0 && now >= e->not_before_ns)
+        for (int i = 0; i < p->neps; i++)
+            if (needs_probe(p, &p->eps[i]) && p->eps[i].nconnecting == 0 &&
+                now >= p->eps[i].not_before_ns)
                 want = 1;
-        }
     }
     if (want > free_slots)
         want = free_slots;
@@ -112,7 +127,7 @@ int surpool__governor_pick_locked(surpool_pool *p, int64_t now, int64_t *retry_a
     int due = -1;
     for (int i = 0; i < p->neps && due < 0; i++) {
         const surpool__endpoint *e = &p->eps[i];
-        if (!e->breaker_open || e->nconnecting > 0)
+        if (!needs_probe(p, e) || e->nconnecting > 0)
             continue;
         if (now >= e->not_before_ns)
             due = i;
