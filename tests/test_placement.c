@@ -586,6 +586,11 @@ static void test_config_endpoints(void **state)
         {"ws://127.0.0.1:1/rpc", "http://x", 1, "config.endpoints[0]"},
         {"ws://127.0.0.1:1/rpc", NULL, -1, "nendpoints must be"},
         {"ws://127.0.0.1:1,127.0.0.1:1/rpc", NULL, 0, "repeats host 1"},
+        /* An entry is one node, not a host list; the same node in another
+         * text form is the same node. */
+        {"ws://127.0.0.1:1/rpc", "ws://127.0.0.1:2,127.0.0.1:3", 1, "config.endpoints[0]"},
+        {"ws://[::1]:1/rpc", "ws://[0:0:0:0:0:0:0:1]:1", 1, "repeats node 1"},
+        {"ws://db.example:1/rpc", "ws://DB.example.:1", 1, "repeats node 1"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         base_config(&cfg, bad[i].url);
