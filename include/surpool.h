@@ -137,9 +137,15 @@ typedef void (*surpool_log_fn)(void *userdata, surpool_log_level level, const ch
  *  and again when a dirty lease is reset on release. Runs on the thread doing
  *  that (a connector thread, or the releasing caller), without the pool lock.
  *  It may call the surpool_conn_* functions on `conn` (and nothing else of the
- *  pool); it must not release it. `conn` is a handle of its own, valid for the
+ *  pool); it must not release it (a release is refused and logged at ERROR:
+ *  the lease ends when the hook returns). `conn` is a handle of its own, valid for the
  *  duration of the hook only (stale afterwards, see surpool_conn). Return SURPOOL_OK to accept the connection,
- *  anything else to discard it (counted as a connect failure). */
+ *  anything else to discard it (counted as a connect failure). What the hook
+ *  sets on its lease ends with it, as at a release: a surpool_conn_set_timeout()
+ *  ends, a transaction left open is cancelled (logged at WARN; the connection
+ *  is refused if that fails), and surpool_conn_discard() refuses the
+ *  connection as an error return does. Session state (use, let, signin) is
+ *  kept: it is the state every borrower starts from. */
 typedef surpool_err (*surpool_on_connect_fn)(void *userdata, surpool_conn *conn);
 
 /** Token provider (config.token_fn): for applications that get their tokens
@@ -363,7 +369,8 @@ typedef struct surpool_config {
                                        NULL; copied by create */
     int nendpoints;               /**< entries in endpoints; url's hosts plus these
                                        are at most SURPOOL_MAX_ENDPOINTS, all
-                                       distinct (host as written and port) */
+                                       distinct (host and port: names compared
+                                       ASCII case-insensitively, IPv6 by value) */
     surpool_placement placement;  /**< which node a new connection goes to;
                                        default SURPOOL_PLACE_LEAST_CONNECTIONS */
     long rebalance_interval_ms;   /**< 0 = off (default): a node that comes back
@@ -371,7 +378,9 @@ typedef struct surpool_config {
                                        turnover only. > 0: at most one idle
                                        connection per interval is retired from the
                                        node with the most, while it has two more
-                                       than the healthy node with the fewest */
+                                       than the healthy node with the fewest (with
+                                       SURPOOL_PLACE_ORDERED: from a node after the
+                                       first healthy one) */
 
     /* Live queries (docs/live.md); zero means the default. */
     int live_queue_max;          /**< notifications queued per live query before they
@@ -1407,7 +1416,12 @@ typedef void (*surpool_free_fn)(void *ptr);
 
 /** Route every allocation surpool itself makes through these functions (all
  *  three, or all NULL to restore malloc/realloc/free). jansson values are
- *  allocated by jansson: use json_set_alloc_funcs() for those.
+ *  allocated by jansson: use json_set_alloc_funcs() for those. One exception:
+ *  the process-wide table behind lease handles (see surpool_conn) grows with
+ *  calloc() in chunks of 256 slots (6 KB on 64-bit platforms) that are kept
+ *  until the process exits, since handles of every pool, and of pools already
+ *  destroyed, must stay safe to look up (its chunk failing to allocate fails
+ *  that connect with SURPOOL_ERR_NOMEM).
  *  @return SURPOOL_OK or SURPOOL_ERR_INVALID_ARG (some but not all NULL).
  *  Thread safety: Must not race with any other surpool call: call it once,
  *  before the first pool is created. */

@@ -7,6 +7,7 @@
 
 #include "lease.h"
 #include "pool.h"
+#include "rpc.h"
 #include "utf8.h"
 
 static void on_dead(void *userdata, surpool_err why, const char *message)
@@ -311,6 +312,31 @@ static surpool_err authenticate_pool(surpool_conn *c, int64_t deadline, surpool_
     return surpool__seterr(err, SURPOOL_ERR_AUTH, "the server keeps refusing fresh tokens");
 }
 
+/* What the on_connect hook set on its lease ends with it, as a borrower's
+ * does at release: its own timeout; a transaction it left open (cancelled:
+ * else the first borrower's calls would run inside it, and be cancelled with
+ * it at that borrower's release); a discard, which refuses the connection as
+ * a hook returning an error does. */
+static surpool_err end_hook_lease(surpool_conn *c, surpool_error *err)
+{
+    c->own_timeout = 0;
+    c->timeout_ms = 0;
+    if (c->discard)
+        return surpool__seterr(err, SURPOOL_ERR_CONNECT,
+                               "the on_connect hook discarded the connection");
+    if (c->txn[0] != '\0') {
+        surpool__log(&c->pool->logger, SURPOOL_LOG_WARN,
+                     "the on_connect hook left a transaction open: cancelling it");
+        surpool_err rc = surpool__rpc_end_txn(c, err);
+        if (rc != SURPOOL_OK) {
+            surpool__error_prefix(err, "cancelling the transaction the on_connect hook left "
+                                       "open: ");
+            return rc;
+        }
+    }
+    return SURPOOL_OK;
+}
+
 static surpool_err setup(surpool_conn *c, int64_t deadline, surpool_error *err)
 {
     surpool_pool *p = c->pool;
@@ -345,9 +371,11 @@ static surpool_err setup(surpool_conn *c, int64_t deadline, surpool_error *err)
     if (cfg->on_connect != NULL) {
         /* The hook gets a handle of its own lease (it may call surpool_conn_*
          * on it), which ends with the hook: kept, it is stale. */
-        surpool_conn *h = surpool__lease_lend(c);
+        surpool_conn *h = surpool__lease_lend_hook(c);
         rc = cfg->on_connect(cfg->on_connect_userdata, h);
         surpool__lease_reclaim(c);
+        if (rc == SURPOOL_OK)
+            rc = end_hook_lease(c, err);
         if (rc != SURPOOL_OK) {
             if (err != NULL && err->code == SURPOOL_OK)
                 surpool__seterr(err, rc, "on_connect hook refused the connection (%s)",

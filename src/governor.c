@@ -18,8 +18,10 @@
  *  6a. Several nodes (docs/cluster.md): the backoff and the breaker of rule 6
  *     are per node (surpool__endpoint). A connect goes to a node chosen by
  *     surpool__governor_pick_locked(): a node whose breaker is open and whose
- *     backoff has passed gets its one probe first; otherwise the placement
- *     policy chooses among the healthy nodes (breaker closed, backoff passed).
+ *     backoff has passed gets its one probe first if a slot is spare (one no
+ *     uncovered waiter needs; else a healthy node serves the waiter first);
+ *     otherwise the placement policy chooses among the healthy nodes (breaker
+ *     closed, backoff passed), and with none, the due probe runs.
  *     The pool's circuit (pool->breaker_open: fail fast with UNAVAILABLE) is
  *     open only while every node's is. A probe does not count as covering a
  *     waiter (pool->nprobing): waiters get connects on healthy nodes meanwhile.
@@ -32,6 +34,20 @@
 #include "pool.h"
 #include "thread.h"
 #include "utf8.h"
+
+static int rebalancing(const surpool_pool *p)
+{
+    return p->cfg.pub.rebalance_interval_ms > 0 && p->neps > 1;
+}
+
+/* Does node `e` get probes (one at a time, paced by its backoff, not counted
+ * as covering a waiter)? A node whose circuit is open; with active
+ * rebalancing also one whose last connect failed with the circuit still
+ * closed (below breaker_threshold, or breaker_threshold 0). */
+static int needs_probe(const surpool_pool *p, const surpool__endpoint *e)
+{
+    return e->breaker_open || (rebalancing(p) && e->consecutive_failures > 0);
+}
 
 /* Connects the pool wants started now: enough for every waiter not already
  * covered by a connect in progress, and enough to reach min_connections. With
@@ -47,15 +63,16 @@ static int connect_demand_locked(const surpool_pool *p)
     int below_min = p->cfg.pub.min_connections - surpool__pool_total_locked(p);
     if (below_min > want)
         want = below_min;
-    if (want < 1 && p->cfg.pub.rebalance_interval_ms > 0 && p->neps > 1) {
-        /* Active rebalancing: a node whose circuit is open is probed even
-         * without demand, so that it can get connections back. */
+    if (want < 1 && rebalancing(p)) {
+        /* Active rebalancing: a node whose last connect failed (its circuit
+         * open, or not yet) is probed even without demand, so that it can
+         * get connections back: rebalance moves connections only to a node
+         * whose last connect worked (maintainer.c). */
         int64_t now = surpool__now_ns();
-        for (int i = 0; i < p->neps; i++) {
-            const surpool__endpoint *e = &p->eps[i];
-            if (e->breaker_open && e->nconnecting == 0 && now >= e->not_before_ns)
+        for (int i = 0; i < p->neps; i++)
+            if (needs_probe(p, &p->eps[i]) && p->eps[i].nconnecting == 0 &&
+                now >= p->eps[i].not_before_ns)
                 want = 1;
-        }
     }
     if (want > free_slots)
         want = free_slots;
@@ -100,17 +117,26 @@ int surpool__governor_pick_locked(surpool_pool *p, int64_t now, int64_t *retry_a
 {
     int64_t retry = INT64_MAX;
     *probe = 0;
-    /* A due probe first: the node's backoff has passed and none is running. */
-    for (int i = 0; i < p->neps; i++) {
+    /* A due probe (the node's backoff has passed and none is running) goes
+     * first, unless it would take a slot that a waiter not covered by a
+     * connect in progress needs: then a healthy node serves the waiter, and
+     * the probe waits for a spare slot (or for no healthy node to be left). */
+    int uncovered = p->paused ? 0 : p->nwaiters - (p->nconnecting - p->nprobing);
+    int spare = p->cfg.pub.max_connections - surpool__pool_total_locked(p) -
+                (uncovered > 0 ? uncovered : 0);
+    int due = -1;
+    for (int i = 0; i < p->neps && due < 0; i++) {
         const surpool__endpoint *e = &p->eps[i];
-        if (!e->breaker_open || e->nconnecting > 0)
+        if (!needs_probe(p, e) || e->nconnecting > 0)
             continue;
-        if (now >= e->not_before_ns) {
-            *probe = 1;
-            return i;
-        }
-        if (e->not_before_ns < retry)
+        if (now >= e->not_before_ns)
+            due = i;
+        else if (e->not_before_ns < retry)
             retry = e->not_before_ns;
+    }
+    if (due >= 0 && spare > 0) {
+        *probe = 1;
+        return due;
     }
     int best = -1;
     for (int k = 0; k < p->neps; k++) {
@@ -135,6 +161,10 @@ int surpool__governor_pick_locked(surpool_pool *p, int64_t now, int64_t *retry_a
     }
     if (best >= 0 && p->cfg.pub.placement == SURPOOL_PLACE_ROUND_ROBIN)
         p->rr_next = (best + 1) % p->neps;
+    if (best < 0 && due >= 0) {
+        *probe = 1; /* no healthy node: the probe is the only way forward */
+        return due;
+    }
     if (best < 0)
         *retry_at_ns = retry;
     return best;

@@ -28,6 +28,12 @@
  *       retire:  (g, FREE)    -> (g+1, FREE)      before the connection is freed
  *       reclaim: (g, any)     -> (g+1, FREE)      the on_connect hook's lease, when
  *                                                 the hook returns
+ *  3a. The on_connect hook's lease is lent with a HOOK flag that pin and unpin
+ *     keep and release refuses: it ends only by reclaim, when the hook
+ *     returns. A release of it (which the header forbids) would otherwise
+ *     hand the connection, still being set up, to the release path, and one
+ *     racing the hook's return (a thread the hook started) could give back
+ *     the lease of the connection's next borrower.
  *  4. A release that finds (g, IN_CALL) means the lease is used from two threads
  *     at once, which the header forbids: it is refused with a log line and the
  *     lease stays open (release it again once the call returned). Waiting for
@@ -66,9 +72,12 @@
 #endif
 
 enum { SLOT_FREE = 0, SLOT_LENT = 1, SLOT_IN_CALL = 2 };
+/* With LENT or IN_CALL: the lease is the on_connect hook's, which ends when the
+ * hook returns (reclaim), never by a release (rule 3a). */
+#define SLOT_HOOK 4u
 
 typedef struct lease_slot {
-    _Atomic uint64_t word; /* gen << 32 | state (rule 3) */
+    _Atomic uint64_t word; /* gen << 32 | SLOT_HOOK? | state (rules 3, 3a) */
     surpool_conn *conn;    /* set and cleared under g_mu; read by a pinned lease */
     uint32_t base_gen;     /* g_mu: the generation when `conn` got the slot */
     uint32_t next_free;    /* g_mu: index + 1 of the next free slot, 0 = none */
@@ -82,6 +91,7 @@ static uint32_t g_free;                          /* g_mu: index + 1 of a free sl
 #define WORD(gen, state) (((uint64_t)(uint32_t)(gen) << 32) | (uint64_t)(state))
 #define WORD_GEN(w) ((uint32_t)((w) >> 32))
 #define WORD_STATE(w) ((int)((w)&3u))
+#define WORD_FLAGS(w) ((w)&SLOT_HOOK)
 
 static lease_slot *slot_at(uint32_t index)
 {
@@ -167,21 +177,33 @@ void surpool__lease_slot_retire(surpool_conn *c)
     pthread_mutex_unlock(&g_mu);
 }
 
-surpool_conn *surpool__lease_lend(surpool_conn *c)
+static surpool_conn *lend(surpool_conn *c, uint64_t flags)
 {
     uint32_t index = c->lease_slot - 1;
     lease_slot *s = slot_at(index);
     uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
     SURPOOL__CHECK(WORD_STATE(w) == SLOT_FREE);
-    atomic_store_explicit(&s->word, WORD(WORD_GEN(w), SLOT_LENT), memory_order_release);
+    atomic_store_explicit(&s->word, WORD(WORD_GEN(w), SLOT_LENT) | flags, memory_order_release);
     return make_handle(index, WORD_GEN(w));
+}
+
+surpool_conn *surpool__lease_lend(surpool_conn *c)
+{
+    return lend(c, 0);
+}
+
+surpool_conn *surpool__lease_lend_hook(surpool_conn *c)
+{
+    return lend(c, SLOT_HOOK);
 }
 
 void surpool__lease_reclaim(surpool_conn *c)
 {
-    /* Whatever the hook left (LENT, or FREE if it released its own handle),
-     * the next generation starts here: a handle the hook kept, even one still
-     * pinned by a thread it started, never matches a later lease. */
+    /* Whatever the hook left (LENT, or IN_CALL if a thread it started is in a
+     * call; never FREE: release refuses a hook's lease, rule 3a), the next
+     * generation starts here: a handle the hook kept, even one still pinned by
+     * a thread it started, never matches a later lease. (That thread's call
+     * itself runs on: the header makes the handle valid during the hook only.) */
     lease_slot *s = slot_at(c->lease_slot - 1);
     uint64_t w = atomic_load(&s->word);
     if (WORD_STATE(w) != SLOT_FREE)
@@ -200,6 +222,8 @@ surpool__lease_claim surpool__lease_end(surpool_conn *h, surpool_conn **c)
             return SURPOOL__LEASE_STALE;
         if (WORD_STATE(w) == SLOT_IN_CALL)
             return SURPOOL__LEASE_BUSY;
+        if (WORD_FLAGS(w) != 0)
+            return SURPOOL__LEASE_HOOK;
         if (atomic_compare_exchange_weak_explicit(&s->word, &w,
                                                   WORD(WORD_GEN(w) + 1, SLOT_FREE),
                                                   memory_order_acq_rel, memory_order_acquire))
@@ -221,8 +245,9 @@ surpool__lease_claim surpool__lease_pin(surpool_conn *h, surpool_conn **c)
             return SURPOOL__LEASE_STALE;
         if (WORD_STATE(w) == SLOT_IN_CALL)
             return SURPOOL__LEASE_BUSY;
-        if (atomic_compare_exchange_weak_explicit(&s->word, &w, WORD(WORD_GEN(w), SLOT_IN_CALL),
-                                                  memory_order_acq_rel, memory_order_acquire))
+        if (atomic_compare_exchange_weak_explicit(
+                &s->word, &w, WORD(WORD_GEN(w), SLOT_IN_CALL) | WORD_FLAGS(w),
+                memory_order_acq_rel, memory_order_acquire))
             break;
     }
     *c = s->conn;
@@ -240,7 +265,8 @@ void surpool__lease_unpin(surpool_conn *h)
      * a thread calling on its handle: then the word has moved on and stays. */
     uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
     if (gen_matches(w, gen) && WORD_STATE(w) == SLOT_IN_CALL)
-        atomic_compare_exchange_strong_explicit(&s->word, &w, WORD(WORD_GEN(w), SLOT_LENT),
+        atomic_compare_exchange_strong_explicit(&s->word, &w,
+                                                WORD(WORD_GEN(w), SLOT_LENT) | WORD_FLAGS(w),
                                                 memory_order_release, memory_order_relaxed);
 }
 
@@ -256,9 +282,15 @@ surpool_conn *surpool__lease_conn_of(const surpool_conn *h)
 
 static const char *refusal(surpool__lease_claim why)
 {
-    return why == SURPOOL__LEASE_BUSY
-               ? "the lease is in a call on another thread (one thread at a time per lease)"
-               : "connection handle already released (stale or invalid handle)";
+    switch (why) {
+    case SURPOOL__LEASE_BUSY:
+        return "the lease is in a call on another thread (one thread at a time per lease)";
+    case SURPOOL__LEASE_HOOK:
+        return "the on_connect hook's own lease ends when the hook returns, not by a release";
+    case SURPOOL__LEASE_OK:
+    case SURPOOL__LEASE_STALE: break;
+    }
+    return "connection handle already released (stale or invalid handle)";
 }
 
 surpool_err surpool__lease_refused(surpool__lease_claim why, const char *fn, surpool_error *err)
@@ -287,7 +319,7 @@ void surpool__lease_log_refused(surpool_conn *h, surpool__lease_claim why, const
     pthread_mutex_unlock(&g_mu);
     if (lg.fn == NULL)
         return;
-    if (why == SURPOOL__LEASE_BUSY)
+    if (why != SURPOOL__LEASE_STALE)
         surpool__log(&lg, SURPOOL_LOG_ERROR, "%s: connection %llu: %s: refused", fn,
                      (unsigned long long)serial, refusal(why));
     else

@@ -24,14 +24,18 @@ void surpool__lease_slot_retire(surpool_conn *c);
 /* Start a lease of `c` (its slot must be free: the caller owns `c`) and
  * return its handle. One atomic load and one store. */
 surpool_conn *surpool__lease_lend(surpool_conn *c);
-/* End the lease started by surpool__lease_lend() if it is still open (the
- * on_connect hook's handle; the hook may not have released it). */
+/* surpool__lease_lend() for the on_connect hook: a lease that calls pin as
+ * any other, but that a release refuses (SURPOOL__LEASE_HOOK). */
+surpool_conn *surpool__lease_lend_hook(surpool_conn *c);
+/* End the hook's lease (surpool__lease_lend_hook) when the hook returns,
+ * whatever state the hook left it in. */
 void surpool__lease_reclaim(surpool_conn *c);
 
 typedef enum surpool__lease_claim {
     SURPOOL__LEASE_OK = 0,    /* the handle named the current lease */
     SURPOOL__LEASE_STALE = 1, /* released, discarded, closed, or never a handle */
     SURPOOL__LEASE_BUSY = 2,  /* in a call on another thread */
+    SURPOOL__LEASE_HOOK = 3,  /* release: the on_connect hook's own lease */
 } surpool__lease_claim;
 
 /* release: end the lease named by `h` (generation + 1, slot free) and give

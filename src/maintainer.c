@@ -27,6 +27,16 @@ typedef struct maint_plan {
     int nv, np;
 } maint_plan;
 
+/* May rebalance move connections to node `e`? Its circuit is closed, its
+ * backoff has passed, and its last connect worked: a node whose connects fail
+ * (its circuit not open yet, or breaker_threshold 0) would take the place of a
+ * working connection, fail, and the replacement land back where it was, every
+ * interval. */
+static int rebalance_target(const surpool__endpoint *e, int64_t now)
+{
+    return !e->breaker_open && now >= e->not_before_ns && e->consecutive_failures == 0;
+}
+
 /* Steps 1-4 of a tick: decide, under the mutex, never dropping it. */
 static void maintain_plan_locked(surpool_pool *p, maint_plan *m, surpool__evq *q)
 {
@@ -65,30 +75,39 @@ static void maintain_plan_locked(surpool_pool *p, maint_plan *m, surpool__evq *q
     if (cfg->rebalance_interval_ms > 0 && p->neps > 1 && nv < MAINT_BATCH &&
         now >= p->next_rebalance_ns) {
         int hi = -1, lo = -1, hiload = 0, loload = 0;
-        for (int i = 0; i < p->neps; i++) {
+        /* Ordered placement wants every connection on the first healthy node:
+         * rebalancing is failback, one idle connection per interval from a
+         * later node (its replacement goes to the first healthy one). Evening
+         * out instead would retire from the first node and reopen there, one
+         * connect per interval for ever. */
+        int ordered = cfg->placement == SURPOOL_PLACE_ORDERED;
+        for (int i = 0; ordered && i < p->neps && lo < 0; i++)
+            if (rebalance_target(&p->eps[i], now))
+                lo = i;
+        for (int i = 0; !ordered && i < p->neps; i++) {
             const surpool__endpoint *e = &p->eps[i];
             int load = e->nconns + e->nconnecting;
             if (hi < 0 || load > hiload) {
                 hi = i;
                 hiload = load;
             }
-            if (!e->breaker_open && now >= e->not_before_ns && (lo < 0 || load < loload)) {
+            if (rebalance_target(e, now) && (lo < 0 || load < loload)) {
                 lo = i;
                 loload = load;
             }
         }
         surpool_conn *pick = NULL;
-        if (hi >= 0 && lo >= 0 && hiload - loload >= 2) {
+        if ((ordered && lo >= 0) || (hi >= 0 && lo >= 0 && hiload - loload >= 2)) {
             for (qi = p->idle.prev; qi != &p->idle; qi = qi->prev) {
                 c = SURPOOL__QUEUE_DATA(qi, surpool_conn, idle_link);
-                if (c->ep == hi) {
+                if (ordered ? c->ep > lo : c->ep == hi) {
                     pick = c; /* the coldest idle one on that node */
                     break;
                 }
             }
         }
         if (pick != NULL) {
-            p->eps[hi].retired_rebalance++;
+            p->eps[pick->ep].retired_rebalance++;
             surpool__pool_forget_locked(p, pick);
             why[nv] = "rebalance: its node has more connections than another";
             victims[nv++] = pick;

@@ -71,6 +71,16 @@ void surpool__pool_check_locked(const surpool_pool *p)
     SURPOOL__CHECK(p->nwaiters >= 0 && p->nlane >= 0 && p->nclosing >= 0);
     SURPOOL__CHECK(p->nidle + p->nleased + p->nconnecting <= p->cfg.pub.max_connections);
     SURPOOL__CHECK(p->nidle == 0 || p->nwaiters == 0 || p->closed || p->paused);
+#if defined(SURPOOL_FATAL_CHECKS) && SURPOOL_FATAL_CHECKS
+    /* The per-node books (docs/cluster.md) add up to the pool's. */
+    int conns = 0, connecting = 0;
+    for (int i = 0; i < p->neps; i++) {
+        SURPOOL__CHECK(p->eps[i].nconns >= 0 && p->eps[i].nconnecting >= 0);
+        conns += p->eps[i].nconns;
+        connecting += p->eps[i].nconnecting;
+    }
+    SURPOOL__CHECK(conns == p->nidle + p->nleased && connecting == p->nconnecting);
+#endif
     (void)p;
 }
 

@@ -8,6 +8,7 @@
  * an unencoded '/', '?' or '@' shifts every boundary, so any quoted piece
  * could be part of a secret.
  */
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -551,14 +552,28 @@ int surpool__url_same_endpoint(const surpool__url *a, const surpool__url *b)
 {
     if (a->port != b->port || a->host == NULL || b->host == NULL)
         return 0;
-    const char *x = a->host, *y = b->host;
-    for (; *x != '\0' && *y != '\0'; x++, y++) {
-        char cx = *x >= 'A' && *x <= 'Z' ? (char)(*x - 'A' + 'a') : *x;
-        char cy = *y >= 'A' && *y <= 'Z' ? (char)(*y - 'A' + 'a') : *y;
+    /* IPv6 literals by value: "::1" and "0:0:0:0:0:0:0:1" are one address.
+     * (Only IPv6 hosts contain ':'; the parser checked their form.) */
+    unsigned char va[16], vb[16];
+    if (strchr(a->host, ':') != NULL && strchr(b->host, ':') != NULL &&
+        inet_pton(AF_INET6, a->host, va) == 1 && inet_pton(AF_INET6, b->host, vb) == 1)
+        return memcmp(va, vb, sizeof(va)) == 0;
+    /* Names ASCII case-insensitively, one root '.' ignored ("db." is "db"). */
+    size_t nx = strlen(a->host), ny = strlen(b->host);
+    if (nx > 1 && a->host[nx - 1] == '.')
+        nx--;
+    if (ny > 1 && b->host[ny - 1] == '.')
+        ny--;
+    if (nx != ny)
+        return 0;
+    for (size_t i = 0; i < nx; i++) {
+        char cx = a->host[i], cy = b->host[i];
+        cx = cx >= 'A' && cx <= 'Z' ? (char)(cx - 'A' + 'a') : cx;
+        cy = cy >= 'A' && cy <= 'Z' ? (char)(cy - 'A' + 'a') : cy;
         if (cx != cy)
             return 0;
     }
-    return *x == *y;
+    return 1;
 }
 
 static int dup_opt(char **dst, const char *src)
@@ -673,6 +688,24 @@ surpool_err surpool__url_parse_list(const char *s, surpool__url **out, int *n,
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "invalid URL: %d hosts in the host list, the limit is %d", count,
                                SURPOOL_MAX_ENDPOINTS);
+    /* Spaces and control characters first, at their offset in `s` (each
+     * element is parsed as a URL rebuilt around it, whose offsets differ). */
+    for (const char *q = s; q < end; q++)
+        if ((unsigned char)*q <= 0x20 || *q == 0x7F)
+            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                                   "invalid URL: space or control character at offset %zu",
+                                   (size_t)(q - s));
+    {
+        /* The parts every host shares (user info, path, query), checked once
+         * around a stand-in host, so that a mistake there is not blamed on
+         * host 1. */
+        surpool__url probe;
+        surpool_err prc =
+            parse_element(s, head, p, (size_t)(hosts - p), "h", 1, aend, &probe, err);
+        if (prc != SURPOOL_OK)
+            return prc;
+        surpool__url_free(&probe);
+    }
     surpool__url *u = surpool__calloc((size_t)count, sizeof(*u));
     if (u == NULL)
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory parsing the URL");

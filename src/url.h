@@ -59,7 +59,9 @@ void surpool__url_free(surpool__url *u); /* frees members, wipes pass; NULL ok *
  * the element by its 1-based position, never quoting the URL): everything
  * surpool__url_parse() refuses; an empty element (",," or a leading or
  * trailing ','); more than SURPOOL_MAX_ENDPOINTS elements; the same host
- * (compared as written, ASCII case-insensitively) and port twice. NOMEM. */
+ * (see surpool__url_same_endpoint) and port twice. A mistake in a part the
+ * hosts share (user info, path, query) is reported without naming a host;
+ * offsets in messages are offsets in `s`. NOMEM. */
 surpool_err surpool__url_parse_list(const char *s, surpool__url **out, int *n,
                                     surpool_error *err);
 void surpool__url_free_list(surpool__url *u, int n); /* NULL ok */
@@ -67,8 +69,10 @@ void surpool__url_free_list(surpool__url *u, int n); /* NULL ok */
 /* Deep copy of a parsed URL into *dst (zeroed first); NOMEM leaves dst empty. */
 surpool_err surpool__url_dup(surpool__url *dst, const surpool__url *src, surpool_error *err);
 
-/* Do two endpoints name the same host (as written, ASCII case-insensitively)
- * and port? */
+/* Do two endpoints name the same host and port? Names compare ASCII
+ * case-insensitively with one root '.' ignored ("db." is "db"), IPv6 literals
+ * by value ("::1" is "0:0:0:0:0:0:0:1"). No resolving: two names of one
+ * address are two nodes. */
 int surpool__url_same_endpoint(const surpool__url *a, const surpool__url *b);
 
 #endif

@@ -305,6 +305,248 @@ static void test_rebalance_moves_idle(void **state)
     tk_pool_destroy(p);
 }
 
+/* Connects in flight, pool-wide and the most on one node whose circuit is
+ * open, under the lock. */
+static void connecting_now(surpool_pool *p, int *total, int *down_node_max)
+{
+    pthread_mutex_lock(&p->mu);
+    *total = p->nconnecting;
+    *down_node_max = 0;
+    for (int i = 0; i < p->neps; i++)
+        if (p->eps[i].breaker_open && p->eps[i].nconnecting > *down_node_max)
+            *down_node_max = p->eps[i].nconnecting;
+    pthread_mutex_unlock(&p->mu);
+}
+
+typedef struct burst_arg {
+    surpool_pool *pool;
+    atomic_int ok, on_node2, other;
+} burst_arg;
+
+static void *burst_worker(void *arg)
+{
+    burst_arg *b = arg;
+    surpool_conn *c = NULL;
+    if (surpool_pool_acquire(b->pool, 10000 * TK_SLOW, &c, NULL) != SURPOOL_OK) {
+        atomic_fetch_add(&b->other, 1);
+        return NULL;
+    }
+    atomic_fetch_add(&b->ok, 1);
+    atomic_fetch_add(surpool_conn_endpoint(c) == 1 ? &b->on_node2 : &b->other, 1);
+    tk_sleep_ms(20); /* hold it: the others need connections of their own */
+    surpool_conn_release(c);
+    return NULL;
+}
+
+/* Every node down, then one back. While all are down, the pool probes one
+ * node at a time (never more than one connect in flight, sampled throughout)
+ * and acquires fail fast with UNAVAILABLE. The node that returns closes its
+ * own circuit through its probe and then serves a burst of waiters alone;
+ * meanwhile the dead nodes still get at most one probe each in flight. */
+static void test_all_down_then_one_back(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    base_config(&cfg, URL3);
+    cfg.breaker_threshold = 1;
+    cfg.reconnect_backoff_min_ms = 10;
+    cfg.reconnect_backoff_max_ms = 40;
+    cfg.acquire_timeout_ms = 10000;
+    for (int i = 1; i <= 3; i++)
+        atomic_store(&g_fs.port_down[i], 1);
+    atomic_store(&g_fs.connect_latency_ms, 2); /* a probe in flight is seen */
+    cfg.lazy_start = 1;
+    surpool_pool *p = make(&cfg);
+    surpool_conn *c = NULL;
+    surpool_error err;
+    assert_int_not_equal(surpool_pool_acquire(p, 2000, &c, &err), SURPOOL_OK);
+    WAIT_UNTIL(ep_breaker(p, 0) && ep_breaker(p, 1) && ep_breaker(p, 2), 5000);
+    assert_int_equal(surpool_pool_acquire(p, 60000, &c, &err), SURPOOL_ERR_UNAVAILABLE);
+    int opens = atomic_load(&g_fs.opens);
+    int worst = 0, worst_node = 0;
+    int64_t give_up = tk_now_ms() + 10000 * TK_SLOW;
+    while (atomic_load(&g_fs.opens) < opens + 12) { /* a few probes of every node */
+        if (tk_now_ms() > give_up)
+            fail_msg("gave up waiting for 12 probes while every node is down");
+        int total, node;
+        connecting_now(p, &total, &node);
+        worst = total > worst ? total : worst;
+        worst_node = node > worst_node ? node : worst_node;
+        tk_sleep_ms(1);
+    }
+    assert_int_equal(worst, 1); /* one probe at a time, pool-wide */
+    assert_int_equal(worst_node, 1);
+
+    atomic_store(&g_fs.port_down[2], 0);
+    WAIT_UNTIL(!ep_breaker(p, 1), 5000);
+    assert_true(ep_breaker(p, 0) && ep_breaker(p, 2));
+    burst_arg b;
+    memset(&b, 0, sizeof(b));
+    b.pool = p;
+    pthread_t th[8];
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, burst_worker, &b), 0);
+    worst_node = 0;
+    while (atomic_load(&b.ok) + atomic_load(&b.other) < 8) {
+        int total, node;
+        connecting_now(p, &total, &node);
+        worst_node = node > worst_node ? node : worst_node;
+        tk_sleep_ms(1);
+    }
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(tk_join(th[i], 20), 0);
+    assert_true(worst_node <= 1); /* the dead nodes: one probe each at most */
+    assert_int_equal(atomic_load(&b.ok), 8);
+    assert_int_equal(atomic_load(&b.on_node2), 8);
+    assert_int_equal(atomic_load(&g_fs.port_opens[1]) + atomic_load(&g_fs.port_opens[3]), 0);
+    assert_true(ep_breaker(p, 0) && ep_breaker(p, 2));
+    atomic_store(&g_fs.connect_latency_ms, 0);
+    check_balance(p);
+    tk_pool_destroy(p);
+}
+
+static uint64_t ep_rebalanced(surpool_pool *p, int i)
+{
+    surpool_endpoint_stats es;
+    assert_int_equal(surpool_pool_endpoint_stats(p, i, &es), SURPOOL_OK);
+    return es.retired_rebalance;
+}
+
+/* Rebalance with ordered placement. Before, it evened connections out against
+ * the policy: with both nodes up and every connection on node 1 (as ordered
+ * wants), it retired one from node 1 each interval, and placement opened the
+ * replacement on node 1 again: a connect per interval, forever. Now ordered
+ * rebalancing is failback: connections on a later node move to the first
+ * healthy one, one per interval, and then nothing moves. Ticks are counted by
+ * the keepalive pings the maintainer sends (no clock in the assertions). */
+static void test_rebalance_ordered_fails_back_without_churn(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    base_config(&cfg, "ws://127.0.0.1:1,127.0.0.1:2/rpc");
+    cfg.placement = SURPOOL_PLACE_ORDERED;
+    cfg.min_connections = 3;
+    cfg.breaker_threshold = 1;
+    cfg.rebalance_interval_ms = 5;
+    cfg.maintenance_interval_ms = 5;
+    cfg.keepalive_interval_ms = 1;
+    surpool_pool *p = make(&cfg);
+    WAIT_UNTIL(ep_conns(p, 0) == 3, 5000);
+    int calls = atomic_load(&g_fs.calls);
+    WAIT_UNTIL(atomic_load(&g_fs.calls) >= calls + 30, 10000); /* >= 10 ticks */
+    assert_int_equal(atomic_load(&g_fs.opens), 3);
+    assert_int_equal(ep_rebalanced(p, 0), 0);
+    assert_int_equal(ep_conns(p, 1), 0);
+
+    /* Node 1 goes: its connections die and are replaced on node 2. */
+    atomic_store(&g_fs.port_down[1], 1);
+    fake_kill_port(p->transport, 1);
+    WAIT_UNTIL(ep_conns(p, 1) == 3 && ep_conns(p, 0) == 0, 5000);
+    /* It comes back: the idle connections move back to it, one per interval;
+     * a lease on node 2 is never taken, and moves once given back. */
+    surpool_conn *held = lease(p);
+    assert_int_equal(surpool_conn_endpoint(held), 1);
+    atomic_store(&g_fs.port_down[1], 0);
+    WAIT_UNTIL(ep_conns(p, 0) == 2 && ep_conns(p, 1) == 1, 5000);
+    assert_int_equal(surpool_conn_ping(held, NULL), SURPOOL_OK);
+    tk_release(held);
+    WAIT_UNTIL(ep_conns(p, 0) == 3 && ep_conns(p, 1) == 0, 5000);
+    assert_true(ep_rebalanced(p, 1) >= 2);
+    int opens = atomic_load(&g_fs.opens);
+    calls = atomic_load(&g_fs.calls);
+    WAIT_UNTIL(atomic_load(&g_fs.calls) >= calls + 30, 10000);
+    assert_int_equal(atomic_load(&g_fs.opens), opens); /* settled: no churn */
+    assert_int_equal(ep_rebalanced(p, 0), 0);
+    check_balance(p);
+    tk_pool_destroy(p);
+}
+
+/* Rebalance never moves connections toward a node whose last connect failed.
+ * Before, with a node down and its circuit not open (breaker_threshold 0, or
+ * failures still below it), the node counted as the least loaded healthy one
+ * whenever its backoff had passed: every interval a working idle connection
+ * was retired, its replacement tried the dead node, failed, and was opened on
+ * a live one again. Now such a node gets background probes instead, and
+ * connections once a probe has connected. */
+static void test_rebalance_skips_failing_node(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    base_config(&cfg, "ws://127.0.0.1:1,127.0.0.1:2/rpc");
+    cfg.min_connections = 4;
+    cfg.breaker_threshold = 0; /* never open: the backoff alone paces node 2 */
+    cfg.reconnect_backoff_min_ms = 1;
+    cfg.reconnect_backoff_max_ms = 2;
+    cfg.rebalance_interval_ms = 5;
+    cfg.maintenance_interval_ms = 5;
+    cfg.keepalive_interval_ms = 1;
+    atomic_store(&g_fs.port_down[2], 1);
+    cfg.lazy_start = 1;
+    surpool_pool *p = make(&cfg);
+    WAIT_UNTIL(ep_conns(p, 0) == 4, 5000);
+    int calls = atomic_load(&g_fs.calls);
+    WAIT_UNTIL(atomic_load(&g_fs.calls) >= calls + 40, 10000); /* >= 10 ticks */
+    assert_int_equal(ep_rebalanced(p, 0), 0);
+    assert_int_equal(atomic_load(&g_fs.port_opens[1]), 4);
+    /* Node 2 back: its background probe connects (no demand needed), then
+     * rebalance evens out: (4, 1) -> (3, 1) -> (2, 1), and min_connections
+     * refills node 2. */
+    atomic_store(&g_fs.port_down[2], 0);
+    WAIT_UNTIL(ep_conns(p, 0) == 2 && ep_conns(p, 1) == 2, 5000);
+    check_balance(p);
+    tk_pool_destroy(p);
+}
+
+static uint64_t ep_failures(surpool_pool *p, int i)
+{
+    surpool_endpoint_stats es;
+    assert_int_equal(surpool_pool_endpoint_stats(p, i, &es), SURPOOL_OK);
+    return es.connect_failures;
+}
+
+static int backoff_passed(surpool_pool *p, int i)
+{
+    pthread_mutex_lock(&p->mu);
+    int passed = surpool__now_ns() >= p->eps[i].not_before_ns;
+    pthread_mutex_unlock(&p->mu);
+    return passed;
+}
+
+/* A probe of a down node never takes the last free slot from a waiter that a
+ * healthy node can serve. Before, the due probe went first: with one slot
+ * left, the waiter waited for the probe to fail (up to connect_timeout_ms on
+ * a node that drops packets) before its own connect could start. */
+static void test_probe_leaves_waiter_slot(void **state)
+{
+    (void)state;
+    surpool_config cfg;
+    base_config(&cfg, "ws://127.0.0.1:1,127.0.0.1:2/rpc");
+    cfg.max_connections = 2;
+    cfg.breaker_threshold = 1;
+    cfg.reconnect_backoff_min_ms = 1;
+    cfg.reconnect_backoff_max_ms = 2;
+    atomic_store(&g_fs.port_down[2], 1);
+    cfg.lazy_start = 1;
+    surpool_pool *p = make(&cfg);
+    surpool_conn *a = lease(p);
+    assert_int_equal(surpool_conn_endpoint(a), 0);
+    surpool_conn *b = lease(p); /* tries node 2 first (least loaded): its circuit opens */
+    assert_int_equal(surpool_conn_endpoint(b), 0);
+    WAIT_UNTIL(ep_breaker(p, 1), 5000);
+    surpool_conn_discard(b);
+    tk_release(b); /* one free slot left */
+    WAIT_UNTIL(ep_conns(p, 0) == 1, 5000);
+    WAIT_UNTIL(backoff_passed(p, 1), 5000); /* node 2's probe is due */
+    uint64_t f0 = ep_failures(p, 1);
+    surpool_conn *c = lease(p);
+    assert_int_equal(surpool_conn_endpoint(c), 0);
+    assert_int_equal(ep_failures(p, 1), f0); /* no probe took the slot */
+    tk_release(c);
+    tk_release(a);
+    check_balance(p);
+    tk_pool_destroy(p);
+}
+
 static surpool_err try_create(const surpool_config *cfg, surpool_error *err)
 {
     surpool_pool *p = NULL;
@@ -344,6 +586,11 @@ static void test_config_endpoints(void **state)
         {"ws://127.0.0.1:1/rpc", "http://x", 1, "config.endpoints[0]"},
         {"ws://127.0.0.1:1/rpc", NULL, -1, "nendpoints must be"},
         {"ws://127.0.0.1:1,127.0.0.1:1/rpc", NULL, 0, "repeats host 1"},
+        /* An entry is one node, not a host list; the same node in another
+         * text form is the same node. */
+        {"ws://127.0.0.1:1/rpc", "ws://127.0.0.1:2,127.0.0.1:3", 1, "config.endpoints[0]"},
+        {"ws://[::1]:1/rpc", "ws://[0:0:0:0:0:0:0:1]:1", 1, "repeats node 1"},
+        {"ws://db.example:1/rpc", "ws://DB.example.:1", 1, "repeats node 1"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         base_config(&cfg, bad[i].url);
@@ -486,6 +733,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unavailable_only_when_all_down, setup,
                                         tk_teardown),
         cmocka_unit_test_setup_teardown(test_rebalance_moves_idle, setup, tk_teardown),
+        cmocka_unit_test_setup_teardown(test_all_down_then_one_back, setup, tk_teardown),
+        cmocka_unit_test_setup_teardown(test_rebalance_ordered_fails_back_without_churn, setup,
+                                        tk_teardown),
+        cmocka_unit_test_setup_teardown(test_rebalance_skips_failing_node, setup, tk_teardown),
+        cmocka_unit_test_setup_teardown(test_probe_leaves_waiter_slot, setup, tk_teardown),
         cmocka_unit_test_setup_teardown(test_config_endpoints, setup, tk_teardown),
         cmocka_unit_test_setup_teardown(test_events_name_the_node, setup, tk_teardown),
         cmocka_unit_test_setup_teardown(test_create_nomem, setup, tk_teardown),

@@ -1322,6 +1322,317 @@ static void test_handle_of_destroyed_pool(void **state)
                      SURPOOL_ERR_INVALID_ARG);
 }
 
+/* (f) Values that were never handles, given to every entry point: NULL, small
+ * integers, 0xdeadbeef, all bits set, a pointer to a real object, a value
+ * naming a slot of the table that no connection holds, and a forged handle
+ * (the right slot, a generation that slot never lent). Each is refused
+ * (INVALID_ARG, -1, or a no-op for release and discard), never dereferenced
+ * (ASan), and the real lease is untouched. */
+static void test_hostile_handle_values(void **state)
+{
+    fixture *f = *state;
+    surpool_pool *pool = make_logging_pool(f, 1);
+    surpool_conn *real = NULL;
+    assert_int_equal(surpool_pool_acquire(pool, 1000, &real, NULL), SURPOOL_OK);
+    uintptr_t rv = (uintptr_t)real;
+    int local = 0;
+    surpool_conn *bad[] = {
+        NULL,
+        (surpool_conn *)(uintptr_t)1,
+        (surpool_conn *)(uintptr_t)0xdeadbeefu,
+        (surpool_conn *)UINTPTR_MAX,
+        (surpool_conn *)&local,
+        (surpool_conn *)pool,
+        surpool__lease_conn_of(real), /* the connection itself, cast */
+        /* the last slot of the first chunk: allocated, never assigned here */
+        (surpool_conn *)(uintptr_t)255u,
+        /* the real handle's slot, generations it does not hold now */
+        (surpool_conn *)(rv + ((uintptr_t)1 << (sizeof(uintptr_t) > 4 ? 32 : 16))),
+        (surpool_conn *)(rv & (sizeof(uintptr_t) > 4 ? (uintptr_t)0xFFFFFFFFu : 0xFFFFu)),
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        surpool_conn *h = bad[i];
+        surpool_error err;
+        json_t *out = NULL;
+        surpool_credentials cred;
+        memset(&cred, 0, sizeof(cred));
+        assert_int_equal(surpool_conn_call(h, "ping", NULL, &out, &err),
+                         SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_query(h, "RETURN 1", NULL, &out, NULL),
+                         SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_ping(h, &err), SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_version(h, &out, &err), SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_use(h, "a", "b", &err), SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_signin(h, &cred, &out, &err), SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_signup(h, "a", "b", "c", NULL, &out, &err),
+                         SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_authenticate(h, "t", &err), SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_invalidate(h, &err), SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_let(h, "x", NULL, &err), SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_unset(h, "x", &err), SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_select(h, "t", &out, &err), SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_create(h, "t", NULL, &out, &err),
+                         SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_insert(h, "t", NULL, &out, &err),
+                         SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_update(h, "t", NULL, &out, &err),
+                         SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_upsert(h, "t", NULL, &out, &err),
+                         SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_merge(h, "t", NULL, &out, &err), SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_patch(h, "t", NULL, 0, &out, &err),
+                         SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_delete(h, "t", &out, &err), SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_relate(h, "a:1", "e", "b:1", NULL, &out, &err),
+                         SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_run(h, "fn::x", NULL, NULL, &out, &err),
+                         SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_info(h, &out, &err), SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_begin(h, &err), SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_commit(h, &err), SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_cancel(h, &err), SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_set_timeout(h, 5), SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(surpool_conn_endpoint(h), -1);
+        assert_non_null(surpool_conn_last_error(h));
+        surpool_conn_discard(h);
+        surpool_conn_release(h);
+        assert_null(out);
+    }
+    /* Nothing reached the real lease: it is open, clean, and not discarded. */
+    assert_int_equal(log_count_and_clear("already given back"), 0);
+    assert_string_equal(surpool_conn_last_error(real), "");
+    assert_int_equal(surpool_conn_ping(real, NULL), SURPOOL_OK);
+    surpool_stats st;
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.in_use, 1);
+    assert_int_equal(st.released, 0);
+    surpool_conn_release(real);
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.idle, 1);
+    assert_int_equal(st.destroyed, 0);
+}
+
+/* (f2) The lease table grows in chunks of 256 slots while connectors of
+ * several pools assign slots and other threads lend, pin and end leases:
+ * 3 pools x 200 connections held at once need more than two chunks. Every
+ * handle names its own connection, and every one is stale once its pool is
+ * gone (TSan: assignment races with lookups). */
+#define GROW_POOLS 3
+#define GROW_CONNS 200
+
+typedef struct grow_arg {
+    fake_settings fs; /* one per pool: the fake's settings are one transport's */
+    surpool_pool *pool;
+    surpool_conn *h[GROW_CONNS];
+    atomic_int bad;
+} grow_arg;
+
+static void *grow_worker(void *arg)
+{
+    grow_arg *g = arg;
+    for (int i = 0; i < GROW_CONNS; i++) {
+        if (surpool_pool_acquire(g->pool, NO_LOST_WAKEUP_TIMEOUT_MS, &g->h[i], NULL) !=
+                SURPOOL_OK ||
+            surpool_conn_ping(g->h[i], NULL) != SURPOOL_OK)
+            atomic_fetch_add(&g->bad, 1);
+    }
+    return NULL;
+}
+
+static void test_lease_table_grows(void **state)
+{
+    (void)state;
+    static grow_arg g[GROW_POOLS];
+    pthread_t th[GROW_POOLS];
+    for (int k = 0; k < GROW_POOLS; k++) {
+        memset(&g[k], 0, sizeof(g[k]));
+        fake_settings_init(&g[k].fs);
+        surpool_config cfg;
+        surpool_config_init(&cfg);
+        cfg.url = "ws://fake.invalid/rpc";
+        cfg.max_connections = GROW_CONNS;
+        cfg.shared_connections = 0;
+        surpool_error err;
+        if (surpool__pool_create_with(&cfg, &fake_transport_ops, &g[k].fs, &g[k].pool, &err) !=
+            SURPOOL_OK)
+            fail_msg("create: %s", err.message);
+    }
+    for (int k = 0; k < GROW_POOLS; k++)
+        assert_int_equal(pthread_create(&th[k], NULL, grow_worker, &g[k]), 0);
+    for (int k = 0; k < GROW_POOLS; k++)
+        join_bounded(th[k], "a thread leasing 200 connections");
+    for (int k = 0; k < GROW_POOLS; k++)
+        assert_int_equal(atomic_load(&g[k].bad), 0);
+    /* Every handle names a distinct connection of its own pool. */
+    static surpool_conn *seen[GROW_POOLS * GROW_CONNS];
+    int n = 0;
+    for (int k = 0; k < GROW_POOLS; k++)
+        for (int i = 0; i < GROW_CONNS; i++) {
+            surpool_conn *c = surpool__lease_conn_of(g[k].h[i]);
+            assert_non_null(c);
+            assert_ptr_equal(c->pool, g[k].pool);
+            for (int j = 0; j < n; j++)
+                assert_ptr_not_equal(seen[j], c);
+            seen[n++] = c;
+        }
+    for (int k = 0; k < GROW_POOLS; k++) {
+        for (int i = 0; i < GROW_CONNS; i++)
+            surpool_conn_release(g[k].h[i]);
+        surpool_pool_destroy(g[k].pool);
+    }
+    for (int k = 0; k < GROW_POOLS; k++) {
+        for (int i = 0; i < GROW_CONNS; i++)
+            assert_int_equal(surpool_conn_ping(g[k].h[i], NULL), SURPOOL_ERR_INVALID_ARG);
+        assert_int_equal(atomic_load(&g[k].fs.open_now), 0);
+    }
+}
+
+/* (g) The on_connect hook's lease ends when the hook returns, and so does
+ * what the hook set on it. Before, its surpool_conn_set_timeout() stayed in
+ * force for the first borrower, a transaction it began and left open carried
+ * the first borrower's calls (and was cancelled at that borrower's release,
+ * their writes with it), and its surpool_conn_discard() closed the connection
+ * after the first borrower had it. Now: the timeout ends, the transaction is
+ * cancelled, and a discard refuses the connection as a failed hook does. */
+static atomic_int g_hook_mode, g_hook_calls, g_hook_rc, g_txn_cancels;
+enum { HOOK_TIMEOUT = 1, HOOK_BEGIN = 2, HOOK_DISCARD_FIRST = 3, HOOK_RELEASE = 4 };
+
+static json_t *txn_responder(void *ud, json_int_t id, const char *method, json_t *params)
+{
+    if (strcmp(method, "version") == 0)
+        return json_pack("{s:I, s:s}", "id", id, "result", "surrealdb-3.0.2");
+    if (strcmp(method, "begin") == 0)
+        return json_pack("{s:I, s:s}", "id", id, "result",
+                         "01a2245f-6402-74b1-97ef-0a6d1d24550a");
+    if (strcmp(method, "cancel") == 0) {
+        atomic_fetch_add(&g_txn_cancels, 1);
+        return json_pack("{s:I, s:n}", "id", id, "result");
+    }
+    return fake_default_responder(ud, id, method, params);
+}
+
+static surpool_err hook_leaves_state(void *ud, surpool_conn *conn)
+{
+    (void)ud;
+    int n = atomic_fetch_add(&g_hook_calls, 1);
+    surpool_err rc = SURPOOL_OK;
+    switch (atomic_load(&g_hook_mode)) {
+    case HOOK_TIMEOUT: rc = surpool_conn_set_timeout(conn, 1); break;
+    case HOOK_BEGIN: rc = surpool_conn_begin(conn, NULL); break;
+    case HOOK_DISCARD_FIRST:
+        if (n == 0)
+            surpool_conn_discard(conn);
+        break;
+    case HOOK_RELEASE: /* forbidden: refused, and the hook's lease goes on */
+        surpool_conn_release(conn);
+        rc = surpool_conn_ping(conn, NULL);
+        break;
+    }
+    atomic_store(&g_hook_rc, rc);
+    return SURPOOL_OK;
+}
+
+static surpool_pool *make_hook_pool(fixture *f, int mode)
+{
+    atomic_store(&g_hook_mode, mode);
+    atomic_store(&g_hook_calls, 0);
+    atomic_store(&g_hook_rc, -1);
+    atomic_store(&g_txn_cancels, 0);
+    f->fs.responder = txn_responder;
+    surpool_config cfg;
+    surpool_config_init(&cfg);
+    cfg.url = "ws://fake.invalid/rpc";
+    cfg.max_connections = 1;
+    cfg.shared_connections = 0;
+    cfg.on_connect = hook_leaves_state;
+    cfg.reconnect_backoff_min_ms = 1;
+    cfg.reconnect_backoff_max_ms = 4;
+    cfg.log_fn = capture_log;
+    cfg.log_level = SURPOOL_LOG_WARN;
+    surpool_error err;
+    if (surpool__pool_create_with(&cfg, &fake_transport_ops, &f->fs, &f->pool, &err) !=
+        SURPOOL_OK)
+        fail_msg("create: %s", err.message);
+    log_count_and_clear("");
+    return f->pool;
+}
+
+static void test_hook_timeout_ends_with_hook(void **state)
+{
+    fixture *f = *state;
+    surpool_pool *pool = make_hook_pool(f, HOOK_TIMEOUT);
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(pool, 5000, &c, NULL), SURPOOL_OK);
+    assert_int_equal(atomic_load(&g_hook_rc), SURPOOL_OK);
+    assert_int_equal(surpool__lease_conn_of(c)->own_timeout, 0);
+    /* Reset on release (a dirty lease): the hook runs again; same rule. */
+    assert_int_equal(surpool_conn_use(c, "other", "db", NULL), SURPOOL_OK);
+    surpool_conn_release(c);
+    assert_int_equal(atomic_load(&g_hook_calls), 2);
+    assert_int_equal(surpool_pool_acquire(pool, 5000, &c, NULL), SURPOOL_OK);
+    assert_int_equal(surpool__lease_conn_of(c)->own_timeout, 0);
+    surpool_conn_release(c);
+}
+
+static void test_hook_transaction_cancelled(void **state)
+{
+    fixture *f = *state;
+    surpool_pool *pool = make_hook_pool(f, HOOK_BEGIN);
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(pool, 5000, &c, NULL), SURPOOL_OK);
+    assert_int_equal(atomic_load(&g_hook_rc), SURPOOL_OK);
+    assert_string_equal(surpool__lease_conn_of(c)->txn, ""); /* not the borrower's */
+    assert_int_equal(atomic_load(&g_txn_cancels), 1);
+    assert_int_equal(log_count_and_clear("transaction"), 1);
+    surpool_conn_release(c);
+    assert_int_equal(atomic_load(&g_txn_cancels), 1); /* nothing left to cancel */
+    surpool_stats st;
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.idle, 1);
+    assert_int_equal(st.destroyed, 0);
+}
+
+static void test_hook_discard_refuses_connection(void **state)
+{
+    fixture *f = *state;
+    surpool_pool *pool = make_hook_pool(f, HOOK_DISCARD_FIRST);
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(pool, 5000, &c, NULL), SURPOOL_OK);
+    surpool_stats st;
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.connect_failures, 1); /* the first, discarded by its hook */
+    assert_int_equal(atomic_load(&g_hook_calls), 2);
+    surpool_conn_release(c);
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.destroyed, 0); /* the one lent is kept */
+    assert_int_equal(st.idle, 1);
+}
+
+/* (h) A hook that releases its own handle (the header forbids it) is refused
+ * with a log line, and its lease goes on until the hook returns. Before, the
+ * release ended the lease and handed the connection, still being set up, to
+ * the release path (which happened to ignore it); a release racing the hook's
+ * return, from a thread the hook started, could have given back the lease of
+ * the connection's next borrower. */
+static void test_hook_release_refused(void **state)
+{
+    fixture *f = *state;
+    surpool_pool *pool = make_hook_pool(f, HOOK_RELEASE);
+    surpool_conn *c = NULL;
+    assert_int_equal(surpool_pool_acquire(pool, 5000, &c, NULL), SURPOOL_OK);
+    assert_int_equal(atomic_load(&g_hook_calls), 1);
+    assert_int_equal(atomic_load(&g_hook_rc), SURPOOL_OK); /* pinged after the release */
+    assert_int_equal(log_count_and_clear("on_connect hook's own lease"), 1);
+    surpool_stats st;
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.in_use, 1);
+    assert_int_equal(st.released, 0);
+    surpool_conn_release(c);
+    surpool_pool_stats(pool, &st);
+    assert_int_equal(st.idle, 1);
+    assert_int_equal(st.released, 1);
+}
+
 /* ------------------------------------------------------------------------- */
 /* Secrets in freed memory                                                    */
 /* ------------------------------------------------------------------------- */
@@ -1575,6 +1886,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_concurrent_stale_releases, setup, teardown),
         cmocka_unit_test_setup_teardown(test_handle_of_destroyed_pool, setup, teardown),
         cmocka_unit_test_setup_teardown(test_release_during_call_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hostile_handle_values, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_table_grows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hook_timeout_ends_with_hook, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hook_transaction_cancelled, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hook_discard_refuses_connection, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hook_release_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_url_password_wiped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_config_validation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ms_settings_bounded, setup, teardown),

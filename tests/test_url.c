@@ -527,6 +527,14 @@ static void test_url_host_list(void **state)
         {"ws://a:1,0x7f.1/rpc", "host 2 of the host list: invalid URL: malformed IPv4"},
         {"http://a,b", "ws:// or wss://"},
         {"", "URL is empty"},
+        /* The same node written two ways (review of issue 16): an IPv6
+         * address in another text form, a name with its root '.'. */
+        {"ws://[::1]:8,[0:0:0:0:0:0:0:1]:8/rpc", "host 2 of the host list repeats host 1"},
+        {"ws://[2001:db8::1],[2001:DB8:0::1]", "repeats host 1"},
+        {"ws://db.example.,DB.example/rpc", "repeats host 1"},
+        /* Offsets are the caller's string's, not a rebuilt one's. */
+        {"ws://a, b/rpc", "offset 7"},
+        {"ws://a,b/rp c", "offset 11"},
     };
     for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
         u = NULL;
@@ -540,6 +548,36 @@ static void test_url_host_list(void **state)
             fail_msg("'%s': message '%s' lacks '%s'", bad[i].url, err.message, bad[i].msg);
         assert_null(strstr(err.message, SECRET_A));
     }
+    /* A mistake in a part every host shares (user info, path, query) is not
+     * blamed on host 1: the message names no host. */
+    const struct {
+        const char *url, *msg;
+    } shared[] = {
+        {"ws://a,b?foo=1", "unknown query parameter"},
+        {"ws://a,b/rpc?ns=x&ns=y", "given twice"},
+        {"ws://a,b/p@x", "'@' in the path"},
+        {"ws://a,b#frag", "fragments"},
+        {"ws://@a,b", "empty user name"},
+        {"ws://u:@a,b", "empty password"},
+        {"ws://a,b/rpc/%zz", "percent-escape in the path"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(shared); i++) {
+        memset(&err, 0, sizeof(err));
+        assert_int_equal(surpool__url_parse_list(shared[i].url, &u, &n, &err),
+                         SURPOOL_ERR_INVALID_ARG);
+        if (strstr(err.message, shared[i].msg) == NULL || strstr(err.message, "host ") != NULL)
+            fail_msg("'%s': message '%s' lacks '%s' or blames a host", shared[i].url,
+                     err.message, shared[i].msg);
+    }
+    /* Credentials go before the first host: in "a:1,u:p@b:2" everything
+     * before the '@' is user info (user "a", password "1,u:p"), as in a
+     * single-host URL, where a ',' in a password needs no encoding. */
+    assert_int_equal(surpool__url_parse_list("ws://a:1,u:p@b:2,c:3/rpc", &u, &n, &err),
+                     SURPOOL_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(u[0].user, "a");
+    assert_string_equal(u[0].host, "b");
+    surpool__url_free_list(u, n);
     /* At most SURPOOL_MAX_ENDPOINTS hosts. */
     char big[2048];
     size_t off = (size_t)snprintf(big, sizeof(big), "ws://");
