@@ -263,10 +263,13 @@ static surpool_err refresh(surpool_conn *c, int64_t deadline, char **token, surp
 }
 
 /* The server does not take `authenticate` (rather than refusing this token):
- * JSON-RPC "method not found" (-32601), 3.x "method not allowed" (-32602). */
+ * JSON-RPC "method not found" (-32601), 3.x "method not allowed" (-32602).
+ * The request path reports every refusal of a method that presents
+ * credentials as SURPOOL_ERR_AUTH (rpc.c, surpool__codec_auth_refusal), so
+ * the code may be either; the server's code and message tell. */
 static int refuses_authenticate(const surpool_error *err)
 {
-    return err->code == SURPOOL_ERR_SERVER &&
+    return (err->code == SURPOOL_ERR_SERVER || err->code == SURPOOL_ERR_AUTH) &&
            (err->server_code == -32601 || err->server_code == -32602 ||
             strstr(err->message, "ethod not") != NULL);
 }
