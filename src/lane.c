@@ -19,6 +19,9 @@
  *    back. The transport's thread only hands them over (on_done), so neither a
  *    big reply's decode nor a slow callback holds up the other connections.
  *    A sync request is settled by its waiting thread the same way.
+ *    Wake-ups between the two threads are what this costs, so both batch
+ *    (deliver_batch, hand_over): the replies of one pass of the transport's
+ *    loop cross together, and a batch's resubmits are sent together.
  *
  * Each lane socket is a heap object (lane_conn) that in-flight requests point
  * to. It is unlinked and freed only once nothing is in flight on it, so a
@@ -28,8 +31,9 @@
  * Locking: lane->mu guards everything below and is never held while calling
  * the pool, the transport (submit) or a user callback. The pool may take it
  * under its own mutex (stats): order pool -> lane.
- * Completions (on_done) run on the transport's thread; they only take lane->mu
- * to hand an async request to the delivery thread, or signal a sync waiter.
+ * Completions (on_done) run on the transport's thread; they never take
+ * lane->mu: they signal a sync waiter, or hand an async request to the
+ * delivery thread under lane->dmu (a leaf, see struct surpool__lane).
  *
  * Rule: every accepted request completes exactly once: by its reply or error
  * from the transport, by the lane thread (deadline while queued), by the

@@ -17,7 +17,8 @@
  *    the last one frees the connection, so no callback ever sees freed memory no
  *    matter how close(), open() timeouts and WSI_DESTROY interleave.
  *  - Request completions (done()) run without the connection mutex held: they are
- *    collected on a local list first.
+ *    collected on a local list first. A done() for a reply may ask to finish its
+ *    hand-over at the end of the loop's pass (transport.h contract 10, pass_end()).
  *  - Replies are routed by a peek at their id (json_peek.c, cbor_codec.c) and
  *    handed to their request as raw bytes: this thread never builds or frees a
  *    result tree, so one big reply does not stall every connection (dispatch()).
