@@ -19,6 +19,9 @@
  *    back. The transport's thread only hands them over (on_done), so neither a
  *    big reply's decode nor a slow callback holds up the other connections.
  *    A sync request is settled by its waiting thread the same way.
+ *    Wake-ups between the two threads are what this costs, so both batch
+ *    (deliver_batch, hand_over): the replies of one pass of the transport's
+ *    loop cross together, and a batch's resubmits are sent together.
  *
  * Each lane socket is a heap object (lane_conn) that in-flight requests point
  * to. It is unlinked and freed only once nothing is in flight on it, so a
@@ -28,8 +31,9 @@
  * Locking: lane->mu guards everything below and is never held while calling
  * the pool, the transport (submit) or a user callback. The pool may take it
  * under its own mutex (stats): order pool -> lane.
- * Completions (on_done) run on the transport's thread; they only take lane->mu
- * to hand an async request to the delivery thread, or signal a sync waiter.
+ * Completions (on_done) run on the transport's thread; they never take
+ * lane->mu: they signal a sync waiter, or hand an async request to the
+ * delivery thread under lane->dmu (a leaf, see struct surpool__lane).
  *
  * Rule: every accepted request completes exactly once: by its reply or error
  * from the transport, by the lane thread (deadline while queued), by the
@@ -37,6 +41,8 @@
  * close/destroy (SURPOOL_ERR_CLOSED).
  */
 #include <errno.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "auth.h"
@@ -45,6 +51,7 @@
 #include "queue.h"
 #include "rpc.h"
 #include "thread.h"
+#include "transport.h"
 
 typedef struct lane_conn lane_conn;
 struct lane_conn {
@@ -125,13 +132,26 @@ struct surpool__lane {
     int thread_started, acq_started;
     pthread_t thread, acq_thread;
     uint64_t requests;
-    /* Async requests the transport completed, oldest first, for the delivery
-     * thread (lane_req.link). They still count in `inflight`. */
-    surpool__queue delivery;
-    pthread_cond_t dcv; /* wakes the delivery thread */
-    int dstop;          /* destroy: the delivery thread ends once its queue is empty */
     int dthread_started;
     pthread_t dthread;
+    /* The hand-over from the transport's thread to the delivery thread, under
+     * a mutex of its own (dmu, a leaf: nothing is taken under it), so that a
+     * completion never waits for lane->mu, which the delivery thread's
+     * give-backs and sends take often. Guarded by dmu: */
+    pthread_mutex_t dmu;
+    surpool__queue delivery; /* lane_req.link: async requests the transport
+                                completed, oldest first; they still count in
+                                `inflight` */
+    pthread_cond_t dcv;      /* wakes the delivery thread */
+    int dsleeping;           /* the delivery thread waits on dcv: signal it */
+    int dstop;               /* destroy: the delivery thread ends once its queue is empty */
+    atomic_int dwakers;      /* hand_over() calls signalling dcv after unlocking dmu:
+                                destroy waits for 0 before freeing the lane */
+    /* The transport thread's side, touched only there (no lock): what it
+     * completed during its current pass, moved to `delivery` by one hold of
+     * dmu when the pass ends (handover_run, transport.h contract 10). */
+    surpool__queue handover;
+    surpool__pass_hook hook;
 };
 
 /* ------------------------------------------------------------------------- */
@@ -168,17 +188,30 @@ static int64_t earliest_deadline_locked(const surpool__lane *l)
 
 static void pump(surpool__lane *l);
 
+/* The lanes this thread is pumping, innermost first (see pump()). */
+typedef struct pump_frame {
+    const surpool__lane *lane;
+    struct pump_frame *up;
+} pump_frame;
+static _Thread_local pump_frame *pumping;
+
+/* A completed request's slot on `lc` is free again. */
+static void release_slot_locked(surpool__lane *l, lane_conn *lc)
+{
+    lc->inflight--; /* last touch of lc: the lane thread may free it from here on */
+    l->inflight--;
+    if (lc->inflight == 0 && (lc->failed || lc->expired))
+        pthread_cond_signal(&l->cv); /* the lane thread gives it back */
+}
+
 /* Give a completed request's slot on `lc` back, then send what queued behind
  * it. `completing` keeps destroy waiting until this function no longer touches
  * the lane. */
 static void give_back(surpool__lane *l, lane_conn *lc)
 {
     pthread_mutex_lock(&l->mu);
-    lc->inflight--; /* last touch of lc: the lane thread may free it from here on */
-    l->inflight--;
+    release_slot_locked(l, lc);
     l->completing++;
-    if (lc->inflight == 0 && (lc->failed || lc->expired))
-        pthread_cond_signal(&l->cv); /* the lane thread gives it back */
     pthread_mutex_unlock(&l->mu);
     pump(l);
     pthread_mutex_lock(&l->mu);
@@ -189,11 +222,13 @@ static void give_back(surpool__lane *l, lane_conn *lc)
 
 static int retry_after_reauth(lane_req *r, surpool_err rc);
 
-/* Settle a completed request, lane->mu NOT held, never on the transport's
- * thread: decode its reply, hand the outcome to its caller (a sync request's
- * fields, read by the waiter, which is the calling thread; or the async
- * callback, after which r is freed), then give its slot back. */
-static int settle(lane_req *r)
+/* The outcome of a completed request, lane->mu NOT held, never on the
+ * transport's thread: decode its reply and hand it to its caller (a sync
+ * request's fields, read by the waiter, which is the calling thread; or the
+ * async callback). Its slot is not given back and an async r not freed: the
+ * caller does both (settle(), deliver_batch()). 1 if it was queued again
+ * instead (retry_after_reauth(), which gave the slot back itself). */
+static int settle_outcome(lane_req *r)
 {
     surpool__lane *l = r->lane;
     lane_conn *lc = r->lc; /* stays valid: its inflight count includes us */
@@ -229,8 +264,21 @@ static int settle(lane_req *r)
         r->cb(r->userdata, rc, rc == SURPOOL_OK ? result : NULL, &err);
         in_result_cb--;
         json_decref(r->treq.reply);
-        surpool__free(r);
+        r->treq.reply = NULL;
     }
+    return 0;
+}
+
+/* Settle one completed request (as settle_outcome()), then free an async one
+ * and give its slot back. 1 if it was queued again instead. */
+static int settle(lane_req *r)
+{
+    surpool__lane *l = r->lane;
+    lane_conn *lc = r->lc;
+    if (settle_outcome(r))
+        return 1;
+    if (r->sync == NULL)
+        surpool__free(r);
     if (lc != NULL)
         give_back(l, lc);
     return 0;
@@ -338,6 +386,30 @@ static int retry_after_reauth(lane_req *r, surpool_err rc)
     return 1;
 }
 
+/* Queue completed async requests (`list`, emptied) for the delivery thread,
+ * all under one hold of dmu. Only a sleeping delivery thread is signalled,
+ * once: an awake one takes them with its next batch (it looks at the queue
+ * under dmu before it sleeps). The signal goes after the unlock, so that the
+ * woken thread does not at once block on dmu (measured: with the signal under
+ * the lock half the futex calls of the hand-over were that collision);
+ * `dwakers` keeps the lane alive meanwhile. Those requests count in
+ * `inflight` until the delivery thread settles them, so the lane outlives the
+ * unlock too. */
+static void hand_over(surpool__lane *l, surpool__queue *list)
+{
+    pthread_mutex_lock(&l->dmu);
+    surpool__queue_move_tail(&l->delivery, list);
+    int wake = l->dsleeping;
+    l->dsleeping = 0;
+    if (wake)
+        atomic_fetch_add(&l->dwakers, 1);
+    pthread_mutex_unlock(&l->dmu); /* without `wake`, the last touch of the lane */
+    if (wake) {
+        pthread_cond_signal(&l->dcv);
+        atomic_fetch_sub(&l->dwakers, 1); /* last touch of the lane */
+    }
+}
+
 /* The transport's completion (usually on its thread, which must not decode or
  * run callbacks): wake the sync waiter, or queue the request for the delivery
  * thread. The request still counts in `inflight`, so destroy waits for it. */
@@ -349,35 +421,80 @@ static void on_done(surpool__treq *treq)
         surpool__sync_signal(r->sync); /* r belongs to the waiter from here on */
         return;
     }
-    pthread_mutex_lock(&l->mu);
-    surpool__queue_insert_tail(&l->delivery, &r->link);
-    pthread_cond_signal(&l->dcv);
-    pthread_mutex_unlock(&l->mu); /* last touch of the lane */
+    if (surpool__transport_defer(&l->hook)) {
+        /* The transport's thread, inside a pass: with the pass's other
+         * completions at its end (handover_run). */
+        surpool__queue_insert_tail(&l->handover, &r->link);
+        return;
+    }
+    surpool__queue one;
+    surpool__queue_init(&one);
+    surpool__queue_insert_tail(&one, &r->link);
+    hand_over(l, &one);
 }
 
-/* The delivery thread: settles async completions in the order they came. */
+/* The end of the transport's pass: hand what it completed meanwhile to the
+ * delivery thread at once. Those requests count in `inflight`, so the lane
+ * outlives this call; after the unlock it is not touched. */
+static void handover_run(surpool__pass_hook *h)
+{
+    surpool__lane *l = SURPOOL__QUEUE_DATA(h, surpool__lane, hook);
+    hand_over(l, &l->handover);
+}
+
+/* Settle a batch the delivery thread took (a list of its own, emptied), in
+ * order, each slot given back as soon as its callback returned. The sends are
+ * made once, for the whole batch: the callbacks' resubmits (and whatever
+ * queued behind the batch's requests) only queue while it runs (a pump of this
+ * lane on this thread returns at once meanwhile, see pump()), and one pump()
+ * at the end sends them. So the transport's thread is woken once per batch,
+ * not once per request. (Other threads' pumps still send meanwhile.) No
+ * `completing` count: destroy joins this thread before freeing the lane. */
+static void deliver_batch(surpool__lane *l, surpool__queue *batch)
+{
+    surpool__queue *q;
+    pump_frame frame = {l, pumping};
+    pumping = &frame;
+    while ((q = surpool__queue_head(batch)) != NULL) {
+        surpool__queue_remove(q);
+        lane_req *r = SURPOOL__QUEUE_DATA(q, lane_req, link);
+        lane_conn *lc = r->lc; /* an async request completed here was sent */
+        if (settle_outcome(r))
+            continue;
+        surpool__free(r);
+        pthread_mutex_lock(&l->mu);
+        release_slot_locked(l, lc);
+        if (l->inflight == 0 && l->completing == 0 && l->stop)
+            pthread_cond_broadcast(&l->cv); /* destroy waits for this */
+        pthread_mutex_unlock(&l->mu);
+    }
+    pumping = frame.up;
+    pump(l);
+}
+
+/* The delivery thread: settles async completions in the order they came,
+ * taking every one that is there at once (deliver_batch()). */
 static void *delivery_main(void *arg)
 {
     surpool__lane *l = arg;
     on_delivery_thread = 1;
     surpool__queue batch;
     surpool__queue_init(&batch);
-    pthread_mutex_lock(&l->mu);
+    pthread_mutex_lock(&l->dmu);
     for (;;) {
-        while (surpool__queue_empty(&l->delivery) && !l->dstop)
-            pthread_cond_wait(&l->dcv, &l->mu);
+        while (surpool__queue_empty(&l->delivery) && !l->dstop) {
+            l->dsleeping = 1;
+            pthread_cond_wait(&l->dcv, &l->dmu);
+        }
+        l->dsleeping = 0;
         if (surpool__queue_empty(&l->delivery))
             break; /* dstop: destroy saw nothing in flight, so nothing more comes */
         surpool__queue_move_tail(&batch, &l->delivery);
-        pthread_mutex_unlock(&l->mu);
-        surpool__queue *q;
-        while ((q = surpool__queue_head(&batch)) != NULL) {
-            surpool__queue_remove(q);
-            settle(SURPOOL__QUEUE_DATA(q, lane_req, link));
-        }
-        pthread_mutex_lock(&l->mu);
+        pthread_mutex_unlock(&l->dmu);
+        deliver_batch(l, &batch);
+        pthread_mutex_lock(&l->dmu);
     }
-    pthread_mutex_unlock(&l->mu);
+    pthread_mutex_unlock(&l->dmu);
     return NULL;
 }
 
@@ -473,12 +590,6 @@ static lane_conn *pick_locked(surpool__lane *l, uint64_t min_auth_seq)
  * outer loop carries on. The guard is kept per lane (the lanes this thread is
  * pumping, innermost first), so a callback of pool A that queues on pool B
  * still sends B's request; other threads pump the same lane concurrently. */
-typedef struct pump_frame {
-    const surpool__lane *lane;
-    struct pump_frame *up;
-} pump_frame;
-static _Thread_local pump_frame *pumping;
-
 static void pump(surpool__lane *l)
 {
     for (const pump_frame *f = pumping; f != NULL; f = f->up)
@@ -834,6 +945,8 @@ surpool_err surpool__lane_create(surpool_pool *p, const surpool__lane_config *cf
     surpool__queue_init(&l->conns);
     surpool__queue_init(&l->pending);
     surpool__queue_init(&l->delivery);
+    surpool__queue_init(&l->handover);
+    l->hook.run = handover_run;
     surpool__queue_init(&l->members);
     if (pthread_mutex_init(&l->mu, NULL) != 0)
         goto fail;
@@ -843,8 +956,12 @@ surpool_err surpool__lane_create(surpool_pool *p, const surpool__lane_config *cf
         goto fail_cv;
     if (surpool__cond_init(&l->dcv) != 0)
         goto fail_acq;
+    if (pthread_mutex_init(&l->dmu, NULL) != 0)
+        goto fail_dcv;
     *out = l;
     return SURPOOL_OK;
+fail_dcv:
+    pthread_cond_destroy(&l->dcv);
 fail_acq:
     pthread_cond_destroy(&l->acq_cv);
 fail_cv:
@@ -922,12 +1039,18 @@ void surpool__lane_destroy(surpool__lane *l)
     pthread_mutex_lock(&l->mu);
     while (l->inflight > 0 || l->completing > 0)
         pthread_cond_wait(&l->cv, &l->mu);
-    l->dstop = 1;
-    pthread_cond_signal(&l->dcv);
     int dstarted = l->dthread_started;
     pthread_mutex_unlock(&l->mu);
+    pthread_mutex_lock(&l->dmu);
+    l->dstop = 1;
+    pthread_cond_signal(&l->dcv);
+    pthread_mutex_unlock(&l->dmu);
     if (dstarted)
         pthread_join(l->dthread, NULL);
+    /* A hand_over() may still be signalling the (now ended) thread: it is
+     * past its unlock, a few instructions from done. */
+    while (atomic_load(&l->dwakers) > 0)
+        sched_yield();
     /* Nothing runs on the lane now: unhook it (stats read it under the pool
      * mutex), then free it. */
     surpool__pool_lane_unhook(l->pool, l);
@@ -942,6 +1065,7 @@ void surpool__lane_destroy(surpool__lane *l)
         surpool__queue_remove(q);
         surpool__free(SURPOOL__QUEUE_DATA(q, lane_conn, link));
     }
+    pthread_mutex_destroy(&l->dmu);
     pthread_cond_destroy(&l->dcv);
     pthread_cond_destroy(&l->acq_cv);
     pthread_cond_destroy(&l->cv);

@@ -43,6 +43,13 @@
  *     dead (peer closed, error, keepalive failure).
  *  9. done() and event callbacks must never call back into this connection's
  *     close(); they may signal other threads.
+ * 10. A done() may batch what it hands to another thread: where the transport
+ *     can promise to run it before its thread waits for I/O again (the lws
+ *     transport: a done() for a reply, in a pass over the sockets),
+ *     surpool__transport_defer() arms a hook that runs once when that pass
+ *     ends, so that the replies of one pass cross to the other thread with
+ *     one wake-up instead of one each. Anywhere else it returns 0 and the
+ *     caller hands over at once.
  */
 #ifndef SURPOOL_TRANSPORT_H
 #define SURPOOL_TRANSPORT_H
@@ -136,6 +143,21 @@ typedef struct surpool__transport_ops {
     int (*alive)(surpool__tconn *c);
     void (*close)(surpool__tconn *c);
 } surpool__transport_ops;
+
+/* Contract 10. `run` is called on the transport's thread with no lock of the
+ * transport held, after the hook was unlinked: it may let the hook's owner be
+ * freed. `next` and `armed` belong to the transport (zero them at init). */
+typedef struct surpool__pass_hook surpool__pass_hook;
+struct surpool__pass_hook {
+    void (*run)(surpool__pass_hook *h);
+    surpool__pass_hook *next;
+    int armed;
+};
+/* Called from a done(): 1 if `h` now runs once at the end of the transport's
+ * current pass (arming an armed hook again changes nothing); 0 if the call
+ * is not made where contract 10 allows it: nothing is armed. Only ever 1 on
+ * the transport's thread, which is the thread that runs the hook. */
+int surpool__transport_defer(surpool__pass_hook *h);
 
 /* The real one (transport_lws.c). `arg` is unused (NULL). */
 extern const surpool__transport_ops surpool__transport_lws;

@@ -17,7 +17,8 @@
  *    the last one frees the connection, so no callback ever sees freed memory no
  *    matter how close(), open() timeouts and WSI_DESTROY interleave.
  *  - Request completions (done()) run without the connection mutex held: they are
- *    collected on a local list first.
+ *    collected on a local list first. A done() for a reply may ask to finish its
+ *    hand-over at the end of the loop's pass (transport.h contract 10, pass_end()).
  *  - Replies are routed by a peek at their id (json_peek.c, cbor_codec.c) and
  *    handed to their request as raw bytes: this thread never builds or frees a
  *    result tree, so one big reply does not stall every connection (dispatch()).
@@ -160,6 +161,10 @@ struct surpool__transport {
     int use_uv;                        /* set before the service thread starts */
     uv_loop_t uv;                      /* ours when use_uv; run by the service thread */
     int uv_stopping;                   /* service thread only */
+    uv_check_t pass_check;             /* end the pass after the I/O callbacks... */
+    uv_prepare_t pass_prep;            /* ...and before the loop blocks (pass_end) */
+    int pass_handles;                  /* service thread only: how many of the two
+                                          are initialised (uv_teardown closes them) */
     SSL_CTX *ssl_ctx;
     pthread_t thread;
     atomic_int stop;
@@ -323,6 +328,73 @@ static int conn_tryref(surpool__tconn *c)
             return 1;
     }
     return 0;
+}
+
+/* Contract 10: the hooks armed during the current pass of this thread's
+ * loop. A pass ends when lws_service() returns (poll loop), or on libuv in
+ * its check phase (right after the I/O callbacks) and its prepare phase
+ * (right before it blocks for I/O). Hooks are armed only while a reply is
+ * routed (g_routing, on_reply()): lws reads sockets after poll() returned
+ * (or in libuv's I/O callbacks), so such a hook runs before the loop waits
+ * again. Completions made elsewhere on this thread (deadline timers, which
+ * lws' poll loop runs before poll(); sockets closing) hand over at once: a
+ * hook armed there could wait for the next event. */
+static _Thread_local int g_in_pass;
+static _Thread_local int g_routing;
+static _Thread_local surpool__pass_hook *g_pass_head;
+static _Thread_local surpool__pass_hook **g_pass_tail;
+
+int surpool__transport_defer(surpool__pass_hook *h)
+{
+    if (!g_in_pass || !g_routing)
+        return 0;
+    if (!h->armed) {
+        h->armed = 1;
+        h->next = NULL;
+        *g_pass_tail = h;
+        g_pass_tail = &h->next;
+    }
+    return 1;
+}
+
+static void pass_begin(void)
+{
+    g_pass_head = NULL;
+    g_pass_tail = &g_pass_head;
+    g_in_pass = 1;
+}
+
+/* Run the hooks armed so far, oldest first. */
+static void pass_end(void)
+{
+    surpool__pass_hook *h;
+    while ((h = g_pass_head) != NULL) {
+        g_pass_head = h->next;
+        if (g_pass_head == NULL)
+            g_pass_tail = &g_pass_head;
+        h->armed = 0;
+        h->run(h); /* may free h's owner: not touched again */
+    }
+}
+
+/* The loop is over: run what is armed; done() calls from here on (the
+ * context's destruction) hand over at once. */
+static void pass_stop(void)
+{
+    pass_end();
+    g_in_pass = 0;
+}
+
+static void on_pass_check(uv_check_t *h)
+{
+    (void)h;
+    pass_end();
+}
+
+static void on_pass_prep(uv_prepare_t *h)
+{
+    (void)h;
+    pass_end();
 }
 
 /* Wake the service thread; only lws call allowed off it. */
@@ -817,7 +889,9 @@ static void on_reply(surpool__tconn *c, int64_t id, const char *buf, size_t len)
         r->status = SURPOOL_ERR_NOMEM;
         copy_str(r->message, sizeof(r->message), "out of memory taking a reply");
     }
+    g_routing = 1; /* contract 10: a hook armed here runs at the end of this pass */
     r->done(r);
+    g_routing = 0;
 }
 
 /* A complete message (text for JSON, binary for CBOR). Replies are routed by a
@@ -1108,6 +1182,11 @@ static int protocol_cb(struct lws *wsi, enum lws_callback_reasons reason, void *
  * leak per pool), then the loop is ours to close. */
 static void uv_teardown(surpool__transport *t)
 {
+    if (t->pass_handles > 0)
+        uv_close((uv_handle_t *)&t->pass_check, NULL);
+    if (t->pass_handles > 1)
+        uv_close((uv_handle_t *)&t->pass_prep, NULL);
+    t->pass_handles = 0;
     if (t->ctx != NULL) {
         lws_context_destroy(t->ctx);
         uv_run(&t->uv, UV_RUN_DEFAULT); /* the handles' close callbacks */
@@ -1133,21 +1212,40 @@ static void *service_main(void *arg)
     surpool__transport *t = arg;
     int complained = 0;
     if (t->use_uv) {
+        /* Passes end in the check and prepare phases (pass_begin()); the
+         * handles do not keep the loop alive (unref). Without both, no
+         * passes: completions hand over at once. */
+        if (uv_check_init(&t->uv, &t->pass_check) == 0) {
+            t->pass_handles = 1; /* closed by uv_teardown() */
+            uv_unref((uv_handle_t *)&t->pass_check);
+            if (uv_prepare_init(&t->uv, &t->pass_prep) == 0) {
+                t->pass_handles = 2;
+                uv_unref((uv_handle_t *)&t->pass_prep);
+                if (uv_check_start(&t->pass_check, on_pass_check) == 0 &&
+                    uv_prepare_start(&t->pass_prep, on_pass_prep) == 0)
+                    pass_begin();
+            }
+        }
         /* Returns once the EVENT_WAIT_CANCELLED after stop destroyed the context
          * and lws closed its handles. */
         for (;;) {
             uv_run(&t->uv, UV_RUN_DEFAULT);
+            pass_end();
             if (!t->ctx_alive)
                 break;
             loop_failed(t, &complained, "libuv loop returned before stop");
         }
+        pass_stop();
         uv_teardown(t);
         return NULL;
     }
+    pass_begin();
     while (!atomic_load(&t->stop)) {
         if (lws_service(t->ctx, 0) < 0 && !atomic_load(&t->stop))
             loop_failed(t, &complained, "libwebsockets service loop failed");
+        pass_end();
     }
+    pass_stop();
     context_mark_dead(t);
     /* Synchronous; sends no close frames; WSI_DESTROY for every remaining wsi. */
     lws_context_destroy(t->ctx);

@@ -426,6 +426,92 @@ static void test_async_chain_from_callback(void **state)
     assert_int_equal(atomic_load(&d.left), 0);
 }
 
+/* The delivery thread settles what completed while it was busy as one batch:
+ * a completion that arrives while a callback runs is not lost (no signal is
+ * sent to an awake delivery thread), and the resubmits the batch's callbacks
+ * make reach the transport together once its last callback returned, not one
+ * by one between them (one wake-up of the transport's thread per batch). */
+typedef struct batch {
+    surpool_pool *pool;
+    fake_settings *fs;
+    atomic_int gate_entered, gate_open, gate_timed_out;
+    atomic_int b_seen, calls_at_first_b, sent_during_batch, refused;
+    atomic_int c_done, c_ok, c_off_delivery;
+} batch;
+
+static void on_batch_gate(void *ud, surpool_err code, json_t *result, const surpool_error *err)
+{
+    (void)code;
+    (void)result;
+    (void)err;
+    batch *b = ud;
+    atomic_store(&b->gate_entered, 1);
+    for (int i = 0; i < 30000 && !atomic_load(&b->gate_open); i++)
+        sleep_ms(1);
+    if (!atomic_load(&b->gate_open))
+        atomic_store(&b->gate_timed_out, 1);
+}
+
+static void on_batch_c(void *ud, surpool_err code, json_t *result, const surpool_error *err)
+{
+    (void)result;
+    (void)err;
+    batch *b = ud;
+    if (code == SURPOOL_OK)
+        atomic_fetch_add(&b->c_ok, 1);
+    if (!surpool__lane_on_delivery_thread())
+        atomic_fetch_add(&b->c_off_delivery, 1);
+    atomic_fetch_add(&b->c_done, 1);
+}
+
+static void on_batch_b(void *ud, surpool_err code, json_t *result, const surpool_error *err)
+{
+    (void)code;
+    (void)result;
+    (void)err;
+    batch *b = ud;
+    int calls = atomic_load(&b->fs->calls);
+    if (atomic_fetch_add(&b->b_seen, 1) == 0)
+        atomic_store(&b->calls_at_first_b, calls);
+    else if (calls != atomic_load(&b->calls_at_first_b))
+        atomic_fetch_add(&b->sent_during_batch, 1);
+    if (surpool_query_async(b->pool, "RETURN 1", NULL, on_batch_c, b) != SURPOOL_OK)
+        atomic_fetch_add(&b->refused, 1);
+}
+
+static void test_batch_sends_after_its_callbacks(void **state)
+{
+    fixture *f = *state;
+    /* Latency 0: each request completes inside submit(), on the thread that
+     * sent it, and is handed to the delivery thread from there. */
+    surpool_pool *p = make_pool(f, 3, 1, 16, 20000);
+    json_t *out = NULL;
+    assert_int_equal(surpool_query(p, "RETURN 1", NULL, &out, NULL), SURPOOL_OK);
+    json_decref(out);
+    batch *b = calloc(1, sizeof(*b));
+    b->pool = p;
+    b->fs = &f->fs;
+    /* Hold the delivery thread in a callback... */
+    assert_int_equal(surpool_query_async(p, "RETURN 0", NULL, on_batch_gate, b), SURPOOL_OK);
+    WAIT_FOR(atomic_load(&b->gate_entered), "the gate callback to start");
+    /* ...while five more complete: they wait for it, as one batch. */
+    enum { N = 5 };
+    for (int i = 0; i < N; i++)
+        assert_int_equal(surpool_query_async(p, "RETURN 2", NULL, on_batch_b, b), SURPOOL_OK);
+    WAIT_FOR(atomic_load(&f->fs.calls) == 2 + N, "the five requests to reach the transport");
+    atomic_store(&b->gate_open, 1);
+    WAIT_FOR(atomic_load(&b->c_done) == N, "the five resubmitted requests to complete");
+    assert_int_equal(atomic_load(&b->gate_timed_out), 0);
+    assert_int_equal(atomic_load(&b->b_seen), N);
+    assert_int_equal(atomic_load(&b->refused), 0);
+    assert_int_equal(atomic_load(&b->sent_during_batch), 0);
+    assert_int_equal(atomic_load(&b->calls_at_first_b), 2 + N);
+    assert_int_equal(atomic_load(&b->c_ok), N);
+    assert_int_equal(atomic_load(&b->c_off_delivery), 0);
+    assert_int_equal(atomic_load(&f->fs.calls), 2 + 2 * N);
+    free(b);
+}
+
 static void test_queue_deadline_and_capacity(void **state)
 {
     fixture *f = *state;
@@ -1165,6 +1251,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_async_exactly_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_chain_from_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_callbacks_on_delivery_thread, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_sends_after_its_callbacks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_undecodable_reply_retires_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_deadline_and_capacity, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queued_request_sent_when_slot_frees, setup,
