@@ -1200,6 +1200,13 @@ static void on_array(void *ctx, size_t n)
         return;
     }
     if (n == 0) {
+        /* An empty container is a level too, as the encoder counts it: a
+         * value this decoder accepts must be one the library can send back. */
+        if (d->depth >= SURPOOL__CBOR_MAX_DEPTH) {
+            json_decref(a);
+            dec_fail(d, SURPOOL_ERR_PROTOCOL, "nested deeper than 256 levels");
+            return;
+        }
         dec_emit(d, a);
         return;
     }
@@ -1221,6 +1228,13 @@ static void on_map(void *ctx, size_t n)
         return;
     }
     if (n == 0) {
+        /* An empty container is a level too, as the encoder counts it: a
+         * value this decoder accepts must be one the library can send back. */
+        if (d->depth >= SURPOOL__CBOR_MAX_DEPTH) {
+            json_decref(o);
+            dec_fail(d, SURPOOL_ERR_PROTOCOL, "nested deeper than 256 levels");
+            return;
+        }
         dec_emit(d, o);
         return;
     }

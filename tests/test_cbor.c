@@ -749,6 +749,27 @@ static void test_depth_bound_decode(void **state)
     p[SURPOOL__CBOR_MAX_DEPTH] = 0x01;
     assert_int_equal(dec_rc(p, SURPOOL__CBOR_MAX_DEPTH + 1, &e), SURPOOL_OK);
     assert_int_equal(dec_rc(p, SURPOOL__CBOR_MAX_DEPTH, &e), SURPOOL_ERR_PROTOCOL);
+    /* An empty array or map innermost counts as a level, as when encoding:
+     * 256 tags around [] decoded before, into a value the encoder (and so
+     * surpool_value_check) refuses (found by fuzz_cbor_decode). */
+    const unsigned char empties[] = {0x80, 0xa0};
+    for (size_t k = 0; k < sizeof(empties); k++) {
+        for (size_t tags = SURPOOL__CBOR_MAX_DEPTH - 1; tags <= SURPOOL__CBOR_MAX_DEPTH;
+             tags++) {
+            memset(p, 0xcf, tags); /* tag 15 (future) ... */
+            p[tags] = empties[k];
+            json_t *v = NULL;
+            surpool_err rc = surpool__cbor_decode_value(p, tags + 1, &v, &e);
+            if (tags < SURPOOL__CBOR_MAX_DEPTH) {
+                assert_int_equal(rc, SURPOOL_OK);
+                assert_int_equal(surpool_value_check(v, &e), SURPOOL_OK);
+                json_decref(v);
+            } else {
+                assert_int_equal(rc, SURPOOL_ERR_PROTOCOL);
+                assert_null(v);
+            }
+        }
+    }
     free(p);
 }
 
