@@ -37,10 +37,12 @@
 #include <errno.h>
 #include <pthread.h>
 #include <string.h>
+#include <strings.h>
 
 #include "live.h"
 #include "pool.h"
 #include "thread.h"
+#include "utf8.h"
 
 #define LIVE_ID_LEN 36
 #define ORPHANS_MAX 4096
@@ -637,6 +639,8 @@ static void settle_orphans_locked(surpool__live_mgr *m, live_key *k)
     }
 }
 
+static void queue_kill_locked(surpool__live_mgr *m, carrier *k, json_t *value);
+
 /* Send the start of `s` on `k` (the mutex dropped meanwhile); *id_value: the
  * server's id (a new reference) on success. */
 static surpool_err send_start_locked(surpool__live_mgr *m, surpool_live *s, carrier *k,
@@ -678,7 +682,22 @@ static surpool_err send_start_locked(surpool__live_mgr *m, surpool_live *s, carr
     }
     json_decref(params);
     const json_t *idv = result;
+    json_t *stray = NULL; /* live ids of a refused multi-statement text */
     if (rc == SURPOOL_OK && s->sql != NULL) {
+        if (json_array_size(result) > 1) {
+            /* `LIVE SELECT ...; LIVE SELECT ...`: the server started each
+             * one; nobody will own them, so they are killed (below). */
+            stray = json_array();
+            size_t i;
+            json_t *st;
+            char tmp[LIVE_ID_LEN + 1];
+            json_array_foreach(result, i, st)
+            {
+                json_t *v = json_object_get(st, "result");
+                if (stray != NULL && id_text(v, tmp) == 0)
+                    json_array_append(stray, v);
+            }
+        }
         rc = surpool_query_check(result, err);
         if (rc == SURPOOL_OK && json_array_size(result) != 1)
             rc = surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
@@ -703,10 +722,15 @@ static surpool_err send_start_locked(surpool__live_mgr *m, surpool_live *s, carr
     m->start_conn = NULL;
     if (surpool__breaks_connection(rc))
         k->failed = 1;
+    size_t i;
+    json_t *v;
+    json_array_foreach(stray, i, v) queue_kill_locked(m, k, json_incref(v));
+    json_decref(stray);
     return rc;
 }
 
-/* Fill key `key` of s with the id the server gave and register it. */
+/* Fill key `key` of s with the id the server gave (stolen) and register it;
+ * on failure the id is killed on the server. */
 static int adopt_locked(surpool__live_mgr *m, surpool_live *s, live_key *key, carrier *k,
                         json_t *value)
 {
@@ -718,13 +742,33 @@ static int adopt_locked(surpool__live_mgr *m, surpool_live *s, live_key *key, ca
     key->sub = s;
     key->car = k;
     if (register_locked(m, key) != 0) {
+        /* Out of memory: nobody can route it, so the server must not keep
+         * it running on the carrier either. */
         key->car = NULL;
-        json_decref(value);
         key->value = NULL;
+        queue_kill_locked(m, k, value);
         return -1;
     }
     settle_orphans_locked(m, key);
     return 0;
+}
+
+/* Queue a `kill` of `value` (stolen) on carrier `k`: a live query the server
+ * started that nobody will own (killed meanwhile, or a statement the start
+ * refused). Out of memory: it stays until the carrier closes (L4: carriers
+ * are never lent to anyone else). */
+static void queue_kill_locked(surpool__live_mgr *m, carrier *k, json_t *value)
+{
+    kill_job *j = surpool__calloc(1, sizeof(*j));
+    if (j == NULL) {
+        json_decref(value);
+        return;
+    }
+    j->car = k;
+    j->value = value;
+    k->nkills++;
+    surpool__queue_insert_tail(&m->kills, &j->link);
+    pthread_cond_signal(&m->work_cv);
 }
 
 /* A kill job: `kill [id]` on its carrier if it is still up. */
@@ -793,15 +837,7 @@ static void restart_pinned_locked(surpool__live_mgr *m, surpool_live *s)
     surpool_err rc = k != NULL ? send_start_locked(m, s, k, &value, &err) : err.code;
     if (rc == SURPOOL_OK && (s->killed || s->closed_queued)) {
         /* Killed meanwhile: undo on the server. */
-        kill_job *j = surpool__calloc(1, sizeof(*j));
-        if (j != NULL) {
-            j->car = k;
-            j->value = value;
-            k->nkills++;
-            surpool__queue_insert_tail(&m->kills, &j->link);
-        } else {
-            json_decref(value);
-        }
+        queue_kill_locked(m, k, value);
         settle_orphans_locked(m, NULL);
         maybe_free_locked(s);
         return;
@@ -905,15 +941,7 @@ static int move_pinned_locked(surpool__live_mgr *m, surpool_live *s, carrier *ol
     }
     if (s->killed || s->closed_queued || !s->cur.registered || s->cur.car != old) {
         /* Killed or moved meanwhile: the new one was started for nothing. */
-        kill_job *j = surpool__calloc(1, sizeof(*j));
-        if (j != NULL) {
-            j->car = k;
-            j->value = value;
-            k->nkills++;
-            surpool__queue_insert_tail(&m->kills, &j->link);
-        } else {
-            json_decref(value);
-        }
+        queue_kill_locked(m, k, value);
         settle_orphans_locked(m, NULL);
         maybe_free_locked(s);
         return 1;
@@ -1210,6 +1238,34 @@ void surpool_live_options_init(surpool_live_options *opts)
         memset(opts, 0, sizeof(*opts));
 }
 
+/* 1 when the SurrealQL text's first keyword is LIVE (after blanks and
+ * comments: `-- `, `//` and `#` to the end of the line, block comments).
+ * Checked before anything is sent, so that `CREATE ...` or `RETURN <uuid>` is
+ * refused without running: only the server can tell the rest (one statement,
+ * a LIVE SELECT), after running it. */
+static int starts_with_live(const char *p)
+{
+    for (;;) {
+        while (*p != '\0' && isspace((unsigned char)*p))
+            p++;
+        if (*p == '#' || (p[0] == '-' && p[1] == '-') || (p[0] == '/' && p[1] == '/')) {
+            while (*p != '\0' && *p != '\n')
+                p++;
+        } else if (p[0] == '/' && p[1] == '*') {
+            const char *e = strstr(p + 2, "*/");
+            if (e == NULL)
+                return 0;
+            p = e + 2;
+        } else {
+            break;
+        }
+    }
+    if (strncasecmp(p, "LIVE", 4) != 0)
+        return 0;
+    unsigned char c = (unsigned char)p[4];
+    return c != '_' && !isalnum(c) && c != '\0';
+}
+
 static surpool_err check_options(const surpool_live_options *o, surpool_error *err)
 {
     if (o == NULL)
@@ -1221,6 +1277,13 @@ static surpool_err check_options(const surpool_live_options *o, surpool_error *e
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "live options table is empty");
     if (o->sql != NULL && o->sql[0] == '\0')
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "live options sql is empty");
+    if (!surpool__utf8_valid_str(o->table) || !surpool__utf8_valid_str(o->sql))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "live options table and sql must be valid UTF-8");
+    if (o->sql != NULL && !starts_with_live(o->sql))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "live options sql must be one LIVE SELECT statement (it "
+                               "does not start with LIVE; nothing was sent)");
     if (o->sql != NULL && o->diff)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "live options diff applies to table; write LIVE SELECT DIFF "

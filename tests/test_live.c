@@ -6,6 +6,7 @@
  * and the test waits, bounded, for what it expects.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -705,6 +706,122 @@ static void test_notification_before_reply(void **state)
     rec_free(&r);
 }
 
+/* ---- hostile input, on the fake transport (fast, no server) ---- */
+
+#define STRAY_A "aaaaaaaa-0000-4000-8000-000000000001"
+#define STRAY_B "aaaaaaaa-0000-4000-8000-000000000002"
+static atomic_int g_fake_queries, g_fake_kills;
+static pthread_mutex_t g_fake_mu = PTHREAD_MUTEX_INITIALIZER;
+static char g_fake_killed[512];
+
+/* `query` answers two statements that each started a live query; `kill`
+ * records the id. */
+static json_t *stray_responder(void *ud, json_int_t id, const char *method, json_t *params)
+{
+    if (strcmp(method, "query") == 0) {
+        atomic_fetch_add(&g_fake_queries, 1);
+        return json_pack("{s:I, s:[{s:s, s:s}, {s:s, s:s}]}", "id", id, "result", "status",
+                         "OK", "result", STRAY_A, "status", "OK", "result", STRAY_B);
+    }
+    if (strcmp(method, "kill") == 0) {
+        pthread_mutex_lock(&g_fake_mu);
+        strncat(g_fake_killed, json_string_value(json_array_get(params, 0)),
+                sizeof(g_fake_killed) - strlen(g_fake_killed) - 1);
+        pthread_mutex_unlock(&g_fake_mu);
+        atomic_fetch_add(&g_fake_kills, 1);
+        return json_pack("{s:I, s:n}", "id", id, "result");
+    }
+    return fake_default_responder(ud, id, method, params);
+}
+
+static surpool_pool *fake_pool(fake_settings *fs, fake_responder_fn fn)
+{
+    fake_settings_init(fs);
+    fs->responder = fn;
+    surpool_config cfg;
+    surpool_config_init(&cfg);
+    cfg.url = "ws://fake.invalid/rpc";
+    cfg.max_connections = 3;
+    surpool_pool *p = NULL;
+    surpool_error err;
+    if (surpool__pool_create_with(&cfg, &fake_transport_ops, fs, &p, &err) != SURPOOL_OK)
+        fail_msg("create: %s", err.message);
+    return tk_pool_track(p);
+}
+
+/* Text that is not a LIVE statement is refused before anything is sent (it
+ * would run: CREATE writes, RETURN <uuid> looks like a live id); a table or
+ * statement that is not UTF-8 is a bad argument, not "out of memory". */
+static void test_refused_before_sending(void **state)
+{
+    (void)state;
+    fake_settings fs;
+    atomic_store(&g_fake_queries, 0);
+    surpool_pool *p = fake_pool(&fs, stray_responder);
+    rec r;
+    rec_init(&r);
+    surpool_live_options o;
+    surpool_live *l = NULL;
+    surpool_error err;
+    static const char *const texts[] = {
+        "CREATE t:1", "RETURN '" STRAY_A "'",      "  -- LIVE\n SELECT * FROM t", "LIVELY",
+        "",           "/* LIVE SELECT */ RETURN 1"};
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        surpool_live_options_init(&o);
+        o.sql = texts[i];
+        surpool_err rc = surpool_live_start(p, &o, on_live, &r, &l, &err);
+        if (rc != SURPOOL_ERR_INVALID_ARG)
+            fail_msg("sql \"%s\": %s, expected SURPOOL_ERR_INVALID_ARG", texts[i],
+                     surpool_err_name(rc));
+    }
+    assert_int_equal(atomic_load(&g_fake_queries), 0);
+    surpool_live_options_init(&o);
+    o.table = "t\xff\xfe";
+    assert_int_equal(surpool_live_start(p, &o, on_live, &r, &l, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.message, "UTF-8"));
+    surpool_live_options_init(&o);
+    o.sql = "LIVE SELECT * FROM \xc3\x28";
+    assert_int_equal(surpool_live_start(p, &o, on_live, &r, &l, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.message, "UTF-8"));
+    assert_null(l);
+    /* Comments and case before LIVE are fine: it is sent. */
+    surpool_live_options_init(&o);
+    o.sql = "/* c */ -- d\n # e\n live select * from t";
+    assert_int_equal(surpool_live_start(p, &o, on_live, &r, &l, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(atomic_load(&g_fake_queries), 1); /* (two statements: see below) */
+    tk_pool_destroy(p);
+    assert_int_equal(rec_size(&r), 0);
+    rec_free(&r);
+}
+
+/* `LIVE SELECT ...; LIVE SELECT ...` is refused (one statement only), and the
+ * live queries the server started for it are killed, not left on the carrier. */
+static void test_multi_statement_killed(void **state)
+{
+    (void)state;
+    fake_settings fs;
+    atomic_store(&g_fake_kills, 0);
+    g_fake_killed[0] = '\0';
+    surpool_pool *p = fake_pool(&fs, stray_responder);
+    rec r;
+    rec_init(&r);
+    surpool_live_options o;
+    surpool_live_options_init(&o);
+    o.sql = "LIVE SELECT * FROM a; LIVE SELECT * FROM b";
+    surpool_live *l = NULL;
+    surpool_error err;
+    assert_int_equal(surpool_live_start(p, &o, on_live, &r, &l, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.message, "2 statements"));
+    WAIT_UNTIL(atomic_load(&g_fake_kills) == 2, 10000);
+    pthread_mutex_lock(&g_fake_mu);
+    assert_non_null(strstr(g_fake_killed, STRAY_A));
+    assert_non_null(strstr(g_fake_killed, STRAY_B));
+    pthread_mutex_unlock(&g_fake_mu);
+    tk_pool_destroy(p);
+    assert_int_equal(rec_size(&r), 0);
+    rec_free(&r);
+}
+
 int main(void)
 {
     const char *w = getenv("SURPOOL_TEST_WIRE");
@@ -712,6 +829,8 @@ int main(void)
         g_wire = SURPOOL_WIRE_CBOR;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_notification_before_reply, tk_teardown),
+        cmocka_unit_test_teardown(test_refused_before_sending, tk_teardown),
+        cmocka_unit_test_teardown(test_multi_statement_killed, tk_teardown),
         cmocka_unit_test_teardown(test_crud_in_order, tk_teardown),
         cmocka_unit_test_teardown(test_order, tk_teardown),
         cmocka_unit_test_teardown(test_diff, tk_teardown),
