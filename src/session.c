@@ -43,6 +43,7 @@
 #include "auth.h"
 #include "lane.h"
 #include "rpc.h"
+#include "utf8.h"
 
 /* Rebuilds (or unsent calls) tried in a row when each fails on a dying socket. */
 #define REBUILD_ATTEMPTS 3
@@ -516,6 +517,13 @@ surpool_err surpool_session_open(surpool_pool *pool, const surpool_session_optio
     if ((opts->ns != NULL && opts->ns[0] == '\0') || (opts->db != NULL && opts->db[0] == '\0'))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "session: ns and db must be NULL or non-empty");
+    /* Checked here, before anything is sent: packed later (the rebuild's
+     * `use` and `authenticate`), they would fail as "out of memory" after
+     * the session was attached. */
+    if (!surpool__utf8_valid_str(opts->ns) || !surpool__utf8_valid_str(opts->db) ||
+        !surpool__utf8_valid_str(opts->token) || !surpool__utf8_valid_str(opts->signup_access))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "session: ns, db, token and signup_access must be valid UTF-8");
     if (opts->timeout_ms > SURPOOL__MS_MAX)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "session: timeout_ms must be at most %lld (365 days)",

@@ -486,6 +486,23 @@ static void test_bad_input(void **state)
     o.signup_access = "acct"; /* signup needs ns and db */
     assert_int_equal(surpool_session_open(p, &o, &s, &err), SURPOOL_ERR_INVALID_ARG);
     assert_null(s);
+    /* Not UTF-8: a bad argument before anything is sent (it was "out of
+     * memory" from the rebuild, after attaching). */
+    static const char *const bad[] = {"\xff", "ab\xc3\x28", "\xed\xa0\x80"};
+    for (int i = 0; i < 3; i++) {
+        for (int field = 0; field < 3; field++) {
+            surpool_session_options_init(&o);
+            o.ns = field == 0 ? bad[i] : "test";
+            o.db = field == 1 ? bad[i] : "sess";
+            o.token = field == 2 ? bad[i] : NULL;
+            surpool_err brc = surpool_session_open(p, &o, &s, &err);
+            if (brc != SURPOOL_ERR_INVALID_ARG || strstr(err.message, "UTF-8") == NULL)
+                fail_msg("bad UTF-8 in field %d: %s: %s", field, surpool_err_name(brc),
+                         err.message);
+            assert_null(s);
+        }
+    }
+    assert_int_equal(stat_of("clientSessions"), 0);
     must(surpool_session_open(p, NULL, &s, &err), &err, "anonymous session");
     assert_int_equal(strlen(surpool_session_id(s)), 36);
     assert_int_equal(surpool_session_let(s, "", NULL, &err), SURPOOL_ERR_INVALID_ARG);
