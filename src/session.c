@@ -465,13 +465,13 @@ static surpool_err take_auth(surpool_session *s, const surpool_session_options *
         if (o->signup_vars != NULL && !json_is_object(o->signup_vars))
             return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                    "session: signup_vars must be a JSON object");
+        /* ns, db and signup_access were checked for UTF-8 by the caller. */
         json_t *obj = o->signup_vars != NULL ? json_deep_copy(o->signup_vars) : json_object();
         if (obj == NULL || json_object_set_new(obj, "ns", json_string(o->ns)) ||
             json_object_set_new(obj, "db", json_string(o->db)) ||
             json_object_set_new(obj, "ac", json_string(o->signup_access))) {
             json_decref(obj);
-            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                                   "session: signup strings must be valid UTF-8");
+            return surpool__seterr(err, SURPOOL_ERR_NOMEM, "session: out of memory");
         }
         params = json_pack("[o]", obj);
         *signup = 1;
@@ -618,7 +618,9 @@ surpool_err surpool_session_query(surpool_session *s, const char *sql, const jso
     return rc;
 }
 
-/* A typed wrapper's params (stolen) through surpool_session_call. */
+/* A typed wrapper's params (stolen) through surpool_session_call; NULL params:
+ * packing them failed, which (the wrapper checked its strings) is out of
+ * memory. */
 static surpool_err call_stolen(surpool_session *s, const char *method, json_t *params,
                                json_t **out, surpool_error *err)
 {
@@ -627,10 +629,8 @@ static surpool_err call_stolen(surpool_session *s, const char *method, json_t *p
         json_decref(params);
         return rc;
     }
-    if (params == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "%s: bad argument (NULL or not valid UTF-8), or out of memory",
-                               method);
+    if (params == NULL) /* every string was checked by the caller */
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "%s: out of memory", method);
     rc = surpool_session_call(s, method, params, out, err);
     json_decref(params);
     return rc;
@@ -642,6 +642,8 @@ surpool_err surpool_session_use(surpool_session *s, const char *ns, const char *
     if (ns == NULL || ns[0] == '\0' || (db != NULL && db[0] == '\0'))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "use: ns must be non-empty, db NULL or non-empty");
+    if (!surpool__utf8_valid_str(ns) || !surpool__utf8_valid_str(db))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "use: ns and db must be UTF-8");
     return call_stolen(s, "use", db != NULL ? json_pack("[ss]", ns, db) : json_pack("[sn]", ns),
                        NULL, err);
 }
@@ -652,6 +654,8 @@ surpool_err surpool_session_let(surpool_session *s, const char *name, const json
     if (name == NULL || name[0] == '\0' || value == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "let: name (non-empty) and value are required");
+    if (!surpool__utf8_valid_str(name))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "let: name must be UTF-8");
     return call_stolen(s, "let", json_pack("[sO]", name, value), NULL, err);
 }
 
@@ -659,6 +663,8 @@ surpool_err surpool_session_unset(surpool_session *s, const char *name, surpool_
 {
     if (name == NULL || name[0] == '\0')
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "unset: name is required");
+    if (!surpool__utf8_valid_str(name))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "unset: name must be UTF-8");
     return call_stolen(s, "unset", json_pack("[s]", name), NULL, err);
 }
 
@@ -683,13 +689,16 @@ surpool_err surpool_session_signup(surpool_session *s, const char *ns, const cha
     if (vars != NULL && !json_is_object(vars))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "signup: vars must be a JSON object");
+    if (!surpool__utf8_valid_str(ns) || !surpool__utf8_valid_str(db) ||
+        !surpool__utf8_valid_str(access))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "signup: strings must be valid UTF-8");
     json_t *obj = vars != NULL ? json_deep_copy(vars) : json_object();
     if (obj == NULL || json_object_set_new(obj, "ns", json_string(ns)) ||
         json_object_set_new(obj, "db", json_string(db)) ||
         json_object_set_new(obj, "ac", json_string(access))) {
         json_decref(obj);
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "signup: strings must be valid UTF-8");
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "signup: out of memory");
     }
     return call_stolen(s, "signup", json_pack("[o]", obj), out, err);
 }
@@ -699,6 +708,9 @@ surpool_err surpool_session_authenticate(surpool_session *s, const char *token,
 {
     if (token == NULL || token[0] == '\0')
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "authenticate: token is required");
+    if (!surpool__utf8_valid_str(token))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "authenticate: token must be UTF-8");
     return call_stolen(s, "authenticate", json_pack("[s]", token), NULL, err);
 }
 

@@ -52,7 +52,9 @@
 #include "fake_transport.h"
 #include "fault_util.h"
 #include "harness.h"
+#include "live.h"
 #include "pool.h"
+#include "testkit.h"
 
 /* ------------------------------------------------------------------------- */
 /* The counting allocator                                                     */
@@ -601,6 +603,145 @@ static void test_fake_transport(void **state)
     torture(env, 1, "fake transport");
 }
 
+/* ------------------------------------------------------------------------- */
+/* Live queries and sessions (fake transport): for each N, start a live query  */
+/* (a notification beats its reply, one more follows it), kill it, open a     */
+/* session, let, close it, destroy. Every call returns OK or NOMEM; a live    */
+/* query that started gets exactly one CLOSED; nothing is left allocated.     */
+/* ------------------------------------------------------------------------- */
+
+#define LT_ID "0e6a1c5e-6f0b-4c1e-9d3a-2b9f4b1d7a10"
+static surpool_pool *g_lt_pool;
+static const void *g_lt_conn; /* the carrier the `live` went out on (compared only) */
+static atomic_int g_lt_closed, g_lt_events;
+
+static json_t *lt_note(void)
+{
+    return json_pack("{s:{s:s, s:s, s:s, s:{s:i}}}", "result", "action", "CREATE", "id", LT_ID,
+                     "record", "t:1", "result", "n", 1);
+}
+
+static json_t *lt_responder(void *ud, json_int_t id, const char *method, json_t *params)
+{
+    if (strcmp(method, "live") == 0) {
+        g_lt_conn = surpool__live_starting_conn(g_lt_pool->live);
+        json_t *f = lt_note();
+        surpool__live_notify(g_lt_pool->live, g_lt_conn, f);
+        json_decref(f);
+        return json_pack("{s:I, s:s}", "id", id, "result", LT_ID);
+    }
+    if (strcmp(method, "kill") == 0 || strcmp(method, "attach") == 0 ||
+        strcmp(method, "detach") == 0)
+        return json_pack("{s:I, s:n}", "id", id, "result");
+    return fake_default_responder(ud, id, method, params);
+}
+
+static void lt_on_live(void *ud, surpool_live *live, const surpool_live_event *ev)
+{
+    (void)ud;
+    (void)live;
+    atomic_fetch_add(&g_lt_events, 1);
+    if (ev->type == SURPOOL_LIVE_CLOSED)
+        atomic_fetch_add(&g_lt_closed, 1);
+}
+
+/* One run; violations are reported through fail_msg with N. */
+static void lt_run(session_env *env, long n)
+{
+    surpool_config cfg;
+    session_config(&cfg, env);
+    cfg.min_connections = 0;
+    surpool_error err;
+    memset(&err, 0, sizeof(err));
+    surpool_pool *p = NULL;
+    surpool_err rc = surpool__pool_create_with(&cfg, &g_wrapped_ops, &env->fs, &p, &err);
+    if (rc != SURPOOL_OK) {
+        if (rc != SURPOOL_ERR_NOMEM || p != NULL)
+            fail_msg("N=%ld: create: %s (%s)", n, surpool_strerror(rc), err.message);
+        return;
+    }
+    tk_pool_track(p);
+    g_lt_pool = p;
+    atomic_store(&g_lt_closed, 0);
+    atomic_store(&g_lt_events, 0);
+    surpool_live_options o;
+    surpool_live_options_init(&o);
+    o.table = "t";
+    surpool_live *l = NULL;
+    rc = surpool_live_start(p, &o, lt_on_live, NULL, &l, &err);
+    if (rc != SURPOOL_OK && rc != SURPOOL_ERR_NOMEM)
+        fail_msg("N=%ld: live start: %s (%s)", n, surpool_strerror(rc), err.message);
+    if (rc == SURPOOL_OK) {
+        json_t *f = NULL;
+        t_suppress++; /* the frame stands in for the transport's */
+        f = lt_note();
+        t_suppress--;
+        surpool__live_notify(p->live, g_lt_conn, f);
+        t_suppress++;
+        json_decref(f);
+        t_suppress--;
+        if (n == 0) /* both notifications delivered (a kill drops what waits) */
+            WAIT_UNTIL(atomic_load(&g_lt_events) == 2, 10000);
+        surpool_live_kill(l);
+        WAIT_UNTIL(atomic_load(&g_lt_closed) == 1, 10000);
+    }
+    surpool_session_options so;
+    surpool_session_options_init(&so);
+    so.token = "lt-token";
+    so.ns = "a";
+    so.db = "b";
+    surpool_session *sess = NULL;
+    rc = surpool_session_open(p, &so, &sess, &err);
+    if (rc != SURPOOL_OK && rc != SURPOOL_ERR_NOMEM)
+        fail_msg("N=%ld: session open: %s (%s)", n, surpool_strerror(rc), err.message);
+    if (rc == SURPOOL_OK) {
+        rc = surpool_session_let(sess, "x", json_true(), &err);
+        if (rc != SURPOOL_OK && rc != SURPOOL_ERR_NOMEM)
+            fail_msg("N=%ld: session let: %s (%s)", n, surpool_strerror(rc), err.message);
+        rc = surpool_session_query(sess, "RETURN $x", NULL, NULL, &err);
+        if (rc != SURPOOL_OK && rc != SURPOOL_ERR_NOMEM)
+            fail_msg("N=%ld: session query: %s (%s)", n, surpool_strerror(rc), err.message);
+        surpool_session_close(sess);
+    }
+    tk_pool_destroy(p);
+    if (atomic_load(&g_lt_closed) > 1)
+        fail_msg("N=%ld: %d CLOSED events for one live query", n, atomic_load(&g_lt_closed));
+}
+
+static void test_live_and_sessions(void **state)
+{
+    (void)state;
+    static session_env lt_env;
+    session_env *env = &lt_env;
+    memset(env, 0, sizeof(*env));
+    snprintf(env->url, sizeof(env->url), "ws://fake.invalid/rpc");
+    long points = 0;
+    for (long n = 0;; n++) {
+        char wd[96];
+        snprintf(wd, sizeof(wd), "live and sessions, N=%ld", n);
+        fu_watchdog(20, wd);
+        fake_settings_init(&env->fs);
+        env->fs.responder = lt_responder;
+        arm(n);
+        lt_run(env, n);
+        atomic_store(&g_fail_at, 0);
+        fu_watchdog(0, NULL);
+        check_nothing_live(n, env);
+        if (n == 0) {
+            if (atomic_load(&g_lt_events) < 3) /* both notifications and CLOSED */
+                fail_msg("clean run: %d live events", atomic_load(&g_lt_events));
+            continue;
+        }
+        if (atomic_load(&g_injected) == 0)
+            break;
+        points++;
+        if (n > 100000)
+            fail_msg("live and sessions: no clean run after %ld allocations", n);
+    }
+    fprintf(stderr, "# live and sessions: %ld failure points tried\n", points);
+    assert_true(points > 20);
+}
+
 /* The server of test_real_transport: a failed assertion leaves it to teardown. */
 static test_server g_server = {.pid = -1};
 
@@ -665,6 +806,7 @@ int main(void)
 
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_fake_transport, teardown),
+        cmocka_unit_test_teardown(test_live_and_sessions, teardown),
         cmocka_unit_test_teardown(test_real_transport, teardown),
     };
     int rc = cmocka_run_group_tests_name("alloc", tests, NULL, NULL);
