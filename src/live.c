@@ -1220,6 +1220,14 @@ const void *surpool__live_starting_conn(surpool__live_mgr *m)
     return c;
 }
 
+size_t surpool__live_orphans(surpool__live_mgr *m)
+{
+    pthread_mutex_lock(&m->mu);
+    size_t n = m->norphans;
+    pthread_mutex_unlock(&m->mu);
+    return n;
+}
+
 void surpool__live_counts(surpool_live *s, size_t *queued, uint64_t *dropped)
 {
     pthread_mutex_lock(&s->m->mu);

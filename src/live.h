@@ -39,5 +39,7 @@ void surpool__live_counts(surpool_live *live, size_t *queued, uint64_t *dropped)
 /* Tests: the connection a `live` is in flight on (NULL: none), to inject a
  * notification that beats its reply. */
 const void *surpool__live_starting_conn(surpool__live_mgr *m);
+/* Tests: notifications kept for an id not registered yet (L2's buffer). */
+size_t surpool__live_orphans(surpool__live_mgr *m);
 
 #endif

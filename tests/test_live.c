@@ -822,6 +822,100 @@ static void test_multi_statement_killed(void **state)
     rec_free(&r);
 }
 
+/* A hostile server: while a `live` is in flight, 10000 notifications for ids
+ * nobody asked for (the buffer for "notification before reply" stays bounded
+ * and is emptied by the reply); then malformed notification frames of every
+ * shape for the live query: never a crash, only well-formed ones delivered. */
+#define HOSTILE_ID "5a1d3c9e-0000-4000-8000-00000000beef"
+static surpool_pool *g_hostile_pool;
+static const void *g_hostile_conn;
+static size_t g_orphans_peak;
+
+static json_t *hostile_responder(void *ud, json_int_t id, const char *method, json_t *params)
+{
+    if (strcmp(method, "live") == 0) {
+        surpool__live_mgr *m = g_hostile_pool->live;
+        g_hostile_conn = surpool__live_starting_conn(m);
+        for (int i = 0; i < 10000; i++) {
+            char uid[40];
+            snprintf(uid, sizeof(uid), "%08x-0000-4000-8000-000000000000", (unsigned)i);
+            json_t *f = json_pack("{s:{s:s, s:s, s:s, s:[i]}}", "result", "action", "UPDATE",
+                                  "id", uid, "record", "x:1", "result", i);
+            surpool__live_notify(m, g_hostile_conn, f);
+            json_decref(f);
+        }
+        g_orphans_peak = surpool__live_orphans(m);
+        return json_pack("{s:I, s:s}", "id", id, "result", HOSTILE_ID);
+    }
+    return fake_default_responder(ud, id, method, params);
+}
+
+static void test_hostile_notifications(void **state)
+{
+    (void)state;
+    fake_settings fs;
+    g_hostile_pool = fake_pool(&fs, hostile_responder);
+    surpool__live_mgr *m = g_hostile_pool->live;
+    rec r;
+    rec_init(&r);
+    surpool_live_options o;
+    surpool_live_options_init(&o);
+    o.table = "h";
+    surpool_live *l = NULL;
+    surpool_error err;
+    if (surpool_live_start(g_hostile_pool, &o, on_live, &r, &l, &err) != SURPOOL_OK)
+        fail_msg("live start: %s", err.message);
+    if (g_orphans_peak == 0 || g_orphans_peak > 4096)
+        fail_msg("%zu notifications kept for unknown ids (bound 4096)", g_orphans_peak);
+    assert_int_equal(surpool__live_orphans(m), 0); /* freed once the reply was handled */
+    static const char *const frames[] = {
+        "null",
+        "[]",
+        "\"x\"",
+        "{}",
+        "{\"result\":null}",
+        "{\"result\":[1,2]}",
+        "{\"result\":{\"id\":\"" HOSTILE_ID "\"}}",
+        "{\"result\":{\"id\":\"" HOSTILE_ID "\",\"action\":7}}",
+        "{\"result\":{\"id\":\"" HOSTILE_ID "\",\"action\":\"EXPLODE\"}}",
+        "{\"result\":{\"id\":17,\"action\":\"CREATE\"}}",
+        "{\"result\":{\"id\":\"5a1d3c9e\",\"action\":\"CREATE\"}}",
+        "{\"result\":{\"id\":{\"$surreal\":\"uuid\",\"value\":3},\"action\":\"CREATE\"}}",
+        "{\"result\":{\"id\":{\"$surreal\":\"record\",\"value\":\"" HOSTILE_ID
+        "\"},\"action\":\"CREATE\"}}",
+        /* Well-formed enough to deliver: odd record and result shapes. */
+        "{\"result\":{\"id\":\"" HOSTILE_ID "\",\"action\":\"CREATE\"}}",
+        "{\"result\":{\"id\":\"" HOSTILE_ID
+        "\",\"action\":\"UPDATE\",\"record\":[1,{\"a\":null}],\"result\":\"s\"}}",
+        "{\"result\":{\"id\":{\"$surreal\":\"uuid\",\"value\":\"" HOSTILE_ID
+        "\"},\"action\":\"DELETE\",\"record\":null,\"result\":1e300}}",
+    };
+    size_t n = sizeof(frames) / sizeof(frames[0]);
+    for (size_t i = 0; i < n; i++) {
+        json_error_t je;
+        json_t *f = json_loads(frames[i], JSON_DECODE_ANY, &je);
+        if (f == NULL)
+            fail_msg("frame %zu does not parse: %s", i, je.text);
+        surpool__live_notify(m, g_hostile_conn, f);
+        json_decref(f);
+    }
+    /* A notification on another connection for an unknown id: dropped. */
+    json_t *f = json_pack("{s:{s:s, s:s}}", "result", "action", "CREATE", "id",
+                          "99999999-0000-4000-8000-000000000000");
+    surpool__live_notify(m, &fs, f);
+    json_decref(f);
+    WAIT_UNTIL(rec_size(&r) == 3, 10000);
+    expect_event(&r, 0, "CREATE", NULL);
+    expect_event(&r, 1, "UPDATE", NULL);
+    expect_event(&r, 2, "DELETE", NULL);
+    assert_int_equal(surpool__live_orphans(m), 0);
+    surpool_live_kill(l);
+    WAIT_UNTIL(rec_count(&r, "CLOSED") == 1, 10000);
+    assert_int_equal(rec_size(&r), 4);
+    tk_pool_destroy(g_hostile_pool);
+    rec_free(&r);
+}
+
 int main(void)
 {
     const char *w = getenv("SURPOOL_TEST_WIRE");
@@ -831,6 +925,7 @@ int main(void)
         cmocka_unit_test_teardown(test_notification_before_reply, tk_teardown),
         cmocka_unit_test_teardown(test_refused_before_sending, tk_teardown),
         cmocka_unit_test_teardown(test_multi_statement_killed, tk_teardown),
+        cmocka_unit_test_teardown(test_hostile_notifications, tk_teardown),
         cmocka_unit_test_teardown(test_crud_in_order, tk_teardown),
         cmocka_unit_test_teardown(test_order, tk_teardown),
         cmocka_unit_test_teardown(test_diff, tk_teardown),
