@@ -916,6 +916,110 @@ static void test_hostile_notifications(void **state)
     rec_free(&r);
 }
 
+/* A callback that blocks: the service thread never waits (four threads
+ * routing 10000 notifications for it all return), the other live machinery
+ * and the pool keep working (another live query starts, a pool query runs),
+ * the bounded queue counts every drop exactly, and a destroy from another
+ * thread waits for the callback, then delivers what was queued, the drops
+ * and CLOSED. */
+static atomic_int g_block_ids;
+
+static json_t *block_responder(void *ud, json_int_t id, const char *method, json_t *params)
+{
+    if (strcmp(method, "live") == 0) {
+        g_hostile_conn = surpool__live_starting_conn(g_hostile_pool->live);
+        char uid[40];
+        snprintf(uid, sizeof(uid), "b10c0000-0000-4000-8000-%012d",
+                 atomic_fetch_add(&g_block_ids, 1));
+        return json_pack("{s:I, s:s}", "id", id, "result", uid);
+    }
+    return fake_default_responder(ud, id, method, params);
+}
+
+#define FLOOD_THREADS 4
+#define FLOOD_EACH 2500
+#define FLOOD_QUEUE 100
+
+static void *flood_main(void *arg)
+{
+    (void)arg;
+    json_t *f = json_pack("{s:{s:s, s:s, s:s, s:{}}}", "result", "action", "UPDATE", "id",
+                          "b10c0000-0000-4000-8000-000000000000", "record", "b:1", "result");
+    for (int i = 0; i < FLOOD_EACH; i++)
+        surpool__live_notify(g_hostile_pool->live, g_hostile_conn, f);
+    json_decref(f);
+    return NULL;
+}
+
+static void *destroy_main(void *arg)
+{
+    surpool_pool_destroy(arg);
+    return NULL;
+}
+
+static void test_blocking_callback(void **state)
+{
+    (void)state;
+    fake_settings fs;
+    atomic_store(&g_block_ids, 0);
+    g_hostile_pool = fake_pool(&fs, block_responder);
+    surpool_pool *p = g_hostile_pool;
+    rec a, b;
+    rec_init(&a);
+    rec_init(&b);
+    a.block_first = 1;
+    surpool_live_options o;
+    surpool_live_options_init(&o);
+    o.table = "b";
+    o.queue_max = FLOOD_QUEUE;
+    surpool_live *la = NULL, *lb = NULL;
+    surpool_error err;
+    if (surpool_live_start(p, &o, on_live, &a, &la, &err) != SURPOOL_OK)
+        fail_msg("live start: %s", err.message);
+    json_t *f = json_pack("{s:{s:s, s:s, s:s, s:{}}}", "result", "action", "CREATE", "id",
+                          "b10c0000-0000-4000-8000-000000000000", "record", "b:0", "result");
+    surpool__live_notify(p->live, g_hostile_conn, f);
+    json_decref(f);
+    WAIT_UNTIL(rec_size(&a) == 1, 10000); /* its callback is blocked now */
+
+    pthread_t th[FLOOD_THREADS];
+    for (int i = 0; i < FLOOD_THREADS; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, flood_main, NULL), 0);
+    for (int i = 0; i < FLOOD_THREADS; i++)
+        JOIN_OR_FAIL(th[i], 20, "routing notifications while a callback blocks");
+    size_t queued;
+    uint64_t dropped;
+    surpool__live_counts(la, &queued, &dropped);
+    assert_int_equal(queued, FLOOD_QUEUE);
+    assert_int_equal(dropped, FLOOD_THREADS * FLOOD_EACH - FLOOD_QUEUE);
+
+    o.queue_max = 0;
+    if (surpool_live_start(p, &o, on_live, &b, &lb, &err) != SURPOOL_OK)
+        fail_msg("a second live start while a callback blocks: %s", err.message);
+    json_t *out = NULL;
+    if (surpool_query(p, "RETURN 1", NULL, &out, &err) != SURPOOL_OK)
+        fail_msg("a pool query while a live callback blocks: %s", err.message);
+    json_decref(out);
+
+    for (int i = 0; i < TK_MAX_POOLS; i++) /* destroyed by the thread below */
+        if (tk_pools[i] == p)
+            tk_pools[i] = NULL;
+    pthread_t d;
+    assert_int_equal(pthread_create(&d, NULL, destroy_main, p), 0);
+    tk_sleep_ms(100); /* destroy is waiting for the blocked callback (not asserted) */
+    __atomic_store_n(&a.released, 1, __ATOMIC_RELEASE);
+    JOIN_OR_FAIL(d, 30, "destroy while a live callback blocks");
+    /* Everything accounted for: the first, the queued ones, the drops. */
+    assert_int_equal(rec_count(&a, "CREATE") + rec_count(&a, "UPDATE") + rec_dropped(&a),
+                     1 + FLOOD_THREADS * FLOOD_EACH);
+    assert_int_equal(rec_count(&a, "UPDATE"), FLOOD_QUEUE);
+    assert_int_equal(rec_count(&a, "CLOSED"), 1);
+    assert_int_equal(rec_count(&b, "CLOSED"), 1);
+    expect_event(&a, (size_t)rec_size(&a) - 1, "CLOSED", NULL);
+    rec_free(&a);
+    rec_free(&b);
+}
+
 int main(void)
 {
     const char *w = getenv("SURPOOL_TEST_WIRE");
@@ -926,6 +1030,7 @@ int main(void)
         cmocka_unit_test_teardown(test_refused_before_sending, tk_teardown),
         cmocka_unit_test_teardown(test_multi_statement_killed, tk_teardown),
         cmocka_unit_test_teardown(test_hostile_notifications, tk_teardown),
+        cmocka_unit_test_teardown(test_blocking_callback, tk_teardown),
         cmocka_unit_test_teardown(test_crud_in_order, tk_teardown),
         cmocka_unit_test_teardown(test_order, tk_teardown),
         cmocka_unit_test_teardown(test_diff, tk_teardown),
