@@ -6,6 +6,7 @@
  * no sessions: only the test that says so runs.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "fake_transport.h"
 #include "harness.h"
 #include "lane.h"
 #include "pool.h"
@@ -562,6 +564,118 @@ static void test_2x_unsupported(void **state)
     tk_pool_destroy(p);
 }
 
+/* ---- hostile and dying sockets, on the fake transport (no server) ---- */
+
+static atomic_int g_attach_mode; /* 0: null; 1: an error; 2: a garbage result */
+static atomic_int g_lets_since_attach, g_attaches;
+
+static json_t *sess_responder(void *ud, json_int_t id, const char *method, json_t *params)
+{
+    if (strcmp(method, "attach") == 0) {
+        atomic_fetch_add(&g_attaches, 1);
+        atomic_store(&g_lets_since_attach, 0);
+        int mode = atomic_load(&g_attach_mode);
+        if (mode == 1)
+            return json_pack("{s:I, s:{s:i, s:s}}", "id", id, "error", "code", -32000,
+                             "message", "attach refused");
+        if (mode == 2)
+            return json_pack("{s:I, s:{s:[i, s, {}]}}", "id", id, "result", "garbage", 1, "x");
+        return json_pack("{s:I, s:n}", "id", id, "result");
+    }
+    if (strcmp(method, "detach") == 0)
+        return json_pack("{s:I, s:n}", "id", id, "result");
+    if (strcmp(method, "let") == 0)
+        atomic_fetch_add(&g_lets_since_attach, 1);
+    return fake_default_responder(ud, id, method, params);
+}
+
+static int sessions_on_sockets(surpool_pool *p)
+{
+    int counts[8], sum = 0;
+    int n = surpool__lane_socket_sessions(surpool__pool_lane(p), counts, 8);
+    for (int i = 0; i < n; i++)
+        sum += counts[i];
+    return sum;
+}
+
+#define FAKE_VARS 10
+
+static void test_fake_hostile_and_dying(void **state)
+{
+    (void)state;
+    static fake_settings fs;
+    fake_settings_init(&fs);
+    fs.responder = sess_responder;
+    surpool_config cfg;
+    surpool_config_init(&cfg);
+    cfg.url = "ws://fake.invalid/rpc";
+    cfg.shared_connections = 2;
+    cfg.max_connections = 3;
+    cfg.request_timeout_ms = 5000;
+    cfg.reconnect_backoff_min_ms = 1;
+    cfg.reconnect_backoff_max_ms = 4;
+    cfg.breaker_threshold = 0;
+    surpool_pool *p = NULL;
+    surpool_error err;
+    if (surpool__pool_create_with(&cfg, &fake_transport_ops, &fs, &p, &err) != SURPOOL_OK)
+        fail_msg("create: %s", err.message);
+    tk_pool_track(p);
+    surpool_session_options o;
+    surpool_session_options_init(&o);
+    o.token = "fake-token";
+    o.ns = "a";
+    o.db = "b";
+    surpool_session *s = (surpool_session *)0x1;
+
+    /* The server refuses attach: a clear error, nothing left counted. */
+    atomic_store(&g_attach_mode, 1);
+    assert_int_equal(surpool_session_open(p, &o, &s, &err), SURPOOL_ERR_SERVER);
+    assert_null(s);
+    assert_non_null(strstr(err.message, "attach refused"));
+    assert_int_equal(sessions_on_sockets(p), 0);
+
+    /* A garbage attach result is not read: the session works. */
+    atomic_store(&g_attach_mode, 2);
+    must(surpool_session_open(p, &o, &s, &err), &err, "open (garbage attach result)");
+    atomic_store(&g_attach_mode, 0);
+    for (int i = 0; i < FAKE_VARS; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "v%d", i);
+        json_t *v = json_integer(i);
+        must(surpool_session_let(s, name, v, &err), &err, "let");
+        json_decref(v);
+    }
+    assert_int_equal(sessions_on_sockets(p), 1);
+
+    /* Sockets die, and keep dying during the rebuilds (attach, authenticate,
+     * use, the lets): every call ends with OK or DISCONNECTED, never worse. */
+    fake_kill_all(p->transport);
+    atomic_store(&fs.drop_every, 17);
+    int ok = 0, disconnected = 0;
+    for (int i = 0; i < 30; i++) {
+        surpool_err rc = surpool_session_query(s, "RETURN 1", NULL, NULL, &err);
+        if (rc == SURPOOL_OK)
+            ok++;
+        else if (rc == SURPOOL_ERR_DISCONNECTED)
+            disconnected++;
+        else
+            fail_msg("call %d while sockets die: %s (%s)", i, surpool_err_name(rc),
+                     err.message);
+    }
+    assert_true(disconnected > 0); /* (the failures were real) */
+    atomic_store(&fs.drop_every, 0);
+    must(surpool_session_query(s, "RETURN 1", NULL, NULL, &err), &err, "after the deaths");
+    /* The last attach was followed by every variable, and the session counts
+     * once, on one socket. */
+    assert_int_equal(atomic_load(&g_lets_since_attach), FAKE_VARS);
+    WAIT_UNTIL(sessions_on_sockets(p) == 1, 10000);
+    surpool_session_close(s);
+    assert_int_equal(sessions_on_sockets(p), 0);
+    fprintf(stderr, "# %d calls ok, %d disconnected, %d attaches\n", ok, disconnected,
+            atomic_load(&g_attaches));
+    tk_pool_destroy(p);
+}
+
 int main(void)
 {
     const char *wire = getenv("SURPOOL_TEST_WIRE");
@@ -575,6 +689,7 @@ int main(void)
                                            group_teardown);
     }
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_fake_hostile_and_dying, tk_teardown),
         cmocka_unit_test_teardown(test_isolation, tk_teardown),
         cmocka_unit_test_teardown(test_record_users, tk_teardown),
         cmocka_unit_test_teardown(test_many_sessions, tk_teardown),
