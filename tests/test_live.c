@@ -1020,6 +1020,83 @@ static void test_blocking_callback(void **state)
     rec_free(&b);
 }
 
+/* Kills racing the carriers' deaths and the restarts (fake transport, TSan):
+ * one thread kills every socket again and again while the test kills the
+ * live queries one by one, some mid-restart. Each handle gets exactly one
+ * CLOSED; destroy (ASan) frees the rest. */
+#define RACE_N 40
+static atomic_int g_race_closed[RACE_N], g_race_resub;
+static atomic_int g_race_stop;
+
+static void on_race(void *ud, surpool_live *live, const surpool_live_event *ev)
+{
+    (void)live;
+    atomic_int *closed = ud;
+    if (ev->type == SURPOOL_LIVE_CLOSED)
+        atomic_fetch_add(closed, 1);
+    if (ev->type == SURPOOL_LIVE_RESUBSCRIBED)
+        atomic_fetch_add(&g_race_resub, 1);
+}
+
+static void *killer_main(void *arg)
+{
+    surpool_pool *p = arg;
+    while (!atomic_load(&g_race_stop)) {
+        fake_kill_all(p->transport);
+        tk_sleep_ms(3);
+    }
+    return NULL;
+}
+
+static void test_kill_races_restart(void **state)
+{
+    (void)state;
+    fake_settings fs;
+    atomic_store(&g_block_ids, 0);
+    atomic_store(&g_race_stop, 0);
+    atomic_store(&g_race_resub, 0);
+    fake_settings_init(&fs);
+    fs.responder = block_responder;
+    surpool_config cfg;
+    surpool_config_init(&cfg);
+    cfg.url = "ws://fake.invalid/rpc";
+    cfg.max_connections = 6;
+    cfg.acquire_timeout_ms = 5000;
+    cfg.live_max_per_connection = 16; /* three carriers */
+    cfg.reconnect_backoff_min_ms = 1;
+    cfg.reconnect_backoff_max_ms = 5;
+    cfg.breaker_threshold = 0;
+    surpool_error err;
+    if (surpool__pool_create_with(&cfg, &fake_transport_ops, &fs, &g_hostile_pool, &err) !=
+        SURPOOL_OK)
+        fail_msg("create: %s", err.message);
+    surpool_pool *p = tk_pool_track(g_hostile_pool);
+    surpool_live *l[RACE_N];
+    surpool_live_options o;
+    surpool_live_options_init(&o);
+    o.table = "r";
+    for (int i = 0; i < RACE_N; i++) {
+        atomic_store(&g_race_closed[i], 0);
+        if (surpool_live_start(p, &o, on_race, &g_race_closed[i], &l[i], &err) != SURPOOL_OK)
+            fail_msg("live start %d: %s", i, err.message);
+    }
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, killer_main, p), 0);
+    WAIT_UNTIL(atomic_load(&g_race_resub) > 0, 10000); /* restarts are under way */
+    for (int i = 0; i < RACE_N; i += 2) {              /* half of them, while it runs */
+        surpool_live_kill(l[i]);
+        tk_sleep_ms(1);
+    }
+    atomic_store(&g_race_stop, 1);
+    JOIN_OR_FAIL(th, 20, "the socket killer");
+    for (int i = 0; i < RACE_N; i += 2)
+        WAIT_UNTIL(atomic_load(&g_race_closed[i]) == 1, 10000);
+    tk_pool_destroy(p); /* the other half: CLOSED at destroy */
+    for (int i = 0; i < RACE_N; i++)
+        if (atomic_load(&g_race_closed[i]) != 1)
+            fail_msg("live %d got %d CLOSED events", i, atomic_load(&g_race_closed[i]));
+}
+
 int main(void)
 {
     const char *w = getenv("SURPOOL_TEST_WIRE");
@@ -1031,6 +1108,7 @@ int main(void)
         cmocka_unit_test_teardown(test_multi_statement_killed, tk_teardown),
         cmocka_unit_test_teardown(test_hostile_notifications, tk_teardown),
         cmocka_unit_test_teardown(test_blocking_callback, tk_teardown),
+        cmocka_unit_test_teardown(test_kill_races_restart, tk_teardown),
         cmocka_unit_test_teardown(test_crud_in_order, tk_teardown),
         cmocka_unit_test_teardown(test_order, tk_teardown),
         cmocka_unit_test_teardown(test_diff, tk_teardown),
