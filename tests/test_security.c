@@ -284,6 +284,57 @@ static void test_secrets_never_logged(void **state)
     cfg.min_connections = 1;
     rc = session(&cfg, 0, NULL);
     assert_int_equal(rc, SURPOOL_ERR_CONNECT);
+    /* 6. Sessions: the password in the session's options (kept to sign in
+     *    again), a wrong password and a tampered token inside a session and
+     *    at open, the right token, then every socket dropped so that the
+     *    session is rebuilt (authenticated again with what it kept). */
+    snprintf(url, sizeof(url), "ws://127.0.0.1:%d/rpc", s.port);
+    secret_config(&cfg, url);
+    cfg.user = "root";
+    cfg.pass = PASSWORD;
+    surpool_pool *sp = NULL;
+    surpool_error err;
+    if (surpool_pool_create(&cfg, &sp, &err) != SURPOOL_OK)
+        fail_msg("pool for sessions: %s", err.message);
+    surpool_credentials cred = {0};
+    cred.user = "root";
+    cred.pass = PASSWORD;
+    surpool_session_options so;
+    surpool_session_options_init(&so);
+    so.signin = &cred;
+    so.ns = "sec";
+    so.db = "sec";
+    surpool_session *ss = NULL;
+    if (surpool_session_open(sp, &so, &ss, &err) != SURPOOL_OK)
+        fail_msg("session open: %s", err.message);
+    cred.pass = WRONG_PASSWORD;
+    assert_int_equal(surpool_session_signin(ss, &cred, NULL, &err), SURPOOL_ERR_AUTH);
+    capture_err(&err);
+    surpool_session *bad = NULL;
+    assert_int_equal(surpool_session_open(sp, &so, &bad, &err), SURPOOL_ERR_AUTH);
+    capture_err(&err);
+    assert_int_equal(surpool_session_authenticate(ss, bad_jwt, &err), SURPOOL_ERR_AUTH);
+    capture_err(&err);
+    surpool_session_options_init(&so);
+    so.token = bad_jwt;
+    assert_int_equal(surpool_session_open(sp, &so, &bad, &err), SURPOOL_ERR_AUTH);
+    capture_err(&err);
+    if (surpool_session_authenticate(ss, jwt, &err) != SURPOOL_OK)
+        fail_msg("session authenticate: %s", err.message);
+    assert_int_equal(harness_control(&s, "{\"dropAll\":true}"), 0);
+    for (int i = 0; i < 3; i++) {
+        json_t *out = NULL;
+        if (surpool_session_query(ss, "RETURN 1", NULL, &out, &err) != SURPOOL_OK)
+            capture_err(&err);
+        json_decref(out);
+    }
+    json_t *out = NULL;
+    if (surpool_session_query(ss, "RETURN 1", NULL, &out, &err) != SURPOOL_OK)
+        fail_msg("session query after the rebuild: %s", err.message);
+    json_decref(out);
+    surpool_session_close(ss);
+    surpool_pool_destroy(sp);
+
     fu_watchdog(0, NULL);
     harness_stop(&s);
 
