@@ -1014,7 +1014,9 @@ SURPOOL_API surpool_err surpool_conn_cancel(surpool_conn *conn, surpool_error *e
 /* receives a NEW reference on SURPOOL_OK; json_t arguments are borrowed.    */
 /* Thread safety of every function below: one thread at a time per session   */
 /* (different sessions may be used from different threads at once); not from */
-/* a surpool callback (SURPOOL_ERR_INVALID_ARG at once there).               */
+/* a surpool callback (SURPOOL_ERR_INVALID_ARG at once there); none may race */
+/* surpool_pool_destroy() of its pool (finish the calls first; after it they */
+/* return SURPOOL_ERR_CLOSED).                                               */
 /* ------------------------------------------------------------------------- */
 
 typedef struct surpool_session surpool_session;
@@ -1326,9 +1328,10 @@ typedef struct surpool_live_event {
                                   and on a move at max_lifetime_ms */
     const json_t *record_id; /**< CREATE/UPDATE/DELETE: the record's id (a typed
                                   record on CBOR pools, a string on JSON pools); else
-                                  NULL */
+                                  NULL. NULL too when the server's frame has none */
     const json_t *result;    /**< CREATE/UPDATE/DELETE: the record, or with DIFF the
-                                  array of JSON Patch operations; else NULL */
+                                  array of JSON Patch operations; else NULL. NULL too
+                                  when the server's frame has none */
     uint64_t dropped;        /**< OVERFLOW: how many notifications were dropped */
     surpool_err code;        /**< CLOSED: why it ended; else SURPOOL_OK */
     const char *message;     /**< CLOSED/RESUBSCRIBED: a sentence; else "" */
@@ -1403,7 +1406,9 @@ SURPOOL_API surpool_err surpool_live_start(surpool_pool *pool, const surpool_liv
  *  not be started again) still needs this call, or pool destroy, to be freed.
  *  NULL is a no-op. Handles are also freed by surpool_pool_destroy(): do not
  *  kill after it.
- *  Thread safety: Any thread, a surpool_live_fn included (its own handle too). */
+ *  Thread safety: Any thread, a surpool_live_fn included (its own handle too);
+ *  from another thread it must not race with surpool_pool_destroy(), which
+ *  frees the handle. */
 SURPOOL_API void surpool_live_kill(surpool_live *live);
 
 /* ------------------------------------------------------------------------- */
