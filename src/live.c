@@ -31,7 +31,9 @@
  *  L5. Per handle at most queue_max notifications wait; past that they are
  *      counted (gap_pending) and the next item carries the count, delivered as
  *      one OVERFLOW before it. Control items (RESUBSCRIBED, KILLED, CLOSED) are
- *      not counted against the bound; RESUBSCRIBED items are coalesced.
+ *      not counted against the bound; RESUBSCRIBED items are coalesced, and
+ *      when one cannot be allocated the handle's spare takes its place (the
+ *      user always learns that changes may have been missed).
  */
 #include <ctype.h>
 #include <errno.h>
@@ -71,6 +73,7 @@ typedef struct live_item {
     int kind;
     json_t *frame; /* ITEM_NOTE / ITEM_KILLED: the notification (a reference) */
     uint64_t gap;  /* notifications dropped just before this item (L5) */
+    int spare;     /* the handle's own RESUB item (resub_spare): never freed */
 } live_item;
 
 struct carrier {
@@ -124,6 +127,7 @@ struct surpool_live {
     surpool_err close_code;
     char close_msg[160];
     char resub_msg[160];
+    live_item resub_spare; /* RESUB when allocating one fails: it is never lost */
 
     /* The first start (the caller waits for the worker). */
     pthread_cond_t start_cv;
@@ -294,7 +298,9 @@ static void make_ready_locked(surpool__live_mgr *m, surpool_live *s)
 static void item_free(live_item *it)
 {
     json_decref(it->frame);
-    surpool__free(it);
+    it->frame = NULL;
+    if (!it->spare)
+        surpool__free(it);
 }
 
 /* Queue an item; `frame` (NULL for RESUB; NULL for a NOTE whose copy failed:
@@ -307,8 +313,17 @@ static void push_item_locked(surpool__live_mgr *m, surpool_live *s, int kind, js
             return;
     }
     live_item *it = NULL;
-    if ((kind == ITEM_NOTE && (s->nnotes >= s->queue_max || frame == NULL)) ||
-        (it = surpool__calloc(1, sizeof(*it))) == NULL) {
+    if (kind == ITEM_NOTE && (s->nnotes >= s->queue_max || frame == NULL)) {
+        it = NULL;
+    } else if ((it = surpool__calloc(1, sizeof(*it))) == NULL && kind == ITEM_RESUB &&
+               !surpool__queue_linked(&s->resub_spare.link)) {
+        /* Out of memory: the user must still learn that changes may have
+         * been missed. At most one RESUB waits in the spare (coalesced). */
+        it = &s->resub_spare;
+        memset(it, 0, sizeof(*it));
+        it->spare = 1;
+    }
+    if (it == NULL) {
         /* Full, or out of memory: counted as dropped (L5). */
         json_decref(frame);
         if (kind == ITEM_NOTE) {
@@ -458,6 +473,8 @@ static void *deliver_main(void *arg)
             ev.type = SURPOOL_LIVE_RESUBSCRIBED;
             surpool__strlcpy(msg, s->resub_msg, sizeof(msg));
             ev.message = msg;
+            if (it->spare)
+                it = NULL; /* the handle's own: the worker may reuse it once unlocked */
         }
         if (!final &&
             (!surpool__queue_empty(&s->items) || s->gap_pending > 0 || s->closed_queued))
@@ -1359,6 +1376,7 @@ surpool_err surpool_live_start(surpool_pool *pool, const surpool_live_options *o
     surpool__queue_init(&s->work_link);
     surpool__queue_init(&s->items);
     surpool__queue_init(&s->ready_link);
+    surpool__queue_init(&s->resub_spare.link);
     surpool__error_clear(&s->start_err);
     if ((opts->table != NULL && s->table == NULL) || (opts->sql != NULL && s->sql == NULL) ||
         (opts->vars != NULL && s->vars == NULL)) {

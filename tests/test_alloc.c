@@ -613,7 +613,7 @@ static void test_fake_transport(void **state)
 #define LT_ID "0e6a1c5e-6f0b-4c1e-9d3a-2b9f4b1d7a10"
 static surpool_pool *g_lt_pool;
 static const void *g_lt_conn; /* the carrier the `live` went out on (compared only) */
-static atomic_int g_lt_closed, g_lt_events;
+static atomic_int g_lt_closed, g_lt_events, g_lt_resub;
 
 static json_t *lt_note(void)
 {
@@ -643,6 +643,8 @@ static void lt_on_live(void *ud, surpool_live *live, const surpool_live_event *e
     atomic_fetch_add(&g_lt_events, 1);
     if (ev->type == SURPOOL_LIVE_CLOSED)
         atomic_fetch_add(&g_lt_closed, 1);
+    if (ev->type == SURPOOL_LIVE_RESUBSCRIBED)
+        atomic_fetch_add(&g_lt_resub, 1);
 }
 
 /* One run; violations are reported through fail_msg with N. */
@@ -664,6 +666,7 @@ static void lt_run(session_env *env, long n)
     g_lt_pool = p;
     atomic_store(&g_lt_closed, 0);
     atomic_store(&g_lt_events, 0);
+    atomic_store(&g_lt_resub, 0);
     surpool_live_options o;
     surpool_live_options_init(&o);
     o.table = "t";
@@ -682,6 +685,16 @@ static void lt_run(session_env *env, long n)
         t_suppress--;
         if (n == 0) /* both notifications delivered (a kill drops what waits) */
             WAIT_UNTIL(atomic_load(&g_lt_events) == 2, 10000);
+        /* Its carrier dies: it is started again (retried until it works: one
+         * allocation fails per run) and RESUBSCRIBED is never lost. */
+        t_suppress++;
+        fake_kill_all(p->transport);
+        t_suppress--;
+        int resub;
+        TK_POLL(resub, atomic_load(&g_lt_resub) == 1, 10000);
+        if (!resub)
+            fail_msg("N=%ld: no RESUBSCRIBED after the carrier died (%d CLOSED)", n,
+                     atomic_load(&g_lt_closed));
         surpool_live_kill(l);
         WAIT_UNTIL(atomic_load(&g_lt_closed) == 1, 10000);
     }
