@@ -504,8 +504,24 @@ static void test_bad_input(void **state)
             assert_null(s);
         }
     }
+    surpool_credentials badcred = {0};
+    badcred.user = "root";
+    badcred.pass = "pa\xffss";
+    surpool_session_options_init(&o);
+    o.signin = &badcred;
+    assert_int_equal(surpool_session_open(p, &o, &s, &err), SURPOOL_ERR_INVALID_ARG);
+    assert_null(strstr(err.message, "pa\xffss")); /* never echoed */
+    surpool_session_options_init(&o);
+    o.ns = "test";
+    o.db = "sess";
+    o.signup_access = "ac\xc3";
+    assert_int_equal(surpool_session_open(p, &o, &s, &err), SURPOOL_ERR_INVALID_ARG);
     assert_int_equal(stat_of("clientSessions"), 0);
     must(surpool_session_open(p, NULL, &s, &err), &err, "anonymous session");
+    assert_int_equal(surpool_session_let(s, "n\xff", json_true(), &err),
+                     SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_session_use(s, "test", "d\xff", &err), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool_session_signin(s, &badcred, NULL, &err), SURPOOL_ERR_INVALID_ARG);
     assert_int_equal(strlen(surpool_session_id(s)), 36);
     assert_int_equal(surpool_session_let(s, "", NULL, &err), SURPOOL_ERR_INVALID_ARG);
     assert_int_equal(surpool_session_use(s, NULL, "db", &err), SURPOOL_ERR_INVALID_ARG);
