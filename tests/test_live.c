@@ -1097,6 +1097,60 @@ static void test_kill_races_restart(void **state)
             fail_msg("live %d got %d CLOSED events", i, atomic_load(&g_race_closed[i]));
 }
 
+/* From inside a live callback: pool destroy is refused (it would wait for
+ * its own thread) and the pool keeps working; a live start there works; the
+ * callback kills its own handle and the one it started. */
+static surpool_live *g_nested;
+static atomic_int g_nested_rc = -1, g_nested_closed;
+
+static void on_nested(void *ud, surpool_live *live, const surpool_live_event *ev)
+{
+    surpool_pool *p = ud;
+    if (ev->type == SURPOOL_LIVE_CLOSED) {
+        atomic_fetch_add(&g_nested_closed, 1);
+        return;
+    }
+    if (ev->type != SURPOOL_LIVE_CREATE || g_nested != NULL)
+        return;
+    surpool_pool_destroy(p); /* refused: logged, nothing done */
+    surpool_live_options o;
+    surpool_live_options_init(&o);
+    o.table = "n2";
+    surpool_error err;
+    atomic_store(&g_nested_rc, surpool_live_start(p, &o, on_nested, p, &g_nested, &err));
+    surpool_live_kill(g_nested);
+    surpool_live_kill(live);
+}
+
+static void test_callback_calls_back(void **state)
+{
+    (void)state;
+    fake_settings fs;
+    atomic_store(&g_block_ids, 0);
+    atomic_store(&g_nested_closed, 0);
+    g_nested = NULL;
+    g_hostile_pool = fake_pool(&fs, block_responder);
+    surpool_pool *p = g_hostile_pool;
+    surpool_live_options o;
+    surpool_live_options_init(&o);
+    o.table = "n1";
+    surpool_live *l = NULL;
+    surpool_error err;
+    if (surpool_live_start(p, &o, on_nested, p, &l, &err) != SURPOOL_OK)
+        fail_msg("live start: %s", err.message);
+    json_t *f = json_pack("{s:{s:s, s:s, s:s, s:{}}}", "result", "action", "CREATE", "id",
+                          "b10c0000-0000-4000-8000-000000000000", "record", "n1:1", "result");
+    surpool__live_notify(p->live, g_hostile_conn, f);
+    json_decref(f);
+    WAIT_UNTIL(atomic_load(&g_nested_closed) == 2, 10000);
+    assert_int_equal(atomic_load(&g_nested_rc), SURPOOL_OK);
+    json_t *out = NULL;
+    if (surpool_query(p, "RETURN 1", NULL, &out, &err) != SURPOOL_OK)
+        fail_msg("the pool after a refused destroy: %s", err.message);
+    json_decref(out);
+    tk_pool_destroy(p);
+}
+
 int main(void)
 {
     const char *w = getenv("SURPOOL_TEST_WIRE");
@@ -1109,6 +1163,7 @@ int main(void)
         cmocka_unit_test_teardown(test_hostile_notifications, tk_teardown),
         cmocka_unit_test_teardown(test_blocking_callback, tk_teardown),
         cmocka_unit_test_teardown(test_kill_races_restart, tk_teardown),
+        cmocka_unit_test_teardown(test_callback_calls_back, tk_teardown),
         cmocka_unit_test_teardown(test_crud_in_order, tk_teardown),
         cmocka_unit_test_teardown(test_order, tk_teardown),
         cmocka_unit_test_teardown(test_diff, tk_teardown),
