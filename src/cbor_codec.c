@@ -1576,22 +1576,23 @@ static int pk_skip(struct peek *k)
     return 0;
 }
 
-surpool_err surpool__cbor_peek(const unsigned char *buf, size_t len, surpool__frame_kind *kind,
-                               int64_t *id, surpool_error *err)
+surpool_err surpool__cbor_peek_info(const unsigned char *buf, size_t len,
+                                    surpool__peek_info *info, surpool_error *err)
 {
-    if (buf == NULL || kind == NULL || id == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "peek: buf, kind and id are required");
+    if (buf == NULL || info == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "peek: buf and info are required");
     struct peek k;
     memset(&k, 0, sizeof(k));
     k.base = buf;
     k.len = len;
+    surpool__peek_info in;
+    memset(&in, 0, sizeof(in));
     /* Major type 5 is a map (pk_head rejects the indefinite form). */
     if (len == 0 || (buf[0] >> 5) != 5 || pk_head(&k))
         goto not_map;
     uint64_t pairs = k.pending / 2;
     k.pending = 0;
-    int have_id = 0, have_error = 0;
+    int have_id = 0;
     int64_t found = 0;
     for (uint64_t i = 0; i < pairs; i++) {
         if (pk_head(&k) || !k.is_text)
@@ -1599,6 +1600,7 @@ surpool_err surpool__cbor_peek(const unsigned char *buf, size_t len, surpool__fr
                                    "CBOR frame: a top-level key is not a text string");
         int is_id = k.text_len == 2 && memcmp(k.text, "id", 2) == 0;
         int is_error = k.text_len == 5 && memcmp(k.text, "error", 5) == 0;
+        int is_result = k.text_len == 6 && memcmp(k.text, "result", 6) == 0;
         if (is_id) {
             if (have_id)
                 return surpool__seterr(err, SURPOOL_ERR_PROTOCOL,
@@ -1621,23 +1623,47 @@ surpool_err surpool__cbor_peek(const unsigned char *buf, size_t len, surpool__fr
         if (pk_skip(&k))
             goto malformed;
         if (is_error) {
+            in.dup_key |= in.error_seen;
+            in.error_seen = 1;
             /* null is a single byte 0xf6 */
-            if (!(k.pos - at == 1 && buf[at] == 0xf6))
-                have_error = 1;
+            in.has_error = !(k.pos - at == 1 && buf[at] == 0xf6);
+            in.error_off = at;
+            in.error_len = k.pos - at;
+        } else if (is_result) {
+            in.dup_key |= in.has_result;
+            in.has_result = 1;
+            in.result_off = at;
+            in.result_len = k.pos - at;
         }
     }
     if (k.pos != len)
         goto malformed;
     if (have_id == 1) {
-        *kind = SURPOOL__FRAME_REPLY;
-        *id = found;
+        in.kind = SURPOOL__FRAME_REPLY;
+        in.id = found;
     } else {
-        *kind = have_error ? SURPOOL__FRAME_ORPHAN_ERROR : SURPOOL__FRAME_NOTIFICATION;
-        *id = 0;
+        in.kind = in.has_error ? SURPOOL__FRAME_ORPHAN_ERROR : SURPOOL__FRAME_NOTIFICATION;
+        in.id = 0;
     }
+    *info = in;
     return SURPOOL_OK;
 not_map:
     return surpool__seterr(err, SURPOOL_ERR_PROTOCOL, "CBOR frame: the root is not a map");
 malformed:
     return surpool__seterr(err, SURPOOL_ERR_PROTOCOL, "CBOR frame: malformed or truncated");
+}
+
+surpool_err surpool__cbor_peek(const unsigned char *buf, size_t len, surpool__frame_kind *kind,
+                               int64_t *id, surpool_error *err)
+{
+    if (buf == NULL || kind == NULL || id == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "peek: buf, kind and id are required");
+    surpool__peek_info in;
+    surpool_err rc = surpool__cbor_peek_info(buf, len, &in, err);
+    if (rc != SURPOOL_OK)
+        return rc;
+    *kind = in.kind;
+    *id = in.id;
+    return SURPOOL_OK;
 }

@@ -68,4 +68,12 @@ surpool_err surpool__cbor_decode_frame(const unsigned char *buf, size_t len,
 surpool_err surpool__cbor_peek(const unsigned char *buf, size_t len, surpool__frame_kind *kind,
                                int64_t *id, surpool_error *err);
 
+/* surpool__cbor_peek() that also reports where the top-level "result" and
+ * "error" items lie (codec.h: surpool__peek_info; each span is one whole
+ * item, tags included). Same walk and refusals; on a frame the full decode
+ * accepts, surpool__cbor_decode_value() of the result span alone gives the
+ * frame's "result" (fuzz/fuzz_cbor_decode.c checks it). */
+surpool_err surpool__cbor_peek_info(const unsigned char *buf, size_t len,
+                                    surpool__peek_info *info, surpool_error *err);
+
 #endif

@@ -92,6 +92,31 @@ surpool_err surpool__codec_decode_frame(const char *buf, size_t len, surpool__fr
 surpool_err surpool__codec_peek(const char *buf, size_t len, surpool__frame_kind *kind,
                                 int64_t *id, surpool_error *err);
 
+/* What a peek learns about a frame besides its route: where the top-level
+ * "result" and "error" values lie (byte offset and length inside the frame:
+ * JSON from the value's first byte to its last, no surrounding whitespace;
+ * CBOR the whole item, tags included), found without decoding them. */
+typedef struct surpool__peek_info {
+    surpool__frame_kind kind;
+    int64_t id;     /* REPLY only */
+    int has_result; /* a "result" key (its value may be null) */
+    int has_error;  /* a non-null "error" value */
+    int error_seen; /* an "error" key, null or not */
+    int dup_key;    /* "result" or "error" appears twice (the full decode
+                       refuses such a frame; the spans are the last ones) */
+    size_t result_off, result_len;
+    size_t error_off, error_len;
+} surpool__peek_info;
+
+/* surpool__codec_peek() that also reports the spans (info is zeroed, filled
+ * on success only). Same walk, same refusals, same agreement with the full
+ * decode; a frame the full decode accepts has its "result" value's bytes at
+ * [result_off, result_off + result_len), and decoding those alone gives the
+ * same value (fuzz/fuzz_decode.c checks it). Not a validator: on a frame the
+ * full decode refuses the spans are only where the walk found them. */
+surpool_err surpool__codec_peek_info(const char *buf, size_t len, surpool__peek_info *info,
+                                     surpool_error *err);
+
 /* Classify a decoded frame's root object (both wire formats): an integer
  * "id" makes a REPLY, no id (or null) with a non-null "error" an ORPHAN_ERROR,
  * else a "result" object with "action" a NOTIFICATION; anything else, or a

@@ -178,12 +178,16 @@ static surpool_err read_id(peek *s, int *has, int64_t *id, surpool_error *err)
     return SURPOOL_OK;
 }
 
-surpool_err surpool__codec_peek(const char *buf, size_t len, surpool__frame_kind *kind,
-                                int64_t *id, surpool_error *err)
+surpool_err surpool__codec_peek_info(const char *buf, size_t len, surpool__peek_info *info,
+                                     surpool_error *err)
 {
     peek s = {(const unsigned char *)buf, (const unsigned char *)buf + len};
-    int has_id = 0, seen_id = 0, error_set = 0;
+    int has_id = 0, seen_id = 0;
     int64_t idv = 0;
+    surpool__peek_info in;
+    memset(&in, 0, sizeof(in));
+    if (info == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "peek: info is required");
     skip_ws(&s);
     if (buf == NULL || s.p >= s.end || *s.p != '{')
         return surpool__seterr(err, SURPOOL_ERR_PROTOCOL,
@@ -202,6 +206,8 @@ surpool_err surpool__codec_peek(const char *buf, size_t len, surpool__frame_kind
             skip_ws(&s);
             if (s.p >= s.end || *s.p++ != ':')
                 goto bad;
+            int is_result = klen == 6 && memcmp(key, "result", 6) == 0;
+            int is_error = klen == 5 && memcmp(key, "error", 5) == 0;
             if (klen == 2 && memcmp(key, "id", 2) == 0) {
                 if (seen_id)
                     return surpool__seterr(err, SURPOOL_ERR_PROTOCOL,
@@ -211,13 +217,26 @@ surpool_err surpool__codec_peek(const char *buf, size_t len, surpool__frame_kind
                 surpool_err rc = read_id(&s, &has_id, &idv, err);
                 if (rc != SURPOOL_OK)
                     return rc;
-            } else if (klen == 5 && memcmp(key, "error", 5) == 0) {
+            } else {
                 skip_ws(&s);
-                error_set = !is_literal(&s, "null");
+                const unsigned char *at = s.p;
+                int null = is_literal(&s, "null");
                 if (skip_value(&s) != 0)
                     goto bad;
-            } else if (skip_value(&s) != 0) {
-                goto bad;
+                size_t off = (size_t)(at - (const unsigned char *)buf);
+                size_t n = (size_t)(s.p - at);
+                if (is_result) {
+                    in.dup_key |= in.has_result;
+                    in.has_result = 1;
+                    in.result_off = off;
+                    in.result_len = n;
+                } else if (is_error) {
+                    in.dup_key |= in.error_seen;
+                    in.error_seen = 1;
+                    in.has_error = !null;
+                    in.error_off = off;
+                    in.error_len = n;
+                }
             }
             skip_ws(&s);
             if (s.p < s.end && *s.p == ',') {
@@ -234,13 +253,26 @@ surpool_err surpool__codec_peek(const char *buf, size_t len, surpool__frame_kind
     skip_ws(&s);
     if (s.p != s.end)
         goto bad;
-    *kind = has_id      ? SURPOOL__FRAME_REPLY
-            : error_set ? SURPOOL__FRAME_ORPHAN_ERROR
-                        : SURPOOL__FRAME_NOTIFICATION;
-    *id = has_id ? idv : 0;
+    in.kind = has_id         ? SURPOOL__FRAME_REPLY
+              : in.has_error ? SURPOOL__FRAME_ORPHAN_ERROR
+                             : SURPOOL__FRAME_NOTIFICATION;
+    in.id = has_id ? idv : 0;
+    *info = in;
     return SURPOOL_OK;
 bad:
     return surpool__seterr(err, SURPOOL_ERR_PROTOCOL,
                            "frame from the server is not valid JSON (at byte %zu)",
                            (size_t)(s.p - (const unsigned char *)buf));
+}
+
+surpool_err surpool__codec_peek(const char *buf, size_t len, surpool__frame_kind *kind,
+                                int64_t *id, surpool_error *err)
+{
+    surpool__peek_info in;
+    surpool_err rc = surpool__codec_peek_info(buf, len, &in, err);
+    if (rc != SURPOOL_OK)
+        return rc;
+    *kind = in.kind;
+    *id = in.id;
+    return SURPOOL_OK;
 }

@@ -687,6 +687,65 @@ static void test_peek(void **state)
     free(h.p);
 }
 
+/* The raw path's spans: the result item's bytes (tags included) decode
+ * alone to the full decode's "result"; errors and duplicates are reported. */
+static void test_peek_spans(void **state)
+{
+    (void)state;
+    surpool_error e;
+    surpool__peek_info in;
+    const char *frames[] = {
+        "{\"id\":5,\"result\":[{\"$surreal\":\"none\"},{\"$surreal\":\"uuid\",\"value\":"
+        "\"0192a8f0-1111-7222-8333-444455556666\"},{\"result\":{\"error\":1}}]}",
+        "{\"result\":{\"$surreal\":\"datetime\",\"value\":\"2024-01-02T03:04:05Z\"},\"id\":6}",
+        "{\"id\":7,\"error\":null,\"result\":\"x\"}",
+        "{\"id\":8,\"results\":1,\"result\":null}",
+    };
+    for (size_t i = 0; i < ARRAY_LEN(frames); i++) {
+        struct bytes b = enc_json(frames[i]);
+        if (surpool__cbor_peek_info(b.p, b.n, &in, &e) != SURPOOL_OK)
+            fail_msg("%s: %s", frames[i], e.message);
+        assert_int_equal(in.kind, SURPOOL__FRAME_REPLY);
+        assert_true(in.has_result && !in.has_error && !in.dup_key);
+        assert_true(in.result_off + in.result_len <= b.n);
+        surpool__frame f;
+        assert_int_equal(surpool__cbor_decode_frame(b.p, b.n, &f, &e), SURPOOL_OK);
+        json_t *alone = dec(b.p + in.result_off, in.result_len);
+        if (!json_equal(alone, json_object_get(f.root, "result")))
+            fail_msg("%s: the span decodes to another value", frames[i]);
+        json_decref(alone);
+        json_decref(f.root);
+        /* Every truncation is refused. */
+        for (size_t n = 0; n < b.n; n++)
+            assert_int_equal(surpool__cbor_peek_info(b.p, n, &in, &e), SURPOOL_ERR_PROTOCOL);
+        surpool__free(b.p);
+    }
+    /* An error frame: the error's span, no result. */
+    struct bytes b = enc_json("{\"id\":9,\"error\":{\"code\":-32000,\"message\":\"m\"}}");
+    assert_int_equal(surpool__cbor_peek_info(b.p, b.n, &in, &e), SURPOOL_OK);
+    assert_true(in.has_error && !in.has_result);
+    json_t *ev = dec(b.p + in.error_off, in.error_len);
+    assert_string_equal(json_string_value(json_object_get(ev, "message")), "m");
+    json_decref(ev);
+    surpool__free(b.p);
+    /* A tagged result: the tag is part of the item. {"id":1,"result":6(null)} */
+    struct bytes h = hex("a2 62 69 64 01 66 72 65 73 75 6c 74 c6 f6");
+    assert_int_equal(surpool__cbor_peek_info(h.p, h.n, &in, &e), SURPOOL_OK);
+    assert_int_equal(in.result_len, 2);
+    assert_int_equal(h.p[in.result_off], 0xc6);
+    free(h.p);
+    /* Duplicate "result" (or "error") keys: reported (the full decode refuses). */
+    h = hex("a3 62 69 64 01 66 72 65 73 75 6c 74 01 66 72 65 73 75 6c 74 02");
+    assert_int_equal(surpool__cbor_peek_info(h.p, h.n, &in, &e), SURPOOL_OK);
+    assert_true(in.dup_key);
+    free(h.p);
+    h = hex("a3 62 69 64 01 65 65 72 72 6f 72 f6 65 65 72 72 6f 72 a0");
+    assert_int_equal(surpool__cbor_peek_info(h.p, h.n, &in, &e), SURPOOL_OK);
+    assert_true(in.dup_key && in.has_error);
+    free(h.p);
+    assert_int_equal(surpool__cbor_peek_info(NULL, 0, &in, &e), SURPOOL_ERR_INVALID_ARG);
+}
+
 /* ---- hostile input ------------------------------------------------------- */
 
 static void test_hostile_decode(void **state)
@@ -1132,6 +1191,7 @@ int main(void)
         cmocka_unit_test(test_request_envelope),
         cmocka_unit_test(test_frames),
         cmocka_unit_test(test_peek),
+        cmocka_unit_test(test_peek_spans),
         cmocka_unit_test(test_hostile_decode),
         cmocka_unit_test(test_depth_bound_decode),
         cmocka_unit_test(test_corruptions),

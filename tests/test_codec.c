@@ -571,6 +571,67 @@ static void test_peek_table(void **state)
     }
 }
 
+/* The raw path's spans: where "result" and "error" lie, found by the same
+ * walk; decoding the result span alone gives the full decode's "result". */
+static void test_peek_spans(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        const char *result; /* the span's text, NULL: no "result" key */
+        int has_error, dup;
+    } rows[] = {
+        {"{\"id\":7,\"result\":null}", "null", 0, 0},
+        {"{ \"result\" : [1,{\"result\":\"}\"},[]] , \"id\":1 }", "[1,{\"result\":\"}\"},[]]",
+         0, 0},
+        {"{\"id\":1,\"result\":\"a\\\"b\"}", "\"a\\\"b\"", 0, 0},
+        {"{\"id\":1,\"result\":-1.5e3\n}", "-1.5e3", 0, 0},
+        {"{\"id\":1,\"r\\u0065sult\":true}", "true", 0, 0},
+        {"{\"id\":1,\"results\":1,\"result\":{}}", "{}", 0, 0},
+        {"{\"id\":1,\"error\":{\"code\":-32000,\"message\":\"x\"}}", NULL, 1, 0},
+        {"{\"id\":1,\"error\":null,\"result\":2}", "2", 0, 0},
+        {"{\"id\":1,\"result\":1,\"result\":2}", "2", 0, 1},
+        {"{\"id\":1,\"error\":null,\"error\":{}}", NULL, 1, 1},
+        {"{\"id\":1}", NULL, 0, 0},
+    };
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        const char *in = rows[i].in;
+        surpool__peek_info info;
+        surpool_error err;
+        if (surpool__codec_peek_info(in, strlen(in), &info, &err) != SURPOOL_OK)
+            fail_msg("row %zu (%s): %s", i, in, err.message);
+        assert_int_equal(info.kind, SURPOOL__FRAME_REPLY);
+        assert_int_equal(info.has_error, rows[i].has_error);
+        assert_int_equal(info.dup_key, rows[i].dup);
+        assert_int_equal(info.has_result, rows[i].result != NULL);
+        if (rows[i].result == NULL)
+            continue;
+        if (info.result_len != strlen(rows[i].result) ||
+            memcmp(in + info.result_off, rows[i].result, info.result_len) != 0)
+            fail_msg("row %zu (%s): span '%.*s', expected '%s'", i, in, (int)info.result_len,
+                     in + info.result_off, rows[i].result);
+        surpool__frame f;
+        if (surpool__codec_decode_frame(in, strlen(in), &f, NULL) == SURPOOL_OK) {
+            json_t *alone = json_loadb(in + info.result_off, info.result_len,
+                                       JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+            assert_non_null(alone);
+            assert_true(json_equal(alone, json_object_get(f.root, "result")));
+            json_decref(alone);
+            json_decref(f.root);
+        } else {
+            assert_true(rows[i].dup); /* the only rows here the full decode refuses */
+        }
+    }
+    /* Truncated frames are refused, never a span past the end. */
+    const char *frame = "{\"id\":3,\"result\":[{\"a\":\"b\"},2,null]}";
+    for (size_t n = 0; n < strlen(frame); n++) {
+        surpool__peek_info info;
+        assert_int_equal(surpool__codec_peek_info(frame, n, &info, NULL), SURPOOL_ERR_PROTOCOL);
+    }
+    assert_int_equal(surpool__codec_peek_info(frame, strlen(frame), NULL, NULL),
+                     SURPOOL_ERR_INVALID_ARG);
+}
+
 static void test_decode_table(void **state)
 {
     (void)state;
@@ -943,6 +1004,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_encode_table, restore_allocators),
         cmocka_unit_test(test_peek_table),
+        cmocka_unit_test(test_peek_spans),
         cmocka_unit_test_teardown(test_encode_headroom, restore_allocators),
         cmocka_unit_test_teardown(test_encode_large, restore_allocators),
         cmocka_unit_test_teardown(test_encode_invalid_args, restore_allocators),
