@@ -1412,6 +1412,94 @@ SURPOOL_API surpool_err surpool_live_start(surpool_pool *pool, const surpool_liv
 SURPOOL_API void surpool_live_kill(surpool_live *live);
 
 /* ------------------------------------------------------------------------- */
+/* Raw results                                                                */
+/*                                                                            */
+/* A result as the bytes the server sent, for results too large to hold as a  */
+/* json_t tree (a tree of small rows costs ~8x the reply's size; docs/raw.md). */
+/* The reply frame the connection received is handed over whole, without a   */
+/* copy and without decoding its "result": surpool_raw_data() points at that  */
+/* value inside it, in the pool's wire format: one CBOR data item with        */
+/* SurrealDB's tags (SURPOOL_WIRE_CBOR; parse it with libcbor's               */
+/* cbor_stream_decode(), for instance) or JSON text (SURPOOL_WIRE_JSON; a     */
+/* streaming JSON parser). The bytes are the server's, only framed: the       */
+/* library checks the envelope (an object/map with this request's integer id, */
+/* "result" and "error" at most once each) and where the value ends, NOT the   */
+/* value itself (its UTF-8, its nesting, its keys): validate what you parse.  */
+/* A server error never comes back raw: it is the usual SURPOOL_ERR_SERVER /  */
+/* SURPOOL_ERR_AUTH with err filled from the server's error object (only that */
+/* small object is decoded).                                                  */
+/* ------------------------------------------------------------------------- */
+
+/** A raw result: owned by the caller, freed with surpool_raw_free(). Not tied
+ *  to its connection or pool: it may outlive both, and be used and freed on
+ *  any thread (one at a time: it is plain memory). */
+typedef struct surpool_raw surpool_raw;
+
+/** surpool_conn_call() with the result as bytes (see "Raw results").
+ *  @param method, params  as surpool_conn_call().
+ *  @param out     required; receives a new surpool_raw on SURPOOL_OK, NULL
+ *                 otherwise (set to NULL first).
+ *  @return as surpool_conn_call(); SURPOOL_ERR_INVALID_ARG for a NULL out, a
+ *          stale handle (its lease ended) or a lease another thread is calling
+ *          on; SURPOOL_ERR_PROTOCOL for a reply whose envelope is malformed
+ *          (the connection is then not lent again).
+ *  Thread safety: One thread at a time per handle. Not from a surpool callback. */
+SURPOOL_API surpool_err surpool_conn_call_raw(surpool_conn *conn, const char *method,
+                                              const json_t *params, surpool_raw **out,
+                                              surpool_error *err);
+
+/** surpool_conn_query() with the result as bytes: the server's per-statement
+ *  array, [{"status":..,"result":..,"time":..}, ...], raw. A statement that
+ *  failed is inside it, not an error of this call (check each status).
+ *  @param sql, vars  as surpool_conn_query().
+ *  @param out        as surpool_conn_call_raw().
+ *  @return as surpool_conn_call_raw().
+ *  Thread safety: One thread at a time per handle. Not from a surpool callback. */
+SURPOOL_API surpool_err surpool_conn_query_raw(surpool_conn *conn, const char *sql,
+                                               const json_t *vars, surpool_raw **out,
+                                               surpool_error *err);
+
+/** surpool_query() with the result as bytes. Not sent on the shared lane: it
+ *  leases a connection of the pool for the call (acquire_timeout_ms, then
+ *  request_timeout_ms), so one large reply never holds up the lane's small
+ *  requests on the same socket.
+ *  @param out  as surpool_conn_call_raw().
+ *  @return as surpool_conn_query_raw(), plus the errors of
+ *          surpool_pool_acquire(); SURPOOL_ERR_INVALID_ARG for a NULL pool or
+ *          out, or from inside a surpool_result_fn (it would deadlock).
+ *  Thread safety: Any thread. Not from a surpool callback. */
+SURPOOL_API surpool_err surpool_query_raw(surpool_pool *pool, const char *sql,
+                                          const json_t *vars, surpool_raw **out,
+                                          surpool_error *err);
+
+/** surpool_call() with the result as bytes, as surpool_query_raw(). Methods
+ *  that change session state are refused (SURPOOL_ERR_INVALID_ARG), as by
+ *  surpool_call().
+ *  Thread safety: Any thread. Not from a surpool callback. */
+SURPOOL_API surpool_err surpool_call_raw(surpool_pool *pool, const char *method,
+                                         const json_t *params, surpool_raw **out,
+                                         surpool_error *err);
+
+/** The result's first byte (BORROWED: valid until surpool_raw_free()). The
+ *  byte at data[size] is a NUL (not part of the value), so JSON text can be
+ *  passed where a C string is wanted. NULL for a NULL raw.
+ *  Thread safety: Any thread (the raw is not changed). */
+SURPOOL_API const void *surpool_raw_data(const surpool_raw *raw);
+
+/** The result's length in bytes (a JSON null is 4, a CBOR null 1; never 0
+ *  for a result). 0 for a NULL raw. Thread safety: Any thread. */
+SURPOOL_API size_t surpool_raw_size(const surpool_raw *raw);
+
+/** How the bytes are encoded: SURPOOL_WIRE_CBOR or SURPOOL_WIRE_JSON (the
+ *  pool's wire format); SURPOOL_WIRE_DEFAULT for a NULL raw.
+ *  Thread safety: Any thread. */
+SURPOOL_API surpool_wire_format surpool_raw_format(const surpool_raw *raw);
+
+/** Free a raw result and the frame it lives in. NULL is a no-op.
+ *  Thread safety: Any thread; must not race with any other use of `raw`. */
+SURPOOL_API void surpool_raw_free(surpool_raw *raw);
+
+/* ------------------------------------------------------------------------- */
 /* Allocator                                                                  */
 /* ------------------------------------------------------------------------- */
 

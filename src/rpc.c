@@ -12,6 +12,7 @@
 #include "codec.h"
 #include "lease.h"
 #include "pool.h"
+#include "raw.h"
 #include "wire.h"
 #include "thread.h"
 #include "utf8.h"
@@ -180,19 +181,21 @@ static int changes_identity(const char *method)
  * bookkeeping. *session_expired (may be NULL) is set when the server refused
  * it because the session expired. */
 static surpool_err rpc_once(surpool_conn *c, const char *method, const json_t *params,
-                            int64_t deadline_ns, json_t **out, surpool_error *err,
-                            int *session_expired);
+                            int64_t deadline_ns, json_t **out, surpool_raw **raw,
+                            surpool_error *err, int *session_expired);
 
 /* rpc_once without the expiry report (begin, commit, cancel). */
 static surpool_err rpc_send(surpool_conn *c, const char *method, const json_t *params,
                             int64_t deadline_ns, json_t **out, surpool_error *err)
 {
-    return rpc_once(c, method, params, deadline_ns, out, err, NULL);
+    return rpc_once(c, method, params, deadline_ns, out, NULL, err, NULL);
 }
 
+/* With `raw` (not NULL) the reply is not decoded: a result is handed over as
+ * its bytes in *raw (raw.h), an error is decoded alone and mapped as usual. */
 static surpool_err rpc_once(surpool_conn *c, const char *method, const json_t *params,
-                            int64_t deadline_ns, json_t **out, surpool_error *err,
-                            int *session_expired)
+                            int64_t deadline_ns, json_t **out, surpool_raw **raw,
+                            surpool_error *err, int *session_expired)
 {
     surpool_pool *p = c->pool;
     surpool_error local;
@@ -235,10 +238,16 @@ static surpool_err rpc_once(surpool_conn *c, const char *method, const json_t *p
     surpool__rpc_free_payload(p, &req, method);
 
     req.status = rc;
+    if (raw != NULL)
+        surpool__raw_take_reply(&req, p->cfg.pub.wire_format, raw);
     json_t *result = NULL;
     rc = surpool__rpc_outcome(p, method, &req, &result, err);
     if (rc == SURPOOL_OK && out != NULL)
         *out = json_incref(result);
+    if (rc != SURPOOL_OK && raw != NULL) {
+        surpool_raw_free(*raw);
+        *raw = NULL;
+    }
     if (surpool__breaks_connection(rc))
         c->broken = 1;
     if (session_expired != NULL)
@@ -247,15 +256,16 @@ static surpool_err rpc_once(surpool_conn *c, const char *method, const json_t *p
     return rc;
 }
 
-surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *params,
-                         int64_t deadline_ns, json_t **out, surpool_error *err)
+static surpool_err rpc_call(surpool_conn *c, const char *method, const json_t *params,
+                            int64_t deadline_ns, json_t **out, surpool_raw **raw,
+                            surpool_error *err)
 {
     if (surpool__method_changes_session(method))
         c->session_dirty = 1; /* even on failure: the server may have applied it */
     if (!c->pool_auth && changes_identity(method))
         c->user_auth = 1;
     int expired = 0;
-    surpool_err rc = rpc_once(c, method, params, deadline_ns, out, err, &expired);
+    surpool_err rc = rpc_once(c, method, params, deadline_ns, out, raw, err, &expired);
     if (!expired || !surpool__conn_may_reauth(c))
         return rc;
     /* The server refused the call before running it (an expired session
@@ -264,7 +274,13 @@ surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *para
     surpool_error rerr;
     if (surpool__conn_reauth(c, &rerr) != SURPOOL_OK)
         return surpool__error_copy(err, &rerr);
-    return rpc_once(c, method, params, deadline_ns, out, err, NULL);
+    return rpc_once(c, method, params, deadline_ns, out, raw, err, NULL);
+}
+
+surpool_err surpool__rpc(surpool_conn *c, const char *method, const json_t *params,
+                         int64_t deadline_ns, json_t **out, surpool_error *err)
+{
+    return rpc_call(c, method, params, deadline_ns, out, NULL, err);
 }
 
 /* json_pack with the failure kept: jansson refuses invalid UTF-8 (the caller's
@@ -379,6 +395,38 @@ surpool_err surpool__query_params(const char *sql, const json_t *vars, json_t **
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "query: %s", je.text);
     }
     return SURPOOL_OK;
+}
+
+/* The raw variants (include/surpool.h, "Raw results"): checked as their
+ * json_t twins, then one RPC whose result stays bytes. */
+static surpool_err conn_call_raw(surpool_conn *c, const char *method, const json_t *params,
+                                 surpool_raw **out, surpool_error *err)
+{
+    if (out == NULL)
+        return bad_arg(err, "out is required");
+    *out = NULL;
+    if (!nonempty(method))
+        return bad_arg(err, "method must be a non-empty string");
+    if (params != NULL && !json_is_array(params))
+        return bad_arg(err, "params must be a JSON array or NULL");
+    CHECK(check_strings(err, "call", "method", method, NULL, NULL, NULL, NULL));
+    CHECK(check_json(err, "call: params", params));
+    return rpc_call(c, method, params, INT64_MAX, NULL, out, err);
+}
+
+static surpool_err conn_query_raw(surpool_conn *c, const char *sql, const json_t *vars,
+                                  surpool_raw **out, surpool_error *err)
+{
+    if (out == NULL)
+        return bad_arg(err, "out is required");
+    *out = NULL;
+    json_t *params = NULL;
+    surpool_err rc = surpool__query_params(sql, vars, &params, err);
+    if (rc != SURPOOL_OK)
+        return rc;
+    rc = rpc_call(c, "query", params, INT64_MAX, NULL, out, err);
+    json_decref(params);
+    return rc;
 }
 
 static surpool_err conn_query(surpool_conn *c, const char *sql, const json_t *vars,
@@ -977,6 +1025,22 @@ surpool_err surpool_conn_query(surpool_conn *h, const char *sql, const json_t *v
                                json_t **out, surpool_error *err)
 {
     LEASE_CALL(h, err, conn_query(c, sql, vars, out, e));
+}
+
+surpool_err surpool_conn_call_raw(surpool_conn *h, const char *method, const json_t *params,
+                                  surpool_raw **out, surpool_error *err)
+{
+    if (out != NULL)
+        *out = NULL;
+    LEASE_CALL(h, err, conn_call_raw(c, method, params, out, e));
+}
+
+surpool_err surpool_conn_query_raw(surpool_conn *h, const char *sql, const json_t *vars,
+                                   surpool_raw **out, surpool_error *err)
+{
+    if (out != NULL)
+        *out = NULL;
+    LEASE_CALL(h, err, conn_query_raw(c, sql, vars, out, e));
 }
 
 surpool_err surpool_conn_ping(surpool_conn *h, surpool_error *err)
