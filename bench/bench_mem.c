@@ -16,7 +16,12 @@
  * If ru_maxrss did not grow during the call the peak belongs to something
  * earlier and `peak_in_call` is 0 (the ratio is then an upper bound).
  *
- * Usage: bench_mem --url URL [--bytes 50000000]
+ * --raw takes the result through surpool_conn_query_raw() instead (the bytes
+ * of the reply's result, no json_t tree; docs/raw.md): "held" is then the
+ * raw result. Run once per mode (each its own process: the peak is the
+ * process's); `mode` in the JSON line says which.
+ *
+ * Usage: bench_mem --url URL [--bytes 50000000] [--raw]
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +43,7 @@ int main(int argc, char **argv)
     bench_target tgt;
     bench_target_from_args(&tgt, argc, argv);
     long bytes = bc_arg_long(argc, argv, "--bytes", 50000000);
+    int raw_mode = bc_flag(argc, argv, "--raw");
 
     surpool_config cfg;
     bench_config(&cfg, &tgt);
@@ -68,8 +74,10 @@ int main(int argc, char **argv)
     snprintf(sql, sizeof(sql), "big %ld", bytes);
     long rss0 = bc_rss_bytes();
     long max0 = maxrss_bytes();
+    surpool_raw *raw = NULL;
     int64_t t0 = bc_now_ns();
-    surpool_err rc = surpool_conn_query(c, sql, NULL, &out, &err);
+    surpool_err rc = raw_mode ? surpool_conn_query_raw(c, sql, NULL, &raw, &err)
+                              : surpool_conn_query(c, sql, NULL, &out, &err);
     int64_t t1 = bc_now_ns();
     long max1 = maxrss_bytes();
     long rss_held = bc_rss_bytes();
@@ -77,16 +85,20 @@ int main(int argc, char **argv)
         bc_log("bench_mem: query \"%s\": %s: %s", sql, surpool_strerror(rc), err.message);
         return 1;
     }
-    size_t rows = 0;
+    size_t rows = 0; /* counted on the tree only: the raw path builds none */
     json_t *stmt = json_array_get(out, 0);
     json_t *res = stmt != NULL ? json_object_get(stmt, "result") : NULL;
     if (json_is_array(res))
         rows = json_array_size(res);
+    size_t raw_size = surpool_raw_size(raw);
     json_decref(out);
+    surpool_raw_free(raw);
     long rss_freed = bc_rss_bytes();
 
     bc_json_begin("mem");
+    bc_json_str("mode", raw_mode ? "raw" : "json_t");
     bc_json_int("payload_bytes", bytes);
+    bc_json_int("raw_result_bytes", (long long)raw_size);
     bc_json_int("rows", (long long)rows);
     bc_json_num("call_ms", (double)(t1 - t0) / 1e6);
     bc_json_int("rss_before_bytes", rss0);
@@ -98,10 +110,10 @@ int main(int argc, char **argv)
     bc_json_num("peak_over_payload", (double)(max1 - rss0) / (double)bytes);
     bc_json_num("held_over_payload", (double)(rss_held - rss0) / (double)bytes);
     bc_json_end();
-    bc_log("bench_mem: %ld bytes, %zu rows in %.0f ms: RSS %ld MiB before, peak %ld MiB "
+    bc_log("bench_mem (%s): %ld bytes, %zu rows in %.0f ms: RSS %ld MiB before, peak %ld MiB "
            "(%.2fx the payload above the baseline), %ld MiB held, %ld MiB after free",
-           bytes, rows, (double)(t1 - t0) / 1e6, rss0 >> 20, max1 >> 20,
-           (double)(max1 - rss0) / (double)bytes, rss_held >> 20, rss_freed >> 20);
+           raw_mode ? "raw" : "json_t", bytes, rows, (double)(t1 - t0) / 1e6, rss0 >> 20,
+           max1 >> 20, (double)(max1 - rss0) / (double)bytes, rss_held >> 20, rss_freed >> 20);
 
     surpool_conn_release(c);
     surpool_pool_destroy(pool);
