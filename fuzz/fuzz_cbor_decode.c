@@ -51,6 +51,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(prc == SURPOOL_OK);
         CHECK(pk == f.kind ||
               (f.kind == SURPOOL__FRAME_NOTIFICATION && pk == SURPOOL__FRAME_NOTIFICATION));
+        /* The raw path's spans: the result item decodes alone to the same
+         * value; "error" is found where the decode sees it. */
+        surpool__peek_info info;
+        CHECK(surpool__cbor_peek_info(data, size, &info, &err) == SURPOOL_OK);
+        CHECK(info.kind == pk && info.id == pid && !info.dup_key);
+        const json_t *fres = json_object_get(f.root, "result");
+        const json_t *ferr = json_object_get(f.root, "error");
+        CHECK(info.has_result == (fres != NULL));
+        CHECK(info.has_error == (ferr != NULL && !json_is_null(ferr)));
+        if (fres != NULL) {
+            CHECK(info.result_len > 0 && info.result_off + info.result_len <= size);
+            json_t *alone = NULL;
+            surpool_err arc = surpool__cbor_decode_value(data + info.result_off,
+                                                         info.result_len, &alone, &err);
+            CHECK(arc == SURPOOL_OK || arc == SURPOOL_ERR_NOMEM);
+            if (arc == SURPOOL_OK)
+                CHECK(json_equal(alone, fres));
+            json_decref(alone);
+        }
         if (f.kind == SURPOOL__FRAME_REPLY) {
             CHECK(pid == f.id);
             json_t *result = NULL;

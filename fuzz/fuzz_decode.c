@@ -130,6 +130,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     CHECK(json_is_object(f.root));
 
+    /* The raw path's spans: on a frame the full decode accepts, the peek
+     * finds "result" and "error" where they are, and the result's bytes
+     * decode alone to the same value. */
+    surpool__peek_info info;
+    CHECK(surpool__codec_peek_info((const char *)data, size, &info, &perr) == SURPOOL_OK);
+    CHECK(info.kind == f.kind && info.id == f.id && !info.dup_key);
+    const json_t *fres = json_object_get(f.root, "result");
+    const json_t *ferr = json_object_get(f.root, "error");
+    CHECK(info.has_result == (fres != NULL));
+    CHECK(info.error_seen == (ferr != NULL));
+    CHECK(info.has_error == (ferr != NULL && !json_is_null(ferr)));
+    if (fres != NULL) {
+        CHECK(info.result_len > 0 && info.result_off + info.result_len <= size);
+        json_t *alone =
+            json_loadb((const char *)data + info.result_off, info.result_len,
+                       JSON_DECODE_ANY | JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES, NULL);
+        /* NULL only when jansson ran out of memory. */
+        if (alone != NULL)
+            CHECK(json_equal(alone, fres));
+        json_decref(alone);
+    }
+
     json_t *result = NULL;
     switch (f.kind) {
     case SURPOOL__FRAME_REPLY:
