@@ -17,7 +17,9 @@
 #include <cmocka.h>
 
 #include "cbor_codec.h"
+#include "codec.h"
 #include "harness.h"
+#include "raw.h"
 #include "testkit.h"
 
 static test_server g_server;
@@ -265,6 +267,108 @@ static void test_pool_level(void **state)
     surpool_raw_free(raw2);
 }
 
+/* The frame-to-raw step alone, on crafted frames: what a hostile or broken
+ * server could send (the real core never does). */
+static surpool_err take(const char *frame, size_t len, int cbor, int64_t id, surpool_raw **raw,
+                        json_t **reply, char *message)
+{
+    surpool__treq req;
+    memset(&req, 0, sizeof(req));
+    req.id = id;
+    req.status = SURPOOL_OK;
+    req.frame = surpool__malloc(len + 1);
+    assert_non_null(req.frame);
+    memcpy(req.frame, frame, len);
+    req.frame[len] = '\0';
+    req.frame_len = len;
+    req.frame_cbor = cbor;
+    surpool__raw_take_reply(&req, cbor ? SURPOOL_WIRE_CBOR : SURPOOL_WIRE_JSON, raw);
+    assert_null(req.frame);
+    *reply = req.reply;
+    strcpy(message, req.message);
+    return req.status;
+}
+
+static void test_take_reply_frames(void **state)
+{
+    (void)state;
+    surpool_raw *raw = NULL;
+    json_t *reply = NULL;
+    char msg[200];
+    /* A result: the span, NUL-terminated, in a frame it now owns. */
+    const char *ok = "{\"id\":5, \"result\" : [1,{\"a\":\"}\"}] }";
+    assert_int_equal(take(ok, strlen(ok), 0, 5, &raw, &reply, msg), SURPOOL_OK);
+    assert_non_null(raw);
+    assert_string_equal(surpool_raw_data(raw), "[1,{\"a\":\"}\"}]");
+    assert_int_equal(surpool_raw_size(raw), strlen("[1,{\"a\":\"}\"}]"));
+    assert_int_equal(surpool_raw_format(raw), SURPOOL_WIRE_JSON);
+    assert_true(json_is_null(json_object_get(reply, "result")));
+    surpool_raw_free(raw);
+    json_decref(reply);
+    /* An error: decoded alone, mapped as usual, no raw. */
+    const char *er = "{\"id\":5,\"result\":1,\"error\":{\"code\":-32002,\"message\":\"no\"}}";
+    assert_int_equal(take(er, strlen(er), 0, 5, &raw, &reply, msg), SURPOOL_OK);
+    assert_null(raw);
+    surpool_error err;
+    assert_int_equal(surpool__codec_reply_result(reply, NULL, &err), SURPOOL_ERR_AUTH);
+    assert_string_equal(err.message, "no");
+    json_decref(reply);
+    /* Refused: another id, a repeated key, no envelope, a broken error. */
+    const char *bad[] = {
+        "{\"id\":6,\"result\":1}",
+        "{\"id\":5,\"result\":1,\"result\":2}",
+        "{\"id\":5,\"error\":null,\"error\":{}}",
+        "{\"result\":1}",
+        "[1]",
+        "{\"id\":5,\"result\":[1,2}",
+        "{\"id\":5,\"error\":{\"a\":1,\"a\":2}}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        surpool_err rc = take(bad[i], strlen(bad[i]), 0, 5, &raw, &reply, msg);
+        if (rc != SURPOOL_ERR_PROTOCOL)
+            fail_msg("%s: %s, expected PROTOCOL", bad[i], surpool_err_name(rc));
+        assert_null(raw);
+        assert_null(reply);
+        assert_true(msg[0] != '\0');
+    }
+    /* Neither result nor error: an empty reply, which the outcome refuses. */
+    assert_int_equal(take("{\"id\":5}", 8, 0, 5, &raw, &reply, msg), SURPOOL_OK);
+    assert_null(raw);
+    assert_int_equal(surpool__codec_reply_result(reply, NULL, NULL), SURPOOL_ERR_PROTOCOL);
+    json_decref(reply);
+    /* CBOR: {"id":1,"result":6(null)}: the tagged item. */
+    const unsigned char cb[] = {0xa2, 0x62, 'i', 'd', 0x01, 0x66, 'r',
+                                'e',  's',  'u', 'l', 't',  0xc6, 0xf6};
+    assert_int_equal(take((const char *)cb, sizeof(cb), 1, 1, &raw, &reply, msg), SURPOOL_OK);
+    assert_int_equal(surpool_raw_size(raw), 2);
+    assert_memory_equal(surpool_raw_data(raw), "\xc6\xf6", 2);
+    assert_int_equal(surpool_raw_format(raw), SURPOOL_WIRE_CBOR);
+    surpool_raw_free(raw);
+    json_decref(reply);
+
+    /* A transport without bytes hands over a tree: its result is encoded in
+     * the pool's format; an error stays for the outcome to map. */
+    for (int cbor = 0; cbor <= 1; cbor++) {
+        surpool__treq req;
+        memset(&req, 0, sizeof(req));
+        req.id = 5;
+        req.reply = json_pack("{s:i,s:[i,s]}", "id", 5, "result", 1, "x");
+        surpool__raw_take_reply(&req, cbor ? SURPOOL_WIRE_CBOR : SURPOOL_WIRE_JSON, &raw);
+        assert_int_equal(req.status, SURPOOL_OK);
+        assert_non_null(raw);
+        json_t *v = decode_raw(raw);
+        assert_true(json_equal(v, json_object_get(req.reply, "result")));
+        json_decref(v);
+        surpool_raw_free(raw);
+        json_decref(req.reply);
+        req.reply = json_pack("{s:i,s:{s:i}}", "id", 5, "error", "code", -32000);
+        surpool__raw_take_reply(&req, SURPOOL_WIRE_JSON, &raw);
+        assert_int_equal(req.status, SURPOOL_OK);
+        assert_null(raw);
+        json_decref(req.reply);
+    }
+}
+
 int main(void)
 {
     const char *wire = getenv("SURPOOL_TEST_WIRE");
@@ -275,6 +379,7 @@ int main(void)
         cmocka_unit_test_teardown(test_error_reply, tk_teardown),
         cmocka_unit_test_teardown(test_bad_args, tk_teardown),
         cmocka_unit_test_teardown(test_pool_level, tk_teardown),
+        cmocka_unit_test(test_take_reply_frames),
     };
     return cmocka_run_group_tests_name(g_wire == SURPOOL_WIRE_CBOR ? "raw-cbor" : "raw-json",
                                        tests, group_setup, group_teardown);
