@@ -978,6 +978,15 @@ static void dec_emit(struct dec *d, json_t *v)
             dec_nomem(d);
             return;
         }
+        /* Every object or array is a level, as the encoder counts them: an
+         * empty container, or a scalar item that decodes to a typed object (a
+         * bigint, bytes), below 256 frames would make a value the library
+         * cannot send back (surpool_value_check refuses it). */
+        if (d->depth >= SURPOOL__CBOR_MAX_DEPTH && (json_is_object(v) || json_is_array(v))) {
+            json_decref(v);
+            dec_fail(d, SURPOOL_ERR_PROTOCOL, "nested deeper than 256 levels");
+            return;
+        }
         if (d->depth == 0) {
             if (d->root != NULL) {
                 json_decref(v);
@@ -1200,13 +1209,6 @@ static void on_array(void *ctx, size_t n)
         return;
     }
     if (n == 0) {
-        /* An empty container is a level too, as the encoder counts it: a
-         * value this decoder accepts must be one the library can send back. */
-        if (d->depth >= SURPOOL__CBOR_MAX_DEPTH) {
-            json_decref(a);
-            dec_fail(d, SURPOOL_ERR_PROTOCOL, "nested deeper than 256 levels");
-            return;
-        }
         dec_emit(d, a);
         return;
     }
@@ -1228,13 +1230,6 @@ static void on_map(void *ctx, size_t n)
         return;
     }
     if (n == 0) {
-        /* An empty container is a level too, as the encoder counts it: a
-         * value this decoder accepts must be one the library can send back. */
-        if (d->depth >= SURPOOL__CBOR_MAX_DEPTH) {
-            json_decref(o);
-            dec_fail(d, SURPOOL_ERR_PROTOCOL, "nested deeper than 256 levels");
-            return;
-        }
         dec_emit(d, o);
         return;
     }

@@ -811,14 +811,21 @@ static void test_depth_bound_decode(void **state)
     /* An empty array or map innermost counts as a level, as when encoding:
      * 256 tags around [] decoded before, into a value the encoder (and so
      * surpool_value_check) refuses (found by fuzz_cbor_decode). */
-    const unsigned char empties[] = {0x80, 0xa0};
+    /* [], {}, and a negative integer below int64 (a typed bigint object). */
+    const unsigned char empties[] = {0x80, 0xa0, 0x3b};
     for (size_t k = 0; k < sizeof(empties); k++) {
         for (size_t tags = SURPOOL__CBOR_MAX_DEPTH - 1; tags <= SURPOOL__CBOR_MAX_DEPTH;
              tags++) {
             memset(p, 0xcf, tags); /* tag 15 (future) ... */
             p[tags] = empties[k];
+            size_t len = tags + 1;
+            if (empties[k] == 0x3b) { /* -1 - 0xff00000000000000 */
+                memset(p + len, 0, 8);
+                p[len] = 0xff;
+                len += 8;
+            }
             json_t *v = NULL;
-            surpool_err rc = surpool__cbor_decode_value(p, tags + 1, &v, &e);
+            surpool_err rc = surpool__cbor_decode_value(p, len, &v, &e);
             if (tags < SURPOOL__CBOR_MAX_DEPTH) {
                 assert_int_equal(rc, SURPOOL_OK);
                 assert_int_equal(surpool_value_check(v, &e), SURPOOL_OK);
