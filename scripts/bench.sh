@@ -210,6 +210,7 @@ for r in $(seq 1 "$runs"); do
     if wants mem; then
         for bytes in "${mem_sizes[@]}"; do
             run "mem-$bytes" "$d/mem.jsonl" "$bin/bench_mem" --url "$canned_url" --bytes "$bytes"
+            run "mem-$bytes-raw" "$d/mem.jsonl" "$bin/bench_mem" --url "$canned_url" --bytes "$bytes" --raw
         done
     fi
     echo "{\"bench\":\"load\",\"when\":\"end\",\"loadavg\":\"$(loadavg)\"}" >>"$d/load.jsonl"
