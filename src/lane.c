@@ -1091,12 +1091,9 @@ void surpool__lane_stats(surpool__lane *l, surpool_stats *out)
 
 static surpool_err check_method(const char *method, const json_t *params, surpool_error *err)
 {
-    if (method == NULL || method[0] == '\0' || strlen(method) >= 32)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "method must be a non-empty string shorter than 32 bytes");
-    if (params != NULL && !json_is_array(params))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "params must be a JSON array or NULL");
+    surpool_err rc = surpool__check_method_params(method, params, err);
+    if (rc != SURPOOL_OK)
+        return rc;
     if (surpool__method_changes_session(method))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "%s changes session state: lease a connection for it", method);
@@ -1155,6 +1152,25 @@ static surpool_err enqueue(surpool_pool *p, surpool__lane *l, lane_req *r, const
     return SURPOOL_OK;
 }
 
+/* A synchronous request queued by enqueue(): wait for it and take its
+ * outcome. Decoded here, on the caller's thread; a request refused for an
+ * expired session goes out once more (settle()) and is waited for again. */
+static surpool_err wait_sync(lane_req *r, surpool__sync *s, json_t **out, surpool_error *err)
+{
+    do
+        surpool__sync_wait(s);
+    while (settle(r));
+    if (r->rc == SURPOOL_OK) {
+        if (out != NULL)
+            *out = r->result;
+        else
+            json_decref(r->result);
+    } else {
+        surpool__error_copy(err, &r->err);
+    }
+    return r->rc;
+}
+
 static surpool_err lane_call_sync(surpool_pool *p, surpool__lane *l, const char *method,
                                   const json_t *params, const surpool__reqopts *o, json_t **out,
                                   surpool_error *err)
@@ -1166,22 +1182,8 @@ static surpool_err lane_call_sync(surpool_pool *p, surpool__lane *l, const char 
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
     r.sync = &s;
     surpool_err rc = enqueue(p, l, &r, method, params, o, err);
-    if (rc == SURPOOL_OK) {
-        /* Decoded here, on the caller's thread; a request refused for an
-         * expired session goes out once more and is waited for again. */
-        do
-            surpool__sync_wait(&s);
-        while (settle(&r));
-        rc = r.rc;
-        if (rc == SURPOOL_OK) {
-            if (out != NULL)
-                *out = r.result;
-            else
-                json_decref(r.result);
-        } else {
-            surpool__error_copy(err, &r.err);
-        }
-    }
+    if (rc == SURPOOL_OK)
+        rc = wait_sync(&r, &s, out, err);
     surpool__sync_destroy(&s);
     return rc;
 }
@@ -1436,20 +1438,10 @@ surpool_err surpool__lane_session_call(surpool__lane *l, uint64_t *gen, const ch
     surpool__reqopts o = {NULL, timeout_ms, session};
     surpool_err rc = enqueue(l->pool, l, &r, method, params, &o, err);
     if (rc == SURPOOL_OK) {
-        do
-            surpool__sync_wait(&s);
-        while (settle(&r)); /* (never again: a session's request is not retried here) */
-        rc = r.rc;
+        /* (settle() never retries a session's request) */
+        rc = wait_sync(&r, &s, out, err);
         *gen = r.gen; /* a bind that was sent counts on that socket, failed or not */
         *flags = (r.expired ? SURPOOL__LANE_EXPIRED : 0) | (r.sent ? 0 : SURPOOL__LANE_UNSENT);
-        if (rc == SURPOOL_OK) {
-            if (out != NULL)
-                *out = r.result;
-            else
-                json_decref(r.result);
-        } else {
-            surpool__error_copy(err, &r.err);
-        }
     }
     surpool__sync_destroy(&s);
     return rc;

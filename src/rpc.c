@@ -112,6 +112,18 @@ static int carries_secret(const char *method)
            strcmp(method, "authenticate") == 0;
 }
 
+surpool_err surpool__check_method_params(const char *method, const json_t *params,
+                                         surpool_error *err)
+{
+    if (method == NULL || method[0] == '\0' || strlen(method) >= 32)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "method must be a non-empty string shorter than 32 bytes");
+    if (params != NULL && !json_is_array(params))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "params must be a JSON array or NULL");
+    return SURPOOL_OK;
+}
+
 int surpool__method_changes_session(const char *method)
 {
     static const char *const names[] = {"use",        "signin", "signup", "authenticate",

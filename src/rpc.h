@@ -27,6 +27,11 @@ void surpool__sync_signal(surpool__sync *s);
 void surpool__sync_wait(surpool__sync *s);
 
 int surpool__method_changes_session(const char *method);
+/* The shape every pool-level call checks first (the lane, sessions):
+ * `method` a non-empty string shorter than 32 bytes, `params` an array or
+ * NULL; SURPOOL_ERR_INVALID_ARG saying which. */
+surpool_err surpool__check_method_params(const char *method, const json_t *params,
+                                         surpool_error *err);
 /* Transport failures after which a connection must not be lent again. */
 int surpool__breaks_connection(surpool_err code);
 /* [sql] or [sql, vars] for `query`, checked (INVALID_ARG, NOMEM) and packed;

@@ -587,12 +587,9 @@ surpool_err surpool_session_call(surpool_session *s, const char *method, const j
     surpool_err rc = check_call(s, err, "surpool_session_call");
     if (rc != SURPOOL_OK)
         return rc;
-    if (method == NULL || method[0] == '\0' || strlen(method) >= 32)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "method must be a non-empty string shorter than 32 bytes");
-    if (params != NULL && !json_is_array(params))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "params must be a JSON array or NULL");
+    rc = surpool__check_method_params(method, params, err);
+    if (rc != SURPOOL_OK)
+        return rc;
     const char *why = refused(method);
     if (why != NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s is not a session call: %s",
