@@ -9,7 +9,8 @@
  *
  * Three threads, started by the first lane call:
  *  - the lane thread gives dead and expired sockets back to the pool, fails
- *    queued requests whose deadline passed, and asks for growth. It never
+ *    queued requests whose deadline passed, asks for growth, and sends what
+ *    queued where a delivery batch freed room (see deliver_batch()). It never
  *    blocks in the pool: it sleeps at most until the earliest deadline of a
  *    queued request (or a 100 ms tick while it holds sockets);
  *  - the acquirer blocks in surpool__pool_acquire_conn() when the lane must grow,
@@ -448,7 +449,8 @@ static void handover_run(surpool__pass_hook *h)
  * queued behind the batch's requests) only queue while it runs (a pump of this
  * lane on this thread returns at once meanwhile, see pump()), and one pump()
  * at the end sends them. So the transport's thread is woken once per batch,
- * not once per request. (Other threads' pumps still send meanwhile.) No
+ * not once per request. (Other threads' pumps still send meanwhile, and the
+ * lane thread's tick does, should a callback block.) No
  * `completing` count: destroy joins this thread before freeing the lane. */
 static void deliver_batch(surpool__lane *l, surpool__queue *batch)
 {
@@ -903,10 +905,21 @@ static void *lane_main(void *arg)
             continue;
         }
 
-        /* 4. Sleep until signalled, the next queued deadline, the next allowed
+        /* 4. Send what waits where there is room. A delivery batch sends
+         *    only when it ends (deliver_batch()), so a slot freed in it before
+         *    a callback that blocks would stay idle while requests queue for
+         *    it, until their deadline: at the next tick at the latest, they
+         *    go. (Nothing waits when nothing is queued.) */
+        if (l->npending > 0) {
+            pthread_mutex_unlock(&l->mu);
+            pump(l);
+            pthread_mutex_lock(&l->mu);
+        }
+
+        /* 5. Sleep until signalled, the next queued deadline, the next allowed
          *    growth attempt, or (while sockets are held) a tick to notice
          *    expired and dead ones. Never longer than the earliest deadline. */
-        /* Steps 1 and 3 drop the mutex: a stop signalled meanwhile found
+        /* Steps 1, 3 and 4 drop the mutex: a stop signalled meanwhile found
          * nobody waiting, so look at the flag before sleeping. */
         if (l->stop)
             break;
