@@ -233,7 +233,9 @@ surpool_err surpool__codec_peek_info(const char *buf, size_t len, surpool__peek_
                 } else if (is_error) {
                     in.dup_key |= in.error_seen;
                     in.error_seen = 1;
-                    in.has_error = !null;
+                    /* Only the literal alone is "no error": "nullx" is a
+                     * broken error, which decode_error() refuses. */
+                    in.has_error = !(null && n == 4);
                     in.error_off = off;
                     in.error_len = n;
                 }

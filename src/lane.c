@@ -9,7 +9,8 @@
  *
  * Three threads, started by the first lane call:
  *  - the lane thread gives dead and expired sockets back to the pool, fails
- *    queued requests whose deadline passed, and asks for growth. It never
+ *    queued requests whose deadline passed, asks for growth, and sends what
+ *    queued when a blocking callback holds up a delivery batch. It never
  *    blocks in the pool: it sleeps at most until the earliest deadline of a
  *    queued request (or a 100 ms tick while it holds sockets);
  *  - the acquirer blocks in surpool__pool_acquire_conn() when the lane must grow,
@@ -132,6 +133,10 @@ struct surpool__lane {
     int thread_started, acq_started;
     pthread_t thread, acq_thread;
     uint64_t requests;
+    uint64_t delivered;     /* requests the delivery thread settled */
+    int64_t stall_since_ns; /* lane thread: since when `delivered` stayed at
+                                  stall_delivered with requests queued; 0: not */
+    uint64_t stall_delivered;
     int dthread_started;
     pthread_t dthread;
     /* The hand-over from the transport's thread to the delivery thread, under
@@ -448,7 +453,8 @@ static void handover_run(surpool__pass_hook *h)
  * queued behind the batch's requests) only queue while it runs (a pump of this
  * lane on this thread returns at once meanwhile, see pump()), and one pump()
  * at the end sends them. So the transport's thread is woken once per batch,
- * not once per request. (Other threads' pumps still send meanwhile.) No
+ * not once per request. (Other threads' pumps still send meanwhile, and the
+ * lane thread does once nothing was settled for a tick: a callback blocks.) No
  * `completing` count: destroy joins this thread before freeing the lane. */
 static void deliver_batch(surpool__lane *l, surpool__queue *batch)
 {
@@ -464,6 +470,7 @@ static void deliver_batch(surpool__lane *l, surpool__queue *batch)
         surpool__free(r);
         pthread_mutex_lock(&l->mu);
         release_slot_locked(l, lc);
+        l->delivered++;
         if (l->inflight == 0 && l->completing == 0 && l->stop)
             pthread_cond_broadcast(&l->cv); /* destroy waits for this */
         pthread_mutex_unlock(&l->mu);
@@ -903,10 +910,30 @@ static void *lane_main(void *arg)
             continue;
         }
 
-        /* 4. Sleep until signalled, the next queued deadline, the next allowed
+        /* 4. Send what waits where there is room, when the delivery thread
+         *    has settled nothing for a tick while requests queue. A delivery
+         *    batch sends only when it ends (deliver_batch()), so a slot freed
+         *    in it before a callback that blocks would stay idle, and requests
+         *    queued for it would wait for that callback or fail at their
+         *    deadline. A batch that moves on is left alone: its own send at
+         *    the end is the point of batching. */
+        now = surpool__now_ns();
+        if (l->npending == 0) {
+            l->stall_since_ns = 0;
+        } else if (l->stall_since_ns == 0 || l->delivered != l->stall_delivered) {
+            l->stall_since_ns = now;
+            l->stall_delivered = l->delivered;
+        } else if (now - l->stall_since_ns >= 100 * SURPOOL__NS_PER_MS) {
+            l->stall_since_ns = now; /* at most once a tick while it lasts */
+            pthread_mutex_unlock(&l->mu);
+            pump(l);
+            pthread_mutex_lock(&l->mu);
+        }
+
+        /* 5. Sleep until signalled, the next queued deadline, the next allowed
          *    growth attempt, or (while sockets are held) a tick to notice
          *    expired and dead ones. Never longer than the earliest deadline. */
-        /* Steps 1 and 3 drop the mutex: a stop signalled meanwhile found
+        /* Steps 1, 3 and 4 drop the mutex: a stop signalled meanwhile found
          * nobody waiting, so look at the flag before sleeping. */
         if (l->stop)
             break;

@@ -54,6 +54,7 @@
 #include "harness.h"
 #include "live.h"
 #include "pool.h"
+#include "raw.h"
 #include "testkit.h"
 
 /* ------------------------------------------------------------------------- */
@@ -795,6 +796,70 @@ static void test_real_transport(void **state)
     harness_stop(s);
 }
 
+/* The raw path's frame-to-result step (raw.c) with each allocation failing in
+ * turn, on a result frame and an error frame in both formats: OK or NOMEM,
+ * the frame always taken, nothing left allocated, and a clean run's bytes. */
+static void raw_take_once(const char *frame, size_t len, int cbor, long n, int *injected)
+{
+    surpool__treq req;
+    memset(&req, 0, sizeof(req));
+    req.id = 1;
+    req.frame = surpool__malloc(len + 1); /* before arm(): never failed */
+    assert_non_null(req.frame);
+    memcpy(req.frame, frame, len);
+    req.frame[len] = '\0';
+    req.frame_len = len;
+    req.frame_cbor = cbor;
+    surpool_raw *raw = NULL;
+    arm(n);
+    surpool__raw_take_reply(&req, cbor ? SURPOOL_WIRE_CBOR : SURPOOL_WIRE_JSON, &raw);
+    *injected = atomic_load(&g_injected) > 0;
+    atomic_store(&g_fail_at, 0);
+    assert_null(req.frame);
+    if (req.status != SURPOOL_OK) {
+        if (req.status != SURPOOL_ERR_NOMEM || !*injected || raw != NULL)
+            fail_msg("N=%ld: %s from a good frame (%s)", n, surpool_err_name(req.status),
+                     req.message);
+    } else if (!*injected) {
+        assert_non_null(req.reply);
+    }
+    json_decref(req.reply);
+    surpool_raw_free(raw);
+}
+
+static void test_raw_take(void **state)
+{
+    (void)state;
+    static const char js[] = "{\"id\":1,\"result\":[{\"a\":\"x\"}]}";
+    static const char je[] = "{\"id\":1,\"error\":{\"code\":-32000,\"message\":\"no\"}}";
+    static const unsigned char cb[] = {0xa2, 0x62, 'i', 'd', 0x01, 0x66, 'r',
+                                       'e',  's',  'u', 'l', 't',  0x81, 0x01};
+    static const unsigned char ce[] = {0xa2, 0x62, 'i', 'd',  0x01, 0x65, 'e',
+                                       'r',  'r',  'o', 'r',  0xa1, 0x64, 'c',
+                                       'o',  'd',  'e', 0x39, 0x7c, 0xff};
+    const struct {
+        const char *f;
+        size_t len;
+        int cbor;
+    } rows[] = {{js, sizeof(js) - 1, 0},
+                {je, sizeof(je) - 1, 0},
+                {(const char *)cb, sizeof(cb), 1},
+                {(const char *)ce, sizeof(ce), 1}};
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        int injected = 1;
+        long n;
+        for (n = 1; injected && n < 1000; n++) {
+            raw_take_once(rows[i].f, rows[i].len, rows[i].cbor, n, &injected);
+            long sp = atomic_load(&g_live_sp), js_live = atomic_load(&g_live_js);
+            if (sp != 0 || js_live != 0)
+                fail_msg("row %zu N=%ld: %ld surpool and %ld jansson allocation(s) not freed",
+                         i, n, sp, js_live);
+        }
+        if (injected)
+            fail_msg("row %zu: still failing at N=%ld", i, n);
+    }
+}
+
 int main(void)
 {
     t_main = 1;
@@ -818,6 +883,7 @@ int main(void)
     g_wrapped_ops.close = w_close;
 
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_raw_take, teardown),
         cmocka_unit_test_teardown(test_fake_transport, teardown),
         cmocka_unit_test_teardown(test_live_and_sessions, teardown),
         cmocka_unit_test_teardown(test_real_transport, teardown),

@@ -593,6 +593,10 @@ static void test_peek_spans(void **state)
         {"{\"id\":1,\"result\":1,\"result\":2}", "2", 0, 1},
         {"{\"id\":1,\"error\":null,\"error\":{}}", NULL, 1, 1},
         {"{\"id\":1}", NULL, 0, 0},
+        /* A broken error is not "no error" (nor is any literal with a tail,
+         * which the full decode refuses). */
+        {"{\"id\":1,\"error\":nullx,\"result\":2}", "2", 1, 0},
+        {"{\"id\":1,\"result\":2,\"error\":null0}", "2", 1, 0},
     };
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
         const char *in = rows[i].in;
@@ -619,7 +623,8 @@ static void test_peek_spans(void **state)
             json_decref(alone);
             json_decref(f.root);
         } else {
-            assert_true(rows[i].dup); /* the only rows here the full decode refuses */
+            /* the only rows here the full decode refuses */
+            assert_true(rows[i].dup || rows[i].has_error);
         }
     }
     /* Truncated frames are refused, never a span past the end. */

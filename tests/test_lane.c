@@ -512,6 +512,87 @@ static void test_batch_sends_after_its_callbacks(void **state)
     free(b);
 }
 
+/* A slot freed inside a delivery batch whose next callback blocks: the request
+ * queued for that slot still goes out (by the lane thread's next tick), not
+ * only when the batch ends. Before, it waited for the blocking callback to
+ * return, or failed at its deadline with "no lane capacity" though the lane
+ * had room. */
+typedef struct stall {
+    fake_settings *fs;
+    atomic_int gate_entered, gate_open;
+    atomic_int seen_sent, waited, done;
+} stall;
+
+static void on_stall_gate(void *ud, surpool_err code, json_t *result, const surpool_error *err)
+{
+    (void)code;
+    (void)result;
+    (void)err;
+    stall *s = ud;
+    atomic_store(&s->gate_entered, 1);
+    for (int i = 0; i < 30000 && !atomic_load(&s->gate_open); i++)
+        sleep_ms(1);
+    atomic_fetch_add(&s->done, 1);
+}
+
+static void on_stall_quick(void *ud, surpool_err code, json_t *result, const surpool_error *err)
+{
+    (void)code;
+    (void)result;
+    (void)err;
+    atomic_fetch_add(&((stall *)ud)->done, 1);
+}
+
+/* Blocks until the last queued request reached the transport (bounded). */
+static void on_stall_wait(void *ud, surpool_err code, json_t *result, const surpool_error *err)
+{
+    (void)code;
+    (void)result;
+    (void)err;
+    stall *s = ud;
+    atomic_store(&s->waited, 1);
+    for (int i = 0; i < 10000 && atomic_load(&s->fs->calls) < 7; i++)
+        sleep_ms(1);
+    atomic_store(&s->seen_sent, atomic_load(&s->fs->calls) >= 7);
+    atomic_fetch_add(&s->done, 1);
+}
+
+static void test_slot_freed_in_blocked_batch_is_used(void **state)
+{
+    fixture *f = *state;
+    /* One socket, four slots; latency 0: each request completes inside
+     * submit() and is handed to the delivery thread at once. */
+    surpool_pool *p = make_pool(f, 3, 1, 4, 20000);
+    json_t *out = NULL;
+    assert_int_equal(surpool_query(p, "RETURN 1", NULL, &out, NULL), SURPOOL_OK);
+    json_decref(out);
+    stall *s = calloc(1, sizeof(*s));
+    s->fs = &f->fs;
+    /* Slot 1: never answered. Slot 2: holds the delivery thread. */
+    assert_int_equal(surpool_call_async(p, "noreply", NULL, on_stall_quick, s), SURPOOL_OK);
+    assert_int_equal(surpool_query_async(p, "RETURN 0", NULL, on_stall_gate, s), SURPOOL_OK);
+    WAIT_FOR(atomic_load(&s->gate_entered), "the gate callback to start");
+    /* Slots 3 and 4 complete behind it: the next batch is [quick, wait]. */
+    assert_int_equal(surpool_query_async(p, "RETURN 2", NULL, on_stall_quick, s), SURPOOL_OK);
+    assert_int_equal(surpool_query_async(p, "RETURN 3", NULL, on_stall_wait, s), SURPOOL_OK);
+    /* Two more queue; the gate's own slot sends the first when it returns. */
+    assert_int_equal(surpool_query_async(p, "RETURN 4", NULL, on_stall_quick, s), SURPOOL_OK);
+    assert_int_equal(surpool_query_async(p, "RETURN 5", NULL, on_stall_quick, s), SURPOOL_OK);
+    assert_int_equal(atomic_load(&f->fs.calls), 5);
+    atomic_store(&s->gate_open, 1);
+    /* The batch's first callback frees a slot; the second blocks until the
+     * last queued request was sent on it. */
+    WAIT_FOR(atomic_load(&s->done) == 5, "the five answered requests' callbacks");
+    assert_int_equal(atomic_load(&s->waited), 1);
+    if (!atomic_load(&s->seen_sent))
+        fail_msg("a queued request was not sent while a callback blocked, with a slot free");
+    assert_int_equal(atomic_load(&f->fs.calls), 7);
+    surpool_pool_destroy(p); /* the unanswered one: CLOSED */
+    f->pool = NULL;
+    assert_int_equal(atomic_load(&s->done), 6);
+    free(s);
+}
+
 static void test_queue_deadline_and_capacity(void **state)
 {
     fixture *f = *state;
@@ -1252,6 +1333,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_async_chain_from_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_callbacks_on_delivery_thread, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_sends_after_its_callbacks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slot_freed_in_blocked_batch_is_used, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_undecodable_reply_retires_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_deadline_and_capacity, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queued_request_sent_when_slot_frees, setup,

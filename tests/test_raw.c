@@ -322,6 +322,10 @@ static void test_take_reply_frames(void **state)
         "[1]",
         "{\"id\":5,\"result\":[1,2}",
         "{\"id\":5,\"error\":{\"a\":1,\"a\":2}}",
+        /* Not "no error": the literal with a tail, which the full decode
+         * refuses too (before, the result was handed over). */
+        "{\"id\":5,\"error\":nullx,\"result\":1}",
+        "{\"id\":5,\"result\":1,\"error\":null0}",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         surpool_err rc = take(bad[i], strlen(bad[i]), 0, 5, &raw, &reply, msg);
