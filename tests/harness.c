@@ -197,6 +197,16 @@ static int wait_exit(pid_t pid, int ms)
     return 0;
 }
 
+int harness_start_root(test_server *s)
+{
+    const char *args[] = {"--user", "root", "--pass", "root", NULL};
+    if (harness_start(s, "server.mjs", 0, args) != 0) {
+        fprintf(stderr, "cannot start tests/server/server.mjs (did npm ci run?)\n");
+        return -1;
+    }
+    return 0;
+}
+
 void harness_stop(test_server *s)
 {
     if (s->pid > 0) {

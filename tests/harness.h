@@ -36,6 +36,10 @@ int harness_start(test_server *s, const char *script, int port, const char *cons
 /* harness_start on a port that may still be busy (a server just killed on
  * it): retries for up to HARNESS_START_MS. Returns 0 on success. */
 int harness_restart(test_server *s, const char *script, int port, const char *const *args);
+/* The usual group setup: tests/server/server.mjs with --user root --pass root
+ * on a free port (s->url is then its ws:// URL). Returns 0, or -1 after saying
+ * on stderr that it could not start (and that npm ci may not have run). */
+int harness_start_root(test_server *s);
 /* SIGTERM, wait up to 5 s, then SIGKILL. Safe to call twice. */
 void harness_stop(test_server *s);
 /* SIGKILL at once (crash simulation); waits for the process. */

@@ -24,18 +24,11 @@
 
 static test_server g_server;
 static surpool_wire_format g_wire = SURPOOL_WIRE_JSON;
-static char g_url[128];
 
 static int group_setup(void **state)
 {
     (void)state;
-    const char *args[] = {"--user", "root", "--pass", "root", NULL};
-    if (harness_start(&g_server, "server.mjs", 0, args) != 0) {
-        fprintf(stderr, "cannot start tests/server/server.mjs (did npm ci run?)\n");
-        return -1;
-    }
-    snprintf(g_url, sizeof(g_url), "ws://127.0.0.1:%d/rpc", g_server.port);
-    return 0;
+    return harness_start_root(&g_server);
 }
 
 static int group_teardown(void **state)
@@ -49,7 +42,7 @@ static surpool_pool *make_pool(void)
 {
     surpool_config cfg;
     surpool_config_init(&cfg);
-    cfg.url = g_url;
+    cfg.url = g_server.url;
     cfg.wire_format = g_wire;
     cfg.user = "root";
     cfg.pass = "root";
