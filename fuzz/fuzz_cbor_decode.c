@@ -1,6 +1,6 @@
 /*
  * libFuzzer harness for the CBOR reply decoder (src/cbor_codec.c): decode a
- * frame, peek it, map the reply, then re-encode what was decoded and check it
+ * frame, route it, map the reply, then re-encode what was decoded and check it
  * reaches a fixpoint. Any invariant broken aborts; leaks are reported by
  * ASan/LSan. Seed corpus: fuzz/corpus/cbor_decode (replies of the real core).
  *
@@ -37,8 +37,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(&err, 0, sizeof(err));
     surpool__frame_kind pk = SURPOOL__FRAME_REPLY;
     int64_t pid = 0;
-    surpool_err prc = surpool__cbor_peek(data, size, &pk, &pid, &err);
+    surpool_err prc = surpool__cbor_route(data, size, &pk, &pid, &err);
     CHECK(prc == SURPOOL_OK || prc == SURPOOL_ERR_PROTOCOL);
+    /* Routing stops at the id, so it accepts everything the raw path's full
+     * walk accepts, and routes it the same. */
+    surpool__peek_info walk;
+    if (surpool__cbor_peek_info(data, size, &walk, NULL) == SURPOOL_OK)
+        CHECK(prc == SURPOOL_OK && walk.kind == pk && walk.id == pid);
 
     surpool__frame f;
     surpool_err rc = surpool__cbor_decode_frame(data, size, &f, &err);
@@ -47,7 +52,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(f.root == NULL);
         CHECK(err.code == rc && err.message[0] != '\0');
     } else {
-        /* Whatever decodes fully, peek routes the same way. */
+        /* Whatever decodes fully, routing sends the same way. */
         CHECK(prc == SURPOOL_OK);
         CHECK(pk == f.kind ||
               (f.kind == SURPOOL__FRAME_NOTIFICATION && pk == SURPOOL__FRAME_NOTIFICATION));

@@ -106,15 +106,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     check_utf8_helpers(data, size);
 
-    /* The routing peek never reads past the frame, and on a frame the full
-     * decode accepts it agrees on kind and id. */
+    /* Routing never reads past the frame, and on a frame the full decode
+     * accepts it agrees on kind and id. It stops at the id, so it accepts
+     * everything the raw path's full walk accepts, and routes it the same. */
     surpool__frame_kind pkind = 0;
     int64_t pid = 0;
     surpool_error perr;
-    surpool_err prc = surpool__codec_peek((const char *)data, size, &pkind, &pid, &perr);
+    surpool_err prc = surpool__codec_route((const char *)data, size, &pkind, &pid, &perr);
     CHECK(prc == SURPOOL_OK || prc == SURPOOL_ERR_PROTOCOL);
     if (prc != SURPOOL_OK)
         check_err(&perr, prc);
+    surpool__peek_info walk;
+    if (surpool__codec_peek_info((const char *)data, size, &walk, NULL) == SURPOOL_OK)
+        CHECK(prc == SURPOOL_OK && walk.kind == pkind && walk.id == pid);
 
     surpool__frame f;
     surpool_error err;

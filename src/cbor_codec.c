@@ -1571,11 +1571,11 @@ static int pk_skip(struct peek *k)
     return 0;
 }
 
-surpool_err surpool__cbor_peek_info(const unsigned char *buf, size_t len,
-                                    surpool__peek_info *info, surpool_error *err)
+/* The top-level walk of surpool__cbor_peek_info(); with `route`, it returns
+ * as soon as it has read an integer "id" (surpool__cbor_route()). */
+static surpool_err peek_walk(const unsigned char *buf, size_t len, surpool__peek_info *info,
+                             int route, surpool_error *err)
 {
-    if (buf == NULL || info == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "peek: buf and info are required");
     struct peek k;
     memset(&k, 0, sizeof(k));
     k.base = buf;
@@ -1612,6 +1612,12 @@ surpool_err surpool__cbor_peek_info(const unsigned char *buf, size_t len,
                                        "CBOR frame: the id is not an integer in int64");
             }
             found = k.ival;
+            if (route) {
+                memset(info, 0, sizeof(*info));
+                info->kind = SURPOOL__FRAME_REPLY;
+                info->id = found;
+                return SURPOOL_OK;
+            }
             continue;
         }
         size_t at = k.pos;
@@ -1648,14 +1654,22 @@ malformed:
     return surpool__seterr(err, SURPOOL_ERR_PROTOCOL, "CBOR frame: malformed or truncated");
 }
 
-surpool_err surpool__cbor_peek(const unsigned char *buf, size_t len, surpool__frame_kind *kind,
-                               int64_t *id, surpool_error *err)
+surpool_err surpool__cbor_peek_info(const unsigned char *buf, size_t len,
+                                    surpool__peek_info *info, surpool_error *err)
+{
+    if (buf == NULL || info == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "peek: buf and info are required");
+    return peek_walk(buf, len, info, 0, err);
+}
+
+surpool_err surpool__cbor_route(const unsigned char *buf, size_t len, surpool__frame_kind *kind,
+                                int64_t *id, surpool_error *err)
 {
     if (buf == NULL || kind == NULL || id == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "peek: buf, kind and id are required");
+                               "route: buf, kind and id are required");
     surpool__peek_info in;
-    surpool_err rc = surpool__cbor_peek_info(buf, len, &in, err);
+    surpool_err rc = peek_walk(buf, len, &in, 1, err);
     if (rc != SURPOOL_OK)
         return rc;
     *kind = in.kind;

@@ -58,21 +58,28 @@ surpool_err surpool__cbor_decode_value(const unsigned char *buf, size_t len, jso
 surpool_err surpool__cbor_decode_frame(const unsigned char *buf, size_t len,
                                        surpool__frame *out, surpool_error *err);
 
-/* Route a frame without building it: walks the top-level map's keys only and
- * skips every value except "id". *kind is REPLY with *id set, or, with no id
- * (or a null one), ORPHAN_ERROR when there is a non-null "error" and
- * NOTIFICATION otherwise (to be confirmed by the full decode). Walks at most
- * the frame's bytes, never recurses, allocates nothing. SURPOOL_ERR_PROTOCOL
- * for a root that is not a definite map, a key that is not text, a duplicate
- * "id", an id that is not an integer in int64, or malformed/truncated CBOR. */
-surpool_err surpool__cbor_peek(const unsigned char *buf, size_t len, surpool__frame_kind *kind,
-                               int64_t *id, surpool_error *err);
+/* Route a frame without building it (the transport's service thread): walks
+ * the top-level map's keys and stops at the first integer "id": *kind is REPLY
+ * with *id set. Without one (or with a null one) it walks every key, skipping
+ * the values: *kind is ORPHAN_ERROR when there is a non-null "error", else
+ * NOTIFICATION (to be confirmed by the full decode). The core sends "id"
+ * first, so a reply costs a few bytes whatever its size. Walks at most the
+ * frame's bytes, never recurses, allocates nothing. SURPOOL_ERR_PROTOCOL for a
+ * root that is not a definite map, a key that is not text, an "id" that is
+ * not an integer in int64 (or a second "id" after a null one), or CBOR
+ * malformed where the walk looks. Not a validator: what follows the id (a
+ * second "id" included) is the full decode's to refuse, on the thread that
+ * takes the reply; on every frame both accept they agree on kind and id. */
+surpool_err surpool__cbor_route(const unsigned char *buf, size_t len, surpool__frame_kind *kind,
+                                int64_t *id, surpool_error *err);
 
-/* surpool__cbor_peek() that also reports where the top-level "result" and
- * "error" items lie (codec.h: surpool__peek_info; each span is one whole
- * item, tags included). Same walk and refusals; on a frame the full decode
- * accepts, surpool__cbor_decode_value() of the result span alone gives the
- * frame's "result" (fuzz/fuzz_cbor_decode.c checks it). */
+/* What surpool__cbor_route() walks, over every key of the frame, also reporting
+ * where the top-level "result" and "error" items lie (codec.h:
+ * surpool__peek_info; each span is one whole item, tags included). Refuses a
+ * duplicate "id" and malformed or truncated CBOR anywhere in the frame's
+ * top-level walk. On a frame the full decode accepts,
+ * surpool__cbor_decode_value() of the result span alone gives the frame's
+ * "result" (fuzz/fuzz_cbor_decode.c checks it). */
 surpool_err surpool__cbor_peek_info(const unsigned char *buf, size_t len,
                                     surpool__peek_info *info, surpool_error *err);
 

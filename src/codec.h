@@ -80,17 +80,19 @@ typedef struct surpool__frame {
 surpool_err surpool__codec_decode_frame(const char *buf, size_t len, surpool__frame *out,
                                         surpool_error *err);
 
-/* Route a frame without building it (src/json_peek.c): walks the top-level
- * object's keys once, reads "id" and skips every other value. *kind is REPLY
- * with *id set, or, with no id (or a null one), ORPHAN_ERROR when there is a
- * non-null "error" and NOTIFICATION otherwise (to be confirmed by the full
- * decode). Allocates nothing, never recurses. SURPOOL_ERR_PROTOCOL for a frame
- * that is not an object, a repeated "id", an id that is not an integer in
- * int64, or JSON broken where the walk looks. Not a validator: a frame it
- * accepts may still fail surpool__codec_decode_frame(), but on every frame
- * both accept they agree on kind and id. */
-surpool_err surpool__codec_peek(const char *buf, size_t len, surpool__frame_kind *kind,
-                                int64_t *id, surpool_error *err);
+/* Route a frame without building it (src/json_peek.c; the transport's
+ * service thread): walks the top-level object's keys and stops at the first
+ * integer "id" followed by ',' or '}': *kind is REPLY with *id set. Without
+ * one (or with a null one) it walks every key, skipping the values: *kind is
+ * ORPHAN_ERROR when there is a non-null "error", else NOTIFICATION (to be
+ * confirmed by the full decode). Allocates nothing, never recurses.
+ * SURPOOL_ERR_PROTOCOL for a frame that is not an object, an id that is not an
+ * integer in int64 (or a second "id" after a null one), or JSON broken where
+ * the walk looks. Not a validator: what follows the id (a repeated "id"
+ * included) is the full decode's to refuse, on the thread that takes the
+ * reply; on every frame both accept they agree on kind and id. */
+surpool_err surpool__codec_route(const char *buf, size_t len, surpool__frame_kind *kind,
+                                 int64_t *id, surpool_error *err);
 
 /* What a peek learns about a frame besides its route: where the top-level
  * "result" and "error" values lie (byte offset and length inside the frame:
@@ -108,9 +110,10 @@ typedef struct surpool__peek_info {
     size_t error_off, error_len;
 } surpool__peek_info;
 
-/* surpool__codec_peek() that also reports the spans (info is zeroed, filled
- * on success only). Same walk, same refusals, same agreement with the full
- * decode; a frame the full decode accepts has its "result" value's bytes at
+/* The raw path's walk (on the caller's thread): surpool__codec_route()'s walk
+ * over every key of the frame, also reporting the spans (info is filled on
+ * success only). Refuses a repeated "id" and JSON broken anywhere in the
+ * top-level walk, besides route's refusals; a frame the full decode accepts has its "result" value's bytes at
  * [result_off, result_off + result_len), and decoding those alone gives the
  * same value (fuzz/fuzz_decode.c checks it). Not a validator: on a frame the
  * full decode refuses the spans are only where the walk found them. */

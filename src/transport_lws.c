@@ -19,7 +19,8 @@
  *  - Request completions (done()) run without the connection mutex held: they are
  *    collected on a local list first. A done() for a reply may ask to finish its
  *    hand-over at the end of the loop's pass (transport.h contract 10, pass_end()).
- *  - Replies are routed by a peek at their id (json_peek.c, cbor_codec.c) and
+ *  - Replies are routed by their id, read where the frame starts (json_peek.c,
+ *    cbor_codec.c: surpool__codec_route, surpool__cbor_route), and
  *    handed to their request as raw bytes: this thread never builds or frees a
  *    result tree, so one big reply does not stall every connection (dispatch()).
  *  - TLS (our SSL_CTX, certificate checks, handshake notes) is tls.c; this file
@@ -894,10 +895,13 @@ static void on_reply(surpool__tconn *c, int64_t id, const char *buf, size_t len)
     g_routing = 0;
 }
 
-/* A complete message (text for JSON, binary for CBOR). Replies are routed by a
- * peek at their id and handed over undecoded (the submitter decodes them on its
- * own thread: a 50 MB reply takes a second to parse, and every connection of
- * the pool would wait). Notifications and id-less errors are decoded here: the
+/* A complete message (text for JSON, binary for CBOR). Replies are routed by
+ * their id (the walk stops there: the server writes it first) and handed over
+ * undecoded (the submitter decodes them on its own thread: a 50 MB reply takes
+ * a second to parse, and every connection of the pool would wait). A reply
+ * the decode then refuses (a repeated "id", broken bytes after the id) fails
+ * its request with PROTOCOL, and that breaks the connection (rpc.c, lane.c).
+ * Notifications and id-less errors are decoded here: the
  * pool's handlers take a tree on this thread, and both are small and rare.
  * Returns -1 when the connection must close. */
 static int dispatch(struct lws *wsi, surpool__tconn *c, const char *buf, size_t len)
@@ -909,8 +913,8 @@ static int dispatch(struct lws *wsi, surpool__tconn *c, const char *buf, size_t 
     int64_t id;
 
     surpool_err rc = t->cbor
-                         ? surpool__cbor_peek((const unsigned char *)buf, len, &kind, &id, &e)
-                         : surpool__codec_peek(buf, len, &kind, &id, &e);
+                         ? surpool__cbor_route((const unsigned char *)buf, len, &kind, &id, &e)
+                         : surpool__codec_route(buf, len, &kind, &id, &e);
     if (rc == SURPOOL_OK && kind == SURPOOL__FRAME_REPLY) {
         on_reply(c, id, buf, len);
         return 0;

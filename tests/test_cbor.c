@@ -618,7 +618,7 @@ static void test_frames(void **state)
     json_decref(f.root);
     surpool__frame_kind k;
     int64_t id = 99;
-    assert_int_equal(surpool__cbor_peek(b.p, b.n, &k, &id, &e), SURPOOL_OK);
+    assert_int_equal(surpool__cbor_route(b.p, b.n, &k, &id, &e), SURPOOL_OK);
     assert_int_equal(k, SURPOOL__FRAME_NOTIFICATION);
     surpool__free(b.p);
 
@@ -626,7 +626,7 @@ static void test_frames(void **state)
     assert_int_equal(surpool__cbor_decode_frame(b.p, b.n, &f, &e), SURPOOL_OK);
     assert_int_equal(f.kind, SURPOOL__FRAME_ORPHAN_ERROR);
     json_decref(f.root);
-    assert_int_equal(surpool__cbor_peek(b.p, b.n, &k, &id, &e), SURPOOL_OK);
+    assert_int_equal(surpool__cbor_route(b.p, b.n, &k, &id, &e), SURPOOL_OK);
     assert_int_equal(k, SURPOOL__FRAME_ORPHAN_ERROR);
     surpool__free(b.p);
 
@@ -646,45 +646,82 @@ static void test_peek(void **state)
     surpool__frame_kind k;
     int64_t id;
     surpool_error e;
-    /* A big nested result is skipped, not built. */
+    surpool__peek_info in;
+    /* A big nested result before the id is skipped, not built. */
     json_t *big = json_array();
     for (int i = 0; i < 2000; i++)
         json_array_append_new(big, json_pack("{s:i,s:[s,{s:f}]}", "n", i, "a", "x", "y", 1.5));
-    json_t *frame = json_pack("{s:o,s:I}", "result", big, "id", (json_int_t)INT64_MIN);
+    json_t *frame = json_pack("{s:O,s:I}", "result", big, "id", (json_int_t)INT64_MIN);
     struct bytes b = enc(frame);
-    assert_int_equal(surpool__cbor_peek(b.p, b.n, &k, &id, &e), SURPOOL_OK);
+    assert_int_equal(surpool__cbor_route(b.p, b.n, &k, &id, &e), SURPOOL_OK);
     assert_int_equal(k, SURPOOL__FRAME_REPLY);
     assert_true(id == INT64_MIN);
-    /* Every truncation is refused. */
+    /* Every truncation is refused: the id is the last item. */
     for (size_t n = 0; n < b.n; n += 97)
-        assert_int_equal(surpool__cbor_peek(b.p, n, &k, &id, &e), SURPOOL_ERR_PROTOCOL);
+        assert_int_equal(surpool__cbor_route(b.p, n, &k, &id, &e), SURPOOL_ERR_PROTOCOL);
     surpool__free(b.p);
     json_decref(frame);
 
-    const char *bad[] = {
-        "82 01 02",                                           /* array root */
-        "a2 62 69 64 01 62 69 64 02",                         /* duplicate id */
-        "a1 62 69 64 61 31",                                  /* id "1" */
-        "a1 62 69 64 1b 80 00 00 00 00 00 00 00",             /* id 2^63 */
-        "a1 01 02",                                           /* integer key */
-        "bf 62 69 64 01 ff",                                  /* indefinite map */
-        "a1 62 69 64 01 00",                                  /* trailing byte */
-        "a2 62 69 64 01 66 72 65 73 75 6c 74 9f 01 ff",       /* indefinite array value */
-        "a1 66 72 65 73 75 6c 74 5b ff ff ff ff ff ff ff f0", /* huge bytes */
-        "a1 66 72 65 73 75 6c 74 9b ff ff ff ff ff ff ff f0", /* huge array */
+    /* With the id first (as the server writes it), routing reads the head
+     * only: a frame cut anywhere after the id still routes, and it is the
+     * full walk (raw path) and the decode on the caller's side that refuse it. */
+    frame = json_pack("{s:I,s:o}", "id", (json_int_t)7, "result", big);
+    b = enc(frame);
+    assert_int_equal(surpool__cbor_peek_info(b.p, b.n, &in, &e), SURPOOL_OK);
+    /* The map's head, "id" and 7: the "result" key (7 bytes) comes next. */
+    size_t head = in.result_off - 7;
+    assert_int_equal(head, 5);
+    for (size_t n = head; n < b.n; n += 97) {
+        assert_int_equal(surpool__cbor_route(b.p, n, &k, &id, &e), SURPOOL_OK);
+        assert_int_equal(k, SURPOOL__FRAME_REPLY);
+        assert_int_equal(id, 7);
+        assert_int_equal(surpool__cbor_peek_info(b.p, n, &in, &e), SURPOOL_ERR_PROTOCOL);
+        surpool__frame f;
+        assert_int_equal(surpool__cbor_decode_frame(b.p, n, &f, &e), SURPOOL_ERR_PROTOCOL);
+    }
+    for (size_t n = 0; n < head; n++)
+        assert_int_equal(surpool__cbor_route(b.p, n, &k, &id, &e), SURPOOL_ERR_PROTOCOL);
+    surpool__free(b.p);
+    json_decref(frame);
+
+    /* `route`: 1 when routing accepts it as a reply to id 1 (what follows the
+     * id is the decode's to refuse); every row is refused by the full walk. */
+    static const struct {
+        const char *hex;
+        int route;
+    } bad[] = {
+        {"82 01 02", 0},                                           /* array root */
+        {"a2 62 69 64 01 62 69 64 02", 1},                         /* duplicate id */
+        {"a2 62 69 64 f6 62 69 64 02", 0},                         /* null id, then another */
+        {"a1 62 69 64 61 31", 0},                                  /* id "1" */
+        {"a1 62 69 64 1b 80 00 00 00 00 00 00 00", 0},             /* id 2^63 */
+        {"a1 01 02", 0},                                           /* integer key */
+        {"bf 62 69 64 01 ff", 0},                                  /* indefinite map */
+        {"a1 62 69 64 01 00", 1},                                  /* trailing byte */
+        {"a2 62 69 64 01 66 72 65 73 75 6c 74 9f 01 ff", 1},       /* indefinite array value */
+        {"a1 66 72 65 73 75 6c 74 5b ff ff ff ff ff ff ff f0", 0}, /* huge bytes */
+        {"a1 66 72 65 73 75 6c 74 9b ff ff ff ff ff ff ff f0", 0}, /* huge array */
     };
     for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
-        struct bytes h = hex(bad[i]);
-        if (surpool__cbor_peek(h.p, h.n, &k, &id, &e) != SURPOOL_ERR_PROTOCOL)
-            fail_msg("peek accepted %s", bad[i]);
+        struct bytes h = hex(bad[i].hex);
+        surpool_err rc = surpool__cbor_route(h.p, h.n, &k, &id, &e);
+        if (bad[i].route ? (rc != SURPOOL_OK || k != SURPOOL__FRAME_REPLY || id != 1)
+                         : rc != SURPOOL_ERR_PROTOCOL)
+            fail_msg("route of %s: %s", bad[i].hex, surpool_err_name(rc));
+        if (surpool__cbor_peek_info(h.p, h.n, &in, &e) != SURPOOL_ERR_PROTOCOL)
+            fail_msg("peek_info accepted %s", bad[i].hex);
+        surpool__frame f;
+        if (surpool__cbor_decode_frame(h.p, h.n, &f, &e) != SURPOOL_ERR_PROTOCOL)
+            fail_msg("the decode accepted %s", bad[i].hex);
         free(h.p);
     }
-    /* Peek and the full decode agree on the id. */
+    /* Route and the full decode agree on the id. */
     struct bytes h = hex("a2 66 72 65 73 75 6c 74 f6 62 69 64 18 2a");
-    assert_int_equal(surpool__cbor_peek(h.p, h.n, &k, &id, &e), SURPOOL_OK);
+    assert_int_equal(surpool__cbor_route(h.p, h.n, &k, &id, &e), SURPOOL_OK);
     assert_int_equal(k, SURPOOL__FRAME_REPLY);
     assert_int_equal(id, 42);
     free(h.p);
+    assert_int_equal(surpool__cbor_route(NULL, 0, &k, &id, &e), SURPOOL_ERR_INVALID_ARG);
 }
 
 /* The raw path's spans: the result item's bytes (tags included) decode
@@ -861,7 +898,7 @@ static void test_corruptions(void **state)
             assert_true(rc == SURPOOL_OK || rc == SURPOOL_ERR_PROTOCOL);
             surpool__frame_kind k;
             int64_t id;
-            rc = surpool__cbor_peek(b.p, b.n, &k, &id, &e);
+            rc = surpool__cbor_route(b.p, b.n, &k, &id, &e);
             assert_true(rc == SURPOOL_OK || rc == SURPOOL_ERR_PROTOCOL);
             b.p[i] ^= (unsigned char)(1u << bit);
         }

@@ -514,61 +514,111 @@ static void check_decode_case(const struct decode_case *c, int with_err)
     json_decref(f.root);
 }
 
-/* Routing without decoding: the peek's kind and id, and what it refuses. */
+/* Routing without decoding: route's kind and id, what it refuses, and where
+ * it stops (at the first integer id: what follows is the full decode's to
+ * refuse). The raw path's walk (peek_info) goes to the end of the frame and
+ * refuses more; both agree with the full decode wherever it accepts. */
 static void test_peek_table(void **state)
 {
     (void)state;
+    /* `full` is peek_info's answer where it differs from route's (0: the same). */
     static const struct {
         const char *in;
         surpool_err rc;
         surpool__frame_kind kind;
         int64_t id;
+        surpool_err full;
     } rows[] = {
-        {"{\"id\":7,\"result\":null}", SURPOOL_OK, SURPOOL__FRAME_REPLY, 7},
+        {"{\"id\":7,\"result\":null}", SURPOOL_OK, SURPOOL__FRAME_REPLY, 7, 0},
         {" { \"result\" : {\"id\":9,\"x\":[1,{\"id\":3}]} , \"id\" : -12 } ", SURPOOL_OK,
-         SURPOOL__FRAME_REPLY, -12},
-        {"{\"i\\u0064\":5,\"result\":\"a\\\"}\"}", SURPOOL_OK, SURPOOL__FRAME_REPLY, 5},
-        {"{\"id\":9223372036854775807}", SURPOOL_OK, SURPOOL__FRAME_REPLY, INT64_MAX},
-        {"{\"id\":-9223372036854775808}", SURPOOL_OK, SURPOOL__FRAME_REPLY, INT64_MIN},
-        {"{\"result\":{\"action\":\"CREATE\"}}", SURPOOL_OK, SURPOOL__FRAME_NOTIFICATION, 0},
-        {"{\"id\":null,\"error\":{\"code\":-1}}", SURPOOL_OK, SURPOOL__FRAME_ORPHAN_ERROR, 0},
-        {"{\"error\":null,\"result\":{}}", SURPOOL_OK, SURPOOL__FRAME_NOTIFICATION, 0},
-        {"{}", SURPOOL_OK, SURPOOL__FRAME_NOTIFICATION, 0},
-        {"{\"id\":1,\"id\":2,\"result\":1}", SURPOOL_ERR_PROTOCOL, 0, 0},
-        {"{\"id\":1,\"i\\u0064\":2}", SURPOOL_ERR_PROTOCOL, 0, 0},
-        {"{\"id\":1.0}", SURPOOL_ERR_PROTOCOL, 0, 0},
-        {"{\"id\":1e3}", SURPOOL_ERR_PROTOCOL, 0, 0},
-        {"{\"id\":\"5\"}", SURPOOL_ERR_PROTOCOL, 0, 0},
-        {"{\"id\":01}", SURPOOL_ERR_PROTOCOL, 0, 0},
-        {"{\"id\":9223372036854775808}", SURPOOL_ERR_PROTOCOL, 0, 0},
-        {"{\"id\":1,\"result\":[1,2}", SURPOOL_ERR_PROTOCOL, 0, 0},
-        {"{\"id\":1,\"result\":\"open}", SURPOOL_ERR_PROTOCOL, 0, 0},
-        {"{\"id\":1} x", SURPOOL_ERR_PROTOCOL, 0, 0},
-        {"[1]", SURPOOL_ERR_PROTOCOL, 0, 0},
-        {"", SURPOOL_ERR_PROTOCOL, 0, 0},
+         SURPOOL__FRAME_REPLY, -12, 0},
+        {"{\"i\\u0064\":5,\"result\":\"a\\\"}\"}", SURPOOL_OK, SURPOOL__FRAME_REPLY, 5, 0},
+        {"{\"id\":9223372036854775807}", SURPOOL_OK, SURPOOL__FRAME_REPLY, INT64_MAX, 0},
+        {"{\"id\":-9223372036854775808}", SURPOOL_OK, SURPOOL__FRAME_REPLY, INT64_MIN, 0},
+        {"{\"id\" : 3 }", SURPOOL_OK, SURPOOL__FRAME_REPLY, 3, 0},
+        {"{\"result\":{\"action\":\"CREATE\"}}", SURPOOL_OK, SURPOOL__FRAME_NOTIFICATION, 0, 0},
+        {"{\"id\":null,\"error\":{\"code\":-1}}", SURPOOL_OK, SURPOOL__FRAME_ORPHAN_ERROR, 0, 0},
+        {"{\"error\":null,\"result\":{}}", SURPOOL_OK, SURPOOL__FRAME_NOTIFICATION, 0, 0},
+        {"{}", SURPOOL_OK, SURPOOL__FRAME_NOTIFICATION, 0, 0},
+        /* Route stops at the id; the full walk (and the decode) refuse these. */
+        {"{\"id\":1,\"id\":2,\"result\":1}", SURPOOL_OK, SURPOOL__FRAME_REPLY, 1,
+         SURPOOL_ERR_PROTOCOL},
+        {"{\"id\":1,\"i\\u0064\":2}", SURPOOL_OK, SURPOOL__FRAME_REPLY, 1, SURPOOL_ERR_PROTOCOL},
+        {"{\"id\":1,\"result\":[1,2}", SURPOOL_OK, SURPOOL__FRAME_REPLY, 1, SURPOOL_ERR_PROTOCOL},
+        {"{\"id\":1,\"result\":\"open}", SURPOOL_OK, SURPOOL__FRAME_REPLY, 1, SURPOOL_ERR_PROTOCOL},
+        {"{\"id\":1} x", SURPOOL_OK, SURPOOL__FRAME_REPLY, 1, SURPOOL_ERR_PROTOCOL},
+        /* Both refuse. */
+        {"{\"id\":null,\"id\":2,\"result\":1}", SURPOOL_ERR_PROTOCOL, 0, 0, 0},
+        {"{\"id\":1x,\"result\":1}", SURPOOL_ERR_PROTOCOL, 0, 0, 0},
+        {"{\"id\":1", SURPOOL_ERR_PROTOCOL, 0, 0, 0},
+        {"{\"id\":1.0}", SURPOOL_ERR_PROTOCOL, 0, 0, 0},
+        {"{\"id\":1e3}", SURPOOL_ERR_PROTOCOL, 0, 0, 0},
+        {"{\"id\":\"5\"}", SURPOOL_ERR_PROTOCOL, 0, 0, 0},
+        {"{\"id\":01}", SURPOOL_ERR_PROTOCOL, 0, 0, 0},
+        {"{\"id\":9223372036854775808}", SURPOOL_ERR_PROTOCOL, 0, 0, 0},
+        {"[1]", SURPOOL_ERR_PROTOCOL, 0, 0, 0},
+        {"", SURPOOL_ERR_PROTOCOL, 0, 0, 0},
     };
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        const char *in = rows[i].in;
         surpool__frame_kind kind = 0;
         int64_t id = 42;
         surpool_error err;
         surpool__error_clear(&err);
-        surpool_err rc = surpool__codec_peek(rows[i].in, strlen(rows[i].in), &kind, &id, &err);
+        surpool_err rc = surpool__codec_route(in, strlen(in), &kind, &id, &err);
         if (rc != rows[i].rc)
-            fail_msg("row %zu (%s): %s, expected %s (%s)", i, rows[i].in, surpool_err_name(rc),
+            fail_msg("row %zu (%s): %s, expected %s (%s)", i, in, surpool_err_name(rc),
                      surpool_err_name(rows[i].rc), err.message);
         if (rc == SURPOOL_OK && (kind != rows[i].kind || id != rows[i].id))
-            fail_msg("row %zu (%s): kind %d id %lld, expected %d %lld", i, rows[i].in,
-                     (int)kind, (long long)id, (int)rows[i].kind, (long long)rows[i].id);
-        /* Where the full decode accepts the frame, both agree. */
+            fail_msg("row %zu (%s): kind %d id %lld, expected %d %lld", i, in, (int)kind,
+                     (long long)id, (int)rows[i].kind, (long long)rows[i].id);
+        surpool__peek_info info;
+        surpool_err want_full = rows[i].full != 0 ? rows[i].full : rows[i].rc;
+        surpool_err frc = surpool__codec_peek_info(in, strlen(in), &info, &err);
+        if (frc != want_full)
+            fail_msg("row %zu (%s): peek_info %s, expected %s", i, in, surpool_err_name(frc),
+                     surpool_err_name(want_full));
+        if (frc == SURPOOL_OK && (info.kind != kind || info.id != id))
+            fail_msg("row %zu (%s): peek_info and route disagree", i, in);
+        /* Where the full decode accepts the frame, all three agree. */
         surpool__frame f;
-        if (surpool__codec_decode_frame(rows[i].in, strlen(rows[i].in), &f, NULL) ==
-            SURPOOL_OK) {
+        if (surpool__codec_decode_frame(in, strlen(in), &f, NULL) == SURPOOL_OK) {
             assert_int_equal(rc, SURPOOL_OK);
+            assert_int_equal(frc, SURPOOL_OK);
             assert_int_equal(f.kind, kind);
             assert_true(f.id == id);
             json_decref(f.root);
         }
     }
+    surpool__frame_kind kind;
+    int64_t id;
+    assert_int_equal(surpool__codec_route("{}", 2, NULL, &id, NULL), SURPOOL_ERR_INVALID_ARG);
+    assert_int_equal(surpool__codec_route("{}", 2, &kind, NULL, NULL), SURPOOL_ERR_INVALID_ARG);
+}
+
+/* Routing a big reply reads its head only: bytes after the id that no walk
+ * to the end would accept (here: a frame cut in the middle of its result) do
+ * not stop it, and the decode on the caller's side refuses them. */
+static void test_route_stops_at_id(void **state)
+{
+    (void)state;
+    size_t n = 1 << 20;
+    char *frame = malloc(n + 64);
+    assert_non_null(frame);
+    int len = snprintf(frame, 64, "{\"id\":77,\"result\":\"");
+    memset(frame + len, 'x', n);
+    surpool__frame_kind kind;
+    int64_t id = 0;
+    assert_int_equal(surpool__codec_route(frame, (size_t)len + n, &kind, &id, NULL), SURPOOL_OK);
+    assert_int_equal(kind, SURPOOL__FRAME_REPLY);
+    assert_int_equal(id, 77);
+    surpool__peek_info info;
+    assert_int_equal(surpool__codec_peek_info(frame, (size_t)len + n, &info, NULL),
+                     SURPOOL_ERR_PROTOCOL);
+    surpool__frame f;
+    assert_int_equal(surpool__codec_decode_frame(frame, (size_t)len + n, &f, NULL),
+                     SURPOOL_ERR_PROTOCOL);
+    free(frame);
 }
 
 /* The raw path's spans: where "result" and "error" lie, found by the same
@@ -1009,6 +1059,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_encode_table, restore_allocators),
         cmocka_unit_test(test_peek_table),
+        cmocka_unit_test(test_route_stops_at_id),
         cmocka_unit_test(test_peek_spans),
         cmocka_unit_test_teardown(test_encode_headroom, restore_allocators),
         cmocka_unit_test_teardown(test_encode_large, restore_allocators),

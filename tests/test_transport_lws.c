@@ -608,7 +608,7 @@ static void test_big_reply_decoded_by_its_caller(void **state)
 }
 
 /* surpool__wire_decode_reply(): the submitter's half of a routed reply. A frame
- * the id peek accepts but the decoder refuses, or one that decodes to another
+ * routing accepts but the decoder refuses, or one that decodes to another
  * id, ends its request as PROTOCOL; the frame is freed in every case. */
 static void decode_case(const char *bytes, size_t len, int cbor, int64_t id, surpool_err want)
 {
@@ -643,7 +643,7 @@ static void test_reply_decode(void **state)
     const char *broken = "{\"id\":7,\"result\":[1 2]}";
     surpool__frame_kind kind;
     int64_t id;
-    assert_int_equal(surpool__codec_peek(broken, strlen(broken), &kind, &id, NULL), SURPOOL_OK);
+    assert_int_equal(surpool__codec_route(broken, strlen(broken), &kind, &id, NULL), SURPOOL_OK);
     assert_int_equal(id, 7);
     decode_case(broken, strlen(broken), 0, 7, SURPOOL_ERR_PROTOCOL);
 
