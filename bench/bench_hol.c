@@ -21,13 +21,22 @@
  * steady state). Each big-load line also says how many pulls completed during
  * the phase and at what rate they arrived.
  *
+ * Controls (--controls 1, the default), measured in the same run to tell the
+ * pool's own head-of-line blocking from what the machine does to a round trip
+ * when other threads keep its cores busy:
+ *  - ping with load "separate": the same pullers, but on leases of a second
+ *    pool (its own service thread) in this process, against the same server.
+ *    What the ping would see if bulk readers had their own pool.
+ *  - ping with load "burn": --pullers threads that only spin on the CPU (no
+ *    I/O, no surpool call) while the lease pings. The scheduler's share.
+ *
  * Targets (issue 12): ping p99 <= 10 ms while two leases pull 5 MB replies;
  * <= 2x the alone p99 while they pull 1 MB; throughput no lower than alone.
  * The report (bench/report.mjs) compares them; nothing here asserts.
  *
  * Usage: bench_hol --url URL [--big 1000000,5000000] [--pullers 2]
  *                  [--duration-ms 5000] [--tp-duration-ms 2000] [--tp-threads 8]
- *                  [--warmup-ms 300]
+ *                  [--warmup-ms 300] [--controls 1]
  */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -48,7 +57,7 @@ static surpool_pool *g_pool;
 
 typedef struct puller {
     pthread_t th;
-    surpool_conn *conn;
+    surpool_conn *conn; /* NULL: a burner (spins, no I/O) */
     char sql[64];
     atomic_int stop;
     atomic_ullong pulls; /* completed successfully */
@@ -56,6 +65,19 @@ typedef struct puller {
     surpool_err last_code;
     char last_msg[256];
 } puller;
+
+/* A control: keeps one core busy, touching nothing shared, until stopped. */
+static void *burner_main(void *arg)
+{
+    puller *p = arg;
+    volatile uint64_t x = 0;
+    atomic_fetch_add(&p->pulls, 1); /* "ready", for pullers_start() */
+    while (!atomic_load_explicit(&p->stop, memory_order_relaxed)) {
+        for (int i = 0; i < 100000; i++)
+            x += (uint64_t)i;
+    }
+    return NULL;
+}
 
 static void *puller_main(void *arg)
 {
@@ -95,9 +117,10 @@ static unsigned long long pull_errors_total(puller *ps, int n)
 
 static void pullers_stop(puller *ps, int n);
 
-/* Start n pullers on big replies of `bytes`; returns once each finished one.
- * On failure every puller started is stopped again. */
-static int pullers_start(puller *ps, int n, long bytes)
+/* Start n pullers on big replies of `bytes`, on leases of `from` (or n
+ * burners when `from` is NULL); returns once each finished one pull. On
+ * failure every puller started is stopped again. */
+static int pullers_start(puller *ps, int n, long bytes, surpool_pool *from)
 {
     int started = 0;
     for (int i = 0; i < n; i++) {
@@ -105,12 +128,12 @@ static int pullers_start(puller *ps, int n, long bytes)
         memset(p, 0, sizeof(*p));
         snprintf(p->sql, sizeof(p->sql), "big %ld", bytes);
         surpool_error err;
-        if (surpool_pool_acquire(g_pool, -1, &p->conn, &err) != SURPOOL_OK) {
+        if (from != NULL && surpool_pool_acquire(from, -1, &p->conn, &err) != SURPOOL_OK) {
             bc_log("bench_hol: puller acquire failed: %s", err.message);
             pullers_stop(ps, started);
             return -1;
         }
-        bc_thread_start(&p->th, puller_main, p);
+        bc_thread_start(&p->th, from != NULL ? puller_main : burner_main, p);
         started++;
     }
     int64_t deadline = bc_now_ns() + INT64_C(120000000000);
@@ -134,7 +157,8 @@ static void pullers_stop(puller *ps, int n)
         atomic_store(&ps[i].stop, 1);
     for (int i = 0; i < n; i++) {
         pthread_join(ps[i].th, NULL);
-        surpool_conn_release(ps[i].conn);
+        if (ps[i].conn != NULL)
+            surpool_conn_release(ps[i].conn);
     }
 }
 
@@ -178,8 +202,8 @@ static void *tp_main(void *arg)
 /* ---- output ---- */
 
 typedef struct load {
-    const char *name; /* "alone" or "big" */
-    long bytes;       /* 0 when alone */
+    const char *name; /* "alone", "big", or a control: "separate", "burn" */
+    long bytes;       /* 0 when alone or burning */
     int pullers;
 } load;
 
@@ -296,6 +320,7 @@ int main(int argc, char **argv)
     int64_t dur_ms = bc_arg_long(argc, argv, "--duration-ms", 5000);
     int64_t tp_dur_ms = bc_arg_long(argc, argv, "--tp-duration-ms", 2000);
     int64_t warm_ms = bc_arg_long(argc, argv, "--warmup-ms", 300);
+    int controls = bc_arg_long(argc, argv, "--controls", 1) != 0;
     if (npullers < 0 || npullers > MAX_PULLERS || tp_threads < 1 ||
         tp_threads > MAX_TP_THREADS) {
         bc_log("bench_hol: --pullers 0..%d, --tp-threads 1..%d", MAX_PULLERS, MAX_TP_THREADS);
@@ -323,6 +348,16 @@ int main(int argc, char **argv)
         bc_log("bench_hol: acquire failed: %s", err.message);
         return 1;
     }
+    /* The control's second pool: the pullers' leases only. */
+    surpool_pool *other = NULL;
+    if (controls && npullers > 0) {
+        cfg.max_connections = npullers;
+        cfg.min_connections = npullers;
+        if (surpool_pool_create(&cfg, &other, &err) != SURPOOL_OK) {
+            bc_log("bench_hol: second pool create failed: %s", err.message);
+            return 1;
+        }
+    }
 
     puller ps[MAX_PULLERS];
     memset(ps, 0, sizeof(ps));
@@ -332,17 +367,34 @@ int main(int argc, char **argv)
     /* The throughput threads must not take the pinger's connection: it stays
      * leased, and max_connections leaves them tp_threads of their own. */
     phase_tp(tp_threads, &alone, ps, warm_ms, tp_dur_ms);
-    for (int i = 0; i < nsizes && npullers > 0; i++) {
+    if (controls && npullers > 0) {
+        load burn = {"burn", 0, npullers};
+        pullers_start(ps, npullers, 0, NULL); /* burners cannot fail to start */
+        phase_ping(pinger, &burn, ps, warm_ms, dur_ms);
+        pullers_stop(ps, npullers);
+    }
+    for (int i = 0; i < nsizes && npullers > 0 && status == 0; i++) {
         load big = {"big", sizes_i[i], npullers};
-        if (pullers_start(ps, npullers, sizes_i[i]) != 0) {
+        if (pullers_start(ps, npullers, sizes_i[i], g_pool) != 0) {
             status = 1;
             break;
         }
         phase_ping(pinger, &big, ps, warm_ms, dur_ms);
         phase_tp(tp_threads, &big, ps, warm_ms, tp_dur_ms);
         pullers_stop(ps, npullers);
+        if (other != NULL) {
+            load sep = {"separate", sizes_i[i], npullers};
+            if (pullers_start(ps, npullers, sizes_i[i], other) != 0) {
+                status = 1;
+                break;
+            }
+            phase_ping(pinger, &sep, ps, warm_ms, dur_ms);
+            pullers_stop(ps, npullers);
+        }
     }
     surpool_conn_release(pinger);
+    if (other != NULL)
+        surpool_pool_destroy(other);
     surpool_pool_destroy(g_pool);
     return status;
 }

@@ -537,15 +537,19 @@ static void test_peek_table(void **state)
         {"{\"id\":-9223372036854775808}", SURPOOL_OK, SURPOOL__FRAME_REPLY, INT64_MIN, 0},
         {"{\"id\" : 3 }", SURPOOL_OK, SURPOOL__FRAME_REPLY, 3, 0},
         {"{\"result\":{\"action\":\"CREATE\"}}", SURPOOL_OK, SURPOOL__FRAME_NOTIFICATION, 0, 0},
-        {"{\"id\":null,\"error\":{\"code\":-1}}", SURPOOL_OK, SURPOOL__FRAME_ORPHAN_ERROR, 0, 0},
+        {"{\"id\":null,\"error\":{\"code\":-1}}", SURPOOL_OK, SURPOOL__FRAME_ORPHAN_ERROR, 0,
+         0},
         {"{\"error\":null,\"result\":{}}", SURPOOL_OK, SURPOOL__FRAME_NOTIFICATION, 0, 0},
         {"{}", SURPOOL_OK, SURPOOL__FRAME_NOTIFICATION, 0, 0},
         /* Route stops at the id; the full walk (and the decode) refuse these. */
         {"{\"id\":1,\"id\":2,\"result\":1}", SURPOOL_OK, SURPOOL__FRAME_REPLY, 1,
          SURPOOL_ERR_PROTOCOL},
-        {"{\"id\":1,\"i\\u0064\":2}", SURPOOL_OK, SURPOOL__FRAME_REPLY, 1, SURPOOL_ERR_PROTOCOL},
-        {"{\"id\":1,\"result\":[1,2}", SURPOOL_OK, SURPOOL__FRAME_REPLY, 1, SURPOOL_ERR_PROTOCOL},
-        {"{\"id\":1,\"result\":\"open}", SURPOOL_OK, SURPOOL__FRAME_REPLY, 1, SURPOOL_ERR_PROTOCOL},
+        {"{\"id\":1,\"i\\u0064\":2}", SURPOOL_OK, SURPOOL__FRAME_REPLY, 1,
+         SURPOOL_ERR_PROTOCOL},
+        {"{\"id\":1,\"result\":[1,2}", SURPOOL_OK, SURPOOL__FRAME_REPLY, 1,
+         SURPOOL_ERR_PROTOCOL},
+        {"{\"id\":1,\"result\":\"open}", SURPOOL_OK, SURPOOL__FRAME_REPLY, 1,
+         SURPOOL_ERR_PROTOCOL},
         {"{\"id\":1} x", SURPOOL_OK, SURPOOL__FRAME_REPLY, 1, SURPOOL_ERR_PROTOCOL},
         /* Both refuse. */
         {"{\"id\":null,\"id\":2,\"result\":1}", SURPOOL_ERR_PROTOCOL, 0, 0, 0},
@@ -609,7 +613,8 @@ static void test_route_stops_at_id(void **state)
     memset(frame + len, 'x', n);
     surpool__frame_kind kind;
     int64_t id = 0;
-    assert_int_equal(surpool__codec_route(frame, (size_t)len + n, &kind, &id, NULL), SURPOOL_OK);
+    assert_int_equal(surpool__codec_route(frame, (size_t)len + n, &kind, &id, NULL),
+                     SURPOOL_OK);
     assert_int_equal(kind, SURPOOL__FRAME_REPLY);
     assert_int_equal(id, 77);
     surpool__peek_info info;
