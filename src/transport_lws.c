@@ -872,16 +872,34 @@ static char *frame_take(surpool__tconn *c, const char *buf, size_t len)
     return f;
 }
 
-static void on_reply(surpool__tconn *c, int64_t id, const char *buf, size_t len)
+/* Hand a reply routed by `id` to its request. Returns -1 when the connection
+ * must close: a frame that matches no request is dropped only if the walk to
+ * its end accepts it. */
+static int on_reply(struct lws *wsi, surpool__tconn *c, int64_t id, const char *buf, size_t len)
 {
     pthread_mutex_lock(&c->mu);
     surpool__treq *r = surpool__reqtable_take(&c->rt, id);
     pthread_mutex_unlock(&c->mu);
     if (r == NULL) {
-        /* A late reply (after a timeout or cancel), or an unknown id. */
+        /* A late reply (after a timeout or cancel), or an unknown id. Routing
+         * read only its head, and no decode will see the rest: walk it to the
+         * end here (rare, so the cost routing saves is not spent again). A
+         * frame that repeats its "id" ({"id":<not ours>,"id":<ours>,...}) or
+         * is broken fails the connection, so the caller whose reply it may
+         * have been gets PROTOCOL now instead of waiting for its deadline. */
+        surpool__peek_info walk;
+        surpool_error e;
+        surpool_err rc =
+            c->t->cbor ? surpool__cbor_peek_info((const unsigned char *)buf, len, &walk, &e)
+                       : surpool__codec_peek_info(buf, len, &walk, &e);
+        if (rc != SURPOOL_OK) {
+            conn_fail(c, SURPOOL_ERR_PROTOCOL, e.message);
+            lws_close_reason(wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, NULL, 0);
+            return -1;
+        }
         surpool__log(c->t->logger, SURPOOL_LOG_DEBUG,
                      "dropping a reply for id %lld: no such request in flight", (long long)id);
-        return;
+        return 0;
     }
     r->frame = frame_take(c, buf, len);
     r->frame_len = len;
@@ -893,6 +911,7 @@ static void on_reply(surpool__tconn *c, int64_t id, const char *buf, size_t len)
     g_routing = 1; /* contract 10: a hook armed here runs at the end of this pass */
     r->done(r);
     g_routing = 0;
+    return 0;
 }
 
 /* A complete message (text for JSON, binary for CBOR). Replies are routed by
@@ -900,7 +919,8 @@ static void on_reply(surpool__tconn *c, int64_t id, const char *buf, size_t len)
  * undecoded (the submitter decodes them on its own thread: a 50 MB reply takes
  * a second to parse, and every connection of the pool would wait). A reply
  * the decode then refuses (a repeated "id", broken bytes after the id) fails
- * its request with PROTOCOL, and that breaks the connection (rpc.c, lane.c).
+ * its request with PROTOCOL, and that breaks the connection (rpc.c, lane.c);
+ * one that matches no request is walked to its end here (on_reply()).
  * Notifications and id-less errors are decoded here: the
  * pool's handlers take a tree on this thread, and both are small and rare.
  * Returns -1 when the connection must close. */
@@ -915,10 +935,8 @@ static int dispatch(struct lws *wsi, surpool__tconn *c, const char *buf, size_t 
     surpool_err rc = t->cbor
                          ? surpool__cbor_route((const unsigned char *)buf, len, &kind, &id, &e)
                          : surpool__codec_route(buf, len, &kind, &id, &e);
-    if (rc == SURPOOL_OK && kind == SURPOOL__FRAME_REPLY) {
-        on_reply(c, id, buf, len);
-        return 0;
-    }
+    if (rc == SURPOOL_OK && kind == SURPOOL__FRAME_REPLY)
+        return on_reply(wsi, c, id, buf, len);
     if (rc == SURPOOL_OK)
         rc = t->cbor ? surpool__cbor_decode_frame((const unsigned char *)buf, len, &f, &e)
                      : surpool__codec_decode_frame(buf, len, &f, &e);

@@ -20,6 +20,12 @@
  *   duplicate-id     OK            the second copy is dropped; the lease stays good
  *   duplicate-key    PROTOCOL      a frame with two "id" keys (its own, then another
  *                                  caller's) is refused, never routed by either
+ *   stolen-id        PROTOCOL      the same with another caller's id first: routed
+ *                                  by that id, refused by its decode when that call
+ *                                  is in flight on the socket, by the transport's
+ *                                  walk when it is not (a dropped frame is checked
+ *                                  too): the caller whose id comes last never waits
+ *                                  for its deadline
  *   no-upgrade       CONNECT       (acquire) the connect times out; create with
  *                                  min_connections fails with CONNECT too
  *   refuse           CONNECT       the server drops every new TCP connection
@@ -488,6 +494,17 @@ static void test_duplicate_key(void **state)
     run_reply_mode("duplicate-key", SURPOOL_ERR_PROTOCOL);
 }
 
+/* The same frame with the other caller's id FIRST: routing reads only the
+ * first "id", so the frame goes to that caller (who must get an error, never
+ * this reply) or, when no such call is in flight on the socket, to no one.
+ * Either way the connection fails at once: the caller whose id comes last
+ * gets PROTOCOL, not REQUEST_TIMEOUT at its deadline. */
+static void test_stolen_id(void **state)
+{
+    (void)state;
+    run_reply_mode("stolen-id", SURPOOL_ERR_PROTOCOL);
+}
+
 /* ------------------------------------------------------------------------- */
 /* Modes that stop new connections                                            */
 /* ------------------------------------------------------------------------- */
@@ -587,6 +604,7 @@ int main(void)
         cmocka_unit_test_setup(test_huge, setup),
         cmocka_unit_test_setup(test_duplicate_id, setup),
         cmocka_unit_test_setup(test_duplicate_key, setup),
+        cmocka_unit_test_setup(test_stolen_id, setup),
         cmocka_unit_test_setup(test_no_upgrade, setup),
         cmocka_unit_test_setup(test_refuse, setup),
     };

@@ -50,7 +50,7 @@ const cbor = CborCodec.DEFAULT;
 const MODES = new Set([
   'normal', 'malformed', 'truncate', 'wrong-id', 'duplicate-id', 'no-id',
   'binary', 'huge', 'slow', 'no-upgrade', 'close-mid-reply', 'refuse',
-  'duplicate-key',
+  'duplicate-key', 'stolen-id',
 ]);
 
 function usage(msg) {
@@ -1127,6 +1127,20 @@ class Conn {
         const other = typeof id === 'number' ? String(id + 1)
           : typeof id === 'bigint' ? String(id + 1n) : JSON.stringify(`${id}-other`);
         return this.sendText(`{"id":${idText ?? 'null'},"id":${other},"${key}":${bodyText}}`);
+      }
+      case 'stolen-id': {
+        // duplicate-key the other way round: another caller's id (the next
+        // one) first, the request's own last. Routing reads the first "id",
+        // so the frame goes to that caller, or to no one when it is not in
+        // flight on this socket; a parser that keeps the last key would take
+        // it for the request's own reply.
+        if (isCbor) {
+          const next = typeof id === 'number' ? id + 1 : typeof id === 'bigint' ? id + 1n : `${id}-other`;
+          return send(cborMap([['id', cborBytes(next)], ['id', rawId ?? cborBytes(null)], [key, bodyText]]));
+        }
+        const other = typeof id === 'number' ? String(id + 1)
+          : typeof id === 'bigint' ? String(id + 1n) : JSON.stringify(`${id}-other`);
+        return this.sendText(`{"id":${other},"id":${idText ?? 'null'},"${key}":${bodyText}}`);
       }
       case 'binary': // the wrong frame type for the socket's format
         return ws.send(Buffer.from(text), { binary: !isCbor });
