@@ -643,7 +643,8 @@ static void test_reply_decode(void **state)
     const char *broken = "{\"id\":7,\"result\":[1 2]}";
     surpool__frame_kind kind;
     int64_t id;
-    assert_int_equal(surpool__codec_route(broken, strlen(broken), &kind, &id, NULL), SURPOOL_OK);
+    assert_int_equal(surpool__codec_route(broken, strlen(broken), &kind, &id, NULL),
+                     SURPOOL_OK);
     assert_int_equal(id, 7);
     decode_case(broken, strlen(broken), 0, 7, SURPOOL_ERR_PROTOCOL);
 
