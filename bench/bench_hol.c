@@ -346,6 +346,7 @@ int main(int argc, char **argv)
     surpool_conn *pinger = NULL;
     if (surpool_pool_acquire(g_pool, -1, &pinger, &err) != SURPOOL_OK) {
         bc_log("bench_hol: acquire failed: %s", err.message);
+        surpool_pool_destroy(g_pool);
         return 1;
     }
     /* The control's second pool: the pullers' leases only. */
@@ -355,6 +356,8 @@ int main(int argc, char **argv)
         cfg.min_connections = npullers;
         if (surpool_pool_create(&cfg, &other, &err) != SURPOOL_OK) {
             bc_log("bench_hol: second pool create failed: %s", err.message);
+            surpool_conn_release(pinger);
+            surpool_pool_destroy(g_pool);
             return 1;
         }
     }

@@ -302,9 +302,10 @@ const pullers = (bytes) => med(HOL_PING(bytes), 'pullers');
   const r = medRatio(HOL_PING(1000000), 'p99_ns', HOL_PING(0));
   const sep = medRatio(HOL_CTL('separate', 1000000), 'p99_ns', HOL_PING(0));
   const burn = medRatio(HOL_CTL('burn', 0), 'p99_ns', HOL_PING(0));
-  const controls = sep === null ? '' :
-    ` Controls of the same run: the same pulls on leases of a second pool (its own service thread) ${fmtX(sep, 1)}; ` +
-    `two threads that only spin on the CPU, no I/O, ${burn === null ? 'not measured' : fmtX(burn, 1)} (see Head-of-line).`;
+  const ctl = [];
+  if (sep !== null) ctl.push(`the same pulls on leases of a second pool (its own service thread) ${fmtX(sep, 1)}`);
+  if (burn !== null) ctl.push(`${fmt(med(HOL_CTL('burn', 0), 'pullers'))} threads that only spin on the CPU, no I/O, ${fmtX(burn, 1)}`);
+  const controls = ctl.length ? ` Controls of the same run: ${ctl.join('; ')} (see Head-of-line).` : '';
   targets.push({
     name: 'A lease\'s ping p99 ≤ 2× its alone p99 while two other leases pull 1 MB replies (issue 12)',
     status: r === null ? 'not measured' : r <= 2 ? 'met' : 'not met',
@@ -559,7 +560,7 @@ if (select({ bench: 'hol' }).length) {
   const crow = (load, bytes) => {
     const w = HOL_CTL(load, bytes);
     if (!select(w).length) return null;
-    return [load === 'burn' ? `control: ${pullers(HOL_SIZES[0])} threads spinning on the CPU (no I/O)` :
+    return [load === 'burn' ? `control: ${fmt(med(w, 'pullers'))} threads spinning on the CPU (no I/O)` :
       `control: ${fmt(med(w, 'pullers'))} leases of a second pool pulling ${fmtBytes(bytes)}`,
     fmtNs(med(w, 'p50_ns')), fmtNs(med(w, 'p90_ns')), fmtNs(med(w, 'p99_ns')), fmtNs(med(w, 'max_ns')),
     fmt(med(w, 'samples')), fmtX(medRatio(w, 'p99_ns', HOL_PING(0)), 1),
