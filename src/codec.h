@@ -110,12 +110,13 @@ typedef struct surpool__peek_info {
     size_t error_off, error_len;
 } surpool__peek_info;
 
-/* The raw path's walk (on the caller's thread): surpool__codec_route()'s walk
+/* The raw path's walk (on the caller's thread; the transport also runs it on
+ * a reply no request takes, before dropping it): surpool__codec_route()'s walk
  * over every key of the frame, also reporting the spans (info is filled on
  * success only). Refuses a repeated "id" and JSON broken anywhere in the
- * top-level walk, besides route's refusals; a frame the full decode accepts has its "result" value's bytes at
- * [result_off, result_off + result_len), and decoding those alone gives the
- * same value (fuzz/fuzz_decode.c checks it). Not a validator: on a frame the
+ * top-level walk, besides route's refusals; a frame the full decode accepts
+ * has its "result" value's bytes at [result_off, result_off + result_len), and
+ * decoding those alone gives the same value (fuzz/fuzz_decode.c checks it). Not a validator: on a frame the
  * full decode refuses the spans are only where the walk found them. */
 surpool_err surpool__codec_peek_info(const char *buf, size_t len, surpool__peek_info *info,
                                      surpool_error *err);

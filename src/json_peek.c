@@ -9,8 +9,9 @@
  * Routing stops at the id: the server writes it first, so a reply of any size
  * costs a few bytes here (walking a 1 MB reply to its end took ~0.5 ms of the
  * service thread, during which no other connection of the pool was served).
- * The raw path's walk (surpool__codec_peek_info) goes on to the end, on the
- * caller's thread. It never recurses and allocates nothing. It is not a
+ * The full walk (surpool__codec_peek_info) goes on to the end: the raw path's,
+ * on the caller's thread, and the transport's for a reply that matches no
+ * request (dropped only if it passes). It never recurses and allocates nothing. It is not a
  * validator: the full decode (on the thread that wants the result) still
  * refuses bad JSON and repeated keys, and it agrees with this walk on every
  * frame it accepts (fuzz/fuzz_decode.c checks that).
