@@ -22,10 +22,10 @@
  *                                  caller's) is refused, never routed by either
  *   stolen-id        PROTOCOL      the same with another caller's id first: routed
  *                                  by that id, refused by its decode when that call
- *                                  is in flight on the socket, by the transport's
- *                                  walk when it is not (a dropped frame is checked
- *                                  too): the caller whose id comes last never waits
- *                                  for its deadline
+ *                                  is in flight on the socket, else by the walk the
+ *                                  transport makes before dropping a frame, which
+ *                                  fails the connection (every reply is spoilt, so
+ *                                  each socket's last one names no call of it)
  *   no-upgrade       CONNECT       (acquire) the connect times out; create with
  *                                  min_connections fails with CONNECT too
  *   refuse           CONNECT       the server drops every new TCP connection
@@ -496,9 +496,9 @@ static void test_duplicate_key(void **state)
 
 /* The same frame with the other caller's id FIRST: routing reads only the
  * first "id", so the frame goes to that caller (who must get an error, never
- * this reply) or, when no such call is in flight on the socket, to no one.
- * Either way the connection fails at once: the caller whose id comes last
- * gets PROTOCOL, not REQUEST_TIMEOUT at its deadline. */
+ * this reply) or, when no such call is in flight on the socket, to no one:
+ * then the transport walks it before dropping it and fails the connection, so
+ * the lease's caller gets PROTOCOL, not REQUEST_TIMEOUT at its deadline. */
 static void test_stolen_id(void **state)
 {
     (void)state;
