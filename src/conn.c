@@ -477,6 +477,12 @@ surpool_err surpool__conn_reauth(surpool_conn *c, surpool_error *err)
     return rc;
 }
 
+void surpool__conn_fail(surpool_conn *c, surpool_err code, const char *msg)
+{
+    if (c->t != NULL && c->pool->ops->fail != NULL)
+        c->pool->ops->fail(c->t, code, msg);
+}
+
 void surpool__conn_close_transport(surpool_conn *c)
 {
     if (c->t != NULL)

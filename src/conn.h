@@ -23,6 +23,11 @@ int surpool__conn_usable(const surpool_conn *c);
 int surpool__conn_expired(const surpool_conn *c, int64_t now);
 /* A transport failure was seen on it: the pool must close it, not lend it. */
 void surpool__conn_mark_broken(surpool_conn *c);
+/* A reply on it did not decode: have the transport fail it now (transport.h,
+ * contract 11), so that its other requests in flight end at once instead of
+ * at their deadlines. From any thread except a done() or an event; the
+ * connection stays open as a handle until closed. */
+void surpool__conn_fail(surpool_conn *c, surpool_err code, const char *msg);
 /* One ping with its own deadline (validation, keepalive); no locks held. */
 surpool_err surpool__conn_ping(surpool_conn *c, long timeout_ms, surpool_error *err);
 /* Bring a dirty lease back to the configured state (reset, signin, use, hooks). */

@@ -250,11 +250,18 @@ static int settle_outcome(lane_req *r)
         err.server_code = r->server_code;
         surpool__strlcpy(err.kind, r->kind, sizeof(err.kind));
     }
-    /* A transport failure, or a reply that did not decode: no more on it. */
+    /* A transport failure, or a reply that did not decode: no more on it. A
+     * reply is routed by the id at its head alone, so one that then does not
+     * decode ({"id":<another call>,"id":<ours>,...}) may have been another
+     * call's: the socket fails now (PROTOCOL for every call in flight on it),
+     * or that call would wait for its deadline. */
     if (lc != NULL && surpool__breaks_connection(rc) && rc != SURPOOL_ERR_REQUEST_TIMEOUT) {
         pthread_mutex_lock(&l->mu);
         lc->failed = 1;
+        surpool_conn *fc = lc->c;
         pthread_mutex_unlock(&l->mu);
+        if (rc == SURPOOL_ERR_PROTOCOL && fc != NULL)
+            surpool__conn_fail(fc, rc, err.message);
     }
     surpool__rpc_free_payload(p, &r->treq, r->method);
     if (r->sync != NULL) {

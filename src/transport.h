@@ -50,6 +50,15 @@
  *     ends, so that the replies of one pass cross to the other thread with
  *     one wake-up instead of one each. Anywhere else it returns 0 and the
  *     caller hands over at once.
+ * 11. fail() is for a submitter whose reply did not decode (a frame is routed
+ *     by its id alone, so the connection's other replies are suspect too):
+ *     from any thread, never from done() or an event; it returns without
+ *     waiting. The connection dies as if the transport had refused that frame
+ *     itself: every request in flight completes with `code` and `msg`, queued
+ *     ones with SURPOOL_ERR_DISCONNECTED (done() possibly on the calling
+ *     thread, before fail() returns), alive() turns 0 and on_dead runs. The
+ *     handle stays valid until close(). Nothing happens on a connection
+ *     already dead or closing.
  */
 #ifndef SURPOOL_TRANSPORT_H
 #define SURPOOL_TRANSPORT_H
@@ -142,6 +151,7 @@ typedef struct surpool__transport_ops {
     int (*cancel)(surpool__tconn *c, surpool__treq *req);
     int (*alive)(surpool__tconn *c);
     void (*close)(surpool__tconn *c);
+    void (*fail)(surpool__tconn *c, surpool_err code, const char *msg); /* contract 11 */
 } surpool__transport_ops;
 
 /* Contract 10. `run` is called on the transport's thread with no lock of the

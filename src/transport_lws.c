@@ -111,6 +111,10 @@ struct surpool__tconn {
     int tcp_up;     /* the current attempt got a TCP connection */
     int tcp_failed; /* lws said the TCP connect failed (it keeps the errno to itself) */
     int dead_notified;
+    /* fail() (contract 11): 1 asked, 2 seen by the service thread; with why. */
+    int failing;
+    surpool_err failing_code;
+    char failing_msg[200];
     surpool__reqtable rt; /* queued and in-flight requests */
     int64_t open_deadline;
     int64_t open_started;
@@ -500,8 +504,10 @@ static int conn_maybe_next_addr(surpool__tconn *c);
 static void conn_visit(surpool__tconn *c)
 {
     surpool__transport *t = c->t;
-    enum { NOTHING, CONNECT, WRITE, CLOSE, KILL } act = NOTHING;
+    enum { NOTHING, CONNECT, WRITE, CLOSE, KILL, FAIL } act = NOTHING;
     int64_t hint = INT64_MAX;
+    char why[sizeof(c->failing_msg)];
+    surpool_err why_code = SURPOOL_ERR_PROTOCOL;
 
     pthread_mutex_lock(&c->mu);
     if (c->abort || c->closing) {
@@ -517,6 +523,12 @@ static void conn_visit(surpool__tconn *c)
         }
     } else if (!c->started) {
         act = atomic_load(&t->stop) ? NOTHING : CONNECT;
+    } else if (c->wsi != NULL && c->state == CS_OPEN && c->failing == 1) {
+        c->failing = 2;
+        why_code = c->failing_code;
+        copy_str(why, sizeof(why), c->failing_msg);
+        /* Already failed (a frame it refused, a write error): it is closing. */
+        act = atomic_load(&c->dead) ? NOTHING : FAIL;
     } else if (c->wsi != NULL && c->state == CS_OPEN) {
         /* Arm the deadline timer even when the queue is already empty: a
          * writable callback may have sent the new request before this visit. */
@@ -540,6 +552,14 @@ static void conn_visit(surpool__tconn *c)
         /* Not established yet, so no close frame: drop the socket. ASYNC because
          * we are inside another wsi's callback. */
         lws_set_timeout(c->wsi, PENDING_TIMEOUT_AWAITING_CONNECT_RESPONSE, LWS_TO_KILL_ASYNC);
+        break;
+    case FAIL:
+        /* As dispatch() does with a frame it refuses: in-flight requests end
+         * with the submitter's code now, the socket closes (on_writeable()),
+         * queued requests end at WSI_DESTROY. */
+        conn_fail(c, why_code, why);
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, t->timeout_secs);
+        lws_callback_on_writable(c->wsi);
         break;
     }
     timer_arm(c, hint);
@@ -818,6 +838,11 @@ static int on_writeable(struct lws *wsi, surpool__tconn *c)
                          sizeof(bye) - 1);
         return -1; /* idempotent: a second visit just finishes the close */
     }
+    if (c->failing == 2) {
+        pthread_mutex_unlock(&c->mu);
+        lws_close_reason(wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, NULL, 0);
+        return -1;
+    }
     if (!surpool__reqtable_has_queued(&c->rt) || atomic_load(&c->dead)) {
         pthread_mutex_unlock(&c->mu); /* unasked writable callbacks happen */
         return 0;
@@ -919,8 +944,9 @@ static int on_reply(struct lws *wsi, surpool__tconn *c, int64_t id, const char *
  * undecoded (the submitter decodes them on its own thread: a 50 MB reply takes
  * a second to parse, and every connection of the pool would wait). A reply
  * the decode then refuses (a repeated "id", broken bytes after the id) fails
- * its request with PROTOCOL, and that breaks the connection (rpc.c, lane.c);
- * one that matches no request is walked to its end here (on_reply()).
+ * its request with PROTOCOL, and that breaks the connection (rpc.c; lane.c
+ * fails the socket at once through fail(), contract 11); one that matches no
+ * request is walked to its end here (on_reply()).
  * Notifications and id-less errors are decoded here: the
  * pool's handlers take a tree on this thread, and both are small and rare.
  * Returns -1 when the connection must close. */
@@ -1782,6 +1808,25 @@ static void conn_close(surpool__tconn *c)
     conn_unref(c); /* the user's reference */
 }
 
+/* Contract 11: a submitter could not decode a reply. The service thread fails
+ * the connection on its next visit (conn_visit()), as it would have failed it
+ * itself had it decoded the frame. */
+static void conn_fail_from(surpool__tconn *c, surpool_err code, const char *msg)
+{
+    if (c == NULL)
+        return;
+    pthread_mutex_lock(&c->mu);
+    int go = !c->closing && c->failing == 0 && !atomic_load(&c->dead) && c->state == CS_OPEN;
+    if (go) {
+        c->failing = 1;
+        c->failing_code = code;
+        copy_str(c->failing_msg, sizeof(c->failing_msg), msg != NULL ? msg : "");
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (go)
+        conn_wake(c);
+}
+
 static void transport_destroy(surpool__transport *t)
 {
     if (t == NULL)
@@ -1862,4 +1907,5 @@ const surpool__transport_ops surpool__transport_lws = {
     .cancel = conn_cancel,
     .alive = conn_alive,
     .close = conn_close,
+    .fail = conn_fail_from,
 };

@@ -480,6 +480,23 @@ static void fake_close(surpool__tconn *c)
     free(c);
 }
 
+/* Contract 11, at once: the fake has no thread of its own to defer it to. */
+static void fake_fail(surpool__tconn *c, surpool_err code, const char *msg)
+{
+    surpool__transport *t = c->t;
+    surpool__reqdone mine;
+    surpool__reqdone_init(&mine);
+    pthread_mutex_lock(&t->mu);
+    if (!atomic_load(&c->dead)) {
+        surpool__reqtable_fail_all(&c->rt, &mine, code, msg);
+        atomic_store(&c->dead, 1);
+        if (c->ev.on_dead != NULL)
+            c->ev.on_dead(c->ev.userdata, code, msg);
+    }
+    pthread_mutex_unlock(&t->mu);
+    surpool__reqdone_run(&mine);
+}
+
 void fake_kill_all(surpool__transport *t)
 {
     surpool__reqdone all;
@@ -536,4 +553,5 @@ const surpool__transport_ops fake_transport_ops = {
     .cancel = fake_cancel,
     .alive = fake_alive,
     .close = fake_close,
+    .fail = fake_fail,
 };

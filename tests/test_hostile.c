@@ -26,6 +26,10 @@
  *                                  transport makes before dropping a frame, which
  *                                  fails the connection (every reply is spoilt, so
  *                                  each socket's last one names no call of it)
+ *   stolen-id-once   PROTOCOL      stolen-id for one reply, on a busy lane socket:
+ *                                  the call that gets the frame fails, and the
+ *                                  socket fails with it, so the call whose reply it
+ *                                  was ends now too (PROTOCOL), not at its deadline
  *   no-upgrade       CONNECT       (acquire) the connect times out; create with
  *                                  min_connections fails with CONNECT too
  *   refuse           CONNECT       the server drops every new TCP connection
@@ -505,6 +509,57 @@ static void test_stolen_id(void **state)
     run_reply_mode("stolen-id", SURPOOL_ERR_PROTOCOL);
 }
 
+/* One spoilt reply among NASYNC calls in flight on the lane: the call named
+ * first in it gets PROTOCOL (never this reply), and the socket fails at once
+ * (lane.c, transport.h contract 11), so the call named second ends now with
+ * PROTOCOL (or DISCONNECTED, if it was still queued on the socket) instead of
+ * REQUEST_TIMEOUT at its deadline. The other calls answer normally or end
+ * with the socket. */
+static void test_stolen_id_once(void **state)
+{
+    (void)state;
+    static async_batch b; /* static: a failed test must not leave it on a stack */
+    static async_slot slots[NASYNC];
+    surpool_pool *p = make_pool();
+    json_t *out = NULL;
+    surpool_error err;
+    surpool_err rc = surpool_query(p, "RETURN 1", NULL, &out, &err); /* the lane is up */
+    expect_code("surpool_query before the mode", rc, SURPOOL_OK, &err);
+    json_decref(out);
+    memset(&b, 0, sizeof(b));
+    pthread_mutex_init(&b.mu, NULL);
+    pthread_cond_init(&b.cv, NULL);
+    set_mode("stolen-id-once");
+    for (int i = 0; i < NASYNC; i++) {
+        slots[i].b = &b;
+        slots[i].i = i;
+        rc = surpool_query_async(p, "RETURN 1", NULL, async_cb, &slots[i]);
+        if (rc != SURPOOL_OK)
+            fail_msg("surpool_query_async: %s", surpool_strerror(rc));
+    }
+    fu_watchdog(60, "async callbacks in mode stolen-id-once");
+    pthread_mutex_lock(&b.mu);
+    while (b.done < NASYNC)
+        pthread_cond_wait(&b.cv, &b.mu);
+    pthread_mutex_unlock(&b.mu);
+    fu_watchdog(0, NULL);
+    int protocol = 0;
+    for (int i = 0; i < NASYNC; i++) {
+        if (atomic_load(&b.calls[i]) != 1)
+            fail_msg("callback %d called %d times", i, atomic_load(&b.calls[i]));
+        if (b.codes[i] != SURPOOL_OK && b.codes[i] != SURPOOL_ERR_PROTOCOL &&
+            b.codes[i] != SURPOOL_ERR_DISCONNECTED)
+            fail_msg("callback %d got %s, expected OK, PROTOCOL or DISCONNECTED", i,
+                     surpool_strerror(b.codes[i]));
+        protocol += b.codes[i] == SURPOOL_ERR_PROTOCOL;
+    }
+    assert_true(protocol >= 1);
+    pthread_cond_destroy(&b.cv);
+    pthread_mutex_destroy(&b.mu);
+    check_recovered(p, 1);
+    surpool_pool_destroy(p);
+}
+
 /* ------------------------------------------------------------------------- */
 /* Modes that stop new connections                                            */
 /* ------------------------------------------------------------------------- */
@@ -605,6 +660,7 @@ int main(void)
         cmocka_unit_test_setup(test_duplicate_id, setup),
         cmocka_unit_test_setup(test_duplicate_key, setup),
         cmocka_unit_test_setup(test_stolen_id, setup),
+        cmocka_unit_test_setup(test_stolen_id_once, setup),
         cmocka_unit_test_setup(test_no_upgrade, setup),
         cmocka_unit_test_setup(test_refuse, setup),
     };

@@ -50,7 +50,7 @@ const cbor = CborCodec.DEFAULT;
 const MODES = new Set([
   'normal', 'malformed', 'truncate', 'wrong-id', 'duplicate-id', 'no-id',
   'binary', 'huge', 'slow', 'no-upgrade', 'close-mid-reply', 'refuse',
-  'duplicate-key', 'stolen-id',
+  'duplicate-key', 'stolen-id', 'stolen-id-once',
 ]);
 
 function usage(msg) {
@@ -1128,6 +1128,10 @@ class Conn {
           : typeof id === 'bigint' ? String(id + 1n) : JSON.stringify(`${id}-other`);
         return this.sendText(`{"id":${idText ?? 'null'},"id":${other},"${key}":${bodyText}}`);
       }
+      case 'stolen-id-once': // stolen-id for the first reply after the mode is set
+        if (stolenOnceLeft === 0) return send(text);
+        stolenOnceLeft = 0;
+      // falls through
       case 'stolen-id': {
         // duplicate-key the other way round: another caller's id (the next
         // one) first, the request's own last. Routing reads the first "id",
@@ -1184,11 +1188,13 @@ function sendHttp(res, status, body, type = 'text/plain; charset=utf-8') {
 }
 
 let revertTimer = null;
+let stolenOnceLeft = 0; // stolen-id-once: replies still to spoil (1 when the mode is set)
 function applyControl(body) {
   const next = { ...settings };
   if ('mode' in body) {
     if (!MODES.has(body.mode)) throw new Error(`unknown mode ${body.mode}`);
     next.mode = body.mode;
+    stolenOnceLeft = body.mode === 'stolen-id-once' ? 1 : 0;
   }
   for (const k of ['delayMs', 'delayJitterMs', 'dropEvery', 'maxConns']) {
     if (k in body) {
