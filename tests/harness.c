@@ -298,6 +298,26 @@ int harness_restart(test_server *s, const char *script, int port, const char *co
     return -1;
 }
 
+surpool_wire_format harness_wire(void)
+{
+    const char *wire = getenv("SURPOOL_TEST_WIRE");
+    return wire != NULL && strcmp(wire, "cbor") == 0 ? SURPOOL_WIRE_CBOR : SURPOOL_WIRE_JSON;
+}
+
+void harness_root_config(surpool_config *cfg, const char *url, const char *db)
+{
+    surpool_config_init(cfg);
+    cfg->url = url;
+    cfg->wire_format = harness_wire();
+    cfg->user = "root";
+    cfg->pass = "root";
+    cfg->ns = db != NULL ? "test" : NULL;
+    cfg->db = db;
+    cfg->acquire_timeout_ms = 30000;
+    cfg->connect_timeout_ms = 10000;
+    cfg->request_timeout_ms = 30000;
+}
+
 int harness_core_major(void)
 {
     const char *core = getenv("SURPOOL_TEST_CORE");

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include "surpool.h"
+
 #define HARNESS_MAX_NODES 8
 
 typedef struct test_server {
@@ -64,6 +66,20 @@ void harness_node_url(const test_server *s, int node, char *buf, size_t size);
  * expectations that really differ by server version (docs/errors.md, the
  * README's "Server versions"); never to weaken a 3.x assertion. */
 int harness_core_major(void);
+
+/* The wire format SURPOOL_TEST_WIRE names: CBOR for "cbor", else JSON
+ * (tests/CMakeLists.txt runs the integration suites once per format). */
+surpool_wire_format harness_wire(void);
+
+/* The config every integration suite starts from, for a server started with
+ * --user root --pass root (harness_start_root, or a cluster with those args):
+ * surpool_config_init, then `url`, the wire format harness_wire() names, user
+ * and pass root, ns "test" and database `db` (db NULL: neither ns nor db, for
+ * a url that names them), and bounds generous enough for a sanitized build on
+ * a busy machine (acquire 30 s, connect 10 s, request 30 s; pinned here so a
+ * change of the library's defaults does not change the tests). The caller then
+ * sets only what is its own. `url` and `db` are borrowed until pool create. */
+void harness_root_config(surpool_config *cfg, const char *url, const char *db);
 
 /* GET /stats and read one counter (signins, signinFailures, authenticates,
  * sockets, ...); -1 on failure. */

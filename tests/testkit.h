@@ -286,6 +286,19 @@ static inline surpool_pool *tk_pool_track(surpool_pool *p)
     return p;
 }
 
+/* surpool_pool_create, failing the test (with the code and the message) if it
+ * does not succeed; the pool is registered with tk_pool_track. The test's
+ * thread. */
+static inline surpool_pool *tk_pool_create(const surpool_config *cfg)
+{
+    surpool_pool *p = NULL;
+    surpool_error err;
+    surpool_err rc = surpool_pool_create(cfg, &p, &err);
+    if (rc != SURPOOL_OK)
+        TK_FAIL("pool create: %s: %s", surpool_err_name(rc), err.message);
+    return tk_pool_track(p);
+}
+
 /* How long surpool_pool_destroy may take in a test (times TK_SLOW). */
 #define TK_DESTROY_S 20
 
