@@ -43,13 +43,7 @@ static int group_teardown(void **state)
 static surpool_pool *make_pool_cfg(long max_lifetime_ms, int live_queue_max)
 {
     surpool_config cfg;
-    surpool_config_init(&cfg);
-    cfg.url = g_server.url;
-    cfg.wire_format = g_wire;
-    cfg.user = "root";
-    cfg.pass = "root";
-    cfg.ns = "test";
-    cfg.db = "live";
+    harness_root_config(&cfg, g_server.url, "live");
     cfg.max_connections = 6;
     cfg.acquire_timeout_ms = 20000;
     cfg.request_timeout_ms = 10000;
@@ -58,11 +52,7 @@ static surpool_pool *make_pool_cfg(long max_lifetime_ms, int live_queue_max)
     if (max_lifetime_ms > 0)
         cfg.max_lifetime_ms = max_lifetime_ms;
     cfg.live_queue_max = live_queue_max;
-    surpool_pool *p = NULL;
-    surpool_error err;
-    if (surpool_pool_create(&cfg, &p, &err) != SURPOOL_OK)
-        fail_msg("pool create: %s", err.message);
-    return tk_pool_track(p);
+    return tk_pool_create(&cfg);
 }
 
 static surpool_pool *make_pool(void)

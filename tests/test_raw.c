@@ -41,22 +41,9 @@ static int group_teardown(void **state)
 static surpool_pool *make_pool(void)
 {
     surpool_config cfg;
-    surpool_config_init(&cfg);
-    cfg.url = g_server.url;
-    cfg.wire_format = g_wire;
-    cfg.user = "root";
-    cfg.pass = "root";
-    cfg.ns = "test";
-    cfg.db = "raw";
+    harness_root_config(&cfg, g_server.url, "raw");
     cfg.max_connections = 2;
-    cfg.acquire_timeout_ms = 30000;
-    cfg.connect_timeout_ms = 10000;
-    cfg.request_timeout_ms = 30000;
-    surpool_pool *p = NULL;
-    surpool_error err;
-    if (surpool_pool_create(&cfg, &p, &err) != SURPOOL_OK)
-        fail_msg("pool create: %s", err.message);
-    return tk_pool_track(p);
+    return tk_pool_create(&cfg);
 }
 
 static surpool_conn *lease(surpool_pool *p)
