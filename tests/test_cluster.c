@@ -63,28 +63,12 @@ static int setup(void **state)
 
 static void base_config(surpool_config *cfg, const char *url, const char *db)
 {
-    surpool_config_init(cfg);
-    cfg->url = url;
-    cfg->wire_format = g_wire;
-    cfg->user = "root";
-    cfg->pass = "root";
-    cfg->ns = "test";
-    cfg->db = db;
+    harness_root_config(cfg, url, db);
     cfg->shared_connections = 0;
-    cfg->acquire_timeout_ms = 30000;
     cfg->connect_timeout_ms = 5000;
     cfg->reconnect_backoff_min_ms = 20;
     cfg->reconnect_backoff_max_ms = 200;
     cfg->maintenance_interval_ms = 50;
-}
-
-static surpool_pool *make(const surpool_config *cfg)
-{
-    surpool_pool *p = NULL;
-    surpool_error err;
-    if (surpool_pool_create(cfg, &p, &err) != SURPOOL_OK)
-        fail_msg("create: %s", err.message);
-    return tk_pool_track(p);
 }
 
 static int ep_conns(surpool_pool *p, int i)
@@ -126,9 +110,9 @@ static void test_write_a_read_b(void **state)
     harness_node_url(&g_server, 2, b_url, sizeof(b_url));
     surpool_config cfg;
     base_config(&cfg, a_url, "cluster_ab");
-    surpool_pool *a = make(&cfg);
+    surpool_pool *a = tk_pool_create(&cfg);
     base_config(&cfg, b_url, "cluster_ab");
-    surpool_pool *b = make(&cfg);
+    surpool_pool *b = tk_pool_create(&cfg);
     json_t *r = NULL;
     surpool_error err;
     if (surpool_query(a, "DELETE item; CREATE item:one SET n = 42", NULL, &r, &err) !=
@@ -186,7 +170,7 @@ static void test_kill_one_during_burst(void **state)
     cfg.max_connections = CONNS;
     cfg.min_connections = CONNS;
     cfg.acquire_timeout_ms = 60000;
-    surpool_pool *p = make(&cfg);
+    surpool_pool *p = tk_pool_create(&cfg);
     for (int i = 0; i < NODES; i++)
         assert_int_equal(ep_conns(p, i), CONNS / NODES);
 
@@ -248,7 +232,7 @@ static void run_comeback(int rebalance)
         cfg.max_lifetime_ms = 1500; /* turnover replaces every connection often */
         cfg.idle_timeout_ms = 0;
     }
-    surpool_pool *p = make(&cfg);
+    surpool_pool *p = tk_pool_create(&cfg);
     WAIT_UNTIL(ep_conns(p, 0) == 2 && ep_conns(p, 1) == 2 && ep_conns(p, 2) == 2, 20000);
     assert_int_equal(harness_node_kill(&g_server, 3), 0);
     WAIT_UNTIL(ep_conns(p, 2) == 0 && ep_conns(p, 0) + ep_conns(p, 1) == 6, 20000);
@@ -299,7 +283,7 @@ static void test_lane_moves(void **state)
     base_config(&cfg, g_server.url, "cluster_lane");
     cfg.max_connections = 6;
     cfg.shared_connections = 3; /* one per node with least-connections */
-    surpool_pool *p = make(&cfg);
+    surpool_pool *p = tk_pool_create(&cfg);
     json_t *r = NULL;
     surpool_error err;
     for (int i = 0; i < 20; i++) {
@@ -355,7 +339,7 @@ static void test_all_down_unavailable(void **state)
     cfg.min_connections = 3;
     cfg.breaker_threshold = 2;
     cfg.acquire_timeout_ms = 120000; /* far beyond this test's bounded waits */
-    surpool_pool *p = make(&cfg);
+    surpool_pool *p = tk_pool_create(&cfg);
     for (int k = 1; k <= NODES; k++)
         assert_int_equal(harness_node_kill(&g_server, k), 0);
     WAIT_UNTIL(ep_conns(p, 0) + ep_conns(p, 1) + ep_conns(p, 2) == 0, 20000);

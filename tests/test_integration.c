@@ -64,31 +64,17 @@ static int group_teardown(void **state)
     return 0;
 }
 
-static void base_config(surpool_config *cfg, char *url, size_t urlsize, const char *db)
+static void base_config(surpool_config *cfg, const char *db)
 {
-    surpool_config_init(cfg);
-    snprintf(url, urlsize, "ws://127.0.0.1:%d/rpc", g_server.port);
-    cfg->url = url;
-    cfg->wire_format = g_wire;
-    cfg->user = "root";
-    cfg->pass = "root";
-    cfg->ns = "test";
-    cfg->db = db;
+    harness_root_config(cfg, g_server.url, db);
     cfg->max_connections = 4;
-    cfg->acquire_timeout_ms = 30000;
-    cfg->connect_timeout_ms = 10000;
 }
 
 static surpool_pool *make_pool(const char *db)
 {
     surpool_config cfg;
-    char url[128];
-    base_config(&cfg, url, sizeof(url), db);
-    surpool_pool *p = NULL;
-    surpool_error err;
-    if (surpool_pool_create(&cfg, &p, &err) != SURPOOL_OK)
-        fail_msg("create: %s", err.message);
-    return tk_pool_track(p);
+    base_config(&cfg, db);
+    return tk_pool_create(&cfg);
 }
 
 static surpool_conn *lease(surpool_pool *p)
@@ -274,8 +260,9 @@ static void test_wrong_path_names_rpc(void **state)
     (void)state;
     surpool_config cfg;
     char url[128];
-    base_config(&cfg, url, sizeof(url), "wrongpath");
+    base_config(&cfg, "wrongpath");
     snprintf(url, sizeof(url), "ws://127.0.0.1:%d/sql", g_server.port);
+    cfg.url = url;
     cfg.breaker_threshold = 0; /* the last connect error, not the breaker's fast failure */
     surpool_pool *p = NULL;
     surpool_error err;
@@ -294,8 +281,7 @@ static void test_wrong_password(void **state)
 {
     (void)state;
     surpool_config cfg;
-    char url[128];
-    base_config(&cfg, url, sizeof(url), "auth");
+    base_config(&cfg, "auth");
     cfg.pass = "not-the-password";
     surpool_pool *p = NULL;
     surpool_error err;
@@ -337,8 +323,7 @@ static void test_unauthenticated_refused(void **state)
 {
     (void)state;
     surpool_config cfg;
-    char url[128];
-    base_config(&cfg, url, sizeof(url), NULL);
+    base_config(&cfg, NULL);
     cfg.user = NULL;
     cfg.pass = NULL;
     cfg.ns = NULL;
@@ -422,8 +407,7 @@ static void test_refused_credentials_are_auth(void **state)
 
     /* Connection setup with a token the server refuses, the breaker on. */
     surpool_config cfg;
-    char url[128];
-    base_config(&cfg, url, sizeof(url), "refusals");
+    base_config(&cfg, "refusals");
     cfg.user = NULL;
     cfg.pass = NULL;
     cfg.token = "not-a-token";
@@ -567,8 +551,7 @@ static void test_session_state_and_dirty_release(void **state)
 {
     (void)state;
     surpool_config cfg;
-    char url[128];
-    base_config(&cfg, url, sizeof(url), "session");
+    base_config(&cfg, "session");
     cfg.max_connections = 1; /* the next lease is the same connection */
     surpool_pool *p = NULL;
     surpool_error err;
@@ -688,8 +671,7 @@ static void test_large_result_and_limit(void **state)
 
     /* Over max_message_bytes: a clean error, then a working replacement. */
     surpool_config cfg;
-    char url[128];
-    base_config(&cfg, url, sizeof(url), "large");
+    base_config(&cfg, "large");
     cfg.max_message_bytes = 1024 * 1024;
     cfg.max_connections = 1;
     assert_int_equal(surpool_pool_create(&cfg, &p, &err), SURPOOL_OK);
@@ -834,8 +816,7 @@ static void *burst_worker(void *arg)
 static void run_real_burst(int callers, int max_conns, const char *sql)
 {
     surpool_config cfg;
-    char url[128];
-    base_config(&cfg, url, sizeof(url), "burst");
+    base_config(&cfg, "burst");
     cfg.max_connections = max_conns;
     cfg.acquire_timeout_ms = 30000;
     surpool_pool *p = NULL;
@@ -876,9 +857,9 @@ static void test_parallel_setup_on_new_database(void **state)
     skip_without_server_concurrency();
     for (int round = 0; round < 4; round++) {
         surpool_config cfg;
-        char url[128], db[32];
+        char db[32];
         snprintf(db, sizeof(db), "fresh%d", round);
-        base_config(&cfg, url, sizeof(url), db);
+        base_config(&cfg, db);
         cfg.ns = db; /* a new namespace too */
         cfg.max_connections = 40;
         cfg.min_connections = 40;
@@ -930,8 +911,7 @@ static void test_lane_burst_async(void **state)
     (void)state;
     skip_without_server_concurrency();
     surpool_config cfg;
-    char url[128];
-    base_config(&cfg, url, sizeof(url), "lane");
+    base_config(&cfg, "lane");
     cfg.max_connections = 4;
     cfg.shared_connections = 2;
     surpool_pool *p = NULL;
