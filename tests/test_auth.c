@@ -22,18 +22,11 @@
 #include "testkit.h"
 
 static test_server g_server;
-static char g_url[128];
 
 static int group_setup(void **state)
 {
     (void)state;
-    const char *args[] = {"--user", "root", "--pass", "root", NULL};
-    if (harness_start(&g_server, "server.mjs", 0, args) != 0) {
-        fprintf(stderr, "cannot start tests/server/server.mjs (did npm ci run?)\n");
-        return -1;
-    }
-    snprintf(g_url, sizeof(g_url), "ws://127.0.0.1:%d/rpc", g_server.port);
-    return 0;
+    return harness_start_root(&g_server);
 }
 
 static int group_teardown(void **state)
@@ -45,24 +38,11 @@ static int group_teardown(void **state)
 
 static void root_config(surpool_config *cfg)
 {
-    surpool_config_init(cfg);
-    cfg->url = g_url;
-    cfg->user = "root";
-    cfg->pass = "root";
+    harness_root_config(cfg, g_server.url, "auth");
     cfg->ns = "auth";
-    cfg->db = "auth";
     cfg->max_connections = 20;
     cfg->max_concurrent_connects = 20;
     cfg->connect_timeout_ms = 20000;
-}
-
-static surpool_pool *create_or_fail(const surpool_config *cfg)
-{
-    surpool_pool *p = NULL;
-    surpool_error err;
-    if (surpool_pool_create(cfg, &p, &err) != SURPOOL_OK)
-        fail_msg("create: %s: %s", surpool_strerror(err.code), err.message);
-    return tk_pool_track(p);
 }
 
 /* A lease of a throwaway one-connection root pool (*pool: destroy it after). */
@@ -71,7 +51,7 @@ static surpool_conn *root_lease(surpool_pool **pool)
     surpool_config cfg;
     root_config(&cfg);
     cfg.max_connections = 1;
-    *pool = create_or_fail(&cfg);
+    *pool = tk_pool_create(&cfg);
     surpool_conn *c = NULL;
     surpool_error err;
     if (tk_acquire(*pool, -1, &c, &err) != SURPOOL_OK)
@@ -125,7 +105,7 @@ static void test_pool_of_20_costs_one_signin(void **state)
     cfg.shared_connections = 0;
     long before = signins();
     long auth_before = harness_stat(&g_server, "authenticates");
-    surpool_pool *p = create_or_fail(&cfg);
+    surpool_pool *p = tk_pool_create(&cfg);
     assert_int_equal(signins() - before, 1);
     assert_int_equal(harness_stat(&g_server, "authenticates") - auth_before, 19);
     lease_all(p, 20);
@@ -144,7 +124,7 @@ static void test_restart_refill_costs_one_signin(void **state)
     cfg.validation_idle_ms = 0; /* notice the dead sockets on acquire */
     cfg.breaker_threshold = 0;  /* the refill must not fail fast while it is down */
     cfg.reconnect_backoff_max_ms = 200;
-    surpool_pool *p = create_or_fail(&cfg);
+    surpool_pool *p = tk_pool_create(&cfg);
     int port = g_server.port;
     harness_kill9(&g_server);
     const char *args[] = {"--user", "root", "--pass", "root", NULL};
@@ -311,7 +291,7 @@ static void test_short_sessions_never_fail(void **state)
     short_lived_user(&cfg, "brief", "brief-pw");
     cfg.max_connections = 6;
     cfg.min_connections = 3;
-    surpool_pool *p = create_or_fail(&cfg);
+    surpool_pool *p = tk_pool_create(&cfg);
     run_load(p, 10);
     tk_pool_destroy(p);
 }
@@ -349,7 +329,7 @@ static void test_record_access(void **state)
     cfg.max_connections = 6;
     cfg.min_connections = 5;
     long before = signins();
-    surpool_pool *p = create_or_fail(&cfg);
+    surpool_pool *p = tk_pool_create(&cfg);
     assert_int_equal(signins() - before, 1);
     run_load(p, 5);
     tk_pool_destroy(p);
@@ -412,7 +392,7 @@ static void test_provider_token(void **state)
     provider_config(&cfg, &pv);
     cfg.min_connections = 5;
     long before = signins();
-    surpool_pool *p = create_or_fail(&cfg);
+    surpool_pool *p = tk_pool_create(&cfg);
     lease_all(p, 5);
     assert_int_equal(atomic_load(&pv.calls), 1);
     assert_int_equal(signins() - before, 0);
@@ -459,7 +439,7 @@ static void test_wrong_password_at_reauth(void **state)
     cfg.max_connections = 2;
     cfg.min_connections = 1;
     cfg.shared_connections = 0;
-    surpool_pool *p = create_or_fail(&cfg);
+    surpool_pool *p = tk_pool_create(&cfg);
     surpool_conn *c = NULL;
     surpool_error err;
     assert_int_equal(tk_acquire(p, -1, &c, &err), SURPOOL_OK);
@@ -506,7 +486,7 @@ static void test_server_refusing_authenticate(void **state)
     cfg.min_connections = 4;
     cfg.max_connections = 4;
     long before = signins();
-    surpool_pool *p = create_or_fail(&cfg);
+    surpool_pool *p = tk_pool_create(&cfg);
     lease_all(p, 4);
     /* One sign-in per connection instead (the first, then one per refused):
      * the refusal ("method not allowed") is recognised whatever the order in
@@ -528,7 +508,7 @@ static void test_config_token_never_signs_in(void **state)
     cfg.token = tok;
     cfg.min_connections = 3;
     long before = signins();
-    surpool_pool *p = create_or_fail(&cfg);
+    surpool_pool *p = tk_pool_create(&cfg);
     lease_all(p, 3);
     assert_int_equal(signins() - before, 0);
     tk_pool_destroy(p);
