@@ -28,12 +28,7 @@ static test_server g_server;
 static int group_setup(void **state)
 {
     (void)state;
-    const char *args[] = {"--user", "root", "--pass", "root", NULL};
-    if (harness_start(&g_server, "server.mjs", 0, args) != 0) {
-        fprintf(stderr, "cannot start tests/server/server.mjs (did npm ci run?)\n");
-        return -1;
-    }
-    return 0;
+    return harness_start_root(&g_server);
 }
 
 static int group_teardown(void **state)
@@ -47,16 +42,11 @@ static surpool_pool *make_pool(surpool_wire_format wire, const char *db)
 {
     surpool_config cfg;
     char url[160];
-    surpool_config_init(&cfg);
     snprintf(url, sizeof(url), "ws://127.0.0.1:%d/rpc?ns=test&db=%s", g_server.port, db);
-    cfg.url = url;
+    harness_root_config(&cfg, url, NULL); /* the url names ns and db */
     cfg.wire_format = wire;
-    cfg.user = "root";
-    cfg.pass = "root";
     cfg.max_connections = 4;
     cfg.shared_connections = 2;
-    cfg.acquire_timeout_ms = 30000;
-    cfg.connect_timeout_ms = 10000;
     surpool_pool *p = NULL;
     surpool_error err;
     if (surpool_pool_create(&cfg, &p, &err) != SURPOOL_OK)

@@ -62,12 +62,7 @@ static test_server g_server;
 static int group_setup(void **state)
 {
     (void)state;
-    const char *args[] = {"--user", "root", "--pass", "root", NULL};
-    if (harness_start(&g_server, "server.mjs", 0, args) != 0) {
-        fprintf(stderr, "cannot start tests/server/server.mjs (did npm ci run?)\n");
-        return -1;
-    }
-    return 0;
+    return harness_start_root(&g_server);
 }
 
 static int group_teardown(void **state)
@@ -100,21 +95,11 @@ static void set_mode(const char *mode)
         fail_msg("POST /control %s failed", body);
 }
 
-static char g_url[128];
-
 static void base_config(surpool_config *cfg)
 {
-    surpool_config_init(cfg);
-    snprintf(g_url, sizeof(g_url), "ws://127.0.0.1:%d/rpc", g_server.port);
-    cfg->url = g_url;
     /* SURPOOL_TEST_WIRE=cbor runs every mode over CBOR (tests/CMakeLists.txt). */
-    const char *wire = getenv("SURPOOL_TEST_WIRE");
-    cfg->wire_format =
-        wire != NULL && strcmp(wire, "cbor") == 0 ? SURPOOL_WIRE_CBOR : SURPOOL_WIRE_JSON;
-    cfg->user = "root";
-    cfg->pass = "root";
+    harness_root_config(cfg, g_server.url, "hostile");
     cfg->ns = "hostile";
-    cfg->db = "hostile";
     cfg->max_connections = 8;
     cfg->acquire_timeout_ms = 10000;
     cfg->connect_timeout_ms = 1500;
