@@ -49,12 +49,7 @@ static void assert_text(const json_t *v, const char *expected)
 static int group_setup(void **state)
 {
     (void)state;
-    const char *args[] = {"--user", "root", "--pass", "root", NULL};
-    if (harness_start(&g_server, "server.mjs", 0, args) != 0) {
-        fprintf(stderr, "cannot start tests/server/server.mjs (did npm ci run?)\n");
-        return -1;
-    }
-    return 0;
+    return harness_start_root(&g_server);
 }
 
 static int group_teardown(void **state)
