@@ -31,7 +31,6 @@
 #define NODES 3
 
 static test_server g_server;
-static surpool_wire_format g_wire = SURPOOL_WIRE_JSON;
 
 static int group_setup(void **state)
 {
@@ -366,9 +365,6 @@ static void test_all_down_unavailable(void **state)
 
 int main(void)
 {
-    const char *wire = getenv("SURPOOL_TEST_WIRE");
-    if (wire != NULL && strcmp(wire, "cbor") == 0)
-        g_wire = SURPOOL_WIRE_CBOR;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_write_a_read_b, setup, tk_teardown),
         cmocka_unit_test_setup_teardown(test_kill_one_during_burst, setup, tk_teardown),

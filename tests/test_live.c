@@ -24,7 +24,6 @@
 #include "testkit.h"
 
 static test_server g_server;
-static surpool_wire_format g_wire = SURPOOL_WIRE_JSON;
 static const char *const g_args[] = {"--user", "root", "--pass", "root", NULL};
 
 static int group_setup(void **state)
@@ -1137,9 +1136,6 @@ static void test_callback_calls_back(void **state)
 
 int main(void)
 {
-    const char *w = getenv("SURPOOL_TEST_WIRE");
-    if (w != NULL && strcmp(w, "cbor") == 0)
-        g_wire = SURPOOL_WIRE_CBOR;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_notification_before_reply, tk_teardown),
         cmocka_unit_test_teardown(test_refused_before_sending, tk_teardown),

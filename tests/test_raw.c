@@ -355,9 +355,7 @@ static void test_take_reply_frames(void **state)
 
 int main(void)
 {
-    const char *wire = getenv("SURPOOL_TEST_WIRE");
-    if (wire != NULL && strcmp(wire, "cbor") == 0)
-        g_wire = SURPOOL_WIRE_CBOR;
+    g_wire = harness_wire();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_query_raw_equals_query, tk_teardown),
         cmocka_unit_test_teardown(test_error_reply, tk_teardown),

@@ -674,9 +674,7 @@ static void test_fake_hostile_and_dying(void **state)
 
 int main(void)
 {
-    const char *wire = getenv("SURPOOL_TEST_WIRE");
-    if (wire != NULL && strcmp(wire, "cbor") == 0)
-        g_wire = SURPOOL_WIRE_CBOR;
+    g_wire = harness_wire();
     if (harness_core_major() == 2) {
         const struct CMUnitTest tests2[] = {
             cmocka_unit_test_teardown(test_2x_unsupported, tk_teardown),

@@ -406,11 +406,8 @@ static void test_hidden_version_method_not_found(void **state)
 
 int main(void)
 {
-    const char *wire = getenv("SURPOOL_TEST_WIRE");
-    if (wire != NULL && strcmp(wire, "cbor") == 0)
-        g_wire = SURPOOL_WIRE_CBOR;
-    const char *core = getenv("SURPOOL_TEST_CORE");
-    if (core != NULL && strcmp(core, "2") == 0) {
+    g_wire = harness_wire();
+    if (harness_core_major() == 2) {
         const struct CMUnitTest tests2[] = {
             cmocka_unit_test_teardown(test_2x_unsupported, tk_teardown),
         };
