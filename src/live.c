@@ -1429,15 +1429,23 @@ void surpool_live_kill(surpool_live *s)
     drop_key_locked(m, &s->cur, 1, now);
     if (surpool__queue_linked(&s->work_link))
         surpool__queue_remove(&s->work_link);
-    /* No notification after kill returns: drop what waits. */
-    surpool__queue *q;
-    while ((q = surpool__queue_head(&s->items)) != NULL) {
-        surpool__queue_remove(q);
-        item_free(SURPOOL__QUEUE_DATA(q, live_item, link));
-    }
+    /* No notification after kill returns: drop what waits. The frames are
+     * freed once the mutex is let go (up to queue_max of them, which the
+     * transport's thread would wait for in surpool__live_notify); the spare
+     * lives in the handle, has no frame and is only unlinked. */
+    surpool__queue dropped;
+    surpool__queue_init(&dropped);
+    if (surpool__queue_linked(&s->resub_spare.link))
+        surpool__queue_remove(&s->resub_spare.link);
+    surpool__queue_move_tail(&dropped, &s->items);
     s->nnotes = 0;
     s->gap_pending = 0;
     close_locked(m, s, SURPOOL_OK, "killed");
     maybe_free_locked(s);
     pthread_mutex_unlock(&m->mu);
+    surpool__queue *q;
+    while ((q = surpool__queue_head(&dropped)) != NULL) {
+        surpool__queue_remove(q);
+        item_free(SURPOOL__QUEUE_DATA(q, live_item, link));
+    }
 }
