@@ -664,9 +664,8 @@ static surpool_err conn_signin(surpool_conn *c, const surpool_credentials *cred,
     return rc;
 }
 
-static surpool_err conn_signup(surpool_conn *c, const char *ns, const char *db,
-                               const char *access, const json_t *vars, json_t **out,
-                               surpool_error *err)
+surpool_err surpool__signup_params(const char *ns, const char *db, const char *access,
+                                   const json_t *vars, json_t **params, surpool_error *err)
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
@@ -683,7 +682,21 @@ static surpool_err conn_signup(surpool_conn *c, const char *ns, const char *db,
         json_decref(obj); /* every string was checked above: out of memory */
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "signup: out of memory");
     }
-    return call_stolen(c, "signup", pack(&je, "[o]", obj), &je, out, err);
+    *params = pack(&je, "[o]", obj);
+    if (*params == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "signup: out of memory");
+    return SURPOOL_OK;
+}
+
+static surpool_err conn_signup(surpool_conn *c, const char *ns, const char *db,
+                               const char *access, const json_t *vars, json_t **out,
+                               surpool_error *err)
+{
+    json_t *params = NULL;
+    CHECK(surpool__signup_params(ns, db, access, vars, &params, err));
+    json_error_t je;
+    memset(&je, 0, sizeof(je));
+    return call_stolen(c, "signup", params, &je, out, err);
 }
 
 static surpool_err conn_authenticate(surpool_conn *c, const char *token, surpool_error *err)
