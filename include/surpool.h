@@ -1098,12 +1098,13 @@ SURPOOL_API surpool_err surpool_session_use(surpool_session *session, const char
                                             const char *db, surpool_error *err);
 
 /** `let`: set variable `name` (without `$`) to a copy of `value` in this
- *  session only; the copy is kept for rebuilds (it counts in the session's
- *  memory). */
+ *  session only, checked as surpool_conn_let() checks them; the copy is kept
+ *  for rebuilds (it counts in the session's memory). */
 SURPOOL_API surpool_err surpool_session_let(surpool_session *session, const char *name,
                                             const json_t *value, surpool_error *err);
 
-/** `unset`: remove variable `name` (and the kept copy). */
+/** `unset`: remove variable `name` (and the kept copy); `name` as for
+ *  surpool_session_let(). */
 SURPOOL_API surpool_err surpool_session_unset(surpool_session *session, const char *name,
                                               surpool_error *err);
 

@@ -714,26 +714,42 @@ static surpool_err conn_invalidate(surpool_conn *c, surpool_error *err)
     return surpool__rpc(c, "invalidate", NULL, INT64_MAX, NULL, err);
 }
 
-static surpool_err conn_let(surpool_conn *c, const char *name, const json_t *value,
-                            surpool_error *err)
+surpool_err surpool__var_params(const char *method, const char *name, const json_t *value,
+                                json_t **params, surpool_error *err)
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
+    int let = strcmp(method, "let") == 0;
     if (!valid_var_name(name))
-        return bad_arg(err, "let: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')");
-    if (value == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "%s: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')", method);
+    if (let && value == NULL)
         return bad_arg(err, "let: value is required (use json_null())");
-    CHECK(check_json(err, "let: value", value));
-    return call_stolen(c, "let", pack(&je, "[sO]", name, (json_t *)value), &je, NULL, err);
+    if (let)
+        CHECK(check_json(err, "let: value", value));
+    *params = let ? pack(&je, "[sO]", name, (json_t *)value) : pack(&je, "[s]", name);
+    if (*params == NULL) /* every string was checked above */
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "%s: out of memory", method);
+    return SURPOOL_OK;
+}
+
+static surpool_err conn_let(surpool_conn *c, const char *name, const json_t *value,
+                            surpool_error *err)
+{
+    json_t *params = NULL;
+    CHECK(surpool__var_params("let", name, value, &params, err));
+    json_error_t je;
+    memset(&je, 0, sizeof(je));
+    return call_stolen(c, "let", params, &je, NULL, err);
 }
 
 static surpool_err conn_unset(surpool_conn *c, const char *name, surpool_error *err)
 {
+    json_t *params = NULL;
+    CHECK(surpool__var_params("unset", name, NULL, &params, err));
     json_error_t je;
     memset(&je, 0, sizeof(je));
-    if (!valid_var_name(name))
-        return bad_arg(err, "unset: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')");
-    return call_stolen(c, "unset", pack(&je, "[s]", name), &je, NULL, err);
+    return call_stolen(c, "unset", params, &je, NULL, err);
 }
 
 /* A thing argument in the pool's wire format: over CBOR "table" / "table:id"

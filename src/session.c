@@ -635,21 +635,20 @@ surpool_err surpool_session_use(surpool_session *s, const char *ns, const char *
 surpool_err surpool_session_let(surpool_session *s, const char *name, const json_t *value,
                                 surpool_error *err)
 {
-    if (name == NULL || name[0] == '\0' || value == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "let: name (non-empty) and value are required");
-    if (!surpool__utf8_valid_str(name))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "let: name must be UTF-8");
-    return call_stolen(s, "let", json_pack("[sO]", name, value), NULL, err);
+    json_t *params = NULL;
+    surpool_err rc = surpool__var_params("let", name, value, &params, err);
+    if (rc != SURPOOL_OK)
+        return rc;
+    return call_stolen(s, "let", params, NULL, err);
 }
 
 surpool_err surpool_session_unset(surpool_session *s, const char *name, surpool_error *err)
 {
-    if (name == NULL || name[0] == '\0')
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "unset: name is required");
-    if (!surpool__utf8_valid_str(name))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "unset: name must be UTF-8");
-    return call_stolen(s, "unset", json_pack("[s]", name), NULL, err);
+    json_t *params = NULL;
+    surpool_err rc = surpool__var_params("unset", name, NULL, &params, err);
+    if (rc != SURPOOL_OK)
+        return rc;
+    return call_stolen(s, "unset", params, NULL, err);
 }
 
 surpool_err surpool_session_signin(surpool_session *s, const surpool_credentials *cred,
