@@ -376,14 +376,21 @@ static int nonempty(const char *s)
 /* Method bodies (their public wrappers are at the end of the file)           */
 /* ------------------------------------------------------------------------- */
 
-static surpool_err conn_call(surpool_conn *c, const char *method, const json_t *params,
-                             json_t **out, surpool_error *err)
+/* The arguments of a lease's call (and its raw twin); the params' values are
+ * checked as they are encoded. */
+static surpool_err check_call_args(const char *method, const json_t *params, surpool_error *err)
 {
     if (!nonempty(method))
         return bad_arg(err, "method must be a non-empty string");
     if (params != NULL && !json_is_array(params))
         return bad_arg(err, "params must be a JSON array or NULL");
-    CHECK(check_strings(err, "call", "method", method, NULL, NULL, NULL, NULL));
+    return check_strings(err, "call", "method", method, NULL, NULL, NULL, NULL);
+}
+
+static surpool_err conn_call(surpool_conn *c, const char *method, const json_t *params,
+                             json_t **out, surpool_error *err)
+{
+    CHECK(check_call_args(method, params, err));
     return surpool__rpc(c, method, params, INT64_MAX, out, err);
 }
 
@@ -417,12 +424,7 @@ static surpool_err conn_call_raw(surpool_conn *c, const char *method, const json
     if (out == NULL)
         return bad_arg(err, "out is required");
     *out = NULL;
-    if (!nonempty(method))
-        return bad_arg(err, "method must be a non-empty string");
-    if (params != NULL && !json_is_array(params))
-        return bad_arg(err, "params must be a JSON array or NULL");
-    CHECK(check_strings(err, "call", "method", method, NULL, NULL, NULL, NULL));
-    CHECK(check_json(err, "call: params", params));
+    CHECK(check_call_args(method, params, err));
     return rpc_call(c, method, params, INT64_MAX, NULL, out, err);
 }
 
