@@ -1007,7 +1007,8 @@ SURPOOL_API surpool_err surpool_conn_cancel(surpool_conn *conn, surpool_error *e
 /* its stored credentials, use, let). A call in flight when the socket dies  */
 /* returns SURPOOL_ERR_DISCONNECTED (it may or may not have run).            */
 /* Interactive transactions and live queries are not available on a session */
-/* (they cannot move to another socket): lease a connection for them.        */
+/* (they cannot move to another socket): lease a connection for a            */
+/* transaction, use surpool_live_start() for a live query.                   */
 /* Needs a lane (shared_connections > 0). On SurrealDB 2.x, which has no     */
 /* sessions, surpool_session_open() returns SURPOOL_ERR_UNSUPPORTED.          */
 /* Results, errors and ownership as surpool_call(): `out` (may be NULL)      */

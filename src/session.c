@@ -124,8 +124,8 @@ static const char *refused(const char *method)
         {"begin", "a transaction cannot survive a socket change: lease a connection"},
         {"commit", "a transaction cannot survive a socket change: lease a connection"},
         {"cancel", "a transaction cannot survive a socket change: lease a connection"},
-        {"live", "live queries need a lease (surpool_conn_call)"},
-        {"kill", "live queries need a lease (surpool_conn_call)"},
+        {"live", "use surpool_live_start(): it survives socket changes"},
+        {"kill", "use surpool_live_start() and surpool_live_kill()"},
     };
     for (size_t i = 0; i < sizeof(list) / sizeof(list[0]); i++)
         if (strcmp(method, list[i].name) == 0)
