@@ -1007,7 +1007,8 @@ SURPOOL_API surpool_err surpool_conn_cancel(surpool_conn *conn, surpool_error *e
 /* its stored credentials, use, let). A call in flight when the socket dies  */
 /* returns SURPOOL_ERR_DISCONNECTED (it may or may not have run).            */
 /* Interactive transactions and live queries are not available on a session */
-/* (they cannot move to another socket): lease a connection for them.        */
+/* (they cannot move to another socket): lease a connection for a            */
+/* transaction, use surpool_live_start() for a live query.                   */
 /* Needs a lane (shared_connections > 0). On SurrealDB 2.x, which has no     */
 /* sessions, surpool_session_open() returns SURPOOL_ERR_UNSUPPORTED.          */
 /* Results, errors and ownership as surpool_call(): `out` (may be NULL)      */
@@ -1098,12 +1099,13 @@ SURPOOL_API surpool_err surpool_session_use(surpool_session *session, const char
                                             const char *db, surpool_error *err);
 
 /** `let`: set variable `name` (without `$`) to a copy of `value` in this
- *  session only; the copy is kept for rebuilds (it counts in the session's
- *  memory). */
+ *  session only, checked as surpool_conn_let() checks them; the copy is kept
+ *  for rebuilds (it counts in the session's memory). */
 SURPOOL_API surpool_err surpool_session_let(surpool_session *session, const char *name,
                                             const json_t *value, surpool_error *err);
 
-/** `unset`: remove variable `name` (and the kept copy). */
+/** `unset`: remove variable `name` (and the kept copy); `name` as for
+ *  surpool_session_let(). */
 SURPOOL_API surpool_err surpool_session_unset(surpool_session *session, const char *name,
                                               surpool_error *err);
 

@@ -262,20 +262,17 @@ static void unregister_locked(surpool__live_mgr *m, live_key *k, int64_t now)
         k->car->empty_since = now;
 }
 
+static void queue_kill_locked(surpool__live_mgr *m, carrier *k, json_t *value);
+
 /* Forget a key: unregistered, and with `kill` its server-side query queued
  * for a `kill` on its carrier (best effort). */
 static void drop_key_locked(surpool__live_mgr *m, live_key *k, int kill, int64_t now)
 {
     if (k->registered) {
         unregister_locked(m, k, now);
-        kill_job *j = kill ? surpool__calloc(1, sizeof(*j)) : NULL;
-        if (j != NULL) {
-            j->car = k->car;
-            j->value = k->value; /* moved */
+        if (kill) {
+            queue_kill_locked(m, k->car, k->value); /* moved */
             k->value = NULL;
-            k->car->nkills++;
-            surpool__queue_insert_tail(&m->kills, &j->link);
-            pthread_cond_signal(&m->work_cv);
         }
     }
     json_decref(k->value);
@@ -656,8 +653,6 @@ static void settle_orphans_locked(surpool__live_mgr *m, live_key *k)
     }
 }
 
-static void queue_kill_locked(surpool__live_mgr *m, carrier *k, json_t *value);
-
 /* Send the start of `s` on `k` (the mutex dropped meanwhile); *id_value: the
  * server's id (a new reference) on success. */
 static surpool_err send_start_locked(surpool__live_mgr *m, surpool_live *s, carrier *k,
@@ -687,8 +682,6 @@ static surpool_err send_start_locked(surpool__live_mgr *m, surpool_live *s, carr
         /* Checked on the 2.6 core: it does not keep the variables sent with
          * the statement for the live query (its WHERE then sees NONE, and
          * every record matches). Refuse rather than deliver the wrong set. */
-        json_decref(params);
-        params = NULL;
         rc = surpool__seterr(err, SURPOOL_ERR_UNSUPPORTED,
                              "live queries with vars need SurrealDB 3 (this server is %d.x: "
                              "write the values into the statement)",
@@ -856,7 +849,6 @@ static void restart_pinned_locked(surpool__live_mgr *m, surpool_live *s)
         /* Killed meanwhile: undo on the server. */
         queue_kill_locked(m, k, value);
         settle_orphans_locked(m, NULL);
-        maybe_free_locked(s);
         return;
     }
     if (rc == SURPOOL_OK && adopt_locked(m, s, &s->cur, k, value) == 0) {
@@ -869,10 +861,8 @@ static void restart_pinned_locked(surpool__live_mgr *m, surpool_live *s)
         return;
     }
     settle_orphans_locked(m, NULL);
-    if (s->killed || s->closed_queued) {
-        maybe_free_locked(s);
+    if (s->killed || s->closed_queued)
         return;
-    }
     if (rc == SURPOOL_ERR_CLOSED) { /* surpool_pool_close(): nothing more to lend */
         close_locked(m, s, rc, "the pool was closed before it could be started again");
         return;
@@ -960,7 +950,6 @@ static int move_pinned_locked(surpool__live_mgr *m, surpool_live *s, carrier *ol
         /* Killed or moved meanwhile: the new one was started for nothing. */
         queue_kill_locked(m, k, value);
         settle_orphans_locked(m, NULL);
-        maybe_free_locked(s);
         return 1;
     }
     /* The old id moves to s->old (still routed), the new one takes s->cur:
@@ -985,15 +974,12 @@ static int move_pinned_locked(surpool__live_mgr *m, surpool_live *s, carrier *ol
      * same socket, in order). Duplicates are possible, a gap is not. */
     json_t *params = json_pack("[O]", s->old.value);
     carrier *oc = s->old.car;
-    s->pinned++;
     pthread_mutex_unlock(&m->mu);
     if (params != NULL)
         surpool__rpc(oc->c, "kill", params, rpc_deadline(m->p), NULL, NULL);
     json_decref(params);
     pthread_mutex_lock(&m->mu);
-    s->pinned--;
     drop_key_locked(m, &s->old, 0, surpool__now_ns());
-    maybe_free_locked(s);
     return 1;
 }
 
@@ -1429,15 +1415,23 @@ void surpool_live_kill(surpool_live *s)
     drop_key_locked(m, &s->cur, 1, now);
     if (surpool__queue_linked(&s->work_link))
         surpool__queue_remove(&s->work_link);
-    /* No notification after kill returns: drop what waits. */
-    surpool__queue *q;
-    while ((q = surpool__queue_head(&s->items)) != NULL) {
-        surpool__queue_remove(q);
-        item_free(SURPOOL__QUEUE_DATA(q, live_item, link));
-    }
+    /* No notification after kill returns: drop what waits. The frames are
+     * freed once the mutex is let go (up to queue_max of them, which the
+     * transport's thread would wait for in surpool__live_notify); the spare
+     * lives in the handle, has no frame and is only unlinked. */
+    surpool__queue dropped;
+    surpool__queue_init(&dropped);
+    if (surpool__queue_linked(&s->resub_spare.link))
+        surpool__queue_remove(&s->resub_spare.link);
+    surpool__queue_move_tail(&dropped, &s->items);
     s->nnotes = 0;
     s->gap_pending = 0;
     close_locked(m, s, SURPOOL_OK, "killed");
     maybe_free_locked(s);
     pthread_mutex_unlock(&m->mu);
+    surpool__queue *q;
+    while ((q = surpool__queue_head(&dropped)) != NULL) {
+        surpool__queue_remove(q);
+        item_free(SURPOOL__QUEUE_DATA(q, live_item, link));
+    }
 }

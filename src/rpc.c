@@ -376,14 +376,21 @@ static int nonempty(const char *s)
 /* Method bodies (their public wrappers are at the end of the file)           */
 /* ------------------------------------------------------------------------- */
 
-static surpool_err conn_call(surpool_conn *c, const char *method, const json_t *params,
-                             json_t **out, surpool_error *err)
+/* The arguments of a lease's call (and its raw twin); the params' values are
+ * checked as they are encoded. */
+static surpool_err check_call_args(const char *method, const json_t *params, surpool_error *err)
 {
     if (!nonempty(method))
         return bad_arg(err, "method must be a non-empty string");
     if (params != NULL && !json_is_array(params))
         return bad_arg(err, "params must be a JSON array or NULL");
-    CHECK(check_strings(err, "call", "method", method, NULL, NULL, NULL, NULL));
+    return check_strings(err, "call", "method", method, NULL, NULL, NULL, NULL);
+}
+
+static surpool_err conn_call(surpool_conn *c, const char *method, const json_t *params,
+                             json_t **out, surpool_error *err)
+{
+    CHECK(check_call_args(method, params, err));
     return surpool__rpc(c, method, params, INT64_MAX, out, err);
 }
 
@@ -417,12 +424,7 @@ static surpool_err conn_call_raw(surpool_conn *c, const char *method, const json
     if (out == NULL)
         return bad_arg(err, "out is required");
     *out = NULL;
-    if (!nonempty(method))
-        return bad_arg(err, "method must be a non-empty string");
-    if (params != NULL && !json_is_array(params))
-        return bad_arg(err, "params must be a JSON array or NULL");
-    CHECK(check_strings(err, "call", "method", method, NULL, NULL, NULL, NULL));
-    CHECK(check_json(err, "call: params", params));
+    CHECK(check_call_args(method, params, err));
     return rpc_call(c, method, params, INT64_MAX, NULL, out, err);
 }
 
@@ -664,9 +666,8 @@ static surpool_err conn_signin(surpool_conn *c, const surpool_credentials *cred,
     return rc;
 }
 
-static surpool_err conn_signup(surpool_conn *c, const char *ns, const char *db,
-                               const char *access, const json_t *vars, json_t **out,
-                               surpool_error *err)
+surpool_err surpool__signup_params(const char *ns, const char *db, const char *access,
+                                   const json_t *vars, json_t **params, surpool_error *err)
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
@@ -683,7 +684,21 @@ static surpool_err conn_signup(surpool_conn *c, const char *ns, const char *db,
         json_decref(obj); /* every string was checked above: out of memory */
         return surpool__seterr(err, SURPOOL_ERR_NOMEM, "signup: out of memory");
     }
-    return call_stolen(c, "signup", pack(&je, "[o]", obj), &je, out, err);
+    *params = pack(&je, "[o]", obj);
+    if (*params == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "signup: out of memory");
+    return SURPOOL_OK;
+}
+
+static surpool_err conn_signup(surpool_conn *c, const char *ns, const char *db,
+                               const char *access, const json_t *vars, json_t **out,
+                               surpool_error *err)
+{
+    json_t *params = NULL;
+    CHECK(surpool__signup_params(ns, db, access, vars, &params, err));
+    json_error_t je;
+    memset(&je, 0, sizeof(je));
+    return call_stolen(c, "signup", params, &je, out, err);
 }
 
 static surpool_err conn_authenticate(surpool_conn *c, const char *token, surpool_error *err)
@@ -701,26 +716,42 @@ static surpool_err conn_invalidate(surpool_conn *c, surpool_error *err)
     return surpool__rpc(c, "invalidate", NULL, INT64_MAX, NULL, err);
 }
 
-static surpool_err conn_let(surpool_conn *c, const char *name, const json_t *value,
-                            surpool_error *err)
+surpool_err surpool__var_params(const char *method, const char *name, const json_t *value,
+                                json_t **params, surpool_error *err)
 {
     json_error_t je;
     memset(&je, 0, sizeof(je));
+    int let = strcmp(method, "let") == 0;
     if (!valid_var_name(name))
-        return bad_arg(err, "let: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')");
-    if (value == NULL)
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "%s: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')", method);
+    if (let && value == NULL)
         return bad_arg(err, "let: value is required (use json_null())");
-    CHECK(check_json(err, "let: value", value));
-    return call_stolen(c, "let", pack(&je, "[sO]", name, (json_t *)value), &je, NULL, err);
+    if (let)
+        CHECK(check_json(err, "let: value", value));
+    *params = let ? pack(&je, "[sO]", name, (json_t *)value) : pack(&je, "[s]", name);
+    if (*params == NULL) /* every string was checked above */
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "%s: out of memory", method);
+    return SURPOOL_OK;
+}
+
+static surpool_err conn_let(surpool_conn *c, const char *name, const json_t *value,
+                            surpool_error *err)
+{
+    json_t *params = NULL;
+    CHECK(surpool__var_params("let", name, value, &params, err));
+    json_error_t je;
+    memset(&je, 0, sizeof(je));
+    return call_stolen(c, "let", params, &je, NULL, err);
 }
 
 static surpool_err conn_unset(surpool_conn *c, const char *name, surpool_error *err)
 {
+    json_t *params = NULL;
+    CHECK(surpool__var_params("unset", name, NULL, &params, err));
     json_error_t je;
     memset(&je, 0, sizeof(je));
-    if (!valid_var_name(name))
-        return bad_arg(err, "unset: name must match [A-Za-z_][A-Za-z0-9_]* (no '$')");
-    return call_stolen(c, "unset", pack(&je, "[s]", name), &je, NULL, err);
+    return call_stolen(c, "unset", params, &je, NULL, err);
 }
 
 /* A thing argument in the pool's wire format: over CBOR "table" / "table:id"

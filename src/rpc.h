@@ -44,6 +44,16 @@ surpool_err surpool__query_params(const char *sql, const json_t *vars, json_t **
  * is a new reference holding a password: the caller wipes what it encodes. */
 surpool_err surpool__signin_params(const surpool_credentials *cred, json_t **params,
                                    surpool_error *err);
+/* `signup` params ([{ns, db, ac, ...vars}]), checked as surpool_conn_signup()
+ * checks them (INVALID_ARG, NOMEM); *params is a new reference. */
+surpool_err surpool__signup_params(const char *ns, const char *db, const char *access,
+                                   const json_t *vars, json_t **params, surpool_error *err);
+
+/* `let` params ([name, value]) or, `value` NULL, `unset` params ([name]):
+ * the name [A-Za-z_][A-Za-z0-9_]*, the value checked (INVALID_ARG, NOMEM);
+ * `method` is "let" or "unset". *params is a new reference. */
+surpool_err surpool__var_params(const char *method, const char *name, const json_t *value,
+                                json_t **params, surpool_error *err);
 
 /* What one request adds to the pool's settings. */
 typedef struct surpool__reqopts {

@@ -124,8 +124,8 @@ static const char *refused(const char *method)
         {"begin", "a transaction cannot survive a socket change: lease a connection"},
         {"commit", "a transaction cannot survive a socket change: lease a connection"},
         {"cancel", "a transaction cannot survive a socket change: lease a connection"},
-        {"live", "live queries need a lease (surpool_conn_call)"},
-        {"kill", "live queries need a lease (surpool_conn_call)"},
+        {"live", "use surpool_live_start(): it survives socket changes"},
+        {"kill", "use surpool_live_start() and surpool_live_kill()"},
     };
     for (size_t i = 0; i < sizeof(list) / sizeof(list[0]); i++)
         if (strcmp(method, list[i].name) == 0)
@@ -459,21 +459,10 @@ static surpool_err take_auth(surpool_session *s, const surpool_session_options *
         if (rc != SURPOOL_OK)
             return rc;
     } else if (o->signup_access != NULL) {
-        if (o->ns == NULL || o->db == NULL || o->signup_access[0] == '\0')
-            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                                   "session: signup needs ns, db and a non-empty access");
-        if (o->signup_vars != NULL && !json_is_object(o->signup_vars))
-            return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                                   "session: signup_vars must be a JSON object");
-        /* ns, db and signup_access were checked for UTF-8 by the caller. */
-        json_t *obj = o->signup_vars != NULL ? json_deep_copy(o->signup_vars) : json_object();
-        if (obj == NULL || json_object_set_new(obj, "ns", json_string(o->ns)) ||
-            json_object_set_new(obj, "db", json_string(o->db)) ||
-            json_object_set_new(obj, "ac", json_string(o->signup_access))) {
-            json_decref(obj);
-            return surpool__seterr(err, SURPOOL_ERR_NOMEM, "session: out of memory");
-        }
-        params = json_pack("[o]", obj);
+        surpool_err rc = surpool__signup_params(o->ns, o->db, o->signup_access, o->signup_vars,
+                                                &params, err);
+        if (rc != SURPOOL_OK)
+            return rc;
         *signup = 1;
     } else if (o->token != NULL) {
         if (o->token[0] == '\0')
@@ -484,8 +473,6 @@ static surpool_err take_auth(surpool_session *s, const surpool_session_options *
     } else {
         return SURPOOL_OK;
     }
-    if (params == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "session: out of memory");
     s->creds = json_dumps(json_array_get(params, 0), JSON_COMPACT);
     /* The params hold a password: jansson frees them; the text copy is wiped. */
     json_decref(params);
@@ -648,21 +635,20 @@ surpool_err surpool_session_use(surpool_session *s, const char *ns, const char *
 surpool_err surpool_session_let(surpool_session *s, const char *name, const json_t *value,
                                 surpool_error *err)
 {
-    if (name == NULL || name[0] == '\0' || value == NULL)
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "let: name (non-empty) and value are required");
-    if (!surpool__utf8_valid_str(name))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "let: name must be UTF-8");
-    return call_stolen(s, "let", json_pack("[sO]", name, value), NULL, err);
+    json_t *params = NULL;
+    surpool_err rc = surpool__var_params("let", name, value, &params, err);
+    if (rc != SURPOOL_OK)
+        return rc;
+    return call_stolen(s, "let", params, NULL, err);
 }
 
 surpool_err surpool_session_unset(surpool_session *s, const char *name, surpool_error *err)
 {
-    if (name == NULL || name[0] == '\0')
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "unset: name is required");
-    if (!surpool__utf8_valid_str(name))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "unset: name must be UTF-8");
-    return call_stolen(s, "unset", json_pack("[s]", name), NULL, err);
+    json_t *params = NULL;
+    surpool_err rc = surpool__var_params("unset", name, NULL, &params, err);
+    if (rc != SURPOOL_OK)
+        return rc;
+    return call_stolen(s, "unset", params, NULL, err);
 }
 
 surpool_err surpool_session_signin(surpool_session *s, const surpool_credentials *cred,
@@ -679,25 +665,11 @@ surpool_err surpool_session_signup(surpool_session *s, const char *ns, const cha
                                    const char *access, const json_t *vars, json_t **out,
                                    surpool_error *err)
 {
-    if (ns == NULL || db == NULL || access == NULL || ns[0] == '\0' || db[0] == '\0' ||
-        access[0] == '\0')
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "signup: ns, db and access are required");
-    if (vars != NULL && !json_is_object(vars))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "signup: vars must be a JSON object");
-    if (!surpool__utf8_valid_str(ns) || !surpool__utf8_valid_str(db) ||
-        !surpool__utf8_valid_str(access))
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
-                               "signup: strings must be valid UTF-8");
-    json_t *obj = vars != NULL ? json_deep_copy(vars) : json_object();
-    if (obj == NULL || json_object_set_new(obj, "ns", json_string(ns)) ||
-        json_object_set_new(obj, "db", json_string(db)) ||
-        json_object_set_new(obj, "ac", json_string(access))) {
-        json_decref(obj);
-        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "signup: out of memory");
-    }
-    return call_stolen(s, "signup", json_pack("[o]", obj), out, err);
+    json_t *params = NULL;
+    surpool_err rc = surpool__signup_params(ns, db, access, vars, &params, err);
+    if (rc != SURPOOL_OK)
+        return rc;
+    return call_stolen(s, "signup", params, out, err);
 }
 
 surpool_err surpool_session_authenticate(surpool_session *s, const char *token,

@@ -672,6 +672,39 @@ static void test_fake_hostile_and_dying(void **state)
     tk_pool_destroy(p);
 }
 
+/* The session's let and unset check their arguments as surpool_conn_let and
+ * surpool_conn_unset do: a name `let` would not take, or a value whose
+ * strings are not UTF-8, is INVALID_ARG, and the session still works. */
+static void test_let_checked_as_lease(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool(1);
+    char *tok = root_token(p);
+    surpool_session *s = open_token(p, tok);
+    surpool_error err;
+    static const char *const names[] = {"a b", "$x", "1x", "a-b"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        surpool_err rc = surpool_session_let(s, names[i], json_true(), &err);
+        if (rc != SURPOOL_ERR_INVALID_ARG)
+            fail_msg("let '%s': %s: %s", names[i], surpool_err_name(rc), err.message);
+        rc = surpool_session_unset(s, names[i], &err);
+        if (rc != SURPOOL_ERR_INVALID_ARG)
+            fail_msg("unset '%s': %s: %s", names[i], surpool_err_name(rc), err.message);
+    }
+    json_t *bad = json_stringn_nocheck("\xff", 1);
+    assert_int_equal(surpool_session_let(s, "v", bad, &err), SURPOOL_ERR_INVALID_ARG);
+    json_decref(bad);
+    json_t *seven = json_integer(7);
+    must(surpool_session_let(s, "ok_1", seven, &err), &err, "let ok_1");
+    json_decref(seven);
+    json_t *r = one(s, "RETURN $ok_1");
+    assert_int_equal(json_integer_value(r), 7);
+    json_decref(r);
+    surpool_session_close(s);
+    free(tok);
+    tk_pool_destroy(p);
+}
+
 int main(void)
 {
     g_wire = harness_wire();
@@ -692,6 +725,7 @@ int main(void)
         cmocka_unit_test_teardown(test_destroy_with_open_sessions, tk_teardown),
         cmocka_unit_test_teardown(test_bad_input, tk_teardown),
         cmocka_unit_test_teardown(test_needs_lane, tk_teardown),
+        cmocka_unit_test_teardown(test_let_checked_as_lease, tk_teardown),
     };
     return cmocka_run_group_tests_name(g_wire == SURPOOL_WIRE_CBOR ? "session-cbor"
                                                                    : "session-json",
