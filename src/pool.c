@@ -309,15 +309,9 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
         surpool__free(p);
         return rc;
     }
-    rc = surpool__url_dup(&p->url, &p->eps[0].url, err);
-    if (rc != SURPOOL_OK) {
-        surpool__config_free_endpoints(p->eps, p->neps);
-        surpool__free(p);
-        return rc;
-    }
-    rc = surpool__config_copy(&p->cfg, cfg, &p->url, err);
+    rc = surpool__config_copy(&p->cfg, cfg, &p->eps[0].url, err);
     if (rc != SURPOOL_OK)
-        goto fail_url;
+        goto fail_eps;
     rc = surpool__config_validate_merged(&p->cfg.pub, err);
     if (rc != SURPOOL_OK)
         goto fail_config;
@@ -370,7 +364,7 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
 
     surpool__tconfig tc;
     memset(&tc, 0, sizeof(tc));
-    tc.url = &p->url;
+    tc.url = &p->eps[0].url;
     tc.connect_timeout_ms = cfg->connect_timeout_ms;
     tc.max_message_bytes = cfg->max_message_bytes;
     tc.cbor = p->cfg.pub.wire_format == SURPOOL_WIRE_CBOR;
@@ -455,8 +449,7 @@ fail_connectors:
     surpool__free(p->connectors);
 fail_config:
     surpool__config_free(&p->cfg);
-fail_url:
-    surpool__url_free(&p->url);
+fail_eps:
     surpool__config_free_endpoints(p->eps, p->neps);
     surpool__free(p);
     return rc;
@@ -545,7 +538,6 @@ void surpool_pool_destroy(surpool_pool *p)
     pthread_mutex_destroy(&p->mu);
     surpool__free(p->connectors);
     surpool__config_free(&p->cfg);
-    surpool__url_free(&p->url);
     surpool__config_free_endpoints(p->eps, p->neps);
     surpool__wipe(&p->last_connect_error, sizeof(p->last_connect_error));
     surpool__free(p);

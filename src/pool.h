@@ -110,8 +110,8 @@ typedef struct surpool__pool_config {
 struct surpool_pool {
     pthread_mutex_t mu;
     surpool__pool_config cfg;
-    surpool__url url;       /* the first node's URL: credentials, ns/db, messages */
-    surpool__endpoint *eps; /* the nodes, in list order (never empty) */
+    surpool__endpoint *eps; /* the nodes, in list order (never empty); eps[0].url
+                               also gives the credentials, ns and db (config.c) */
     int neps;
     int rr_next;               /* round-robin placement: next node to try (mu) */
     int nprobing;              /* connects that are breaker probes (mu) */
