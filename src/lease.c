@@ -280,7 +280,7 @@ surpool_conn *surpool__lease_conn_of(const surpool_conn *h)
     return gen_matches(w, gen) && WORD_STATE(w) != SLOT_FREE ? s->conn : NULL;
 }
 
-static const char *refusal(surpool__lease_claim why)
+const char *surpool__lease_refusal(surpool__lease_claim why)
 {
     switch (why) {
     case SURPOOL__LEASE_BUSY:
@@ -295,7 +295,8 @@ static const char *refusal(surpool__lease_claim why)
 
 surpool_err surpool__lease_refused(surpool__lease_claim why, const char *fn, surpool_error *err)
 {
-    return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s: %s", fn, refusal(why));
+    return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s: %s", fn,
+                           surpool__lease_refusal(why));
 }
 
 void surpool__lease_log_refused(surpool_conn *h, surpool__lease_claim why, const char *fn)
@@ -321,7 +322,7 @@ void surpool__lease_log_refused(surpool_conn *h, surpool__lease_claim why, const
         return;
     if (why != SURPOOL__LEASE_STALE)
         surpool__log(&lg, SURPOOL_LOG_ERROR, "%s: connection %llu: %s: refused", fn,
-                     (unsigned long long)serial, refusal(why));
+                     (unsigned long long)serial, surpool__lease_refusal(why));
     else
         surpool__log(&lg, SURPOOL_LOG_ERROR,
                      "%s: connection %llu: this lease was already given back (released "
