@@ -276,11 +276,10 @@ static void *connector_main(void *arg)
         p->nconnecting--;
         e->nconnecting--;
         p->nprobing -= probe;
-        int before = q.n;
         if (rc == SURPOOL_OK) {
             if (e->breaker_open) {
                 e->breaker_open = 0;
-                surpool__evq_add(p, &q, SURPOOL_EVENT_BREAKER_CLOSE, 0, 0, SURPOOL_OK,
+                surpool__evq_add(p, &q, SURPOOL_EVENT_BREAKER_CLOSE, 0, ep, 0, SURPOOL_OK,
                                  "a probe connected: the server is back", NULL, 0);
                 if (p->neps == 1)
                     surpool__evq_log(p, &q, SURPOOL_LOG_WARN,
@@ -308,9 +307,8 @@ static void *connector_main(void *arg)
             }
             int64_t cus = c->connect_ns / 1000;
             surpool__hist_add(&p->connect_hist, cus);
-            surpool__evq_add(p, &q, SURPOOL_EVENT_CREATE, c->serial, cus, SURPOOL_OK, NULL,
+            surpool__evq_add(p, &q, SURPOOL_EVENT_CREATE, c->serial, ep, cus, SURPOOL_OK, NULL,
                              NULL, 0);
-            surpool__evq_set_endpoint(&q, before, ep);
             if (p->closed) {
                 /* Lost the race with close(): nobody may have it. */
                 c->state = SURPOOL__CONN_LEASED;
@@ -332,8 +330,8 @@ static void *connector_main(void *arg)
             surpool__error_copy(&p->last_connect_error, &cerr);
             long d = backoff_ms(p, e->consecutive_failures);
             e->not_before_ns = surpool__add_sat(surpool__now_ns(), surpool__ms_to_ns(d));
-            surpool__evq_add(p, &q, SURPOOL_EVENT_CONNECT_FAIL, 0, 0, cerr.code, cerr.message,
-                             NULL, 0);
+            surpool__evq_add(p, &q, SURPOOL_EVENT_CONNECT_FAIL, 0, ep, 0, cerr.code,
+                             cerr.message, NULL, 0);
             if (p->neps == 1)
                 surpool__evq_log(p, &q, SURPOOL_LOG_WARN,
                                  "connect failed (%d in a row, next try in %ld ms): %s",
@@ -348,7 +346,7 @@ static void *connector_main(void *arg)
                 e->breaker_open = 1;
                 e->breaker_opens++;
                 p->stats.breaker_opens++;
-                surpool__evq_add(p, &q, SURPOOL_EVENT_BREAKER_OPEN, 0, 0, cerr.code,
+                surpool__evq_add(p, &q, SURPOOL_EVENT_BREAKER_OPEN, 0, ep, 0, cerr.code,
                                  cerr.message, NULL, 0);
                 if (p->neps == 1)
                     surpool__evq_log(p, &q, SURPOOL_LOG_ERROR,
@@ -362,7 +360,6 @@ static void *connector_main(void *arg)
                                      ep + 1, e->url.port, e->consecutive_failures);
                 pool_breaker_update_locked(p);
             }
-            surpool__evq_set_endpoint(&q, before, ep);
             fail_stranded_waiters_locked(p);
         }
         surpool__pool_check_locked(p);

@@ -229,22 +229,16 @@ typedef struct surpool__evq {
     char msg[SURPOOL__EVQ_MAX][192];
     int n;
 } surpool__evq;
+/* `ep`: the node the event is about (0-based index into pool->eps), or -1. */
 void surpool__evq_add(const surpool_pool *p, surpool__evq *q, surpool_event_type type,
-                      uint64_t conn_id, int64_t duration_us, surpool_err code, const char *msg,
-                      const char *file, int line);
+                      uint64_t conn_id, int ep, int64_t duration_us, surpool_err code,
+                      const char *msg, const char *file, int line);
 void surpool__evq_log(const surpool_pool *p, surpool__evq *q, surpool_log_level level,
                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 void surpool__evq_flush(const surpool_pool *p, surpool__evq *q); /* mu NOT held */
 /* Called with the mutex held: if anything is queued, drops the mutex to
  * flush, and takes it again. */
 void surpool__evq_flush_dropping(surpool_pool *p, surpool__evq *q);
-/* Tag the events queued since q->n was `before` with a node (0-based index). */
-static inline void surpool__evq_set_endpoint(surpool__evq *q, int before, int ep)
-{
-    for (int i = before; i < q->n; i++)
-        if (q->log_level[i] < 0)
-            q->ev[i].endpoint = ep + 1;
-}
 
 /* ---- governor.c: connector threads, backoff, the circuit breaker (rules 5
  * and 6 live there). ---- */
