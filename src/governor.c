@@ -49,6 +49,12 @@ static int needs_probe(const surpool_pool *p, const surpool__endpoint *e)
     return e->breaker_open || (rebalancing(p) && e->consecutive_failures > 0);
 }
 
+/* Waiters that no connect in progress covers (a probe covers none, rule 6a). */
+static int uncovered_waiters_locked(const surpool_pool *p)
+{
+    return p->paused ? 0 : p->nwaiters - (p->nconnecting - p->nprobing);
+}
+
 /* Connects the pool wants started now: enough for every waiter not already
  * covered by a connect in progress, and enough to reach min_connections. With
  * the circuit open, a single probe at a time. */
@@ -59,7 +65,7 @@ static int connect_demand_locked(const surpool_pool *p)
     int free_slots = p->cfg.pub.max_connections - surpool__pool_total_locked(p);
     if (p->breaker_open)
         return p->nconnecting == 0 && free_slots > 0 ? 1 : 0;
-    int want = p->paused ? 0 : p->nwaiters - (p->nconnecting - p->nprobing);
+    int want = uncovered_waiters_locked(p);
     int below_min = p->cfg.pub.min_connections - surpool__pool_total_locked(p);
     if (below_min > want)
         want = below_min;
@@ -121,7 +127,7 @@ int surpool__governor_pick_locked(surpool_pool *p, int64_t now, int64_t *retry_a
      * first, unless it would take a slot that a waiter not covered by a
      * connect in progress needs: then a healthy node serves the waiter, and
      * the probe waits for a spare slot (or for no healthy node to be left). */
-    int uncovered = p->paused ? 0 : p->nwaiters - (p->nconnecting - p->nprobing);
+    int uncovered = uncovered_waiters_locked(p);
     int spare = p->cfg.pub.max_connections - surpool__pool_total_locked(p) -
                 (uncovered > 0 ? uncovered : 0);
     int due = -1;
