@@ -32,8 +32,8 @@ typedef enum surpool__conn_state {
     SURPOOL__CONN_LEASED = 2,
     SURPOOL__CONN_RELEASING = 3, /* a release claimed it; the same lease released
                                     again meanwhile is a detected no-op */
-    SURPOOL__CONN_CLOSED = 4,    /* forgotten by the pool; kept in the graveyard so
-                                    a stale handle is still readable */
+    SURPOOL__CONN_CLOSED = 4,    /* forgotten by the pool; kept in the graveyard
+                                    (pool.c, rule 9) */
 } surpool__conn_state;
 
 struct surpool_conn {
@@ -125,9 +125,9 @@ struct surpool_pool {
     surpool__queue idle; /* surpool_conn.idle_link; head = most recently used */
     int nidle, nleased, nconnecting;
     int nclosing; /* forgotten, close() in progress outside mu */
-    /* Closed connections whose memory is kept a while (FIFO, at most
-     * SURPOOL__GRAVE_MAX), so that releasing a lease a second time reads a
-     * connection marked CLOSED instead of freed memory (mu). */
+    /* Closed connections whose memory (and so lease slot) is kept a while
+     * (FIFO, at most SURPOOL__GRAVE_MAX), so that a stale lease handle of one
+     * still names its pool for the ERROR line of a second release (mu). */
     surpool__queue grave; /* surpool_conn.idle_link; head = the oldest */
     int ngrave;
     int nmaint;    /* leased to the maintainer (counted in nleased) */
