@@ -83,8 +83,9 @@ struct surpool_conn {
 
 typedef struct surpool__waiter surpool__waiter;
 
-/* One node of the pool (docs/cluster.md): its URL (a full single-host URL; the
- * pool's credentials are in every one) and its own connect governor state
+/* One node of the pool (docs/cluster.md): its URL (scheme, host, port and path
+ * are what a connect uses; the shared credentials and query parts are read
+ * from eps[0] only, at create) and its own connect governor state
  * (governor.c). Everything but url is guarded by the pool mutex. */
 typedef struct surpool__endpoint {
     surpool__url url;
