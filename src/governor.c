@@ -17,7 +17,7 @@
  *     probe at a time, paced by the backoff, tests whether the server is back.
  *  6a. Several nodes (docs/cluster.md): the backoff and the breaker of rule 6
  *     are per node (surpool__endpoint). A connect goes to a node chosen by
- *     surpool__governor_pick_locked(): a node whose breaker is open and whose
+ *     pick_node_locked(): a node whose breaker is open and whose
  *     backoff has passed gets its one probe first if a slot is spare (one no
  *     uncovered waiter needs; else a healthy node serves the waiter first);
  *     otherwise the placement policy chooses among the healthy nodes (breaker
@@ -118,8 +118,12 @@ static uint64_t next_random_locked(surpool_pool *p)
     return x * UINT64_C(2685821657736338717);
 }
 
-int surpool__governor_pick_locked(surpool_pool *p, int64_t now, int64_t *retry_at_ns,
-                                  int *probe)
+/* Which node a new connection should go to now (the placement policy over
+ * the healthy nodes; a due probe first when a slot is spare, rule 6a), or -1
+ * with *retry_at_ns set to when one may be (INT64_MAX: when a connect in
+ * progress ends). *probe says the connect is a probe (of a node whose circuit
+ * is open or, rebalancing, whose last connect failed): it covers no waiter. */
+static int pick_node_locked(surpool_pool *p, int64_t now, int64_t *retry_at_ns, int *probe)
 {
     int64_t retry = INT64_MAX;
     *probe = 0;
@@ -252,7 +256,7 @@ static void *connector_main(void *arg)
         }
         int64_t retry_at = INT64_MAX;
         int probe = 0;
-        int ep = surpool__governor_pick_locked(p, surpool__now_ns(), &retry_at, &probe);
+        int ep = pick_node_locked(p, surpool__now_ns(), &retry_at, &probe);
         if (ep < 0) {
             /* Every node backs off (or has its probe running): wait for the
              * first backoff to pass, or for a connect to end. */

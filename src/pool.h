@@ -253,12 +253,6 @@ surpool_err surpool__governor_timeout_error_locked(surpool_pool *p, long timeout
                                                    surpool_error *err);
 /* Join every connector thread; the pool is closed and no connect is running. */
 void surpool__governor_join(surpool_pool *p);
-/* Which node a new connection should go to now (the placement policy over
- * the healthy nodes, due breaker probes first), or -1 with *retry_at_ns set
- * to when one may be (INT64_MAX: when a connect in progress ends). *probe says
- * the node's breaker is open. */
-int surpool__governor_pick_locked(surpool_pool *p, int64_t now, int64_t *retry_at_ns,
-                                  int *probe);
 
 /* ---- maintainer.c: idle retirement, lifetime, keepalive, leak reports. ---- */
 int surpool__maintainer_start(surpool_pool *p); /* 0 or -1 */
