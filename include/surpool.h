@@ -604,12 +604,12 @@ SURPOOL_API int surpool_conn_endpoint(const surpool_conn *conn);
  *  also when two threads release it at once, and also after the pool has
  *  lent the connection again (the handle names the lease, not the
  *  connection: the new borrower's lease is never touched). It logs an ERROR
- *  line through the pool's log_fn while the connection still exists; the
- *  handle of a connection since closed, or of a destroyed pool, is ignored
- *  silently (there is no pool left to log to). A release while another
- *  thread is inside a call on the same lease (forbidden: one thread at a
- *  time per handle) is refused with an ERROR line and the lease stays open;
- *  release it once that call has returned.
+ *  line through the pool's log_fn while the connection is open or recently
+ *  closed (the pool keeps its last closed connections a while); the handle
+ *  of one closed long ago, or of a destroyed pool, is ignored silently. A
+ *  release while another thread is inside a call on the same lease
+ *  (forbidden: one thread at a time per handle) is refused with an ERROR
+ *  line and the lease stays open; release it once that call has returned.
  *  Thread safety: Any thread (the one holding the lease). */
 SURPOOL_API void surpool_conn_release(surpool_conn *conn);
 

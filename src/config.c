@@ -134,21 +134,6 @@ surpool_err surpool__config_endpoints(const surpool_config *c, surpool__endpoint
         surpool__config_free_endpoints(eps, have);
         return rc;
     }
-    /* The shared parts (credentials, query) of the first node go to every
-     * node listed in config.endpoints, so that each URL is complete. */
-    for (int i = nhosts; i < total; i++) {
-        surpool__url *u = &eps[i].url;
-        const surpool__url *f = &eps[0].url;
-        u->format = f->format;
-        if ((f->user != NULL && (u->user = surpool__strdup(f->user)) == NULL) ||
-            (f->pass != NULL && (u->pass = surpool__strdup(f->pass)) == NULL) ||
-            (f->ns != NULL && (u->ns = surpool__strdup(f->ns)) == NULL) ||
-            (f->db != NULL && (u->db = surpool__strdup(f->db)) == NULL) ||
-            (f->access != NULL && (u->access = surpool__strdup(f->access)) == NULL)) {
-            surpool__config_free_endpoints(eps, total);
-            return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory reading the nodes");
-        }
-    }
     *out = eps;
     *n = total;
     return SURPOOL_OK;

@@ -522,9 +522,7 @@ const char *surpool_conn_last_error(const surpool_conn *h)
     surpool_conn *c = NULL;
     surpool__lease_claim why = surpool__lease_pin((surpool_conn *)h, &c);
     if (why != SURPOOL__LEASE_OK)
-        return why == SURPOOL__LEASE_BUSY
-                   ? "the lease is in a call on another thread (one thread at a time per lease)"
-                   : "connection handle already released (stale or invalid handle)";
+        return surpool__lease_refusal(why);
     const char *text = c->last_error;
     surpool__lease_unpin((surpool_conn *)h);
     return text;

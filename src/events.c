@@ -10,8 +10,8 @@
 #include "pool.h"
 
 void surpool__evq_add(const surpool_pool *p, surpool__evq *q, surpool_event_type type,
-                      uint64_t conn_id, int64_t duration_us, surpool_err code, const char *msg,
-                      const char *file, int line)
+                      uint64_t conn_id, int ep, int64_t duration_us, surpool_err code,
+                      const char *msg, const char *file, int line)
 {
     if (p->cfg.pub.on_event == NULL || q->n >= SURPOOL__EVQ_MAX)
         return;
@@ -19,6 +19,7 @@ void surpool__evq_add(const surpool_pool *p, surpool__evq *q, surpool_event_type
     memset(e, 0, sizeof(*e));
     e->type = type;
     e->conn_id = conn_id;
+    e->endpoint = ep + 1; /* public: 1-based, 0 = not about one node */
     e->duration_us = duration_us;
     e->code = code;
     e->file = file;

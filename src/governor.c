@@ -17,7 +17,7 @@
  *     probe at a time, paced by the backoff, tests whether the server is back.
  *  6a. Several nodes (docs/cluster.md): the backoff and the breaker of rule 6
  *     are per node (surpool__endpoint). A connect goes to a node chosen by
- *     surpool__governor_pick_locked(): a node whose breaker is open and whose
+ *     pick_node_locked(): a node whose breaker is open and whose
  *     backoff has passed gets its one probe first if a slot is spare (one no
  *     uncovered waiter needs; else a healthy node serves the waiter first);
  *     otherwise the placement policy chooses among the healthy nodes (breaker
@@ -49,6 +49,12 @@ static int needs_probe(const surpool_pool *p, const surpool__endpoint *e)
     return e->breaker_open || (rebalancing(p) && e->consecutive_failures > 0);
 }
 
+/* Waiters that no connect in progress covers (a probe covers none, rule 6a). */
+static int uncovered_waiters_locked(const surpool_pool *p)
+{
+    return p->paused ? 0 : p->nwaiters - (p->nconnecting - p->nprobing);
+}
+
 /* Connects the pool wants started now: enough for every waiter not already
  * covered by a connect in progress, and enough to reach min_connections. With
  * the circuit open, a single probe at a time. */
@@ -59,7 +65,7 @@ static int connect_demand_locked(const surpool_pool *p)
     int free_slots = p->cfg.pub.max_connections - surpool__pool_total_locked(p);
     if (p->breaker_open)
         return p->nconnecting == 0 && free_slots > 0 ? 1 : 0;
-    int want = p->paused ? 0 : p->nwaiters - (p->nconnecting - p->nprobing);
+    int want = uncovered_waiters_locked(p);
     int below_min = p->cfg.pub.min_connections - surpool__pool_total_locked(p);
     if (below_min > want)
         want = below_min;
@@ -112,8 +118,12 @@ static uint64_t next_random_locked(surpool_pool *p)
     return x * UINT64_C(2685821657736338717);
 }
 
-int surpool__governor_pick_locked(surpool_pool *p, int64_t now, int64_t *retry_at_ns,
-                                  int *probe)
+/* Which node a new connection should go to now (the placement policy over
+ * the healthy nodes; a due probe first when a slot is spare, rule 6a), or -1
+ * with *retry_at_ns set to when one may be (INT64_MAX: when a connect in
+ * progress ends). *probe says the connect is a probe (of a node whose circuit
+ * is open or, rebalancing, whose last connect failed): it covers no waiter. */
+static int pick_node_locked(surpool_pool *p, int64_t now, int64_t *retry_at_ns, int *probe)
 {
     int64_t retry = INT64_MAX;
     *probe = 0;
@@ -121,7 +131,7 @@ int surpool__governor_pick_locked(surpool_pool *p, int64_t now, int64_t *retry_a
      * first, unless it would take a slot that a waiter not covered by a
      * connect in progress needs: then a healthy node serves the waiter, and
      * the probe waits for a spare slot (or for no healthy node to be left). */
-    int uncovered = p->paused ? 0 : p->nwaiters - (p->nconnecting - p->nprobing);
+    int uncovered = uncovered_waiters_locked(p);
     int spare = p->cfg.pub.max_connections - surpool__pool_total_locked(p) -
                 (uncovered > 0 ? uncovered : 0);
     int due = -1;
@@ -246,7 +256,7 @@ static void *connector_main(void *arg)
         }
         int64_t retry_at = INT64_MAX;
         int probe = 0;
-        int ep = surpool__governor_pick_locked(p, surpool__now_ns(), &retry_at, &probe);
+        int ep = pick_node_locked(p, surpool__now_ns(), &retry_at, &probe);
         if (ep < 0) {
             /* Every node backs off (or has its probe running): wait for the
              * first backoff to pass, or for a connect to end. */
@@ -276,11 +286,10 @@ static void *connector_main(void *arg)
         p->nconnecting--;
         e->nconnecting--;
         p->nprobing -= probe;
-        int before = q.n;
         if (rc == SURPOOL_OK) {
             if (e->breaker_open) {
                 e->breaker_open = 0;
-                surpool__evq_add(p, &q, SURPOOL_EVENT_BREAKER_CLOSE, 0, 0, SURPOOL_OK,
+                surpool__evq_add(p, &q, SURPOOL_EVENT_BREAKER_CLOSE, 0, ep, 0, SURPOOL_OK,
                                  "a probe connected: the server is back", NULL, 0);
                 if (p->neps == 1)
                     surpool__evq_log(p, &q, SURPOOL_LOG_WARN,
@@ -308,9 +317,8 @@ static void *connector_main(void *arg)
             }
             int64_t cus = c->connect_ns / 1000;
             surpool__hist_add(&p->connect_hist, cus);
-            surpool__evq_add(p, &q, SURPOOL_EVENT_CREATE, c->serial, cus, SURPOOL_OK, NULL,
+            surpool__evq_add(p, &q, SURPOOL_EVENT_CREATE, c->serial, ep, cus, SURPOOL_OK, NULL,
                              NULL, 0);
-            surpool__evq_set_endpoint(&q, before, ep);
             if (p->closed) {
                 /* Lost the race with close(): nobody may have it. */
                 c->state = SURPOOL__CONN_LEASED;
@@ -332,8 +340,8 @@ static void *connector_main(void *arg)
             surpool__error_copy(&p->last_connect_error, &cerr);
             long d = backoff_ms(p, e->consecutive_failures);
             e->not_before_ns = surpool__add_sat(surpool__now_ns(), surpool__ms_to_ns(d));
-            surpool__evq_add(p, &q, SURPOOL_EVENT_CONNECT_FAIL, 0, 0, cerr.code, cerr.message,
-                             NULL, 0);
+            surpool__evq_add(p, &q, SURPOOL_EVENT_CONNECT_FAIL, 0, ep, 0, cerr.code,
+                             cerr.message, NULL, 0);
             if (p->neps == 1)
                 surpool__evq_log(p, &q, SURPOOL_LOG_WARN,
                                  "connect failed (%d in a row, next try in %ld ms): %s",
@@ -348,7 +356,7 @@ static void *connector_main(void *arg)
                 e->breaker_open = 1;
                 e->breaker_opens++;
                 p->stats.breaker_opens++;
-                surpool__evq_add(p, &q, SURPOOL_EVENT_BREAKER_OPEN, 0, 0, cerr.code,
+                surpool__evq_add(p, &q, SURPOOL_EVENT_BREAKER_OPEN, 0, ep, 0, cerr.code,
                                  cerr.message, NULL, 0);
                 if (p->neps == 1)
                     surpool__evq_log(p, &q, SURPOOL_LOG_ERROR,
@@ -362,7 +370,6 @@ static void *connector_main(void *arg)
                                      ep + 1, e->url.port, e->consecutive_failures);
                 pool_breaker_update_locked(p);
             }
-            surpool__evq_set_endpoint(&q, before, ep);
             fail_stranded_waiters_locked(p);
         }
         surpool__pool_check_locked(p);

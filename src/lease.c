@@ -210,7 +210,9 @@ void surpool__lease_reclaim(surpool_conn *c)
         atomic_store(&s->word, WORD(WORD_GEN(w) + 1, SLOT_FREE));
 }
 
-surpool__lease_claim surpool__lease_end(surpool_conn *h, surpool_conn **c)
+/* Release and pin: one compare-and-swap from (g, LENT) on the word of the
+ * lease `h` names (rule 3); release also refuses the hook's lease (3a). */
+static surpool__lease_claim claim(surpool_conn *h, int release, surpool_conn **c)
 {
     uint32_t gen = 0;
     lease_slot *s = handle_slot(h, &gen);
@@ -222,36 +224,26 @@ surpool__lease_claim surpool__lease_end(surpool_conn *h, surpool_conn **c)
             return SURPOOL__LEASE_STALE;
         if (WORD_STATE(w) == SLOT_IN_CALL)
             return SURPOOL__LEASE_BUSY;
-        if (WORD_FLAGS(w) != 0)
+        if (release && WORD_FLAGS(w) != 0)
             return SURPOOL__LEASE_HOOK;
-        if (atomic_compare_exchange_weak_explicit(&s->word, &w,
-                                                  WORD(WORD_GEN(w) + 1, SLOT_FREE),
-                                                  memory_order_acq_rel, memory_order_acquire))
+        uint64_t next = release ? WORD(WORD_GEN(w) + 1, SLOT_FREE)
+                                : WORD(WORD_GEN(w), SLOT_IN_CALL) | WORD_FLAGS(w);
+        if (atomic_compare_exchange_weak_explicit(&s->word, &w, next, memory_order_acq_rel,
+                                                  memory_order_acquire))
             break;
     }
     *c = s->conn;
     return SURPOOL__LEASE_OK;
 }
 
+surpool__lease_claim surpool__lease_end(surpool_conn *h, surpool_conn **c)
+{
+    return claim(h, 1, c);
+}
+
 surpool__lease_claim surpool__lease_pin(surpool_conn *h, surpool_conn **c)
 {
-    uint32_t gen = 0;
-    lease_slot *s = handle_slot(h, &gen);
-    if (s == NULL)
-        return SURPOOL__LEASE_STALE;
-    uint64_t w = atomic_load_explicit(&s->word, memory_order_acquire);
-    for (;;) {
-        if (!gen_matches(w, gen) || WORD_STATE(w) == SLOT_FREE)
-            return SURPOOL__LEASE_STALE;
-        if (WORD_STATE(w) == SLOT_IN_CALL)
-            return SURPOOL__LEASE_BUSY;
-        if (atomic_compare_exchange_weak_explicit(
-                &s->word, &w, WORD(WORD_GEN(w), SLOT_IN_CALL) | WORD_FLAGS(w),
-                memory_order_acq_rel, memory_order_acquire))
-            break;
-    }
-    *c = s->conn;
-    return SURPOOL__LEASE_OK;
+    return claim(h, 0, c);
 }
 
 void surpool__lease_unpin(surpool_conn *h)
@@ -280,7 +272,7 @@ surpool_conn *surpool__lease_conn_of(const surpool_conn *h)
     return gen_matches(w, gen) && WORD_STATE(w) != SLOT_FREE ? s->conn : NULL;
 }
 
-static const char *refusal(surpool__lease_claim why)
+const char *surpool__lease_refusal(surpool__lease_claim why)
 {
     switch (why) {
     case SURPOOL__LEASE_BUSY:
@@ -295,7 +287,8 @@ static const char *refusal(surpool__lease_claim why)
 
 surpool_err surpool__lease_refused(surpool__lease_claim why, const char *fn, surpool_error *err)
 {
-    return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s: %s", fn, refusal(why));
+    return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s: %s", fn,
+                           surpool__lease_refusal(why));
 }
 
 void surpool__lease_log_refused(surpool_conn *h, surpool__lease_claim why, const char *fn)
@@ -321,7 +314,7 @@ void surpool__lease_log_refused(surpool_conn *h, surpool__lease_claim why, const
         return;
     if (why != SURPOOL__LEASE_STALE)
         surpool__log(&lg, SURPOOL_LOG_ERROR, "%s: connection %llu: %s: refused", fn,
-                     (unsigned long long)serial, refusal(why));
+                     (unsigned long long)serial, surpool__lease_refusal(why));
     else
         surpool__log(&lg, SURPOOL_LOG_ERROR,
                      "%s: connection %llu: this lease was already given back (released "

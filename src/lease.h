@@ -49,6 +49,8 @@ void surpool__lease_unpin(surpool_conn *h);
 /* The connection of the open lease `h` names, or NULL (stale, invalid). No
  * pin: for checks in tests that hold the lease themselves. */
 surpool_conn *surpool__lease_conn_of(const surpool_conn *h);
+/* Why a claim was refused, as static text (OK and STALE: a stale handle). */
+const char *surpool__lease_refusal(surpool__lease_claim why);
 /* The error a refused claim gives a call: SURPOOL_ERR_INVALID_ARG, message
  * naming `fn`. */
 surpool_err surpool__lease_refused(surpool__lease_claim why, const char *fn,

@@ -150,7 +150,7 @@ static void maintain_plan_locked(surpool_pool *p, maint_plan *m, surpool__evq *q
                 "possible leak: connection %llu leased for %lld ms, acquired at %s:%d",
                 (unsigned long long)c->serial, (long long)(age / SURPOOL__NS_PER_MS),
                 c->lease_file != NULL ? c->lease_file : "(unknown)", c->lease_line);
-            surpool__evq_add(p, q, SURPOOL_EVENT_LEAK, c->serial, age / 1000, SURPOOL_OK,
+            surpool__evq_add(p, q, SURPOOL_EVENT_LEAK, c->serial, -1, age / 1000, SURPOOL_OK,
                              "lease held longer than leak_threshold_ms", c->lease_file,
                              c->lease_line);
         }
@@ -181,9 +181,8 @@ static void maintain_carry_out(surpool_pool *p, const maint_plan *m, surpool__ev
         surpool__log(&p->logger, SURPOOL_LOG_INFO, "closing connection %llu: %s",
                      (unsigned long long)serial, why[i]);
         surpool__pool_close_forgotten(p, victims[i]);
-        int before = q->n;
-        surpool__evq_add(p, q, SURPOOL_EVENT_DESTROY, serial, 0, SURPOOL_OK, why[i], NULL, 0);
-        surpool__evq_set_endpoint(q, before, ep);
+        surpool__evq_add(p, q, SURPOOL_EVENT_DESTROY, serial, ep, 0, SURPOOL_OK, why[i], NULL,
+                         0);
     }
     surpool_error perr;
     surpool_err prc[MAINT_BATCH];
@@ -200,16 +199,14 @@ static void maintain_carry_out(surpool_pool *p, const maint_plan *m, surpool__ev
             surpool__pool_put_locked(p, c, 0, surpool__now_ns());
             continue;
         }
-        int before = q->n;
         if (prc[i] != SURPOOL_OK) {
             p->stats.validation_failures++;
-            surpool__evq_add(p, q, SURPOOL_EVENT_HEALTH_FAIL, c->serial, 0, prc[i],
+            surpool__evq_add(p, q, SURPOOL_EVENT_HEALTH_FAIL, c->serial, c->ep, 0, prc[i],
                              "keepalive ping failed", NULL, 0);
         }
-        surpool__evq_add(p, q, SURPOOL_EVENT_DESTROY, c->serial, 0, prc[i],
+        surpool__evq_add(p, q, SURPOOL_EVENT_DESTROY, c->serial, c->ep, 0, prc[i],
                          prc[i] != SURPOOL_OK ? "keepalive ping failed" : "pool closed", NULL,
                          0);
-        surpool__evq_set_endpoint(q, before, c->ep);
         surpool__pool_forget_locked(p, c);
         pthread_mutex_unlock(&p->mu);
         surpool__pool_close_forgotten(p, c);

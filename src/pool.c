@@ -309,15 +309,9 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
         surpool__free(p);
         return rc;
     }
-    rc = surpool__url_dup(&p->url, &p->eps[0].url, err);
-    if (rc != SURPOOL_OK) {
-        surpool__config_free_endpoints(p->eps, p->neps);
-        surpool__free(p);
-        return rc;
-    }
-    rc = surpool__config_copy(&p->cfg, cfg, &p->url, err);
+    rc = surpool__config_copy(&p->cfg, cfg, &p->eps[0].url, err);
     if (rc != SURPOOL_OK)
-        goto fail_url;
+        goto fail_eps;
     rc = surpool__config_validate_merged(&p->cfg.pub, err);
     if (rc != SURPOOL_OK)
         goto fail_config;
@@ -370,7 +364,7 @@ surpool_err surpool__pool_create_with(const surpool_config *cfg,
 
     surpool__tconfig tc;
     memset(&tc, 0, sizeof(tc));
-    tc.url = &p->url;
+    tc.url = &p->eps[0].url;
     tc.connect_timeout_ms = cfg->connect_timeout_ms;
     tc.max_message_bytes = cfg->max_message_bytes;
     tc.cbor = p->cfg.pub.wire_format == SURPOOL_WIRE_CBOR;
@@ -455,8 +449,7 @@ fail_connectors:
     surpool__free(p->connectors);
 fail_config:
     surpool__config_free(&p->cfg);
-fail_url:
-    surpool__url_free(&p->url);
+fail_eps:
     surpool__config_free_endpoints(p->eps, p->neps);
     surpool__free(p);
     return rc;
@@ -545,7 +538,6 @@ void surpool_pool_destroy(surpool_pool *p)
     pthread_mutex_destroy(&p->mu);
     surpool__free(p->connectors);
     surpool__config_free(&p->cfg);
-    surpool__url_free(&p->url);
     surpool__config_free_endpoints(p->eps, p->neps);
     surpool__wipe(&p->last_connect_error, sizeof(p->last_connect_error));
     surpool__free(p);
@@ -566,8 +558,8 @@ static void grant_locked(surpool_pool *p, surpool_conn *c, int64_t t0, int64_t n
     p->stats.acquired++;
     int64_t waited_us = (now - t0) / 1000;
     surpool__hist_add(&p->wait_hist, waited_us);
-    surpool__evq_add(p, q, SURPOOL_EVENT_ACQUIRE, c->serial, waited_us, SURPOOL_OK, NULL, file,
-                     line);
+    surpool__evq_add(p, q, SURPOOL_EVENT_ACQUIRE, c->serial, -1, waited_us, SURPOOL_OK, NULL,
+                     file, line);
     surpool__pool_check_locked(p);
 }
 
@@ -594,7 +586,6 @@ static int validate(surpool_pool *p, surpool_conn *c, int64_t t0, int64_t *grant
     int validated = 0;
     const char *retire = surpool__pool_worn_out_locked(p, c, now);
     surpool_err why = SURPOOL_OK;
-    int ev_before = q->n; /* the events below are about c: tagged with its node */
     if (retire == NULL && cfg->validation_idle_ms >= 0 &&
         now - c->last_checked_ns > surpool__ms_to_ns(cfg->validation_idle_ms)) {
         /* Idle a while: prove it works before lending it (outside mu). */
@@ -607,8 +598,8 @@ static int validate(surpool_pool *p, surpool_conn *c, int64_t t0, int64_t *grant
         if (why != SURPOOL_OK) {
             retire = "validation ping failed";
             p->stats.validation_failures++;
-            surpool__evq_add(p, q, SURPOOL_EVENT_HEALTH_FAIL, c->serial, 0, why, verr.message,
-                             NULL, 0);
+            surpool__evq_add(p, q, SURPOOL_EVENT_HEALTH_FAIL, c->serial, c->ep, 0, why,
+                             verr.message, NULL, 0);
         } else if (p->closed) {
             retire = "pool closed";
         }
@@ -619,8 +610,7 @@ static int validate(surpool_pool *p, surpool_conn *c, int64_t t0, int64_t *grant
         surpool__pool_forget_locked(p, c);
         pthread_mutex_unlock(&p->mu);
         surpool__pool_close_forgotten(p, c);
-        surpool__evq_add(p, q, SURPOOL_EVENT_DESTROY, serial, 0, why, retire, NULL, 0);
-        surpool__evq_set_endpoint(q, ev_before, ep);
+        surpool__evq_add(p, q, SURPOOL_EVENT_DESTROY, serial, ep, 0, why, retire, NULL, 0);
         surpool__evq_flush(p, q);
         pthread_mutex_lock(&p->mu);
         return 0;
@@ -647,7 +637,7 @@ static surpool_err wait_for_handoff(surpool_pool *p, long timeout_ms, int64_t t0
     }
     if (cfg->max_waiters > 0 && p->nwaiters >= cfg->max_waiters) {
         p->stats.shed++;
-        surpool__evq_add(p, q, SURPOOL_EVENT_SHED, 0, 0, SURPOOL_ERR_OVERLOADED, NULL, file,
+        surpool__evq_add(p, q, SURPOOL_EVENT_SHED, 0, -1, 0, SURPOOL_ERR_OVERLOADED, NULL, file,
                          line);
         return surpool__seterr(err, SURPOOL_ERR_OVERLOADED,
                                "%d callers already wait for a connection (max_waiters)",
@@ -668,8 +658,8 @@ static surpool_err wait_for_handoff(surpool_pool *p, long timeout_ms, int64_t t0
             /* Rule 4: nothing was handed over, so we may leave. */
             waiter_unlink(p, &w);
             surpool_err rc = surpool__governor_timeout_error_locked(p, timeout_ms, err);
-            surpool__evq_add(p, q, SURPOOL_EVENT_TIMEOUT, 0, (surpool__now_ns() - t0) / 1000,
-                             rc, NULL, file, line);
+            surpool__evq_add(p, q, SURPOOL_EVENT_TIMEOUT, 0, -1,
+                             (surpool__now_ns() - t0) / 1000, rc, NULL, file, line);
             pthread_cond_destroy(&w.cv);
             return rc;
         }
@@ -848,7 +838,7 @@ void surpool__pool_release_conn(surpool_conn *c)
             broken = !surpool__conn_usable(c) || c->broken;
         }
         now = surpool__now_ns();
-        surpool__evq_add(p, &q, SURPOOL_EVENT_RELEASE, c->serial,
+        surpool__evq_add(p, &q, SURPOOL_EVENT_RELEASE, c->serial, -1,
                          (now - c->lease_start_ns) / 1000, SURPOOL_OK, NULL, c->lease_file,
                          c->lease_line);
         surpool__evq_flush(p, &q);
@@ -883,9 +873,8 @@ void surpool__pool_release_conn(surpool_conn *c)
         surpool__pool_leases_changed_locked(p);
         pthread_mutex_unlock(&p->mu);
         /* nclosing > 0 keeps destroy() waiting until surpool__pool_close_forgotten() ends. */
-        int ev_before = q.n;
-        surpool__evq_add(p, &q, SURPOOL_EVENT_DESTROY, serial, 0, SURPOOL_OK, retire, NULL, 0);
-        surpool__evq_set_endpoint(&q, ev_before, c->ep); /* c is not closed yet */
+        surpool__evq_add(p, &q, SURPOOL_EVENT_DESTROY, serial, c->ep, 0, SURPOOL_OK, retire,
+                         NULL, 0); /* c is not closed yet */
         surpool__evq_flush(p, &q);
         surpool__pool_close_forgotten(p, c); /* last touch of the pool */
         return;
@@ -940,10 +929,8 @@ surpool_err surpool_pool_resume(surpool_pool *p)
     surpool__evq q; /* not zero-filled: only q.n matters, and it is 6 KB */
     q.n = 0;
     for (int i = 0; i < ndead; i++) {
-        int ev_before = q.n;
-        surpool__evq_add(p, &q, SURPOOL_EVENT_DESTROY, dead[i]->serial, 0, SURPOOL_OK, "dead",
-                         NULL, 0);
-        surpool__evq_set_endpoint(&q, ev_before, dead[i]->ep);
+        surpool__evq_add(p, &q, SURPOOL_EVENT_DESTROY, dead[i]->serial, dead[i]->ep, 0,
+                         SURPOOL_OK, "dead", NULL, 0);
         surpool__pool_close_forgotten(p, dead[i]);
     }
     surpool__evq_flush(p, &q);

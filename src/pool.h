@@ -32,8 +32,8 @@ typedef enum surpool__conn_state {
     SURPOOL__CONN_LEASED = 2,
     SURPOOL__CONN_RELEASING = 3, /* a release claimed it; the same lease released
                                     again meanwhile is a detected no-op */
-    SURPOOL__CONN_CLOSED = 4,    /* forgotten by the pool; kept in the graveyard so
-                                    a stale handle is still readable */
+    SURPOOL__CONN_CLOSED = 4,    /* forgotten by the pool; kept in the graveyard
+                                    (pool.c, rule 9) */
 } surpool__conn_state;
 
 struct surpool_conn {
@@ -83,8 +83,9 @@ struct surpool_conn {
 
 typedef struct surpool__waiter surpool__waiter;
 
-/* One node of the pool (docs/cluster.md): its URL (a full single-host URL; the
- * pool's credentials are in every one) and its own connect governor state
+/* One node of the pool (docs/cluster.md): its URL (scheme, host, port and path
+ * are what a connect uses; the shared credentials and query parts are read
+ * from eps[0] only, at create) and its own connect governor state
  * (governor.c). Everything but url is guarded by the pool mutex. */
 typedef struct surpool__endpoint {
     surpool__url url;
@@ -110,8 +111,8 @@ typedef struct surpool__pool_config {
 struct surpool_pool {
     pthread_mutex_t mu;
     surpool__pool_config cfg;
-    surpool__url url;       /* the first node's URL: credentials, ns/db, messages */
-    surpool__endpoint *eps; /* the nodes, in list order (never empty) */
+    surpool__endpoint *eps; /* the nodes, in list order (never empty); eps[0].url
+                               also gives the credentials, ns and db (config.c) */
     int neps;
     int rr_next;               /* round-robin placement: next node to try (mu) */
     int nprobing;              /* connects that are breaker probes (mu) */
@@ -125,9 +126,9 @@ struct surpool_pool {
     surpool__queue idle; /* surpool_conn.idle_link; head = most recently used */
     int nidle, nleased, nconnecting;
     int nclosing; /* forgotten, close() in progress outside mu */
-    /* Closed connections whose memory is kept a while (FIFO, at most
-     * SURPOOL__GRAVE_MAX), so that releasing a lease a second time reads a
-     * connection marked CLOSED instead of freed memory (mu). */
+    /* Closed connections whose memory (and so lease slot) is kept a while
+     * (FIFO, at most SURPOOL__GRAVE_MAX), so that a stale lease handle of one
+     * still names its pool for the ERROR line of a second release (mu). */
     surpool__queue grave; /* surpool_conn.idle_link; head = the oldest */
     int ngrave;
     int nmaint;    /* leased to the maintainer (counted in nleased) */
@@ -229,22 +230,16 @@ typedef struct surpool__evq {
     char msg[SURPOOL__EVQ_MAX][192];
     int n;
 } surpool__evq;
+/* `ep`: the node the event is about (0-based index into pool->eps), or -1. */
 void surpool__evq_add(const surpool_pool *p, surpool__evq *q, surpool_event_type type,
-                      uint64_t conn_id, int64_t duration_us, surpool_err code, const char *msg,
-                      const char *file, int line);
+                      uint64_t conn_id, int ep, int64_t duration_us, surpool_err code,
+                      const char *msg, const char *file, int line);
 void surpool__evq_log(const surpool_pool *p, surpool__evq *q, surpool_log_level level,
                       const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 void surpool__evq_flush(const surpool_pool *p, surpool__evq *q); /* mu NOT held */
 /* Called with the mutex held: if anything is queued, drops the mutex to
  * flush, and takes it again. */
 void surpool__evq_flush_dropping(surpool_pool *p, surpool__evq *q);
-/* Tag the events queued since q->n was `before` with a node (0-based index). */
-static inline void surpool__evq_set_endpoint(surpool__evq *q, int before, int ep)
-{
-    for (int i = before; i < q->n; i++)
-        if (q->log_level[i] < 0)
-            q->ev[i].endpoint = ep + 1;
-}
 
 /* ---- governor.c: connector threads, backoff, the circuit breaker (rules 5
  * and 6 live there). ---- */
@@ -258,12 +253,6 @@ surpool_err surpool__governor_timeout_error_locked(surpool_pool *p, long timeout
                                                    surpool_error *err);
 /* Join every connector thread; the pool is closed and no connect is running. */
 void surpool__governor_join(surpool_pool *p);
-/* Which node a new connection should go to now (the placement policy over
- * the healthy nodes, due breaker probes first), or -1 with *retry_at_ns set
- * to when one may be (INT64_MAX: when a connect in progress ends). *probe says
- * the node's breaker is open. */
-int surpool__governor_pick_locked(surpool_pool *p, int64_t now, int64_t *retry_at_ns,
-                                  int *probe);
 
 /* ---- maintainer.c: idle retirement, lifetime, keepalive, leak reports. ---- */
 int surpool__maintainer_start(surpool_pool *p); /* 0 or -1 */

@@ -576,36 +576,6 @@ int surpool__url_same_endpoint(const surpool__url *a, const surpool__url *b)
     return 1;
 }
 
-static int dup_opt(char **dst, const char *src)
-{
-    *dst = NULL;
-    if (src == NULL)
-        return 0;
-    *dst = surpool__strdup(src);
-    return *dst == NULL ? -1 : 0;
-}
-
-surpool_err surpool__url_dup(surpool__url *dst, const surpool__url *src, surpool_error *err)
-{
-    memset(dst, 0, sizeof(*dst));
-    dst->tls = src->tls;
-    dst->port = src->port;
-    dst->format = src->format;
-    int bad = 0;
-    bad |= dup_opt(&dst->host, src->host);
-    bad |= dup_opt(&dst->path, src->path);
-    bad |= dup_opt(&dst->user, src->user);
-    bad |= dup_opt(&dst->pass, src->pass);
-    bad |= dup_opt(&dst->ns, src->ns);
-    bad |= dup_opt(&dst->db, src->db);
-    bad |= dup_opt(&dst->access, src->access);
-    if (bad) {
-        surpool__url_free(dst);
-        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory copying the URL");
-    }
-    return SURPOOL_OK;
-}
-
 void surpool__url_free_list(surpool__url *u, int n)
 {
     if (u == NULL)

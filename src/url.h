@@ -66,9 +66,6 @@ surpool_err surpool__url_parse_list(const char *s, surpool__url **out, int *n,
                                     surpool_error *err);
 void surpool__url_free_list(surpool__url *u, int n); /* NULL ok */
 
-/* Deep copy of a parsed URL into *dst (zeroed first); NOMEM leaves dst empty. */
-surpool_err surpool__url_dup(surpool__url *dst, const surpool__url *src, surpool_error *err);
-
 /* Do two endpoints name the same host and port? Names compare ASCII
  * case-insensitively with one root '.' ignored ("db." is "db"), IPv6 literals
  * by value ("::1" is "0:0:0:0:0:0:0:1"). No resolving: two names of one

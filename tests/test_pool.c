@@ -987,8 +987,9 @@ static void test_double_release_is_a_logged_noop(void **state)
     surpool_conn_release(a);
     surpool_conn_release(b);
 
-    /* The first release closed it (discarded): the second reads a connection
-     * kept in the graveyard, not freed memory (ASan guards this). */
+    /* The first release closed it (discarded): the second is refused by the
+     * handle's generation, and logged through the pool because the closed
+     * connection waits in the graveyard with its lease slot. */
     assert_int_equal(surpool_pool_acquire(pool, 1000, &c, NULL), SURPOOL_OK);
     surpool_conn_discard(c);
     surpool_conn_release(c);
