@@ -257,6 +257,45 @@ surpool_err surpool__codec_encode_request_env(int64_t id, const char *method,
 /* Decoding                                                                  */
 /* ------------------------------------------------------------------------- */
 
+surpool_err surpool__codec_load(const char *buf, size_t len, size_t flags, json_t **out,
+                                surpool_error *err)
+{
+    json_error_t jerr;
+    memset(&jerr, 0, sizeof(jerr)); /* jansson leaves the error code byte unset */
+    /* Duplicate keys are refused: jansson would keep the last one, so a frame
+     * such as {"id":1,"id":2,...} could be routed to another caller. */
+    flags |= DECODE_FLAGS;
+    json_t *root = json_loadb(buf, len, flags, &jerr);
+    if (root == NULL && jerr.text[0] != '\0') {
+        /* jansson reports an allocation failure in its lexer as a syntax
+         * error. Bad JSON is bad every time: parse once more, and a frame
+         * that parses now was fine (the first failure was out of memory). */
+        json_error_t again;
+        memset(&again, 0, sizeof(again));
+        root = json_loadb(buf, len, flags, &again);
+    }
+    *out = root;
+    if (root != NULL)
+        return SURPOOL_OK;
+    /* jansson 2.14 reports most of its allocation failures by returning
+     * NULL without filling jerr (its text stays ""); every syntax error
+     * has a text (and failed twice above). */
+    if (jerr.text[0] == '\0' || json_error_code(&jerr) == json_error_out_of_memory)
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory decoding a frame");
+    char text[sizeof(jerr.text)];
+    int duplicate = json_error_code(&jerr) == json_error_duplicate_key;
+    jerr.text[sizeof(jerr.text) - 1] = '\0'; /* the error code byte */
+    surpool__text_sanitize_str(text, sizeof(text), jerr.text);
+    if (duplicate)
+        return surpool__seterr(err, SURPOOL_ERR_PROTOCOL,
+                               "frame from the server repeats an object key (%s): "
+                               "refused, it could be routed to the wrong caller",
+                               text);
+    return surpool__seterr(err, SURPOOL_ERR_PROTOCOL,
+                           "invalid JSON from the server at byte %d (line %d, column %d): %s",
+                           jerr.position, jerr.line, jerr.column, text);
+}
+
 surpool_err surpool__codec_decode_frame(const char *buf, size_t len, surpool__frame *out,
                                         surpool_error *err)
 {
@@ -268,39 +307,10 @@ surpool_err surpool__codec_decode_frame(const char *buf, size_t len, surpool__fr
     if (len == 0)
         return surpool__seterr(err, SURPOOL_ERR_PROTOCOL, "empty frame from the server");
 
-    json_error_t jerr;
-    memset(&jerr, 0, sizeof(jerr)); /* jansson leaves the error code byte unset */
-    /* Duplicate keys are refused: jansson would keep the last one, so a frame
-     * such as {"id":1,"id":2,...} could be routed to another caller. */
-    json_t *root = json_loadb(buf, len, DECODE_FLAGS, &jerr);
-    if (root == NULL && jerr.text[0] != '\0') {
-        /* jansson reports an allocation failure in its lexer as a syntax
-         * error. Bad JSON is bad every time: parse once more, and a frame
-         * that parses now was fine (the first failure was out of memory). */
-        json_error_t again;
-        memset(&again, 0, sizeof(again));
-        root = json_loadb(buf, len, DECODE_FLAGS, &again);
-    }
-    if (root == NULL) {
-        /* jansson 2.14 reports most of its allocation failures by returning
-         * NULL without filling jerr (its text stays ""); every syntax error
-         * has a text (and failed twice above). */
-        if (jerr.text[0] == '\0' || json_error_code(&jerr) == json_error_out_of_memory)
-            return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory decoding a frame");
-        char text[sizeof(jerr.text)];
-        int duplicate = json_error_code(&jerr) == json_error_duplicate_key;
-        jerr.text[sizeof(jerr.text) - 1] = '\0'; /* the error code byte */
-        surpool__text_sanitize_str(text, sizeof(text), jerr.text);
-        if (duplicate)
-            return surpool__seterr(err, SURPOOL_ERR_PROTOCOL,
-                                   "frame from the server repeats an object key (%s): "
-                                   "refused, it could be routed to the wrong caller",
-                                   text);
-        return surpool__seterr(
-            err, SURPOOL_ERR_PROTOCOL,
-            "invalid JSON from the server at byte %d (line %d, column %d): %s", jerr.position,
-            jerr.line, jerr.column, text);
-    }
+    json_t *root;
+    surpool_err rc = surpool__codec_load(buf, len, 0, &root, err);
+    if (rc != SURPOOL_OK)
+        return rc;
     if (!json_is_object(root)) {
         surpool__seterr(err, SURPOOL_ERR_PROTOCOL,
                         "frame from the server is %s, expected an object",

@@ -80,6 +80,14 @@ typedef struct surpool__frame {
 surpool_err surpool__codec_decode_frame(const char *buf, size_t len, surpool__frame *out,
                                         surpool_error *err);
 
+/* json_loadb() of server bytes (a frame, or one value of a frame with
+ * JSON_DECODE_ANY in flags) as the decode reads them: NUL allowed, a repeated
+ * object key refused; jansson's allocation failures are NOMEM, bad JSON is
+ * PROTOCOL with jansson's text sanitised. *out is a new reference, set on
+ * success only (NULL otherwise). */
+surpool_err surpool__codec_load(const char *buf, size_t len, size_t flags, json_t **out,
+                                surpool_error *err);
+
 /* Route a frame without building it (src/json_peek.c; the transport's
  * service thread): walks the top-level object's keys and stops at the first
  * integer "id" followed by ',' or '}': *kind is REPLY with *id set. Without

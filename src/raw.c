@@ -54,24 +54,7 @@ static surpool_err decode_error(const char *frame, const surpool__peek_info *in,
     const char *p = frame + in->error_off;
     if (cbor)
         return surpool__cbor_decode_value((const unsigned char *)p, in->error_len, out, e);
-    const size_t flags = JSON_DECODE_ANY | JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES;
-    json_error_t je;
-    memset(&je, 0, sizeof(je));
-    *out = json_loadb(p, in->error_len, flags, &je);
-    if (*out == NULL && je.text[0] != '\0') {
-        /* As surpool__codec_decode_frame(): jansson reports an allocation
-         * failure in its lexer as a syntax error, and bad JSON is bad every
-         * time, so parse once more (an error that parses now was fine). */
-        json_error_t again;
-        memset(&again, 0, sizeof(again));
-        *out = json_loadb(p, in->error_len, flags, &again);
-    }
-    if (*out != NULL)
-        return SURPOOL_OK;
-    if (je.text[0] == '\0' || json_error_code(&je) == json_error_out_of_memory)
-        return surpool__seterr(e, SURPOOL_ERR_NOMEM, "out of memory decoding an error");
-    return surpool__seterr(e, SURPOOL_ERR_PROTOCOL, "the server's error is not valid JSON: %s",
-                           je.text);
+    return surpool__codec_load(p, in->error_len, JSON_DECODE_ANY, out, e);
 }
 
 /* A transport without bytes (tests' fake one) gave a tree: encode its result. */
