@@ -1186,23 +1186,35 @@ static surpool_err enqueue(surpool_pool *p, surpool__lane *l, lane_req *r, const
     return SURPOOL_OK;
 }
 
-/* A synchronous request queued by enqueue(): wait for it and take its
- * outcome. Decoded here, on the caller's thread; a request refused for an
- * expired session goes out once more (settle()) and is waited for again. */
-static surpool_err wait_sync(lane_req *r, surpool__sync *s, json_t **out, surpool_error *err)
+/* A synchronous request: queue `r` (zeroed, with the caller's fields set)
+ * and wait for it and its outcome. Decoded here, on the caller's thread; a
+ * request refused for an expired session goes out once more (settle()) and
+ * is waited for again. */
+static surpool_err call_sync(surpool_pool *p, surpool__lane *l, lane_req *r, const char *method,
+                             const json_t *params, const surpool__reqopts *o, json_t **out,
+                             surpool_error *err)
 {
-    do
-        surpool__sync_wait(s);
-    while (settle(r));
-    if (r->rc == SURPOOL_OK) {
-        if (out != NULL)
-            *out = r->result;
-        else
-            json_decref(r->result);
-    } else {
-        surpool__error_copy(err, &r->err);
+    surpool__sync s;
+    if (surpool__sync_init(&s) != 0)
+        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
+    r->sync = &s;
+    surpool_err rc = enqueue(p, l, r, method, params, o, err);
+    if (rc == SURPOOL_OK) {
+        do
+            surpool__sync_wait(&s);
+        while (settle(r));
+        rc = r->rc;
+        if (rc == SURPOOL_OK) {
+            if (out != NULL)
+                *out = r->result;
+            else
+                json_decref(r->result);
+        } else {
+            surpool__error_copy(err, &r->err);
+        }
     }
-    return r->rc;
+    surpool__sync_destroy(&s);
+    return rc;
 }
 
 static surpool_err lane_call_sync(surpool_pool *p, surpool__lane *l, const char *method,
@@ -1211,15 +1223,7 @@ static surpool_err lane_call_sync(surpool_pool *p, surpool__lane *l, const char 
 {
     lane_req r;
     memset(&r, 0, sizeof(r));
-    surpool__sync s;
-    if (surpool__sync_init(&s) != 0)
-        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
-    r.sync = &s;
-    surpool_err rc = enqueue(p, l, &r, method, params, o, err);
-    if (rc == SURPOOL_OK)
-        rc = wait_sync(&r, &s, out, err);
-    surpool__sync_destroy(&s);
-    return rc;
+    return call_sync(p, l, &r, method, params, o, out, err);
 }
 
 /* Without a lane, a pool-level call leases a connection for itself. A call
@@ -1461,22 +1465,13 @@ surpool_err surpool__lane_session_call(surpool__lane *l, uint64_t *gen, const ch
 {
     lane_req r;
     memset(&r, 0, sizeof(r));
-    *flags = 0;
-    surpool__sync s;
-    if (surpool__sync_init(&s) != 0)
-        return surpool__seterr(err, SURPOOL_ERR_NOMEM, "cannot create a condition variable");
-    r.sync = &s;
     r.for_session = 1;
     r.bind = *gen == 0;
     r.gen = *gen;
     surpool__reqopts o = {NULL, timeout_ms, session};
-    surpool_err rc = enqueue(l->pool, l, &r, method, params, &o, err);
-    if (rc == SURPOOL_OK) {
-        /* (settle() never retries a session's request) */
-        rc = wait_sync(&r, &s, out, err);
-        *gen = r.gen; /* a bind that was sent counts on that socket, failed or not */
-        *flags = (r.expired ? SURPOOL__LANE_EXPIRED : 0) | (r.sent ? 0 : SURPOOL__LANE_UNSENT);
-    }
-    surpool__sync_destroy(&s);
+    /* (settle() never retries a session's request) */
+    surpool_err rc = call_sync(l->pool, l, &r, method, params, &o, out, err);
+    *gen = r.gen; /* a bind that was sent counts on that socket, failed or not */
+    *flags = (r.expired ? SURPOOL__LANE_EXPIRED : 0) | (r.sent ? 0 : SURPOOL__LANE_UNSENT);
     return rc;
 }

@@ -67,7 +67,8 @@ int surpool__lane_socket_sessions(surpool__lane *l, int *counts, int max);
 /* What surpool__lane_session_call() says of a failed request, in *flags. */
 enum {
     SURPOOL__LANE_EXPIRED = 1, /* refused because the session expired (it did not run) */
-    SURPOOL__LANE_UNSENT = 2,  /* never reached a socket (its socket was gone first) */
+    SURPOOL__LANE_UNSENT = 2,  /* never reached a socket (refused before it was queued,
+                                  or its socket was gone first) */
 };
 /* One synchronous request of session `session` (UUID text, in the envelope),
  * on the socket of generation *gen; with *gen == 0 on the socket with the
