@@ -1624,8 +1624,7 @@ static surpool_err peek_walk(const unsigned char *buf, size_t len, surpool__peek
         if (pk_skip(&k))
             goto malformed;
         if (is_error) {
-            in.dup_key |= in.error_seen;
-            in.error_seen = 1;
+            in.dup_key |= in.error_len != 0;
             /* null is a single byte 0xf6 */
             in.has_error = !(k.pos - at == 1 && buf[at] == 0xf6);
             in.error_off = at;

@@ -110,8 +110,7 @@ typedef struct surpool__peek_info {
     surpool__frame_kind kind;
     int64_t id;     /* REPLY only */
     int has_result; /* a "result" key (its value may be null) */
-    int has_error;  /* a non-null "error" value */
-    int error_seen; /* an "error" key, null or not */
+    int has_error;  /* a non-null "error" value (error_len > 0: a key, null or not) */
     int dup_key;    /* "result" or "error" appears twice (the full decode
                        refuses such a frame; the spans are the last ones) */
     size_t result_off, result_len;

@@ -243,8 +243,7 @@ static surpool_err walk(const char *buf, size_t len, surpool__peek_info *info, i
                     in.result_off = off;
                     in.result_len = n;
                 } else if (is_error) {
-                    in.dup_key |= in.error_seen;
-                    in.error_seen = 1;
+                    in.dup_key |= in.error_len != 0;
                     /* Only the literal alone is "no error": "nullx" is a
                      * broken error, which decode_error() refuses. */
                     in.has_error = !(null && n == 4);
