@@ -550,21 +550,18 @@ if (select({ bench: 'hol' }).length) {
     '`surpool_conn_query("big N")`: the server answers those with a prebuilt N-byte JSON reply (rows of strings and numbers, ' +
     '~190 bytes each), so its own cost is one copy and the figures are the client\'s. Percentiles are of back-to-back round trips: ' +
     'a stall shows as one long sample, so under load there are few samples (the column says how many) and p99 is close to the max.', '');
-  const prow = (bytes) => {
-    const w = HOL_PING(bytes);
-    return [bytes ? `${pullers(bytes)} leases pulling ${fmtBytes(bytes)}` : 'alone (baseline)',
-      fmtNs(med(w, 'p50_ns')), fmtNs(med(w, 'p90_ns')), fmtNs(med(w, 'p99_ns')), fmtNs(med(w, 'max_ns')),
-      fmt(med(w, 'samples')), bytes ? fmtX(medRatio(w, 'p99_ns', HOL_PING(0)), 1) : '–',
-      bytes ? `${fmt(med(w, 'pulls_per_s'), 1)} (${fmt(med(w, 'pull_mb_per_s'), 0)} MB/s)` : '–'];
-  };
+  // One row of the ping table: `w` selects the records, `bytes` the pulls (0: none).
+  const pingRow = (w, label, bytes) => [label,
+    fmtNs(med(w, 'p50_ns')), fmtNs(med(w, 'p90_ns')), fmtNs(med(w, 'p99_ns')), fmtNs(med(w, 'max_ns')),
+    fmt(med(w, 'samples')), w.load === 'alone' ? '–' : fmtX(medRatio(w, 'p99_ns', HOL_PING(0)), 1),
+    bytes ? `${fmt(med(w, 'pulls_per_s'), 1)} (${fmt(med(w, 'pull_mb_per_s'), 0)} MB/s)` : '–'];
+  const prow = (bytes) => pingRow(HOL_PING(bytes),
+    bytes ? `${pullers(bytes)} leases pulling ${fmtBytes(bytes)}` : 'alone (baseline)', bytes);
   const crow = (load, bytes) => {
     const w = HOL_CTL(load, bytes);
     if (!select(w).length) return null;
-    return [load === 'burn' ? `control: ${fmt(med(w, 'pullers'))} threads spinning on the CPU (no I/O)` :
-      `control: ${fmt(med(w, 'pullers'))} leases of a second pool pulling ${fmtBytes(bytes)}`,
-    fmtNs(med(w, 'p50_ns')), fmtNs(med(w, 'p90_ns')), fmtNs(med(w, 'p99_ns')), fmtNs(med(w, 'max_ns')),
-    fmt(med(w, 'samples')), fmtX(medRatio(w, 'p99_ns', HOL_PING(0)), 1),
-    bytes ? `${fmt(med(w, 'pulls_per_s'), 1)} (${fmt(med(w, 'pull_mb_per_s'), 0)} MB/s)` : '–'];
+    return pingRow(w, load === 'burn' ? `control: ${fmt(med(w, 'pullers'))} threads spinning on the CPU (no I/O)` :
+      `control: ${fmt(med(w, 'pullers'))} leases of a second pool pulling ${fmtBytes(bytes)}`, bytes);
   };
   const ctlRows = [crow('burn', 0), ...HOL_SIZES.map((b) => crow('separate', b))].filter((r) => r !== null);
   p('### A lease\'s ping', '',
