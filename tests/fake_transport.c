@@ -251,14 +251,13 @@ static surpool_err fake_create(const surpool__tconfig *cfg, void *arg, surpool__
 
 /* Mark `c` dead, fire its on_dead (under t->mu, so that close() cannot free it
  * while the event runs: rule 6 of transport.h) and move its requests to `d`
- * (failed with `fail_msg`) for a run once the lock is released. */
-static void kill_locked(surpool__transport *t, surpool__tconn *c, const char *why,
+ * (failed with `code` and `fail_msg`) for a run once the lock is released. */
+static void kill_locked(surpool__tconn *c, surpool_err code, const char *why,
                         surpool__reqdone *d, const char *fail_msg)
 {
-    (void)t;
-    surpool__reqtable_fail_all(&c->rt, d, SURPOOL_ERR_DISCONNECTED, fail_msg);
+    surpool__reqtable_fail_all(&c->rt, d, code, fail_msg);
     if (!atomic_exchange(&c->dead, 1) && c->ev.on_dead != NULL)
-        c->ev.on_dead(c->ev.userdata, SURPOOL_ERR_DISCONNECTED, why);
+        c->ev.on_dead(c->ev.userdata, code, why);
 }
 
 static void fake_destroy(surpool__transport *t)
@@ -362,7 +361,8 @@ static surpool_err fake_submit(surpool__tconn *c, surpool__treq *req)
         surpool__reqdone mine;
         surpool__reqdone_init(&mine);
         pthread_mutex_lock(&t->mu);
-        kill_locked(t, c, "fake: connection dropped", &mine, "fake: connection dropped");
+        kill_locked(c, SURPOOL_ERR_DISCONNECTED, "fake: connection dropped", &mine,
+                    "fake: connection dropped");
         pthread_mutex_unlock(&t->mu);
         surpool__reqdone_run(&mine);
         complete(req, SURPOOL_ERR_DISCONNECTED, NULL, "fake: connection dropped");
@@ -487,12 +487,8 @@ static void fake_fail(surpool__tconn *c, surpool_err code, const char *msg)
     surpool__reqdone mine;
     surpool__reqdone_init(&mine);
     pthread_mutex_lock(&t->mu);
-    if (!atomic_load(&c->dead)) {
-        surpool__reqtable_fail_all(&c->rt, &mine, code, msg);
-        atomic_store(&c->dead, 1);
-        if (c->ev.on_dead != NULL)
-            c->ev.on_dead(c->ev.userdata, code, msg);
-    }
+    if (!atomic_load(&c->dead))
+        kill_locked(c, code, msg, &mine, msg);
     pthread_mutex_unlock(&t->mu);
     surpool__reqdone_run(&mine);
 }
@@ -505,7 +501,8 @@ void fake_kill_all(surpool__transport *t)
     /* on_dead runs under our lock so that close() (which takes it) cannot
      * free a connection while its event runs: rule 6 of transport.h. */
     for (surpool__tconn *c = t->conns; c != NULL; c = c->next)
-        kill_locked(t, c, "fake: killed", &all, "fake: server went away");
+        kill_locked(c, SURPOOL_ERR_DISCONNECTED, "fake: killed", &all,
+                    "fake: server went away");
     pthread_mutex_unlock(&t->mu);
     surpool__reqdone_run(&all);
 }
@@ -520,7 +517,8 @@ int fake_kill_conn(surpool__transport *t, int index)
         c = c->next;
     int alive = c != NULL && !atomic_load(&c->dead);
     if (c != NULL)
-        kill_locked(t, c, "fake: killed", &mine, "fake: connection killed");
+        kill_locked(c, SURPOOL_ERR_DISCONNECTED, "fake: killed", &mine,
+                    "fake: connection killed");
     pthread_mutex_unlock(&t->mu);
     surpool__reqdone_run(&mine);
     return alive;
@@ -535,7 +533,8 @@ int fake_kill_port(surpool__transport *t, int port)
     for (surpool__tconn *c = t->conns; c != NULL; c = c->next) {
         if (c->port != port || atomic_load(&c->dead))
             continue;
-        kill_locked(t, c, "fake: node killed", &all, "fake: node went away");
+        kill_locked(c, SURPOOL_ERR_DISCONNECTED, "fake: node killed", &all,
+                    "fake: node went away");
         n++;
     }
     pthread_mutex_unlock(&t->mu);
