@@ -78,9 +78,9 @@ surpool_err surpool__cbor_route(const unsigned char *buf, size_t len, surpool__f
  * surpool__peek_info; each span is one whole item, tags included). Refuses a
  * duplicate "id" and malformed or truncated CBOR anywhere in the frame's
  * top-level walk. The raw path runs it on the caller's thread, the transport
- * on a reply no request takes, before dropping it. On a frame the full decode accepts,
- * surpool__cbor_decode_value() of the result span alone gives the frame's
- * "result" (fuzz/fuzz_cbor_decode.c checks it). */
+ * on a reply no request takes, before dropping it. On a frame the full decode
+ * accepts, surpool__cbor_decode_value() of the result span alone gives the
+ * frame's "result" (fuzz/fuzz_cbor_decode.c checks it). */
 surpool_err surpool__cbor_peek_info(const unsigned char *buf, size_t len,
                                     surpool__peek_info *info, surpool_error *err);
 

@@ -123,8 +123,9 @@ typedef struct surpool__peek_info {
  * success only). Refuses a repeated "id" and JSON broken anywhere in the
  * top-level walk, besides route's refusals; a frame the full decode accepts
  * has its "result" value's bytes at [result_off, result_off + result_len), and
- * decoding those alone gives the same value (fuzz/fuzz_decode.c checks it). Not a validator: on a frame the
- * full decode refuses the spans are only where the walk found them. */
+ * decoding those alone gives the same value (fuzz/fuzz_decode.c checks it).
+ * Not a validator: on a frame the full decode refuses the spans are only where
+ * the walk found them. */
 surpool_err surpool__codec_peek_info(const char *buf, size_t len, surpool__peek_info *info,
                                      surpool_error *err);
 

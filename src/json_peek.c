@@ -11,10 +11,10 @@
  * service thread, during which no other connection of the pool was served).
  * The full walk (surpool__codec_peek_info) goes on to the end: the raw path's,
  * on the caller's thread, and the transport's for a reply that matches no
- * request (dropped only if it passes). It never recurses and allocates nothing. It is not a
- * validator: the full decode (on the thread that wants the result) still
- * refuses bad JSON and repeated keys, and it agrees with this walk on every
- * frame it accepts (fuzz/fuzz_decode.c checks that).
+ * request (dropped only if it passes). It never recurses and allocates
+ * nothing. It is not a validator: the full decode (on the thread that wants
+ * the result) still refuses bad JSON and repeated keys, and it agrees with
+ * this walk on every frame it accepts (fuzz/fuzz_decode.c checks that).
  */
 #include <string.h>
 

@@ -3,7 +3,8 @@
  * as the bytes the server sent. The transport already hands each reply over
  * as its whole frame, undecoded (transport.h, contract 3); a raw call keeps
  * that frame instead of decoding it, and finds the result's bytes with the
- * same allocation-free walk that routed it (codec.h: surpool__peek_info). So
+ * allocation-free walk routing uses, taken past the id to the frame's end
+ * (surpool__codec_peek_info, surpool__cbor_peek_info). So
  * a large result costs its frame once and no tree: the point of the API.
  *
  * Rules:
