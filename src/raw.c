@@ -185,13 +185,11 @@ void surpool_raw_free(surpool_raw *raw)
 
 /* Pool-level raw calls lease a connection for the call (not the lane: one big
  * reply on a lane socket would hold up the small requests queued behind it
- * on that socket), and refuse what the lane refuses. */
+ * on that socket), and refuse what the lane refuses. Arguments are checked
+ * before the lease (a query's params built), as the lane's are. */
 static surpool_err pool_raw(surpool_pool *p, const char *fn, const char *method,
-                            const char *sql, const json_t *params, surpool_raw **out,
-                            surpool_error *err)
+                            const json_t *params, surpool_raw **out, surpool_error *err)
 {
-    if (out != NULL)
-        *out = NULL;
     if (p == NULL || out == NULL)
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "%s: pool and out are required",
                                fn);
@@ -200,7 +198,7 @@ static surpool_err pool_raw(surpool_pool *p, const char *fn, const char *method,
                                "%s() called from inside a surpool_result_fn callback: it "
                                "would deadlock",
                                fn);
-    if (method != NULL && surpool__method_changes_session(method))
+    if (surpool__method_changes_session(method))
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "%s: %s changes session state: lease a connection for it", fn,
                                method);
@@ -208,8 +206,7 @@ static surpool_err pool_raw(surpool_pool *p, const char *fn, const char *method,
     surpool_err rc = surpool_pool_acquire(p, -1, &c, err);
     if (rc != SURPOOL_OK)
         return rc;
-    rc = sql != NULL ? surpool_conn_query_raw(c, sql, (const json_t *)params, out, err)
-                     : surpool_conn_call_raw(c, method, params, out, err);
+    rc = surpool_conn_call_raw(c, method, params, out, err);
     surpool_conn_release(c);
     return rc;
 }
@@ -217,22 +214,27 @@ static surpool_err pool_raw(surpool_pool *p, const char *fn, const char *method,
 surpool_err surpool_query_raw(surpool_pool *pool, const char *sql, const json_t *vars,
                               surpool_raw **out, surpool_error *err)
 {
-    if (sql == NULL || sql[0] == '\0') {
-        if (out != NULL)
-            *out = NULL;
-        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "sql must be a non-empty string");
-    }
-    return pool_raw(pool, "surpool_query_raw", NULL, sql, vars, out, err);
+    if (out != NULL)
+        *out = NULL;
+    json_t *params = NULL;
+    surpool_err rc = surpool__query_params(sql, vars, &params, err);
+    if (rc != SURPOOL_OK)
+        return rc;
+    rc = pool_raw(pool, "surpool_query_raw", "query", params, out, err);
+    json_decref(params);
+    return rc;
 }
 
 surpool_err surpool_call_raw(surpool_pool *pool, const char *method, const json_t *params,
                              surpool_raw **out, surpool_error *err)
 {
-    if (method == NULL || method[0] == '\0') {
-        if (out != NULL)
-            *out = NULL;
+    if (out != NULL)
+        *out = NULL;
+    if (method == NULL || method[0] == '\0')
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
                                "method must be a non-empty string");
-    }
-    return pool_raw(pool, "surpool_call_raw", method, NULL, params, out, err);
+    if (params != NULL && !json_is_array(params))
+        return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG,
+                               "params must be a JSON array or NULL");
+    return pool_raw(pool, "surpool_call_raw", method, params, out, err);
 }

@@ -353,6 +353,35 @@ static void test_take_reply_frames(void **state)
     }
 }
 
+/* Pool-level raw calls refuse bad arguments before they take a connection:
+ * with every connection leased it answers INVALID_ARG at once instead of
+ * waiting for one (acquire_timeout_ms, then TIMEOUT) only to refuse them. */
+static void test_pool_level_checks_before_leasing(void **state)
+{
+    (void)state;
+    surpool_pool *p = make_pool(); /* max_connections 2 */
+    surpool_conn *c1 = lease(p);
+    surpool_conn *c2 = lease(p);
+    surpool_error err;
+    surpool_raw *raw = (surpool_raw *)&err;
+    json_t *notobj = json_array();
+    surpool_err rc = surpool_query_raw(p, "RETURN 1", notobj, &raw, &err);
+    json_decref(notobj);
+    if (rc != SURPOOL_ERR_INVALID_ARG)
+        fail_msg("query_raw with array vars: %s (%s)", surpool_err_name(rc), err.message);
+    assert_null(raw);
+    json_t *obj = json_object();
+    raw = (surpool_raw *)&err;
+    rc = surpool_call_raw(p, "query", obj, &raw, &err);
+    json_decref(obj);
+    if (rc != SURPOOL_ERR_INVALID_ARG)
+        fail_msg("call_raw with object params: %s (%s)", surpool_err_name(rc), err.message);
+    assert_null(raw);
+    tk_release(c1);
+    tk_release(c2);
+    tk_pool_destroy(p);
+}
+
 int main(void)
 {
     g_wire = harness_wire();
@@ -362,6 +391,7 @@ int main(void)
         cmocka_unit_test_teardown(test_bad_args, tk_teardown),
         cmocka_unit_test_teardown(test_pool_level, tk_teardown),
         cmocka_unit_test(test_take_reply_frames),
+        cmocka_unit_test_teardown(test_pool_level_checks_before_leasing, tk_teardown),
     };
     return cmocka_run_group_tests_name(g_wire == SURPOOL_WIRE_CBOR ? "raw-cbor" : "raw-json",
                                        tests, group_setup, group_teardown);
