@@ -19,18 +19,21 @@ static pthread_once_t g_tls_once = PTHREAD_ONCE_INIT;
 static int g_ssl_rx_alert_idx = -1; /* SSL ex_data: last fatal alert received */
 static int g_ssl_tx_alert_idx = -1; /* SSL ex_data: last fatal alert sent */
 static int g_ssl_note_idx = -1;     /* SSL ex_data: other static explanation */
+static int g_ssl_peer_idx = -1;     /* SSL ex_data: the surpool__tls_peer of a session */
 
 static void tls_global_init(void)
 {
     g_ssl_rx_alert_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
     g_ssl_tx_alert_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
     g_ssl_note_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    g_ssl_peer_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 }
 
 int surpool__tls_init(void)
 {
     pthread_once(&g_tls_once, tls_global_init);
-    if (g_ssl_rx_alert_idx < 0 || g_ssl_tx_alert_idx < 0 || g_ssl_note_idx < 0)
+    if (g_ssl_rx_alert_idx < 0 || g_ssl_tx_alert_idx < 0 || g_ssl_note_idx < 0 ||
+        g_ssl_peer_idx < 0)
         return -1;
     return 0;
 }
@@ -203,8 +206,8 @@ surpool_err surpool__tls_ctx_create(const surpool__tconfig *cfg, SSL_CTX **out,
             goto fail;
         }
     }
-    /* lws overrides the mode on each SSL (SSL_VERIFY_PEER plus its callback, which
-     * calls ours); this is the policy it starts from. */
+    /* Each session sets SSL_VERIFY_PEER with session_verify() (our policy,
+     * insecure included); this is the policy a session starts from. */
     SSL_CTX_set_verify(ctx, cfg->tls_insecure_skip_verify ? SSL_VERIFY_NONE : SSL_VERIFY_PEER,
                        NULL);
     SSL_CTX_set_info_callback(ctx, tls_info_cb);
@@ -214,4 +217,117 @@ surpool_err surpool__tls_ctx_create(const surpool__tconfig *cfg, SSL_CTX **out,
 fail:
     SSL_CTX_free(ctx);
     return rc;
+}
+
+/* ------------------------------------------------------------------------- */
+/* A session over memory buffers                                              */
+/* ------------------------------------------------------------------------- */
+
+static int session_verify(int preverify_ok, X509_STORE_CTX *xs)
+{
+    SSL *ssl = X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx());
+    surpool__tls_peer *peer = ssl != NULL ? SSL_get_ex_data(ssl, g_ssl_peer_idx) : NULL;
+    if (peer == NULL)
+        return 0;
+    const char *reason = NULL;
+    int reject = surpool__tls_verify_cert(xs, preverify_ok, peer->insecure, peer->host,
+                                          peer->host_is_ip, &reason);
+    if (reason != NULL && peer->reason == NULL)
+        peer->reason = reason; /* the first failure is the one the user is told */
+    return !reject && X509_STORE_CTX_get_error(xs) == X509_V_OK;
+}
+
+SSL *surpool__tls_session_new(SSL_CTX *ctx, surpool__tls_peer *peer)
+{
+    SSL *ssl = SSL_new(ctx);
+    BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+    if (ssl == NULL || rb == NULL || wb == NULL)
+        goto fail;
+    SSL_set_bio(ssl, rb, wb); /* the SSL owns them from here */
+    rb = wb = NULL;
+    if (!SSL_set_ex_data(ssl, g_ssl_peer_idx, peer))
+        goto fail;
+    SSL_set_verify(ssl, SSL_VERIFY_PEER, session_verify);
+    if (!peer->host_is_ip && SSL_set_tlsext_host_name(ssl, peer->host) != 1)
+        goto fail;
+    SSL_set_connect_state(ssl);
+    return ssl;
+fail:
+    BIO_free(rb);
+    BIO_free(wb);
+    SSL_free(ssl);
+    ERR_clear_error();
+    return NULL;
+}
+
+int surpool__tls_put(SSL *ssl, const void *p, size_t n)
+{
+    size_t done = 0;
+    return n == 0 || (BIO_write_ex(SSL_get_rbio(ssl), p, n, &done) == 1 && done == n) ? 0 : -1;
+}
+
+/* Why the last call on ssl failed (`rc` its return), into why. */
+static void session_why(SSL *ssl, int rc, char *why, size_t cap)
+{
+    int e = SSL_get_error(ssl, rc);
+    if (e == SSL_ERROR_ZERO_RETURN)
+        surpool__strlcpy(why, "the server ended the TLS session", cap);
+    else if (e == SSL_ERROR_SSL)
+        tls_reasons(why, cap);
+    else {
+        snprintf(why, cap, "TLS error %d", e);
+        ERR_clear_error();
+    }
+}
+
+int surpool__tls_handshake(SSL *ssl, char *why, size_t cap)
+{
+    ERR_clear_error();
+    int rc = SSL_do_handshake(ssl);
+    if (rc == 1)
+        return 1;
+    int e = SSL_get_error(ssl, rc);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return 0;
+    session_why(ssl, rc, why, cap);
+    return -1;
+}
+
+long surpool__tls_get(SSL *ssl, void *buf, size_t cap, char *why, size_t whycap)
+{
+    size_t got = 0;
+    ERR_clear_error();
+    int rc = SSL_read_ex(ssl, buf, cap, &got);
+    if (rc == 1)
+        return (long)got;
+    int e = SSL_get_error(ssl, rc);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return 0;
+    session_why(ssl, rc, why, whycap);
+    return -1;
+}
+
+int surpool__tls_send(SSL *ssl, const void *p, size_t n, char *why, size_t whycap)
+{
+    size_t done = 0;
+    ERR_clear_error();
+    /* Memory BIOs take everything: one call writes all n bytes. */
+    int rc = n == 0 ? 1 : SSL_write_ex(ssl, p, n, &done);
+    if (rc == 1 && (n == 0 || done == n))
+        return 0;
+    session_why(ssl, rc, why, whycap);
+    return -1;
+}
+
+size_t surpool__tls_pending(SSL *ssl)
+{
+    return BIO_ctrl_pending(SSL_get_wbio(ssl));
+}
+
+size_t surpool__tls_take(SSL *ssl, void *buf, size_t cap)
+{
+    size_t got = 0;
+    if (cap == 0 || BIO_read_ex(SSL_get_wbio(ssl), buf, cap, &got) != 1)
+        return 0;
+    return got;
 }

@@ -42,4 +42,39 @@ int surpool__tls_verify_cert(X509_STORE_CTX *xs, int preverify_ok, int insecure,
 void surpool__tls_handshake_notes(const SSL *ssl, const char **alert_rx, const char **alert_tx,
                                   const char **note);
 
+/*
+ * A client TLS session over memory buffers: the transport hands in the bytes it
+ * read from the socket and writes out the bytes this produces (libwebsockets
+ * 4.1 cannot run TLS under a raw client socket, ws.h says why we need one).
+ * Certificates are checked by surpool__tls_verify_cert() against `peer`, whose
+ * `reason` receives the first failure. All calls on one thread at a time.
+ */
+typedef struct surpool__tls_peer {
+    int insecure;
+    const char *host; /* borrowed for the session's life */
+    int host_is_ip;
+    const char *reason; /* static text: why the certificate was refused */
+} surpool__tls_peer;
+
+/* A session on `ctx` for `peer` (SNI set for a name). NULL when out of memory. */
+SSL *surpool__tls_session_new(SSL_CTX *ctx, surpool__tls_peer *peer);
+
+/* Bytes read from the socket. 0, or -1 when out of memory. */
+int surpool__tls_put(SSL *ssl, const void *p, size_t n);
+
+/* Advance the handshake: 1 done, 0 more bytes needed (write out what is
+ * pending first), -1 failed: OpenSSL's reasons in why. */
+int surpool__tls_handshake(SSL *ssl, char *why, size_t cap);
+
+/* Decrypted bytes: > 0 read, 0 none for now, -1 the session failed or the
+ * server ended it (why says which). */
+long surpool__tls_get(SSL *ssl, void *buf, size_t cap, char *why, size_t whycap);
+
+/* Encrypt all n bytes. 0, or -1 (why). */
+int surpool__tls_send(SSL *ssl, const void *p, size_t n, char *why, size_t whycap);
+
+/* The encrypted bytes waiting to be written; take up to cap of them. */
+size_t surpool__tls_pending(SSL *ssl);
+size_t surpool__tls_take(SSL *ssl, void *buf, size_t cap);
+
 #endif

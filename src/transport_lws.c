@@ -76,6 +76,7 @@
 #include "thread.h"
 #include "tls.h"
 #include "utf8.h"
+#include "ws.h"
 
 /* ------------------------------------------------------------------------- */
 /* Types                                                                      */
@@ -88,6 +89,7 @@ enum { CS_CONNECTING = 0, CS_OPEN = 1, CS_FAILED = 2 }; /* tconn.state */
 #define RX_STEAL_BYTES (256u << 10) /* replies from this size take the buffer, not a copy */
 #define ABORT_WAIT_NS (2000 * SURPOOL__NS_PER_MS)
 #define SHUTDOWN_WAIT_NS (1000 * SURPOOL__NS_PER_MS)
+#define TLS_PLAIN_BYTES (64u << 10) /* decrypted bytes handed on per read (4 records) */
 
 struct surpool__tconn {
     surpool__transport *t;
@@ -122,7 +124,12 @@ struct surpool__tconn {
     char fail_msg[200];
     int peer_close_code;
     char peer_close_reason[124];
-    char tls_reason[120]; /* certificate verification failure, if any */
+    char tls_reason[120];   /* certificate verification failure, if any */
+    SSL *ssl;               /* wss: our TLS session on the raw socket (service thread) */
+    surpool__tls_peer peer; /* what its certificate is checked against */
+    int tls_up;             /* its handshake is done (service thread) */
+    unsigned char *tls_out; /* encrypted bytes being written (service thread) */
+    size_t tls_out_cap;
     char addrs[MAX_ADDRS][INET6_ADDRSTRLEN];
     int n_addrs;
     int addr_idx;
@@ -134,11 +141,18 @@ struct surpool__tconn {
 
     /* Service thread only. */
     struct lws *wsi;
+    surpool__ws *ws; /* the WebSocket protocol on the current attempt's socket */
+    int upgraded;    /* the server accepted the WebSocket upgrade */
+    int ending;      /* write what ws has queued (a close frame), then drop the socket */
+    int stop_code;   /* the close code for ws when dispatch() stopped reading */
     char *rx;
     size_t rx_len, rx_cap;
-    int rx_overflow, rx_binary;
+    int rx_overflow;
     lws_sorted_usec_list_t sul;
-    int64_t timer_at; /* when the sul fires (INT64_MAX: not scheduled) */
+    int64_t timer_at;              /* when the sul fires (INT64_MAX: not scheduled) */
+    lws_sorted_usec_list_t ka_sul; /* keepalive (keepalive_check()) */
+    int64_t rx_last;               /* when bytes last came from the server */
+    int ka_pinged;                 /* a ping went out since rx_last */
 
     /* Events: events_mu is held around every on_dead/on_notify so that close()
      * can wait out a running one and then detach. Lock order: taken with no other
@@ -171,6 +185,7 @@ struct surpool__transport {
     int pass_handles;                  /* service thread only: how many of the two
                                           are initialised (uv_teardown closes them) */
     SSL_CTX *ssl_ctx;
+    unsigned char *tls_plain; /* wss: decrypted records land here (service thread) */
     pthread_t thread;
     atomic_int stop;
     atomic_int wake_pending;
@@ -214,6 +229,9 @@ static void forward_lws_log(int level, const char *line)
     /* lws lines can quote what the peer sent (headers, close reasons). */
     surpool__text_sanitize(buf, sizeof(buf), line, n);
     surpool_log_level lv = (level & LLL_ERR) ? SURPOOL_LOG_ERROR : SURPOOL_LOG_WARN;
+    /* Our empty proxy setting (transport_create()), said at every context. */
+    if (strstr(buf, "http_proxy needs to be ads:port") != NULL)
+        return;
 
     pthread_mutex_lock(&g_reg_mu);
     for (surpool__transport *t = g_reg_head; t != NULL; t = t->reg_next) {
@@ -262,13 +280,10 @@ static void registry_remove(surpool__transport *t)
 /* Small helpers                                                              */
 /* ------------------------------------------------------------------------- */
 
-/* Validity policy: lws pings after 30 s without a PONG and hangs up after 40 s.
- * hangup must exceed ping or every connection is killed on schedule. lws keeps a
- * pointer to it, hence static. */
-static const lws_retry_bo_t g_retry = {
-    .secs_since_valid_ping = 30,
-    .secs_since_valid_hangup = 40,
-};
+/* Keepalive of every open socket (keepalive_check()): a WebSocket ping after
+ * 30 s without a byte from the server, hang up after 40 s. */
+#define KA_PING_NS (30000 * SURPOOL__NS_PER_MS)
+#define KA_HANGUP_NS (40000 * SURPOOL__NS_PER_MS)
 
 /* snprintf into a fixed buffer where truncating a message is fine (on a UTF-8
  * character boundary). Text from the server or from libwebsockets goes through
@@ -306,6 +321,9 @@ static void conn_free(surpool__tconn *c)
     pthread_mutex_unlock(&t->mu);
 
     surpool__reqtable_free(&c->rt);
+    surpool__ws_free(c->ws);
+    SSL_free(c->ssl);
+    surpool__free(c->tls_out);
     surpool__free(c->rx);
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->cond);
@@ -499,6 +517,8 @@ static void timer_cb(lws_sorted_usec_list_t *sul)
 
 static void conn_start(surpool__tconn *c);
 static int conn_maybe_next_addr(surpool__tconn *c);
+static int on_ws_data(void *ud, const unsigned char *p, size_t len, int first, int final,
+                      int binary);
 
 /* One visit of a connection taken from the wake list. */
 static void conn_visit(surpool__tconn *c)
@@ -600,28 +620,43 @@ static void conn_start(surpool__tconn *c)
     const char *addr = c->addrs[c->addr_idx];
     pthread_mutex_unlock(&c->mu);
 
+    /* A fresh protocol state for every attempt (service thread only). */
+    surpool__ws_free(c->ws);
+    c->ws = surpool__ws_new(on_ws_data, c, 0);
+    SSL_free(c->ssl);
+    c->ssl = NULL;
+    c->tls_up = 0;
+    c->upgraded = 0;
+    c->ending = 0;
+    c->stop_code = 0;
+    c->rx_len = 0;
+    c->rx_overflow = 0;
+    if (c->ws == NULL) {
+        pthread_mutex_lock(&c->mu);
+        c->state = CS_FAILED;
+        c->svc_done = 1;
+        if (c->fail_code == SURPOOL_OK) {
+            c->fail_code = SURPOOL_ERR_NOMEM;
+            copy_str(c->fail_msg, sizeof(c->fail_msg), "out of memory starting a connection");
+        }
+        pthread_cond_broadcast(&c->cond);
+        pthread_mutex_unlock(&c->mu);
+        return;
+    }
+
+    /* A raw socket (TCP, and TLS for wss): the WebSocket upgrade and frames
+     * are ws.c's, not libwebsockets' (ws.h says why). */
     memset(&i, 0, sizeof(i));
     i.context = t->ctx;
+    i.method = "RAW";
     i.address = addr; /* numeric: a name would block this thread in getaddrinfo */
     i.port = c->url->port;
     i.path = c->url->path;
-    i.host = c->host_header;
-    i.origin = c->host_header;
-    i.protocol = t->proto;
+    i.host = c->host_header; /* lws takes the TLS server name from it */
     i.local_protocol_name = t->proto;
-    i.retry_and_idle_policy = &g_retry;
     i.opaque_user_data = c;
-    if (c->url->tls) {
-        i.ssl_connection = LCCSCF_USE_SSL;
-        if (t->insecure)
-            i.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED |
-                                LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK | LCCSCF_ALLOW_EXPIRED |
-                                LCCSCF_ALLOW_INSECURE;
-        else if (c->host_is_ip == 6)
-            /* lws cuts the name at the first ':' ("[::1]" → "[") and would
-             * reject every certificate; our verify callback checks the address. */
-            i.ssl_connection |= LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK;
-    }
+    /* No i.ssl_connection: libwebsockets 4.1 cannot put TLS under a raw client
+     * (it starts TLS before the socket exists); wss is tls.c's, on_rx(). */
 
     conn_ref(c); /* the wsi's reference, dropped at WSI_DESTROY */
     pthread_mutex_lock(&c->mu);
@@ -678,104 +713,161 @@ static int conn_maybe_next_addr(surpool__tconn *c)
     return 1;
 }
 
-static int is_tls_text(const char *s)
-{
-    return strstr(s, "SSL") != NULL || strstr(s, "ssl") != NULL || strstr(s, "TLS") != NULL ||
-           strstr(s, "cert") != NULL || strncmp(s, "connect SYSCALL", 15) == 0 ||
-           strncmp(s, "connect unk", 11) == 0;
-}
-
-/* LWS_CALLBACK_CLIENT_CONNECTION_ERROR: remember why; WSI_DESTROY (or the NULL
- * return of the connect call) decides what happens next. */
-static void on_connection_error(struct lws *wsi, surpool__tconn *c, const char *in, size_t len)
+/* LWS_CALLBACK_CLIENT_CONNECTION_ERROR (the TCP connect failed): remember why;
+ * WSI_DESTROY (or the NULL return of the connect call) decides what happens
+ * next. */
+static void on_connection_error(surpool__tconn *c, const char *in, size_t len)
 {
     char text[160];
     size_t n = in != NULL ? strnlen(in, len) : 0; /* len may count the NUL */
-    /* lws' text may quote the server (a status line, a header). */
     n = surpool__text_sanitize(text, sizeof(text), in, n);
     if (n == 0)
         n = surpool__strlcpy(text, "connection failed", sizeof(text));
-    /* The HTTP status of a refused upgrade says more than lws' wording. */
-    unsigned int status = lws_http_client_http_response(wsi);
-
-    const char *alert_rx = NULL, *alert_tx = NULL, *note = NULL;
-    if (c->url->tls) {
-        SSL *ssl = lws_get_ssl(wsi);
-        if (ssl != NULL)
-            surpool__tls_handshake_notes(ssl, &alert_rx, &alert_tx, &note);
-    }
 
     pthread_mutex_lock(&c->mu);
     c->wsi = NULL; /* lws is tearing it down; nothing else may act on it */
     if (c->fail_code == SURPOOL_OK) {
-        if (c->tls_reason[0] != '\0') {
-            c->fail_code = SURPOOL_ERR_TLS;
-            msgf(c->fail_msg, sizeof(c->fail_msg), "certificate verify failed: %s",
-                 c->tls_reason);
-        } else if (c->url->tls && (alert_rx != NULL || alert_tx != NULL || note != NULL ||
-                                   is_tls_text(text))) {
-            c->fail_code = SURPOOL_ERR_TLS;
-            if (note != NULL)
-                msgf(c->fail_msg, sizeof(c->fail_msg), "TLS handshake with %s failed: %s",
-                     c->url->host, note);
-            else if (alert_rx != NULL)
-                msgf(c->fail_msg, sizeof(c->fail_msg),
-                     "TLS handshake with %s failed: the server sent alert '%s'", c->url->host,
-                     alert_rx);
-            else if (alert_tx != NULL)
-                msgf(c->fail_msg, sizeof(c->fail_msg),
-                     "TLS handshake with %s failed: sent alert '%s' (%s)", c->url->host,
-                     alert_tx, text);
-            else
-                msgf(c->fail_msg, sizeof(c->fail_msg), "TLS handshake with %s failed: %s",
-                     c->url->host, text);
-        } else if (status == 404) {
-            c->fail_code = SURPOOL_ERR_CONNECT;
-            msgf(c->fail_msg, sizeof(c->fail_msg),
-                 "server at %s port %d answered HTTP 404 to the WebSocket upgrade: path "
-                 "'%.64s' is not a SurrealDB RPC endpoint%s",
-                 c->url->host, c->url->port, c->url->path,
-                 strcmp(c->url->path, "/rpc") != 0 ? " (is it /rpc?)" : "");
-        } else if (status != 0 && status != 101) {
-            c->fail_code = SURPOOL_ERR_CONNECT;
-            msgf(c->fail_msg, sizeof(c->fail_msg),
-                 "server at %s port %d answered the WebSocket upgrade of '%.64s' with HTTP "
-                 "%u instead of 101",
-                 c->url->host, c->url->port, c->url->path, status);
-        } else {
-            c->fail_code = SURPOOL_ERR_CONNECT;
-            c->tcp_failed = !c->tcp_up; /* open() names the cause (tcp_diagnose) */
-            const char *a = c->addrs[c->addr_idx];
-            if (strcmp(a, c->url->host) != 0)
-                msgf(c->fail_msg, sizeof(c->fail_msg), "cannot connect to %s port %d (%s): %s",
-                     c->url->host, c->url->port, a, text);
-            else
-                msgf(c->fail_msg, sizeof(c->fail_msg), "cannot connect to %s port %d: %s",
-                     c->url->host, c->url->port, text);
-        }
+        c->fail_code = SURPOOL_ERR_CONNECT;
+        c->tcp_failed = !c->tcp_up; /* open() names the cause (tcp_diagnose) */
+        const char *a = c->addrs[c->addr_idx];
+        if (strcmp(a, c->url->host) != 0)
+            msgf(c->fail_msg, sizeof(c->fail_msg), "cannot connect to %s port %d (%s): %s",
+                 c->url->host, c->url->port, a, text);
+        else
+            msgf(c->fail_msg, sizeof(c->fail_msg), "cannot connect to %s port %d: %s",
+                 c->url->host, c->url->port, text);
     }
     pthread_mutex_unlock(&c->mu);
 }
 
-/* LWS_CALLBACK_CLIENT_FILTER_PRE_ESTABLISH: lws accepts a server that ignored our
- * subprotocol; we do not (1.x–2.1 servers would guess the format). */
-static int on_pre_establish(struct lws *wsi, surpool__tconn *c)
+/* The TLS handshake failed (`text`: OpenSSL's reasons): why, for open(), from
+ * what the session noted (a refused certificate, an alert, a plain HTTP
+ * answer). */
+static void tls_failed(surpool__tconn *c, const char *text)
 {
-    char proto[32];
-    int n = lws_hdr_copy(wsi, proto, sizeof(proto), WSI_TOKEN_PROTOCOL);
-    if (n > 0 && strcmp(proto, c->t->proto) == 0)
-        return 0;
+    const char *alert_rx, *alert_tx, *note;
+    surpool__tls_handshake_notes(c->ssl, &alert_rx, &alert_tx, &note);
     pthread_mutex_lock(&c->mu);
+    if (c->peer.reason != NULL && c->tls_reason[0] == '\0')
+        copy_str(c->tls_reason, sizeof(c->tls_reason), c->peer.reason);
     if (c->fail_code == SURPOOL_OK) {
-        c->fail_code = SURPOOL_ERR_CONNECT;
-        msgf(c->fail_msg, sizeof(c->fail_msg),
-             "server at %s port %d did not accept WebSocket subprotocol '%s' "
-             "(answered %s%s%s)",
-             c->url->host, c->url->port, c->t->proto, n > 0 ? "'" : "", n > 0 ? proto : "none",
-             n > 0 ? "'" : "");
+        c->fail_code = SURPOOL_ERR_TLS;
+        if (c->tls_reason[0] != '\0')
+            msgf(c->fail_msg, sizeof(c->fail_msg), "certificate verify failed: %s",
+                 c->tls_reason);
+        else if (note != NULL)
+            msgf(c->fail_msg, sizeof(c->fail_msg), "TLS handshake with %s failed: %s",
+                 c->url->host, note);
+        else if (alert_rx != NULL)
+            msgf(c->fail_msg, sizeof(c->fail_msg),
+                 "TLS handshake with %s failed: the server sent alert '%s'", c->url->host,
+                 alert_rx);
+        else if (alert_tx != NULL)
+            msgf(c->fail_msg, sizeof(c->fail_msg),
+                 "TLS handshake with %s failed: sent alert '%s' (%s)", c->url->host, alert_tx,
+                 text);
+        else
+            msgf(c->fail_msg, sizeof(c->fail_msg), "TLS handshake with %s failed: %s",
+                 c->url->host, text);
     }
     pthread_mutex_unlock(&c->mu);
-    return 1;
+}
+
+/* The upgrade was not accepted (ws.c says how): why, for open(). c->mu held. */
+static void upgrade_refused(surpool__tconn *c, surpool__ws_rc rc)
+{
+    if (c->fail_code != SURPOOL_OK)
+        return;
+    c->fail_code = rc == SURPOOL__WS_NOMEM ? SURPOOL_ERR_NOMEM : SURPOOL_ERR_CONNECT;
+    unsigned status = surpool__ws_status(c->ws);
+    if (rc == SURPOOL__WS_NOMEM)
+        copy_str(c->fail_msg, sizeof(c->fail_msg), "out of memory reading the upgrade answer");
+    else if (rc == SURPOOL__WS_REFUSED && status == 404)
+        msgf(c->fail_msg, sizeof(c->fail_msg),
+             "server at %s port %d answered HTTP 404 to the WebSocket upgrade: path "
+             "'%.64s' is not a SurrealDB RPC endpoint%s",
+             c->url->host, c->url->port, c->url->path,
+             strcmp(c->url->path, "/rpc") != 0 ? " (is it /rpc?)" : "");
+    else if (rc == SURPOOL__WS_REFUSED)
+        msgf(c->fail_msg, sizeof(c->fail_msg),
+             "server at %s port %d answered the WebSocket upgrade of '%.64s' with HTTP "
+             "%u instead of 101",
+             c->url->host, c->url->port, c->url->path, status);
+    else /* a subprotocol other than ours (1.x–2.1 servers would guess the format) */
+        msgf(c->fail_msg, sizeof(c->fail_msg), "server at %s port %d %s", c->url->host,
+             c->url->port, surpool__ws_error(c->ws));
+}
+
+static int on_established(struct lws *wsi, surpool__tconn *c);
+static void keepalive_check(lws_sorted_usec_list_t *sul);
+static int on_frames(struct lws *wsi, surpool__tconn *c, const unsigned char *in, size_t len);
+
+/* Queue the upgrade request (TCP, and TLS for wss, are up). 0 or -1. */
+static int upgrade_start(surpool__tconn *c)
+{
+    if (surpool__ws_start(c->ws, c->host_header, c->url->path, c->t->proto) == 0)
+        return 0;
+    pthread_mutex_lock(&c->mu);
+    upgrade_refused(c, SURPOOL__WS_NOMEM);
+    pthread_mutex_unlock(&c->mu);
+    return -1;
+}
+
+/* LWS_CALLBACK_RAW_CONNECTED: TCP is up. The TLS handshake (wss) and then the
+ * upgrade request go out from the writable callback; both must be done within
+ * timeout_secs (lws cleared its connect timeout before this callback). */
+static int on_raw_connected(struct lws *wsi, surpool__tconn *c)
+{
+    pthread_mutex_lock(&c->mu);
+    c->tcp_up = 1;
+    pthread_mutex_unlock(&c->mu);
+    lws_set_timeout(wsi, PENDING_TIMEOUT_AWAITING_SERVER_RESPONSE, c->t->timeout_secs);
+    if (c->url->tls) {
+        char why[160];
+        c->peer.insecure = c->t->insecure;
+        c->peer.host = c->url->host;
+        c->peer.host_is_ip = c->host_is_ip;
+        c->peer.reason = NULL;
+        c->ssl = surpool__tls_session_new(c->t->ssl_ctx, &c->peer);
+        if (c->ssl == NULL) {
+            pthread_mutex_lock(&c->mu);
+            if (c->fail_code == SURPOOL_OK) {
+                c->fail_code = SURPOOL_ERR_NOMEM;
+                copy_str(c->fail_msg, sizeof(c->fail_msg), "out of memory starting TLS");
+            }
+            pthread_mutex_unlock(&c->mu);
+            return -1;
+        }
+        if (surpool__tls_handshake(c->ssl, why, sizeof(why)) < 0) { /* the hello */
+            tls_failed(c, why);
+            return -1;
+        }
+    } else if (upgrade_start(c) != 0) {
+        return -1;
+    }
+    lws_callback_on_writable(wsi);
+    return 0;
+}
+
+/* LWS_CALLBACK_RAW_RX before the upgrade was accepted. */
+static int on_handshake_rx(struct lws *wsi, surpool__tconn *c, const unsigned char *in,
+                           size_t len)
+{
+    size_t used;
+    surpool__ws_rc rc = surpool__ws_handshake(c->ws, in, len, &used);
+    if (rc == SURPOOL__WS_OK)
+        return 0;
+    if (rc != SURPOOL__WS_OPEN) {
+        pthread_mutex_lock(&c->mu);
+        upgrade_refused(c, rc);
+        pthread_mutex_unlock(&c->mu);
+        return -1;
+    }
+    lws_set_timeout(wsi, NO_PENDING_TIMEOUT, 0);
+    c->upgraded = 1;
+    if (on_established(wsi, c) != 0)
+        return -1;
+    return used < len ? on_frames(wsi, c, in + used, len - used) : 0;
 }
 
 static int on_established(struct lws *wsi, surpool__tconn *c)
@@ -790,6 +882,10 @@ static int on_established(struct lws *wsi, surpool__tconn *c)
     int queued = surpool__reqtable_has_queued(&c->rt);
     pthread_cond_broadcast(&c->cond);
     pthread_mutex_unlock(&c->mu);
+    c->rx_last = surpool__now_ns();
+    c->ka_pinged = 0;
+    lws_sul_schedule(c->t->ctx, 0, &c->ka_sul, keepalive_check,
+                     (lws_usec_t)(KA_PING_NS / 1000));
     if (queued)
         lws_callback_on_writable(wsi);
     return 0;
@@ -821,54 +917,111 @@ static int on_cert_verify(surpool__tconn *c, X509_STORE_CTX *xs, int preverify_o
 /* Service thread: writing and receiving                                      */
 /* ------------------------------------------------------------------------- */
 
-/* Frames written per writable callback at most. lws allows more than one
- * lws_write() per callback as long as the socket is not choked (no partial
- * write pending, kernel buffer has room): with many requests queued on few
- * sockets (the shared lane) that saves a pass of the event loop over every
- * socket per frame. The cap keeps one busy socket from starving the others. */
+/* Requests framed per writable callback at most (and all written with one
+ * lws_write()): with many requests queued on few sockets (the shared lane)
+ * that saves a pass of the event loop over every socket per frame. The cap
+ * keeps one busy socket from starving the others. */
 #define WRITE_BATCH 32
+#define WRITE_BATCH_BYTES (256u * 1024u)
+
+/* Write what ws has queued. 0, or -1 when the write failed. lws sends what the
+ * socket takes and buffers the rest (the socket is then "choked" and the next
+ * writable callback comes once it has drained). */
+static int ws_flush(struct lws *wsi, surpool__tconn *c)
+{
+    unsigned char *p;
+    size_t n = surpool__ws_output(c->ws, &p);
+    if (c->ssl == NULL) {
+        if (n == 0)
+            return 0;
+        /* Only < 0 is an error: with output already buffered lws returns what
+         * it drained, not n. */
+        int w = lws_write(wsi, p, n, LWS_WRITE_RAW);
+        surpool__ws_written(c->ws, n);
+        return w < 0 ? -1 : 0;
+    }
+    if (n != 0 && c->tls_up) {
+        char why[160];
+        if (surpool__tls_send(c->ssl, p, n, why, sizeof(why)) != 0) {
+            surpool__log(c->t->logger, SURPOOL_LOG_WARN, "TLS write failed: %s", why);
+            return -1;
+        }
+        surpool__ws_written(c->ws, n);
+    }
+    size_t m = surpool__tls_pending(c->ssl);
+    if (m == 0)
+        return 0;
+    if (m > c->tls_out_cap) {
+        unsigned char *nb = surpool__realloc(c->tls_out, m);
+        if (nb == NULL)
+            return -1;
+        c->tls_out = nb;
+        c->tls_out_cap = m;
+    }
+    m = surpool__tls_take(c->ssl, c->tls_out, m);
+    int w = lws_write(wsi, c->tls_out, m, LWS_WRITE_RAW);
+    if (c->tls_out_cap > RX_KEEP_BYTES) {
+        surpool__free(c->tls_out);
+        c->tls_out = NULL;
+        c->tls_out_cap = 0;
+    }
+    return w < 0 ? -1 : 0;
+}
+
+/* Queue our close frame (`code`, `reason`), write it, and end: the socket
+ * closes without waiting for the server's answer. Returns -1 (close now). */
+static int ws_end(struct lws *wsi, surpool__tconn *c, int code, const char *reason)
+{
+    surpool__ws_close(c->ws, code, reason);
+    if (ws_flush(wsi, c) != 0)
+        return -1;
+    /* Close once lws has written what it buffered (-1 now if nothing). */
+    return lws_raw_transaction_completed(wsi);
+}
 
 static int on_writeable(struct lws *wsi, surpool__tconn *c)
 {
+    if (c->ending)
+        return ws_end(wsi, c, c->stop_code != 0 ? c->stop_code : 1011, NULL);
     pthread_mutex_lock(&c->mu);
-    if (c->closing) {
+    int open = c->state == CS_OPEN;
+    if (c->closing && open) {
         pthread_mutex_unlock(&c->mu);
-        static const char bye[] = "client closing";
-        lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, (unsigned char *)bye,
-                         sizeof(bye) - 1);
-        return -1; /* idempotent: a second visit just finishes the close */
+        return ws_end(wsi, c, 1001, "client closing"); /* idempotent */
     }
     if (c->failing == 2) {
         pthread_mutex_unlock(&c->mu);
-        lws_close_reason(wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, NULL, 0);
-        return -1;
+        return ws_end(wsi, c, 1007, NULL);
     }
-    if (!surpool__reqtable_has_queued(&c->rt) || atomic_load(&c->dead)) {
-        pthread_mutex_unlock(&c->mu); /* unasked writable callbacks happen */
-        return 0;
+    if (!open || !surpool__reqtable_has_queued(&c->rt) || atomic_load(&c->dead)) {
+        pthread_mutex_unlock(&c->mu);
+        /* The upgrade request, pongs; unasked writable callbacks happen too. */
+        return ws_flush(wsi, c);
     }
     int failed = 0;
-    for (int i = 0; i < WRITE_BATCH && surpool__reqtable_has_queued(&c->rt); i++) {
-        if (i > 0 && lws_send_pipe_choked(wsi))
-            break;
+    size_t bytes = 0;
+    for (int i = 0;
+         i < WRITE_BATCH && bytes < WRITE_BATCH_BYTES && surpool__reqtable_has_queued(&c->rt);
+         i++) {
         /* In flight before the write and all under the mutex: a reply cannot
          * beat the bookkeeping, and cancel() cannot free the buffer mid-write. */
         surpool__treq *r = surpool__reqtable_send_next(&c->rt);
-        /* lws masks the payload in place and buffers any unsent remainder. */
-        size_t len = r->len;
-        int n = lws_write(wsi, (unsigned char *)r->buf + LWS_PRE, len,
-                          c->t->cbor ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
-        if (n < 0 || (size_t)n < len) {
+        if (surpool__ws_send(c->ws, c->t->cbor, r->buf + LWS_PRE, r->len) != 0) {
             failed = 1;
             break;
         }
+        bytes += r->len;
     }
     int more = surpool__reqtable_has_queued(&c->rt);
     pthread_mutex_unlock(&c->mu);
-    /* The requests written are off limits from here: close() or a reply may
-     * complete them any time. */
+    /* The requests framed are off limits from here: close() or a reply may
+     * complete them any time. ws holds their bytes. */
 
     if (failed) {
+        conn_fail(c, SURPOOL_ERR_NOMEM, "out of memory framing a request");
+        return -1;
+    }
+    if (ws_flush(wsi, c) != 0) {
         conn_fail(c, SURPOOL_ERR_DISCONNECTED, "write to the server failed");
         return -1;
     }
@@ -900,7 +1053,7 @@ static char *frame_take(surpool__tconn *c, const char *buf, size_t len)
 /* Hand a reply routed by `id` to its request. Returns -1 when the connection
  * must close: a frame that matches no request is dropped only if the walk to
  * its end accepts it. */
-static int on_reply(struct lws *wsi, surpool__tconn *c, int64_t id, const char *buf, size_t len)
+static int on_reply(surpool__tconn *c, int64_t id, const char *buf, size_t len)
 {
     pthread_mutex_lock(&c->mu);
     surpool__treq *r = surpool__reqtable_take(&c->rt, id);
@@ -919,7 +1072,7 @@ static int on_reply(struct lws *wsi, surpool__tconn *c, int64_t id, const char *
                        : surpool__codec_peek_info(buf, len, &walk, &e);
         if (rc != SURPOOL_OK) {
             conn_fail(c, SURPOOL_ERR_PROTOCOL, e.message);
-            lws_close_reason(wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, NULL, 0);
+            c->stop_code = 1007;
             return -1;
         }
         surpool__log(c->t->logger, SURPOOL_LOG_DEBUG,
@@ -950,7 +1103,7 @@ static int on_reply(struct lws *wsi, surpool__tconn *c, int64_t id, const char *
  * Notifications and id-less errors are decoded here: the
  * pool's handlers take a tree on this thread, and both are small and rare.
  * Returns -1 when the connection must close. */
-static int dispatch(struct lws *wsi, surpool__tconn *c, const char *buf, size_t len)
+static int dispatch(surpool__tconn *c, const char *buf, size_t len)
 {
     surpool__transport *t = c->t;
     surpool__frame f;
@@ -962,14 +1115,14 @@ static int dispatch(struct lws *wsi, surpool__tconn *c, const char *buf, size_t 
                          ? surpool__cbor_route((const unsigned char *)buf, len, &kind, &id, &e)
                          : surpool__codec_route(buf, len, &kind, &id, &e);
     if (rc == SURPOOL_OK && kind == SURPOOL__FRAME_REPLY)
-        return on_reply(wsi, c, id, buf, len);
+        return on_reply(c, id, buf, len);
     if (rc == SURPOOL_OK)
         rc = t->cbor ? surpool__cbor_decode_frame((const unsigned char *)buf, len, &f, &e)
                      : surpool__codec_decode_frame(buf, len, &f, &e);
     if (rc != SURPOOL_OK) {
         conn_fail(c, rc == SURPOOL_ERR_NOMEM ? SURPOOL_ERR_NOMEM : SURPOOL_ERR_PROTOCOL,
                   e.message);
-        lws_close_reason(wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, NULL, 0);
+        c->stop_code = 1007;
         return -1;
     }
     switch (f.kind) {
@@ -977,7 +1130,7 @@ static int dispatch(struct lws *wsi, surpool__tconn *c, const char *buf, size_t 
         /* The peek saw no id where the decoder sees one: they disagree. */
         json_decref(f.root);
         conn_fail(c, SURPOOL_ERR_PROTOCOL, "frame routing and decoding disagree on its id");
-        lws_close_reason(wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, NULL, 0);
+        c->stop_code = 1007;
         return -1;
     case SURPOOL__FRAME_NOTIFICATION:
         pthread_mutex_lock(&c->events_mu);
@@ -999,22 +1152,25 @@ static int dispatch(struct lws *wsi, surpool__tconn *c, const char *buf, size_t 
     return 0;
 }
 
-static int on_receive(struct lws *wsi, surpool__tconn *c, const char *in, size_t len)
+/* A piece of a data message, from ws.c (surpool__ws_data_fn): buffered until
+ * the message is complete, then dispatched. -1 stops reading (the connection
+ * failed; c->stop_code is the close code to send). */
+static int on_ws_data(void *ud, const unsigned char *p, size_t len, int first, int final,
+                      int binary)
 {
+    surpool__tconn *c = ud;
     surpool__transport *t = c->t;
-    int first = lws_is_first_fragment(wsi);
-    int final = lws_is_final_fragment(wsi);
+    const char *in = (const char *)p;
 
     if (first) {
         c->rx_len = 0;
         c->rx_overflow = 0;
-        c->rx_binary = lws_frame_is_binary(wsi);
     }
-    if ((c->rx_binary != 0) != t->cbor) {
+    if ((binary != 0) != t->cbor) {
         conn_fail(c, SURPOOL_ERR_PROTOCOL,
                   t->cbor ? "server sent a text frame on a CBOR connection"
                           : "server sent a binary frame on a JSON connection");
-        lws_close_reason(wsi, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE, NULL, 0);
+        c->stop_code = 1003;
         return -1;
     }
     if (!c->rx_overflow) {
@@ -1024,7 +1180,7 @@ static int on_receive(struct lws *wsi, surpool__tconn *c, const char *in, size_t
             c->rx_overflow = 1;
             c->rx_len = 0;
         } else if (first && final) {
-            return dispatch(wsi, c, in, len); /* one piece: decode in place */
+            return dispatch(c, in, len); /* one piece: route in place */
         } else {
             /* One byte spare: a frame handed over whole gets its NUL there. */
             if (c->rx_len + len + 1 > c->rx_cap) {
@@ -1034,7 +1190,7 @@ static int on_receive(struct lws *wsi, surpool__tconn *c, const char *in, size_t
                 char *nb = surpool__realloc(c->rx, cap);
                 if (nb == NULL) {
                     conn_fail(c, SURPOOL_ERR_NOMEM, "out of memory buffering a reply");
-                    lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, NULL, 0);
+                    c->stop_code = 1009;
                     return -1;
                 }
                 c->rx = nb;
@@ -1051,10 +1207,10 @@ static int on_receive(struct lws *wsi, surpool__tconn *c, const char *in, size_t
         msgf(msg, sizeof(msg), "reply larger than max_message_bytes (%zu)",
              t->max_message_bytes);
         conn_fail(c, SURPOOL_ERR_TOO_LARGE, msg);
-        lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, NULL, 0);
+        c->stop_code = 1009;
         return -1;
     }
-    int rc = dispatch(wsi, c, c->rx, c->rx_len);
+    int rc = dispatch(c, c->rx, c->rx_len);
     c->rx_len = 0;
     if (c->rx_cap > RX_KEEP_BYTES) {
         /* One huge reply should not pin its buffer for the connection's life. */
@@ -1065,16 +1221,138 @@ static int on_receive(struct lws *wsi, surpool__tconn *c, const char *in, size_t
     return rc;
 }
 
-static void on_peer_close(surpool__tconn *c, const unsigned char *in, size_t len)
+/* LWS_CALLBACK_RAW_RX once open: frames. Returns -1 to drop the socket now; a
+ * connection that is ending (a close frame to write first) returns 0 and asks
+ * for a writable callback (on_writeable() writes it and closes). */
+static int on_frames(struct lws *wsi, surpool__tconn *c, const unsigned char *in, size_t len)
 {
-    if (in == NULL || len < 2)
+    c->rx_last = surpool__now_ns();
+    c->ka_pinged = 0;
+    surpool__ws_rc rc = surpool__ws_recv(c->ws, in, len);
+    switch (rc) {
+    case SURPOOL__WS_OK: break;
+    case SURPOOL__WS_CLOSED: {
+        const char *reason;
+        int code = surpool__ws_peer_close(c->ws, &reason);
+        pthread_mutex_lock(&c->mu);
+        c->peer_close_code = code;
+        copy_str(c->peer_close_reason, sizeof(c->peer_close_reason), reason);
+        pthread_mutex_unlock(&c->mu);
+        c->ending = 1; /* our answer is queued */
+        break;
+    }
+    case SURPOOL__WS_PROTOCOL:
+        conn_fail(c, SURPOOL_ERR_PROTOCOL, surpool__ws_error(c->ws));
+        c->ending = 1; /* the close frame wslay chose is queued */
+        break;
+    case SURPOOL__WS_STOPPED:
+        c->ending = 1; /* dispatch() failed the connection and chose the code */
+        break;
+    default: /* NOMEM */
+        conn_fail(c, SURPOOL_ERR_NOMEM, "out of memory reading frames");
+        return -1;
+    }
+    unsigned char *p;
+    if (c->ending) {
+        lws_set_timeout(wsi, PENDING_TIMEOUT_CLOSE_SEND, c->t->timeout_secs);
+        lws_callback_on_writable(wsi);
+    } else if (surpool__ws_output(c->ws, &p) != 0) {
+        lws_callback_on_writable(wsi); /* a pong */
+    }
+    return 0;
+}
+
+/* Bytes of the WebSocket stream (decrypted, for wss). */
+static int on_plain(struct lws *wsi, surpool__tconn *c, const unsigned char *in, size_t len)
+{
+    if (c->ending)
+        return 0; /* closing: what follows is not read */
+    if (!c->upgraded)
+        return on_handshake_rx(wsi, c, in, len);
+    return on_frames(wsi, c, in, len);
+}
+
+/* LWS_CALLBACK_RAW_RX: bytes from the socket; for wss through our TLS session
+ * (its handshake first, then records decrypted one at a time). */
+static int on_rx(struct lws *wsi, surpool__tconn *c, const unsigned char *in, size_t len)
+{
+    if (c->ssl == NULL)
+        return on_plain(wsi, c, in, len);
+    char why[160];
+    if (surpool__tls_put(c->ssl, in, len) != 0) {
+        conn_fail(c, SURPOOL_ERR_NOMEM, "out of memory reading TLS records");
+        return -1;
+    }
+    if (!c->tls_up) {
+        int h = surpool__tls_handshake(c->ssl, why, sizeof(why));
+        if (h < 0) {
+            tls_failed(c, why);
+            return -1;
+        }
+        if (h == 0) {
+            if (surpool__tls_pending(c->ssl) != 0)
+                lws_callback_on_writable(wsi);
+            return 0;
+        }
+        c->tls_up = 1;
+        if (upgrade_start(c) != 0)
+            return -1;
+        lws_callback_on_writable(wsi);
+    }
+    unsigned char *buf = c->t->tls_plain;
+    for (;;) {
+        long got = surpool__tls_get(c->ssl, buf, TLS_PLAIN_BYTES, why, sizeof(why));
+        if (got == 0)
+            break;
+        if (got < 0) {
+            if (!c->upgraded) {
+                tls_failed(c, why);
+            } else {
+                char msg[200];
+                msgf(msg, sizeof(msg), "TLS session failed: %s", why);
+                conn_fail(c, SURPOOL_ERR_DISCONNECTED, msg);
+            }
+            return -1;
+        }
+        int rc = on_plain(wsi, c, buf, (size_t)got);
+        if (rc != 0 || c->ending)
+            return rc;
+    }
+    if (surpool__tls_pending(c->ssl) != 0)
+        lws_callback_on_writable(wsi);
+    return 0;
+}
+
+/* The keepalive timer of an open socket: a ping after KA_PING_NS without a
+ * byte from the server, the socket dropped after KA_HANGUP_NS. Reads only note
+ * the time (no timer work per read): on a busy socket this fires once per
+ * KA_PING_NS and finds it was not quiet. */
+static void keepalive_check(lws_sorted_usec_list_t *sul)
+{
+    surpool__tconn *c = lws_container_of(sul, surpool__tconn, ka_sul);
+    if (c->wsi == NULL || c->ending)
         return;
-    pthread_mutex_lock(&c->mu);
-    c->peer_close_code = (in[0] << 8) | in[1];
-    /* Any bytes at all: keep log lines and messages printable UTF-8. */
-    surpool__text_sanitize(c->peer_close_reason, sizeof(c->peer_close_reason),
-                           (const char *)in + 2, len - 2);
-    pthread_mutex_unlock(&c->mu);
+    int64_t quiet = surpool__now_ns() - c->rx_last;
+    int64_t next = KA_PING_NS - quiet;
+    if (quiet >= KA_HANGUP_NS) {
+        conn_fail(c, SURPOOL_ERR_DISCONNECTED,
+                  "no answer from the server for 40 s (keepalive)");
+        c->ending = 1;
+        c->stop_code = 1001;
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, c->t->timeout_secs);
+        lws_callback_on_writable(c->wsi);
+        return;
+    }
+    if (quiet >= KA_PING_NS) {
+        if (!c->ka_pinged && surpool__ws_ping(c->ws) == 0) {
+            c->ka_pinged = 1;
+            lws_callback_on_writable(c->wsi);
+        }
+        next = KA_HANGUP_NS - quiet;
+    }
+    if (next <= 0)
+        next = 1000;
+    lws_sul_schedule(c->t->ctx, 0, &c->ka_sul, keepalive_check, (lws_usec_t)(next / 1000));
 }
 
 /* LWS_CALLBACK_WSI_DESTROY: the one reliable "this socket is gone". */
@@ -1089,6 +1367,7 @@ static void on_wsi_destroy(struct lws *wsi, surpool__tconn *c)
 
     lws_set_opaque_user_data(wsi, NULL);
     lws_sul_cancel(&c->sul);
+    lws_sul_cancel(&c->ka_sul);
     c->timer_at = INT64_MAX;
 
     pthread_mutex_lock(&c->mu);
@@ -1185,28 +1464,20 @@ static int protocol_cb(struct lws *wsi, enum lws_callback_reasons reason, void *
         return 0;
     case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
         if ((c = lws_get_opaque_user_data(wsi)) != NULL)
-            on_connection_error(wsi, c, in, len);
+            on_connection_error(c, in, len);
         return 0;
-    case LWS_CALLBACK_CLIENT_FILTER_PRE_ESTABLISH:
+    case LWS_CALLBACK_RAW_CONNECTED:
         if ((c = lws_get_opaque_user_data(wsi)) != NULL)
-            return on_pre_establish(wsi, c);
-        return 0;
-    case LWS_CALLBACK_CLIENT_ESTABLISHED:
-        if ((c = lws_get_opaque_user_data(wsi)) != NULL)
-            return on_established(wsi, c);
+            return on_raw_connected(wsi, c);
         return -1;
-    case LWS_CALLBACK_CLIENT_WRITEABLE:
+    case LWS_CALLBACK_RAW_WRITEABLE:
         if ((c = lws_get_opaque_user_data(wsi)) != NULL)
             return on_writeable(wsi, c);
         return 0;
-    case LWS_CALLBACK_CLIENT_RECEIVE:
-        if ((c = lws_get_opaque_user_data(wsi)) != NULL)
-            return on_receive(wsi, c, in, len);
-        return 0;
-    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-        if ((c = lws_get_opaque_user_data(wsi)) != NULL)
-            on_peer_close(c, in, len);
-        return 0;
+    case LWS_CALLBACK_RAW_RX:
+        if ((c = lws_get_opaque_user_data(wsi)) == NULL)
+            return -1;
+        return on_rx(wsi, c, in, len);
     case LWS_CALLBACK_OPENSSL_PERFORM_SERVER_CERT_VERIFICATION:
         /* user = X509_STORE_CTX, in = SSL, len = preverify_ok */
         if ((c = lws_get_opaque_user_data(wsi)) != NULL)
@@ -1309,6 +1580,7 @@ static void transport_free(surpool__transport *t)
 {
     if (t->ssl_ctx != NULL)
         SSL_CTX_free(t->ssl_ctx);
+    surpool__free(t->tls_plain);
     registry_remove(t);
     pthread_rwlock_destroy(&t->alive_lock);
     pthread_mutex_destroy(&t->mu);
@@ -1478,6 +1750,11 @@ static surpool_err transport_create(const surpool__tconfig *cfg, void *arg,
             transport_free(t);
             return rc;
         }
+        t->tls_plain = surpool__malloc(TLS_PLAIN_BYTES);
+        if (t->tls_plain == NULL) {
+            transport_free(t);
+            return surpool__seterr(err, SURPOOL_ERR_NOMEM, "out of memory");
+        }
     }
 
     t->protocols[0].name = t->proto;
@@ -1487,22 +1764,17 @@ static surpool_err transport_create(const surpool__tconfig *cfg, void *arg,
 
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof(info));
-    /* Without this option lws sets up no client TLS at all; with it and no
-     * provided SSL_CTX it would build (and in 4.1 leak) one of its own, so ws://
-     * transports go without. */
-    info.options = cfg->url->tls ? LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT : 0;
+    /* No TLS option: lws moves bytes, TLS is ours (on_rx()). */
     info.port = CONTEXT_PORT_NO_LISTEN;
     info.protocols = t->protocols;
     info.user = t;
     info.fd_limit_per_thread = fd_limit(cfg);
-    info.pt_serv_buf_size = 64 * 1024;
-    /* The header buffer SURPOOL__URL_PATH_MAX is sized against (lws' default,
-     * stated so that the two cannot drift apart). */
-    info.max_http_header_data = 4096;
+    info.pt_serv_buf_size = 64 * 1024 + LWS_PRE; /* RAW_RX: up to 64 KiB per read */
     info.timeout_secs = (unsigned int)t->timeout_secs;
     info.connect_timeout_secs = (unsigned int)t->timeout_secs;
-    info.retry_and_idle_policy = &g_retry;
-    info.provided_client_ssl_ctx = t->ssl_ctx;
+    /* Never through an HTTP proxy: without this lws takes $http_proxy and
+     * would send a CONNECT a raw socket cannot finish. */
+    info.http_proxy_address = "";
     info.count_threads = 1;
 
     if (context_create(t, cfg, &info) != 0) {

@@ -1310,10 +1310,10 @@ static void test_peer_close_code(void **state)
     server_stop(&s);
 }
 
-/* A close reason is any bytes the server chose: it reaches the request's
- * message, the dead event and the log as valid UTF-8 without controls (valid
- * characters kept, invalid bytes U+FFFD, controls '?' or \n) -- issue 9
- * item 12. */
+/* A close reason is text the server chose: it reaches the request's message,
+ * the dead event and the log without controls ('?', or \n for a newline) --
+ * issue 9 item 12. A reason that is not UTF-8 breaks the protocol (RFC 6455
+ * 8.1): the connection fails with PROTOCOL, and no byte of it is quoted. */
 static void test_peer_close_reason_bytes(void **state)
 {
     (void)state;
@@ -1328,19 +1328,31 @@ static void test_peer_close_reason_bytes(void **state)
     surpool__tconn *c = open_ok(&f, &tev);
     batch b;
     batch_init(&b);
-    /* "A", U+20AC, a lone 0xFF, a truncated 0xC3, ESC, "\n", "B" */
+    /* "A", U+20AC, ESC, DEL, "\n", "B" */
     treq *q = call(c, 1, "close",
-                   json_pack("[i,[i,i,i,i,i,i,i,i,i]]", 4001, 0x41, 0xE2, 0x82, 0xAC, 0xFF,
-                             0xC3, 0x1B, 0x0A, 0x42),
+                   json_pack("[i,[i,i,i,i,i,i,i,i]]", 4001, 0x41, 0xE2, 0x82, 0xAC, 0x1B, 0x7F,
+                             0x0A, 0x42),
                    5000, &b);
     assert_int_equal(q->r.status, SURPOOL_ERR_DISCONNECTED);
-    const char *want = "connection closed by peer (code 4001 A\xE2\x82\xAC\xEF\xBF\xBD"
-                       "\xEF\xBF\xBD?\\nB)";
+    const char *want = "connection closed by peer (code 4001 A\xE2\x82\xAC??\\nB)";
     assert_string_equal(q->r.message, want);
     assert_int_equal(wait_dead(&e, WAIT_MS), 1);
     assert_string_equal(e.message, want);
     treq_free(q);
     ops->close(c);
+
+    /* A lone 0xFF, a truncated 0xC3. */
+    events e2;
+    events_init(&e2, &tev);
+    c = open_ok(&f, &tev);
+    q = call(c, 1, "close", json_pack("[i,[i,i,i]]", 4001, 0x41, 0xFF, 0xC3), 5000, &b);
+    assert_int_equal(q->r.status, SURPOOL_ERR_PROTOCOL);
+    assert_string_equal(q->r.message, "server sent text that is not UTF-8 (in a text message "
+                                      "or a close reason)");
+    assert_int_equal(wait_dead(&e2, WAIT_MS), 1);
+    treq_free(q);
+    ops->close(c);
+    events_fini(&e2);
     batch_fini(&b);
     events_fini(&e);
     fixture_destroy(&f);
@@ -1809,5 +1821,7 @@ int main(void)
         cmocka_unit_test_teardown(test_create_destroy_cycles, test_teardown),
         cmocka_unit_test_setup_teardown(test_tls, tls_setup, tls_teardown_all),
     };
+    if (getenv("SURPOOL_TEST_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("SURPOOL_TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
