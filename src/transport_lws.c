@@ -1,6 +1,13 @@
 /*
  * The libwebsockets (4.1) transport: the only file that includes <libwebsockets.h>.
  *
+ * libwebsockets moves bytes: raw client sockets ("RAW" method), its event loop,
+ * its timers. The WebSocket protocol on them is ws.c's (wslay framing: lws 4.1's
+ * own client parser ran once per received byte on the service thread), and TLS
+ * for wss is tls.c's on memory buffers (lws 4.1 cannot put TLS under a raw
+ * client). So a connection is: TCP up (RAW_CONNECTED) → TLS handshake (wss) →
+ * upgrade request and answer (on_handshake_rx) → frames (on_frames).
+ *
  * Shape (from measured libwebsockets 4.1 behaviour):
  *  - One lws context and one service thread per transport (= per pool). Every lws
  *    call happens on that thread, except lws_cancel_service(), which callers use to
@@ -23,8 +30,8 @@
  *    cbor_codec.c: surpool__codec_route, surpool__cbor_route), and
  *    handed to their request as raw bytes: this thread never builds or frees a
  *    result tree, so one big reply does not stall every connection (dispatch()).
- *  - TLS (our SSL_CTX, certificate checks, handshake notes) is tls.c; this file
- *    only hands lws the SSL_CTX and forwards its verification callback.
+ *  - TLS (our SSL_CTX, sessions on memory buffers, certificate checks,
+ *    handshake notes) is tls.c; this file moves its bytes (on_rx(), ws_flush()).
  *  - The event loop is either lws' own poll() loop (lws_service()) or a libuv
  *    loop of ours (a "foreign" loop, uv_run() on the service thread; never the
  *    loop lws would create itself, which installs process signal handlers).
@@ -39,8 +46,9 @@
  *   transport mu → connection mu → process-wide log registry mutex → log_fn;
  *   connection events_mu → (the pool's on_dead/on_notify, which log);
  *   alive_lock (read) → log registry mutex.
- * The registry mutex is taken inside lws calls that log (lws_write() runs under
- * the connection mutex). No lock of ours is held while done() runs.
+ * The registry mutex is taken inside lws calls that log. Requests are framed
+ * (copied into ws.c's output) under the connection mutex and written after it
+ * is released. No lock of ours is held while done() runs.
  *
  * Process-wide side effects of libwebsockets that users must be told about:
  * lws_create_context() sets SIGPIPE to ignored, and lws' log level and emitter
@@ -892,28 +900,6 @@ static int on_established(struct lws *wsi, surpool__tconn *c)
 }
 
 /* ------------------------------------------------------------------------- */
-/* Service thread: TLS                                                        */
-/* ------------------------------------------------------------------------- */
-
-/* LWS_CALLBACK_OPENSSL_PERFORM_SERVER_CERT_VERIFICATION, once per certificate of
- * the chain. Return 0 to let OpenSSL's verdict stand, non-zero to reject. */
-static int on_cert_verify(surpool__tconn *c, X509_STORE_CTX *xs, int preverify_ok)
-{
-    const surpool__transport *t = c->t;
-    const char *reason = NULL;
-    int rc = surpool__tls_verify_cert(xs, preverify_ok, t->insecure, c->url->host,
-                                      c->host_is_ip, &reason);
-    if (reason != NULL) {
-        /* The first failure is the one the user is told about. */
-        pthread_mutex_lock(&c->mu);
-        if (c->tls_reason[0] == '\0')
-            copy_str(c->tls_reason, sizeof(c->tls_reason), reason);
-        pthread_mutex_unlock(&c->mu);
-    }
-    return rc;
-}
-
-/* ------------------------------------------------------------------------- */
 /* Service thread: writing and receiving                                      */
 /* ------------------------------------------------------------------------- */
 
@@ -1478,11 +1464,6 @@ static int protocol_cb(struct lws *wsi, enum lws_callback_reasons reason, void *
         if ((c = lws_get_opaque_user_data(wsi)) == NULL)
             return -1;
         return on_rx(wsi, c, in, len);
-    case LWS_CALLBACK_OPENSSL_PERFORM_SERVER_CERT_VERIFICATION:
-        /* user = X509_STORE_CTX, in = SSL, len = preverify_ok */
-        if ((c = lws_get_opaque_user_data(wsi)) != NULL)
-            return on_cert_verify(c, user, (int)len);
-        return 0;
     case LWS_CALLBACK_WSI_DESTROY:
         if ((c = lws_get_opaque_user_data(wsi)) != NULL)
             on_wsi_destroy(wsi, c);

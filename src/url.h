@@ -7,11 +7,8 @@
 
 #include "internal.h"
 
-/* Longest path (as written, percent-encoded) a URL may have: libwebsockets
- * keeps the path, the Host and Origin headers and a few more in one 4096-byte
- * header buffer while it connects (max_http_header_data, set by the transport),
- * and refuses the connect when they do not fit. 2048 leaves room for the
- * longest host name (253 bytes, twice) and the rest. */
+/* Longest path (as written, percent-encoded) a URL may have in the upgrade
+ * request (ws.c writes it; servers limit their request line too). */
 #define SURPOOL__URL_PATH_MAX 2048
 
 typedef struct surpool__url {

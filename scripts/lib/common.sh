@@ -5,7 +5,7 @@ SURPOOL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export SURPOOL_ROOT
 
 # Debian packages the build, the tests and the test server need.
-SURPOOL_DEB_PACKAGES=(build-essential cmake pkg-config libwebsockets-dev
+SURPOOL_DEB_PACKAGES=(build-essential cmake pkg-config libwebsockets-dev libwslay-dev
                       libwebsockets-evlib-uv libuv1-dev libjansson-dev
                       libcbor-dev libssl-dev libcmocka-dev openssl ca-certificates valgrind)
 
