@@ -176,4 +176,8 @@ extern const surpool__transport_ops surpool__transport_lws;
  * plugin were missing, so that the poll() fallback can be tested. */
 extern int surpool__lws_test_no_uv;
 
+/* Test hook (set before opening connections; 0 = the fixed 30 s / 40 s): the
+ * keepalive's ping and hang-up times in milliseconds. */
+extern int surpool__lws_test_ka_ping_ms, surpool__lws_test_ka_hangup_ms;
+
 #endif

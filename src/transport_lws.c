@@ -290,8 +290,17 @@ static void registry_remove(surpool__transport *t)
 
 /* Keepalive of every open socket (keepalive_check()): a WebSocket ping after
  * 30 s without a byte from the server, hang up after 40 s. */
-#define KA_PING_NS (30000 * SURPOOL__NS_PER_MS)
-#define KA_HANGUP_NS (40000 * SURPOOL__NS_PER_MS)
+int surpool__lws_test_ka_ping_ms, surpool__lws_test_ka_hangup_ms;
+static int64_t ka_ping_ns(void)
+{
+    int ms = surpool__lws_test_ka_ping_ms;
+    return (ms > 0 ? ms : 30000) * SURPOOL__NS_PER_MS;
+}
+static int64_t ka_hangup_ns(void)
+{
+    int ms = surpool__lws_test_ka_hangup_ms;
+    return (ms > 0 ? ms : 40000) * SURPOOL__NS_PER_MS;
+}
 
 /* snprintf into a fixed buffer where truncating a message is fine (on a UTF-8
  * character boundary). Text from the server or from libwebsockets goes through
@@ -893,7 +902,7 @@ static int on_established(struct lws *wsi, surpool__tconn *c)
     c->rx_last = surpool__now_ns();
     c->ka_pinged = 0;
     lws_sul_schedule(c->t->ctx, 0, &c->ka_sul, keepalive_check,
-                     (lws_usec_t)(KA_PING_NS / 1000));
+                     (lws_usec_t)(ka_ping_ns() / 1000));
     if (queued)
         lws_callback_on_writable(wsi);
     return 0;
@@ -1309,32 +1318,35 @@ static int on_rx(struct lws *wsi, surpool__tconn *c, const unsigned char *in, si
     return 0;
 }
 
-/* The keepalive timer of an open socket: a ping after KA_PING_NS without a
- * byte from the server, the socket dropped after KA_HANGUP_NS. Reads only note
- * the time (no timer work per read): on a busy socket this fires once per
- * KA_PING_NS and finds it was not quiet. */
+/* The keepalive timer of an open socket: a ping after ka_ping_ns() without a
+ * byte from the server, the socket dropped after ka_hangup_ns(). Reads only
+ * note the time (no timer work per read): on a busy socket this fires once per
+ * ka_ping_ns() and finds it was not quiet. */
 static void keepalive_check(lws_sorted_usec_list_t *sul)
 {
     surpool__tconn *c = lws_container_of(sul, surpool__tconn, ka_sul);
     if (c->wsi == NULL || c->ending)
         return;
+    int64_t ping = ka_ping_ns(), hangup = ka_hangup_ns();
     int64_t quiet = surpool__now_ns() - c->rx_last;
-    int64_t next = KA_PING_NS - quiet;
-    if (quiet >= KA_HANGUP_NS) {
-        conn_fail(c, SURPOOL_ERR_DISCONNECTED,
-                  "no answer from the server for 40 s (keepalive)");
+    int64_t next = ping - quiet;
+    if (quiet >= hangup) {
+        char msg[96];
+        msgf(msg, sizeof(msg), "no answer from the server for %.3g s (keepalive)",
+             (double)hangup / 1e9);
+        conn_fail(c, SURPOOL_ERR_DISCONNECTED, msg);
         c->ending = 1;
         c->stop_code = 1001;
         lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, c->t->timeout_secs);
         lws_callback_on_writable(c->wsi);
         return;
     }
-    if (quiet >= KA_PING_NS) {
+    if (quiet >= ping) {
         if (!c->ka_pinged && surpool__ws_ping(c->ws) == 0) {
             c->ka_pinged = 1;
             lws_callback_on_writable(c->wsi);
         }
-        next = KA_HANGUP_NS - quiet;
+        next = hangup - quiet;
     }
     if (next <= 0)
         next = 1000;

@@ -1278,6 +1278,87 @@ static void test_close_after(void **state)
     server_stop(&s);
 }
 
+/* A reply the server sends as many frames of one message, with a ping between
+ * every two: the message arrives whole (any byte lost, repeated or out of order
+ * changes the string), the pings are answered, and the socket stays usable. */
+static void test_fragmented_reply(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    surpool__tconn *c = open_ok(&f, NULL);
+    batch b;
+    batch_init(&b);
+    static const int parts[] = {2, 7, 300};
+    static const int sizes[] = {10, 100000, 700000};
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+        treq *q = call(c, (int64_t)i + 1, "fragmented", json_pack("[i,i]", parts[i], sizes[i]),
+                       10000, &b);
+        assert_reply(q);
+        json_t *res = json_object_get(q->r.reply, "result");
+        assert_true(json_is_string(res));
+        assert_int_equal(json_string_length(res), sizes[i]);
+        const char *v = json_string_value(res);
+        for (int k = 0; k < sizes[i]; k++)
+            if (v[k] != 'x')
+                fail_msg("byte %d of a %d-byte reply in %d frames is 0x%02x", k, sizes[i],
+                         parts[i], (unsigned char)v[k]);
+        treq_free(q);
+    }
+    pings(c, &b, 3);
+    assert_true(ops->alive(c));
+    ops->close(c);
+    batch_fini(&b);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+/* The keepalive (its times shortened by the test hook): a quiet socket whose
+ * server answers pings stays open past the hang-up time; one whose server
+ * stops reading is dropped with DISCONNECTED, its request failing, and the
+ * dead event says why. */
+static void test_keepalive(void **state)
+{
+    (void)state;
+    surpool__lws_test_ka_ping_ms = 150;
+    surpool__lws_test_ka_hangup_ms = 500;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    events e;
+    surpool__tconn_events tev;
+    events_init(&e, &tev);
+    surpool__tconn *c = open_ok(&f, &tev);
+    batch b;
+    batch_init(&b);
+    /* Three hang-up times of silence from our side: only pongs keep it open. */
+    struct timespec quiet = {1, 500000000};
+    nanosleep(&quiet, NULL);
+    assert_true(ops->alive(c));
+    pings(c, &b, 2);
+
+    treq *mute = treq_new(&b, 100, "mute", NULL, 60000);
+    submit_ok(c, mute);
+    assert_int_equal(wait_dead(&e, WAIT_MS), 1);
+    assert_string_equal(e.message, "no answer from the server for 0.5 s (keepalive)");
+    assert_true(batch_wait(&b, 3, WAIT_MS));
+    assert_int_equal(mute->r.status, SURPOOL_ERR_DISCONNECTED);
+    assert_false(ops->alive(c));
+    treq_free(mute);
+    ops->close(c);
+    batch_fini(&b);
+    events_fini(&e);
+    fixture_destroy(&f);
+    server_stop(&s);
+    surpool__lws_test_ka_ping_ms = 0;
+    surpool__lws_test_ka_hangup_ms = 0;
+}
+
 static void test_peer_close_code(void **state)
 {
     (void)state;
@@ -1811,6 +1892,8 @@ int main(void)
         cmocka_unit_test_teardown(test_cancel_race, test_teardown),
         cmocka_unit_test_teardown(test_server_killed, test_teardown),
         cmocka_unit_test_teardown(test_close_after, test_teardown),
+        cmocka_unit_test_teardown(test_fragmented_reply, test_teardown),
+        cmocka_unit_test_teardown(test_keepalive, test_teardown),
         cmocka_unit_test_teardown(test_peer_close_code, test_teardown),
         cmocka_unit_test_teardown(test_peer_close_reason_bytes, test_teardown),
         cmocka_unit_test_teardown(test_long_path, test_teardown),

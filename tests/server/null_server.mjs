@@ -69,7 +69,7 @@ const bigString = opt.big >= 0 ? JSON.stringify('x'.repeat(opt.big)) : null;
 // JSON.parse for the common case, fall back to parsing for anything else.
 const HEAD = /^\{"id":(-?\d+),"method":"([A-Za-z_]+)"/;
 const SPECIAL = new Set(['sleep', 'echo', 'big', 'close', 'binary', 'garbage', 'notify',
-    'orphan']);
+    'orphan', 'fragmented', 'mute']);
 
 function handle(ws, text, out) {
     let id, method, params;
@@ -118,6 +118,24 @@ function handle(ws, text, out) {
     }
     case 'binary':
         ws.send(Buffer.from(`{"id":${id},"result":"ok"}`), { binary: true });
+        return;
+    case 'fragmented': {
+        // [parts, n]: a reply of n 'x' sent as `parts` frames of one message,
+        // with a ping between every two of them.
+        const parts = Array.isArray(params) ? Math.max(1, Number(params[0])) : 2;
+        const n = Array.isArray(params) ? Number(params[1]) : 0;
+        const text = `{"id":${id},"result":${JSON.stringify('x'.repeat(n))}}`;
+        const step = Math.ceil(text.length / parts);
+        for (let i = 0; i < text.length; i += step) {
+            if (i > 0 && ws.readyState === ws.OPEN) ws.ping(Buffer.from('are you there'));
+            if (ws.readyState === ws.OPEN)
+                ws.send(text.slice(i, i + step), { fin: i + step >= text.length });
+        }
+        return;
+    }
+    case 'mute':
+        // Stop reading the socket and never answer again (not even pings).
+        ws._socket.pause();
         return;
     case 'garbage':
         out.push('this is not json');
