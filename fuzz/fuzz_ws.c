@@ -17,10 +17,7 @@
  *  - the pieces change nothing: the stream fed again at once (no stop, no
  *    sends) gives the same messages, opens at the same byte and ends with
  *    the same code, close code and reason, and error text.
- *
- * Built with -DSURPOOL_WS_KNOWN_BUGS it also fails on the known bugs that
- * test_ws.c keeps out of its default run (a text message ending inside a
- * UTF-8 sequence delivered as final; a split close reason checked wrongly).
+ *  - a text message is never ended (final piece) with broken UTF-8.
  *
  * The accept key is random, so with bit 0 of the first byte set the harness
  * answers the upgrade correctly itself and the rest of the input is frames.
@@ -411,12 +408,7 @@ static void run(const unsigned char *data, size_t size, unsigned flags, int stop
             CHECK(last == SURPOOL__WS_STOPPED);
         if (last == SURPOOL__WS_STOPPED)
             CHECK(s.pieces > pieces_before);
-#ifdef SURPOOL_WS_KNOWN_BUGS
-        CHECK(!s.text_ended_broken); /* see test_ws.c known_truncated_utf8_final */
-#else
-        if (s.text_ended_broken)
-            CHECK(last == SURPOOL__WS_PROTOCOL || last == SURPOOL__WS_STOPPED);
-#endif
+        CHECK(!s.text_ended_broken);
         if (last == SURPOOL__WS_PROTOCOL || last == SURPOOL__WS_CLOSED)
             CHECK(surpool__ws_close_queued(ws));
         off += piece;
@@ -492,19 +484,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     run(data + 4, size - 4, flags & 0x03, -1, seed, &b);
     CHECK(a.msgs == b.msgs && a.hash == b.hash);
     CHECK(a.open_at == b.open_at);
-#ifndef SURPOOL_WS_KNOWN_BUGS
-    /* wslay 1.1.1 checks a close frame's reason for UTF-8 from byte 2 of each
-     * piece of its payload, not of the payload (test_ws.c known_split_close):
-     * split, a close can fail as not UTF-8 where whole it does not, or the
-     * other way round. Only text and close reasons are checked for UTF-8, and
-     * text the same way whatever the pieces, so a difference that has a
-     * "not UTF-8" PROTOCOL on either side is that bug. */
-    if (a.rc != b.rc || strcmp(a.error, b.error) != 0) {
-        if ((a.rc == SURPOOL__WS_PROTOCOL && strstr(a.error, "UTF-8") != NULL) ||
-            (b.rc == SURPOOL__WS_PROTOCOL && strstr(b.error, "UTF-8") != NULL))
-            return 0;
-    }
-#endif
     CHECK(a.rc == b.rc);
     CHECK(a.peer_code == b.peer_code && strcmp(a.reason, b.reason) == 0);
     CHECK(strcmp(a.error, b.error) == 0);

@@ -51,7 +51,21 @@ struct surpool__ws {
     int f_opcode, f_fin;
     uint64_t f_len, f_off;
     int msg_binary, msg_first;
+    int text_final; /* a text message's last bytes went out: its end waits for
+                       wslay's UTF-8 verdict (cb_frame_end) */
     int stopped;
+    int bad_close; /* a close frame with a 1-byte body (wslay takes it) */
+
+    /* Frame boundaries of the bytes handed to wslay (feed_frames()): wslay
+     * 1.1.1 checks a close reason's UTF-8 from byte 2 of every piece it reads,
+     * so a control frame is only ever handed over whole; the start of one cut
+     * by the end of a read waits in `carry`. */
+    unsigned char carry[14 + 125];
+    size_t carry_len;
+    unsigned char trk_hdr[14];
+    size_t trk_hdr_len;
+    uint64_t trk_left; /* payload bytes of the current frame not yet seen */
+    int trk_ctrl;      /* the current frame is a control frame */
     int peer_closed, peer_code;
     char peer_reason[124];
 
@@ -156,6 +170,8 @@ static void cb_frame_start(wslay_event_context_ptr ev,
     ws->f_fin = a->fin;
     ws->f_len = a->payload_length;
     ws->f_off = 0;
+    if (a->opcode == WSLAY_CONNECTION_CLOSE && a->payload_length == 1)
+        ws->bad_close = 1; /* RFC 6455 5.5.1: a body starts with a 2-byte code */
     if (a->opcode == WSLAY_TEXT_FRAME || a->opcode == WSLAY_BINARY_FRAME) {
         /* wslay refuses a new message while one is unfinished. */
         ws->msg_binary = a->opcode == WSLAY_BINARY_FRAME;
@@ -172,9 +188,28 @@ static void cb_frame_chunk(wslay_event_context_ptr ev,
         return;
     ws->f_off += a->data_length;
     int final = ws->f_fin && ws->f_off == ws->f_len;
+    if (final && !ws->msg_binary) {
+        /* wslay checks that the text ends on a whole UTF-8 character after
+         * this callback: the message ends in cb_frame_end(), if it does. */
+        ws->text_final = 1;
+        final = 0;
+    }
     if (a->data_length == 0 && !final && !ws->msg_first)
         return;
     if (ws->on_data(ws->ud, a->data, a->data_length, ws->msg_first, final, ws->msg_binary) != 0)
+        ws->stopped = 1;
+    ws->msg_first = 0;
+}
+
+static void cb_frame_end(wslay_event_context_ptr ev, void *ud)
+{
+    static const unsigned char none[1];
+    surpool__ws *ws = ud;
+    (void)ev;
+    if (!ws->text_final)
+        return;
+    ws->text_final = 0;
+    if (!ws->stopped && ws->on_data(ws->ud, none, 0, ws->msg_first, 1, 0) != 0)
         ws->stopped = 1;
     ws->msg_first = 0;
 }
@@ -205,6 +240,7 @@ surpool__ws *surpool__ws_new(surpool__ws_data_fn on_data, void *ud, size_t headr
         .genmask_callback = cb_genmask,
         .on_frame_recv_start_callback = cb_frame_start,
         .on_frame_recv_chunk_callback = cb_frame_chunk,
+        .on_frame_recv_end_callback = cb_frame_end,
         .on_msg_recv_callback = cb_msg,
     };
     surpool__ws *ws = surpool__calloc(1, sizeof(*ws));
@@ -318,8 +354,12 @@ static surpool__ws_rc hs_check(surpool__ws *ws)
     char *eol = strstr(line, "\r\n");
     *eol = '\0';
     unsigned st = 0;
-    if (strncmp(line, "HTTP/1.", 7) != 0 || line[7] == '\0' || line[8] != ' ' ||
-        sscanf(line + 9, "%3u", &st) != 1 || st < 100)
+    const char *d = line + 9;
+    if (strncmp(line, "HTTP/1.", 7) == 0 && line[7] != '\0' && line[8] == ' ' && d[0] >= '1' &&
+        d[0] <= '5' && d[1] >= '0' && d[1] <= '9' && d[2] >= '0' && d[2] <= '9' &&
+        (d[3] == ' ' || d[3] == '\0'))
+        st = (unsigned)((d[0] - '0') * 100 + (d[1] - '0') * 10 + (d[2] - '0'));
+    if (st == 0)
         return hs_fail(ws, "answered the WebSocket upgrade with '", line, "', not HTTP");
     ws->status = st;
     if (st != 101) {
@@ -426,8 +466,11 @@ static int flush(surpool__ws *ws)
     return wslay_event_send(ws->ev) == 0 && !ws->nomem ? 0 : -1;
 }
 
-static surpool__ws_rc frames_recv(surpool__ws *ws, const unsigned char *in, size_t len)
+/* Hand wslay `len` bytes that end on a frame boundary or inside a data frame. */
+static surpool__ws_rc feed(surpool__ws *ws, const unsigned char *in, size_t len)
 {
+    if (len == 0)
+        return SURPOOL__WS_OK;
     ws->in = in;
     ws->in_len = len;
     int r = wslay_event_recv(ws->ev);
@@ -438,6 +481,10 @@ static surpool__ws_rc frames_recv(surpool__ws *ws, const unsigned char *in, size
         return finish(ws, SURPOOL__WS_STOPPED);
     if (r == WSLAY_ERR_NOMEM || ws->nomem)
         return finish(ws, SURPOOL__WS_NOMEM);
+    if (ws->bad_close) {
+        snprintf(ws->err, sizeof(ws->err), "server sent a close frame with a 1-byte body");
+        return finish(ws, SURPOOL__WS_PROTOCOL);
+    }
     if (ws->peer_closed)
         return finish(ws, SURPOOL__WS_CLOSED);
     if (r != 0 || !wslay_event_get_read_enabled(ws->ev)) {
@@ -447,6 +494,105 @@ static surpool__ws_rc frames_recv(surpool__ws *ws, const unsigned char *in, size
     }
     if (fr != 0)
         return finish(ws, SURPOOL__WS_NOMEM);
+    return SURPOOL__WS_OK;
+}
+
+/* A frame header's length so far: 2 until its second byte is known, then
+ * with its extended length and mask key. */
+static size_t hdr_need(const unsigned char *h, size_t have)
+{
+    if (have < 2)
+        return 2;
+    unsigned l7 = h[1] & 0x7f;
+    return 2 + (l7 == 126 ? 2 : l7 == 127 ? 8 : 0) + ((h[1] & 0x80) ? 4 : 0);
+}
+
+static uint64_t hdr_payload(const unsigned char *h)
+{
+    unsigned l7 = h[1] & 0x7f;
+    if (l7 < 126)
+        return l7;
+    uint64_t v = 0;
+    for (int i = 0; i < (l7 == 126 ? 2 : 8); i++)
+        v = v << 8 | h[2 + i];
+    return v;
+}
+
+/* A control frame that fits the carry buffer (wslay refuses longer ones at
+ * their header, so those are handed over as they come). */
+static int carried_kind(const unsigned char *h, size_t have)
+{
+    return (h[0] & 0x08) && (have < 2 || (h[1] & 0x7f) <= 125);
+}
+
+/* Walk `n` bytes about to be handed to wslay; returns how many to hand over
+ * now: all, or up to the start of a control frame the bytes end inside. */
+static size_t track(surpool__ws *ws, const unsigned char *p, size_t n)
+{
+    size_t i = 0, start = 0;
+    while (i < n) {
+        if (ws->trk_left > 0) {
+            uint64_t skip = n - i < ws->trk_left ? n - i : ws->trk_left;
+            ws->trk_left -= skip;
+            i += (size_t)skip;
+            continue;
+        }
+        if (ws->trk_hdr_len == 0)
+            start = i;
+        ws->trk_hdr[ws->trk_hdr_len++] = p[i++];
+        if (ws->trk_hdr_len == hdr_need(ws->trk_hdr, ws->trk_hdr_len)) {
+            ws->trk_left = hdr_payload(ws->trk_hdr);
+            ws->trk_ctrl = (ws->trk_hdr[0] & 0x08) != 0;
+            ws->trk_hdr_len = 0;
+        }
+    }
+    int in_hdr = ws->trk_hdr_len > 0 && carried_kind(ws->trk_hdr, ws->trk_hdr_len);
+    int in_ctrl =
+        ws->trk_hdr_len == 0 && ws->trk_left > 0 && ws->trk_ctrl && ws->trk_left <= 125;
+    if (!in_hdr && !in_ctrl)
+        return n;
+    /* Not handed over: wslay will see the frame whole, from the carry. */
+    ws->trk_hdr_len = 0;
+    ws->trk_left = 0;
+    return start;
+}
+
+/* The size of the control frame in carry once its header is known, else 0. */
+static size_t carry_need(const surpool__ws *ws)
+{
+    size_t h = hdr_need(ws->carry, ws->carry_len);
+    if (ws->carry_len < h)
+        return 0;
+    return h + (size_t)hdr_payload(ws->carry);
+}
+
+static surpool__ws_rc frames_recv(surpool__ws *ws, const unsigned char *in, size_t len)
+{
+    size_t pos = 0;
+    if (ws->carry_len > 0) {
+        /* First complete the control frame whose start waits in carry. */
+        size_t need = carry_need(ws);
+        while (pos < len && (need == 0 || ws->carry_len < need) && need <= sizeof(ws->carry)) {
+            ws->carry[ws->carry_len++] = in[pos++];
+            if (need == 0)
+                need = carry_need(ws);
+        }
+        if (need == 0 || (need <= sizeof(ws->carry) && ws->carry_len < need))
+            return SURPOOL__WS_OK; /* all of `in` is in carry */
+        size_t n = ws->carry_len;
+        ws->carry_len = 0;
+        if (need > sizeof(ws->carry))
+            (void)track(ws, ws->carry, n); /* over 125 bytes: wslay refuses its header */
+        surpool__ws_rc rc = feed(ws, ws->carry, n);
+        if (rc != SURPOOL__WS_OK)
+            return rc;
+    }
+    size_t now = track(ws, in + pos, len - pos);
+    surpool__ws_rc rc = feed(ws, in + pos, now);
+    if (rc != SURPOOL__WS_OK)
+        return rc;
+    ws->carry_len = len - pos - now; /* a control frame's start: at most 14 + 125 bytes */
+    memcpy(ws->carry, in + pos + now, ws->carry_len);
     return SURPOOL__WS_OK;
 }
 
@@ -499,8 +645,10 @@ void surpool__ws_close(surpool__ws *ws, int code, const char *reason)
         ws->done_rc = SURPOOL__WS_STOPPED;
         return;
     }
-    size_t rl = reason != NULL ? strlen(reason) : 0;
-    if (wslay_event_queue_close(ws->ev, (uint16_t)code, (const uint8_t *)reason, rl) == 0)
+    char r[124]; /* a close frame's body is at most 125 bytes, 2 of them the code */
+    surpool__strlcpy(r, reason != NULL ? reason : "", sizeof(r));
+    size_t rl = surpool__utf8_trim(r);
+    if (wslay_event_queue_close(ws->ev, (uint16_t)code, (const uint8_t *)r, rl) == 0)
         flush(ws);
 }
 

@@ -4,9 +4,6 @@
  * surpool__ws_handshake / surpool__ws_recv, and what comes out (data callback
  * pieces, return codes, the output bytes: our request, masked frames) is
  * checked against RFC 6455.
- *
- * Tests under SURPOOL_WS_KNOWN_BUGS show behaviour that is wrong today (see
- * each one's comment); they are out of the default build until ws.c is fixed.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -864,17 +861,18 @@ static void zero_length_frames(void **state)
     assert_int_equal(c.len, 3);
     assert_false(c.in_msg);
 
-    /* An empty message: one piece, first and final, no bytes. */
+    /* An empty binary message: one piece, first and final, no bytes. (A text
+     * message ends with a piece of its own, once wslay has checked its UTF-8.) */
     int before = c.pieces;
     free(in.p);
     memset(&in, 0, sizeof(in));
-    bytes_frame(&in, FIN | OP_TEXT, NULL, 0);
+    bytes_frame(&in, FIN | OP_BIN, NULL, 0);
     assert_int_equal(feed(ws, &in), SURPOOL__WS_OK);
     assert_false(c.bad);
     assert_int_equal(c.nmsg, 2);
     assert_int_equal(c.pieces, before + 1);
     assert_int_equal(c.msg_end[1], 3);
-    assert_int_equal(c.msg_binary[1], 0);
+    assert_int_equal(c.msg_binary[1], 1);
 
     /* An empty first fragment, then the bytes. */
     free(in.p);
@@ -1349,12 +1347,10 @@ static void ping(void **state)
     coll_free(&c);
 }
 
-#ifdef SURPOOL_WS_KNOWN_BUGS
-/* BUG: a text message whose last frame ends inside a UTF-8 sequence reaches
- * the data callback as a final piece, and only then does recv return
- * PROTOCOL (wslay checks the sequence is complete after the chunk callback).
- * The transport has handed on a "complete" message of broken text. */
-static void known_truncated_utf8_final(void **state)
+/* A text message whose last frame ends inside a UTF-8 sequence never reaches
+ * the data callback as a final piece (wslay checks the sequence is complete
+ * after its chunk callback; ws.c ends text messages after that check). */
+static void truncated_utf8_final(void **state)
 {
     (void)state;
     coll c;
@@ -1365,15 +1361,15 @@ static void known_truncated_utf8_final(void **state)
                                                              "a\xC3",
                                       4),
                      SURPOOL__WS_PROTOCOL);
-    assert_int_equal(c.nmsg, 0); /* fails: 1 */
+    assert_int_equal(c.nmsg, 0);
     surpool__ws_free(ws);
     coll_free(&c);
 }
 
-/* BUG (wslay 1.1.1): a close frame whose payload comes in two reads is
- * UTF-8-checked from byte 2 of each piece, not of the payload: a valid close
- * (4000, "é") split after its first byte is refused as not UTF-8. */
-static void known_split_close(void **state)
+/* wslay 1.1.1 UTF-8-checks a close reason from byte 2 of each piece it reads,
+ * not of the payload: ws.c hands it control frames whole, so a valid close
+ * (4000, "é") split after its third byte is still CLOSED. */
+static void split_close(void **state)
 {
     (void)state;
     coll c;
@@ -1381,30 +1377,28 @@ static void known_split_close(void **state)
     surpool__ws *ws = ws_open(&c);
     static const unsigned char fr[] = {0x88, 0x04, 0x0F, 0xA0, 0xC3, 0xA9};
     assert_int_equal(surpool__ws_recv(ws, fr, 3), SURPOOL__WS_OK);
-    assert_int_equal(surpool__ws_recv(ws, fr + 3, 3), SURPOOL__WS_CLOSED); /* PROTOCOL */
+    assert_int_equal(surpool__ws_recv(ws, fr + 3, 3), SURPOOL__WS_CLOSED);
     surpool__ws_free(ws);
     coll_free(&c);
 }
 
-/* BUG (wslay 1.1.1): a close frame with a 1-byte payload is a protocol error
- * (RFC 6455 5.5.1: a body starts with a 2-byte code); it is taken as a close
- * without code. */
-static void known_close_one_byte(void **state)
+/* A close frame with a 1-byte payload is a protocol error (RFC 6455 5.5.1: a
+ * body starts with a 2-byte code); wslay 1.1.1 takes it, ws.c refuses it. */
+static void close_one_byte(void **state)
 {
     (void)state;
     coll c;
     coll_init(&c);
     surpool__ws *ws = ws_open(&c);
     assert_int_equal(surpool__ws_recv(ws, (const unsigned char *)"\x88\x01\x03", 3),
-                     SURPOOL__WS_PROTOCOL); /* CLOSED, 1005 */
+                     SURPOOL__WS_PROTOCOL);
     surpool__ws_free(ws);
     coll_free(&c);
 }
 
-/* BUG: the status code is read with sscanf("%3u"): "HTTP/1.1 1011" passes as
- * 101 (and "HTTP/1.1  101", "HTTP/1.1 101x"; "HTTP/1.1 -99" is REFUSED with
- * status 4294967197). */
-static void known_status_digits(void **state)
+/* The status code is exactly three digits: "HTTP/1.1 1011" is not 101 (a
+ * sscanf("%3u") read it as 101). */
+static void status_digits(void **state)
 {
     (void)state;
     coll c;
@@ -1422,9 +1416,9 @@ static void known_status_digits(void **state)
     coll_free(&c);
 }
 
-/* BUG: a reason over 123 bytes queues no close frame at all (wslay refuses
- * it), though ws.h says the close frame is queued; close_queued stays 0. */
-static void known_close_long_reason(void **state)
+/* A reason over 123 bytes is cut (wslay would refuse it and queue no close
+ * frame at all). */
+static void close_long_reason(void **state)
 {
     (void)state;
     coll c;
@@ -1434,11 +1428,10 @@ static void known_close_long_reason(void **state)
     memset(reason, 'r', 150);
     reason[150] = '\0';
     surpool__ws_close(ws, 1000, reason);
-    assert_true(surpool__ws_close_queued(ws)); /* fails: 0 */
+    assert_true(surpool__ws_close_queued(ws));
     surpool__ws_free(ws);
     coll_free(&c);
 }
-#endif
 
 int main(void)
 {
@@ -1459,13 +1452,11 @@ int main(void)
         cmocka_unit_test(send_frames),
         cmocka_unit_test(partial_writes),
         cmocka_unit_test(ping),
-#ifdef SURPOOL_WS_KNOWN_BUGS
-        cmocka_unit_test(known_truncated_utf8_final),
-        cmocka_unit_test(known_split_close),
-        cmocka_unit_test(known_close_one_byte),
-        cmocka_unit_test(known_status_digits),
-        cmocka_unit_test(known_close_long_reason),
-#endif
+        cmocka_unit_test(truncated_utf8_final),
+        cmocka_unit_test(split_close),
+        cmocka_unit_test(close_one_byte),
+        cmocka_unit_test(status_digits),
+        cmocka_unit_test(close_long_reason),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
