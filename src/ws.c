@@ -518,11 +518,13 @@ static uint64_t hdr_payload(const unsigned char *h)
     return v;
 }
 
-/* A control frame that fits the carry buffer (wslay refuses longer ones at
- * their header, so those are handed over as they come). */
+/* A frame header (its first `have` bytes) of a well-formed control frame:
+ * FIN, no RSV bit, close/ping/pong, unmasked, at most 125 bytes. Only those
+ * are carried; wslay refuses any other control frame at its header, so those
+ * go over as they come (the same, split or whole). */
 static int carried_kind(const unsigned char *h, size_t have)
 {
-    return (h[0] & 0x08) && (have < 2 || (h[1] & 0x7f) <= 125);
+    return (h[0] == 0x88 || h[0] == 0x89 || h[0] == 0x8A) && (have < 2 || h[1] <= 125);
 }
 
 /* Walk `n` bytes about to be handed to wslay; returns how many to hand over
@@ -572,17 +574,19 @@ static surpool__ws_rc frames_recv(surpool__ws *ws, const unsigned char *in, size
     if (ws->carry_len > 0) {
         /* First complete the control frame whose start waits in carry. */
         size_t need = carry_need(ws);
-        while (pos < len && (need == 0 || ws->carry_len < need) && need <= sizeof(ws->carry)) {
+        int kind = 1;
+        while (pos < len && (need == 0 || ws->carry_len < need) && kind) {
             ws->carry[ws->carry_len++] = in[pos++];
+            kind = carried_kind(ws->carry, ws->carry_len);
             if (need == 0)
                 need = carry_need(ws);
         }
-        if (need == 0 || (need <= sizeof(ws->carry) && ws->carry_len < need))
+        if (kind && (need == 0 || ws->carry_len < need))
             return SURPOOL__WS_OK; /* all of `in` is in carry */
         size_t n = ws->carry_len;
         ws->carry_len = 0;
-        if (need > sizeof(ws->carry))
-            (void)track(ws, ws->carry, n); /* over 125 bytes: wslay refuses its header */
+        if (!kind)
+            (void)track(ws, ws->carry, n); /* not carried after all: wslay refuses it */
         surpool__ws_rc rc = feed(ws, ws->carry, n);
         if (rc != SURPOOL__WS_OK)
             return rc;

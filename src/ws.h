@@ -10,6 +10,10 @@
  * thread, so a 1 MB reply held every other connection of the pool for ~3 ms;
  * docs/PERFORMANCE.md). wslay reads a frame's payload in blocks.
  *
+ * wslay 1.1.1 quirks handled here: a text message ends only after wslay's
+ * UTF-8 check of its last bytes; control frames are handed to wslay whole (it
+ * checks a close reason's UTF-8 per piece read); a 1-byte close body is refused.
+ *
  * Threads: one surpool__ws belongs to one connection and is used on one thread
  * at a time (the transport's service thread). wslay allocates with malloc(),
  * not surpool_set_allocator()'s functions (as libwebsockets and OpenSSL do).
@@ -34,7 +38,8 @@ typedef enum {
     SURPOOL__WS_OPEN,     /* handshake: the upgrade was accepted */
     SURPOOL__WS_REFUSED,  /* handshake: an HTTP status other than 101 (surpool__ws_status) */
     SURPOOL__WS_PROTOCOL, /* broken or unacceptable bytes: surpool__ws_error() says which;
-                             a close frame with surpool__ws_close_code() is queued */
+                             after the upgrade a close frame is queued (with the code
+                             wslay chose: 1002, 1007, 1009, or none) */
     SURPOOL__WS_CLOSED,   /* the server sent a close frame (surpool__ws_peer_close);
                              our answer is queued */
     SURPOOL__WS_STOPPED,  /* the data callback returned -1 */
@@ -47,9 +52,8 @@ typedef enum {
 surpool__ws *surpool__ws_new(surpool__ws_data_fn on_data, void *ud, size_t headroom);
 void surpool__ws_free(surpool__ws *ws);
 
-/* Queue the upgrade request for `path` on `host` ("host[:port]", also sent as
- * Origin) asking for subprotocol `proto`. 0, or -1 when out of memory (or the
- * names are too long for a request line; they are checked by the URL parser). */
+/* Queue the upgrade request for `path` on `host` ("host[:port]", the Host
+ * header) asking for subprotocol `proto`. 0, or -1 when out of memory. */
 int surpool__ws_start(surpool__ws *ws, const char *host, const char *path, const char *proto);
 
 /* Bytes of the server's answer to the upgrade request. OK: all taken, more
@@ -74,7 +78,9 @@ int surpool__ws_ping(surpool__ws *ws);
  * is closing (a close frame was queued). */
 int surpool__ws_send(surpool__ws *ws, int binary, const void *p, size_t n);
 
-/* Queue a close frame (once; later calls do nothing). `reason` may be NULL. */
+/* Queue a close frame (once; later calls do nothing). `reason` may be NULL; a
+ * longer one is cut to the 123 bytes a close frame has room for. Before the
+ * upgrade there is no frame to send: the state just ends (STOPPED). */
 void surpool__ws_close(surpool__ws *ws, int code, const char *reason);
 
 /* The bytes to write now (frames, pongs, close; the request during the
