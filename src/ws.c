@@ -65,7 +65,7 @@ struct surpool__ws {
     unsigned char trk_hdr[14];
     size_t trk_hdr_len;
     uint64_t trk_left; /* payload bytes of the current frame not yet seen */
-    int trk_ctrl;      /* the current frame is a control frame */
+    int trk_carry;     /* the current frame is one to carry (carried_kind()) */
     int peer_closed, peer_code;
     char peer_reason[124];
 
@@ -544,13 +544,14 @@ static size_t track(surpool__ws *ws, const unsigned char *p, size_t n)
         ws->trk_hdr[ws->trk_hdr_len++] = p[i++];
         if (ws->trk_hdr_len == hdr_need(ws->trk_hdr, ws->trk_hdr_len)) {
             ws->trk_left = hdr_payload(ws->trk_hdr);
-            ws->trk_ctrl = (ws->trk_hdr[0] & 0x08) != 0;
+            ws->trk_carry = carried_kind(ws->trk_hdr, ws->trk_hdr_len);
             ws->trk_hdr_len = 0;
         }
     }
     int in_hdr = ws->trk_hdr_len > 0 && carried_kind(ws->trk_hdr, ws->trk_hdr_len);
-    int in_ctrl =
-        ws->trk_hdr_len == 0 && ws->trk_left > 0 && ws->trk_ctrl && ws->trk_left <= 125;
+    /* A frame to carry starts in this buffer: its first byte was carried
+     * (in_hdr) whenever a read ended right after it. */
+    int in_ctrl = ws->trk_hdr_len == 0 && ws->trk_left > 0 && ws->trk_carry;
     if (!in_hdr && !in_ctrl)
         return n;
     /* Not handed over: wslay will see the frame whole, from the carry. */

@@ -1380,6 +1380,38 @@ static void split_close(void **state)
     assert_int_equal(surpool__ws_recv(ws, fr + 3, 3), SURPOOL__WS_CLOSED);
     surpool__ws_free(ws);
     coll_free(&c);
+
+    /* A message then that close, and then a control frame wslay refuses at
+     * its header (not FIN, RSV bits, opcode 0xC): each split in two at every
+     * byte ends as it does whole. */
+    static const unsigned char s1[] = {0x82, 0x03, 'a',  'b',  'c', 0x88,
+                                       0x04, 0x0F, 0xA0, 0xC3, 0xA9};
+    static const unsigned char s2[] = {0x82, 0x01, 'a', 0x6C, 0x65, 'n', 0x03, 0, 0, 0, 0xFF};
+    for (size_t k = 0; k <= sizeof(s1); k++) {
+        coll_init(&c);
+        ws = ws_open(&c);
+        surpool__ws_rc rc = surpool__ws_recv(ws, s1, k);
+        if (rc == SURPOOL__WS_OK)
+            rc = surpool__ws_recv(ws, s1 + k, sizeof(s1) - k);
+        assert_int_equal(rc, SURPOOL__WS_CLOSED);
+        const char *reason;
+        assert_int_equal(surpool__ws_peer_close(ws, &reason), 4000);
+        assert_string_equal(reason, "\xC3\xA9");
+        assert_int_equal(c.nmsg, 1);
+        surpool__ws_free(ws);
+        coll_free(&c);
+    }
+    for (size_t k = 0; k <= sizeof(s2); k++) {
+        coll_init(&c);
+        ws = ws_open(&c);
+        surpool__ws_rc rc = surpool__ws_recv(ws, s2, k);
+        if (rc == SURPOOL__WS_OK)
+            rc = surpool__ws_recv(ws, s2 + k, sizeof(s2) - k);
+        assert_int_equal(rc, SURPOOL__WS_PROTOCOL);
+        assert_int_equal(c.nmsg, 1);
+        surpool__ws_free(ws);
+        coll_free(&c);
+    }
 }
 
 /* A close frame with a 1-byte payload is a protocol error (RFC 6455 5.5.1: a
