@@ -570,10 +570,11 @@ if (select({ bench: 'hol' }).length) {
   if (ctlRows.length)
     p('The control rows tell the pool\'s own head-of-line blocking from the machine\'s: the same pulls on leases of a ' +
       '*second* pool (its own service thread, same process, same server), and threads that only keep the two cores busy. ' +
-      'Every pool has one service thread, and libwebsockets 4.1 parses a received frame byte by byte there (~3 ns per ' +
-      'byte here): a thread that pulls big replies makes its pool\'s service thread CPU-bound, and on two busy cores a ' +
-      'CPU-bound thread waits for the scheduler on every wake-up, so the other connections of that pool wait with it. ' +
-      'Bulk readers in a pool of their own leave the service thread of the latency-sensitive pool idle (docs/threading.md).', '');
+      'Every pool has one service thread, which receives every reply: it reads 64 KiB at a time and copies each ' +
+      'WebSocket frame\'s payload in blocks (the framing is wslay\'s, src/ws.c; libwebsockets 4.1\'s own parser, used ' +
+      'before, ran once per byte, ~3 ms per MB on that thread). Results are decoded on the caller\'s thread. What remains ' +
+      'is the machine: with two busy cores any thread waits for the scheduler now and then, which the control rows show ' +
+      'without any pulls on the ping\'s pool (docs/threading.md).', '');
   const trow = (bytes) => {
     const w = HOL_TP(bytes);
     return [bytes ? `${pullers(bytes)} leases pulling ${fmtBytes(bytes)}` : 'alone (baseline)',
