@@ -20,8 +20,8 @@
 #include "internal.h"
 #include "utf8.h"
 
-#define HS_MAX (16u * 1024u)          /* the server's answer: status line and headers */
-#define OUT_KEEP_BYTES (256u * 1024u) /* output buffers above this are freed once written */
+#define HS_MAX (16u * 1024u)         /* the server's answer: status line and headers */
+#define OUT_KEEP_BYTES (64u * 1024u) /* output buffers above this are freed once written */
 
 enum { PH_HANDSHAKE = 0, PH_OPEN = 1, PH_DONE = 2 };
 
@@ -42,7 +42,7 @@ struct surpool__ws {
     char proto[32];
     char answered[32];
     char *hs; /* the answer so far (freed once open) */
-    size_t hs_len;
+    size_t hs_len, hs_cap;
     unsigned status;
 
     /* Reading: the bytes recv() hands wslay, the frame being read. */
@@ -80,7 +80,7 @@ static int out_append(surpool__ws *ws, const void *p, size_t n)
 {
     size_t need = ws->headroom + ws->out_len + n;
     if (need > ws->out_cap) {
-        size_t cap = ws->out_cap != 0 ? ws->out_cap : 4096;
+        size_t cap = ws->out_cap != 0 ? ws->out_cap : 512;
         while (cap < need)
             cap = cap > SIZE_MAX / 2 ? need : cap * 2;
         unsigned char *nb = surpool__realloc(ws->out, cap);
@@ -313,6 +313,7 @@ static surpool__ws_rc finish(surpool__ws *ws, surpool__ws_rc rc)
     ws->done_rc = rc;
     surpool__free(ws->hs);
     ws->hs = NULL;
+    ws->hs_cap = 0;
     return rc;
 }
 
@@ -415,11 +416,6 @@ static surpool__ws_rc hs_recv(surpool__ws *ws, const unsigned char *in, size_t l
                               size_t *used)
 {
     *used = 0;
-    if (ws->hs == NULL) {
-        ws->hs = surpool__malloc(HS_MAX + 1);
-        if (ws->hs == NULL)
-            return finish(ws, SURPOOL__WS_NOMEM);
-    }
     /* Copy up to the end of the blank line, never past it: the rest is frames.
      * Look back three bytes so a terminator split across reads is found. */
     while (*used < len) {
@@ -427,6 +423,16 @@ static surpool__ws_rc hs_recv(surpool__ws *ws, const unsigned char *in, size_t l
             snprintf(ws->err, sizeof(ws->err),
                      "sent an upgrade answer whose headers exceed %u bytes", HS_MAX);
             return finish(ws, SURPOOL__WS_PROTOCOL);
+        }
+        if (ws->hs_len + 1 >= ws->hs_cap) {
+            /* Grown as needed (an answer is ~200 bytes): a pool opening many
+             * connections at once does not hold 16 KiB for each. */
+            size_t cap = ws->hs_cap != 0 ? ws->hs_cap * 2 : 512;
+            char *nb = surpool__realloc(ws->hs, cap < HS_MAX + 1 ? cap : HS_MAX + 1);
+            if (nb == NULL)
+                return finish(ws, SURPOOL__WS_NOMEM);
+            ws->hs = nb;
+            ws->hs_cap = cap < HS_MAX + 1 ? cap : HS_MAX + 1;
         }
         char ch = (char)in[(*used)++];
         if (ch == '\0')
@@ -439,6 +445,7 @@ static surpool__ws_rc hs_recv(surpool__ws *ws, const unsigned char *in, size_t l
             if (rc == SURPOOL__WS_OPEN) {
                 surpool__free(ws->hs);
                 ws->hs = NULL;
+                ws->hs_cap = 0;
                 ws->phase = PH_OPEN;
             }
             return rc;
