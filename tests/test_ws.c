@@ -1366,6 +1366,21 @@ static void truncated_utf8_final(void **state)
     coll_free(&c);
 }
 
+/* `s` fed to a fresh open state in two reads split at k: it must end with
+ * `want` after one message. The state is returned for more checks. */
+static surpool__ws *split_at(coll *c, const unsigned char *s, size_t n, size_t k,
+                             surpool__ws_rc want)
+{
+    coll_init(c);
+    surpool__ws *ws = ws_open(c);
+    surpool__ws_rc rc = surpool__ws_recv(ws, s, k);
+    if (rc == SURPOOL__WS_OK)
+        rc = surpool__ws_recv(ws, s + k, n - k);
+    assert_int_equal(rc, want);
+    assert_int_equal(c->nmsg, 1);
+    return ws;
+}
+
 /* wslay 1.1.1 UTF-8-checks a close reason from byte 2 of each piece it reads,
  * not of the payload: ws.c hands it control frames whole, so a valid close
  * (4000, "é") split after its third byte is still CLOSED. */
@@ -1388,28 +1403,15 @@ static void split_close(void **state)
                                        0x04, 0x0F, 0xA0, 0xC3, 0xA9};
     static const unsigned char s2[] = {0x82, 0x01, 'a', 0x6C, 0x65, 'n', 0x03, 0, 0, 0, 0xFF};
     for (size_t k = 0; k <= sizeof(s1); k++) {
-        coll_init(&c);
-        ws = ws_open(&c);
-        surpool__ws_rc rc = surpool__ws_recv(ws, s1, k);
-        if (rc == SURPOOL__WS_OK)
-            rc = surpool__ws_recv(ws, s1 + k, sizeof(s1) - k);
-        assert_int_equal(rc, SURPOOL__WS_CLOSED);
+        ws = split_at(&c, s1, sizeof(s1), k, SURPOOL__WS_CLOSED);
         const char *reason;
         assert_int_equal(surpool__ws_peer_close(ws, &reason), 4000);
         assert_string_equal(reason, "\xC3\xA9");
-        assert_int_equal(c.nmsg, 1);
         surpool__ws_free(ws);
         coll_free(&c);
     }
     for (size_t k = 0; k <= sizeof(s2); k++) {
-        coll_init(&c);
-        ws = ws_open(&c);
-        surpool__ws_rc rc = surpool__ws_recv(ws, s2, k);
-        if (rc == SURPOOL__WS_OK)
-            rc = surpool__ws_recv(ws, s2 + k, sizeof(s2) - k);
-        assert_int_equal(rc, SURPOOL__WS_PROTOCOL);
-        assert_int_equal(c.nmsg, 1);
-        surpool__ws_free(ws);
+        surpool__ws_free(split_at(&c, s2, sizeof(s2), k, SURPOOL__WS_PROTOCOL));
         coll_free(&c);
     }
 }
