@@ -98,6 +98,7 @@ enum { CS_CONNECTING = 0, CS_OPEN = 1, CS_FAILED = 2 }; /* tconn.state */
 #define ABORT_WAIT_NS (2000 * SURPOOL__NS_PER_MS)
 #define SHUTDOWN_WAIT_NS (1000 * SURPOOL__NS_PER_MS)
 #define TLS_PLAIN_BYTES (64u << 10) /* decrypted bytes handed on per read (4 records) */
+#define TLS_WRITE_CHUNK (16u << 10) /* bytes encrypted per write (one record) */
 
 struct surpool__tconn {
     surpool__transport *t;
@@ -921,7 +922,12 @@ static int on_established(struct lws *wsi, surpool__tconn *c)
 
 /* Write what ws has queued. 0, or -1 when the write failed. lws sends what the
  * socket takes and buffers the rest (the socket is then "choked" and the next
- * writable callback comes once it has drained). */
+ * writable callback comes once it has drained). For wss the bytes are
+ * encrypted a TLS record at a time (TLS_WRITE_CHUNK) and collected in tls_out:
+ * OpenSSL's memory BIO keeps the largest size it ever held, so encrypting a
+ * big request in one call would pin its size for the connection's life. (One
+ * lws_write() per flush, not one per record: lws refuses to buffer more than
+ * 1023 pieces.) */
 static int ws_flush(struct lws *wsi, surpool__tconn *c)
 {
     unsigned char *p;
@@ -935,26 +941,41 @@ static int ws_flush(struct lws *wsi, surpool__tconn *c)
         surpool__ws_written(c->ws, n);
         return w < 0 ? -1 : 0;
     }
-    if (n != 0 && c->tls_up) {
-        char why[160];
-        if (surpool__tls_send(c->ssl, p, n, why, sizeof(why)) != 0) {
-            surpool__log(c->t->logger, SURPOOL_LOG_WARN, "TLS write failed: %s", why);
-            return -1;
+    if (!c->tls_up)
+        n = 0; /* only the handshake's own bytes */
+    size_t off = 0, have = 0;
+    for (;;) {
+        size_t k = n - off < TLS_WRITE_CHUNK ? n - off : TLS_WRITE_CHUNK;
+        if (k != 0) {
+            char why[160];
+            if (surpool__tls_send(c->ssl, p + off, k, why, sizeof(why)) != 0) {
+                surpool__log(c->t->logger, SURPOOL_LOG_WARN, "TLS write failed: %s", why);
+                return -1;
+            }
+            off += k;
         }
+        size_t m = surpool__tls_pending(c->ssl);
+        if (m == 0 && off == n)
+            break;
+        if (have + m > c->tls_out_cap) {
+            size_t cap = c->tls_out_cap != 0 ? c->tls_out_cap : TLS_WRITE_CHUNK + 1024;
+            while (cap < have + m)
+                cap *= 2;
+            unsigned char *nb = surpool__realloc(c->tls_out, cap);
+            if (nb == NULL)
+                return -1;
+            c->tls_out = nb;
+            c->tls_out_cap = cap;
+        }
+        have += surpool__tls_take(c->ssl, c->tls_out + have, m);
+        if (off == n)
+            break;
+    }
+    if (n != 0)
         surpool__ws_written(c->ws, n);
-    }
-    size_t m = surpool__tls_pending(c->ssl);
-    if (m == 0)
+    if (have == 0)
         return 0;
-    if (m > c->tls_out_cap) {
-        unsigned char *nb = surpool__realloc(c->tls_out, m);
-        if (nb == NULL)
-            return -1;
-        c->tls_out = nb;
-        c->tls_out_cap = m;
-    }
-    m = surpool__tls_take(c->ssl, c->tls_out, m);
-    int w = lws_write(wsi, c->tls_out, m, LWS_WRITE_RAW);
+    int w = lws_write(wsi, c->tls_out, have, LWS_WRITE_RAW);
     if (c->tls_out_cap > RX_KEEP_BYTES) {
         surpool__free(c->tls_out);
         c->tls_out = NULL;

@@ -23,6 +23,7 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <dirent.h>
+#include <malloc.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1853,6 +1854,66 @@ static void test_tls(void **state)
     server_stop(&s2);
 }
 
+/* One big request must not pin its size in memory for the connection's
+ * life: the transport frees its own buffers above a size once written
+ * (ws.c's output, the TLS output), and so must the TLS session. A 32 MB
+ * request over wss, then RSS: what stays is a few buffers of 64 KiB, not
+ * the request (OpenSSL's memory BIO never shrinks what it grew to). */
+static void big_request_rss(const char *scheme, int port, const char *ca)
+{
+    fixture f;
+    fixture_cfg(&f, scheme, "localhost", port);
+    f.cfg.tls_ca_file = ca;
+    fixture_create(&f);
+    surpool__tconn *c = open_ok(&f, NULL);
+    batch b;
+    batch_init(&b);
+    pings(c, &b, 2);
+    malloc_trim(0); /* RSS counts what is held, not what malloc keeps free */
+    long before = rss_kb();
+    enum { BIG = 32 << 20 };
+    char *big = malloc(BIG + 1);
+    assert_non_null(big);
+    memset(big, 'y', BIG);
+    big[BIG] = '\0';
+    treq *q = treq_new(&b, 10, "ping", json_pack("[s]", big), 30000);
+    free(big);
+    submit_ok(c, q);
+    assert_true(batch_wait(&b, 3, WAIT_MS * 2));
+    assert_reply(q);
+    treq_free(q);
+    pings(c, &b, 2); /* the socket is fine, and its buffers have settled */
+    malloc_trim(0);
+    long after = rss_kb();
+    print_message("    %s: RSS before the 32 MB request %ld kB, after %ld kB\n", scheme, before,
+                  after);
+    ops->close(c);
+    batch_fini(&b);
+    fixture_destroy(&f);
+    if (after - before > 8 * 1024)
+        fail_msg("%s: a 32 MB request left %ld kB behind on an idle connection", scheme,
+                 after - before);
+}
+
+static void test_big_request_memory(void **state)
+{
+    (void)state;
+    char cert[300], key[300], ca[300];
+    tls_path(cert, sizeof(cert), "srv.pem");
+    tls_path(key, sizeof(key), "srv.key");
+    tls_path(ca, sizeof(ca), "ca.pem");
+    /* Big blocks always from mmap (no dynamic threshold): a freed one leaves
+     * RSS at once, so RSS counts what is still held. */
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+    server plain, tls;
+    server_start(&plain, NULL);
+    big_request_rss("ws", plain.port, NULL);
+    server_stop(&plain);
+    server_start(&tls, "--tls-cert", cert, "--tls-key", key, NULL);
+    big_request_rss("wss", tls.port, ca);
+    server_stop(&tls);
+}
+
 static void test_invalid_args(void **state)
 {
     (void)state;
@@ -1903,6 +1964,7 @@ int main(void)
         cmocka_unit_test_teardown(test_destroy_closes_open_connections, test_teardown),
         cmocka_unit_test_teardown(test_create_destroy_cycles, test_teardown),
         cmocka_unit_test_setup_teardown(test_tls, tls_setup, tls_teardown_all),
+        cmocka_unit_test_setup_teardown(test_big_request_memory, tls_setup, tls_teardown_all),
     };
     if (getenv("SURPOOL_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("SURPOOL_TEST_FILTER"));
