@@ -1358,6 +1358,12 @@ static void keepalive_check(lws_sorted_usec_list_t *sul)
         conn_fail(c, SURPOOL_ERR_DISCONNECTED, msg);
         c->ending = 1;
         c->stop_code = 1001;
+        if (lws_partial_buffered(c->wsi)) {
+            /* Our output waits for a server that stopped reading: a close
+             * frame would only wait behind it until the backstop below. */
+            lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
+            return;
+        }
         lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, c->t->timeout_secs);
         lws_callback_on_writable(c->wsi);
         return;

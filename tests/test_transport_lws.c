@@ -44,6 +44,19 @@ extern char **environ;
 
 static const surpool__transport_ops *ops = &surpool__transport_lws;
 
+/* Under a sanitizer freed memory is held back (ASan's quarantine): RSS says
+ * nothing about what the library keeps. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define RSS_MEANINGFUL 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define RSS_MEANINGFUL 0
+#endif
+#endif
+#ifndef RSS_MEANINGFUL
+#define RSS_MEANINGFUL 1
+#endif
+
 #define WAIT_MS 15000 /* upper bound for anything that should happen "soon" */
 
 /* ------------------------------------------------------------------------- */
@@ -1360,6 +1373,60 @@ static void test_keepalive(void **state)
     surpool__lws_test_ka_hangup_ms = 0;
 }
 
+/* The keepalive hangs up on a server that stopped reading while our output
+ * waits for it (a big request the socket cannot take): no close frame can
+ * go out, so the socket goes at once and on_dead says so then, not after
+ * the close-frame backstop (connect_timeout_ms, here 5 s). */
+static void test_keepalive_choked(void **state)
+{
+    (void)state;
+    surpool__lws_test_ka_ping_ms = 150;
+    surpool__lws_test_ka_hangup_ms = 500;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    batch b;
+    batch_init(&b);
+    /* Built before the socket opens: the hang-up is due 500 ms after that. */
+    enum { BIG = 32 << 20 };
+    char *big = malloc(BIG + 1);
+    assert_non_null(big);
+    memset(big, 'y', BIG);
+    big[BIG] = '\0';
+    treq *q = treq_new(&b, 2, "ping", json_pack("[s]", big), 60000);
+    free(big);
+    events e;
+    surpool__tconn_events tev;
+    events_init(&e, &tev);
+    surpool__tconn *c = open_ok(&f, &tev);
+    treq *mute = treq_new(&b, 1, "mute", NULL, 60000);
+    submit_ok(c, mute);
+    struct timespec settle = {0, 100 * 1000 * 1000};
+    nanosleep(&settle, NULL);
+    int64_t t0 = surpool__now_ns();
+    submit_ok(c, q);
+    assert_true(batch_wait(&b, 2, WAIT_MS));
+    assert_int_equal(wait_dead(&e, WAIT_MS), 1);
+    int64_t ms = (surpool__now_ns() - t0) / SURPOOL__NS_PER_MS;
+    print_message("    on_dead %lld ms after the big request: %s\n", (long long)ms, e.message);
+    assert_string_equal(e.message, "no answer from the server for 0.5 s (keepalive)");
+    assert_int_equal(q->r.status, SURPOOL_ERR_DISCONNECTED);
+    if (ms > 2500)
+        fail_msg("on_dead came %lld ms after the request, the hang-up was due at 500 ms",
+                 (long long)ms);
+    treq_free(mute);
+    treq_free(q);
+    ops->close(c);
+    batch_fini(&b);
+    events_fini(&e);
+    fixture_destroy(&f);
+    server_stop(&s);
+    surpool__lws_test_ka_ping_ms = 0;
+    surpool__lws_test_ka_hangup_ms = 0;
+}
+
 static void test_peer_close_code(void **state)
 {
     (void)state;
@@ -1890,7 +1957,7 @@ static void big_request_rss(const char *scheme, int port, const char *ca)
     ops->close(c);
     batch_fini(&b);
     fixture_destroy(&f);
-    if (after - before > 8 * 1024)
+    if (RSS_MEANINGFUL && after - before > 8 * 1024)
         fail_msg("%s: a 32 MB request left %ld kB behind on an idle connection", scheme,
                  after - before);
 }
@@ -1955,6 +2022,7 @@ int main(void)
         cmocka_unit_test_teardown(test_close_after, test_teardown),
         cmocka_unit_test_teardown(test_fragmented_reply, test_teardown),
         cmocka_unit_test_teardown(test_keepalive, test_teardown),
+        cmocka_unit_test_teardown(test_keepalive_choked, test_teardown),
         cmocka_unit_test_teardown(test_peer_close_code, test_teardown),
         cmocka_unit_test_teardown(test_peer_close_reason_bytes, test_teardown),
         cmocka_unit_test_teardown(test_long_path, test_teardown),
