@@ -1406,13 +1406,21 @@ static void on_wsi_destroy(struct lws *wsi, surpool__tconn *c)
                 /* No error callback: lws' own handshake timeout (a server that
                  * accepts TCP but never answers the upgrade), or a plain close. */
                 int64_t took = (surpool__now_ns() - c->open_started) / SURPOOL__NS_PER_MS;
+                int in_tls = c->ssl != NULL && !c->tls_up; /* its handshake under way */
                 if (took + 100 >= (int64_t)t->timeout_secs * 1000) {
                     c->fail_code = SURPOOL_ERR_TIMEOUT;
                     msgf(c->fail_msg, sizeof(c->fail_msg),
                          "connect to %s port %d timed out after %lld ms (%s)", c->url->host,
                          c->url->port, (long long)took,
-                         c->tcp_up ? "TCP connected, no answer to the WebSocket upgrade"
-                                   : "no answer to the TCP connect");
+                         in_tls      ? "TCP connected, no answer to the TLS handshake"
+                         : c->tcp_up ? "TCP connected, no answer to the WebSocket upgrade"
+                                     : "no answer to the TCP connect");
+                } else if (in_tls) {
+                    /* As the lws TLS client said it ("connect SYSCALL"). */
+                    c->fail_code = SURPOOL_ERR_TLS;
+                    msgf(c->fail_msg, sizeof(c->fail_msg),
+                         "TLS handshake with %s failed: the server closed the connection",
+                         c->url->host);
                 } else {
                     c->fail_code = SURPOOL_ERR_CONNECT;
                     msgf(c->fail_msg, sizeof(c->fail_msg),

@@ -985,6 +985,72 @@ static void test_http_404_names_the_path(void **state)
     close(h.lfd);
 }
 
+/* A server that takes the TCP connection and hangs up in the middle of the
+ * TLS handshake (no alert: a proxy that does not know the name, a server
+ * that does not speak TLS there): the handshake failed, TLS, as the lws
+ * role reported it ("connect SYSCALL"), not "closed the connection before
+ * the WebSocket upgrade completed". */
+static void *hangup_main(void *arg)
+{
+    http404 *h = arg;
+    int fd = accept(h->lfd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    char buf[4096];
+    struct pollfd p = {fd, POLLIN, 0};
+    if (poll(&p, 1, WAIT_MS) == 1)
+        (void)!read(fd, buf, sizeof(buf)); /* the ClientHello */
+    close(fd);
+    return NULL;
+}
+
+static void test_tls_hangup_in_handshake(void **state)
+{
+    (void)state;
+    http404 h;
+    h.lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(h.lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(h.lfd, 4), 0);
+    socklen_t sl = sizeof(a);
+    getsockname(h.lfd, (struct sockaddr *)&a, &sl);
+    h.port = ntohs(a.sin_port);
+    assert_int_equal(pthread_create(&h.th, NULL, hangup_main, &h), 0);
+
+    fixture f;
+    fixture_cfg(&f, "wss", "127.0.0.1", h.port);
+    fixture_create(&f);
+    surpool__tconn *c = NULL;
+    surpool_error err;
+    surpool_err rc = ops->open(f.t, NULL, surpool__deadline_after_ms(WAIT_MS), NULL, &c, &err);
+    assert_null(c);
+    print_message("    %s: %s\n", surpool_strerror(rc), err.message);
+    if (rc != SURPOOL_ERR_TLS ||
+        strstr(err.message, "TLS handshake with 127.0.0.1 failed") == NULL)
+        fail_msg("%s: %s", surpool_strerror(rc), err.message);
+    fixture_destroy(&f);
+    pthread_join(h.th, NULL);
+    close(h.lfd);
+
+    /* A server that never answers the ClientHello: lws' timeout ends it
+     * (connect_timeout_ms, before the open deadline) and says where. */
+    server s;
+    server_start(&s, "--no-upgrade", NULL);
+    fixture_cfg(&f, "wss", "127.0.0.1", s.port);
+    f.cfg.connect_timeout_ms = 1000;
+    fixture_create(&f);
+    rc = ops->open(f.t, NULL, surpool__deadline_after_ms(WAIT_MS), NULL, &c, &err);
+    print_message("    %s: %s\n", surpool_strerror(rc), err.message);
+    if (rc != SURPOOL_ERR_TIMEOUT ||
+        strstr(err.message, "no answer to the TLS handshake") == NULL)
+        fail_msg("%s: %s", surpool_strerror(rc), err.message);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
 static void test_reply_too_large(void **state)
 {
     (void)state;
@@ -2010,6 +2076,7 @@ int main(void)
         cmocka_unit_test_teardown(test_connect_refused, test_teardown),
         cmocka_unit_test_teardown(test_connect_unanswered_times_out, test_teardown),
         cmocka_unit_test_teardown(test_http_404_names_the_path, test_teardown),
+        cmocka_unit_test_teardown(test_tls_hangup_in_handshake, test_teardown),
         cmocka_unit_test_teardown(test_resolve_failure, test_teardown),
         cmocka_unit_test_teardown(test_no_upgrade_times_out, test_teardown),
         cmocka_unit_test_teardown(test_missing_subprotocol, test_teardown),
