@@ -251,6 +251,9 @@ surpool__ws *surpool__ws_new(surpool__ws_data_fn on_data, void *ud, size_t headr
         return NULL;
     }
     wslay_event_config_set_no_buffering(ws->ev, 1);
+    /* No limit of wslay's (its default refuses a frame over 2^31 - 1 bytes
+     * with close 1009): max_message_bytes is the transport's to apply. */
+    wslay_event_config_set_max_recv_msg_length(ws->ev, UINT64_MAX);
     ws->on_data = on_data;
     ws->ud = ud;
     ws->headroom = headroom;
