@@ -248,6 +248,8 @@ SSL *surpool__tls_session_new(SSL_CTX *ctx, surpool__tls_peer *peer)
     if (!SSL_set_ex_data(ssl, g_ssl_peer_idx, peer))
         goto fail;
     SSL_set_verify(ssl, SSL_VERIFY_PEER, session_verify);
+    /* An idle session holds no record buffers (~34 KiB). */
+    SSL_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
     if (!peer->host_is_ip && SSL_set_tlsext_host_name(ssl, peer->host) != 1)
         goto fail;
     SSL_set_connect_state(ssl);
@@ -330,4 +332,27 @@ size_t surpool__tls_take(SSL *ssl, void *buf, size_t cap)
     if (cap == 0 || BIO_read_ex(SSL_get_wbio(ssl), buf, cap, &got) != 1)
         return 0;
     return got;
+}
+
+/* A memory BIO keeps the largest size it ever held (its BUF_MEM never
+ * shrinks): an empty one above this is replaced by a new one. */
+#define TRIM_BYTES (16u << 10)
+
+static BIO *trimmed(BIO *b)
+{
+    BUF_MEM *bm = NULL;
+    if (BIO_ctrl_pending(b) != 0 || BIO_get_mem_ptr(b, &bm) != 1 || bm == NULL ||
+        bm->max <= TRIM_BYTES)
+        return NULL;
+    return BIO_new(BIO_s_mem()); /* NULL when out of memory: keep the old one */
+}
+
+void surpool__tls_trim(SSL *ssl)
+{
+    BIO *nb = trimmed(SSL_get_rbio(ssl));
+    if (nb != NULL)
+        SSL_set0_rbio(ssl, nb); /* frees the old one */
+    nb = trimmed(SSL_get_wbio(ssl));
+    if (nb != NULL)
+        SSL_set0_wbio(ssl, nb);
 }

@@ -77,4 +77,8 @@ int surpool__tls_send(SSL *ssl, const void *p, size_t n, char *why, size_t whyca
 size_t surpool__tls_pending(SSL *ssl);
 size_t surpool__tls_take(SSL *ssl, void *buf, size_t cap);
 
+/* Give back the memory the session's buffers grew to while they are empty
+ * (for an idle connection: a memory BIO never shrinks by itself). */
+void surpool__tls_trim(SSL *ssl);
+
 #endif

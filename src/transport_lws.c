@@ -1368,6 +1368,16 @@ static void keepalive_check(lws_sorted_usec_list_t *sul)
         lws_callback_on_writable(c->wsi);
         return;
     }
+    if (c->ssl != NULL) {
+        /* Once per ping period: an idle wss socket gives back what its TLS
+         * buffers grew to (a 64 KiB read left 87 KiB in the read BIO). */
+        surpool__tls_trim(c->ssl);
+        if (c->tls_out_cap > TLS_WRITE_CHUNK + 1024) {
+            surpool__free(c->tls_out);
+            c->tls_out = NULL;
+            c->tls_out_cap = 0;
+        }
+    }
     if (quiet >= ping) {
         if (!c->ka_pinged && surpool__ws_ping(c->ws) == 0) {
             c->ka_pinged = 1;

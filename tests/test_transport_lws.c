@@ -2047,6 +2047,58 @@ static void test_big_request_memory(void **state)
     server_stop(&tls);
 }
 
+/* What an idle wss connection keeps after it received a big reply: its TLS
+ * buffers shrink back (the read BIO grew to 87 KiB for a 64 KiB read, the
+ * session kept ~34 KiB of record buffers). 40 connections, a 1 MiB reply
+ * each, then a few keepalive periods (shortened) of quiet. */
+static void test_idle_tls_memory(void **state)
+{
+    (void)state;
+    char cert[300], key[300], ca[300];
+    tls_path(cert, sizeof(cert), "srv.pem");
+    tls_path(key, sizeof(key), "srv.key");
+    tls_path(ca, sizeof(ca), "ca.pem");
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024); /* as in test_big_request_memory */
+    surpool__lws_test_ka_ping_ms = 150;
+    surpool__lws_test_ka_hangup_ms = 5000;
+    server s;
+    server_start(&s, "--tls-cert", cert, "--tls-key", key, NULL);
+    enum { N = 40 };
+    fixture f;
+    fixture_cfg(&f, "wss", "localhost", s.port);
+    f.cfg.tls_ca_file = ca;
+    f.cfg.max_connections = N + 1;
+    fixture_create(&f);
+    batch b;
+    batch_init(&b);
+    surpool__tconn *warm = open_ok(&f, NULL); /* the context's own allocations */
+    pings(warm, &b, 1);
+    malloc_trim(0);
+    long before = rss_kb();
+    surpool__tconn *c[N];
+    for (int i = 0; i < N; i++) {
+        c[i] = open_ok(&f, NULL);
+        treq *q = call(c[i], 1, "big", json_pack("[i]", 1 << 20), 5000, &b);
+        assert_reply(q);
+        treq_free(q);
+    }
+    struct timespec quiet = {0, 500 * 1000 * 1000};
+    nanosleep(&quiet, NULL);
+    malloc_trim(0);
+    long per = (rss_kb() - before) / N;
+    print_message("    an idle wss connection after a 1 MiB reply: %ld kB\n", per);
+    for (int i = 0; i < N; i++)
+        ops->close(c[i]);
+    ops->close(warm);
+    batch_fini(&b);
+    fixture_destroy(&f);
+    server_stop(&s);
+    surpool__lws_test_ka_ping_ms = 0;
+    surpool__lws_test_ka_hangup_ms = 0;
+    if (RSS_MEANINGFUL && per > 96)
+        fail_msg("an idle wss connection holds %ld kB", per);
+}
+
 static void test_invalid_args(void **state)
 {
     (void)state;
@@ -2100,6 +2152,7 @@ int main(void)
         cmocka_unit_test_teardown(test_create_destroy_cycles, test_teardown),
         cmocka_unit_test_setup_teardown(test_tls, tls_setup, tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_big_request_memory, tls_setup, tls_teardown_all),
+        cmocka_unit_test_setup_teardown(test_idle_tls_memory, tls_setup, tls_teardown_all),
     };
     if (getenv("SURPOOL_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("SURPOOL_TEST_FILTER"));
