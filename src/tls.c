@@ -306,7 +306,7 @@ long surpool__tls_get(SSL *ssl, void *buf, size_t cap, char *why, size_t whycap)
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
         return 0;
     session_why(ssl, rc, why, whycap);
-    return -1;
+    return e == SSL_ERROR_ZERO_RETURN ? -2 : -1;
 }
 
 int surpool__tls_send(SSL *ssl, const void *p, size_t n, char *why, size_t whycap)

@@ -66,8 +66,8 @@ int surpool__tls_put(SSL *ssl, const void *p, size_t n);
  * pending first), -1 failed: OpenSSL's reasons in why. */
 int surpool__tls_handshake(SSL *ssl, char *why, size_t cap);
 
-/* Decrypted bytes: > 0 read, 0 none for now, -1 the session failed or the
- * server ended it (why says which). */
+/* Decrypted bytes: > 0 read, 0 none for now, -1 the session failed (why),
+ * -2 the server ended it (a close_notify). */
 long surpool__tls_get(SSL *ssl, void *buf, size_t cap, char *why, size_t whycap);
 
 /* Encrypt all n bytes. 0, or -1 (why). */

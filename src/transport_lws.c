@@ -1322,7 +1322,11 @@ static int on_rx(struct lws *wsi, surpool__tconn *c, const unsigned char *in, si
             break;
         if (got < 0) {
             if (!c->upgraded) {
-                tls_failed(c, why);
+                /* The handshake is done: an alert now (TLS 1.3 refusing our
+                 * certificate) is a TLS failure; a clean end of the session is
+                 * a close before the answer, as for ws:// (on_wsi_destroy()). */
+                if (got == -1)
+                    tls_failed(c, why);
             } else {
                 char msg[200];
                 msgf(msg, sizeof(msg), "TLS session failed: %s", why);

@@ -2099,6 +2099,42 @@ static void test_idle_tls_memory(void **state)
         fail_msg("an idle wss connection holds %ld kB", per);
 }
 
+/* A server that ends the connection after the TLS handshake without
+ * answering the upgrade (its close_notify first): the handshake succeeded,
+ * so this is what ws:// says for the same server, CONNECT "closed the
+ * connection before the WebSocket upgrade completed", not a TLS failure. */
+static void test_tls_hangup_at_upgrade(void **state)
+{
+    (void)state;
+    char cert[300], key[300], ca[300];
+    tls_path(cert, sizeof(cert), "srv.pem");
+    tls_path(key, sizeof(key), "srv.key");
+    tls_path(ca, sizeof(ca), "ca.pem");
+    const char *schemes[] = {"ws", "wss"};
+    for (int i = 0; i < 2; i++) {
+        server s;
+        if (i == 0)
+            server_start(&s, "--hangup-at-upgrade", NULL);
+        else
+            server_start(&s, "--hangup-at-upgrade", "--tls-cert", cert, "--tls-key", key, NULL);
+        fixture f;
+        fixture_cfg(&f, schemes[i], "localhost", s.port);
+        f.cfg.tls_ca_file = ca;
+        fixture_create(&f);
+        surpool__tconn *c = NULL;
+        surpool_error err;
+        surpool_err rc =
+            ops->open(f.t, NULL, surpool__deadline_after_ms(WAIT_MS), NULL, &c, &err);
+        assert_null(c);
+        print_message("    %s: %s: %s\n", schemes[i], surpool_strerror(rc), err.message);
+        if (rc != SURPOOL_ERR_CONNECT ||
+            strstr(err.message, "closed the connection before the WebSocket upgrade") == NULL)
+            fail_msg("%s: %s: %s", schemes[i], surpool_strerror(rc), err.message);
+        fixture_destroy(&f);
+        server_stop(&s);
+    }
+}
+
 static void test_invalid_args(void **state)
 {
     (void)state;
@@ -2153,6 +2189,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls, tls_setup, tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_big_request_memory, tls_setup, tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_idle_tls_memory, tls_setup, tls_teardown_all),
+        cmocka_unit_test_setup_teardown(test_tls_hangup_at_upgrade, tls_setup,
+                                        tls_teardown_all),
     };
     if (getenv("SURPOOL_TEST_FILTER") != NULL)
         cmocka_set_test_filter(getenv("SURPOOL_TEST_FILTER"));

@@ -26,19 +26,23 @@
 //   --no-subprotocol     do not echo the `json` subprotocol
 //   --big N              answer every request with an N-byte string
 //   --no-upgrade         accept TCP, never answer the HTTP upgrade
+//   --hangup-at-upgrade  read the upgrade request and end the connection without
+//                        an answer (with --tls-cert: after the TLS handshake, with
+//                        a close_notify)
 //   --tls-cert F --tls-key F   serve wss:// with this PEM certificate and key
 //   --close-after N      drop a connection (TCP, no close frame) when its Nth
 //                        request arrives, without answering it
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createNetServer } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
 import { readFileSync } from 'node:fs';
 import { WebSocketServer } from 'ws';
 
 function parseArgs(argv) {
     const o = {
         port: 0, replyDelayMs: 0, shuffle: false, noSubprotocol: false, big: -1,
-        noUpgrade: false, tlsCert: null, tlsKey: null, closeAfter: 0,
+        noUpgrade: false, tlsCert: null, tlsKey: null, closeAfter: 0, hangupAtUpgrade: false,
     };
     for (let i = 0; i < argv.length; i++) {
         const a = argv[i];
@@ -53,6 +57,7 @@ function parseArgs(argv) {
         case '--no-subprotocol': o.noSubprotocol = true; break;
         case '--big': o.big = Number(next()); break;
         case '--no-upgrade': o.noUpgrade = true; break;
+        case '--hangup-at-upgrade': o.hangupAtUpgrade = true; break;
         case '--tls-cert': o.tlsCert = next(); break;
         case '--tls-key': o.tlsKey = next(); break;
         case '--close-after': o.closeAfter = Number(next()); break;
@@ -206,7 +211,18 @@ function listening(server) {
     process.stdout.write(`LISTENING ${server.address().port}\n`);
 }
 
-if (opt.noUpgrade) {
+if (opt.hangupAtUpgrade) {
+    const onSocket = (s) => {
+        s.on('error', () => {});
+        s.once('data', () => s.end());
+    };
+    const server = opt.tlsCert
+        ? createTlsServer({ cert: readFileSync(opt.tlsCert), key: readFileSync(opt.tlsKey) },
+            onSocket)
+        : createNetServer(onSocket);
+    server.on('tlsClientError', () => {});
+    server.listen(opt.port, '127.0.0.1', () => listening(server));
+} else if (opt.noUpgrade) {
     // Accept TCP and then say nothing at all; keep the sockets so that the
     // client sees neither a response nor a close.
     const sockets = new Set();
