@@ -1372,11 +1372,18 @@ static void keepalive_check(lws_sorted_usec_list_t *sul)
         lws_callback_on_writable(c->wsi);
         return;
     }
-    if (c->ssl != NULL) {
-        /* Once per ping period: an idle wss socket gives back what its TLS
-         * buffers grew to (a 64 KiB read left 87 KiB in the read BIO). */
-        surpool__tls_trim(c->ssl);
-        if (c->tls_out_cap > TLS_WRITE_CHUNK + 1024) {
+    if (quiet >= ping / 2) {
+        /* Quiet for a while: give back what the buffers grew to (up to
+         * RX_KEEP_BYTES / OUT_KEEP_BYTES are kept between busy messages; a
+         * TLS memory BIO never shrinks by itself). */
+        surpool__ws_trim(c->ws);
+        if (c->rx_len == 0) {
+            surpool__free(c->rx);
+            c->rx = NULL;
+            c->rx_cap = 0;
+        }
+        if (c->ssl != NULL) {
+            surpool__tls_trim(c->ssl);
             surpool__free(c->tls_out);
             c->tls_out = NULL;
             c->tls_out_cap = 0;

@@ -118,6 +118,15 @@ void surpool__ws_written(surpool__ws *ws, size_t n)
     ws->out_len -= n;
 }
 
+void surpool__ws_trim(surpool__ws *ws)
+{
+    if (ws->out_len == 0) {
+        surpool__free(ws->out);
+        ws->out = NULL;
+        ws->out_cap = 0;
+    }
+}
+
 /* ------------------------------------------------------------------------- */
 /* wslay's callbacks                                                          */
 /* ------------------------------------------------------------------------- */

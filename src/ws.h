@@ -90,6 +90,9 @@ void surpool__ws_close(surpool__ws *ws, int code, const char *reason);
 size_t surpool__ws_output(surpool__ws *ws, unsigned char **p);
 void surpool__ws_written(surpool__ws *ws, size_t n);
 
+/* Free the output buffer if nothing waits in it (an idle connection). */
+void surpool__ws_trim(surpool__ws *ws);
+
 /* A close frame has gone into the output (ours or our answer to the server's):
  * once the output is written the socket may close. */
 int surpool__ws_close_queued(const surpool__ws *ws);
