@@ -51,7 +51,10 @@ static void tls_info_cb(const SSL *ssl, int where, int ret)
     if (!(where & SSL_CB_ALERT) || strcmp(SSL_alert_type_string(ret), "F") != 0)
         return;
     int idx = (where & SSL_CB_READ) ? g_ssl_rx_alert_idx : g_ssl_tx_alert_idx;
-    SSL_set_ex_data((SSL *)ssl, idx, (void *)SSL_alert_desc_string_long(ret));
+    const char *desc = SSL_alert_desc_string_long(ret);
+    if ((ret & 0xff) == 116) /* TLS 1.3's certificate_required: "unknown" to OpenSSL 3.0 */
+        desc = "certificate required (the server wants a client certificate: tls_cert_file)";
+    SSL_set_ex_data((SSL *)ssl, idx, (void *)desc);
 }
 
 static void tls_msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,

@@ -2152,6 +2152,27 @@ static void test_tls_hangup_at_upgrade(void **state)
     }
 }
 
+/* A TLS 1.3 server that requires a client certificate we do not have
+ * refuses it after our side of the handshake is done (its alert comes
+ * with the first read): still a TLS failure, and it names the alert
+ * (OpenSSL 3.0 calls alert 116 "unknown"). */
+static void test_tls_client_cert_required(void **state)
+{
+    (void)state;
+    char cert[300], key[300], ca[300];
+    tls_path(cert, sizeof(cert), "srv.pem");
+    tls_path(key, sizeof(key), "srv.key");
+    tls_path(ca, sizeof(ca), "ca.pem");
+    server s;
+    server_start(&s, "--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca, NULL);
+    surpool_error err;
+    surpool_err rc = tls_try(s.port, "localhost", ca, 0, &err);
+    print_message("    %s: %s\n", surpool_strerror(rc), err.message);
+    if (rc != SURPOOL_ERR_TLS || strstr(err.message, "alert 'certificate required") == NULL)
+        fail_msg("%s: %s", surpool_strerror(rc), err.message);
+    server_stop(&s);
+}
+
 static void test_invalid_args(void **state)
 {
     (void)state;
@@ -2207,6 +2228,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_big_request_memory, tls_setup, tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_idle_memory, tls_setup, tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_tls_hangup_at_upgrade, tls_setup,
+                                        tls_teardown_all),
+        cmocka_unit_test_setup_teardown(test_tls_client_cert_required, tls_setup,
                                         tls_teardown_all),
     };
     if (getenv("SURPOOL_TEST_FILTER") != NULL)

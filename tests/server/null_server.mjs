@@ -30,6 +30,7 @@
 //                        an answer (with --tls-cert: after the TLS handshake, with
 //                        a close_notify)
 //   --tls-cert F --tls-key F   serve wss:// with this PEM certificate and key
+//   --tls-client-ca F    require a client certificate signed by this CA
 //   --close-after N      drop a connection (TCP, no close frame) when its Nth
 //                        request arrives, without answering it
 import { createServer as createHttpServer } from 'node:http';
@@ -43,6 +44,7 @@ function parseArgs(argv) {
     const o = {
         port: 0, replyDelayMs: 0, shuffle: false, noSubprotocol: false, big: -1,
         noUpgrade: false, tlsCert: null, tlsKey: null, closeAfter: 0, hangupAtUpgrade: false,
+        tlsClientCa: null,
     };
     for (let i = 0; i < argv.length; i++) {
         const a = argv[i];
@@ -60,6 +62,7 @@ function parseArgs(argv) {
         case '--hangup-at-upgrade': o.hangupAtUpgrade = true; break;
         case '--tls-cert': o.tlsCert = next(); break;
         case '--tls-key': o.tlsKey = next(); break;
+        case '--tls-client-ca': o.tlsClientCa = next(); break;
         case '--close-after': o.closeAfter = Number(next()); break;
         default: throw new Error(`unknown argument ${a}`);
         }
@@ -235,7 +238,12 @@ if (opt.hangupAtUpgrade) {
     server.listen(opt.port, '127.0.0.1', () => listening(server));
 } else {
     const server = opt.tlsCert
-        ? createHttpsServer({ cert: readFileSync(opt.tlsCert), key: readFileSync(opt.tlsKey) })
+        ? createHttpsServer({
+            cert: readFileSync(opt.tlsCert), key: readFileSync(opt.tlsKey),
+            ...(opt.tlsClientCa ? {
+                ca: readFileSync(opt.tlsClientCa), requestCert: true, rejectUnauthorized: true,
+            } : {}),
+        })
         : createHttpServer();
     server.on('tlsClientError', () => {});
     const wss = new WebSocketServer({
