@@ -1436,6 +1436,20 @@ static void on_wsi_destroy(struct lws *wsi, surpool__tconn *c)
                          in_tls      ? "TCP connected, no answer to the TLS handshake"
                          : c->tcp_up ? "TCP connected, no answer to the WebSocket upgrade"
                                      : "no answer to the TCP connect");
+                } else if (!c->tcp_up) {
+                    /* The TCP connect failed at once (lws calls back no error
+                     * then): no server was reached. open() names the cause. */
+                    c->fail_code = SURPOOL_ERR_CONNECT;
+                    c->tcp_failed = 1;
+                    const char *a = c->addrs[c->addr_idx];
+                    if (strcmp(a, c->url->host) != 0)
+                        msgf(c->fail_msg, sizeof(c->fail_msg),
+                             "cannot connect to %s port %d (%s): connect failed", c->url->host,
+                             c->url->port, a);
+                    else
+                        msgf(c->fail_msg, sizeof(c->fail_msg),
+                             "cannot connect to %s port %d: connect failed", c->url->host,
+                             c->url->port);
                 } else if (in_tls) {
                     /* As the lws TLS client said it ("connect SYSCALL"). */
                     c->fail_code = SURPOOL_ERR_TLS;
