@@ -121,6 +121,7 @@ struct surpool__tconn {
     int closing;    /* close() was called */
     int tcp_up;     /* the current attempt got a TCP connection */
     int tcp_failed; /* lws said the TCP connect failed (it keeps the errno to itself) */
+    int tls_hs;     /* wss: TCP is up, the TLS handshake is not done yet */
     int dead_notified;
     /* fail() (contract 11): 1 asked, 2 seen by the service thread; with why. */
     int failing;
@@ -635,6 +636,7 @@ static void conn_start(surpool__tconn *c)
     c->svc_done = 0;
     c->wsi_gone = 0;
     c->tcp_up = 0;
+    c->tls_hs = 0;
     const char *addr = c->addrs[c->addr_idx];
     pthread_mutex_unlock(&c->mu);
 
@@ -838,6 +840,7 @@ static int on_raw_connected(struct lws *wsi, surpool__tconn *c)
 {
     pthread_mutex_lock(&c->mu);
     c->tcp_up = 1;
+    c->tls_hs = c->url->tls;
     pthread_mutex_unlock(&c->mu);
     lws_set_timeout(wsi, PENDING_TIMEOUT_AWAITING_SERVER_RESPONSE, c->t->timeout_secs);
     if (c->url->tls) {
@@ -1311,6 +1314,9 @@ static int on_rx(struct lws *wsi, surpool__tconn *c, const unsigned char *in, si
             return 0;
         }
         c->tls_up = 1;
+        pthread_mutex_lock(&c->mu);
+        c->tls_hs = 0;
+        pthread_mutex_unlock(&c->mu);
         if (upgrade_start(c) != 0)
             return -1;
         lws_callback_on_writable(wsi);
@@ -1427,7 +1433,7 @@ static void on_wsi_destroy(struct lws *wsi, surpool__tconn *c)
                 /* No error callback: lws' own handshake timeout (a server that
                  * accepts TCP but never answers the upgrade), or a plain close. */
                 int64_t took = (surpool__now_ns() - c->open_started) / SURPOOL__NS_PER_MS;
-                int in_tls = c->ssl != NULL && !c->tls_up; /* its handshake under way */
+                int in_tls = c->tls_hs;
                 if (took + 100 >= (int64_t)t->timeout_secs * 1000) {
                     c->fail_code = SURPOOL_ERR_TIMEOUT;
                     msgf(c->fail_msg, sizeof(c->fail_msg),
@@ -2069,14 +2075,15 @@ static surpool_err conn_open(surpool__transport *t, const surpool__url *ep, int6
             if (surpool__cond_wait_until(&c->cond, &c->mu, until) == ETIMEDOUT)
                 break;
         }
-        int tcp_up = c->tcp_up;
+        int tcp_up = c->tcp_up, tls_hs = c->tls_hs;
         pthread_mutex_unlock(&c->mu);
         long ms = (long)((deadline_ns - start + SURPOOL__NS_PER_MS / 2) / SURPOOL__NS_PER_MS);
         rc = surpool__seterr(err, SURPOOL_ERR_TIMEOUT,
                              "connect to %s port %d timed out after %ld ms (%s)", c->url->host,
                              c->url->port, ms > 0 ? ms : 0,
-                             tcp_up ? "TCP connected, no answer to the WebSocket upgrade"
-                                    : "no answer to the TCP connect");
+                             tls_hs   ? "TCP connected, no answer to the TLS handshake"
+                             : tcp_up ? "TCP connected, no answer to the WebSocket upgrade"
+                                      : "no answer to the TCP connect");
     }
     conn_unref(c);
     return rc;

@@ -1047,6 +1047,12 @@ static void test_tls_hangup_in_handshake(void **state)
     if (rc != SURPOOL_ERR_TIMEOUT ||
         strstr(err.message, "no answer to the TLS handshake") == NULL)
         fail_msg("%s: %s", surpool_strerror(rc), err.message);
+    /* The same when the caller's deadline ends it (open() says it then). */
+    rc = ops->open(f.t, NULL, surpool__deadline_after_ms(500), NULL, &c, &err);
+    print_message("    %s: %s\n", surpool_strerror(rc), err.message);
+    if (rc != SURPOOL_ERR_TIMEOUT ||
+        strstr(err.message, "no answer to the TLS handshake") == NULL)
+        fail_msg("%s: %s", surpool_strerror(rc), err.message);
     fixture_destroy(&f);
     server_stop(&s);
 }
