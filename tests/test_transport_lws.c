@@ -2189,6 +2189,10 @@ static void test_connect_fails_at_once(void **state)
     (void)state;
     fixture f;
     fixture_cfg(&f, "ws", "255.255.255.255", 9);
+    /* On libuv, libwebsockets 4.1.6 leaks such an attempt's uv_poll_t (160
+     * bytes) and then cannot close the loop: LeakSanitizer would fail the
+     * libuv twin (KNOWN_ISSUES.md). */
+    f.cfg.event_loop = SURPOOL__LOOP_POLL;
     fixture_create(&f);
     surpool__tconn *c = NULL;
     surpool_error err;
