@@ -1295,6 +1295,9 @@ static int on_plain(struct lws *wsi, surpool__tconn *c, const unsigned char *in,
  * (its handshake first, then records decrypted one at a time). */
 static int on_rx(struct lws *wsi, surpool__tconn *c, const unsigned char *in, size_t len)
 {
+    if (c->ending)
+        return 0; /* closing: nothing that follows is read (a close_notify after the
+                     server's close frame must not replace its close code) */
     if (c->ssl == NULL)
         return on_plain(wsi, c, in, len);
     char why[160];

@@ -2179,32 +2179,6 @@ static void test_tls_client_cert_required(void **state)
     server_stop(&s);
 }
 
-/* A TCP connect that fails at once (here: the broadcast address, which the
- * kernel refuses on the spot) gets neither an error callback nor a
- * socket from libwebsockets: it is a failed connect, not "server closed the
- * connection before the WebSocket upgrade completed" (no server was ever
- * reached). */
-static void test_connect_fails_at_once(void **state)
-{
-    (void)state;
-    fixture f;
-    fixture_cfg(&f, "ws", "255.255.255.255", 9);
-    /* On libuv, libwebsockets 4.1.6 leaks such an attempt's uv_poll_t (160
-     * bytes) and then cannot close the loop: LeakSanitizer would fail the
-     * libuv twin (KNOWN_ISSUES.md). */
-    f.cfg.event_loop = SURPOOL__LOOP_POLL;
-    fixture_create(&f);
-    surpool__tconn *c = NULL;
-    surpool_error err;
-    surpool_err rc = ops->open(f.t, NULL, surpool__deadline_after_ms(WAIT_MS), NULL, &c, &err);
-    assert_null(c);
-    print_message("    %s: %s\n", surpool_strerror(rc), err.message);
-    if (rc != SURPOOL_ERR_CONNECT ||
-        strncmp(err.message, "cannot connect to 255.255.255.255 port 9", 40) != 0)
-        fail_msg("%s: %s", surpool_strerror(rc), err.message);
-    fixture_destroy(&f);
-}
-
 static void test_invalid_args(void **state)
 {
     (void)state;
@@ -2232,7 +2206,6 @@ int main(void)
         cmocka_unit_test_teardown(test_pipelined_out_of_order, test_teardown),
         cmocka_unit_test_teardown(test_many_connections, test_teardown),
         cmocka_unit_test_teardown(test_connect_refused, test_teardown),
-        cmocka_unit_test_teardown(test_connect_fails_at_once, test_teardown),
         cmocka_unit_test_teardown(test_connect_unanswered_times_out, test_teardown),
         cmocka_unit_test_teardown(test_http_404_names_the_path, test_teardown),
         cmocka_unit_test_teardown(test_tls_hangup_in_handshake, test_teardown),
