@@ -13,7 +13,7 @@
  *  2. open() connects to one endpoint: `ep` (borrowed; it must outlive the
  *     connection), or tconfig.url when ep is NULL. Every endpoint shares the
  *     transport's scheme, credentials and TLS settings; its own host is what
- *     the connection resolves, sends as Host/Origin and SNI, and checks the
+ *     the connection resolves, sends as Host and SNI, and checks the
  *     server certificate against. open() blocks the calling thread until the
  *     connection is established
  *     (WebSocket upgrade done, subprotocol checked) or fails, or deadline_ns

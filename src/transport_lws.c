@@ -144,7 +144,7 @@ struct surpool__tconn {
     int n_addrs;
     int addr_idx;
     /* The endpoint this connection goes to (borrowed: outlives the transport)
-     * and what follows from it: the Host/Origin header and SNI name. */
+     * and what follows from it: the Host header and SNI name. */
     const surpool__url *url;
     char host_header[300]; /* "host[:port]" / "[v6][:port]" */
     int host_is_ip;        /* 4, 6, or 0 for a name */
@@ -182,7 +182,7 @@ struct surpool__transport {
     long connect_timeout_ms;
     int timeout_secs;
     int insecure;
-    char host_header[300]; /* "host[:port]" / "[v6][:port]": Host, Origin, SNI */
+    char host_header[300]; /* "host[:port]" / "[v6][:port]": the Host header */
     int host_is_ip;
 
     struct lws_context *ctx;           /* lws sets it to NULL when a libuv context is freed */
@@ -1733,7 +1733,7 @@ static int context_create(surpool__transport *t, const surpool__tconfig *cfg,
     return 0;
 }
 
-/* The Host and Origin header value for an endpoint ("host[:port]", "[v6][:port]",
+/* The Host header value for an endpoint ("host[:port]", "[v6][:port]",
  * the port left out when it is the scheme's default) and whether its host is an
  * IP literal (4, 6) or a name (0): the name TLS sends as SNI and checks against
  * the certificate. -1 when it does not fit. */
