@@ -912,15 +912,33 @@ static void test_wrong_path(void **state)
     server_stop(&s);
 }
 
-/* A tiny HTTP server: answers one request with a 404 and closes. */
-typedef struct http404 {
+/* A server of one connection on loopback (a 404 answer, a hang-up in the TLS
+ * handshake). */
+typedef struct oneshot {
     int lfd, port;
     pthread_t th;
-} http404;
+} oneshot;
+
+/* A loopback listener on a free port whose one connection `main_fn` serves on
+ * a thread of its own (join h->th, close h->lfd). */
+static void oneshot_start(oneshot *h, void *(*main_fn)(void *))
+{
+    h->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(h->lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(h->lfd, 4), 0);
+    socklen_t sl = sizeof(a);
+    getsockname(h->lfd, (struct sockaddr *)&a, &sl);
+    h->port = ntohs(a.sin_port);
+    assert_int_equal(pthread_create(&h->th, NULL, main_fn, h), 0);
+}
 
 static void *http404_main(void *arg)
 {
-    http404 *h = arg;
+    oneshot *h = arg;
     int fd = accept(h->lfd, NULL, NULL);
     if (fd < 0)
         return NULL;
@@ -949,18 +967,8 @@ static void *http404_main(void *arg)
 static void test_http_404_names_the_path(void **state)
 {
     (void)state;
-    http404 h;
-    h.lfd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(h.lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(listen(h.lfd, 4), 0);
-    socklen_t sl = sizeof(a);
-    getsockname(h.lfd, (struct sockaddr *)&a, &sl);
-    h.port = ntohs(a.sin_port);
-    assert_int_equal(pthread_create(&h.th, NULL, http404_main, &h), 0);
+    oneshot h;
+    oneshot_start(&h, http404_main);
 
     fixture f;
     fixture_cfg(&f, "ws", "127.0.0.1", h.port);
@@ -992,7 +1000,7 @@ static void test_http_404_names_the_path(void **state)
  * the WebSocket upgrade completed". */
 static void *hangup_main(void *arg)
 {
-    http404 *h = arg;
+    oneshot *h = arg;
     int fd = accept(h->lfd, NULL, NULL);
     if (fd < 0)
         return NULL;
@@ -1007,18 +1015,8 @@ static void *hangup_main(void *arg)
 static void test_tls_hangup_in_handshake(void **state)
 {
     (void)state;
-    http404 h;
-    h.lfd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(h.lfd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(listen(h.lfd, 4), 0);
-    socklen_t sl = sizeof(a);
-    getsockname(h.lfd, (struct sockaddr *)&a, &sl);
-    h.port = ntohs(a.sin_port);
-    assert_int_equal(pthread_create(&h.th, NULL, hangup_main, &h), 0);
+    oneshot h;
+    oneshot_start(&h, hangup_main);
 
     fixture f;
     fixture_cfg(&f, "wss", "127.0.0.1", h.port);

@@ -59,6 +59,21 @@ static void coll_bad(coll *c, const char *why)
     c->bad = 1;
 }
 
+/* Append n bytes to a growing buffer (*buf, *len, *cap). */
+static void append(unsigned char **buf, size_t *len, size_t *cap, const void *p, size_t n)
+{
+    if (*len + n > *cap) {
+        size_t nc = *cap ? *cap : 256;
+        while (nc < *len + n)
+            nc *= 2;
+        *buf = realloc(*buf, nc);
+        assert_non_null(*buf);
+        *cap = nc;
+    }
+    memcpy(*buf + *len, p, n);
+    *len += n;
+}
+
 static int on_data(void *ud, const unsigned char *p, size_t n, int first, int final, int binary)
 {
     coll *c = ud;
@@ -74,18 +89,8 @@ static int on_data(void *ud, const unsigned char *p, size_t n, int first, int fi
     } else if (binary != c->cur_binary) {
         coll_bad(c, "binary flag changed inside a message");
     }
-    if (n > 0) {
-        if (c->len + n > c->cap) {
-            size_t cap = c->cap ? c->cap : 1024;
-            while (cap < c->len + n)
-                cap *= 2;
-            c->data = realloc(c->data, cap);
-            assert_non_null(c->data);
-            c->cap = cap;
-        }
-        memcpy(c->data + c->len, p, n);
-        c->len += n;
-    }
+    if (n > 0)
+        append(&c->data, &c->len, &c->cap, p, n);
     if (final) {
         if (c->nmsg < MAX_MSGS) {
             c->msg_end[c->nmsg] = c->len;
@@ -150,16 +155,7 @@ typedef struct {
 
 static void bytes_add(bytes *b, const void *p, size_t n)
 {
-    if (b->n + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n)
-            cap *= 2;
-        b->p = realloc(b->p, cap);
-        assert_non_null(b->p);
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, p, n);
-    b->n += n;
+    append(&b->p, &b->n, &b->cap, p, n);
 }
 
 static void bytes_frame(bytes *b, unsigned b0, const void *p, size_t n)
