@@ -696,8 +696,3 @@ int surpool__ws_peer_close(const surpool__ws *ws, const char **reason)
     *reason = ws->peer_reason;
     return ws->peer_code;
 }
-
-const char *surpool__ws_answered_proto(const surpool__ws *ws)
-{
-    return ws->answered;
-}

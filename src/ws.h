@@ -106,8 +106,4 @@ const char *surpool__ws_error(const surpool__ws *ws);
  * (sanitized to printable UTF-8). */
 int surpool__ws_peer_close(const surpool__ws *ws, const char **reason);
 
-/* The subprotocol the server answered ("" for none); meaningful after OPEN,
- * REFUSED or PROTOCOL. */
-const char *surpool__ws_answered_proto(const surpool__ws *ws);
-
 #endif
