@@ -82,6 +82,7 @@
 #include "reqtable.h"
 #include "transport.h"
 #include "thread.h"
+#include "tcp_info.h"
 #include "tls.h"
 #include "utf8.h"
 #include "ws.h"
@@ -162,6 +163,8 @@ struct surpool__tconn {
     int64_t timer_at;              /* when the sul fires (INT64_MAX: not scheduled) */
     lws_sorted_usec_list_t ka_sul; /* keepalive (keepalive_check()) */
     int64_t rx_last;               /* when bytes last came from the server */
+    int64_t tx_last;               /* when the server last took more of our bytes */
+    uint64_t tx_acked;             /* TCP bytes it had acknowledged then */
     int ka_pinged;                 /* a ping went out since rx_last */
 
     /* Events: events_mu is held around every on_dead/on_notify so that close()
@@ -903,7 +906,8 @@ static int on_established(struct lws *wsi, surpool__tconn *c)
     int queued = surpool__reqtable_has_queued(&c->rt);
     pthread_cond_broadcast(&c->cond);
     pthread_mutex_unlock(&c->mu);
-    c->rx_last = surpool__now_ns();
+    c->rx_last = c->tx_last = surpool__now_ns();
+    c->tx_acked = 0;
     c->ka_pinged = 0;
     lws_sul_schedule(c->t->ctx, 0, &c->ka_sul, keepalive_check,
                      (lws_usec_t)(ka_ping_ns() / 1000));
@@ -1361,8 +1365,17 @@ static void keepalive_check(lws_sorted_usec_list_t *sul)
     surpool__tconn *c = lws_container_of(sul, surpool__tconn, ka_sul);
     if (c->wsi == NULL || c->ending)
         return;
-    int64_t ping = ka_ping_ns(), hangup = ka_hangup_ns();
-    int64_t quiet = surpool__now_ns() - c->rx_last;
+    int64_t ping = ka_ping_ns(), hangup = ka_hangup_ns(), now = surpool__now_ns();
+    /* A server that takes a long request is alive though it sends nothing (and
+     * lws reads nothing while it holds our bytes): the kernel's count of the
+     * bytes it acknowledged says whether it took more since the last check. */
+    uint64_t acked;
+    if (surpool__tcp_bytes_acked(lws_get_socket_fd(c->wsi), &acked) == 0 &&
+        acked != c->tx_acked) {
+        c->tx_acked = acked;
+        c->tx_last = now;
+    }
+    int64_t quiet = now - (c->rx_last > c->tx_last ? c->rx_last : c->tx_last);
     int64_t next = ping - quiet;
     if (quiet >= hangup) {
         char msg[96];

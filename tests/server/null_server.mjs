@@ -43,7 +43,7 @@ import { WebSocketServer } from 'ws';
 function parseArgs(argv) {
     const o = {
         port: 0, replyDelayMs: 0, shuffle: false, noSubprotocol: false, big: -1,
-        noUpgrade: false, tlsCert: null, tlsKey: null, closeAfter: 0, hangupAtUpgrade: false,
+        noUpgrade: false, tlsCert: null, tlsKey: null, closeAfter: 0, readPauseMs: 0, hangupAtUpgrade: false,
         tlsClientCa: null,
     };
     for (let i = 0; i < argv.length; i++) {
@@ -64,6 +64,7 @@ function parseArgs(argv) {
         case '--tls-key': o.tlsKey = next(); break;
         case '--tls-client-ca': o.tlsClientCa = next(); break;
         case '--close-after': o.closeAfter = Number(next()); break;
+        case '--read-pause-ms': o.readPauseMs = Number(next()); break;
         default: throw new Error(`unknown argument ${a}`);
         }
     }
@@ -179,6 +180,13 @@ function flush(ws, out) {
 
 function onConnection(ws) {
     let count = 0;
+    if (opt.readPauseMs > 0) {
+        // A slow reader: after each chunk read, stop reading for a while.
+        ws._socket.on('data', () => {
+            ws._socket.pause();
+            setTimeout(() => ws._socket.resume(), opt.readPauseMs);
+        });
+    }
     // With --shuffle, replies wait for the end of the current I/O turn so that
     // requests that arrived together are answered together, out of order.
     let batch = null;
