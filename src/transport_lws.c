@@ -98,6 +98,7 @@ enum { CS_CONNECTING = 0, CS_OPEN = 1, CS_FAILED = 2 }; /* tconn.state */
 #define RX_STEAL_BYTES (256u << 10) /* replies from this size take the buffer, not a copy */
 #define ABORT_WAIT_NS (2000 * SURPOOL__NS_PER_MS)
 #define SHUTDOWN_WAIT_NS (1000 * SURPOOL__NS_PER_MS)
+#define TX_HELD_BYTES (64u << 10)   /* a send queue this long is a long request's */
 #define TLS_PLAIN_BYTES (64u << 10) /* decrypted bytes handed on per read (4 records) */
 #define TLS_WRITE_CHUNK (16u << 10) /* bytes encrypted per write (one record) */
 
@@ -163,8 +164,9 @@ struct surpool__tconn {
     int64_t timer_at;              /* when the sul fires (INT64_MAX: not scheduled) */
     lws_sorted_usec_list_t ka_sul; /* keepalive (keepalive_check()) */
     int64_t rx_last;               /* when bytes last came from the server */
-    int64_t tx_last;               /* when the server last took more of our bytes */
-    uint64_t tx_acked;             /* TCP bytes it had acknowledged then */
+    int64_t tx_last;               /* when the server last took more of a long request */
+    uint64_t tx_acked;             /* TCP bytes it had acknowledged at the last check */
+    int tx_held;                   /* lws held our bytes at the last check */
     int ka_pinged;                 /* a ping went out since rx_last */
 
     /* Events: events_mu is held around every on_dead/on_notify so that close()
@@ -908,6 +910,7 @@ static int on_established(struct lws *wsi, surpool__tconn *c)
     pthread_mutex_unlock(&c->mu);
     c->rx_last = c->tx_last = surpool__now_ns();
     c->tx_acked = 0;
+    c->tx_held = 0;
     c->ka_pinged = 0;
     lws_sul_schedule(c->t->ctx, 0, &c->ka_sul, keepalive_check,
                      (lws_usec_t)(ka_ping_ns() / 1000));
@@ -1368,12 +1371,19 @@ static void keepalive_check(lws_sorted_usec_list_t *sul)
     int64_t ping = ka_ping_ns(), hangup = ka_hangup_ns(), now = surpool__now_ns();
     /* A server that takes a long request is alive though it sends nothing (and
      * lws reads nothing while it holds our bytes): the kernel's count of the
-     * bytes it acknowledged says whether it took more since the last check. */
+     * bytes it acknowledged says whether it took more since the last check.
+     * Only when a long request was waiting then (lws held bytes of it, or the
+     * send queue did): a server process that stopped reading still has its
+     * kernel acknowledge small requests and our ping until its buffer fills. */
     uint64_t acked;
-    if (surpool__tcp_bytes_acked(lws_get_socket_fd(c->wsi), &acked) == 0 &&
-        acked != c->tx_acked) {
+    size_t queued;
+    if (surpool__tcp_sending(lws_get_socket_fd(c->wsi), &acked, &queued) == 0) {
+        if (c->tx_held && acked != c->tx_acked)
+            c->tx_last = now;
         c->tx_acked = acked;
-        c->tx_last = now;
+        c->tx_held = lws_partial_buffered(c->wsi) || queued >= TX_HELD_BYTES;
+    } else {
+        c->tx_held = 0;
     }
     int64_t quiet = now - (c->rx_last > c->tx_last ? c->rx_last : c->tx_last);
     int64_t next = ping - quiet;

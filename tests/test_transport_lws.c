@@ -1400,6 +1400,25 @@ static void test_fragmented_reply(void **state)
     server_stop(&s);
 }
 
+/* The keepalive's times for one test (0, 0 = the fixed ones back). */
+static void ka_times(int ping_ms, int hangup_ms)
+{
+    surpool__lws_test_ka_ping_ms = ping_ms;
+    surpool__lws_test_ka_hangup_ms = hangup_ms;
+}
+
+/* A request whose one param is a string of n copies of `ch`. */
+static treq *big_request(batch *b, int64_t id, size_t n, char ch, long timeout_ms)
+{
+    char *big = malloc(n + 1);
+    assert_non_null(big);
+    memset(big, ch, n);
+    big[n] = '\0';
+    treq *q = treq_new(b, id, "ping", json_pack("[s]", big), timeout_ms);
+    free(big);
+    return q;
+}
+
 /* The keepalive (its times shortened by the test hook): a quiet socket whose
  * server answers pings stays open past the hang-up time; one whose server
  * stops reading is dropped with DISCONNECTED, its request failing, and the
@@ -1407,8 +1426,7 @@ static void test_fragmented_reply(void **state)
 static void test_keepalive(void **state)
 {
     (void)state;
-    surpool__lws_test_ka_ping_ms = 150;
-    surpool__lws_test_ka_hangup_ms = 500;
+    ka_times(150, 500);
     server s;
     server_start(&s, NULL);
     fixture f;
@@ -1439,8 +1457,63 @@ static void test_keepalive(void **state)
     events_fini(&e);
     fixture_destroy(&f);
     server_stop(&s);
-    surpool__lws_test_ka_ping_ms = 0;
-    surpool__lws_test_ka_hangup_ms = 0;
+    ka_times(0, 0);
+}
+
+/* A server whose process stopped reading (its kernel still acknowledges what
+ * fits its buffers) while we keep sending small requests: the requests' bytes
+ * being acknowledged is not the server taking them, so the keepalive still
+ * hangs up (a wait bounded by WAIT_MS; it never came while requests flowed). */
+static void test_keepalive_requests_to_mute(void **state)
+{
+    (void)state;
+    ka_times(150, 500);
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    events e;
+    surpool__tconn_events tev;
+    events_init(&e, &tev);
+    surpool__tconn *c = open_ok(&f, &tev);
+    batch b;
+    batch_init(&b);
+    enum { MAXQ = 400 };
+    treq *qs[MAXQ];
+    int n = 0;
+    qs[n] = treq_new(&b, 1, "mute", NULL, 60000);
+    submit_ok(c, qs[n++]);
+    int dead = 0;
+    while (!dead && n < MAXQ) {
+        treq *q = treq_new(&b, n + 1, "ping", NULL, 60000);
+        if (ops->submit(c, &q->r) != SURPOOL_OK) {
+            treq_free(q);
+            break;
+        }
+        qs[n++] = q;
+        dead = wait_dead(&e, 40); /* one request per 40 ms, WAIT_MS in all */
+    }
+    if (!dead)
+        dead = wait_dead(&e, 100);
+    assert_int_equal(dead, 1);
+    assert_string_equal(e.message, "no answer from the server for 0.5 s (keepalive)");
+    assert_true(batch_wait(&b, n, WAIT_MS));
+    /* Pings that reached the server with "mute" were answered; the rest, and
+     * "mute" itself, end with the socket. */
+    assert_int_equal(qs[0]->r.status, SURPOOL_ERR_DISCONNECTED);
+    assert_int_equal(qs[n - 1]->r.status, SURPOOL_ERR_DISCONNECTED);
+    for (int i = 0; i < n; i++) {
+        if (qs[i]->r.status != SURPOOL_OK && qs[i]->r.status != SURPOOL_ERR_DISCONNECTED)
+            fail_msg("request %d: %s", i, surpool_strerror(qs[i]->r.status));
+        treq_free(qs[i]);
+    }
+    ops->close(c);
+    batch_fini(&b);
+    events_fini(&e);
+    fixture_destroy(&f);
+    server_stop(&s);
+    ka_times(0, 0);
 }
 
 /* The keepalive hangs up on a server that stopped reading while our output
@@ -1450,8 +1523,7 @@ static void test_keepalive(void **state)
 static void test_keepalive_choked(void **state)
 {
     (void)state;
-    surpool__lws_test_ka_ping_ms = 150;
-    surpool__lws_test_ka_hangup_ms = 500;
+    ka_times(150, 500);
     server s;
     server_start(&s, NULL);
     fixture f;
@@ -1463,13 +1535,7 @@ static void test_keepalive_choked(void **state)
     batch b;
     batch_init(&b);
     /* Built before the socket opens: the hang-up is due 500 ms after that. */
-    enum { BIG = 32 << 20 };
-    char *big = malloc(BIG + 1);
-    assert_non_null(big);
-    memset(big, 'y', BIG);
-    big[BIG] = '\0';
-    treq *q = treq_new(&b, 2, "ping", json_pack("[s]", big), 60000);
-    free(big);
+    treq *q = big_request(&b, 2, (size_t)32 << 20, 'y', 60000);
     events e;
     surpool__tconn_events tev;
     events_init(&e, &tev);
@@ -1493,8 +1559,7 @@ static void test_keepalive_choked(void **state)
     events_fini(&e);
     fixture_destroy(&f);
     server_stop(&s);
-    surpool__lws_test_ka_ping_ms = 0;
-    surpool__lws_test_ka_hangup_ms = 0;
+    ka_times(0, 0);
 }
 
 /* A request the server takes slowly (it stops reading for 10 ms after each
@@ -1504,8 +1569,7 @@ static void test_keepalive_choked(void **state)
 static void test_upload_keeps_alive(void **state)
 {
     (void)state;
-    surpool__lws_test_ka_ping_ms = 150;
-    surpool__lws_test_ka_hangup_ms = 500;
+    ka_times(150, 500);
     server s;
     server_start(&s, "--read-pause-ms", "10", NULL);
     fixture f;
@@ -1513,13 +1577,7 @@ static void test_upload_keeps_alive(void **state)
     fixture_create(&f);
     batch b;
     batch_init(&b);
-    enum { BIG = 24 << 20 };
-    char *big = malloc(BIG + 1);
-    assert_non_null(big);
-    memset(big, 'u', BIG);
-    big[BIG] = '\0';
-    treq *q = treq_new(&b, 1, "ping", json_pack("[s]", big), 60000);
-    free(big);
+    treq *q = big_request(&b, 1, (size_t)24 << 20, 'u', 60000);
     surpool__tconn *c = open_ok(&f, NULL);
     submit_ok(c, q);
     assert_true(batch_wait(&b, 1, WAIT_MS));
@@ -1531,8 +1589,7 @@ static void test_upload_keeps_alive(void **state)
     batch_fini(&b);
     fixture_destroy(&f);
     server_stop(&s);
-    surpool__lws_test_ka_ping_ms = 0;
-    surpool__lws_test_ka_hangup_ms = 0;
+    ka_times(0, 0);
 }
 
 static void test_peer_close_code(void **state)
@@ -2046,13 +2103,7 @@ static void big_request_rss(const char *scheme, int port, const char *ca)
     pings(c, &b, 2);
     malloc_trim(0); /* RSS counts what is held, not what malloc keeps free */
     long before = rss_kb();
-    enum { BIG = 32 << 20 };
-    char *big = malloc(BIG + 1);
-    assert_non_null(big);
-    memset(big, 'y', BIG);
-    big[BIG] = '\0';
-    treq *q = treq_new(&b, 10, "ping", json_pack("[s]", big), 30000);
-    free(big);
+    treq *q = big_request(&b, 10, (size_t)32 << 20, 'y', 30000);
     submit_ok(c, q);
     assert_true(batch_wait(&b, 3, WAIT_MS * 2));
     assert_reply(q);
@@ -2098,8 +2149,7 @@ static void test_big_request_memory(void **state)
 static long idle_kb(const char *scheme, const char *cert, const char *key, const char *ca)
 {
     mallopt(M_MMAP_THRESHOLD, 256 * 1024); /* as in test_big_request_memory */
-    surpool__lws_test_ka_ping_ms = 150;
-    surpool__lws_test_ka_hangup_ms = 5000;
+    ka_times(150, 5000);
     server s;
     if (cert != NULL)
         server_start(&s, "--tls-cert", cert, "--tls-key", key, NULL);
@@ -2140,8 +2190,7 @@ static long idle_kb(const char *scheme, const char *cert, const char *key, const
     batch_fini(&b);
     fixture_destroy(&f);
     server_stop(&s);
-    surpool__lws_test_ka_ping_ms = 0;
-    surpool__lws_test_ka_hangup_ms = 0;
+    ka_times(0, 0);
     return per;
 }
 
@@ -2259,6 +2308,7 @@ int main(void)
         cmocka_unit_test_teardown(test_keepalive, test_teardown),
         cmocka_unit_test_teardown(test_keepalive_choked, test_teardown),
         cmocka_unit_test_teardown(test_upload_keeps_alive, test_teardown),
+        cmocka_unit_test_teardown(test_keepalive_requests_to_mute, test_teardown),
         cmocka_unit_test_teardown(test_peer_close_code, test_teardown),
         cmocka_unit_test_teardown(test_peer_close_reason_bytes, test_teardown),
         cmocka_unit_test_teardown(test_long_path, test_teardown),
