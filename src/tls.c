@@ -1,7 +1,7 @@
 /*
- * TLS over OpenSSL (tls.h): the client SSL_CTX, the certificate check and the
- * handshake notes. No libwebsockets here; transport_lws.c hands lws our SSL_CTX
- * and calls in from its verification and error callbacks.
+ * TLS over OpenSSL (tls.h): the client SSL_CTX, sessions on memory buffers,
+ * the certificate check and the handshake notes. No libwebsockets here:
+ * transport_lws.c moves a session's bytes over a raw socket.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -38,9 +38,9 @@ int surpool__tls_init(void)
     return 0;
 }
 
-/* lws reports every handshake failure as "connect SSL err 1" (it drains
- * OpenSSL's error queue into its info log first). Alerts and the first record
- * header we read say more; keep them on the SSL (static strings only). */
+/* OpenSSL's reasons for a failed handshake are terse ("unexpected eof",
+ * "wrong version number"). Alerts and the first record header we read say
+ * more; keep them on the SSL (static strings only). */
 static void tls_info_cb(const SSL *ssl, int where, int ret)
 {
     if (where & SSL_CB_HANDSHAKE_DONE) {
@@ -106,8 +106,7 @@ int surpool__tls_verify_cert(X509_STORE_CTX *xs, int preverify_ok, int insecure,
         *reason = X509_verify_cert_error_string(X509_STORE_CTX_get_error(xs));
         return 0;
     }
-    /* Belt and braces: lws sets the expected name on each SSL, but cuts it at the
-     * first ':' (IPv6 literals) and at 127 bytes. Check the leaf ourselves. */
+    /* The name check: the leaf against the URL's host (or address). */
     if (X509_STORE_CTX_get_error_depth(xs) == 0) {
         X509 *cert = X509_STORE_CTX_get_current_cert(xs);
         if (cert == NULL || !host_matches(host, host_is_ip, cert)) {
@@ -159,8 +158,8 @@ static surpool_err tls_error(surpool_error *err, const char *what, const char *p
     return surpool__seterr(err, SURPOOL_ERR_TLS, "%s: %s", what, reason);
 }
 
-/* Our own client SSL_CTX: lws' built-in one only logs a bad CA path, and leaks
- * per context in 4.1. lws still sets SNI and the expected name on each SSL. */
+/* The transport's client SSL_CTX; each session sets SNI and its verification
+ * callback itself (surpool__tls_session_new()). */
 surpool_err surpool__tls_ctx_create(const surpool__tconfig *cfg, SSL_CTX **out,
                                     surpool_error *err)
 {

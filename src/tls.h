@@ -2,8 +2,9 @@
  * TLS over OpenSSL for the transport (as hiredis keeps ssl.c apart from its
  * socket code): our own client SSL_CTX (CA file/dir or the system store, client
  * certificate and key, verification policy), the certificate check run from the
- * verification callback, and the handshake notes that explain a failure better
- * than libwebsockets' "connect SSL err 1". Nothing here knows libwebsockets.
+ * verification callback, client sessions on memory buffers, and the handshake
+ * notes that explain a failure better than OpenSSL's reasons alone. Nothing
+ * here knows libwebsockets.
  *
  * Threads: surpool__tls_init() and surpool__tls_ctx_create() from any thread;
  * the others on the thread running the handshake (the service thread).
