@@ -111,7 +111,7 @@ struct surpool__tconn {
     surpool__tconn *all_next, *all_prev; /* t->mu */
 
     /* Everything below up to "service thread only". Lock order: after t->mu (destroy
-     * takes it inside); before g_reg_mu (lws_write() may log under it); no other
+     * takes it inside); before g_reg_mu (should a logging lws call run under it); no other
      * lock is taken under it, and conn_wake() is called only after releasing it. */
     pthread_mutex_t mu;
     pthread_cond_t cond; /* the opener waits here */
