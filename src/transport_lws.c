@@ -1,9 +1,10 @@
 /*
  * The libwebsockets (4.1) transport: the only file that includes <libwebsockets.h>.
  *
- * libwebsockets moves bytes: raw client sockets ("RAW" method), its event loop,
- * its timers. The WebSocket protocol on them is ws.c's (wslay framing: lws 4.1's
- * own client parser ran once per received byte on the service thread), and TLS
+ * libwebsockets runs raw client sockets ("RAW" method): it connects them, reads
+ * them, says when one can take more (we write with send(): sock_send() says
+ * why), and runs the event loop and timers. The WebSocket protocol on them is
+ * ws.c's (wslay framing: lws 4.1's own client parser ran once per received byte on the service thread), and TLS
  * for wss is tls.c's on memory buffers (lws 4.1 cannot put TLS under a raw
  * client). So a connection is: TCP up (RAW_CONNECTED) → TLS handshake (wss) →
  * upgrade request and answer (on_handshake_rx) → frames (on_frames).
@@ -140,8 +141,9 @@ struct surpool__tconn {
     SSL *ssl;               /* wss: our TLS session on the raw socket (service thread) */
     surpool__tls_peer peer; /* what its certificate is checked against */
     int tls_up;             /* its handshake is done (service thread) */
-    unsigned char *tls_out; /* encrypted bytes being written (service thread) */
-    size_t tls_out_cap;
+    unsigned char *tls_out; /* encrypted bytes being written (service thread): */
+    size_t tls_out_cap;     /* ...tls_out_off of its tls_out_len are sent */
+    size_t tls_out_len, tls_out_off;
     char addrs[MAX_ADDRS][INET6_ADDRSTRLEN];
     int n_addrs;
     int addr_idx;
@@ -157,6 +159,7 @@ struct surpool__tconn {
     int upgraded;    /* the server accepted the WebSocket upgrade */
     int ending;      /* write what ws has queued (a close frame), then drop the socket */
     int stop_code;   /* the close code for ws when dispatch() stopped reading */
+    size_t out_off;  /* ws://: bytes of ws's output already sent (ws_flush()) */
     char *rx;
     size_t rx_len, rx_cap;
     int rx_overflow;
@@ -166,7 +169,7 @@ struct surpool__tconn {
     int64_t rx_last;               /* when bytes last came from the server */
     int64_t tx_last;               /* when the server last took more of a long request */
     uint64_t tx_acked;             /* TCP bytes it had acknowledged at the last check */
-    int tx_held;                   /* lws held our bytes at the last check */
+    int tx_held;                   /* a long request waited at the last check */
     int ka_pinged;                 /* a ping went out since rx_last */
 
     /* Events: events_mu is held around every on_dead/on_notify so that close()
@@ -654,6 +657,8 @@ static void conn_start(surpool__tconn *c)
     c->upgraded = 0;
     c->ending = 0;
     c->stop_code = 0;
+    c->out_off = 0;
+    c->tls_out_len = c->tls_out_off = 0;
     c->rx_len = 0;
     c->rx_overflow = 0;
     if (c->ws == NULL) {
@@ -923,21 +928,74 @@ static int on_established(struct lws *wsi, surpool__tconn *c)
 /* Service thread: writing and receiving                                      */
 /* ------------------------------------------------------------------------- */
 
-/* Requests framed per writable callback at most (and all written with one
- * lws_write()): with many requests queued on few sockets (the shared lane)
+/* Requests framed per writable callback at most (and written together,
+ * ws_flush()): with many requests queued on few sockets (the shared lane)
  * that saves a pass of the event loop over every socket per frame. The cap
  * keeps one busy socket from starving the others. */
 #define WRITE_BATCH 32
 #define WRITE_BATCH_BYTES (256u * 1024u)
 
-/* Write what ws has queued. 0, or -1 when the write failed. lws sends what the
- * socket takes and buffers the rest (the socket is then "choked" and the next
- * writable callback comes once it has drained). For wss the bytes are
- * encrypted a TLS record at a time (TLS_WRITE_CHUNK) and collected in tls_out:
- * OpenSSL's memory BIO keeps the largest size it ever held, so encrypting a
- * big request in one call would pin its size for the connection's life. (One
- * lws_write() per flush, not one per record: lws refuses to buffer more than
- * 1023 pieces.) */
+/* Write what the socket takes of `p`, `n` bytes, with send() on lws' socket
+ * (non-blocking): the number written, or -1 when the socket failed. Not
+ * lws_write(): lws keeps what the socket does not take and then reads
+ * nothing until it has written it, so a server that stops reading while its
+ * replies wait for us to read them (back-pressure) and a big request of ours
+ * would wait for each other forever (test_upload_while_downloading). */
+static ssize_t sock_send(struct lws *wsi, const unsigned char *p, size_t n)
+{
+    int fd = lws_get_socket_fd(wsi);
+    size_t off = 0;
+    while (off < n) {
+        ssize_t w = send(fd, p + off, n - off, MSG_NOSIGNAL);
+        if (w > 0)
+            off += (size_t)w;
+        else if (w < 0 && errno == EINTR)
+            continue;
+        else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        else
+            return -1;
+    }
+    return (ssize_t)off;
+}
+
+/* Our bytes wait for the socket (ws_flush() wrote part of them). */
+static int out_pending(surpool__tconn *c)
+{
+    unsigned char *p;
+    return (c->ws != NULL && surpool__ws_output(c->ws, &p) != 0) ||
+           c->tls_out_off < c->tls_out_len;
+}
+
+/* wss: send what the socket takes of tls_out; once all of it is sent, it
+ * starts over (freed if big: one big request should not pin its buffer for
+ * the connection's life). 0, or -1 when the socket failed. */
+static int tls_out_send(struct lws *wsi, surpool__tconn *c)
+{
+    ssize_t w = sock_send(wsi, c->tls_out + c->tls_out_off, c->tls_out_len - c->tls_out_off);
+    if (w < 0)
+        return -1;
+    c->tls_out_off += (size_t)w;
+    if (c->tls_out_off < c->tls_out_len) {
+        lws_callback_on_writable(wsi);
+        return 0;
+    }
+    c->tls_out_off = c->tls_out_len = 0;
+    if (c->tls_out_cap > RX_KEEP_BYTES) {
+        surpool__free(c->tls_out);
+        c->tls_out = NULL;
+        c->tls_out_cap = 0;
+    }
+    return 0;
+}
+
+/* Write what ws has queued, as far as the socket takes it: the rest waits
+ * (out_pending()) for the writable callback this asks for. 0, or -1 when the
+ * write failed. For wss the bytes are encrypted a TLS record at a time
+ * (TLS_WRITE_CHUNK) and collected in tls_out: OpenSSL's memory BIO keeps the
+ * largest size it ever held, so encrypting a big request in one call would pin
+ * its size for the connection's life. Nothing more is encrypted while tls_out
+ * still has bytes to send. */
 static int ws_flush(struct lws *wsi, surpool__tconn *c)
 {
     unsigned char *p;
@@ -945,12 +1003,22 @@ static int ws_flush(struct lws *wsi, surpool__tconn *c)
     if (c->ssl == NULL) {
         if (n == 0)
             return 0;
-        /* Only < 0 is an error: with output already buffered lws returns what
-         * it drained, not n. */
-        int w = lws_write(wsi, p, n, LWS_WRITE_RAW);
+        ssize_t w = sock_send(wsi, p + c->out_off, n - c->out_off);
+        if (w < 0)
+            return -1;
+        c->out_off += (size_t)w;
+        if (c->out_off < n) {
+            lws_callback_on_writable(wsi);
+            return 0;
+        }
+        c->out_off = 0;
         surpool__ws_written(c->ws, n);
-        return w < 0 ? -1 : 0;
+        return 0;
     }
+    if (c->tls_out_off < c->tls_out_len && tls_out_send(wsi, c) != 0)
+        return -1;
+    if (c->tls_out_off < c->tls_out_len)
+        return 0; /* tls_out_send() asked for the writable callback */
     if (!c->tls_up)
         n = 0; /* only the handshake's own bytes */
     size_t off = 0, have = 0;
@@ -983,15 +1051,8 @@ static int ws_flush(struct lws *wsi, surpool__tconn *c)
     }
     if (n != 0)
         surpool__ws_written(c->ws, n);
-    if (have == 0)
-        return 0;
-    int w = lws_write(wsi, c->tls_out, have, LWS_WRITE_RAW);
-    if (c->tls_out_cap > RX_KEEP_BYTES) {
-        surpool__free(c->tls_out);
-        c->tls_out = NULL;
-        c->tls_out_cap = 0;
-    }
-    return w < 0 ? -1 : 0;
+    c->tls_out_len = have;
+    return have != 0 ? tls_out_send(wsi, c) : 0;
 }
 
 /* Queue our close frame (`code`, `reason`), write it, and end: the socket
@@ -1001,8 +1062,9 @@ static int ws_end(struct lws *wsi, surpool__tconn *c, int code, const char *reas
     surpool__ws_close(c->ws, code, reason);
     if (ws_flush(wsi, c) != 0)
         return -1;
-    /* Close once lws has written what it buffered (-1 now if nothing). */
-    return lws_raw_transaction_completed(wsi);
+    /* Close once the socket took all of it (ws_flush() asked for the writable
+     * callback that comes back here; the close is idempotent). */
+    return out_pending(c) ? 0 : -1;
 }
 
 static int on_writeable(struct lws *wsi, surpool__tconn *c)
@@ -1019,10 +1081,17 @@ static int on_writeable(struct lws *wsi, surpool__tconn *c)
         pthread_mutex_unlock(&c->mu);
         return ws_end(wsi, c, 1007, NULL);
     }
-    if (!open || !surpool__reqtable_has_queued(&c->rt) || atomic_load(&c->dead)) {
+    int queued = open && surpool__reqtable_has_queued(&c->rt) && !atomic_load(&c->dead);
+    if (!queued || out_pending(c)) {
+        /* Frame nothing more while the socket has not taken what is framed: the
+         * requests wait in the queue, not as a second copy in ws' output. */
         pthread_mutex_unlock(&c->mu);
         /* The upgrade request, pongs; unasked writable callbacks happen too. */
-        return ws_flush(wsi, c);
+        if (ws_flush(wsi, c) != 0)
+            return -1;
+        if (queued && !out_pending(c))
+            lws_callback_on_writable(wsi); /* now the queued requests */
+        return 0;
     }
     int failed = 0;
     size_t bytes = 0;
@@ -1369,11 +1438,12 @@ static void keepalive_check(lws_sorted_usec_list_t *sul)
     if (c->wsi == NULL || c->ending)
         return;
     int64_t ping = ka_ping_ns(), hangup = ka_hangup_ns(), now = surpool__now_ns();
-    /* A server that takes a long request is alive though it sends nothing (and
-     * lws reads nothing while it holds our bytes): the kernel's count of the
-     * bytes it acknowledged says whether it took more since the last check.
-     * Only when a long request was waiting then (lws held bytes of it, or the
-     * send queue did): a server process that stopped reading still has its
+    /* A server that takes a long request is alive though it sends nothing (it
+     * answers once it has all of it, and our ping waits behind it): the
+     * kernel's count of the bytes it acknowledged says whether it took more
+     * since the last check. Only when a long request was waiting then (bytes
+     * of it waited for the socket, out_pending(), or in the send queue): a
+     * server process that stopped reading still has its
      * kernel acknowledge small requests and our ping until its buffer fills. */
     uint64_t acked;
     size_t queued;
@@ -1381,7 +1451,7 @@ static void keepalive_check(lws_sorted_usec_list_t *sul)
         if (c->tx_held && acked != c->tx_acked)
             c->tx_last = now;
         c->tx_acked = acked;
-        c->tx_held = lws_partial_buffered(c->wsi) || queued >= TX_HELD_BYTES;
+        c->tx_held = out_pending(c) || queued >= TX_HELD_BYTES;
     } else {
         c->tx_held = 0;
     }
@@ -1394,7 +1464,7 @@ static void keepalive_check(lws_sorted_usec_list_t *sul)
         conn_fail(c, SURPOOL_ERR_DISCONNECTED, msg);
         c->ending = 1;
         c->stop_code = 1001;
-        if (lws_partial_buffered(c->wsi)) {
+        if (out_pending(c)) {
             /* Our output waits for a server that stopped reading: a close
              * frame would only wait behind it until the backstop below. */
             lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
@@ -1414,11 +1484,12 @@ static void keepalive_check(lws_sorted_usec_list_t *sul)
             c->rx = NULL;
             c->rx_cap = 0;
         }
-        if (c->ssl != NULL) {
+        if (c->ssl != NULL && c->tls_out_off == c->tls_out_len) {
             surpool__tls_trim(c->ssl);
             surpool__free(c->tls_out);
             c->tls_out = NULL;
             c->tls_out_cap = 0;
+            c->tls_out_len = c->tls_out_off = 0;
         }
     }
     if (quiet >= ping) {

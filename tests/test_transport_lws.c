@@ -1400,6 +1400,51 @@ static void test_fragmented_reply(void **state)
     server_stop(&s);
 }
 
+/* A request submitted by a done() (on the service thread, as lane.c does)
+ * while a pong waits to be written: the reply came in pieces with a ping
+ * between them, so one writable callback finds both the pong and the new
+ * request; the request must go out after the pong, not wait for the next
+ * unrelated writable callback. */
+static surpool__tconn *g_chain_c;
+static treq *g_chain_next;
+static atomic_int g_chain_rc;
+
+static void on_done_chain(surpool__treq *r)
+{
+    atomic_store(&g_chain_rc, ops->submit(g_chain_c, &g_chain_next->r));
+    on_done(r);
+}
+
+static void test_request_after_pong(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    surpool__tconn *c = open_ok(&f, NULL);
+    batch b;
+    batch_init(&b);
+    for (int i = 0; i < 5; i++) {
+        treq *first = treq_new(&b, 2 * i + 1, "fragmented", json_pack("[i,i]", 2, 10), 60000);
+        first->r.done = on_done_chain;
+        g_chain_c = c;
+        g_chain_next = treq_new(&b, 2 * i + 2, "ping", NULL, 60000);
+        submit_ok(c, first);
+        assert_true(batch_wait(&b, 2 * i + 2, WAIT_MS));
+        assert_int_equal(atomic_load(&g_chain_rc), SURPOOL_OK);
+        assert_reply(first);
+        assert_reply(g_chain_next);
+        treq_free(first);
+        treq_free(g_chain_next);
+    }
+    ops->close(c);
+    batch_fini(&b);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
 /* The keepalive's times for one test (0, 0 = the fixed ones back). */
 static void ka_times(int ping_ms, int hangup_ms)
 {
@@ -2207,6 +2252,53 @@ static void test_idle_memory(void **state)
         fail_msg("an idle connection holds %ld kB (ws), %ld kB (wss)", ws, wss);
 }
 
+/* A big reply and a big request at once, to a server that stops reading
+ * while its reply waits in its socket's write buffer (back-pressure): the
+ * request's bytes must not stop us reading the reply, or neither side moves
+ * until the keepalive hangs up on a live server (40 s; the wait here ends
+ * first). The keepalive keeps its own times: a server busy with 24 MB of
+ * JSON on a loaded machine can leave a ping unanswered for a while. */
+static void updown(const char *scheme, const char *ca, const char *cert, const char *key)
+{
+    server s;
+    if (cert != NULL)
+        server_start(&s, "--backpressure", "--tls-cert", cert, "--tls-key", key, NULL);
+    else
+        server_start(&s, "--backpressure", NULL);
+    fixture f;
+    fixture_cfg(&f, scheme, "localhost", s.port);
+    f.cfg.tls_ca_file = ca;
+    fixture_create(&f);
+    batch b;
+    batch_init(&b);
+    treq *down = treq_new(&b, 1, "big", json_pack("[i]", 24 << 20), 60000);
+    treq *up = big_request(&b, 2, (size_t)24 << 20, 'u', 60000);
+    surpool__tconn *c = open_ok(&f, NULL);
+    submit_ok(c, down);
+    submit_ok(c, up);
+    assert_true(batch_wait(&b, 2, WAIT_MS));
+    assert_reply(down);
+    assert_reply(up);
+    assert_true(ops->alive(c));
+    treq_free(down);
+    treq_free(up);
+    ops->close(c);
+    batch_fini(&b);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+static void test_upload_while_downloading(void **state)
+{
+    (void)state;
+    char cert[300], key[300], ca[300];
+    tls_path(cert, sizeof(cert), "srv.pem");
+    tls_path(key, sizeof(key), "srv.key");
+    tls_path(ca, sizeof(ca), "ca.pem");
+    updown("ws", NULL, NULL, NULL);
+    updown("wss", ca, cert, key);
+}
+
 /* A server that ends the connection after the TLS handshake without
  * answering the upgrade (its close_notify first): the handshake succeeded,
  * so this is what ws:// says for the same server, CONNECT "closed the
@@ -2305,6 +2397,7 @@ int main(void)
         cmocka_unit_test_teardown(test_server_killed, test_teardown),
         cmocka_unit_test_teardown(test_close_after, test_teardown),
         cmocka_unit_test_teardown(test_fragmented_reply, test_teardown),
+        cmocka_unit_test_teardown(test_request_after_pong, test_teardown),
         cmocka_unit_test_teardown(test_keepalive, test_teardown),
         cmocka_unit_test_teardown(test_keepalive_choked, test_teardown),
         cmocka_unit_test_teardown(test_upload_keeps_alive, test_teardown),
@@ -2320,6 +2413,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls, tls_setup, tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_big_request_memory, tls_setup, tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_idle_memory, tls_setup, tls_teardown_all),
+        cmocka_unit_test_setup_teardown(test_upload_while_downloading, tls_setup,
+                                        tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_tls_hangup_at_upgrade, tls_setup,
                                         tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_tls_client_cert_required, tls_setup,

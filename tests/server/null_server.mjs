@@ -33,6 +33,9 @@
 //   --tls-client-ca F    require a client certificate signed by this CA
 //   --close-after N      drop a connection (TCP, no close frame) when its Nth
 //                        request arrives, without answering it
+//   --backpressure       stop reading a socket while its replies wait in the
+//                        socket's write buffer (resume on 'drain'), as a server
+//                        that writes each reply before it reads on does
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createNetServer } from 'node:net';
@@ -44,7 +47,7 @@ function parseArgs(argv) {
     const o = {
         port: 0, replyDelayMs: 0, shuffle: false, noSubprotocol: false, big: -1,
         noUpgrade: false, tlsCert: null, tlsKey: null, closeAfter: 0, readPauseMs: 0, hangupAtUpgrade: false,
-        tlsClientCa: null,
+        tlsClientCa: null, backpressure: false,
     };
     for (let i = 0; i < argv.length; i++) {
         const a = argv[i];
@@ -65,6 +68,7 @@ function parseArgs(argv) {
         case '--tls-client-ca': o.tlsClientCa = next(); break;
         case '--close-after': o.closeAfter = Number(next()); break;
         case '--read-pause-ms': o.readPauseMs = Number(next()); break;
+        case '--backpressure': o.backpressure = true; break;
         default: throw new Error(`unknown argument ${a}`);
         }
     }
@@ -213,6 +217,10 @@ function onConnection(ws) {
             batch.push(...out);
         } else {
             for (const s of out) ws.send(s);
+        }
+        if (opt.backpressure && ws._socket.writableNeedDrain && !ws._socket.isPaused()) {
+            ws._socket.pause();
+            ws._socket.once('drain', () => ws._socket.resume());
         }
     });
     ws.on('error', () => {});
