@@ -1348,6 +1348,15 @@ static int on_frames(struct lws *wsi, surpool__tconn *c, const unsigned char *in
         return -1;
     }
     unsigned char *p;
+    if (rc == SURPOOL__WS_CLOSED) {
+        /* The server closed: our answer goes out now if the socket takes it,
+         * and the socket goes either way. Waiting for the writable callback
+         * would wait, up to the backstop, for a server that may read no more,
+         * and behind a request of ours it may hold half written (our close
+         * frame can only follow the rest of it). */
+        (void)ws_flush(wsi, c);
+        return -1;
+    }
     if (c->ending) {
         lws_set_timeout(wsi, PENDING_TIMEOUT_CLOSE_SEND, c->t->timeout_secs);
         lws_callback_on_writable(wsi);

@@ -1637,6 +1637,43 @@ static void test_upload_keeps_alive(void **state)
     ka_times(0, 0);
 }
 
+/* The server closes and reads no more while a big request of ours is half
+ * written (it reads slowly): no close frame of ours can follow that request,
+ * so the socket goes at once and the request fails with the server's code,
+ * not after the close-frame backstop (connect_timeout_ms, here 60 s). */
+static void test_peer_close_during_upload(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, "--read-pause-ms", "10", NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    f.cfg.connect_timeout_ms = 60000;
+    fixture_create(&f);
+    events e;
+    surpool__tconn_events tev;
+    events_init(&e, &tev);
+    batch b;
+    batch_init(&b);
+    treq *q = big_request(&b, 2, (size_t)24 << 20, 'c', 60000);
+    surpool__tconn *c = open_ok(&f, &tev);
+    treq *cm = treq_new(&b, 1, "close_mute", json_pack("[i,i]", 200, 1001), 60000);
+    submit_ok(c, cm);
+    submit_ok(c, q);
+    assert_int_equal(wait_dead(&e, WAIT_MS), 1);
+    assert_non_null(strstr(e.message, "connection closed by peer (code 1001"));
+    assert_true(batch_wait(&b, 2, WAIT_MS));
+    assert_int_equal(q->r.status, SURPOOL_ERR_DISCONNECTED);
+    assert_int_equal(cm->r.status, SURPOOL_ERR_DISCONNECTED);
+    treq_free(cm);
+    treq_free(q);
+    ops->close(c);
+    batch_fini(&b);
+    events_fini(&e);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
 static void test_peer_close_code(void **state)
 {
     (void)state;
@@ -2402,6 +2439,7 @@ int main(void)
         cmocka_unit_test_teardown(test_keepalive_choked, test_teardown),
         cmocka_unit_test_teardown(test_upload_keeps_alive, test_teardown),
         cmocka_unit_test_teardown(test_keepalive_requests_to_mute, test_teardown),
+        cmocka_unit_test_teardown(test_peer_close_during_upload, test_teardown),
         cmocka_unit_test_teardown(test_peer_close_code, test_teardown),
         cmocka_unit_test_teardown(test_peer_close_reason_bytes, test_teardown),
         cmocka_unit_test_teardown(test_long_path, test_teardown),

@@ -15,6 +15,8 @@
 //   big   [n]            result = a string of n bytes
 //   close [code, reason] send a close frame (no reply); reason: a string, or an
 //                        array of byte values sent raw (need not be UTF-8)
+//   close_mute [ms, code] after ms milliseconds send a close frame and stop
+//                        reading the socket (no reply)
 //   binary               answer with a binary frame
 //   garbage              answer with text that is not JSON
 //   notify               send a live-query notification (no id) and then the reply
@@ -82,7 +84,7 @@ const bigString = opt.big >= 0 ? JSON.stringify('x'.repeat(opt.big)) : null;
 // JSON.parse for the common case, fall back to parsing for anything else.
 const HEAD = /^\{"id":(-?\d+),"method":"([A-Za-z_]+)"/;
 const SPECIAL = new Set(['sleep', 'echo', 'big', 'close', 'binary', 'garbage', 'notify',
-    'orphan', 'fragmented', 'mute']);
+    'orphan', 'fragmented', 'mute', 'close_mute']);
 
 function handle(ws, text, out) {
     let id, method, params;
@@ -148,8 +150,19 @@ function handle(ws, text, out) {
     }
     case 'mute':
         // Stop reading the socket and never answer again (not even pings).
+        ws._muted = true;
         ws._socket.pause();
         return;
+    case 'close_mute': {
+        const ms = Array.isArray(params) ? Number(params[0]) : 0;
+        const code = Array.isArray(params) && params[1] ? Number(params[1]) : 1001;
+        setTimeout(() => {
+            ws._muted = true;
+            ws.close(code);
+            ws._socket.pause();
+        }, ms);
+        return;
+    }
     case 'garbage':
         out.push('this is not json');
         return;
@@ -188,7 +201,7 @@ function onConnection(ws) {
         // A slow reader: after each chunk read, stop reading for a while.
         ws._socket.on('data', () => {
             ws._socket.pause();
-            setTimeout(() => ws._socket.resume(), opt.readPauseMs);
+            setTimeout(() => { if (!ws._muted) ws._socket.resume(); }, opt.readPauseMs);
         });
     }
     // With --shuffle, replies wait for the end of the current I/O turn so that
