@@ -237,6 +237,21 @@ static void bystanders_stop(bystanders *b)
 static void check_recovered(surpool_pool *p, int expect_broken)
 {
     set_mode("normal");
+    if (expect_broken) {
+        /* A lane socket that broke is given back (and closed) by the lane
+         * thread once its last slot is free, which is after the callbacks
+         * returned. A connection is counted in `reconnects` only if it
+         * connects after a close: wait for the close before the lease below
+         * opens the replacement, or the lease may connect first and nothing
+         * is counted as replaced. */
+        int closed;
+        surpool_stats st0;
+        TK_POLL(closed, (surpool_pool_stats(p, &st0), st0.broken >= 1 && st0.destroyed >= 1),
+                10000);
+        if (!closed)
+            fail_msg("the broken connection was never closed (broken %llu, destroyed %llu)",
+                     (unsigned long long)st0.broken, (unsigned long long)st0.destroyed);
+    }
     surpool_conn *c = lease(p);
     surpool_error err;
     json_t *out = NULL;
