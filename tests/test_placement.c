@@ -80,23 +80,41 @@ static int ep_breaker(surpool_pool *p, int i)
     return es.breaker_open;
 }
 
-/* Per-node stats add up to the pool's (at a quiet moment). */
+/* Two pool reads agree on everything check_balance() compares. */
+static int same_totals(const surpool_stats *a, const surpool_stats *b)
+{
+    return a->idle == b->idle && a->in_use == b->in_use && a->connecting == b->connecting &&
+           a->created == b->created && a->connect_failures == b->connect_failures;
+}
+
+/* Per-node stats add up to the pool's. Each is a read of its own under the
+ * pool mutex, and the pool is not always quiet: while its circuit is open it
+ * keeps probing a node in the background (governor.c), so a connect can start
+ * or fail between the pool's read and the nodes'. Read the nodes between two
+ * pool reads that agree (created and connect_failures only grow, so nothing
+ * moved in between), retrying while they differ (bounded), then compare. */
 static void check_balance(surpool_pool *p)
 {
-    surpool_stats st;
-    assert_int_equal(surpool_pool_stats(p, &st), SURPOOL_OK);
-    int conns = 0, in_use = 0, connecting = 0;
-    uint64_t connects = 0, failures = 0;
-    for (int i = 0; i < surpool_pool_endpoint_count(p); i++) {
-        surpool_endpoint_stats es;
-        assert_int_equal(surpool_pool_endpoint_stats(p, i, &es), SURPOOL_OK);
-        assert_int_equal(es.index, i);
-        conns += es.connections;
-        in_use += es.in_use;
-        connecting += es.connecting;
-        connects += es.connects;
-        failures += es.connect_failures;
-    }
+    surpool_stats st, again;
+    int conns, in_use, connecting;
+    uint64_t connects, failures;
+    int64_t end = tk_now_ms() + 5000 * TK_SLOW;
+    do {
+        assert_int_equal(surpool_pool_stats(p, &st), SURPOOL_OK);
+        conns = in_use = connecting = 0;
+        connects = failures = 0;
+        for (int i = 0; i < surpool_pool_endpoint_count(p); i++) {
+            surpool_endpoint_stats es;
+            assert_int_equal(surpool_pool_endpoint_stats(p, i, &es), SURPOOL_OK);
+            assert_int_equal(es.index, i);
+            conns += es.connections;
+            in_use += es.in_use;
+            connecting += es.connecting;
+            connects += es.connects;
+            failures += es.connect_failures;
+        }
+        assert_int_equal(surpool_pool_stats(p, &again), SURPOOL_OK);
+    } while (!same_totals(&st, &again) && tk_now_ms() < end);
     assert_int_equal(conns, st.idle + st.in_use);
     assert_int_equal(in_use, st.in_use);
     assert_int_equal(connecting, st.connecting);
