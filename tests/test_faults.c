@@ -313,17 +313,19 @@ static void check_pool(surpool_pool *p, const char *what)
     tk_release(c);
 
     surpool_stats st;
+    /* No lease lost: in_use == lane_connections once the lane thread has
+     * given back what it drops. Checked on the snapshot that showed it, not
+     * on a later read: the lane forgets a dead socket a moment before the
+     * pool gets it back (lane.c), and a read in between sees one too many. */
     if (!fu_settle_leases(p, &st))
-        fail_msg("%s: leases still out 10 s after every caller returned (in_use %d, lane %d)",
-                 what, st.in_use, st.lane_connections);
+        fail_msg("%s: %d lease(s) lost: still out 10 s after every caller returned (in_use "
+                 "%d, lane %d)",
+                 what, st.in_use - st.lane_connections, st.in_use, st.lane_connections);
     if (!fu_stats_balanced(p, &st))
         fail_msg("%s: stats do not balance: created %llu destroyed %llu idle %d in_use %d "
                  "connecting %d total %d",
                  what, (unsigned long long)st.created, (unsigned long long)st.destroyed,
                  st.idle, st.in_use, st.connecting, st.total);
-    if (st.in_use != st.lane_connections)
-        fail_msg("%s: %d lease(s) lost (in_use %d, lane %d)", what,
-                 st.in_use - st.lane_connections, st.in_use, st.lane_connections);
     assert_true(st.total <= 6);
 }
 

@@ -262,19 +262,22 @@ static void check_recovered(surpool_pool *p, int expect_broken)
     surpool_conn_release(c);
 
     surpool_stats st;
-    fu_settle_leases(p, &st);
-    if (!fu_stats_balanced(p, &st))
-        fail_msg("stats do not balance: created %llu destroyed %llu idle %d in_use %d "
-                 "connecting %d total %d",
-                 (unsigned long long)st.created, (unsigned long long)st.destroyed, st.idle,
-                 st.in_use, st.connecting, st.total);
-    /* The shared lane (surpool_query) keeps its connections leased. */
-    if (st.in_use != st.lane_connections)
+    /* The shared lane (surpool_query) keeps its connections leased: once the
+     * lane thread has given back what it drops, in_use == lane_connections.
+     * Checked on the snapshot that showed it, not on a later read: the lane
+     * forgets a dead socket a moment before the pool gets it back (lane.c),
+     * and a read in between sees one lease too many. */
+    if (!fu_settle_leases(p, &st))
         fail_msg("%d connection(s) still leased after every lease was released, lane holds %d "
                  "(created %llu destroyed %llu idle %d connecting %d validations %llu)",
                  st.in_use, st.lane_connections, (unsigned long long)st.created,
                  (unsigned long long)st.destroyed, st.idle, st.connecting,
                  (unsigned long long)st.validations);
+    if (!fu_stats_balanced(p, &st))
+        fail_msg("stats do not balance: created %llu destroyed %llu idle %d in_use %d "
+                 "connecting %d total %d",
+                 (unsigned long long)st.created, (unsigned long long)st.destroyed, st.idle,
+                 st.in_use, st.connecting, st.total);
     if (expect_broken) {
         assert_true(st.broken >= 1);
         assert_true(st.destroyed >= 1);  /* the broken one was closed... */
