@@ -1092,20 +1092,34 @@ static void test_spreads_over_sockets(void **state)
     fixture *f = *state;
     atomic_store(&f->fs.call_latency_us, 200000);
     surpool_pool *p = make_pool(f, 3, 2, 8, 30000);
-    /* 16 at once fill one socket (8) and make the lane open its second. */
-    tally *t = calloc(1, sizeof(*t));
-    tag tags[24];
-    for (int i = 0; i < 24; i++)
-        tags[i] = (tag){t, i};
-    for (int i = 0; i < 16; i++)
-        assert_int_equal(surpool_call_async(p, "ping", NULL, on_result, &tags[i]), SURPOOL_OK);
-    wait_tally(t, 16);
-    assert_int_equal(atomic_load(&t->codes[SURPOOL_OK]), 16);
-    WAIT_FOR(stats_of(p).lane_inflight == 0, "the lane to be idle");
+    /* 16 at once fill one socket (8) and make the lane open its second: its
+     * acquirer decides to when it wakes, if 8 still queue then. The first 8
+     * are answered after 200 ms and the queue drains; an acquirer that wakes
+     * later (starved on a loaded machine) finds nothing queued and the lane
+     * stays at one socket, which is right. Run another round then (at most
+     * 10): a lane that never grows still fails. */
+    int rounds = 0;
+    do {
+        tally *t1 = calloc(1, sizeof(*t1));
+        tag tags1[16];
+        for (int i = 0; i < 16; i++) {
+            tags1[i] = (tag){t1, i};
+            assert_int_equal(surpool_call_async(p, "ping", NULL, on_result, &tags1[i]),
+                             SURPOOL_OK);
+        }
+        wait_tally(t1, 16);
+        assert_int_equal(atomic_load(&t1->codes[SURPOOL_OK]), 16);
+        WAIT_FOR(stats_of(p).lane_inflight == 0, "the lane to be idle");
+        free(t1);
+    } while (stats_of(p).lane_connections < 2 && ++rounds < 10);
     assert_int_equal(stats_of(p).lane_connections, 2);
     assert_int_equal(atomic_load(&f->fs.open_ok), 2);
 
     /* Both sockets idle: 8 concurrent calls split evenly. */
+    tally *t = calloc(1, sizeof(*t));
+    tag tags[24];
+    for (int i = 0; i < 24; i++)
+        tags[i] = (tag){t, i};
     atomic_store(&f->fs.call_latency_us, 10000000); /* in flight until destroy */
     int before1 = atomic_load(&f->fs.conn_calls[1]),
         before2 = atomic_load(&f->fs.conn_calls[2]);
@@ -1119,7 +1133,7 @@ static void test_spreads_over_sockets(void **state)
     assert_true(n1 >= 3 && n2 >= 3);
     surpool_pool_destroy(p); /* the 8 complete with DISCONNECTED */
     f->pool = NULL;
-    assert_int_equal(atomic_load(&t->done), 24);
+    assert_int_equal(atomic_load(&t->done), 8);
     assert_int_equal(atomic_load(&t->codes[SURPOOL_ERR_DISCONNECTED]), 8);
     free(t);
 }
