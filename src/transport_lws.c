@@ -546,6 +546,7 @@ static void conn_start(surpool__tconn *c);
 static int conn_maybe_next_addr(surpool__tconn *c);
 static int on_ws_data(void *ud, const unsigned char *p, size_t len, int first, int final,
                       int binary);
+static void conn_end(struct lws *wsi, surpool__tconn *c);
 
 /* One visit of a connection taken from the wake list. */
 static void conn_visit(surpool__tconn *c)
@@ -589,12 +590,7 @@ static void conn_visit(surpool__tconn *c)
     case NOTHING: break;
     case CONNECT: conn_start(c); break;
     case WRITE: lws_callback_on_writable(c->wsi); break;
-    case CLOSE:
-        /* The close frame goes out from the writable callback; the timeout is a
-         * backstop for a peer that stops reading. */
-        lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, t->timeout_secs);
-        lws_callback_on_writable(c->wsi);
-        break;
+    case CLOSE: conn_end(c->wsi, c); break;
     case KILL:
         /* Not established yet, so no close frame: drop the socket. ASYNC because
          * we are inside another wsi's callback. */
@@ -605,8 +601,7 @@ static void conn_visit(surpool__tconn *c)
          * with the submitter's code now, the socket closes (on_writeable()),
          * queued requests end at WSI_DESTROY. */
         conn_fail(c, why_code, why);
-        lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, t->timeout_secs);
-        lws_callback_on_writable(c->wsi);
+        conn_end(c->wsi, c);
         break;
     }
     timer_arm(c, hint);
@@ -1067,6 +1062,25 @@ static int ws_end(struct lws *wsi, surpool__tconn *c, int code, const char *reas
     return out_pending(c) ? 0 : -1;
 }
 
+/* An open socket is to end (it failed, or close() was called): our close
+ * frame goes out from the writable callback (ws_end()), the timeout a
+ * backstop for a server that stops reading. But when our output waits for
+ * the socket even after it took what it could now (a request half written),
+ * the close frame can only follow the rest of it, and a server that reads no
+ * more would hold the socket, its queued requests and on_dead until that
+ * backstop: the socket goes now. (A close frame already queued, wslay's
+ * answer to a frame it refused, goes out with that write.) ASYNC: this may
+ * run inside another wsi's callback. */
+static void conn_end(struct lws *wsi, surpool__tconn *c)
+{
+    if (ws_flush(wsi, c) != 0 || out_pending(c)) {
+        lws_set_timeout(wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
+        return;
+    }
+    lws_set_timeout(wsi, PENDING_TIMEOUT_CLOSE_SEND, c->t->timeout_secs);
+    lws_callback_on_writable(wsi);
+}
+
 static int on_writeable(struct lws *wsi, surpool__tconn *c)
 {
     if (c->ending)
@@ -1357,12 +1371,10 @@ static int on_frames(struct lws *wsi, surpool__tconn *c, const unsigned char *in
         (void)ws_flush(wsi, c);
         return -1;
     }
-    if (c->ending) {
-        lws_set_timeout(wsi, PENDING_TIMEOUT_CLOSE_SEND, c->t->timeout_secs);
-        lws_callback_on_writable(wsi);
-    } else if (surpool__ws_output(c->ws, &p) != 0) {
+    if (c->ending)
+        conn_end(wsi, c);
+    else if (surpool__ws_output(c->ws, &p) != 0)
         lws_callback_on_writable(wsi); /* a pong */
-    }
     return 0;
 }
 
@@ -1473,14 +1485,7 @@ static void keepalive_check(lws_sorted_usec_list_t *sul)
         conn_fail(c, SURPOOL_ERR_DISCONNECTED, msg);
         c->ending = 1;
         c->stop_code = 1001;
-        if (out_pending(c)) {
-            /* Our output waits for a server that stopped reading: a close
-             * frame would only wait behind it until the backstop below. */
-            lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
-            return;
-        }
-        lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, c->t->timeout_secs);
-        lws_callback_on_writable(c->wsi);
+        conn_end(c->wsi, c); /* our output may wait for a server that stopped reading */
         return;
     }
     if (quiet >= ping / 2) {

@@ -1861,6 +1861,50 @@ static void test_bad_frames(void **state)
     server_stop(&s);
 }
 
+/* A frame ws.c refuses (a reserved bit set) gets our close frame with 1002
+ * before the socket goes (the null server says what the last connection to
+ * close got: 1006 when no close frame came). */
+static void test_bad_frame_close_code(void **state)
+{
+    (void)state;
+    server s;
+    server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, "ws", "127.0.0.1", s.port);
+    fixture_create(&f);
+    batch b;
+    batch_init(&b);
+    events e;
+    surpool__tconn_events tev;
+    events_init(&e, &tev);
+    surpool__tconn *c = open_ok(&f, &tev);
+    treq *q = call(c, 1, "bad_frame", NULL, WAIT_MS, &b);
+    assert_int_equal(q->r.status, SURPOOL_ERR_PROTOCOL);
+    treq_free(q);
+    assert_int_equal(wait_dead(&e, WAIT_MS), 1);
+    ops->close(c);
+    events_fini(&e);
+    c = open_ok(&f, NULL);
+    json_int_t code = 0;
+    int64_t until = surpool__now_ns() + (int64_t)WAIT_MS * SURPOOL__NS_PER_MS;
+    for (int64_t id = 2; code == 0 && surpool__now_ns() < until; id++) {
+        q = call(c, id, "last_close", NULL, WAIT_MS, &b);
+        assert_reply(q);
+        json_t *r = json_object_get(q->r.reply, "result");
+        code = json_is_integer(r) ? json_integer_value(r) : 0;
+        treq_free(q);
+        struct timespec pause = {0, 10 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+    if (code != 1002)
+        fail_msg("the server saw close code %lld (0: none within %d ms), not 1002",
+                 (long long)code, WAIT_MS);
+    ops->close(c);
+    batch_fini(&b);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
 static void test_notifications_and_orphans(void **state)
 {
     (void)state;
@@ -2353,6 +2397,82 @@ static void updown(const char *scheme, const char *ca, const char *cert, const c
     server_stop(&s);
 }
 
+/* The connection fails while a big request of ours is half written to a
+ * server that reads no more: no close frame can follow that request, so the
+ * socket goes at once and every request and on_dead learn it then, not after
+ * the close-frame backstop (connect_timeout_ms, here 60 s). `bad_reply`: the
+ * server sends a frame we refuse (not JSON) 300 ms after it read its first
+ * chunk and stopped reading (for far longer than this test), and we read
+ * nothing more then; else a submitter could not decode a reply (contract 11)
+ * after a 300 ms settle while the server is muted. The 300 ms let the big
+ * request fill the socket first (were they too short, the check would only be
+ * easier). */
+static void fail_mid_upload(const char *scheme, int bad_reply, const char *ca, const char *cert,
+                            const char *key)
+{
+    server s;
+    const char *delay = bad_reply ? "300" : "0", *pause = bad_reply ? "600000" : "0";
+    if (cert != NULL)
+        server_start(&s, "--reply-delay-ms", delay, "--read-pause-ms", pause, "--tls-cert",
+                     cert, "--tls-key", key, NULL);
+    else
+        server_start(&s, "--reply-delay-ms", delay, "--read-pause-ms", pause, NULL);
+    fixture f;
+    fixture_cfg(&f, scheme, "localhost", s.port);
+    f.cfg.tls_ca_file = ca;
+    f.cfg.connect_timeout_ms = 60000;
+    fixture_create(&f);
+    events e;
+    surpool__tconn_events tev;
+    events_init(&e, &tev);
+    batch b;
+    batch_init(&b);
+    treq *q = big_request(&b, 2, (size_t)32 << 20, 'f', 60000);
+    surpool__tconn *c = open_ok(&f, &tev);
+    treq *first = treq_new(&b, 1, bad_reply ? "garbage" : "mute", NULL, 60000);
+    treq *after = treq_new(&b, 3, "ping", NULL, 60000);
+    submit_ok(c, first);
+    submit_ok(c, q);
+    submit_ok(c, after);
+    if (!bad_reply) {
+        struct timespec settle = {0, 300 * 1000 * 1000};
+        nanosleep(&settle, NULL);
+        (ops->fail)(c, SURPOOL_ERR_PROTOCOL, "a reply the submitter refused");
+    }
+    assert_int_equal(wait_dead(&e, WAIT_MS), 1);
+    assert_int_equal(e.why, SURPOOL_ERR_PROTOCOL);
+    assert_true(batch_wait(&b, 3, WAIT_MS));
+    /* In flight when the connection failed: its code (DISCONNECTED only had
+     * a loaded machine not framed them yet by then). Queued: DISCONNECTED. */
+    for (int i = 0; i < 2; i++) {
+        surpool_err st = (i == 0 ? first : q)->r.status;
+        if (st != SURPOOL_ERR_PROTOCOL && st != SURPOOL_ERR_DISCONNECTED)
+            fail_msg("request %d: %s", i + 1, surpool_strerror(st));
+    }
+    assert_int_equal(after->r.status, SURPOOL_ERR_DISCONNECTED);
+    treq_free(first);
+    treq_free(q);
+    treq_free(after);
+    ops->close(c);
+    batch_fini(&b);
+    events_fini(&e);
+    fixture_destroy(&f);
+    server_stop(&s);
+}
+
+static void test_fail_during_upload(void **state)
+{
+    (void)state;
+    char cert[300], key[300], ca[300];
+    tls_path(cert, sizeof(cert), "srv.pem");
+    tls_path(key, sizeof(key), "srv.key");
+    tls_path(ca, sizeof(ca), "ca.pem");
+    for (int bad_reply = 0; bad_reply <= 1; bad_reply++) {
+        fail_mid_upload("ws", bad_reply, NULL, NULL, NULL);
+        fail_mid_upload("wss", bad_reply, ca, cert, key);
+    }
+}
+
 static void test_upload_while_downloading(void **state)
 {
     (void)state;
@@ -2472,6 +2592,7 @@ int main(void)
         cmocka_unit_test_teardown(test_peer_close_reason_bytes, test_teardown),
         cmocka_unit_test_teardown(test_long_path, test_teardown),
         cmocka_unit_test_teardown(test_bad_frames, test_teardown),
+        cmocka_unit_test_teardown(test_bad_frame_close_code, test_teardown),
         cmocka_unit_test_teardown(test_notifications_and_orphans, test_teardown),
         cmocka_unit_test_teardown(test_close_with_requests_in_flight, test_teardown),
         cmocka_unit_test_teardown(test_destroy_closes_open_connections, test_teardown),
@@ -2479,6 +2600,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls, tls_setup, tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_big_request_memory, tls_setup, tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_idle_memory, tls_setup, tls_teardown_all),
+        cmocka_unit_test_setup_teardown(test_fail_during_upload, tls_setup, tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_upload_while_downloading, tls_setup,
                                         tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_tls_hangup_at_upgrade, tls_setup,

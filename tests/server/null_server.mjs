@@ -19,6 +19,9 @@
 //                        reading the socket (no reply)
 //   binary               answer with a binary frame
 //   garbage              answer with text that is not JSON
+//   bad_frame            send a frame with a reserved bit set (no reply)
+//   last_close           result = the close code the last connection to close
+//                        got from the client (1006: none), or null
 //   notify               send a live-query notification (no id) and then the reply
 //   orphan               send an error without id (as for an undecodable request)
 //
@@ -84,7 +87,7 @@ const bigString = opt.big >= 0 ? JSON.stringify('x'.repeat(opt.big)) : null;
 // JSON.parse for the common case, fall back to parsing for anything else.
 const HEAD = /^\{"id":(-?\d+),"method":"([A-Za-z_]+)"/;
 const SPECIAL = new Set(['sleep', 'echo', 'big', 'close', 'binary', 'garbage', 'notify',
-    'orphan', 'fragmented', 'mute', 'close_mute']);
+    'orphan', 'fragmented', 'mute', 'close_mute', 'bad_frame', 'last_close']);
 
 function handle(ws, text, out) {
     let id, method, params;
@@ -166,6 +169,12 @@ function handle(ws, text, out) {
     case 'garbage':
         out.push('this is not json');
         return;
+    case 'bad_frame':
+        ws._socket.write(Buffer.from([0xc1, 0x01, 0x78])); // FIN, RSV1, text, "x"
+        return;
+    case 'last_close':
+        out.push(`{"id":${id},"result":${lastClose}}`);
+        return;
     case 'notify':
         out.push('{"result":{"action":"CREATE","id":"0190a2b4-live","result":{"n":1}}}');
         out.push(`{"id":${id},"result":"ok"}`);
@@ -194,6 +203,8 @@ function flush(ws, out) {
     if (opt.shuffle) shuffle(out);
     for (const s of out) send(ws, s);
 }
+
+let lastClose = null; // last_close
 
 function onConnection(ws) {
     let count = 0;
@@ -237,6 +248,7 @@ function onConnection(ws) {
         }
     });
     ws.on('error', () => {});
+    ws.on('close', (code) => { lastClose = code; });
 }
 
 function listening(server) {
