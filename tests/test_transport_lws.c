@@ -2397,6 +2397,66 @@ static void updown(const char *scheme, const char *ca, const char *cert, const c
     server_stop(&s);
 }
 
+/* The server dies (SIGKILL) while a big request of ours is half written and
+ * more wait behind it: the socket fails mid-send (EPIPE/ECONNRESET from
+ * send(), never SIGPIPE), every request ends once with DISCONNECTED and
+ * on_dead comes once. */
+static void killed_mid_upload(const char *scheme, const char *ca, const char *cert,
+                              const char *key)
+{
+    server s;
+    if (cert != NULL)
+        server_start(&s, "--read-pause-ms", "10", "--tls-cert", cert, "--tls-key", key, NULL);
+    else
+        server_start(&s, "--read-pause-ms", "10", NULL);
+    fixture f;
+    fixture_cfg(&f, scheme, "localhost", s.port);
+    f.cfg.tls_ca_file = ca;
+    f.cfg.connect_timeout_ms = 60000;
+    fixture_create(&f);
+    events e;
+    surpool__tconn_events tev;
+    events_init(&e, &tev);
+    batch b;
+    batch_init(&b);
+    enum { N = 4 };
+    treq *qs[N];
+    qs[0] = big_request(&b, 1, (size_t)24 << 20, 'k', 60000);
+    surpool__tconn *c = open_ok(&f, &tev);
+    submit_ok(c, qs[0]);
+    for (int i = 1; i < N; i++) {
+        qs[i] = treq_new(&b, i + 1, "ping", NULL, 60000);
+        submit_ok(c, qs[i]);
+    }
+    struct timespec settle = {0, 300 * 1000 * 1000};
+    nanosleep(&settle, NULL);
+    server_stop(&s);
+    assert_true(batch_wait(&b, N, WAIT_MS));
+    assert_int_equal(wait_dead(&e, WAIT_MS), 1);
+    assert_int_equal(e.why, SURPOOL_ERR_DISCONNECTED);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(qs[i]->r.status, SURPOOL_ERR_DISCONNECTED);
+        assert_int_equal(atomic_load(&qs[i]->done_calls), 1);
+        treq_free(qs[i]);
+    }
+    ops->close(c);
+    assert_int_equal(e.dead, 1);
+    batch_fini(&b);
+    events_fini(&e);
+    fixture_destroy(&f);
+}
+
+static void test_killed_mid_upload(void **state)
+{
+    (void)state;
+    char cert[300], key[300], ca[300];
+    tls_path(cert, sizeof(cert), "srv.pem");
+    tls_path(key, sizeof(key), "srv.key");
+    tls_path(ca, sizeof(ca), "ca.pem");
+    killed_mid_upload("ws", NULL, NULL, NULL);
+    killed_mid_upload("wss", ca, cert, key);
+}
+
 /* The connection fails while a big request of ours is half written to a
  * server that reads no more: no close frame can follow that request, so the
  * socket goes at once and every request and on_dead learn it then, not after
@@ -2600,6 +2660,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls, tls_setup, tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_big_request_memory, tls_setup, tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_idle_memory, tls_setup, tls_teardown_all),
+        cmocka_unit_test_setup_teardown(test_killed_mid_upload, tls_setup, tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_fail_during_upload, tls_setup, tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_upload_while_downloading, tls_setup,
                                         tls_teardown_all),
