@@ -2533,6 +2533,63 @@ static void test_fail_during_upload(void **state)
     }
 }
 
+/* close() on one connection and destroy() on another while a big request
+ * of each is half written to a server that reads no more (and more wait
+ * behind it): every request ends once with DISCONNECTED, nothing is left
+ * (the sanitized runs check the memory), and destroy returns. */
+static void close_mid_upload(const char *scheme, const char *ca, const char *cert,
+                             const char *key)
+{
+    server s;
+    if (cert != NULL)
+        server_start(&s, "--tls-cert", cert, "--tls-key", key, NULL);
+    else
+        server_start(&s, NULL);
+    fixture f;
+    fixture_cfg(&f, scheme, "localhost", s.port);
+    f.cfg.tls_ca_file = ca;
+    f.cfg.connect_timeout_ms = 60000;
+    fixture_create(&f);
+    batch b;
+    batch_init(&b);
+    enum { N = 3 };
+    treq *qs[2][N];
+    surpool__tconn *cs[2];
+    for (int k = 0; k < 2; k++) {
+        qs[k][1] = big_request(&b, 2, (size_t)24 << 20, 'd', 60000);
+        cs[k] = open_ok(&f, NULL);
+        qs[k][0] = treq_new(&b, 1, "mute", NULL, 60000);
+        qs[k][2] = treq_new(&b, 3, "ping", NULL, 60000);
+        for (int i = 0; i < N; i++)
+            submit_ok(cs[k], qs[k][i]);
+    }
+    struct timespec settle = {0, 300 * 1000 * 1000};
+    nanosleep(&settle, NULL);
+    ops->close(cs[0]);
+    fixture_destroy(&f); /* no close() for cs[1]: destroy does it */
+    assert_int_equal(b.completed, 2 * N);
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < N; i++) {
+            assert_int_equal(qs[k][i]->r.status, SURPOOL_ERR_DISCONNECTED);
+            assert_int_equal(atomic_load(&qs[k][i]->done_calls), 1);
+            treq_free(qs[k][i]);
+        }
+    }
+    batch_fini(&b);
+    server_stop(&s);
+}
+
+static void test_close_mid_upload(void **state)
+{
+    (void)state;
+    char cert[300], key[300], ca[300];
+    tls_path(cert, sizeof(cert), "srv.pem");
+    tls_path(key, sizeof(key), "srv.key");
+    tls_path(ca, sizeof(ca), "ca.pem");
+    close_mid_upload("ws", NULL, NULL, NULL);
+    close_mid_upload("wss", ca, cert, key);
+}
+
 static void test_upload_while_downloading(void **state)
 {
     (void)state;
@@ -2661,6 +2718,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_big_request_memory, tls_setup, tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_idle_memory, tls_setup, tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_killed_mid_upload, tls_setup, tls_teardown_all),
+        cmocka_unit_test_setup_teardown(test_close_mid_upload, tls_setup, tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_fail_during_upload, tls_setup, tls_teardown_all),
         cmocka_unit_test_setup_teardown(test_upload_while_downloading, tls_setup,
                                         tls_teardown_all),
