@@ -2089,6 +2089,20 @@ static void tls_path(char *out, size_t cap, const char *name)
     snprintf(out, cap, "%s/%s", g_tls_dir, name);
 }
 
+/* Runs `fn` over ws:// and then over wss:// (the server with the test CA's
+ * certificate and key, the client trusting that CA). */
+typedef void (*scheme_test)(const char *scheme, const char *ca, const char *cert,
+                            const char *key);
+static void ws_and_wss(scheme_test fn)
+{
+    char cert[300], key[300], ca[300];
+    tls_path(cert, sizeof(cert), "srv.pem");
+    tls_path(key, sizeof(key), "srv.key");
+    tls_path(ca, sizeof(ca), "ca.pem");
+    fn("ws", NULL, NULL, NULL);
+    fn("wss", ca, cert, key);
+}
+
 static surpool_err tls_try(int port, const char *host, const char *ca, int insecure,
                            surpool_error *err)
 {
@@ -2449,12 +2463,7 @@ static void killed_mid_upload(const char *scheme, const char *ca, const char *ce
 static void test_killed_mid_upload(void **state)
 {
     (void)state;
-    char cert[300], key[300], ca[300];
-    tls_path(cert, sizeof(cert), "srv.pem");
-    tls_path(key, sizeof(key), "srv.key");
-    tls_path(ca, sizeof(ca), "ca.pem");
-    killed_mid_upload("ws", NULL, NULL, NULL);
-    killed_mid_upload("wss", ca, cert, key);
+    ws_and_wss(killed_mid_upload);
 }
 
 /* The connection fails while a big request of ours is half written to a
@@ -2582,23 +2591,13 @@ static void close_mid_upload(const char *scheme, const char *ca, const char *cer
 static void test_close_mid_upload(void **state)
 {
     (void)state;
-    char cert[300], key[300], ca[300];
-    tls_path(cert, sizeof(cert), "srv.pem");
-    tls_path(key, sizeof(key), "srv.key");
-    tls_path(ca, sizeof(ca), "ca.pem");
-    close_mid_upload("ws", NULL, NULL, NULL);
-    close_mid_upload("wss", ca, cert, key);
+    ws_and_wss(close_mid_upload);
 }
 
 static void test_upload_while_downloading(void **state)
 {
     (void)state;
-    char cert[300], key[300], ca[300];
-    tls_path(cert, sizeof(cert), "srv.pem");
-    tls_path(key, sizeof(key), "srv.key");
-    tls_path(ca, sizeof(ca), "ca.pem");
-    updown("ws", NULL, NULL, NULL);
-    updown("wss", ca, cert, key);
+    ws_and_wss(updown);
 }
 
 /* A server that ends the connection after the TLS handshake without
