@@ -4,9 +4,9 @@
  * libwebsockets runs raw client sockets ("RAW" method): it connects them, reads
  * them, says when one can take more (we write with send(): sock_send() says
  * why), and runs the event loop and timers. The WebSocket protocol on them is
- * ws.c's (wslay framing: lws 4.1's own client parser ran once per received byte on the service thread), and TLS
- * for wss is tls.c's on memory buffers (lws 4.1 cannot put TLS under a raw
- * client). So a connection is: TCP up (RAW_CONNECTED) → TLS handshake (wss) →
+ * ws.c's (wslay framing: lws 4.1's own client parser ran once per received
+ * byte on the service thread), and TLS for wss is tls.c's on memory buffers
+ * (lws 4.1 cannot put TLS under a raw client). So a connection is: TCP up (RAW_CONNECTED) → TLS handshake (wss) →
  * upgrade request and answer (on_handshake_rx) → frames (on_frames).
  *
  * Shape (from measured libwebsockets 4.1 behaviour):
