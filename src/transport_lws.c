@@ -326,11 +326,6 @@ __attribute__((format(printf, 3, 4))) static void msgf(char *dst, size_t cap, co
         surpool__utf8_trim(dst);
 }
 
-static void copy_str(char *dst, size_t cap, const char *src)
-{
-    surpool__strlcpy(dst, src, cap);
-}
-
 /* ---- connection bookkeeping ---- */
 
 static void conn_free(surpool__tconn *c)
@@ -496,7 +491,7 @@ static void conn_fail(surpool__tconn *c, surpool_err code, const char *msg)
     atomic_store(&c->dead, 1);
     if (c->fail_code == SURPOOL_OK) {
         c->fail_code = code;
-        copy_str(c->fail_msg, sizeof(c->fail_msg), msg);
+        surpool__strlcpy(c->fail_msg, msg, sizeof(c->fail_msg));
     }
     surpool__reqtable_fail_inflight(&c->rt, &d, code, msg);
     pthread_mutex_unlock(&c->mu);
@@ -574,7 +569,7 @@ static void conn_visit(surpool__tconn *c)
     } else if (c->wsi != NULL && c->state == CS_OPEN && c->failing == 1) {
         c->failing = 2;
         why_code = c->failing_code;
-        copy_str(why, sizeof(why), c->failing_msg);
+        surpool__strlcpy(why, c->failing_msg, sizeof(why));
         /* Already failed (a frame it refused, a write error): it is closing. */
         act = atomic_load(&c->dead) ? NOTHING : FAIL;
     } else if (c->wsi != NULL && c->state == CS_OPEN) {
@@ -662,7 +657,8 @@ static void conn_start(surpool__tconn *c)
         c->svc_done = 1;
         if (c->fail_code == SURPOOL_OK) {
             c->fail_code = SURPOOL_ERR_NOMEM;
-            copy_str(c->fail_msg, sizeof(c->fail_msg), "out of memory starting a connection");
+            surpool__strlcpy(c->fail_msg, "out of memory starting a connection",
+                             sizeof(c->fail_msg));
         }
         pthread_cond_broadcast(&c->cond);
         pthread_mutex_unlock(&c->mu);
@@ -774,7 +770,7 @@ static void tls_failed(surpool__tconn *c, const char *text)
     surpool__tls_handshake_notes(c->ssl, &alert_rx, &alert_tx, &note);
     pthread_mutex_lock(&c->mu);
     if (c->peer.reason != NULL && c->tls_reason[0] == '\0')
-        copy_str(c->tls_reason, sizeof(c->tls_reason), c->peer.reason);
+        surpool__strlcpy(c->tls_reason, c->peer.reason, sizeof(c->tls_reason));
     if (c->fail_code == SURPOOL_OK) {
         c->fail_code = SURPOOL_ERR_TLS;
         if (c->tls_reason[0] != '\0')
@@ -806,7 +802,8 @@ static void upgrade_refused(surpool__tconn *c, surpool__ws_rc rc)
     c->fail_code = rc == SURPOOL__WS_NOMEM ? SURPOOL_ERR_NOMEM : SURPOOL_ERR_CONNECT;
     unsigned status = surpool__ws_status(c->ws);
     if (rc == SURPOOL__WS_NOMEM)
-        copy_str(c->fail_msg, sizeof(c->fail_msg), "out of memory reading the upgrade answer");
+        surpool__strlcpy(c->fail_msg, "out of memory reading the upgrade answer",
+                         sizeof(c->fail_msg));
     else if (rc == SURPOOL__WS_REFUSED && status == 404)
         msgf(c->fail_msg, sizeof(c->fail_msg),
              "server at %s port %d answered HTTP 404 to the WebSocket upgrade: path "
@@ -859,7 +856,8 @@ static int on_raw_connected(struct lws *wsi, surpool__tconn *c)
             pthread_mutex_lock(&c->mu);
             if (c->fail_code == SURPOOL_OK) {
                 c->fail_code = SURPOOL_ERR_NOMEM;
-                copy_str(c->fail_msg, sizeof(c->fail_msg), "out of memory starting TLS");
+                surpool__strlcpy(c->fail_msg, "out of memory starting TLS",
+                                 sizeof(c->fail_msg));
             }
             pthread_mutex_unlock(&c->mu);
             return -1;
@@ -1193,7 +1191,7 @@ static int on_reply(surpool__tconn *c, int64_t id, const char *buf, size_t len)
     r->frame_cbor = c->t->cbor;
     if (r->frame == NULL) {
         r->status = SURPOOL_ERR_NOMEM;
-        copy_str(r->message, sizeof(r->message), "out of memory taking a reply");
+        surpool__strlcpy(r->message, "out of memory taking a reply", sizeof(r->message));
     }
     g_routing = 1; /* contract 10: a hook armed here runs at the end of this pass */
     r->done(r);
@@ -1345,7 +1343,7 @@ static int on_frames(struct lws *wsi, surpool__tconn *c, const unsigned char *in
         int code = surpool__ws_peer_close(c->ws, &reason);
         pthread_mutex_lock(&c->mu);
         c->peer_close_code = code;
-        copy_str(c->peer_close_reason, sizeof(c->peer_close_reason), reason);
+        surpool__strlcpy(c->peer_close_reason, reason, sizeof(c->peer_close_reason));
         pthread_mutex_unlock(&c->mu);
         c->ending = 1; /* our answer is queued */
         break;
@@ -1589,9 +1587,9 @@ static void on_wsi_destroy(struct lws *wsi, surpool__tconn *c)
                  c->peer_close_code, c->peer_close_reason[0] != '\0' ? " " : "",
                  c->peer_close_reason);
         else if (c->fail_code != SURPOOL_OK)
-            copy_str(msg, sizeof(msg), c->fail_msg);
+            surpool__strlcpy(msg, c->fail_msg, sizeof(msg));
         else
-            copy_str(msg, sizeof(msg), "connection lost");
+            surpool__strlcpy(msg, "connection lost", sizeof(msg));
         surpool__reqtable_fail_all(&c->rt, &d, SURPOOL_ERR_DISCONNECTED, msg);
         if (c->fail_code != SURPOOL_OK)
             why = c->fail_code;
@@ -2071,7 +2069,7 @@ static surpool_err resolve(surpool__tconn *c, surpool_error *err)
         for (int i = 0; i < c->n_addrs; i++)
             dup |= strcmp(c->addrs[i], s) == 0;
         if (!dup)
-            copy_str(c->addrs[c->n_addrs++], sizeof(c->addrs[0]), s);
+            surpool__strlcpy(c->addrs[c->n_addrs++], s, sizeof(c->addrs[0]));
     }
     freeaddrinfo(res);
     if (c->n_addrs == 0)
@@ -2163,7 +2161,7 @@ static surpool_err conn_open(surpool__transport *t, const surpool__url *ep, int6
                              "%s", c->fail_msg[0] != '\0' ? c->fail_msg : "connect failed");
         int tcp_failed = c->tcp_failed;
         char addr[sizeof(c->addrs[0])];
-        copy_str(addr, sizeof(addr), c->addrs[c->addr_idx]);
+        surpool__strlcpy(addr, c->addrs[c->addr_idx], sizeof(addr));
         pthread_mutex_unlock(&c->mu);
         const char *why = tcp_failed ? tcp_diagnose(addr, c->url->port, deadline_ns) : NULL;
         if (why != NULL) {
@@ -2273,7 +2271,7 @@ static void conn_fail_from(surpool__tconn *c, surpool_err code, const char *msg)
     if (go) {
         c->failing = 1;
         c->failing_code = code;
-        copy_str(c->failing_msg, sizeof(c->failing_msg), msg != NULL ? msg : "");
+        surpool__strlcpy(c->failing_msg, msg != NULL ? msg : "", sizeof(c->failing_msg));
     }
     pthread_mutex_unlock(&c->mu);
     if (go)
