@@ -137,7 +137,6 @@ struct surpool__tconn {
     char fail_msg[200];
     int peer_close_code;
     char peer_close_reason[124];
-    char tls_reason[120];   /* certificate verification failure, if any */
     SSL *ssl;               /* wss: our TLS session on the raw socket (service thread) */
     surpool__tls_peer peer; /* what its certificate is checked against */
     int tls_up;             /* its handshake is done (service thread) */
@@ -769,13 +768,11 @@ static void tls_failed(surpool__tconn *c, const char *text)
     const char *alert_rx, *alert_tx, *note;
     surpool__tls_handshake_notes(c->ssl, &alert_rx, &alert_tx, &note);
     pthread_mutex_lock(&c->mu);
-    if (c->peer.reason != NULL && c->tls_reason[0] == '\0')
-        surpool__strlcpy(c->tls_reason, c->peer.reason, sizeof(c->tls_reason));
     if (c->fail_code == SURPOOL_OK) {
         c->fail_code = SURPOOL_ERR_TLS;
-        if (c->tls_reason[0] != '\0')
+        if (c->peer.reason != NULL) /* static text (tls.h) */
             msgf(c->fail_msg, sizeof(c->fail_msg), "certificate verify failed: %s",
-                 c->tls_reason);
+                 c->peer.reason);
         else if (note != NULL)
             msgf(c->fail_msg, sizeof(c->fail_msg), "TLS handshake with %s failed: %s",
                  c->url->host, note);
