@@ -189,8 +189,6 @@ struct surpool__transport {
     long connect_timeout_ms;
     int timeout_secs;
     int insecure;
-    char host_header[300]; /* "host[:port]" / "[v6][:port]": the Host header */
-    int host_is_ip;
 
     struct lws_context *ctx;           /* lws sets it to NULL when a libuv context is freed */
     struct lws_protocols protocols[2]; /* lws keeps a pointer: must live here */
@@ -1895,8 +1893,9 @@ static surpool_err transport_create(const surpool__tconfig *cfg, void *arg,
 
     /* Every connection computes its own (its endpoint's); checking the
      * default endpoint here refuses an unusable URL before anything starts. */
-    if (host_header_for(cfg->url, t->host_header, sizeof(t->host_header), &t->host_is_ip) !=
-        0) {
+    char hh[sizeof(((surpool__tconn *)0)->host_header)];
+    int is_ip;
+    if (host_header_for(cfg->url, hh, sizeof(hh), &is_ip) != 0) {
         surpool__free(t);
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "host name too long");
     }
