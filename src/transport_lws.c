@@ -670,7 +670,7 @@ static void conn_start(surpool__tconn *c)
     i.address = addr; /* numeric: a name would block this thread in getaddrinfo */
     i.port = c->url->port;
     i.path = c->url->path;
-    i.host = c->host_header; /* lws takes the TLS server name from it */
+    i.host = c->host_header; /* not the TLS server name: tls.c sets that (peer.host) */
     i.local_protocol_name = t->proto;
     i.opaque_user_data = c;
     /* No i.ssl_connection: libwebsockets 4.1 cannot put TLS under a raw client
