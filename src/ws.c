@@ -334,7 +334,7 @@ static surpool__ws_rc hs_fail(surpool__ws *ws, const char *before, const char *a
                               const char *after)
 {
     char text[80];
-    surpool__text_sanitize(text, sizeof(text), arg, strlen(arg));
+    surpool__text_sanitize_str(text, sizeof(text), arg);
     snprintf(ws->err, sizeof(ws->err), "%s%s%s", before, text, after);
     return finish(ws, SURPOOL__WS_PROTOCOL);
 }
@@ -376,7 +376,7 @@ static surpool__ws_rc hs_check(surpool__ws *ws)
         return hs_fail(ws, "answered the WebSocket upgrade with '", line, "', not HTTP");
     ws->status = st;
     if (st != 101) {
-        surpool__text_sanitize(ws->err, sizeof(ws->err), line, strlen(line));
+        surpool__text_sanitize_str(ws->err, sizeof(ws->err), line);
         return finish(ws, SURPOOL__WS_REFUSED);
     }
 
@@ -401,7 +401,7 @@ static surpool__ws_rc hs_check(surpool__ws *ws)
         else if (strcasecmp(line, "Sec-WebSocket-Accept") == 0)
             accept = strcmp(v, ws->accept) == 0 ? 1 : -1;
         else if (strcasecmp(line, "Sec-WebSocket-Protocol") == 0) {
-            surpool__text_sanitize(ws->answered, sizeof(ws->answered), v, strlen(v));
+            surpool__text_sanitize_str(ws->answered, sizeof(ws->answered), v);
             proto = 1;
         } else if (strcasecmp(line, "Sec-WebSocket-Extensions") == 0)
             return hs_fail(ws, "answered with WebSocket extensions '", v,
