@@ -89,11 +89,14 @@ static int host_matches(const char *host, int host_is_ip, X509 *cert)
                            NULL) == 1;
 }
 
-/* Runs from LWS_CALLBACK_OPENSSL_PERFORM_SERVER_CERT_VERIFICATION, once per
- * certificate of the chain. Return 0 to let OpenSSL's verdict stand, non-zero to
- * reject. */
-int surpool__tls_verify_cert(X509_STORE_CTX *xs, int preverify_ok, int insecure,
-                             const char *host, int host_is_ip, const char **reason)
+/* Our verdict on one certificate of the server's chain, given OpenSSL's
+ * `preverify_ok` (from session_verify(), once per certificate): 0 to let
+ * OpenSSL's verdict stand, non-zero to reject. With `insecure` every
+ * certificate and name is accepted. For the leaf the name is checked against
+ * `host` (an address when host_is_ip is 4 or 6). *reason is set to static text
+ * when the certificate fails (else left alone). */
+static int verify_cert(X509_STORE_CTX *xs, int preverify_ok, int insecure, const char *host,
+                       int host_is_ip, const char **reason)
 {
     if (insecure) {
         /* tls_insecure_skip_verify: accept any certificate and name. */
@@ -232,8 +235,8 @@ static int session_verify(int preverify_ok, X509_STORE_CTX *xs)
     if (peer == NULL)
         return 0;
     const char *reason = NULL;
-    int reject = surpool__tls_verify_cert(xs, preverify_ok, peer->insecure, peer->host,
-                                          peer->host_is_ip, &reason);
+    int reject =
+        verify_cert(xs, preverify_ok, peer->insecure, peer->host, peer->host_is_ip, &reason);
     if (reason != NULL && peer->reason == NULL)
         peer->reason = reason; /* the first failure is the one the user is told */
     return !reject && X509_STORE_CTX_get_error(xs) == X509_V_OK;

@@ -29,14 +29,6 @@ int surpool__tls_init(void);
 surpool_err surpool__tls_ctx_create(const surpool__tconfig *cfg, SSL_CTX **out,
                                     surpool_error *err);
 
-/* Our verdict on one certificate of the server's chain, given OpenSSL's
- * `preverify_ok`: 0 to let OpenSSL's verdict stand, non-zero to reject. With
- * `insecure` every certificate and name is accepted. For the leaf the name is
- * checked against `host` (an address when host_is_ip is 4 or 6). *reason is set
- * to static text when the certificate fails (else left alone). */
-int surpool__tls_verify_cert(X509_STORE_CTX *xs, int preverify_ok, int insecure,
-                             const char *host, int host_is_ip, const char **reason);
-
 /* What the handshake on `ssl` noted, each static text or NULL: the fatal alert
  * received, the fatal alert sent, another explanation (the server answered in
  * plain HTTP, or not in TLS). */
@@ -47,8 +39,9 @@ void surpool__tls_handshake_notes(const SSL *ssl, const char **alert_rx, const c
  * A client TLS session over memory buffers: the transport hands in the bytes it
  * read from the socket and writes out the bytes this produces (libwebsockets
  * 4.1 cannot run TLS under a raw client socket, ws.h says why we need one).
- * Certificates are checked by surpool__tls_verify_cert() against `peer`, whose
- * `reason` receives the first failure. All calls on one thread at a time.
+ * Each certificate is checked against `peer` (with `insecure` every one is
+ * accepted), whose `reason` receives the first failure. All calls on one
+ * thread at a time.
  */
 typedef struct surpool__tls_peer {
     int insecure;
