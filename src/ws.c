@@ -40,7 +40,6 @@ struct surpool__ws {
     /* Handshake. */
     char accept[32]; /* the Sec-WebSocket-Accept we expect */
     char proto[32];
-    char answered[32];
     char *hs; /* the answer so far (freed once open) */
     size_t hs_len, hs_cap;
     unsigned status;
@@ -66,7 +65,7 @@ struct surpool__ws {
     size_t trk_hdr_len;
     uint64_t trk_left; /* payload bytes of the current frame not yet seen */
     int trk_carry;     /* the current frame is one to carry (carried_kind()) */
-    int peer_closed, peer_code;
+    int peer_code;     /* the server's close code once it closed (1005 for none), else 0 */
     char peer_reason[124];
 
     char err[200];
@@ -230,7 +229,6 @@ static void cb_msg(wslay_event_context_ptr ev, const struct wslay_event_on_msg_r
     (void)ev;
     if (a->opcode != WSLAY_CONNECTION_CLOSE)
         return;
-    ws->peer_closed = 1;
     ws->peer_code = a->status_code != 0 ? a->status_code : 1005;
     if (a->msg != NULL && a->msg_length > 2)
         surpool__text_sanitize(ws->peer_reason, sizeof(ws->peer_reason),
@@ -381,6 +379,7 @@ static surpool__ws_rc hs_check(surpool__ws *ws)
     }
 
     int upgrade = 0, connection = 0, accept = 0, proto = 0;
+    char answered[32] = ""; /* the server's Sec-WebSocket-Protocol, sanitized */
     for (line = eol + 2; *line != '\0'; line = eol + 2) {
         eol = strstr(line, "\r\n");
         *eol = '\0';
@@ -401,7 +400,7 @@ static surpool__ws_rc hs_check(surpool__ws *ws)
         else if (strcasecmp(line, "Sec-WebSocket-Accept") == 0)
             accept = strcmp(v, ws->accept) == 0 ? 1 : -1;
         else if (strcasecmp(line, "Sec-WebSocket-Protocol") == 0) {
-            surpool__text_sanitize_str(ws->answered, sizeof(ws->answered), v);
+            surpool__text_sanitize_str(answered, sizeof(answered), v);
             proto = 1;
         } else if (strcasecmp(line, "Sec-WebSocket-Extensions") == 0)
             return hs_fail(ws, "answered with WebSocket extensions '", v,
@@ -414,10 +413,10 @@ static surpool__ws_rc hs_check(surpool__ws *ws)
     if (accept != 1)
         return hs_fail(ws, "answered 101 with a ", accept == 0 ? "missing" : "wrong",
                        " Sec-WebSocket-Accept");
-    if (!proto || strcmp(ws->answered, ws->proto) != 0) {
+    if (!proto || strcmp(answered, ws->proto) != 0) {
         snprintf(ws->err, sizeof(ws->err),
                  "did not accept WebSocket subprotocol '%s' (answered %s%s%s)", ws->proto,
-                 proto ? "'" : "", proto ? ws->answered : "none", proto ? "'" : "");
+                 proto ? "'" : "", proto ? answered : "none", proto ? "'" : "");
         return finish(ws, SURPOOL__WS_PROTOCOL);
     }
     return SURPOOL__WS_OPEN;
@@ -504,7 +503,7 @@ static surpool__ws_rc feed(surpool__ws *ws, const unsigned char *in, size_t len)
         snprintf(ws->err, sizeof(ws->err), "server sent a close frame with a 1-byte body");
         return finish(ws, SURPOOL__WS_PROTOCOL);
     }
-    if (ws->peer_closed)
+    if (ws->peer_code != 0)
         return finish(ws, SURPOOL__WS_CLOSED);
     if (r != 0 || !wslay_event_get_read_enabled(ws->ev)) {
         int code = wslay_event_get_status_code_sent(ws->ev);
