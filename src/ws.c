@@ -105,12 +105,8 @@ void surpool__ws_written(surpool__ws *ws, size_t n)
 {
     if (n >= ws->out_len) {
         ws->out_len = 0;
-        if (ws->out_cap > OUT_KEEP_BYTES) {
-            /* One big request should not pin its buffer for the connection's life. */
-            surpool__free(ws->out);
-            ws->out = NULL;
-            ws->out_cap = 0;
-        }
+        if (ws->out_cap > OUT_KEEP_BYTES)
+            surpool__ws_trim(ws); /* one big request should not pin its buffer */
         return;
     }
     memmove(ws->out + ws->headroom, ws->out + ws->headroom + n, ws->out_len - n);
@@ -317,13 +313,19 @@ int surpool__ws_start(surpool__ws *ws, const char *host, const char *path, const
     return rc;
 }
 
+/* The handshake answer is read (or never will be): its buffer goes. */
+static void hs_drop(surpool__ws *ws)
+{
+    surpool__free(ws->hs);
+    ws->hs = NULL;
+    ws->hs_cap = 0;
+}
+
 static surpool__ws_rc finish(surpool__ws *ws, surpool__ws_rc rc)
 {
     ws->phase = PH_DONE;
     ws->done_rc = rc;
-    surpool__free(ws->hs);
-    ws->hs = NULL;
-    ws->hs_cap = 0;
+    hs_drop(ws);
     return rc;
 }
 
@@ -454,9 +456,7 @@ static surpool__ws_rc hs_recv(surpool__ws *ws, const unsigned char *in, size_t l
             ws->hs[ws->hs_len - 2] = '\0'; /* the last header line keeps its CRLF */
             surpool__ws_rc rc = hs_check(ws);
             if (rc == SURPOOL__WS_OPEN) {
-                surpool__free(ws->hs);
-                ws->hs = NULL;
-                ws->hs_cap = 0;
+                hs_drop(ws);
                 ws->phase = PH_OPEN;
             }
             return rc;
