@@ -139,7 +139,8 @@ typedef struct surpool__tconfig {
 
 typedef struct surpool__transport_ops {
     const char *name;
-    /* Bytes the submitter must reserve in front of every payload (LWS_PRE). */
+    /* Bytes the submitter must reserve in front of every payload (room for a
+     * transport that writes a frame header there; 0 for libwebsockets). */
     size_t headroom;
     surpool_err (*create)(const surpool__tconfig *cfg, void *arg, surpool__transport **out,
                           surpool_error *err);

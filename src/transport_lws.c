@@ -1108,7 +1108,7 @@ static int on_writeable(struct lws *wsi, surpool__tconn *c)
         /* In flight before the write and all under the mutex: a reply cannot
          * beat the bookkeeping, and cancel() cannot free the buffer mid-write. */
         surpool__treq *r = surpool__reqtable_send_next(&c->rt);
-        if (surpool__ws_send(c->ws, c->t->cbor, r->buf + LWS_PRE, r->len) != 0) {
+        if (surpool__ws_send(c->ws, c->t->cbor, r->buf, r->len) != 0) {
             failed = 1;
             break;
         }
@@ -1934,7 +1934,6 @@ static surpool_err transport_create(const surpool__tconfig *cfg, void *arg,
     t->protocols[0].name = t->proto;
     t->protocols[0].callback = protocol_cb;
     t->protocols[0].rx_buffer_size = 64 * 1024;
-    t->protocols[0].tx_packet_size = 64 * 1024;
 
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof(info));
@@ -2346,7 +2345,7 @@ static void transport_destroy(surpool__transport *t)
 
 const surpool__transport_ops surpool__transport_lws = {
     .name = "libwebsockets",
-    .headroom = LWS_PRE,
+    .headroom = 0, /* ws.c frames a copy: nothing is written in front of a payload */
     .create = transport_create,
     .destroy = transport_destroy,
     .open = conn_open,
