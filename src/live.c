@@ -39,7 +39,6 @@
 #include <errno.h>
 #include <pthread.h>
 #include <string.h>
-#include <strings.h>
 
 #include "live.h"
 #include "pool.h"
@@ -1271,7 +1270,7 @@ static int starts_with_live(const char *p)
             break;
         }
     }
-    if (strncasecmp(p, "LIVE", 4) != 0)
+    if (!surpool__ascii_ncaseeq(p, "LIVE", 4))
         return 0;
     unsigned char c = (unsigned char)p[4];
     return c != '_' && !isalnum(c) && c != '\0';

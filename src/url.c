@@ -40,19 +40,6 @@ static int hex_value(char c)
     return -1;
 }
 
-/* Case-insensitive ASCII prefix test (no locale, unlike strncasecmp). */
-static int has_prefix_nocase(const char *s, const char *prefix)
-{
-    for (; *prefix != '\0'; s++, prefix++) {
-        char c = *s;
-        if (c >= 'A' && c <= 'Z')
-            c = (char)(c - 'A' + 'a');
-        if (c != *prefix)
-            return 0;
-    }
-    return 1;
-}
-
 /* First occurrence of c in [s, end), or NULL. */
 static const char *find_char(const char *s, const char *end, char c)
 {
@@ -483,9 +470,9 @@ static surpool_err parse(const char *s, surpool__url *u, surpool_error *err)
     }
 
     const char *p;
-    if (has_prefix_nocase(s, "ws://")) {
+    if (surpool__ascii_ncaseeq(s, "ws://", 5)) {
         p = s + 5;
-    } else if (has_prefix_nocase(s, "wss://")) {
+    } else if (surpool__ascii_ncaseeq(s, "wss://", 6)) {
         u->tls = 1;
         p = s + 6;
     } else {
@@ -619,9 +606,9 @@ surpool_err surpool__url_parse_list(const char *s, surpool__url **out, int *n,
     if (s == NULL || *s == '\0')
         return surpool__seterr(err, SURPOOL_ERR_INVALID_ARG, "URL is empty");
     size_t head;
-    if (has_prefix_nocase(s, "ws://"))
+    if (surpool__ascii_ncaseeq(s, "ws://", 5))
         head = 5;
-    else if (has_prefix_nocase(s, "wss://"))
+    else if (surpool__ascii_ncaseeq(s, "wss://", 6))
         head = 6;
     else {
         surpool__url bad;

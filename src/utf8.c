@@ -1,6 +1,7 @@
 /*
  * UTF-8 checking, bounded copy and sanitizing. See utf8.h.
  */
+#include <stdint.h>
 #include <string.h>
 
 #include "utf8.h"
@@ -149,4 +150,27 @@ size_t surpool__text_sanitize(char *dst, size_t dstsize, const char *src, size_t
 size_t surpool__text_sanitize_str(char *dst, size_t dstsize, const char *src)
 {
     return surpool__text_sanitize(dst, dstsize, src, src != NULL ? strlen(src) : 0);
+}
+
+static unsigned char ascii_lower(unsigned char c)
+{
+    return c >= 'A' && c <= 'Z' ? (unsigned char)(c - 'A' + 'a') : c;
+}
+
+int surpool__ascii_ncaseeq(const char *a, const char *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char x = ascii_lower((unsigned char)a[i]),
+                      y = ascii_lower((unsigned char)b[i]);
+        if (x != y)
+            return 0;
+        if (x == '\0')
+            return 1;
+    }
+    return 1;
+}
+
+int surpool__ascii_caseeq(const char *a, const char *b)
+{
+    return surpool__ascii_ncaseeq(a, b, SIZE_MAX);
 }

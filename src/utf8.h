@@ -46,4 +46,16 @@ size_t surpool__text_sanitize(char *dst, size_t dstsize, const char *src, size_t
 /* The same for a NUL-terminated src (NULL = ""). */
 size_t surpool__text_sanitize_str(char *dst, size_t dstsize, const char *src);
 
+/*
+ * 1 when a and b are equal ignoring the case of ASCII letters, comparing at
+ * most n bytes (a NUL in both ends the comparison early), else 0. Unlike
+ * strncasecmp() it ignores the locale: in an 8-bit Turkish locale
+ * tolower('I') is not 'i', and in Latin-1 'É' would equal 'é'. Protocol
+ * names (HTTP headers, SurrealQL keywords) are ASCII.
+ */
+int surpool__ascii_ncaseeq(const char *a, const char *b, size_t n);
+
+/* The same for whole NUL-terminated strings. */
+int surpool__ascii_caseeq(const char *a, const char *b);
+
 #endif

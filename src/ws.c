@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -352,7 +351,7 @@ static int has_token(const char *v, const char *token)
         const char *t = e;
         while (t > v && (t[-1] == ' ' || t[-1] == '\t'))
             t--;
-        if ((size_t)(t - v) == tl && strncasecmp(v, token, tl) == 0)
+        if ((size_t)(t - v) == tl && surpool__ascii_ncaseeq(v, token, tl))
             return 1;
         v = e;
     }
@@ -395,16 +394,16 @@ static surpool__ws_rc hs_check(surpool__ws *ws)
         char *ve = v + strlen(v);
         while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
             *--ve = '\0';
-        if (strcasecmp(line, "Upgrade") == 0)
-            upgrade = strcasecmp(v, "websocket") == 0;
-        else if (strcasecmp(line, "Connection") == 0)
+        if (surpool__ascii_caseeq(line, "Upgrade"))
+            upgrade = surpool__ascii_caseeq(v, "websocket");
+        else if (surpool__ascii_caseeq(line, "Connection"))
             connection = has_token(v, "upgrade");
-        else if (strcasecmp(line, "Sec-WebSocket-Accept") == 0)
+        else if (surpool__ascii_caseeq(line, "Sec-WebSocket-Accept"))
             accept = strcmp(v, ws->accept) == 0 ? 1 : -1;
-        else if (strcasecmp(line, "Sec-WebSocket-Protocol") == 0) {
+        else if (surpool__ascii_caseeq(line, "Sec-WebSocket-Protocol")) {
             surpool__text_sanitize_str(answered, sizeof(answered), v);
             proto = 1;
-        } else if (strcasecmp(line, "Sec-WebSocket-Extensions") == 0)
+        } else if (surpool__ascii_caseeq(line, "Sec-WebSocket-Extensions"))
             return hs_fail(ws, "answered with WebSocket extensions '", v,
                            "' that were not asked for");
     }

@@ -987,6 +987,25 @@ static void test_utf8_strlcpy(void **state)
     assert_int_equal(surpool__utf8_trim(u), 5);
 }
 
+/* Protocol names compared without the locale: ASCII letters fold, nothing
+ * else does (strcasecmp() in a Latin-1 locale folds 0xC9 'É' to 0xE9 'é'). */
+static void test_ascii_caseeq(void **state)
+{
+    (void)state;
+    assert_true(surpool__ascii_caseeq("SEC-WEBSOCKET-EXTENSIONS", "Sec-WebSocket-Extensions"));
+    assert_true(surpool__ascii_caseeq("", ""));
+    assert_false(surpool__ascii_caseeq("Upgrade", "Upgrades"));
+    assert_false(surpool__ascii_caseeq("Upgrades", "Upgrade"));
+    assert_false(surpool__ascii_caseeq("\xc9", "\xe9"));
+    assert_false(surpool__ascii_caseeq("@", "`")); /* 0x40 and 0x60: not letters */
+    assert_false(surpool__ascii_caseeq("[", "{"));
+    assert_true(surpool__ascii_ncaseeq("WS://host", "ws://", 5));
+    assert_true(surpool__ascii_ncaseeq("live select", "LIVE", 4));
+    assert_false(surpool__ascii_ncaseeq("ws:", "ws://", 5)); /* shorter: the NUL differs */
+    assert_true(surpool__ascii_ncaseeq("abc", "ABD", 2));
+    assert_true(surpool__ascii_ncaseeq("x", "y", 0));
+}
+
 static void test_utf8_sanitize(void **state)
 {
     (void)state;
@@ -1080,6 +1099,7 @@ int main(void)
         cmocka_unit_test(test_utf8_checker),
         cmocka_unit_test(test_utf8_strlcpy),
         cmocka_unit_test(test_utf8_sanitize),
+        cmocka_unit_test(test_ascii_caseeq),
         cmocka_unit_test(test_check_value),
     };
     return cmocka_run_group_tests_name("codec", tests, NULL, NULL);
