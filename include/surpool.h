@@ -311,8 +311,11 @@ typedef struct surpool_config {
     long validation_idle_ms;      /**< ping a connection idle longer than this before
                                         lending it; < 0 = never; default 2000 */
     long validation_timeout_ms;   /**< deadline of that ping; default 3000 */
-    long keepalive_interval_ms;   /**< ping idle connections this often; 0 = off;
-                                        default 30000 */
+    long keepalive_interval_ms;   /**< RPC `ping` idle connections this often; 0 = off;
+                                        default 30000. The WebSocket-level keepalive
+                                        (a ping frame after 30 s without a frame from
+                                        the server, hang-up at 40 s) always runs:
+                                        docs/protocol.md */
     long maintenance_interval_ms; /**< maintainer tick; default 500 */
     int breaker_threshold;        /**< consecutive connect failures that open the
                                         circuit; 0 = never; default 5 */
