@@ -496,6 +496,16 @@ static void conn_fail(surpool__tconn *c, surpool_err code, const char *msg)
     surpool__log(c->t->logger, SURPOOL_LOG_WARN, "connection failed: %s", msg);
 }
 
+/* A frame the connection cannot go on after (service thread): fail it, and
+ * have our close frame carry `close_code` (RFC 6455 7.4.1). Returns -1 for
+ * the receive path to stop reading. */
+static int conn_refuse(surpool__tconn *c, surpool_err code, const char *msg, int close_code)
+{
+    conn_fail(c, code, msg);
+    c->stop_code = close_code;
+    return -1;
+}
+
 /* ------------------------------------------------------------------------- */
 /* Request deadlines (service thread)                                        */
 /* ------------------------------------------------------------------------- */
@@ -1172,11 +1182,8 @@ static int on_reply(surpool__tconn *c, int64_t id, const char *buf, size_t len)
         surpool_err rc =
             c->t->cbor ? surpool__cbor_peek_info((const unsigned char *)buf, len, &walk, &e)
                        : surpool__codec_peek_info(buf, len, &walk, &e);
-        if (rc != SURPOOL_OK) {
-            conn_fail(c, SURPOOL_ERR_PROTOCOL, e.message);
-            c->stop_code = 1007;
-            return -1;
-        }
+        if (rc != SURPOOL_OK)
+            return conn_refuse(c, SURPOOL_ERR_PROTOCOL, e.message, 1007);
         surpool__log(c->t->logger, SURPOOL_LOG_DEBUG,
                      "dropping a reply for id %lld: no such request in flight", (long long)id);
         return 0;
@@ -1221,19 +1228,16 @@ static int dispatch(surpool__tconn *c, const char *buf, size_t len)
     if (rc == SURPOOL_OK)
         rc = t->cbor ? surpool__cbor_decode_frame((const unsigned char *)buf, len, &f, &e)
                      : surpool__codec_decode_frame(buf, len, &f, &e);
-    if (rc != SURPOOL_OK) {
-        conn_fail(c, rc == SURPOOL_ERR_NOMEM ? SURPOOL_ERR_NOMEM : SURPOOL_ERR_PROTOCOL,
-                  e.message);
-        c->stop_code = 1007;
-        return -1;
-    }
+    if (rc != SURPOOL_OK)
+        return conn_refuse(c,
+                           rc == SURPOOL_ERR_NOMEM ? SURPOOL_ERR_NOMEM : SURPOOL_ERR_PROTOCOL,
+                           e.message, 1007);
     switch (f.kind) {
     case SURPOOL__FRAME_REPLY:
         /* The peek saw no id where the decoder sees one: they disagree. */
         json_decref(f.root);
-        conn_fail(c, SURPOOL_ERR_PROTOCOL, "frame routing and decoding disagree on its id");
-        c->stop_code = 1007;
-        return -1;
+        return conn_refuse(c, SURPOOL_ERR_PROTOCOL,
+                           "frame routing and decoding disagree on its id", 1007);
     case SURPOOL__FRAME_NOTIFICATION:
         pthread_mutex_lock(&c->events_mu);
         if (!c->ev_detached && c->ev.on_notify != NULL)
@@ -1268,13 +1272,11 @@ static int on_ws_data(void *ud, const unsigned char *p, size_t len, int first, i
         c->rx_len = 0;
         c->rx_overflow = 0;
     }
-    if ((binary != 0) != t->cbor) {
-        conn_fail(c, SURPOOL_ERR_PROTOCOL,
-                  t->cbor ? "server sent a text frame on a CBOR connection"
-                          : "server sent a binary frame on a JSON connection");
-        c->stop_code = 1003;
-        return -1;
-    }
+    if ((binary != 0) != t->cbor)
+        return conn_refuse(c, SURPOOL_ERR_PROTOCOL,
+                           t->cbor ? "server sent a text frame on a CBOR connection"
+                                   : "server sent a binary frame on a JSON connection",
+                           1003);
     if (!c->rx_overflow) {
         if (len > t->max_message_bytes - c->rx_len) {
             /* Stop buffering; the id is unknown until the end, so the whole
@@ -1290,11 +1292,9 @@ static int on_ws_data(void *ud, const unsigned char *p, size_t len, int first, i
                 while (cap < c->rx_len + len + 1)
                     cap = cap > SIZE_MAX / 2 ? c->rx_len + len + 1 : cap * 2;
                 char *nb = surpool__realloc(c->rx, cap);
-                if (nb == NULL) {
-                    conn_fail(c, SURPOOL_ERR_NOMEM, "out of memory buffering a reply");
-                    c->stop_code = 1009;
-                    return -1;
-                }
+                if (nb == NULL)
+                    return conn_refuse(c, SURPOOL_ERR_NOMEM, "out of memory buffering a reply",
+                                       1009);
                 c->rx = nb;
                 c->rx_cap = cap;
             }
@@ -1308,9 +1308,7 @@ static int on_ws_data(void *ud, const unsigned char *p, size_t len, int first, i
         char msg[96];
         msgf(msg, sizeof(msg), "reply larger than max_message_bytes (%zu)",
              t->max_message_bytes);
-        conn_fail(c, SURPOOL_ERR_TOO_LARGE, msg);
-        c->stop_code = 1009;
-        return -1;
+        return conn_refuse(c, SURPOOL_ERR_TOO_LARGE, msg, 1009);
     }
     int rc = dispatch(c, c->rx, c->rx_len);
     c->rx_len = 0;

@@ -94,7 +94,8 @@ void surpool__ws_written(surpool__ws *ws, size_t n);
 void surpool__ws_trim(surpool__ws *ws);
 
 /* A close frame has gone into the output (ours or our answer to the server's):
- * once the output is written the socket may close. */
+ * once the output is written the socket may close. (The transport keeps its
+ * own state of ending; test_ws and fuzz_ws check this one.) */
 int surpool__ws_close_queued(const surpool__ws *ws);
 
 /* After REFUSED: the HTTP status. After PROTOCOL (and REFUSED): what was wrong,
