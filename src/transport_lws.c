@@ -323,6 +323,18 @@ __attribute__((format(printf, 3, 4))) static void msgf(char *dst, size_t cap, co
         surpool__utf8_trim(dst);
 }
 
+/* "cannot connect to HOST port P (ADDR): WHY" into dst: the address only when
+ * it is not the host as written (a name that resolved to it). */
+static void connect_msg(char *dst, size_t cap, const surpool__tconn *c, const char *addr,
+                        const char *why)
+{
+    if (strcmp(addr, c->url->host) != 0)
+        msgf(dst, cap, "cannot connect to %s port %d (%s): %s", c->url->host, c->url->port,
+             addr, why);
+    else
+        msgf(dst, cap, "cannot connect to %s port %d: %s", c->url->host, c->url->port, why);
+}
+
 /* ---- connection bookkeeping ---- */
 
 static void conn_free(surpool__tconn *c)
@@ -757,13 +769,7 @@ static void on_connection_error(surpool__tconn *c, const char *in, size_t len)
     if (c->fail_code == SURPOOL_OK) {
         c->fail_code = SURPOOL_ERR_CONNECT;
         c->tcp_failed = !c->tcp_up; /* open() names the cause (tcp_diagnose) */
-        const char *a = c->addrs[c->addr_idx];
-        if (strcmp(a, c->url->host) != 0)
-            msgf(c->fail_msg, sizeof(c->fail_msg), "cannot connect to %s port %d (%s): %s",
-                 c->url->host, c->url->port, a, text);
-        else
-            msgf(c->fail_msg, sizeof(c->fail_msg), "cannot connect to %s port %d: %s",
-                 c->url->host, c->url->port, text);
+        connect_msg(c->fail_msg, sizeof(c->fail_msg), c, c->addrs[c->addr_idx], text);
     }
     pthread_mutex_unlock(&c->mu);
 }
@@ -1549,15 +1555,8 @@ static void on_wsi_destroy(struct lws *wsi, surpool__tconn *c)
                      * then): no server was reached. open() names the cause. */
                     c->fail_code = SURPOOL_ERR_CONNECT;
                     c->tcp_failed = 1;
-                    const char *a = c->addrs[c->addr_idx];
-                    if (strcmp(a, c->url->host) != 0)
-                        msgf(c->fail_msg, sizeof(c->fail_msg),
-                             "cannot connect to %s port %d (%s): connect failed", c->url->host,
-                             c->url->port, a);
-                    else
-                        msgf(c->fail_msg, sizeof(c->fail_msg),
-                             "cannot connect to %s port %d: connect failed", c->url->host,
-                             c->url->port);
+                    connect_msg(c->fail_msg, sizeof(c->fail_msg), c, c->addrs[c->addr_idx],
+                                "connect failed");
                 } else if (in_tls) {
                     /* As the lws TLS client said it ("connect SYSCALL"). */
                     c->fail_code = SURPOOL_ERR_TLS;
@@ -2158,12 +2157,9 @@ static surpool_err conn_open(surpool__transport *t, const surpool__url *ep, int6
         pthread_mutex_unlock(&c->mu);
         const char *why = tcp_failed ? tcp_diagnose(addr, c->url->port, deadline_ns) : NULL;
         if (why != NULL) {
-            if (strcmp(addr, c->url->host) != 0)
-                surpool__seterr(err, rc, "cannot connect to %s port %d (%s): %s", c->url->host,
-                                c->url->port, addr, why);
-            else
-                surpool__seterr(err, rc, "cannot connect to %s port %d: %s", c->url->host,
-                                c->url->port, why);
+            char msg[sizeof(err->message)];
+            connect_msg(msg, sizeof(msg), c, addr, why);
+            surpool__seterr(err, rc, "%s", msg);
         }
     } else {
         /* Deadline: have the service thread kill the attempt, and wait (bounded)
